@@ -1,0 +1,42 @@
+# abgate: `make run` starts the demo stack, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test lint typecheck pytest test-servers bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Demo: two demo agents and abgate on config/abgate.yaml (Ctrl-C stops all three).
+run: $(STAMP)
+	@bash scripts/run-demo.sh
+
+## Everything CI runs: lint, strict types, the full test suite on real servers.
+test: $(STAMP) test-servers lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+## Servers the tests and benchmarks start themselves (redis-server, prometheus, wrk, nginx).
+test-servers:
+	@bash scripts/install-test-servers.sh
+
+## wrk against the upstream directly, abgate and nginx; writes benchmarks/RESULTS.md.
+bench: $(STAMP) test-servers
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -1,0 +1,177 @@
+"""Typed readers for configuration values. Each reports a Problem and returns None when bad.
+
+Kept apart from the schema in `config.parse` so that the schema reads as a list of fields.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from config.errors import Problem
+from config.model import BASIS_POINTS, Listen
+from config.yaml_lines import KeyPath, LocatedDocument, render_path
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+               "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+_SIZE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token (header names)
+
+
+class Reader:
+    """Walks a located document and collects every problem instead of stopping at the first."""
+
+    def __init__(self, doc: LocatedDocument) -> None:
+        self.doc = doc
+        self.problems: list[Problem] = []
+
+    def problem(self, path: KeyPath, message: str) -> None:
+        self.problems.append(Problem(render_path(path), self.doc.line_of(path), message))
+
+    def mapping(self, value: Any, path: KeyPath, allowed: set[str]) -> dict[str, Any] | None:
+        """A mapping whose keys must all be in `allowed`; unknown keys are problems."""
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.problem(path, f"expected a mapping, got {_kind(value)}")
+            return None
+        for key in value:
+            if key not in allowed:
+                choices = ", ".join(sorted(allowed))
+                self.problem((*path, key), f"unknown key (expected one of: {choices})")
+        return value
+
+    def string(self, value: Any, path: KeyPath, *, pattern: re.Pattern[str] | None = None,
+               what: str = "a string") -> str | None:
+        if not isinstance(value, str) or not value:
+            self.problem(path, f"expected {what}, got {_kind(value)}")
+            return None
+        if pattern is not None and not pattern.match(value):
+            self.problem(path, f"not {what}: {value!r}")
+            return None
+        return value
+
+    def name(self, value: Any, path: KeyPath) -> str | None:
+        return self.string(value, path, pattern=_NAME,
+                           what="a name (letters, digits, '_', '.', '-'; up to 128)")
+
+    def header_name(self, value: Any, path: KeyPath) -> str | None:
+        return self.string(value, path, pattern=_TOKEN, what="a header name")
+
+    def integer(self, value: Any, path: KeyPath, *, low: int, high: int) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problem(path, f"expected an integer, got {_kind(value)}")
+            return None
+        if not low <= value <= high:
+            self.problem(path, f"must be between {low} and {high}, got {value}")
+            return None
+        return value
+
+    def boolean(self, value: Any, path: KeyPath) -> bool | None:
+        if not isinstance(value, bool):
+            self.problem(path, f"expected true or false, got {_kind(value)}")
+            return None
+        return value
+
+    def size(self, value: Any, path: KeyPath, *, low: int = 0) -> int | None:
+        """Bytes: an integer or a string such as `64KiB`, `10MiB`, `1GB`."""
+        number: int | None = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, str) and (match := _SIZE.match(value)):
+            unit = _SIZE_UNITS.get(match.group(2).lower())
+            if unit is not None:
+                number = int(match.group(1)) * unit
+        if number is None:
+            self.problem(path, f"expected a size such as 65536, '64KiB' or '10MiB', got {value!r}")
+            return None
+        if number < low:
+            self.problem(path, f"must be at least {low} bytes, got {number}")
+            return None
+        return number
+
+    def duration(self, value: Any, path: KeyPath, *, low: float = 0.0,
+                 high: float = 86_400.0) -> float | None:
+        """Seconds: a number or a string such as `250ms`, `5s`, `2m`."""
+        seconds: float | None = None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = float(value)
+        elif isinstance(value, str) and (match := _DURATION.match(value)):
+            seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        if seconds is None:
+            self.problem(path, f"expected a duration such as 1.5, '250ms' or '5s', got {value!r}")
+            return None
+        if not low < seconds <= high:
+            self.problem(path,
+                         f"must be more than {low:g}s and at most {high:g}s, got {seconds:g}s")
+            return None
+        return seconds
+
+    def percentage(self, value: Any, path: KeyPath) -> int | None:
+        """0..100 with at most two decimals, returned in basis points."""
+        return parse_percentage(value, lambda message: self.problem(path, message))
+
+    def listen(self, value: Any, path: KeyPath) -> Listen | None:
+        """`host:port` (IPv6 as `[::1]:port`); port 0 asks the OS for a free port."""
+        if not isinstance(value, str):
+            self.problem(path, f"expected 'host:port', got {_kind(value)}")
+            return None
+        host, sep, port_text = value.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+            self.problem(path, f"expected 'host:port' with a port of 0..65535, got {value!r}")
+            return None
+        if not _valid_host(host):
+            self.problem(path, f"not a valid host: {host!r}")
+            return None
+        return Listen(host, int(port_text))
+
+
+def parse_percentage(value: Any, report: Any) -> int | None:
+    """Shared by the config and the control API: a number 0..100, two decimals at most."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        report(f"expected a number from 0 to 100, got {_kind(value)}")
+        return None
+    try:
+        exact = Decimal(str(value))
+    except InvalidOperation:
+        report(f"expected a number from 0 to 100, got {value!r}")
+        return None
+    if not exact.is_finite() or not Decimal(0) <= exact <= Decimal(100):
+        report(f"must be between 0 and 100, got {value}")
+        return None
+    basis_points = exact * 100
+    if basis_points != basis_points.to_integral_value():
+        report(f"at most two decimals (0.01% steps), got {value}")
+        return None
+    result = int(basis_points)
+    assert 0 <= result <= BASIS_POINTS
+    return result
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", host) is not None
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"a string ({value!r})" if value else "an empty string"
+    return f"{type(value).__name__} ({value!r})"

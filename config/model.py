@@ -1,0 +1,109 @@
+"""The configuration as frozen, typed values. Built once by `config.parse`, never mutated.
+
+Percentages are held as basis points (hundredths of a percent, 0..10000) so that bucketing
+compares integers, matching the 0.01% granularity of GrowthBook v2 and nginx split_clients.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+StickyKind = Literal["header", "cookie", "query", "client_ip"]
+WhenMissing = Literal["random", "control", "client_ip"]
+
+BASIS_POINTS = 10_000  # 100.00%
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    listen: Listen
+    # Metrics and health of each `abgate proxy` worker: worker i listens on admin.port + i.
+    admin: Listen
+    max_body_size: int
+    # Request bodies up to this size are read whole before forwarding (so they can be replayed
+    # on a fresh connection); larger ones stream.
+    buffer_body_size: int
+    shutdown_timeout: float
+    # Seeds the per-request coin of `when_missing: random`; None draws from the OS.
+    random_seed: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ControlSettings:
+    listen: Listen
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    name: str
+    url: str
+    host: str
+    port: int
+    connect_timeout: float
+    # Longest wait for the response head, and between two reads of its body (nginx's
+    # proxy_read_timeout semantics).
+    read_timeout: float
+    pool_size: int
+    idle_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    name: str
+    prefix: str | None
+    regex: re.Pattern[str] | None
+    methods: frozenset[str] | None
+    experiment: str | None
+    upstream: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StickySource:
+    kind: StickyKind
+    name: str  # header, cookie or query parameter name; "" for client_ip
+
+
+@dataclass(frozen=True, slots=True)
+class ArmConfig:
+    name: str
+    upstream: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentConfig:
+    name: str
+    control: ArmConfig
+    treatment: ArmConfig
+    sticky: tuple[StickySource, ...]
+    when_missing: WhenMissing
+    seed: str
+    percentage_bp: int
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str
+    proxy: ProxySettings
+    control: ControlSettings
+    upstreams: Mapping[str, UpstreamConfig]
+    routes: tuple[RouteConfig, ...]
+    experiments: Mapping[str, ExperimentConfig]
+
+
+def format_percentage(basis_points: int) -> float:
+    """Basis points as the percentage users write (1050 -> 10.5)."""
+    return basis_points / 100

@@ -1,0 +1,351 @@
+"""The configuration schema: YAML text -> a validated, frozen `Config`, or every problem at once."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+from config.errors import ConfigError, Problem
+from config.fields import Reader
+from config.model import (
+    ArmConfig,
+    Config,
+    ControlSettings,
+    ExperimentConfig,
+    Listen,
+    ProxySettings,
+    RouteConfig,
+    StickySource,
+    UpstreamConfig,
+    WhenMissing,
+)
+from config.yaml_lines import KeyPath, load_located
+
+_METHOD = re.compile(r"^[A-Z]{1,20}$")
+_STICKY_KINDS = ("header", "cookie", "query")
+_BAD_METHODS: frozenset[str] = frozenset({"<invalid>"})
+_WHEN_MISSING: tuple[WhenMissing, ...] = ("random", "control", "client_ip")
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a configuration file; raises ConfigError listing every problem."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = Problem("", None, f"cannot read the file: {exc}")
+        raise ConfigError(source, [problem]) from exc
+    return parse_config(text, source)
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    doc = load_located(text, source)
+    reader = Reader(doc)
+    config = _Schema(reader, source).build(doc.value)
+    if reader.problems or config is None:
+        raise ConfigError(source, reader.problems)
+    return config
+
+
+class _Schema:
+    def __init__(self, reader: Reader, source: str) -> None:
+        self.r = reader
+        self.source = source
+        # Names declared in the file: references are checked against these, so one bad
+        # upstream is reported once, not again by everything that refers to it.
+        self.upstream_names: set[str] = set()
+        self.experiment_names: set[str] = set()
+
+    def build(self, root: Any) -> Config | None:
+        top = self.r.mapping(root, (), {"proxy", "control", "upstreams", "routes", "experiments"})
+        if top is None:
+            return None
+        for key, names in (("upstreams", self.upstream_names),
+                           ("experiments", self.experiment_names)):
+            if isinstance(top.get(key), dict):
+                names.update(top[key])
+        proxy = self._proxy(top.get("proxy"))
+        control = self._control(top.get("control"))
+        upstreams = self._upstreams(top.get("upstreams"))
+        experiments = self._experiments(top.get("experiments"), upstreams)
+        routes = self._routes(top.get("routes"), upstreams, experiments)
+        if proxy and control and proxy.listen == control.listen and proxy.listen.port != 0:
+            self.r.problem(("control", "listen"), "is the same address as proxy.listen")
+        if proxy is None or control is None or upstreams is None or routes is None:
+            return None
+        if experiments is None:
+            return None
+        return Config(
+            source=self.source,
+            proxy=proxy,
+            control=control,
+            upstreams=MappingProxyType(upstreams),
+            routes=routes,
+            experiments=MappingProxyType(experiments),
+        )
+
+    def _proxy(self, value: Any) -> ProxySettings | None:
+        path: KeyPath = ("proxy",)
+        keys = {"listen", "admin_listen", "max_body_size", "buffer_body_size",
+                "shutdown_timeout", "random_seed"}
+        section = self.r.mapping(value, path, keys)
+        if section is None:
+            return None
+        listen = self.r.listen(section.get("listen", "127.0.0.1:8080"), (*path, "listen"))
+        admin = self.r.listen(section.get("admin_listen", "127.0.0.1:9180"),
+                              (*path, "admin_listen"))
+        max_body = self.r.size(section.get("max_body_size", "10MiB"), (*path, "max_body_size"))
+        buffered = self.r.size(section.get("buffer_body_size", "64KiB"),
+                               (*path, "buffer_body_size"))
+        grace = self.r.duration(section.get("shutdown_timeout", "10s"),
+                                (*path, "shutdown_timeout"), high=3600)
+        seed_value = section.get("random_seed")
+        seed = None
+        if seed_value is not None:
+            seed = self.r.integer(seed_value, (*path, "random_seed"), low=0, high=2**63 - 1)
+        if None in (listen, admin, max_body, buffered, grace):
+            return None
+        return ProxySettings(
+            listen=cast(Listen, listen),
+            admin=cast(Listen, admin),
+            max_body_size=cast(int, max_body),
+            buffer_body_size=cast(int, buffered),
+            shutdown_timeout=cast(float, grace),
+            random_seed=seed,
+        )
+
+    def _control(self, value: Any) -> ControlSettings | None:
+        section = self.r.mapping(value, ("control",), {"listen"})
+        if section is None:
+            return None
+        listen = self.r.listen(section.get("listen", "127.0.0.1:8092"), ("control", "listen"))
+        return ControlSettings(listen) if listen else None
+
+    def _upstreams(self, value: Any) -> dict[str, UpstreamConfig] | None:
+        path: KeyPath = ("upstreams",)
+        if not isinstance(value, dict) or not value:
+            self.r.problem(path, "at least one upstream is required")
+            return None
+        out: dict[str, UpstreamConfig] = {}
+        for name, body in value.items():
+            upstream = self._upstream(name, body, (*path, name))
+            if upstream is not None:
+                out[name] = upstream
+        return out
+
+    def _upstream(self, name: str, value: Any, path: KeyPath) -> UpstreamConfig | None:
+        keys = {"url", "connect_timeout", "read_timeout", "pool_size", "idle_timeout"}
+        section = self.r.mapping(value, path, keys)
+        valid_name = self.r.name(name, path)
+        if section is None:
+            return None
+        url = section.get("url")
+        host, port = self._http_url(url, (*path, "url"))
+        connect = self.r.duration(section.get("connect_timeout", "1s"), (*path, "connect_timeout"))
+        read = self.r.duration(section.get("read_timeout", "10s"), (*path, "read_timeout"))
+        pool = self.r.integer(section.get("pool_size", 128), (*path, "pool_size"),
+                              low=1, high=100_000)
+        idle = self.r.duration(section.get("idle_timeout", "30s"), (*path, "idle_timeout"))
+        if valid_name is None or host is None or None in (connect, read, pool, idle):
+            return None
+        return UpstreamConfig(
+            name=name,
+            url=cast(str, url),
+            host=host,
+            port=cast(int, port),
+            connect_timeout=cast(float, connect),
+            read_timeout=cast(float, read),
+            pool_size=cast(int, pool),
+            idle_timeout=cast(float, idle),
+        )
+
+    def _http_url(self, value: Any, path: KeyPath) -> tuple[str | None, int | None]:
+        if not isinstance(value, str):
+            self.r.problem(path, "required: the upstream's http URL (http://host:port)")
+            return None, None
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError:
+            parts, port = None, None
+        if parts is None or parts.scheme != "http" or not parts.hostname:
+            reason = "not a valid http URL"
+            if parts is not None and parts.scheme == "https":
+                reason += " (https upstreams are not supported yet: terminate TLS in front)"
+            self.r.problem(path, f"{reason}: {value!r}")
+            return None, None
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            self.r.problem(path, "must not have a path or query: abgate forwards the request "
+                                 f"path unchanged, got {value!r}")
+            return None, None
+        return parts.hostname, port or 80
+
+    def _experiments(self, value: Any, upstreams: dict[str, UpstreamConfig] | None,
+                     ) -> dict[str, ExperimentConfig] | None:
+        path: KeyPath = ("experiments",)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.r.problem(path, "expected a mapping of experiment name to experiment")
+            return None
+        out: dict[str, ExperimentConfig] = {}
+        for name, body in value.items():
+            experiment = self._experiment(name, body, (*path, name), upstreams)
+            if experiment is not None:
+                out[name] = experiment
+        return out
+
+    def _experiment(self, name: str, value: Any, path: KeyPath,
+                    upstreams: dict[str, UpstreamConfig] | None) -> ExperimentConfig | None:
+        keys = {"control", "treatment", "sticky", "when_missing", "seed", "percentage"}
+        section = self.r.mapping(value, path, keys)
+        valid_name = self.r.name(name, path)
+        if section is None:
+            return None
+        control = self._arm(section.get("control"), (*path, "control"), upstreams)
+        treatment = self._arm(section.get("treatment"), (*path, "treatment"), upstreams)
+        if control and treatment and control.name == treatment.name:
+            self.r.problem((*path, "treatment"), f"arm name {treatment.name!r} is also the "
+                                                 "control arm's; name the arms apart")
+        sticky = self._sticky(section.get("sticky", []), (*path, "sticky"))
+        when_missing = section.get("when_missing", "random")
+        if when_missing not in _WHEN_MISSING:
+            self.r.problem((*path, "when_missing"),
+                           f"expected one of {', '.join(_WHEN_MISSING)}, got {when_missing!r}")
+        seed = self.r.string(section.get("seed", name), (*path, "seed"))
+        if "percentage" not in section:
+            self.r.problem((*path, "percentage"), "required: the treatment arm's starting "
+                                                  "percentage (0..100)")
+            percentage = None
+        else:
+            percentage = self.r.percentage(section["percentage"], (*path, "percentage"))
+        if (valid_name is None or control is None or treatment is None or sticky is None
+                or when_missing not in _WHEN_MISSING or seed is None or percentage is None):
+            return None
+        return ExperimentConfig(
+            name=name,
+            control=control,
+            treatment=treatment,
+            sticky=sticky,
+            when_missing=cast(WhenMissing, when_missing),
+            seed=seed,
+            percentage_bp=percentage,
+        )
+
+    def _arm(self, value: Any, path: KeyPath,
+             upstreams: dict[str, UpstreamConfig] | None) -> ArmConfig | None:
+        if isinstance(value, str):
+            name, upstream = value, value
+        elif isinstance(value, dict):
+            section = self.r.mapping(value, path, {"name", "upstream"}) or {}
+            valid_upstream = self.r.name(section.get("upstream"), (*path, "upstream"))
+            if valid_upstream is None:
+                return None
+            upstream = valid_upstream
+            name = section.get("name", upstream)
+        else:
+            self.r.problem(path, "required: an upstream name, or {name: ARM, upstream: UPSTREAM}")
+            return None
+        if self.r.name(name, path) is None:
+            return None
+        if upstream not in self.upstream_names:
+            self.r.problem(path, f"unknown upstream {upstream!r}")
+            return None
+        return ArmConfig(name=name, upstream=upstream)
+
+    def _sticky(self, value: Any, path: KeyPath) -> tuple[StickySource, ...] | None:
+        if not isinstance(value, list):
+            self.r.problem(path, "expected a list such as [{header: X-User-Id}, client_ip]")
+            return None
+        out: list[StickySource] = []
+        for index, item in enumerate(value):
+            item_path = (*path, index)
+            if item == "client_ip":
+                out.append(StickySource("client_ip", ""))
+                continue
+            if not isinstance(item, dict) or len(item) != 1:
+                self.r.problem(item_path, "expected one of {header: NAME}, {cookie: NAME}, "
+                                          "{query: NAME} or client_ip")
+                continue
+            (kind, name), = item.items()
+            if kind not in _STICKY_KINDS:
+                self.r.problem((*item_path, kind), "unknown sticky key source (expected header, "
+                                                   "cookie, query or client_ip)")
+                continue
+            valid = (self.r.header_name(name, (*item_path, kind)) if kind == "header"
+                     else self.r.string(name, (*item_path, kind)))
+            if valid is not None:
+                out.append(StickySource(kind, valid.lower() if kind == "header" else valid))
+        return tuple(out)
+
+    def _routes(self, value: Any, upstreams: dict[str, UpstreamConfig] | None,
+                experiments: dict[str, ExperimentConfig] | None) -> tuple[RouteConfig, ...] | None:
+        path: KeyPath = ("routes",)
+        if not isinstance(value, list) or not value:
+            self.r.problem(path, "at least one route is required")
+            return None
+        out = []
+        for index, item in enumerate(value):
+            route = self._route(index, item, (*path, index), upstreams, experiments)
+            if route is not None:
+                out.append(route)
+        return tuple(out)
+
+    def _route(self, index: int, value: Any, path: KeyPath,
+               upstreams: dict[str, UpstreamConfig] | None,
+               experiments: dict[str, ExperimentConfig] | None) -> RouteConfig | None:
+        keys = {"name", "prefix", "regex", "methods", "experiment", "upstream"}
+        section = self.r.mapping(value, path, keys)
+        if section is None:
+            return None
+        ok = True
+        name = self.r.string(section.get("name", f"route-{index}"), (*path, "name"))
+        prefix, regex = section.get("prefix"), None
+        if (prefix is None) == ("regex" not in section):
+            self.r.problem(path, "needs exactly one of prefix or regex")
+            ok = False
+        elif prefix is not None:
+            if not isinstance(prefix, str) or not prefix.startswith("/"):
+                self.r.problem((*path, "prefix"),
+                               f"must be a path starting with '/', got {prefix!r}")
+                ok = False
+        else:
+            pattern = self.r.string(section["regex"], (*path, "regex"))
+            try:
+                regex = re.compile(pattern) if pattern is not None else None
+            except re.error as exc:
+                self.r.problem((*path, "regex"), f"invalid regular expression: {exc}")
+            ok = ok and regex is not None
+        methods = self._methods(section.get("methods"), (*path, "methods"))
+        experiment, upstream = section.get("experiment"), section.get("upstream")
+        if (experiment is None) == (upstream is None):
+            self.r.problem(path, "needs exactly one of experiment or upstream")
+            ok = False
+        elif experiment is not None and experiment not in self.experiment_names:
+            self.r.problem((*path, "experiment"), f"unknown experiment {experiment!r}")
+            ok = False
+        elif upstream is not None and upstream not in self.upstream_names:
+            self.r.problem((*path, "upstream"), f"unknown upstream {upstream!r}")
+            ok = False
+        if not ok or name is None or methods == _BAD_METHODS:
+            return None
+        return RouteConfig(name=name, prefix=prefix, regex=regex,
+                           methods=methods, experiment=experiment, upstream=upstream)
+
+    def _methods(self, value: Any, path: KeyPath) -> frozenset[str] | None:
+        """None: any method; `_BAD_METHODS` when invalid (a problem was reported)."""
+        if value is None:
+            return None
+        if not isinstance(value, list) or not value:
+            self.r.problem(path, "expected a list of HTTP methods such as [GET, POST]")
+            return _BAD_METHODS
+        methods = set()
+        for index, method in enumerate(value):
+            if not isinstance(method, str) or not _METHOD.match(method.upper()):
+                self.r.problem((*path, index), f"not an HTTP method: {method!r}")
+                return _BAD_METHODS
+            methods.add(method.upper())
+        return frozenset(methods)

@@ -1,0 +1,97 @@
+"""YAML to plain Python values, remembering the line on which every key path starts.
+
+PyYAML's `safe_load` forgets where things came from; validation needs it for its messages
+(`upstreams.ml.url (line 12): ...`). So the document is composed into nodes, and the nodes are
+turned into dicts, lists and scalars here, with a side table of path -> line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from config.errors import ConfigError, Problem
+
+PathPart = str | int
+KeyPath = tuple[PathPart, ...]
+
+
+def render_path(path: KeyPath) -> str:
+    """`("routes", 0, "prefix")` -> `routes[0].prefix`."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class LocatedDocument:
+    """A parsed document and the 1-based line of each key path in it."""
+
+    value: Any
+    lines: dict[KeyPath, int] = field(default_factory=dict)
+
+    def line_of(self, path: KeyPath) -> int | None:
+        # A missing key has no line of its own: report the nearest enclosing one.
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return self.lines.get((), None)
+
+
+def load_located(text: str, source: str) -> LocatedDocument:
+    """Parse one YAML document; syntax errors and duplicate keys raise ConfigError."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(source, [Problem("", line, f"invalid YAML: {exc.problem}")]) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [Problem("", None, f"invalid YAML: {exc}")]) from exc
+    if node is None:
+        return LocatedDocument({}, {(): 1})
+    builder = _Builder()
+    value = builder.build(node, ())
+    if builder.problems:
+        raise ConfigError(source, builder.problems)
+    return LocatedDocument(value, builder.lines)
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.lines: dict[KeyPath, int] = {}
+        self.problems: list[Problem] = []
+        self._scalars = yaml.constructor.SafeConstructor()
+
+    def build(self, node: yaml.Node, path: KeyPath) -> Any:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key = self._scalar(key_node)
+                if not isinstance(key, str):
+                    key = str(key)
+                child = (*path, key)
+                if key in out:
+                    self.problems.append(
+                        Problem(render_path(child), key_node.start_mark.line + 1, "duplicate key")
+                    )
+                    continue
+                self.lines[child] = key_node.start_mark.line + 1
+                out[key] = self.build(value_node, child)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
+        return self._scalar(node)
+
+    def _scalar(self, node: yaml.Node) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            return str(node.value)
+        return self._scalars.construct_object(node, deep=True)

@@ -1,0 +1,1 @@
+"""abgate control plane: the control API, the CLI and process lifecycles."""

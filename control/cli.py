@@ -1,0 +1,81 @@
+"""The `abgate` command: run, proxy, check-config."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+from config import ConfigError, load_config
+from control.serve import configure_logging, run_embedded, run_workers
+
+DEFAULT_CONFIG = "config/abgate.yaml"
+
+
+def _version() -> str:
+    try:
+        return version("abgate")
+    except PackageNotFoundError:  # running from a checkout that was not installed
+        return "0+unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="abgate", description="Reverse-proxy sidecar for the gradual rollout of ML "
+                                   "decisions: sticky A/B splitting, measured on every request.")
+    parser.add_argument("--version", action="version", version=f"abgate {_version()}")
+    parser.add_argument("--log-level", default=os.environ.get("ABGATE_LOG_LEVEL", "INFO"),
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
+                        help="log level (default INFO; env ABGATE_LOG_LEVEL)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run", help="proxy and control API in one process (the embedded default, no Redis)",
+        description="Serve the proxy and the control API in one process. Flags live in "
+                    "memory; no Redis is needed.")
+    run.add_argument("--config", default=DEFAULT_CONFIG, help=f"(default {DEFAULT_CONFIG})")
+
+    proxy = commands.add_parser(
+        "proxy", help="data plane only, optionally several workers on one port",
+        description="Serve only the proxy. With --workers N, N processes share the port "
+                    "(SO_REUSEPORT); worker i serves /metrics and /health on "
+                    "proxy.admin_listen's port + i.")
+    proxy.add_argument("--config", default=DEFAULT_CONFIG, help=f"(default {DEFAULT_CONFIG})")
+    proxy.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+
+    check = commands.add_parser(
+        "check-config", help="validate a configuration file and list every problem",
+        description="Validate FILE as a whole. Prints every problem with its key path and "
+                    "YAML line; exits 1 if there is any.")
+    check.add_argument("file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    os.environ["ABGATE_LOG_LEVEL"] = args.log_level  # inherited by worker processes
+    try:
+        if args.command == "check-config":
+            config = load_config(args.file)
+            print(f"{args.file}: OK ({len(config.upstreams)} upstreams, {len(config.routes)} "
+                  f"routes, {len(config.experiments)} experiments)")
+            return 0
+        if args.command == "run":
+            run_embedded(args.config)
+            return 0
+        if args.workers < 1:
+            print("abgate: --workers must be at least 1", file=sys.stderr)
+            return 2
+        return run_workers(args.config, args.workers)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr if args.command != "check-config" else sys.stdout)
+        return 1
+    except (ValueError, OSError) as exc:
+        print(f"abgate: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Process lifecycles: `abgate run` (embedded: proxy + control API) and `abgate proxy` workers.
+
+Each is start -> serve until SIGTERM/SIGINT -> drain -> close, built from async context
+managers so that everything started is also stopped, in reverse order.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, replace
+
+import uvloop
+from aiohttp import web
+from prometheus_client import CollectorRegistry, ProcessCollector
+
+from config import Config, load_config
+from config.flags import FlagTable, MemoryFlagStore
+from config.model import Listen
+from control.api import check_exposure, create_control_app
+from control.signals import stop_on_signals
+from proxy.admin import create_admin_app
+from proxy.metrics import ProxyMetrics
+from proxy.runtime import DataPlane
+
+log = logging.getLogger("abgate")
+
+
+def announce(line: str) -> None:
+    """Lines on stdout that people (and tests) read: what listens where."""
+    print(line, flush=True)
+
+
+def new_registry(metrics: ProxyMetrics) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(metrics)
+    ProcessCollector(registry=registry)
+    return registry
+
+
+async def app_site(stack: AsyncExitStack, app: web.Application, listen: Listen,
+                   shutdown_timeout: float) -> str:
+    """Serve an aiohttp Application until `stack` closes; return its URL."""
+    runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                           shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    site = web.TCPSite(runner, listen.host, listen.port)
+    await site.start()
+    return Listen(listen.host, runner.addresses[0][1]).url
+
+
+@dataclass(frozen=True, slots=True)
+class Embedded:
+    """A running `abgate run` stack: where it listens and the state it shares."""
+
+    proxy_url: str
+    control_url: str
+    flags: FlagTable
+    metrics: ProxyMetrics
+
+
+@asynccontextmanager
+async def embedded(config: Config, token: str | None = None) -> AsyncIterator[Embedded]:
+    """Data plane and control API in one process, flags in memory; stops both on exit."""
+    check_exposure(config.control.listen.host, token)
+    flags = FlagTable.from_config(config)
+    metrics = ProxyMetrics()
+    registry = new_registry(metrics)
+    async with AsyncExitStack() as stack:
+        plane = await stack.enter_async_context(DataPlane(config, flags, metrics))
+        control_app = create_control_app(MemoryFlagStore(flags), registry, token)
+        control_url = await app_site(stack, control_app, config.control.listen,
+                                     config.proxy.shutdown_timeout)
+        yield Embedded(plane.url, control_url, flags, metrics)
+
+
+async def serve_embedded(config: Config) -> None:
+    """`abgate run` until SIGTERM/SIGINT."""
+    token = os.environ.get("ABGATE_CONTROL_TOKEN") or None
+    async with stop_on_signals() as stop, embedded(config, token) as running:
+        announce(f"abgate proxy listening on {running.proxy_url}")
+        announce(f"abgate control API listening on {running.control_url}")
+        await stop.wait()
+        log.info("stopping: draining in-flight requests (up to %gs)",
+                 config.proxy.shutdown_timeout)
+
+
+async def serve_worker(config: Config, index: int, reuse_port: bool) -> None:
+    """One data-plane worker: the proxy listener plus its own admin listener."""
+    flags = FlagTable.from_config(config)
+    metrics = ProxyMetrics()
+    registry = new_registry(metrics)
+    admin = config.proxy.admin
+    admin = replace(admin, port=admin.port + index if admin.port else 0)
+    async with stop_on_signals() as stop, AsyncExitStack() as stack:
+        plane = await stack.enter_async_context(
+            DataPlane(config, flags, metrics, reuse_port=reuse_port, worker_index=index))
+        admin_url = await app_site(stack, create_admin_app(registry), admin, 1.0)
+        announce(f"abgate worker {index} (pid {os.getpid()}) proxy listening on {plane.url}, "
+                 f"admin on {admin_url}")
+        await stop.wait()
+
+
+def run_embedded(config_path: str) -> None:
+    uvloop.run(serve_embedded(load_config(config_path)))
+
+
+def _worker_main(config_path: str, index: int, port: int) -> None:
+    configure_logging(os.environ.get("ABGATE_LOG_LEVEL", "INFO"))
+    config = load_config(config_path)
+    proxy = replace(config.proxy, listen=replace(config.proxy.listen, port=port))
+    uvloop.run(serve_worker(replace(config, proxy=proxy), index, reuse_port=True))
+
+
+def run_workers(config_path: str, workers: int) -> int:
+    """`abgate proxy --workers N`: N processes share the proxy port with SO_REUSEPORT."""
+    config = load_config(config_path)
+    if workers == 1:
+        uvloop.run(serve_worker(config, 0, reuse_port=False))
+        return 0
+    listen = config.proxy.listen
+    # Port 0 must resolve to one port that every worker then shares: hold it while they bind.
+    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    holder = socket.socket(family, socket.SOCK_STREAM)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind((listen.host, listen.port))
+    port = holder.getsockname()[1]
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_worker_main, args=(config_path, index, port),
+                                 name=f"abgate-worker-{index}") for index in range(workers)]
+    for process in processes:
+        process.start()
+    holder.close()
+
+    def forward(signum: int, _frame: object) -> None:
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for process in processes:
+            process.join()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    failed = [p.name for p in processes if p.exitcode not in (0, -signal.SIGTERM)]
+    if failed:
+        log.error("workers exited abnormally: %s", ", ".join(failed))
+        return 1
+    return 0
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+

@@ -1,0 +1,1 @@
+"""abgate data plane: the sidecar proxy that splits, forwards and measures."""

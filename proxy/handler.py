@@ -1,0 +1,242 @@
+"""The request path: match a route, pick an arm, forward, answer. No I/O but the upstream's.
+
+Everything a request needs was resolved when the route table was built (pools, counters,
+header bytes); per request there is a route match, at most one hash, one upstream exchange
+and a few counter increments.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from time import perf_counter
+
+import orjson
+from aiohttp import ClientConnectionResetError, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import EofStream, StreamReader
+from multidict import CIMultiDict
+
+from config.model import ProxySettings
+from proxy.errors import UpstreamError
+from proxy.headers import RequestIds, build_request_head, response_headers
+from proxy.metrics import ProxyMetrics, TrafficStats
+from proxy.pool import UpstreamPool
+from proxy.routing import Router
+from proxy.split import Splitter
+from proxy.upstream import UpstreamResponse
+
+log = logging.getLogger("abgate.proxy")
+
+VIA = "1.1 abgate"
+_VIA_BYTES = VIA.encode()
+_STREAM_CHUNK = 64 * 1024
+# Client-side failures while reading a request body or writing a response.
+_CLIENT_GONE = (ConnectionError, ClientConnectionResetError, HttpProcessingError, EofStream)
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """One upstream as reached through a route or an experiment arm."""
+
+    pool: UpstreamPool
+    stats: TrafficStats
+    experiment: str  # "" when no experiment applies
+    arm: str
+    host_header: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentRoute:
+    splitter: Splitter
+    control: Destination
+    treatment: Destination
+
+
+Target = Destination | ExperimentRoute
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class ClientGone(Exception):
+    pass
+
+
+class ProxyHandler:
+    """Callable handed to aiohttp's low-level server. `routes` is swapped whole on reload."""
+
+    def __init__(self, routes: Router[Target], settings: ProxySettings,
+                 metrics: ProxyMetrics) -> None:
+        self.routes = routes
+        self.settings = settings
+        self.metrics = metrics
+        self.request_ids = RequestIds()
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = perf_counter()
+        target = self.routes.match(request.path, request.method)
+        if target is None:
+            return self._local(request, 404, "no route matches this request", None, None)
+        if isinstance(target, ExperimentRoute):
+            dest = target.treatment if target.splitter.is_treatment(request) else target.control
+        else:
+            dest = target
+
+        length = request.content_length
+        if length is not None and length > self.settings.max_body_size:
+            return self._local(request, 413, f"request body over {self.settings.max_body_size} "
+                                             "bytes", dest, None)
+        try:
+            body, framing = await self._request_body(request, length)
+        except BodyTooLarge:
+            return self._local(request, 413, f"request body over {self.settings.max_body_size} "
+                               "bytes", dest, None)
+        except _CLIENT_GONE:
+            return self._local(request, 400, "client closed the request body", dest, None)
+
+        method = request.method
+        target_uri = request.raw_path
+        if not target_uri.startswith("/") and target_uri != "*":
+            target_uri = request.rel_url.raw_path_qs  # absolute-form: send origin-form on
+        head = build_request_head(
+            method, target_uri, request.raw_headers, request.headers.get("Connection"),
+            client_ip=request.remote, default_host=dest.host_header, via=_VIA_BYTES,
+            body_length=framing, request_ids=self.request_ids)
+
+        upstream_started = perf_counter()
+        try:
+            upstream = await dest.pool.request(head.data, body, head_only=method == "HEAD",
+                                               chunked=framing is None)
+        except UpstreamError as exc:
+            upstream_seconds = perf_counter() - upstream_started
+            self.metrics.count_upstream_error(exc.upstream, exc.kind)
+            log.warning("upstream %s failed: %s (request %s)", exc.upstream, exc.detail,
+                        head.request_id)
+            return self._local(request, exc.status, exc.detail, dest, head.request_id,
+                               upstream_seconds)
+        except (BodyTooLarge, ClientGone) as exc:
+            status = 413 if isinstance(exc, BodyTooLarge) else 400
+            reason = f"request body over {self.settings.max_body_size} bytes" \
+                if status == 413 else "client closed the request body"
+            return self._local(request, status, reason, dest, head.request_id)
+
+        headers = response_headers(upstream.headers, VIA)
+        if dest.experiment:
+            headers["X-ABGate-Experiment"] = dest.experiment
+            headers["X-ABGate-Arm"] = dest.arm
+        if "X-Request-Id" not in headers:
+            headers["X-Request-Id"] = head.request_id
+
+        if upstream.complete and method != "HEAD":
+            finished = perf_counter()
+            upstream_seconds = finished - upstream_started
+            dest.stats.record(upstream.status, upstream_seconds)
+            self.metrics.overhead.observe(finished - started - upstream_seconds)
+            return web.Response(status=upstream.status, body=upstream.body(), headers=headers)
+        return await self._stream_response(request, upstream, headers, dest, started,
+                                           upstream_started)
+
+    async def _request_body(self, request: web.BaseRequest, length: int | None,
+                            ) -> tuple[bytes | AsyncIterator[bytes] | None, int | None]:
+        """The body to send and its framing: (body, Content-Length) or (stream, None=chunked).
+
+        Small bodies are read whole (they can be replayed); larger ones stream through.
+        """
+        content = request.content
+        if length is not None:
+            if length == 0:
+                return None, 0
+            if length <= self.settings.buffer_body_size:
+                data = await content.readexactly(length)
+                return data, length
+            return self._stream(content, b"", length), length
+        if not request.body_exists:
+            return None, 0
+        # Chunked: buffer up to the threshold, stream the rest (chunked) if there is more.
+        pieces: list[bytes] = []
+        size = 0
+        while size <= self.settings.buffer_body_size:
+            chunk = await content.readany()
+            if not chunk:
+                data = b"".join(pieces)
+                return data, len(data)
+            pieces.append(chunk)
+            size += len(chunk)
+            if size > self.settings.max_body_size:
+                raise BodyTooLarge
+        return self._stream(content, b"".join(pieces), None), None
+
+    async def _stream(self, content: StreamReader, first: bytes,
+                      length: int | None) -> AsyncIterator[bytes]:
+        sent = len(first)
+        if first:
+            yield first
+        limit = self.settings.max_body_size
+        while True:
+            try:
+                chunk = await content.readany()
+            except _CLIENT_GONE as exc:
+                raise ClientGone from exc
+            if not chunk:
+                if length is not None and sent != length:
+                    raise ClientGone
+                return
+            sent += len(chunk)
+            if sent > limit:
+                raise BodyTooLarge
+            yield chunk
+
+    async def _stream_response(self, request: web.BaseRequest, upstream: UpstreamResponse,
+                               headers: CIMultiDict[str], dest: Destination, started: float,
+                               upstream_started: float) -> web.StreamResponse:
+        head_ready = perf_counter()
+        upstream_head_seconds = head_ready - upstream_started
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        length = upstream.content_length()
+        if length is not None:
+            response.content_length = length
+        dest.stats.record(upstream.status, upstream_head_seconds)
+        self.metrics.overhead.observe(head_ready - started - upstream_head_seconds)
+        try:
+            await response.prepare(request)
+            if request.method != "HEAD":
+                while chunk := await upstream.read():
+                    await response.write(chunk)
+            await response.write_eof()
+        except UpstreamError as exc:
+            # The head went out already: all that can be said now is an abrupt close.
+            self.metrics.count_upstream_error(exc.upstream, exc.kind)
+            log.warning("upstream %s broke off a response body: %s", exc.upstream, exc.detail)
+            if request.transport is not None:
+                request.transport.abort()
+        except _CLIENT_GONE:
+            log.debug("client went away while receiving a response")
+        finally:
+            upstream.abandon()
+        return response
+
+    def _local(self, request: web.BaseRequest, status: int, error: str,
+               dest: Destination | None, request_id: str | None,
+               upstream_seconds: float | None = None) -> web.Response:
+        """A response abgate makes itself: small JSON, counted, with the routing headers."""
+        if request_id is None:
+            request_id = request.headers.get("X-Request-Id") or self.request_ids.next()
+        upstream = dest.pool.name if dest is not None else None
+        reason = _REASONS.get(status, "error")
+        self.metrics.count_local_response(status, reason)
+        headers = {"X-Request-Id": request_id, "Via": VIA}
+        if dest is not None:
+            dest.stats.record(status, upstream_seconds)
+            if dest.experiment:
+                headers["X-ABGate-Experiment"] = dest.experiment
+                headers["X-ABGate-Arm"] = dest.arm
+        body = orjson.dumps({"error": error, "upstream": upstream, "request_id": request_id})
+        return web.Response(status=status, body=body, headers=headers,
+                            content_type="application/json")
+
+
+_REASONS = {400: "bad_request", 404: "no_route", 413: "body_too_large", 502: "bad_gateway",
+            504: "gateway_timeout"}

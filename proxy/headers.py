@@ -1,0 +1,147 @@
+"""What changes in headers on the way through (RFC 9110 §7.6), and nothing else.
+
+Requests: hop-by-hop fields go (those of §7.6.1 plus every field named in `Connection`),
+`Via` and `X-Forwarded-For` are appended to, `X-Forwarded-Proto/-Host` are set when absent (an
+edge in front of abgate may already have set them), `X-Request-Id` is kept or generated.
+Responses: hop-by-hop fields go, framing headers are left to the server side (it re-frames the
+body), repeated fields such as `Set-Cookie` stay repeated and in order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterable, Sequence
+
+from multidict import CIMultiDict
+
+HOP_BY_HOP = frozenset({
+    b"connection", b"proxy-connection", b"keep-alive", b"te", b"transfer-encoding",
+    b"upgrade", b"proxy-authenticate", b"proxy-authorization", b"trailer",
+})
+# Request fields abgate rewrites itself: framing (set from the body it sends) and the 100-continue
+# handshake, which the server side already answered.
+_REQUEST_OWN = frozenset({b"content-length", b"expect", b"x-forwarded-for", b"via"})
+_RESPONSE_OWN = frozenset({b"content-length"})
+
+RawHeaders = Iterable[tuple[bytes, bytes]]
+
+
+def connection_tokens(value: str | bytes | None) -> frozenset[bytes]:
+    """Field names listed in a `Connection` header, lower-cased."""
+    if not value:
+        return frozenset()
+    raw = value.encode("latin-1") if isinstance(value, str) else value
+    return frozenset(token.strip().lower() for token in raw.split(b","))
+
+
+class RequestIds:
+    """Cheap unique request ids: a random per-process prefix and a counter."""
+
+    __slots__ = ("_counter", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(6).hex()
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}-{next(self._counter):x}"
+
+
+class RequestHead:
+    """The request line and headers sent upstream, as one bytes object."""
+
+    __slots__ = ("data", "request_id")
+
+    def __init__(self, data: bytes, request_id: str) -> None:
+        self.data = data
+        self.request_id = request_id
+
+
+def build_request_head(
+    method: str,
+    target: str,
+    raw_headers: RawHeaders,
+    connection: str | None,
+    *,
+    client_ip: str | None,
+    default_host: bytes,
+    via: bytes,
+    body_length: int | None,
+    request_ids: RequestIds,
+) -> RequestHead:
+    """`body_length` None means the body is sent chunked; 0 means no body."""
+    dropped = connection_tokens(connection) if connection else frozenset()
+    out = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1")]
+    append = out.append
+    forwarded_for: bytes | None = None
+    prior_via: bytes | None = None
+    request_id: bytes | None = None
+    has_host = has_proto = has_fhost = False
+    host_value = default_host
+    for name, value in raw_headers:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in dropped:
+            continue
+        if lower in _REQUEST_OWN:
+            if lower == b"x-forwarded-for":
+                forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
+            elif lower == b"via":
+                prior_via = value if prior_via is None else prior_via + b", " + value
+            continue
+        if lower == b"host":
+            has_host = True
+            host_value = value
+        elif lower == b"x-request-id":
+            request_id = value
+        elif lower == b"x-forwarded-proto":
+            has_proto = True
+        elif lower == b"x-forwarded-host":
+            has_fhost = True
+        append(name + b": " + value + b"\r\n")
+    if not has_host:
+        host_value = default_host
+        append(b"Host: " + default_host + b"\r\n")
+    if request_id is None:
+        rid = request_ids.next()
+        append(b"X-Request-Id: " + rid.encode() + b"\r\n")
+    else:
+        rid = request_id.decode("latin-1")
+    if client_ip:
+        ip = client_ip.encode("latin-1")
+        append(b"X-Forwarded-For: " + (forwarded_for + b", " + ip if forwarded_for else ip)
+               + b"\r\n")
+    elif forwarded_for:
+        append(b"X-Forwarded-For: " + forwarded_for + b"\r\n")
+    if not has_proto:
+        append(b"X-Forwarded-Proto: http\r\n")
+    if not has_fhost:
+        append(b"X-Forwarded-Host: " + host_value + b"\r\n")
+    append(b"Via: " + (prior_via + b", " + via if prior_via else via) + b"\r\n")
+    if body_length is None:
+        append(b"Transfer-Encoding: chunked\r\n\r\n")
+    elif body_length or method in ("POST", "PUT", "PATCH"):
+        append(b"Content-Length: " + str(body_length).encode() + b"\r\n\r\n")
+    else:
+        append(b"\r\n")
+    return RequestHead(b"".join(out), rid)
+
+
+def response_headers(raw_headers: Sequence[tuple[bytes, bytes]], via: str) -> CIMultiDict[str]:
+    """Upstream response fields to send on, minus hop-by-hop and framing ones."""
+    connection = [value for name, value in raw_headers if name.lower() == b"connection"]
+    dropped = connection_tokens(b", ".join(connection)) if connection else frozenset()
+    headers: CIMultiDict[str] = CIMultiDict()
+    add = headers.add
+    prior_via = None
+    for name, value in raw_headers:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in dropped or lower in _RESPONSE_OWN:
+            continue
+        if lower == b"via":
+            prior_via = value.decode("latin-1") if prior_via is None else (
+                prior_via + ", " + value.decode("latin-1"))
+            continue
+        add(name.decode("latin-1"), value.decode("latin-1"))
+    add("Via", f"{prior_via}, {via}" if prior_via else via)
+    return headers

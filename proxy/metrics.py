@@ -1,0 +1,145 @@
+"""Request-path measurements as plain in-memory counters, turned into Prometheus families only
+when scraped.
+
+prometheus-client's own Counter/Histogram take a lock on every `inc`/`observe` and look labels
+up in a dict; here each (experiment, arm, upstream) gets its counters once, at wiring time, and
+recording is a list index increment on one event loop, no lock and no I/O.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+# Decision endpoints answer in milliseconds to seconds.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                   5.0, 10.0)
+# What abgate itself adds to a request: tens of microseconds when healthy.
+OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+STATUS_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+class Histogram:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last slot is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            out.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        return out
+
+
+class TrafficStats:
+    """Responses and upstream latency of one destination (an experiment arm, or a route's
+    upstream when no experiment applies)."""
+
+    __slots__ = ("arm", "experiment", "latency", "statuses", "upstream")
+
+    def __init__(self, experiment: str, arm: str, upstream: str) -> None:
+        self.experiment = experiment
+        self.arm = arm
+        self.upstream = upstream
+        self.statuses = [0] * len(STATUS_CLASSES)
+        self.latency = Histogram(LATENCY_BUCKETS)
+
+    def record(self, status: int, upstream_seconds: float | None) -> None:
+        self.statuses[status // 100 if 100 <= status < 600 else 0] += 1
+        if upstream_seconds is not None:
+            self.latency.observe(upstream_seconds)
+
+
+class ProxyMetrics(Collector):
+    """All counters of one data-plane process; registered once as a Prometheus collector."""
+
+    def __init__(self) -> None:
+        self._traffic: dict[tuple[str, str, str], TrafficStats] = {}
+        self.overhead = Histogram(OVERHEAD_BUCKETS)
+        self.upstream_errors: dict[tuple[str, str], int] = {}
+        self.local_responses: dict[tuple[int, str], int] = {}
+        self._gauges: list[Callable[[], Iterable[Metric]]] = []
+
+    def traffic(self, experiment: str, arm: str, upstream: str) -> TrafficStats:
+        """The counters of one destination; the same object across config reloads."""
+        key = (experiment, arm, upstream)
+        stats = self._traffic.get(key)
+        if stats is None:
+            stats = self._traffic[key] = TrafficStats(experiment, arm, upstream)
+        return stats
+
+    def count_upstream_error(self, upstream: str, kind: str) -> None:
+        key = (upstream, kind)
+        self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
+
+    def count_local_response(self, status: int, reason: str) -> None:
+        key = (status, reason)
+        self.local_responses[key] = self.local_responses.get(key, 0) + 1
+
+    def add_gauges(self, source: Callable[[], Iterable[Metric]]) -> None:
+        """Families computed from live state at scrape time (percentages, pools)."""
+        self._gauges.append(source)
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "abgate_requests", "Proxied requests by experiment, arm, upstream and status class "
+            "(experiment and arm are empty on routes without an experiment).",
+            labels=["experiment", "arm", "upstream", "status_class"])
+        latency = HistogramMetricFamily(
+            "ab_testing_decision_latency_seconds",
+            "Upstream time of each decision, from sending the request to the whole response.",
+            labels=["experiment", "arm"])
+        for stats in self._traffic.values():
+            for status_class, count in zip(STATUS_CLASSES, stats.statuses, strict=True):
+                if count:
+                    requests.add_metric([stats.experiment, stats.arm, stats.upstream,
+                                         status_class], count)
+            if stats.experiment:
+                latency.add_metric([stats.experiment, stats.arm], stats.latency.cumulative(),
+                                   stats.latency.sum)
+        yield requests
+        yield latency
+        overhead = HistogramMetricFamily(
+            "abgate_proxy_overhead_seconds",
+            "Time abgate adds to a request: its whole handling minus the upstream's part.")
+        overhead.add_metric([], self.overhead.cumulative(), self.overhead.sum)
+        yield overhead
+        errors = CounterMetricFamily(
+            "abgate_upstream_errors", "Failed upstream exchanges by kind (connect, timeout, "
+            "closed, protocol, pool_timeout).", labels=["upstream", "kind"])
+        for (upstream, kind), count in sorted(self.upstream_errors.items()):
+            errors.add_metric([upstream, kind], count)
+        yield errors
+        local = CounterMetricFamily(
+            "abgate_local_responses", "Responses abgate produced itself instead of an upstream.",
+            labels=["status", "reason"])
+        for (status, reason), count in sorted(self.local_responses.items()):
+            local.add_metric([str(status), reason], count)
+        yield local
+        for source in self._gauges:
+            yield from source()
+
+
+def gauge(name: str, documentation: str, labels: list[str],
+          samples: Iterable[tuple[list[str], float]]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation, labels=labels)
+    for values, value in samples:
+        family.add_metric(values, value)
+    return family

@@ -1,0 +1,166 @@
+"""Keep-alive connection pool for one upstream, and the request-with-one-replay it offers.
+
+No locks: the pool lives on one event loop. Idle connections are reused last-in first-out (the
+warmest first) and dropped when the upstream closes them or they sat idle past idle_timeout.
+When all `pool_size` connections are busy, callers queue (FIFO) for at most connect_timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator
+
+from config.model import UpstreamConfig
+from proxy.errors import PoolTimeout, UpstreamClosed, UpstreamConnectError, UpstreamTimeout
+from proxy.upstream import UpstreamConnection, UpstreamResponse
+
+
+class UpstreamPool:
+    def __init__(self, config: UpstreamConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self._loop = asyncio.get_running_loop()
+        self._idle: deque[UpstreamConnection] = deque()
+        self._waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
+        self._open = 0
+        self._closed = False
+        # Counters read by the metrics collector.
+        self.connects = 0
+        self.stale_retries = 0
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    @property
+    def idle_connections(self) -> int:
+        return len(self._idle)
+
+    async def request(self, head: bytes, body: bytes | AsyncIterator[bytes] | None, *,
+                      head_only: bool = False, chunked: bool = False) -> UpstreamResponse:
+        """One exchange. A buffered request that meets a pooled connection the upstream had
+        already closed is sent again, once, on a fresh connection."""
+        conn = await self._acquire()
+        reused = conn.uses > 0
+        try:
+            return await conn.exchange(head, body, head_only=head_only, chunked=chunked)
+        except UpstreamClosed as exc:
+            replayable = body is None or isinstance(body, bytes)
+            if not (reused and exc.nothing_received and replayable):
+                raise
+        self.stale_retries += 1
+        conn = await self._acquire(fresh=True)
+        return await conn.exchange(head, body, head_only=head_only, chunked=chunked)
+
+    async def _acquire(self, *, fresh: bool = False) -> UpstreamConnection:
+        if self._closed:
+            raise UpstreamConnectError(self.name, "pool is closed")
+        now = self._loop.time()
+        while self._idle and not fresh:
+            conn = self._idle.pop()
+            if conn.usable and now - conn.idle_since < self.config.idle_timeout:
+                return conn
+            conn.close()
+            self._open -= 1
+        if self._open >= self.config.pool_size:
+            reused = await self._wait_for_connection()
+            if reused is not None:
+                return reused
+        self._open += 1
+        try:
+            return await self._connect()
+        except BaseException:
+            self._open -= 1
+            self._wake_waiter(None)
+            raise
+
+    async def _wait_for_connection(self) -> UpstreamConnection | None:
+        """Wait for a released connection (returned) or a free slot (None)."""
+        waiter: asyncio.Future[UpstreamConnection | None] = self._loop.create_future()
+        self._waiters.append(waiter)
+        handed_over = False
+        try:
+            async with asyncio.timeout(self.config.connect_timeout):
+                result = await waiter
+            handed_over = True
+            return result
+        except TimeoutError:
+            raise PoolTimeout(self.name, f"all {self.config.pool_size} connections busy for "
+                                         f"{self.config.connect_timeout:g}s") from None
+        finally:
+            if not handed_over:
+                self._pass_on(waiter)
+
+    def _pass_on(self, waiter: asyncio.Future[UpstreamConnection | None]) -> None:
+        """A waiter gave up (timeout, cancel); whatever it was handed goes to the next one."""
+        if not waiter.done():
+            waiter.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+        elif not waiter.cancelled() and waiter.exception() is None:
+            conn = waiter.result()
+            if conn is not None:
+                self._release(conn, True)
+            else:
+                self._wake_waiter(None)
+
+    async def _connect(self) -> UpstreamConnection:
+        config = self.config
+        try:
+            async with asyncio.timeout(config.connect_timeout):
+                _, conn = await self._loop.create_connection(
+                    lambda: UpstreamConnection(self.name, config.read_timeout, self._release),
+                    config.host, config.port)
+        except TimeoutError:
+            raise UpstreamConnectError(
+                self.name, f"connect timed out after {config.connect_timeout:g}s") from None
+        except OSError as exc:
+            raise UpstreamConnectError(self.name, f"connect failed: {exc.strerror or exc}") \
+                from exc
+        self.connects += 1
+        return conn
+
+    def _release(self, conn: UpstreamConnection, reusable: bool) -> None:
+        if reusable and not self._closed:
+            waiter = self._next_waiter()
+            if waiter is not None:
+                waiter.set_result(conn)
+                return
+            conn.idle_since = self._loop.time()
+            self._idle.append(conn)
+            return
+        if not reusable:
+            with contextlib.suppress(ValueError):
+                self._idle.remove(conn)
+        else:
+            conn.close()
+        self._open -= 1
+        self._wake_waiter(None)  # a slot is free: the next waiter may open a connection
+
+    def _next_waiter(self) -> asyncio.Future[UpstreamConnection | None] | None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                return waiter
+        return None
+
+    def _wake_waiter(self, conn: UpstreamConnection | None) -> None:
+        waiter = self._next_waiter()
+        if waiter is not None:
+            waiter.set_result(conn)
+
+    async def close(self) -> None:
+        """Close idle connections now; busy ones close when their exchange ends."""
+        self._closed = True
+        while self._idle:
+            self._idle.pop().close()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(UpstreamConnectError(self.name, "pool is closed"))
+        await asyncio.sleep(0)  # let transports run their close callbacks
+
+
+__all__ = ["UpstreamPool", "UpstreamTimeout"]

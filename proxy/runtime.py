@@ -1,0 +1,128 @@
+"""Wiring: one Config -> pools, destinations, route table, splitters, counters, listener.
+
+The one place where the proxy's parts are put together. `DataPlane` is an async context
+manager: entering binds the listener; leaving drains in-flight requests, then closes pools.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
+from types import TracebackType
+
+from prometheus_client.core import CounterMetricFamily, Metric
+
+from config.flags import Flag, FlagTable
+from config.model import Config, ExperimentConfig, Listen, RouteConfig
+from proxy.handler import Destination, ExperimentRoute, ProxyHandler, Target
+from proxy.metrics import ProxyMetrics, gauge
+from proxy.pool import UpstreamPool
+from proxy.routing import Router
+from proxy.server import HttpListener
+from proxy.split import Splitter
+
+
+class DataPlane:
+    def __init__(self, config: Config, flags: FlagTable, metrics: ProxyMetrics, *,
+                 listen: Listen | None = None, reuse_port: bool = False,
+                 worker_index: int = 0) -> None:
+        self.config = config
+        self.flags = flags
+        self.metrics = metrics
+        self._listen = listen or config.proxy.listen
+        self._reuse_port = reuse_port
+        seed = config.proxy.random_seed
+        self._rng = random.Random(None if seed is None else seed + worker_index)
+        self._pools: dict[str, UpstreamPool] = {}
+        self._splitters: dict[str, Splitter] = {}
+        self._stack = AsyncExitStack()
+        self.listener: HttpListener | None = None
+
+    async def __aenter__(self) -> DataPlane:
+        async with AsyncExitStack() as stack:
+            self._pools = {name: UpstreamPool(upstream)
+                           for name, upstream in self.config.upstreams.items()}
+            stack.push_async_callback(self._close_pools)
+            handler = ProxyHandler(self._route_table(), self.config.proxy, self.metrics)
+            stack.callback(self.flags.subscribe(self._on_flag))
+            self.metrics.add_gauges(self._gauges)
+            self.listener = await stack.enter_async_context(HttpListener(
+                handler, self._listen, reuse_port=self._reuse_port,
+                shutdown_timeout=self.config.proxy.shutdown_timeout))
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self._stack.aclose()
+
+    @property
+    def url(self) -> str:
+        assert self.listener is not None
+        return self.listener.url
+
+    def _route_table(self) -> Router[Target]:
+        targets: list[tuple[RouteConfig, Target]] = []
+        experiments: dict[str, ExperimentRoute] = {}
+        for route in self.config.routes:
+            if route.experiment is not None:
+                if route.experiment not in experiments:
+                    experiments[route.experiment] = self._experiment(
+                        self.config.experiments[route.experiment])
+                targets.append((route, experiments[route.experiment]))
+            else:
+                assert route.upstream is not None
+                targets.append((route, self._destination(route.upstream, "", "")))
+        return Router(targets)
+
+    def _experiment(self, experiment: ExperimentConfig) -> ExperimentRoute:
+        threshold = self.flags.get(experiment.name).basis_points
+        splitter = Splitter(experiment, threshold, self._rng)
+        self._splitters[experiment.name] = splitter
+        return ExperimentRoute(
+            splitter=splitter,
+            control=self._destination(experiment.control.upstream, experiment.name,
+                                      experiment.control.name),
+            treatment=self._destination(experiment.treatment.upstream, experiment.name,
+                                        experiment.treatment.name),
+        )
+
+    def _destination(self, upstream: str, experiment: str, arm: str) -> Destination:
+        config = self.config.upstreams[upstream]
+        host = config.host if config.port == 80 else f"{config.host}:{config.port}"
+        return Destination(pool=self._pools[upstream],
+                           stats=self.metrics.traffic(experiment, arm, upstream),
+                           experiment=experiment, arm=arm, host_header=host.encode("idna"))
+
+    def _on_flag(self, flag: Flag) -> None:
+        splitter = self._splitters.get(flag.name)
+        if splitter is not None:
+            splitter.threshold = flag.basis_points
+
+    async def _close_pools(self) -> None:
+        for pool in self._pools.values():
+            await pool.close()
+
+    def _gauges(self) -> Iterator[Metric]:
+        yield gauge("abgate_experiment_percentage",
+                    "Treatment share this process routes with, in percent.", ["experiment"],
+                    (([name], splitter.threshold / 100)
+                     for name, splitter in self._splitters.items()))
+        yield gauge("abgate_upstream_connections", "Pooled upstream connections by state.",
+                    ["upstream", "state"],
+                    [([name, state], value) for name, pool in self._pools.items()
+                     for state, value in (("open", pool.open_connections),
+                                          ("idle", pool.idle_connections))])
+        connects = CounterMetricFamily("abgate_upstream_connects",
+                                       "New connections opened to each upstream.",
+                                       labels=["upstream"])
+        retries = CounterMetricFamily(
+            "abgate_upstream_stale_retries",
+            "Requests re-sent on a fresh connection after a pooled one turned out closed.",
+            labels=["upstream"])
+        for name, pool in self._pools.items():
+            connects.add_metric([name], pool.connects)
+            retries.add_metric([name], pool.stale_retries)
+        yield connects
+        yield retries

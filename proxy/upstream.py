@@ -1,0 +1,380 @@
+"""One keep-alive HTTP/1.1 connection to an upstream: an asyncio Protocol driving llhttp.
+
+Why not aiohttp's ClientSession: on this path it costs several times what the proxy's own work
+does (see benchmarks/RESULTS.md). This client does only what a reverse proxy needs: write a
+prepared head and a body (bytes or a stream, with back-pressure), parse the response with
+httptools, hand the head over as soon as it is parsed and the body as it arrives (pausing the
+socket when the client reads slowly), and tell the pool whether the connection can be reused.
+
+One exchange at a time per connection. Timeouts are one timer per connection that re-arms
+itself from the time of the last activity, so data arriving costs a float store, not a timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import cast
+
+import httptools
+
+from proxy.errors import (
+    UpstreamClosed,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+
+# Body bytes buffered for a slow client before the upstream socket is paused.
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+Releaser = Callable[["UpstreamConnection", bool], None]
+
+
+class UpstreamResponse:
+    """A response head, and its body as it arrives (`read`) or whole (`complete`, `body`)."""
+
+    __slots__ = ("_buffered", "_chunks", "_conn", "_error", "_waiter", "complete", "headers",
+                 "status")
+
+    def __init__(self, conn: UpstreamConnection) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.complete = False
+        self._conn = conn
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._error: UpstreamError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def body(self) -> bytes:
+        """The whole body; only once `complete`."""
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        return data
+
+    def abandon(self) -> None:
+        if not self.complete:
+            self._conn.abandon(self)
+
+    def content_length(self) -> int | None:
+        for name, value in self.headers:
+            if name.lower() == b"content-length":
+                return int(value)
+        return None
+
+    async def read(self) -> bytes:
+        """The next piece of the body; b"" at its end. Raises UpstreamError if it broke off."""
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._buffered < LOW_WATER:
+                    self._conn.resume_reading()
+                return chunk
+            if self._error is not None:
+                raise self._error
+            if self.complete:
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def _feed(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered > HIGH_WATER:
+            self._conn.pause_reading()
+        self._wake()
+
+    def _finish(self, error: UpstreamError | None = None) -> None:
+        if error is None:
+            self.complete = True
+        else:
+            self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """A pooled connection; `exchange` runs one request/response on it."""
+
+    def __init__(self, upstream: str, read_timeout: float, release: Releaser) -> None:
+        self.upstream = upstream
+        self.read_timeout = read_timeout
+        self.uses = 0
+        self.idle_since = 0.0
+        self.closed = False
+        self._release = release
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._response: UpstreamResponse | None = None
+        self._head: asyncio.Future[UpstreamResponse] | None = None
+        self._received = False
+        self._request_sent = False
+        self._head_only = False
+        self._until_eof = False
+        self._framed = False
+        self._informational = False
+        self._reading_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_activity = 0.0
+
+    # -- exchange -------------------------------------------------------------------------
+
+    @property
+    def usable(self) -> bool:
+        transport = self._transport
+        return not self.closed and transport is not None and not transport.is_closing()
+
+    async def exchange(self, head: bytes, body: bytes | AsyncIterator[bytes] | None,
+                       *, head_only: bool = False, chunked: bool = False) -> UpstreamResponse:
+        """Send a request; return once the response head is parsed.
+
+        `body` is bytes (sent with the head), an async iterator (streamed; `chunked` frames it),
+        or None. If the exchange does not complete, the connection is closed, never reused.
+        """
+        transport = self._transport
+        assert transport is not None
+        assert self._response is None
+        self._response = UpstreamResponse(self)
+        self._head = self._loop.create_future()
+        self._received = self._request_sent = self._until_eof = self._framed = False
+        self._head_only = head_only
+        self._touch()
+        self._arm_timer()
+        try:
+            if body is None or isinstance(body, bytes):
+                transport.writelines((head, body) if body else (head,))
+                self._request_sent = True
+            else:
+                transport.write(head)
+                await self._stream_body(body, chunked)
+            return await self._head
+        except BaseException:
+            self.abort()
+            raise
+
+    async def _stream_body(self, body: AsyncIterator[bytes], chunked: bool) -> None:
+        head = self._head
+        assert head is not None
+        async for chunk in body:
+            if head.done() or not self.usable:
+                break  # the upstream answered (or failed) before taking the whole body
+            if not chunk:
+                continue
+            assert self._transport is not None
+            if chunked:
+                self._transport.writelines((f"{len(chunk):x}\r\n".encode(), chunk, b"\r\n"))
+            else:
+                self._transport.write(chunk)
+            self._touch()
+            if self._write_paused:
+                await self._wait_drain()
+        else:
+            if chunked and self.usable:
+                assert self._transport is not None
+                self._transport.write(b"0\r\n\r\n")
+            self._request_sent = True
+
+    async def _wait_drain(self) -> None:
+        self._drain = self._loop.create_future()
+        try:
+            await self._drain
+        finally:
+            self._drain = None
+
+    def abort(self) -> None:
+        """Drop the connection: the exchange on it is not going to complete."""
+        if self.closed:
+            return
+        self._fail(UpstreamClosed(self.upstream, "exchange abandoned", nothing_received=False))
+
+    def abandon(self, response: UpstreamResponse) -> None:
+        """The reader of `response` gave up on it (the client went away): drop the connection
+        if it is still carrying that response, so no half-read body is left on a pooled socket."""
+        if self._response is response:
+            self.abort()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        self.closed = True
+        self._cancel_timer()
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._response is None:
+            # Bytes while idle: the upstream is out of step with us. Never reuse this connection.
+            self._close_dead()
+            return
+        self._received = True
+        self._last_activity = self._loop.time()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__cause__ or exc.__context__
+            self._fail(cause if isinstance(cause, UpstreamError)
+                       else UpstreamProtocolError(self.upstream, str(exc)))
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamProtocolError(self.upstream, f"malformed response: {exc}"))
+
+    def eof_received(self) -> bool:
+        return False  # close the transport; connection_lost does the bookkeeping
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was_closed, self.closed = self.closed, True
+        self._cancel_timer()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        response = self._response
+        if response is None:
+            if not was_closed:
+                self._release(self, False)
+            return
+        head = self._head
+        if self._until_eof and head is not None and head.done():
+            # A body delimited by the end of the connection ends here, complete.
+            self._response = None
+            response._finish()
+            self._release(self, False)
+            return
+        detail = f"connection closed: {exc}" if exc else "connection closed by upstream"
+        self._fail(UpstreamClosed(self.upstream, detail, nothing_received=not self._received))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self._transport is not None:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self._transport is not None:
+            self._reading_paused = False
+            self._touch()
+            self._transport.resume_reading()
+
+    # -- httptools callbacks --------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self._response is not None
+        self._response.headers.append((name, value))
+        lower = name.lower()
+        if lower == b"content-length" or lower == b"transfer-encoding":
+            self._framed = True
+
+    def on_headers_complete(self) -> None:
+        response, head = self._response, self._head
+        assert response is not None
+        assert head is not None
+        status = self._parser.get_status_code()
+        if status < 200:
+            # 1xx (103 Early Hints, a stray 100 Continue): skip to the final response. 101 would
+            # switch protocols, which abgate does not proxy (it strips Upgrade).
+            if status == 101:
+                raise UpstreamProtocolError(self.upstream, "unexpected 101 Switching Protocols")
+            self._informational = True
+            response.headers.clear()
+            self._framed = False
+            return
+        response.status = status
+        if self._head_only:
+            head.set_result(response)
+            self._complete(reusable=False)  # llhttp would wait for a HEAD "body": do not reuse
+            return
+        self._until_eof = not self._framed and status not in (204, 304)
+        head.set_result(response)
+
+    def on_body(self, body: bytes) -> None:
+        if self._response is not None:
+            self._response._feed(body)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        if self._response is not None:
+            self._complete(reusable=self._parser.should_keep_alive() and self._request_sent)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _complete(self, *, reusable: bool) -> None:
+        response = self._response
+        assert response is not None
+        self._response = self._head = None
+        self._cancel_timer()
+        self.uses += 1
+        response._finish()
+        if not reusable:
+            self.close()
+        self._release(self, reusable)
+
+    def _fail(self, error: UpstreamError | BaseException) -> None:
+        if not isinstance(error, UpstreamError):
+            error = UpstreamProtocolError(self.upstream, repr(error))
+        response, head = self._response, self._head
+        self._response = self._head = None
+        was_closed = self.closed
+        self._close_dead()
+        if head is not None and not head.done():
+            head.set_exception(error)
+        elif response is not None:
+            response._finish(error)
+        if not was_closed:
+            self._release(self, False)
+
+    def _close_dead(self) -> None:
+        self.closed = True
+        self._cancel_timer()
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _touch(self) -> None:
+        self._last_activity = self._loop.time()
+
+    def _arm_timer(self) -> None:
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._last_activity + self.read_timeout,
+                                             self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._response is None:
+            return
+        idle_for = self._loop.time() - self._last_activity
+        if self._reading_paused or idle_for < self.read_timeout:
+            # Activity since the timer was set (or the client is the slow one): wait again.
+            self._last_activity = self._loop.time() if self._reading_paused else \
+                self._last_activity
+            self._arm_timer()
+            return
+        what = "response head" if self._head is not None and not self._head.done() else "body"
+        self._fail(UpstreamTimeout(self.upstream, f"no {what} within {self.read_timeout:g}s"))

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the servers the tests and benchmarks start on their own (ephemeral ports, 127.0.0.1):
+# redis-server, prometheus, wrk and nginx, from Debian's packages, when they are missing.
+set -euo pipefail
+
+declare -A package=([redis-server]=redis-server [prometheus]=prometheus [wrk]=wrk [nginx]=nginx-light)
+missing=()
+for tool in "${!package[@]}"; do
+    command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("${package[$tool]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-test-servers: missing ${missing[*]} and cannot apt-get here; install them" >&2
+    [ "${CI:-}" = "true" ] && exit 1
+    exit 0
+fi
+echo "install-test-servers: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The packages start system services on their standard ports; the tests start their own.
+for service in redis-server prometheus nginx; do
+    command -v service >/dev/null 2>&1 && service "$service" stop >/dev/null 2>&1 || true
+done

@@ -1,0 +1,153 @@
+"""Real servers for the tests, on ephemeral ports on 127.0.0.1: an echo upstream that reports
+what it received, raw-socket peers that misbehave on purpose, and config builders."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+import yaml
+from aiohttp import web
+
+from config import Config, parse_config
+
+
+def echo_app() -> web.Application:
+    """Answers with what it got: method, path, query, headers (in order), body digest."""
+    app = web.Application(client_max_size=1024**3)
+    app["peers"] = set()
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        app["peers"].add(request.transport.get_extra_info("peername") if request.transport
+                         else None)
+        digest, size = hashlib.sha256(), 0
+        async for chunk in request.content.iter_any():
+            digest.update(chunk)
+            size += len(chunk)
+        path = request.path
+        if path.startswith("/slow/"):
+            await asyncio.sleep(float(path.rsplit("/", 1)[1]))
+        if path.startswith("/status/"):
+            return web.Response(status=int(path.rsplit("/", 1)[1]))
+        if path == "/cookies":
+            response = web.Response(text="cookies")
+            response.headers.add("Set-Cookie", "a=1; Path=/")
+            response.headers.add("Set-Cookie", "b=2; Path=/")
+            return response
+        if path == "/gzip":
+            return web.Response(body=b"\x1f\x8b\x08\x00pretend-gzip",
+                                headers={"Content-Encoding": "gzip",
+                                         "Content-Type": "text/plain"})
+        if path == "/hop":
+            return web.Response(text="hop", headers={
+                "Connection": "X-Secret", "X-Secret": "1", "Keep-Alive": "timeout=5",
+                "X-Kept": "yes", "Proxy-Authenticate": "Basic"})
+        if path.startswith("/download/"):
+            return await _download(request, int(path.rsplit("/", 1)[1]))
+        payload = {
+            "method": request.method,
+            "path_qs": request.raw_path,
+            "headers": [[k, v] for k, v in request.headers.items()],
+            "body_size": size,
+            "body_sha256": digest.hexdigest(),
+        }
+        return web.Response(body=orjson.dumps(payload), content_type="application/json")
+
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return app
+
+
+async def _download(request: web.Request, size: int) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    response.content_length = size
+    await response.prepare(request)
+    block = b"x" * (1024 * 1024)
+    remaining = size
+    while remaining:
+        piece = block[: min(len(block), remaining)]
+        await response.write(piece)
+        remaining -= len(piece)
+    await response.write_eof()
+    return response
+
+
+@asynccontextmanager
+async def serve_app(app: web.Application) -> AsyncIterator[str]:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def raw_server(handler: RawHandler) -> AsyncIterator[tuple[str, list[int]]]:
+    """A TCP server running `handler` per connection; yields its URL and a connection count."""
+    connections: list[int] = []
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)  # type: ignore[arg-type]
+        try:
+            await handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            tasks.discard(task)  # type: ignore[arg-type]
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", connections
+    finally:
+        server.close()
+        for task in list(tasks):
+            task.cancel()
+        await server.wait_closed()
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """Read one request head (and a Content-Length body) from a raw connection."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    body = await reader.readexactly(length) if length else b""
+    return head, body
+
+
+def make_config(upstreams: dict[str, str], *, percentage: float = 10,
+                experiment: dict[str, Any] | None = None, routes: list[dict[str, Any]] | None
+                = None, proxy: dict[str, Any] | None = None,
+                upstream_options: dict[str, Any] | None = None) -> Config:
+    """A config on ephemeral ports. With upstreams `control` and `treatment`, an experiment
+    `exp` splits the prefix /api/ between them."""
+    document: dict[str, Any] = {
+        "proxy": {"listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0",
+                  "shutdown_timeout": "5s", "random_seed": 7, **(proxy or {})},
+        "control": {"listen": "127.0.0.1:0"},
+        "upstreams": {name: {"url": url, **(upstream_options or {})}
+                      for name, url in upstreams.items()},
+        "routes": routes or [{"prefix": "/", "experiment": "exp"}],
+        "experiments": {"exp": {"control": "control", "treatment": "treatment",
+                                "sticky": [{"header": "X-User-Id"}],
+                                "percentage": percentage, **(experiment or {})}},
+    }
+    if "treatment" not in upstreams:
+        document.pop("experiments")
+    return parse_config(yaml.safe_dump(document, sort_keys=False), "<test>")

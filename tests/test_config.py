@@ -1,0 +1,183 @@
+"""Config: parsed once into frozen values, refused as a whole with line and key path."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from config import ConfigError, load_config, parse_config
+
+GOOD = """\
+upstreams:
+  deterministic:
+    url: http://127.0.0.1:9001
+  ml:
+    url: http://127.0.0.1:9002
+routes:
+  - prefix: /api/agent/
+    experiment: rollout
+experiments:
+  rollout:
+    control: deterministic
+    treatment: ml
+    percentage: 12.5
+"""
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "test.yaml")
+    return [str(problem) for problem in caught.value.problems]
+
+
+def test_example_config_loads() -> None:
+    config = load_config(Path(__file__).parent.parent / "config" / "abgate.yaml")
+    experiment = config.experiments["ml-agent-rollout"]
+    assert experiment.control.name == "deterministic"
+    assert experiment.treatment.name == "ml"
+    assert experiment.percentage_bp == 1000
+    assert experiment.sticky[0].kind == "header"
+    assert config.proxy.listen.port == 8080
+    assert config.control.listen.port == 8092
+    assert config.upstreams["ml"].port == 9002
+
+
+def test_defaults_and_frozen() -> None:
+    config = parse_config(GOOD)
+    experiment = config.experiments["rollout"]
+    assert experiment.percentage_bp == 1250
+    assert experiment.seed == "rollout"  # seed defaults to the experiment name
+    assert experiment.when_missing == "random"
+    assert config.upstreams["ml"].connect_timeout == 1.0
+    assert config.upstreams["ml"].read_timeout == 10.0
+    assert config.proxy.max_body_size == 10 * 1024 * 1024
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.proxy = config.proxy  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        config.upstreams["x"] = config.upstreams["ml"]  # type: ignore[index]
+
+
+def test_bad_url_names_key_path_and_line() -> None:
+    text = GOOD.replace("url: http://127.0.0.1:9002", "url: ftp://nowhere")
+    # Reported once: what refers to the bad upstream is not reported again.
+    assert problems(text) == ["upstreams.ml.url (line 5): not a valid http URL: 'ftp://nowhere'"]
+
+
+def test_every_problem_is_listed_at_once() -> None:
+    text = """\
+proxy:
+  listen: 127.0.0.1:99999
+  max_body_size: lots
+  colour: blue
+upstreams:
+  a:
+    url: http://127.0.0.1:1/path
+    pool_size: 0
+    read_timeout: 0s
+routes:
+  - prefix: api
+    upstream: a
+  - regex: "("
+    upstream: nope
+  - prefix: /x
+    experiment: missing
+    methods: [GET, "P O S T"]
+experiments:
+  missing:
+    control: a
+    treatment: {upstream: a}
+    sticky: [{header: "bad header"}, {tea: x}, client_ip]
+    when_missing: sometimes
+    percentage: 10.005
+"""
+    assert problems(text) == [
+        "proxy.colour (line 4): unknown key (expected one of: admin_listen, buffer_body_size, "
+        "listen, max_body_size, random_seed, shutdown_timeout)",
+        "proxy.listen (line 2): expected 'host:port' with a port of 0..65535, "
+        "got '127.0.0.1:99999'",
+        "proxy.max_body_size (line 3): expected a size such as 65536, '64KiB' or '10MiB', "
+        "got 'lots'",
+        "upstreams.a.url (line 7): must not have a path or query: abgate forwards the request "
+        "path unchanged, got 'http://127.0.0.1:1/path'",
+        "upstreams.a.read_timeout (line 9): must be more than 0s and at most 86400s, got 0s",
+        "upstreams.a.pool_size (line 8): must be between 1 and 100000, got 0",
+        "experiments.missing.treatment (line 21): arm name 'a' is also the control arm's; "
+        "name the arms apart",
+        "experiments.missing.sticky[0].header (line 22): not a header name: 'bad header'",
+        "experiments.missing.sticky[1].tea (line 22): unknown sticky key source (expected "
+        "header, cookie, query or client_ip)",
+        "experiments.missing.when_missing (line 23): expected one of random, control, "
+        "client_ip, got 'sometimes'",
+        "experiments.missing.percentage (line 24): at most two decimals (0.01% steps), "
+        "got 10.005",
+        "routes[0].prefix (line 11): must be a path starting with '/', got 'api'",
+        "routes[1].regex (line 13): invalid regular expression: missing ), unterminated "
+        "subpattern at position 0",
+        "routes[1].upstream (line 14): unknown upstream 'nope'",
+        "routes[2].methods[1] (line 17): not an HTTP method: 'P O S T'",
+    ]
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("101", "must be between 0 and 100, got 101"),
+    ("-1", "must be between 0 and 100, got -1"),
+    ("true", "expected a number from 0 to 100, got a boolean (true)"),
+    ("'ten'", "expected a number from 0 to 100, got 'ten'"),
+    ("12.345", "at most two decimals (0.01% steps), got 12.345"),
+])
+def test_percentage_is_checked(value: str, message: str) -> None:
+    text = GOOD.replace("percentage: 12.5", f"percentage: {value}")
+    assert problems(text) == [f"experiments.rollout.percentage (line 13): {message}"]
+
+
+def test_percentage_two_decimals_exact() -> None:
+    config = parse_config(GOOD.replace("percentage: 12.5", "percentage: 0.01"))
+    assert config.experiments["rollout"].percentage_bp == 1
+    config = parse_config(GOOD.replace("percentage: 12.5", "percentage: 99.99"))
+    assert config.experiments["rollout"].percentage_bp == 9999
+
+
+def test_unknown_top_level_key_and_duplicates() -> None:
+    text = GOOD + "experimnets: {}\n"
+    assert problems(text) == [
+        "experimnets (line 14): unknown key (expected one of: control, experiments, proxy, "
+        "routes, upstreams)"]
+    duplicated = GOOD.replace("  ml:\n", "  deterministic:\n")
+    assert problems(duplicated)[0] == "upstreams.deterministic (line 4): duplicate key"
+
+
+def test_yaml_syntax_error_has_line() -> None:
+    assert problems("upstreams:\n  a: [unclosed\n") == [
+        "<document> (line 3): invalid YAML: expected ',' or ']', but got '<stream end>'"]
+
+
+def test_route_needs_one_target_and_one_matcher() -> None:
+    text = GOOD.replace("    experiment: rollout", "    experiment: rollout\n    upstream: ml")
+    assert problems(text) == ["routes[0] (line 7): needs exactly one of experiment or upstream"]
+    text = GOOD.replace("  - prefix: /api/agent/", "  - methods: [GET]")
+    assert problems(text) == ["routes[0] (line 7): needs exactly one of prefix or regex"]
+
+
+def test_check_config_cli(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("url: http://127.0.0.1:9002", "url: not a url"))
+    ok = subprocess.run([sys.executable, "-m", "control.cli", "check-config", str(good)],
+                        capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert "OK (2 upstreams, 1 routes, 1 experiments)" in ok.stdout
+    refused = subprocess.run([sys.executable, "-m", "control.cli", "check-config", str(bad)],
+                             capture_output=True, text=True, check=False)
+    assert refused.returncode == 1
+    assert f"{bad}: 1 problem" in refused.stdout
+    assert "upstreams.ml.url (line 5): not a valid http URL: 'not a url'" in refused.stdout
+    missing = subprocess.run([sys.executable, "-m", "control.cli", "check-config",
+                              str(tmp_path / "nope.yaml")], capture_output=True, text=True,
+                             check=False)
+    assert missing.returncode == 1
+    assert "cannot read the file" in missing.stdout
