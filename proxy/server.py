@@ -31,7 +31,7 @@ class _JsonErrorRequestHandler(RequestHandler):
             log.debug("bad request from %s: %s", request.remote, message or exc)
         error = "malformed request" if status == 400 else (message or "internal error")
         if status == 400 and message:
-            error = f"malformed request: {message}"
+            error = f"malformed request: {message.strip().splitlines()[0]}"
         body = orjson.dumps({"error": error, "upstream": None, "request_id": None})
         response = web.Response(status=status, body=body, content_type="application/json")
         response.force_close()

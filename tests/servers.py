@@ -15,14 +15,16 @@ from aiohttp import web
 
 from config import Config, parse_config
 
+PEERS = web.AppKey("peers", set)
+
 
 def echo_app() -> web.Application:
     """Answers with what it got: method, path, query, headers (in order), body digest."""
     app = web.Application(client_max_size=1024**3)
-    app["peers"] = set()
+    app[PEERS] = set()
 
     async def echo(request: web.Request) -> web.StreamResponse:
-        app["peers"].add(request.transport.get_extra_info("peername") if request.transport
+        app[PEERS].add(request.transport.get_extra_info("peername") if request.transport
                          else None)
         digest, size = hashlib.sha256(), 0
         async for chunk in request.content.iter_any():
@@ -100,14 +102,14 @@ async def raw_server(handler: RawHandler) -> AsyncIterator[tuple[str, list[int]]
         connections.append(1)
         task = asyncio.current_task()
         assert task is not None
-        tasks.add(task)  # type: ignore[arg-type]
+        tasks.add(task)
         try:
             await handler(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             writer.close()
-            tasks.discard(task)  # type: ignore[arg-type]
+            tasks.discard(task)
 
     server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -151,3 +153,25 @@ def make_config(upstreams: dict[str, str], *, percentage: float = 10,
     if "treatment" not in upstreams:
         document.pop("experiments")
     return parse_config(yaml.safe_dump(document, sort_keys=False), "<test>")
+
+
+async def raw_request(url: str, data: bytes, *, timeout: float = 10.0) -> bytes:
+    """Send raw bytes to a server and read until it closes (send `Connection: close`)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(data)
+        await writer.drain()
+        async with asyncio.timeout(timeout):
+            return await reader.read(-1)
+    finally:
+        writer.close()
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

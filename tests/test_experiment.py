@@ -1,0 +1,166 @@
+"""Experiments through the real proxy and demo agents: split ratio, stickiness, monotonic
+raising through the control API, routing headers and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import orjson
+import pytest
+from aiohttp import ClientSession
+
+from control.serve import embedded
+from tests.servers import make_config
+
+URL = "/api/agent/credit/decide"
+
+
+async def arm_of(session: ClientSession, base: str, user: str | None) -> str:
+    headers = {"X-User-Id": user} if user is not None else {}
+    async with session.post(f"{base}{URL}", data=b'{"amount": 10}', headers=headers) as response:
+        assert response.status == 200
+        body = orjson.loads(await response.read())
+        assert response.headers["X-ABGate-Experiment"] == "exp"
+        arm = response.headers["X-ABGate-Arm"]
+        # The arm named in the header is the agent that answered.
+        assert body["source"] == ("ml" if arm == "treatment" else "deterministic")
+        return arm
+
+
+async def set_percentage(session: ClientSession, control: str, value: float) -> None:
+    async with session.post(f"{control}/api/flags/exp",
+                            json={"percentage": value, "reason": "test"}) as response:
+        assert response.status == 200, await response.text()
+
+
+async def test_random_split_matches_percentage(session: ClientSession,
+                                               agents: dict[str, str]) -> None:
+    async with embedded(make_config(agents, percentage=10)) as running:
+        arms = Counter([await arm_of(session, running.proxy_url, None) for _ in range(1000)])
+    assert 80 <= arms["treatment"] <= 120, arms  # seeded (proxy.random_seed): deterministic
+
+
+async def test_sticky_users_and_monotonic_rollout(session: ClientSession,
+                                                  agents: dict[str, str]) -> None:
+    users = [f"user-{i}" for i in range(200)]
+    async with embedded(make_config(agents, percentage=5)) as running:
+        previous: set[str] = set()
+        for percentage in (5, 25, 50, 75, 100):
+            await set_percentage(session, running.control_url, percentage)
+            treated = set()
+            for user in users:
+                first = await arm_of(session, running.proxy_url, user)
+                assert await arm_of(session, running.proxy_url, user) == first  # sticky
+                if first == "treatment":
+                    treated.add(user)
+            assert previous <= treated, "raising the percentage moved a user back"
+            assert abs(len(treated) / len(users) - percentage / 100) <= 0.08
+            previous = treated
+        assert previous == set(users)
+        await set_percentage(session, running.control_url, 0)  # rollback
+        arms = {await arm_of(session, running.proxy_url, user) for user in users}
+        assert arms == {"control"}
+
+
+async def test_client_ip_when_key_missing(session: ClientSession, agents: dict[str, str]) -> None:
+    config = make_config(agents, percentage=50, experiment={"when_missing": "client_ip"})
+    async with embedded(config) as running:
+        arms = {await arm_of(session, running.proxy_url, None) for _ in range(30)}
+    assert len(arms) == 1  # every request from 127.0.0.1 lands in the same arm
+
+
+async def test_metrics_count_requests_per_arm(session: ClientSession,
+                                              agents: dict[str, str]) -> None:
+    async with embedded(make_config(agents, percentage=50)) as running:
+        arms = Counter([await arm_of(session, running.proxy_url, f"u{i}") for i in range(100)])
+        async with session.get(f"{running.control_url}/metrics") as response:
+            text = await response.text()
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in text.splitlines() if line and not line.startswith("#")}
+    for arm in ("control", "treatment"):
+        key = (f'abgate_requests_total{{arm="{arm}",experiment="exp",status_class="2xx",'
+               f'upstream="{arm}"}}')
+        assert samples[key] == arms[arm]
+        count = f'ab_testing_decision_latency_seconds_count{{arm="{arm}",experiment="exp"}}'
+        assert samples[count] == arms[arm]
+    assert samples["abgate_proxy_overhead_seconds_count"] == 100
+    assert samples['abgate_experiment_percentage{experiment="exp"}'] == 50
+    assert "process_resident_memory_bytes" in samples
+
+
+@pytest.mark.parametrize(("body", "status", "error"), [
+    (b"{not json", 400, "request body is not valid JSON: unexpected character, expected a "
+                        "string key: line 1 column 2 (char 1)"),
+    (b"[]", 400, "request body must be a JSON object"),
+    (b"{}", 400, "percentage: required (a number from 0 to 100)"),
+    (b'{"percentage": 101}', 400, "percentage: must be between 0 and 100, got 101"),
+    (b'{"percentage": -0.5}', 400, "percentage: must be between 0 and 100, got -0.5"),
+    (b'{"percentage": "ten"}', 400, "percentage: expected a number from 0 to 100, got 'ten'"),
+    (b'{"percentage": true}', 400,
+     "percentage: expected a number from 0 to 100, got a boolean (true)"),
+    (b'{"percentage": 1.234}', 400, "percentage: at most two decimals (0.01% steps), got 1.234"),
+    (b'{"percentage": 5, "colour": 1}', 400,
+     "unknown field(s): colour (expected: percentage, reason)"),
+])
+async def test_flag_api_rejects_bad_input(session: ClientSession, agents: dict[str, str],
+                                          body: bytes, status: int, error: str) -> None:
+    async with embedded(make_config(agents)) as running:
+        async with session.post(f"{running.control_url}/api/flags/exp", data=body) as response:
+            assert response.status == status
+            assert (await response.json())["error"] == error
+        async with session.get(f"{running.control_url}/api/flags/exp") as response:
+            flag = await response.json()
+    assert flag["percentage"] == 10  # nothing half-written
+    assert flag["version"] == 1
+
+
+async def test_flag_api_reads_and_writes(session: ClientSession, agents: dict[str, str]) -> None:
+    async with embedded(make_config(agents)) as running:
+        control = running.control_url
+        async with session.get(f"{control}/api/flags/nope") as response:
+            assert response.status == 404
+            assert (await response.json())["error"] == "unknown flag 'nope'"
+        async with session.post(f"{control}/api/flags/nope", json={"percentage": 1}) as response:
+            assert response.status == 404
+        async with session.post(f"{control}/api/flags/exp", json={"percentage": 12.34,
+                                                                 "reason": "ramp"},
+                                headers={"X-ABGate-Actor": "alice"}) as response:
+            flag = await response.json()
+        assert flag["percentage"] == 12.34
+        assert flag["version"] == 2
+        assert flag["updated_by"] == "alice"
+        assert flag["reason"] == "ramp"
+        async with session.get(f"{control}/api/flags") as response:
+            assert [f["name"] for f in (await response.json())["flags"]] == ["exp"]
+        async with session.get(f"{control}/health") as response:
+            assert await response.text() == "OK"
+
+
+async def test_flag_api_token(session: ClientSession, agents: dict[str, str]) -> None:
+    async with embedded(make_config(agents), token="s3cret") as running:
+        url = f"{running.control_url}/api/flags/exp"
+        async with session.post(url, json={"percentage": 20}) as response:
+            assert response.status == 401
+        async with session.post(url, json={"percentage": 20},
+                                headers={"Authorization": "Bearer wrong"}) as response:
+            assert response.status == 401
+        async with session.post(url, json={"percentage": 20},
+                                headers={"Authorization": "Bearer s3cret"}) as response:
+            assert response.status == 200
+        async with session.get(url) as response:  # reading needs no token
+            assert (await response.json())["percentage"] == 20
+
+
+async def test_control_api_refuses_public_address_without_token(agents: dict[str, str]) -> None:
+    config = make_config(agents)
+    from dataclasses import replace
+
+    from config.model import Listen
+
+    public = replace(config, control=replace(config.control, listen=Listen("0.0.0.0", 0)))
+    with pytest.raises(ValueError, match="not loopback, without a token"):
+        async with embedded(public):
+            pass
+    async with embedded(public, token="t"):
+        await asyncio.sleep(0)
