@@ -16,11 +16,10 @@ import orjson
 from aiohttp import ClientConnectionResetError, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EofStream, StreamReader
-from multidict import CIMultiDict
 
 from config.model import ProxySettings
 from proxy.errors import UpstreamError
-from proxy.headers import RequestIds, build_request_head, response_headers
+from proxy.headers import RequestIds, build_request_head, copy_response_headers
 from proxy.metrics import ProxyMetrics, TrafficStats
 from proxy.pool import UpstreamPool
 from proxy.routing import Router
@@ -123,21 +122,27 @@ class ProxyHandler:
                 if status == 413 else "client closed the request body"
             return self._local(request, status, reason, dest, head.request_id)
 
-        headers = response_headers(upstream.headers, VIA)
+        if upstream.complete and method != "HEAD":
+            finished = perf_counter()
+            upstream_seconds = finished - upstream_started
+            response = web.Response(status=upstream.status, body=upstream.body())
+            self._copy_headers(upstream, response, dest, head.request_id)
+            dest.stats.record(upstream.status, upstream_seconds)
+            self.metrics.overhead.observe(perf_counter() - started - upstream_seconds)
+            return response
+        return await self._stream_response(request, upstream, dest, head.request_id, started,
+                                           upstream_started)
+
+    @staticmethod
+    def _copy_headers(upstream: UpstreamResponse, response: web.StreamResponse,
+                      dest: Destination, request_id: str) -> None:
+        headers = response.headers
+        copy_response_headers(upstream.headers, headers, VIA)
         if dest.experiment:
             headers["X-ABGate-Experiment"] = dest.experiment
             headers["X-ABGate-Arm"] = dest.arm
         if "X-Request-Id" not in headers:
-            headers["X-Request-Id"] = head.request_id
-
-        if upstream.complete and method != "HEAD":
-            finished = perf_counter()
-            upstream_seconds = finished - upstream_started
-            dest.stats.record(upstream.status, upstream_seconds)
-            self.metrics.overhead.observe(finished - started - upstream_seconds)
-            return web.Response(status=upstream.status, body=upstream.body(), headers=headers)
-        return await self._stream_response(request, upstream, headers, dest, started,
-                                           upstream_started)
+            headers["X-Request-Id"] = request_id
 
     async def _request_body(self, request: web.BaseRequest, length: int | None,
                             ) -> tuple[bytes | AsyncIterator[bytes] | None, int | None]:
@@ -190,11 +195,12 @@ class ProxyHandler:
             yield chunk
 
     async def _stream_response(self, request: web.BaseRequest, upstream: UpstreamResponse,
-                               headers: CIMultiDict[str], dest: Destination, started: float,
+                               dest: Destination, request_id: str, started: float,
                                upstream_started: float) -> web.StreamResponse:
         head_ready = perf_counter()
         upstream_head_seconds = head_ready - upstream_started
-        response = web.StreamResponse(status=upstream.status, headers=headers)
+        response = web.StreamResponse(status=upstream.status)
+        self._copy_headers(upstream, response, dest, request_id)
         length = upstream.content_length()
         if length is not None:
             response.content_length = length

@@ -127,21 +127,28 @@ def build_request_head(
     return RequestHead(b"".join(out), rid)
 
 
-def response_headers(raw_headers: Sequence[tuple[bytes, bytes]], via: str) -> CIMultiDict[str]:
-    """Upstream response fields to send on, minus hop-by-hop and framing ones."""
-    connection = [value for name, value in raw_headers if name.lower() == b"connection"]
-    dropped = connection_tokens(b", ".join(connection)) if connection else frozenset()
-    headers: CIMultiDict[str] = CIMultiDict()
-    add = headers.add
+# `Connection` values that name no other field: nothing more to drop.
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close"})
+
+
+def copy_response_headers(raw_headers: Sequence[tuple[bytes, bytes]], into: CIMultiDict[str],
+                          via: str) -> None:
+    """Add the upstream response fields to send on (minus hop-by-hop and framing) to `into`."""
+    pairs: list[tuple[str, str]] = []
+    dropped: frozenset[bytes] | None = None
     prior_via = None
     for name, value in raw_headers:
         lower = name.lower()
-        if lower in HOP_BY_HOP or lower in dropped or lower in _RESPONSE_OWN:
+        if lower in HOP_BY_HOP or lower in _RESPONSE_OWN:
+            if lower == b"connection" and value not in _PLAIN_CONNECTION:
+                dropped = connection_tokens(value) | (dropped or frozenset())
             continue
         if lower == b"via":
             prior_via = value.decode("latin-1") if prior_via is None else (
                 prior_via + ", " + value.decode("latin-1"))
             continue
-        add(name.decode("latin-1"), value.decode("latin-1"))
-    add("Via", f"{prior_via}, {via}" if prior_via else via)
-    return headers
+        pairs.append((name.decode("latin-1"), value.decode("latin-1")))
+    if dropped:
+        pairs = [(k, v) for k, v in pairs if k.lower().encode("latin-1") not in dropped]
+    pairs.append(("Via", f"{prior_via}, {via}" if prior_via else via))
+    into.extend(pairs)

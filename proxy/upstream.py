@@ -325,7 +325,7 @@ class UpstreamConnection(asyncio.Protocol):
         response = self._response
         assert response is not None
         self._response = self._head = None
-        self._cancel_timer()
+        # The timer stays armed: back-to-back exchanges reuse it (see _on_timer).
         self.uses += 1
         response._finish()
         if not reusable:
@@ -366,14 +366,14 @@ class UpstreamConnection(asyncio.Protocol):
             self._timer = None
 
     def _on_timer(self) -> None:
+        """One timer per connection, not per exchange: it fires at the earliest deadline an
+        exchange could have had, and re-arms from the last activity if there was some since."""
         self._timer = None
         if self._response is None:
-            return
-        idle_for = self._loop.time() - self._last_activity
-        if self._reading_paused or idle_for < self.read_timeout:
-            # Activity since the timer was set (or the client is the slow one): wait again.
-            self._last_activity = self._loop.time() if self._reading_paused else \
-                self._last_activity
+            return  # idle: the next exchange arms it again
+        if self._reading_paused:
+            self._touch()  # the client is the slow one, not the upstream
+        if self._loop.time() - self._last_activity < self.read_timeout:
             self._arm_timer()
             return
         what = "response head" if self._head is not None and not self._head.done() else "body"
