@@ -10,11 +10,14 @@ behind the same interface and feeds the same table.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from config.model import Config
+
+if TYPE_CHECKING:
+    from config.flag_file import FlagFile
 
 FlagListener = Callable[["Flag"], None]
 
@@ -84,10 +87,43 @@ class FlagTable:
             listener(flag)
         return True
 
+    def ensure(self, name: str, basis_points: int, *, by: str = "config") -> None:
+        """Add a flag for an experiment that appeared (config reload); keep an existing one."""
+        if name not in self._flags:
+            self.apply(Flag(name, basis_points, 1, time.time(), by,
+                            "initial value from config"))
+
+    def versions(self) -> dict[str, int]:
+        return {name: flag.version for name, flag in self._flags.items()}
+
     def subscribe(self, listener: FlagListener) -> Callable[[], None]:
         """Call `listener` on every applied change; returns the function that unsubscribes."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One proxy process as the control plane sees it."""
+
+    id: str
+    address: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    applied: dict[str, int]  # flag name -> version this instance routes with
+
+    def converged(self, flags: Iterable[Flag]) -> bool:
+        return all(self.applied.get(flag.name, 0) >= flag.version for flag in flags)
+
+    def as_json(self, flags: list[Flag]) -> dict[str, object]:
+        return {"id": self.id, "address": self.address, "pid": self.pid,
+                "started_at": self.started_at, "heartbeat_at": self.heartbeat_at,
+                "applied": self.applied, "converged": self.converged(flags)}
+
+
+class FlagStoreUnavailable(Exception):
+    """The backend cannot take writes right now (Redis down); nothing was written."""
 
 
 class FlagStore(Protocol):
@@ -95,19 +131,61 @@ class FlagStore(Protocol):
 
     table: FlagTable
 
-    async def set_percentage(self, name: str, basis_points: int, *, by: str,
-                             reason: str) -> Flag: ...
+    async def set_percentages(self, changes: Mapping[str, int], *, by: str,
+                              reason: str) -> list[Flag]:
+        """Set several flags in one atomic step (all or none); each gets a new version."""
+        ...
+
+    async def history(self, name: str, limit: int) -> list[dict[str, object]]:
+        """The newest `limit` changes of a flag, newest first."""
+        ...
+
+    async def instances(self) -> list[Instance]:
+        """The live proxy instances and the flag versions each has applied."""
+        ...
+
+
+HISTORY_LIMIT = 1000  # per flag, in the memory backend's file
 
 
 class MemoryFlagStore:
-    """The embedded default: the table is the store (one process, no Redis)."""
+    """The embedded default: one process, the table is the store, persisted to a local file."""
 
-    def __init__(self, table: FlagTable) -> None:
+    def __init__(self, table: FlagTable, state_file: FlagFile | None = None) -> None:
         self.table = table
+        self._file = state_file
+        self._history: dict[str, list[dict[str, object]]] = {}
+        self.local: Instance | None = None  # set once this process's listener is bound
 
-    async def set_percentage(self, name: str, basis_points: int, *, by: str,
-                             reason: str) -> Flag:
-        current = self.table.get(name)
-        flag = Flag(name, basis_points, current.version + 1, time.time(), by, reason)
-        self.table.apply(flag)
-        return flag
+    def restore(self) -> int:
+        """Take newer flags from the state file (if any) into the table; returns how many."""
+        if self._file is None:
+            return 0
+        flags, history = self._file.load()
+        self._history = {name: list(entries) for name, entries in history.items()}
+        return sum(self.table.apply(flag) for flag in flags if flag.name in self.table)
+
+    async def set_percentages(self, changes: Mapping[str, int], *, by: str,
+                              reason: str) -> list[Flag]:
+        now = time.time()
+        flags = [Flag(name, basis_points, self.table.get(name).version + 1, now, by, reason)
+                 for name, basis_points in changes.items()]
+        for flag in flags:
+            self.table.apply(flag)
+            entries = self._history.setdefault(flag.name, [])
+            entries.append(flag.as_json())
+            del entries[:-HISTORY_LIMIT]
+        if self._file is not None:
+            self._file.save(self.table.all(), self._history)
+        return flags
+
+    async def history(self, name: str, limit: int) -> list[dict[str, object]]:
+        self.table.get(name)
+        return list(reversed(self._history.get(name, [])[-limit:]))
+
+    async def instances(self) -> list[Instance]:
+        if self.local is None:
+            return []
+        applied = {flag.name: flag.version for flag in self.table.all()}
+        return [Instance(self.local.id, self.local.address, self.local.pid,
+                         self.local.started_at, time.time(), applied)]

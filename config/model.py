@@ -48,6 +48,18 @@ class ControlSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class FlagsSettings:
+    # redis://... makes Redis the flag store (many sidecars); None keeps flags in this process.
+    # ABGATE_REDIS_URL, when set, takes the place of a missing redis_url.
+    redis_url: str | None
+    key_prefix: str
+    # Local snapshot: the embedded store's state, the control plane's durable copy with Redis,
+    # and what a proxy starts from while Redis is down. None: not persisted.
+    state_file: str | None
+    heartbeat_interval: float
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     name: str
     url: str
@@ -99,6 +111,7 @@ class Config:
     source: str
     proxy: ProxySettings
     control: ControlSettings
+    flags: FlagsSettings
     upstreams: Mapping[str, UpstreamConfig]
     routes: tuple[RouteConfig, ...]
     experiments: Mapping[str, ExperimentConfig]

@@ -15,6 +15,7 @@ from config.model import (
     Config,
     ControlSettings,
     ExperimentConfig,
+    FlagsSettings,
     Listen,
     ProxySettings,
     RouteConfig,
@@ -60,7 +61,8 @@ class _Schema:
         self.experiment_names: set[str] = set()
 
     def build(self, root: Any) -> Config | None:
-        top = self.r.mapping(root, (), {"proxy", "control", "upstreams", "routes", "experiments"})
+        top = self.r.mapping(root, (), {"proxy", "control", "flags", "upstreams", "routes",
+                                        "experiments"})
         if top is None:
             return None
         for key, names in (("upstreams", self.upstream_names),
@@ -69,6 +71,7 @@ class _Schema:
                 names.update(top[key])
         proxy = self._proxy(top.get("proxy"))
         control = self._control(top.get("control"))
+        flags = self._flags(top.get("flags"))
         upstreams = self._upstreams(top.get("upstreams"))
         experiments = self._experiments(top.get("experiments"), upstreams)
         routes = self._routes(top.get("routes"), upstreams, experiments)
@@ -76,12 +79,13 @@ class _Schema:
             self.r.problem(("control", "listen"), "is the same address as proxy.listen")
         if proxy is None or control is None or upstreams is None or routes is None:
             return None
-        if experiments is None:
+        if experiments is None or flags is None:
             return None
         return Config(
             source=self.source,
             proxy=proxy,
             control=control,
+            flags=flags,
             upstreams=MappingProxyType(upstreams),
             routes=routes,
             experiments=MappingProxyType(experiments),
@@ -123,6 +127,29 @@ class _Schema:
             return None
         listen = self.r.listen(section.get("listen", "127.0.0.1:8092"), ("control", "listen"))
         return ControlSettings(listen) if listen else None
+
+    def _flags(self, value: Any) -> FlagsSettings | None:
+        path: KeyPath = ("flags",)
+        section = self.r.mapping(value, path, {"redis_url", "key_prefix", "state_file",
+                                               "heartbeat_interval"})
+        if section is None:
+            return None
+        redis_url = section.get("redis_url")
+        if redis_url is not None and (not isinstance(redis_url, str) or not
+                                      redis_url.startswith(("redis://", "rediss://", "unix://"))):
+            self.r.problem((*path, "redis_url"), f"expected a redis:// URL, got {redis_url!r}")
+            redis_url = None
+        prefix = self.r.name(section.get("key_prefix", "abgate"), (*path, "key_prefix"))
+        state_file = section.get("state_file", ".abgate/flags.json")
+        if state_file is not None and (not isinstance(state_file, str) or not state_file):
+            self.r.problem((*path, "state_file"), "expected a file path, or null for none")
+            state_file = None
+        heartbeat = self.r.duration(section.get("heartbeat_interval", "1s"),
+                                    (*path, "heartbeat_interval"), high=60)
+        if prefix is None or heartbeat is None:
+            return None
+        return FlagsSettings(redis_url=redis_url, key_prefix=prefix, state_file=state_file,
+                             heartbeat_interval=heartbeat)
 
     def _upstreams(self, value: Any) -> dict[str, UpstreamConfig] | None:
         path: KeyPath = ("upstreams",)

@@ -8,7 +8,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 from config import ConfigError, load_config
-from control.serve import configure_logging, run_embedded, run_workers
+from control.serve import configure_logging, run_control, run_embedded, run_workers
 
 DEFAULT_CONFIG = "config/abgate.yaml"
 
@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--config", default=DEFAULT_CONFIG, help=f"(default {DEFAULT_CONFIG})")
     proxy.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
 
+    control = commands.add_parser(
+        "control", help="control API and flag writer only (flags in Redis)",
+        description="Serve the control API without a data plane. Needs flags.redis_url or "
+                    "ABGATE_REDIS_URL: proxies (`abgate proxy`) take their flags from Redis.")
+    control.add_argument("--config", default=DEFAULT_CONFIG, help=f"(default {DEFAULT_CONFIG})")
+
     check = commands.add_parser(
         "check-config", help="validate a configuration file and list every problem",
         description="Validate FILE as a whole. Prints every problem with its key path and "
@@ -64,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "run":
             run_embedded(args.config)
+            return 0
+        if args.command == "control":
+            run_control(args.config)
             return 0
         if args.workers < 1:
             print("abgate: --workers must be at least 1", file=sys.stderr)

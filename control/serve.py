@@ -21,9 +21,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from config import Config, load_config
-from config.flags import FlagTable, MemoryFlagStore
+from config.flags import FlagTable
 from config.model import Listen
 from control.api import check_exposure, create_control_app
+from control.flag_backend import FlagBackend, initial_table, redis_url, start_flag_backend
 from control.signals import stop_on_signals
 from proxy.admin import create_admin_app
 from proxy.metrics import ProxyMetrics
@@ -64,21 +65,27 @@ class Embedded:
     control_url: str
     flags: FlagTable
     metrics: ProxyMetrics
+    backend: FlagBackend
 
 
 @asynccontextmanager
 async def embedded(config: Config, token: str | None = None) -> AsyncIterator[Embedded]:
-    """Data plane and control API in one process, flags in memory; stops both on exit."""
+    """Data plane and control API in one process; flags in memory (or Redis when configured).
+    Everything started here is stopped on exit, in reverse order."""
     check_exposure(config.control.listen.host, token)
-    flags = FlagTable.from_config(config)
+    flags = initial_table(config)
     metrics = ProxyMetrics()
     registry = new_registry(metrics)
     async with AsyncExitStack() as stack:
         plane = await stack.enter_async_context(DataPlane(config, flags, metrics))
-        control_app = create_control_app(MemoryFlagStore(flags), registry, token)
+        backend = await start_flag_backend(stack, config, flags, writer=True,
+                                           proxy_address=plane.url)
+        metrics.add_gauges(backend.collect)
+        assert backend.store is not None
+        control_app = create_control_app(backend.store, registry, token)
         control_url = await app_site(stack, control_app, config.control.listen,
                                      config.proxy.shutdown_timeout)
-        yield Embedded(plane.url, control_url, flags, metrics)
+        yield Embedded(plane.url, control_url, flags, metrics, backend)
 
 
 async def serve_embedded(config: Config) -> None:
@@ -92,9 +99,30 @@ async def serve_embedded(config: Config) -> None:
                  config.proxy.shutdown_timeout)
 
 
+async def serve_control(config: Config) -> None:
+    """`abgate control`: the control API and flag writer, no data plane (flags in Redis)."""
+    token = os.environ.get("ABGATE_CONTROL_TOKEN") or None
+    check_exposure(config.control.listen.host, token)
+    if redis_url(config) is None:
+        raise ValueError("abgate control needs a shared flag store: set flags.redis_url or "
+                         "ABGATE_REDIS_URL (without Redis, use abgate run)")
+    flags = initial_table(config)
+    metrics = ProxyMetrics()
+    registry = new_registry(metrics)
+    async with stop_on_signals() as stop, AsyncExitStack() as stack:
+        backend = await start_flag_backend(stack, config, flags, writer=True,
+                                           proxy_address=None)
+        metrics.add_gauges(backend.collect)
+        assert backend.store is not None
+        control_url = await app_site(stack, create_control_app(backend.store, registry, token),
+                                     config.control.listen, 5.0)
+        announce(f"abgate control API listening on {control_url}")
+        await stop.wait()
+
+
 async def serve_worker(config: Config, index: int, reuse_port: bool) -> None:
     """One data-plane worker: the proxy listener plus its own admin listener."""
-    flags = FlagTable.from_config(config)
+    flags = initial_table(config)
     metrics = ProxyMetrics()
     registry = new_registry(metrics)
     admin = config.proxy.admin
@@ -102,6 +130,9 @@ async def serve_worker(config: Config, index: int, reuse_port: bool) -> None:
     async with stop_on_signals() as stop, AsyncExitStack() as stack:
         plane = await stack.enter_async_context(
             DataPlane(config, flags, metrics, reuse_port=reuse_port, worker_index=index))
+        backend = await start_flag_backend(stack, config, flags, writer=False,
+                                           proxy_address=plane.url)
+        metrics.add_gauges(backend.collect)
         admin_url = await app_site(stack, create_admin_app(registry), admin, 1.0)
         announce(f"abgate worker {index} (pid {os.getpid()}) proxy listening on {plane.url}, "
                  f"admin on {admin_url}")
@@ -110,6 +141,10 @@ async def serve_worker(config: Config, index: int, reuse_port: bool) -> None:
 
 def run_embedded(config_path: str) -> None:
     uvloop.run(serve_embedded(load_config(config_path)))
+
+
+def run_control(config_path: str) -> None:
+    uvloop.run(serve_control(load_config(config_path)))
 
 
 def _worker_main(config_path: str, index: int, port: int) -> None:

@@ -51,6 +51,7 @@ def config_document(upstream_url: str, **proxy: Any) -> dict[str, Any]:
     return {
         "proxy": {"listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0", **proxy},
         "control": {"listen": "127.0.0.1:0"},
+        "flags": {"state_file": None},
         "upstreams": {"echo": {"url": upstream_url}},
         "routes": [{"prefix": "/", "upstream": "echo"}],
     }

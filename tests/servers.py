@@ -136,13 +136,15 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
 def make_config(upstreams: dict[str, str], *, percentage: float = 10,
                 experiment: dict[str, Any] | None = None, routes: list[dict[str, Any]] | None
                 = None, proxy: dict[str, Any] | None = None,
-                upstream_options: dict[str, Any] | None = None) -> Config:
+                upstream_options: dict[str, Any] | None = None,
+                flags: dict[str, Any] | None = None) -> Config:
     """A config on ephemeral ports. With upstreams `control` and `treatment`, an experiment
     `exp` splits the prefix /api/ between them."""
     document: dict[str, Any] = {
         "proxy": {"listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0",
                   "shutdown_timeout": "5s", "random_seed": 7, **(proxy or {})},
         "control": {"listen": "127.0.0.1:0"},
+        "flags": {"state_file": None, **(flags or {})},
         "upstreams": {name: {"url": url, **(upstream_options or {})}
                       for name, url in upstreams.items()},
         "routes": routes or [{"prefix": "/", "experiment": "exp"}],

@@ -144,7 +144,8 @@ def test_percentage_two_decimals_exact() -> None:
 def test_unknown_top_level_key_and_duplicates() -> None:
     text = GOOD + "experimnets: {}\n"
     assert problems(text) == [
-        "experimnets (line 14): unknown key (expected one of: control, experiments, proxy, "
+        "experimnets (line 14): unknown key (expected one of: control, experiments, flags, "
+        "proxy, "
         "routes, upstreams)"]
     duplicated = GOOD.replace("  ml:\n", "  deterministic:\n")
     assert problems(duplicated)[0] == "upstreams.deterministic (line 4): duplicate key"

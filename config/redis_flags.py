@@ -1,0 +1,333 @@
+"""Flags in Redis, pushed to every sidecar's memory by pub/sub.
+
+    {prefix}:flags               hash   flag name -> flag JSON (the current state)
+    {prefix}:history:NAME        stream one entry per change (the audit trail)
+    {prefix}:changes             channel every write publishes the new flag JSON here
+    {prefix}:instance:ID         hash   a proxy's id, address, applied versions (expires)
+    {prefix}:instances           zset   instance id -> last heartbeat
+
+(`{prefix}` is a Redis Cluster hash tag: every key lands in one slot, so the scripts stay
+atomic there too.) Writes are Lua scripts: version bump, history and publish happen in one
+atomic step, so concurrent writers can neither lose an update nor publish versions out of
+order. Readers apply messages through `FlagTable.apply`, which ignores older versions, and
+re-read the whole hash after every (re)connect, so a message missed while disconnected is
+never lost. Redis down: readers keep the state they have, retry with backoff, and say so once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from config.flag_file import FlagFile, flag_from_json, flag_to_json
+from config.flags import Flag, FlagStoreUnavailable, FlagTable, Instance
+
+log = logging.getLogger("abgate.flags")
+HISTORY_MAXLEN = 10_000
+# Lost writes would be worse than slow ones: a command that cannot reach Redis fails fast
+# (503 to the caller) instead of hanging on retries.
+CONNECT_TIMEOUT = 1.0
+COMMAND_TIMEOUT = 2.0
+BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
+
+_SET = """
+local out = {}
+local count = (#ARGV - 5) / 3
+for i = 0, count - 1 do
+  local name = ARGV[6 + i * 3]
+  local version = tonumber(ARGV[8 + i * 3])
+  local current = redis.call('HGET', KEYS[1], name)
+  if current then
+    local next_version = cjson.decode(current)['version'] + 1
+    if next_version > version then version = next_version end
+  end
+  local flag = cjson.encode({name = name, basis_points = tonumber(ARGV[7 + i * 3]),
+    version = version, updated_at = tonumber(ARGV[1]), updated_by = ARGV[2],
+    reason = ARGV[3]})
+  redis.call('HSET', KEYS[1], name, flag)
+  redis.call('XADD', KEYS[2 + i], 'MAXLEN', '~', ARGV[5], '*', 'flag', flag)
+  out[#out + 1] = flag
+end
+for i = 1, #out do redis.call('PUBLISH', ARGV[4], out[i]) end
+return out
+"""
+
+_SEED = """
+local seeded = 0
+for i = 2, #ARGV do
+  local flag = cjson.decode(ARGV[i])
+  local current = redis.call('HGET', KEYS[1], flag['name'])
+  if (not current) or cjson.decode(current)['version'] < flag['version'] then
+    redis.call('HSET', KEYS[1], flag['name'], ARGV[i])
+    redis.call('PUBLISH', ARGV[1], ARGV[i])
+    seeded = seeded + 1
+  end
+end
+return seeded
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RedisKeys:
+    prefix: str
+
+    @property
+    def flags(self) -> str:
+        return f"{{{self.prefix}}}:flags"
+
+    @property
+    def channel(self) -> str:
+        return f"{{{self.prefix}}}:changes"
+
+    @property
+    def instances(self) -> str:
+        return f"{{{self.prefix}}}:instances"
+
+    def history(self, name: str) -> str:
+        return f"{{{self.prefix}}}:history:{name}"
+
+    def instance(self, instance_id: str) -> str:
+        return f"{{{self.prefix}}}:instance:{instance_id}"
+
+
+def connect(url: str) -> Redis:
+    return Redis.from_url(url, decode_responses=True, retry=Retry(NoBackoff(), 0),
+                          socket_connect_timeout=CONNECT_TIMEOUT,
+                          socket_timeout=COMMAND_TIMEOUT, health_check_interval=0)
+
+
+def new_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalInstance:
+    """This process, as it registers itself."""
+
+    id: str
+    address: str
+    started_at: float
+
+
+class RedisFlagSync:
+    """Keeps a FlagTable in step with Redis from one owned background task."""
+
+    def __init__(self, client: Redis, keys: RedisKeys, table: FlagTable, *,
+                 heartbeat_interval: float, instance: LocalInstance | None = None,
+                 snapshot: FlagFile | None = None,
+                 on_connect: Callable[[], Awaitable[None]] | None = None) -> None:
+        self._client = client
+        self._keys = keys
+        self.table = table
+        self._heartbeat = heartbeat_interval
+        self._instance = instance
+        self._snapshot = snapshot
+        self._on_connect = on_connect
+        self._task: asyncio.Task[None] | None = None
+        self._dirty = False
+        self._in_outage = False
+        self.connected = False
+        self.synced_at = 0.0  # unix time of the last contact with Redis
+        self.reconnects = 0
+        self.resyncs = 0
+        self.connected_event = asyncio.Event()
+
+    async def __aenter__(self) -> RedisFlagSync:
+        self._task = asyncio.create_task(self._run(), name="abgate-flag-sync")
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._instance is not None and self.connected:
+            try:  # leave the registry at once rather than by expiry
+                await self._client.zrem(self._keys.instances, self._instance.id)
+                await self._client.delete(self._keys.instance(self._instance.id))
+            except (RedisError, OSError):
+                pass
+
+    @property
+    def state_age(self) -> float:
+        return time.time() - self.synced_at if self.synced_at else float("inf")
+
+    async def _run(self) -> None:
+        backoff = BACKOFF_FIRST
+        while True:
+            try:
+                await self._session()
+            except (RedisError, OSError) as exc:
+                if self.connected:  # a working connection was lost: a new outage begins
+                    self.reconnects += 1
+                    backoff = BACKOFF_FIRST
+                if not self._in_outage:  # say it once per outage, not once per retry
+                    log.warning("flag store: Redis unreachable (%s); routing with the last "
+                                "state, retrying", exc)
+                    self._in_outage = True
+                self.connected = False
+                self.connected_event.clear()
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _session(self) -> None:
+        loop = asyncio.get_running_loop()
+        pubsub = self._client.pubsub()
+        try:
+            await pubsub.subscribe(self._keys.channel)
+            await self._resync()  # after subscribing: nothing can fall between the two
+            if self._on_connect is not None:
+                await self._on_connect()
+            self.connected = True
+            self.connected_event.set()
+            if self._in_outage:
+                self._in_outage = False
+                log.warning("flag store: Redis is reachable again; state re-read")
+            await self._beat()
+            next_beat = loop.time() + self._heartbeat
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                   timeout=max(0.0, next_beat - loop.time()))
+                if (message is not None and message.get("type") == "message"
+                        and self._apply(message["data"])):
+                    await self._beat()  # report the new version at once (rollback waits)
+                    continue
+                if loop.time() >= next_beat:
+                    await self._beat()
+                    next_beat = loop.time() + self._heartbeat
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _resync(self) -> None:
+        stored = await self._client.hgetall(self._keys.flags)
+        applied = sum(self._apply(str(raw)) for raw in stored.values())
+        self.resyncs += 1
+        self.synced_at = time.time()
+        if applied:
+            log.info("flag store: %d flag(s) updated from Redis", applied)
+
+    def _apply(self, raw: str | bytes) -> bool:
+        try:
+            flag = flag_from_json(orjson.loads(raw))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            log.error("flag store: ignoring malformed flag %r: %s", raw[:200], exc)
+            return False
+        self.synced_at = time.time()
+        if flag.name not in self.table or not self.table.apply(flag):
+            return False
+        self._dirty = True
+        return True
+
+    async def _beat(self) -> None:
+        now = time.time()
+        if self._instance is not None:
+            instance = self._instance
+            key = self._keys.instance(instance.id)
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hset(key, mapping={
+                "id": instance.id, "address": instance.address, "pid": os.getpid(),
+                "started_at": instance.started_at, "heartbeat_at": now,
+                "applied": orjson.dumps(self.table.versions()).decode()})
+            pipe.expire(key, max(3, int(self._heartbeat * 5)))
+            pipe.zadd(self._keys.instances, {instance.id: now})
+            await pipe.execute()
+        self.synced_at = now
+        if self._dirty and self._snapshot is not None:
+            self._dirty = False
+            await asyncio.to_thread(self._snapshot.save, self.table.all(), {})
+
+
+class RedisFlagStore:
+    """The control plane's writer. Its own table is kept in step by a RedisFlagSync."""
+
+    def __init__(self, client: Redis, keys: RedisKeys, table: FlagTable, *,
+                 heartbeat_interval: float, durable: FlagFile | None = None) -> None:
+        self._client = client
+        self._keys = keys
+        self.table = table
+        self._heartbeat = heartbeat_interval
+        self._durable = durable
+        self._set = client.register_script(_SET)
+        self._seed = client.register_script(_SEED)
+        self.reseeded = 0
+
+    async def set_percentages(self, changes: Mapping[str, int], *, by: str,
+                              reason: str) -> list[Flag]:
+        names = list(changes)
+        args: list[str | int | float] = [time.time(), by, reason, self._keys.channel,
+                                         HISTORY_MAXLEN]
+        for name in names:
+            args += [name, changes[name], self.table.get(name).version + 1]
+        try:
+            raw = await self._set(keys=[self._keys.flags, *map(self._keys.history, names)],
+                                  args=args)
+        except (RedisError, OSError) as exc:
+            raise FlagStoreUnavailable(str(exc)) from exc
+        flags = [flag_from_json(orjson.loads(item)) for item in raw]
+        for flag in flags:
+            self.table.apply(flag)
+        await self._save_durable()
+        return flags
+
+    async def reseed(self) -> None:
+        """Put back what Redis lacks (it restarted empty, or lost writes): our copy wins only
+        where it is newer, so live percentages are never reset to older values."""
+        flags = [orjson.dumps(flag_to_json(flag)).decode() for flag in self.table.all()]
+        if not flags:
+            return
+        seeded = int(await self._seed(keys=[self._keys.flags],
+                                      args=[self._keys.channel, *flags]))
+        if seeded:
+            self.reseeded += seeded
+            log.warning("flag store: re-seeded %d flag(s) into Redis from the control plane's "
+                        "copy", seeded)
+        await self._save_durable()
+
+    async def _save_durable(self) -> None:
+        if self._durable is not None:
+            await asyncio.to_thread(self._durable.save, self.table.all(), {})
+
+    async def history(self, name: str, limit: int) -> list[dict[str, object]]:
+        try:
+            entries = await self._client.xrevrange(self._keys.history(name), count=limit)
+        except (RedisError, OSError) as exc:
+            raise FlagStoreUnavailable(str(exc)) from exc
+        out = []
+        for entry_id, fields in entries or []:
+            flag = flag_from_json(orjson.loads((fields or {})["flag"]))
+            out.append({**flag.as_json(), "id": entry_id})
+        return out
+
+    async def instances(self) -> list[Instance]:
+        now = time.time()
+        live_since = now - max(3.0, self._heartbeat * 5)
+        try:
+            await self._client.zremrangebyscore(self._keys.instances, "-inf", live_since)
+            ids = await self._client.zrangebyscore(self._keys.instances, live_since, "+inf")
+            pipe = self._client.pipeline(transaction=False)
+            for instance_id in ids:
+                pipe.hgetall(self._keys.instance(str(instance_id)))
+            records = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise FlagStoreUnavailable(str(exc)) from exc
+        return [Instance(id=r["id"], address=r["address"], pid=int(r["pid"]),
+                         started_at=float(r["started_at"]),
+                         heartbeat_at=float(r["heartbeat_at"]),
+                         applied={k: int(v) for k, v in orjson.loads(r["applied"]).items()})
+                for r in records if r]

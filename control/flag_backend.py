@@ -1,0 +1,105 @@
+"""Which flag store a process uses, and everything it owns: the embedded store, or a Redis
+client with its sync task (every process) and writer (processes with a control API)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from config import Config
+from config.flag_file import FlagFile
+from config.flags import FlagStore, FlagTable, Instance, MemoryFlagStore
+from config.redis_flags import (
+    LocalInstance,
+    RedisFlagStore,
+    RedisFlagSync,
+    RedisKeys,
+    connect,
+    new_instance_id,
+)
+
+
+def redis_url(config: Config) -> str | None:
+    return config.flags.redis_url or os.environ.get("ABGATE_REDIS_URL") or None
+
+
+def snapshot_file(config: Config) -> FlagFile | None:
+    return FlagFile(config.flags.state_file) if config.flags.state_file else None
+
+
+def initial_table(config: Config) -> FlagTable:
+    """Config defaults, then anything newer from the local snapshot (so a restart, or a start
+    while Redis is down, routes with the last known percentages)."""
+    table = FlagTable.from_config(config)
+    snapshot = snapshot_file(config)
+    if snapshot is not None:
+        flags, _ = snapshot.load()
+        for flag in flags:
+            if flag.name in table:
+                table.apply(flag)
+    return table
+
+
+@dataclass
+class FlagBackend:
+    table: FlagTable
+    store: FlagStore | None  # None in a data-plane-only process with Redis
+    sync: RedisFlagSync | None
+
+    def collect(self) -> Iterator[Metric]:
+        sync = self.sync
+        connected = GaugeMetricFamily(
+            "abgate_flag_store_connected",
+            "1 when the flag store is reachable (always 1 for the embedded store).")
+        connected.add_metric([], 1.0 if sync is None or sync.connected else 0.0)
+        yield connected
+        if sync is None:
+            return
+        age = GaugeMetricFamily("abgate_flag_state_age_seconds",
+                                "Seconds since this process last heard from Redis.")
+        age.add_metric([], min(sync.state_age, 1e9))
+        yield age
+        for name, doc, value in (
+                ("abgate_flag_store_reconnects", "Connections to Redis lost and retried.",
+                 sync.reconnects),
+                ("abgate_flag_resyncs", "Full re-reads of the flags from Redis (one per "
+                                        "(re)connect).", sync.resyncs),
+                ("abgate_flag_reseeds", "Flags put back into a Redis that lacked them.",
+                 self.store.reseeded if isinstance(self.store, RedisFlagStore) else 0)):
+            family = CounterMetricFamily(name, doc)
+            family.add_metric([], value)
+            yield family
+
+
+async def start_flag_backend(stack: AsyncExitStack, config: Config, table: FlagTable, *,
+                             writer: bool, proxy_address: str | None) -> FlagBackend:
+    """Start what the flag state needs; `stack` tears it down. `proxy_address` registers this
+    process as a proxy instance."""
+    snapshot = snapshot_file(config)
+    url = redis_url(config)
+    started = time.time()
+    if url is None:
+        store = MemoryFlagStore(table, snapshot)
+        store.restore()
+        if proxy_address is not None:
+            store.local = Instance(new_instance_id(), proxy_address, os.getpid(), started,
+                                   started, {})
+        return FlagBackend(table, store, None)
+    client = connect(url)
+    stack.push_async_callback(client.aclose)
+    keys = RedisKeys(config.flags.key_prefix)
+    heartbeat = config.flags.heartbeat_interval
+    redis_store = RedisFlagStore(client, keys, table, heartbeat_interval=heartbeat,
+                                 durable=snapshot) if writer else None
+    instance = (LocalInstance(new_instance_id(), proxy_address, started)
+                if proxy_address is not None else None)
+    sync = await stack.enter_async_context(RedisFlagSync(
+        client, keys, table, heartbeat_interval=heartbeat, instance=instance,
+        snapshot=None if writer else snapshot,
+        on_connect=redis_store.reseed if redis_store is not None else None))
+    return FlagBackend(table, redis_store, sync)

@@ -1,0 +1,173 @@
+"""Flag endpoints: read, set (one or many atomically), history, instances, rollback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from config.fields import parse_percentage
+from config.flags import Flag, FlagStore, FlagStoreUnavailable, Instance, UnknownFlag
+from control.http import ApiError, json_object, json_response
+
+log = logging.getLogger("abgate.control")
+
+STORE = web.AppKey("store", FlagStore)
+ROLLBACK_TIMEOUT = 10.0
+CONVERGENCE_POLL = 0.01
+
+
+def _store(request: web.Request) -> FlagStore:
+    return request.app[STORE]
+
+
+def _known(store: FlagStore, name: str) -> str:
+    if name not in store.table:
+        raise ApiError(404, f"unknown flag {name!r}")
+    return name
+
+
+def _percentage(value: Any, field: str) -> int:
+    problems: list[str] = []
+    basis_points = parse_percentage(value, problems.append)
+    if basis_points is None:
+        raise ApiError(400, f"{field}: {problems[0]}")
+    return basis_points
+
+
+def _reason(body: Mapping[str, Any], default: str = "") -> str:
+    reason = body.get("reason", default)
+    if not isinstance(reason, str) or len(reason) > 1000:
+        raise ApiError(400, "reason: expected a string of at most 1000 characters")
+    return reason
+
+
+def caller(request: web.Request) -> str:
+    return request.headers.get("X-ABGate-Actor") or f"api@{request.remote or 'unknown'}"
+
+
+async def _write(request: web.Request, changes: dict[str, int], reason: str) -> list[Flag]:
+    try:
+        flags = await _store(request).set_percentages(changes, by=caller(request), reason=reason)
+    except FlagStoreUnavailable as exc:
+        raise ApiError(503, f"flag store unavailable, nothing was changed: {exc}") from exc
+    for flag in flags:
+        log.info("flag %s set to %s%% (version %d) by %s: %s", flag.name, flag.percentage,
+                 flag.version, flag.updated_by, reason or "-")
+    return flags
+
+
+async def list_flags(request: web.Request) -> web.Response:
+    return json_response({"flags": [flag.as_json() for flag in _store(request).table.all()]})
+
+
+async def get_flag(request: web.Request) -> web.Response:
+    try:
+        return json_response(_store(request).table.get(request.match_info["name"]).as_json())
+    except UnknownFlag:
+        raise ApiError(404, f"unknown flag {request.match_info['name']!r}") from None
+
+
+async def set_flag(request: web.Request) -> web.Response:
+    name = _known(_store(request), request.match_info["name"])
+    body = await json_object(request, allowed={"percentage", "reason"})
+    if "percentage" not in body:
+        raise ApiError(400, "percentage: required (a number from 0 to 100)")
+    basis_points = _percentage(body["percentage"], "percentage")
+    flags = await _write(request, {name: basis_points}, _reason(body))
+    return json_response(flags[0].as_json())
+
+
+async def set_flags(request: web.Request) -> web.Response:
+    """`{"flags": {"name": percentage, ...}, "reason": "..."}`: all or nothing."""
+    store = _store(request)
+    body = await json_object(request, allowed={"flags", "reason"})
+    wanted = body.get("flags")
+    if not isinstance(wanted, dict) or not wanted:
+        raise ApiError(400, "flags: expected an object of flag name to percentage")
+    changes = {_known(store, name): _percentage(value, f"flags.{name}")
+               for name, value in wanted.items()}
+    flags = await _write(request, changes, _reason(body))
+    return json_response({"flags": [flag.as_json() for flag in flags]})
+
+
+async def flag_history(request: web.Request) -> web.Response:
+    store = _store(request)
+    name = _known(store, request.match_info["name"])
+    limit_text = request.query.get("limit", "100")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 10_000:
+        raise ApiError(400, "limit: expected a whole number from 1 to 10000")
+    try:
+        entries = await store.history(name, int(limit_text))
+    except FlagStoreUnavailable as exc:
+        raise ApiError(503, f"flag store unavailable: {exc}") from exc
+    return json_response({"name": name, "history": entries})
+
+
+async def list_instances(request: web.Request) -> web.Response:
+    store = _store(request)
+    try:
+        instances = await store.instances()
+    except FlagStoreUnavailable as exc:
+        raise ApiError(503, f"flag store unavailable: {exc}") from exc
+    flags = store.table.all()
+    return json_response({"instances": [i.as_json(flags) for i in instances]})
+
+
+async def rollback(request: web.Request) -> web.Response:
+    """Set treatment to 0% for the named experiments (all if none) in one atomic write, then
+    answer once every live instance routes with it, or 504 with the laggards."""
+    store = _store(request)
+    body = await json_object(request, allowed={"experiments", "reason", "timeout"})
+    names = body.get("experiments") or [flag.name for flag in store.table.all()]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ApiError(400, "experiments: expected a list of experiment names")
+    timeout = body.get("timeout", ROLLBACK_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or \
+            not 0 < timeout <= 300:
+        raise ApiError(400, "timeout: expected seconds, more than 0 and at most 300")
+    started = time.monotonic()
+    flags = await _write(request, {_known(store, n): 0 for n in names},
+                         _reason(body, "emergency rollback"))
+    laggards, instances = await _wait_for_convergence(store, flags, started + float(timeout))
+    elapsed_ms = round((time.monotonic() - started) * 1000, 1)
+    table = store.table.all()
+    payload = {"flags": [flag.as_json() for flag in flags], "elapsed_ms": elapsed_ms,
+               "converged": not laggards,
+               "instances": [instance.as_json(table) for instance in instances],
+               "laggards": [instance.id for instance in laggards]}
+    if laggards:
+        log.error("rollback of %s: %d instance(s) did not converge within %ss: %s",
+                  ", ".join(names), len(laggards), timeout, [i.id for i in laggards])
+        return json_response(payload, 504)
+    log.warning("rollback of %s reached %d instance(s) in %.1f ms", ", ".join(names),
+                len(instances), elapsed_ms)
+    return json_response(payload)
+
+
+async def _wait_for_convergence(store: FlagStore, flags: list[Flag], deadline: float,
+                                ) -> tuple[list[Instance], list[Instance]]:
+    while True:
+        try:
+            instances = await store.instances()
+        except FlagStoreUnavailable:
+            instances = []
+        laggards = [i for i in instances if not i.converged(flags)]
+        if not laggards or time.monotonic() >= deadline:
+            return laggards, instances
+        await asyncio.sleep(CONVERGENCE_POLL)  # instances report through their heartbeats
+
+
+def add_flag_routes(app: web.Application, store: FlagStore) -> None:
+    app[STORE] = store
+    app.router.add_get("/api/flags", list_flags)
+    app.router.add_post("/api/flags", set_flags)
+    app.router.add_get("/api/flags/{name}", get_flag)
+    app.router.add_post("/api/flags/{name}", set_flag)
+    app.router.add_get("/api/flags/{name}/history", flag_history)
+    app.router.add_get("/api/instances", list_instances)
+    app.router.add_post("/api/rollback", rollback)
