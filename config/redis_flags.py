@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
@@ -123,6 +124,16 @@ class LocalInstance:
     started_at: float
 
 
+class _ConnectSignal:
+    __slots__ = ("__weakref__", "fired")
+
+    def __init__(self) -> None:
+        self.fired = False
+
+    def on_connect(self, _connection: object) -> None:
+        self.fired = True
+
+
 class RedisFlagSync:
     """Keeps a FlagTable in step with Redis from one owned background task."""
 
@@ -140,6 +151,7 @@ class RedisFlagSync:
         self._task: asyncio.Task[None] | None = None
         self._dirty = False
         self._in_outage = False
+        self._stopping = False
         self.connected = False
         self.synced_at = 0.0  # unix time of the last contact with Redis
         self.reconnects = 0
@@ -153,9 +165,13 @@ class RedisFlagSync:
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         if self._task is not None:
+            # The loop checks `_stopping` after every read: redis-py can swallow a cancel that
+            # lands inside its read-with-timeout, so cancelling alone is not enough.
+            self._stopping = True
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            done, _ = await asyncio.wait({self._task}, timeout=5.0)
+            if not done:
+                log.error("flag store: sync task did not stop within 5s; abandoning it")
         if self._instance is not None and self.connected:
             try:  # leave the registry at once rather than by expiry
                 await self._client.zrem(self._keys.instances, self._instance.id)
@@ -169,7 +185,7 @@ class RedisFlagSync:
 
     async def _run(self) -> None:
         backoff = BACKOFF_FIRST
-        while True:
+        while not self._stopping:
             try:
                 await self._session()
             except (RedisError, OSError) as exc:
@@ -188,21 +204,26 @@ class RedisFlagSync:
     async def _session(self) -> None:
         loop = asyncio.get_running_loop()
         pubsub = self._client.pubsub()
+        reconnected = _ConnectSignal()  # held here: redis-py keeps only a weak reference
         try:
             await pubsub.subscribe(self._keys.channel)
-            await self._resync()  # after subscribing: nothing can fall between the two
-            if self._on_connect is not None:
-                await self._on_connect()
-            self.connected = True
-            self.connected_event.set()
-            if self._in_outage:
-                self._in_outage = False
-                log.warning("flag store: Redis is reachable again; state re-read")
-            await self._beat()
+            # redis-py's PubSub reconnects and resubscribes on its own when it finds its
+            # connection closed; this callback (run after the resubscribe) makes such a
+            # reconnect re-read the state too, or a message missed meanwhile would stay missed.
+            connection: Any = pubsub.connection  # set by subscribe()
+            connection.register_connect_callback(reconnected.on_connect)
+            await self._connected()
             next_beat = loop.time() + self._heartbeat
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True,
                                                    timeout=max(0.0, next_beat - loop.time()))
+                if self._stopping:
+                    return
+                if reconnected.fired:
+                    reconnected.fired = False
+                    self.reconnects += 1
+                    await self._connected()
+                    continue
                 if (message is not None and message.get("type") == "message"
                         and self._apply(message["data"])):
                     await self._beat()  # report the new version at once (rollback waits)
@@ -213,6 +234,18 @@ class RedisFlagSync:
         finally:
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _connected(self) -> None:
+        """Subscribed (again): re-read everything, let the writer re-seed, report in."""
+        await self._resync()  # after subscribing: nothing can fall between the two
+        if self._on_connect is not None:
+            await self._on_connect()
+        self.connected = True
+        self.connected_event.set()
+        if self._in_outage:
+            self._in_outage = False
+            log.warning("flag store: Redis is reachable again; state re-read")
+        await self._beat()
 
     async def _resync(self) -> None:
         stored = await self._client.hgetall(self._keys.flags)

@@ -8,6 +8,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 from config import ConfigError, load_config
+from control.flags_cli import add_flags_parser, run_flags
 from control.serve import configure_logging, run_control, run_embedded, run_workers
 
 DEFAULT_CONFIG = "config/abgate.yaml"
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate FILE as a whole. Prints every problem with its key path and "
                     "YAML line; exits 1 if there is any.")
     check.add_argument("file")
+    add_flags_parser(commands)
     return parser
 
 
@@ -62,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
     os.environ["ABGATE_LOG_LEVEL"] = args.log_level  # inherited by worker processes
+    if args.command == "flags":
+        return run_flags(args)
     try:
         if args.command == "check-config":
             config = load_config(args.file)

@@ -120,22 +120,39 @@ async def serve_control(config: Config) -> None:
         await stop.wait()
 
 
-async def serve_worker(config: Config, index: int, reuse_port: bool) -> None:
-    """One data-plane worker: the proxy listener plus its own admin listener."""
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """A running data-plane process (`abgate proxy`): proxy and admin listeners."""
+
+    proxy_url: str
+    admin_url: str
+    flags: FlagTable
+    backend: FlagBackend
+
+
+@asynccontextmanager
+async def worker(config: Config, index: int = 0, *,
+                 reuse_port: bool = False) -> AsyncIterator[Worker]:
+    """One data-plane worker: the proxy listener, its flag sync, its admin listener."""
     flags = initial_table(config)
     metrics = ProxyMetrics()
     registry = new_registry(metrics)
     admin = config.proxy.admin
     admin = replace(admin, port=admin.port + index if admin.port else 0)
-    async with stop_on_signals() as stop, AsyncExitStack() as stack:
+    async with AsyncExitStack() as stack:
         plane = await stack.enter_async_context(
             DataPlane(config, flags, metrics, reuse_port=reuse_port, worker_index=index))
         backend = await start_flag_backend(stack, config, flags, writer=False,
                                            proxy_address=plane.url)
         metrics.add_gauges(backend.collect)
         admin_url = await app_site(stack, create_admin_app(registry), admin, 1.0)
-        announce(f"abgate worker {index} (pid {os.getpid()}) proxy listening on {plane.url}, "
-                 f"admin on {admin_url}")
+        yield Worker(plane.url, admin_url, flags, backend)
+
+
+async def serve_worker(config: Config, index: int, reuse_port: bool) -> None:
+    async with stop_on_signals() as stop, worker(config, index, reuse_port=reuse_port) as w:
+        announce(f"abgate worker {index} (pid {os.getpid()}) proxy listening on "
+                 f"{w.proxy_url}, admin on {w.admin_url}")
         await stop.wait()
 
 

@@ -14,6 +14,7 @@ import yaml
 from aiohttp import web
 
 from config import Config, parse_config
+from config.flags import FlagTable
 
 PEERS = web.AppKey("peers", set)
 
@@ -177,3 +178,27 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def until(condition: Callable[[], object], timeout: float = 20.0) -> None:
+    """Poll for state that has no event to await: Redis contents, counters moved by load
+    tasks, a peer that went away. Where an event exists, tests await it instead."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - see the docstring
+            await asyncio.sleep(0.01)
+
+
+async def tables_reach(tables: list[FlagTable], name: str, version: int,
+                       timeout: float = 20.0) -> None:
+    """Wait until every table holds `version` of flag `name`, woken by the tables' own
+    change notifications."""
+    changed = asyncio.Event()
+    unsubscribe = [table.subscribe(lambda _flag: changed.set()) for table in tables]
+    try:
+        async with asyncio.timeout(timeout):
+            while not all(table.get(name).version >= version for table in tables):
+                await changed.wait()
+                changed.clear()
+    finally:
+        for stop in unsubscribe:
+            stop()

@@ -1,0 +1,114 @@
+"""`abgate flags list|get|set|history|export|import`: the control API from a shell.
+
+Talks to --url (ABGATE_CONTROL_URL, default http://127.0.0.1:8092) with the bearer token from
+--token or ABGATE_CONTROL_TOKEN. export writes every flag as JSON; import sets them all back in
+one atomic call (each gets a new version, so the audit trail shows the restore).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:8092"
+
+
+class ApiCallFailed(Exception):
+    pass
+
+
+def add_flags_parser(commands: Any) -> None:
+    flags = commands.add_parser("flags", help="read and change flags through the control API",
+                                description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    flags.add_argument("--url", default=os.environ.get("ABGATE_CONTROL_URL", DEFAULT_URL))
+    flags.add_argument("--token", default=os.environ.get("ABGATE_CONTROL_TOKEN"))
+    actions = flags.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", help="every flag")
+    get = actions.add_parser("get", help="one flag")
+    get.add_argument("name")
+    set_ = actions.add_parser("set", help="set a flag's treatment percentage")
+    set_.add_argument("name")
+    set_.add_argument("percentage")
+    set_.add_argument("--reason", default="")
+    history = actions.add_parser("history", help="a flag's audit trail, newest first")
+    history.add_argument("name")
+    history.add_argument("--limit", type=int, default=20)
+    export = actions.add_parser("export", help="all flags as JSON (a backup)")
+    export.add_argument("file", nargs="?", help="write here instead of stdout")
+    import_ = actions.add_parser("import", help="set all flags from an export, atomically")
+    import_.add_argument("file")
+    import_.add_argument("--reason", default=None)
+
+
+def call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{args.url.rstrip('/')}{path}", data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    request.add_header("X-ABGate-Actor", f"cli@{os.environ.get('USER', 'unknown')}")
+    if args.token:
+        request.add_header("Authorization", f"Bearer {args.token}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            message = exc.reason
+        raise ApiCallFailed(f"{method} {path}: {exc.code} {message}") from None
+    except urllib.error.URLError as exc:
+        raise ApiCallFailed(f"cannot reach the control API at {args.url}: {exc.reason}") \
+            from None
+
+
+def _percentage(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ApiCallFailed(f"percentage must be a number, got {text!r}") from None
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.action == "list":
+        for flag in call(args, "GET", "/api/flags")["flags"]:
+            print(f"{flag['name']}\t{flag['percentage']:g}%\tv{flag['version']}\t"
+                  f"{flag['updated_by']}\t{flag['reason']}")
+    elif args.action == "get":
+        print(json.dumps(call(args, "GET", f"/api/flags/{args.name}"), indent=2))
+    elif args.action == "set":
+        flag = call(args, "POST", f"/api/flags/{args.name}",
+                    {"percentage": _percentage(args.percentage), "reason": args.reason})
+        print(f"{flag['name']}: {flag['percentage']:g}% (version {flag['version']})")
+    elif args.action == "history":
+        data = call(args, "GET", f"/api/flags/{args.name}/history?limit={args.limit}")
+        for entry in data["history"]:
+            print(f"v{entry['version']}\t{entry['percentage']:g}%\t{entry['updated_at']:.3f}\t"
+                  f"{entry['updated_by']}\t{entry['reason']}")
+    elif args.action == "export":
+        text = json.dumps(call(args, "GET", "/api/flags"), indent=2) + "\n"
+        if args.file:
+            Path(args.file).write_text(text)
+        else:
+            sys.stdout.write(text)
+    else:
+        exported = json.loads(Path(args.file).read_text())
+        flags = {flag["name"]: flag["percentage"] for flag in exported["flags"]}
+        reason = args.reason or f"import from {args.file}"
+        result = call(args, "POST", "/api/flags", {"flags": flags, "reason": reason})
+        print(f"imported {len(result['flags'])} flag(s)")
+
+
+def run_flags(args: argparse.Namespace) -> int:
+    try:
+        _run(args)
+    except (ApiCallFailed, OSError, ValueError, KeyError) as exc:
+        print(f"abgate flags: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Emergency rollback: treatment to 0% for the named experiments (all if none), confirmed by
+# every registered abgate instance.
+#
+#   scripts/emergency-rollback.sh [experiment...]
+#
+# ABGATE_CONTROL_URL (default http://127.0.0.1:8092), ABGATE_CONTROL_TOKEN, and
+# ROLLBACK_TIMEOUT (seconds, default 30). Prints the elapsed time and the instances; exits 0
+# when every instance routes with the rollback, 1 otherwise.
+set -euo pipefail
+
+url="${ABGATE_CONTROL_URL:-http://127.0.0.1:8092}"
+timeout="${ROLLBACK_TIMEOUT:-30}"
+python=$(command -v python3)
+
+body=$("$python" - "$timeout" "$@" <<'PY'
+import json, sys
+timeout, names = float(sys.argv[1]), sys.argv[2:]
+print(json.dumps({"experiments": names, "timeout": timeout,
+                  "reason": "emergency rollback (scripts/emergency-rollback.sh)"}))
+PY
+)
+auth=()
+[ -n "${ABGATE_CONTROL_TOKEN:-}" ] && auth=(-H "Authorization: Bearer ${ABGATE_CONTROL_TOKEN}")
+started=$(date +%s.%N)
+response=$(curl -sS --max-time "$((${timeout%.*} + 10))" -w '\n%{http_code}' -X POST \
+    -H 'Content-Type: application/json' -H "X-ABGate-Actor: emergency-rollback@${USER:-unknown}" \
+    "${auth[@]}" -d "$body" "$url/api/rollback") || { echo "rollback: cannot reach $url" >&2; exit 1; }
+status=${response##*$'\n'}
+payload=${response%$'\n'*}
+elapsed=$("$python" -c "import sys; print(f'{(float(sys.argv[2]) - float(sys.argv[1])) * 1000:.0f}')" \
+    "$started" "$(date +%s.%N)")
+
+"$python" - "$status" "$elapsed" <<PY
+import json, sys
+status, elapsed = sys.argv[1], sys.argv[2]
+try:
+    data = json.loads('''$payload''')
+except ValueError:
+    print(f"rollback: unexpected answer ({status})")
+    sys.exit(1)
+if "error" in data:
+    print(f"rollback failed ({status}): {data['error']}")
+    sys.exit(1)
+flags = ", ".join(f"{f['name']}=v{f['version']}" for f in data["flags"])
+print(f"rollback of {flags}: {'converged' if data['converged'] else 'NOT converged'} "
+      f"in {elapsed} ms (server-side {data['elapsed_ms']} ms)")
+for instance in data["instances"]:
+    mark = "ok " if instance["converged"] else "LAG"
+    print(f"  {mark} {instance['id']}  {instance['address']}  applied={instance['applied']}")
+sys.exit(0 if data["converged"] else 1)
+PY
