@@ -15,13 +15,33 @@ from prometheus_client import CollectorRegistry
 
 from config.flags import FlagStore
 from control.flags_api import add_flag_routes
-from control.http import TOKEN, bearer_auth, errors_as_json, json_response
+from control.http import TOKEN, ApiError, bearer_auth, errors_as_json, json_response
 from control.openapi import OPENAPI
+from control.reload import Reloader
 from proxy.admin import REGISTRY, health, metrics
+
+RELOADER = web.AppKey("reloader", Reloader)
 
 
 async def openapi(request: web.Request) -> web.Response:
     return json_response(OPENAPI)
+
+
+def _reloader(request: web.Request) -> Reloader:
+    reloader = request.app.get(RELOADER)
+    if reloader is None:
+        raise ApiError(404, "this process has no data plane: config reload is served by "
+                            "abgate run and abgate proxy")
+    return reloader
+
+
+async def config_status(request: web.Request) -> web.Response:
+    return json_response(_reloader(request).status())
+
+
+async def config_reload(request: web.Request) -> web.Response:
+    outcome = await _reloader(request).reload("api")
+    return json_response(outcome.as_json(), 200 if outcome.result == "success" else 400)
 
 
 def check_exposure(host: str, token: str | None) -> None:
@@ -37,13 +57,17 @@ def check_exposure(host: str, token: str | None) -> None:
                          "without a token: set ABGATE_CONTROL_TOKEN")
 
 
-def create_control_app(store: FlagStore, registry: CollectorRegistry,
-                       token: str | None) -> web.Application:
+def create_control_app(store: FlagStore, registry: CollectorRegistry, token: str | None,
+                       reloader: Reloader | None = None) -> web.Application:
     app = web.Application(middlewares=[errors_as_json, bearer_auth], client_max_size=1024**2)
     app[TOKEN] = token or ""
     app[REGISTRY] = registry
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/openapi.json", openapi)
+    if reloader is not None:
+        app[RELOADER] = reloader
+    app.router.add_get("/api/config", config_status)
+    app.router.add_post("/api/config/reload", config_reload)
     add_flag_routes(app, store)
     return app

@@ -6,15 +6,18 @@ managers so that everything started is also stopped, in reverse order.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
+from typing import Any
 
 import uvloop
 from aiohttp import web
@@ -25,7 +28,8 @@ from config.flags import FlagTable
 from config.model import Listen
 from control.api import check_exposure, create_control_app
 from control.flag_backend import FlagBackend, initial_table, redis_url, start_flag_backend
-from control.signals import stop_on_signals
+from control.reload import Reloader
+from control.signals import on_signal, stop_on_signals
 from proxy.admin import create_admin_app
 from proxy.metrics import ProxyMetrics
 from proxy.runtime import DataPlane
@@ -66,12 +70,47 @@ class Embedded:
     flags: FlagTable
     metrics: ProxyMetrics
     backend: FlagBackend
+    plane: DataPlane
+    reloader: Reloader | None
+
+
+async def owned_task(stack: AsyncExitStack, coro: Coroutine[Any, Any, None],
+                     name: str) -> None:
+    """Run `coro` as a task that `stack` cancels and awaits on exit (no fire-and-forget)."""
+    task = asyncio.create_task(coro, name=name)
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(stop)
+
+
+async def start_reloader(stack: AsyncExitStack, config_path: str | None, config: Config,
+                         plane: DataPlane, metrics: ProxyMetrics) -> Reloader | None:
+    """Hot reload of the data plane: on SIGHUP, on a change of the file, on API request."""
+    if config_path is None:
+        return None
+
+    async def apply(new: Config) -> list[str]:
+        warnings = plane.reload(new)
+        await plane.close_retired_pools()
+        return warnings
+
+    reloader = Reloader(config_path, config, apply)
+    metrics.add_gauges(reloader.collect)
+    await owned_task(stack, reloader.run(), "abgate-config-reload")
+    await stack.enter_async_context(on_signal(signal.SIGHUP, reloader.request))
+    return reloader
 
 
 @asynccontextmanager
-async def embedded(config: Config, token: str | None = None) -> AsyncIterator[Embedded]:
+async def embedded(config: Config, token: str | None = None,
+                   config_path: str | None = None) -> AsyncIterator[Embedded]:
     """Data plane and control API in one process; flags in memory (or Redis when configured).
-    Everything started here is stopped on exit, in reverse order."""
+    With `config_path`, the config reloads live. Everything started here is stopped on exit,
+    in reverse order."""
     check_exposure(config.control.listen.host, token)
     flags = initial_table(config)
     metrics = ProxyMetrics()
@@ -81,17 +120,18 @@ async def embedded(config: Config, token: str | None = None) -> AsyncIterator[Em
         backend = await start_flag_backend(stack, config, flags, writer=True,
                                            proxy_address=plane.url)
         metrics.add_gauges(backend.collect)
+        reloader = await start_reloader(stack, config_path, config, plane, metrics)
         assert backend.store is not None
-        control_app = create_control_app(backend.store, registry, token)
+        control_app = create_control_app(backend.store, registry, token, reloader)
         control_url = await app_site(stack, control_app, config.control.listen,
                                      config.proxy.shutdown_timeout)
-        yield Embedded(plane.url, control_url, flags, metrics, backend)
+        yield Embedded(plane.url, control_url, flags, metrics, backend, plane, reloader)
 
 
-async def serve_embedded(config: Config) -> None:
+async def serve_embedded(config: Config, config_path: str) -> None:
     """`abgate run` until SIGTERM/SIGINT."""
     token = os.environ.get("ABGATE_CONTROL_TOKEN") or None
-    async with stop_on_signals() as stop, embedded(config, token) as running:
+    async with stop_on_signals() as stop, embedded(config, token, config_path) as running:
         announce(f"abgate proxy listening on {running.proxy_url}")
         announce(f"abgate control API listening on {running.control_url}")
         await stop.wait()
@@ -131,8 +171,8 @@ class Worker:
 
 
 @asynccontextmanager
-async def worker(config: Config, index: int = 0, *,
-                 reuse_port: bool = False) -> AsyncIterator[Worker]:
+async def worker(config: Config, index: int = 0, *, reuse_port: bool = False,
+                 config_path: str | None = None) -> AsyncIterator[Worker]:
     """One data-plane worker: the proxy listener, its flag sync, its admin listener."""
     flags = initial_table(config)
     metrics = ProxyMetrics()
@@ -145,19 +185,22 @@ async def worker(config: Config, index: int = 0, *,
         backend = await start_flag_backend(stack, config, flags, writer=False,
                                            proxy_address=plane.url)
         metrics.add_gauges(backend.collect)
+        await start_reloader(stack, config_path, config, plane, metrics)
         admin_url = await app_site(stack, create_admin_app(registry), admin, 1.0)
         yield Worker(plane.url, admin_url, flags, backend)
 
 
-async def serve_worker(config: Config, index: int, reuse_port: bool) -> None:
-    async with stop_on_signals() as stop, worker(config, index, reuse_port=reuse_port) as w:
+async def serve_worker(config: Config, index: int, reuse_port: bool,
+                       config_path: str | None = None) -> None:
+    async with stop_on_signals() as stop, worker(config, index, reuse_port=reuse_port,
+                                                  config_path=config_path) as w:
         announce(f"abgate worker {index} (pid {os.getpid()}) proxy listening on "
                  f"{w.proxy_url}, admin on {w.admin_url}")
         await stop.wait()
 
 
 def run_embedded(config_path: str) -> None:
-    uvloop.run(serve_embedded(load_config(config_path)))
+    uvloop.run(serve_embedded(load_config(config_path), config_path))
 
 
 def run_control(config_path: str) -> None:
@@ -168,14 +211,15 @@ def _worker_main(config_path: str, index: int, port: int) -> None:
     configure_logging(os.environ.get("ABGATE_LOG_LEVEL", "INFO"))
     config = load_config(config_path)
     proxy = replace(config.proxy, listen=replace(config.proxy.listen, port=port))
-    uvloop.run(serve_worker(replace(config, proxy=proxy), index, reuse_port=True))
+    uvloop.run(serve_worker(replace(config, proxy=proxy), index, reuse_port=True,
+                            config_path=config_path))
 
 
 def run_workers(config_path: str, workers: int) -> int:
     """`abgate proxy --workers N`: N processes share the proxy port with SO_REUSEPORT."""
     config = load_config(config_path)
     if workers == 1:
-        uvloop.run(serve_worker(config, 0, reuse_port=False))
+        uvloop.run(serve_worker(config, 0, reuse_port=False, config_path=config_path))
         return 0
     listen = config.proxy.listen
     # Port 0 must resolve to one port that every worker then shares: hold it while they bind.
@@ -196,7 +240,8 @@ def run_workers(config_path: str, workers: int) -> int:
             if process.pid is not None and process.is_alive():
                 os.kill(process.pid, signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, forward)
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         for process in processes:
             process.join()

@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+
+
+@asynccontextmanager
+async def on_signal(sig: signal.Signals, callback: Callable[[], None]) -> AsyncIterator[None]:
+    """Call `callback` (sync, from the loop) on `sig` while inside the block."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(sig, callback)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(sig)
 
 
 @asynccontextmanager

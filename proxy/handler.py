@@ -56,6 +56,15 @@ class ExperimentRoute:
 Target = Destination | ExperimentRoute
 
 
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """What a request is handled with, swapped whole on reload: a request reads it once, so
+    in-flight requests finish on the config they started with."""
+
+    routes: Router[Target]
+    settings: ProxySettings
+
+
 class BodyTooLarge(Exception):
     pass
 
@@ -65,18 +74,18 @@ class ClientGone(Exception):
 
 
 class ProxyHandler:
-    """Callable handed to aiohttp's low-level server. `routes` is swapped whole on reload."""
+    """Callable handed to aiohttp's low-level server. `routing` is swapped whole on reload."""
 
-    def __init__(self, routes: Router[Target], settings: ProxySettings,
-                 metrics: ProxyMetrics) -> None:
-        self.routes = routes
-        self.settings = settings
+    def __init__(self, routing: Routing, metrics: ProxyMetrics) -> None:
+        self.routing = routing
         self.metrics = metrics
         self.request_ids = RequestIds()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = perf_counter()
-        target = self.routes.match(request.path, request.method)
+        routing = self.routing
+        settings = routing.settings
+        target = routing.routes.match(request.path, request.method)
         if target is None:
             return self._local(request, 404, "no route matches this request", None, None)
         if isinstance(target, ExperimentRoute):
@@ -85,14 +94,13 @@ class ProxyHandler:
             dest = target
 
         length = request.content_length
-        if length is not None and length > self.settings.max_body_size:
-            return self._local(request, 413, f"request body over {self.settings.max_body_size} "
-                                             "bytes", dest, None)
+        too_large = f"request body over {settings.max_body_size} bytes"
+        if length is not None and length > settings.max_body_size:
+            return self._local(request, 413, too_large, dest, None)
         try:
-            body, framing = await self._request_body(request, length)
+            body, framing = await self._request_body(request, length, settings)
         except BodyTooLarge:
-            return self._local(request, 413, f"request body over {self.settings.max_body_size} "
-                               "bytes", dest, None)
+            return self._local(request, 413, too_large, dest, None)
         except _CLIENT_GONE:
             return self._local(request, 400, "client closed the request body", dest, None)
 
@@ -117,10 +125,10 @@ class ProxyHandler:
             return self._local(request, exc.status, exc.detail, dest, head.request_id,
                                upstream_seconds)
         except (BodyTooLarge, ClientGone) as exc:
-            status = 413 if isinstance(exc, BodyTooLarge) else 400
-            reason = f"request body over {self.settings.max_body_size} bytes" \
-                if status == 413 else "client closed the request body"
-            return self._local(request, status, reason, dest, head.request_id)
+            if isinstance(exc, BodyTooLarge):
+                return self._local(request, 413, too_large, dest, head.request_id)
+            return self._local(request, 400, "client closed the request body", dest,
+                               head.request_id)
 
         if upstream.complete and method != "HEAD":
             finished = perf_counter()
@@ -145,6 +153,7 @@ class ProxyHandler:
             headers["X-Request-Id"] = request_id
 
     async def _request_body(self, request: web.BaseRequest, length: int | None,
+                            settings: ProxySettings,
                             ) -> tuple[bytes | AsyncIterator[bytes] | None, int | None]:
         """The body to send and its framing: (body, Content-Length) or (stream, None=chunked).
 
@@ -154,32 +163,32 @@ class ProxyHandler:
         if length is not None:
             if length == 0:
                 return None, 0
-            if length <= self.settings.buffer_body_size:
+            if length <= settings.buffer_body_size:
                 data = await content.readexactly(length)
                 return data, length
-            return self._stream(content, b"", length), length
+            return self._stream(content, b"", length, settings.max_body_size), length
         if not request.body_exists:
             return None, 0
         # Chunked: buffer up to the threshold, stream the rest (chunked) if there is more.
         pieces: list[bytes] = []
         size = 0
-        while size <= self.settings.buffer_body_size:
+        while size <= settings.buffer_body_size:
             chunk = await content.readany()
             if not chunk:
                 data = b"".join(pieces)
                 return data, len(data)
             pieces.append(chunk)
             size += len(chunk)
-            if size > self.settings.max_body_size:
+            if size > settings.max_body_size:
                 raise BodyTooLarge
-        return self._stream(content, b"".join(pieces), None), None
+        return self._stream(content, b"".join(pieces), None, settings.max_body_size), None
 
-    async def _stream(self, content: StreamReader, first: bytes,
-                      length: int | None) -> AsyncIterator[bytes]:
+    @staticmethod
+    async def _stream(content: StreamReader, first: bytes, length: int | None,
+                      limit: int) -> AsyncIterator[bytes]:
         sent = len(first)
         if first:
             yield first
-        limit = self.settings.max_body_size
         while True:
             try:
                 chunk = await content.readany()

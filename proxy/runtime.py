@@ -2,6 +2,8 @@
 
 The one place where the proxy's parts are put together. `DataPlane` is an async context
 manager: entering binds the listener; leaving drains in-flight requests, then closes pools.
+`reload` swaps in a new config without a restart: the next request uses it, requests in
+flight finish on the old one, pools of unchanged upstreams are kept.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 
 from config.flags import Flag, FlagTable
 from config.model import Config, ExperimentConfig, Listen, RouteConfig
-from proxy.handler import Destination, ExperimentRoute, ProxyHandler, Target
+from proxy.handler import Destination, ExperimentRoute, ProxyHandler, Routing, Target
 from proxy.metrics import ProxyMetrics, gauge
 from proxy.pool import UpstreamPool
 from proxy.routing import Router
@@ -36,15 +38,17 @@ class DataPlane:
         self._rng = random.Random(None if seed is None else seed + worker_index)
         self._pools: dict[str, UpstreamPool] = {}
         self._splitters: dict[str, Splitter] = {}
+        self._retired: list[UpstreamPool] = []
         self._stack = AsyncExitStack()
         self.listener: HttpListener | None = None
+        self.handler: ProxyHandler | None = None
 
     async def __aenter__(self) -> DataPlane:
         async with AsyncExitStack() as stack:
             self._pools = {name: UpstreamPool(upstream)
                            for name, upstream in self.config.upstreams.items()}
             stack.push_async_callback(self._close_pools)
-            handler = ProxyHandler(self._route_table(), self.config.proxy, self.metrics)
+            handler = self.handler = ProxyHandler(self._routing(), self.metrics)
             stack.callback(self.flags.subscribe(self._on_flag))
             self.metrics.add_gauges(self._gauges)
             self.listener = await stack.enter_async_context(HttpListener(
@@ -61,6 +65,36 @@ class DataPlane:
     def url(self) -> str:
         assert self.listener is not None
         return self.listener.url
+
+    def reload(self, config: Config) -> list[str]:
+        """Apply `config` to the next request. Returns what could not be applied live."""
+        warnings = [f"{what} changed: restart to apply" for what, old, new in (
+            ("proxy.listen", self.config.proxy.listen, config.proxy.listen),
+            ("proxy.admin_listen", self.config.proxy.admin, config.proxy.admin),
+            ("control.listen", self.config.control.listen, config.control.listen),
+            ("flags", self.config.flags, config.flags)) if old != new]
+        old_pools = self._pools
+        self._pools = {name: old_pools[name] if name in old_pools and
+                       old_pools[name].config == upstream else UpstreamPool(upstream)
+                       for name, upstream in config.upstreams.items()}
+        kept = set(map(id, self._pools.values()))
+        self._retired += [pool for pool in old_pools.values() if id(pool) not in kept]
+        for name, experiment in config.experiments.items():
+            self.flags.ensure(name, experiment.percentage_bp)
+        self.config = config
+        assert self.handler is not None
+        self.handler.routing = self._routing()  # one assignment: the swap is atomic
+        return warnings
+
+    async def close_retired_pools(self) -> None:
+        """Close pools a reload replaced; their busy connections close as exchanges end."""
+        retired, self._retired = self._retired, []
+        for pool in retired:
+            await pool.close()
+
+    def _routing(self) -> Routing:
+        self._splitters = {}
+        return Routing(self._route_table(), self.config.proxy)
 
     def _route_table(self) -> Router[Target]:
         targets: list[tuple[RouteConfig, Target]] = []
@@ -101,7 +135,7 @@ class DataPlane:
             splitter.threshold = flag.basis_points
 
     async def _close_pools(self) -> None:
-        for pool in self._pools.values():
+        for pool in [*self._pools.values(), *self._retired]:
             await pool.close()
 
     def _gauges(self) -> Iterator[Metric]:

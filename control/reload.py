@@ -1,0 +1,114 @@
+"""Hot config reload: SIGHUP, a change of the file, or POST /api/config/reload.
+
+The file is validated as a whole first; an invalid one is refused with the same line-numbered
+problems as `abgate check-config`, the running config stays, and the failure shows in the
+log, in GET /api/config and in abgate_config_reload_total{result="failure"}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from config import Config, ConfigError, load_config
+
+log = logging.getLogger("abgate.reload")
+WATCH_INTERVAL = 1.0
+
+
+@dataclass
+class ReloadOutcome:
+    result: str  # "success" | "failure"
+    trigger: str
+    at: float
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, object]:
+        return {"result": self.result, "trigger": self.trigger, "at": self.at,
+                "problems": self.problems, "warnings": self.warnings}
+
+
+class Reloader:
+    """Reloads `path` into `apply` (which returns what it could not apply live)."""
+
+    def __init__(self, path: str | Path, config: Config,
+                 apply: Callable[[Config], Awaitable[list[str]]]) -> None:
+        self.path = Path(path)
+        self.config = config
+        self._apply = apply
+        self.loaded_at = time.time()
+        self.last: ReloadOutcome | None = None
+        self.counts = {"success": 0, "failure": 0}
+        self._lock = asyncio.Lock()  # one reload at a time; never taken on the request path
+        self._requested = asyncio.Event()
+
+    async def reload(self, trigger: str) -> ReloadOutcome:
+        async with self._lock:
+            try:
+                config = await asyncio.to_thread(load_config, self.path)
+            except ConfigError as exc:
+                outcome = ReloadOutcome("failure", trigger, time.time(),
+                                        problems=[str(p) for p in exc.problems])
+                log.error("config reload (%s) refused; keeping the running config:\n%s",
+                          trigger, exc.render())
+            else:
+                warnings = await self._apply(config)
+                self.config, self.loaded_at = config, time.time()
+                outcome = ReloadOutcome("success", trigger, self.loaded_at, warnings=warnings)
+                log.info("config reloaded (%s) from %s", trigger, self.path)
+                for warning in warnings:
+                    log.warning("config reload: %s", warning)
+            self.counts[outcome.result] += 1
+            self.last = outcome
+            return outcome
+
+    def request(self) -> None:
+        """Ask for a reload from a signal handler (sync); `run` carries it out."""
+        self._requested.set()
+
+    async def run(self, *, watch: bool = True) -> None:
+        """Owned background task: reload on request, and when the file changes."""
+        stamp = self._stamp()
+        while True:
+            try:
+                await asyncio.wait_for(self._requested.wait(),
+                                       WATCH_INTERVAL if watch else None)
+                self._requested.clear()
+                await self.reload("signal")
+                stamp = self._stamp()
+            except TimeoutError:
+                current = self._stamp()
+                if current != stamp:
+                    stamp = current
+                    await self.reload("file change")
+
+    def _stamp(self) -> tuple[float, int, int] | None:
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return None
+        return info.st_mtime, info.st_size, info.st_ino
+
+    def status(self) -> dict[str, object]:
+        return {"source": str(self.path), "loaded_at": self.loaded_at,
+                "last_reload": self.last.as_json() if self.last else None,
+                "reloads": dict(self.counts)}
+
+    def collect(self) -> Iterator[Metric]:
+        total = CounterMetricFamily("abgate_config_reload", "Config reloads by result.",
+                                    labels=["result"])
+        for result, count in self.counts.items():
+            total.add_metric([result], count)
+        yield total
+        loaded = GaugeMetricFamily("abgate_config_loaded_timestamp_seconds",
+                                   "When the running config was loaded.")
+        loaded.add_metric([], self.loaded_at)
+        yield loaded

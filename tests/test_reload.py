@@ -1,0 +1,157 @@
+"""Hot config reload: validated first, swapped atomically, under load, by API, file and SIGHUP."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import ClientSession
+
+from config import load_config
+from control.serve import embedded
+from tests.processes import abgate, config_document, write_config
+from tests.servers import echo_app, serve_app, until
+
+
+def document(control: str, treatment: str, **extra: Any) -> dict[str, Any]:
+    routes = [{"prefix": "/api/", "experiment": "exp"}, *extra.pop("routes", [])]
+    upstreams = {"control": {"url": control}, "treatment": {"url": treatment},
+                 **extra.pop("upstreams", {})}
+    return {"proxy": {"listen": "127.0.0.1:0", "random_seed": 1},
+            "control": {"listen": "127.0.0.1:0"}, "flags": {"state_file": None},
+            "upstreams": upstreams, "routes": routes,
+            "experiments": {"exp": {"control": "control", "treatment": "treatment",
+                                    "sticky": [{"header": "X-User-Id"}], "percentage": 50}}}
+
+
+def metric(text: str, prefix: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(prefix))
+
+
+async def test_reload_under_load_valid_and_invalid(tmp_path: Path,
+                                                   session: ClientSession) -> None:
+    async with serve_app(echo_app()) as one, serve_app(echo_app()) as two, \
+            serve_app(echo_app()) as three:
+        path = tmp_path / "abgate.yaml"
+        path.write_text(yaml.safe_dump(document(one, two)))
+        async with embedded(load_config(path), config_path=str(path)) as running:
+            base, control = running.proxy_url, running.control_url
+            async with session.get(f"{base}/new/x") as response:
+                assert response.status == 404  # no such route yet
+            statuses: Counter[int] = Counter()
+            stop = asyncio.Event()
+
+            async def load() -> None:
+                for count in range(5000):  # bounded in count and time
+                    if stop.is_set():
+                        return
+                    async with session.post(f"{base}/api/d", data=b"{}",
+                                            headers={"X-User-Id": f"u{count}"}) as response:
+                        statuses[response.status] += 1
+                        await response.read()
+
+            loaders = [asyncio.create_task(load()) for _ in range(4)]
+            try:
+                await reload_twice(session, path, base, control, statuses, one, two, three)
+            finally:
+                stop.set()
+                await asyncio.gather(*loaders)
+            async with session.get(f"{control}/metrics") as response:
+                text = await response.text()
+    assert set(statuses) == {200}, statuses  # no request failed across both reloads
+    assert metric(text, 'abgate_config_reload_total{result="success"}') == 1
+    assert metric(text, 'abgate_config_reload_total{result="failure"}') == 1
+
+
+async def reload_twice(session: ClientSession, path: Path, base: str, control: str,
+                       statuses: Counter[int], one: str, two: str, three: str) -> None:
+    await until(lambda: statuses.total() > 200)
+    async with session.get(f"{control}/metrics") as response:
+        connects_before = metric(await response.text(),
+                                 'abgate_upstream_connects_total{upstream="control"}')
+
+    # A valid change: a new upstream and route; control and treatment unchanged.
+    path.write_text(yaml.safe_dump(document(one, two, upstreams={"extra": {"url": three}},
+                                            routes=[{"prefix": "/new/",
+                                                     "upstream": "extra"}])))
+    async with session.post(f"{control}/api/config/reload") as response:
+        assert response.status == 200
+        outcome = await response.json()
+    assert outcome["result"] == "success"
+    assert outcome["warnings"] == []
+    seen = statuses.total()
+    await until(lambda: statuses.total() > seen + 200)
+    async with session.get(f"{base}/new/x") as response:
+        assert response.status == 200  # the next request uses the new config
+
+    # An invalid change is refused whole; the running config stays.
+    bad = document(one, two)
+    bad["upstreams"]["control"]["url"] = "not a url"
+    bad["routes"].append({"prefix": "/x/", "upstream": "nowhere"})
+    path.write_text(yaml.safe_dump(bad))
+    async with session.post(f"{control}/api/config/reload") as response:
+        assert response.status == 400
+        refused = await response.json()
+    assert refused["result"] == "failure"
+    lines = path.read_text().splitlines()
+    url_line = lines.index("    url: not a url") + 1
+    route_line = next(i for i, text in enumerate(lines, 1)
+                      if text.strip() == "upstream: nowhere")
+    assert refused["problems"] == [
+        f"upstreams.control.url (line {url_line}): not a valid http URL: 'not a url'",
+        f"routes[1].upstream (line {route_line}): unknown upstream 'nowhere'"]
+    seen = statuses.total()
+    await until(lambda: statuses.total() > seen + 200)
+    async with session.get(f"{base}/new/x") as response:
+        assert response.status == 200  # still the last good config
+    async with session.get(f"{control}/api/config") as response:
+        status = await response.json()
+    assert status["last_reload"]["result"] == "failure"
+    assert status["reloads"] == {"success": 1, "failure": 1}
+    async with session.get(f"{control}/metrics") as response:
+        text = await response.text()
+    # The unchanged upstream kept its pool: no connection had to be opened again.
+    assert metric(text, 'abgate_upstream_connects_total{upstream="control"}') == \
+        connects_before
+
+
+async def test_file_change_is_picked_up(tmp_path: Path, session: ClientSession) -> None:
+    async with serve_app(echo_app()) as one, serve_app(echo_app()) as two:
+        path = tmp_path / "abgate.yaml"
+        path.write_text(yaml.safe_dump(document(one, two)))
+        async with embedded(load_config(path), config_path=str(path)) as running:
+            assert running.reloader is not None
+            reloader = running.reloader
+            path.write_text(yaml.safe_dump(document(one, two, routes=[
+                {"prefix": "/watched/", "upstream": "treatment"}])))
+            await until(lambda: reloader.counts["success"] == 1)  # the watcher polls the file
+            assert reloader.last is not None
+            assert reloader.last.trigger == "file change"
+            async with session.get(f"{running.proxy_url}/watched/x") as response:
+                assert response.status == 200
+
+
+async def test_sighup_reloads_the_running_process(tmp_path: Path,
+                                                  session: ClientSession) -> None:
+    async with serve_app(echo_app()) as upstream:
+        path = write_config(tmp_path / "c.yaml", config_document(upstream))
+        async with abgate("run", "--config", str(path),
+                          expect={"proxy": 1, "control API": 1}) as process:
+            control = process.url("control API")
+            process.proc.send_signal(signal.SIGHUP)
+
+            async def reloaded() -> dict[str, Any]:
+                async with session.get(f"{control}/api/config") as response:
+                    return await response.json()  # type: ignore[no-any-return]
+
+            async with asyncio.timeout(20):
+                while (status := await reloaded())["last_reload"] is None:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # another process: nothing to await but HTTP
+            assert status["last_reload"]["trigger"] == "signal"
+            assert status["last_reload"]["result"] == "success"
+            assert await process.stop() == 0
