@@ -36,7 +36,8 @@ test-servers:
 
 ## wrk against the upstream directly, abgate and nginx; writes benchmarks/RESULTS.md.
 bench: $(STAMP) test-servers
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.propagation
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

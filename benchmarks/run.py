@@ -12,7 +12,7 @@ settings for every target:
 wrk sends a different X-User-Id on every request (100,000 distinct users, seeded), so the
 split hashes a new key each time. Results go to benchmarks/RESULTS.md.
 
-    python benchmarks/run.py [--duration 10] [--connections 32]
+    python -m benchmarks.run [--duration 10] [--connections 32]
 """
 
 from __future__ import annotations
@@ -23,17 +23,15 @@ import os
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.common import RESULTS, ROOT, process, wait_http, write_section
+
 BODY = '{"source":"deterministic","decision":"approve","confidence":1.0}'
 LUA = """
 math.randomseed(42)
@@ -70,33 +68,6 @@ def wrk(name: str, url: str, *, connections: int, duration: int, script: Path) -
     if "Non-2xx" in output or "Socket errors" in output:
         raise RuntimeError(f"{name}: errors under load:\n{output}")
     return parse_wrk(name, output)
-
-
-def wait_http(url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
-@contextlib.contextmanager
-def process(command: list[str], **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            **kwargs)  # type: ignore[call-overload]
-    try:
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def nginx_conf(workdir: Path, *, proxy: bool) -> Path:
@@ -155,7 +126,6 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("benchmarks: wrk is not installed (make test-servers installs it)", file=sys.stderr)
@@ -200,7 +170,7 @@ def main() -> int:
             print(f"{name}: {loaded[name].rps:,.0f} req/s", flush=True)
         memory = rss_mib(ab.pid)
     write_results(args, loaded, single, memory, upstream_kind)
-    print(f"wrote {args.output}")
+    print(f"wrote {RESULTS}")
     return 0
 
 
@@ -222,7 +192,7 @@ def write_results(args: argparse.Namespace, loaded: dict[str, Result],
         f"{(r.p99_ms - single['direct'].p99_ms) * 1000:+.0f} |"
         for name, r in single.items()]
     cpu = platform.processor() or platform.machine()
-    text = f"""# Benchmarks
+    text = f"""## Throughput and latency (issue 2)
 
 Measured by `make bench` (`benchmarks/run.py`) on {time.strftime('%Y-%m-%d')}, on this
 project's development machine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}.
@@ -232,24 +202,24 @@ experiment splitting 50/50 on `X-User-Id` with metrics on. nginx: one worker, `s
 on the same header, upstream keep-alive 64. Every request carries a different user
 (wrk Lua script, 100,000 distinct keys).
 
-## Throughput (wrk -t1 -c{args.connections} -d{args.duration}s)
+### Throughput (wrk -t1 -c{args.connections} -d{args.duration}s)
 
 | target | req/s | p50 ms | p99 ms | x nginx | x direct |
 |---|---:|---:|---:|---:|---:|
 {chr(10).join(rows)}
 
-## Added latency at one connection (wrk -t1 -c1)
+### Added latency at one connection (wrk -t1 -c1)
 
 | target | p50 us | p99 us | p50 over direct us | p99 over direct us |
 |---|---:|---:|---:|---:|
 {chr(10).join(single_rows)}
 
-## Memory
+### Memory
 
 Resident memory of the abgate process after the runs above (100,000 distinct sticky keys):
 {memory:.1f} MiB.
 
-## Targets (issue 2)
+### Targets (issue 2)
 
 | target | goal | measured |
 |---|---|---|
@@ -258,11 +228,11 @@ Resident memory of the abgate process after the runs above (100,000 distinct sti
 | added p99 at one connection | <= 1000 us | {added_p99:.0f} us |
 | worker RSS with 100k keys | < 80 MB | {memory * 1.048576:.1f} MB |
 """
-    args.output.write_text(text + NOTES)
+    write_section("throughput", text + NOTES)
 
 
 NOTES = """
-## Notes from profiling
+### Notes from profiling
 
 - A proxy on aiohttp's `ClientSession` spent most of its time in the client (request and
   response objects, cookie jar, header multidicts, decompression checks); abgate's upstream
