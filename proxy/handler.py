@@ -94,13 +94,12 @@ class ProxyHandler:
             dest = target
 
         length = request.content_length
-        too_large = f"request body over {settings.max_body_size} bytes"
         if length is not None and length > settings.max_body_size:
-            return self._local(request, 413, too_large, dest, None)
+            return self._local(request, 413, _too_large(settings), dest, None)
         try:
             body, framing = await self._request_body(request, length, settings)
         except BodyTooLarge:
-            return self._local(request, 413, too_large, dest, None)
+            return self._local(request, 413, _too_large(settings), dest, None)
         except _CLIENT_GONE:
             return self._local(request, 400, "client closed the request body", dest, None)
 
@@ -126,7 +125,7 @@ class ProxyHandler:
                                upstream_seconds)
         except (BodyTooLarge, ClientGone) as exc:
             if isinstance(exc, BodyTooLarge):
-                return self._local(request, 413, too_large, dest, head.request_id)
+                return self._local(request, 413, _too_large(settings), dest, head.request_id)
             return self._local(request, 400, "client closed the request body", dest,
                                head.request_id)
 
@@ -251,6 +250,10 @@ class ProxyHandler:
         body = orjson.dumps({"error": error, "upstream": upstream, "request_id": request_id})
         return web.Response(status=status, body=body, headers=headers,
                             content_type="application/json")
+
+
+def _too_large(settings: ProxySettings) -> str:
+    return f"request body over {settings.max_body_size} bytes"
 
 
 _REASONS = {400: "bad_request", 404: "no_route", 413: "body_too_large", 502: "bad_gateway",
