@@ -60,6 +60,20 @@ class FlagsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    window: float  # sliding time window for the rates
+    minimum_calls: int  # calls in the window before a rate can trip
+    failure_rate: float  # 0..1
+    consecutive_failures: int
+    slow_call_duration: float
+    slow_call_rate: float  # 0..1
+    open_duration: float  # first wait in OPEN; doubles on each trip in a row
+    max_open_duration: float
+    half_open_calls: int
+    failure_statuses: frozenset[int]  # besides connect errors and timeouts
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     name: str
     url: str
@@ -71,6 +85,7 @@ class UpstreamConfig:
     read_timeout: float
     pool_size: int
     idle_timeout: float
+    breaker: BreakerConfig
 
 
 @dataclass(frozen=True, slots=True)

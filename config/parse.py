@@ -12,6 +12,7 @@ from config.errors import ConfigError, Problem
 from config.fields import Reader
 from config.model import (
     ArmConfig,
+    BreakerConfig,
     Config,
     ControlSettings,
     ExperimentConfig,
@@ -164,7 +165,8 @@ class _Schema:
         return out
 
     def _upstream(self, name: str, value: Any, path: KeyPath) -> UpstreamConfig | None:
-        keys = {"url", "connect_timeout", "read_timeout", "pool_size", "idle_timeout"}
+        keys = {"url", "connect_timeout", "read_timeout", "pool_size", "idle_timeout",
+                "breaker"}
         section = self.r.mapping(value, path, keys)
         valid_name = self.r.name(name, path)
         if section is None:
@@ -176,7 +178,9 @@ class _Schema:
         pool = self.r.integer(section.get("pool_size", 128), (*path, "pool_size"),
                               low=1, high=100_000)
         idle = self.r.duration(section.get("idle_timeout", "30s"), (*path, "idle_timeout"))
-        if valid_name is None or host is None or None in (connect, read, pool, idle):
+        breaker = self._breaker(section.get("breaker"), (*path, "breaker"))
+        if valid_name is None or host is None or None in (connect, read, pool, idle) or \
+                breaker is None:
             return None
         return UpstreamConfig(
             name=name,
@@ -187,7 +191,59 @@ class _Schema:
             read_timeout=cast(float, read),
             pool_size=cast(int, pool),
             idle_timeout=cast(float, idle),
+            breaker=breaker,
         )
+
+    def _breaker(self, value: Any, path: KeyPath) -> BreakerConfig | None:
+        """Defaults suit a decision API at ~100 req/s: trip within a second of a hard
+        failure, come back on its own after a few seconds (see README for the comparison)."""
+        keys = {"window", "minimum_calls", "failure_rate", "consecutive_failures",
+                "slow_call_duration", "slow_call_rate", "open_duration", "max_open_duration",
+                "half_open_calls", "failure_statuses"}
+        section = self.r.mapping(value, path, keys)
+        if section is None:
+            return None
+        r = self.r
+
+        def rate(key: str, default: float) -> float | None:
+            number = section.get(key, default)
+            if isinstance(number, bool) or not isinstance(number, int | float) or \
+                    not 0 < number <= 1:
+                r.problem((*path, key), f"expected a rate in (0, 1], got {number!r}")
+                return None
+            return float(number)
+
+        statuses = section.get("failure_statuses", [500, 502, 503, 504])
+        if not isinstance(statuses, list) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599
+                for s in statuses):
+            r.problem((*path, "failure_statuses"), "expected a list of HTTP status codes")
+            statuses = None
+        values = (
+            r.duration(section.get("window", "10s"), (*path, "window"), high=3600),
+            r.integer(section.get("minimum_calls", 20), (*path, "minimum_calls"), low=1,
+                      high=1_000_000),
+            rate("failure_rate", 0.5),
+            r.integer(section.get("consecutive_failures", 5), (*path, "consecutive_failures"),
+                      low=1, high=1_000_000),
+            r.duration(section.get("slow_call_duration", "2s"), (*path, "slow_call_duration")),
+            rate("slow_call_rate", 1.0),
+            r.duration(section.get("open_duration", "5s"), (*path, "open_duration")),
+            r.duration(section.get("max_open_duration", "60s"), (*path, "max_open_duration")),
+            r.integer(section.get("half_open_calls", 5), (*path, "half_open_calls"), low=1,
+                      high=10_000),
+        )
+        if None in values or statuses is None:
+            return None
+        (window, minimum, failure_rate, consecutive, slow_duration, slow_rate, open_for,
+         max_open, half_open) = values
+        return BreakerConfig(
+            window=cast(float, window), minimum_calls=cast(int, minimum),
+            failure_rate=cast(float, failure_rate), consecutive_failures=cast(int, consecutive),
+            slow_call_duration=cast(float, slow_duration), slow_call_rate=cast(float, slow_rate),
+            open_duration=cast(float, open_for),
+            max_open_duration=max(cast(float, max_open), cast(float, open_for)),
+            half_open_calls=cast(int, half_open), failure_statuses=frozenset(statuses))
 
     def _http_url(self, value: Any, path: KeyPath) -> tuple[str | None, int | None]:
         if not isinstance(value, str):
