@@ -40,6 +40,10 @@ class ProxySettings:
     shutdown_timeout: float
     # Seeds the per-request coin of `when_missing: random`; None draws from the OS.
     random_seed: int | None
+    # Fallback retries on the control arm may add at most this share of requests (and at
+    # least retry_min_per_second), so a failing ML backend cannot double the load.
+    retry_budget_ratio: float
+    retry_min_per_second: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,9 @@ class RouteConfig:
     methods: frozenset[str] | None
     experiment: str | None
     upstream: str | None
+    # The request may be sent twice (decision endpoints are): a failed treatment call with a
+    # non-idempotent method can then still fall back to the control arm.
+    replayable: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +126,10 @@ class ExperimentConfig:
     when_missing: WhenMissing
     seed: str
     percentage_bp: int
+    # Treatment failures (connect error, timeout; 5xx when fallback_on_5xx) are answered by
+    # the control arm when it is safe to resend the request.
+    fallback: bool
+    fallback_on_5xx: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,7 +95,7 @@ class _Schema:
     def _proxy(self, value: Any) -> ProxySettings | None:
         path: KeyPath = ("proxy",)
         keys = {"listen", "admin_listen", "max_body_size", "buffer_body_size",
-                "shutdown_timeout", "random_seed"}
+                "shutdown_timeout", "random_seed", "retry_budget"}
         section = self.r.mapping(value, path, keys)
         if section is None:
             return None
@@ -111,7 +111,18 @@ class _Schema:
         seed = None
         if seed_value is not None:
             seed = self.r.integer(seed_value, (*path, "random_seed"), low=0, high=2**63 - 1)
-        if None in (listen, admin, max_body, buffered, grace):
+        budget = self.r.mapping(section.get("retry_budget"), (*path, "retry_budget"),
+                                {"ratio", "min_per_second"}) or {}
+        ratio = budget.get("ratio", 0.2)
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
+            self.r.problem((*path, "retry_budget", "ratio"), f"expected 0..1, got {ratio!r}")
+            ratio = None
+        floor = budget.get("min_per_second", 5)
+        if isinstance(floor, bool) or not isinstance(floor, int | float) or floor < 0:
+            self.r.problem((*path, "retry_budget", "min_per_second"),
+                           f"expected a number >= 0, got {floor!r}")
+            floor = None
+        if None in (listen, admin, max_body, buffered, grace, ratio, floor):
             return None
         return ProxySettings(
             listen=cast(Listen, listen),
@@ -120,6 +131,8 @@ class _Schema:
             buffer_body_size=cast(int, buffered),
             shutdown_timeout=cast(float, grace),
             random_seed=seed,
+            retry_budget_ratio=float(cast(float, ratio)),
+            retry_min_per_second=float(cast(float, floor)),
         )
 
     def _control(self, value: Any) -> ControlSettings | None:
@@ -283,7 +296,8 @@ class _Schema:
 
     def _experiment(self, name: str, value: Any, path: KeyPath,
                     upstreams: dict[str, UpstreamConfig] | None) -> ExperimentConfig | None:
-        keys = {"control", "treatment", "sticky", "when_missing", "seed", "percentage"}
+        keys = {"control", "treatment", "sticky", "when_missing", "seed", "percentage",
+                "fallback", "fallback_on_5xx"}
         section = self.r.mapping(value, path, keys)
         valid_name = self.r.name(name, path)
         if section is None:
@@ -305,6 +319,10 @@ class _Schema:
             percentage = None
         else:
             percentage = self.r.percentage(section["percentage"], (*path, "percentage"))
+        fallback = self.r.boolean(section.get("fallback", True), (*path, "fallback"))
+        on_5xx = self.r.boolean(section.get("fallback_on_5xx", True), (*path, "fallback_on_5xx"))
+        if fallback is None or on_5xx is None:
+            return None
         if (valid_name is None or control is None or treatment is None or sticky is None
                 or when_missing not in _WHEN_MISSING or seed is None or percentage is None):
             return None
@@ -316,6 +334,8 @@ class _Schema:
             when_missing=cast(WhenMissing, when_missing),
             seed=seed,
             percentage_bp=percentage,
+            fallback=fallback,
+            fallback_on_5xx=on_5xx,
         )
 
     def _arm(self, value: Any, path: KeyPath,
@@ -380,7 +400,7 @@ class _Schema:
     def _route(self, index: int, value: Any, path: KeyPath,
                upstreams: dict[str, UpstreamConfig] | None,
                experiments: dict[str, ExperimentConfig] | None) -> RouteConfig | None:
-        keys = {"name", "prefix", "regex", "methods", "experiment", "upstream"}
+        keys = {"name", "prefix", "regex", "methods", "experiment", "upstream", "replayable"}
         section = self.r.mapping(value, path, keys)
         if section is None:
             return None
@@ -413,10 +433,11 @@ class _Schema:
         elif upstream is not None and upstream not in self.upstream_names:
             self.r.problem((*path, "upstream"), f"unknown upstream {upstream!r}")
             ok = False
-        if not ok or name is None or methods == _BAD_METHODS:
+        replayable = self.r.boolean(section.get("replayable", False), (*path, "replayable"))
+        if not ok or name is None or methods == _BAD_METHODS or replayable is None:
             return None
-        return RouteConfig(name=name, prefix=prefix, regex=regex,
-                           methods=methods, experiment=experiment, upstream=upstream)
+        return RouteConfig(name=name, prefix=prefix, regex=regex, methods=methods,
+                           experiment=experiment, upstream=upstream, replayable=replayable)
 
     def _methods(self, value: Any, path: KeyPath) -> frozenset[str] | None:
         """None: any method; `_BAD_METHODS` when invalid (a problem was reported)."""

@@ -18,10 +18,12 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EofStream, StreamReader
 
 from config.model import ProxySettings
+from proxy.breaker import Breaker
 from proxy.errors import UpstreamError
-from proxy.headers import RequestIds, build_request_head, copy_response_headers
+from proxy.headers import RequestHead, RequestIds, build_request_head, copy_response_headers
 from proxy.metrics import ProxyMetrics, TrafficStats
 from proxy.pool import UpstreamPool
+from proxy.retry_budget import RetryBudget
 from proxy.routing import Router
 from proxy.split import Splitter
 from proxy.upstream import UpstreamResponse
@@ -35,11 +37,15 @@ _STREAM_CHUNK = 64 * 1024
 _CLIENT_GONE = (ConnectionError, ClientConnectionResetError, HttpProcessingError, EofStream)
 
 
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
 @dataclass(frozen=True, slots=True)
 class Destination:
     """One upstream as reached through a route or an experiment arm."""
 
     pool: UpstreamPool
+    breaker: Breaker
     stats: TrafficStats
     experiment: str  # "" when no experiment applies
     arm: str
@@ -51,6 +57,9 @@ class ExperimentRoute:
     splitter: Splitter
     control: Destination
     treatment: Destination
+    fallback: bool  # treatment failures may be answered by the control arm ...
+    fallback_on_5xx: bool  # ... including 5xx answers
+    replayable: bool  # the route's requests may be sent twice whatever their method
 
 
 Target = Destination | ExperimentRoute
@@ -63,6 +72,7 @@ class Routing:
 
     routes: Router[Target]
     settings: ProxySettings
+    budget: RetryBudget
 
 
 class BodyTooLarge(Exception):
@@ -88,10 +98,23 @@ class ProxyHandler:
         target = routing.routes.match(request.path, request.method)
         if target is None:
             return self._local(request, 404, "no route matches this request", None, None)
+        route: ExperimentRoute | None = None
+        fallback: str | None = None
         if isinstance(target, ExperimentRoute):
-            dest = target.treatment if target.splitter.is_treatment(request) else target.control
+            route = target
+            routing.budget.request(started)
+            if target.splitter.is_treatment(request):
+                dest = target.treatment
+                if not dest.breaker.allow(started):
+                    dest, fallback = target.control, "breaker-open"
+                    self.metrics.count_fallback(target.splitter.name, fallback)
+            else:
+                dest = target.control
         else:
             dest = target
+            if not dest.breaker.allow(started):
+                return self._local(request, 503, f"circuit open for upstream {dest.pool.name}",
+                                   dest, None)
 
         length = request.content_length
         if length is not None and length > settings.max_body_size:
@@ -103,51 +126,115 @@ class ProxyHandler:
         except _CLIENT_GONE:
             return self._local(request, 400, "client closed the request body", dest, None)
 
-        method = request.method
-        target_uri = request.raw_path
-        if not target_uri.startswith("/") and target_uri != "*":
-            target_uri = request.rel_url.raw_path_qs  # absolute-form: send origin-form on
-        head = build_request_head(
-            method, target_uri, request.raw_headers, request.headers.get("Connection"),
-            client_ip=request.remote, default_host=dest.host_header, via=_VIA_BYTES,
-            body_length=framing, request_ids=self.request_ids)
-
+        head = self._head(request, dest, framing)
         upstream_started = perf_counter()
         try:
-            upstream = await dest.pool.request(head.data, body, head_only=method == "HEAD",
+            upstream = await dest.pool.request(head.data, body,
+                                               head_only=request.method == "HEAD",
                                                chunked=framing is None)
         except UpstreamError as exc:
             upstream_seconds = perf_counter() - upstream_started
             self.metrics.count_upstream_error(exc.upstream, exc.kind)
+            dest.breaker.record(perf_counter(), failed=True, slow=False)
+            if self._may_fall_back(route, dest, fallback, request.method, body, routing):
+                assert route is not None
+                dest.stats.record(exc.status, upstream_seconds)  # the ML arm did fail
+                return await self._fall_back(request, route, body, framing, exc.kind, started)
             log.warning("upstream %s failed: %s (request %s)", exc.upstream, exc.detail,
                         head.request_id)
             return self._local(request, exc.status, exc.detail, dest, head.request_id,
-                               upstream_seconds)
+                               upstream_seconds, fallback)
         except (BodyTooLarge, ClientGone) as exc:
             if isinstance(exc, BodyTooLarge):
                 return self._local(request, 413, _too_large(settings), dest, head.request_id)
             return self._local(request, 400, "client closed the request body", dest,
                                head.request_id)
 
-        if upstream.complete and method != "HEAD":
+        upstream_seconds = perf_counter() - upstream_started
+        breaker = dest.breaker
+        failed = upstream.status in breaker.config.failure_statuses
+        breaker.record(upstream_started + upstream_seconds, failed=failed,
+                       slow=upstream_seconds >= breaker.config.slow_call_duration)
+        if failed and route is not None and route.fallback_on_5xx and \
+                self._may_fall_back(route, dest, fallback, request.method, body, routing):
+            dest.stats.record(upstream.status, upstream_seconds)
+            upstream.abandon()
+            return await self._fall_back(request, route, body, framing,
+                                         f"status-{upstream.status}", started)
+        return await self._respond(request, upstream, dest, head.request_id, started,
+                                   upstream_started, fallback)
+
+    def _head(self, request: web.BaseRequest, dest: Destination,
+              framing: int | None) -> RequestHead:
+        target_uri = request.raw_path
+        if not target_uri.startswith("/") and target_uri != "*":
+            target_uri = request.rel_url.raw_path_qs  # absolute-form: send origin-form on
+        return build_request_head(
+            request.method, target_uri, request.raw_headers, request.headers.get("Connection"),
+            client_ip=request.remote, default_host=dest.host_header, via=_VIA_BYTES,
+            body_length=framing, request_ids=self.request_ids)
+
+    @staticmethod
+    def _may_fall_back(route: ExperimentRoute | None, dest: Destination, fallback: str | None,
+                       method: str, body: object, routing: Routing) -> bool:
+        """Safe to answer from the control arm instead: a treatment call, not a fallback
+        already, a body we still hold, a method (or route) that may be sent twice, and room
+        in the retry budget."""
+        return (route is not None and route.fallback and dest is route.treatment
+                and fallback is None and (body is None or isinstance(body, bytes))
+                and (method in IDEMPOTENT or route.replayable)
+                and routing.budget.try_retry(perf_counter()))
+
+    async def _fall_back(self, request: web.BaseRequest, route: ExperimentRoute,
+                         body: bytes | AsyncIterator[bytes] | None, framing: int | None,
+                         reason: str, started: float) -> web.StreamResponse:
+        """Send the request again to the control arm; the answer is marked and kept out of
+        the arm statistics (it would flatter or blame the wrong arm)."""
+        control = route.control
+        self.metrics.count_fallback(route.splitter.name, reason)
+        head = self._head(request, control, framing)
+        upstream_started = perf_counter()
+        try:
+            upstream = await control.pool.request(head.data, body,
+                                                  head_only=request.method == "HEAD")
+        except UpstreamError as exc:
+            self.metrics.count_upstream_error(exc.upstream, exc.kind)
+            control.breaker.record(perf_counter(), failed=True, slow=False)
+            log.warning("fallback to %s failed too: %s", exc.upstream, exc.detail)
+            return self._local(request, exc.status, exc.detail, control, head.request_id,
+                               None, reason, record=False)
+        elapsed = perf_counter() - upstream_started
+        control.breaker.record(perf_counter(),
+                               failed=upstream.status in control.breaker.config.failure_statuses,
+                               slow=elapsed >= control.breaker.config.slow_call_duration)
+        return await self._respond(request, upstream, control, head.request_id, started,
+                                   upstream_started, reason)
+
+    async def _respond(self, request: web.BaseRequest, upstream: UpstreamResponse,
+                       dest: Destination, request_id: str, started: float,
+                       upstream_started: float, fallback: str | None) -> web.StreamResponse:
+        if upstream.complete and request.method != "HEAD":
             finished = perf_counter()
             upstream_seconds = finished - upstream_started
             response = web.Response(status=upstream.status, body=upstream.body())
-            self._copy_headers(upstream, response, dest, head.request_id)
-            dest.stats.record(upstream.status, upstream_seconds)
+            self._copy_headers(upstream, response, dest, request_id, fallback)
+            if fallback is None:
+                dest.stats.record(upstream.status, upstream_seconds)
             self.metrics.overhead.observe(perf_counter() - started - upstream_seconds)
             return response
-        return await self._stream_response(request, upstream, dest, head.request_id, started,
-                                           upstream_started)
+        return await self._stream_response(request, upstream, dest, request_id, started,
+                                           upstream_started, fallback)
 
     @staticmethod
     def _copy_headers(upstream: UpstreamResponse, response: web.StreamResponse,
-                      dest: Destination, request_id: str) -> None:
+                      dest: Destination, request_id: str, fallback: str | None) -> None:
         headers = response.headers
         copy_response_headers(upstream.headers, headers, VIA)
         if dest.experiment:
             headers["X-ABGate-Experiment"] = dest.experiment
             headers["X-ABGate-Arm"] = dest.arm
+        if fallback is not None:
+            headers["X-ABGate-Fallback"] = fallback
         if "X-Request-Id" not in headers:
             headers["X-Request-Id"] = request_id
 
@@ -204,15 +291,17 @@ class ProxyHandler:
 
     async def _stream_response(self, request: web.BaseRequest, upstream: UpstreamResponse,
                                dest: Destination, request_id: str, started: float,
-                               upstream_started: float) -> web.StreamResponse:
+                               upstream_started: float,
+                               fallback: str | None) -> web.StreamResponse:
         head_ready = perf_counter()
         upstream_head_seconds = head_ready - upstream_started
         response = web.StreamResponse(status=upstream.status)
-        self._copy_headers(upstream, response, dest, request_id)
+        self._copy_headers(upstream, response, dest, request_id, fallback)
         length = upstream.content_length()
         if length is not None:
             response.content_length = length
-        dest.stats.record(upstream.status, upstream_head_seconds)
+        if fallback is None:
+            dest.stats.record(upstream.status, upstream_head_seconds)
         self.metrics.overhead.observe(head_ready - started - upstream_head_seconds)
         try:
             await response.prepare(request)
@@ -234,7 +323,8 @@ class ProxyHandler:
 
     def _local(self, request: web.BaseRequest, status: int, error: str,
                dest: Destination | None, request_id: str | None,
-               upstream_seconds: float | None = None) -> web.Response:
+               upstream_seconds: float | None = None, fallback: str | None = None, *,
+               record: bool = True) -> web.Response:
         """A response abgate makes itself: small JSON, counted, with the routing headers."""
         if request_id is None:
             request_id = request.headers.get("X-Request-Id") or self.request_ids.next()
@@ -243,10 +333,13 @@ class ProxyHandler:
         self.metrics.count_local_response(status, reason)
         headers = {"X-Request-Id": request_id, "Via": VIA}
         if dest is not None:
-            dest.stats.record(status, upstream_seconds)
+            if record and fallback is None:
+                dest.stats.record(status, upstream_seconds)
             if dest.experiment:
                 headers["X-ABGate-Experiment"] = dest.experiment
                 headers["X-ABGate-Arm"] = dest.arm
+        if fallback is not None:
+            headers["X-ABGate-Fallback"] = fallback
         body = orjson.dumps({"error": error, "upstream": upstream, "request_id": request_id})
         return web.Response(status=status, body=body, headers=headers,
                             content_type="application/json")
@@ -257,4 +350,4 @@ def _too_large(settings: ProxySettings) -> str:
 
 
 _REASONS = {400: "bad_request", 404: "no_route", 413: "body_too_large", 502: "bad_gateway",
-            504: "gateway_timeout"}
+            503: "circuit_open", 504: "gateway_timeout"}

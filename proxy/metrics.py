@@ -75,6 +75,8 @@ class ProxyMetrics(Collector):
         self.overhead = Histogram(OVERHEAD_BUCKETS)
         self.upstream_errors: dict[tuple[str, str], int] = {}
         self.local_responses: dict[tuple[int, str], int] = {}
+        self.fallbacks: dict[tuple[str, str], int] = {}
+        self.breaker_transitions: dict[tuple[str, str, str], int] = {}
         self._gauges: list[Callable[[], Iterable[Metric]]] = []
 
     def traffic(self, experiment: str, arm: str, upstream: str) -> TrafficStats:
@@ -92,6 +94,14 @@ class ProxyMetrics(Collector):
     def count_local_response(self, status: int, reason: str) -> None:
         key = (status, reason)
         self.local_responses[key] = self.local_responses.get(key, 0) + 1
+
+    def count_fallback(self, experiment: str, reason: str) -> None:
+        key = (experiment, reason)
+        self.fallbacks[key] = self.fallbacks.get(key, 0) + 1
+
+    def count_breaker_transition(self, upstream: str, old: str, new: str) -> None:
+        key = (upstream, old, new)
+        self.breaker_transitions[key] = self.breaker_transitions.get(key, 0) + 1
 
     def add_gauges(self, source: Callable[[], Iterable[Metric]]) -> None:
         """Families computed from live state at scrape time (percentages, pools)."""
@@ -133,6 +143,19 @@ class ProxyMetrics(Collector):
         for (status, reason), count in sorted(self.local_responses.items()):
             local.add_metric([str(status), reason], count)
         yield local
+        fallbacks = CounterMetricFamily(
+            "abgate_fallbacks", "Requests answered by the control arm instead of the treatment "
+            "arm (kept out of the arm statistics), by experiment and reason.",
+            labels=["experiment", "reason"])
+        for (experiment, reason), count in sorted(self.fallbacks.items()):
+            fallbacks.add_metric([experiment, reason], count)
+        yield fallbacks
+        transitions = CounterMetricFamily(
+            "abgate_breaker_transitions", "Circuit breaker state changes.",
+            labels=["upstream", "from", "to"])
+        for (upstream, old, new), count in sorted(self.breaker_transitions.items()):
+            transitions.add_metric([upstream, old, new], count)
+        yield transitions
         for source in self._gauges:
             yield from source()
 

@@ -11,15 +11,18 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from types import TracebackType
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from config.flags import Flag, FlagTable
 from config.model import Config, ExperimentConfig, Listen, RouteConfig
+from proxy.breaker import Breaker, BreakerState
 from proxy.handler import Destination, ExperimentRoute, ProxyHandler, Routing, Target
 from proxy.metrics import ProxyMetrics, gauge
 from proxy.pool import UpstreamPool
+from proxy.retry_budget import RetryBudget
 from proxy.routing import Router
 from proxy.server import HttpListener
 from proxy.split import Splitter
@@ -37,6 +40,9 @@ class DataPlane:
         seed = config.proxy.random_seed
         self._rng = random.Random(None if seed is None else seed + worker_index)
         self._pools: dict[str, UpstreamPool] = {}
+        self.breakers: dict[str, Breaker] = {}
+        self._budget = RetryBudget(config.proxy.retry_budget_ratio,
+                                   config.proxy.retry_min_per_second)
         self._splitters: dict[str, Splitter] = {}
         self._retired: list[UpstreamPool] = []
         self._stack = AsyncExitStack()
@@ -47,6 +53,7 @@ class DataPlane:
         async with AsyncExitStack() as stack:
             self._pools = {name: UpstreamPool(upstream)
                            for name, upstream in self.config.upstreams.items()}
+            self._update_breakers()
             stack.push_async_callback(self._close_pools)
             handler = self.handler = ProxyHandler(self._routing(), self.metrics)
             stack.callback(self.flags.subscribe(self._on_flag))
@@ -79,9 +86,14 @@ class DataPlane:
                        for name, upstream in config.upstreams.items()}
         kept = set(map(id, self._pools.values()))
         self._retired += [pool for pool in old_pools.values() if id(pool) not in kept]
+        if (config.proxy.retry_budget_ratio, config.proxy.retry_min_per_second) != (
+                self.config.proxy.retry_budget_ratio, self.config.proxy.retry_min_per_second):
+            self._budget = RetryBudget(config.proxy.retry_budget_ratio,
+                                       config.proxy.retry_min_per_second)
         for name, experiment in config.experiments.items():
             self.flags.ensure(name, experiment.percentage_bp)
         self.config = config
+        self._update_breakers()
         assert self.handler is not None
         self.handler.routing = self._routing()  # one assignment: the swap is atomic
         return warnings
@@ -92,9 +104,21 @@ class DataPlane:
         for pool in retired:
             await pool.close()
 
+    def _update_breakers(self) -> None:
+        """One breaker per upstream; kept (with its state) while its settings stay the same."""
+        old = self.breakers
+        self.breakers = {
+            name: old[name] if name in old and old[name].config == upstream.breaker
+            else Breaker(name, upstream.breaker, self._on_breaker_transition)
+            for name, upstream in self.config.upstreams.items()}
+
+    def _on_breaker_transition(self, breaker: Breaker, old: BreakerState, new: BreakerState,
+                               reason: str) -> None:
+        self.metrics.count_breaker_transition(breaker.name, old.label, new.label)
+
     def _routing(self) -> Routing:
         self._splitters = {}
-        return Routing(self._route_table(), self.config.proxy)
+        return Routing(self._route_table(), self.config.proxy, self._budget)
 
     def _route_table(self) -> Router[Target]:
         targets: list[tuple[RouteConfig, Target]] = []
@@ -104,7 +128,8 @@ class DataPlane:
                 if route.experiment not in experiments:
                     experiments[route.experiment] = self._experiment(
                         self.config.experiments[route.experiment])
-                targets.append((route, experiments[route.experiment]))
+                shared = experiments[route.experiment]  # one splitter per experiment
+                targets.append((route, replace(shared, replayable=route.replayable)))
             else:
                 assert route.upstream is not None
                 targets.append((route, self._destination(route.upstream, "", "")))
@@ -115,6 +140,9 @@ class DataPlane:
         splitter = Splitter(experiment, threshold, self._rng)
         self._splitters[experiment.name] = splitter
         return ExperimentRoute(
+            fallback=experiment.fallback,
+            fallback_on_5xx=experiment.fallback_on_5xx,
+            replayable=False,
             splitter=splitter,
             control=self._destination(experiment.control.upstream, experiment.name,
                                       experiment.control.name),
@@ -125,7 +153,7 @@ class DataPlane:
     def _destination(self, upstream: str, experiment: str, arm: str) -> Destination:
         config = self.config.upstreams[upstream]
         host = config.host if config.port == 80 else f"{config.host}:{config.port}"
-        return Destination(pool=self._pools[upstream],
+        return Destination(pool=self._pools[upstream], breaker=self.breakers[upstream],
                            stats=self.metrics.traffic(experiment, arm, upstream),
                            experiment=experiment, arm=arm, host_header=host.encode("idna"))
 
@@ -143,6 +171,10 @@ class DataPlane:
                     "Treatment share this process routes with, in percent.", ["experiment"],
                     (([name], splitter.threshold / 100)
                      for name, splitter in self._splitters.items()))
+        yield gauge("abgate_breaker_state",
+                    "Circuit breaker state per upstream: 0 closed, 1 open, 2 half-open, "
+                    "3 forced open, 4 forced closed.", ["upstream"],
+                    (([name], float(breaker.state)) for name, breaker in self.breakers.items()))
         yield gauge("abgate_upstream_connections", "Pooled upstream connections by state.",
                     ["upstream", "state"],
                     [([name, state], value) for name, pool in self._pools.items()

@@ -1,0 +1,46 @@
+"""Retry budget: fallback retries may add at most `ratio` of the requests seen in a sliding
+window (Envoy's default budget is 20%), with a floor so a quiet proxy can still retry."""
+
+from __future__ import annotations
+
+BUCKETS = 10
+
+
+class RetryBudget:
+    __slots__ = ("_epochs", "_floor", "_ratio", "_requests", "_retries", "_width",
+                 "exhausted")
+
+    def __init__(self, ratio: float, min_per_second: float, window: float = 10.0) -> None:
+        self._ratio = ratio
+        self._floor = min_per_second * window
+        self._width = window / BUCKETS
+        self._epochs = [-1] * BUCKETS
+        self._requests = [0] * BUCKETS
+        self._retries = [0] * BUCKETS
+        self.exhausted = 0  # retries refused, for the metrics
+
+    def _slot(self, now: float) -> int:
+        epoch = int(now / self._width)
+        index = epoch % BUCKETS
+        if self._epochs[index] != epoch:
+            self._epochs[index] = epoch
+            self._requests[index] = self._retries[index] = 0
+        return index
+
+    def request(self, now: float) -> None:
+        self._requests[self._slot(now)] += 1
+
+    def try_retry(self, now: float) -> bool:
+        """Spend one retry if the budget allows it."""
+        current = self._slot(now)
+        oldest = int(now / self._width) - BUCKETS
+        requests = retries = 0
+        for i in range(BUCKETS):
+            if self._epochs[i] > oldest:
+                requests += self._requests[i]
+                retries += self._retries[i]
+        if retries >= max(self._floor, self._ratio * requests):
+            self.exhausted += 1
+            return False
+        self._retries[current] += 1
+        return True
