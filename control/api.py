@@ -9,18 +9,42 @@ confirmed by every instance in time.
 from __future__ import annotations
 
 import ipaddress
+import time
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from config.flags import FlagStore
 from control.flags_api import add_flag_routes
-from control.http import TOKEN, ApiError, bearer_auth, errors_as_json, json_response
+from control.http import TOKEN, ApiError, bearer_auth, errors_as_json, json_object, json_response
 from control.openapi import OPENAPI
 from control.reload import Reloader
 from proxy.admin import REGISTRY, health, metrics
+from proxy.breaker import Breaker, BreakerState
 
 RELOADER = web.AppKey("reloader", Reloader)
+BREAKERS = web.AppKey("breakers", dict)
+_FORCED = {"forced_open": BreakerState.FORCED_OPEN, "forced_closed": BreakerState.FORCED_CLOSED,
+           "auto": None}
+
+
+async def list_breakers(request: web.Request) -> web.Response:
+    now = time.perf_counter()
+    breakers: dict[str, Breaker] = request.app[BREAKERS]
+    return json_response({"breakers": [b.snapshot(now) for b in breakers.values()]})
+
+
+async def force_breaker(request: web.Request) -> web.Response:
+    breakers: dict[str, Breaker] = request.app[BREAKERS]
+    name = request.match_info["upstream"]
+    if name not in breakers:
+        raise ApiError(404, f"unknown upstream {name!r}")
+    body = await json_object(request, allowed={"state"})
+    if body.get("state") not in _FORCED:
+        raise ApiError(400, "state: expected forced_open, forced_closed or auto")
+    breaker = breakers[name]
+    breaker.force(_FORCED[body["state"]], time.perf_counter())
+    return json_response(breaker.snapshot(time.perf_counter()))
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -58,7 +82,9 @@ def check_exposure(host: str, token: str | None) -> None:
 
 
 def create_control_app(store: FlagStore, registry: CollectorRegistry, token: str | None,
-                       reloader: Reloader | None = None) -> web.Application:
+                       reloader: Reloader | None = None,
+                       breakers: dict[str, Breaker] | None = None) -> web.Application:
+    """`breakers` is the data plane's live mapping (a reload may replace entries)."""
     app = web.Application(middlewares=[errors_as_json, bearer_auth], client_max_size=1024**2)
     app[TOKEN] = token or ""
     app[REGISTRY] = registry
@@ -67,6 +93,9 @@ def create_control_app(store: FlagStore, registry: CollectorRegistry, token: str
     app.router.add_get("/api/openapi.json", openapi)
     if reloader is not None:
         app[RELOADER] = reloader
+    app[BREAKERS] = breakers if breakers is not None else {}
+    app.router.add_get("/api/breakers", list_breakers)
+    app.router.add_post("/api/breakers/{upstream}", force_breaker)
     app.router.add_get("/api/config", config_status)
     app.router.add_post("/api/config/reload", config_reload)
     add_flag_routes(app, store)

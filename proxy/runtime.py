@@ -106,11 +106,12 @@ class DataPlane:
 
     def _update_breakers(self) -> None:
         """One breaker per upstream; kept (with its state) while its settings stay the same."""
-        old = self.breakers
-        self.breakers = {
+        old = dict(self.breakers)
+        self.breakers.clear()  # in place: the control API holds this mapping
+        self.breakers.update({
             name: old[name] if name in old and old[name].config == upstream.breaker
             else Breaker(name, upstream.breaker, self._on_breaker_transition)
-            for name, upstream in self.config.upstreams.items()}
+            for name, upstream in self.config.upstreams.items()})
 
     def _on_breaker_transition(self, breaker: Breaker, old: BreakerState, new: BreakerState,
                                reason: str) -> None:

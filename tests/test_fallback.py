@@ -1,0 +1,172 @@
+"""Breaker and fallback with real servers under a bounded, paced load (200 req/s for a few
+seconds): the ML backend failing, killed, hung and recovering; clients see no errors on
+replayable routes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from aiohttp import ClientSession, web
+
+from control.serve import Embedded, embedded
+from scripts.demo_agent import Behaviour, create_app
+from tests.servers import free_port, make_config, serve_app
+
+URL = "/api/agent/credit/decide"
+FAST_BREAKER = {"open_duration": "300ms", "max_open_duration": "1s", "half_open_calls": 3}
+
+
+@asynccontextmanager
+async def stack(*, replayable: bool = True, budget: dict[str, float] | None = None,
+                treatment_url: str | None = None, **experiment: Any,
+                ) -> AsyncIterator[tuple[Embedded, Behaviour, dict[str, str]]]:
+    behaviour = Behaviour()
+    async with serve_app(create_app("deterministic")) as control, \
+            serve_app(create_app("ml", behaviour, seed=3)) as treatment:
+        upstreams = {"control": control, "treatment": treatment_url or treatment}
+        config = make_config(
+            upstreams, percentage=100, experiment=experiment,
+            routes=[{"prefix": "/api/", "experiment": "exp", "replayable": replayable}],
+            proxy={"retry_budget": budget or {"ratio": 1.0, "min_per_second": 1000}},
+            upstream_options={"read_timeout": "300ms", "breaker": FAST_BREAKER})
+        async with embedded(config) as running:
+            yield running, behaviour, upstreams
+
+
+async def paced_load(session: ClientSession, url: str, *, rate: int = 200,
+                     seconds: float = 2.0, method: str = "POST") -> list[tuple[int, str, str]]:
+    """`rate` requests per second for `seconds`: (status, arm, fallback reason) of each."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    results: list[tuple[int, str, str]] = []
+
+    async def one(index: int) -> None:
+        async with session.request(method, url, data=b'{"amount": 1}',
+                                   headers={"X-User-Id": f"u{index}"}) as response:
+            await response.read()
+            results.append((response.status, response.headers.get("X-ABGate-Arm", ""),
+                            response.headers.get("X-ABGate-Fallback", "")))
+
+    tasks = []
+    for index in range(int(rate * seconds)):
+        await asyncio.sleep(max(0.0, start + index / rate - loop.time()))  # pacing, not waiting
+        tasks.append(asyncio.create_task(one(index)))
+    await asyncio.gather(*tasks)
+    return results
+
+
+async def breaker_state(session: ClientSession, control_url: str) -> dict[str, str]:
+    async with session.get(f"{control_url}/api/breakers") as response:
+        return {b["upstream"]: b["state"] for b in (await response.json())["breakers"]}
+
+
+@pytest.mark.parametrize("failure", ["500s", "hung"])
+async def test_failing_ml_backend_is_invisible_to_clients(session: ClientSession,
+                                                          failure: str) -> None:
+    async with stack() as (running, behaviour, _):
+        if failure == "500s":
+            behaviour.failure_rate = 1.0
+        else:
+            behaviour.latency_ms = 5000  # far past read_timeout (300 ms)
+        results = await paced_load(session, f"{running.proxy_url}{URL}")
+        statuses = Counter(status for status, _, _ in results)
+        reasons = Counter(reason for _, _, reason in results)
+        assert statuses == {200: len(results)}, statuses  # zero client-visible errors
+        assert all(arm == "control" for _, arm, _ in results)
+        first_reason = "status-500" if failure == "500s" else "timeout"
+        assert reasons[first_reason] >= 5  # the calls that tripped the breaker ...
+        assert reasons["breaker-open"] > len(results) * 0.8  # ... then it stayed open
+        assert (await breaker_state(session, running.control_url))["treatment"] in (
+            "open", "half_open")
+        async with session.get(f"{running.control_url}/metrics") as response:
+            text = await response.text()
+        assert 'abgate_fallbacks_total{experiment="exp",reason="breaker-open"}' in text
+        # Fallback answers are kept out of the arm statistics.
+        control_ok = [line for line in text.splitlines() if line.startswith(
+            'abgate_requests_total{arm="control",experiment="exp",status_class="2xx"')]
+        assert control_ok == []
+
+
+async def test_killed_backend_then_recovery(session: ClientSession) -> None:
+    port = free_port()
+    behaviour = Behaviour()
+    runner = web.AppRunner(create_app("ml", behaviour), access_log=None)
+    await runner.setup()
+    async with stack(treatment_url=f"http://127.0.0.1:{port}") as (running, _, _):
+        # Nothing listens on the treatment port: connect errors, then the breaker opens.
+        results = await paced_load(session, f"{running.proxy_url}{URL}", seconds=1.5)
+        assert Counter(s for s, _, _ in results) == {200: len(results)}
+        assert {r for _, _, r in results} <= {"connect", "breaker-open"}
+        # The ML backend comes up: traffic returns to the configured split on its own.
+        site = web.TCPSite(runner, "127.0.0.1", port)
+        await site.start()
+        try:
+            async with asyncio.timeout(20):
+                while True:
+                    results = await paced_load(session, f"{running.proxy_url}{URL}",
+                                               seconds=0.25)
+                    if all(arm == "treatment" and not reason for _, arm, reason in results):
+                        break
+            assert (await breaker_state(session, running.control_url))["treatment"] == \
+                "closed"
+        finally:
+            await runner.cleanup()
+
+
+async def test_non_replayable_requests_are_not_resent(session: ClientSession) -> None:
+    async with stack(replayable=False) as (running, behaviour, _):
+        behaviour.failure_rate = 1.0
+        async with session.post(f"{running.proxy_url}{URL}", data=b"{}") as response:
+            assert response.status == 500  # the ML answer, passed through: POST is not resent
+            assert "X-ABGate-Fallback" not in response.headers
+        async with session.get(f"{running.proxy_url}{URL}") as response:
+            assert response.status == 200  # GET is idempotent: answered by control
+            assert response.headers["X-ABGate-Fallback"] == "status-500"
+
+
+async def test_retry_budget_limits_fallback_retries(session: ClientSession) -> None:
+    async with stack(budget={"ratio": 0.0, "min_per_second": 0.3},  # 3 retries per 10 s
+                     ) as (running, behaviour, _):
+        behaviour.failure_rate = 1.0
+        statuses = []
+        for index in range(4):  # fewer than consecutive_failures: the breaker stays closed
+            async with session.get(f"{running.proxy_url}{URL}",
+                                   headers={"X-User-Id": f"u{index}"}) as response:
+                statuses.append((response.status, response.headers.get("X-ABGate-Fallback")))
+    assert statuses == [(200, "status-500")] * 3 + [(500, None)]
+
+
+async def test_fallback_on_5xx_can_be_turned_off(session: ClientSession) -> None:
+    async with stack(fallback_on_5xx=False) as (running, behaviour, _):
+        behaviour.failure_rate = 1.0
+        async with session.get(f"{running.proxy_url}{URL}") as response:
+            assert response.status == 500
+
+
+async def test_forced_states(session: ClientSession) -> None:
+    async with stack() as (running, behaviour, _):
+        api = f"{running.control_url}/api/breakers/treatment"
+        async with session.post(api, json={"state": "forced_open"}) as response:
+            assert (await response.json())["state"] == "forced_open"
+        async with session.get(f"{running.proxy_url}{URL}") as response:
+            assert response.headers["X-ABGate-Fallback"] == "breaker-open"
+        behaviour.failure_rate = 1.0
+        async with session.post(api, json={"state": "forced_closed"}) as response:
+            assert response.status == 200
+        for _ in range(10):  # failures never open a forced-closed breaker
+            async with session.get(f"{running.proxy_url}{URL}") as response:
+                assert response.headers["X-ABGate-Fallback"] == "status-500"
+        assert (await breaker_state(session, running.control_url))["treatment"] == \
+            "forced_closed"
+        async with session.post(api, json={"state": "auto"}) as response:
+            assert (await response.json())["state"] == "closed"
+        async with session.post(api, json={"state": "sideways"}) as response:
+            assert response.status == 400
+        async with session.post(f"{running.control_url}/api/breakers/nope",
+                                json={"state": "auto"}) as response:
+            assert response.status == 404
