@@ -117,6 +117,16 @@ class ArmConfig:
     upstream: str
 
 
+JsonPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowConfig:
+    percentage_bp: int  # share of control-served requests copied to the treatment upstream
+    compare: tuple[tuple[str, JsonPath], ...]  # ("$.decision", ("decision",))
+    max_in_flight: int
+
+
 @dataclass(frozen=True, slots=True)
 class ExperimentConfig:
     name: str
@@ -130,6 +140,7 @@ class ExperimentConfig:
     # the control arm when it is safe to resend the request.
     fallback: bool
     fallback_on_5xx: bool
+    shadow: ShadowConfig | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,9 +17,11 @@ from config.model import (
     ControlSettings,
     ExperimentConfig,
     FlagsSettings,
+    JsonPath,
     Listen,
     ProxySettings,
     RouteConfig,
+    ShadowConfig,
     StickySource,
     UpstreamConfig,
     WhenMissing,
@@ -28,6 +30,21 @@ from config.yaml_lines import KeyPath, load_located
 
 _METHOD = re.compile(r"^[A-Z]{1,20}$")
 _STICKY_KINDS = ("header", "cookie", "query")
+_JSON_PATH = re.compile(r"^\$((?:\.[A-Za-z_][A-Za-z0-9_-]*|\[\d+\])+)$")
+_JSON_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+)\]")
+
+
+def _json_path(text: Any) -> JsonPath | None:
+    """`$.a.b[0]` -> ("a", "b", 0): the small JSONPath subset shadow comparison needs."""
+    if not isinstance(text, str):
+        return None
+    match = _JSON_PATH.match(text)
+    if match is None:
+        return None
+    return tuple(name if name else int(index)
+                 for name, index in _JSON_STEP.findall(match.group(1)))
+
+
 _BAD_METHODS: frozenset[str] = frozenset({"<invalid>"})
 _WHEN_MISSING: tuple[WhenMissing, ...] = ("random", "control", "client_ip")
 
@@ -297,7 +314,7 @@ class _Schema:
     def _experiment(self, name: str, value: Any, path: KeyPath,
                     upstreams: dict[str, UpstreamConfig] | None) -> ExperimentConfig | None:
         keys = {"control", "treatment", "sticky", "when_missing", "seed", "percentage",
-                "fallback", "fallback_on_5xx"}
+                "fallback", "fallback_on_5xx", "shadow"}
         section = self.r.mapping(value, path, keys)
         valid_name = self.r.name(name, path)
         if section is None:
@@ -321,7 +338,8 @@ class _Schema:
             percentage = self.r.percentage(section["percentage"], (*path, "percentage"))
         fallback = self.r.boolean(section.get("fallback", True), (*path, "fallback"))
         on_5xx = self.r.boolean(section.get("fallback_on_5xx", True), (*path, "fallback_on_5xx"))
-        if fallback is None or on_5xx is None:
+        shadow = self._shadow(section.get("shadow"), (*path, "shadow"))
+        if fallback is None or on_5xx is None or shadow is False:
             return None
         if (valid_name is None or control is None or treatment is None or sticky is None
                 or when_missing not in _WHEN_MISSING or seed is None or percentage is None):
@@ -336,7 +354,35 @@ class _Schema:
             percentage_bp=percentage,
             fallback=fallback,
             fallback_on_5xx=on_5xx,
+            shadow=shadow if isinstance(shadow, ShadowConfig) else None,
         )
+
+    def _shadow(self, value: Any, path: KeyPath) -> ShadowConfig | bool | None:
+        """None: no shadow; False: invalid (reported)."""
+        if value is None:
+            return None
+        section = self.r.mapping(value, path, {"percentage", "compare", "max_in_flight"})
+        if section is None:
+            return False
+        percentage = self.r.percentage(section.get("percentage", 100), (*path, "percentage"))
+        limit = self.r.integer(section.get("max_in_flight", 100), (*path, "max_in_flight"),
+                               low=1, high=100_000)
+        compare = section.get("compare", [])
+        paths: list[tuple[str, JsonPath]] = []
+        if not isinstance(compare, list):
+            self.r.problem((*path, "compare"), "expected a list of JSON paths such as "
+                                               "['$.decision']")
+            return False
+        for index, text in enumerate(compare):
+            parsed = _json_path(text)
+            if parsed is None:
+                self.r.problem((*path, "compare", index),
+                               f"not a JSON path like $.decision or $.items[0].id: {text!r}")
+                return False
+            paths.append((text, parsed))
+        if percentage is None or limit is None:
+            return False
+        return ShadowConfig(percentage_bp=percentage, compare=tuple(paths), max_in_flight=limit)
 
     def _arm(self, value: Any, path: KeyPath,
              upstreams: dict[str, UpstreamConfig] | None) -> ArmConfig | None:

@@ -21,6 +21,7 @@ from control.openapi import OPENAPI
 from control.reload import Reloader
 from proxy.admin import REGISTRY, health, metrics
 from proxy.breaker import Breaker, BreakerState
+from proxy.shadow import Shadow
 
 RELOADER = web.AppKey("reloader", Reloader)
 BREAKERS = web.AppKey("breakers", dict)
@@ -32,6 +33,14 @@ async def list_breakers(request: web.Request) -> web.Response:
     now = time.perf_counter()
     breakers: dict[str, Breaker] = request.app[BREAKERS]
     return json_response({"breakers": [b.snapshot(now) for b in breakers.values()]})
+
+
+SHADOWS = web.AppKey("shadows", dict)
+
+
+async def shadow_stats(request: web.Request) -> web.Response:
+    shadows: dict[str, Shadow] = request.app[SHADOWS]
+    return json_response({"experiments": [shadow.stats() for shadow in shadows.values()]})
 
 
 async def force_breaker(request: web.Request) -> web.Response:
@@ -83,7 +92,8 @@ def check_exposure(host: str, token: str | None) -> None:
 
 def create_control_app(store: FlagStore, registry: CollectorRegistry, token: str | None,
                        reloader: Reloader | None = None,
-                       breakers: dict[str, Breaker] | None = None) -> web.Application:
+                       breakers: dict[str, Breaker] | None = None,
+                       shadows: dict[str, Shadow] | None = None) -> web.Application:
     """`breakers` is the data plane's live mapping (a reload may replace entries)."""
     app = web.Application(middlewares=[errors_as_json, bearer_auth], client_max_size=1024**2)
     app[TOKEN] = token or ""
@@ -94,6 +104,8 @@ def create_control_app(store: FlagStore, registry: CollectorRegistry, token: str
     if reloader is not None:
         app[RELOADER] = reloader
     app[BREAKERS] = breakers if breakers is not None else {}
+    app[SHADOWS] = shadows if shadows is not None else {}
+    app.router.add_get("/api/shadow/stats", shadow_stats)
     app.router.add_get("/api/breakers", list_breakers)
     app.router.add_post("/api/breakers/{upstream}", force_breaker)
     app.router.add_get("/api/config", config_status)

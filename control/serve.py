@@ -123,7 +123,7 @@ async def embedded(config: Config, token: str | None = None,
         reloader = await start_reloader(stack, config_path, config, plane, metrics)
         assert backend.store is not None
         control_app = create_control_app(backend.store, registry, token, reloader,
-                                         plane.breakers)
+                                         plane.breakers, plane.shadows)
         control_url = await app_site(stack, control_app, config.control.listen,
                                      config.proxy.shutdown_timeout)
         yield Embedded(plane.url, control_url, flags, metrics, backend, plane, reloader)

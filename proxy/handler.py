@@ -25,6 +25,7 @@ from proxy.metrics import ProxyMetrics, TrafficStats
 from proxy.pool import UpstreamPool
 from proxy.retry_budget import RetryBudget
 from proxy.routing import Router
+from proxy.shadow import Shadow
 from proxy.split import Splitter
 from proxy.upstream import UpstreamResponse
 
@@ -33,6 +34,8 @@ log = logging.getLogger("abgate.proxy")
 VIA = "1.1 abgate"
 _VIA_BYTES = VIA.encode()
 _STREAM_CHUNK = 64 * 1024
+# Lets the ML backend tell copies from live traffic (Envoy appends "-shadow" to Host instead).
+_SHADOW_HEADER = b"X-ABGate-Shadow: 1\r\n"
 # Client-side failures while reading a request body or writing a response.
 _CLIENT_GONE = (ConnectionError, ClientConnectionResetError, HttpProcessingError, EofStream)
 
@@ -60,6 +63,7 @@ class ExperimentRoute:
     fallback: bool  # treatment failures may be answered by the control arm ...
     fallback_on_5xx: bool  # ... including 5xx answers
     replayable: bool  # the route's requests may be sent twice whatever their method
+    shadow: Shadow | None  # copies of control-served requests to the treatment upstream
 
 
 Target = Destination | ExperimentRoute
@@ -161,18 +165,25 @@ class ProxyHandler:
             upstream.abandon()
             return await self._fall_back(request, route, body, framing,
                                          f"status-{upstream.status}", started)
+        if (route is not None and route.shadow is not None and dest is route.control
+                and fallback is None and upstream.complete
+                and (body is None or isinstance(body, bytes)) and route.shadow.sampled()):
+            treatment = route.treatment
+            copy = self._head(request, treatment, framing, _SHADOW_HEADER)
+            route.shadow.mirror(treatment.pool, treatment.breaker, copy.data, body,
+                                upstream.status, upstream.body(), upstream_seconds)
         return await self._respond(request, upstream, dest, head.request_id, started,
                                    upstream_started, fallback)
 
-    def _head(self, request: web.BaseRequest, dest: Destination,
-              framing: int | None) -> RequestHead:
+    def _head(self, request: web.BaseRequest, dest: Destination, framing: int | None,
+              extra: bytes = b"") -> RequestHead:
         target_uri = request.raw_path
         if not target_uri.startswith("/") and target_uri != "*":
             target_uri = request.rel_url.raw_path_qs  # absolute-form: send origin-form on
         return build_request_head(
             request.method, target_uri, request.raw_headers, request.headers.get("Connection"),
             client_ip=request.remote, default_host=dest.host_header, via=_VIA_BYTES,
-            body_length=framing, request_ids=self.request_ids)
+            body_length=framing, request_ids=self.request_ids, extra=extra)
 
     @staticmethod
     def _may_fall_back(route: ExperimentRoute | None, dest: Destination, fallback: str | None,

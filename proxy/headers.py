@@ -69,6 +69,7 @@ def build_request_head(
     via: bytes,
     body_length: int | None,
     request_ids: RequestIds,
+    extra: bytes = b"",
 ) -> RequestHead:
     """`body_length` None means the body is sent chunked; 0 means no body."""
     dropped = connection_tokens(connection) if connection else frozenset()
@@ -118,6 +119,8 @@ def build_request_head(
     if not has_fhost:
         append(b"X-Forwarded-Host: " + host_value + b"\r\n")
     append(b"Via: " + (prior_via + b", " + via if prior_via else via) + b"\r\n")
+    if extra:
+        append(extra)
     if body_length is None:
         append(b"Transfer-Encoding: chunked\r\n\r\n")
     elif body_length or method in ("POST", "PUT", "PATCH"):

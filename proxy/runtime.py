@@ -25,6 +25,7 @@ from proxy.pool import UpstreamPool
 from proxy.retry_budget import RetryBudget
 from proxy.routing import Router
 from proxy.server import HttpListener
+from proxy.shadow import Shadow
 from proxy.split import Splitter
 
 
@@ -41,6 +42,8 @@ class DataPlane:
         self._rng = random.Random(None if seed is None else seed + worker_index)
         self._pools: dict[str, UpstreamPool] = {}
         self.breakers: dict[str, Breaker] = {}
+        self.shadows: dict[str, Shadow] = {}
+        self._retired_shadows: list[Shadow] = []
         self._budget = RetryBudget(config.proxy.retry_budget_ratio,
                                    config.proxy.retry_min_per_second)
         self._splitters: dict[str, Splitter] = {}
@@ -103,6 +106,9 @@ class DataPlane:
         retired, self._retired = self._retired, []
         for pool in retired:
             await pool.close()
+        shadows, self._retired_shadows = self._retired_shadows, []
+        for shadow in shadows:
+            await shadow.aclose()
 
     def _update_breakers(self) -> None:
         """One breaker per upstream; kept (with its state) while its settings stay the same."""
@@ -117,8 +123,25 @@ class DataPlane:
                                reason: str) -> None:
         self.metrics.count_breaker_transition(breaker.name, old.label, new.label)
 
+    def _update_shadows(self) -> None:
+        """One Shadow per experiment that has one; kept (with its stats) while unchanged."""
+        old = dict(self.shadows)
+        self.shadows.clear()  # in place: the control API holds this mapping
+        for name, experiment in self.config.experiments.items():
+            if experiment.shadow is None:
+                continue
+            kept = old.pop(name, None)
+            if kept is not None and kept.config == experiment.shadow:
+                self.shadows[name] = kept
+            else:
+                if kept is not None:
+                    old[name] = kept
+                self.shadows[name] = Shadow(name, experiment.shadow, self._rng)
+        self._retired_shadows += old.values()
+
     def _routing(self) -> Routing:
         self._splitters = {}
+        self._update_shadows()
         return Routing(self._route_table(), self.config.proxy, self._budget)
 
     def _route_table(self) -> Router[Target]:
@@ -141,6 +164,7 @@ class DataPlane:
         splitter = Splitter(experiment, threshold, self._rng)
         self._splitters[experiment.name] = splitter
         return ExperimentRoute(
+            shadow=self.shadows.get(experiment.name),
             fallback=experiment.fallback,
             fallback_on_5xx=experiment.fallback_on_5xx,
             replayable=False,
@@ -164,6 +188,8 @@ class DataPlane:
             splitter.threshold = flag.basis_points
 
     async def _close_pools(self) -> None:
+        for shadow in [*self.shadows.values(), *self._retired_shadows]:
+            await shadow.aclose()
         for pool in [*self._pools.values(), *self._retired]:
             await pool.close()
 
@@ -181,6 +207,8 @@ class DataPlane:
                     [([name, state], value) for name, pool in self._pools.items()
                      for state, value in (("open", pool.open_connections),
                                           ("idle", pool.idle_connections))])
+        for shadow in self.shadows.values():
+            yield from shadow.collect()
         connects = CounterMetricFamily("abgate_upstream_connects",
                                        "New connections opened to each upstream.",
                                        labels=["upstream"])

@@ -49,10 +49,13 @@ class UpstreamResponse:
         self._waiter: asyncio.Future[None] | None = None
 
     def body(self) -> bytes:
-        """The whole body; only once `complete`."""
+        """The whole body; only once `complete`. May be called again."""
         chunks = self._chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if len(chunks) == 1:
+            return chunks[0]
+        data = b"".join(chunks)
         chunks.clear()
+        chunks.append(data)
         return data
 
     def abandon(self) -> None:

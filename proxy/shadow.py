@@ -1,0 +1,179 @@
+"""Shadow mode: copies of control-served requests go to the treatment upstream in the
+background, and the two answers are compared.
+
+The client's response never waits on the copy: it is sent after the control answer is in
+hand, from a task this object owns (closed with the data plane). At most `max_in_flight`
+copies run at once; beyond that, or while the treatment's breaker is not closed, copies are
+dropped and counted. Each pair is compared on status, on the configured JSON fields
+(`$.decision`), and on latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from collections.abc import Iterator
+from time import perf_counter
+from typing import Any
+
+import orjson
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+
+from config.model import JsonPath, ShadowConfig
+from proxy.breaker import Breaker, BreakerState
+from proxy.errors import UpstreamError
+from proxy.metrics import LATENCY_BUCKETS, Histogram
+from proxy.pool import UpstreamPool
+
+log = logging.getLogger("abgate.shadow")
+MAX_SHADOW_BODY = 1024 * 1024
+SAMPLES = 5
+_MISSING = object()
+
+
+def extract(document: Any, path: JsonPath) -> Any:
+    for step in path:
+        if isinstance(step, int):
+            if not isinstance(document, list) or not -len(document) <= step < len(document):
+                return _MISSING
+            document = document[step]
+        else:
+            if not isinstance(document, dict) or step not in document:
+                return _MISSING
+            document = document[step]
+    return document
+
+
+class Shadow:
+    def __init__(self, experiment: str, config: ShadowConfig, rng: random.Random) -> None:
+        self.experiment = experiment
+        self.config = config
+        self._rng = rng
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.total = self.agreements = self.disagreements = self.errors = 0
+        self.dropped: dict[str, int] = {"max_in_flight": 0, "breaker_open": 0}
+        self.latency = {"control": Histogram(LATENCY_BUCKETS),
+                        "treatment": Histogram(LATENCY_BUCKETS)}
+        self.samples: deque[dict[str, Any]] = deque(maxlen=SAMPLES)
+
+    def sampled(self) -> bool:
+        return self._rng.random() * 10_000 < self.config.percentage_bp
+
+    def mirror(self, pool: UpstreamPool, breaker: Breaker, head: bytes, body: bytes | None,
+               control_status: int, control_body: bytes, control_seconds: float) -> None:
+        """Start a copy unless the limits say drop it. Returns at once."""
+        if self._closed:
+            return
+        if breaker.state is not BreakerState.CLOSED and \
+                breaker.state is not BreakerState.FORCED_CLOSED:
+            self.dropped["breaker_open"] += 1
+            return
+        if len(self._tasks) >= self.config.max_in_flight:
+            self.dropped["max_in_flight"] += 1
+            return
+        task = asyncio.create_task(self._compare(pool, head, body, control_status,
+                                                 control_body, control_seconds),
+                                   name=f"abgate-shadow-{self.experiment}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _compare(self, pool: UpstreamPool, head: bytes, body: bytes | None,
+                       control_status: int, control_body: bytes,
+                       control_seconds: float) -> None:
+        started = perf_counter()
+        try:
+            response = await pool.request(head, body)
+            chunks, size = [], 0
+            while chunk := await response.read():
+                size += len(chunk)
+                if size > MAX_SHADOW_BODY:
+                    response.abandon()
+                    raise UpstreamError(pool.name, "shadow answer over 1 MiB")
+                chunks.append(chunk)
+        except UpstreamError as exc:
+            self.total += 1
+            self.errors += 1
+            log.debug("shadow copy to %s failed: %s", pool.name, exc.detail)
+            return
+        seconds = perf_counter() - started
+        self.total += 1
+        self.latency["control"].observe(control_seconds)
+        self.latency["treatment"].observe(seconds)
+        differences = self._differences(control_status, control_body, response.status,
+                                        b"".join(chunks))
+        if not differences:
+            self.agreements += 1
+            return
+        self.disagreements += 1
+        self.samples.append({"differences": differences,
+                             "latency_ms": {"control": round(control_seconds * 1000, 3),
+                                            "treatment": round(seconds * 1000, 3)}})
+
+    def _differences(self, control_status: int, control_body: bytes, status: int,
+                     body: bytes) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if control_status != status:
+            out["status"] = {"control": control_status, "treatment": status}
+        if not self.config.compare:
+            return out
+        try:
+            control_doc: Any = orjson.loads(control_body)
+            treatment_doc: Any = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            out["body"] = "not JSON"
+            return out
+        for text, path in self.config.compare:
+            left, right = extract(control_doc, path), extract(treatment_doc, path)
+            if left != right:
+                out[text] = {"control": None if left is _MISSING else left,
+                             "treatment": None if right is _MISSING else right}
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        compared = self.agreements + self.disagreements
+        return {
+            "experiment": self.experiment,
+            "total_decisions": self.total,
+            "agreements": self.agreements,
+            "disagreements": self.disagreements,
+            "agreement_rate": self.agreements / compared if compared else None,
+            "errors": self.errors,
+            "dropped": dict(self.dropped),
+            "in_flight": len(self._tasks),
+            "latency_mean_ms": {side: round(h.sum / n * 1000, 3) if (n := sum(h.counts))
+                                else None for side, h in self.latency.items()},
+            "recent_disagreements": list(self.samples),
+        }
+
+    def collect(self) -> Iterator[Metric]:
+        results = CounterMetricFamily("abgate_shadow_comparisons",
+                                      "Shadow pairs compared, by result.",
+                                      labels=["experiment", "result"])
+        for result, count in (("agree", self.agreements), ("disagree", self.disagreements),
+                              ("error", self.errors)):
+            results.add_metric([self.experiment, result], count)
+        yield results
+        dropped = CounterMetricFamily("abgate_shadow_dropped", "Shadow copies not sent.",
+                                      labels=["experiment", "reason"])
+        for reason, count in self.dropped.items():
+            dropped.add_metric([self.experiment, reason], count)
+        yield dropped
+        latency = HistogramMetricFamily("abgate_shadow_latency_seconds",
+                                        "Latency of each side of the shadow pairs.",
+                                        labels=["experiment", "side"])
+        for side, histogram in self.latency.items():
+            latency.add_metric([self.experiment, side], histogram.cumulative(), histogram.sum)
+        yield latency
+
+    async def aclose(self) -> None:
+        """Stop taking copies and wait for (then cancel) those in flight."""
+        self._closed = True
+        tasks = list(self._tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=2.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
