@@ -78,6 +78,13 @@ class BreakerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthCheckConfig:
+    path: str  # GET this path; 2xx/3xx is healthy
+    interval: float
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     name: str
     url: str
@@ -90,6 +97,7 @@ class UpstreamConfig:
     pool_size: int
     idle_timeout: float
     breaker: BreakerConfig
+    health_check: HealthCheckConfig | None
 
 
 @dataclass(frozen=True, slots=True)

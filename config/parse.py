@@ -17,6 +17,7 @@ from config.model import (
     ControlSettings,
     ExperimentConfig,
     FlagsSettings,
+    HealthCheckConfig,
     JsonPath,
     Listen,
     ProxySettings,
@@ -196,7 +197,7 @@ class _Schema:
 
     def _upstream(self, name: str, value: Any, path: KeyPath) -> UpstreamConfig | None:
         keys = {"url", "connect_timeout", "read_timeout", "pool_size", "idle_timeout",
-                "breaker"}
+                "breaker", "health_check"}
         section = self.r.mapping(value, path, keys)
         valid_name = self.r.name(name, path)
         if section is None:
@@ -209,6 +210,7 @@ class _Schema:
                               low=1, high=100_000)
         idle = self.r.duration(section.get("idle_timeout", "30s"), (*path, "idle_timeout"))
         breaker = self._breaker(section.get("breaker"), (*path, "breaker"))
+        check = self._health_check(section.get("health_check"), (*path, "health_check"))
         if valid_name is None or host is None or None in (connect, read, pool, idle) or \
                 breaker is None:
             return None
@@ -222,7 +224,25 @@ class _Schema:
             pool_size=cast(int, pool),
             idle_timeout=cast(float, idle),
             breaker=breaker,
+            health_check=check if isinstance(check, HealthCheckConfig) else None,
         )
+
+    def _health_check(self, value: Any, path: KeyPath) -> HealthCheckConfig | bool | None:
+        if value is None:
+            return None
+        section = self.r.mapping(value, path, {"path", "interval", "timeout"})
+        if section is None:
+            return False
+        check_path = section.get("path", "/health")
+        if not isinstance(check_path, str) or not check_path.startswith("/"):
+            self.r.problem((*path, "path"), f"expected a path starting with '/', "
+                                            f"got {check_path!r}")
+            return False
+        interval = self.r.duration(section.get("interval", "5s"), (*path, "interval"))
+        timeout = self.r.duration(section.get("timeout", "1s"), (*path, "timeout"))
+        if interval is None or timeout is None:
+            return False
+        return HealthCheckConfig(check_path, interval, timeout)
 
     def _breaker(self, value: Any, path: KeyPath) -> BreakerConfig | None:
         """Defaults suit a decision API at ~100 req/s: trip within a second of a hard

@@ -15,36 +15,42 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from config.flags import FlagStore
+from control.flag_backend import FlagBackend
 from control.flags_api import add_flag_routes
+from control.health_api import PLANE, add_health_routes
 from control.http import TOKEN, ApiError, bearer_auth, errors_as_json, json_object, json_response
 from control.openapi import OPENAPI
 from control.reload import Reloader
 from proxy.admin import REGISTRY, health, metrics
-from proxy.breaker import Breaker, BreakerState
-from proxy.shadow import Shadow
+from proxy.breaker import BreakerState
+from proxy.runtime import DataPlane
 
 RELOADER = web.AppKey("reloader", Reloader)
-BREAKERS = web.AppKey("breakers", dict)
 _FORCED = {"forced_open": BreakerState.FORCED_OPEN, "forced_closed": BreakerState.FORCED_CLOSED,
            "auto": None}
 
 
 async def list_breakers(request: web.Request) -> web.Response:
     now = time.perf_counter()
-    breakers: dict[str, Breaker] = request.app[BREAKERS]
+    breakers = _plane(request).breakers
     return json_response({"breakers": [b.snapshot(now) for b in breakers.values()]})
 
 
-SHADOWS = web.AppKey("shadows", dict)
+def _plane(request: web.Request) -> DataPlane:
+    plane = request.app.get(PLANE)
+    if plane is None:
+        raise ApiError(404, "this process has no data plane (abgate control): ask abgate run "
+                            "or a proxy's instance")
+    return plane
 
 
 async def shadow_stats(request: web.Request) -> web.Response:
-    shadows: dict[str, Shadow] = request.app[SHADOWS]
+    shadows = _plane(request).shadows
     return json_response({"experiments": [shadow.stats() for shadow in shadows.values()]})
 
 
 async def force_breaker(request: web.Request) -> web.Response:
-    breakers: dict[str, Breaker] = request.app[BREAKERS]
+    breakers = _plane(request).breakers
     name = request.match_info["upstream"]
     if name not in breakers:
         raise ApiError(404, f"unknown upstream {name!r}")
@@ -91,10 +97,9 @@ def check_exposure(host: str, token: str | None) -> None:
 
 
 def create_control_app(store: FlagStore, registry: CollectorRegistry, token: str | None,
-                       reloader: Reloader | None = None,
-                       breakers: dict[str, Breaker] | None = None,
-                       shadows: dict[str, Shadow] | None = None) -> web.Application:
-    """`breakers` is the data plane's live mapping (a reload may replace entries)."""
+                       reloader: Reloader | None = None, plane: DataPlane | None = None,
+                       backend: FlagBackend | None = None) -> web.Application:
+    """`plane` is None in `abgate control` (no data plane here)."""
     app = web.Application(middlewares=[errors_as_json, bearer_auth], client_max_size=1024**2)
     app[TOKEN] = token or ""
     app[REGISTRY] = registry
@@ -103,8 +108,7 @@ def create_control_app(store: FlagStore, registry: CollectorRegistry, token: str
     app.router.add_get("/api/openapi.json", openapi)
     if reloader is not None:
         app[RELOADER] = reloader
-    app[BREAKERS] = breakers if breakers is not None else {}
-    app[SHADOWS] = shadows if shadows is not None else {}
+    add_health_routes(app, plane, backend)
     app.router.add_get("/api/shadow/stats", shadow_stats)
     app.router.add_get("/api/breakers", list_breakers)
     app.router.add_post("/api/breakers/{upstream}", force_breaker)

@@ -122,8 +122,8 @@ async def embedded(config: Config, token: str | None = None,
         metrics.add_gauges(backend.collect)
         reloader = await start_reloader(stack, config_path, config, plane, metrics)
         assert backend.store is not None
-        control_app = create_control_app(backend.store, registry, token, reloader,
-                                         plane.breakers, plane.shadows)
+        control_app = create_control_app(backend.store, registry, token, reloader, plane,
+                                         backend)
         control_url = await app_site(stack, control_app, config.control.listen,
                                      config.proxy.shutdown_timeout)
         yield Embedded(plane.url, control_url, flags, metrics, backend, plane, reloader)
@@ -155,8 +155,8 @@ async def serve_control(config: Config) -> None:
                                            proxy_address=None)
         metrics.add_gauges(backend.collect)
         assert backend.store is not None
-        control_url = await app_site(stack, create_control_app(backend.store, registry, token),
-                                     config.control.listen, 5.0)
+        control_app = create_control_app(backend.store, registry, token, backend=backend)
+        control_url = await app_site(stack, control_app, config.control.listen, 5.0)
         announce(f"abgate control API listening on {control_url}")
         await stop.wait()
 

@@ -130,6 +130,16 @@ class Breaker:
             self._trip(now, f"slow-call rate {slow_calls}/{calls} over {config.window:g}s "
                             f"(slower than {config.slow_call_duration:g}s)")
 
+    def window(self, now: float) -> tuple[int, int]:
+        """(calls, failures) in the sliding window, for health reports."""
+        oldest = int(now / self._width) - BUCKETS
+        calls = failures = 0
+        for i in range(BUCKETS):
+            if self._epochs[i] > oldest:
+                calls += self._calls[i]
+                failures += self._failures[i]
+        return calls, failures
+
     def force(self, state: BreakerState | None, now: float) -> None:
         """FORCED_OPEN or FORCED_CLOSED; None returns to automatic (closed, fresh window)."""
         if state is None:

@@ -8,10 +8,12 @@ flight finish on the old one, pools of unchanged upstreams are kept.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from dataclasses import replace
+from time import perf_counter
 from types import TracebackType
 
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -20,6 +22,7 @@ from config.flags import Flag, FlagTable
 from config.model import Config, ExperimentConfig, Listen, RouteConfig
 from proxy.breaker import Breaker, BreakerState
 from proxy.handler import Destination, ExperimentRoute, ProxyHandler, Routing, Target
+from proxy.health import ActiveCheck, upstream_health
 from proxy.metrics import ProxyMetrics, gauge
 from proxy.pool import UpstreamPool
 from proxy.retry_budget import RetryBudget
@@ -43,6 +46,8 @@ class DataPlane:
         self._pools: dict[str, UpstreamPool] = {}
         self.breakers: dict[str, Breaker] = {}
         self.shadows: dict[str, Shadow] = {}
+        self.checks: dict[str, ActiveCheck] = {}
+        self._check_tasks: list[asyncio.Task[None]] = []
         self._retired_shadows: list[Shadow] = []
         self._budget = RetryBudget(config.proxy.retry_budget_ratio,
                                    config.proxy.retry_min_per_second)
@@ -58,6 +63,8 @@ class DataPlane:
                            for name, upstream in self.config.upstreams.items()}
             self._update_breakers()
             stack.push_async_callback(self._close_pools)
+            self._start_checks()
+            stack.push_async_callback(self._stop_checks)
             handler = self.handler = ProxyHandler(self._routing(), self.metrics)
             stack.callback(self.flags.subscribe(self._on_flag))
             self.metrics.add_gauges(self._gauges)
@@ -97,6 +104,8 @@ class DataPlane:
             self.flags.ensure(name, experiment.percentage_bp)
         self.config = config
         self._update_breakers()
+        self._stop_checks_soon()
+        self._start_checks()
         assert self.handler is not None
         self.handler.routing = self._routing()  # one assignment: the swap is atomic
         return warnings
@@ -122,6 +131,37 @@ class DataPlane:
     def _on_breaker_transition(self, breaker: Breaker, old: BreakerState, new: BreakerState,
                                reason: str) -> None:
         self.metrics.count_breaker_transition(breaker.name, old.label, new.label)
+
+    def _start_checks(self) -> None:
+        self.checks = {}
+        for name, upstream in self.config.upstreams.items():
+            if upstream.health_check is None:
+                continue
+            host = upstream.host if upstream.port == 80 else f"{upstream.host}:{upstream.port}"
+            check = self.checks[name] = ActiveCheck(self._pools[name], upstream.health_check,
+                                                    host.encode("idna"))
+            self._check_tasks.append(asyncio.create_task(check.run(),
+                                                         name=f"abgate-health-{name}"))
+
+    def _stop_checks_soon(self) -> None:
+        for task in self._check_tasks:
+            task.cancel()  # awaited by the next _stop_checks (reload or exit)
+
+    async def _stop_checks(self) -> None:
+        tasks, self._check_tasks = self._check_tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def health(self) -> dict[str, dict[str, object]]:
+        """Each upstream's health; `critical` when users depend on it (a control arm or a
+        route's only upstream), not for an ML arm that fallback covers."""
+        now = perf_counter()
+        critical = {e.control.upstream for e in self.config.experiments.values()}
+        critical |= {r.upstream for r in self.config.routes if r.upstream is not None}
+        return {name: {**upstream_health(breaker, self.checks.get(name), now),
+                       "critical": name in critical}
+                for name, breaker in self.breakers.items()}
 
     def _update_shadows(self) -> None:
         """One Shadow per experiment that has one; kept (with its stats) while unchanged."""

@@ -1,0 +1,97 @@
+"""GET /health/ready and GET /health/aggregate: is this process ready, and how healthy is the
+whole rollout (upstreams, flag store, proxy instances), with the reason for anything not."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from config.flags import FlagStore, FlagStoreUnavailable
+from control.flag_backend import FlagBackend
+from control.http import json_response
+from proxy.health import DEGRADED, HEALTHY, UNHEALTHY, worst
+from proxy.runtime import DataPlane
+
+PLANE = web.AppKey("plane", DataPlane)
+BACKEND = web.AppKey("backend", FlagBackend)
+STALE_HEARTBEATS = 3
+
+
+async def ready(request: web.Request) -> web.Response:
+    """200 once the config is loaded and the flags are in sync (or embedded), else 503."""
+    backend = request.app.get(BACKEND)
+    sync = backend.sync if backend is not None else None
+    if sync is not None and sync.resyncs == 0:
+        return json_response({"ready": False, "reason": "flags not yet read from Redis"}, 503)
+    return json_response({"ready": True})
+
+
+def _flag_store(backend: FlagBackend | None) -> dict[str, object]:
+    sync = backend.sync if backend is not None else None
+    if sync is None:
+        return {"status": HEALTHY, "backend": "memory", "reasons": []}
+    if sync.connected:
+        return {"status": HEALTHY, "backend": "redis", "state_age_seconds": sync.state_age,
+                "reasons": []}
+    age = sync.state_age
+    return {"status": DEGRADED, "backend": "redis", "state_age_seconds": age,
+            "reasons": ["Redis unreachable: routing with the last known flags"
+                        + (f" ({age:.0f}s old)" if age != float("inf") else
+                           " (config defaults and local snapshot)")]}
+
+
+async def _instances(store: FlagStore, interval: float) -> dict[str, object]:
+    try:
+        instances = await store.instances()
+    except FlagStoreUnavailable as exc:
+        return {"status": DEGRADED, "instances": [], "reasons": [f"cannot list: {exc}"]}
+    flags = store.table.all()
+    now, reasons, listed = time.time(), [], []
+    for instance in instances:
+        age = now - instance.heartbeat_at
+        converged = instance.converged(flags)
+        listed.append({"id": instance.id, "address": instance.address,
+                       "heartbeat_age_seconds": round(age, 3), "converged": converged})
+        if not converged:
+            reasons.append(f"{instance.id} routes with older flags")
+        if age > STALE_HEARTBEATS * interval:
+            reasons.append(f"{instance.id}: no heartbeat for {age:.1f}s")
+    return {"status": DEGRADED if reasons else HEALTHY, "instances": listed,
+            "reasons": reasons}
+
+
+async def aggregate(request: web.Request) -> web.Response:
+    """`overall_health`: the worst component, where an ML (treatment-only) upstream that is
+    down counts as degraded, since fallback keeps users on deterministic answers."""
+    components: dict[str, object] = {}
+    statuses = []
+    plane = request.app.get(PLANE)
+    if plane is not None:
+        upstreams = plane.health()
+        components["upstreams"] = upstreams
+        for report in upstreams.values():
+            status = str(report["status"])
+            statuses.append(status if report["critical"] or status != UNHEALTHY else DEGRADED)
+    backend = request.app.get(BACKEND)
+    flag_store = _flag_store(backend)
+    components["flag_store"] = flag_store
+    statuses.append(str(flag_store["status"]))
+    if backend is not None and backend.store is not None:
+        interval = plane.config.flags.heartbeat_interval if plane is not None else 1.0
+        instances = await _instances(backend.store, interval)
+        components["instances"] = instances
+        statuses.append(str(instances["status"]))
+    overall = worst(*statuses)
+    return json_response({"overall_health": overall, "components": components},
+                         503 if overall == UNHEALTHY else 200)
+
+
+def add_health_routes(app: web.Application, plane: DataPlane | None,
+                      backend: FlagBackend | None) -> None:
+    if plane is not None:
+        app[PLANE] = plane
+    if backend is not None:
+        app[BACKEND] = backend
+    app.router.add_get("/health/ready", ready)
+    app.router.add_get("/health/aggregate", aggregate)

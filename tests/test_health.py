@@ -1,0 +1,84 @@
+"""Health: readiness, and the aggregate in each state (healthy, degraded, unhealthy)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from aiohttp import ClientSession
+
+from control.serve import Embedded, embedded
+from tests.redis_server import redis_server
+from tests.servers import free_port, make_config, until
+
+
+async def aggregate(session: ClientSession, running: Embedded) -> tuple[int, dict[str, Any]]:
+    async with session.get(f"{running.control_url}/health/aggregate") as response:
+        return response.status, await response.json()
+
+
+async def force(session: ClientSession, running: Embedded, upstream: str, state: str) -> None:
+    async with session.post(f"{running.control_url}/api/breakers/{upstream}",
+                            json={"state": state}) as response:
+        assert response.status == 200
+
+
+async def test_aggregate_in_each_state(session: ClientSession, agents: dict[str, str]) -> None:
+    async with embedded(make_config(agents)) as running:
+        async with session.get(f"{running.control_url}/health/ready") as response:
+            assert response.status == 200
+        status, body = await aggregate(session, running)
+        assert (status, body["overall_health"]) == (200, "healthy")
+        upstreams = body["components"]["upstreams"]
+        assert upstreams["control"]["critical"] is True
+        assert upstreams["treatment"]["critical"] is False
+        assert body["components"]["flag_store"] == {"status": "healthy", "backend": "memory",
+                                                    "reasons": []}
+        assert body["components"]["instances"]["instances"][0]["converged"] is True
+
+        await force(session, running, "treatment", "forced_open")  # the ML arm is out
+        status, body = await aggregate(session, running)
+        assert (status, body["overall_health"]) == (200, "degraded")  # fallback covers it
+        treatment = body["components"]["upstreams"]["treatment"]
+        assert treatment["status"] == "unhealthy"
+        assert treatment["reasons"] == ["breaker forced_open: forced through the control API"]
+
+        await force(session, running, "control", "forced_open")  # users would see errors
+        status, body = await aggregate(session, running)
+        assert (status, body["overall_health"]) == (503, "unhealthy")
+
+
+async def test_active_health_check(session: ClientSession, agents: dict[str, str]) -> None:
+    upstreams = {**agents, "treatment": f"http://127.0.0.1:{free_port()}"}  # nothing there
+    config = make_config(upstreams, upstream_options={
+        "health_check": {"path": "/health", "interval": "100ms", "timeout": "500ms"}})
+    async with embedded(config) as running:
+        checks = running.plane.checks
+        await until(lambda: all(c.last is not None for c in checks.values()))
+        status, body = await aggregate(session, running)
+    reports = body["components"]["upstreams"]
+    assert reports["control"]["active_check"]["ok"] is True
+    assert reports["treatment"]["status"] == "unhealthy"
+    assert reports["treatment"]["reasons"][0].startswith("active check: connect failed")
+    assert (status, body["overall_health"]) == (200, "degraded")
+
+
+async def test_flag_store_outage_is_degraded(session: ClientSession, agents: dict[str, str],
+                                             tmp_path: Path) -> None:
+    async with redis_server(tmp_path) as redis:
+        config = make_config(agents, flags={"redis_url": redis.url,
+                                            "heartbeat_interval": "200ms"})
+        async with embedded(config) as running:
+            sync = running.backend.sync
+            assert sync is not None
+            await until(lambda: sync.connected)
+            async with session.get(f"{running.control_url}/health/ready") as response:
+                assert response.status == 200
+            await redis.kill()
+            await until(lambda: not sync.connected)
+            status, body = await aggregate(session, running)
+    assert (status, body["overall_health"]) == (200, "degraded")
+    store = body["components"]["flag_store"]
+    assert store["status"] == "degraded"
+    assert store["reasons"][0].startswith("Redis unreachable: routing with the last known flags")
+    assert body["components"]["instances"]["status"] == "degraded"  # cannot list them now
