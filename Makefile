@@ -38,6 +38,7 @@ test-servers:
 bench: $(STAMP) test-servers
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.propagation
+	$(BIN)/python -m benchmarks.resilience
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -7,6 +7,7 @@ and a few counter increments.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -169,8 +170,14 @@ class ProxyHandler:
                 and fallback is None and upstream.complete
                 and (body is None or isinstance(body, bytes)) and route.shadow.sampled()):
             treatment = route.treatment
-            copy = self._head(request, treatment, framing, _SHADOW_HEADER)
-            route.shadow.mirror(treatment.pool, treatment.breaker, copy.data, body,
+            # The copy's head is built in the background task, off the client's path.
+            copy = functools.partial(build_request_head, request.method, request.raw_path,
+                                     request.raw_headers, request.headers.get("Connection"),
+                                     client_ip=request.remote,
+                                     default_host=treatment.host_header, via=_VIA_BYTES,
+                                     body_length=framing, request_ids=self.request_ids,
+                                     extra=_SHADOW_HEADER)
+            route.shadow.mirror(treatment.pool, treatment.breaker, copy, body,
                                 upstream.status, upstream.body(), upstream_seconds)
         return await self._respond(request, upstream, dest, head.request_id, started,
                                    upstream_started, fallback)

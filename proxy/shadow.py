@@ -14,7 +14,7 @@ import asyncio
 import logging
 import random
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from time import perf_counter
 from typing import Any
 
@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from config.model import JsonPath, ShadowConfig
 from proxy.breaker import Breaker, BreakerState
 from proxy.errors import UpstreamError
+from proxy.headers import RequestHead
 from proxy.metrics import LATENCY_BUCKETS, Histogram
 from proxy.pool import UpstreamPool
 
@@ -62,7 +63,8 @@ class Shadow:
     def sampled(self) -> bool:
         return self._rng.random() * 10_000 < self.config.percentage_bp
 
-    def mirror(self, pool: UpstreamPool, breaker: Breaker, head: bytes, body: bytes | None,
+    def mirror(self, pool: UpstreamPool, breaker: Breaker, head: Callable[[], RequestHead],
+               body: bytes | None,
                control_status: int, control_body: bytes, control_seconds: float) -> None:
         """Start a copy unless the limits say drop it. Returns at once."""
         if self._closed:
@@ -80,12 +82,13 @@ class Shadow:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _compare(self, pool: UpstreamPool, head: bytes, body: bytes | None,
+    async def _compare(self, pool: UpstreamPool, head: Callable[[], RequestHead],
+                       body: bytes | None,
                        control_status: int, control_body: bytes,
                        control_seconds: float) -> None:
         started = perf_counter()
         try:
-            response = await pool.request(head, body)
+            response = await pool.request(head().data, body)
             chunks, size = [], 0
             while chunk := await response.read():
                 size += len(chunk)
