@@ -108,6 +108,28 @@ OPENAPI: dict[str, Any] = {
                                                           "in time; `laggards` names them"},
                                    "400": ERROR, "401": ERROR, "404": ERROR, "503": ERROR}},
         },
+        "/api/breakers": {
+            "get": {"summary": "Circuit breakers of this process", "security": [],
+                    "responses": {"200": {"description": "OK"}}}},
+        "/api/breakers/{upstream}": {
+            "parameters": [{"name": "upstream", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "post": {"summary": "Force a breaker open or closed, or return it to auto",
+                     "requestBody": {"required": True, "content": {"application/json": {
+                         "schema": {"type": "object", "required": ["state"], "properties": {
+                             "state": {"enum": ["forced_open", "forced_closed", "auto"]}}}}}},
+                     "responses": {"200": {"description": "OK"}, "400": ERROR, "404": ERROR}}},
+        "/api/shadow/stats": {
+            "get": {"summary": "Shadow comparisons per experiment", "security": [],
+                    "responses": {"200": {"description": "OK"}}}},
+        "/health/ready": {
+            "get": {"summary": "Config loaded and flags read", "security": [],
+                    "responses": {"200": {"description": "Ready"},
+                                  "503": {"description": "Not ready"}}}},
+        "/health/aggregate": {
+            "get": {"summary": "Overall health with a reason per component", "security": [],
+                    "responses": {"200": {"description": "healthy or degraded"},
+                                  "503": {"description": "unhealthy"}}}},
         "/api/config": {
             "get": {"summary": "The loaded config and the last reload's result",
                     "security": [], "responses": {"200": {"description": "OK"}}},
