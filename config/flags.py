@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from config.model import Config
@@ -112,6 +112,7 @@ class Instance:
     started_at: float
     heartbeat_at: float
     applied: dict[str, int]  # flag name -> version this instance routes with
+    breakers: dict[str, str] = field(default_factory=dict)  # upstream -> breaker state
 
     def converged(self, flags: Iterable[Flag]) -> bool:
         return all(self.applied.get(flag.name, 0) >= flag.version for flag in flags)
@@ -119,7 +120,8 @@ class Instance:
     def as_json(self, flags: list[Flag]) -> dict[str, object]:
         return {"id": self.id, "address": self.address, "pid": self.pid,
                 "started_at": self.started_at, "heartbeat_at": self.heartbeat_at,
-                "applied": self.applied, "converged": self.converged(flags)}
+                "applied": self.applied, "converged": self.converged(flags),
+                "breakers": self.breakers}
 
 
 class FlagStoreUnavailable(Exception):
@@ -156,6 +158,7 @@ class MemoryFlagStore:
         self._file = state_file
         self._history: dict[str, list[dict[str, object]]] = {}
         self.local: Instance | None = None  # set once this process's listener is bound
+        self.local_status: Callable[[], dict[str, str]] | None = None  # breaker states
 
     def restore(self) -> int:
         """Take newer flags from the state file (if any) into the table; returns how many."""
@@ -187,5 +190,6 @@ class MemoryFlagStore:
         if self.local is None:
             return []
         applied = {flag.name: flag.version for flag in self.table.all()}
+        breakers = self.local_status() if self.local_status is not None else {}
         return [Instance(self.local.id, self.local.address, self.local.pid,
-                         self.local.started_at, time.time(), applied)]
+                         self.local.started_at, time.time(), applied, breakers)]

@@ -140,7 +140,8 @@ class RedisFlagSync:
     def __init__(self, client: Redis, keys: RedisKeys, table: FlagTable, *,
                  heartbeat_interval: float, instance: LocalInstance | None = None,
                  snapshot: FlagFile | None = None,
-                 on_connect: Callable[[], Awaitable[None]] | None = None) -> None:
+                 on_connect: Callable[[], Awaitable[None]] | None = None,
+                 status: Callable[[], dict[str, str]] | None = None) -> None:
         self._client = client
         self._keys = keys
         self.table = table
@@ -148,6 +149,7 @@ class RedisFlagSync:
         self._instance = instance
         self._snapshot = snapshot
         self._on_connect = on_connect
+        self._status = status  # more to report in each heartbeat (breaker states)
         self._task: asyncio.Task[None] | None = None
         self._dirty = False
         self._in_outage = False
@@ -276,7 +278,8 @@ class RedisFlagSync:
             pipe.hset(key, mapping={
                 "id": instance.id, "address": instance.address, "pid": os.getpid(),
                 "started_at": instance.started_at, "heartbeat_at": now,
-                "applied": orjson.dumps(self.table.versions()).decode()})
+                "applied": orjson.dumps(self.table.versions()).decode(),
+                "breakers": orjson.dumps(self._status() if self._status else {}).decode()})
             pipe.expire(key, max(3, int(self._heartbeat * 5)))
             pipe.zadd(self._keys.instances, {instance.id: now})
             await pipe.execute()
@@ -362,5 +365,6 @@ class RedisFlagStore:
         return [Instance(id=r["id"], address=r["address"], pid=int(r["pid"]),
                          started_at=float(r["started_at"]),
                          heartbeat_at=float(r["heartbeat_at"]),
-                         applied={k: int(v) for k, v in orjson.loads(r["applied"]).items()})
+                         applied={k: int(v) for k, v in orjson.loads(r["applied"]).items()},
+                         breakers=orjson.loads(r.get("breakers") or "{}"))
                 for r in records if r]

@@ -14,10 +14,10 @@ import time
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from config.flags import FlagStore
+from config.flags import FlagStore, FlagStoreUnavailable
 from control.flag_backend import FlagBackend
 from control.flags_api import add_flag_routes
-from control.health_api import PLANE, add_health_routes
+from control.health_api import BACKEND, PLANE, add_health_routes
 from control.http import TOKEN, ApiError, bearer_auth, errors_as_json, json_object, json_response
 from control.openapi import OPENAPI
 from control.reload import Reloader
@@ -32,8 +32,17 @@ _FORCED = {"forced_open": BreakerState.FORCED_OPEN, "forced_closed": BreakerStat
 
 async def list_breakers(request: web.Request) -> web.Response:
     now = time.perf_counter()
-    breakers = _plane(request).breakers
-    return json_response({"breakers": [b.snapshot(now) for b in breakers.values()]})
+    plane = request.app.get(PLANE)
+    local = [b.snapshot(now) for b in plane.breakers.values()] if plane is not None else []
+    instances = []
+    backend = request.app.get(BACKEND)
+    if backend is not None and backend.store is not None:
+        try:
+            instances = [{"id": i.id, "address": i.address, "breakers": i.breakers}
+                         for i in await backend.store.instances()]
+        except FlagStoreUnavailable as exc:
+            raise ApiError(503, f"flag store unavailable: {exc}") from exc
+    return json_response({"breakers": local, "instances": instances})
 
 
 def _plane(request: web.Request) -> DataPlane:

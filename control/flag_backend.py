@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
@@ -77,7 +77,9 @@ class FlagBackend:
 
 
 async def start_flag_backend(stack: AsyncExitStack, config: Config, table: FlagTable, *,
-                             writer: bool, proxy_address: str | None) -> FlagBackend:
+                             writer: bool, proxy_address: str | None,
+                             status: Callable[[], dict[str, str]] | None = None,
+                             ) -> FlagBackend:
     """Start what the flag state needs; `stack` tears it down. `proxy_address` registers this
     process as a proxy instance."""
     snapshot = snapshot_file(config)
@@ -86,6 +88,7 @@ async def start_flag_backend(stack: AsyncExitStack, config: Config, table: FlagT
     if url is None:
         store = MemoryFlagStore(table, snapshot)
         store.restore()
+        store.local_status = status
         if proxy_address is not None:
             store.local = Instance(new_instance_id(), proxy_address, os.getpid(), started,
                                    started, {})
@@ -101,5 +104,5 @@ async def start_flag_backend(stack: AsyncExitStack, config: Config, table: FlagT
     sync = await stack.enter_async_context(RedisFlagSync(
         client, keys, table, heartbeat_interval=heartbeat, instance=instance,
         snapshot=None if writer else snapshot,
-        on_connect=redis_store.reseed if redis_store is not None else None))
+        on_connect=redis_store.reseed if redis_store is not None else None, status=status))
     return FlagBackend(table, redis_store, sync)

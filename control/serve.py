@@ -118,7 +118,8 @@ async def embedded(config: Config, token: str | None = None,
     async with AsyncExitStack() as stack:
         plane = await stack.enter_async_context(DataPlane(config, flags, metrics))
         backend = await start_flag_backend(stack, config, flags, writer=True,
-                                           proxy_address=plane.url)
+                                           proxy_address=plane.url,
+                                           status=plane.breaker_states)
         metrics.add_gauges(backend.collect)
         reloader = await start_reloader(stack, config_path, config, plane, metrics)
         assert backend.store is not None
@@ -184,7 +185,8 @@ async def worker(config: Config, index: int = 0, *, reuse_port: bool = False,
         plane = await stack.enter_async_context(
             DataPlane(config, flags, metrics, reuse_port=reuse_port, worker_index=index))
         backend = await start_flag_backend(stack, config, flags, writer=False,
-                                           proxy_address=plane.url)
+                                           proxy_address=plane.url,
+                                           status=plane.breaker_states)
         metrics.add_gauges(backend.collect)
         await start_reloader(stack, config_path, config, plane, metrics)
         admin_url = await app_site(stack, create_admin_app(registry), admin, 1.0)

@@ -153,6 +153,9 @@ class DataPlane:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    def breaker_states(self) -> dict[str, str]:
+        return {name: breaker.state.label for name, breaker in self.breakers.items()}
+
     def health(self) -> dict[str, dict[str, object]]:
         """Each upstream's health; `critical` when users depend on it (a control arm or a
         route's only upstream), not for an ML arm that fallback covers."""

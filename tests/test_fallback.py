@@ -163,6 +163,9 @@ async def test_forced_states(session: ClientSession) -> None:
                 assert response.headers["X-ABGate-Fallback"] == "status-500"
         assert (await breaker_state(session, running.control_url))["treatment"] == \
             "forced_closed"
+        async with session.get(f"{running.control_url}/api/breakers") as response:
+            listed = await response.json()
+        assert listed["instances"][0]["breakers"]["treatment"] == "forced_closed"
         async with session.post(api, json={"state": "auto"}) as response:
             assert (await response.json())["state"] == "closed"
         async with session.post(api, json={"state": "sideways"}) as response:

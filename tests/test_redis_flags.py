@@ -76,6 +76,11 @@ async def test_proxies_converge_on_a_change(session: ClientSession, agents: dict
         assert len(instances) == 4  # the control plane routes too (abgate run)
         assert {i["address"] for i in instances} == {control.proxy_url,
                                                       *(w.proxy_url for w in workers)}
+        async with session.get(f"{control.control_url}/api/breakers") as response:
+            breakers = await response.json()
+        assert len(breakers["instances"]) == 4  # every sidecar reports its breakers
+        assert all(i["breakers"] == {"control": "closed", "treatment": "closed"}
+                   for i in breakers["instances"])
 
 
 async def test_concurrent_writers_never_lose_or_reorder(session: ClientSession,
