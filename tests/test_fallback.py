@@ -18,7 +18,8 @@ from scripts.demo_agent import Behaviour, create_app
 from tests.servers import free_port, make_config, serve_app
 
 URL = "/api/agent/credit/decide"
-FAST_BREAKER = {"open_duration": "300ms", "max_open_duration": "1s", "half_open_calls": 3}
+FAST_BREAKER = {"open_duration": "300ms", "max_open_duration": "1s", "half_open_calls": 3,
+                "slow_call_duration": "100ms"}
 
 
 @asynccontextmanager
@@ -63,6 +64,22 @@ async def paced_load(session: ClientSession, url: str, *, rate: int = 200,
 async def breaker_state(session: ClientSession, control_url: str) -> dict[str, str]:
     async with session.get(f"{control_url}/api/breakers") as response:
         return {b["upstream"]: b["state"] for b in (await response.json())["breakers"]}
+
+
+async def test_slow_ml_backend_trips_on_slow_calls(session: ClientSession) -> None:
+    async with stack() as (running, behaviour, _):
+        behaviour.latency_ms = 150  # slower than slow_call_duration, within read_timeout
+        results = await paced_load(session, f"{running.proxy_url}{URL}")
+        async with session.get(f"{running.control_url}/metrics") as response:
+            metrics = await response.text()
+    assert Counter(s for s, _, _ in results) == {200: len(results)}
+    reasons = Counter(reason for _, _, reason in results)
+    assert reasons["breaker-open"] > len(results) * 0.5
+    assert Counter(arm for _, arm, reason in results if not reason)["treatment"] >= 20
+    # It opened although the treatment upstream never failed: the slow calls tripped it.
+    assert 'abgate_breaker_transitions_total{from="closed",to="open",upstream="treatment"}' \
+        in metrics
+    assert 'abgate_upstream_errors_total{kind=' not in metrics
 
 
 @pytest.mark.parametrize("failure", ["500s", "hung"])
