@@ -1,0 +1,65 @@
+"""Achieved power and the sample size needed: Cohen's d for means (noncentral t, as
+statsmodels' TTestIndPower), Cohen's h for rates (normal, as NormalIndPower)."""
+
+from __future__ import annotations
+
+import math
+
+from scipy import optimize, stats
+
+from control.stats.models import StatsInputError
+
+
+def _check(alpha: float, power: float | None = None) -> None:
+    if not 0 < alpha < 1:
+        raise StatsInputError("alpha", f"must be between 0 and 1, got {alpha}")
+    if power is not None and not alpha < power < 1:
+        raise StatsInputError("power", f"must be between alpha and 1, got {power}")
+
+
+def mean_power(effect_size: float, n_per_arm: float, alpha: float = 0.05) -> float:
+    """Two-sided two-sample t-test power for Cohen's d with n per arm."""
+    _check(alpha)
+    df = 2 * n_per_arm - 2
+    nc = effect_size * math.sqrt(n_per_arm / 2)
+    crit = stats.t.isf(alpha / 2, df)
+    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+
+
+def mean_sample_size(effect_size: float, power: float = 0.8, alpha: float = 0.05) -> int:
+    """Smallest n per arm reaching `power` for Cohen's d."""
+    _check(alpha, power)
+    if effect_size == 0 or not math.isfinite(effect_size):
+        raise StatsInputError("effect_size", "must be a finite number other than 0")
+    # The normal approximation brackets the root (nct is unstable far beyond it).
+    normal = 2 * ((stats.norm.isf(alpha / 2) + stats.norm.ppf(power)) / effect_size) ** 2
+    solved = optimize.brentq(lambda n: mean_power(abs(effect_size), n, alpha) - power,
+                             2.0, 2 * normal + 10)
+    return math.ceil(float(solved))
+
+
+def cohens_h(baseline: float, target: float) -> float:
+    return 2 * math.asin(math.sqrt(target)) - 2 * math.asin(math.sqrt(baseline))
+
+
+def proportion_power(baseline: float, mde: float, n_per_arm: float,
+                     alpha: float = 0.05) -> float:
+    _check(alpha)
+    h = abs(cohens_h(baseline, baseline + mde))
+    crit = stats.norm.isf(alpha / 2)
+    nc = h * math.sqrt(n_per_arm / 2)
+    return float(stats.norm.sf(crit - nc) + stats.norm.cdf(-crit - nc))
+
+
+def proportion_sample_size(baseline: float, mde: float, power: float = 0.8,
+                           alpha: float = 0.05) -> int:
+    """Smallest n per arm to detect baseline -> baseline + mde (absolute) with `power`."""
+    _check(alpha, power)
+    if not 0 < baseline < 1:
+        raise StatsInputError("baseline_rate", f"must be between 0 and 1, got {baseline}")
+    if mde == 0 or not 0 < baseline + mde < 1:
+        raise StatsInputError("minimum_detectable_effect",
+                              f"baseline + effect must stay in (0, 1) and differ, got {mde}")
+    solved = optimize.brentq(lambda n: proportion_power(baseline, mde, n, alpha) - power,
+                             1.0, 1e12)
+    return math.ceil(float(solved))

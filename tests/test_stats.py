@@ -1,0 +1,158 @@
+"""The statistics against scipy and statsmodels on many generated cases, plus simulations:
+A/A experiments looked at on every tick, and planned power."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+from statsmodels.stats.power import NormalIndPower, TTestIndPower
+from statsmodels.stats.proportion import proportion_effectsize, proportions_ztest
+
+from control.stats import (
+    Proportion,
+    SampleMean,
+    StatsInputError,
+    holm,
+    mean_power,
+    mean_sample_size,
+    proportion_sample_size,
+    sequential_test,
+    srm,
+    two_proportion,
+    welch_t,
+)
+from control.stats.frequentist import fisher_exact, rates_test
+
+
+def close(ours: float, reference: float) -> bool:
+    return math.isclose(ours, reference, rel_tol=1e-9, abs_tol=1e-300)
+
+
+@pytest.mark.parametrize("case", range(200))
+def test_welch_matches_scipy(case: int) -> None:
+    rng = np.random.default_rng(case)  # each generated case is reproducible alone
+    na, nb = (int(x) for x in rng.integers(2, 5000, 2))
+    ma, mb = rng.normal(0, 10, 2)
+    sa, sb = rng.uniform(0.1, 20, 2)
+    a, b = SampleMean(na, ma, sa ** 2), SampleMean(nb, mb, sb ** 2)
+    for alternative in ("two-sided", "greater", "less"):
+        reference = stats.ttest_ind_from_stats(mb, sb, nb, ma, sa, na, equal_var=False,
+                                               alternative=alternative).pvalue
+        assert close(welch_t(a, b, alternative=alternative).p_value, reference)
+
+
+@pytest.mark.parametrize("case", range(200))
+def test_two_proportion_matches_statsmodels_and_chi_square(case: int) -> None:
+    rng = np.random.default_rng(case)  # each generated case is reproducible alone
+    na, nb = (int(x) for x in rng.integers(50, 20_000, 2))
+    pa, pb = rng.uniform(0.05, 0.95, 2)
+    xa, xb = int(rng.binomial(na, pa)), int(rng.binomial(nb, pb))
+    a, b = Proportion(na, xa), Proportion(nb, xb)
+    _z_ref, p_ref = proportions_ztest([xb, xa], [nb, na])
+    assert close(two_proportion(a, b).p_value, p_ref)
+    chi = stats.chi2_contingency([[xb, nb - xb], [xa, na - xa]], correction=False).pvalue
+    assert close(two_proportion(a, b).p_value, chi)
+    for alternative, smalt in (("greater", "larger"), ("less", "smaller")):
+        _, p_one = proportions_ztest([xb, xa], [nb, na], alternative=smalt)
+        assert close(two_proportion(a, b, alternative=alternative).p_value, p_one)
+
+
+def test_small_counts_use_fisher() -> None:
+    a, b = Proportion(20, 1), Proportion(20, 7)
+    result = rates_test(a, b)
+    assert result.test == "fisher_exact"
+    assert close(result.p_value, stats.fisher_exact([[7, 13], [1, 19]]).pvalue)
+    assert fisher_exact(a, b).p_value == result.p_value
+    assert rates_test(Proportion(1000, 100), Proportion(1000, 130)).test == "two_proportion"
+
+
+@pytest.mark.parametrize("case", range(60))
+def test_sample_sizes_match_statsmodels(case: int) -> None:
+    rng = np.random.default_rng(case)  # each generated case is reproducible alone
+    effect = float(rng.uniform(0.05, 1.0))
+    power = float(rng.uniform(0.6, 0.95))
+    alpha = float(rng.choice([0.01, 0.05, 0.1]))
+    reference = TTestIndPower().solve_power(effect_size=effect, power=power, alpha=alpha)
+    assert abs(mean_sample_size(effect, power, alpha) - reference) <= 1
+    assert close(mean_power(effect, 123, alpha),
+                 TTestIndPower().power(effect_size=effect, nobs1=123, alpha=alpha))
+    baseline = float(rng.uniform(0.05, 0.6))
+    mde = float(rng.uniform(0.01, 0.2))
+    h = proportion_effectsize(baseline + mde, baseline)
+    reference = NormalIndPower().solve_power(effect_size=h, power=power, alpha=alpha)
+    assert abs(proportion_sample_size(baseline, mde, power, alpha) - reference) <= 1
+
+
+def test_effects_and_intervals() -> None:
+    a, b = SampleMean(1000, 10.0, 4.0), SampleMean(1000, 10.5, 4.0)
+    result = welch_t(a, b)
+    assert result.effect_absolute == pytest.approx(0.5)
+    assert result.effect_relative == pytest.approx(0.05)
+    low, high = result.ci_absolute
+    assert low < 0.5 < high
+    assert result.significant
+    assert result.ci_relative is not None
+    assert result.ci_relative[0] < 0.05 < result.ci_relative[1]
+
+
+def test_srm_and_holm() -> None:
+    assert srm([5000, 5000], [0.5, 0.5]) == pytest.approx(1.0)
+    assert srm([5300, 4700], [0.5, 0.5]) < 0.001  # flagged
+    assert srm([9000, 1000], [0.9, 0.1]) == pytest.approx(1.0)
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+
+
+@pytest.mark.parametrize(("factory", "field"), [
+    (lambda: SampleMean.of("a", 1, 1.0, 1.0), "a.n"),
+    (lambda: SampleMean.of("b", 10, float("nan"), 1.0), "b.mean"),
+    (lambda: SampleMean.of("a", 10, 1.0, -1.0), "a.std"),
+    (lambda: Proportion.of("a", 10, 11), "a.successes"),
+    (lambda: Proportion.of("b", -1, 0), "b.n"),
+    (lambda: welch_t(SampleMean(10, 1.0, 0.0), SampleMean(10, 2.0, 0.0)), "a.std"),
+    (lambda: two_proportion(Proportion(10, 0), Proportion(10, 0)), "a.successes"),
+    (lambda: mean_sample_size(0.0), "effect_size"),
+    (lambda: proportion_sample_size(0.5, 0.6), "minimum_detectable_effect"),
+])
+def test_degenerate_input_names_the_field(factory: object, field: str) -> None:
+    with pytest.raises(StatsInputError) as caught:
+        factory()  # type: ignore[operator]
+    assert caught.value.field == field
+
+
+def test_sequential_keeps_false_positives_under_alpha_when_peeking() -> None:
+    """A/A experiments looked at on every one of 20 ticks: the sequential test rejects at
+    most alpha of them at any tick; the fixed-horizon test, peeked at, goes well over."""
+    rng = np.random.default_rng(7)
+    experiments, ticks, per_tick, alpha = 400, 20, 100, 0.05
+    sequential_rejects = naive_rejects = 0
+    for _ in range(experiments):
+        a_data = rng.normal(0, 1, ticks * per_tick)
+        b_data = rng.normal(0, 1, ticks * per_tick)
+        seq = naive = False
+        for tick in range(1, ticks + 1):
+            n = tick * per_tick
+            a = SampleMean(n, float(a_data[:n].mean()), float(a_data[:n].var(ddof=1)))
+            b = SampleMean(n, float(b_data[:n].mean()), float(b_data[:n].var(ddof=1)))
+            seq = seq or sequential_test(a, b, alpha=alpha).significant
+            naive = naive or welch_t(a, b, alpha=alpha).significant
+        sequential_rejects += seq
+        naive_rejects += naive
+    assert sequential_rejects / experiments <= alpha
+    assert naive_rejects / experiments > 2 * alpha
+
+
+def test_planned_sample_size_reaches_planned_power() -> None:
+    rng = np.random.default_rng(11)
+    effect, power = 0.2, 0.8
+    n = mean_sample_size(effect, power)
+    trials = 1000
+    hits = 0
+    for _ in range(trials):
+        a_data, b_data = rng.normal(0, 1, n), rng.normal(effect, 1, n)
+        a = SampleMean(n, float(a_data.mean()), float(a_data.var(ddof=1)))
+        b = SampleMean(n, float(b_data.mean()), float(b_data.var(ddof=1)))
+        hits += welch_t(a, b).significant
+    assert abs(hits / trials - power) < 0.04  # 0.04 is over 3 binomial standard errors
