@@ -25,6 +25,7 @@ from control.stats import (
     welch_t,
 )
 from control.stats.frequentist import fisher_exact, rates_test
+from control.stats.models import Alternative
 
 
 def close(ours: float, reference: float) -> bool:
@@ -38,7 +39,8 @@ def test_welch_matches_scipy(case: int) -> None:
     ma, mb = rng.normal(0, 10, 2)
     sa, sb = rng.uniform(0.1, 20, 2)
     a, b = SampleMean(na, ma, sa ** 2), SampleMean(nb, mb, sb ** 2)
-    for alternative in ("two-sided", "greater", "less"):
+    alternatives: tuple[Alternative, ...] = ("two-sided", "greater", "less")
+    for alternative in alternatives:
         reference = stats.ttest_ind_from_stats(mb, sb, nb, ma, sa, na, equal_var=False,
                                                alternative=alternative).pvalue
         assert close(welch_t(a, b, alternative=alternative).p_value, reference)
@@ -55,7 +57,9 @@ def test_two_proportion_matches_statsmodels_and_chi_square(case: int) -> None:
     assert close(two_proportion(a, b).p_value, p_ref)
     chi = stats.chi2_contingency([[xb, nb - xb], [xa, na - xa]], correction=False).pvalue
     assert close(two_proportion(a, b).p_value, chi)
-    for alternative, smalt in (("greater", "larger"), ("less", "smaller")):
+    alternatives: tuple[tuple[Alternative, str], ...] = (("greater", "larger"),
+                                                         ("less", "smaller"))
+    for alternative, smalt in alternatives:
         _, p_one = proportions_ztest([xb, xa], [nb, na], alternative=smalt)
         assert close(two_proportion(a, b, alternative=alternative).p_value, p_one)
 
@@ -77,8 +81,11 @@ def test_sample_sizes_match_statsmodels(case: int) -> None:
     alpha = float(rng.choice([0.01, 0.05, 0.1]))
     reference = TTestIndPower().solve_power(effect_size=effect, power=power, alpha=alpha)
     assert abs(mean_sample_size(effect, power, alpha) - reference) <= 1
-    assert close(mean_power(effect, 123, alpha),
-                 TTestIndPower().power(effect_size=effect, nobs1=123, alpha=alpha))
+    ours = mean_power(effect, 123, alpha)
+    reference_power = TTestIndPower().power(effect_size=effect, nobs1=123, alpha=alpha)
+    assert math.isfinite(ours)  # scipy's nct returns NaN at a few points; we never do
+    if math.isfinite(reference_power):
+        assert close(ours, reference_power)
     baseline = float(rng.uniform(0.05, 0.6))
     mde = float(rng.uniform(0.01, 0.2))
     h = proportion_effectsize(baseline + mde, baseline)

@@ -23,7 +23,13 @@ def mean_power(effect_size: float, n_per_arm: float, alpha: float = 0.05) -> flo
     df = 2 * n_per_arm - 2
     nc = effect_size * math.sqrt(n_per_arm / 2)
     crit = stats.t.isf(alpha / 2, df)
-    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    power = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    if not math.isfinite(power):  # scipy's nct fails at some points (far in the tail)
+        power = float(1 - stats.nct.cdf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    if not math.isfinite(power):
+        z = stats.norm.isf(alpha / 2)
+        power = float(stats.norm.sf(z - nc) + stats.norm.cdf(-z - nc))
+    return min(1.0, max(0.0, power))
 
 
 def mean_sample_size(effect_size: float, power: float = 0.8, alpha: float = 0.05) -> int:
