@@ -21,6 +21,7 @@ from control.health_api import BACKEND, PLANE, add_health_routes
 from control.http import TOKEN, ApiError, bearer_auth, errors_as_json, json_object, json_response
 from control.openapi import OPENAPI
 from control.reload import Reloader
+from control.stats_api import add_stats_routes
 from proxy.admin import REGISTRY, health, metrics
 from proxy.breaker import BreakerState
 from proxy.runtime import DataPlane
@@ -118,6 +119,7 @@ def create_control_app(store: FlagStore, registry: CollectorRegistry, token: str
     if reloader is not None:
         app[RELOADER] = reloader
     add_health_routes(app, plane, backend)
+    add_stats_routes(app)
     app.router.add_get("/api/shadow/stats", shadow_stats)
     app.router.add_get("/api/breakers", list_breakers)
     app.router.add_post("/api/breakers/{upstream}", force_breaker)

@@ -1,0 +1,151 @@
+"""Statistics endpoints on inline summaries:
+
+    POST /api/statistics/significance-test
+        {"test": "welch_t", "a": {"n", "mean", "std"}, "b": {...}}
+        {"test": "two_proportion", "a": {"n", "successes"}, "b": {...}}
+        optional "alpha" (0.05), "alternative" (two-sided | greater | less), "sequential"
+    POST /api/statistics/sample-size
+        {"effect_size": 0.1, "power": 0.8, "alpha": 0.05}            (Cohen's d, means)
+        {"baseline_rate": 0.1, "minimum_detectable_effect": 0.02, ...} (rates)
+
+Degenerate input is a 400 naming the field; no NaN is ever returned.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from aiohttp import web
+
+from control.http import ApiError, json_object, json_response
+from control.stats import (
+    Proportion,
+    SampleMean,
+    StatsInputError,
+    mean_power,
+    mean_sample_size,
+    proportion_power,
+    proportion_sample_size,
+    sequential_test,
+    welch_t,
+)
+from control.stats.frequentist import TestResult, rates_test
+from control.stats.models import Alternative
+
+ALTERNATIVES: tuple[Alternative, ...] = ("two-sided", "greater", "less")
+
+
+def _number(body: dict[str, Any], field: str, default: float, low: float, high: float) -> float:
+    value = body.get(field, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or \
+            not math.isfinite(value) or not low < value < high:
+        raise ApiError(400, f"{field}: expected a number between {low:g} and {high:g}, "
+                            f"got {value!r}")
+    return float(value)
+
+
+def _arm(body: dict[str, Any], field: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    arm = body.get(field)
+    if not isinstance(arm, dict):
+        raise ApiError(400, f"{field}: expected an object with {', '.join(keys)}")
+    unknown = sorted(set(arm) - set(keys))
+    if unknown:
+        raise ApiError(400, f"{field}: unknown field(s) {', '.join(unknown)}")
+    missing = [k for k in keys if k not in arm]
+    if missing:
+        raise ApiError(400, f"{field}.{missing[0]}: required")
+    return arm
+
+
+def _finite_json(result: TestResult) -> dict[str, Any]:
+    payload = result.as_json()
+
+    def check(value: Any, path: str) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ApiError(400, f"{path}: the input gives no finite result")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                check(item, f"{path}.{key}" if path else key)
+        if isinstance(value, list):
+            for item in value:
+                check(item, path)
+
+    check(payload, "")
+    return payload
+
+
+async def significance_test(request: web.Request) -> web.Response:
+    body = await json_object(request, allowed={"test", "a", "b", "alpha", "alternative",
+                                               "sequential", "experiment", "metric",
+                                               "cohort_a", "cohort_b"})
+    if "experiment" in body:
+        raise ApiError(400, "experiment: live data is not available in this version; send "
+                            "inline summaries (test, a, b)")
+    alpha = _number(body, "alpha", 0.05, 0, 1)
+    alternative = body.get("alternative", "two-sided")
+    if alternative not in ALTERNATIVES:
+        raise ApiError(400, f"alternative: expected one of {', '.join(ALTERNATIVES)}")
+    sequential = body.get("sequential", False)
+    if not isinstance(sequential, bool):
+        raise ApiError(400, "sequential: expected true or false")
+    test = body.get("test")
+    try:
+        if test == "welch_t":
+            a_in, b_in = (_arm(body, f, ("n", "mean", "std")) for f in ("a", "b"))
+            a = SampleMean.of("a", a_in["n"], a_in["mean"], a_in["std"])
+            b = SampleMean.of("b", b_in["n"], b_in["mean"], b_in["std"])
+            if sequential:
+                if alternative != "two-sided":
+                    raise ApiError(400, "alternative: the sequential test is two-sided")
+                result = sequential_test(a, b, alpha=alpha)
+            else:
+                result = welch_t(a, b, alpha=alpha, alternative=alternative)
+            pooled_sd = math.sqrt((a.variance + b.variance) / 2)
+            power = mean_power(abs(result.effect_absolute) / pooled_sd, min(a.n, b.n),
+                               alpha) if pooled_sd > 0 else None
+        elif test == "two_proportion":
+            a_in, b_in = (_arm(body, f, ("n", "successes")) for f in ("a", "b"))
+            pa = Proportion.of("a", a_in["n"], a_in["successes"])
+            pb = Proportion.of("b", b_in["n"], b_in["successes"])
+            if sequential:
+                result = sequential_test(pa.as_mean(), pb.as_mean(), alpha=alpha)
+            else:
+                result = rates_test(pa, pb, alpha=alpha, alternative=alternative)
+            power = proportion_power(pa.rate, pb.rate - pa.rate, min(pa.n, pb.n), alpha) \
+                if 0 < pa.rate < 1 and 0 < pb.rate < 1 and pa.rate != pb.rate else None
+        else:
+            raise ApiError(400, "test: expected welch_t or two_proportion")
+    except StatsInputError as exc:
+        raise ApiError(400, str(exc)) from None
+    payload = _finite_json(result)
+    payload["power"] = power if power is None or math.isfinite(power) else None
+    return json_response(payload)
+
+
+async def sample_size(request: web.Request) -> web.Response:
+    body = await json_object(request, allowed={"effect_size", "baseline_rate",
+                                               "minimum_detectable_effect", "power", "alpha"})
+    alpha = _number(body, "alpha", 0.05, 0, 1)
+    power = _number(body, "power", 0.8, alpha, 1)
+    try:
+        if "effect_size" in body:
+            effect = _number(body, "effect_size", 0, -1e6, 1e6)
+            per_arm = mean_sample_size(effect, power, alpha)
+            kind = "means (Cohen's d, two-sided Welch/Student t)"
+        elif "baseline_rate" in body:
+            baseline = _number(body, "baseline_rate", 0, 0, 1)
+            mde = _number(body, "minimum_detectable_effect", 0, -1, 1)
+            per_arm = proportion_sample_size(baseline, mde, power, alpha)
+            kind = "rates (Cohen's h, two-sided z)"
+        else:
+            raise ApiError(400, "effect_size or baseline_rate: one is required")
+    except StatsInputError as exc:
+        raise ApiError(400, str(exc)) from None
+    return json_response({"minimum_sample_size": {"per_arm": per_arm, "total": 2 * per_arm},
+                          "power": power, "alpha": alpha, "for": kind})
+
+
+def add_stats_routes(app: web.Application) -> None:
+    app.router.add_post("/api/statistics/significance-test", significance_test)
+    app.router.add_post("/api/statistics/sample-size", sample_size)

@@ -1,0 +1,98 @@
+"""The statistics endpoints on inline summaries: results match scipy/statsmodels, bad input is
+a 400 naming the field, and no NaN ever comes back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp import ClientSession
+from scipy import stats
+from statsmodels.stats.power import TTestIndPower
+
+from control.serve import embedded
+from tests.servers import make_config
+
+
+async def call(session: ClientSession, agents: dict[str, str], path: str,
+               body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    async with embedded(make_config(agents)) as running, \
+            session.post(f"{running.control_url}/api/statistics/{path}", json=body) as response:
+        return response.status, await response.json()
+
+
+async def test_welch_inline(session: ClientSession, agents: dict[str, str]) -> None:
+    status, body = await call(session, agents, "significance-test", {
+        "test": "welch_t", "a": {"n": 1000, "mean": 0.8, "std": 0.4},
+        "b": {"n": 1000, "mean": 0.84, "std": 0.37}})
+    assert status == 200
+    reference = stats.ttest_ind_from_stats(0.84, 0.37, 1000, 0.8, 0.4, 1000,
+                                           equal_var=False).pvalue
+    assert body["p_value"] == pytest.approx(reference, rel=1e-9)
+    assert body["test"] == "welch_t"
+    assert body["confidence_level"] == 0.95
+    assert body["significant"] is True
+    assert body["effect"]["absolute"] == pytest.approx(0.04)
+    assert body["effect"]["relative"] == pytest.approx(0.05)
+    assert body["ci"]["absolute"][0] < 0.04 < body["ci"]["absolute"][1]
+    assert body["n"] == {"a": 1000, "b": 1000}
+    assert 0 < body["power"] < 1
+
+
+async def test_proportions_and_sequential(session: ClientSession,
+                                          agents: dict[str, str]) -> None:
+    status, body = await call(session, agents, "significance-test", {
+        "test": "two_proportion", "a": {"n": 1000, "successes": 800},
+        "b": {"n": 1000, "successes": 840}, "alternative": "greater"})
+    assert status == 200
+    assert body["test"] == "two_proportion"
+    assert body["p_value"] < 0.05
+    status, sequential = await call(session, agents, "significance-test", {
+        "test": "two_proportion", "a": {"n": 1000, "successes": 800},
+        "b": {"n": 1000, "successes": 840}, "sequential": True})
+    assert status == 200
+    assert sequential["test"] == "sequential"
+    assert sequential["p_value"] > body["p_value"]  # always valid, so more conservative
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    ({"test": "welch_t", "a": {"n": 10, "mean": 1, "std": 0}, "b": {"n": 10, "mean": 2,
+                                                                  "std": 0}},
+     "a.std: both arms have zero variance: nothing to test"),
+    ({"test": "welch_t", "a": {"n": 1, "mean": 1, "std": 1}, "b": {"n": 10, "mean": 2,
+                                                                  "std": 1}},
+     "a.n: need at least 2 observations, got 1"),
+    ({"test": "two_proportion", "a": {"n": 10, "successes": 3}, "b": {"n": 10,
+                                                                    "successes": 11}},
+     "b.successes: more successes (11) than observations (10)"),
+    ({"test": "two_proportion", "a": {"n": -5, "successes": 0}, "b": {"n": 10,
+                                                                    "successes": 1}},
+     "a.n: expected a whole number >= 0, got -5"),
+    ({"test": "welch_t", "a": {"n": 10, "mean": 1}, "b": {"n": 10, "mean": 2, "std": 1}},
+     "a.std: required"),
+    ({"test": "anova"}, "test: expected welch_t or two_proportion"),
+    ({"test": "welch_t", "alternative": "sideways"},
+     "alternative: expected one of two-sided, greater, less"),
+    ({"test": "welch_t", "alpha": 1.5}, "alpha: expected a number between 0 and 1, got 1.5"),
+])
+async def test_bad_input_names_the_field(session: ClientSession, agents: dict[str, str],
+                                         body: dict[str, Any], error: str) -> None:
+    status, answer = await call(session, agents, "significance-test", body)
+    assert (status, answer) == (400, {"error": error})
+
+
+async def test_sample_size(session: ClientSession, agents: dict[str, str]) -> None:
+    status, body = await call(session, agents, "sample-size",
+                              {"effect_size": 0.1, "power": 0.8, "alpha": 0.05})
+    assert status == 200
+    reference = TTestIndPower().solve_power(effect_size=0.1, power=0.8, alpha=0.05)
+    assert abs(body["minimum_sample_size"]["per_arm"] - reference) <= 1
+    assert body["minimum_sample_size"]["total"] == 2 * body["minimum_sample_size"]["per_arm"]
+    status, body = await call(session, agents, "sample-size", {
+        "baseline_rate": 0.1, "minimum_detectable_effect": 0.02})
+    assert status == 200
+    assert body["minimum_sample_size"]["per_arm"] > 1000
+    status, body = await call(session, agents, "sample-size", {"effect_size": 0})
+    assert (status, body["error"]) == (400, "effect_size: must be a finite number other than 0")
+    status, body = await call(session, agents, "sample-size", {})
+    assert status == 400
