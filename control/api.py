@@ -15,6 +15,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from config.flags import FlagStore, FlagStoreUnavailable
+from control.experiments_api import add_experiment_routes
 from control.flag_backend import FlagBackend
 from control.flags_api import add_flag_routes
 from control.health_api import BACKEND, PLANE, add_health_routes
@@ -22,6 +23,7 @@ from control.http import TOKEN, ApiError, bearer_auth, errors_as_json, json_obje
 from control.openapi import OPENAPI
 from control.reload import Reloader
 from control.stats_api import add_stats_routes
+from control.stats_worker import StatsWorker
 from proxy.admin import REGISTRY, health, metrics
 from proxy.breaker import BreakerState
 from proxy.runtime import DataPlane
@@ -108,7 +110,8 @@ def check_exposure(host: str, token: str | None) -> None:
 
 def create_control_app(store: FlagStore, registry: CollectorRegistry, token: str | None,
                        reloader: Reloader | None = None, plane: DataPlane | None = None,
-                       backend: FlagBackend | None = None) -> web.Application:
+                       backend: FlagBackend | None = None,
+                       worker: StatsWorker | None = None) -> web.Application:
     """`plane` is None in `abgate control` (no data plane here)."""
     app = web.Application(middlewares=[errors_as_json, bearer_auth], client_max_size=1024**2)
     app[TOKEN] = token or ""
@@ -120,6 +123,7 @@ def create_control_app(store: FlagStore, registry: CollectorRegistry, token: str
         app[RELOADER] = reloader
     add_health_routes(app, plane, backend)
     add_stats_routes(app)
+    add_experiment_routes(app, worker, store.table)
     app.router.add_get("/api/shadow/stats", shadow_stats)
     app.router.add_get("/api/breakers", list_breakers)
     app.router.add_post("/api/breakers/{upstream}", force_breaker)

@@ -10,10 +10,12 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from redis.asyncio import Redis
 
 from config import Config
 from config.flag_file import FlagFile
 from config.flags import FlagStore, FlagTable, Instance, MemoryFlagStore
+from config.measurements import MeasurementStore, MemoryMeasurements, RedisMeasurements
 from config.redis_flags import (
     LocalInstance,
     RedisFlagStore,
@@ -50,6 +52,7 @@ class FlagBackend:
     table: FlagTable
     store: FlagStore | None  # None in a data-plane-only process with Redis
     sync: RedisFlagSync | None
+    measurements: MeasurementStore
 
     def collect(self) -> Iterator[Metric]:
         sync = self.sync
@@ -76,25 +79,33 @@ class FlagBackend:
             yield family
 
 
+def open_redis(stack: AsyncExitStack, config: Config) -> Redis | None:
+    """The Redis client when flags live in Redis. Open it before the data plane, so it is
+    closed after it (the plane's last measurement flush still needs it)."""
+    url = redis_url(config)
+    if url is None:
+        return None
+    client = connect(url)
+    stack.push_async_callback(client.aclose)
+    return client
+
+
 async def start_flag_backend(stack: AsyncExitStack, config: Config, table: FlagTable, *,
-                             writer: bool, proxy_address: str | None,
+                             writer: bool, proxy_address: str | None, client: Redis | None,
                              status: Callable[[], dict[str, str]] | None = None,
                              ) -> FlagBackend:
     """Start what the flag state needs; `stack` tears it down. `proxy_address` registers this
     process as a proxy instance."""
     snapshot = snapshot_file(config)
-    url = redis_url(config)
     started = time.time()
-    if url is None:
+    if client is None:
         store = MemoryFlagStore(table, snapshot)
         store.restore()
         store.local_status = status
         if proxy_address is not None:
             store.local = Instance(new_instance_id(), proxy_address, os.getpid(), started,
                                    started, {})
-        return FlagBackend(table, store, None)
-    client = connect(url)
-    stack.push_async_callback(client.aclose)
+        return FlagBackend(table, store, None, MemoryMeasurements())
     keys = RedisKeys(config.flags.key_prefix)
     heartbeat = config.flags.heartbeat_interval
     redis_store = RedisFlagStore(client, keys, table, heartbeat_interval=heartbeat,
@@ -105,4 +116,5 @@ async def start_flag_backend(stack: AsyncExitStack, config: Config, table: FlagT
         client, keys, table, heartbeat_interval=heartbeat, instance=instance,
         snapshot=None if writer else snapshot,
         on_connect=redis_store.reseed if redis_store is not None else None, status=status))
-    return FlagBackend(table, redis_store, sync)
+    return FlagBackend(table, redis_store, sync,
+                       RedisMeasurements(client, config.flags.key_prefix))

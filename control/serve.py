@@ -27,9 +27,16 @@ from config import Config, load_config
 from config.flags import FlagTable
 from config.model import Listen
 from control.api import check_exposure, create_control_app
-from control.flag_backend import FlagBackend, initial_table, redis_url, start_flag_backend
+from control.flag_backend import (
+    FlagBackend,
+    initial_table,
+    open_redis,
+    redis_url,
+    start_flag_backend,
+)
 from control.reload import Reloader
 from control.signals import on_signal, stop_on_signals
+from control.stats_worker import StatsWorker
 from proxy.admin import create_admin_app
 from proxy.metrics import ProxyMetrics
 from proxy.runtime import DataPlane
@@ -72,6 +79,7 @@ class Embedded:
     backend: FlagBackend
     plane: DataPlane
     reloader: Reloader | None
+    worker: StatsWorker
 
 
 async def owned_task(stack: AsyncExitStack, coro: Coroutine[Any, Any, None],
@@ -87,8 +95,17 @@ async def owned_task(stack: AsyncExitStack, coro: Coroutine[Any, Any, None],
     stack.push_async_callback(stop)
 
 
+async def start_stats_worker(stack: AsyncExitStack, config: Config, backend: FlagBackend,
+                             metrics: ProxyMetrics) -> StatsWorker:
+    worker = StatsWorker(config, backend.measurements)
+    metrics.add_gauges(worker.collect)
+    await owned_task(stack, worker.run(), "abgate-stats-worker")
+    return worker
+
+
 async def start_reloader(stack: AsyncExitStack, config_path: str | None, config: Config,
-                         plane: DataPlane, metrics: ProxyMetrics) -> Reloader | None:
+                         plane: DataPlane, metrics: ProxyMetrics,
+                         worker: StatsWorker | None = None) -> Reloader | None:
     """Hot reload of the data plane: on SIGHUP, on a change of the file, on API request."""
     if config_path is None:
         return None
@@ -96,6 +113,8 @@ async def start_reloader(stack: AsyncExitStack, config_path: str | None, config:
     async def apply(new: Config) -> list[str]:
         warnings = plane.reload(new)
         await plane.close_retired_pools()
+        if worker is not None:
+            worker.config = new
         return warnings
 
     reloader = Reloader(config_path, config, apply)
@@ -116,18 +135,21 @@ async def embedded(config: Config, token: str | None = None,
     metrics = ProxyMetrics()
     registry = new_registry(metrics)
     async with AsyncExitStack() as stack:
+        client = open_redis(stack, config)
         plane = await stack.enter_async_context(DataPlane(config, flags, metrics))
-        backend = await start_flag_backend(stack, config, flags, writer=True,
+        backend = await start_flag_backend(stack, config, flags, writer=True, client=client,
                                            proxy_address=plane.url,
                                            status=plane.breaker_states)
         metrics.add_gauges(backend.collect)
-        reloader = await start_reloader(stack, config_path, config, plane, metrics)
+        plane.flush_to(backend.measurements)
+        worker = await start_stats_worker(stack, config, backend, metrics)
+        reloader = await start_reloader(stack, config_path, config, plane, metrics, worker)
         assert backend.store is not None
         control_app = create_control_app(backend.store, registry, token, reloader, plane,
-                                         backend)
+                                         backend, worker)
         control_url = await app_site(stack, control_app, config.control.listen,
                                      config.proxy.shutdown_timeout)
-        yield Embedded(plane.url, control_url, flags, metrics, backend, plane, reloader)
+        yield Embedded(plane.url, control_url, flags, metrics, backend, plane, reloader, worker)
 
 
 async def serve_embedded(config: Config, config_path: str) -> None:
@@ -153,10 +175,13 @@ async def serve_control(config: Config) -> None:
     registry = new_registry(metrics)
     async with stop_on_signals() as stop, AsyncExitStack() as stack:
         backend = await start_flag_backend(stack, config, flags, writer=True,
-                                           proxy_address=None)
+                                           proxy_address=None,
+                                           client=open_redis(stack, config))
         metrics.add_gauges(backend.collect)
+        worker = await start_stats_worker(stack, config, backend, metrics)
         assert backend.store is not None
-        control_app = create_control_app(backend.store, registry, token, backend=backend)
+        control_app = create_control_app(backend.store, registry, token, backend=backend,
+                                         worker=worker)
         control_url = await app_site(stack, control_app, config.control.listen, 5.0)
         announce(f"abgate control API listening on {control_url}")
         await stop.wait()
@@ -182,12 +207,15 @@ async def worker(config: Config, index: int = 0, *, reuse_port: bool = False,
     admin = config.proxy.admin
     admin = replace(admin, port=admin.port + index if admin.port else 0)
     async with AsyncExitStack() as stack:
+        client = open_redis(stack, config)
         plane = await stack.enter_async_context(
             DataPlane(config, flags, metrics, reuse_port=reuse_port, worker_index=index))
-        backend = await start_flag_backend(stack, config, flags, writer=False,
+        backend = await start_flag_backend(stack, config, flags, writer=False, client=client,
                                            proxy_address=plane.url,
                                            status=plane.breaker_states)
         metrics.add_gauges(backend.collect)
+        if backend.sync is not None:  # measurements need a store others read: Redis
+            plane.flush_to(backend.measurements)
         await start_reloader(stack, config_path, config, plane, metrics)
         admin_url = await app_site(stack, create_admin_app(registry), admin, 1.0)
         yield Worker(plane.url, admin_url, flags, backend)

@@ -19,6 +19,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from proxy.measure import ArmRecorder
+
 # Decision endpoints answer in milliseconds to seconds.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0)
@@ -52,7 +54,7 @@ class TrafficStats:
     """Responses and upstream latency of one destination (an experiment arm, or a route's
     upstream when no experiment applies)."""
 
-    __slots__ = ("arm", "experiment", "latency", "statuses", "upstream")
+    __slots__ = ("arm", "experiment", "latency", "recorder", "statuses", "upstream")
 
     def __init__(self, experiment: str, arm: str, upstream: str) -> None:
         self.experiment = experiment
@@ -60,11 +62,14 @@ class TrafficStats:
         self.upstream = upstream
         self.statuses = [0] * len(STATUS_CLASSES)
         self.latency = Histogram(LATENCY_BUCKETS)
+        self.recorder: ArmRecorder | None = None  # experiment arms: sums for the statistics
 
     def record(self, status: int, upstream_seconds: float | None) -> None:
         self.statuses[status // 100 if 100 <= status < 600 else 0] += 1
         if upstream_seconds is not None:
             self.latency.observe(upstream_seconds)
+        if self.recorder is not None:
+            self.recorder.record(status, upstream_seconds)
 
 
 class ProxyMetrics(Collector):

@@ -19,10 +19,12 @@ from types import TracebackType
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from config.flags import Flag, FlagTable
+from config.measurements import MeasurementStore, Phase
 from config.model import Config, ExperimentConfig, Listen, RouteConfig
 from proxy.breaker import Breaker, BreakerState
 from proxy.handler import Destination, ExperimentRoute, ProxyHandler, Routing, Target
 from proxy.health import ActiveCheck, upstream_health
+from proxy.measure import ArmRecorder, Measurements, PhaseRef
 from proxy.metrics import ProxyMetrics, gauge
 from proxy.pool import UpstreamPool
 from proxy.retry_budget import RetryBudget
@@ -53,6 +55,9 @@ class DataPlane:
                                    config.proxy.retry_min_per_second)
         self._splitters: dict[str, Splitter] = {}
         self._retired: list[UpstreamPool] = []
+        self._store: MeasurementStore | None = None
+        self.measurements = Measurements()
+        self._phases: dict[str, PhaseRef] = {}
         self._stack = AsyncExitStack()
         self.listener: HttpListener | None = None
         self.handler: ProxyHandler | None = None
@@ -77,6 +82,15 @@ class DataPlane:
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self._stack.aclose()
+        if self._store is not None:  # after the listener drained: the last requests count
+            await self.measurements.flush(self._store)
+
+    def flush_to(self, store: MeasurementStore) -> None:
+        """Flush measurements into `store` once a second from an owned task."""
+        self._store = store
+        task = asyncio.create_task(self.measurements.run_forever(store),
+                                   name="abgate-measurement-flush")
+        self._stack.push_async_callback(_cancel_and_wait, task)
 
     @property
     def url(self) -> str:
@@ -203,7 +217,12 @@ class DataPlane:
         return Router(targets)
 
     def _experiment(self, experiment: ExperimentConfig) -> ExperimentRoute:
-        threshold = self.flags.get(experiment.name).basis_points
+        flag = self.flags.get(experiment.name)
+        threshold = flag.basis_points
+        if experiment.name not in self._phases:
+            self._phases[experiment.name] = PhaseRef(flag.version)
+            self.measurements.phase_started(experiment.name, Phase(
+                flag.version, flag.basis_points, flag.updated_at))
         splitter = Splitter(experiment, threshold, self._rng)
         self._splitters[experiment.name] = splitter
         return ExperimentRoute(
@@ -221,14 +240,23 @@ class DataPlane:
     def _destination(self, upstream: str, experiment: str, arm: str) -> Destination:
         config = self.config.upstreams[upstream]
         host = config.host if config.port == 80 else f"{config.host}:{config.port}"
+        stats = self.metrics.traffic(experiment, arm, upstream)
+        if experiment:
+            stats.recorder = ArmRecorder(self.measurements, experiment, arm,
+                                         self._phases[experiment])
         return Destination(pool=self._pools[upstream], breaker=self.breakers[upstream],
-                           stats=self.metrics.traffic(experiment, arm, upstream),
+                           stats=stats,
                            experiment=experiment, arm=arm, host_header=host.encode("idna"))
 
     def _on_flag(self, flag: Flag) -> None:
         splitter = self._splitters.get(flag.name)
         if splitter is not None:
             splitter.threshold = flag.basis_points
+        phase = self._phases.get(flag.name)
+        if phase is not None:  # a new percentage starts a new phase of measurements
+            phase.id = flag.version
+            self.measurements.phase_started(flag.name, Phase(flag.version, flag.basis_points,
+                                                             flag.updated_at))
 
     async def _close_pools(self) -> None:
         for shadow in [*self.shadows.values(), *self._retired_shadows]:
@@ -264,3 +292,8 @@ class DataPlane:
             retries.add_metric([name], pool.stale_retries)
         yield connects
         yield retries
+
+
+async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

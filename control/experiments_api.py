@@ -1,0 +1,165 @@
+"""Experiments, live statistics and business outcomes.
+
+    GET  /api/experiments                      every experiment: phase, samples, SRM
+    GET  /api/experiments/{name}               phases with samples per arm and SRM
+    GET  /api/experiments/{name}/significance  every metric of the current phase
+    GET  /api/metrics/{name}/comparison        each metric's mean per arm, relative change
+    POST /api/outcomes                         [{"experiment", "arm", "metric", "value"}]
+
+`current` stands for the only experiment when there is exactly one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from config.flags import FlagStoreUnavailable, FlagTable
+from config.measurements import MeasureKey, Sums
+from control.http import ApiError, json_response
+from control.stats_worker import StatsWorker
+
+WORKER = web.AppKey("stats_worker", StatsWorker)
+_METRIC = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+RESERVED = frozenset({"latency", "error"})  # measured by the proxy itself
+MAX_OUTCOMES = 10_000
+
+
+def _worker(request: web.Request) -> StatsWorker:
+    worker = request.app.get(WORKER)
+    if worker is None:
+        raise ApiError(404, "no statistics here: serve the control API with abgate run or "
+                            "abgate control")
+    return worker
+
+
+def _name(request: web.Request, worker: StatsWorker) -> str:
+    name = request.match_info["name"]
+    experiments = list(worker.config.experiments)
+    if name == "current":
+        if len(experiments) != 1:
+            raise ApiError(400, f"'current' needs exactly one experiment, there are "
+                                f"{len(experiments)}: {', '.join(experiments)}")
+        return experiments[0]
+    if name not in worker.config.experiments:
+        raise ApiError(404, f"unknown experiment {name!r}")
+    return name
+
+
+async def _report(request: web.Request) -> tuple[StatsWorker, str, dict[str, Any]]:
+    worker = _worker(request)
+    name = _name(request, worker)
+    try:
+        reports = await worker.evaluate_all()  # fresh numbers for a person asking
+    except FlagStoreUnavailable as exc:
+        if name not in worker.reports:
+            raise ApiError(503, f"measurements unavailable: {exc}") from exc
+        reports = worker.reports
+    return worker, name, reports[name].as_json()
+
+
+async def list_experiments(request: web.Request) -> web.Response:
+    worker = _worker(request)
+    try:
+        reports = await worker.evaluate_all()
+    except FlagStoreUnavailable as exc:
+        raise ApiError(503, f"measurements unavailable: {exc}") from exc
+    return json_response({"experiments": [
+        {"name": name, "arms": r.as_json()["arms"],
+         "current_phase": r.phases[-1] if r.phases else None}
+        for name, r in reports.items()]})
+
+
+async def get_experiment(request: web.Request) -> web.Response:
+    _, _, report = await _report(request)
+    return json_response({k: report[k] for k in ("name", "arms", "phases", "current_phase",
+                                                 "evaluated_at")})
+
+
+async def significance(request: web.Request) -> web.Response:
+    _, _, report = await _report(request)
+    return json_response({"name": report["name"], "phase": report["current_phase"],
+                          "metrics": report["metrics"]})
+
+
+async def comparison(request: web.Request) -> web.Response:
+    _, _, report = await _report(request)
+    arms = report["arms"]
+    rows = {}
+    for metric, result in report["metrics"].items():
+        a, b = result["mean"]["a"], result["mean"]["b"]
+        rows[metric] = {arms["control"]: a, arms["treatment"]: b,
+                        "relative_improvement": (b - a) / a if a and b is not None else None}
+    return json_response({"name": report["name"], "metrics": rows})
+
+
+async def outcomes(request: web.Request) -> web.Response:
+    """A batch of outcomes, all or nothing: a bad item is refused with its index."""
+    worker = _worker(request)
+    table = request.app[FLAGS]
+    try:
+        items = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(items, list) or not items:
+        raise ApiError(400, "expected a non-empty JSON array of outcomes")
+    if len(items) > MAX_OUTCOMES:
+        raise ApiError(400, f"at most {MAX_OUTCOMES} outcomes per batch")
+    batch: dict[MeasureKey, Sums] = {}
+    for index, item in enumerate(items):
+        key, value = _outcome(worker, table, index, item)
+        batch.setdefault(key, Sums()).add(value)
+    try:
+        await worker.store.add(batch)
+    except FlagStoreUnavailable as exc:
+        raise ApiError(503, f"measurements unavailable, nothing was recorded: {exc}") from exc
+    return json_response({"accepted": len(items)})
+
+
+def _outcome(worker: StatsWorker, table: FlagTable, index: int,
+             item: Any) -> tuple[MeasureKey, float]:
+    where = f"[{index}]"
+    if not isinstance(item, dict):
+        raise ApiError(400, f"{where}: expected an object")
+    unknown = sorted(set(item) - {"experiment", "arm", "metric", "value"})
+    if unknown:
+        raise ApiError(400, f"{where}: unknown field(s) {', '.join(unknown)}")
+    name = item.get("experiment")
+    experiment = worker.config.experiments.get(name) if isinstance(name, str) else None
+    if experiment is None or not isinstance(name, str):
+        raise ApiError(400, f"{where}.experiment: unknown experiment {name!r}")
+    arms = (experiment.control.name, experiment.treatment.name)
+    if item.get("arm") not in arms:
+        raise ApiError(400, f"{where}.arm: expected one of {', '.join(arms)} (the "
+                            f"X-ABGate-Arm response header), got {item.get('arm')!r}")
+    metric = item.get("metric")
+    if not isinstance(metric, str) or not _METRIC.match(metric) or metric in RESERVED:
+        raise ApiError(400, f"{where}.metric: expected a metric name (not latency or error), "
+                            f"got {metric!r}")
+    value = item.get("value")
+    if isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        raise ApiError(400, f"{where}.value: expected a finite number or a boolean, "
+                            f"got {value!r}")
+    phase = table.get(name).version  # the phase the experiment is in now
+    return (name, phase, item["arm"], metric), float(value)
+
+
+FLAGS = web.AppKey("flag_table", FlagTable)
+
+
+def add_experiment_routes(app: web.Application, worker: StatsWorker | None,
+                          table: FlagTable) -> None:
+    if worker is not None:
+        app[WORKER] = worker
+    app[FLAGS] = table
+    app.router.add_get("/api/experiments", list_experiments)
+    app.router.add_get("/api/experiments/{name}", get_experiment)
+    app.router.add_get("/api/experiments/{name}/significance", significance)
+    app.router.add_get("/api/metrics/{name}/comparison", comparison)
+    app.router.add_post("/api/outcomes", outcomes)

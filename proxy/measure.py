@@ -1,0 +1,98 @@
+"""Per-request measurements kept as in-memory sums, flushed as deltas once a second.
+
+Recording touches only objects in memory: each destination caches the `Sums` of its current
+(phase, metric); `drain` hands the whole batch to the flusher and bumps a generation so the
+caches refetch. The flusher is a task the data plane owns; it never runs on a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from config.flags import FlagStoreUnavailable
+from config.measurements import MeasureKey, MeasurementStore, Phase, Sums
+
+log = logging.getLogger("abgate.measure")
+FLUSH_INTERVAL = 1.0
+
+
+class PhaseRef:
+    """An experiment's current phase id (the flag version), shared by its destinations."""
+
+    __slots__ = ("id",)
+
+    def __init__(self, phase: int) -> None:
+        self.id = phase
+
+
+class Measurements:
+    def __init__(self) -> None:
+        self._pending: dict[MeasureKey, Sums] = {}
+        self._phases: list[tuple[str, Phase]] = []
+        self.generation = 0
+        self.flush_failures = 0
+
+    def sums(self, key: MeasureKey) -> Sums:
+        sums = self._pending.get(key)
+        if sums is None:
+            sums = self._pending[key] = Sums()
+        return sums
+
+    def phase_started(self, experiment: str, phase: Phase) -> None:
+        self._phases.append((experiment, phase))
+
+    def drain(self) -> tuple[dict[MeasureKey, Sums], list[tuple[str, Phase]]]:
+        batch, self._pending = self._pending, {}
+        phases, self._phases = self._phases, []
+        self.generation += 1
+        return batch, phases
+
+    async def flush(self, store: MeasurementStore) -> None:
+        batch, phases = self.drain()
+        try:
+            for experiment, phase in phases:
+                await store.start_phase(experiment, phase)
+            if batch:
+                await store.add(batch)
+        except FlagStoreUnavailable as exc:
+            # Keep the sums for the next flush: measurements are deltas and must not be lost.
+            self.flush_failures += 1
+            for key, sums in batch.items():
+                self.sums(key).merge(sums)
+            self._phases[:0] = phases
+            log.debug("measurement flush failed, kept for the next one: %s", exc)
+
+    async def run_forever(self, store: MeasurementStore) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            await self.flush(store)
+
+
+class ArmRecorder:
+    """The sums one experiment arm writes to, refetched when the phase or batch changes."""
+
+    __slots__ = ("_arm", "_errors", "_experiment", "_generation", "_latency", "_measurements",
+                 "_phase", "_phase_ref")
+
+    def __init__(self, measurements: Measurements, experiment: str, arm: str,
+                 phase: PhaseRef) -> None:
+        self._measurements = measurements
+        self._experiment = experiment
+        self._arm = arm
+        self._phase_ref = phase
+        self._phase = -1
+        self._generation = -1
+        self._latency = Sums()
+        self._errors = Sums()
+
+    def record(self, status: int, upstream_seconds: float | None) -> None:
+        measurements = self._measurements
+        phase = self._phase_ref.id
+        if phase != self._phase or measurements.generation != self._generation:
+            self._phase, self._generation = phase, measurements.generation
+            self._latency = measurements.sums((self._experiment, phase, self._arm, "latency"))
+            self._errors = measurements.sums((self._experiment, phase, self._arm, "error"))
+        self._errors.add(1.0 if status >= 500 else 0.0)
+        if upstream_seconds is not None and status < 500:
+            self._latency.add(upstream_seconds)
