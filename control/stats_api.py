@@ -18,6 +18,9 @@ from typing import Any
 
 from aiohttp import web
 
+from config.flags import FlagStoreUnavailable
+from config.measurements import Sums
+from control.experiments_api import WORKER
 from control.http import ApiError, json_object, json_response
 from control.stats import (
     Proportion,
@@ -32,6 +35,7 @@ from control.stats import (
 )
 from control.stats.frequentist import TestResult, rates_test
 from control.stats.models import Alternative
+from control.stats_worker import compare
 
 ALTERNATIVES: tuple[Alternative, ...] = ("two-sided", "greater", "less")
 
@@ -80,8 +84,7 @@ async def significance_test(request: web.Request) -> web.Response:
                                                "sequential", "experiment", "metric",
                                                "cohort_a", "cohort_b"})
     if "experiment" in body:
-        raise ApiError(400, "experiment: live data is not available in this version; send "
-                            "inline summaries (test, a, b)")
+        return await live_test(request, body)
     alpha = _number(body, "alpha", 0.05, 0, 1)
     alternative = body.get("alternative", "two-sided")
     if alternative not in ALTERNATIVES:
@@ -144,6 +147,46 @@ async def sample_size(request: web.Request) -> web.Response:
         raise ApiError(400, str(exc)) from None
     return json_response({"minimum_sample_size": {"per_arm": per_arm, "total": 2 * per_arm},
                           "power": power, "alpha": alpha, "for": kind})
+
+
+async def live_test(request: web.Request, body: dict[str, Any]) -> web.Response:
+    """Live data: {"experiment", "metric", "cohort_a", "cohort_b"} in the current phase."""
+    worker = request.app.get(WORKER)
+    if worker is None:
+        raise ApiError(404, "no statistics here: serve the control API with abgate run or "
+                            "abgate control")
+    name = body["experiment"]
+    experiment = worker.config.experiments.get(name) if isinstance(name, str) else None
+    if experiment is None:
+        raise ApiError(404, f"unknown experiment {name!r}")
+    arms = (experiment.control.name, experiment.treatment.name)
+    cohort_a = body.get("cohort_a", arms[0])
+    cohort_b = body.get("cohort_b", arms[1])
+    for field, cohort in (("cohort_a", cohort_a), ("cohort_b", cohort_b)):
+        if cohort not in arms:
+            raise ApiError(400, f"{field}: expected one of {', '.join(arms)}, got {cohort!r}")
+    metric = body.get("metric")
+    if not isinstance(metric, str):
+        raise ApiError(400, "metric: required (latency, error, or an outcome metric)")
+    alpha = _number(body, "alpha", 0.05, 0, 1)
+    try:
+        phases, sums = await worker.store.read(name)
+    except FlagStoreUnavailable as exc:
+        raise ApiError(503, f"measurements unavailable: {exc}") from exc
+    if not phases:
+        raise ApiError(400, "experiment: no measurements yet")
+    phase = phases[-1].id
+    a = sums.get((name, phase, cohort_a, metric), Sums())
+    b = sums.get((name, phase, cohort_b, metric), Sums())
+    if not a.count or not b.count:
+        raise ApiError(400, f"metric: no {metric!r} measurements in both cohorts of the "
+                            f"current phase")
+    result = compare(a, b, alpha)
+    if result["status"] != "ok":
+        raise ApiError(400, f"metric: {result['status']}")
+    chosen = result["sequential" if body.get("sequential", True) else "fixed"]
+    return json_response({**chosen, "metric": metric, "phase": phase,
+                          "cohorts": {"a": cohort_a, "b": cohort_b}})
 
 
 def add_stats_routes(app: web.Application) -> None:

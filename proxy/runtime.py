@@ -85,6 +85,11 @@ class DataPlane:
         if self._store is not None:  # after the listener drained: the last requests count
             await self.measurements.flush(self._store)
 
+    async def flush_measurements(self) -> None:
+        """Hand pending sums to the store now (the flusher does it every second)."""
+        if self._store is not None:
+            await self.measurements.flush(self._store)
+
     def flush_to(self, store: MeasurementStore) -> None:
         """Flush measurements into `store` once a second from an owned task."""
         self._store = store
