@@ -6,7 +6,8 @@ settings for every target:
   upstream   nginx answering a small JSON body (`return 200`), two server blocks (the arms);
              the demo agent instead when nginx is not installed
   direct     wrk -> upstream
-  abgate     wrk -> `abgate run` (1 process: sticky split on X-User-Id, metrics on) -> upstream
+  abgate     wrk -> `abgate proxy` (1 worker: sticky split on X-User-Id, metrics and
+             measurements on, breaker on) -> upstream
   nginx      wrk -> nginx, 1 worker, split_clients on X-User-Id, upstream keep-alive -> upstream
 
 wrk sends a different X-User-Id on every request (100,000 distinct users, seeded), so the
@@ -100,7 +101,8 @@ http {{
 def abgate_conf(workdir: Path) -> Path:
     path = workdir / "abgate.yaml"
     path.write_text(f"""
-proxy: {{listen: 127.0.0.1:{PORTS['abgate']}}}
+proxy: {{listen: 127.0.0.1:{PORTS['abgate']}, admin_listen: 127.0.0.1:0}}
+flags: {{state_file: null}}
 control: {{listen: 127.0.0.1:{PORTS['control']}}}
 upstreams:
   arm_a: {{url: "http://127.0.0.1:{PORTS['arm_a']}"}}
@@ -132,7 +134,8 @@ def main() -> int:
         return 1
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
                                       else None)
-    abgate = [sys.executable, "-m", "control.cli", "--log-level", "WARNING", "run", "--config"]
+    abgate = [sys.executable, "-m", "control.cli", "--log-level", "WARNING", "proxy",
+              "--config"]
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
         script = workdir / "users.lua"
@@ -150,7 +153,7 @@ def main() -> int:
         wait_http(f"http://127.0.0.1:{PORTS['arm_a']}/api/agent/credit/decide")
         wait_http(f"http://127.0.0.1:{PORTS['arm_b']}/api/agent/credit/decide")
         ab = stack.enter_context(process([*abgate, str(abgate_conf(workdir))], cwd=ROOT))
-        wait_http(f"http://127.0.0.1:{PORTS['control']}/health")
+        wait_http(f"http://127.0.0.1:{PORTS['abgate']}/api/agent/credit/decide")
         if nginx:
             stack.enter_context(process([nginx, "-p", tmp, "-c",
                                          str(nginx_conf(workdir, proxy=True))]))
@@ -197,10 +200,10 @@ def write_results(args: argparse.Namespace, loaded: dict[str, Result],
 Measured by `make bench` (`benchmarks/run.py`) on {time.strftime('%Y-%m-%d')}, on this
 project's development machine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}.
 wrk, the upstream, abgate and nginx all share those cores, as in production-like sidecar use
-on a small node. Upstream: {upstream_kind}. abgate: `abgate run`, one process, uvloop, an
-experiment splitting 50/50 on `X-User-Id` with metrics on. nginx: one worker, `split_clients`
-on the same header, upstream keep-alive 64. Every request carries a different user
-(wrk Lua script, 100,000 distinct keys).
+on a small node. Upstream: {upstream_kind}. abgate: `abgate proxy`, one worker, uvloop, an
+experiment splitting 50/50 on `X-User-Id` with metrics, measurements and the breaker on.
+nginx: one worker, `split_clients` on the same header, upstream keep-alive 64. Every request
+carries a different user (wrk Lua script, 100,000 distinct keys).
 
 ### Throughput (wrk -t1 -c{args.connections} -d{args.duration}s)
 
@@ -216,8 +219,9 @@ on the same header, upstream keep-alive 64. Every request carries a different us
 
 ### Memory
 
-Resident memory of the abgate process after the runs above (100,000 distinct sticky keys):
-{memory:.1f} MiB.
+Resident memory of the abgate worker after the runs above (100,000 distinct sticky keys):
+{memory:.1f} MiB. (`abgate run` also holds the control API and the statistics worker, whose
+scipy adds about 50 MiB; a data-plane worker never loads it.)
 
 ### Targets (issue 2)
 

@@ -44,6 +44,8 @@ class ProxySettings:
     # least retry_min_per_second), so a failing ML backend cannot double the load.
     retry_budget_ratio: float
     retry_min_per_second: float
+    # Per-arm sums for the statistics (latency, errors); off only to measure their cost.
+    measurements: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,7 +113,7 @@ class _Schema:
     def _proxy(self, value: Any) -> ProxySettings | None:
         path: KeyPath = ("proxy",)
         keys = {"listen", "admin_listen", "max_body_size", "buffer_body_size",
-                "shutdown_timeout", "random_seed", "retry_budget"}
+                "shutdown_timeout", "random_seed", "retry_budget", "measurements"}
         section = self.r.mapping(value, path, keys)
         if section is None:
             return None
@@ -140,7 +140,9 @@ class _Schema:
             self.r.problem((*path, "retry_budget", "min_per_second"),
                            f"expected a number >= 0, got {floor!r}")
             floor = None
-        if None in (listen, admin, max_body, buffered, grace, ratio, floor):
+        measurements = self.r.boolean(section.get("measurements", True),
+                                      (*path, "measurements"))
+        if None in (listen, admin, max_body, buffered, grace, ratio, floor, measurements):
             return None
         return ProxySettings(
             listen=cast(Listen, listen),
@@ -151,6 +153,7 @@ class _Schema:
             random_seed=seed,
             retry_budget_ratio=float(cast(float, ratio)),
             retry_min_per_second=float(cast(float, floor)),
+            measurements=bool(measurements),
         )
 
     def _control(self, value: Any) -> ControlSettings | None:

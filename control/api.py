@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -22,11 +23,12 @@ from control.health_api import BACKEND, PLANE, add_health_routes
 from control.http import TOKEN, ApiError, bearer_auth, errors_as_json, json_object, json_response
 from control.openapi import OPENAPI
 from control.reload import Reloader
-from control.stats_api import add_stats_routes
-from control.stats_worker import StatsWorker
 from proxy.admin import REGISTRY, health, metrics
 from proxy.breaker import BreakerState
 from proxy.runtime import DataPlane
+
+if TYPE_CHECKING:
+    from control.stats_worker import StatsWorker
 
 RELOADER = web.AppKey("reloader", Reloader)
 _FORCED = {"forced_open": BreakerState.FORCED_OPEN, "forced_closed": BreakerState.FORCED_CLOSED,
@@ -112,6 +114,10 @@ def create_control_app(store: FlagStore, registry: CollectorRegistry, token: str
                        reloader: Reloader | None = None, plane: DataPlane | None = None,
                        backend: FlagBackend | None = None,
                        worker: StatsWorker | None = None) -> web.Application:
+    # Imported here: the statistics need scipy (tens of MiB), which data-plane-only
+    # processes (abgate proxy) never load.
+    from control.stats_api import add_stats_routes
+
     """`plane` is None in `abgate control` (no data plane here)."""
     app = web.Application(middlewares=[errors_as_json, bearer_auth], client_max_size=1024**2)
     app[TOKEN] = token or ""

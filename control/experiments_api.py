@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
 from config.flags import FlagStoreUnavailable, FlagTable
 from config.measurements import MeasureKey, Sums
-from control.http import ApiError, json_response
-from control.stats_worker import StatsWorker
+from control.http import WORKER, ApiError, json_response
 
-WORKER = web.AppKey("stats_worker", StatsWorker)
+if TYPE_CHECKING:
+    from control.stats_worker import StatsWorker
 _METRIC = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 RESERVED = frozenset({"latency", "error"})  # measured by the proxy itself
 MAX_OUTCOMES = 10_000

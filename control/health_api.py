@@ -9,7 +9,7 @@ from aiohttp import web
 
 from config.flags import FlagStore, FlagStoreUnavailable
 from control.flag_backend import FlagBackend
-from control.http import json_response
+from control.http import WORKER, json_response
 from proxy.health import DEGRADED, HEALTHY, UNHEALTHY, worst
 from proxy.runtime import DataPlane
 
@@ -82,6 +82,19 @@ async def aggregate(request: web.Request) -> web.Response:
         instances = await _instances(backend.store, interval)
         components["instances"] = instances
         statuses.append(str(instances["status"]))
+    worker = request.app.get(WORKER)
+    if worker is not None:
+        age = time.time() - worker.last_run if worker.last_run else None
+        reasons = []
+        if worker.last_error:
+            reasons.append(worker.last_error)
+        if age is None or age > 3 * worker.interval + 5:
+            reasons.append("no evaluation yet" if age is None else
+                           f"last evaluation {age:.0f}s ago")
+        components["statistics_worker"] = {"status": DEGRADED if reasons else HEALTHY,
+                                           "last_evaluation_age_seconds": age,
+                                           "reasons": reasons}
+        statuses.append(DEGRADED if reasons else HEALTHY)
     overall = worst(*statuses)
     return json_response({"overall_health": overall, "components": components},
                          503 if overall == UNHEALTHY else 200)

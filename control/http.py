@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
+if TYPE_CHECKING:
+    from control.stats_worker import StatsWorker
+
 TOKEN = web.AppKey("token", str)
+# The statistics worker (scipy) is imported only by processes that evaluate statistics.
+WORKER: web.AppKey[StatsWorker] = web.AppKey("stats_worker")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

@@ -17,7 +17,7 @@ import sys
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvloop
 from aiohttp import web
@@ -36,10 +36,12 @@ from control.flag_backend import (
 )
 from control.reload import Reloader
 from control.signals import on_signal, stop_on_signals
-from control.stats_worker import StatsWorker
 from proxy.admin import create_admin_app
 from proxy.metrics import ProxyMetrics
 from proxy.runtime import DataPlane
+
+if TYPE_CHECKING:
+    from control.stats_worker import StatsWorker
 
 log = logging.getLogger("abgate")
 
@@ -97,6 +99,8 @@ async def owned_task(stack: AsyncExitStack, coro: Coroutine[Any, Any, None],
 
 async def start_stats_worker(stack: AsyncExitStack, config: Config, backend: FlagBackend,
                              metrics: ProxyMetrics) -> StatsWorker:
+    from control.stats_worker import StatsWorker  # scipy: only where statistics run
+
     worker = StatsWorker(config, backend.measurements)
     metrics.add_gauges(worker.collect)
     await owned_task(stack, worker.run(), "abgate-stats-worker")

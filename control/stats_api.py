@@ -20,8 +20,7 @@ from aiohttp import web
 
 from config.flags import FlagStoreUnavailable
 from config.measurements import Sums
-from control.experiments_api import WORKER
-from control.http import ApiError, json_object, json_response
+from control.http import WORKER, ApiError, json_object, json_response
 from control.stats import (
     Proportion,
     SampleMean,

@@ -246,7 +246,8 @@ class DataPlane:
         config = self.config.upstreams[upstream]
         host = config.host if config.port == 80 else f"{config.host}:{config.port}"
         stats = self.metrics.traffic(experiment, arm, upstream)
-        if experiment:
+        stats.recorder = None
+        if experiment and self.config.proxy.measurements:
             stats.recorder = ArmRecorder(self.measurements, experiment, arm,
                                          self._phases[experiment])
         return Destination(pool=self._pools[upstream], breaker=self.breakers[upstream],

@@ -96,7 +96,7 @@ experiments:
 """
     assert problems(text) == [
         "proxy.colour (line 4): unknown key (expected one of: admin_listen, buffer_body_size, "
-        "listen, max_body_size, random_seed, retry_budget, shutdown_timeout)",
+        "listen, max_body_size, measurements, random_seed, retry_budget, shutdown_timeout)",
         "proxy.listen (line 2): expected 'host:port' with a port of 0..65535, "
         "got '127.0.0.1:99999'",
         "proxy.max_body_size (line 3): expected a size such as 65536, '64KiB' or '10MiB', "

@@ -35,6 +35,7 @@ async def test_aggregate_in_each_state(session: ClientSession, agents: dict[str,
         assert body["components"]["flag_store"] == {"status": "healthy", "backend": "memory",
                                                     "reasons": []}
         assert body["components"]["instances"]["instances"][0]["converged"] is True
+        assert body["components"]["statistics_worker"]["status"] == "healthy"
 
         await force(session, running, "treatment", "forced_open")  # the ML arm is out
         status, body = await aggregate(session, running)

@@ -118,3 +118,12 @@ async def test_100mb_bodies_stream_with_bounded_memory(tmp_path: Path,
             growth = peak_rss_mib(process.pid) - before
             assert growth < 40, f"peak RSS grew {growth:.1f} MiB moving 300 MiB of bodies"
             assert await process.stop() == 0
+
+
+def test_data_plane_does_not_load_scipy() -> None:
+    """scipy costs tens of MiB; only processes that evaluate statistics may load it."""
+    probe = ("import sys, control.cli, control.serve, proxy.runtime; "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('scipy', 'numpy')))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True, timeout=60)
+    assert result.stdout.strip() == "[]"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from scipy import optimize, stats
+from scipy import optimize, special
 
 from control.stats.models import StatsInputError
 
@@ -22,13 +22,11 @@ def mean_power(effect_size: float, n_per_arm: float, alpha: float = 0.05) -> flo
     _check(alpha)
     df = 2 * n_per_arm - 2
     nc = effect_size * math.sqrt(n_per_arm / 2)
-    crit = stats.t.isf(alpha / 2, df)
-    power = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
-    if not math.isfinite(power):  # scipy's nct fails at some points (far in the tail)
-        power = float(1 - stats.nct.cdf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
-    if not math.isfinite(power):
-        z = stats.norm.isf(alpha / 2)
-        power = float(stats.norm.sf(z - nc) + stats.norm.cdf(-z - nc))
+    crit = -special.stdtrit(df, alpha / 2)
+    power = float(1 - special.nctdtr(df, nc, crit) + special.nctdtr(df, nc, -crit))
+    if not math.isfinite(power):  # the noncentral t fails at some points (far in the tail)
+        z = -special.ndtri(alpha / 2)
+        power = float(special.ndtr(nc - z) + special.ndtr(-z - nc))
     return min(1.0, max(0.0, power))
 
 
@@ -38,7 +36,7 @@ def mean_sample_size(effect_size: float, power: float = 0.8, alpha: float = 0.05
     if effect_size == 0 or not math.isfinite(effect_size):
         raise StatsInputError("effect_size", "must be a finite number other than 0")
     # The normal approximation brackets the root (nct is unstable far beyond it).
-    normal = 2 * ((stats.norm.isf(alpha / 2) + stats.norm.ppf(power)) / effect_size) ** 2
+    normal = 2 * ((-special.ndtri(alpha / 2) + special.ndtri(power)) / effect_size) ** 2
     solved = optimize.brentq(lambda n: mean_power(abs(effect_size), n, alpha) - power,
                              2.0, 2 * normal + 10)
     return math.ceil(float(solved))
@@ -52,9 +50,9 @@ def proportion_power(baseline: float, mde: float, n_per_arm: float,
                      alpha: float = 0.05) -> float:
     _check(alpha)
     h = abs(cohens_h(baseline, baseline + mde))
-    crit = stats.norm.isf(alpha / 2)
+    crit = -special.ndtri(alpha / 2)
     nc = h * math.sqrt(n_per_arm / 2)
-    return float(stats.norm.sf(crit - nc) + stats.norm.cdf(-crit - nc))
+    return float(special.ndtr(nc - crit) + special.ndtr(-crit - nc))
 
 
 def proportion_sample_size(baseline: float, mde: float, power: float = 0.8,

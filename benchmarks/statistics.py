@@ -1,0 +1,140 @@
+"""Statistics costs: a worker evaluation of 100 experiments x 5 metrics, and the proxy's
+throughput and memory with measurements on and off (same nginx upstream and wrk settings as
+benchmarks/run.py).
+
+    python -m benchmarks.statistics [--duration 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from benchmarks.common import RESULTS, ROOT, process, wait_http, write_section
+from benchmarks.run import LUA, PORTS, nginx_conf, rss_mib, wrk
+from config import parse_config
+from config.measurements import MemoryMeasurements, Phase, Sums
+from control.stats_worker import StatsWorker
+
+PROXY, CONTROL = 18480, 18492
+
+
+async def worker_timing(experiments: int = 100, runs: int = 20) -> list[float]:
+    rng = random.Random(1)
+    document = {
+        "upstreams": {"a": {"url": "http://127.0.0.1:1"}, "b": {"url": "http://127.0.0.1:2"}},
+        "routes": [{"prefix": "/", "upstream": "a"}],
+        "flags": {"state_file": None},
+        "experiments": {f"exp{i}": {"control": "a", "treatment": "b", "percentage": 50}
+                        for i in range(experiments)}}
+    config = parse_config(yaml.safe_dump(document))
+    store = MemoryMeasurements()
+    for i in range(experiments):
+        name = f"exp{i}"
+        await store.start_phase(name, Phase(1, 2500, 0.0))
+        await store.start_phase(name, Phase(2, 5000, 1.0))
+        batch = {}
+        for arm in ("a", "b"):
+            for metric, binary in (("latency", False), ("error", True), ("accuracy", True),
+                                   ("revenue", False), ("confidence", False)):
+                sums = Sums()
+                for _ in range(200):
+                    value = float(rng.random() < 0.3) if binary else rng.gauss(1.0, 0.3)
+                    sums.add(value)
+                batch[(name, 2, arm, metric)] = sums
+        await store.add(batch)
+    worker = StatsWorker(config, store)
+    timings = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        reports = await worker.evaluate_all()
+        timings.append((time.perf_counter() - started) * 1000)
+    assert all(len(r.metrics) == 5 for r in reports.values())
+    return timings
+
+
+def config(path: Path, measurements: bool) -> Path:
+    path.write_text(json.dumps({
+        "proxy": {"listen": f"127.0.0.1:{PROXY}", "measurements": measurements},
+        "control": {"listen": f"127.0.0.1:{CONTROL}"}, "flags": {"state_file": None},
+        "upstreams": {"arm_a": {"url": f"http://127.0.0.1:{PORTS['arm_a']}"},
+                      "arm_b": {"url": f"http://127.0.0.1:{PORTS['arm_b']}"}},
+        "routes": [{"prefix": "/api/agent/", "experiment": "bench"}],
+        "experiments": {"bench": {"control": "arm_a", "treatment": "arm_b",
+                                  "sticky": [{"header": "X-User-Id"}], "percentage": 50}}}))
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=8)
+    args = parser.parse_args()
+    timings = asyncio.run(worker_timing())
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists() or shutil.which("wrk") is None:
+        print("benchmarks: needs nginx and wrk (make test-servers)", file=sys.stderr)
+        return 1
+    abgate = [sys.executable, "-m", "control.cli", "--log-level", "ERROR", "run", "--config"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as outer:
+        workdir = Path(tmp)
+        script = workdir / "users.lua"
+        script.write_text(LUA)
+        outer.enter_context(process([nginx, "-p", tmp, "-c",
+                                     str(nginx_conf(workdir, proxy=False))]))
+        wait_http(f"http://127.0.0.1:{PORTS['arm_a']}/")
+        results = {}
+        for measurements in (False, True):
+            with process([*abgate, str(config(workdir / "c.yaml", measurements))],
+                         cwd=ROOT) as proc:
+                wait_http(f"http://127.0.0.1:{CONTROL}/health")
+                url = f"http://127.0.0.1:{PROXY}"
+                wrk("warm", url, connections=32, duration=2, script=script)
+                early = rss_mib(proc.pid)
+                runs = [wrk("run", url, connections=32, duration=args.duration, script=script)
+                        for _ in range(2)]
+                late = rss_mib(proc.pid)
+                best = max(runs, key=lambda r: r.rps)
+                results[measurements] = best.rps
+                rows.append(f"| {'on' if measurements else 'off'} | {best.rps:,.0f} | "
+                            f"{best.p50_ms:.3f} | {best.p99_ms:.3f} | {early:.1f} | {late:.1f} |")
+    ratio = results[True] / results[False]
+    text = f"""## Statistics costs (issue 5)
+
+Measured by `make bench` (`benchmarks/statistics.py`) on {time.strftime('%Y-%m-%d')}, same
+machine and upstream as above.
+
+Worker evaluation of 100 experiments x 5 metrics (2 binary, 3 continuous; fixed and
+sequential test per metric, Holm, SRM per phase; sums in the embedded store), {len(timings)}
+runs: median {statistics.median(timings):.1f} ms, max {max(timings):.1f} ms (target 100 ms).
+
+Proxy with measurements off and on (`proxy.measurements`), wrk -t1 -c32 -d{args.duration}s, best
+of two runs each; RSS after a 2 s warm-up and after both runs (the sums are per phase, arm and
+metric, so memory does not grow with traffic):
+
+| measurements | req/s | p50 ms | p99 ms | RSS after warm-up MiB | RSS after runs MiB |
+|---|---:|---:|---:|---:|---:|
+{chr(10).join(rows)}
+
+Throughput with measurements on: {ratio:.3f}x of off (target within 5%).
+"""
+    write_section("statistics", text)
+    print(text)
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
