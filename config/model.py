@@ -138,6 +138,16 @@ class ShadowConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricConfig:
+    """An extra per-request metric: a numeric or boolean JSON field of the answer, or a
+    response header holding a number."""
+
+    name: str
+    json_path: JsonPath | None
+    header: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class ExperimentConfig:
     name: str
     control: ArmConfig
@@ -151,6 +161,7 @@ class ExperimentConfig:
     fallback: bool
     fallback_on_5xx: bool
     shadow: ShadowConfig | None
+    metrics: tuple[MetricConfig, ...]
 
 
 @dataclass(frozen=True, slots=True)

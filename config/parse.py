@@ -20,6 +20,7 @@ from config.model import (
     HealthCheckConfig,
     JsonPath,
     Listen,
+    MetricConfig,
     ProxySettings,
     RouteConfig,
     ShadowConfig,
@@ -337,7 +338,7 @@ class _Schema:
     def _experiment(self, name: str, value: Any, path: KeyPath,
                     upstreams: dict[str, UpstreamConfig] | None) -> ExperimentConfig | None:
         keys = {"control", "treatment", "sticky", "when_missing", "seed", "percentage",
-                "fallback", "fallback_on_5xx", "shadow"}
+                "fallback", "fallback_on_5xx", "shadow", "metrics"}
         section = self.r.mapping(value, path, keys)
         valid_name = self.r.name(name, path)
         if section is None:
@@ -362,7 +363,8 @@ class _Schema:
         fallback = self.r.boolean(section.get("fallback", True), (*path, "fallback"))
         on_5xx = self.r.boolean(section.get("fallback_on_5xx", True), (*path, "fallback_on_5xx"))
         shadow = self._shadow(section.get("shadow"), (*path, "shadow"))
-        if fallback is None or on_5xx is None or shadow is False:
+        metrics = self._metrics(section.get("metrics", []), (*path, "metrics"))
+        if fallback is None or on_5xx is None or shadow is False or metrics is None:
             return None
         if (valid_name is None or control is None or treatment is None or sticky is None
                 or when_missing not in _WHEN_MISSING or seed is None or percentage is None):
@@ -378,7 +380,41 @@ class _Schema:
             fallback=fallback,
             fallback_on_5xx=on_5xx,
             shadow=shadow if isinstance(shadow, ShadowConfig) else None,
+            metrics=metrics,
         )
+
+    def _metrics(self, value: Any, path: KeyPath) -> tuple[MetricConfig, ...] | None:
+        if not isinstance(value, list):
+            self.r.problem(path, "expected a list such as [{name: confidence, json: "
+                                 "$.confidence}, {name: score, header: X-Score}]")
+            return None
+        out: list[MetricConfig] = []
+        for index, item in enumerate(value):
+            item_path = (*path, index)
+            section = self.r.mapping(item, item_path, {"name", "json", "header"})
+            if section is None:
+                return None
+            name = self.r.name(section.get("name"), (*item_path, "name"))
+            if name in ("latency", "error") or name in {m.name for m in out}:
+                self.r.problem((*item_path, "name"), f"{name!r} is taken (latency and error "
+                                                     "are built in; names must differ)")
+                return None
+            if ("json" in section) == ("header" in section):
+                self.r.problem(item_path, "needs exactly one of json or header")
+                return None
+            json_path = header = None
+            if "json" in section:
+                json_path = _json_path(section["json"])
+                if json_path is None:
+                    self.r.problem((*item_path, "json"),
+                                   f"not a JSON path like $.confidence: {section['json']!r}")
+                    return None
+            else:
+                header = self.r.header_name(section["header"], (*item_path, "header"))
+            if name is None or (json_path is None and header is None):
+                return None
+            out.append(MetricConfig(name, json_path, header))
+        return tuple(out)
 
     def _shadow(self, value: Any, path: KeyPath) -> ShadowConfig | bool | None:
         """None: no shadow; False: invalid (reported)."""

@@ -22,6 +22,7 @@ from config.model import ProxySettings
 from proxy.breaker import Breaker
 from proxy.errors import UpstreamError
 from proxy.headers import RequestHead, RequestIds, build_request_head, copy_response_headers
+from proxy.measure import MetricExtractor
 from proxy.metrics import ProxyMetrics, TrafficStats
 from proxy.pool import UpstreamPool
 from proxy.retry_budget import RetryBudget
@@ -54,6 +55,7 @@ class Destination:
     experiment: str  # "" when no experiment applies
     arm: str
     host_header: bytes
+    extractor: MetricExtractor | None = None  # the experiment's extra metrics, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +240,9 @@ class ProxyHandler:
             self._copy_headers(upstream, response, dest, request_id, fallback)
             if fallback is None:
                 dest.stats.record(upstream.status, upstream_seconds)
+                if dest.extractor is not None and dest.stats.recorder is not None:
+                    dest.extractor.record(dest.stats.recorder, upstream.body(),
+                                          upstream.headers)
             self.metrics.overhead.observe(perf_counter() - started - upstream_seconds)
             return response
         return await self._stream_response(request, upstream, dest, request_id, started,

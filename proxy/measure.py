@@ -8,10 +8,18 @@ caches refetch. The flusher is a task the data plane owns; it never runs on a re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
 
 from config.flags import FlagStoreUnavailable
 from config.measurements import MeasureKey, MeasurementStore, Phase, Sums
+from config.model import MetricConfig
+from proxy.jsonpath import MISSING, extract
 
 log = logging.getLogger("abgate.measure")
 FLUSH_INTERVAL = 1.0
@@ -93,6 +101,54 @@ class ArmRecorder:
             self._phase, self._generation = phase, measurements.generation
             self._latency = measurements.sums((self._experiment, phase, self._arm, "latency"))
             self._errors = measurements.sums((self._experiment, phase, self._arm, "error"))
-        self._errors.add(1.0 if status >= 500 else 0.0)
-        if upstream_seconds is not None and status < 500:
-            self._latency.add(upstream_seconds)
+        # Inlined Sums.add: this runs on every request.
+        errors = self._errors
+        errors.count += 1
+        if status >= 500:
+            errors.total += 1.0
+            errors.total_sq += 1.0
+        elif upstream_seconds is not None:
+            latency = self._latency
+            latency.count += 1
+            latency.total += upstream_seconds
+            latency.total_sq += upstream_seconds * upstream_seconds
+
+    def add(self, metric: str, value: float) -> None:
+        """An extra metric of the answer just recorded."""
+        key = (self._experiment, self._phase_ref.id, self._arm, metric)
+        self._measurements.sums(key).add(value)
+
+
+class MetricExtractor:
+    """An experiment's extra metrics, read from each answer of its arms: JSON fields (the body
+    is parsed only when one is configured) and numeric response headers."""
+
+    __slots__ = ("_headers", "_json")
+
+    def __init__(self, metrics: tuple[MetricConfig, ...]) -> None:
+        self._json = tuple((m.name, m.json_path) for m in metrics if m.json_path is not None)
+        self._headers = tuple((m.name, m.header.lower().encode("latin-1"))
+                              for m in metrics if m.header is not None)
+
+    def record(self, recorder: ArmRecorder, body: bytes,
+               headers: Sequence[tuple[bytes, bytes]]) -> None:
+        """`headers`: the upstream's answer as received (before any re-framing)."""
+        if self._json:
+            try:
+                document = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                document = MISSING
+            if document is not MISSING:
+                for name, path in self._json:
+                    _add(recorder, name, extract(document, path))
+        for name, wanted in self._headers:
+            for header, raw in headers:
+                if header.lower() == wanted:
+                    with contextlib.suppress(ValueError):
+                        _add(recorder, name, float(raw))
+                    break
+
+
+def _add(recorder: ArmRecorder, name: str, value: Any) -> None:
+    if isinstance(value, bool) or (isinstance(value, int | float) and math.isfinite(value)):
+        recorder.add(name, float(value))

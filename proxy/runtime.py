@@ -20,11 +20,11 @@ from prometheus_client.core import CounterMetricFamily, Metric
 
 from config.flags import Flag, FlagTable
 from config.measurements import MeasurementStore, Phase
-from config.model import Config, ExperimentConfig, Listen, RouteConfig
+from config.model import Config, ExperimentConfig, Listen, MetricConfig, RouteConfig
 from proxy.breaker import Breaker, BreakerState
 from proxy.handler import Destination, ExperimentRoute, ProxyHandler, Routing, Target
 from proxy.health import ActiveCheck, upstream_health
-from proxy.measure import ArmRecorder, Measurements, PhaseRef
+from proxy.measure import ArmRecorder, Measurements, MetricExtractor, PhaseRef
 from proxy.metrics import ProxyMetrics, gauge
 from proxy.pool import UpstreamPool
 from proxy.retry_budget import RetryBudget
@@ -237,21 +237,24 @@ class DataPlane:
             replayable=False,
             splitter=splitter,
             control=self._destination(experiment.control.upstream, experiment.name,
-                                      experiment.control.name),
+                                      experiment.control.name, experiment.metrics),
             treatment=self._destination(experiment.treatment.upstream, experiment.name,
-                                        experiment.treatment.name),
+                                        experiment.treatment.name, experiment.metrics),
         )
 
-    def _destination(self, upstream: str, experiment: str, arm: str) -> Destination:
+    def _destination(self, upstream: str, experiment: str, arm: str,
+                     metrics: tuple[MetricConfig, ...] = ()) -> Destination:
         config = self.config.upstreams[upstream]
         host = config.host if config.port == 80 else f"{config.host}:{config.port}"
         stats = self.metrics.traffic(experiment, arm, upstream)
         stats.recorder = None
+        extractor = None
         if experiment and self.config.proxy.measurements:
             stats.recorder = ArmRecorder(self.measurements, experiment, arm,
                                          self._phases[experiment])
+            extractor = MetricExtractor(metrics) if metrics else None
         return Destination(pool=self._pools[upstream], breaker=self.breakers[upstream],
-                           stats=stats,
+                           stats=stats, extractor=extractor,
                            experiment=experiment, arm=arm, host_header=host.encode("idna"))
 
     def _on_flag(self, flag: Flag) -> None:

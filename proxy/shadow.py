@@ -21,32 +21,17 @@ from typing import Any
 import orjson
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
-from config.model import JsonPath, ShadowConfig
+from config.model import ShadowConfig
 from proxy.breaker import Breaker, BreakerState
 from proxy.errors import UpstreamError
 from proxy.headers import RequestHead
+from proxy.jsonpath import MISSING, extract
 from proxy.metrics import LATENCY_BUCKETS, Histogram
 from proxy.pool import UpstreamPool
 
 log = logging.getLogger("abgate.shadow")
 MAX_SHADOW_BODY = 1024 * 1024
 SAMPLES = 5
-_MISSING = object()
-
-
-def extract(document: Any, path: JsonPath) -> Any:
-    for step in path:
-        if isinstance(step, int):
-            if not isinstance(document, list) or not -len(document) <= step < len(document):
-                return _MISSING
-            document = document[step]
-        else:
-            if not isinstance(document, dict) or step not in document:
-                return _MISSING
-            document = document[step]
-    return document
-
-
 class Shadow:
     def __init__(self, experiment: str, config: ShadowConfig, rng: random.Random) -> None:
         self.experiment = experiment
@@ -131,8 +116,8 @@ class Shadow:
         for text, path in self.config.compare:
             left, right = extract(control_doc, path), extract(treatment_doc, path)
             if left != right:
-                out[text] = {"control": None if left is _MISSING else left,
-                             "treatment": None if right is _MISSING else right}
+                out[text] = {"control": None if left is MISSING else left,
+                             "treatment": None if right is MISSING else right}
         return out
 
     def stats(self) -> dict[str, Any]:

@@ -138,3 +138,24 @@ async def test_proxies_flushes_add_up_exactly(session: ClientSession, agents: di
             status, experiment = await get(session, f"{reader.control_url}/api/experiments/exp")
     assert status == 200
     assert experiment["current_phase"]["samples"] == counted
+
+
+async def test_extra_metrics_from_json_fields_and_headers(session: ClientSession) -> None:
+    async with serve_app(create_app("deterministic")) as control, \
+            serve_app(create_app("ml", seed=2)) as treatment:
+        config = make_config({"control": control, "treatment": treatment}, percentage=50,
+                             experiment={"metrics": [
+                                 {"name": "confidence", "json": "$.confidence"},
+                                 {"name": "length", "header": "Content-Length"}]})
+        async with embedded(config) as running:
+            arms = await traffic(session, running.proxy_url, range(200))
+            await running.plane.flush_measurements()
+            status, result = await get(
+                session, f"{running.control_url}/api/experiments/exp/significance")
+    assert status == 200
+    confidence = result["metrics"]["confidence"]
+    assert confidence["n"] == {"a": arms["control"], "b": arms["treatment"]}
+    assert confidence["mean"]["a"] == 1.0  # the deterministic agent is always sure
+    assert 0.4 < confidence["mean"]["b"] < 1.0
+    assert confidence["sequential"]["significant"] is True
+    assert result["metrics"]["length"]["n"]["a"] == arms["control"]

@@ -46,7 +46,7 @@ def splitter(percentage_bp: int, when_missing: WhenMissing = "random",
     from proxy.split import Splitter
 
     config = ExperimentConfig("exp", ArmConfig("c", "c"), ArmConfig("t", "t"), sticky,
-                              when_missing, "exp", percentage_bp, True, True, None)
+                              when_missing, "exp", percentage_bp, True, True, None, ())
     return Splitter(config, percentage_bp, random.Random(seed))
 
 
