@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import RESULTS, ROOT, process, wait_http, write_section
-from benchmarks.run import LUA, PORTS, nginx_conf, rss_mib, wrk
+from benchmarks.run import LUA, PORTS, Result, nginx_conf, rss_mib, wrk
 from config import parse_config
 from config.measurements import MemoryMeasurements, Phase, Sums
 from control.stats_worker import StatsWorker
@@ -64,10 +64,10 @@ async def worker_timing(experiments: int = 100, runs: int = 20) -> list[float]:
     return timings
 
 
-def config(path: Path, measurements: bool) -> Path:
+def config(path: Path, measurements: bool, offset: int) -> Path:
     path.write_text(json.dumps({
-        "proxy": {"listen": f"127.0.0.1:{PROXY}", "measurements": measurements},
-        "control": {"listen": f"127.0.0.1:{CONTROL}"}, "flags": {"state_file": None},
+        "proxy": {"listen": f"127.0.0.1:{PROXY + offset}", "measurements": measurements},
+        "control": {"listen": f"127.0.0.1:{CONTROL + offset}"}, "flags": {"state_file": None},
         "upstreams": {"arm_a": {"url": f"http://127.0.0.1:{PORTS['arm_a']}"},
                       "arm_b": {"url": f"http://127.0.0.1:{PORTS['arm_b']}"}},
         "routes": [{"prefix": "/api/agent/", "experiment": "bench"}],
@@ -95,21 +95,28 @@ def main() -> int:
         outer.enter_context(process([nginx, "-p", tmp, "-c",
                                      str(nginx_conf(workdir, proxy=False))]))
         wait_http(f"http://127.0.0.1:{PORTS['arm_a']}/")
+        procs, urls = {}, {}
+        for offset, measurements in enumerate((False, True)):
+            path = config(workdir / f"c{offset}.yaml", measurements, offset)
+            procs[measurements] = outer.enter_context(process([*abgate, str(path)], cwd=ROOT))
+            wait_http(f"http://127.0.0.1:{CONTROL + offset}/health")
+            urls[measurements] = f"http://127.0.0.1:{PROXY + offset}"
+        for url in urls.values():  # warm up; the first statistics evaluation
+            wrk("warm", url, connections=32, duration=4, script=script)  # loads scipy once
+        early = {m: rss_mib(procs[m].pid) for m in urls}
+        runs: dict[bool, list[Result]] = {False: [], True: []}
+        for _ in range(3):  # alternate, so drift and noise hit both alike
+            for measurements, url in urls.items():
+                runs[measurements].append(wrk("run", url, connections=32,
+                                              duration=args.duration, script=script))
+        late = {m: rss_mib(procs[m].pid) for m in urls}
         results = {}
         for measurements in (False, True):
-            with process([*abgate, str(config(workdir / "c.yaml", measurements))],
-                         cwd=ROOT) as proc:
-                wait_http(f"http://127.0.0.1:{CONTROL}/health")
-                url = f"http://127.0.0.1:{PROXY}"
-                wrk("warm", url, connections=32, duration=2, script=script)
-                early = rss_mib(proc.pid)
-                runs = [wrk("run", url, connections=32, duration=args.duration, script=script)
-                        for _ in range(2)]
-                late = rss_mib(proc.pid)
-                best = max(runs, key=lambda r: r.rps)
-                results[measurements] = best.rps
-                rows.append(f"| {'on' if measurements else 'off'} | {best.rps:,.0f} | "
-                            f"{best.p50_ms:.3f} | {best.p99_ms:.3f} | {early:.1f} | {late:.1f} |")
+            best = max(runs[measurements], key=lambda r: r.rps)
+            results[measurements] = best.rps
+            rows.append(f"| {'on' if measurements else 'off'} | {best.rps:,.0f} | "
+                        f"{best.p50_ms:.3f} | {best.p99_ms:.3f} | {early[measurements]:.1f} | "
+                        f"{late[measurements]:.1f} |")
     ratio = results[True] / results[False]
     text = f"""## Statistics costs (issue 5)
 
@@ -120,9 +127,11 @@ Worker evaluation of 100 experiments x 5 metrics (2 binary, 3 continuous; fixed 
 sequential test per metric, Holm, SRM per phase; sums in the embedded store), {len(timings)}
 runs: median {statistics.median(timings):.1f} ms, max {max(timings):.1f} ms (target 100 ms).
 
-Proxy with measurements off and on (`proxy.measurements`), wrk -t1 -c32 -d{args.duration}s, best
-of two runs each; RSS after a 2 s warm-up and after both runs (the sums are per phase, arm and
-metric, so memory does not grow with traffic):
+Proxy with measurements off and on (`proxy.measurements`): both `abgate run` processes up side
+by side, wrk -t1 -c32 -d{args.duration}s rounds alternating between them, best of three each.
+RSS after a 4 s warm-up (which includes the statistics worker's first evaluation, where it
+loads scipy) and after all rounds: the sums are per phase, arm and metric, so memory does not
+grow with traffic.
 
 | measurements | req/s | p50 ms | p99 ms | RSS after warm-up MiB | RSS after runs MiB |
 |---|---:|---:|---:|---:|---:|

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +21,16 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from config import Config
 from config.flags import FlagStoreUnavailable
 from config.measurements import MeasurementStore, Phase, Sums
-from control.stats import Proportion, SampleMean, StatsInputError, holm, sequential_test, srm
+from control.stats import (
+    Proportion,
+    SampleMean,
+    StatsInputError,
+    holm,
+    mean_power,
+    proportion_power,
+    sequential_test,
+    srm,
+)
 from control.stats.checks import SRM_THRESHOLD
 from control.stats.frequentist import rates_test, welch_t
 
@@ -46,6 +56,9 @@ def compare(a: Sums, b: Sums, alpha: float = 0.05) -> dict[str, Any]:
             fixed = rates_test(pa, pb, alpha=alpha)
             sequential = sequential_test(pa.as_mean(), pb.as_mean(), alpha=alpha)
             out["type"] = "binary"
+            out["power"] = proportion_power(pa.rate, pb.rate - pa.rate, min(pa.n, pb.n),
+                                            alpha) if 0 < pa.rate < 1 and 0 < pb.rate < 1 \
+                and pa.rate != pb.rate else None
         else:
             ma, mb = SampleMean.from_sums(a.count, a.total, a.total_sq), \
                 SampleMean.from_sums(b.count, b.total, b.total_sq)
@@ -54,6 +67,9 @@ def compare(a: Sums, b: Sums, alpha: float = 0.05) -> dict[str, Any]:
             fixed = welch_t(ma, mb, alpha=alpha)
             sequential = sequential_test(ma, mb, alpha=alpha)
             out["type"] = "mean"
+            pooled = math.sqrt((ma.variance + mb.variance) / 2)
+            out["power"] = mean_power(abs(mb.mean - ma.mean) / pooled, min(ma.n, mb.n),
+                                      alpha) if pooled > 0 else None
     except StatsInputError as exc:
         out["status"] = f"not enough data: {exc.message}"
         return out
@@ -145,6 +161,9 @@ class StatsWorker:
                                    labels=["experiment", "metric", "kind"])
         samples = GaugeMetricFamily("abgate_stats_samples", "Requests per arm, current phase.",
                                     labels=["experiment", "arm"])
+        power = GaugeMetricFamily("abgate_stats_power",
+                                  "Achieved power for the observed effect, current phase.",
+                                  labels=["experiment", "metric"])
         srm_p = GaugeMetricFamily("abgate_stats_srm_p_value",
                                   "Sample-ratio-mismatch p-value, current phase.",
                                   labels=["experiment"])
@@ -162,7 +181,9 @@ class StatsWorker:
                     p_value.add_metric([name, metric, test], result[test]["p_value"])
                 effect.add_metric([name, metric, "absolute"],
                                   result["fixed"]["effect"]["absolute"])
+                if result.get("power") is not None:
+                    power.add_metric([name, metric], result["power"])
                 if result["fixed"]["effect"]["relative"] is not None:
                     effect.add_metric([name, metric, "relative"],
                                       result["fixed"]["effect"]["relative"])
-        yield from (p_value, effect, samples, srm_p)
+        yield from (p_value, effect, samples, srm_p, power)

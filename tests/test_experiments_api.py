@@ -75,6 +75,7 @@ async def test_measured_traffic_outcomes_and_significance(session: ClientSession
             assert accuracy["type"] == "binary"
             assert accuracy["n"] == {"a": 300, "b": 300}  # the bad batch left nothing behind
             assert accuracy["sequential"]["significant"] is True  # 60% vs 90%
+            assert 0.9 < accuracy["power"] <= 1
             assert accuracy["fixed"]["effect"]["absolute"] == pytest.approx(0.3)
             error = metrics["error"]
             assert error["type"] == "binary"
