@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import shutil
 import statistics
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 from aiohttp import ClientSession
 
 from benchmarks.common import RESULTS, ROOT, process, wait_http, write_section
-from benchmarks.run import LUA, PORTS, Result, nginx_conf, wrk
+from benchmarks.run import LUA, PORTS, Result, bench_config, nginx_conf, wrk
 
 PROXIES = 4
 PROXY_PORTS = [18201 + i for i in range(PROXIES)]
@@ -40,19 +39,11 @@ EMBEDDED_PORTS = (18280, 18293)
 
 
 def config(path: Path, *, proxy_port: int, control_port: int, redis_url: str | None) -> Path:
-    flags = {"state_file": None, "heartbeat_interval": "1s"}
+    flags: dict[str, object] = {"heartbeat_interval": "1s"}
     if redis_url:
         flags["redis_url"] = redis_url
-    path.write_text(json.dumps({  # JSON is YAML
-        "proxy": {"listen": f"127.0.0.1:{proxy_port}", "admin_listen": "127.0.0.1:0"},
-        "control": {"listen": f"127.0.0.1:{control_port}"},
-        "flags": flags,
-        "upstreams": {"arm_a": {"url": f"http://127.0.0.1:{PORTS['arm_a']}"},
-                      "arm_b": {"url": f"http://127.0.0.1:{PORTS['arm_b']}"}},
-        "routes": [{"prefix": "/api/agent/", "experiment": "bench"}],
-        "experiments": {"bench": {"control": "arm_a", "treatment": "arm_b",
-                                  "sticky": [{"header": "X-User-Id"}], "percentage": 0}}}))
-    return path
+    return bench_config(path, proxy_port=proxy_port, control_port=control_port, percentage=0,
+                        flags=flags)
 
 
 async def arm(session: ClientSession, port: int) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -23,26 +22,18 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks.common import RESULTS, ROOT, process, wait_http, write_section
-from benchmarks.run import LUA, PORTS, Result, nginx_conf, wrk
+from benchmarks.run import LUA, PORTS, Result, bench_config, nginx_conf, require_tools, wrk
 
 PROXY, CONTROL = 18380, 18392
 
 
 def config(path: Path, *, percentage: int, shadow: bool) -> Path:
-    experiment: dict[str, object] = {"control": "arm_a", "treatment": "arm_b",
-                                     "sticky": [{"header": "X-User-Id"}],
-                                     "percentage": percentage}
+    experiment: dict[str, object] = {}
     if shadow:
         experiment["shadow"] = {"percentage": 100, "compare": ["$.decision"],
                                 "max_in_flight": 256}
-    path.write_text(json.dumps({
-        "proxy": {"listen": f"127.0.0.1:{PROXY}"}, "control": {"listen": f"127.0.0.1:{CONTROL}"},
-        "flags": {"state_file": None},
-        "upstreams": {"arm_a": {"url": f"http://127.0.0.1:{PORTS['arm_a']}"},
-                      "arm_b": {"url": f"http://127.0.0.1:{PORTS['arm_b']}"}},
-        "routes": [{"prefix": "/api/agent/", "experiment": "bench"}],
-        "experiments": {"bench": experiment}}))
-    return path
+    return bench_config(path, proxy_port=PROXY, control_port=CONTROL, percentage=percentage,
+                        experiment=experiment)
 
 
 def main() -> int:
@@ -50,9 +41,8 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=8)
     args = parser.parse_args()
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(nginx).exists() or shutil.which("wrk") is None:
-        print("benchmarks: needs nginx and wrk (make test-servers)", file=sys.stderr)
+    nginx = require_tools("nginx", "wrk")
+    if nginx is None:
         return 1
     abgate = [sys.executable, "-m", "control.cli", "--log-level", "ERROR", "run", "--config"]
     results: dict[str, tuple[Result, Result]] = {}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import re
@@ -98,24 +99,35 @@ http {{
     return path
 
 
-def abgate_conf(workdir: Path) -> Path:
-    path = workdir / "abgate.yaml"
-    path.write_text(f"""
-proxy: {{listen: 127.0.0.1:{PORTS['abgate']}, admin_listen: 127.0.0.1:0}}
-flags: {{state_file: null}}
-control: {{listen: 127.0.0.1:{PORTS['control']}}}
-upstreams:
-  arm_a: {{url: "http://127.0.0.1:{PORTS['arm_a']}"}}
-  arm_b: {{url: "http://127.0.0.1:{PORTS['arm_b']}"}}
-routes: [{{prefix: /api/agent/, experiment: bench}}]
-experiments:
-  bench:
-    control: arm_a
-    treatment: arm_b
-    sticky: [{{header: X-User-Id}}]
-    percentage: 50
-""")
+def bench_config(path: Path, *, proxy_port: int, control_port: int, percentage: float = 50,
+                 proxy: dict[str, object] | None = None,
+                 experiment: dict[str, object] | None = None,
+                 flags: dict[str, object] | None = None) -> Path:
+    """The benchmark experiment: /api/agent/ split between the two nginx arms on X-User-Id."""
+    path.write_text(json.dumps({  # JSON is YAML
+        "proxy": {"listen": f"127.0.0.1:{proxy_port}", "admin_listen": "127.0.0.1:0",
+                  **(proxy or {})},
+        "control": {"listen": f"127.0.0.1:{control_port}"},
+        "flags": {"state_file": None, **(flags or {})},
+        "upstreams": {"arm_a": {"url": f"http://127.0.0.1:{PORTS['arm_a']}"},
+                      "arm_b": {"url": f"http://127.0.0.1:{PORTS['arm_b']}"}},
+        "routes": [{"prefix": "/api/agent/", "experiment": "bench"}],
+        "experiments": {"bench": {"control": "arm_a", "treatment": "arm_b",
+                                  "sticky": [{"header": "X-User-Id"}],
+                                  "percentage": percentage, **(experiment or {})}}}))
     return path
+
+
+def require_tools(*tools: str) -> str | None:
+    """The nginx binary if every tool is installed; None (and a message) otherwise."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    missing = [t for t in tools if shutil.which(t) is None and t != "nginx"]
+    if "nginx" in tools and not Path(nginx).exists():
+        missing.append("nginx")
+    if missing:
+        print(f"benchmarks: needs {', '.join(missing)} (make test-servers)", file=sys.stderr)
+        return None
+    return nginx
 
 
 def rss_mib(pid: int) -> float:
@@ -152,7 +164,9 @@ def main() -> int:
             upstream_kind = "bundled demo agent (nginx not installed)"
         wait_http(f"http://127.0.0.1:{PORTS['arm_a']}/api/agent/credit/decide")
         wait_http(f"http://127.0.0.1:{PORTS['arm_b']}/api/agent/credit/decide")
-        ab = stack.enter_context(process([*abgate, str(abgate_conf(workdir))], cwd=ROOT))
+        ab = stack.enter_context(process([*abgate, str(bench_config(
+            workdir / "abgate.yaml", proxy_port=PORTS["abgate"],
+            control_port=PORTS["control"]))], cwd=ROOT))
         wait_http(f"http://127.0.0.1:{PORTS['abgate']}/api/agent/credit/decide")
         if nginx:
             stack.enter_context(process([nginx, "-p", tmp, "-c",

@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import random
-import shutil
 import statistics
 import sys
 import tempfile
@@ -22,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import RESULTS, ROOT, process, wait_http, write_section
-from benchmarks.run import LUA, PORTS, Result, nginx_conf, rss_mib, wrk
+from benchmarks.run import LUA, PORTS, Result, bench_config, nginx_conf, require_tools, rss_mib, wrk
 from config import parse_config
 from config.measurements import MemoryMeasurements, Phase, Sums
 from control.stats_worker import StatsWorker
@@ -65,15 +63,8 @@ async def worker_timing(experiments: int = 100, runs: int = 20) -> list[float]:
 
 
 def config(path: Path, measurements: bool, offset: int) -> Path:
-    path.write_text(json.dumps({
-        "proxy": {"listen": f"127.0.0.1:{PROXY + offset}", "measurements": measurements},
-        "control": {"listen": f"127.0.0.1:{CONTROL + offset}"}, "flags": {"state_file": None},
-        "upstreams": {"arm_a": {"url": f"http://127.0.0.1:{PORTS['arm_a']}"},
-                      "arm_b": {"url": f"http://127.0.0.1:{PORTS['arm_b']}"}},
-        "routes": [{"prefix": "/api/agent/", "experiment": "bench"}],
-        "experiments": {"bench": {"control": "arm_a", "treatment": "arm_b",
-                                  "sticky": [{"header": "X-User-Id"}], "percentage": 50}}}))
-    return path
+    return bench_config(path, proxy_port=PROXY + offset, control_port=CONTROL + offset,
+                        proxy={"measurements": measurements})
 
 
 def main() -> int:
@@ -82,9 +73,8 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=8)
     args = parser.parse_args()
     timings = asyncio.run(worker_timing())
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(nginx).exists() or shutil.which("wrk") is None:
-        print("benchmarks: needs nginx and wrk (make test-servers)", file=sys.stderr)
+    nginx = require_tools("nginx", "wrk")
+    if nginx is None:
         return 1
     abgate = [sys.executable, "-m", "control.cli", "--log-level", "ERROR", "run", "--config"]
     rows = []

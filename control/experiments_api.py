@@ -29,7 +29,7 @@ RESERVED = frozenset({"latency", "error"})  # measured by the proxy itself
 MAX_OUTCOMES = 10_000
 
 
-def _worker(request: web.Request) -> StatsWorker:
+def require_worker(request: web.Request) -> StatsWorker:
     worker = request.app.get(WORKER)
     if worker is None:
         raise ApiError(404, "no statistics here: serve the control API with abgate run or "
@@ -51,7 +51,7 @@ def _name(request: web.Request, worker: StatsWorker) -> str:
 
 
 async def _report(request: web.Request) -> tuple[StatsWorker, str, dict[str, Any]]:
-    worker = _worker(request)
+    worker = require_worker(request)
     name = _name(request, worker)
     try:
         reports = await worker.evaluate_all()  # fresh numbers for a person asking
@@ -63,7 +63,7 @@ async def _report(request: web.Request) -> tuple[StatsWorker, str, dict[str, Any
 
 
 async def list_experiments(request: web.Request) -> web.Response:
-    worker = _worker(request)
+    worker = require_worker(request)
     try:
         reports = await worker.evaluate_all()
     except FlagStoreUnavailable as exc:
@@ -99,7 +99,7 @@ async def comparison(request: web.Request) -> web.Response:
 
 async def outcomes(request: web.Request) -> web.Response:
     """A batch of outcomes, all or nothing: a bad item is refused with its index."""
-    worker = _worker(request)
+    worker = require_worker(request)
     table = request.app[FLAGS]
     try:
         items = orjson.loads(await request.read())

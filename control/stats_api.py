@@ -20,7 +20,8 @@ from aiohttp import web
 
 from config.flags import FlagStoreUnavailable
 from config.measurements import Sums
-from control.http import WORKER, ApiError, json_object, json_response
+from control.experiments_api import require_worker
+from control.http import ApiError, json_object, json_response
 from control.stats import (
     Proportion,
     SampleMean,
@@ -150,10 +151,7 @@ async def sample_size(request: web.Request) -> web.Response:
 
 async def live_test(request: web.Request, body: dict[str, Any]) -> web.Response:
     """Live data: {"experiment", "metric", "cohort_a", "cohort_b"} in the current phase."""
-    worker = request.app.get(WORKER)
-    if worker is None:
-        raise ApiError(404, "no statistics here: serve the control API with abgate run or "
-                            "abgate control")
+    worker = require_worker(request)
     name = body["experiment"]
     experiment = worker.config.experiments.get(name) if isinstance(name, str) else None
     if experiment is None:
