@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import orjson
@@ -202,3 +202,14 @@ async def tables_reach(tables: list[FlagTable], name: str, version: int,
     finally:
         for stop in unsubscribe:
             stop()
+
+
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """A port held bound but not listening: connections to it are refused, and no other
+    process can take it meanwhile (unlike a port found free and released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])

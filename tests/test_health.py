@@ -9,7 +9,7 @@ from aiohttp import ClientSession
 
 from control.serve import Embedded, embedded
 from tests.redis_server import redis_server
-from tests.servers import free_port, make_config, until
+from tests.servers import make_config, refused_port, until
 
 
 async def aggregate(session: ClientSession, running: Embedded) -> tuple[int, dict[str, Any]]:
@@ -50,13 +50,14 @@ async def test_aggregate_in_each_state(session: ClientSession, agents: dict[str,
 
 
 async def test_active_health_check(session: ClientSession, agents: dict[str, str]) -> None:
-    upstreams = {**agents, "treatment": f"http://127.0.0.1:{free_port()}"}  # nothing there
-    config = make_config(upstreams, upstream_options={
-        "health_check": {"path": "/health", "interval": "100ms", "timeout": "500ms"}})
-    async with embedded(config) as running:
-        checks = running.plane.checks
-        await until(lambda: all(c.last is not None for c in checks.values()))
-        status, body = await aggregate(session, running)
+    with refused_port() as port:  # nothing listens on the treatment upstream
+        upstreams = {**agents, "treatment": f"http://127.0.0.1:{port}"}
+        config = make_config(upstreams, upstream_options={
+            "health_check": {"path": "/health", "interval": "100ms", "timeout": "500ms"}})
+        async with embedded(config) as running:
+            checks = running.plane.checks
+            await until(lambda: all(c.last is not None for c in checks.values()))
+            status, body = await aggregate(session, running)
     reports = body["components"]["upstreams"]
     assert reports["control"]["active_check"]["ok"] is True
     assert reports["treatment"]["status"] == "unhealthy"

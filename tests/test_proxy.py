@@ -15,11 +15,11 @@ from control.serve import Embedded, embedded
 from tests.servers import (
     PEERS,
     echo_app,
-    free_port,
     make_config,
     raw_request,
     raw_server,
     read_request,
+    refused_port,
     serve_app,
 )
 
@@ -180,14 +180,18 @@ async def test_pooled_connection_closed_by_upstream_is_retried(session: ClientSe
 
 
 async def test_upstream_down_is_502(session: ClientSession) -> None:
-    url = f"http://127.0.0.1:{free_port()}"
-    async with proxy({"control": url}) as running, session.get(f"{running.proxy_url}/x",
-                           headers={"X-Request-Id": "r-502"}) as response:
-        assert response.status == 502
-        payload = orjson.loads(await response.read())
+    with refused_port() as port:
+        payload = await _down(session, f"http://127.0.0.1:{port}")
     assert payload["upstream"] == "control"
     assert payload["request_id"] == "r-502"
     assert payload["error"].startswith("connect failed")
+
+
+async def _down(session: ClientSession, url: str) -> dict[str, Any]:
+    async with proxy({"control": url}) as running, session.get(
+            f"{running.proxy_url}/x", headers={"X-Request-Id": "r-502"}) as response:
+        assert response.status == 502
+        return await response.json()  # type: ignore[no-any-return]
 
 
 async def test_slow_upstream_is_504(session: ClientSession) -> None:
