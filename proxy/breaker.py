@@ -140,6 +140,13 @@ class Breaker:
                 failures += self._failures[i]
         return calls, failures
 
+    def record_response(self, now: float, status: int, seconds: float) -> bool:
+        """Record an answer, judged by this breaker's own settings; True if it failed."""
+        config = self.config
+        failed = status in config.failure_statuses
+        self.record(now, failed=failed, slow=seconds >= config.slow_call_duration)
+        return failed
+
     def force(self, state: BreakerState | None, now: float) -> None:
         """FORCED_OPEN or FORCED_CLOSED; None returns to automatic (closed, fresh window)."""
         if state is None:

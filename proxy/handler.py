@@ -158,10 +158,8 @@ class ProxyHandler:
                                head.request_id)
 
         upstream_seconds = perf_counter() - upstream_started
-        breaker = dest.breaker
-        failed = upstream.status in breaker.config.failure_statuses
-        breaker.record(upstream_started + upstream_seconds, failed=failed,
-                       slow=upstream_seconds >= breaker.config.slow_call_duration)
+        failed = dest.breaker.record_response(upstream_started + upstream_seconds,
+                                              upstream.status, upstream_seconds)
         if failed and route is not None and route.fallback_on_5xx and \
                 self._may_fall_back(route, dest, fallback, request.method, body, routing):
             dest.stats.record(upstream.status, upstream_seconds)
@@ -224,9 +222,7 @@ class ProxyHandler:
             return self._local(request, exc.status, exc.detail, control, head.request_id,
                                None, reason, record=False)
         elapsed = perf_counter() - upstream_started
-        control.breaker.record(perf_counter(),
-                               failed=upstream.status in control.breaker.config.failure_statuses,
-                               slow=elapsed >= control.breaker.config.slow_call_duration)
+        control.breaker.record_response(upstream_started + elapsed, upstream.status, elapsed)
         return await self._respond(request, upstream, control, head.request_id, started,
                                    upstream_started, reason)
 

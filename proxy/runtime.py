@@ -50,6 +50,7 @@ class DataPlane:
         self.shadows: dict[str, Shadow] = {}
         self.checks: dict[str, ActiveCheck] = {}
         self._check_tasks: list[asyncio.Task[None]] = []
+        self._retired_checks: list[asyncio.Task[None]] = []
         self._retired_shadows: list[Shadow] = []
         self._budget = RetryBudget(config.proxy.retry_budget_ratio,
                                    config.proxy.retry_min_per_second)
@@ -123,7 +124,10 @@ class DataPlane:
             self.flags.ensure(name, experiment.percentage_bp)
         self.config = config
         self._update_breakers()
-        self._stop_checks_soon()
+        self._retired_checks += self._check_tasks  # cancelled now, awaited with the pools
+        for task in self._check_tasks:
+            task.cancel()
+        self._check_tasks = []
         self._start_checks()
         assert self.handler is not None
         self.handler.routing = self._routing()  # one assignment: the swap is atomic
@@ -134,6 +138,8 @@ class DataPlane:
         retired, self._retired = self._retired, []
         for pool in retired:
             await pool.close()
+        checks, self._retired_checks = self._retired_checks, []
+        await asyncio.gather(*checks, return_exceptions=True)
         shadows, self._retired_shadows = self._retired_shadows, []
         for shadow in shadows:
             await shadow.aclose()
@@ -162,12 +168,9 @@ class DataPlane:
             self._check_tasks.append(asyncio.create_task(check.run(),
                                                          name=f"abgate-health-{name}"))
 
-    def _stop_checks_soon(self) -> None:
-        for task in self._check_tasks:
-            task.cancel()  # awaited by the next _stop_checks (reload or exit)
-
     async def _stop_checks(self) -> None:
-        tasks, self._check_tasks = self._check_tasks, []
+        tasks = self._check_tasks + self._retired_checks
+        self._check_tasks, self._retired_checks = [], []
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
