@@ -170,16 +170,24 @@ class MemoryFlagStore:
 
     async def set_percentages(self, changes: Mapping[str, int], *, by: str,
                               reason: str) -> list[Flag]:
+        """Persisted first, then applied: a write the file refuses changes nothing."""
         now = time.time()
         flags = [Flag(name, basis_points, self.table.get(name).version + 1, now, by, reason)
                  for name, basis_points in changes.items()]
+        history = dict(self._history)
+        for flag in flags:
+            history[flag.name] = [*history.get(flag.name, []), flag.as_json()][-HISTORY_LIMIT:]
+        if self._file is not None:
+            state = {flag.name: flag for flag in self.table.all()} | {f.name: f for f in flags}
+            try:
+                self._file.save(sorted(state.values(), key=lambda f: f.name), history)
+            except OSError as exc:
+                raise FlagStoreUnavailable(
+                    f"cannot write the state file {self._file.path}: {exc.strerror or exc}"
+                ) from exc
+        self._history = history
         for flag in flags:
             self.table.apply(flag)
-            entries = self._history.setdefault(flag.name, [])
-            entries.append(flag.as_json())
-            del entries[:-HISTORY_LIMIT]
-        if self._file is not None:
-            self._file.save(self.table.all(), self._history)
         return flags
 
     async def history(self, name: str, limit: int) -> list[dict[str, object]]:

@@ -9,16 +9,20 @@ in this process for the embedded store, HINCRBY/HINCRBYFLOAT in one pipeline wit
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from config.flag_file import FlagFile
 from config.flags import FlagStoreUnavailable
 
+log = logging.getLogger("abgate.measurements")
+SECTION = "measurements"  # of the state file
 MeasureKey = tuple[str, int, str, str]  # experiment, phase, arm, metric
 
 
@@ -51,23 +55,79 @@ class MeasurementStore(Protocol):
 
     async def start_phase(self, experiment: str, phase: Phase) -> None: ...
 
+    async def phases(self, experiment: str) -> list[Phase]: ...
+
     async def read(self, experiment: str) -> tuple[list[Phase], dict[MeasureKey, Sums]]: ...
 
 
 class MemoryMeasurements:
-    def __init__(self) -> None:
+    """The embedded store. With a state file, phases and sums are saved in its
+    `measurements` section at most every `save_every` seconds and on `close`, so a restart
+    keeps an experiment's data."""
+
+    def __init__(self, state: FlagFile | None = None, save_every: float = 5.0) -> None:
         self._sums: dict[MeasureKey, Sums] = {}
         self._phases: dict[str, dict[int, Phase]] = {}
+        self._state = state
+        self._save_every = save_every
+        self._saved_at = time.monotonic()
+        self._dirty = False
+        self.save_failures = 0
+        if state is not None:
+            self._restore(state.section(SECTION))
 
     async def add(self, batch: Mapping[MeasureKey, Sums]) -> None:
         for key, sums in batch.items():
             self._sums.setdefault(key, Sums()).merge(sums)
+        self._changed()
 
     async def start_phase(self, experiment: str, phase: Phase) -> None:
         self._phases.setdefault(experiment, {}).setdefault(phase.id, phase)
+        self._changed()
+
+    def _changed(self) -> None:
+        self._dirty = True
+        if time.monotonic() - self._saved_at >= self._save_every:
+            self.save()
+
+    def save(self) -> None:
+        """Write the section now if anything changed; a failure is logged and retried."""
+        if self._state is None or not self._dirty:
+            return
+        self._saved_at = time.monotonic()
+        section = {
+            "phases": [[e, p.id, p.basis_points, p.started_at]
+                       for e, phases in self._phases.items() for p in phases.values()],
+            "sums": [[*key, s.count, s.total, s.total_sq] for key, s in self._sums.items()]}
+        try:
+            self._state.save_section(**{SECTION: section})
+        except OSError as exc:
+            self.save_failures += 1
+            if self.save_failures == 1:
+                log.error("cannot save measurements to %s: %s (kept in memory)",
+                          self._state.path, exc.strerror or exc)
+            return
+        self._dirty = False
+
+    def _restore(self, section: Any) -> None:
+        if section is None:
+            return
+        try:
+            for experiment, phase, basis_points, started in section["phases"]:
+                self._phases.setdefault(str(experiment), {})[int(phase)] = Phase(
+                    int(phase), int(basis_points), float(started))
+            for experiment, phase, arm, metric, count, total, total_sq in section["sums"]:
+                self._sums[(str(experiment), int(phase), str(arm), str(metric))] = Sums(
+                    int(count), float(total), float(total_sq))
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("ignoring unreadable measurements in the state file: %s", exc)
+            self._sums, self._phases = {}, {}
+
+    async def phases(self, experiment: str) -> list[Phase]:
+        return sorted(self._phases.get(experiment, {}).values(), key=lambda p: p.id)
 
     async def read(self, experiment: str) -> tuple[list[Phase], dict[MeasureKey, Sums]]:
-        phases = sorted(self._phases.get(experiment, {}).values(), key=lambda p: p.id)
+        phases = await self.phases(experiment)
         sums = {k: Sums(v.count, v.total, v.total_sq) for k, v in self._sums.items()
                 if k[0] == experiment}
         return phases, sums
@@ -106,16 +166,23 @@ class RedisMeasurements:
         except (RedisError, OSError) as exc:
             raise FlagStoreUnavailable(str(exc)) from exc
 
-    async def read(self, experiment: str) -> tuple[list[Phase], dict[MeasureKey, Sums]]:
+    async def phases(self, experiment: str) -> list[Phase]:
         try:
             raw_phases = await self._client.hgetall(self._phases(experiment))
-            raw = await self._client.hgetall(self._stats(experiment))
         except (RedisError, OSError) as exc:
             raise FlagStoreUnavailable(str(exc)) from exc
         phases = []
         for phase_id, value in raw_phases.items():
             basis_points, started = str(value).split("|")
             phases.append(Phase(int(phase_id), int(basis_points), float(started)))
+        return sorted(phases, key=lambda p: p.id)
+
+    async def read(self, experiment: str) -> tuple[list[Phase], dict[MeasureKey, Sums]]:
+        phases = await self.phases(experiment)
+        try:
+            raw = await self._client.hgetall(self._stats(experiment))
+        except (RedisError, OSError) as exc:
+            raise FlagStoreUnavailable(str(exc)) from exc
         sums: dict[MeasureKey, Sums] = {}
         for field, value in raw.items():
             phase, arm, metric, part = str(field).rsplit("|", 3)
@@ -126,8 +193,4 @@ class RedisMeasurements:
                 entry.total = float(value)
             else:
                 entry.total_sq = float(value)
-        return sorted(phases, key=lambda p: p.id), sums
-
-
-def phase_of(version: int, basis_points: int) -> Phase:
-    return Phase(version, basis_points, time.time())
+        return phases, sums

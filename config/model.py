@@ -6,6 +6,7 @@ compares integers, matching the 0.01% granularity of GrowthBook v2 and nginx spl
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,6 +52,20 @@ class ProxySettings:
 @dataclass(frozen=True, slots=True)
 class ControlSettings:
     listen: Listen
+
+    def exposure_problem(self, token: str | None) -> str | None:
+        """Why the control API may not serve here: beyond loopback it needs a token."""
+        if token:
+            return None
+        host = self.listen.host
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if loopback:
+            return None
+        return (f"the control API would listen on {host}, which is not loopback, without a "
+                "token: set ABGATE_CONTROL_TOKEN")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,14 +152,32 @@ class ShadowConfig:
     max_in_flight: int
 
 
+MetricType = Literal["binary", "continuous"]
+Direction = Literal["higher", "lower"]
+
+
 @dataclass(frozen=True, slots=True)
 class MetricConfig:
-    """An extra per-request metric: a numeric or boolean JSON field of the answer, or a
-    response header holding a number."""
+    """A metric an experiment is judged on. Its type picks the test (binary: rates;
+    continuous: means) and never changes with the data; its direction says which way is
+    better. Values come from each answer (a JSON field or a numeric header) or, with neither,
+    from business outcomes posted to the control API."""
 
     name: str
-    json_path: JsonPath | None
-    header: str | None
+    type: MetricType
+    direction: Direction
+    json_path: JsonPath | None = None
+    header: str | None = None
+
+    @property
+    def from_answer(self) -> bool:
+        return self.json_path is not None or self.header is not None
+
+
+# Measured by the proxy on every request.
+LATENCY = MetricConfig("latency", "continuous", "lower")
+ERROR = MetricConfig("error", "binary", "lower")
+BUILT_IN_METRICS = {LATENCY.name: LATENCY, ERROR.name: ERROR}
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +194,14 @@ class ExperimentConfig:
     fallback: bool
     fallback_on_5xx: bool
     shadow: ShadowConfig | None
-    metrics: tuple[MetricConfig, ...]
+    metrics: tuple[MetricConfig, ...]  # declared ones; latency and error are built in
+
+    def metric(self, name: str) -> MetricConfig | None:
+        """A declared or built-in metric by name."""
+        built_in = BUILT_IN_METRICS.get(name)
+        if built_in is not None:
+            return built_in
+        return next((m for m in self.metrics if m.name == name), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,8 +213,3 @@ class Config:
     upstreams: Mapping[str, UpstreamConfig]
     routes: tuple[RouteConfig, ...]
     experiments: Mapping[str, ExperimentConfig]
-
-
-def format_percentage(basis_points: int) -> float:
-    """Basis points as the percentage users write (1050 -> 10.5)."""
-    return basis_points / 100

@@ -8,6 +8,7 @@ from types import MappingProxyType
 from typing import Any, cast
 
 from config.errors import ConfigError, Problem
+from config.export import mask_url
 from config.fields import Reader
 from config.model import (
     Config,
@@ -32,6 +33,11 @@ def load_config(path: str | Path) -> Config:
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        where = Path(path).absolute()
+        problem = Problem("", None, f"no such file (looked for {where}); pass another with "
+                                    "--config FILE")
+        raise ConfigError(source, [problem]) from exc
     except (OSError, UnicodeDecodeError) as exc:
         problem = Problem("", None, f"cannot read the file: {exc}")
         raise ConfigError(source, [problem]) from exc
@@ -103,6 +109,11 @@ class _Schema(UpstreamSchema, ExperimentSchema):
         max_body = self.r.size(section.get("max_body_size", "10MiB"), (*path, "max_body_size"))
         buffered = self.r.size(section.get("buffer_body_size", "64KiB"),
                                (*path, "buffer_body_size"))
+        if max_body is not None and buffered is not None and buffered > max_body:
+            self.r.problem((*path, "buffer_body_size"),
+                           f"{buffered} bytes is more than max_body_size ({max_body} bytes): "
+                           "a body is never buffered beyond what may be sent at all")
+            buffered = None
         grace = self.r.duration(section.get("shutdown_timeout", "10s"),
                                 (*path, "shutdown_timeout"), high=3600)
         seed_value = section.get("random_seed")
@@ -152,7 +163,8 @@ class _Schema(UpstreamSchema, ExperimentSchema):
         redis_url = section.get("redis_url")
         if redis_url is not None and (not isinstance(redis_url, str) or not
                                       redis_url.startswith(("redis://", "rediss://", "unix://"))):
-            self.r.problem((*path, "redis_url"), f"expected a redis:// URL, got {redis_url!r}")
+            shown = mask_url(redis_url) if isinstance(redis_url, str) else redis_url
+            self.r.problem((*path, "redis_url"), f"expected a redis:// URL, got {shown!r}")
             redis_url = None
         prefix = self.r.name(section.get("key_prefix", "abgate"), (*path, "key_prefix"))
         state_file = section.get("state_file", ".abgate/flags.json")

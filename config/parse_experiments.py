@@ -7,10 +7,13 @@ from typing import Any, cast
 
 from config.fields import Reader
 from config.model import (
+    BUILT_IN_METRICS,
     ArmConfig,
+    Direction,
     ExperimentConfig,
     JsonPath,
     MetricConfig,
+    MetricType,
     ShadowConfig,
     StickySource,
     UpstreamConfig,
@@ -20,6 +23,8 @@ from config.yaml_lines import KeyPath
 
 _STICKY_KINDS = ("header", "cookie", "query")
 _WHEN_MISSING: tuple[WhenMissing, ...] = ("random", "control", "client_ip")
+_METRIC_TYPES = ("binary", "continuous")
+_DIRECTIONS = ("higher", "lower")
 _JSON_PATH = re.compile(r"^\$((?:\.[A-Za-z_][A-Za-z0-9_-]*|\[\d+\])+)$")
 _JSON_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+)\]")
 
@@ -83,7 +88,7 @@ class ExperimentSchema:
         fallback = self.r.boolean(section.get("fallback", True), (*path, "fallback"))
         on_5xx = self.r.boolean(section.get("fallback_on_5xx", True), (*path, "fallback_on_5xx"))
         shadow = self._shadow(section.get("shadow"), (*path, "shadow"))
-        metrics = self._metrics(section.get("metrics", []), (*path, "metrics"))
+        metrics = self._metrics(section.get("metrics", {}), (*path, "metrics"))
         if fallback is None or on_5xx is None or shadow is False or metrics is None:
             return None
         if (valid_name is None or control is None or treatment is None or sticky is None
@@ -104,23 +109,32 @@ class ExperimentSchema:
         )
 
     def _metrics(self, value: Any, path: KeyPath) -> tuple[MetricConfig, ...] | None:
-        if not isinstance(value, list):
-            self.r.problem(path, "expected a list such as [{name: confidence, json: "
-                                 "$.confidence}, {name: score, header: X-Score}]")
+        example = ("a mapping of metric name to {type: binary|continuous, direction: "
+                   "higher|lower}, plus json: $.field or header: NAME to read it from each "
+                   "answer")
+        if not isinstance(value, dict):
+            self.r.problem(path, f"expected {example}")
             return None
         out: list[MetricConfig] = []
-        for index, item in enumerate(value):
-            item_path = (*path, index)
-            section = self.r.mapping(item, item_path, {"name", "json", "header"})
-            if section is None:
+        for name, body in value.items():
+            item_path = (*path, name)
+            section = self.r.mapping(body, item_path, {"type", "direction", "json", "header"})
+            if section is None or self.r.name(name, item_path) is None:
                 return None
-            name = self.r.name(section.get("name"), (*item_path, "name"))
-            if name in ("latency", "error") or name in {m.name for m in out}:
-                self.r.problem((*item_path, "name"), f"{name!r} is taken (latency and error "
-                                                     "are built in; names must differ)")
+            if name in BUILT_IN_METRICS:
+                self.r.problem(item_path, f"{name!r} is built in (latency: continuous, lower "
+                                          "is better; error: binary, lower is better)")
                 return None
-            if ("json" in section) == ("header" in section):
-                self.r.problem(item_path, "needs exactly one of json or header")
+            kind, direction = section.get("type"), section.get("direction")
+            if kind not in _METRIC_TYPES:
+                self.r.problem((*item_path, "type"),
+                               f"required: binary or continuous, got {kind!r}")
+            if direction not in _DIRECTIONS:
+                self.r.problem((*item_path, "direction"),
+                               f"required: higher or lower (which way is better), "
+                               f"got {direction!r}")
+            if "json" in section and "header" in section:
+                self.r.problem(item_path, "give json or header, not both")
                 return None
             json_path = header = None
             if "json" in section:
@@ -129,11 +143,14 @@ class ExperimentSchema:
                     self.r.problem((*item_path, "json"),
                                    f"not a JSON path like $.confidence: {section['json']!r}")
                     return None
-            else:
+            elif "header" in section:
                 header = self.r.header_name(section["header"], (*item_path, "header"))
-            if name is None or (json_path is None and header is None):
+                if header is None:
+                    return None
+            if kind not in _METRIC_TYPES or direction not in _DIRECTIONS:
                 return None
-            out.append(MetricConfig(name, json_path, header))
+            out.append(MetricConfig(name, cast(MetricType, kind), cast(Direction, direction),
+                                    json_path, header))
         return tuple(out)
 
     def _shadow(self, value: Any, path: KeyPath) -> ShadowConfig | bool | None:

@@ -286,7 +286,7 @@ class RedisFlagSync:
         self.synced_at = now
         if self._dirty and self._snapshot is not None:
             self._dirty = False
-            await asyncio.to_thread(self._snapshot.save, self.table.all(), {})
+            await asyncio.to_thread(self._snapshot.save_copy, self.table.all())
 
 
 class RedisFlagStore:
@@ -337,7 +337,7 @@ class RedisFlagStore:
 
     async def _save_durable(self) -> None:
         if self._durable is not None:
-            await asyncio.to_thread(self._durable.save, self.table.all(), {})
+            await asyncio.to_thread(self._durable.save_copy, self.table.all())
 
     async def history(self, name: str, limit: int) -> list[dict[str, object]]:
         try:

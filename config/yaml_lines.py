@@ -50,9 +50,15 @@ def load_located(text: str, source: str) -> LocatedDocument:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
+        # The parser notices a problem where it stops (often the next line); the construct
+        # it was reading (an unclosed bracket or quote) starts where the mistake is.
+        mark, context = exc.problem_mark, exc.context_mark
         line = mark.line + 1 if mark is not None else None
-        raise ConfigError(source, [Problem("", line, f"invalid YAML: {exc.problem}")]) from exc
+        message = f"invalid YAML: {exc.problem}"
+        if context is not None and exc.context and (line is None or context.line + 1 < line):
+            message += f" ({exc.context} on line {context.line + 1}, noticed on line {line})"
+            line = context.line + 1
+        raise ConfigError(source, [Problem("", line, message)]) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(source, [Problem("", None, f"invalid YAML: {exc}")]) from exc
     if node is None:
@@ -70,8 +76,14 @@ class _Builder:
         self.problems: list[Problem] = []
         self._scalars = yaml.constructor.SafeConstructor()
 
-    def build(self, node: yaml.Node, path: KeyPath) -> Any:
+    def build(self, node: yaml.Node, path: KeyPath, inside: frozenset[int] = frozenset()) -> Any:
         self.lines.setdefault(path, node.start_mark.line + 1)
+        if id(node) in inside:  # an alias to a node that contains it: `&x [*x]`
+            self.problems.append(Problem(render_path(path), node.start_mark.line + 1,
+                                         "a YAML alias refers to a node that contains it"))
+            return None
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            inside = inside | {id(node)}
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Any] = {}
             for key_node, value_node in node.value:
@@ -85,13 +97,22 @@ class _Builder:
                     )
                     continue
                 self.lines[child] = key_node.start_mark.line + 1
-                out[key] = self.build(value_node, child)
+                out[key] = self.build(value_node, child, inside)
             return out
         if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
-        return self._scalar(node)
+            return [self.build(item, (*path, index), inside)
+                    for index, item in enumerate(node.value)]
+        return self._scalar(node, path)
 
-    def _scalar(self, node: yaml.Node) -> Any:
+    def _scalar(self, node: yaml.Node, path: KeyPath = ()) -> Any:
         if not isinstance(node, yaml.ScalarNode):
             return str(node.value)
-        return self._scalars.construct_object(node, deep=True)
+        try:
+            return self._scalars.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:  # an unknown or unsafe tag: !foo, !!python/...
+            problem = getattr(exc, "problem", None) or str(exc)
+        except (ValueError, TypeError, OverflowError) as exc:  # !!int "abc", bad dates
+            problem = f"{node.tag} {node.value!r}: {exc}"
+        self.problems.append(Problem(render_path(path), node.start_mark.line + 1,
+                                     f"invalid YAML value: {problem}"))
+        return None

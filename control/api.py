@@ -8,13 +8,14 @@ confirmed by every instance in time.
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from config import Config
+from config.export import config_as_json
 from config.flags import FlagStore, FlagStoreUnavailable
 from control.experiments_api import add_experiment_routes
 from control.flag_backend import FlagBackend
@@ -89,7 +90,8 @@ def _reloader(request: web.Request) -> Reloader:
 
 
 async def config_status(request: web.Request) -> web.Response:
-    return json_response(_reloader(request).status())
+    reloader = _reloader(request)
+    return json_response({**reloader.status(), "config": config_as_json(reloader.config)})
 
 
 async def config_reload(request: web.Request) -> web.Response:
@@ -97,17 +99,11 @@ async def config_reload(request: web.Request) -> web.Response:
     return json_response(outcome.as_json(), 200 if outcome.result == "success" else 400)
 
 
-def check_exposure(host: str, token: str | None) -> None:
+def check_exposure(config: Config, token: str | None) -> None:
     """Refuse to serve the control API beyond loopback without a token."""
-    if token:
-        return
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback:
-        raise ValueError(f"the control API would listen on {host}, which is not loopback, "
-                         "without a token: set ABGATE_CONTROL_TOKEN")
+    problem = config.control.exposure_problem(token)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def create_control_app(store: FlagStore, registry: CollectorRegistry, token: str | None,

@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from config import ConfigError, load_config
 from control.flags_cli import add_flags_parser, run_flags
-from control.serve import configure_logging, run_control, run_embedded, run_workers
+from control.log import configure_logging
 
 DEFAULT_CONFIG = "config/abgate.yaml"
 
@@ -69,9 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check-config":
             config = load_config(args.file)
+            exposure = config.control.exposure_problem(os.environ.get("ABGATE_CONTROL_TOKEN"))
+            if exposure is not None:  # what `abgate run` and `abgate control` would refuse
+                print(f"{args.file}: control.listen: {exposure}")
+                return 1
             print(f"{args.file}: OK ({len(config.upstreams)} upstreams, {len(config.routes)} "
                   f"routes, {len(config.experiments)} experiments)")
             return 0
+        # The servers, imported only to serve: `abgate flags` and check-config start fast.
+        from control.serve import run_control, run_embedded, run_workers
+
         if args.command == "run":
             run_embedded(args.config)
             return 0

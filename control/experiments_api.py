@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import math
-import re
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -24,7 +23,6 @@ from control.http import WORKER, ApiError, json_response
 
 if TYPE_CHECKING:
     from control.stats_worker import StatsWorker
-_METRIC = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 RESERVED = frozenset({"latency", "error"})  # measured by the proxy itself
 MAX_OUTCOMES = 10_000
 
@@ -92,13 +90,20 @@ async def comparison(request: web.Request) -> web.Response:
     rows = {}
     for metric, result in report["metrics"].items():
         a, b = result["mean"]["a"], result["mean"]["b"]
+        # Signed by the metric's direction: positive is better for the treatment.
         rows[metric] = {arms["control"]: a, arms["treatment"]: b,
-                        "relative_improvement": (b - a) / a if a and b is not None else None}
+                        "direction": result["direction"],
+                        "relative_change": (b - a) / abs(a) if a and b is not None else None,
+                        "relative_improvement": result["improvement"]}
     return json_response({"name": report["name"], "metrics": rows})
 
 
 async def outcomes(request: web.Request) -> web.Response:
-    """A batch of outcomes, all or nothing: a bad item is refused with its index."""
+    """A batch of outcomes, all or nothing: a bad item is refused with its index.
+
+    An item's `phase` (the X-ABGate-Phase header of the decision's response) credits the
+    phase the decision was made in; without it, the outcome lands in the phase current when
+    it is reported."""
     worker = require_worker(request)
     table = request.app[FLAGS]
     try:
@@ -109,15 +114,30 @@ async def outcomes(request: web.Request) -> web.Response:
         raise ApiError(400, "expected a non-empty JSON array of outcomes")
     if len(items) > MAX_OUTCOMES:
         raise ApiError(400, f"at most {MAX_OUTCOMES} outcomes per batch")
+    known_phases: dict[str, set[int]] = {}
     batch: dict[MeasureKey, Sums] = {}
-    for index, item in enumerate(items):
-        key, value = _outcome(worker, table, index, item)
-        batch.setdefault(key, Sums()).add(value)
     try:
+        for index, item in enumerate(items):
+            key, value = _outcome(worker, table, index, item)
+            if isinstance(item.get("phase"), int):
+                await _check_phase(worker, table, known_phases, key, index)
+            batch.setdefault(key, Sums()).add(value)
         await worker.store.add(batch)
     except FlagStoreUnavailable as exc:
         raise ApiError(503, f"measurements unavailable, nothing was recorded: {exc}") from exc
     return json_response({"accepted": len(items)})
+
+
+async def _check_phase(worker: StatsWorker, table: FlagTable, known: dict[str, set[int]],
+                       key: MeasureKey, index: int) -> None:
+    experiment, phase = key[0], key[1]
+    if experiment not in known:
+        # The current flag version counts too: a proxy may not have flushed its phase yet.
+        known[experiment] = {p.id for p in await worker.store.phases(experiment)}
+        known[experiment].add(table.get(experiment).version)
+    if phase not in known[experiment]:
+        raise ApiError(400, f"[{index}].phase: {experiment} has no phase {phase} (known: "
+                            f"{', '.join(map(str, sorted(known[experiment])))})")
 
 
 def _outcome(worker: StatsWorker, table: FlagTable, index: int,
@@ -125,7 +145,7 @@ def _outcome(worker: StatsWorker, table: FlagTable, index: int,
     where = f"[{index}]"
     if not isinstance(item, dict):
         raise ApiError(400, f"{where}: expected an object")
-    unknown = sorted(set(item) - {"experiment", "arm", "metric", "value"})
+    unknown = sorted(set(item) - {"experiment", "arm", "metric", "value", "phase"})
     if unknown:
         raise ApiError(400, f"{where}: unknown field(s) {', '.join(unknown)}")
     name = item.get("experiment")
@@ -137,8 +157,11 @@ def _outcome(worker: StatsWorker, table: FlagTable, index: int,
         raise ApiError(400, f"{where}.arm: expected one of {', '.join(arms)} (the "
                             f"X-ABGate-Arm response header), got {item.get('arm')!r}")
     metric = item.get("metric")
-    if not isinstance(metric, str) or not _METRIC.match(metric) or metric in RESERVED:
-        raise ApiError(400, f"{where}.metric: expected a metric name (not latency or error), "
+    definition = experiment.metric(metric) if isinstance(metric, str) else None
+    if definition is None or metric in RESERVED:
+        declared = ", ".join(m.name for m in experiment.metrics) or "none"
+        raise ApiError(400, f"{where}.metric: expected a metric declared under "
+                            f"experiments.{name}.metrics (declared: {declared}), "
                             f"got {metric!r}")
     value = item.get("value")
     if isinstance(value, bool):
@@ -146,8 +169,16 @@ def _outcome(worker: StatsWorker, table: FlagTable, index: int,
     if not isinstance(value, int | float) or not math.isfinite(value):
         raise ApiError(400, f"{where}.value: expected a finite number or a boolean, "
                             f"got {value!r}")
-    phase = table.get(name).version  # the phase the experiment is in now
-    return (name, phase, item["arm"], metric), float(value)
+    if definition.type == "binary" and value not in (0, 1):
+        raise ApiError(400, f"{where}.value: {metric} is binary: expected 0, 1, true or "
+                            f"false, got {value!r}")
+    phase = item.get("phase")
+    if phase is None:
+        phase = table.get(name).version  # the phase the experiment is in now
+    elif isinstance(phase, bool) or not isinstance(phase, int) or phase < 1:
+        raise ApiError(400, f"{where}.phase: expected the X-ABGate-Phase header's whole "
+                            f"number, got {phase!r}")
+    return (name, phase, str(item["arm"]), definition.name), float(value)
 
 
 FLAGS = web.AppKey("flag_table", FlagTable)

@@ -79,24 +79,35 @@ class FlagBackend:
             yield family
 
 
-def open_redis(stack: AsyncExitStack, config: Config) -> Redis | None:
-    """The Redis client when flags live in Redis. Open it before the data plane, so it is
-    closed after it (the plane's last measurement flush still needs it)."""
+@dataclass(frozen=True, slots=True)
+class SharedState:
+    """What a process reads and writes flag and measurement state through, opened before the
+    data plane so it closes after it (the plane's last measurement flush still needs it)."""
+
+    client: Redis | None  # None: the embedded store
+    snapshot: FlagFile | None
+    measurements: MeasurementStore
+
+
+def open_shared_state(stack: AsyncExitStack, config: Config) -> SharedState:
+    snapshot = snapshot_file(config)
     url = redis_url(config)
     if url is None:
-        return None
+        measurements = MemoryMeasurements(snapshot)
+        stack.callback(measurements.save)
+        return SharedState(None, snapshot, measurements)
     client = connect(url)
     stack.push_async_callback(client.aclose)
-    return client
+    return SharedState(client, snapshot, RedisMeasurements(client, config.flags.key_prefix))
 
 
 async def start_flag_backend(stack: AsyncExitStack, config: Config, table: FlagTable, *,
-                             writer: bool, proxy_address: str | None, client: Redis | None,
+                             writer: bool, proxy_address: str | None, shared: SharedState,
                              status: Callable[[], dict[str, str]] | None = None,
                              ) -> FlagBackend:
     """Start what the flag state needs; `stack` tears it down. `proxy_address` registers this
     process as a proxy instance."""
-    snapshot = snapshot_file(config)
+    client, snapshot = shared.client, shared.snapshot
     started = time.time()
     if client is None:
         store = MemoryFlagStore(table, snapshot)
@@ -105,7 +116,7 @@ async def start_flag_backend(stack: AsyncExitStack, config: Config, table: FlagT
         if proxy_address is not None:
             store.local = Instance(new_instance_id(), proxy_address, os.getpid(), started,
                                    started, {})
-        return FlagBackend(table, store, None, MemoryMeasurements())
+        return FlagBackend(table, store, None, shared.measurements)
     keys = RedisKeys(config.flags.key_prefix)
     heartbeat = config.flags.heartbeat_interval
     redis_store = RedisFlagStore(client, keys, table, heartbeat_interval=heartbeat,
@@ -116,5 +127,4 @@ async def start_flag_backend(stack: AsyncExitStack, config: Config, table: FlagT
         client, keys, table, heartbeat_interval=heartbeat, instance=instance,
         snapshot=None if writer else snapshot,
         on_connect=redis_store.reseed if redis_store is not None else None, status=status))
-    return FlagBackend(table, redis_store, sync,
-                       RedisMeasurements(client, config.flags.key_prefix))
+    return FlagBackend(table, redis_store, sync, shared.measurements)

@@ -123,9 +123,12 @@ async def rollback(request: web.Request) -> web.Response:
     answer once every live instance routes with it, or 504 with the laggards."""
     store = _store(request)
     body = await json_object(request, allowed={"experiments", "reason", "timeout"})
-    names = body.get("experiments") or [flag.name for flag in store.table.all()]
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ApiError(400, "experiments: expected a list of experiment names")
+    # Only a missing field means every experiment: [], "" or null is a mistake, not "all".
+    names = body["experiments"] if "experiments" in body else \
+        [flag.name for flag in store.table.all()]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ApiError(400, "experiments: expected a non-empty list of experiment names "
+                            "(leave the field out to roll back every experiment)")
     timeout = body.get("timeout", ROLLBACK_TIMEOUT)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or \
             not 0 < timeout <= 300:

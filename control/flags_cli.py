@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +72,28 @@ def call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> 
 
 def _percentage(text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise ApiCallFailed(f"percentage must be a number, got {text!r}") from None
+        value = math.nan
+    if not math.isfinite(value) or not 0 <= value <= 100:
+        raise ApiCallFailed(f"percentage must be a number from 0 to 100, got {text!r}")
+    return value
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+
+
+def _read_export(file: str) -> dict[str, Any]:
+    try:
+        exported = json.loads(Path(file).read_text())
+        flags = {flag["name"]: flag["percentage"] for flag in exported["flags"]}
+    except OSError as exc:
+        raise ApiCallFailed(f"cannot read {file}: {exc.strerror or exc}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ApiCallFailed(f"{file} is not an `abgate flags export` file: "
+                            f"{type(exc).__name__}: {exc}") from None
+    return flags
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -89,8 +110,8 @@ def _run(args: argparse.Namespace) -> None:
     elif args.action == "history":
         data = call(args, "GET", f"/api/flags/{args.name}/history?limit={args.limit}")
         for entry in data["history"]:
-            print(f"v{entry['version']}\t{entry['percentage']:g}%\t{entry['updated_at']:.3f}\t"
-                  f"{entry['updated_by']}\t{entry['reason']}")
+            print(f"v{entry['version']}\t{entry['percentage']:g}%\t"
+                  f"{_iso(entry['updated_at'])}\t{entry['updated_by']}\t{entry['reason']}")
     elif args.action == "export":
         text = json.dumps(call(args, "GET", "/api/flags"), indent=2) + "\n"
         if args.file:
@@ -98,8 +119,7 @@ def _run(args: argparse.Namespace) -> None:
         else:
             sys.stdout.write(text)
     else:
-        exported = json.loads(Path(args.file).read_text())
-        flags = {flag["name"]: flag["percentage"] for flag in exported["flags"]}
+        flags = _read_export(args.file)
         reason = args.reason or f"import from {args.file}"
         result = call(args, "POST", "/api/flags", {"flags": flags, "reason": reason})
         print(f"imported {len(result['flags'])} flag(s)")

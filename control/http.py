@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from control.stats_worker import StatsWorker
 
+log = logging.getLogger("abgate.control")
 TOKEN = web.AppKey("token", str)
 # The statistics worker (scipy) is imported only by processes that evaluate statistics.
 WORKER: web.AppKey[StatsWorker] = web.AppKey("stats_worker")
@@ -53,7 +55,13 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return json_response({"error": exc.reason}, exc.status)
+        response = json_response({"error": exc.reason}, exc.status)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except Exception as exc:  # a bug: still JSON, and the server goes on
+        log.exception("control API: %s %s failed", request.method, request.path)
+        return json_response({"error": f"internal error: {type(exc).__name__}"}, 500)
 
 
 @web.middleware

@@ -49,18 +49,27 @@ class Reloader:
         self.counts = {"success": 0, "failure": 0}
         self._lock = asyncio.Lock()  # one reload at a time; never taken on the request path
         self._requested = asyncio.Event()
+        self._seen = self._stamp()  # the file as last loaded
 
     async def reload(self, trigger: str) -> ReloadOutcome:
         async with self._lock:
+            # Whatever asked, the file as read now is handled: the watcher must not reload
+            # the same change again.
+            self._seen = self._stamp()
             try:
                 config = await asyncio.to_thread(load_config, self.path)
+                warnings = await self._apply(config)
             except ConfigError as exc:
                 outcome = ReloadOutcome("failure", trigger, time.time(),
                                         problems=[str(p) for p in exc.problems])
                 log.error("config reload (%s) refused; keeping the running config:\n%s",
                           trigger, exc.render())
+            except Exception as exc:  # whatever it was, the reloader lives on
+                outcome = ReloadOutcome("failure", trigger, time.time(),
+                                        problems=[f"{type(exc).__name__}: {exc}"])
+                log.error("config reload (%s) failed; keeping the running config: %s",
+                          trigger, outcome.problems[0], exc_info=exc)
             else:
-                warnings = await self._apply(config)
                 self.config, self.loaded_at = config, time.time()
                 outcome = ReloadOutcome("success", trigger, self.loaded_at, warnings=warnings)
                 log.info("config reloaded (%s) from %s", trigger, self.path)
@@ -76,18 +85,14 @@ class Reloader:
 
     async def run(self, *, watch: bool = True) -> None:
         """Owned background task: reload on request, and when the file changes."""
-        stamp = self._stamp()
         while True:
             try:
                 await asyncio.wait_for(self._requested.wait(),
                                        WATCH_INTERVAL if watch else None)
                 self._requested.clear()
                 await self.reload("signal")
-                stamp = self._stamp()
             except TimeoutError:
-                current = self._stamp()
-                if current != stamp:
-                    stamp = current
+                if self._stamp() != self._seen:
                     await self.reload("file change")
 
     def _stamp(self) -> tuple[float, int, int] | None:

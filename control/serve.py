@@ -13,7 +13,6 @@ import multiprocessing
 import os
 import signal
 import socket
-import sys
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
@@ -30,10 +29,11 @@ from control.api import check_exposure, create_control_app
 from control.flag_backend import (
     FlagBackend,
     initial_table,
-    open_redis,
+    open_shared_state,
     redis_url,
     start_flag_backend,
 )
+from control.log import configure_logging
 from control.reload import Reloader
 from control.signals import on_signal, stop_on_signals
 from proxy.admin import create_admin_app
@@ -134,14 +134,14 @@ async def embedded(config: Config, token: str | None = None,
     """Data plane and control API in one process; flags in memory (or Redis when configured).
     With `config_path`, the config reloads live. Everything started here is stopped on exit,
     in reverse order."""
-    check_exposure(config.control.listen.host, token)
+    check_exposure(config, token)
     flags = initial_table(config)
     metrics = ProxyMetrics()
     registry = new_registry(metrics)
     async with AsyncExitStack() as stack:
-        client = open_redis(stack, config)
+        shared = open_shared_state(stack, config)
         plane = await stack.enter_async_context(DataPlane(config, flags, metrics))
-        backend = await start_flag_backend(stack, config, flags, writer=True, client=client,
+        backend = await start_flag_backend(stack, config, flags, writer=True, shared=shared,
                                            proxy_address=plane.url,
                                            status=plane.breaker_states)
         metrics.add_gauges(backend.collect)
@@ -170,7 +170,7 @@ async def serve_embedded(config: Config, config_path: str) -> None:
 async def serve_control(config: Config) -> None:
     """`abgate control`: the control API and flag writer, no data plane (flags in Redis)."""
     token = os.environ.get("ABGATE_CONTROL_TOKEN") or None
-    check_exposure(config.control.listen.host, token)
+    check_exposure(config, token)
     if redis_url(config) is None:
         raise ValueError("abgate control needs a shared flag store: set flags.redis_url or "
                          "ABGATE_REDIS_URL (without Redis, use abgate run)")
@@ -180,7 +180,7 @@ async def serve_control(config: Config) -> None:
     async with stop_on_signals() as stop, AsyncExitStack() as stack:
         backend = await start_flag_backend(stack, config, flags, writer=True,
                                            proxy_address=None,
-                                           client=open_redis(stack, config))
+                                           shared=open_shared_state(stack, config))
         metrics.add_gauges(backend.collect)
         worker = await start_stats_worker(stack, config, backend, metrics)
         assert backend.store is not None
@@ -211,10 +211,10 @@ async def worker(config: Config, index: int = 0, *, reuse_port: bool = False,
     admin = config.proxy.admin
     admin = replace(admin, port=admin.port + index if admin.port else 0)
     async with AsyncExitStack() as stack:
-        client = open_redis(stack, config)
+        shared = open_shared_state(stack, config)
         plane = await stack.enter_async_context(
             DataPlane(config, flags, metrics, reuse_port=reuse_port, worker_index=index))
-        backend = await start_flag_backend(stack, config, flags, writer=False, client=client,
+        backend = await start_flag_backend(stack, config, flags, writer=False, shared=shared,
                                            proxy_address=plane.url,
                                            status=plane.breaker_states)
         metrics.add_gauges(backend.collect)
@@ -288,9 +288,3 @@ def run_workers(config_path: str, workers: int) -> int:
         log.error("workers exited abnormally: %s", ", ".join(failed))
         return 1
     return 0
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-

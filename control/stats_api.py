@@ -85,6 +85,10 @@ async def significance_test(request: web.Request) -> web.Response:
                                                "cohort_a", "cohort_b"})
     if "experiment" in body:
         return await live_test(request, body)
+    live_only = sorted({"metric", "cohort_a", "cohort_b"} & set(body))
+    if live_only:
+        raise ApiError(400, f"experiment: required with {', '.join(live_only)} (a test on "
+                            "live data); without it, give test, a and b")
     alpha = _number(body, "alpha", 0.05, 0, 1)
     alternative = body.get("alternative", "two-sided")
     if alternative not in ALTERNATIVES:
@@ -164,7 +168,12 @@ async def live_test(request: web.Request, body: dict[str, Any]) -> web.Response:
             raise ApiError(400, f"{field}: expected one of {', '.join(arms)}, got {cohort!r}")
     metric = body.get("metric")
     if not isinstance(metric, str):
-        raise ApiError(400, "metric: required (latency, error, or an outcome metric)")
+        raise ApiError(400, "metric: required (latency, error, or a declared metric)")
+    definition = experiment.metric(metric)
+    if definition is None:
+        raise ApiError(400, f"metric: {metric!r} is not declared for {name} (declared: "
+                            f"{', '.join(m.name for m in experiment.metrics) or 'none'}; "
+                            "built in: latency, error)")
     alpha = _number(body, "alpha", 0.05, 0, 1)
     try:
         phases, sums = await worker.store.read(name)
@@ -175,14 +184,15 @@ async def live_test(request: web.Request, body: dict[str, Any]) -> web.Response:
     phase = phases[-1].id
     a = sums.get((name, phase, cohort_a, metric), Sums())
     b = sums.get((name, phase, cohort_b, metric), Sums())
-    if not a.count or not b.count:
-        raise ApiError(400, f"metric: no {metric!r} measurements in both cohorts of the "
-                            f"current phase")
-    result = compare(a, b, alpha)
+    result = compare(a, b, definition, alpha)
     if result["status"] != "ok":
         raise ApiError(400, f"metric: {result['status']}")
-    chosen = result["sequential" if body.get("sequential", True) else "fixed"]
+    sequential = body.get("sequential", True)
+    if not isinstance(sequential, bool):
+        raise ApiError(400, "sequential: expected true or false")
+    chosen = result["sequential" if sequential else "fixed"]
     return json_response({**chosen, "metric": metric, "phase": phase,
+                          "type": definition.type, "direction": definition.direction,
                           "cohorts": {"a": cohort_a, "b": cohort_b}})
 
 

@@ -3,31 +3,30 @@ against arm on every metric, and the results are kept for the API and exported a
 
 Automated decisions read the sequential result (valid at every look); the fixed-horizon
 result is reported next to it. p-values are Holm-adjusted across an experiment's metrics.
-Binary metrics (error, and 0/1 outcomes) use the rates test; others Welch's t.
+Each metric's declared type picks its test: binary (error, 0/1 outcomes) the rates test,
+continuous Welch's t. An arm with fewer than two samples is "not enough data", not an error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from config import Config
 from config.flags import FlagStoreUnavailable
 from config.measurements import MeasurementStore, Phase, Sums
+from config.model import MetricConfig
 from control.stats import (
     Proportion,
     SampleMean,
     StatsInputError,
     holm,
-    mean_power,
-    proportion_power,
     sequential_test,
     srm,
 )
@@ -38,38 +37,36 @@ log = logging.getLogger("abgate.stats")
 INTERVAL = 3.0
 
 
-def is_binary(sums: Sums) -> bool:
-    """0/1 values: x² = x, so the sum of squares equals the sum."""
-    return sums.count > 0 and abs(sums.total_sq - sums.total) < 1e-9 * max(1.0, sums.total) \
-        and sums.total <= sums.count
+MIN_SAMPLES = 2  # per arm, before any test; fewer is "not enough data", never an error
 
 
-def compare(a: Sums, b: Sums, alpha: float = 0.05) -> dict[str, Any]:
-    """One metric, control (a) vs treatment (b)."""
-    out: dict[str, Any] = {"n": {"a": a.count, "b": b.count},
-                           "mean": {"a": a.total / a.count if a.count else None,
-                                    "b": b.total / b.count if b.count else None}}
+def compare(a: Sums, b: Sums, metric: MetricConfig, alpha: float = 0.05) -> dict[str, Any]:
+    """One metric, control (a) vs treatment (b), with the test its declared type calls for.
+
+    `improvement` is the relative change signed by the metric's direction: positive means
+    the treatment is better (lower latency, higher accuracy)."""
+    mean_a = a.total / a.count if a.count else None
+    mean_b = b.total / b.count if b.count else None
+    sign = 1.0 if metric.direction == "higher" else -1.0
+    out: dict[str, Any] = {
+        "type": metric.type, "direction": metric.direction,
+        "n": {"a": a.count, "b": b.count}, "mean": {"a": mean_a, "b": mean_b},
+        "improvement": sign * (mean_b - mean_a) / abs(mean_a)
+        if mean_a and mean_b is not None else None}
+    if a.count < MIN_SAMPLES or b.count < MIN_SAMPLES:
+        out["status"] = (f"not enough data: control has {a.count}, treatment {b.count} "
+                         f"samples (need {MIN_SAMPLES} per arm)")
+        return out
     try:
-        if is_binary(a) and is_binary(b):
-            pa = Proportion(a.count, round(a.total))
-            pb = Proportion(b.count, round(b.total))
+        if metric.type == "binary":
+            pa, pb = _proportion(a), _proportion(b)
             fixed = rates_test(pa, pb, alpha=alpha)
             sequential = sequential_test(pa.as_mean(), pb.as_mean(), alpha=alpha)
-            out["type"] = "binary"
-            out["power"] = proportion_power(pa.rate, pb.rate - pa.rate, min(pa.n, pb.n),
-                                            alpha) if 0 < pa.rate < 1 and 0 < pb.rate < 1 \
-                and pa.rate != pb.rate else None
         else:
-            ma, mb = SampleMean.from_sums(a.count, a.total, a.total_sq), \
-                SampleMean.from_sums(b.count, b.total, b.total_sq)
-            if ma.n < 2 or mb.n < 2:
-                raise StatsInputError("n", "fewer than 2 samples in an arm")
+            ma = SampleMean.from_sums(a.count, a.total, a.total_sq)
+            mb = SampleMean.from_sums(b.count, b.total, b.total_sq)
             fixed = welch_t(ma, mb, alpha=alpha)
             sequential = sequential_test(ma, mb, alpha=alpha)
-            out["type"] = "mean"
-            pooled = math.sqrt((ma.variance + mb.variance) / 2)
-            out["power"] = mean_power(abs(mb.mean - ma.mean) / pooled, min(ma.n, mb.n),
-                                      alpha) if pooled > 0 else None
     except StatsInputError as exc:
         out["status"] = f"not enough data: {exc.message}"
         return out
@@ -77,6 +74,11 @@ def compare(a: Sums, b: Sums, alpha: float = 0.05) -> dict[str, Any]:
     out["fixed"] = fixed.as_json()
     out["sequential"] = sequential.as_json()
     return out
+
+
+def _proportion(sums: Sums) -> Proportion:
+    """Successes of a 0/1 metric; values are checked to be 0 or 1 where they come in."""
+    return Proportion(sums.count, min(sums.count, max(0, round(sums.total))))
 
 
 @dataclass
@@ -113,10 +115,14 @@ def evaluate(config: Config, name: str, phases: list[Phase],
     if not phases:
         return report
     current = phases[-1].id
-    metrics = sorted({key[3] for key in sums if key[1] == current})
+    declared = {"latency", "error", *(m.name for m in experiment.metrics)}
+    metrics = sorted(declared & {key[3] for key in sums if key[1] == current})
     for metric in metrics:
+        definition = experiment.metric(metric)
+        assert definition is not None
         report.metrics[metric] = compare(sums.get((name, current, control, metric), Sums()),
-                                         sums.get((name, current, treatment, metric), Sums()))
+                                         sums.get((name, current, treatment, metric), Sums()),
+                                         definition)
     tested = [m for m in metrics if report.metrics[m]["status"] == "ok"]
     adjusted = holm([report.metrics[m]["sequential"]["p_value"] for m in tested])
     for metric, p in zip(tested, adjusted, strict=True):
@@ -125,7 +131,11 @@ def evaluate(config: Config, name: str, phases: list[Phase],
 
 
 class StatsWorker:
-    """Owned background task: evaluates every experiment every `interval` seconds."""
+    """Owned background task: evaluates every experiment every `interval` seconds.
+
+    One experiment that cannot be evaluated (a bug, odd data) never stops the others or the
+    loop: it is logged once, counted, shown in /health/aggregate, and its last good report
+    is kept until it evaluates again."""
 
     def __init__(self, config: Config, store: MeasurementStore,
                  interval: float = INTERVAL) -> None:
@@ -134,23 +144,45 @@ class StatsWorker:
         self.interval = interval
         self.reports: dict[str, ExperimentReport] = {}
         self.last_run = 0.0
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # the store could not be read
+        self.failing: dict[str, str] = {}  # experiment -> why its last evaluation failed
+        self.evaluation_errors: dict[str, int] = {}
 
     async def evaluate_all(self) -> dict[str, ExperimentReport]:
         reports = {}
         for name in self.config.experiments:
             phases, sums = await self.store.read(name)
-            reports[name] = evaluate(self.config, name, phases, sums)
+            try:
+                reports[name] = evaluate(self.config, name, phases, sums)
+            except Exception as exc:
+                self._failed(name, exc)
+                if name in self.reports:
+                    reports[name] = self.reports[name]
+            else:
+                self.failing.pop(name, None)
         self.reports, self.last_run, self.last_error = reports, time.time(), None
         return reports
+
+    def _failed(self, name: str, exc: Exception) -> None:
+        self.evaluation_errors[name] = self.evaluation_errors.get(name, 0) + 1
+        message = f"evaluating {name} failed: {type(exc).__name__}: {exc}"
+        if self.failing.get(name) != message:  # log once per distinct failure
+            log.error("statistics worker: %s (keeping its last report)", message,
+                      exc_info=exc)
+        self.failing[name] = message
 
     async def run(self) -> None:
         while True:
             try:
                 await self.evaluate_all()
             except FlagStoreUnavailable as exc:
-                self.last_error = f"measurements unavailable: {exc}"
-                log.warning("statistics worker: %s", self.last_error)
+                error = f"measurements unavailable: {exc}"
+                if error != self.last_error:
+                    log.warning("statistics worker: %s", error)
+                self.last_error = error
+            except Exception as exc:  # the loop itself must outlive any bug
+                self._failed("*", exc)
+                self.last_error = self.failing["*"]
             await asyncio.sleep(self.interval)
 
     def collect(self) -> Iterator[Metric]:
@@ -161,9 +193,11 @@ class StatsWorker:
                                    labels=["experiment", "metric", "kind"])
         samples = GaugeMetricFamily("abgate_stats_samples", "Requests per arm, current phase.",
                                     labels=["experiment", "arm"])
-        power = GaugeMetricFamily("abgate_stats_power",
-                                  "Achieved power for the observed effect, current phase.",
-                                  labels=["experiment", "metric"])
+        errors = CounterMetricFamily("abgate_stats_evaluation_errors",
+                                     "Evaluations of an experiment that failed.",
+                                     labels=["experiment"])
+        for name, count in self.evaluation_errors.items():
+            errors.add_metric([name], count)
         srm_p = GaugeMetricFamily("abgate_stats_srm_p_value",
                                   "Sample-ratio-mismatch p-value, current phase.",
                                   labels=["experiment"])
@@ -181,9 +215,7 @@ class StatsWorker:
                     p_value.add_metric([name, metric, test], result[test]["p_value"])
                 effect.add_metric([name, metric, "absolute"],
                                   result["fixed"]["effect"]["absolute"])
-                if result.get("power") is not None:
-                    power.add_metric([name, metric], result["power"])
                 if result["fixed"]["effect"]["relative"] is not None:
                     effect.add_metric([name, metric, "relative"],
                                       result["fixed"]["effect"]["relative"])
-        yield from (p_value, effect, samples, srm_p, power)
+        yield from (p_value, effect, samples, srm_p, errors)

@@ -4,6 +4,9 @@ Trips on any of: the failure rate over a sliding time window (once it holds a mi
 of calls), a run of consecutive failures, or the rate of slow calls. Stays open for a wait
 that doubles on each trip in a row (capped), then lets a bounded number of trial calls
 through (half-open) and closes when they all succeed, or opens again on the first failure.
+A control arm's breaker is never asked `allow` (its calls are the fallback of last resort), so
+it only observes: it opens on failures like any other, and after the wait the outcomes of the
+calls it sees anyway are its trial, so it closes again once the upstream recovers.
 States as in resilience4j (CLOSED, OPEN, HALF_OPEN, FORCED_OPEN; FORCED_CLOSED plays its
 DISABLED), trip inputs as in Envoy outlier detection (consecutive 5xx) and Traefik (ratios).
 
@@ -80,8 +83,14 @@ class Breaker:
         return False
 
     def record(self, now: float, *, failed: bool, slow: bool) -> None:
-        """The outcome of a call that `allow` let through."""
+        """The outcome of a call: one `allow` let through, or one sent regardless (a control
+        arm has nowhere else to go, so it never asks `allow`)."""
         state = self.state
+        if state is BreakerState.OPEN and now >= self.open_until:
+            # Recovery with time alone: for calls that never ask `allow`, the first outcome
+            # after the wait starts the half-open trial, and good answers close the breaker.
+            self._move(BreakerState.HALF_OPEN, "wait over: judging calls again")
+            state = BreakerState.HALF_OPEN
         if state is BreakerState.HALF_OPEN:
             if failed or slow:
                 self._trip(now, "a half-open trial call " + ("failed" if failed else "was slow"))

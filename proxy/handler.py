@@ -22,7 +22,7 @@ from config.model import ProxySettings
 from proxy.breaker import Breaker
 from proxy.errors import UpstreamError
 from proxy.headers import RequestHead, RequestIds, build_request_head, copy_response_headers
-from proxy.measure import MetricExtractor
+from proxy.measure import MetricExtractor, PhaseRef
 from proxy.metrics import ProxyMetrics, TrafficStats
 from proxy.pool import UpstreamPool
 from proxy.retry_budget import RetryBudget
@@ -56,6 +56,7 @@ class Destination:
     arm: str
     host_header: bytes
     extractor: MetricExtractor | None = None  # the experiment's extra metrics, if any
+    phase: PhaseRef | None = None  # the experiment's current phase, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,9 +250,10 @@ class ProxyHandler:
                       dest: Destination, request_id: str, fallback: str | None) -> None:
         headers = response.headers
         copy_response_headers(upstream.headers, headers, VIA)
-        if dest.experiment:
+        if dest.phase is not None:
             headers["X-ABGate-Experiment"] = dest.experiment
             headers["X-ABGate-Arm"] = dest.arm
+            headers["X-ABGate-Phase"] = dest.phase.label
         if fallback is not None:
             headers["X-ABGate-Fallback"] = fallback
         if "X-Request-Id" not in headers:
@@ -354,9 +356,10 @@ class ProxyHandler:
         if dest is not None:
             if record and fallback is None:
                 dest.stats.record(status, upstream_seconds)
-            if dest.experiment:
+            if dest.phase is not None:
                 headers["X-ABGate-Experiment"] = dest.experiment
                 headers["X-ABGate-Arm"] = dest.arm
+                headers["X-ABGate-Phase"] = dest.phase.label
         if fallback is not None:
             headers["X-ABGate-Fallback"] = fallback
         body = orjson.dumps({"error": error, "upstream": upstream, "request_id": request_id})

@@ -5,10 +5,14 @@
 A request goes to treatment iff n < percentage / 100, i.e. iff the integer bucket
 `fnv1a32(...) % 10000` is below the percentage in basis points. FNV-1a is a streaming hash, so
 the state after the seed is computed once per experiment and only the key is hashed per request.
-Like GrowthBook's Python SDK, characters are hashed as code points.
+Characters are hashed as UTF-16 code units, as GrowthBook's JavaScript SDK (`charCodeAt`) and
+its Python SDK do: a character beyond U+FFFF (an emoji) counts as its two surrogates.
 """
 
 from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
 
 FNV_OFFSET = 0x811C9DC5
 FNV_PRIME = 0x01000193
@@ -16,8 +20,14 @@ BUCKETS = 10_000
 
 
 def fnv1a32(text: str, state: int = FNV_OFFSET) -> int:
-    # For ASCII, code points are the bytes: iterating bytes skips an ord() call per character.
-    codes = text.encode() if text.isascii() else map(ord, text)
+    # For ASCII, the code units are the bytes: iterating bytes skips a call per character.
+    if text.isascii():
+        codes: Iterable[int] = text.encode()
+    else:
+        data = text.encode("utf-16-le", "surrogatepass")
+        codes = memoryview(data).cast("H")  # native order: little-endian on what we run on
+        if sys.byteorder != "little":
+            codes = [data[i] | data[i + 1] << 8 for i in range(0, len(data), 2)]
     for code in codes:
         state = ((state ^ code) * FNV_PRIME) & 0xFFFFFFFF
     return state

@@ -26,12 +26,18 @@ FLUSH_INTERVAL = 1.0
 
 
 class PhaseRef:
-    """An experiment's current phase id (the flag version), shared by its destinations."""
+    """An experiment's current phase id (the flag version), shared by its destinations, with
+    its X-ABGate-Phase header value made once per phase rather than once per request."""
 
-    __slots__ = ("id",)
+    __slots__ = ("id", "label")
 
     def __init__(self, phase: int) -> None:
         self.id = phase
+        self.label = str(phase)
+
+    def move(self, phase: int) -> None:
+        self.id = phase
+        self.label = str(phase)
 
 
 class Measurements:
@@ -39,7 +45,7 @@ class Measurements:
         self._pending: dict[MeasureKey, Sums] = {}
         self._phases: list[tuple[str, Phase]] = []
         self.generation = 0
-        self.flush_failures = 0
+        self.flush_failures = 0  # exported as abgate_measurement_flush_failures_total
 
     def sums(self, key: MeasureKey) -> Sums:
         sums = self._pending.get(key)
@@ -126,8 +132,9 @@ class MetricExtractor:
     __slots__ = ("_headers", "_json")
 
     def __init__(self, metrics: tuple[MetricConfig, ...]) -> None:
-        self._json = tuple((m.name, m.json_path) for m in metrics if m.json_path is not None)
-        self._headers = tuple((m.name, m.header.lower().encode("latin-1"))
+        self._json = tuple((m.name, m.json_path, m.type == "binary")
+                           for m in metrics if m.json_path is not None)
+        self._headers = tuple((m.name, m.header.lower().encode("latin-1"), m.type == "binary")
                               for m in metrics if m.header is not None)
 
     def record(self, recorder: ArmRecorder, body: bytes,
@@ -139,16 +146,20 @@ class MetricExtractor:
             except orjson.JSONDecodeError:
                 document = MISSING
             if document is not MISSING:
-                for name, path in self._json:
-                    _add(recorder, name, extract(document, path))
-        for name, wanted in self._headers:
+                for name, path, binary in self._json:
+                    _add(recorder, name, extract(document, path), binary)
+        for name, wanted, binary in self._headers:
             for header, raw in headers:
                 if header.lower() == wanted:
                     with contextlib.suppress(ValueError):
-                        _add(recorder, name, float(raw))
+                        _add(recorder, name, float(raw), binary)
                     break
 
 
-def _add(recorder: ArmRecorder, name: str, value: Any) -> None:
-    if isinstance(value, bool) or (isinstance(value, int | float) and math.isfinite(value)):
+def _add(recorder: ArmRecorder, name: str, value: Any, binary: bool) -> None:
+    """A usable value only: finite, and 0 or 1 for a binary metric (anything else would
+    corrupt its rate); others are skipped."""
+    usable = isinstance(value, bool) or (isinstance(value, int | float)
+                                         and math.isfinite(value))
+    if usable and (not binary or value in (0, 1)):
         recorder.add(name, float(value))

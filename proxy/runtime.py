@@ -118,8 +118,10 @@ class DataPlane:
         self._retired += [pool for pool in old_pools.values() if id(pool) not in kept]
         if (config.proxy.retry_budget_ratio, config.proxy.retry_min_per_second) != (
                 self.config.proxy.retry_budget_ratio, self.config.proxy.retry_min_per_second):
+            refused = self._budget.exhausted  # the counter stays monotonic across reloads
             self._budget = RetryBudget(config.proxy.retry_budget_ratio,
                                        config.proxy.retry_min_per_second)
+            self._budget.exhausted = refused
         for name, experiment in config.experiments.items():
             self.flags.ensure(name, experiment.percentage_bp)
         self.config = config
@@ -255,9 +257,11 @@ class DataPlane:
         if experiment and self.config.proxy.measurements:
             stats.recorder = ArmRecorder(self.measurements, experiment, arm,
                                          self._phases[experiment])
-            extractor = MetricExtractor(metrics) if metrics else None
+            if any(metric.from_answer for metric in metrics):
+                extractor = MetricExtractor(metrics)
         return Destination(pool=self._pools[upstream], breaker=self.breakers[upstream],
                            stats=stats, extractor=extractor,
+                           phase=self._phases[experiment] if experiment else None,
                            experiment=experiment, arm=arm, host_header=host.encode("idna"))
 
     def _on_flag(self, flag: Flag) -> None:
@@ -266,7 +270,7 @@ class DataPlane:
             splitter.threshold = flag.basis_points
         phase = self._phases.get(flag.name)
         if phase is not None:  # a new percentage starts a new phase of measurements
-            phase.id = flag.version
+            phase.move(flag.version)
             self.measurements.phase_started(flag.name, Phase(flag.version, flag.basis_points,
                                                              flag.updated_at))
 
@@ -304,6 +308,16 @@ class DataPlane:
             retries.add_metric([name], pool.stale_retries)
         yield connects
         yield retries
+        refused = CounterMetricFamily(
+            "abgate_retry_budget_exhausted",
+            "Fallback retries refused because the retry budget was spent.")
+        refused.add_metric([], self._budget.exhausted)
+        yield refused
+        flush_failures = CounterMetricFamily(
+            "abgate_measurement_flush_failures",
+            "Measurement flushes the store refused (kept and retried on the next flush).")
+        flush_failures.add_metric([], self.measurements.flush_failures)
+        yield flush_failures
 
 
 async def _cancel_and_wait(task: asyncio.Task[None]) -> None:

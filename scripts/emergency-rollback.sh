@@ -16,8 +16,10 @@ python=$(command -v python3)
 body=$("$python" - "$timeout" "$@" <<'PY'
 import json, sys
 timeout, names = float(sys.argv[1]), sys.argv[2:]
-print(json.dumps({"experiments": names, "timeout": timeout,
-                  "reason": "emergency rollback (scripts/emergency-rollback.sh)"}))
+body = {"timeout": timeout, "reason": "emergency rollback (scripts/emergency-rollback.sh)"}
+if names:  # no names: the field stays out, which means every experiment
+    body["experiments"] = names
+print(json.dumps(body))
 PY
 )
 auth=()
@@ -31,11 +33,12 @@ payload=${response%$'\n'*}
 elapsed=$("$python" -c "import sys; print(f'{(float(sys.argv[2]) - float(sys.argv[1])) * 1000:.0f}')" \
     "$started" "$(date +%s.%N)")
 
-"$python" - "$status" "$elapsed" <<PY
+# The answer goes to Python on standard input, never into its source.
+report=$(cat <<'PY'
 import json, sys
 status, elapsed = sys.argv[1], sys.argv[2]
 try:
-    data = json.loads('''$payload''')
+    data = json.load(sys.stdin)
 except ValueError:
     print(f"rollback: unexpected answer ({status})")
     sys.exit(1)
@@ -50,3 +53,5 @@ for instance in data["instances"]:
     print(f"  {mark} {instance['id']}  {instance['address']}  applied={instance['applied']}")
 sys.exit(0 if data["converged"] else 1)
 PY
+)
+printf '%s' "$payload" | "$python" -c "$report" "$status" "$elapsed"

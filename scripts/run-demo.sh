@@ -1,31 +1,76 @@
 #!/usr/bin/env bash
-# `make run`: the demo agents and abgate on config/abgate.yaml, all stopped together by Ctrl-C.
+# `make run`: the demo agents and abgate on config/abgate.yaml. Ctrl-C stops all three.
+# An agent that dies does not take the stack down: abgate keeps serving (the ML agent's
+# traffic falls back to the deterministic one) and `scripts/demo-agent.sh start ml` brings
+# it back.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
+CONTROL=http://127.0.0.1:8092
 
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+# Every port first, naming who holds a busy one, before anything starts.
+busy=0
+for port in 8080 8092 9001 9002; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        holder=$(ss -ltnpH "sport = :$port" 2>/dev/null | grep -o 'users:.*' | head -1 || true)
+        echo "make run: port $port is already in use${holder:+ by $holder}" >&2
+        busy=1
+    fi
+done
+if [ "$busy" -ne 0 ]; then
+    echo "make run: stop what holds it (another make run?) and try again" >&2
+    exit 1
+fi
+
+abgate_pid=""
+cleanup() {
+    trap - EXIT INT TERM
+    [ -n "$abgate_pid" ] && kill "$abgate_pid" 2>/dev/null && wait "$abgate_pid" 2>/dev/null
+    scripts/demo-agent.sh stop ml >/dev/null || true
+    scripts/demo-agent.sh stop deterministic >/dev/null || true
+}
 trap cleanup EXIT INT TERM
 
-$BIN/python scripts/demo_agent.py --kind deterministic --port 9001 & pids+=($!)
-$BIN/python scripts/demo_agent.py --kind ml --port 9002 & pids+=($!)
-$BIN/abgate run --config config/abgate.yaml & pids+=($!)
+scripts/demo-agent.sh start deterministic
+scripts/demo-agent.sh start ml
+$BIN/abgate run --config config/abgate.yaml & abgate_pid=$!
 
-for _ in $(seq 50); do
-    curl -fs http://127.0.0.1:8092/health >/dev/null 2>&1 && break
+for _ in $(seq 100); do
+    curl -fs "$CONTROL/health" >/dev/null 2>&1 && break
+    kill -0 "$abgate_pid" 2>/dev/null || { echo "make run: abgate did not start" >&2; exit 1; }
     sleep 0.1
 done
-cat <<'MSG'
+percentage=$(curl -fs "$CONTROL/api/flags/ml-agent-rollout" | "$BIN/python" -c \
+    'import json, sys; print(f"{json.load(sys.stdin)[\"percentage\"]:g}")' 2>/dev/null || echo "?")
+cat <<MSG
 
 abgate demo is up:
-  proxy        http://127.0.0.1:8080   (deterministic agent :9001, ML agent :9002, 10% to ML)
-  control API  http://127.0.0.1:8092   (/api/flags, /metrics, /health)
+  proxy        http://127.0.0.1:8080   (deterministic agent :9001, ML agent :9002, ${percentage}% to ML)
+  control API  $CONTROL   (/api/flags, /api/experiments, /metrics, /health/aggregate)
+  agents       $(scripts/demo-agent.sh status deterministic), $(scripts/demo-agent.sh status ml)
 
 Try:
-  curl -s -H 'X-User-Id: alice' -X POST http://127.0.0.1:8080/api/agent/credit/decide -i
-  curl -s -X POST http://127.0.0.1:8092/api/flags/ml-agent-rollout -d '{"percentage": 50}'
-  curl -s http://127.0.0.1:8092/metrics | grep abgate_requests_total
+  curl -si -H 'X-User-Id: alice' -X POST http://127.0.0.1:8080/api/agent/credit/decide
+  curl -s -X POST $CONTROL/api/flags/ml-agent-rollout -d '{"percentage": 50}'
+  scripts/demo-agent.sh stop ml     # the breaker check: answers keep coming, from control
+  scripts/demo-agent.sh start ml    # and ML traffic returns on its own
 Ctrl-C stops everything.
 MSG
-wait -n "${pids[@]}"
+
+# Watch the agents; only abgate ending (or Ctrl-C) ends the demo.
+declare -A reported=()
+while kill -0 "$abgate_pid" 2>/dev/null; do
+    for kind in deterministic ml; do
+        if scripts/demo-agent.sh status "$kind" >/dev/null; then
+            [ -n "${reported[$kind]:-}" ] && echo "make run: $kind agent is back"
+            reported[$kind]=""
+        elif [ -z "${reported[$kind]:-}" ]; then
+            echo "make run: $kind agent is not running; abgate keeps serving" \
+                 "(restart it with scripts/demo-agent.sh start $kind)"
+            reported[$kind]=1
+        fi
+    done
+    sleep 1
+done
+wait "$abgate_pid" 2>/dev/null || true
+echo "make run: abgate exited; stopping the agents"

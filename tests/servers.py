@@ -134,6 +134,11 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return head, body
 
 
+# Business outcomes the tests report through POST /api/outcomes.
+TEST_METRICS = {"accuracy": {"type": "binary", "direction": "higher"},
+                "satisfaction": {"type": "continuous", "direction": "higher"}}
+
+
 def make_config(upstreams: dict[str, str], *, percentage: float = 10,
                 experiment: dict[str, Any] | None = None, routes: list[dict[str, Any]] | None
                 = None, proxy: dict[str, Any] | None = None,
@@ -151,7 +156,8 @@ def make_config(upstreams: dict[str, str], *, percentage: float = 10,
         "routes": routes or [{"prefix": "/", "experiment": "exp"}],
         "experiments": {"exp": {"control": "control", "treatment": "treatment",
                                 "sticky": [{"header": "X-User-Id"}],
-                                "percentage": percentage, **(experiment or {})}},
+                                "percentage": percentage, "metrics": TEST_METRICS,
+                                **(experiment or {})}},
     }
     if "treatment" not in upstreams:
         document.pop("experiments")

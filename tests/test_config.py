@@ -126,7 +126,8 @@ experiments:
     ("101", "must be between 0 and 100, got 101"),
     ("-1", "must be between 0 and 100, got -1"),
     ("true", "expected a number from 0 to 100, got a boolean (true)"),
-    ("'ten'", "expected a number from 0 to 100, got 'ten'"),
+    ("'ten'", "expected a number from 0 to 100, got a string ('ten')"),
+    ("'10'", "expected a number from 0 to 100, got a string ('10')"),
     ("12.345", "at most two decimals (0.01% steps), got 12.345"),
 ])
 def test_percentage_is_checked(value: str, message: str) -> None:
@@ -152,8 +153,10 @@ def test_unknown_top_level_key_and_duplicates() -> None:
 
 
 def test_yaml_syntax_error_has_line() -> None:
+    # The bracket left open on line 2 is the mistake; the parser notices it on line 3.
     assert problems("upstreams:\n  a: [unclosed\n") == [
-        "<document> (line 3): invalid YAML: expected ',' or ']', but got '<stream end>'"]
+        "<document> (line 2): invalid YAML: expected ',' or ']', but got '<stream end>' "
+        "(while parsing a flow sequence on line 2, noticed on line 3)"]
 
 
 def test_route_needs_one_target_and_one_matcher() -> None:
@@ -181,4 +184,5 @@ def test_check_config_cli(tmp_path: Path) -> None:
                               str(tmp_path / "nope.yaml")], capture_output=True, text=True,
                              check=False)
     assert missing.returncode == 1
-    assert "cannot read the file" in missing.stdout
+    assert f"no such file (looked for {tmp_path / 'nope.yaml'}); pass another with " \
+        "--config FILE" in missing.stdout

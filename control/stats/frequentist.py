@@ -22,7 +22,6 @@ class TestResult:
     effect_relative: float | None  # None when the control mean is 0
     ci_absolute: tuple[float, float]
     ci_relative: tuple[float, float] | None
-    power: float | None
     n_a: int
     n_b: int
 
@@ -71,7 +70,7 @@ def welch_t(a: SampleMean, b: SampleMean, *, alpha: float = 0.05,
     crit = float(-special.stdtrit(df, alpha / 2))
     lift, ci_rel = relative_effect(a, b, float(-special.ndtri(alpha / 2)))
     return TestResult("welch_t", p, 1 - alpha, p < alpha, diff, lift,
-                      (diff - crit * se, diff + crit * se), ci_rel, None, a.n, b.n)
+                      (diff - crit * se, diff + crit * se), ci_rel, a.n, b.n)
 
 
 def two_proportion(a: Proportion, b: Proportion, *, alpha: float = 0.05,
@@ -91,7 +90,7 @@ def two_proportion(a: Proportion, b: Proportion, *, alpha: float = 0.05,
     se = math.sqrt(a.rate * (1 - a.rate) / a.n + b.rate * (1 - b.rate) / b.n)
     lift, ci_rel = relative_effect(a.as_mean(), b.as_mean(), crit)
     return TestResult("two_proportion", p, 1 - alpha, p < alpha, diff, lift,
-                      (diff - crit * se, diff + crit * se), ci_rel, None, a.n, b.n)
+                      (diff - crit * se, diff + crit * se), ci_rel, a.n, b.n)
 
 
 def fisher_exact(a: Proportion, b: Proportion, *, alpha: float = 0.05,
@@ -107,7 +106,7 @@ def fisher_exact(a: Proportion, b: Proportion, *, alpha: float = 0.05,
     return TestResult("fisher_exact", p, 1 - alpha, p < alpha, diff,
                       base.effect_relative if base else None,
                       base.ci_absolute if base else (diff, diff),
-                      base.ci_relative if base else None, None, a.n, b.n)
+                      base.ci_relative if base else None, a.n, b.n)
 
 
 def rates_test(a: Proportion, b: Proportion, *, alpha: float = 0.05,

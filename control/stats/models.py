@@ -44,6 +44,8 @@ class SampleMean:
     @classmethod
     def from_sums(cls, count: int, total: float, total_sq: float) -> SampleMean:
         """From count, sum and sum of squares, as the proxy accumulates them."""
+        if count < 1:
+            raise StatsInputError("n", "no observations")
         mean = total / count
         variance = max(0.0, (total_sq - total * mean) / (count - 1)) if count > 1 else 0.0
         return cls(count, mean, variance)

@@ -51,4 +51,4 @@ def sequential_test(a: SampleMean, b: SampleMean, *, alpha: float = 0.05,
                                      math.log(1 - 1e-12), xtol=1e-12))
     lift, ci_rel = relative_effect(a, b, width / math.sqrt(variance))
     return TestResult("sequential", min(1.0, p), 1 - alpha, p < alpha, diff, lift,
-                      (diff - width, diff + width), ci_rel, None, a.n, b.n)
+                      (diff - width, diff + width), ci_rel, a.n, b.n)
