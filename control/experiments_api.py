@@ -114,30 +114,15 @@ async def outcomes(request: web.Request) -> web.Response:
         raise ApiError(400, "expected a non-empty JSON array of outcomes")
     if len(items) > MAX_OUTCOMES:
         raise ApiError(400, f"at most {MAX_OUTCOMES} outcomes per batch")
-    known_phases: dict[str, set[int]] = {}
     batch: dict[MeasureKey, Sums] = {}
+    for index, item in enumerate(items):
+        key, value = _outcome(worker, table, index, item)
+        batch.setdefault(key, Sums()).add(value)
     try:
-        for index, item in enumerate(items):
-            key, value = _outcome(worker, table, index, item)
-            if isinstance(item.get("phase"), int):
-                await _check_phase(worker, table, known_phases, key, index)
-            batch.setdefault(key, Sums()).add(value)
         await worker.store.add(batch)
     except FlagStoreUnavailable as exc:
         raise ApiError(503, f"measurements unavailable, nothing was recorded: {exc}") from exc
     return json_response({"accepted": len(items)})
-
-
-async def _check_phase(worker: StatsWorker, table: FlagTable, known: dict[str, set[int]],
-                       key: MeasureKey, index: int) -> None:
-    experiment, phase = key[0], key[1]
-    if experiment not in known:
-        # The current flag version counts too: a proxy may not have flushed its phase yet.
-        known[experiment] = {p.id for p in await worker.store.phases(experiment)}
-        known[experiment].add(table.get(experiment).version)
-    if phase not in known[experiment]:
-        raise ApiError(400, f"[{index}].phase: {experiment} has no phase {phase} (known: "
-                            f"{', '.join(map(str, sorted(known[experiment])))})")
 
 
 def _outcome(worker: StatsWorker, table: FlagTable, index: int,
@@ -172,12 +157,14 @@ def _outcome(worker: StatsWorker, table: FlagTable, index: int,
     if definition.type == "binary" and value not in (0, 1):
         raise ApiError(400, f"{where}.value: {metric} is binary: expected 0, 1, true or "
                             f"false, got {value!r}")
-    phase = item.get("phase")
-    if phase is None:
-        phase = table.get(name).version  # the phase the experiment is in now
-    elif isinstance(phase, bool) or not isinstance(phase, int) or phase < 1:
+    current = table.get(name).version  # phase ids are the flag versions that began them
+    phase = item.get("phase", current)
+    if isinstance(phase, bool) or not isinstance(phase, int):
         raise ApiError(400, f"{where}.phase: expected the X-ABGate-Phase header's whole "
                             f"number, got {phase!r}")
+    if not 1 <= phase <= current:
+        raise ApiError(400, f"{where}.phase: {name} has no phase {phase} (phases are 1 to "
+                            f"{current})")
     return (name, phase, str(item["arm"]), definition.name), float(value)
 
 

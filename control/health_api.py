@@ -88,11 +88,13 @@ async def aggregate(request: web.Request) -> web.Response:
         reasons = []
         if worker.last_error:
             reasons.append(worker.last_error)
+        reasons += [why for _, why in sorted(worker.failing.items())]
         if age is None or age > 3 * worker.interval + 5:
             reasons.append("no evaluation yet" if age is None else
                            f"last evaluation {age:.0f}s ago")
         components["statistics_worker"] = {"status": DEGRADED if reasons else HEALTHY,
                                            "last_evaluation_age_seconds": age,
+                                           "evaluation_errors": dict(worker.evaluation_errors),
                                            "reasons": reasons}
         statuses.append(DEGRADED if reasons else HEALTHY)
     overall = worst(*statuses)

@@ -14,6 +14,82 @@ def _ref(name: str) -> dict[str, str]:
 
 
 ERROR = _json(_ref("Error"), "Error")
+_OBJECT = {"type": "object"}
+EXPERIMENT = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+              "description": "an experiment, or `current` when there is exactly one"}
+_READ = {"security": [], "parameters": [EXPERIMENT]}
+_SUMMARY_MEAN = {"type": "object", "required": ["n", "mean", "std"],
+                 "properties": {"n": {"type": "integer", "minimum": 2}, "mean": {"type": "number"},
+                                "std": {"type": "number", "minimum": 0}}}
+_SUMMARY_RATE = {"type": "object", "required": ["n", "successes"],
+                 "properties": {"n": {"type": "integer", "minimum": 1},
+                                "successes": {"type": "integer", "minimum": 0}}}
+_OUTCOME = {"type": "object", "required": ["experiment", "arm", "metric", "value"],
+            "additionalProperties": False,
+            "properties": {"experiment": {"type": "string"},
+                           "arm": {"type": "string", "description": "X-ABGate-Arm"},
+                           "metric": {"type": "string",
+                                      "description": "declared under experiments.NAME.metrics"},
+                           "value": {"type": ["number", "boolean"],
+                                     "description": "0/1 or a boolean for a binary metric"},
+                           "phase": {"type": "integer", "minimum": 1,
+                                     "description": "X-ABGate-Phase of the decision; without "
+                                                    "it, the phase current when reported"}}}
+STATISTICS_PATHS: dict[str, Any] = {
+    "/api/statistics/significance-test": {
+        "post": {"summary": "A test on inline summaries (test, a, b) or on live data "
+                            "(experiment, metric, cohort_a, cohort_b)",
+                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                     "type": "object", "additionalProperties": False, "properties": {
+                         "test": {"enum": ["welch_t", "two_proportion"]},
+                         "a": {"oneOf": [_SUMMARY_MEAN, _SUMMARY_RATE]},
+                         "b": {"oneOf": [_SUMMARY_MEAN, _SUMMARY_RATE]},
+                         "alpha": {"type": "number", "exclusiveMinimum": 0,
+                                   "exclusiveMaximum": 1},
+                         "alternative": {"enum": ["two-sided", "greater", "less"]},
+                         "sequential": {"type": "boolean"},
+                         "experiment": {"type": "string"}, "metric": {"type": "string"},
+                         "cohort_a": {"type": "string"}, "cohort_b": {"type": "string"}}}}}},
+                 "responses": {"200": _json(_OBJECT), "400": ERROR, "401": ERROR,
+                               "404": ERROR, "503": ERROR}}},
+    "/api/statistics/sample-size": {
+        "post": {"summary": "Samples per arm for a power, from Cohen's d or a baseline rate "
+                            "and minimum detectable effect",
+                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                     "type": "object", "additionalProperties": False, "properties": {
+                         "effect_size": {"type": "number"},
+                         "baseline_rate": {"type": "number", "exclusiveMinimum": 0,
+                                           "exclusiveMaximum": 1},
+                         "minimum_detectable_effect": {"type": "number"},
+                         "power": {"type": "number"}, "alpha": {"type": "number"}}}}}},
+                 "responses": {"200": _json(_OBJECT), "400": ERROR, "401": ERROR}}},
+    "/api/experiments": {
+        "get": {"summary": "Every experiment: arms, current phase, samples, SRM",
+                "security": [], "responses": {"200": _json(_OBJECT), "404": ERROR,
+                                              "503": ERROR}}},
+    "/api/experiments/{name}": {
+        "get": {**_READ, "summary": "Phases with samples per arm and SRM",
+                "responses": {"200": _json(_OBJECT), "400": ERROR, "404": ERROR,
+                              "503": ERROR}}},
+    "/api/experiments/{name}/significance": {
+        "get": {**_READ, "summary": "Every metric of the current phase: type, direction, "
+                                    "sequential and fixed-horizon results, or why not yet",
+                "responses": {"200": _json(_OBJECT), "400": ERROR, "404": ERROR,
+                              "503": ERROR}}},
+    "/api/metrics/{name}/comparison": {
+        "get": {**_READ, "summary": "Each metric's mean per arm and its improvement (signed by "
+                                    "the metric's direction: positive is better)",
+                "responses": {"200": _json(_OBJECT), "400": ERROR, "404": ERROR,
+                              "503": ERROR}}},
+    "/api/outcomes": {
+        "post": {"summary": "Business outcomes in one batch, all or nothing (a bad item is "
+                            "named by its index)",
+                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                     "type": "array", "minItems": 1, "maxItems": 10000, "items": _OUTCOME}}}},
+                 "responses": {"200": _json({"type": "object", "properties": {
+                     "accepted": {"type": "integer"}}}), "400": ERROR, "401": ERROR,
+                     "404": ERROR, "503": ERROR}}},
+}
 NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 PERCENTAGE = {"type": "number", "minimum": 0, "maximum": 100, "multipleOf": 0.01}
 
@@ -118,7 +194,8 @@ OPENAPI: dict[str, Any] = {
                      "requestBody": {"required": True, "content": {"application/json": {
                          "schema": {"type": "object", "required": ["state"], "properties": {
                              "state": {"enum": ["forced_open", "forced_closed", "auto"]}}}}}},
-                     "responses": {"200": {"description": "OK"}, "400": ERROR, "404": ERROR}}},
+                     "responses": {"200": {"description": "OK"}, "400": ERROR, "401": ERROR,
+                                   "404": ERROR}}},
         "/api/shadow/stats": {
             "get": {"summary": "Shadow comparisons per experiment", "security": [],
                     "responses": {"200": {"description": "OK"}}}},
@@ -141,5 +218,6 @@ OPENAPI: dict[str, Any] = {
                                                           "stays. `problems` lists why"},
                                    "401": ERROR}},
         },
+        **STATISTICS_PATHS,
     },
 }

@@ -181,8 +181,11 @@ class StatsWorker:
                     log.warning("statistics worker: %s", error)
                 self.last_error = error
             except Exception as exc:  # the loop itself must outlive any bug
-                self._failed("*", exc)
-                self.last_error = self.failing["*"]
+                error = f"evaluation failed: {type(exc).__name__}: {exc}"
+                if error != self.last_error:
+                    log.error("statistics worker: %s", error, exc_info=exc)
+                self.last_error = error
+                self.evaluation_errors["*"] = self.evaluation_errors.get("*", 0) + 1
             await asyncio.sleep(self.interval)
 
     def collect(self) -> Iterator[Metric]:

@@ -5,11 +5,11 @@
 #
 # Stopping the ML agent is the breaker check: abgate keeps answering from the deterministic
 # agent (X-ABGate-Fallback) and sends ML traffic again once the agent is back.
-# PIDs and logs live in .abgate/demo/ (AGENT.pid, AGENT.log).
+# PIDs and logs live in .abgate/demo/ (AGENT.pid, AGENT.log; DEMO_DIR elsewhere).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
-DIR=.abgate/demo
+DIR=${DEMO_DIR:-.abgate/demo}
 
 usage() { echo "usage: scripts/demo-agent.sh start|stop|status deterministic|ml" >&2; exit 2; }
 [ $# -eq 2 ] || usage

@@ -6,11 +6,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
-CONTROL=http://127.0.0.1:8092
+# Defaults match config/abgate.yaml; the tests run the same script on other ports.
+CONFIG=${DEMO_CONFIG:-config/abgate.yaml}
+PROXY_PORT=${DEMO_PROXY_PORT:-8080}
+CONTROL_PORT=${DEMO_CONTROL_PORT:-8092}
+export DEMO_DETERMINISTIC_PORT=${DEMO_DETERMINISTIC_PORT:-9001}
+export DEMO_ML_PORT=${DEMO_ML_PORT:-9002}
+PROXY=http://127.0.0.1:$PROXY_PORT
+CONTROL=http://127.0.0.1:$CONTROL_PORT
 
 # Every port first, naming who holds a busy one, before anything starts.
 busy=0
-for port in 8080 8092 9001 9002; do
+for port in "$PROXY_PORT" "$CONTROL_PORT" "$DEMO_DETERMINISTIC_PORT" "$DEMO_ML_PORT"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         holder=$(ss -ltnpH "sport = :$port" 2>/dev/null | grep -o 'users:.*' | head -1 || true)
         echo "make run: port $port is already in use${holder:+ by $holder}" >&2
@@ -33,7 +40,7 @@ trap cleanup EXIT INT TERM
 
 scripts/demo-agent.sh start deterministic
 scripts/demo-agent.sh start ml
-$BIN/abgate run --config config/abgate.yaml & abgate_pid=$!
+$BIN/abgate run --config "$CONFIG" & abgate_pid=$!
 
 for _ in $(seq 100); do
     curl -fs "$CONTROL/health" >/dev/null 2>&1 && break
@@ -41,16 +48,16 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 percentage=$(curl -fs "$CONTROL/api/flags/ml-agent-rollout" | "$BIN/python" -c \
-    'import json, sys; print(f"{json.load(sys.stdin)[\"percentage\"]:g}")' 2>/dev/null || echo "?")
+    'import json, sys; print("%g" % json.load(sys.stdin)["percentage"])' 2>/dev/null || echo "?")
 cat <<MSG
 
 abgate demo is up:
-  proxy        http://127.0.0.1:8080   (deterministic agent :9001, ML agent :9002, ${percentage}% to ML)
+  proxy        $PROXY   (deterministic agent :$DEMO_DETERMINISTIC_PORT, ML agent :$DEMO_ML_PORT, ${percentage}% to ML)
   control API  $CONTROL   (/api/flags, /api/experiments, /metrics, /health/aggregate)
   agents       $(scripts/demo-agent.sh status deterministic), $(scripts/demo-agent.sh status ml)
 
 Try:
-  curl -si -H 'X-User-Id: alice' -X POST http://127.0.0.1:8080/api/agent/credit/decide
+  curl -si -H 'X-User-Id: alice' -X POST $PROXY/api/agent/credit/decide
   curl -s -X POST $CONTROL/api/flags/ml-agent-rollout -d '{"percentage": 50}'
   scripts/demo-agent.sh stop ml     # the breaker check: answers keep coming, from control
   scripts/demo-agent.sh start ml    # and ML traffic returns on its own

@@ -101,3 +101,29 @@ def test_forced_states() -> None:
     b.force(None, 2.0)
     assert b.state is BreakerState.CLOSED
     assert seen[-1] == ("forced_closed", "closed")
+
+
+def test_a_breaker_never_asked_recovers_with_time() -> None:
+    """A control arm's breaker only observes (its calls have nowhere else to go): after the
+    open wait, the outcomes of the calls it sees anyway are its half-open trial."""
+    b, seen = breaker()
+    for i in range(5):
+        b.record(i * 0.01, failed=True, slow=False)
+    assert b.state is BreakerState.OPEN
+    b.record(1.0, failed=False, slow=False)  # within the wait: counted, still open
+    assert b.state is BreakerState.OPEN
+    b.record(2.5, failed=False, slow=False)  # after it: the trial starts
+    assert b.state is BreakerState.HALF_OPEN
+    b.record(2.6, failed=False, slow=False)
+    b.record(2.7, failed=False, slow=False)
+    assert b.state is BreakerState.CLOSED
+    assert seen == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+
+
+def test_a_breaker_never_asked_opens_again_on_a_failed_trial() -> None:
+    b, _ = breaker()
+    for i in range(5):
+        b.record(i * 0.01, failed=True, slow=False)
+    b.record(2.5, failed=True, slow=False)  # the first outcome after the wait fails
+    assert b.state is BreakerState.OPEN
+    assert b.open_until == 2.5 + 4.0  # the wait doubled

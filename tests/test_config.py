@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -186,3 +187,71 @@ def test_check_config_cli(tmp_path: Path) -> None:
     assert missing.returncode == 1
     assert f"no such file (looked for {tmp_path / 'nope.yaml'}); pass another with " \
         "--config FILE" in missing.stdout
+
+
+def test_buffer_larger_than_max_body_is_refused() -> None:
+    text = "proxy:\n  max_body_size: 1KiB\n  buffer_body_size: 64KiB\n" + GOOD
+    assert problems(text) == [
+        "proxy.buffer_body_size (line 3): 65536 bytes is more than max_body_size (1024 bytes): "
+        "a body is never buffered beyond what may be sent at all"]
+
+
+def test_declared_metrics_are_checked() -> None:
+    def with_metrics(block: str) -> str:
+        return GOOD.replace("    treatment: ml\n", "    treatment: ml\n    metrics:\n" + block)
+
+    config = parse_config(with_metrics(
+        "      accuracy: {type: binary, direction: higher}\n"
+        "      confidence: {type: continuous, direction: higher, json: $.confidence}\n"))
+    experiment = config.experiments["rollout"]
+    accuracy = experiment.metric("accuracy")
+    assert accuracy is not None
+    assert (accuracy.type, accuracy.direction, accuracy.from_answer) == ("binary", "higher",
+                                                                         False)
+    confidence = experiment.metric("confidence")
+    assert confidence is not None
+    assert confidence.json_path == ("confidence",)
+    latency = experiment.metric("latency")
+    assert latency is not None
+    assert (latency.type, latency.direction) == ("continuous", "lower")
+    assert problems(with_metrics("      accuracy: {type: ratio}\n")) == [
+        "experiments.rollout.metrics.accuracy.type (line 14): required: binary or continuous, "
+        "got 'ratio'",
+        "experiments.rollout.metrics.accuracy.direction (line 14): required: higher or lower "
+        "(which way is better), got None"]
+    assert problems(with_metrics("      latency: {type: continuous, direction: higher}\n")) \
+        == ["experiments.rollout.metrics.latency (line 14): 'latency' is built in (latency: "
+            "continuous, lower is better; error: binary, lower is better)"]
+
+
+def test_check_config_applies_the_control_exposure_rule(tmp_path: Path) -> None:
+    exposed = tmp_path / "exposed.yaml"
+    exposed.write_text("control:\n  listen: 0.0.0.0:8092\n" + GOOD)
+    env = {k: v for k, v in os.environ.items() if k != "ABGATE_CONTROL_TOKEN"}
+    refused = subprocess.run([sys.executable, "-m", "control.cli", "check-config",
+                              str(exposed)], capture_output=True, text=True, check=False,
+                             env=env)
+    assert refused.returncode == 1
+    assert "0.0.0.0, which is not loopback, without a token: set ABGATE_CONTROL_TOKEN" in \
+        refused.stdout
+    allowed = subprocess.run([sys.executable, "-m", "control.cli", "check-config",
+                              str(exposed)], capture_output=True, text=True, check=False,
+                             env={**env, "ABGATE_CONTROL_TOKEN": "secret"})
+    assert allowed.returncode == 0, allowed.stdout
+
+
+def test_a_mistyped_redis_url_is_not_echoed_with_its_password() -> None:
+    text = "flags:\n  redis_url: http://user:hunter2@cache:6379\n" + GOOD
+    [problem] = problems(text)
+    assert "hunter2" not in problem
+    assert "http://user:***@cache:6379" in problem
+
+
+def test_config_as_json_masks_secrets() -> None:
+    from config.export import config_as_json
+
+    config = parse_config("flags:\n  redis_url: redis://:hunter2@cache:6379/0\n" + GOOD)
+    exported = config_as_json(config)
+    assert exported["flags"]["redis_url"] == "redis://:***@cache:6379/0"
+    assert exported["experiments"]["rollout"]["percentage_bp"] == 1250
+    assert "hunter2" not in str(exported)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from pathlib import Path
 
 import orjson
 import pytest
@@ -167,3 +168,55 @@ async def test_control_api_refuses_public_address_without_token(agents: dict[str
             pass
     async with embedded(public, token="t"):
         await asyncio.sleep(0)
+
+
+async def test_embedded_write_that_cannot_be_persisted_changes_nothing(
+        session: ClientSession, agents: dict[str, str], tmp_path: Path) -> None:
+    """A state file that cannot be written (read-only volume, full disk; here its directory
+    is a plain file, which stops root too): 503 JSON, and the old percentage stays live."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    config = make_config(agents, percentage=10,
+                         flags={"state_file": str(blocker / "flags.json")})
+    async with embedded(config) as running:
+        async with session.post(f"{running.control_url}/api/flags/exp",
+                                json={"percentage": 60}) as response:
+            assert response.status == 503
+            assert response.content_type == "application/json"
+            error = (await response.json())["error"]
+        assert error.startswith("flag store unavailable, nothing was changed: cannot write "
+                                f"the state file {blocker / 'flags.json'}")
+        assert running.flags.get("exp").basis_points == 1000
+        async with session.get(f"{running.control_url}/api/flags/exp/history") as response:
+            assert (await response.json())["history"] == []
+        users = [f"u{i}" for i in range(200)]
+        arms = [await arm_of(session, running.proxy_url, user) for user in users]
+        assert arms.count("treatment") < 40  # still about 10%, never 60%
+
+
+async def test_unreadable_or_corrupt_state_file_starts_from_config(
+        session: ClientSession, agents: dict[str, str], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text("{not json")
+    directory = tmp_path / "a-directory"
+    directory.mkdir()
+    for path in (corrupt, directory):
+        config = make_config(agents, percentage=10, flags={"state_file": str(path)})
+        async with embedded(config) as running:
+            assert running.flags.get("exp").basis_points == 1000
+    messages = [r.message for r in caplog.records]
+    assert any(m.startswith(f"ignoring corrupt state file {corrupt}") for m in messages)
+    assert any(m.startswith(f"ignoring unreadable state file {directory}") for m in messages)
+
+
+async def test_embedded_measurements_survive_a_restart(
+        session: ClientSession, agents: dict[str, str], tmp_path: Path) -> None:
+    config = make_config(agents, percentage=50, flags={"state_file": str(tmp_path / "s.json")})
+    async with embedded(config) as running:
+        for user in range(30):
+            await arm_of(session, running.proxy_url, f"u{user}")
+    async with embedded(config) as restarted:
+        phases, sums = await restarted.worker.store.read("exp")
+        assert [p.basis_points for p in phases] == [5000]
+        assert sum(s.count for k, s in sums.items() if k[3] == "error") == 30

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +85,45 @@ async def test_flag_store_outage_is_degraded(session: ClientSession, agents: dic
     assert store["status"] == "degraded"
     assert store["reasons"][0].startswith("Redis unreachable: routing with the last known flags")
     assert body["components"]["instances"]["status"] == "degraded"  # cannot list them now
+
+
+async def test_both_arms_breakers_recover(session: ClientSession) -> None:
+    """The control arm's breaker is never asked before a call (its calls have nowhere else
+    to go); it must still close again once the upstream recovers, as the ML arm's does."""
+    from scripts.demo_agent import Behaviour, create_app
+    from tests.servers import serve_app
+
+    control_behaviour, ml_behaviour = Behaviour(failure_rate=1.0), Behaviour(failure_rate=1.0)
+    async with serve_app(create_app("deterministic", control_behaviour)) as control, \
+            serve_app(create_app("ml", ml_behaviour, seed=3)) as treatment:
+        config = make_config({"control": control, "treatment": treatment}, percentage=50,
+                             upstream_options={"breaker": {"open_duration": "100ms",
+                                                           "half_open_calls": 2}})
+        async with embedded(config) as running:
+            async def send(users: range) -> None:
+                for user in users:
+                    async with session.post(f"{running.proxy_url}/api/agent/x/decide", data=b"{}",
+                                            headers={"X-User-Id": f"u{user}"}) as response:
+                        await response.read()
+
+            await send(range(40))
+            breakers = running.plane.breakers
+            assert breakers["control"].state.label == "open"
+            assert breakers["treatment"].state.label == "open"
+            status, body = await aggregate(session, running)
+            assert (status, body["overall_health"]) == (503, "unhealthy")
+
+            control_behaviour.failure_rate = ml_behaviour.failure_rate = 0.0
+            users = iter(range(40, 10_000))  # bounded: recovery needs a few dozen calls
+
+            async def recovered() -> bool:
+                await send(range(next(users), next(users)))
+                return all(b.state.label == "closed" for b in breakers.values())
+
+            async with asyncio.timeout(20):
+                while not await recovered():  # noqa: ASYNC110 - time itself is the event
+                    await asyncio.sleep(0.05)  # let the 100 ms open wait run out
+            status, body = await aggregate(session, running)
+            assert status == 200  # no longer unhealthy; the window still holds the errors
+            upstreams = body["components"]["upstreams"]
+            assert {upstreams[name]["breaker"] for name in upstreams} == {"closed"}

@@ -155,3 +155,51 @@ async def test_sighup_reloads_the_running_process(tmp_path: Path,
             assert status["last_reload"]["trigger"] == "signal"
             assert status["last_reload"]["result"] == "success"
             assert await process.stop() == 0
+
+
+async def test_one_change_and_an_api_reload_count_once(tmp_path: Path, session: ClientSession,
+                                                       monkeypatch: Any) -> None:
+    from control import reload as reload_module
+
+    monkeypatch.setattr(reload_module, "WATCH_INTERVAL", 0.02)
+    async with serve_app(echo_app()) as one, serve_app(echo_app()) as two:
+        path = tmp_path / "abgate.yaml"
+        path.write_text(yaml.safe_dump(document(one, two)))
+        async with embedded(load_config(path), config_path=str(path)) as running:
+            assert running.reloader is not None
+            path.write_text(yaml.safe_dump(document(one, two, routes=[
+                {"prefix": "/new/", "upstream": "treatment"}])))
+            async with session.post(f"{running.control_url}/api/config/reload") as response:
+                assert response.status == 200
+            # Proving that nothing more happens takes time: ten watch intervals.
+            await asyncio.sleep(0.2)
+            assert running.reloader.counts == {"success": 1, "failure": 0}
+
+
+async def test_yaml_that_cannot_be_built_is_refused_and_the_watcher_lives_on(
+        tmp_path: Path, session: ClientSession, monkeypatch: Any) -> None:
+    from control import reload as reload_module
+
+    monkeypatch.setattr(reload_module, "WATCH_INTERVAL", 0.02)
+    async with serve_app(echo_app()) as one, serve_app(echo_app()) as two:
+        path = tmp_path / "abgate.yaml"
+        good = yaml.safe_dump(document(one, two))
+        path.write_text(good)
+        async with embedded(load_config(path), config_path=str(path)) as running:
+            reloader = running.reloader
+            assert reloader is not None
+            for index, bad in enumerate(('!!binary "bad"', "!foo x", '!!int "abc"',
+                                         "!!timestamp 2020-13-45", "&x [*x]"), start=1):
+                path.write_text(good + f"extra: {bad}\n")
+                await until(lambda i=index: reloader.counts["failure"] == i)  # type: ignore[misc]
+                assert reloader.last is not None
+                assert reloader.last.trigger == "file change"
+                assert reloader.last.problems[0].startswith(("extra (line ", "extra[0] (line "))
+            async with session.post(f"{running.control_url}/api/config/reload") as response:
+                assert response.status == 400
+                assert response.content_type == "application/json"
+            path.write_text(yaml.safe_dump(document(one, two, routes=[
+                {"prefix": "/after/", "upstream": "treatment"}])))
+            await until(lambda: reloader.counts["success"] == 1)  # still watching
+            async with session.get(f"{running.proxy_url}/after/x") as response:
+                assert response.status == 200

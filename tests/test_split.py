@@ -33,6 +33,28 @@ def test_matches_growthbook_v2(seed: str, key: str, expected: float) -> None:
     assert gb_hash_v2(seed, key) == expected
 
 
+# Beyond the Basic Multilingual Plane the JavaScript and Python SDKs hash UTF-16 code units
+# (an emoji is two surrogates); so does abgate.
+NON_ASCII_IDS = ["😀", "user-😀-1", "\U0001d518\U0001d52b\U0001d526", "Ünïcödé", "日本語",
+                 "a\U0010ffffb", "é😀é"]
+
+
+@pytest.mark.parametrize("key", NON_ASCII_IDS)
+def test_non_ascii_ids_bucket_as_the_growthbook_package(key: str) -> None:
+    from growthbook.core import gbhash
+
+    for seed in ("exp", "ml-agent-rollout", "😀seed"):
+        assert gb_hash_v2(seed, key) == gbhash(seed, key, 2), (seed, key)
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.text(max_size=16), key=st.text(min_size=1, max_size=32))
+def test_any_text_buckets_as_the_growthbook_package(seed: str, key: str) -> None:
+    from growthbook.core import gbhash
+
+    assert gb_hash_v2(seed, key) == gbhash(seed, key, 2)
+
+
 def test_fnv1a32_known_values() -> None:
     # The FNV-1a 32-bit reference values.
     assert fnv1a32("") == 0x811C9DC5

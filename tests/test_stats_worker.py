@@ -1,0 +1,124 @@
+"""The statistics worker on the states a real rollout passes through: an arm with no samples
+(0%, 100%, the first request), one evaluation that fails, outcomes reported after a change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp import ClientSession
+
+from control import stats_worker
+from control.serve import Embedded, embedded
+from tests.servers import make_config
+
+URL = "/api/agent/credit/decide"
+STATS_ENDPOINTS = ("/api/experiments", "/api/experiments/exp",
+                   "/api/experiments/exp/significance", "/api/metrics/exp/comparison",
+                   "/api/experiments/current")
+
+
+async def get(session: ClientSession, url: str) -> tuple[int, str, Any]:
+    async with session.get(url) as response:
+        return response.status, response.content_type, await response.json()
+
+
+async def decide(session: ClientSession, running: Embedded, user: str) -> dict[str, str]:
+    async with session.post(f"{running.proxy_url}{URL}", data=b"{}",
+                            headers={"X-User-Id": user}) as response:
+        assert response.status == 200
+        return dict(response.headers)
+
+
+@pytest.mark.parametrize(("percentage", "requests"), [(0, 20), (100, 20), (10, 1)])
+async def test_an_arm_without_samples_is_not_enough_data(
+        session: ClientSession, agents: dict[str, str], percentage: float,
+        requests: int) -> None:
+    async with embedded(make_config(agents, percentage=percentage)) as running:
+        for user in range(requests):
+            await decide(session, running, f"u{user}")
+        await running.plane.flush_measurements()
+        await running.worker.evaluate_all()
+        for path in STATS_ENDPOINTS:
+            status, content_type, body = await get(session, f"{running.control_url}{path}")
+            assert (status, content_type) == (200, "application/json"), (path, body)
+        _, _, significance = await get(
+            session, f"{running.control_url}/api/experiments/exp/significance")
+        for metric in ("error", "latency"):
+            assert significance["metrics"][metric]["status"].startswith("not enough data"), \
+                significance["metrics"][metric]
+        _, _, health = await get(session, f"{running.control_url}/health/aggregate")
+        assert health["components"]["statistics_worker"]["status"] == "healthy"
+        assert running.worker.evaluation_errors == {}
+
+
+async def test_worker_survives_a_failing_evaluation(
+        session: ClientSession, agents: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    real = stats_worker.evaluate
+    broken = {"on": True}
+
+    def evaluate(config: Any, name: str, *args: Any) -> Any:
+        if broken["on"]:
+            raise ZeroDivisionError("injected")
+        return real(config, name, *args)
+
+    monkeypatch.setattr(stats_worker, "evaluate", evaluate)
+    async with embedded(make_config(agents, percentage=50)) as running:
+        worker = running.worker
+        for user in range(40):
+            await decide(session, running, f"u{user}")
+        await running.plane.flush_measurements()
+        before = worker.evaluation_errors.get("exp", 0)  # the loop's own first tick, maybe
+        for _ in range(3):
+            await worker.evaluate_all()  # the loop's own step; it returns, it does not raise
+        assert worker.evaluation_errors["exp"] >= before + 3
+        failures = worker.evaluation_errors["exp"]
+        assert sum("evaluating exp failed: ZeroDivisionError: injected" in r.message
+                   for r in caplog.records) == 1  # logged once, counted every time
+        status, _, health = await get(session, f"{running.control_url}/health/aggregate")
+        component = health["components"]["statistics_worker"]
+        assert component["status"] == "degraded"
+        assert component["reasons"] == ["evaluating exp failed: ZeroDivisionError: injected"]
+        async with session.get(f"{running.control_url}/metrics") as response:
+            text = await response.text()
+        assert f'abgate_stats_evaluation_errors_total{{experiment="exp"}} {failures:.1f}' in text
+
+        broken["on"] = False  # the next tick recovers on its own
+        await worker.evaluate_all()
+        _, _, health = await get(session, f"{running.control_url}/health/aggregate")
+        assert health["components"]["statistics_worker"]["status"] == "healthy"
+        status, _, body = await get(session, f"{running.control_url}/api/experiments/exp")
+        assert status == 200
+        assert sum(body["current_phase"]["samples"].values()) == 40
+
+
+async def test_outcomes_land_in_the_phase_of_their_decision(
+        session: ClientSession, agents: dict[str, str]) -> None:
+    async with embedded(make_config(agents, percentage=50)) as running:
+        api = running.control_url
+        decisions = [await decide(session, running, f"u{user}") for user in range(20)]
+        old_phase = int(decisions[0]["X-ABGate-Phase"])
+        assert {d["X-ABGate-Phase"] for d in decisions} == {str(old_phase)}
+        async with session.post(f"{api}/api/flags/exp", json={"percentage": 75}) as response:
+            new_phase = (await response.json())["version"]
+        assert new_phase != old_phase
+        assert (await decide(session, running, "u1"))["X-ABGate-Phase"] == str(new_phase)
+
+        # Reported after the change, with the phase the decision came back with.
+        outcomes = [{"experiment": "exp", "arm": d["X-ABGate-Arm"], "metric": "satisfaction",
+                     "value": 4.0, "phase": int(d["X-ABGate-Phase"])} for d in decisions]
+        async with session.post(f"{api}/api/outcomes", json=outcomes) as response:
+            assert (await response.json()) == {"accepted": 20}
+        _, sums = await running.worker.store.read("exp")
+        landed: dict[int, int] = {}
+        for key, value in sums.items():
+            if key[3] == "satisfaction":
+                landed[key[1]] = landed.get(key[1], 0) + value.count
+        assert landed == {old_phase: 20}
+
+        bad = [{**outcomes[0], "phase": 999}]
+        async with session.post(f"{api}/api/outcomes", json=bad) as response:
+            assert response.status == 400
+            assert (await response.json())["error"] == \
+                f"[0].phase: exp has no phase 999 (phases are 1 to {new_phase})"
