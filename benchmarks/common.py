@@ -15,6 +15,11 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 
 
+def verdict(met: bool) -> str:
+    """How RESULTS.md marks a target: a missed one stands out."""
+    return "met" if met else "**MISSED**"
+
+
 def wait_http(url: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while True:

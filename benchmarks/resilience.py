@@ -21,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from benchmarks.common import RESULTS, ROOT, process, wait_http, write_section
+from benchmarks.common import RESULTS, ROOT, process, verdict, wait_http, write_section
 from benchmarks.run import LUA, PORTS, Result, bench_config, nginx_conf, require_tools, wrk
 
 PROXY, CONTROL = 18380, 18392
@@ -76,6 +76,7 @@ def main() -> int:
                         shadow_stats = json.loads(response.read())["experiments"][0]
                 print(f"{name}: {loaded.rps:,.0f} req/s", flush=True)
     plain_p50 = results["plain"][1].p50_ms
+    shadow_verdict = verdict(results["shadow 100%"][1].p50_ms <= plain_p50 * 1.10)
     rows = "\n".join(
         f"| {name} | {loaded.rps:,.0f} | {loaded.p50_ms:.3f} | {loaded.p99_ms:.3f} | "
         f"{single.p50_ms * 1000:.0f} | {(single.p50_ms / plain_p50 - 1) * 100:+.0f}% |"
@@ -91,7 +92,8 @@ process.
 {rows}
 
 Target: shadow at 100% raises the client's p50 by at most 10% (column "p50 vs plain" at one
-connection). Shadow copies ran {shadow_stats.get('total_decisions', 0)} comparisons,
+connection): {shadow_verdict}. Shadow copies ran {shadow_stats.get('total_decisions', 0)}
+comparisons,
 dropped {shadow_stats.get('dropped', {})} (copies beyond `max_in_flight` are dropped, never
 queued). Under saturating load (c32) the copies compete with live traffic for the same
 CPU, so throughput drops: shadow costs a second upstream exchange per request.

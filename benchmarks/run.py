@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.common import RESULTS, ROOT, process, wait_http, write_section
+from benchmarks.common import RESULTS, ROOT, process, verdict, wait_http, write_section
 
 BODY = '{"source":"deterministic","decision":"approve","confidence":1.0}'
 LUA = """
@@ -198,6 +198,8 @@ def write_results(args: argparse.Namespace, loaded: dict[str, Result],
     added_p99 = (single["abgate"].p99_ms - single["direct"].p99_ms) * 1000
     reference = loaded.get("nginx split_clients")
     versus_nginx = f"{ours.rps / reference.rps:.2f}x" if reference else "n/a (no nginx)"
+    memory_mb = memory * 1.048576
+    nginx_verdict = verdict(ours.rps / reference.rps >= 0.40) if reference else "not measured"
     rows = []
     for name, result in loaded.items():
         ratio_nginx = f"{result.rps / reference.rps:.2f}" if reference else "n/a"
@@ -239,12 +241,12 @@ scipy adds about 50 MiB; a data-plane worker never loads it.)
 
 ### Targets (issue 2)
 
-| target | goal | measured |
-|---|---|---|
-| throughput vs nginx, one worker each | >= 0.40x | {versus_nginx} |
-| added p50 at one connection | <= 120 us | {added_p50:.0f} us |
-| added p99 at one connection | <= 1000 us | {added_p99:.0f} us |
-| worker RSS with 100k keys | < 80 MB | {memory * 1.048576:.1f} MB |
+| target | goal | measured | result |
+|---|---|---|---|
+| throughput vs nginx, one worker each | >= 0.40x | {versus_nginx} | {nginx_verdict} |
+| added p50 at one connection | <= 120 us | {added_p50:.0f} us | {verdict(added_p50 <= 120)} |
+| added p99 at one connection | <= 1000 us | {added_p99:.0f} us | {verdict(added_p99 <= 1000)} |
+| worker RSS with 100k keys | < 80 MB | {memory_mb:.1f} MB | {verdict(memory_mb < 80)} |
 """
     write_section("throughput", text + NOTES)
 
