@@ -47,6 +47,16 @@ class ProxySettings:
     retry_min_per_second: float
     # Per-arm sums for the statistics (latency, errors); off only to measure their cost.
     measurements: bool
+    # Client side, with nginx's defaults: the request head must arrive within
+    # client_header_timeout of its first byte, and be at most max_header_size bytes in all;
+    # an idle keep-alive connection closes after client_keepalive_timeout; the body may pause
+    # at most client_body_timeout between two reads. Beyond max_connections, new clients get
+    # a 503 and are closed.
+    client_header_timeout: float
+    client_keepalive_timeout: float
+    client_body_timeout: float
+    max_header_size: int
+    max_connections: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,13 +118,16 @@ class UpstreamConfig:
     host: str
     port: int
     connect_timeout: float
-    # Longest wait for the response head, and between two reads of its body (nginx's
-    # proxy_read_timeout semantics).
+    # Longest wait for the response head once the request is sent (bytes of the head do not
+    # extend it), then between two reads of its body (nginx's proxy_read_timeout).
     read_timeout: float
     pool_size: int
     idle_timeout: float
     breaker: BreakerConfig
     health_check: HealthCheckConfig | None
+    # The whole response, head and body, from the moment it is asked for; None: no limit.
+    response_timeout: float | None
+    max_response_header_size: int  # a longer response head is a 502
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,7 +99,9 @@ class _Schema(UpstreamSchema, ExperimentSchema):
     def _proxy(self, value: Any) -> ProxySettings | None:
         path: KeyPath = ("proxy",)
         keys = {"listen", "admin_listen", "max_body_size", "buffer_body_size",
-                "shutdown_timeout", "random_seed", "retry_budget", "measurements"}
+                "shutdown_timeout", "random_seed", "retry_budget", "measurements",
+                "client_header_timeout", "client_keepalive_timeout", "client_body_timeout",
+                "max_header_size", "max_connections"}
         section = self.r.mapping(value, path, keys)
         if section is None:
             return None
@@ -133,7 +135,18 @@ class _Schema(UpstreamSchema, ExperimentSchema):
             floor = None
         measurements = self.r.boolean(section.get("measurements", True),
                                       (*path, "measurements"))
-        if None in (listen, admin, max_body, buffered, grace, ratio, floor, measurements):
+        header_timeout = self.r.duration(section.get("client_header_timeout", "10s"),
+                                         (*path, "client_header_timeout"), high=3600)
+        keepalive = self.r.duration(section.get("client_keepalive_timeout", "75s"),
+                                    (*path, "client_keepalive_timeout"), high=86400)
+        body_timeout = self.r.duration(section.get("client_body_timeout", "60s"),
+                                       (*path, "client_body_timeout"), high=3600)
+        header_size = self.r.size(section.get("max_header_size", "64KiB"),
+                                  (*path, "max_header_size"), low=1024)
+        connections = self.r.integer(section.get("max_connections", 4096),
+                                     (*path, "max_connections"), low=1, high=1_000_000)
+        if None in (listen, admin, max_body, buffered, grace, ratio, floor, measurements,
+                    header_timeout, keepalive, body_timeout, header_size, connections):
             return None
         return ProxySettings(
             listen=cast(Listen, listen),
@@ -145,6 +158,11 @@ class _Schema(UpstreamSchema, ExperimentSchema):
             retry_budget_ratio=float(cast(float, ratio)),
             retry_min_per_second=float(cast(float, floor)),
             measurements=bool(measurements),
+            client_header_timeout=cast(float, header_timeout),
+            client_keepalive_timeout=cast(float, keepalive),
+            client_body_timeout=cast(float, body_timeout),
+            max_header_size=cast(int, header_size),
+            max_connections=cast(int, connections),
         )
 
     def _control(self, value: Any) -> ControlSettings | None:

@@ -28,7 +28,7 @@ class UpstreamSchema:
 
     def _upstream(self, name: str, value: Any, path: KeyPath) -> UpstreamConfig | None:
         keys = {"url", "connect_timeout", "read_timeout", "pool_size", "idle_timeout",
-                "breaker", "health_check"}
+                "breaker", "health_check", "response_timeout", "max_response_header_size"}
         section = self.r.mapping(value, path, keys)
         valid_name = self.r.name(name, path)
         if section is None:
@@ -40,10 +40,15 @@ class UpstreamSchema:
         pool = self.r.integer(section.get("pool_size", 128), (*path, "pool_size"),
                               low=1, high=100_000)
         idle = self.r.duration(section.get("idle_timeout", "30s"), (*path, "idle_timeout"))
+        total = None
+        if section.get("response_timeout") is not None:
+            total = self.r.duration(section["response_timeout"], (*path, "response_timeout"))
+        head_limit = self.r.size(section.get("max_response_header_size", "64KiB"),
+                                 (*path, "max_response_header_size"), low=1024)
         breaker = self._breaker(section.get("breaker"), (*path, "breaker"))
         check = self._health_check(section.get("health_check"), (*path, "health_check"))
-        if valid_name is None or host is None or None in (connect, read, pool, idle) or \
-                breaker is None:
+        if valid_name is None or host is None or None in (connect, read, pool, idle,
+                                                          head_limit) or breaker is None:
             return None
         return UpstreamConfig(
             name=name,
@@ -56,6 +61,8 @@ class UpstreamSchema:
             idle_timeout=cast(float, idle),
             breaker=breaker,
             health_check=check if isinstance(check, HealthCheckConfig) else None,
+            response_timeout=total,
+            max_response_header_size=cast(int, head_limit),
         )
 
     def _health_check(self, value: Any, path: KeyPath) -> HealthCheckConfig | bool | None:

@@ -7,6 +7,7 @@ and a few counter increments.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from proxy.errors import UpstreamError
 from proxy.headers import RequestHead, RequestIds, build_request_head, copy_response_headers
 from proxy.measure import MetricExtractor, PhaseRef
 from proxy.metrics import ProxyMetrics, TrafficStats
+from proxy.paths import PathRefused, normalize_target
 from proxy.pool import UpstreamPool
 from proxy.retry_budget import RetryBudget
 from proxy.routing import Router
@@ -91,6 +93,22 @@ class ClientGone(Exception):
     pass
 
 
+class ClientTooSlow(Exception):
+    """No request body bytes within client_body_timeout (408, as nginx)."""
+
+
+async def _read_within(content: StreamReader, seconds: float) -> bytes:
+    """The next piece of a request body, waiting on the client for at most `timeout`; no
+    timer when the whole body is in already (a small body arrives with the head)."""
+    if content.is_eof():
+        return await content.readany()
+    try:
+        async with asyncio.timeout(seconds):
+            return await content.readany()
+    except TimeoutError:
+        raise ClientTooSlow from None
+
+
 class ProxyHandler:
     """Callable handed to aiohttp's low-level server. `routing` is swapped whole on reload."""
 
@@ -103,7 +121,15 @@ class ProxyHandler:
         started = perf_counter()
         routing = self.routing
         settings = routing.settings
-        target = routing.routes.match(request.path, request.method)
+        path, uri = request.path, request.raw_path
+        if "/." in uri or "%" in uri:  # maybe dot-segments: match what will be forwarded
+            try:
+                normalized = normalize_target(uri)
+            except PathRefused as exc:
+                return self._local(request, 400, f"malformed request: {exc}", None, None)
+            if normalized is not None:
+                path, uri = normalized
+        target = routing.routes.match(path, request.method)
         if target is None:
             return self._local(request, 404, "no route matches this request", None, None)
         route: ExperimentRoute | None = None
@@ -131,10 +157,12 @@ class ProxyHandler:
             body, framing = await self._request_body(request, length, settings)
         except BodyTooLarge:
             return self._local(request, 413, _too_large(settings), dest, None)
+        except ClientTooSlow:
+            return self._local(request, 408, _too_slow(settings), dest, None)
         except _CLIENT_GONE:
             return self._local(request, 400, "client closed the request body", dest, None)
 
-        head = self._head(request, dest, framing)
+        head = self._head(request, uri, dest, framing)
         upstream_started = perf_counter()
         try:
             upstream = await dest.pool.request(head.data, body,
@@ -147,14 +175,17 @@ class ProxyHandler:
             if self._may_fall_back(route, dest, fallback, request.method, body, routing):
                 assert route is not None
                 dest.stats.record(exc.status, upstream_seconds)  # the ML arm did fail
-                return await self._fall_back(request, route, body, framing, exc.kind, started)
+                return await self._fall_back(request, route, uri, body, framing, exc.kind,
+                                             started)
             log.warning("upstream %s failed: %s (request %s)", exc.upstream, exc.detail,
                         head.request_id)
             return self._local(request, exc.status, exc.detail, dest, head.request_id,
                                upstream_seconds, fallback)
-        except (BodyTooLarge, ClientGone) as exc:
-            if isinstance(exc, BodyTooLarge):
-                return self._local(request, 413, _too_large(settings), dest, head.request_id)
+        except BodyTooLarge:
+            return self._local(request, 413, _too_large(settings), dest, head.request_id)
+        except ClientTooSlow:
+            return self._local(request, 408, _too_slow(settings), dest, head.request_id)
+        except ClientGone:
             return self._local(request, 400, "client closed the request body", dest,
                                head.request_id)
 
@@ -165,14 +196,14 @@ class ProxyHandler:
                 self._may_fall_back(route, dest, fallback, request.method, body, routing):
             dest.stats.record(upstream.status, upstream_seconds)
             upstream.abandon()
-            return await self._fall_back(request, route, body, framing,
+            return await self._fall_back(request, route, uri, body, framing,
                                          f"status-{upstream.status}", started)
         if (route is not None and route.shadow is not None and dest is route.control
                 and fallback is None and upstream.complete
                 and (body is None or isinstance(body, bytes)) and route.shadow.sampled()):
             treatment = route.treatment
             # The copy's head is built in the background task, off the client's path.
-            copy = functools.partial(build_request_head, request.method, request.raw_path,
+            copy = functools.partial(build_request_head, request.method, uri,
                                      request.raw_headers, request.headers.get("Connection"),
                                      client_ip=request.remote,
                                      default_host=treatment.host_header, via=_VIA_BYTES,
@@ -183,9 +214,8 @@ class ProxyHandler:
         return await self._respond(request, upstream, dest, head.request_id, started,
                                    upstream_started, fallback)
 
-    def _head(self, request: web.BaseRequest, dest: Destination, framing: int | None,
-              extra: bytes = b"") -> RequestHead:
-        target_uri = request.raw_path
+    def _head(self, request: web.BaseRequest, target_uri: str, dest: Destination,
+              framing: int | None, extra: bytes = b"") -> RequestHead:
         if not target_uri.startswith("/") and target_uri != "*":
             target_uri = request.rel_url.raw_path_qs  # absolute-form: send origin-form on
         return build_request_head(
@@ -204,14 +234,14 @@ class ProxyHandler:
                 and (method in IDEMPOTENT or route.replayable)
                 and routing.budget.try_retry(perf_counter()))
 
-    async def _fall_back(self, request: web.BaseRequest, route: ExperimentRoute,
+    async def _fall_back(self, request: web.BaseRequest, route: ExperimentRoute, uri: str,
                          body: bytes | AsyncIterator[bytes] | None, framing: int | None,
                          reason: str, started: float) -> web.StreamResponse:
         """Send the request again to the control arm; the answer is marked and kept out of
         the arm statistics (it would flatter or blame the wrong arm)."""
         control = route.control
         self.metrics.count_fallback(route.splitter.name, reason)
-        head = self._head(request, control, framing)
+        head = self._head(request, uri, control, framing)
         upstream_started = perf_counter()
         try:
             upstream = await control.pool.request(head.data, body,
@@ -267,20 +297,31 @@ class ProxyHandler:
         Small bodies are read whole (they can be replayed); larger ones stream through.
         """
         content = request.content
-        if length is not None:
-            if length == 0:
-                return None, 0
-            if length <= settings.buffer_body_size:
-                data = await content.readexactly(length)
-                return data, length
-            return self._stream(content, b"", length, settings.max_body_size), length
-        if not request.body_exists:
+        if length == 0 or (length is None and not request.body_exists):
             return None, 0
+        if not content.is_eof() and \
+                request.headers.get("Expect", "").lower() == "100-continue":
+            # The client waits for this before sending the body (the Expect header itself
+            # is not forwarded: this hop answers it, as nginx does).
+            transport = request.transport
+            if transport is not None:
+                transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        timeout = settings.client_body_timeout
+        if length is not None:
+            if length <= settings.buffer_body_size:
+                if content.is_eof():  # all of it arrived with the head: no wait, no timer
+                    return await content.readexactly(length), length
+                try:
+                    async with asyncio.timeout(timeout):
+                        return await content.readexactly(length), length
+                except TimeoutError:
+                    raise ClientTooSlow from None
+            return self._stream(content, b"", length, settings.max_body_size, timeout), length
         # Chunked: buffer up to the threshold, stream the rest (chunked) if there is more.
         pieces: list[bytes] = []
         size = 0
         while size <= settings.buffer_body_size:
-            chunk = await content.readany()
+            chunk = await _read_within(content, timeout)
             if not chunk:
                 data = b"".join(pieces)
                 return data, len(data)
@@ -288,17 +329,18 @@ class ProxyHandler:
             size += len(chunk)
             if size > settings.max_body_size:
                 raise BodyTooLarge
-        return self._stream(content, b"".join(pieces), None, settings.max_body_size), None
+        return self._stream(content, b"".join(pieces), None, settings.max_body_size,
+                            timeout), None
 
     @staticmethod
     async def _stream(content: StreamReader, first: bytes, length: int | None,
-                      limit: int) -> AsyncIterator[bytes]:
+                      limit: int, seconds: float) -> AsyncIterator[bytes]:
         sent = len(first)
         if first:
             yield first
         while True:
             try:
-                chunk = await content.readany()
+                chunk = await _read_within(content, seconds)
             except _CLIENT_GONE as exc:
                 raise ClientGone from exc
             if not chunk:
@@ -363,13 +405,22 @@ class ProxyHandler:
         if fallback is not None:
             headers["X-ABGate-Fallback"] = fallback
         body = orjson.dumps({"error": error, "upstream": upstream, "request_id": request_id})
-        return web.Response(status=status, body=body, headers=headers,
-                            content_type="application/json")
+        response = web.Response(status=status, body=body, headers=headers,
+                                content_type="application/json")
+        if status == 408:
+            # The body never came: close after the answer instead of lingering to drain it.
+            request.content.feed_eof()
+            response.force_close()
+        return response
 
 
 def _too_large(settings: ProxySettings) -> str:
     return f"request body over {settings.max_body_size} bytes"
 
 
-_REASONS = {400: "bad_request", 404: "no_route", 413: "body_too_large", 502: "bad_gateway",
-            503: "circuit_open", 504: "gateway_timeout"}
+def _too_slow(settings: ProxySettings) -> str:
+    return f"no request body within {settings.client_body_timeout:g}s"
+
+
+_REASONS = {400: "bad_request", 404: "no_route", 408: "client_timeout", 413: "body_too_large",
+            502: "bad_gateway", 503: "circuit_open", 504: "gateway_timeout"}

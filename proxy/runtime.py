@@ -29,7 +29,7 @@ from proxy.metrics import ProxyMetrics, gauge
 from proxy.pool import UpstreamPool
 from proxy.retry_budget import RetryBudget
 from proxy.routing import Router
-from proxy.server import HttpListener
+from proxy.server import HttpListener, check_file_limit
 from proxy.shadow import Shadow
 from proxy.split import Splitter
 
@@ -74,9 +74,10 @@ class DataPlane:
             handler = self.handler = ProxyHandler(self._routing(), self.metrics)
             stack.callback(self.flags.subscribe(self._on_flag))
             self.metrics.add_gauges(self._gauges)
+            check_file_limit(self.config.proxy.max_connections + 64 + sum(
+                upstream.pool_size for upstream in self.config.upstreams.values()))
             self.listener = await stack.enter_async_context(HttpListener(
-                handler, self._listen, reuse_port=self._reuse_port,
-                shutdown_timeout=self.config.proxy.shutdown_timeout))
+                handler, self._listen, self.config.proxy, reuse_port=self._reuse_port))
             self._stack = stack.pop_all()
         return self
 
@@ -289,11 +290,13 @@ class DataPlane:
                     "Circuit breaker state per upstream: 0 closed, 1 open, 2 half-open, "
                     "3 forced open, 4 forced closed.", ["upstream"],
                     (([name], float(breaker.state)) for name, breaker in self.breakers.items()))
-        yield gauge("abgate_upstream_connections", "Pooled upstream connections by state.",
+        yield gauge("abgate_upstream_connections",
+                    "Pooled upstream connections (open, idle) and requests waiting for one.",
                     ["upstream", "state"],
                     [([name, state], value) for name, pool in self._pools.items()
                      for state, value in (("open", pool.open_connections),
-                                          ("idle", pool.idle_connections))])
+                                          ("idle", pool.idle_connections),
+                                          ("waiting", pool.waiting))])
         for shadow in self.shadows.values():
             yield from shadow.collect()
         connects = CounterMetricFamily("abgate_upstream_connects",
@@ -318,6 +321,16 @@ class DataPlane:
             "Measurement flushes the store refused (kept and retried on the next flush).")
         flush_failures.add_metric([], self.measurements.flush_failures)
         yield flush_failures
+        if self.listener is not None:
+            yield gauge("abgate_client_connections", "Client connections open.", [],
+                        [([], self.listener.connections)])
+            refusals = CounterMetricFamily(
+                "abgate_client_refusals",
+                "Clients refused: header_timeout (408), header_too_large (431), "
+                "max_connections (503).", labels=["reason"])
+            for reason, count in self.listener.limits.refused.items():
+                refusals.add_metric([reason], count)
+            yield refusals
 
 
 async def _cancel_and_wait(task: asyncio.Task[None]) -> None:

@@ -8,6 +8,13 @@ socket when the client reads slowly), and tell the pool whether the connection c
 
 One exchange at a time per connection. Timeouts are one timer per connection that re-arms
 itself from the time of the last activity, so data arriving costs a float store, not a timer.
+What counts as activity is chosen so that each side is timed for what it does: the response
+head must arrive within read_timeout of the request being sent (its bytes do not extend the
+wait), each body read within read_timeout of the last; while we wait on the client (a slow
+upload, a slow reader) the upstream is not the one being slow. An optional response_timeout
+bounds the whole exchange.
+
+The pool is told exactly once when a connection is gone, whatever ended it (see `_gone`).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import cast
 
 import httptools
 
+from config.model import UpstreamConfig
 from proxy.errors import (
     UpstreamClosed,
     UpstreamError,
@@ -110,13 +118,20 @@ class UpstreamResponse:
 class UpstreamConnection(asyncio.Protocol):
     """A pooled connection; `exchange` runs one request/response on it."""
 
-    def __init__(self, upstream: str, read_timeout: float, release: Releaser) -> None:
-        self.upstream = upstream
-        self.read_timeout = read_timeout
+    def __init__(self, config: UpstreamConfig, release: Releaser) -> None:
+        self.upstream = config.name
+        self.read_timeout = config.read_timeout
+        self._response_timeout = config.response_timeout
+        self._max_head = config.max_response_header_size
         self.uses = 0
         self.idle_since = 0.0
         self.closed = False
         self._release = release
+        self._gone_reported = False
+        self._deadline = float("inf")  # of the whole exchange (response_timeout)
+        self._head_bytes = 0
+        self._head_done = False  # the final head is parsed: later header callbacks are trailers
+        self._awaiting_client = False  # streaming a request body, waiting for its next chunk
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
@@ -152,10 +167,17 @@ class UpstreamConnection(asyncio.Protocol):
         assert transport is not None
         assert self._response is None
         self._response = UpstreamResponse(self)
-        self._head = self._loop.create_future()
+        head_future: asyncio.Future[UpstreamResponse] = self._loop.create_future()
+        self._head = head_future
         self._received = self._request_sent = self._until_eof = self._framed = False
+        self._head_done = False
+        self._head_bytes = 0
         self._head_only = head_only
         self._touch()
+        if self._response_timeout is not None:
+            self._deadline = self._last_activity + self._response_timeout
+            if self._timer is not None and self._timer.when() > self._deadline:
+                self._cancel_timer()  # armed for a later moment by an earlier exchange
         self._arm_timer()
         try:
             if body is None or isinstance(body, bytes):
@@ -163,18 +185,28 @@ class UpstreamConnection(asyncio.Protocol):
                 self._request_sent = True
             else:
                 transport.write(head)
-                await self._stream_body(body, chunked)
-            return await self._head
+                await self._stream_body(body, chunked, head_future)
+            # The local future: a failure meanwhile clears self._head but settles this one.
+            return await head_future
         except BaseException:
             self.abort()
+            if head_future.done() and not head_future.cancelled():
+                head_future.exception()  # retrieved: the caller has the error that matters
             raise
 
-    async def _stream_body(self, body: AsyncIterator[bytes], chunked: bool) -> None:
-        head = self._head
-        assert head is not None
-        async for chunk in body:
+    async def _stream_body(self, body: AsyncIterator[bytes], chunked: bool,
+                           head: asyncio.Future[UpstreamResponse]) -> None:
+        chunks = aiter(body)
+        while True:
+            self._awaiting_client = True  # the upstream's timer does not run on the client
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            finally:
+                self._awaiting_client = False
             if head.done() or not self.usable:
-                break  # the upstream answered (or failed) before taking the whole body
+                return  # the upstream answered (or failed) before taking the whole body
             if not chunk:
                 continue
             assert self._transport is not None
@@ -185,11 +217,11 @@ class UpstreamConnection(asyncio.Protocol):
             self._touch()
             if self._write_paused:
                 await self._wait_drain()
-        else:
-            if chunked and self.usable:
-                assert self._transport is not None
-                self._transport.write(b"0\r\n\r\n")
-            self._request_sent = True
+        if chunked and self.usable:
+            assert self._transport is not None
+            self._transport.write(b"0\r\n\r\n")
+        self._request_sent = True
+        self._touch()  # the wait for the head starts now
 
     async def _wait_drain(self) -> None:
         self._drain = self._loop.create_future()
@@ -215,6 +247,13 @@ class UpstreamConnection(asyncio.Protocol):
             self._transport.close()
         self.closed = True
         self._cancel_timer()
+        self._gone()
+
+    def _gone(self) -> None:
+        """Tell the pool, exactly once, that this connection no longer counts."""
+        if not self._gone_reported:
+            self._gone_reported = True
+            self._release(self, False)
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -228,7 +267,14 @@ class UpstreamConnection(asyncio.Protocol):
             self._close_dead()
             return
         self._received = True
-        self._last_activity = self._loop.time()
+        if self._head_done:
+            self._last_activity = self._loop.time()  # body progress; head bytes do not count
+        else:
+            self._head_bytes += len(data)
+            if self._head_bytes > self._max_head:
+                self._fail(UpstreamProtocolError(
+                    self.upstream, f"response head over {self._max_head} bytes"))
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -242,24 +288,21 @@ class UpstreamConnection(asyncio.Protocol):
         return False  # close the transport; connection_lost does the bookkeeping
 
     def connection_lost(self, exc: Exception | None) -> None:
-        was_closed, self.closed = self.closed, True
+        self.closed = True
         self._cancel_timer()
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
-        response = self._response
-        if response is None:
-            if not was_closed:
-                self._release(self, False)
-            return
-        head = self._head
-        if self._until_eof and head is not None and head.done():
-            # A body delimited by the end of the connection ends here, complete.
-            self._response = None
-            response._finish()
-            self._release(self, False)
-            return
-        detail = f"connection closed: {exc}" if exc else "connection closed by upstream"
-        self._fail(UpstreamClosed(self.upstream, detail, nothing_received=not self._received))
+        response, head = self._response, self._head
+        if response is not None:
+            if self._until_eof and head is not None and head.done():
+                # A body delimited by the end of the connection ends here, complete.
+                self._response = self._head = None
+                response._finish()
+            else:
+                detail = f"connection closed: {exc}" if exc else "connection closed by upstream"
+                self._fail(UpstreamClosed(self.upstream, detail,
+                                          nothing_received=not self._received))
+        self._gone()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -283,6 +326,8 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks --------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head_done:
+            return  # a chunked trailer: not merged into the head that went out already
         assert self._response is not None
         self._response.headers.append((name, value))
         lower = name.lower()
@@ -303,7 +348,11 @@ class UpstreamConnection(asyncio.Protocol):
             response.headers.clear()
             self._framed = False
             return
+        if status > 599:
+            raise UpstreamProtocolError(self.upstream, f"invalid status code {status}")
         response.status = status
+        self._head_done = True
+        self._touch()  # from here on, read_timeout is between body reads
         if self._head_only:
             head.set_result(response)
             self._complete(reusable=False)  # llhttp would wait for a HEAD "body": do not reuse
@@ -330,38 +379,38 @@ class UpstreamConnection(asyncio.Protocol):
         self._response = self._head = None
         # The timer stays armed: back-to-back exchanges reuse it (see _on_timer).
         self.uses += 1
+        self._deadline = float("inf")
         response._finish()
-        if not reusable:
+        if reusable:
+            self._release(self, True)
+        else:
             self.close()
-        self._release(self, reusable)
 
     def _fail(self, error: UpstreamError | BaseException) -> None:
         if not isinstance(error, UpstreamError):
             error = UpstreamProtocolError(self.upstream, repr(error))
         response, head = self._response, self._head
         self._response = self._head = None
-        was_closed = self.closed
         self._close_dead()
         if head is not None and not head.done():
             head.set_exception(error)
         elif response is not None:
             response._finish(error)
-        if not was_closed:
-            self._release(self, False)
 
     def _close_dead(self) -> None:
         self.closed = True
         self._cancel_timer()
         if self._transport is not None:
             self._transport.abort()
+        self._gone()
 
     def _touch(self) -> None:
         self._last_activity = self._loop.time()
 
     def _arm_timer(self) -> None:
         if self._timer is None:
-            self._timer = self._loop.call_at(self._last_activity + self.read_timeout,
-                                             self._on_timer)
+            self._timer = self._loop.call_at(
+                min(self._last_activity + self.read_timeout, self._deadline), self._on_timer)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -374,9 +423,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._timer = None
         if self._response is None:
             return  # idle: the next exchange arms it again
-        if self._reading_paused:
+        now = self._loop.time()
+        if now >= self._deadline:
+            self._fail(UpstreamTimeout(self.upstream, f"response not complete within "
+                                                      f"{self._response_timeout:g}s"))
+            return
+        if self._reading_paused or self._awaiting_client:
             self._touch()  # the client is the slow one, not the upstream
-        if self._loop.time() - self._last_activity < self.read_timeout:
+        if now - self._last_activity < self.read_timeout:
             self._arm_timer()
             return
         what = "response head" if self._head is not None and not self._head.done() else "body"

@@ -97,7 +97,9 @@ experiments:
 """
     assert problems(text) == [
         "proxy.colour (line 4): unknown key (expected one of: admin_listen, buffer_body_size, "
-        "listen, max_body_size, measurements, random_seed, retry_budget, shutdown_timeout)",
+        "client_body_timeout, client_header_timeout, client_keepalive_timeout, listen, "
+        "max_body_size, max_connections, max_header_size, measurements, random_seed, "
+        "retry_budget, shutdown_timeout)",
         "proxy.listen (line 2): expected 'host:port' with a port of 0..65535, "
         "got '127.0.0.1:99999'",
         "proxy.max_body_size (line 3): expected a size such as 65536, '64KiB' or '10MiB', "

@@ -132,3 +132,30 @@ def test_sticky_sources_in_order() -> None:
     assert split.sticky_key(header) == "h"
     assert split.sticky_key(cookie) == "c"
     assert split.sticky_key(query) == "q"
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("/api/x", None),
+    ("/api/x?a=../b", None),  # the query is not a path
+    ("/a%20b/c", None),
+    ("/raw/../h/ok", ("/h/ok", "/h/ok")),
+    ("/raw/%2e%2e/%2E%2e/secret", ("/secret", "/secret")),
+    ("/a/./b/../c?q=1", ("/a/c", "/a/c?q=1")),
+    ("/a/b/..", ("/a/", "/a/")),
+    ("/../../etc", ("/etc", "/etc")),
+    ("/a/%2e/b%20c", ("/a/b c", "/a/b%20c")),
+])
+def test_paths_are_normalised_before_matching(raw: str, expected: object) -> None:
+    from proxy.paths import normalize_target
+
+    assert normalize_target(raw) == expected
+
+
+def test_encoded_slash_with_dot_segments_is_refused() -> None:
+    from proxy.paths import PathRefused, normalize_target
+
+    with pytest.raises(PathRefused):
+        normalize_target("/raw/..%2f..%2fsecret")
+    with pytest.raises(PathRefused):
+        normalize_target("/raw%2f..%2fsecret")  # no literal dot-segment, but one once decoded
+    assert normalize_target("/ids/a%2Fb") is None  # an encoded slash alone is left alone
