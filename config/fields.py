@@ -135,7 +135,7 @@ class Reader:
 
 def parse_percentage(value: Any, report: Any) -> int | None:
     """Shared by the config and the control API: a number 0..100, two decimals at most."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         report(f"expected a number from 0 to 100, got {_kind(value)}")
         return None
     try:

@@ -63,19 +63,20 @@ class ProxySettings:
 class ControlSettings:
     listen: Listen
 
-    def exposure_problem(self, token: str | None) -> str | None:
-        """Why the control API may not serve here: beyond loopback it needs a token."""
-        if token:
-            return None
+    @property
+    def is_loopback(self) -> bool:
         host = self.listen.host
         try:
-            loopback = ipaddress.ip_address(host).is_loopback
+            return ipaddress.ip_address(host).is_loopback
         except ValueError:
-            loopback = host == "localhost"
-        if loopback:
+            return host == "localhost"
+
+    def exposure_problem(self, token: str | None) -> str | None:
+        """Why the control API may not serve here: beyond loopback it needs a token."""
+        if token or self.is_loopback:
             return None
-        return (f"the control API would listen on {host}, which is not loopback, without a "
-                "token: set ABGATE_CONTROL_TOKEN")
+        return (f"the control API would listen on {self.listen.host}, which is not loopback, "
+                "without a token: set ABGATE_CONTROL_TOKEN")
 
 
 @dataclass(frozen=True, slots=True)

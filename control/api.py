@@ -21,7 +21,16 @@ from control.experiments_api import add_experiment_routes
 from control.flag_backend import FlagBackend
 from control.flags_api import add_flag_routes
 from control.health_api import BACKEND, PLANE, add_health_routes
-from control.http import TOKEN, ApiError, bearer_auth, errors_as_json, json_object, json_response
+from control.http import (
+    LOOPBACK_ONLY,
+    TOKEN,
+    ApiError,
+    bearer_auth,
+    errors_as_json,
+    json_object,
+    json_response,
+    same_origin,
+)
 from control.openapi import OPENAPI
 from control.reload import Reloader
 from proxy.admin import REGISTRY, health, metrics
@@ -70,10 +79,11 @@ async def force_breaker(request: web.Request) -> web.Response:
     if name not in breakers:
         raise ApiError(404, f"unknown upstream {name!r}")
     body = await json_object(request, allowed={"state"})
-    if body.get("state") not in _FORCED:
+    state = body.get("state")
+    if not isinstance(state, str) or state not in _FORCED:
         raise ApiError(400, "state: expected forced_open, forced_closed or auto")
     breaker = breakers[name]
-    breaker.force(_FORCED[body["state"]], time.perf_counter())
+    breaker.force(_FORCED[state], time.perf_counter())
     return json_response(breaker.snapshot(time.perf_counter()))
 
 
@@ -109,14 +119,18 @@ def check_exposure(config: Config, token: str | None) -> None:
 def create_control_app(store: FlagStore, registry: CollectorRegistry, token: str | None,
                        reloader: Reloader | None = None, plane: DataPlane | None = None,
                        backend: FlagBackend | None = None,
-                       worker: StatsWorker | None = None) -> web.Application:
+                       worker: StatsWorker | None = None, *,
+                       loopback: bool = True) -> web.Application:
     # Imported here: the statistics need scipy (tens of MiB), which data-plane-only
     # processes (abgate proxy) never load.
     from control.stats_api import add_stats_routes
 
-    """`plane` is None in `abgate control` (no data plane here)."""
-    app = web.Application(middlewares=[errors_as_json, bearer_auth], client_max_size=1024**2)
+    """`plane` is None in `abgate control` (no data plane here). `loopback`: the API listens
+    on a loopback address, so only loopback Host names are served (see `same_origin`)."""
+    app = web.Application(middlewares=[errors_as_json, same_origin, bearer_auth],
+                          client_max_size=1024**2)
     app[TOKEN] = token or ""
+    app[LOOPBACK_ONLY] = loopback
     app[REGISTRY] = registry
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)

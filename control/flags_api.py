@@ -74,7 +74,7 @@ async def get_flag(request: web.Request) -> web.Response:
 
 async def set_flag(request: web.Request) -> web.Response:
     name = _known(_store(request), request.match_info["name"])
-    body = await json_object(request, allowed={"percentage", "reason"})
+    body = await json_object(request, allowed={"percentage", "reason"}, exact=True)
     if "percentage" not in body:
         raise ApiError(400, "percentage: required (a number from 0 to 100)")
     basis_points = _percentage(body["percentage"], "percentage")
@@ -85,7 +85,7 @@ async def set_flag(request: web.Request) -> web.Response:
 async def set_flags(request: web.Request) -> web.Response:
     """`{"flags": {"name": percentage, ...}, "reason": "..."}`: all or nothing."""
     store = _store(request)
-    body = await json_object(request, allowed={"flags", "reason"})
+    body = await json_object(request, allowed={"flags", "reason"}, exact=True)
     wanted = body.get("flags")
     if not isinstance(wanted, dict) or not wanted:
         raise ApiError(400, "flags: expected an object of flag name to percentage")
@@ -99,7 +99,7 @@ async def flag_history(request: web.Request) -> web.Response:
     store = _store(request)
     name = _known(store, request.match_info["name"])
     limit_text = request.query.get("limit", "100")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 10_000:
+    if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= 10_000:
         raise ApiError(400, "limit: expected a whole number from 1 to 10000")
     try:
         entries = await store.history(name, int(limit_text))

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import json
 import logging
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -31,11 +34,23 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-async def json_object(request: web.Request, *, allowed: set[str]) -> dict[str, Any]:
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+async def json_object(request: web.Request, *, allowed: set[str],
+                      exact: bool = False) -> dict[str, Any]:
+    """The body as a JSON object with only `allowed` keys. `exact` keeps decimal numbers as
+    written (Decimal), so `99.99999999999999999` is not first rounded to 100 by a float."""
     raw = await request.read()
     try:
-        body = orjson.loads(raw) if raw.strip() else {}
-    except orjson.JSONDecodeError as exc:
+        if not raw.strip():
+            body: Any = {}
+        elif exact:
+            body = json.loads(raw, parse_float=Decimal, parse_constant=_no_constant)
+        else:
+            body = orjson.loads(raw)
+    except (orjson.JSONDecodeError, ValueError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
@@ -62,6 +77,41 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     except Exception as exc:  # a bug: still JSON, and the server goes on
         log.exception("control API: %s %s failed", request.method, request.path)
         return json_response({"error": f"internal error: {type(exc).__name__}"}, 500)
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+LOOPBACK_ONLY = web.AppKey("loopback_only", bool)
+
+
+def _loopback_name(host_header: str) -> bool:
+    host = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@web.middleware
+async def same_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """What keeps a web page in the operator's browser from driving the control API: on a
+    loopback listener the Host must be a loopback name (a DNS-rebinding page sends its own
+    name); a write must come from the API's own origin (a browser sends Origin on every
+    cross-site POST) and carry JSON as JSON (a form or text/plain body is what a page can
+    send without asking)."""
+    if request.app[LOOPBACK_ONLY] and not _loopback_name(request.host):
+        raise ApiError(403, f"Host {request.host!r} is not this loopback control API "
+                            "(DNS rebinding?): use 127.0.0.1, [::1] or localhost")
+    if request.method not in SAFE_METHODS:
+        origin = request.headers.get("Origin")
+        if origin is not None and origin != f"{request.scheme}://{request.host}":
+            raise ApiError(403, f"cross-origin write from {origin!r} refused")
+        if request.body_exists and request.content_type != "application/json":
+            raise ApiError(415, "writes take Content-Type: application/json (with curl: "
+                                "-H 'Content-Type: application/json')")
+    return await handler(request)
 
 
 @web.middleware

@@ -18,12 +18,18 @@ _OBJECT = {"type": "object"}
 EXPERIMENT = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
               "description": "an experiment, or `current` when there is exactly one"}
 _READ = {"security": [], "parameters": [EXPERIMENT]}
+_N = {"type": "integer", "maximum": 10**12}
 _SUMMARY_MEAN = {"type": "object", "required": ["n", "mean", "std"],
-                 "properties": {"n": {"type": "integer", "minimum": 2}, "mean": {"type": "number"},
-                                "std": {"type": "number", "minimum": 0}}}
+                 "additionalProperties": False,
+                 "properties": {"n": {**_N, "minimum": 2},
+                                "mean": {"type": "number", "minimum": -1e100, "maximum": 1e100},
+                                "std": {"type": "number", "minimum": 0, "maximum": 1e100}}}
 _SUMMARY_RATE = {"type": "object", "required": ["n", "successes"],
-                 "properties": {"n": {"type": "integer", "minimum": 1},
-                                "successes": {"type": "integer", "minimum": 0}}}
+                 "additionalProperties": False,
+                 "properties": {"n": {**_N, "minimum": 1}, "successes": {**_N, "minimum": 0}}}
+_ALPHA = {"type": "number", "exclusiveMinimum": 1e-10, "exclusiveMaximum": 0.5}
+_POWER = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
+_ALTERNATIVE = {"enum": ["two-sided", "greater", "less"]}
 _OUTCOME = {"type": "object", "required": ["experiment", "arm", "metric", "value"],
             "additionalProperties": False,
             "properties": {"experiment": {"type": "string"},
@@ -40,28 +46,51 @@ STATISTICS_PATHS: dict[str, Any] = {
         "post": {"summary": "A test on inline summaries (test, a, b) or on live data "
                             "(experiment, metric, cohort_a, cohort_b)",
                  "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                     "type": "object", "additionalProperties": False, "properties": {
-                         "test": {"enum": ["welch_t", "two_proportion"]},
-                         "a": {"oneOf": [_SUMMARY_MEAN, _SUMMARY_RATE]},
-                         "b": {"oneOf": [_SUMMARY_MEAN, _SUMMARY_RATE]},
-                         "alpha": {"type": "number", "exclusiveMinimum": 0,
-                                   "exclusiveMaximum": 1},
-                         "alternative": {"enum": ["two-sided", "greater", "less"]},
-                         "sequential": {"type": "boolean"},
-                         "experiment": {"type": "string"}, "metric": {"type": "string"},
-                         "cohort_a": {"type": "string"}, "cohort_b": {"type": "string"}}}}}},
+                     "oneOf": [
+                         {"type": "object", "required": ["test", "a", "b"],
+                          "additionalProperties": False, "properties": {
+                              "test": {"const": "welch_t"}, "a": _SUMMARY_MEAN,
+                              "b": _SUMMARY_MEAN, "alpha": _ALPHA, "alternative": _ALTERNATIVE,
+                              "sequential": {"const": False}}},
+                         {"type": "object", "required": ["test", "a", "b"],
+                          "additionalProperties": False, "properties": {
+                              "test": {"const": "two_proportion"}, "a": _SUMMARY_RATE,
+                              "b": _SUMMARY_RATE, "alpha": _ALPHA,
+                              "alternative": _ALTERNATIVE, "sequential": {"const": False}}},
+                         {"type": "object", "required": ["test", "a", "b", "sequential"],
+                          "additionalProperties": False, "properties": {
+                              "test": {"enum": ["welch_t", "two_proportion"]},
+                              "a": {"oneOf": [_SUMMARY_MEAN, _SUMMARY_RATE]},
+                              "b": {"oneOf": [_SUMMARY_MEAN, _SUMMARY_RATE]},
+                              "alpha": _ALPHA, "alternative": {"const": "two-sided"},
+                              "sequential": {"const": True}}},
+                         {"type": "object", "required": ["experiment", "metric"],
+                          "additionalProperties": False, "properties": {
+                              "experiment": {"type": "string"}, "metric": {"type": "string"},
+                              "cohort_a": {"type": "string"}, "cohort_b": {"type": "string"},
+                              "alpha": _ALPHA, "sequential": {"type": "boolean"}}}]}}}},
                  "responses": {"200": _json(_OBJECT), "400": ERROR, "401": ERROR,
                                "404": ERROR, "503": ERROR}}},
     "/api/statistics/sample-size": {
         "post": {"summary": "Samples per arm for a power, from Cohen's d or a baseline rate "
                             "and minimum detectable effect",
                  "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                     "type": "object", "additionalProperties": False, "properties": {
-                         "effect_size": {"type": "number"},
-                         "baseline_rate": {"type": "number", "exclusiveMinimum": 0,
-                                           "exclusiveMaximum": 1},
-                         "minimum_detectable_effect": {"type": "number"},
-                         "power": {"type": "number"}, "alpha": {"type": "number"}}}}}},
+                     "oneOf": [
+                         {"type": "object", "required": ["effect_size"],
+                          "additionalProperties": False, "properties": {
+                              "effect_size": {"type": "number", "minimum": -1000,
+                                              "maximum": 1000, "not": {"const": 0}},
+                              "power": _POWER, "alpha": _ALPHA}},
+                         {"type": "object",
+                          "required": ["baseline_rate", "minimum_detectable_effect"],
+                          "additionalProperties": False, "properties": {
+                              "baseline_rate": {"type": "number", "exclusiveMinimum": 0,
+                                                "exclusiveMaximum": 1},
+                              "minimum_detectable_effect": {"type": "number",
+                                                            "exclusiveMinimum": -1,
+                                                            "exclusiveMaximum": 1,
+                                                            "not": {"const": 0}},
+                              "power": _POWER, "alpha": _ALPHA}}]}}}},
                  "responses": {"200": _json(_OBJECT), "400": ERROR, "401": ERROR}}},
     "/api/experiments": {
         "get": {"summary": "Every experiment: arms, current phase, samples, SRM",
@@ -92,6 +121,7 @@ STATISTICS_PATHS: dict[str, Any] = {
 }
 NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 PERCENTAGE = {"type": "number", "minimum": 0, "maximum": 100, "multipleOf": 0.01}
+REASON = {"type": "string", "maxLength": 1000}
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -135,9 +165,11 @@ OPENAPI: dict[str, Any] = {
                         "flags": {"type": "array", "items": _ref("Flag")}}})}},
             "post": {"summary": "Set several flags in one atomic step",
                      "requestBody": {"required": True, "content": {"application/json": {
-                         "schema": {"type": "object", "required": ["flags"], "properties": {
-                             "flags": {"type": "object", "additionalProperties": PERCENTAGE},
-                             "reason": {"type": "string"}}}}}},
+                         "schema": {"type": "object", "required": ["flags"],
+                                    "additionalProperties": False, "properties": {
+                             "flags": {"type": "object", "additionalProperties": PERCENTAGE,
+                                       "minProperties": 1},
+                             "reason": REASON}}}}},
                      "responses": {"200": _json({"type": "object", "properties": {
                          "flags": {"type": "array", "items": _ref("Flag")}}}),
                          "400": ERROR, "401": ERROR, "404": ERROR, "503": ERROR}},
@@ -149,8 +181,9 @@ OPENAPI: dict[str, Any] = {
             "post": {"summary": "Set a flag's treatment percentage",
                      "requestBody": {"required": True, "content": {"application/json": {
                          "schema": {"type": "object", "required": ["percentage"],
+                                    "additionalProperties": False,
                                     "properties": {"percentage": PERCENTAGE,
-                                                   "reason": {"type": "string"}}}}}},
+                                                   "reason": REASON}}}}},
                      "responses": {"200": _json(_ref("Flag")), "400": ERROR, "401": ERROR,
                                    "404": ERROR, "503": ERROR}},
         },
@@ -174,9 +207,10 @@ OPENAPI: dict[str, Any] = {
             "post": {"summary": "Treatment to 0% for the named experiments (all if none), "
                                 "confirmed by every live instance",
                      "requestBody": {"content": {"application/json": {"schema": {
-                         "type": "object", "properties": {
-                             "experiments": {"type": "array", "items": {"type": "string"}},
-                             "reason": {"type": "string"},
+                         "type": "object", "additionalProperties": False, "properties": {
+                             "experiments": {"type": "array", "items": {"type": "string"},
+                                             "minItems": 1},
+                             "reason": REASON,
                              "timeout": {"type": "number", "exclusiveMinimum": 0,
                                          "maximum": 300}}}}}},
                      "responses": {"200": {"description": "Every instance converged"},
@@ -192,7 +226,8 @@ OPENAPI: dict[str, Any] = {
                             "schema": {"type": "string"}}],
             "post": {"summary": "Force a breaker open or closed, or return it to auto",
                      "requestBody": {"required": True, "content": {"application/json": {
-                         "schema": {"type": "object", "required": ["state"], "properties": {
+                         "schema": {"type": "object", "required": ["state"],
+                                    "additionalProperties": False, "properties": {
                              "state": {"enum": ["forced_open", "forced_closed", "auto"]}}}}}},
                      "responses": {"200": {"description": "OK"}, "400": ERROR, "401": ERROR,
                                    "404": ERROR}}},
@@ -221,3 +256,19 @@ OPENAPI: dict[str, Any] = {
         **STATISTICS_PATHS,
     },
 }
+
+
+def _every_write_answers(paths: dict[str, Any]) -> None:
+    """What the guards in front of every write may answer, documented once for all."""
+    for item in paths.values():
+        operation = item.get("post")
+        if operation is not None:
+            for status, why in (("401", "no or wrong bearer token"),
+                                ("403", "cross-origin write, or a Host that is not this API"),
+                                ("413", "body over 1 MiB"),
+                                ("415", "a body that is not application/json")):
+                operation["responses"].setdefault(status, _json(_ref("Error"), why))
+
+
+_every_write_answers(OPENAPI["paths"])
+

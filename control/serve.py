@@ -39,6 +39,7 @@ from control.signals import on_signal, stop_on_signals
 from proxy.admin import create_admin_app
 from proxy.metrics import ProxyMetrics
 from proxy.runtime import DataPlane
+from proxy.server import JsonErrorAppRunner
 
 if TYPE_CHECKING:
     from control.stats_worker import StatsWorker
@@ -61,8 +62,8 @@ def new_registry(metrics: ProxyMetrics) -> CollectorRegistry:
 async def app_site(stack: AsyncExitStack, app: web.Application, listen: Listen,
                    shutdown_timeout: float) -> str:
     """Serve an aiohttp Application until `stack` closes; return its URL."""
-    runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=shutdown_timeout)
+    runner = JsonErrorAppRunner(app, handle_signals=False, access_log=None,
+                                shutdown_timeout=shutdown_timeout)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     site = web.TCPSite(runner, listen.host, listen.port)
@@ -150,7 +151,8 @@ async def embedded(config: Config, token: str | None = None,
         reloader = await start_reloader(stack, config_path, config, plane, metrics, worker)
         assert backend.store is not None
         control_app = create_control_app(backend.store, registry, token, reloader, plane,
-                                         backend, worker)
+                                         backend, worker,
+                                         loopback=config.control.is_loopback)
         control_url = await app_site(stack, control_app, config.control.listen,
                                      config.proxy.shutdown_timeout)
         yield Embedded(plane.url, control_url, flags, metrics, backend, plane, reloader, worker)
@@ -185,7 +187,7 @@ async def serve_control(config: Config) -> None:
         worker = await start_stats_worker(stack, config, backend, metrics)
         assert backend.store is not None
         control_app = create_control_app(backend.store, registry, token, backend=backend,
-                                         worker=worker)
+                                         worker=worker, loopback=config.control.is_loopback)
         control_url = await app_site(stack, control_app, config.control.listen, 5.0)
         announce(f"abgate control API listening on {control_url}")
         await stop.wait()

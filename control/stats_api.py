@@ -40,6 +40,13 @@ from control.stats_worker import compare
 ALTERNATIVES: tuple[Alternative, ...] = ("two-sided", "greater", "less")
 
 
+ALPHA_RANGE = (1e-10, 0.5)  # beyond: nothing a rollout would use, and numerically fragile
+
+
+def _alpha(body: dict[str, Any]) -> float:
+    return _number(body, "alpha", 0.05, *ALPHA_RANGE)
+
+
 def _number(body: dict[str, Any], field: str, default: float, low: float, high: float) -> float:
     value = body.get(field, default)
     if isinstance(value, bool) or not isinstance(value, int | float) or \
@@ -89,7 +96,7 @@ async def significance_test(request: web.Request) -> web.Response:
     if live_only:
         raise ApiError(400, f"experiment: required with {', '.join(live_only)} (a test on "
                             "live data); without it, give test, a and b")
-    alpha = _number(body, "alpha", 0.05, 0, 1)
+    alpha = _alpha(body)
     alternative = body.get("alternative", "two-sided")
     if alternative not in ALTERNATIVES:
         raise ApiError(400, f"alternative: expected one of {', '.join(ALTERNATIVES)}")
@@ -116,6 +123,8 @@ async def significance_test(request: web.Request) -> web.Response:
             pa = Proportion.of("a", a_in["n"], a_in["successes"])
             pb = Proportion.of("b", b_in["n"], b_in["successes"])
             if sequential:
+                if alternative != "two-sided":
+                    raise ApiError(400, "alternative: the sequential test is two-sided")
                 result = sequential_test(pa.as_mean(), pb.as_mean(), alpha=alpha)
             else:
                 result = rates_test(pa, pb, alpha=alpha, alternative=alternative)
@@ -125,6 +134,9 @@ async def significance_test(request: web.Request) -> web.Response:
             raise ApiError(400, "test: expected welch_t or two_proportion")
     except StatsInputError as exc:
         raise ApiError(400, str(exc)) from None
+    except ArithmeticError as exc:  # overflow or underflow the bounds above did not foresee
+        raise ApiError(400, f"a, b: no finite result for these summaries "
+                            f"({type(exc).__name__})") from None
     payload = _finite_json(result)
     payload["power"] = power if power is None or math.isfinite(power) else None
     return json_response(payload)
@@ -133,11 +145,11 @@ async def significance_test(request: web.Request) -> web.Response:
 async def sample_size(request: web.Request) -> web.Response:
     body = await json_object(request, allowed={"effect_size", "baseline_rate",
                                                "minimum_detectable_effect", "power", "alpha"})
-    alpha = _number(body, "alpha", 0.05, 0, 1)
-    power = _number(body, "power", 0.8, alpha, 1)
+    alpha = _alpha(body)
+    power = _number(body, "power", 0.8, alpha, 1 - 1e-9)
     try:
         if "effect_size" in body:
-            effect = _number(body, "effect_size", 0, -1e6, 1e6)
+            effect = _number(body, "effect_size", 0, -1e3, 1e3)
             per_arm = mean_sample_size(effect, power, alpha)
             kind = "means (Cohen's d, two-sided Welch/Student t)"
         elif "baseline_rate" in body:
@@ -149,6 +161,9 @@ async def sample_size(request: web.Request) -> web.Response:
             raise ApiError(400, "effect_size or baseline_rate: one is required")
     except StatsInputError as exc:
         raise ApiError(400, str(exc)) from None
+    except (ArithmeticError, ValueError) as exc:  # a root the solver could not bracket
+        raise ApiError(400, f"no sample size can be computed for this input "
+                            f"({type(exc).__name__})") from None
     return json_response({"minimum_sample_size": {"per_arm": per_arm, "total": 2 * per_arm},
                           "power": power, "alpha": alpha, "for": kind})
 
@@ -174,7 +189,7 @@ async def live_test(request: web.Request, body: dict[str, Any]) -> web.Response:
         raise ApiError(400, f"metric: {metric!r} is not declared for {name} (declared: "
                             f"{', '.join(m.name for m in experiment.metrics) or 'none'}; "
                             "built in: latency, error)")
-    alpha = _number(body, "alpha", 0.05, 0, 1)
+    alpha = _alpha(body)
     try:
         phases, sums = await worker.store.read(name)
     except FlagStoreUnavailable as exc:

@@ -91,8 +91,8 @@ async def test_metrics_count_requests_per_arm(session: ClientSession,
 
 
 @pytest.mark.parametrize(("body", "status", "error"), [
-    (b"{not json", 400, "request body is not valid JSON: unexpected character, expected a "
-                        "string key: line 1 column 2 (char 1)"),
+    (b"{not json", 400, "request body is not valid JSON: Expecting property name enclosed in "
+                        "double quotes: line 1 column 2 (char 1)"),
     (b"[]", 400, "request body must be a JSON object"),
     (b"{}", 400, "percentage: required (a number from 0 to 100)"),
     (b'{"percentage": 101}', 400, "percentage: must be between 0 and 100, got 101"),
@@ -104,13 +104,17 @@ async def test_metrics_count_requests_per_arm(session: ClientSession,
     (b'{"percentage": true}', 400,
      "percentage: expected a number from 0 to 100, got a boolean (true)"),
     (b'{"percentage": 1.234}', 400, "percentage: at most two decimals (0.01% steps), got 1.234"),
+    (b'{"percentage": 99.99999999999999999}', 400,  # a float would round it to 100 first
+     "percentage: at most two decimals (0.01% steps), got 99.99999999999999999"),
+    (b'{"percentage": NaN}', 400, "request body is not valid JSON: NaN is not a JSON number"),
     (b'{"percentage": 5, "colour": 1}', 400,
      "unknown field(s): colour (expected: percentage, reason)"),
 ])
 async def test_flag_api_rejects_bad_input(session: ClientSession, agents: dict[str, str],
                                           body: bytes, status: int, error: str) -> None:
     async with embedded(make_config(agents)) as running:
-        async with session.post(f"{running.control_url}/api/flags/exp", data=body) as response:
+        async with session.post(f"{running.control_url}/api/flags/exp", data=body,
+                                headers={"Content-Type": "application/json"}) as response:
             assert response.status == status
             assert (await response.json())["error"] == error
         async with session.get(f"{running.control_url}/api/flags/exp") as response:

@@ -61,19 +61,19 @@ async def test_proportions_and_sequential(session: ClientSession,
      "a.std: both arms have zero variance: nothing to test"),
     ({"test": "welch_t", "a": {"n": 1, "mean": 1, "std": 1}, "b": {"n": 10, "mean": 2,
                                                                   "std": 1}},
-     "a.n: need at least 2 observations, got 1"),
+     "a.n: expected a whole number from 2 to 1,000,000,000,000, got 1"),
     ({"test": "two_proportion", "a": {"n": 10, "successes": 3}, "b": {"n": 10,
                                                                     "successes": 11}},
      "b.successes: more successes (11) than observations (10)"),
     ({"test": "two_proportion", "a": {"n": -5, "successes": 0}, "b": {"n": 10,
                                                                     "successes": 1}},
-     "a.n: expected a whole number >= 0, got -5"),
+     "a.n: expected a whole number from 1 to 1,000,000,000,000, got -5"),
     ({"test": "welch_t", "a": {"n": 10, "mean": 1}, "b": {"n": 10, "mean": 2, "std": 1}},
      "a.std: required"),
     ({"test": "anova"}, "test: expected welch_t or two_proportion"),
     ({"test": "welch_t", "alternative": "sideways"},
      "alternative: expected one of two-sided, greater, less"),
-    ({"test": "welch_t", "alpha": 1.5}, "alpha: expected a number between 0 and 1, got 1.5"),
+    ({"test": "welch_t", "alpha": 1.5}, "alpha: expected a number between 1e-10 and 0.5, got 1.5"),
 ])
 async def test_bad_input_names_the_field(session: ClientSession, agents: dict[str, str],
                                          body: dict[str, Any], error: str) -> None:
@@ -96,3 +96,55 @@ async def test_sample_size(session: ClientSession, agents: dict[str, str]) -> No
     assert (status, body["error"]) == (400, "effect_size: must be a finite number other than 0")
     status, body = await call(session, agents, "sample-size", {})
     assert status == 400
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    ({"test": "welch_t", "a": {"n": 10, "mean": 1, "std": 1e200},
+      "b": {"n": 10, "mean": 1, "std": 1}}, "a.std: must be within ±1e+100, got 1e+200"),
+    ({"test": "welch_t", "a": {"n": 10, "mean": 1e308, "std": 1},
+      "b": {"n": 10, "mean": -1e308, "std": 1}}, "a.mean: must be within ±1e+100, got 1e+308"),
+    ({"test": "welch_t", "a": {"n": 3, "mean": 1, "std": 1e-100},
+      "b": {"n": 3, "mean": 1, "std": 1}}, "a.std: 0, or at least 1e-50, got 1e-100"),
+    ({"test": "welch_t", "a": {"n": 1e30, "mean": 1, "std": 1},
+      "b": {"n": 3, "mean": 1, "std": 1}},
+     "a.n: expected a whole number from 2 to 1,000,000,000,000, got 1e+30"),
+    ({"test": "welch_t", "alpha": 1e-320, "a": {"n": 3, "mean": 1, "std": 1},
+      "b": {"n": 3, "mean": 1, "std": 1}},
+     "alpha: expected a number between 1e-10 and 0.5, got 1e-320"),
+    ({"test": "two_proportion", "sequential": True, "alternative": "greater",
+      "a": {"n": 10, "successes": 1}, "b": {"n": 10, "successes": 2}},
+     "alternative: the sequential test is two-sided"),
+    ({"metric": "latency"}, "experiment: required with metric (a test on live data); without "
+                            "it, give test, a and b"),
+])
+async def test_significance_inputs_that_used_to_fail(session: ClientSession,
+                                                     body: dict[str, Any], error: str) -> None:
+    assert await stats_call(session, "significance-test", body) == (400, {"error": error})
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    ({"effect_size": 1e5}, "effect_size: expected a number between -1000 and 1000, got 100000.0"),
+    ({"effect_size": 1e-12}, "effect_size: too small to detect: it needs over "
+                             "1,000,000,000,000 samples per arm"),
+    ({"effect_size": 1e-300}, "effect_size: too small to detect: it needs over "
+                              "1,000,000,000,000 samples per arm"),
+    ({"baseline_rate": 0.5, "minimum_detectable_effect": 1e-12},
+     "minimum_detectable_effect: too small to detect: it needs over 1,000,000,000,000 "
+     "samples per arm"),
+])
+async def test_sample_size_inputs_that_used_to_fail(session: ClientSession,
+                                                    body: dict[str, Any], error: str) -> None:
+    assert await stats_call(session, "sample-size", body) == (400, {"error": error})
+
+
+async def test_a_huge_effect_needs_the_smallest_sample(session: ClientSession) -> None:
+    status, body = await stats_call(session, "sample-size", {"effect_size": 50})
+    assert (status, body["minimum_sample_size"]["per_arm"]) == (200, 2)
+
+
+async def stats_call(session: ClientSession, path: str,
+                     body: dict[str, Any]) -> tuple[int, Any]:
+    config = make_config({"control": "http://127.0.0.1:1", "treatment": "http://127.0.0.1:2"})
+    async with embedded(config) as running, session.post(
+            f"{running.control_url}/api/statistics/{path}", json=body) as response:
+        return response.status, await response.json()

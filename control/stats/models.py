@@ -18,10 +18,26 @@ class StatsInputError(ValueError):
         self.message = message
 
 
+# Beyond these the arithmetic of the tests overflows or loses every digit: refused up front,
+# naming the field, rather than failing somewhere inside.
+MAX_N = 10**12
+MAX_MAGNITUDE = 1e100
+MIN_STD = 1e-50
+
+
 def _finite(field: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise StatsInputError(field, f"expected a finite number, got {value!r}")
+    if abs(value) > MAX_MAGNITUDE:
+        raise StatsInputError(field, f"must be within ±{MAX_MAGNITUDE:g}, got {value!r}")
     return float(value)
+
+
+def _count(field: str, value: object, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_N:
+        raise StatsInputError(field, f"expected a whole number from {low} to {MAX_N:,}, "
+                                     f"got {value!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +50,13 @@ class SampleMean:
 
     @classmethod
     def of(cls, field: str, n: object, mean: object, std: object) -> SampleMean:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-            raise StatsInputError(f"{field}.n", f"need at least 2 observations, got {n!r}")
+        count = _count(f"{field}.n", n, 2)
         std_value = _finite(f"{field}.std", std)  # type: ignore[arg-type]
         if std_value < 0:
             raise StatsInputError(f"{field}.std", f"must not be negative, got {std_value}")
-        return cls(n, _finite(f"{field}.mean", mean), std_value ** 2)  # type: ignore[arg-type]
+        if 0 < std_value < MIN_STD:
+            raise StatsInputError(f"{field}.std", f"0, or at least {MIN_STD:g}, got {std_value}")
+        return cls(count, _finite(f"{field}.mean", mean), std_value ** 2)  # type: ignore[arg-type]
 
     @classmethod
     def from_sums(cls, count: int, total: float, total_sq: float) -> SampleMean:
@@ -64,14 +81,8 @@ class Proportion:
 
     @classmethod
     def of(cls, field: str, n: object, successes: object) -> Proportion:
-        for name, value in (("n", n), ("successes", successes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise StatsInputError(f"{field}.{name}",
-                                      f"expected a whole number >= 0, got {value!r}")
-        assert isinstance(n, int)
-        assert isinstance(successes, int)
-        if n < 1:
-            raise StatsInputError(f"{field}.n", "need at least 1 observation")
+        n = _count(f"{field}.n", n, 1)
+        successes = _count(f"{field}.successes", successes, 0)
         if successes > n:
             raise StatsInputError(f"{field}.successes",
                                   f"more successes ({successes}) than observations ({n})")

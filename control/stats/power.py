@@ -7,7 +7,7 @@ import math
 
 from scipy import optimize, special
 
-from control.stats.models import StatsInputError
+from control.stats.models import MAX_N, StatsInputError
 
 
 def _check(alpha: float, power: float | None = None) -> None:
@@ -36,9 +36,14 @@ def mean_sample_size(effect_size: float, power: float = 0.8, alpha: float = 0.05
     if effect_size == 0 or not math.isfinite(effect_size):
         raise StatsInputError("effect_size", "must be a finite number other than 0")
     # The normal approximation brackets the root (nct is unstable far beyond it).
-    normal = 2 * ((-special.ndtri(alpha / 2) + special.ndtri(power)) / effect_size) ** 2
+    ratio = float(-special.ndtri(alpha / 2) + special.ndtri(power)) / abs(effect_size)
+    if ratio > math.sqrt(MAX_N / 2):  # compared before squaring: 1e-300 would overflow
+        raise StatsInputError("effect_size", f"too small to detect: it needs over {MAX_N:,} "
+                                             "samples per arm")
+    if mean_power(abs(effect_size), 2.0, alpha) >= power:
+        return 2  # so large that the smallest experiment detects it
     solved = optimize.brentq(lambda n: mean_power(abs(effect_size), n, alpha) - power,
-                             2.0, 2 * normal + 10)
+                             2.0, 4 * ratio ** 2 + 10)
     return math.ceil(float(solved))
 
 
@@ -64,6 +69,12 @@ def proportion_sample_size(baseline: float, mde: float, power: float = 0.8,
     if mde == 0 or not 0 < baseline + mde < 1:
         raise StatsInputError("minimum_detectable_effect",
                               f"baseline + effect must stay in (0, 1) and differ, got {mde}")
-    solved = optimize.brentq(lambda n: proportion_power(baseline, mde, n, alpha) - power,
-                             1.0, 1e12)
-    return math.ceil(float(solved))
+    def shortfall(n: float) -> float:
+        return proportion_power(baseline, mde, n, alpha) - power
+
+    if shortfall(1.0) >= 0:
+        return 1
+    if shortfall(float(MAX_N)) < 0:
+        raise StatsInputError("minimum_detectable_effect", f"too small to detect: it needs "
+                                                           f"over {MAX_N:,} samples per arm")
+    return math.ceil(float(optimize.brentq(shortfall, 1.0, float(MAX_N))))
