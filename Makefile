@@ -40,6 +40,7 @@ bench: $(STAMP) test-servers
 	$(BIN)/python -m benchmarks.propagation
 	$(BIN)/python -m benchmarks.resilience
 	$(BIN)/python -m benchmarks.statistics
+	$(BIN)/python -m benchmarks.robustness
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -62,7 +62,8 @@ def main() -> int:
                 if name == "breaker open":
                     request = urllib.request.Request(
                         f"http://127.0.0.1:{CONTROL}/api/breakers/arm_b", method="POST",
-                        data=b'{"state": "forced_open"}')
+                        data=b'{"state": "forced_open"}',
+                        headers={"Content-Type": "application/json"})
                     urllib.request.urlopen(request, timeout=5).close()
                 url = f"http://127.0.0.1:{PROXY}"
                 wrk(name, url, connections=32, duration=2, script=script)  # warm up

@@ -30,6 +30,7 @@ from aiohttp.web_request import BaseRequest
 from config.model import Listen, ProxySettings
 
 log = logging.getLogger("abgate.proxy")
+LINGER = 2.0  # seconds a refused client's bytes are read and dropped before the close
 _REASON = {408: "Request Timeout", 431: "Request Header Fields Too Large",
            503: "Service Unavailable", 505: "HTTP Version Not Supported"}
 
@@ -116,6 +117,7 @@ class _ClientConnection(JsonErrorHandler):
         self._head_bytes = 0
         self._header_timer: asyncio.TimerHandle | None = None
         self._last_payload: StreamReader | None = None
+        self._discarding = False  # refused, lingering before the close
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -129,6 +131,8 @@ class _ClientConnection(JsonErrorHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return  # refused: reading only so that closing sends no reset
         # Bytes after the last request's body is complete begin the next request head; the
         # body's own bytes are the body timeout's business, not this one's.
         payload = self._last_payload
@@ -175,11 +179,17 @@ class _ClientConnection(JsonErrorHandler):
             self._arm_header_timer(self._loop.time())  # busy or idle: look again later
 
     def _refuse(self, status: int, error: str) -> None:
+        """Answer and close, lingering as nginx does: closing at once while the client still
+        sends would reset the connection, and a reset can make its kernel drop our answer
+        unread. So: answer, half-close, discard what still comes for LINGER seconds."""
         transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.write(_answer(status, error))
-            transport.close()
-        self.force_close()
+        if transport is None or transport.is_closing() or self._discarding:
+            return
+        self._discarding = True
+        transport.write(_answer(status, error))
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._loop.call_later(LINGER, self.force_close)
 
 class _Server(JsonErrorServer):
     def __init__(self, handler: Any, limits: ClientLimits, **kwargs: Any) -> None:
