@@ -30,6 +30,13 @@ class Flag:
     updated_at: float  # unix seconds
     updated_by: str
     reason: str
+    # The version that set this percentage: measurements are compared within a phase, and a
+    # write that leaves the percentage as it was (25 -> 25) does not start a new one.
+    phase: int = 0  # 0: this version itself
+
+    def __post_init__(self) -> None:
+        if self.phase == 0:
+            object.__setattr__(self, "phase", self.version)
 
     @property
     def percentage(self) -> float:
@@ -43,6 +50,7 @@ class Flag:
             "updated_at": self.updated_at,
             "updated_by": self.updated_by,
             "reason": self.reason,
+            "phase": self.phase,
         }
 
 
@@ -150,6 +158,14 @@ class FlagStore(Protocol):
 HISTORY_LIMIT = 1000  # per flag, in the memory backend's file
 
 
+def _next(current: Flag, basis_points: int, now: float, by: str, reason: str) -> Flag:
+    """The flag a write makes of `current`: a new version, a new phase only if the
+    percentage changes."""
+    version = current.version + 1
+    phase = current.phase if basis_points == current.basis_points else version
+    return Flag(current.name, basis_points, version, now, by, reason, phase)
+
+
 class MemoryFlagStore:
     """The embedded default: one process, the table is the store, persisted to a local file."""
 
@@ -172,7 +188,7 @@ class MemoryFlagStore:
                               reason: str) -> list[Flag]:
         """Persisted first, then applied: a write the file refuses changes nothing."""
         now = time.time()
-        flags = [Flag(name, basis_points, self.table.get(name).version + 1, now, by, reason)
+        flags = [_next(self.table.get(name), basis_points, now, by, reason)
                  for name, basis_points in changes.items()]
         history = dict(self._history)
         for flag in flags:

@@ -47,18 +47,27 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
 
 _SET = """
 local out = {}
-local count = (#ARGV - 5) / 3
+local count = (#ARGV - 5) / 5
 for i = 0, count - 1 do
-  local name = ARGV[6 + i * 3]
-  local version = tonumber(ARGV[8 + i * 3])
+  local base = 6 + i * 5
+  local name = ARGV[base]
+  local basis_points = tonumber(ARGV[base + 1])
+  local version = tonumber(ARGV[base + 2])
+  -- What the writer holds, for a Redis that does not have the flag (yet).
+  local held_bp, held_phase = tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
   local current = redis.call('HGET', KEYS[1], name)
   if current then
-    local next_version = cjson.decode(current)['version'] + 1
+    local held = cjson.decode(current)
+    local next_version = held['version'] + 1
     if next_version > version then version = next_version end
+    held_bp, held_phase = held['basis_points'], held['phase'] or held['version']
   end
-  local flag = cjson.encode({name = name, basis_points = tonumber(ARGV[7 + i * 3]),
+  -- A new phase only when the percentage changes.
+  local phase = version
+  if held_bp == basis_points then phase = held_phase end
+  local flag = cjson.encode({name = name, basis_points = basis_points,
     version = version, updated_at = tonumber(ARGV[1]), updated_by = ARGV[2],
-    reason = ARGV[3]})
+    reason = ARGV[3], phase = phase})
   redis.call('HSET', KEYS[1], name, flag)
   redis.call('XADD', KEYS[2 + i], 'MAXLEN', '~', ARGV[5], '*', 'flag', flag)
   out[#out + 1] = flag
@@ -309,7 +318,8 @@ class RedisFlagStore:
         args: list[str | int | float] = [time.time(), by, reason, self._keys.channel,
                                          HISTORY_MAXLEN]
         for name in names:
-            args += [name, changes[name], self.table.get(name).version + 1]
+            held = self.table.get(name)
+            args += [name, changes[name], held.version + 1, held.basis_points, held.phase]
         try:
             raw = await self._set(keys=[self._keys.flags, *map(self._keys.history, names)],
                                   args=args)

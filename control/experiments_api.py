@@ -157,8 +157,9 @@ def _outcome(worker: StatsWorker, table: FlagTable, index: int,
     if definition.type == "binary" and value not in (0, 1):
         raise ApiError(400, f"{where}.value: {metric} is binary: expected 0, 1, true or "
                             f"false, got {value!r}")
-    current = table.get(name).version  # phase ids are the flag versions that began them
-    phase = item.get("phase", current)
+    flag = table.get(name)
+    current = flag.version  # phase ids are the flag versions that began them
+    phase = item.get("phase", flag.phase)
     if isinstance(phase, bool) or not isinstance(phase, int):
         raise ApiError(400, f"{where}.phase: expected the X-ABGate-Phase header's whole "
                             f"number, got {phase!r}")

@@ -140,7 +140,10 @@ OPENAPI: dict[str, Any] = {
                                     "version": {"type": "integer", "minimum": 1},
                                     "updated_at": {"type": "number"},
                                     "updated_by": {"type": "string"},
-                                    "reason": {"type": "string"}}},
+                                    "reason": {"type": "string"},
+                                    "phase": {"type": "integer", "minimum": 1,
+                                              "description": "the version that set this "
+                                                             "percentage"}}},
             "Instance": {"type": "object",
                          "properties": {"id": {"type": "string"}, "address": {"type": "string"},
                                         "pid": {"type": "integer"},

@@ -76,6 +76,23 @@ Target = Destination | ExperimentRoute
 
 
 @dataclass(frozen=True, slots=True)
+class Fallback:
+    """A treatment-assigned request answered by the control arm. Under intention to treat it
+    still counts, once, in the arm it was assigned, with what its user got (the final status,
+    the time from the first try to the answer): a fallback is part of how the treatment
+    behaves, and dropping it would unbalance the arms (a sample-ratio mismatch)."""
+
+    reason: str
+    assigned: Destination
+    since: float  # when the first try began
+
+    def record(self, status: int, finished: float) -> None:
+        recorder = self.assigned.stats.recorder
+        if recorder is not None:
+            recorder.record(status, finished - self.since)
+
+
+@dataclass(frozen=True, slots=True)
 class Routing:
     """What a request is handled with, swapped whole on reload: a request reads it once, so
     in-flight requests finish on the config they started with."""
@@ -133,15 +150,16 @@ class ProxyHandler:
         if target is None:
             return self._local(request, 404, "no route matches this request", None, None)
         route: ExperimentRoute | None = None
-        fallback: str | None = None
+        fallback: Fallback | None = None
         if isinstance(target, ExperimentRoute):
             route = target
             routing.budget.request(started)
             if target.splitter.is_treatment(request):
                 dest = target.treatment
                 if not dest.breaker.allow(started):
-                    dest, fallback = target.control, "breaker-open"
-                    self.metrics.count_fallback(target.splitter.name, fallback)
+                    fallback = Fallback("breaker-open", dest, started)
+                    dest = target.control
+                    self.metrics.count_fallback(target.splitter.name, fallback.reason)
             else:
                 dest = target.control
         else:
@@ -174,9 +192,9 @@ class ProxyHandler:
             dest.breaker.record(perf_counter(), failed=True, slow=False)
             if self._may_fall_back(route, dest, fallback, request.method, body, routing):
                 assert route is not None
-                dest.stats.record(exc.status, upstream_seconds)  # the ML arm did fail
-                return await self._fall_back(request, route, uri, body, framing, exc.kind,
-                                             started)
+                dest.stats.count(exc.status, upstream_seconds)  # the ML upstream did fail
+                return await self._fall_back(request, route, uri, body, framing,
+                                             Fallback(exc.kind, dest, upstream_started))
             log.warning("upstream %s failed: %s (request %s)", exc.upstream, exc.detail,
                         head.request_id)
             return self._local(request, exc.status, exc.detail, dest, head.request_id,
@@ -194,10 +212,11 @@ class ProxyHandler:
                                               upstream.status, upstream_seconds)
         if failed and route is not None and route.fallback_on_5xx and \
                 self._may_fall_back(route, dest, fallback, request.method, body, routing):
-            dest.stats.record(upstream.status, upstream_seconds)
+            dest.stats.count(upstream.status, upstream_seconds)
             upstream.abandon()
             return await self._fall_back(request, route, uri, body, framing,
-                                         f"status-{upstream.status}", started)
+                                         Fallback(f"status-{upstream.status}", dest,
+                                                  upstream_started))
         if (route is not None and route.shadow is not None and dest is route.control
                 and fallback is None and upstream.complete
                 and (body is None or isinstance(body, bytes)) and route.shadow.sampled()):
@@ -224,7 +243,8 @@ class ProxyHandler:
             body_length=framing, request_ids=self.request_ids, extra=extra)
 
     @staticmethod
-    def _may_fall_back(route: ExperimentRoute | None, dest: Destination, fallback: str | None,
+    def _may_fall_back(route: ExperimentRoute | None, dest: Destination,
+                       fallback: Fallback | None,
                        method: str, body: object, routing: Routing) -> bool:
         """Safe to answer from the control arm instead: a treatment call, not a fallback
         already, a body we still hold, a method (or route) that may be sent twice, and room
@@ -236,11 +256,12 @@ class ProxyHandler:
 
     async def _fall_back(self, request: web.BaseRequest, route: ExperimentRoute, uri: str,
                          body: bytes | AsyncIterator[bytes] | None, framing: int | None,
-                         reason: str, started: float) -> web.StreamResponse:
-        """Send the request again to the control arm; the answer is marked and kept out of
-        the arm statistics (it would flatter or blame the wrong arm)."""
+                         fallback: Fallback) -> web.StreamResponse:
+        """Send the request again to the control arm; the answer is marked, and counted in
+        the treatment arm it was assigned to (see `Fallback`)."""
         control = route.control
-        self.metrics.count_fallback(route.splitter.name, reason)
+        started = fallback.since
+        self.metrics.count_fallback(route.splitter.name, fallback.reason)
         head = self._head(request, uri, control, framing)
         upstream_started = perf_counter()
         try:
@@ -251,15 +272,16 @@ class ProxyHandler:
             control.breaker.record(perf_counter(), failed=True, slow=False)
             log.warning("fallback to %s failed too: %s", exc.upstream, exc.detail)
             return self._local(request, exc.status, exc.detail, control, head.request_id,
-                               None, reason, record=False)
+                               None, fallback)
         elapsed = perf_counter() - upstream_started
         control.breaker.record_response(upstream_started + elapsed, upstream.status, elapsed)
         return await self._respond(request, upstream, control, head.request_id, started,
-                                   upstream_started, reason)
+                                   upstream_started, fallback)
 
     async def _respond(self, request: web.BaseRequest, upstream: UpstreamResponse,
                        dest: Destination, request_id: str, started: float,
-                       upstream_started: float, fallback: str | None) -> web.StreamResponse:
+                       upstream_started: float,
+                       fallback: Fallback | None) -> web.StreamResponse:
         if upstream.complete and request.method != "HEAD":
             finished = perf_counter()
             upstream_seconds = finished - upstream_started
@@ -267,9 +289,12 @@ class ProxyHandler:
             self._copy_headers(upstream, response, dest, request_id, fallback)
             if fallback is None:
                 dest.stats.record(upstream.status, upstream_seconds)
-                if dest.extractor is not None and dest.stats.recorder is not None:
-                    dest.extractor.record(dest.stats.recorder, upstream.body(),
-                                          upstream.headers)
+                recorder = dest.stats.recorder
+            else:  # counted in abgate_fallbacks_total, measured in the assigned arm
+                fallback.record(upstream.status, finished)
+                recorder = fallback.assigned.stats.recorder
+            if dest.extractor is not None and recorder is not None:
+                dest.extractor.record(recorder, upstream.body(), upstream.headers)
             self.metrics.overhead.observe(perf_counter() - started - upstream_seconds)
             return response
         return await self._stream_response(request, upstream, dest, request_id, started,
@@ -277,15 +302,16 @@ class ProxyHandler:
 
     @staticmethod
     def _copy_headers(upstream: UpstreamResponse, response: web.StreamResponse,
-                      dest: Destination, request_id: str, fallback: str | None) -> None:
+                      dest: Destination, request_id: str, fallback: Fallback | None) -> None:
         headers = response.headers
         copy_response_headers(upstream.headers, headers, VIA)
         if dest.phase is not None:
             headers["X-ABGate-Experiment"] = dest.experiment
-            headers["X-ABGate-Arm"] = dest.arm
+            headers["X-ABGate-Arm"] = dest.arm if fallback is None else fallback.assigned.arm
             headers["X-ABGate-Phase"] = dest.phase.label
+            headers["X-ABGate-Served-By"] = dest.pool.name
         if fallback is not None:
-            headers["X-ABGate-Fallback"] = fallback
+            headers["X-ABGate-Fallback"] = fallback.reason
         if "X-Request-Id" not in headers:
             headers["X-Request-Id"] = request_id
 
@@ -355,7 +381,7 @@ class ProxyHandler:
     async def _stream_response(self, request: web.BaseRequest, upstream: UpstreamResponse,
                                dest: Destination, request_id: str, started: float,
                                upstream_started: float,
-                               fallback: str | None) -> web.StreamResponse:
+                               fallback: Fallback | None) -> web.StreamResponse:
         head_ready = perf_counter()
         upstream_head_seconds = head_ready - upstream_started
         response = web.StreamResponse(status=upstream.status)
@@ -365,6 +391,8 @@ class ProxyHandler:
             response.content_length = length
         if fallback is None:
             dest.stats.record(upstream.status, upstream_head_seconds)
+        else:
+            fallback.record(upstream.status, head_ready)
         self.metrics.overhead.observe(head_ready - started - upstream_head_seconds)
         try:
             await response.prepare(request)
@@ -386,8 +414,8 @@ class ProxyHandler:
 
     def _local(self, request: web.BaseRequest, status: int, error: str,
                dest: Destination | None, request_id: str | None,
-               upstream_seconds: float | None = None, fallback: str | None = None, *,
-               record: bool = True) -> web.Response:
+               upstream_seconds: float | None = None,
+               fallback: Fallback | None = None) -> web.Response:
         """A response abgate makes itself: small JSON, counted, with the routing headers."""
         if request_id is None:
             request_id = request.headers.get("X-Request-Id") or self.request_ids.next()
@@ -396,14 +424,18 @@ class ProxyHandler:
         self.metrics.count_local_response(status, reason)
         headers = {"X-Request-Id": request_id, "Via": VIA}
         if dest is not None:
-            if record and fallback is None:
+            if fallback is None:
                 dest.stats.record(status, upstream_seconds)
+            else:
+                fallback.record(status, perf_counter())
             if dest.phase is not None:
                 headers["X-ABGate-Experiment"] = dest.experiment
-                headers["X-ABGate-Arm"] = dest.arm
+                headers["X-ABGate-Arm"] = dest.arm if fallback is None else \
+                    fallback.assigned.arm
                 headers["X-ABGate-Phase"] = dest.phase.label
+                headers["X-ABGate-Served-By"] = dest.pool.name
         if fallback is not None:
-            headers["X-ABGate-Fallback"] = fallback
+            headers["X-ABGate-Fallback"] = fallback.reason
         body = orjson.dumps({"error": error, "upstream": upstream, "request_id": request_id})
         response = web.Response(status=status, body=body, headers=headers,
                                 content_type="application/json")

@@ -231,9 +231,9 @@ class DataPlane:
         flag = self.flags.get(experiment.name)
         threshold = flag.basis_points
         if experiment.name not in self._phases:
-            self._phases[experiment.name] = PhaseRef(flag.version)
+            self._phases[experiment.name] = PhaseRef(flag.phase)
             self.measurements.phase_started(experiment.name, Phase(
-                flag.version, flag.basis_points, flag.updated_at))
+                flag.phase, flag.basis_points, flag.updated_at))
         splitter = Splitter(experiment, threshold, self._rng)
         self._splitters[experiment.name] = splitter
         return ExperimentRoute(
@@ -270,9 +270,9 @@ class DataPlane:
         if splitter is not None:
             splitter.threshold = flag.basis_points
         phase = self._phases.get(flag.name)
-        if phase is not None:  # a new percentage starts a new phase of measurements
-            phase.move(flag.version)
-            self.measurements.phase_started(flag.name, Phase(flag.version, flag.basis_points,
+        if phase is not None and phase.id != flag.phase:  # a new percentage: a new phase
+            phase.move(flag.phase)
+            self.measurements.phase_started(flag.name, Phase(flag.phase, flag.basis_points,
                                                              flag.updated_at))
 
     async def _close_pools(self) -> None:

@@ -41,16 +41,20 @@ async def stack(*, replayable: bool = True, budget: dict[str, float] | None = No
 
 async def paced_load(session: ClientSession, url: str, *, rate: int = 200,
                      seconds: float = 2.0, method: str = "POST") -> list[tuple[int, str, str]]:
-    """`rate` requests per second for `seconds`: (status, arm, fallback reason) of each."""
+    """`rate` requests per second for `seconds`: (status, served by, fallback reason) of each.
+    `X-ABGate-Arm` is the arm a request was assigned to (treatment here, at 100%);
+    `X-ABGate-Served-By` the upstream that answered."""
     loop = asyncio.get_running_loop()
     start = loop.time()
     results: list[tuple[int, str, str]] = []
+    assigned: set[str] = set()
 
     async def one(index: int) -> None:
         async with session.request(method, url, data=b'{"amount": 1}',
                                    headers={"X-User-Id": f"u{index}"}) as response:
             await response.read()
-            results.append((response.status, response.headers.get("X-ABGate-Arm", ""),
+            assigned.add(response.headers.get("X-ABGate-Arm", ""))
+            results.append((response.status, response.headers.get("X-ABGate-Served-By", ""),
                             response.headers.get("X-ABGate-Fallback", "")))
 
     tasks = []
@@ -58,6 +62,7 @@ async def paced_load(session: ClientSession, url: str, *, rate: int = 200,
         await asyncio.sleep(max(0.0, start + index / rate - loop.time()))  # pacing, not waiting
         tasks.append(asyncio.create_task(one(index)))
     await asyncio.gather(*tasks)
+    assert assigned <= {"treatment", ""}, assigned  # a fallback keeps its assigned arm
     return results
 
 
@@ -94,7 +99,7 @@ async def test_failing_ml_backend_is_invisible_to_clients(session: ClientSession
         statuses = Counter(status for status, _, _ in results)
         reasons = Counter(reason for _, _, reason in results)
         assert statuses == {200: len(results)}, statuses  # zero client-visible errors
-        assert all(arm == "control" for _, arm, _ in results)
+        assert all(served == "control" for _, served, _ in results)
         first_reason = "status-500" if failure == "500s" else "timeout"
         assert reasons[first_reason] >= 5  # the calls that tripped the breaker ...
         assert reasons["breaker-open"] > len(results) * 0.8  # ... then it stayed open
@@ -103,10 +108,15 @@ async def test_failing_ml_backend_is_invisible_to_clients(session: ClientSession
         async with session.get(f"{running.control_url}/metrics") as response:
             text = await response.text()
         assert 'abgate_fallbacks_total{experiment="exp",reason="breaker-open"}' in text
-        # Fallback answers are kept out of the arm statistics.
+        # Fallback answers are not counted as the control arm's traffic ...
         control_ok = [line for line in text.splitlines() if line.startswith(
             'abgate_requests_total{arm="control",experiment="exp",status_class="2xx"')]
         assert control_ok == []
+        # ... but measured in the treatment arm they were assigned to (intention to treat).
+        await running.plane.flush_measurements()
+        _, sums = await running.worker.store.read("exp")
+        measured = {key[2]: value.count for key, value in sums.items() if key[3] == "error"}
+        assert measured == {"treatment": len(results)}
 
 
 async def test_killed_backend_then_recovery(session: ClientSession) -> None:

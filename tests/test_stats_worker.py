@@ -122,3 +122,58 @@ async def test_outcomes_land_in_the_phase_of_their_decision(
             assert response.status == 400
             assert (await response.json())["error"] == \
                 f"[0].phase: exp has no phase 999 (phases are 1 to {new_phase})"
+
+
+async def test_fallbacks_stay_in_their_assigned_arm_so_no_srm(
+        session: ClientSession, agents: dict[str, str]) -> None:
+    """Intention to treat: with the ML breaker forced open every treatment request is answered
+    by control, yet counted in treatment, so the arms stay balanced."""
+    async with embedded(make_config(agents, percentage=50)) as running:
+        async with session.post(f"{running.control_url}/api/breakers/treatment",
+                                json={"state": "forced_open"}) as response:
+            assert response.status == 200
+        headers = [await decide(session, running, f"u{user}") for user in range(400)]
+        assigned = {h["X-ABGate-Arm"] for h in headers}
+        assert assigned == {"control", "treatment"}
+        assert {h["X-ABGate-Served-By"] for h in headers} == {"control"}
+        await running.plane.flush_measurements()
+        await running.worker.evaluate_all()
+        _, _, body = await get(session, f"{running.control_url}/api/experiments/exp")
+    samples = body["current_phase"]["samples"]
+    treated = sum(h["X-ABGate-Arm"] == "treatment" for h in headers)
+    assert samples == {"control": 400 - treated, "treatment": treated}
+    assert body["current_phase"]["srm_flagged"] is False
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_write_that_keeps_the_percentage_keeps_the_phase(
+        session: ClientSession, agents: dict[str, str], tmp_path: Any, backend: str) -> None:
+    from contextlib import AsyncExitStack
+
+    from tests.redis_server import redis_server
+
+    async with AsyncExitStack() as stack:
+        flags: dict[str, Any] = {"state_file": str(tmp_path / "state.json")}
+        if backend == "redis":
+            redis = await stack.enter_async_context(redis_server(tmp_path))
+            flags["redis_url"] = redis.url
+        config = make_config(agents, percentage=25, flags=flags)
+        async with embedded(config) as running:
+            api = running.control_url
+            phases = []
+            for percentage in (25, 25, 50, 50):
+                async with session.post(f"{api}/api/flags/exp",
+                                        json={"percentage": percentage}) as response:
+                    body = await response.json()
+                phases.append((body["version"], body["phase"]))
+            assert phases == [(2, 1), (3, 1), (4, 4), (5, 4)]
+            await until_flag(running, 5)
+            assert (await decide(session, running, "u1"))["X-ABGate-Phase"] == "4"
+        async with embedded(config) as restarted:  # same phase after a restart
+            assert (await decide(session, restarted, "u1"))["X-ABGate-Phase"] == "4"
+
+
+async def until_flag(running: Embedded, version: int) -> None:
+    from tests.servers import tables_reach
+
+    await tables_reach([running.flags], "exp", version)
