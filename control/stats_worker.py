@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from config import Config
 from config.flags import FlagStoreUnavailable
 from config.measurements import MeasurementStore, Phase, Sums
-from config.model import MetricConfig
+from config.model import BUILT_IN_METRICS, MetricConfig
 from control.stats import (
     Proportion,
     SampleMean,
@@ -106,7 +106,7 @@ def evaluate(config: Config, name: str, phases: list[Phase],
         counts = [sums.get((name, phase.id, arm, "error"), Sums()).count
                   for arm in (control, treatment)]
         weight = phase.basis_points / 10_000
-        srm_p = srm(counts, [1 - weight, weight]) if 0 < weight < 1 else None
+        srm_p = srm(counts, [1 - weight, weight])
         report.phases.append({"id": phase.id, "percentage": phase.basis_points / 100,
                               "started_at": phase.started_at,
                               "samples": {control: counts[0], treatment: counts[1]},
@@ -123,10 +123,16 @@ def evaluate(config: Config, name: str, phases: list[Phase],
         report.metrics[metric] = compare(sums.get((name, current, control, metric), Sums()),
                                          sums.get((name, current, treatment, metric), Sums()),
                                          definition)
+    # Holm within each family: the declared (success) metrics, and the built-in guardrails.
+    # `significant` follows the adjusted p-value, so several metrics do not inflate alpha.
     tested = [m for m in metrics if report.metrics[m]["status"] == "ok"]
-    adjusted = holm([report.metrics[m]["sequential"]["p_value"] for m in tested])
-    for metric, p in zip(tested, adjusted, strict=True):
-        report.metrics[metric]["sequential"]["p_value_holm"] = p
+    for family in ([m for m in tested if m not in BUILT_IN_METRICS],
+                   [m for m in tested if m in BUILT_IN_METRICS]):
+        adjusted = holm([report.metrics[m]["sequential"]["p_value"] for m in family])
+        for metric, p in zip(family, adjusted, strict=True):
+            result = report.metrics[metric]["sequential"]
+            result["p_value_holm"] = p
+            result["significant"] = p < 1 - result["confidence_level"]
     return report
 
 

@@ -112,6 +112,18 @@ def test_srm_and_holm() -> None:
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
 
 
+def test_srm_at_the_edges_of_the_split() -> None:
+    from scipy import stats
+
+    assert srm([900, 100], [1.0, 0.0]) == 0.0  # treatment got traffic at 0%: a mismatch
+    assert srm([0, 100], [0.0, 1.0]) == 1.0  # everything in treatment at 100%, as configured
+    assert srm([0, 0], [0.5, 0.5]) == 1.0
+    # A 0.05% split: expected counts under 5 take the exact binomial test.
+    for observed in ([2000, 0], [1995, 5], [1990, 10]):
+        exact = stats.binomtest(observed[0], sum(observed), 0.9995).pvalue
+        assert srm(observed, [0.9995, 0.0005]) == pytest.approx(exact, rel=1e-12)
+
+
 @pytest.mark.parametrize(("factory", "field"), [
     (lambda: SampleMean.of("a", 1, 1.0, 1.0), "a.n"),
     (lambda: SampleMean.of("b", 10, float("nan"), 1.0), "b.mean"),
@@ -163,3 +175,17 @@ def test_planned_sample_size_reaches_planned_power() -> None:
         b = SampleMean(n, float(b_data.mean()), float(b_data.var(ddof=1)))
         hits += welch_t(a, b).significant
     assert abs(hits / trials - power) < 0.04  # 0.04 is over 3 binomial standard errors
+
+
+@pytest.mark.parametrize(("a", "b"), [((40, 3), (35, 0)), ((20, 0), (25, 4)), ((10, 10), (12, 7)),
+                                      ((500, 2), (480, 9))])
+def test_small_count_intervals_are_newcombes(a: tuple[int, int], b: tuple[int, int]) -> None:
+    from statsmodels.stats.proportion import confint_proportions_2indep
+
+    from control.stats.frequentist import fisher_exact
+
+    result = fisher_exact(Proportion(*a), Proportion(*b))
+    low, high = confint_proportions_2indep(b[1], b[0], a[1], a[0], method="newcomb",
+                                           compare="diff")
+    assert result.ci_absolute == pytest.approx((low, high), rel=1e-9, abs=1e-12)
+

@@ -36,7 +36,12 @@ async def test_welch_inline(session: ClientSession, agents: dict[str, str]) -> N
     assert body["effect"]["relative"] == pytest.approx(0.05)
     assert body["ci"]["absolute"][0] < 0.04 < body["ci"]["absolute"][1]
     assert body["n"] == {"a": 1000, "b": 1000}
-    assert 0 < body["power"] < 1
+    assert "power" not in body  # power at the observed effect only restates the p-value
+    # The effect these samples detect with 80% power: (z(0.975) + z(0.8)) * standard error.
+    expected = (stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) * \
+        (0.4 ** 2 / 1000 + 0.37 ** 2 / 1000) ** 0.5
+    assert body["minimum_detectable_effect"] == {"absolute": pytest.approx(expected),
+                                                 "power": 0.8}
 
 
 async def test_proportions_and_sequential(session: ClientSession,

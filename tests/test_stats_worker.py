@@ -177,3 +177,29 @@ async def until_flag(running: Embedded, version: int) -> None:
     from tests.servers import tables_reach
 
     await tables_reach([running.flags], "exp", version)
+
+
+def test_significant_follows_the_holm_adjusted_p_value() -> None:
+    """Two success metrics with raw sequential p-values on both sides of alpha/2: the one
+    that passes alone must not pass once adjusted for the other."""
+    from config.measurements import Phase, Sums
+    from control.stats_worker import evaluate
+
+    config = make_config({"control": "http://127.0.0.1:1", "treatment": "http://127.0.0.1:2"},
+                         experiment={"metrics": {
+                             "a": {"type": "continuous", "direction": "higher"},
+                             "b": {"type": "continuous", "direction": "higher"}}})
+    n = 2000
+
+    def sums(mean: float) -> Sums:
+        return Sums(n, mean * n, (mean * mean + 1.0) * n)  # variance about 1 around `mean`
+
+    data = {("exp", 1, arm, metric): sums(mean) for arm, metric, mean in (
+        ("control", "a", 0.0), ("treatment", "a", 0.1),
+        ("control", "b", 0.0), ("treatment", "b", 0.08))}
+    report = evaluate(config, "exp", [Phase(1, 1000, 0.0)], data)
+    raw = {m: report.metrics[m]["sequential"]["p_value"] for m in ("a", "b")}
+    adjusted = {m: report.metrics[m]["sequential"]["p_value_holm"] for m in ("a", "b")}
+    assert min(raw.values()) < 0.05 < max(adjusted.values())  # the case that matters
+    for metric in ("a", "b"):
+        assert report.metrics[metric]["sequential"]["significant"] is (adjusted[metric] < 0.05)

@@ -68,7 +68,7 @@ def welch_t(a: SampleMean, b: SampleMean, *, alpha: float = 0.05,
     t = diff / se
     p = _tail_p(t, alternative, lambda x: special.stdtr(df, -x), lambda x: special.stdtr(df, x))
     crit = float(-special.stdtrit(df, alpha / 2))
-    lift, ci_rel = relative_effect(a, b, float(-special.ndtri(alpha / 2)))
+    lift, ci_rel = relative_effect(a, b, crit)  # the same t as the absolute interval
     return TestResult("welch_t", p, 1 - alpha, p < alpha, diff, lift,
                       (diff - crit * se, diff + crit * se), ci_rel, a.n, b.n)
 
@@ -103,10 +103,29 @@ def fisher_exact(a: Proportion, b: Proportion, *, alpha: float = 0.05,
     base = two_proportion(a, b, alpha=alpha) if 0 < a.successes + b.successes < a.n + b.n \
         else None
     diff = b.rate - a.rate
+    # For the small counts this test is for, a Wald interval contradicts it; Newcombe's
+    # hybrid score interval (from the Wilson bounds of each rate) behaves at 0 and 1.
     return TestResult("fisher_exact", p, 1 - alpha, p < alpha, diff,
                       base.effect_relative if base else None,
-                      base.ci_absolute if base else (diff, diff),
+                      newcombe_interval(a, b, alpha),
                       base.ci_relative if base else None, a.n, b.n)
+
+
+def wilson_interval(x: Proportion, alpha: float) -> tuple[float, float]:
+    z = float(-special.ndtri(alpha / 2))
+    n, p = x.n, x.rate
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def newcombe_interval(a: Proportion, b: Proportion, alpha: float) -> tuple[float, float]:
+    """Interval for b's rate minus a's (Newcombe 1998, method 10)."""
+    low_a, high_a = wilson_interval(a, alpha)
+    low_b, high_b = wilson_interval(b, alpha)
+    diff = b.rate - a.rate
+    return (diff - math.sqrt((b.rate - low_b) ** 2 + (high_a - a.rate) ** 2),
+            diff + math.sqrt((high_b - b.rate) ** 2 + (a.rate - low_a) ** 2))
 
 
 def rates_test(a: Proportion, b: Proportion, *, alpha: float = 0.05,

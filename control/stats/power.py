@@ -78,3 +78,21 @@ def proportion_sample_size(baseline: float, mde: float, power: float = 0.8,
         raise StatsInputError("minimum_detectable_effect", f"too small to detect: it needs "
                                                            f"over {MAX_N:,} samples per arm")
     return math.ceil(float(optimize.brentq(shortfall, 1.0, float(MAX_N))))
+
+
+def mean_detectable_effect(a_variance: float, b_variance: float, n_a: int, n_b: int,
+                           power: float = 0.8, alpha: float = 0.05) -> float:
+    """The smallest absolute difference of means a two-sided test at `alpha` detects with
+    `power` at these sample sizes (normal approximation): what the data can still tell,
+    unlike power at the observed effect, which is only a function of the p-value."""
+    _check(alpha, power)
+    z = float(-special.ndtri(alpha / 2) + special.ndtri(power))
+    return z * math.sqrt(a_variance / n_a + b_variance / n_b)
+
+
+def rate_detectable_effect(baseline: float, n_a: int, n_b: int, power: float = 0.8,
+                           alpha: float = 0.05) -> float:
+    """The same for rates, from the control's rate (p(1-p) per arm)."""
+    variance = baseline * (1 - baseline)
+    return mean_detectable_effect(variance, variance, n_a, n_b, power, alpha)
+
