@@ -41,6 +41,7 @@ bench: $(STAMP) test-servers
 	$(BIN)/python -m benchmarks.resilience
 	$(BIN)/python -m benchmarks.statistics
 	$(BIN)/python -m benchmarks.robustness
+	$(BIN)/python -m benchmarks.sequential_rates
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

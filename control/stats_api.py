@@ -34,6 +34,7 @@ from control.stats import (
 from control.stats.frequentist import TestResult, rates_test
 from control.stats.models import Alternative
 from control.stats.power import mean_detectable_effect, rate_detectable_effect
+from control.stats.sequential import sequential_rates
 from control.stats_worker import compare
 
 ALTERNATIVES: tuple[Alternative, ...] = ("two-sided", "greater", "less")
@@ -122,7 +123,7 @@ async def significance_test(request: web.Request) -> web.Response:
             if sequential:
                 if alternative != "two-sided":
                     raise ApiError(400, "alternative: the sequential test is two-sided")
-                result = sequential_test(pa.as_mean(), pb.as_mean(), alpha=alpha)
+                result = sequential_rates(pa, pb, alpha=alpha)
             else:
                 result = rates_test(pa, pb, alpha=alpha, alternative=alternative)
             detectable = rate_detectable_effect(pa.rate, pa.n, pb.n, alpha=alpha)

@@ -32,6 +32,7 @@ from control.stats import (
 )
 from control.stats.checks import SRM_THRESHOLD
 from control.stats.frequentist import rates_test, welch_t
+from control.stats.sequential import sequential_rates
 
 log = logging.getLogger("abgate.stats")
 INTERVAL = 3.0
@@ -61,7 +62,7 @@ def compare(a: Sums, b: Sums, metric: MetricConfig, alpha: float = 0.05) -> dict
         if metric.type == "binary":
             pa, pb = _proportion(a), _proportion(b)
             fixed = rates_test(pa, pb, alpha=alpha)
-            sequential = sequential_test(pa.as_mean(), pb.as_mean(), alpha=alpha)
+            sequential = sequential_rates(pa, pb, alpha=alpha)
         else:
             ma = SampleMean.from_sums(a.count, a.total, a.total_sq)
             mb = SampleMean.from_sums(b.count, b.total, b.total_sq)
