@@ -81,7 +81,8 @@ async def get_experiment(request: web.Request) -> web.Response:
 async def significance(request: web.Request) -> web.Response:
     _, _, report = await _report(request)
     return json_response({"name": report["name"], "phase": report["current_phase"],
-                          "metrics": report["metrics"]})
+                          "metrics": report["metrics"],
+                          "across_phases": report["across_phases"]})
 
 
 async def comparison(request: web.Request) -> web.Response:

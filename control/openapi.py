@@ -30,6 +30,8 @@ _SUMMARY_RATE = {"type": "object", "required": ["n", "successes"],
 _ALPHA = {"type": "number", "exclusiveMinimum": 1e-10, "exclusiveMaximum": 0.5}
 _POWER = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
 _ALTERNATIVE = {"enum": ["two-sided", "greater", "less"]}
+_SHARE = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1,
+          "description": "the treatment's share of traffic (a rollout stage), default 0.5"}
 _OUTCOME = {"type": "object", "required": ["experiment", "arm", "metric", "value"],
             "additionalProperties": False,
             "properties": {"experiment": {"type": "string"},
@@ -80,7 +82,7 @@ STATISTICS_PATHS: dict[str, Any] = {
                           "additionalProperties": False, "properties": {
                               "effect_size": {"type": "number", "minimum": -1000,
                                               "maximum": 1000, "not": {"const": 0}},
-                              "power": _POWER, "alpha": _ALPHA}},
+                              "power": _POWER, "alpha": _ALPHA, "treatment_share": _SHARE}},
                          {"type": "object",
                           "required": ["baseline_rate", "minimum_detectable_effect"],
                           "additionalProperties": False, "properties": {
@@ -90,7 +92,8 @@ STATISTICS_PATHS: dict[str, Any] = {
                                                             "exclusiveMinimum": -1,
                                                             "exclusiveMaximum": 1,
                                                             "not": {"const": 0}},
-                              "power": _POWER, "alpha": _ALPHA}}]}}}},
+                              "power": _POWER, "alpha": _ALPHA,
+                              "treatment_share": _SHARE}}]}}}},
                  "responses": {"200": _json(_OBJECT), "400": ERROR, "401": ERROR}}},
     "/api/experiments": {
         "get": {"summary": "Every experiment: arms, current phase, samples, SRM",

@@ -34,7 +34,7 @@ from control.stats import (
 from control.stats.frequentist import TestResult, rates_test
 from control.stats.models import Alternative
 from control.stats.power import mean_detectable_effect, rate_detectable_effect
-from control.stats.sequential import sequential_rates
+from control.stats.sequential import sequential_rates, sequential_sample_size
 from control.stats_worker import compare
 
 ALTERNATIVES: tuple[Alternative, ...] = ("two-sided", "greater", "less")
@@ -143,18 +143,26 @@ async def significance_test(request: web.Request) -> web.Response:
 
 async def sample_size(request: web.Request) -> web.Response:
     body = await json_object(request, allowed={"effect_size", "baseline_rate",
-                                               "minimum_detectable_effect", "power", "alpha"})
+                                               "minimum_detectable_effect", "power", "alpha",
+                                               "treatment_share"})
     alpha = _alpha(body)
     power = _number(body, "power", 0.8, alpha, 1 - 1e-9)
+    share = _number(body, "treatment_share", 0.5, 0, 1)
     try:
         if "effect_size" in body:
             effect = _number(body, "effect_size", 0, -1e3, 1e3)
             per_arm = mean_sample_size(effect, power, alpha)
+            sequential = sequential_sample_size(effect, 1.0, 1.0, share=share, power=power,
+                                                alpha=alpha)
             kind = "means (Cohen's d, two-sided Welch/Student t)"
         elif "baseline_rate" in body:
             baseline = _number(body, "baseline_rate", 0, 0, 1)
             mde = _number(body, "minimum_detectable_effect", 0, -1, 1)
             per_arm = proportion_sample_size(baseline, mde, power, alpha)
+            target = baseline + mde
+            sequential = sequential_sample_size(
+                mde, baseline * (1 - baseline), target * (1 - target), share=share,
+                power=power, alpha=alpha)
             kind = "rates (Cohen's h, two-sided z)"
         else:
             raise ApiError(400, "effect_size or baseline_rate: one is required")
@@ -163,7 +171,10 @@ async def sample_size(request: web.Request) -> web.Response:
     except (ArithmeticError, ValueError) as exc:  # a root the solver could not bracket
         raise ApiError(400, f"no sample size can be computed for this input "
                             f"({type(exc).__name__})") from None
+    # The gates decide with the sequential test: its size is the one to plan a stage by.
     return json_response({"minimum_sample_size": {"per_arm": per_arm, "total": 2 * per_arm},
+                          "sequential": {"control": sequential[0], "treatment": sequential[1],
+                                         "total": sum(sequential), "treatment_share": share},
                           "power": power, "alpha": alpha, "for": kind})
 
 

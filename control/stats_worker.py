@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from config import Config
 from config.flags import FlagStoreUnavailable
 from config.measurements import MeasurementStore, Phase, Sums
-from config.model import BUILT_IN_METRICS, MetricConfig
+from config.model import BUILT_IN_METRICS, ExperimentConfig, MetricConfig
 from control.stats import (
     Proportion,
     SampleMean,
@@ -33,6 +33,7 @@ from control.stats import (
 from control.stats.checks import SRM_THRESHOLD
 from control.stats.frequentist import rates_test, welch_t
 from control.stats.sequential import sequential_rates
+from control.stats.strata import stratified_difference
 
 log = logging.getLogger("abgate.stats")
 INTERVAL = 3.0
@@ -77,6 +78,30 @@ def compare(a: Sums, b: Sums, metric: MetricConfig, alpha: float = 0.05) -> dict
     return out
 
 
+def _across_phases(experiment: ExperimentConfig, phases: list[Phase],
+                   sums: dict[tuple[str, int, str, str], Sums],
+                   metrics: list[str]) -> dict[str, Any]:
+    """Each metric's difference across every phase with data, weighted by precision (never
+    pooled: see control/stats/strata.py); only where two or more phases have data."""
+    control, treatment = experiment.control.name, experiment.treatment.name
+    out: dict[str, Any] = {}
+    for metric in metrics:
+        strata = []
+        for phase in phases:
+            a = sums.get((experiment.name, phase.id, control, metric))
+            b = sums.get((experiment.name, phase.id, treatment, metric))
+            if a is not None and b is not None and a.count >= MIN_SAMPLES and \
+                    b.count >= MIN_SAMPLES:
+                strata.append((SampleMean.from_sums(a.count, a.total, a.total_sq),
+                               SampleMean.from_sums(b.count, b.total, b.total_sq)))
+        if len(strata) >= 2:
+            try:
+                out[metric] = stratified_difference(strata).as_json()
+            except StatsInputError:
+                continue
+    return out
+
+
 def _proportion(sums: Sums) -> Proportion:
     """Successes of a 0/1 metric; values are checked to be 0 or 1 where they come in."""
     return Proportion(sums.count, min(sums.count, max(0, round(sums.total))))
@@ -89,13 +114,15 @@ class ExperimentReport:
     treatment_arm: str
     phases: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    across_phases: dict[str, dict[str, Any]] = field(default_factory=dict)
     evaluated_at: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "arms": {"control": self.control_arm,
                                             "treatment": self.treatment_arm},
                 "phases": self.phases, "current_phase": self.phases[-1] if self.phases else None,
-                "metrics": self.metrics, "evaluated_at": self.evaluated_at}
+                "metrics": self.metrics, "across_phases": self.across_phases,
+                "evaluated_at": self.evaluated_at}
 
 
 def evaluate(config: Config, name: str, phases: list[Phase],
@@ -124,6 +151,7 @@ def evaluate(config: Config, name: str, phases: list[Phase],
         report.metrics[metric] = compare(sums.get((name, current, control, metric), Sums()),
                                          sums.get((name, current, treatment, metric), Sums()),
                                          definition)
+    report.across_phases = _across_phases(experiment, phases, sums, metrics)
     # Holm within each family: the declared (success) metrics, and the built-in guardrails.
     # `significant` follows the adjusted p-value, so several metrics do not inflate alpha.
     tested = [m for m in metrics if report.metrics[m]["status"] == "ok"]

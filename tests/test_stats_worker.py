@@ -203,3 +203,25 @@ def test_significant_follows_the_holm_adjusted_p_value() -> None:
     assert min(raw.values()) < 0.05 < max(adjusted.values())  # the case that matters
     for metric in ("a", "b"):
         assert report.metrics[metric]["sequential"]["significant"] is (adjusted[metric] < 0.05)
+
+
+def test_across_phases_is_stratified_never_pooled() -> None:
+    """Simpson's paradox from a ramp: the treatment is better in each phase, but its traffic
+    sits mostly in the later phase with the lower base rate, so pooling reverses the sign."""
+    from config.measurements import Phase, Sums
+    from control.stats_worker import evaluate
+
+    def rate(n: int, successes: int) -> Sums:
+        return Sums(n, float(successes), float(successes))
+
+    config = make_config({"control": "http://127.0.0.1:1", "treatment": "http://127.0.0.1:2"})
+    data = {("exp", 1, "control", "accuracy"): rate(9000, 900),      # 10%  at a 10% split
+            ("exp", 1, "treatment", "accuracy"): rate(1000, 110),    # 11%
+            ("exp", 4, "control", "accuracy"): rate(5000, 250),      # 5%   at 50%
+            ("exp", 4, "treatment", "accuracy"): rate(5000, 275)}    # 5.5%
+    report = evaluate(config, "exp", [Phase(1, 1000, 0.0), Phase(4, 5000, 1.0)], data)
+    pooled = 385 / 6000 - 1150 / 14000
+    assert pooled < -0.015  # what pooling would claim: 1.8 points worse
+    combined = report.across_phases["accuracy"]
+    assert combined["phases"] == 2
+    assert 0.005 < combined["effect"] < 0.01  # between the two phases' +1.0 and +0.5 points
