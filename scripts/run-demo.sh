@@ -58,8 +58,8 @@ abgate demo is up:
 
 Try:
   curl -si -H 'X-User-Id: alice' -X POST $PROXY/api/agent/credit/decide
-  curl -s -X POST $CONTROL/api/flags/ml-agent-rollout -H 'Content-Type: application/json' \
-       -d '{"percentage": 50}'
+  curl -s -X POST -H 'Content-Type: application/json' -d '{"percentage": 50}' \\
+       $CONTROL/api/flags/ml-agent-rollout
   scripts/demo-agent.sh stop ml     # the breaker check: answers keep coming, from control
   scripts/demo-agent.sh start ml    # and ML traffic returns on its own
 Ctrl-C stops everything.
