@@ -136,14 +136,26 @@ class FlagStoreUnavailable(Exception):
     """The backend cannot take writes right now (Redis down); nothing was written."""
 
 
+class VersionConflict(Exception):
+    """A compare-and-set write found another version than it expected; nothing was written.
+    `current` is the flag as it stands (someone else changed it meanwhile)."""
+
+    def __init__(self, current: Flag, expected: int) -> None:
+        super().__init__(f"{current.name} is at version {current.version}, not {expected}")
+        self.current = current
+        self.expected = expected
+
+
 class FlagStore(Protocol):
     """Where flag writes go. Every backend applies what it writes to its `table`."""
 
     table: FlagTable
 
-    async def set_percentages(self, changes: Mapping[str, int], *, by: str,
-                              reason: str) -> list[Flag]:
-        """Set several flags in one atomic step (all or none); each gets a new version."""
+    async def set_percentages(self, changes: Mapping[str, int], *, by: str, reason: str,
+                              expected: Mapping[str, int] | None = None) -> list[Flag]:
+        """Set several flags in one atomic step (all or none); each gets a new version.
+        `expected` (flag -> version) makes it a compare-and-set: if any named flag is at
+        another version, nothing is written and VersionConflict names it."""
         ...
 
     async def history(self, name: str, limit: int) -> list[dict[str, object]]:
@@ -184,9 +196,13 @@ class MemoryFlagStore:
         self._history = {name: list(entries) for name, entries in history.items()}
         return sum(self.table.apply(flag) for flag in flags if flag.name in self.table)
 
-    async def set_percentages(self, changes: Mapping[str, int], *, by: str,
-                              reason: str) -> list[Flag]:
+    async def set_percentages(self, changes: Mapping[str, int], *, by: str, reason: str,
+                              expected: Mapping[str, int] | None = None) -> list[Flag]:
         """Persisted first, then applied: a write the file refuses changes nothing."""
+        for name, version in (expected or {}).items():
+            current = self.table.get(name)
+            if current.version != version:
+                raise VersionConflict(current, version)
         now = time.time()
         flags = [_next(self.table.get(name), basis_points, now, by, reason)
                  for name, basis_points in changes.items()]

@@ -35,7 +35,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from config.flag_file import FlagFile, flag_from_json, flag_to_json
-from config.flags import Flag, FlagStoreUnavailable, FlagTable, Instance
+from config.flags import Flag, FlagStoreUnavailable, FlagTable, Instance, VersionConflict
 
 log = logging.getLogger("abgate.flags")
 HISTORY_MAXLEN = 10_000
@@ -46,10 +46,24 @@ COMMAND_TIMEOUT = 2.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
 
 _SET = """
-local out = {}
-local count = (#ARGV - 5) / 5
+-- ARGV: now, by, reason, channel, history maxlen, then per flag: name, basis points,
+-- the version the writer would give it, its held basis points and phase, and the version it
+-- expects (0: any). Compare first, write after: a conflict writes nothing.
+local per = 6
+local count = (#ARGV - 5) / per
 for i = 0, count - 1 do
-  local base = 6 + i * 5
+  local base = 6 + i * per
+  local expected = tonumber(ARGV[base + 5])
+  if expected > 0 then
+    local current = redis.call('HGET', KEYS[1], ARGV[base])
+    -- Not in Redis yet: the writer's own copy is what it compared with.
+    local held = current and cjson.decode(current)['version'] or tonumber(ARGV[base + 2]) - 1
+    if held ~= expected then return {'conflict', ARGV[base], current or ''} end
+  end
+end
+local out = {}
+for i = 0, count - 1 do
+  local base = 6 + i * per
   local name = ARGV[base]
   local basis_points = tonumber(ARGV[base + 1])
   local version = tonumber(ARGV[base + 2])
@@ -312,19 +326,24 @@ class RedisFlagStore:
         self._seed = client.register_script(_SEED)
         self.reseeded = 0
 
-    async def set_percentages(self, changes: Mapping[str, int], *, by: str,
-                              reason: str) -> list[Flag]:
+    async def set_percentages(self, changes: Mapping[str, int], *, by: str, reason: str,
+                              expected: Mapping[str, int] | None = None) -> list[Flag]:
         names = list(changes)
         args: list[str | int | float] = [time.time(), by, reason, self._keys.channel,
                                          HISTORY_MAXLEN]
         for name in names:
             held = self.table.get(name)
-            args += [name, changes[name], held.version + 1, held.basis_points, held.phase]
+            args += [name, changes[name], held.version + 1, held.basis_points, held.phase,
+                     (expected or {}).get(name, 0)]
         try:
             raw = await self._set(keys=[self._keys.flags, *map(self._keys.history, names)],
                                   args=args)
         except (RedisError, OSError) as exc:
             raise FlagStoreUnavailable(str(exc)) from exc
+        if raw and raw[0] == "conflict":
+            _, name, current = raw
+            held = flag_from_json(orjson.loads(current)) if current else self.table.get(name)
+            raise VersionConflict(held, (expected or {})[name])
         flags = [flag_from_json(orjson.loads(item)) for item in raw]
         for flag in flags:
             self.table.apply(flag)

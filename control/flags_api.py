@@ -11,7 +11,14 @@ from typing import Any
 from aiohttp import web
 
 from config.fields import parse_percentage
-from config.flags import Flag, FlagStore, FlagStoreUnavailable, Instance, UnknownFlag
+from config.flags import (
+    Flag,
+    FlagStore,
+    FlagStoreUnavailable,
+    Instance,
+    UnknownFlag,
+    VersionConflict,
+)
 from control.http import ApiError, json_object, json_response
 
 log = logging.getLogger("abgate.control")
@@ -50,11 +57,26 @@ def caller(request: web.Request) -> str:
     return request.headers.get("X-ABGate-Actor") or f"api@{request.remote or 'unknown'}"
 
 
-async def _write(request: web.Request, changes: dict[str, int], reason: str) -> list[Flag]:
+def _version(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ApiError(400, f"{field}: expected the flag version (a whole number >= 1) the "
+                            f"write is based on, got {value!r}")
+    return value
+
+
+async def _write(request: web.Request, changes: dict[str, int], reason: str,
+                 expected: dict[str, int] | None = None) -> list[Flag]:
+    """`expected` makes it compare-and-set: another writer's change in between is a 409
+    naming the flag as it now stands, and nothing is written."""
     try:
-        flags = await _store(request).set_percentages(changes, by=caller(request), reason=reason)
+        flags = await _store(request).set_percentages(changes, by=caller(request),
+                                                      reason=reason, expected=expected)
     except FlagStoreUnavailable as exc:
         raise ApiError(503, f"flag store unavailable, nothing was changed: {exc}") from exc
+    except VersionConflict as exc:
+        raise ApiError(409, f"{exc}: changed by {exc.current.updated_by} "
+                            f"({exc.current.reason or 'no reason given'}); nothing was changed",
+                       current=exc.current.as_json()) from exc
     for flag in flags:
         log.info("flag %s set to %s%% (version %d) by %s: %s", flag.name, flag.percentage,
                  flag.version, flag.updated_by, reason or "-")
@@ -74,24 +96,35 @@ async def get_flag(request: web.Request) -> web.Response:
 
 async def set_flag(request: web.Request) -> web.Response:
     name = _known(_store(request), request.match_info["name"])
-    body = await json_object(request, allowed={"percentage", "reason"}, exact=True)
+    body = await json_object(request, allowed={"percentage", "reason", "expected_version"},
+                             exact=True)
     if "percentage" not in body:
         raise ApiError(400, "percentage: required (a number from 0 to 100)")
     basis_points = _percentage(body["percentage"], "percentage")
-    flags = await _write(request, {name: basis_points}, _reason(body))
+    expected = {name: _version(body["expected_version"], "expected_version")} \
+        if "expected_version" in body else None
+    flags = await _write(request, {name: basis_points}, _reason(body), expected)
     return json_response(flags[0].as_json())
 
 
 async def set_flags(request: web.Request) -> web.Response:
     """`{"flags": {"name": percentage, ...}, "reason": "..."}`: all or nothing."""
     store = _store(request)
-    body = await json_object(request, allowed={"flags", "reason"}, exact=True)
+    body = await json_object(request, allowed={"flags", "reason", "expected_versions"},
+                             exact=True)
     wanted = body.get("flags")
     if not isinstance(wanted, dict) or not wanted:
         raise ApiError(400, "flags: expected an object of flag name to percentage")
     changes = {_known(store, name): _percentage(value, f"flags.{name}")
                for name, value in wanted.items()}
-    flags = await _write(request, changes, _reason(body))
+    versions = body.get("expected_versions")
+    if versions is not None and (not isinstance(versions, dict) or
+                                 not set(versions) <= set(changes)):
+        raise ApiError(400, "expected_versions: an object of flag name (among flags) to the "
+                            "version the write is based on")
+    expected = {name: _version(v, f"expected_versions.{name}")
+                for name, v in versions.items()} if versions else None
+    flags = await _write(request, changes, _reason(body), expected)
     return json_response({"flags": [flag.as_json() for flag in flags]})
 
 

@@ -24,10 +24,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.extra = extra  # more fields of the JSON answer (a 409 carries the current flag)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -66,7 +67,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     except ApiError as exc:
-        return json_response({"error": exc.message}, exc.status)
+        return json_response({"error": exc.message, **exc.extra}, exc.status)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -125,6 +125,11 @@ STATISTICS_PATHS: dict[str, Any] = {
 NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 PERCENTAGE = {"type": "number", "minimum": 0, "maximum": 100, "multipleOf": 0.01}
 REASON = {"type": "string", "maxLength": 1000}
+VERSION = {"type": "integer", "minimum": 1,
+           "description": "compare-and-set: the flag version this write is based on"}
+CONFLICT = _json({"type": "object", "required": ["error", "current"], "properties": {
+    "error": {"type": "string"}, "current": {"$ref": "#/components/schemas/Flag"}}},
+    "Another writer changed the flag; nothing was written")
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -175,10 +180,13 @@ OPENAPI: dict[str, Any] = {
                                     "additionalProperties": False, "properties": {
                              "flags": {"type": "object", "additionalProperties": PERCENTAGE,
                                        "minProperties": 1},
+                             "expected_versions": {"type": "object",
+                                                   "additionalProperties": VERSION},
                              "reason": REASON}}}}},
                      "responses": {"200": _json({"type": "object", "properties": {
                          "flags": {"type": "array", "items": _ref("Flag")}}}),
-                         "400": ERROR, "401": ERROR, "404": ERROR, "503": ERROR}},
+                         "400": ERROR, "401": ERROR, "404": ERROR, "409": CONFLICT,
+                         "503": ERROR}},
         },
         "/api/flags/{name}": {
             "parameters": [NAME],
@@ -189,9 +197,10 @@ OPENAPI: dict[str, Any] = {
                          "schema": {"type": "object", "required": ["percentage"],
                                     "additionalProperties": False,
                                     "properties": {"percentage": PERCENTAGE,
-                                                   "reason": REASON}}}}},
+                                                   "reason": REASON,
+                                                   "expected_version": VERSION}}}}},
                      "responses": {"200": _json(_ref("Flag")), "400": ERROR, "401": ERROR,
-                                   "404": ERROR, "503": ERROR}},
+                                   "404": ERROR, "409": CONFLICT, "503": ERROR}},
         },
         "/api/flags/{name}/history": {
             "parameters": [NAME, {"name": "limit", "in": "query",

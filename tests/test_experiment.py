@@ -108,7 +108,7 @@ async def test_metrics_count_requests_per_arm(session: ClientSession,
      "percentage: at most two decimals (0.01% steps), got 99.99999999999999999"),
     (b'{"percentage": NaN}', 400, "request body is not valid JSON: NaN is not a JSON number"),
     (b'{"percentage": 5, "colour": 1}', 400,
-     "unknown field(s): colour (expected: percentage, reason)"),
+     "unknown field(s): colour (expected: expected_version, percentage, reason)"),
 ])
 async def test_flag_api_rejects_bad_input(session: ClientSession, agents: dict[str, str],
                                           body: bytes, status: int, error: str) -> None:
@@ -224,3 +224,41 @@ async def test_embedded_measurements_survive_a_restart(
         phases, sums = await restarted.worker.store.read("exp")
         assert [p.basis_points for p in phases] == [5000]
         assert sum(s.count for k, s in sums.items() if k[3] == "error") == 30
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_compare_and_set_writes(session: ClientSession, agents: dict[str, str],
+                                      tmp_path: Path, backend: str) -> None:
+    """A controller racing a person: the write based on a stale version is refused whole,
+    with the flag as it stands, atomically in either store."""
+    from contextlib import AsyncExitStack
+
+    from tests.redis_server import redis_server
+
+    async with AsyncExitStack() as stack:
+        flags: dict[str, object] = {"state_file": None}
+        if backend == "redis":
+            flags["redis_url"] = (await stack.enter_async_context(redis_server(tmp_path))).url
+        running = await stack.enter_async_context(embedded(make_config(agents, flags=flags)))
+        api = f"{running.control_url}/api/flags"
+        async with session.post(f"{api}/exp", json={"percentage": 25,
+                                                    "expected_version": 1}) as response:
+            assert response.status == 200
+            assert (await response.json())["version"] == 2
+        async with session.post(f"{api}/exp", json={"percentage": 50, "reason": "controller",
+                                                    "expected_version": 1}) as response:
+            assert response.status == 409
+            body = await response.json()
+        assert body["current"]["version"] == 2
+        assert body["current"]["percentage"] == 25
+        assert body["error"].startswith("exp is at version 2, not 1: changed by")
+        async with session.post(api, json={"flags": {"exp": 75},
+                                           "expected_versions": {"exp": 1}}) as response:
+            assert response.status == 409
+        async with session.get(f"{api}/exp") as response:
+            assert (await response.json())["percentage"] == 25  # nothing written
+        async with session.post(f"{api}/exp", json={"percentage": 50,
+                                                    "expected_version": "2"}) as response:
+            assert response.status == 400
+        async with session.post(f"{api}/exp", json={"percentage": 50}) as response:
+            assert response.status == 200  # without it, writes behave as before
