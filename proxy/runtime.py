@@ -327,9 +327,10 @@ class DataPlane:
             refusals = CounterMetricFamily(
                 "abgate_client_refusals",
                 "Clients refused: header_timeout (408), header_too_large (431), "
-                "max_connections (503).", labels=["reason"])
+                "max_connections (503), malformed (400).", labels=["reason"])
             for reason, count in self.listener.limits.refused.items():
                 refusals.add_metric([reason], count)
+            refusals.add_metric(["malformed"], self.listener.malformed)
             yield refusals
 
 

@@ -267,6 +267,12 @@ class HttpListener:
         return Listen(self._listen.host, self.port).url
 
     @property
+    def malformed(self) -> int:
+        """Requests answered 400 as malformed by the server itself."""
+        server = self._runner.server if self._runner is not None else None
+        return server.malformed if isinstance(server, JsonErrorServer) else 0
+
+    @property
     def connections(self) -> int:
         server = self._runner.server if self._runner is not None else None
         return len(server.connections) if isinstance(server, web.Server) else 0

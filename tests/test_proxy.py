@@ -231,6 +231,8 @@ async def test_malformed_request_is_400_json() -> None:
         after = await raw_request(running.proxy_url, b"GET /ok HTTP/1.1\r\nHost: a\r\n"
                                                      b"Connection: close\r\n\r\n")
         assert after.split(b" ", 2)[1] == b"200"
+        assert running.plane.listener is not None
+        assert running.plane.listener.malformed == 2  # counted, one log line each
 
 
 async def test_no_route_is_404(session: ClientSession) -> None:
