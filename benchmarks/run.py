@@ -51,6 +51,7 @@ class Result:
     rps: float
     p50_ms: float
     p99_ms: float
+    max_ms: float = 0.0
 
 
 def parse_wrk(name: str, output: str) -> Result:
@@ -60,7 +61,9 @@ def parse_wrk(name: str, output: str) -> Result:
         value, unit = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
-    return Result(name, rps, percentile("50"), percentile("99"))
+    value, unit = re.search(r"Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
+    max_ms = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    return Result(name, rps, percentile("50"), percentile("99"), max_ms)
 
 
 def wrk(name: str, url: str, *, connections: int, duration: int, script: Path) -> Result:
