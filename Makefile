@@ -28,7 +28,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest --cov --cov-report=term
 
 ## Servers the tests and benchmarks start themselves (redis-server, prometheus, wrk, nginx).
 test-servers:
