@@ -3,6 +3,7 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY config ./config
+COPY state ./state
 COPY proxy ./proxy
 COPY control ./control
 RUN pip install --no-cache-dir . \

@@ -24,8 +24,8 @@ import yaml
 from benchmarks.common import RESULTS, ROOT, process, verdict, wait_http, write_section
 from benchmarks.run import LUA, PORTS, Result, bench_config, nginx_conf, require_tools, rss_mib, wrk
 from config import parse_config
-from config.measurements import MemoryMeasurements, Phase, Sums
 from control.stats_worker import StatsWorker
+from state.measurements import MemoryMeasurements, Phase, Sums
 
 PROXY, CONTROL = 18480, 18492
 

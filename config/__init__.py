@@ -1,4 +1,4 @@
-"""Configuration: the YAML file as frozen, typed values, and the flag state proxies read."""
+"""Configuration: the YAML file as frozen, typed values. Pure: the live state is in `state/`."""
 
 from config.errors import ConfigError, Problem
 from config.model import Config

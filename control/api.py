@@ -2,7 +2,8 @@
 
 Mutating calls need `Authorization: Bearer <token>` when a token is configured
 (ABGATE_CONTROL_TOKEN). Errors are JSON `{"error": "..."}`: 400 bad input, 401 no or wrong
-token, 404 unknown flag, 503 flag store unavailable (nothing written), 504 rollback not
+token, 404 unknown flag, 409 a compare-and-set write found another version, 503 a store
+unavailable (nothing written, answered in control/http.py), 504 rollback not
 confirmed by every instance in time.
 """
 
@@ -16,7 +17,6 @@ from prometheus_client import CollectorRegistry
 
 from config import Config
 from config.export import config_as_json
-from config.flags import FlagStore, FlagStoreUnavailable
 from control.experiments_api import add_experiment_routes
 from control.flag_backend import FlagBackend
 from control.flags_api import add_flag_routes
@@ -36,6 +36,7 @@ from control.reload import Reloader
 from proxy.admin import REGISTRY, health, metrics
 from proxy.breaker import BreakerState
 from proxy.runtime import DataPlane
+from state.flags import FlagStore
 
 if TYPE_CHECKING:
     from control.stats_worker import StatsWorker
@@ -52,11 +53,8 @@ async def list_breakers(request: web.Request) -> web.Response:
     instances = []
     backend = request.app.get(BACKEND)
     if backend is not None and backend.store is not None:
-        try:
-            instances = [{"id": i.id, "address": i.address, "breakers": i.breakers}
-                         for i in await backend.store.instances()]
-        except FlagStoreUnavailable as exc:
-            raise ApiError(503, f"flag store unavailable: {exc}") from exc
+        instances = [{"id": i.id, "address": i.address, "breakers": i.breakers}
+                     for i in await backend.store.instances()]
     return json_response({"breakers": local, "instances": instances})
 
 

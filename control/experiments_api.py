@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from config.flags import FlagStoreUnavailable, FlagTable
-from config.measurements import MeasureKey, Sums
 from control.http import WORKER, ApiError, json_response
+from state.errors import StoreUnavailable
+from state.flags import FlagTable
+from state.measurements import MeasureKey, Sums
 
 if TYPE_CHECKING:
     from control.stats_worker import StatsWorker
@@ -53,19 +54,16 @@ async def _report(request: web.Request) -> tuple[StatsWorker, str, dict[str, Any
     name = _name(request, worker)
     try:
         reports = await worker.evaluate_all()  # fresh numbers for a person asking
-    except FlagStoreUnavailable as exc:
+    except StoreUnavailable:
         if name not in worker.reports:
-            raise ApiError(503, f"measurements unavailable: {exc}") from exc
+            raise  # answered 503 by the control API's error middleware
         reports = worker.reports
     return worker, name, reports[name].as_json()
 
 
 async def list_experiments(request: web.Request) -> web.Response:
     worker = require_worker(request)
-    try:
-        reports = await worker.evaluate_all()
-    except FlagStoreUnavailable as exc:
-        raise ApiError(503, f"measurements unavailable: {exc}") from exc
+    reports = await worker.evaluate_all()
     return json_response({"experiments": [
         {"name": name, "arms": r.as_json()["arms"],
          "current_phase": r.phases[-1] if r.phases else None}
@@ -119,10 +117,7 @@ async def outcomes(request: web.Request) -> web.Response:
     for index, item in enumerate(items):
         key, value = _outcome(worker, table, index, item)
         batch.setdefault(key, Sums()).add(value)
-    try:
-        await worker.store.add(batch)
-    except FlagStoreUnavailable as exc:
-        raise ApiError(503, f"measurements unavailable, nothing was recorded: {exc}") from exc
+    await worker.store.add(batch)
     return json_response({"accepted": len(items)})
 
 

@@ -13,10 +13,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from redis.asyncio import Redis
 
 from config import Config
-from config.flag_file import FlagFile
-from config.flags import FlagStore, FlagTable, Instance, MemoryFlagStore
-from config.measurements import MeasurementStore, MemoryMeasurements, RedisMeasurements
-from config.redis_flags import (
+from state.flag_file import FlagFile
+from state.flags import FlagStore, FlagTable, Instance, MemoryFlagStore
+from state.measurements import MeasurementStore, MemoryMeasurements, RedisMeasurements
+from state.redis_flags import (
     LocalInstance,
     RedisFlagStore,
     RedisFlagSync,

@@ -11,15 +11,9 @@ from typing import Any
 from aiohttp import web
 
 from config.fields import parse_percentage
-from config.flags import (
-    Flag,
-    FlagStore,
-    FlagStoreUnavailable,
-    Instance,
-    UnknownFlag,
-    VersionConflict,
-)
 from control.http import ApiError, json_object, json_response
+from state.errors import StoreUnavailable
+from state.flags import Flag, FlagStore, Instance, UnknownFlag, VersionConflict
 
 log = logging.getLogger("abgate.control")
 
@@ -71,8 +65,6 @@ async def _write(request: web.Request, changes: dict[str, int], reason: str,
     try:
         flags = await _store(request).set_percentages(changes, by=caller(request),
                                                       reason=reason, expected=expected)
-    except FlagStoreUnavailable as exc:
-        raise ApiError(503, f"flag store unavailable, nothing was changed: {exc}") from exc
     except VersionConflict as exc:
         raise ApiError(409, f"{exc}: changed by {exc.current.updated_by} "
                             f"({exc.current.reason or 'no reason given'}); nothing was changed",
@@ -134,19 +126,13 @@ async def flag_history(request: web.Request) -> web.Response:
     limit_text = request.query.get("limit", "100")
     if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= 10_000:
         raise ApiError(400, "limit: expected a whole number from 1 to 10000")
-    try:
-        entries = await store.history(name, int(limit_text))
-    except FlagStoreUnavailable as exc:
-        raise ApiError(503, f"flag store unavailable: {exc}") from exc
+    entries = await store.history(name, int(limit_text))
     return json_response({"name": name, "history": entries})
 
 
 async def list_instances(request: web.Request) -> web.Response:
     store = _store(request)
-    try:
-        instances = await store.instances()
-    except FlagStoreUnavailable as exc:
-        raise ApiError(503, f"flag store unavailable: {exc}") from exc
+    instances = await store.instances()
     flags = store.table.all()
     return json_response({"instances": [i.as_json(flags) for i in instances]})
 
@@ -190,7 +176,7 @@ async def _wait_for_convergence(store: FlagStore, flags: list[Flag], deadline: f
     while True:
         try:
             instances = await store.instances()
-        except FlagStoreUnavailable:
+        except StoreUnavailable:
             instances = []
         laggards = [i for i in instances if not i.converged(flags)]
         if not laggards or time.monotonic() >= deadline:

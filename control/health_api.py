@@ -7,11 +7,12 @@ import time
 
 from aiohttp import web
 
-from config.flags import FlagStore, FlagStoreUnavailable
 from control.flag_backend import FlagBackend
 from control.http import WORKER, json_response
 from proxy.health import DEGRADED, HEALTHY, UNHEALTHY, worst
 from proxy.runtime import DataPlane
+from state.errors import StoreUnavailable
+from state.flags import FlagStore
 
 PLANE = web.AppKey("plane", DataPlane)
 BACKEND = web.AppKey("backend", FlagBackend)
@@ -44,7 +45,7 @@ def _flag_store(backend: FlagBackend | None) -> dict[str, object]:
 async def _instances(store: FlagStore, interval: float) -> dict[str, object]:
     try:
         instances = await store.instances()
-    except FlagStoreUnavailable as exc:
+    except StoreUnavailable as exc:
         return {"status": DEGRADED, "instances": [], "reasons": [f"cannot list: {exc}"]}
     flags = store.table.all()
     now, reasons, listed = time.time(), [], []

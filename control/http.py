@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from state.errors import StoreUnavailable
+
 if TYPE_CHECKING:
     from control.stats_worker import StatsWorker
 
@@ -68,6 +70,8 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         return await handler(request)
     except ApiError as exc:
         return json_response({"error": exc.message, **exc.extra}, exc.status)
+    except StoreUnavailable as exc:  # the one place a store outage becomes an answer
+        return json_response({"error": f"store unavailable, nothing was changed: {exc}"}, 503)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

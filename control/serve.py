@@ -23,7 +23,6 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from config import Config, load_config
-from config.flags import FlagTable
 from config.model import Listen
 from control.api import check_exposure, create_control_app
 from control.flag_backend import (
@@ -40,6 +39,7 @@ from proxy.admin import create_admin_app
 from proxy.metrics import ProxyMetrics
 from proxy.runtime import DataPlane
 from proxy.server import JsonErrorAppRunner
+from state.flags import FlagTable
 
 if TYPE_CHECKING:
     from control.stats_worker import StatsWorker

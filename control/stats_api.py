@@ -18,8 +18,6 @@ from typing import Any
 
 from aiohttp import web
 
-from config.flags import FlagStoreUnavailable
-from config.measurements import Sums
 from control.experiments_api import require_worker
 from control.http import ApiError, json_object, json_response
 from control.stats import (
@@ -36,6 +34,7 @@ from control.stats.models import Alternative
 from control.stats.power import mean_detectable_effect, rate_detectable_effect
 from control.stats.sequential import sequential_rates, sequential_sample_size
 from control.stats_worker import compare
+from state.measurements import Sums
 
 ALTERNATIVES: tuple[Alternative, ...] = ("two-sided", "greater", "less")
 
@@ -200,10 +199,7 @@ async def live_test(request: web.Request, body: dict[str, Any]) -> web.Response:
                             f"{', '.join(m.name for m in experiment.metrics) or 'none'}; "
                             "built in: latency, error)")
     alpha = _alpha(body)
-    try:
-        phases, sums = await worker.store.read(name)
-    except FlagStoreUnavailable as exc:
-        raise ApiError(503, f"measurements unavailable: {exc}") from exc
+    phases, sums = await worker.store.read(name)
     if not phases:
         raise ApiError(400, "experiment: no measurements yet")
     phase = phases[-1].id

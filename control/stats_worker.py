@@ -19,8 +19,6 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from config import Config
-from config.flags import FlagStoreUnavailable
-from config.measurements import MeasurementStore, Phase, Sums
 from config.model import BUILT_IN_METRICS, ExperimentConfig, MetricConfig
 from control.stats import (
     Proportion,
@@ -34,6 +32,8 @@ from control.stats.checks import SRM_THRESHOLD
 from control.stats.frequentist import rates_test, welch_t
 from control.stats.sequential import sequential_rates
 from control.stats.strata import stratified_difference
+from state.errors import StoreUnavailable
+from state.measurements import MeasurementStore, Phase, Sums
 
 log = logging.getLogger("abgate.stats")
 INTERVAL = 3.0
@@ -210,7 +210,7 @@ class StatsWorker:
         while True:
             try:
                 await self.evaluate_all()
-            except FlagStoreUnavailable as exc:
+            except StoreUnavailable as exc:
                 error = f"measurements unavailable: {exc}"
                 if error != self.last_error:
                     log.warning("statistics worker: %s", error)

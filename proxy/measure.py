@@ -16,10 +16,10 @@ from typing import Any
 
 import orjson
 
-from config.flags import FlagStoreUnavailable
-from config.measurements import MeasureKey, MeasurementStore, Phase, Sums
 from config.model import MetricConfig
 from proxy.jsonpath import MISSING, extract
+from state.errors import StoreUnavailable
+from state.measurements import MeasureKey, MeasurementStore, Phase, Sums
 
 log = logging.getLogger("abgate.measure")
 FLUSH_INTERVAL = 1.0
@@ -69,7 +69,7 @@ class Measurements:
                 await store.start_phase(experiment, phase)
             if batch:
                 await store.add(batch)
-        except FlagStoreUnavailable as exc:
+        except StoreUnavailable as exc:
             # Keep the sums for the next flush: measurements are deltas and must not be lost.
             self.flush_failures += 1
             for key, sums in batch.items():

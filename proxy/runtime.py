@@ -18,8 +18,6 @@ from types import TracebackType
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
-from config.flags import Flag, FlagTable
-from config.measurements import MeasurementStore, Phase
 from config.model import Config, ExperimentConfig, Listen, MetricConfig, RouteConfig
 from proxy.breaker import Breaker, BreakerState
 from proxy.handler import Destination, ExperimentRoute, ProxyHandler, Routing, Target
@@ -32,6 +30,8 @@ from proxy.routing import Router
 from proxy.server import HttpListener, check_file_limit
 from proxy.shadow import Shadow
 from proxy.split import Splitter
+from state.flags import Flag, FlagTable
+from state.measurements import MeasurementStore, Phase
 
 
 class DataPlane:

@@ -14,7 +14,7 @@ import yaml
 from aiohttp import web
 
 from config import Config, parse_config
-from config.flags import FlagTable
+from state.flags import FlagTable
 
 PEERS = web.AppKey("peers", set)
 

@@ -257,3 +257,13 @@ def test_config_as_json_masks_secrets() -> None:
     assert exported["flags"]["redis_url"] == "redis://:***@cache:6379/0"
     assert exported["experiments"]["rollout"]["percentage_bp"] == 1250
     assert "hunter2" not in str(exported)
+
+
+def test_config_is_pure() -> None:
+    """config/ parses YAML into values; what does I/O (Redis, the state file) is state/."""
+    code = ("import sys, config, config.parse, config.export; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "{'redis', 'aiohttp', 'state', 'proxy', 'control'}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, cwd=Path(__file__).parent.parent)
+    assert result.stdout.strip() == "[]"

@@ -188,7 +188,7 @@ async def test_embedded_write_that_cannot_be_persisted_changes_nothing(
             assert response.status == 503
             assert response.content_type == "application/json"
             error = (await response.json())["error"]
-        assert error.startswith("flag store unavailable, nothing was changed: cannot write "
+        assert error.startswith("store unavailable, nothing was changed: cannot write "
                                 f"the state file {blocker / 'flags.json'}")
         assert running.flags.get("exp").basis_points == 1000
         async with session.get(f"{running.control_url}/api/flags/exp/history") as response:

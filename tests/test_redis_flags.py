@@ -127,7 +127,7 @@ async def test_redis_killed_under_load_then_back_empty(session: ClientSession,
                     statuses[response.status] += 1
                 count += 1
 
-        from config.redis_flags import RedisFlagStore
+        from state.redis_flags import RedisFlagStore
 
         store = control.backend.store
         assert isinstance(store, RedisFlagStore)

@@ -34,8 +34,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from config.flag_file import FlagFile, flag_from_json, flag_to_json
-from config.flags import Flag, FlagStoreUnavailable, FlagTable, Instance, VersionConflict
+from state.errors import store_errors
+from state.flag_file import FlagFile, flag_from_json, flag_to_json
+from state.flags import Flag, FlagTable, Instance, VersionConflict
 
 log = logging.getLogger("abgate.flags")
 HISTORY_MAXLEN = 10_000
@@ -335,11 +336,9 @@ class RedisFlagStore:
             held = self.table.get(name)
             args += [name, changes[name], held.version + 1, held.basis_points, held.phase,
                      (expected or {}).get(name, 0)]
-        try:
+        with store_errors():
             raw = await self._set(keys=[self._keys.flags, *map(self._keys.history, names)],
                                   args=args)
-        except (RedisError, OSError) as exc:
-            raise FlagStoreUnavailable(str(exc)) from exc
         if raw and raw[0] == "conflict":
             _, name, current = raw
             held = flag_from_json(orjson.loads(current)) if current else self.table.get(name)
@@ -369,10 +368,8 @@ class RedisFlagStore:
             await asyncio.to_thread(self._durable.save_copy, self.table.all())
 
     async def history(self, name: str, limit: int) -> list[dict[str, object]]:
-        try:
+        with store_errors():
             entries = await self._client.xrevrange(self._keys.history(name), count=limit)
-        except (RedisError, OSError) as exc:
-            raise FlagStoreUnavailable(str(exc)) from exc
         out = []
         for entry_id, fields in entries or []:
             flag = flag_from_json(orjson.loads((fields or {})["flag"]))
@@ -382,15 +379,13 @@ class RedisFlagStore:
     async def instances(self) -> list[Instance]:
         now = time.time()
         live_since = now - max(3.0, self._heartbeat * 5)
-        try:
+        with store_errors():
             await self._client.zremrangebyscore(self._keys.instances, "-inf", live_since)
             ids = await self._client.zrangebyscore(self._keys.instances, live_since, "+inf")
             pipe = self._client.pipeline(transaction=False)
             for instance_id in ids:
                 pipe.hgetall(self._keys.instance(str(instance_id)))
             records = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise FlagStoreUnavailable(str(exc)) from exc
         return [Instance(id=r["id"], address=r["address"], pid=int(r["pid"]),
                          started_at=float(r["started_at"]),
                          heartbeat_at=float(r["heartbeat_at"]),

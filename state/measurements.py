@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from config.flag_file import FlagFile
-from config.flags import FlagStoreUnavailable
+from state.errors import store_errors
+from state.flag_file import FlagFile
 
 log = logging.getLogger("abgate.measurements")
 SECTION = "measurements"  # of the state file
@@ -154,23 +153,17 @@ class RedisMeasurements:
             pipe.hincrby(key, f"{field}|count", sums.count)
             pipe.hincrbyfloat(key, f"{field}|sum", sums.total)
             pipe.hincrbyfloat(key, f"{field}|sum_sq", sums.total_sq)
-        try:
+        with store_errors():
             await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise FlagStoreUnavailable(str(exc)) from exc
 
     async def start_phase(self, experiment: str, phase: Phase) -> None:
-        try:
+        with store_errors():
             await self._client.hsetnx(self._phases(experiment), str(phase.id),
                                       f"{phase.basis_points}|{phase.started_at}")
-        except (RedisError, OSError) as exc:
-            raise FlagStoreUnavailable(str(exc)) from exc
 
     async def phases(self, experiment: str) -> list[Phase]:
-        try:
+        with store_errors():
             raw_phases = await self._client.hgetall(self._phases(experiment))
-        except (RedisError, OSError) as exc:
-            raise FlagStoreUnavailable(str(exc)) from exc
         phases = []
         for phase_id, value in raw_phases.items():
             basis_points, started = str(value).split("|")
@@ -179,10 +172,8 @@ class RedisMeasurements:
 
     async def read(self, experiment: str) -> tuple[list[Phase], dict[MeasureKey, Sums]]:
         phases = await self.phases(experiment)
-        try:
+        with store_errors():
             raw = await self._client.hgetall(self._stats(experiment))
-        except (RedisError, OSError) as exc:
-            raise FlagStoreUnavailable(str(exc)) from exc
         sums: dict[MeasureKey, Sums] = {}
         for field, value in raw.items():
             phase, arm, metric, part = str(field).rsplit("|", 3)

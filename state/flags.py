@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from config.model import Config
+from state.errors import StoreUnavailable
 
 if TYPE_CHECKING:
-    from config.flag_file import FlagFile
+    from state.flag_file import FlagFile
 
 FlagListener = Callable[["Flag"], None]
 
@@ -132,10 +133,6 @@ class Instance:
                 "breakers": self.breakers}
 
 
-class FlagStoreUnavailable(Exception):
-    """The backend cannot take writes right now (Redis down); nothing was written."""
-
-
 class VersionConflict(Exception):
     """A compare-and-set write found another version than it expected; nothing was written.
     `current` is the flag as it stands (someone else changed it meanwhile)."""
@@ -214,7 +211,7 @@ class MemoryFlagStore:
             try:
                 self._file.save(sorted(state.values(), key=lambda f: f.name), history)
             except OSError as exc:
-                raise FlagStoreUnavailable(
+                raise StoreUnavailable(
                     f"cannot write the state file {self._file.path}: {exc.strerror or exc}"
                 ) from exc
         self._history = history

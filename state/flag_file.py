@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from config.flags import Flag
+from state.flags import Flag
 
 log = logging.getLogger("abgate.flags")
 FORMAT_VERSION = 1
