@@ -178,7 +178,8 @@ async def raw_request(url: str, data: bytes, *, timeout: float = 10.0) -> bytes:
 
 
 def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
+    """A port for a process that binds it later (Redis, Prometheus, the demo stack): bound,
+    then released. Where nothing may answer, use `refused_port`; where abgate binds, port 0."""
     import socket
 
     with socket.socket() as sock:

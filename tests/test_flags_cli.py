@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from control.serve import embedded
-from tests.servers import free_port, make_config
+from tests.servers import make_config, refused_port
 
 ROOT = Path(__file__).parent.parent
 
@@ -71,7 +71,8 @@ async def test_flags_commands(tmp_path: Path, agents: dict[str, str]) -> None:
         code, _, err = await flags(url, "get", "nope")
         assert (code, err.strip()) == (1, "abgate flags: GET /api/flags/nope: 404 unknown "
                                           "flag 'nope'")
-    code, _, err = await flags(f"http://127.0.0.1:{free_port()}", "list")
+    with refused_port() as port:  # held bound, never listening: nothing can answer there
+        code, _, err = await flags(f"http://127.0.0.1:{port}", "list")
     assert code == 1
     assert "cannot reach the control API" in err
 
@@ -89,7 +90,8 @@ async def test_emergency_rollback_script(agents: dict[str, str]) -> None:
         code, out, _ = await run("bash", script, "missing", env=env)
         assert code == 1
         assert out.strip() == "rollback failed (404): unknown flag 'missing'"
-    code, _, err = await run("bash", script, env={
-        "ABGATE_CONTROL_URL": f"http://127.0.0.1:{free_port()}"})
+    with refused_port() as port:
+        code, _, err = await run("bash", script, env={
+            "ABGATE_CONTROL_URL": f"http://127.0.0.1:{port}"})
     assert code == 1
     assert "cannot reach" in err
