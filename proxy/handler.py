@@ -115,7 +115,7 @@ class ClientTooSlow(Exception):
 
 
 async def _read_within(content: StreamReader, seconds: float) -> bytes:
-    """The next piece of a request body, waiting on the client for at most `timeout`; no
+    """The next piece of a request body, waiting on the client for at most `seconds`; no
     timer when the whole body is in already (a small body arrives with the head)."""
     if content.is_eof():
         return await content.readany()
