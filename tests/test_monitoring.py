@@ -56,7 +56,21 @@ async def test_prometheus_scrapes_abgate_and_dashboard_queries_run(
             names = {rule["name"] for group in rules["data"]["groups"]
                      for rule in group["rules"]}
             assert names == {"ABGateArmErrorRateHigh", "ABGateUpstreamErrors",
-                             "ABGateOverheadHigh"}
+                             "ABGateOverheadHigh", "ABGateBreakerOpen", "ABGateFlagStoreDown",
+                             "ABGateSampleRatioMismatch", "ABGateStatisticsEvaluationFailing",
+                             "ABGateClientsRefused", "ABGateUpstreamPoolSaturated"}
+            for group in rules["data"]["groups"]:  # every rule's PromQL runs, and is healthy
+                for rule in group["rules"]:
+                    result = await get_json(session, f"{api}/query", query=rule["query"])
+                    assert result["status"] == "success", (rule["name"], result)
+                    assert rule["health"] in ("ok", "unknown"), rule
+            # The series the alerts watch exist in a plain scrape (counters of failures that
+            # have not happened, like evaluation errors, have no series until they do).
+            for metric in ("abgate_client_refusals_total", "abgate_upstream_connections",
+                           "abgate_breaker_state", "abgate_flag_store_connected",
+                           "abgate_stats_srm_p_value", "abgate_proxy_overhead_seconds_bucket"):
+                result = await get_json(session, f"{api}/query", query=f"count({metric})")
+                assert result["data"]["result"], metric
             dashboard = json.loads((MONITORING / "grafana" / "abgate-dashboard.json")
                                    .read_text())
             for panel in dashboard["panels"]:
