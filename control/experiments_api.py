@@ -65,8 +65,8 @@ async def list_experiments(request: web.Request) -> web.Response:
     worker = require_worker(request)
     reports = await worker.evaluate_all()
     return json_response({"experiments": [
-        {"name": name, "arms": r.as_json()["arms"],
-         "current_phase": r.phases[-1] if r.phases else None}
+        {"name": name, "arms": {"control": r.control_arm, "treatment": r.treatment_arm},
+         "current_phase": r.current_phase.as_json() if r.current_phase else None}
         for name, r in reports.items()]})
 
 

@@ -206,12 +206,12 @@ async def live_test(request: web.Request, body: dict[str, Any]) -> web.Response:
     a = sums.get((name, phase, cohort_a, metric), Sums())
     b = sums.get((name, phase, cohort_b, metric), Sums())
     result = compare(a, b, definition, alpha)
-    if result["status"] != "ok":
-        raise ApiError(400, f"metric: {result['status']}")
+    if result.fixed is None or result.sequential is None:
+        raise ApiError(400, f"metric: {result.status}")
     sequential = body.get("sequential", True)
     if not isinstance(sequential, bool):
         raise ApiError(400, "sequential: expected true or false")
-    chosen = result["sequential" if sequential else "fixed"]
+    chosen = (result.sequential if sequential else result.fixed).as_json()
     return json_response({**chosen, "metric": metric, "phase": phase,
                           "type": definition.type, "direction": definition.direction,
                           "cohorts": {"a": cohort_a, "b": cohort_b}})

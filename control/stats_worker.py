@@ -13,13 +13,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import replace
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from config import Config
 from config.model import BUILT_IN_METRICS, ExperimentConfig, MetricConfig
+from control.reports import ExperimentReport, MetricResult, PhaseReport
 from control.stats import (
     Proportion,
     SampleMean,
@@ -29,9 +29,9 @@ from control.stats import (
     srm,
 )
 from control.stats.checks import SRM_THRESHOLD
-from control.stats.frequentist import rates_test, welch_t
+from control.stats.frequentist import TestResult, rates_test, welch_t
 from control.stats.sequential import sequential_rates
-from control.stats.strata import stratified_difference
+from control.stats.strata import Combined, stratified_difference
 from state.errors import StoreUnavailable
 from state.measurements import MeasurementStore, Phase, Sums
 
@@ -42,7 +42,7 @@ INTERVAL = 3.0
 MIN_SAMPLES = 2  # per arm, before any test; fewer is "not enough data", never an error
 
 
-def compare(a: Sums, b: Sums, metric: MetricConfig, alpha: float = 0.05) -> dict[str, Any]:
+def compare(a: Sums, b: Sums, metric: MetricConfig, alpha: float = 0.05) -> MetricResult:
     """One metric, control (a) vs treatment (b), with the test its declared type calls for.
 
     `improvement` is the relative change signed by the metric's direction: positive means
@@ -50,41 +50,37 @@ def compare(a: Sums, b: Sums, metric: MetricConfig, alpha: float = 0.05) -> dict
     mean_a = a.total / a.count if a.count else None
     mean_b = b.total / b.count if b.count else None
     sign = 1.0 if metric.direction == "higher" else -1.0
-    out: dict[str, Any] = {
-        "type": metric.type, "direction": metric.direction,
-        "n": {"a": a.count, "b": b.count}, "mean": {"a": mean_a, "b": mean_b},
-        "improvement": sign * (mean_b - mean_a) / abs(mean_a)
-        if mean_a and mean_b is not None else None}
+    improvement = sign * (mean_b - mean_a) / abs(mean_a) \
+        if mean_a and mean_b is not None else None
+
+    def result(status: str, fixed: TestResult | None = None,
+               sequential: TestResult | None = None) -> MetricResult:
+        return MetricResult(metric.type, metric.direction, a.count, b.count, mean_a, mean_b,
+                            improvement, status, fixed, sequential,
+                            significant=sequential is not None and sequential.significant)
+
     if a.count < MIN_SAMPLES or b.count < MIN_SAMPLES:
-        out["status"] = (f"not enough data: control has {a.count}, treatment {b.count} "
-                         f"samples (need {MIN_SAMPLES} per arm)")
-        return out
+        return result(f"not enough data: control has {a.count}, treatment {b.count} "
+                      f"samples (need {MIN_SAMPLES} per arm)")
     try:
         if metric.type == "binary":
             pa, pb = _proportion(a), _proportion(b)
-            fixed = rates_test(pa, pb, alpha=alpha)
-            sequential = sequential_rates(pa, pb, alpha=alpha)
-        else:
-            ma = SampleMean.from_sums(a.count, a.total, a.total_sq)
-            mb = SampleMean.from_sums(b.count, b.total, b.total_sq)
-            fixed = welch_t(ma, mb, alpha=alpha)
-            sequential = sequential_test(ma, mb, alpha=alpha)
+            return result("ok", rates_test(pa, pb, alpha=alpha),
+                          sequential_rates(pa, pb, alpha=alpha))
+        ma = SampleMean.from_sums(a.count, a.total, a.total_sq)
+        mb = SampleMean.from_sums(b.count, b.total, b.total_sq)
+        return result("ok", welch_t(ma, mb, alpha=alpha), sequential_test(ma, mb, alpha=alpha))
     except StatsInputError as exc:
-        out["status"] = f"not enough data: {exc.message}"
-        return out
-    out["status"] = "ok"
-    out["fixed"] = fixed.as_json()
-    out["sequential"] = sequential.as_json()
-    return out
+        return result(f"not enough data: {exc.message}")
 
 
 def _across_phases(experiment: ExperimentConfig, phases: list[Phase],
                    sums: dict[tuple[str, int, str, str], Sums],
-                   metrics: list[str]) -> dict[str, Any]:
+                   metrics: list[str]) -> dict[str, Combined]:
     """Each metric's difference across every phase with data, weighted by precision (never
     pooled: see control/stats/strata.py); only where two or more phases have data."""
     control, treatment = experiment.control.name, experiment.treatment.name
-    out: dict[str, Any] = {}
+    out: dict[str, Combined] = {}
     for metric in metrics:
         strata = []
         for phase in phases:
@@ -96,7 +92,7 @@ def _across_phases(experiment: ExperimentConfig, phases: list[Phase],
                                SampleMean.from_sums(b.count, b.total, b.total_sq)))
         if len(strata) >= 2:
             try:
-                out[metric] = stratified_difference(strata).as_json()
+                out[metric] = stratified_difference(strata)
             except StatsInputError:
                 continue
     return out
@@ -105,24 +101,6 @@ def _across_phases(experiment: ExperimentConfig, phases: list[Phase],
 def _proportion(sums: Sums) -> Proportion:
     """Successes of a 0/1 metric; values are checked to be 0 or 1 where they come in."""
     return Proportion(sums.count, min(sums.count, max(0, round(sums.total))))
-
-
-@dataclass
-class ExperimentReport:
-    name: str
-    control_arm: str
-    treatment_arm: str
-    phases: list[dict[str, Any]] = field(default_factory=list)
-    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
-    across_phases: dict[str, dict[str, Any]] = field(default_factory=dict)
-    evaluated_at: float = 0.0
-
-    def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "arms": {"control": self.control_arm,
-                                            "treatment": self.treatment_arm},
-                "phases": self.phases, "current_phase": self.phases[-1] if self.phases else None,
-                "metrics": self.metrics, "across_phases": self.across_phases,
-                "evaluated_at": self.evaluated_at}
 
 
 def evaluate(config: Config, name: str, phases: list[Phase],
@@ -135,11 +113,9 @@ def evaluate(config: Config, name: str, phases: list[Phase],
                   for arm in (control, treatment)]
         weight = phase.basis_points / 10_000
         srm_p = srm(counts, [1 - weight, weight])
-        report.phases.append({"id": phase.id, "percentage": phase.basis_points / 100,
-                              "started_at": phase.started_at,
-                              "samples": {control: counts[0], treatment: counts[1]},
-                              "srm_p_value": srm_p,
-                              "srm_flagged": srm_p is not None and srm_p < SRM_THRESHOLD})
+        report.phases.append(PhaseReport(phase.id, phase.basis_points / 100, phase.started_at,
+                                         {control: counts[0], treatment: counts[1]}, srm_p,
+                                         srm_p < SRM_THRESHOLD))
     if not phases:
         return report
     current = phases[-1].id
@@ -154,14 +130,15 @@ def evaluate(config: Config, name: str, phases: list[Phase],
     report.across_phases = _across_phases(experiment, phases, sums, metrics)
     # Holm within each family: the declared (success) metrics, and the built-in guardrails.
     # `significant` follows the adjusted p-value, so several metrics do not inflate alpha.
-    tested = [m for m in metrics if report.metrics[m]["status"] == "ok"]
+    tested = [m for m in metrics if report.metrics[m].sequential is not None]
     for family in ([m for m in tested if m not in BUILT_IN_METRICS],
                    [m for m in tested if m in BUILT_IN_METRICS]):
-        adjusted = holm([report.metrics[m]["sequential"]["p_value"] for m in family])
-        for metric, p in zip(family, adjusted, strict=True):
-            result = report.metrics[metric]["sequential"]
-            result["p_value_holm"] = p
-            result["significant"] = p < 1 - result["confidence_level"]
+        sequential = [report.metrics[m].sequential for m in family]
+        adjusted = holm([s.p_value for s in sequential if s is not None])
+        for metric, p, test in zip(family, adjusted, sequential, strict=True):
+            assert test is not None
+            report.metrics[metric] = replace(report.metrics[metric], p_value_holm=p,
+                                             significant=p < 1 - test.confidence_level)
     return report
 
 
@@ -240,20 +217,18 @@ class StatsWorker:
                                   "Sample-ratio-mismatch p-value, current phase.",
                                   labels=["experiment"])
         for name, report in self.reports.items():
-            if report.phases:
-                current = report.phases[-1]
-                for arm, count in current["samples"].items():
+            current = report.current_phase
+            if current is not None:
+                for arm, count in current.samples.items():
                     samples.add_metric([name, arm], count)
-                if current["srm_p_value"] is not None:
-                    srm_p.add_metric([name], current["srm_p_value"])
+                srm_p.add_metric([name], current.srm_p_value)
             for metric, result in report.metrics.items():
-                if result["status"] != "ok":
+                fixed, sequential = result.fixed, result.sequential
+                if fixed is None or sequential is None:
                     continue
-                for test in ("fixed", "sequential"):
-                    p_value.add_metric([name, metric, test], result[test]["p_value"])
-                effect.add_metric([name, metric, "absolute"],
-                                  result["fixed"]["effect"]["absolute"])
-                if result["fixed"]["effect"]["relative"] is not None:
-                    effect.add_metric([name, metric, "relative"],
-                                      result["fixed"]["effect"]["relative"])
+                p_value.add_metric([name, metric, "fixed"], fixed.p_value)
+                p_value.add_metric([name, metric, "sequential"], sequential.p_value)
+                effect.add_metric([name, metric, "absolute"], fixed.effect_absolute)
+                if fixed.effect_relative is not None:
+                    effect.add_metric([name, metric, "relative"], fixed.effect_relative)
         yield from (p_value, effect, samples, srm_p, errors)

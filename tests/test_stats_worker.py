@@ -198,11 +198,18 @@ def test_significant_follows_the_holm_adjusted_p_value() -> None:
         ("control", "a", 0.0), ("treatment", "a", 0.1),
         ("control", "b", 0.0), ("treatment", "b", 0.08))}
     report = evaluate(config, "exp", [Phase(1, 1000, 0.0)], data)
-    raw = {m: report.metrics[m]["sequential"]["p_value"] for m in ("a", "b")}
-    adjusted = {m: report.metrics[m]["sequential"]["p_value_holm"] for m in ("a", "b")}
+    raw: dict[str, float] = {}
+    adjusted: dict[str, float] = {}
+    for metric in ("a", "b"):
+        result = report.metrics[metric]
+        assert result.sequential is not None
+        assert result.p_value_holm is not None
+        raw[metric], adjusted[metric] = result.sequential.p_value, result.p_value_holm
     assert min(raw.values()) < 0.05 < max(adjusted.values())  # the case that matters
     for metric in ("a", "b"):
-        assert report.metrics[metric]["sequential"]["significant"] is (adjusted[metric] < 0.05)
+        result = report.metrics[metric]
+        assert result.significant is (adjusted[metric] < 0.05)
+        assert result.as_json()["sequential"]["significant"] is result.significant
 
 
 def test_across_phases_is_stratified_never_pooled() -> None:
@@ -223,5 +230,5 @@ def test_across_phases_is_stratified_never_pooled() -> None:
     pooled = 385 / 6000 - 1150 / 14000
     assert pooled < -0.015  # what pooling would claim: 1.8 points worse
     combined = report.across_phases["accuracy"]
-    assert combined["phases"] == 2
-    assert 0.005 < combined["effect"] < 0.01  # between the two phases' +1.0 and +0.5 points
+    assert combined.phases == 2
+    assert 0.005 < combined.effect < 0.01  # between the two phases' +1.0 and +0.5 points
