@@ -9,7 +9,6 @@ confirmed by every instance in time.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -47,9 +46,8 @@ _FORCED = {"forced_open": BreakerState.FORCED_OPEN, "forced_closed": BreakerStat
 
 
 async def list_breakers(request: web.Request) -> web.Response:
-    now = time.perf_counter()
     plane = request.app.get(PLANE)
-    local = [b.snapshot(now) for b in plane.breakers.values()] if plane is not None else []
+    local = plane.breaker_snapshots() if plane is not None else []
     instances = []
     backend = request.app.get(BACKEND)
     if backend is not None and backend.store is not None:
@@ -67,22 +65,20 @@ def _plane(request: web.Request) -> DataPlane:
 
 
 async def shadow_stats(request: web.Request) -> web.Response:
-    shadows = _plane(request).shadows
-    return json_response({"experiments": [shadow.stats() for shadow in shadows.values()]})
+    return json_response({"experiments": _plane(request).shadow_stats()})
 
 
 async def force_breaker(request: web.Request) -> web.Response:
-    breakers = _plane(request).breakers
+    plane = _plane(request)
     name = request.match_info["upstream"]
-    if name not in breakers:
-        raise ApiError(404, f"unknown upstream {name!r}")
     body = await json_object(request, allowed={"state"})
     state = body.get("state")
     if not isinstance(state, str) or state not in _FORCED:
         raise ApiError(400, "state: expected forced_open, forced_closed or auto")
-    breaker = breakers[name]
-    breaker.force(_FORCED[state], time.perf_counter())
-    return json_response(breaker.snapshot(time.perf_counter()))
+    try:
+        return json_response(plane.force_breaker(name, _FORCED[state]))
+    except KeyError:
+        raise ApiError(404, f"unknown upstream {name!r}") from None
 
 
 async def openapi(request: web.Request) -> web.Response:

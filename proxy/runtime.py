@@ -149,12 +149,11 @@ class DataPlane:
 
     def _update_breakers(self) -> None:
         """One breaker per upstream; kept (with its state) while its settings stay the same."""
-        old = dict(self.breakers)
-        self.breakers.clear()  # in place: the control API holds this mapping
-        self.breakers.update({
+        old = self.breakers
+        self.breakers = {
             name: old[name] if name in old and old[name].config == upstream.breaker
             else Breaker(name, upstream.breaker, self._on_breaker_transition)
-            for name, upstream in self.config.upstreams.items()})
+            for name, upstream in self.config.upstreams.items()}
 
     def _on_breaker_transition(self, breaker: Breaker, old: BreakerState, new: BreakerState,
                                reason: str) -> None:
@@ -178,6 +177,22 @@ class DataPlane:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    # What the control API reads and changes, through methods only (never the dicts).
+
+    def breaker_snapshots(self) -> list[dict[str, object]]:
+        now = perf_counter()
+        return [breaker.snapshot(now) for breaker in self.breakers.values()]
+
+    def force_breaker(self, upstream: str, state: BreakerState | None) -> dict[str, object]:
+        """Force one upstream's breaker open or closed, or back to auto (None); KeyError for
+        an unknown upstream. Returns its snapshot."""
+        breaker = self.breakers[upstream]
+        breaker.force(state, perf_counter())
+        return breaker.snapshot(perf_counter())
+
+    def shadow_stats(self) -> list[dict[str, object]]:
+        return [shadow.stats() for shadow in self.shadows.values()]
+
     def breaker_states(self) -> dict[str, str]:
         return {name: breaker.state.label for name, breaker in self.breakers.items()}
 
@@ -194,7 +209,7 @@ class DataPlane:
     def _update_shadows(self) -> None:
         """One Shadow per experiment that has one; kept (with its stats) while unchanged."""
         old = dict(self.shadows)
-        self.shadows.clear()  # in place: the control API holds this mapping
+        self.shadows = {}
         for name, experiment in self.config.experiments.items():
             if experiment.shadow is None:
                 continue
