@@ -7,7 +7,6 @@ managers so that everything started is also stopped, in reverse order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import multiprocessing
 import os
@@ -39,6 +38,7 @@ from proxy.admin import create_admin_app
 from proxy.metrics import ProxyMetrics
 from proxy.runtime import DataPlane
 from proxy.server import JsonErrorAppRunner
+from proxy.tasks import stop_task
 from state.flags import FlagTable
 
 if TYPE_CHECKING:
@@ -89,13 +89,7 @@ async def owned_task(stack: AsyncExitStack, coro: Coroutine[Any, Any, None],
                      name: str) -> None:
     """Run `coro` as a task that `stack` cancels and awaits on exit (no fire-and-forget)."""
     task = asyncio.create_task(coro, name=name)
-
-    async def stop() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    stack.push_async_callback(stop)
+    stack.push_async_callback(stop_task, task)  # cancelled again until it is done
 
 
 async def start_stats_worker(stack: AsyncExitStack, config: Config, backend: FlagBackend,

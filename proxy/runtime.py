@@ -30,6 +30,7 @@ from proxy.routing import Router
 from proxy.server import HttpListener, check_file_limit
 from proxy.shadow import Shadow
 from proxy.split import Splitter
+from proxy.tasks import stop_task, stop_tasks
 from state.flags import Flag, FlagTable
 from state.measurements import MeasurementStore, Phase
 
@@ -97,7 +98,7 @@ class DataPlane:
         self._store = store
         task = asyncio.create_task(self.measurements.run_forever(store),
                                    name="abgate-measurement-flush")
-        self._stack.push_async_callback(_cancel_and_wait, task)
+        self._stack.push_async_callback(stop_task, task)
 
     @property
     def url(self) -> str:
@@ -142,7 +143,7 @@ class DataPlane:
         for pool in retired:
             await pool.close()
         checks, self._retired_checks = self._retired_checks, []
-        await asyncio.gather(*checks, return_exceptions=True)
+        await stop_tasks(checks)
         shadows, self._retired_shadows = self._retired_shadows, []
         for shadow in shadows:
             await shadow.aclose()
@@ -173,9 +174,7 @@ class DataPlane:
     async def _stop_checks(self) -> None:
         tasks = self._check_tasks + self._retired_checks
         self._check_tasks, self._retired_checks = [], []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_tasks(tasks)
 
     # What the control API reads and changes, through methods only (never the dicts).
 
@@ -347,8 +346,3 @@ class DataPlane:
                 refusals.add_metric([reason], count)
             refusals.add_metric(["malformed"], self.listener.malformed)
             yield refusals
-
-
-async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
