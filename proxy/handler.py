@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass
 from time import perf_counter
 
@@ -305,13 +305,7 @@ class ProxyHandler:
                       dest: Destination, request_id: str, fallback: Fallback | None) -> None:
         headers = response.headers
         copy_response_headers(upstream.headers, headers, VIA)
-        if dest.phase is not None:
-            headers["X-ABGate-Experiment"] = dest.experiment
-            headers["X-ABGate-Arm"] = dest.arm if fallback is None else fallback.assigned.arm
-            headers["X-ABGate-Phase"] = dest.phase.label
-            headers["X-ABGate-Served-By"] = dest.pool.name
-        if fallback is not None:
-            headers["X-ABGate-Fallback"] = fallback.reason
+        _routing_headers(headers, dest, fallback)
         if "X-Request-Id" not in headers:
             headers["X-Request-Id"] = request_id
 
@@ -428,14 +422,7 @@ class ProxyHandler:
                 dest.stats.record(status, upstream_seconds)
             else:
                 fallback.record(status, perf_counter())
-            if dest.phase is not None:
-                headers["X-ABGate-Experiment"] = dest.experiment
-                headers["X-ABGate-Arm"] = dest.arm if fallback is None else \
-                    fallback.assigned.arm
-                headers["X-ABGate-Phase"] = dest.phase.label
-                headers["X-ABGate-Served-By"] = dest.pool.name
-        if fallback is not None:
-            headers["X-ABGate-Fallback"] = fallback.reason
+            _routing_headers(headers, dest, fallback)
         body = orjson.dumps({"error": error, "upstream": upstream, "request_id": request_id})
         response = web.Response(status=status, body=body, headers=headers,
                                 content_type="application/json")
@@ -444,6 +431,19 @@ class ProxyHandler:
             request.content.feed_eof()
             response.force_close()
         return response
+
+
+def _routing_headers(headers: MutableMapping[str, str], dest: Destination,
+                     fallback: Fallback | None) -> None:
+    """What abgate tells the client about the routing of its request: the experiment, the
+    arm it was assigned (kept on a fallback), the phase, who answered and why."""
+    if dest.phase is not None:
+        headers["X-ABGate-Experiment"] = dest.experiment
+        headers["X-ABGate-Arm"] = dest.arm if fallback is None else fallback.assigned.arm
+        headers["X-ABGate-Phase"] = dest.phase.label
+        headers["X-ABGate-Served-By"] = dest.pool.name
+    if fallback is not None:
+        headers["X-ABGate-Fallback"] = fallback.reason
 
 
 def _too_large(settings: ProxySettings) -> str:

@@ -65,7 +65,8 @@ class TrafficStats:
         self.recorder: ArmRecorder | None = None  # experiment arms: sums for the statistics
 
     def record(self, status: int, upstream_seconds: float | None) -> None:
-        """An answer this destination served, counted and measured for its arm."""
+        """An answer this destination served, counted and measured for its arm. (The
+        counting repeats `count` inline: this runs on every request.)"""
         self.statuses[status // 100 if 100 <= status < 600 else 0] += 1
         if upstream_seconds is not None:
             self.latency.observe(upstream_seconds)

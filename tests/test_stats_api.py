@@ -123,8 +123,9 @@ async def test_sample_size(session: ClientSession, agents: dict[str, str]) -> No
                             "it, give test, a and b"),
 ])
 async def test_significance_inputs_that_used_to_fail(session: ClientSession,
+                                                     agents: dict[str, str],
                                                      body: dict[str, Any], error: str) -> None:
-    assert await stats_call(session, "significance-test", body) == (400, {"error": error})
+    assert await call(session, agents, "significance-test", body) == (400, {"error": error})
 
 
 @pytest.mark.parametrize(("body", "error"), [
@@ -138,18 +139,12 @@ async def test_significance_inputs_that_used_to_fail(session: ClientSession,
      "samples per arm"),
 ])
 async def test_sample_size_inputs_that_used_to_fail(session: ClientSession,
+                                                    agents: dict[str, str],
                                                     body: dict[str, Any], error: str) -> None:
-    assert await stats_call(session, "sample-size", body) == (400, {"error": error})
+    assert await call(session, agents, "sample-size", body) == (400, {"error": error})
 
 
-async def test_a_huge_effect_needs_the_smallest_sample(session: ClientSession) -> None:
-    status, body = await stats_call(session, "sample-size", {"effect_size": 50})
+async def test_a_huge_effect_needs_the_smallest_sample(session: ClientSession,
+                                                      agents: dict[str, str]) -> None:
+    status, body = await call(session, agents, "sample-size", {"effect_size": 50})
     assert (status, body["minimum_sample_size"]["per_arm"]) == (200, 2)
-
-
-async def stats_call(session: ClientSession, path: str,
-                     body: dict[str, Any]) -> tuple[int, Any]:
-    config = make_config({"control": "http://127.0.0.1:1", "treatment": "http://127.0.0.1:2"})
-    async with embedded(config) as running, session.post(
-            f"{running.control_url}/api/statistics/{path}", json=body) as response:
-        return response.status, await response.json()
