@@ -149,9 +149,13 @@ class Breaker:
                 failures += self._failures[i]
         return calls, failures
 
-    def record_response(self, now: float, status: int, seconds: float) -> bool:
-        """Record an answer, judged by this breaker's own settings; True if it failed."""
+    def observe(self, now: float, status: int | None, seconds: float) -> bool:
+        """One upstream exchange, judged by this breaker's own settings: `status` None when
+        no answer came (connect error, timeout, broken answer). True if it failed."""
         config = self.config
+        if status is None:
+            self.record(now, failed=True, slow=False)
+            return True
         failed = status in config.failure_statuses
         self.record(now, failed=failed, slow=seconds >= config.slow_call_duration)
         return failed

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 
@@ -25,6 +25,7 @@ from proxy.errors import UpstreamError
 from proxy.headers import RequestHead, RequestIds, build_request_head, copy_response_headers
 from proxy.measure import MetricExtractor, PhaseRef
 from proxy.metrics import ProxyMetrics, TrafficStats
+from proxy.outcome import NO_BUCKET, Outcome, OutcomeSink, arm_statistics
 from proxy.paths import PathRefused, normalize_target
 from proxy.pool import UpstreamPool
 from proxy.retry_budget import RetryBudget
@@ -86,11 +87,6 @@ class Fallback:
     assigned: Destination
     since: float  # when the first try began
 
-    def record(self, status: int, finished: float) -> None:
-        recorder = self.assigned.stats.recorder
-        if recorder is not None:
-            recorder.record(status, finished - self.since)
-
 
 @dataclass(frozen=True, slots=True)
 class Routing:
@@ -129,9 +125,11 @@ async def _read_within(content: StreamReader, seconds: float) -> bytes:
 class ProxyHandler:
     """Callable handed to aiohttp's low-level server. `routing` is swapped whole on reload."""
 
-    def __init__(self, routing: Routing, metrics: ProxyMetrics) -> None:
+    def __init__(self, routing: Routing, metrics: ProxyMetrics,
+                 sinks: Sequence[OutcomeSink] = (arm_statistics,)) -> None:
         self.routing = routing
         self.metrics = metrics
+        self.sinks = tuple(sinks)
         self.request_ids = RequestIds()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -151,10 +149,12 @@ class ProxyHandler:
             return self._local(request, 404, "no route matches this request", None, None)
         route: ExperimentRoute | None = None
         fallback: Fallback | None = None
+        draw = NO_BUCKET
         if isinstance(target, ExperimentRoute):
             route = target
             routing.budget.request(started)
-            if target.splitter.is_treatment(request):
+            draw = target.splitter.assign(request)
+            if target.splitter.treats(draw):
                 dest = target.treatment
                 if not dest.breaker.allow(started):
                     fallback = Fallback("breaker-open", dest, started)
@@ -166,19 +166,20 @@ class ProxyHandler:
             dest = target
             if not dest.breaker.allow(started):
                 return self._local(request, 503, f"circuit open for upstream {dest.pool.name}",
-                                   dest, None)
+                                   dest, None, draw)
 
         length = request.content_length
         if length is not None and length > settings.max_body_size:
-            return self._local(request, 413, _too_large(settings), dest, None)
+            return self._local(request, 413, _too_large(settings), dest, None, draw, fallback)
         try:
             body, framing = await self._request_body(request, length, settings)
         except BodyTooLarge:
-            return self._local(request, 413, _too_large(settings), dest, None)
+            return self._local(request, 413, _too_large(settings), dest, None, draw, fallback)
         except ClientTooSlow:
-            return self._local(request, 408, _too_slow(settings), dest, None)
+            return self._local(request, 408, _too_slow(settings), dest, None, draw, fallback)
         except _CLIENT_GONE:
-            return self._local(request, 400, "client closed the request body", dest, None)
+            return self._local(request, 400, "client closed the request body", dest, None,
+                               draw, fallback)
 
         head = self._head(request, uri, dest, framing)
         upstream_started = perf_counter()
@@ -187,34 +188,37 @@ class ProxyHandler:
                                                head_only=request.method == "HEAD",
                                                chunked=framing is None)
         except UpstreamError as exc:
-            upstream_seconds = perf_counter() - upstream_started
+            failed_at = perf_counter()
             self.metrics.count_upstream_error(exc.upstream, exc.kind)
-            dest.breaker.record(perf_counter(), failed=True, slow=False)
+            dest.breaker.observe(failed_at, None, failed_at - upstream_started)
             if self._may_fall_back(route, dest, fallback, request.method, body, routing):
                 assert route is not None
-                dest.stats.count(exc.status, upstream_seconds)  # the ML upstream did fail
-                return await self._fall_back(request, route, uri, body, framing,
+                # The ML upstream did fail: counted for it, measured once with the fallback.
+                dest.stats.count(exc.status, failed_at - upstream_started)
+                return await self._fall_back(request, route, uri, body, framing, draw,
                                              Fallback(exc.kind, dest, upstream_started))
             log.warning("upstream %s failed: %s (request %s)", exc.upstream, exc.detail,
                         head.request_id)
-            return self._local(request, exc.status, exc.detail, dest, head.request_id,
-                               upstream_seconds, fallback)
+            return self._local(request, exc.status, exc.detail, dest, head.request_id, draw,
+                               fallback, upstream_started, exc.kind)
         except BodyTooLarge:
-            return self._local(request, 413, _too_large(settings), dest, head.request_id)
+            return self._local(request, 413, _too_large(settings), dest, head.request_id,
+                               draw, fallback)
         except ClientTooSlow:
-            return self._local(request, 408, _too_slow(settings), dest, head.request_id)
+            return self._local(request, 408, _too_slow(settings), dest, head.request_id,
+                               draw, fallback)
         except ClientGone:
             return self._local(request, 400, "client closed the request body", dest,
-                               head.request_id)
+                               head.request_id, draw, fallback)
 
         upstream_seconds = perf_counter() - upstream_started
-        failed = dest.breaker.record_response(upstream_started + upstream_seconds,
-                                              upstream.status, upstream_seconds)
+        failed = dest.breaker.observe(upstream_started + upstream_seconds, upstream.status,
+                                      upstream_seconds)
         if failed and route is not None and route.fallback_on_5xx and \
                 self._may_fall_back(route, dest, fallback, request.method, body, routing):
             dest.stats.count(upstream.status, upstream_seconds)
             upstream.abandon()
-            return await self._fall_back(request, route, uri, body, framing,
+            return await self._fall_back(request, route, uri, body, framing, draw,
                                          Fallback(f"status-{upstream.status}", dest,
                                                   upstream_started))
         if (route is not None and route.shadow is not None and dest is route.control
@@ -231,7 +235,7 @@ class ProxyHandler:
             route.shadow.mirror(treatment.pool, treatment.breaker, copy, body,
                                 upstream.status, upstream.body(), upstream_seconds)
         return await self._respond(request, upstream, dest, head.request_id, started,
-                                   upstream_started, fallback)
+                                   upstream_started, draw, fallback)
 
     def _head(self, request: web.BaseRequest, target_uri: str, dest: Destination,
               framing: int | None, extra: bytes = b"") -> RequestHead:
@@ -256,7 +260,7 @@ class ProxyHandler:
 
     async def _fall_back(self, request: web.BaseRequest, route: ExperimentRoute, uri: str,
                          body: bytes | AsyncIterator[bytes] | None, framing: int | None,
-                         fallback: Fallback) -> web.StreamResponse:
+                         draw: int, fallback: Fallback) -> web.StreamResponse:
         """Send the request again to the control arm; the answer is marked, and counted in
         the treatment arm it was assigned to (see `Fallback`)."""
         control = route.control
@@ -268,37 +272,47 @@ class ProxyHandler:
             upstream = await control.pool.request(head.data, body,
                                                   head_only=request.method == "HEAD")
         except UpstreamError as exc:
+            failed_at = perf_counter()
             self.metrics.count_upstream_error(exc.upstream, exc.kind)
-            control.breaker.record(perf_counter(), failed=True, slow=False)
+            control.breaker.observe(failed_at, None, failed_at - upstream_started)
             log.warning("fallback to %s failed too: %s", exc.upstream, exc.detail)
             return self._local(request, exc.status, exc.detail, control, head.request_id,
-                               None, fallback)
+                               draw, fallback, started, exc.kind)
         elapsed = perf_counter() - upstream_started
-        control.breaker.record_response(upstream_started + elapsed, upstream.status, elapsed)
+        control.breaker.observe(upstream_started + elapsed, upstream.status, elapsed)
         return await self._respond(request, upstream, control, head.request_id, started,
-                                   upstream_started, fallback)
+                                   upstream_started, draw, fallback)
 
     async def _respond(self, request: web.BaseRequest, upstream: UpstreamResponse,
                        dest: Destination, request_id: str, started: float,
-                       upstream_started: float,
+                       upstream_started: float, draw: int,
                        fallback: Fallback | None) -> web.StreamResponse:
         if upstream.complete and request.method != "HEAD":
             finished = perf_counter()
             upstream_seconds = finished - upstream_started
             response = web.Response(status=upstream.status, body=upstream.body())
             self._copy_headers(upstream, response, dest, request_id, fallback)
-            if fallback is None:
-                dest.stats.record(upstream.status, upstream_seconds)
-                recorder = dest.stats.recorder
-            else:  # counted in abgate_fallbacks_total, measured in the assigned arm
-                fallback.record(upstream.status, finished)
-                recorder = fallback.assigned.stats.recorder
-            if dest.extractor is not None and recorder is not None:
-                dest.extractor.record(recorder, upstream.body(), upstream.headers)
+            values = () if dest.extractor is None else \
+                dest.extractor.values(upstream.body(), upstream.headers)
+            self._finish(request_id, dest, draw, fallback, upstream.status,
+                         upstream_started if fallback is None else fallback.since, finished,
+                         "", values)
             self.metrics.overhead.observe(perf_counter() - started - upstream_seconds)
             return response
         return await self._stream_response(request, upstream, dest, request_id, started,
-                                           upstream_started, fallback)
+                                           upstream_started, draw, fallback)
+
+    def _finish(self, request_id: str, served: Destination, draw: int,
+                fallback: Fallback | None, status: int, since: float | None,
+                finished: float, error: str, values: tuple[tuple[str, float], ...]) -> None:
+        """The one place a request's outcome is recorded: one record, to every sink."""
+        assigned = served if fallback is None else fallback.assigned
+        phase = assigned.phase
+        outcome = Outcome(request_id, assigned, served, -1 if phase is None else phase.id,
+                          draw, status, None if since is None else finished - since, error,
+                          "" if fallback is None else fallback.reason, values)
+        for sink in self.sinks:
+            sink(outcome)
 
     @staticmethod
     def _copy_headers(upstream: UpstreamResponse, response: web.StreamResponse,
@@ -374,7 +388,7 @@ class ProxyHandler:
 
     async def _stream_response(self, request: web.BaseRequest, upstream: UpstreamResponse,
                                dest: Destination, request_id: str, started: float,
-                               upstream_started: float,
+                               upstream_started: float, draw: int,
                                fallback: Fallback | None) -> web.StreamResponse:
         head_ready = perf_counter()
         upstream_head_seconds = head_ready - upstream_started
@@ -383,10 +397,9 @@ class ProxyHandler:
         length = upstream.content_length()
         if length is not None:
             response.content_length = length
-        if fallback is None:
-            dest.stats.record(upstream.status, upstream_head_seconds)
-        else:
-            fallback.record(upstream.status, head_ready)
+        self._finish(request_id, dest, draw, fallback, upstream.status,
+                     upstream_started if fallback is None else fallback.since, head_ready,
+                     "", ())
         self.metrics.overhead.observe(head_ready - started - upstream_head_seconds)
         try:
             await response.prepare(request)
@@ -407,10 +420,11 @@ class ProxyHandler:
         return response
 
     def _local(self, request: web.BaseRequest, status: int, error: str,
-               dest: Destination | None, request_id: str | None,
-               upstream_seconds: float | None = None,
-               fallback: Fallback | None = None) -> web.Response:
-        """A response abgate makes itself: small JSON, counted, with the routing headers."""
+               dest: Destination | None, request_id: str | None, draw: int = NO_BUCKET,
+               fallback: Fallback | None = None, since: float | None = None,
+               kind: str = "") -> web.Response:
+        """A response abgate makes itself: small JSON, counted, with the routing headers.
+        `since`: when the upstream exchange that failed began (None: no exchange)."""
         if request_id is None:
             request_id = request.headers.get("X-Request-Id") or self.request_ids.next()
         upstream = dest.pool.name if dest is not None else None
@@ -418,10 +432,10 @@ class ProxyHandler:
         self.metrics.count_local_response(status, reason)
         headers = {"X-Request-Id": request_id, "Via": VIA}
         if dest is not None:
-            if fallback is None:
-                dest.stats.record(status, upstream_seconds)
-            else:
-                fallback.record(status, perf_counter())
+            if fallback is not None:
+                since = fallback.since
+            self._finish(request_id, dest, draw, fallback, status, since, perf_counter(),
+                         kind, ())
             _routing_headers(headers, dest, fallback)
         body = orjson.dumps({"error": error, "upstream": upstream, "request_id": request_id})
         response = web.Response(status=status, body=body, headers=headers,

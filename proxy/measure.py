@@ -137,9 +137,10 @@ class MetricExtractor:
         self._headers = tuple((m.name, m.header.lower().encode("latin-1"), m.type == "binary")
                               for m in metrics if m.header is not None)
 
-    def record(self, recorder: ArmRecorder, body: bytes,
-               headers: Sequence[tuple[bytes, bytes]]) -> None:
-        """`headers`: the upstream's answer as received (before any re-framing)."""
+    def values(self, body: bytes,
+               headers: Sequence[tuple[bytes, bytes]]) -> tuple[tuple[str, float], ...]:
+        """The usable values in one answer; `headers` as the upstream sent them."""
+        found: list[tuple[str, float]] = []
         if self._json:
             try:
                 document = orjson.loads(body)
@@ -147,19 +148,20 @@ class MetricExtractor:
                 document = MISSING
             if document is not MISSING:
                 for name, path, binary in self._json:
-                    _add(recorder, name, extract(document, path), binary)
+                    _add(found, name, extract(document, path), binary)
         for name, wanted, binary in self._headers:
             for header, raw in headers:
                 if header.lower() == wanted:
                     with contextlib.suppress(ValueError):
-                        _add(recorder, name, float(raw), binary)
+                        _add(found, name, float(raw), binary)
                     break
+        return tuple(found)
 
 
-def _add(recorder: ArmRecorder, name: str, value: Any, binary: bool) -> None:
+def _add(found: list[tuple[str, float]], name: str, value: Any, binary: bool) -> None:
     """A usable value only: finite, and 0 or 1 for a binary metric (anything else would
     corrupt its rate); others are skipped."""
     usable = isinstance(value, bool) or (isinstance(value, int | float)
                                          and math.isfinite(value))
     if usable and (not binary or value in (0, 1)):
-        recorder.add(name, float(value))
+        found.append((name, float(value)))

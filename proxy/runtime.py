@@ -24,6 +24,7 @@ from proxy.handler import Destination, ExperimentRoute, ProxyHandler, Routing, T
 from proxy.health import ActiveCheck, upstream_health
 from proxy.measure import ArmRecorder, Measurements, MetricExtractor, PhaseRef
 from proxy.metrics import ProxyMetrics, gauge
+from proxy.outcome import OutcomeSink, arm_statistics
 from proxy.pool import UpstreamPool
 from proxy.retry_budget import RetryBudget
 from proxy.routing import Router
@@ -63,6 +64,7 @@ class DataPlane:
         self._stack = AsyncExitStack()
         self.listener: HttpListener | None = None
         self.handler: ProxyHandler | None = None
+        self._sinks: list[OutcomeSink] = [arm_statistics]
 
     async def __aenter__(self) -> DataPlane:
         async with AsyncExitStack() as stack:
@@ -72,7 +74,7 @@ class DataPlane:
             stack.push_async_callback(self._close_pools)
             self._start_checks()
             stack.push_async_callback(self._stop_checks)
-            handler = self.handler = ProxyHandler(self._routing(), self.metrics)
+            handler = self.handler = ProxyHandler(self._routing(), self.metrics, self._sinks)
             stack.callback(self.flags.subscribe(self._on_flag))
             self.metrics.add_gauges(self._gauges)
             check_file_limit(self.config.proxy.max_connections + 64 + sum(
@@ -81,6 +83,12 @@ class DataPlane:
                 handler, self._listen, self.config.proxy, reuse_port=self._reuse_port))
             self._stack = stack.pop_all()
         return self
+
+    def add_sink(self, sink: OutcomeSink) -> None:
+        """One more consumer of the per-request outcome records (see proxy.outcome)."""
+        self._sinks.append(sink)
+        if self.handler is not None:
+            self.handler.sinks = tuple(self._sinks)
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:

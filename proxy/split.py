@@ -14,6 +14,7 @@ from aiohttp.web import BaseRequest
 
 from config.model import ExperimentConfig, StickySource
 from proxy.hashing import BUCKETS, bucket, fnv1a32
+from proxy.outcome import NO_BUCKET
 
 KeyReader = Callable[[BaseRequest], str | None]
 
@@ -49,19 +50,30 @@ class Splitter:
                 return key
         return None
 
-    def is_treatment(self, request: BaseRequest) -> bool:
+    def assign(self, request: BaseRequest) -> int:
+        """The request's bucket, 0..BUCKETS-1 (a random draw for a keyless request under
+        `when_missing: random`), or NO_BUCKET when the split needs none; `treats` says which
+        arm it falls in. Returned so the outcome record can keep it (never the raw key)."""
         threshold = self.threshold
-        if threshold <= 0:
-            return False
-        if threshold >= BUCKETS:
-            return True
+        if threshold <= 0 or threshold >= BUCKETS:
+            return NO_BUCKET
         key = self.sticky_key(request)
         if key is None:
             if self._fallback == "random":
-                return self._random.random() * BUCKETS < threshold
+                return int(self._random.random() * BUCKETS)
             if self._fallback == "control":
-                return False
+                return NO_BUCKET
             key = request.remote
             if key is None:
-                return False
-        return bucket(self._seed_state, key) < threshold
+                return NO_BUCKET
+        return bucket(self._seed_state, key)
+
+    def treats(self, draw: int) -> bool:
+        """Whether a bucket from `assign` falls in the treatment arm."""
+        threshold = self.threshold
+        if threshold >= BUCKETS:
+            return True
+        return 0 <= draw < threshold
+
+    def is_treatment(self, request: BaseRequest) -> bool:
+        return self.treats(self.assign(request))

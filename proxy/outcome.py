@@ -1,0 +1,70 @@
+"""One record per proxied request, handed to the sinks wired at start-up.
+
+As Envoy ends every request with one `log(context, stream_info)` call to its access loggers,
+the handler ends every request by building one `Outcome` and calling each sink with it. A
+new consumer of per-request facts (the history store, an access log) is a sink added in the
+wiring (`DataPlane`), never an edit of the handler.
+
+Sinks run on the request path: in memory only, no I/O, no await, nothing that can raise on
+good input. What must reach a store is buffered and flushed by a task the sink's owner runs.
+
+The breaker is not a sink: it judges upstream *exchanges* (a treatment try that a fallback
+then answered is one of them), and is told at each exchange through `Breaker.observe`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from proxy.handler import Destination
+
+NO_BUCKET = -1  # the split needed no hash (0% or 100%, or no key and `when_missing: control`)
+
+
+class Outcome(NamedTuple):
+    """What happened to one request. A NamedTuple: immutable and the cheapest record Python
+    builds (no per-field `object.__setattr__` as in a frozen dataclass)."""
+
+    request_id: str
+    assigned: Destination  # the arm the split chose (kept on a fallback: intention to treat)
+    served: Destination  # who answered: the assigned arm, or the control arm on a fallback
+    phase: int  # the experiment's phase when the request was answered; -1 without one
+    bucket: int  # the sticky key's bucket (0..9999), NO_BUCKET when none was computed
+    status: int  # what the client got
+    seconds: float | None  # upstream time the user waited (first try to answer); None: none
+    error: str  # the upstream error kind ("connect", "timeout", ...), "" when none
+    fallback: str  # why the control arm answered instead, "" when it did not
+    metrics: tuple[tuple[str, float], ...]  # extra metric values read from the answer
+
+    @property
+    def experiment(self) -> str:
+        return self.assigned.experiment
+
+    @property
+    def arm(self) -> str:
+        return self.assigned.arm
+
+    @property
+    def upstream(self) -> str:
+        return self.served.pool.name
+
+
+OutcomeSink = Callable[[Outcome], None]
+
+
+def arm_statistics(outcome: Outcome) -> None:
+    """The sink behind `abgate_requests`, the latency histogram and the arm statistics: each
+    request counted once, in the arm it was assigned, with what its user got."""
+    assigned = outcome.assigned
+    if not outcome.fallback:
+        assigned.stats.record(outcome.status, outcome.seconds)
+        recorder = assigned.stats.recorder
+    else:  # counted in abgate_fallbacks_total; measured in the assigned arm
+        recorder = assigned.stats.recorder
+        if recorder is not None:
+            recorder.record(outcome.status, outcome.seconds)
+    if outcome.metrics and recorder is not None:
+        for name, value in outcome.metrics:
+            recorder.add(name, value)
