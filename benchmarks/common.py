@@ -34,8 +34,7 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
 
 @contextlib.contextmanager
 def process(command: list[str], **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            **kwargs)  # type: ignore[call-overload]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
     try:
         yield proc
     finally:
@@ -53,6 +52,9 @@ def write_section(name: str, text: str, path: Path = RESULTS) -> None:
     block = f"{begin}\n{text.strip()}\n{end}\n"
     current = path.read_text() if path.exists() else "# Benchmarks\n\n"
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end) + "\n?", re.S)
-    updated = pattern.sub(lambda _: block, current) if pattern.search(current) else \
-        current.rstrip("\n") + "\n\n" + block
+    updated = (
+        pattern.sub(lambda _: block, current)
+        if pattern.search(current)
+        else current.rstrip("\n") + "\n\n" + block
+    )
     path.write_text(updated)

@@ -42,13 +42,15 @@ def config(path: Path, *, proxy_port: int, control_port: int, redis_url: str | N
     flags: dict[str, object] = {"heartbeat_interval": "1s"}
     if redis_url:
         flags["redis_url"] = redis_url
-    return bench_config(path, proxy_port=proxy_port, control_port=control_port, percentage=0,
-                        flags=flags)
+    return bench_config(
+        path, proxy_port=proxy_port, control_port=control_port, percentage=0, flags=flags
+    )
 
 
 async def arm(session: ClientSession, port: int) -> str:
-    async with session.get(f"http://127.0.0.1:{port}/api/agent/credit/decide",
-                           headers={"X-User-Id": "probe"}) as response:
+    async with session.get(
+        f"http://127.0.0.1:{port}/api/agent/credit/decide", headers={"X-User-Id": "probe"}
+    ) as response:
         await response.read()
         return response.headers["X-ABGate-Arm"]
 
@@ -66,14 +68,16 @@ async def propagation(changes: int) -> list[float]:
         for index in range(changes):
             percentage = 100 if index % 2 == 0 else 0
             expected = "arm_b" if percentage else "arm_a"
-            async with session.post(f"http://127.0.0.1:{CONTROL_PORT}/api/flags/bench",
-                                    json={"percentage": percentage}) as response:
+            async with session.post(
+                f"http://127.0.0.1:{CONTROL_PORT}/api/flags/bench", json={"percentage": percentage}
+            ) as response:
                 assert response.status == 200, await response.text()
                 answered = time.perf_counter()
 
             async with asyncio.timeout(10):
-                done = await asyncio.gather(*(flipped(session, port, expected)
-                                              for port in PROXY_PORTS))
+                done = await asyncio.gather(
+                    *(flipped(session, port, expected) for port in PROXY_PORTS)
+                )
             samples.append((max(done) - answered) * 1000)
     return samples
 
@@ -82,13 +86,15 @@ async def rollbacks(count: int) -> list[float]:
     samples = []
     async with ClientSession() as session:
         for _ in range(count):
-            async with session.post(f"http://127.0.0.1:{CONTROL_PORT}/api/flags/bench",
-                                    json={"percentage": 100}) as response:
+            async with session.post(
+                f"http://127.0.0.1:{CONTROL_PORT}/api/flags/bench", json={"percentage": 100}
+            ) as response:
                 assert response.status == 200
             await asyncio.sleep(0.05)
             started = time.perf_counter()
-            async with session.post(f"http://127.0.0.1:{CONTROL_PORT}/api/rollback",
-                                    json={"timeout": 30}) as response:
+            async with session.post(
+                f"http://127.0.0.1:{CONTROL_PORT}/api/rollback", json={"timeout": 30}
+            ) as response:
                 body = await response.json()
                 assert response.status == 200, body
                 assert body["converged"], body
@@ -103,8 +109,10 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def row(what: str, values: list[float], target: str) -> str:
-    return (f"| {what} | {len(values)} | {statistics.median(values):.2f} | "
-            f"{percentile(values, 99):.2f} | {max(values):.2f} | {target} |")
+    return (
+        f"| {what} | {len(values)} | {statistics.median(values):.2f} | "
+        f"{percentile(values, 99):.2f} | {max(values):.2f} | {target} |"
+    )
 
 
 def wrk_row(what: str, result: Result) -> str:
@@ -112,8 +120,9 @@ def wrk_row(what: str, result: Result) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--changes", type=int, default=500)
     parser.add_argument("--rollbacks", type=int, default=20)
     parser.add_argument("--duration", type=int, default=8)
@@ -127,53 +136,142 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
         redis_port = 18379
-        stack.enter_context(process([redis_server, "--port", str(redis_port), "--bind",
-                                     "127.0.0.1", "--save", "", "--appendonly", "no"]))
+        stack.enter_context(
+            process(
+                [
+                    redis_server,
+                    "--port",
+                    str(redis_port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ]
+            )
+        )
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         if Path(nginx).exists():
-            stack.enter_context(process([nginx, "-p", tmp, "-c",
-                                         str(nginx_conf(workdir, proxy=False))]))
+            stack.enter_context(
+                process([nginx, "-p", tmp, "-c", str(nginx_conf(workdir, proxy=False))])
+            )
         else:
             for name in ("arm_a", "arm_b"):
-                stack.enter_context(process([sys.executable, "scripts/demo_agent.py", "--kind",
-                                             "deterministic", "--port", str(PORTS[name])],
-                                            cwd=ROOT))
+                stack.enter_context(
+                    process(
+                        [
+                            sys.executable,
+                            "scripts/demo_agent.py",
+                            "--kind",
+                            "deterministic",
+                            "--port",
+                            str(PORTS[name]),
+                        ],
+                        cwd=ROOT,
+                    )
+                )
         wait_http(f"http://127.0.0.1:{PORTS['arm_a']}/")
-        stack.enter_context(process([*abgate, "control", "--config", str(config(
-            workdir / "control.yaml", proxy_port=0, control_port=CONTROL_PORT,
-            redis_url=redis_url))], cwd=ROOT))
+        stack.enter_context(
+            process(
+                [
+                    *abgate,
+                    "control",
+                    "--config",
+                    str(
+                        config(
+                            workdir / "control.yaml",
+                            proxy_port=0,
+                            control_port=CONTROL_PORT,
+                            redis_url=redis_url,
+                        )
+                    ),
+                ],
+                cwd=ROOT,
+            )
+        )
         wait_http(f"http://127.0.0.1:{CONTROL_PORT}/health")
         for index, port in enumerate(PROXY_PORTS):
-            stack.enter_context(process([*abgate, "proxy", "--config", str(config(
-                workdir / f"proxy{index}.yaml", proxy_port=port, control_port=0,
-                redis_url=redis_url))], cwd=ROOT))
+            stack.enter_context(
+                process(
+                    [
+                        *abgate,
+                        "proxy",
+                        "--config",
+                        str(
+                            config(
+                                workdir / f"proxy{index}.yaml",
+                                proxy_port=port,
+                                control_port=0,
+                                redis_url=redis_url,
+                            )
+                        ),
+                    ],
+                    cwd=ROOT,
+                )
+            )
             wait_http(f"http://127.0.0.1:{port}/api/agent/credit/decide")
         time.sleep(1.5)  # every proxy has registered its first heartbeat
         changes = asyncio.run(propagation(args.changes))
         rollback = asyncio.run(rollbacks(args.rollbacks))
         script = workdir / "users.lua"
         script.write_text(LUA)
-        with_redis = wrk("redis", f"http://127.0.0.1:{PROXY_PORTS[0]}", connections=32,
-                         duration=args.duration, script=script)
-        stack.enter_context(process([*abgate, "run", "--config", str(config(
-            workdir / "embedded.yaml", proxy_port=EMBEDDED_PORTS[0],
-            control_port=EMBEDDED_PORTS[1], redis_url=None))], cwd=ROOT))
+        with_redis = wrk(
+            "redis",
+            f"http://127.0.0.1:{PROXY_PORTS[0]}",
+            connections=32,
+            duration=args.duration,
+            script=script,
+        )
+        stack.enter_context(
+            process(
+                [
+                    *abgate,
+                    "run",
+                    "--config",
+                    str(
+                        config(
+                            workdir / "embedded.yaml",
+                            proxy_port=EMBEDDED_PORTS[0],
+                            control_port=EMBEDDED_PORTS[1],
+                            redis_url=None,
+                        )
+                    ),
+                ],
+                cwd=ROOT,
+            )
+        )
         wait_http(f"http://127.0.0.1:{EMBEDDED_PORTS[1]}/health")
-        embedded = wrk("memory", f"http://127.0.0.1:{EMBEDDED_PORTS[0]}", connections=32,
-                       duration=args.duration, script=script)
+        embedded = wrk(
+            "memory",
+            f"http://127.0.0.1:{EMBEDDED_PORTS[0]}",
+            connections=32,
+            duration=args.duration,
+            script=script,
+        )
     text = f"""## Flag propagation and emergency rollback (issue 3)
 
-Measured by `make bench` (`benchmarks/propagation.py`) on {time.strftime('%Y-%m-%d')}, on
+Measured by `make bench` (`benchmarks/propagation.py`) on {time.strftime("%Y-%m-%d")}, on
 the same 2-core machine: redis-server, `abgate control` and {PROXIES} `abgate proxy`
 processes (4 sidecars, one port each), the nginx upstream and the probing client all share
 the two cores.
 
 | what | samples | p50 ms | p99 ms | max ms | target |
 |---|---:|---:|---:|---:|---|
-{row(f"control API answer -> all {PROXIES} proxies route with it", changes,
-     f"p99 <= 50 ms: {verdict(percentile(changes, 99) <= 50)}")}
-{row(f"rollback of all experiments, confirmed by all {PROXIES}", rollback,
-     f"< 1000 ms: {verdict(max(rollback) < 1000)}")}
+{
+        row(
+            f"control API answer -> all {PROXIES} proxies route with it",
+            changes,
+            f"p99 <= 50 ms: {verdict(percentile(changes, 99) <= 50)}",
+        )
+    }
+{
+        row(
+            f"rollback of all experiments, confirmed by all {PROXIES}",
+            rollback,
+            f"< 1000 ms: {verdict(max(rollback) < 1000)}",
+        )
+    }
 
 Propagation is pub/sub: the write's Lua script publishes the new flag, each proxy's sync task
 applies it to its in-memory table (no request ever waits on Redis). The rollback call returns

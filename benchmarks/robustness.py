@@ -33,8 +33,11 @@ def metric(name: str, labels: str = "") -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{CONTROL}/metrics", timeout=5) as response:
         text = response.read().decode()
     prefix = name + labels
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(prefix + " ") or (not labels and line.startswith(name + "{")))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(prefix + " ") or (not labels and line.startswith(name + "{"))
+    )
 
 
 class Upstream:
@@ -65,6 +68,7 @@ class Upstream:
 
 async def header_pressure() -> tuple[int, int]:
     """(clients answered 431, clients closed otherwise)."""
+
     async def one() -> bool:
         reader, writer = await asyncio.open_connection("127.0.0.1", PROXY)
         writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\n")
@@ -117,8 +121,9 @@ async def crashes(upstream: Upstream) -> tuple[float, int, int]:
         await asyncio.gather(*(one() for _ in range(10)))
     upstream.crashing = False
     await asyncio.sleep(0.5)
-    drift = metric("abgate_upstream_connections", '{state="open",upstream="control"}') - \
-        len(upstream.live)
+    drift = metric("abgate_upstream_connections", '{state="open",upstream="control"}') - len(
+        upstream.live
+    )
     ok = 0
     for _ in range(200):
         reader, writer = await asyncio.open_connection("127.0.0.1", PROXY)
@@ -133,16 +138,30 @@ async def measure(workdir: Path) -> str:
     server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     config = workdir / "abgate.yaml"
-    config.write_text(yaml.safe_dump({
-        "proxy": {"listen": f"127.0.0.1:{PROXY}", "admin_listen": "127.0.0.1:0",
-                  "client_keepalive_timeout": "5s"},
-        "control": {"listen": f"127.0.0.1:{CONTROL}"}, "flags": {"state_file": None},
-        "upstreams": {"control": {"url": f"http://127.0.0.1:{port}", "pool_size": 16,
-                                  "breaker": {"consecutive_failures": 1_000_000,
-                                              "minimum_calls": 1_000_000}}},
-        "routes": [{"prefix": "/", "upstream": "control"}]}))
-    with process([str(ROOT / ".venv" / "bin" / "abgate"), "run", "--config", str(config)],
-                 cwd=workdir) as abgate:
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "proxy": {
+                    "listen": f"127.0.0.1:{PROXY}",
+                    "admin_listen": "127.0.0.1:0",
+                    "client_keepalive_timeout": "5s",
+                },
+                "control": {"listen": f"127.0.0.1:{CONTROL}"},
+                "flags": {"state_file": None},
+                "upstreams": {
+                    "control": {
+                        "url": f"http://127.0.0.1:{port}",
+                        "pool_size": 16,
+                        "breaker": {"consecutive_failures": 1_000_000, "minimum_calls": 1_000_000},
+                    }
+                },
+                "routes": [{"prefix": "/", "upstream": "control"}],
+            }
+        )
+    )
+    with process(
+        [str(ROOT / ".venv" / "bin" / "abgate"), "run", "--config", str(config)], cwd=workdir
+    ) as abgate:
         await asyncio.to_thread(wait_http, f"http://127.0.0.1:{CONTROL}/health")
         before = rss_mib(abgate.pid)
         refused, other = await header_pressure()
@@ -151,19 +170,22 @@ async def measure(workdir: Path) -> str:
         drift, ok, tried = await crashes(upstream)
         after = rss_mib(abgate.pid)
     server.close()
-    rows = "\n".join((
-        f"| {HEAD_CLIENTS} clients sending unfinished 2 MB heads: RSS | 113 MB -> 1.7 GB | "
-        f"{before:.0f} -> {after_heads:.0f} MiB ({refused} answered 431, {other} closed "
-        f"otherwise) | bounded: {verdict(after_heads - before < 100)} |",
-        f"| {IDLE_CLIENTS} idle clients (half never send, half idle after a request): held "
-        f"after 12 s | all, for 90 s and more | {held:.0f} held at first, {left:.0f} after "
-        f"12 s | 0: {verdict(left == 0)} |",
-        f"| pool after {CRASHES} upstream crashes mid-body: open minus real sockets | 128 of "
-        f"128 leaked after 6 crashes of 22 | {drift:+.0f}; then {ok} of {tried} requests "
-        f"answered 200 | 0 and all: {verdict(drift == 0 and ok == tried)} |"))
+    rows = "\n".join(
+        (
+            f"| {HEAD_CLIENTS} clients sending unfinished 2 MB heads: RSS | 113 MB -> 1.7 GB | "
+            f"{before:.0f} -> {after_heads:.0f} MiB ({refused} answered 431, {other} closed "
+            f"otherwise) | bounded: {verdict(after_heads - before < 100)} |",
+            f"| {IDLE_CLIENTS} idle clients (half never send, half idle after a request): held "
+            f"after 12 s | all, for 90 s and more | {held:.0f} held at first, {left:.0f} after "
+            f"12 s | 0: {verdict(left == 0)} |",
+            f"| pool after {CRASHES} upstream crashes mid-body: open minus real sockets | 128 of "
+            f"128 leaked after 6 crashes of 22 | {drift:+.0f}; then {ok} of {tried} requests "
+            f"answered 200 | 0 and all: {verdict(drift == 0 and ok == tried)} |",
+        )
+    )
     return f"""## Robustness (issue 9)
 
-Measured by `make bench` (`benchmarks/robustness.py`) on {time.strftime('%Y-%m-%d')}: `abgate
+Measured by `make bench` (`benchmarks/robustness.py`) on {time.strftime("%Y-%m-%d")}: `abgate
 run` with the default client limits (client_header_timeout 10 s, max_header_size 64 KiB)
 but client_keepalive_timeout 5 s, against a raw upstream in the benchmark process; loopback.
 

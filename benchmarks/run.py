@@ -67,8 +67,16 @@ def parse_wrk(name: str, output: str) -> Result:
 
 
 def wrk(name: str, url: str, *, connections: int, duration: int, script: Path) -> Result:
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s",
-               str(script), url]
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     if "Non-2xx" in output or "Socket errors" in output:
         raise RuntimeError(f"{name}: errors under load:\n{output}")
@@ -79,12 +87,13 @@ def nginx_conf(workdir: Path, *, proxy: bool) -> Path:
     arms = "\n".join(
         f"""    server {{ listen 127.0.0.1:{PORTS[arm]}; access_log off;
         location / {{ default_type application/json; return 200 '{BODY}'; }} }}"""
-        for arm in ("arm_a", "arm_b"))
+        for arm in ("arm_a", "arm_b")
+    )
     split = f"""
     split_clients "${{http_x_user_id}}" $arm {{ 50% arm_b; * arm_a; }}
-    upstream arm_a {{ server 127.0.0.1:{PORTS['arm_a']}; keepalive 64; }}
-    upstream arm_b {{ server 127.0.0.1:{PORTS['arm_b']}; keepalive 64; }}
-    server {{ listen 127.0.0.1:{PORTS['nginx']}; access_log off;
+    upstream arm_a {{ server 127.0.0.1:{PORTS["arm_a"]}; keepalive 64; }}
+    upstream arm_b {{ server 127.0.0.1:{PORTS["arm_b"]}; keepalive 64; }}
+    server {{ listen 127.0.0.1:{PORTS["nginx"]}; access_log off;
         location / {{ proxy_pass http://$arm; proxy_http_version 1.1;
                      proxy_set_header Connection ""; }} }}"""
     text = f"""worker_processes 1; daemon off; pid {workdir}/nginx-{int(proxy)}.pid;
@@ -102,22 +111,44 @@ http {{
     return path
 
 
-def bench_config(path: Path, *, proxy_port: int, control_port: int, percentage: float = 50,
-                 proxy: dict[str, object] | None = None,
-                 experiment: dict[str, object] | None = None,
-                 flags: dict[str, object] | None = None) -> Path:
+def bench_config(
+    path: Path,
+    *,
+    proxy_port: int,
+    control_port: int,
+    percentage: float = 50,
+    proxy: dict[str, object] | None = None,
+    experiment: dict[str, object] | None = None,
+    flags: dict[str, object] | None = None,
+) -> Path:
     """The benchmark experiment: /api/agent/ split between the two nginx arms on X-User-Id."""
-    path.write_text(json.dumps({  # JSON is YAML
-        "proxy": {"listen": f"127.0.0.1:{proxy_port}", "admin_listen": "127.0.0.1:0",
-                  **(proxy or {})},
-        "control": {"listen": f"127.0.0.1:{control_port}"},
-        "flags": {"state_file": None, **(flags or {})},
-        "upstreams": {"arm_a": {"url": f"http://127.0.0.1:{PORTS['arm_a']}"},
-                      "arm_b": {"url": f"http://127.0.0.1:{PORTS['arm_b']}"}},
-        "routes": [{"prefix": "/api/agent/", "experiment": "bench"}],
-        "experiments": {"bench": {"control": "arm_a", "treatment": "arm_b",
-                                  "sticky": [{"header": "X-User-Id"}],
-                                  "percentage": percentage, **(experiment or {})}}}))
+    path.write_text(
+        json.dumps(
+            {  # JSON is YAML
+                "proxy": {
+                    "listen": f"127.0.0.1:{proxy_port}",
+                    "admin_listen": "127.0.0.1:0",
+                    **(proxy or {}),
+                },
+                "control": {"listen": f"127.0.0.1:{control_port}"},
+                "flags": {"state_file": None, **(flags or {})},
+                "upstreams": {
+                    "arm_a": {"url": f"http://127.0.0.1:{PORTS['arm_a']}"},
+                    "arm_b": {"url": f"http://127.0.0.1:{PORTS['arm_b']}"},
+                },
+                "routes": [{"prefix": "/api/agent/", "experiment": "bench"}],
+                "experiments": {
+                    "bench": {
+                        "control": "arm_a",
+                        "treatment": "arm_b",
+                        "sticky": [{"header": "X-User-Id"}],
+                        "percentage": percentage,
+                        **(experiment or {}),
+                    }
+                },
+            }
+        )
+    )
     return path
 
 
@@ -139,41 +170,66 @@ def rss_mib(pid: int) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("benchmarks: wrk is not installed (make test-servers installs it)", file=sys.stderr)
         return 1
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
-                                      else None)
-    abgate = [sys.executable, "-m", "control.cli", "--log-level", "WARNING", "proxy",
-              "--config"]
+    nginx = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    abgate = [sys.executable, "-m", "control.cli", "--log-level", "WARNING", "proxy", "--config"]
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
         script = workdir / "users.lua"
         script.write_text(LUA)
         if nginx:
-            stack.enter_context(process([nginx, "-p", tmp, "-c",
-                                         str(nginx_conf(workdir, proxy=False))]))
+            stack.enter_context(
+                process([nginx, "-p", tmp, "-c", str(nginx_conf(workdir, proxy=False))])
+            )
             upstream_kind = "nginx `return 200` (small JSON)"
         else:
             for arm in ("arm_a", "arm_b"):
-                stack.enter_context(process([sys.executable, "scripts/demo_agent.py", "--kind",
-                                             "deterministic", "--port", str(PORTS[arm])],
-                                            cwd=ROOT))
+                stack.enter_context(
+                    process(
+                        [
+                            sys.executable,
+                            "scripts/demo_agent.py",
+                            "--kind",
+                            "deterministic",
+                            "--port",
+                            str(PORTS[arm]),
+                        ],
+                        cwd=ROOT,
+                    )
+                )
             upstream_kind = "bundled demo agent (nginx not installed)"
         wait_http(f"http://127.0.0.1:{PORTS['arm_a']}/api/agent/credit/decide")
         wait_http(f"http://127.0.0.1:{PORTS['arm_b']}/api/agent/credit/decide")
-        ab = stack.enter_context(process([*abgate, str(bench_config(
-            workdir / "abgate.yaml", proxy_port=PORTS["abgate"],
-            control_port=PORTS["control"]))], cwd=ROOT))
+        ab = stack.enter_context(
+            process(
+                [
+                    *abgate,
+                    str(
+                        bench_config(
+                            workdir / "abgate.yaml",
+                            proxy_port=PORTS["abgate"],
+                            control_port=PORTS["control"],
+                        )
+                    ),
+                ],
+                cwd=ROOT,
+            )
+        )
         wait_http(f"http://127.0.0.1:{PORTS['abgate']}/api/agent/credit/decide")
         if nginx:
-            stack.enter_context(process([nginx, "-p", tmp, "-c",
-                                         str(nginx_conf(workdir, proxy=True))]))
+            stack.enter_context(
+                process([nginx, "-p", tmp, "-c", str(nginx_conf(workdir, proxy=True))])
+            )
             wait_http(f"http://127.0.0.1:{PORTS['nginx']}/api/agent/credit/decide")
 
         targets = {"direct": PORTS["arm_a"], "abgate": PORTS["abgate"]}
@@ -183,10 +239,12 @@ def main() -> int:
         for name, port in targets.items():
             url = f"http://127.0.0.1:{port}"
             wrk(name, url, connections=args.connections, duration=2, script=script)  # warm up
-            loaded[name] = wrk(name, url, connections=args.connections,
-                               duration=args.duration, script=script)
-            single[name] = wrk(name, url, connections=1, duration=max(3, args.duration // 2),
-                               script=script)
+            loaded[name] = wrk(
+                name, url, connections=args.connections, duration=args.duration, script=script
+            )
+            single[name] = wrk(
+                name, url, connections=1, duration=max(3, args.duration // 2), script=script
+            )
             print(f"{name}: {loaded[name].rps:,.0f} req/s", flush=True)
         memory = rss_mib(ab.pid)
     write_results(args, loaded, single, memory, upstream_kind)
@@ -194,8 +252,13 @@ def main() -> int:
     return 0
 
 
-def write_results(args: argparse.Namespace, loaded: dict[str, Result],
-                  single: dict[str, Result], memory: float, upstream_kind: str) -> None:
+def write_results(
+    args: argparse.Namespace,
+    loaded: dict[str, Result],
+    single: dict[str, Result],
+    memory: float,
+    upstream_kind: str,
+) -> None:
     direct, ours = loaded["direct"], loaded["abgate"]
     added_p50 = (single["abgate"].p50_ms - single["direct"].p50_ms) * 1000
     added_p99 = (single["abgate"].p99_ms - single["direct"].p99_ms) * 1000
@@ -206,17 +269,20 @@ def write_results(args: argparse.Namespace, loaded: dict[str, Result],
     rows = []
     for name, result in loaded.items():
         ratio_nginx = f"{result.rps / reference.rps:.2f}" if reference else "n/a"
-        rows.append(f"| {name} | {result.rps:,.0f} | {result.p50_ms:.3f} | {result.p99_ms:.3f} "
-                    f"| {ratio_nginx} | {result.rps / direct.rps:.2f} |")
+        rows.append(
+            f"| {name} | {result.rps:,.0f} | {result.p50_ms:.3f} | {result.p99_ms:.3f} "
+            f"| {ratio_nginx} | {result.rps / direct.rps:.2f} |"
+        )
     single_rows = [
         f"| {name} | {r.p50_ms * 1000:.0f} | {r.p99_ms * 1000:.0f} | "
         f"{(r.p50_ms - single['direct'].p50_ms) * 1000:+.0f} | "
         f"{(r.p99_ms - single['direct'].p99_ms) * 1000:+.0f} |"
-        for name, r in single.items()]
+        for name, r in single.items()
+    ]
     cpu = platform.processor() or platform.machine()
     text = f"""## Throughput and latency (issue 2)
 
-Measured by `make bench` (`benchmarks/run.py`) on {time.strftime('%Y-%m-%d')}, on this
+Measured by `make bench` (`benchmarks/run.py`) on {time.strftime("%Y-%m-%d")}, on this
 project's development machine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}.
 wrk, the upstream, abgate and nginx all share those cores, as in production-like sidecar use
 on a small node. Upstream: {upstream_kind}. abgate: `abgate proxy`, one worker, uvloop, an

@@ -34,8 +34,9 @@ def plug_in(a: Proportion, b: Proportion) -> bool:
         return False
 
 
-def aa_rejection_rate(split: float, base: float, *, sims: int, users: int, seed: int,
-                      test: Test = pooled_with_burn_in) -> float:
+def aa_rejection_rate(
+    split: float, base: float, *, sims: int, users: int, seed: int, test: Test = pooled_with_burn_in
+) -> float:
     """Share of A/A experiments (both arms at `base`) that the test ever rejects, looking
     after every arrival up to 40, then every 20."""
     rng = random.Random(seed)
@@ -50,15 +51,20 @@ def aa_rejection_rate(split: float, base: float, *, sims: int, users: int, seed:
             else:
                 na += 1
                 xa += rng.random() < base
-            if index in looks and na >= 2 and nb >= 2 and \
-                    test(Proportion(na, xa), Proportion(nb, xb)):
+            if (
+                index in looks
+                and na >= 2
+                and nb >= 2
+                and test(Proportion(na, xa), Proportion(nb, xb))
+            ):
                 rejected += 1
                 break
     return rejected / sims
 
 
-def power_at_planned_n(effect: float, *, share: float, sims: int, seed: int,
-                       look_every: int = 20) -> tuple[int, float]:
+def power_at_planned_n(
+    effect: float, *, share: float, sims: int, seed: int, look_every: int = 20
+) -> tuple[int, float]:
     """(planned total n, share of experiments the sequential test of means rejects by then)
     for a true difference `effect` between two arms of unit variance, sized by
     `sequential_sample_size` and looked at every `look_every` arrivals."""
@@ -91,14 +97,13 @@ def main() -> int:
     for split in SPLITS:
         for base in BASE_RATES:
             shipped = aa_rejection_rate(split, base, sims=sims, users=users, seed=1)
-            old = aa_rejection_rate(split, base, sims=sims // 4, users=users, seed=1,
-                                    test=plug_in)
+            old = aa_rejection_rate(split, base, sims=sims // 4, users=users, seed=1, test=plug_in)
             worst = max(worst, shipped)
             rows.append(f"| {split:.0%} | {base:.1%} | {old:.3f} | {shipped:.3f} |")
             print(rows[-1], flush=True)
     text = f"""## Sequential test on rates at small splits (issue 10)
 
-Measured by `make bench` (`benchmarks/sequential_rates.py`) on {time.strftime('%Y-%m-%d')}:
+Measured by `make bench` (`benchmarks/sequential_rates.py`) on {time.strftime("%Y-%m-%d")}:
 A/A experiments (both arms at the base rate), {users} users each, looked at after every
 arrival up to 40 and then every 20 (the worker looks every few seconds from the first
 request); share ever rejected at alpha = 0.05. "Plug-in" is the test before the fix (each

@@ -36,12 +36,20 @@ async def worker_timing(experiments: int = 100, runs: int = 20) -> list[float]:
         "upstreams": {"a": {"url": "http://127.0.0.1:1"}, "b": {"url": "http://127.0.0.1:2"}},
         "routes": [{"prefix": "/", "upstream": "a"}],
         "flags": {"state_file": None},
-        "experiments": {f"exp{i}": {
-            "control": "a", "treatment": "b", "percentage": 50, "metrics": {
-                "accuracy": {"type": "binary", "direction": "higher"},
-                "revenue": {"type": "continuous", "direction": "higher"},
-                "confidence": {"type": "continuous", "direction": "higher"}}}
-            for i in range(experiments)}}
+        "experiments": {
+            f"exp{i}": {
+                "control": "a",
+                "treatment": "b",
+                "percentage": 50,
+                "metrics": {
+                    "accuracy": {"type": "binary", "direction": "higher"},
+                    "revenue": {"type": "continuous", "direction": "higher"},
+                    "confidence": {"type": "continuous", "direction": "higher"},
+                },
+            }
+            for i in range(experiments)
+        },
+    }
     config = parse_config(yaml.safe_dump(document))
     store = MemoryMeasurements()
     for i in range(experiments):
@@ -50,8 +58,13 @@ async def worker_timing(experiments: int = 100, runs: int = 20) -> list[float]:
         await store.start_phase(name, Phase(2, 5000, 1.0))
         batch = {}
         for arm in ("a", "b"):
-            for metric, binary in (("latency", False), ("error", True), ("accuracy", True),
-                                   ("revenue", False), ("confidence", False)):
+            for metric, binary in (
+                ("latency", False),
+                ("error", True),
+                ("accuracy", True),
+                ("revenue", False),
+                ("confidence", False),
+            ):
                 sums = Sums()
                 for _ in range(200):
                     value = float(rng.random() < 0.3) if binary else rng.gauss(1.0, 0.3)
@@ -75,13 +88,19 @@ def loaded_config(path: Path, offset: int) -> Path:
     """The benchmark experiment plus EXTRA more, each with three declared metrics."""
     bench_config(path, proxy_port=PROXY + offset, control_port=CONTROL + offset)
     document = json.loads(path.read_text())
-    metrics = {"accuracy": {"type": "binary", "direction": "higher"},
-               "revenue": {"type": "continuous", "direction": "higher"},
-               "confidence": {"type": "continuous", "direction": "higher"}}
+    metrics = {
+        "accuracy": {"type": "binary", "direction": "higher"},
+        "revenue": {"type": "continuous", "direction": "higher"},
+        "confidence": {"type": "continuous", "direction": "higher"},
+    }
     for i in range(EXTRA):
         document["routes"].append({"prefix": f"/extra/{i}/", "experiment": f"extra{i}"})
         document["experiments"][f"extra{i}"] = {
-            "control": "arm_a", "treatment": "arm_b", "percentage": 50, "metrics": metrics}
+            "control": "arm_a",
+            "treatment": "arm_b",
+            "percentage": 50,
+            "metrics": metrics,
+        }
     path.write_text(json.dumps(document))
     return path
 
@@ -90,26 +109,38 @@ def post_outcomes(control: str) -> None:
     """200 outcomes per arm and metric for every extra experiment."""
     rng = random.Random(2)
     for i in range(EXTRA):
-        items = [{"experiment": f"extra{i}", "arm": arm, "metric": metric,
-                  "value": float(rng.random() < 0.3) if metric == "accuracy"
-                  else rng.gauss(1.0, 0.3)}
-                 for arm in ("arm_a", "arm_b") for metric in ("accuracy", "revenue",
-                                                               "confidence")
-                 for _ in range(200)]
-        request = urllib.request.Request(f"{control}/api/outcomes", data=json.dumps(items)
-                                         .encode(), headers={"Content-Type":
-                                                             "application/json"})
+        items = [
+            {
+                "experiment": f"extra{i}",
+                "arm": arm,
+                "metric": metric,
+                "value": float(rng.random() < 0.3) if metric == "accuracy" else rng.gauss(1.0, 0.3),
+            }
+            for arm in ("arm_a", "arm_b")
+            for metric in ("accuracy", "revenue", "confidence")
+            for _ in range(200)
+        ]
+        request = urllib.request.Request(
+            f"{control}/api/outcomes",
+            data=json.dumps(items).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         urllib.request.urlopen(request, timeout=10).close()
 
 
 def config(path: Path, measurements: bool, offset: int) -> Path:
-    return bench_config(path, proxy_port=PROXY + offset, control_port=CONTROL + offset,
-                        proxy={"measurements": measurements})
+    return bench_config(
+        path,
+        proxy_port=PROXY + offset,
+        control_port=CONTROL + offset,
+        proxy={"measurements": measurements},
+    )
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=int, default=8)
     args = parser.parse_args()
     timings = asyncio.run(worker_timing())
@@ -122,8 +153,9 @@ def main() -> int:
         workdir = Path(tmp)
         script = workdir / "users.lua"
         script.write_text(LUA)
-        outer.enter_context(process([nginx, "-p", tmp, "-c",
-                                     str(nginx_conf(workdir, proxy=False))]))
+        outer.enter_context(
+            process([nginx, "-p", tmp, "-c", str(nginx_conf(workdir, proxy=False))])
+        )
         wait_http(f"http://127.0.0.1:{PORTS['arm_a']}/")
         procs, urls = {}, {}
         for offset, measurements in enumerate((False, True)):
@@ -142,32 +174,37 @@ def main() -> int:
         runs: dict[bool, list[Result]] = {False: [], True: []}
         for _ in range(3):  # alternate, so drift and noise hit both alike
             for measurements, url in urls.items():
-                runs[measurements].append(wrk("run", url, connections=32,
-                                              duration=args.duration, script=script))
+                runs[measurements].append(
+                    wrk("run", url, connections=32, duration=args.duration, script=script)
+                )
         late = {m: rss_mib(procs[m].pid) for m in urls}
         wrk("warm", busy_url, connections=32, duration=4, script=script)
         single: dict[str, list[Result]] = {"1 experiment": [], f"{EXTRA + 1} experiments": []}
         for _ in range(3):  # one connection: what a request waits while an evaluation runs
-            for name, url in ((f"{EXTRA + 1} experiments", busy_url),
-                              ("1 experiment", urls[True])):
-                single[name].append(wrk(name, url, connections=1, duration=args.duration,
-                                        script=script))
+            for name, url in ((f"{EXTRA + 1} experiments", busy_url), ("1 experiment", urls[True])):
+                single[name].append(
+                    wrk(name, url, connections=1, duration=args.duration, script=script)
+                )
         results = {}
         for measurements in (False, True):
             best = max(runs[measurements], key=lambda r: r.rps)
             results[measurements] = best.rps
-            rows.append(f"| {'on' if measurements else 'off'} | {best.rps:,.0f} | "
-                        f"{best.p50_ms:.3f} | {best.p99_ms:.3f} | {early[measurements]:.1f} | "
-                        f"{late[measurements]:.1f} |")
+            rows.append(
+                f"| {'on' if measurements else 'off'} | {best.rps:,.0f} | "
+                f"{best.p50_ms:.3f} | {best.p99_ms:.3f} | {early[measurements]:.1f} | "
+                f"{late[measurements]:.1f} |"
+            )
     ratio = results[True] / results[False]
-    single_rows = [f"| {name} | {' / '.join(f'{r.p50_ms:.3f}' for r in rounds)} | "
-                   f"{' / '.join(f'{r.p99_ms:.3f}' for r in rounds)} | "
-                   f"{' / '.join(f'{r.max_ms:.1f}' for r in rounds)} |"
-                   for name, rounds in single.items()]
+    single_rows = [
+        f"| {name} | {' / '.join(f'{r.p50_ms:.3f}' for r in rounds)} | "
+        f"{' / '.join(f'{r.p99_ms:.3f}' for r in rounds)} | "
+        f"{' / '.join(f'{r.max_ms:.1f}' for r in rounds)} |"
+        for name, rounds in single.items()
+    ]
     median = statistics.median(timings)
     text = f"""## Statistics costs (issue 5)
 
-Measured by `make bench` (`benchmarks/statistics.py`) on {time.strftime('%Y-%m-%d')}, same
+Measured by `make bench` (`benchmarks/statistics.py`) on {time.strftime("%Y-%m-%d")}, same
 machine and upstream as above.
 
 Worker evaluation of 100 experiments x 5 metrics (2 binary, 3 continuous; fixed and

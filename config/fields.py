@@ -14,8 +14,19 @@ from config.errors import Problem
 from config.model import BASIS_POINTS, Listen
 from config.yaml_lines import KeyPath, LocatedDocument, render_path
 
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
-               "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
 _SIZE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
@@ -46,8 +57,14 @@ class Reader:
                 self.problem((*path, key), f"unknown key (expected one of: {choices})")
         return value
 
-    def string(self, value: Any, path: KeyPath, *, pattern: re.Pattern[str] | None = None,
-               what: str = "a string") -> str | None:
+    def string(
+        self,
+        value: Any,
+        path: KeyPath,
+        *,
+        pattern: re.Pattern[str] | None = None,
+        what: str = "a string",
+    ) -> str | None:
         if not isinstance(value, str) or not value:
             self.problem(path, f"expected {what}, got {_kind(value)}")
             return None
@@ -57,8 +74,9 @@ class Reader:
         return value
 
     def name(self, value: Any, path: KeyPath) -> str | None:
-        return self.string(value, path, pattern=_NAME,
-                           what="a name (letters, digits, '_', '.', '-'; up to 128)")
+        return self.string(
+            value, path, pattern=_NAME, what="a name (letters, digits, '_', '.', '-'; up to 128)"
+        )
 
     def header_name(self, value: Any, path: KeyPath) -> str | None:
         return self.string(value, path, pattern=_TOKEN, what="a header name")
@@ -95,8 +113,9 @@ class Reader:
             return None
         return number
 
-    def duration(self, value: Any, path: KeyPath, *, low: float = 0.0,
-                 high: float = 86_400.0) -> float | None:
+    def duration(
+        self, value: Any, path: KeyPath, *, low: float = 0.0, high: float = 86_400.0
+    ) -> float | None:
         """Seconds: a number or a string such as `250ms`, `5s`, `2m`."""
         seconds: float | None = None
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -107,8 +126,9 @@ class Reader:
             self.problem(path, f"expected a duration such as 1.5, '250ms' or '5s', got {value!r}")
             return None
         if not low < seconds <= high:
-            self.problem(path,
-                         f"must be more than {low:g}s and at most {high:g}s, got {seconds:g}s")
+            self.problem(
+                path, f"must be more than {low:g}s and at most {high:g}s, got {seconds:g}s"
+            )
             return None
         return seconds
 

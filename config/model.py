@@ -75,8 +75,10 @@ class ControlSettings:
         """Why the control API may not serve here: beyond loopback it needs a token."""
         if token or self.is_loopback:
             return None
-        return (f"the control API would listen on {self.listen.host}, which is not loopback, "
-                "without a token: set ABGATE_CONTROL_TOKEN")
+        return (
+            f"the control API would listen on {self.listen.host}, which is not loopback, "
+            "without a token: set ABGATE_CONTROL_TOKEN"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,8 +35,9 @@ def load_config(path: str | Path) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         where = Path(path).absolute()
-        problem = Problem("", None, f"no such file (looked for {where}); pass another with "
-                                    "--config FILE")
+        problem = Problem(
+            "", None, f"no such file (looked for {where}); pass another with --config FILE"
+        )
         raise ConfigError(source, [problem]) from exc
     except (OSError, UnicodeDecodeError) as exc:
         problem = Problem("", None, f"cannot read the file: {exc}")
@@ -66,12 +67,15 @@ class _Schema(UpstreamSchema, ExperimentSchema):
         self.experiment_names: set[str] = set()
 
     def build(self, root: Any) -> Config | None:
-        top = self.r.mapping(root, (), {"proxy", "control", "flags", "upstreams", "routes",
-                                        "experiments"})
+        top = self.r.mapping(
+            root, (), {"proxy", "control", "flags", "upstreams", "routes", "experiments"}
+        )
         if top is None:
             return None
-        for key, names in (("upstreams", self.upstream_names),
-                           ("experiments", self.experiment_names)):
+        for key, names in (
+            ("upstreams", self.upstream_names),
+            ("experiments", self.experiment_names),
+        ):
             if isinstance(top.get(key), dict):
                 names.update(top[key])
         proxy = self._proxy(top.get("proxy"))
@@ -98,55 +102,95 @@ class _Schema(UpstreamSchema, ExperimentSchema):
 
     def _proxy(self, value: Any) -> ProxySettings | None:
         path: KeyPath = ("proxy",)
-        keys = {"listen", "admin_listen", "max_body_size", "buffer_body_size",
-                "shutdown_timeout", "random_seed", "retry_budget", "measurements",
-                "client_header_timeout", "client_keepalive_timeout", "client_body_timeout",
-                "max_header_size", "max_connections"}
+        keys = {
+            "listen",
+            "admin_listen",
+            "max_body_size",
+            "buffer_body_size",
+            "shutdown_timeout",
+            "random_seed",
+            "retry_budget",
+            "measurements",
+            "client_header_timeout",
+            "client_keepalive_timeout",
+            "client_body_timeout",
+            "max_header_size",
+            "max_connections",
+        }
         section = self.r.mapping(value, path, keys)
         if section is None:
             return None
         listen = self.r.listen(section.get("listen", "127.0.0.1:8080"), (*path, "listen"))
-        admin = self.r.listen(section.get("admin_listen", "127.0.0.1:9180"),
-                              (*path, "admin_listen"))
+        admin = self.r.listen(
+            section.get("admin_listen", "127.0.0.1:9180"), (*path, "admin_listen")
+        )
         max_body = self.r.size(section.get("max_body_size", "10MiB"), (*path, "max_body_size"))
-        buffered = self.r.size(section.get("buffer_body_size", "64KiB"),
-                               (*path, "buffer_body_size"))
+        buffered = self.r.size(
+            section.get("buffer_body_size", "64KiB"), (*path, "buffer_body_size")
+        )
         if max_body is not None and buffered is not None and buffered > max_body:
-            self.r.problem((*path, "buffer_body_size"),
-                           f"{buffered} bytes is more than max_body_size ({max_body} bytes): "
-                           "a body is never buffered beyond what may be sent at all")
+            self.r.problem(
+                (*path, "buffer_body_size"),
+                f"{buffered} bytes is more than max_body_size ({max_body} bytes): "
+                "a body is never buffered beyond what may be sent at all",
+            )
             buffered = None
-        grace = self.r.duration(section.get("shutdown_timeout", "10s"),
-                                (*path, "shutdown_timeout"), high=3600)
+        grace = self.r.duration(
+            section.get("shutdown_timeout", "10s"), (*path, "shutdown_timeout"), high=3600
+        )
         seed_value = section.get("random_seed")
         seed = None
         if seed_value is not None:
             seed = self.r.integer(seed_value, (*path, "random_seed"), low=0, high=2**63 - 1)
-        budget = self.r.mapping(section.get("retry_budget"), (*path, "retry_budget"),
-                                {"ratio", "min_per_second"}) or {}
+        budget = (
+            self.r.mapping(
+                section.get("retry_budget"), (*path, "retry_budget"), {"ratio", "min_per_second"}
+            )
+            or {}
+        )
         ratio = budget.get("ratio", 0.2)
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
             self.r.problem((*path, "retry_budget", "ratio"), f"expected 0..1, got {ratio!r}")
             ratio = None
         floor = budget.get("min_per_second", 5)
         if isinstance(floor, bool) or not isinstance(floor, int | float) or floor < 0:
-            self.r.problem((*path, "retry_budget", "min_per_second"),
-                           f"expected a number >= 0, got {floor!r}")
+            self.r.problem(
+                (*path, "retry_budget", "min_per_second"), f"expected a number >= 0, got {floor!r}"
+            )
             floor = None
-        measurements = self.r.boolean(section.get("measurements", True),
-                                      (*path, "measurements"))
-        header_timeout = self.r.duration(section.get("client_header_timeout", "10s"),
-                                         (*path, "client_header_timeout"), high=3600)
-        keepalive = self.r.duration(section.get("client_keepalive_timeout", "75s"),
-                                    (*path, "client_keepalive_timeout"), high=86400)
-        body_timeout = self.r.duration(section.get("client_body_timeout", "60s"),
-                                       (*path, "client_body_timeout"), high=3600)
-        header_size = self.r.size(section.get("max_header_size", "64KiB"),
-                                  (*path, "max_header_size"), low=1024)
-        connections = self.r.integer(section.get("max_connections", 4096),
-                                     (*path, "max_connections"), low=1, high=1_000_000)
-        if None in (listen, admin, max_body, buffered, grace, ratio, floor, measurements,
-                    header_timeout, keepalive, body_timeout, header_size, connections):
+        measurements = self.r.boolean(section.get("measurements", True), (*path, "measurements"))
+        header_timeout = self.r.duration(
+            section.get("client_header_timeout", "10s"), (*path, "client_header_timeout"), high=3600
+        )
+        keepalive = self.r.duration(
+            section.get("client_keepalive_timeout", "75s"),
+            (*path, "client_keepalive_timeout"),
+            high=86400,
+        )
+        body_timeout = self.r.duration(
+            section.get("client_body_timeout", "60s"), (*path, "client_body_timeout"), high=3600
+        )
+        header_size = self.r.size(
+            section.get("max_header_size", "64KiB"), (*path, "max_header_size"), low=1024
+        )
+        connections = self.r.integer(
+            section.get("max_connections", 4096), (*path, "max_connections"), low=1, high=1_000_000
+        )
+        if None in (
+            listen,
+            admin,
+            max_body,
+            buffered,
+            grace,
+            ratio,
+            floor,
+            measurements,
+            header_timeout,
+            keepalive,
+            body_timeout,
+            header_size,
+            connections,
+        ):
             return None
         return ProxySettings(
             listen=cast(Listen, listen),
@@ -174,13 +218,16 @@ class _Schema(UpstreamSchema, ExperimentSchema):
 
     def _flags(self, value: Any) -> FlagsSettings | None:
         path: KeyPath = ("flags",)
-        section = self.r.mapping(value, path, {"redis_url", "key_prefix", "state_file",
-                                               "heartbeat_interval"})
+        section = self.r.mapping(
+            value, path, {"redis_url", "key_prefix", "state_file", "heartbeat_interval"}
+        )
         if section is None:
             return None
         redis_url = section.get("redis_url")
-        if redis_url is not None and (not isinstance(redis_url, str) or not
-                                      redis_url.startswith(("redis://", "rediss://", "unix://"))):
+        if redis_url is not None and (
+            not isinstance(redis_url, str)
+            or not redis_url.startswith(("redis://", "rediss://", "unix://"))
+        ):
             shown = mask_url(redis_url) if isinstance(redis_url, str) else redis_url
             self.r.problem((*path, "redis_url"), f"expected a redis:// URL, got {shown!r}")
             redis_url = None
@@ -189,15 +236,24 @@ class _Schema(UpstreamSchema, ExperimentSchema):
         if state_file is not None and (not isinstance(state_file, str) or not state_file):
             self.r.problem((*path, "state_file"), "expected a file path, or null for none")
             state_file = None
-        heartbeat = self.r.duration(section.get("heartbeat_interval", "1s"),
-                                    (*path, "heartbeat_interval"), high=60)
+        heartbeat = self.r.duration(
+            section.get("heartbeat_interval", "1s"), (*path, "heartbeat_interval"), high=60
+        )
         if prefix is None or heartbeat is None:
             return None
-        return FlagsSettings(redis_url=redis_url, key_prefix=prefix, state_file=state_file,
-                             heartbeat_interval=heartbeat)
+        return FlagsSettings(
+            redis_url=redis_url,
+            key_prefix=prefix,
+            state_file=state_file,
+            heartbeat_interval=heartbeat,
+        )
 
-    def _routes(self, value: Any, upstreams: dict[str, UpstreamConfig] | None,
-                experiments: dict[str, ExperimentConfig] | None) -> tuple[RouteConfig, ...] | None:
+    def _routes(
+        self,
+        value: Any,
+        upstreams: dict[str, UpstreamConfig] | None,
+        experiments: dict[str, ExperimentConfig] | None,
+    ) -> tuple[RouteConfig, ...] | None:
         path: KeyPath = ("routes",)
         if not isinstance(value, list) or not value:
             self.r.problem(path, "at least one route is required")
@@ -209,9 +265,14 @@ class _Schema(UpstreamSchema, ExperimentSchema):
                 out.append(route)
         return tuple(out)
 
-    def _route(self, index: int, value: Any, path: KeyPath,
-               upstreams: dict[str, UpstreamConfig] | None,
-               experiments: dict[str, ExperimentConfig] | None) -> RouteConfig | None:
+    def _route(
+        self,
+        index: int,
+        value: Any,
+        path: KeyPath,
+        upstreams: dict[str, UpstreamConfig] | None,
+        experiments: dict[str, ExperimentConfig] | None,
+    ) -> RouteConfig | None:
         keys = {"name", "prefix", "regex", "methods", "experiment", "upstream", "replayable"}
         section = self.r.mapping(value, path, keys)
         if section is None:
@@ -224,8 +285,9 @@ class _Schema(UpstreamSchema, ExperimentSchema):
             ok = False
         elif prefix is not None:
             if not isinstance(prefix, str) or not prefix.startswith("/"):
-                self.r.problem((*path, "prefix"),
-                               f"must be a path starting with '/', got {prefix!r}")
+                self.r.problem(
+                    (*path, "prefix"), f"must be a path starting with '/', got {prefix!r}"
+                )
                 ok = False
         else:
             pattern = self.r.string(section["regex"], (*path, "regex"))
@@ -248,8 +310,15 @@ class _Schema(UpstreamSchema, ExperimentSchema):
         replayable = self.r.boolean(section.get("replayable", False), (*path, "replayable"))
         if not ok or name is None or methods == _BAD_METHODS or replayable is None:
             return None
-        return RouteConfig(name=name, prefix=prefix, regex=regex, methods=methods,
-                           experiment=experiment, upstream=upstream, replayable=replayable)
+        return RouteConfig(
+            name=name,
+            prefix=prefix,
+            regex=regex,
+            methods=methods,
+            experiment=experiment,
+            upstream=upstream,
+            replayable=replayable,
+        )
 
     def _methods(self, value: Any, path: KeyPath) -> frozenset[str] | None:
         """None: any method; `_BAD_METHODS` when invalid (a problem was reported)."""

@@ -36,17 +36,18 @@ def _json_path(text: Any) -> JsonPath | None:
     match = _JSON_PATH.match(text)
     if match is None:
         return None
-    return tuple(name if name else int(index)
-                 for name, index in _JSON_STEP.findall(match.group(1)))
-
+    return tuple(name if name else int(index) for name, index in _JSON_STEP.findall(match.group(1)))
 
 
 class ExperimentSchema:
     r: Reader
     upstream_names: set[str]
 
-    def _experiments(self, value: Any, upstreams: dict[str, UpstreamConfig] | None,
-                     ) -> dict[str, ExperimentConfig] | None:
+    def _experiments(
+        self,
+        value: Any,
+        upstreams: dict[str, UpstreamConfig] | None,
+    ) -> dict[str, ExperimentConfig] | None:
         path: KeyPath = ("experiments",)
         if value is None:
             return {}
@@ -60,10 +61,21 @@ class ExperimentSchema:
                 out[name] = experiment
         return out
 
-    def _experiment(self, name: str, value: Any, path: KeyPath,
-                    upstreams: dict[str, UpstreamConfig] | None) -> ExperimentConfig | None:
-        keys = {"control", "treatment", "sticky", "when_missing", "seed", "percentage",
-                "fallback", "fallback_on_5xx", "shadow", "metrics"}
+    def _experiment(
+        self, name: str, value: Any, path: KeyPath, upstreams: dict[str, UpstreamConfig] | None
+    ) -> ExperimentConfig | None:
+        keys = {
+            "control",
+            "treatment",
+            "sticky",
+            "when_missing",
+            "seed",
+            "percentage",
+            "fallback",
+            "fallback_on_5xx",
+            "shadow",
+            "metrics",
+        }
         section = self.r.mapping(value, path, keys)
         valid_name = self.r.name(name, path)
         if section is None:
@@ -71,17 +83,22 @@ class ExperimentSchema:
         control = self._arm(section.get("control"), (*path, "control"), upstreams)
         treatment = self._arm(section.get("treatment"), (*path, "treatment"), upstreams)
         if control and treatment and control.name == treatment.name:
-            self.r.problem((*path, "treatment"), f"arm name {treatment.name!r} is also the "
-                                                 "control arm's; name the arms apart")
+            self.r.problem(
+                (*path, "treatment"),
+                f"arm name {treatment.name!r} is also the control arm's; name the arms apart",
+            )
         sticky = self._sticky(section.get("sticky", []), (*path, "sticky"))
         when_missing = section.get("when_missing", "random")
         if when_missing not in _WHEN_MISSING:
-            self.r.problem((*path, "when_missing"),
-                           f"expected one of {', '.join(_WHEN_MISSING)}, got {when_missing!r}")
+            self.r.problem(
+                (*path, "when_missing"),
+                f"expected one of {', '.join(_WHEN_MISSING)}, got {when_missing!r}",
+            )
         seed = self.r.string(section.get("seed", name), (*path, "seed"))
         if "percentage" not in section:
-            self.r.problem((*path, "percentage"), "required: the treatment arm's starting "
-                                                  "percentage (0..100)")
+            self.r.problem(
+                (*path, "percentage"), "required: the treatment arm's starting percentage (0..100)"
+            )
             percentage = None
         else:
             percentage = self.r.percentage(section["percentage"], (*path, "percentage"))
@@ -91,8 +108,15 @@ class ExperimentSchema:
         metrics = self._metrics(section.get("metrics", {}), (*path, "metrics"))
         if fallback is None or on_5xx is None or shadow is False or metrics is None:
             return None
-        if (valid_name is None or control is None or treatment is None or sticky is None
-                or when_missing not in _WHEN_MISSING or seed is None or percentage is None):
+        if (
+            valid_name is None
+            or control is None
+            or treatment is None
+            or sticky is None
+            or when_missing not in _WHEN_MISSING
+            or seed is None
+            or percentage is None
+        ):
             return None
         return ExperimentConfig(
             name=name,
@@ -109,9 +133,11 @@ class ExperimentSchema:
         )
 
     def _metrics(self, value: Any, path: KeyPath) -> tuple[MetricConfig, ...] | None:
-        example = ("a mapping of metric name to {type: binary|continuous, direction: "
-                   "higher|lower}, plus json: $.field or header: NAME to read it from each "
-                   "answer")
+        example = (
+            "a mapping of metric name to {type: binary|continuous, direction: "
+            "higher|lower}, plus json: $.field or header: NAME to read it from each "
+            "answer"
+        )
         if not isinstance(value, dict):
             self.r.problem(path, f"expected {example}")
             return None
@@ -122,17 +148,22 @@ class ExperimentSchema:
             if section is None or self.r.name(name, item_path) is None:
                 return None
             if name in BUILT_IN_METRICS:
-                self.r.problem(item_path, f"{name!r} is built in (latency: continuous, lower "
-                                          "is better; error: binary, lower is better)")
+                self.r.problem(
+                    item_path,
+                    f"{name!r} is built in (latency: continuous, lower "
+                    "is better; error: binary, lower is better)",
+                )
                 return None
             kind, direction = section.get("type"), section.get("direction")
             if kind not in _METRIC_TYPES:
-                self.r.problem((*item_path, "type"),
-                               f"required: binary or continuous, got {kind!r}")
+                self.r.problem(
+                    (*item_path, "type"), f"required: binary or continuous, got {kind!r}"
+                )
             if direction not in _DIRECTIONS:
-                self.r.problem((*item_path, "direction"),
-                               f"required: higher or lower (which way is better), "
-                               f"got {direction!r}")
+                self.r.problem(
+                    (*item_path, "direction"),
+                    f"required: higher or lower (which way is better), got {direction!r}",
+                )
             if "json" in section and "header" in section:
                 self.r.problem(item_path, "give json or header, not both")
                 return None
@@ -140,8 +171,10 @@ class ExperimentSchema:
             if "json" in section:
                 json_path = _json_path(section["json"])
                 if json_path is None:
-                    self.r.problem((*item_path, "json"),
-                                   f"not a JSON path like $.confidence: {section['json']!r}")
+                    self.r.problem(
+                        (*item_path, "json"),
+                        f"not a JSON path like $.confidence: {section['json']!r}",
+                    )
                     return None
             elif "header" in section:
                 header = self.r.header_name(section["header"], (*item_path, "header"))
@@ -149,8 +182,11 @@ class ExperimentSchema:
                     return None
             if kind not in _METRIC_TYPES or direction not in _DIRECTIONS:
                 return None
-            out.append(MetricConfig(name, cast(MetricType, kind), cast(Direction, direction),
-                                    json_path, header))
+            out.append(
+                MetricConfig(
+                    name, cast(MetricType, kind), cast(Direction, direction), json_path, header
+                )
+            )
         return tuple(out)
 
     def _shadow(self, value: Any, path: KeyPath) -> ShadowConfig | bool | None:
@@ -161,27 +197,32 @@ class ExperimentSchema:
         if section is None:
             return False
         percentage = self.r.percentage(section.get("percentage", 100), (*path, "percentage"))
-        limit = self.r.integer(section.get("max_in_flight", 100), (*path, "max_in_flight"),
-                               low=1, high=100_000)
+        limit = self.r.integer(
+            section.get("max_in_flight", 100), (*path, "max_in_flight"), low=1, high=100_000
+        )
         compare = section.get("compare", [])
         paths: list[tuple[str, JsonPath]] = []
         if not isinstance(compare, list):
-            self.r.problem((*path, "compare"), "expected a list of JSON paths such as "
-                                               "['$.decision']")
+            self.r.problem(
+                (*path, "compare"), "expected a list of JSON paths such as ['$.decision']"
+            )
             return False
         for index, text in enumerate(compare):
             parsed = _json_path(text)
             if parsed is None:
-                self.r.problem((*path, "compare", index),
-                               f"not a JSON path like $.decision or $.items[0].id: {text!r}")
+                self.r.problem(
+                    (*path, "compare", index),
+                    f"not a JSON path like $.decision or $.items[0].id: {text!r}",
+                )
                 return False
             paths.append((text, parsed))
         if percentage is None or limit is None:
             return False
         return ShadowConfig(percentage_bp=percentage, compare=tuple(paths), max_in_flight=limit)
 
-    def _arm(self, value: Any, path: KeyPath,
-             upstreams: dict[str, UpstreamConfig] | None) -> ArmConfig | None:
+    def _arm(
+        self, value: Any, path: KeyPath, upstreams: dict[str, UpstreamConfig] | None
+    ) -> ArmConfig | None:
         if isinstance(value, str):
             name, upstream = value, value
         elif isinstance(value, dict):
@@ -212,17 +253,23 @@ class ExperimentSchema:
                 out.append(StickySource("client_ip", ""))
                 continue
             if not isinstance(item, dict) or len(item) != 1:
-                self.r.problem(item_path, "expected one of {header: NAME}, {cookie: NAME}, "
-                                          "{query: NAME} or client_ip")
+                self.r.problem(
+                    item_path,
+                    "expected one of {header: NAME}, {cookie: NAME}, {query: NAME} or client_ip",
+                )
                 continue
-            (kind, name), = item.items()
+            ((kind, name),) = item.items()
             if kind not in _STICKY_KINDS:
-                self.r.problem((*item_path, kind), "unknown sticky key source (expected header, "
-                                                   "cookie, query or client_ip)")
+                self.r.problem(
+                    (*item_path, kind),
+                    "unknown sticky key source (expected header, cookie, query or client_ip)",
+                )
                 continue
-            valid = (self.r.header_name(name, (*item_path, kind)) if kind == "header"
-                     else self.r.string(name, (*item_path, kind)))
+            valid = (
+                self.r.header_name(name, (*item_path, kind))
+                if kind == "header"
+                else self.r.string(name, (*item_path, kind))
+            )
             if valid is not None:
                 out.append(StickySource(kind, valid.lower() if kind == "header" else valid))
         return tuple(out)
-

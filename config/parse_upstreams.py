@@ -27,8 +27,17 @@ class UpstreamSchema:
         return out
 
     def _upstream(self, name: str, value: Any, path: KeyPath) -> UpstreamConfig | None:
-        keys = {"url", "connect_timeout", "read_timeout", "pool_size", "idle_timeout",
-                "breaker", "health_check", "response_timeout", "max_response_header_size"}
+        keys = {
+            "url",
+            "connect_timeout",
+            "read_timeout",
+            "pool_size",
+            "idle_timeout",
+            "breaker",
+            "health_check",
+            "response_timeout",
+            "max_response_header_size",
+        }
         section = self.r.mapping(value, path, keys)
         valid_name = self.r.name(name, path)
         if section is None:
@@ -37,18 +46,26 @@ class UpstreamSchema:
         host, port = self._http_url(url, (*path, "url"))
         connect = self.r.duration(section.get("connect_timeout", "1s"), (*path, "connect_timeout"))
         read = self.r.duration(section.get("read_timeout", "10s"), (*path, "read_timeout"))
-        pool = self.r.integer(section.get("pool_size", 128), (*path, "pool_size"),
-                              low=1, high=100_000)
+        pool = self.r.integer(
+            section.get("pool_size", 128), (*path, "pool_size"), low=1, high=100_000
+        )
         idle = self.r.duration(section.get("idle_timeout", "30s"), (*path, "idle_timeout"))
         total = None
         if section.get("response_timeout") is not None:
             total = self.r.duration(section["response_timeout"], (*path, "response_timeout"))
-        head_limit = self.r.size(section.get("max_response_header_size", "64KiB"),
-                                 (*path, "max_response_header_size"), low=1024)
+        head_limit = self.r.size(
+            section.get("max_response_header_size", "64KiB"),
+            (*path, "max_response_header_size"),
+            low=1024,
+        )
         breaker = self._breaker(section.get("breaker"), (*path, "breaker"))
         check = self._health_check(section.get("health_check"), (*path, "health_check"))
-        if valid_name is None or host is None or None in (connect, read, pool, idle,
-                                                          head_limit) or breaker is None:
+        if (
+            valid_name is None
+            or host is None
+            or None in (connect, read, pool, idle, head_limit)
+            or breaker is None
+        ):
             return None
         return UpstreamConfig(
             name=name,
@@ -73,8 +90,9 @@ class UpstreamSchema:
             return False
         check_path = section.get("path", "/health")
         if not isinstance(check_path, str) or not check_path.startswith("/"):
-            self.r.problem((*path, "path"), f"expected a path starting with '/', "
-                                            f"got {check_path!r}")
+            self.r.problem(
+                (*path, "path"), f"expected a path starting with '/', got {check_path!r}"
+            )
             return False
         interval = self.r.duration(section.get("interval", "5s"), (*path, "interval"))
         timeout = self.r.duration(section.get("timeout", "1s"), (*path, "timeout"))
@@ -85,9 +103,18 @@ class UpstreamSchema:
     def _breaker(self, value: Any, path: KeyPath) -> BreakerConfig | None:
         """Defaults suit a decision API at ~100 req/s: trip within a second of a hard
         failure, come back on its own after a few seconds (see README for the comparison)."""
-        keys = {"window", "minimum_calls", "failure_rate", "consecutive_failures",
-                "slow_call_duration", "slow_call_rate", "open_duration", "max_open_duration",
-                "half_open_calls", "failure_statuses"}
+        keys = {
+            "window",
+            "minimum_calls",
+            "failure_rate",
+            "consecutive_failures",
+            "slow_call_duration",
+            "slow_call_rate",
+            "open_duration",
+            "max_open_duration",
+            "half_open_calls",
+            "failure_statuses",
+        }
         section = self.r.mapping(value, path, keys)
         if section is None:
             return None
@@ -95,43 +122,66 @@ class UpstreamSchema:
 
         def rate(key: str, default: float) -> float | None:
             number = section.get(key, default)
-            if isinstance(number, bool) or not isinstance(number, int | float) or \
-                    not 0 < number <= 1:
+            if (
+                isinstance(number, bool)
+                or not isinstance(number, int | float)
+                or not 0 < number <= 1
+            ):
                 r.problem((*path, key), f"expected a rate in (0, 1], got {number!r}")
                 return None
             return float(number)
 
         statuses = section.get("failure_statuses", [500, 502, 503, 504])
         if not isinstance(statuses, list) or not all(
-                isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599
-                for s in statuses):
+            isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599 for s in statuses
+        ):
             r.problem((*path, "failure_statuses"), "expected a list of HTTP status codes")
             statuses = None
         values = (
             r.duration(section.get("window", "10s"), (*path, "window"), high=3600),
-            r.integer(section.get("minimum_calls", 20), (*path, "minimum_calls"), low=1,
-                      high=1_000_000),
+            r.integer(
+                section.get("minimum_calls", 20), (*path, "minimum_calls"), low=1, high=1_000_000
+            ),
             rate("failure_rate", 0.5),
-            r.integer(section.get("consecutive_failures", 5), (*path, "consecutive_failures"),
-                      low=1, high=1_000_000),
+            r.integer(
+                section.get("consecutive_failures", 5),
+                (*path, "consecutive_failures"),
+                low=1,
+                high=1_000_000,
+            ),
             r.duration(section.get("slow_call_duration", "2s"), (*path, "slow_call_duration")),
             rate("slow_call_rate", 1.0),
             r.duration(section.get("open_duration", "5s"), (*path, "open_duration")),
             r.duration(section.get("max_open_duration", "60s"), (*path, "max_open_duration")),
-            r.integer(section.get("half_open_calls", 5), (*path, "half_open_calls"), low=1,
-                      high=10_000),
+            r.integer(
+                section.get("half_open_calls", 5), (*path, "half_open_calls"), low=1, high=10_000
+            ),
         )
         if None in values or statuses is None:
             return None
-        (window, minimum, failure_rate, consecutive, slow_duration, slow_rate, open_for,
-         max_open, half_open) = values
+        (
+            window,
+            minimum,
+            failure_rate,
+            consecutive,
+            slow_duration,
+            slow_rate,
+            open_for,
+            max_open,
+            half_open,
+        ) = values
         return BreakerConfig(
-            window=cast(float, window), minimum_calls=cast(int, minimum),
-            failure_rate=cast(float, failure_rate), consecutive_failures=cast(int, consecutive),
-            slow_call_duration=cast(float, slow_duration), slow_call_rate=cast(float, slow_rate),
+            window=cast(float, window),
+            minimum_calls=cast(int, minimum),
+            failure_rate=cast(float, failure_rate),
+            consecutive_failures=cast(int, consecutive),
+            slow_call_duration=cast(float, slow_duration),
+            slow_call_rate=cast(float, slow_rate),
             open_duration=cast(float, open_for),
             max_open_duration=max(cast(float, max_open), cast(float, open_for)),
-            half_open_calls=cast(int, half_open), failure_statuses=frozenset(statuses))
+            half_open_calls=cast(int, half_open),
+            failure_statuses=frozenset(statuses),
+        )
 
     def _http_url(self, value: Any, path: KeyPath) -> tuple[str | None, int | None]:
         if not isinstance(value, str):
@@ -149,8 +199,10 @@ class UpstreamSchema:
             self.r.problem(path, f"{reason}: {value!r}")
             return None, None
         if parts.path not in ("", "/") or parts.query or parts.fragment:
-            self.r.problem(path, "must not have a path or query: abgate forwards the request "
-                                 f"path unchanged, got {value!r}")
+            self.r.problem(
+                path,
+                "must not have a path or query: abgate forwards the request "
+                f"path unchanged, got {value!r}",
+            )
             return None, None
         return parts.hostname, port or 80
-

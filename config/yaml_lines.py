@@ -79,8 +79,13 @@ class _Builder:
     def build(self, node: yaml.Node, path: KeyPath, inside: frozenset[int] = frozenset()) -> Any:
         self.lines.setdefault(path, node.start_mark.line + 1)
         if id(node) in inside:  # an alias to a node that contains it: `&x [*x]`
-            self.problems.append(Problem(render_path(path), node.start_mark.line + 1,
-                                         "a YAML alias refers to a node that contains it"))
+            self.problems.append(
+                Problem(
+                    render_path(path),
+                    node.start_mark.line + 1,
+                    "a YAML alias refers to a node that contains it",
+                )
+            )
             return None
         if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
             inside = inside | {id(node)}
@@ -100,8 +105,9 @@ class _Builder:
                 out[key] = self.build(value_node, child, inside)
             return out
         if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, (*path, index), inside)
-                    for index, item in enumerate(node.value)]
+            return [
+                self.build(item, (*path, index), inside) for index, item in enumerate(node.value)
+            ]
         return self._scalar(node, path)
 
     def _scalar(self, node: yaml.Node, path: KeyPath = ()) -> Any:
@@ -113,6 +119,7 @@ class _Builder:
             problem = getattr(exc, "problem", None) or str(exc)
         except (ValueError, TypeError, OverflowError) as exc:  # !!int "abc", bad dates
             problem = f"{node.tag} {node.value!r}: {exc}"
-        self.problems.append(Problem(render_path(path), node.start_mark.line + 1,
-                                     f"invalid YAML value: {problem}"))
+        self.problems.append(
+            Problem(render_path(path), node.start_mark.line + 1, f"invalid YAML value: {problem}")
+        )
         return None

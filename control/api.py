@@ -41,8 +41,11 @@ if TYPE_CHECKING:
     from control.stats_worker import StatsWorker
 
 RELOADER = web.AppKey("reloader", Reloader)
-_FORCED = {"forced_open": BreakerState.FORCED_OPEN, "forced_closed": BreakerState.FORCED_CLOSED,
-           "auto": None}
+_FORCED = {
+    "forced_open": BreakerState.FORCED_OPEN,
+    "forced_closed": BreakerState.FORCED_CLOSED,
+    "auto": None,
+}
 
 
 async def list_breakers(request: web.Request) -> web.Response:
@@ -51,16 +54,20 @@ async def list_breakers(request: web.Request) -> web.Response:
     instances = []
     backend = request.app.get(BACKEND)
     if backend is not None and backend.store is not None:
-        instances = [{"id": i.id, "address": i.address, "breakers": i.breakers}
-                     for i in await backend.store.instances()]
+        instances = [
+            {"id": i.id, "address": i.address, "breakers": i.breakers}
+            for i in await backend.store.instances()
+        ]
     return json_response({"breakers": local, "instances": instances})
 
 
 def _plane(request: web.Request) -> DataPlane:
     plane = request.app.get(PLANE)
     if plane is None:
-        raise ApiError(404, "this process has no data plane (abgate control): ask abgate run "
-                            "or a proxy's instance")
+        raise ApiError(
+            404,
+            "this process has no data plane (abgate control): ask abgate run or a proxy's instance",
+        )
     return plane
 
 
@@ -88,8 +95,11 @@ async def openapi(request: web.Request) -> web.Response:
 def _reloader(request: web.Request) -> Reloader:
     reloader = request.app.get(RELOADER)
     if reloader is None:
-        raise ApiError(404, "this process has no data plane: config reload is served by "
-                            "abgate run and abgate proxy")
+        raise ApiError(
+            404,
+            "this process has no data plane: config reload is served by "
+            "abgate run and abgate proxy",
+        )
     return reloader
 
 
@@ -110,19 +120,26 @@ def check_exposure(config: Config, token: str | None) -> None:
         raise ValueError(problem)
 
 
-def create_control_app(store: FlagStore, registry: CollectorRegistry, token: str | None,
-                       reloader: Reloader | None = None, plane: DataPlane | None = None,
-                       backend: FlagBackend | None = None,
-                       worker: StatsWorker | None = None, *,
-                       loopback: bool = True) -> web.Application:
+def create_control_app(
+    store: FlagStore,
+    registry: CollectorRegistry,
+    token: str | None,
+    reloader: Reloader | None = None,
+    plane: DataPlane | None = None,
+    backend: FlagBackend | None = None,
+    worker: StatsWorker | None = None,
+    *,
+    loopback: bool = True,
+) -> web.Application:
     # Imported here: the statistics need scipy (tens of MiB), which data-plane-only
     # processes (abgate proxy) never load.
     from control.stats_api import add_stats_routes
 
     """`plane` is None in `abgate control` (no data plane here). `loopback`: the API listens
     on a loopback address, so only loopback Host names are served (see `same_origin`)."""
-    app = web.Application(middlewares=[errors_as_json, same_origin, bearer_auth],
-                          client_max_size=1024**2)
+    app = web.Application(
+        middlewares=[errors_as_json, same_origin, bearer_auth], client_max_size=1024**2
+    )
     app[TOKEN] = token or ""
     app[LOOPBACK_ONLY] = loopback
     app[REGISTRY] = registry

@@ -23,38 +23,52 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="abgate", description="Reverse-proxy sidecar for the gradual rollout of ML "
-                                   "decisions: sticky A/B splitting, measured on every request.")
+        prog="abgate",
+        description="Reverse-proxy sidecar for the gradual rollout of ML "
+        "decisions: sticky A/B splitting, measured on every request.",
+    )
     parser.add_argument("--version", action="version", version=f"abgate {_version()}")
-    parser.add_argument("--log-level", default=os.environ.get("ABGATE_LOG_LEVEL", "INFO"),
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
-                        help="log level (default INFO; env ABGATE_LOG_LEVEL)")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("ABGATE_LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="log level (default INFO; env ABGATE_LOG_LEVEL)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
-        "run", help="proxy and control API in one process (the embedded default, no Redis)",
+        "run",
+        help="proxy and control API in one process (the embedded default, no Redis)",
         description="Serve the proxy and the control API in one process. Flags live in "
-                    "memory; no Redis is needed.")
+        "memory; no Redis is needed.",
+    )
     run.add_argument("--config", default=DEFAULT_CONFIG, help=f"(default {DEFAULT_CONFIG})")
 
     proxy = commands.add_parser(
-        "proxy", help="data plane only, optionally several workers on one port",
+        "proxy",
+        help="data plane only, optionally several workers on one port",
         description="Serve only the proxy. With --workers N, N processes share the port "
-                    "(SO_REUSEPORT); worker i serves /metrics and /health on "
-                    "proxy.admin_listen's port + i.")
+        "(SO_REUSEPORT); worker i serves /metrics and /health on "
+        "proxy.admin_listen's port + i.",
+    )
     proxy.add_argument("--config", default=DEFAULT_CONFIG, help=f"(default {DEFAULT_CONFIG})")
     proxy.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
 
     control = commands.add_parser(
-        "control", help="control API and flag writer only (flags in Redis)",
+        "control",
+        help="control API and flag writer only (flags in Redis)",
         description="Serve the control API without a data plane. Needs flags.redis_url or "
-                    "ABGATE_REDIS_URL: proxies (`abgate proxy`) take their flags from Redis.")
+        "ABGATE_REDIS_URL: proxies (`abgate proxy`) take their flags from Redis.",
+    )
     control.add_argument("--config", default=DEFAULT_CONFIG, help=f"(default {DEFAULT_CONFIG})")
 
     check = commands.add_parser(
-        "check-config", help="validate a configuration file and list every problem",
+        "check-config",
+        help="validate a configuration file and list every problem",
         description="Validate FILE as a whole. Prints every problem with its key path and "
-                    "YAML line; exits 1 if there is any.")
+        "YAML line; exits 1 if there is any.",
+    )
     check.add_argument("file")
     add_flags_parser(commands)
     return parser
@@ -73,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
             if exposure is not None:  # what `abgate run` and `abgate control` would refuse
                 print(f"{args.file}: control.listen: {exposure}")
                 return 1
-            print(f"{args.file}: OK ({len(config.upstreams)} upstreams, {len(config.routes)} "
-                  f"routes, {len(config.experiments)} experiments)")
+            print(
+                f"{args.file}: OK ({len(config.upstreams)} upstreams, {len(config.routes)} "
+                f"routes, {len(config.experiments)} experiments)"
+            )
             return 0
         # The servers, imported only to serve: `abgate flags` and check-config start fast.
         from control.serve import run_control, run_embedded, run_workers

@@ -31,8 +31,9 @@ MAX_OUTCOMES = 10_000
 def require_worker(request: web.Request) -> StatsWorker:
     worker = request.app.get(WORKER)
     if worker is None:
-        raise ApiError(404, "no statistics here: serve the control API with abgate run or "
-                            "abgate control")
+        raise ApiError(
+            404, "no statistics here: serve the control API with abgate run or abgate control"
+        )
     return worker
 
 
@@ -41,8 +42,11 @@ def _name(request: web.Request, worker: StatsWorker) -> str:
     experiments = list(worker.config.experiments)
     if name == "current":
         if len(experiments) != 1:
-            raise ApiError(400, f"'current' needs exactly one experiment, there are "
-                                f"{len(experiments)}: {', '.join(experiments)}")
+            raise ApiError(
+                400,
+                f"'current' needs exactly one experiment, there are "
+                f"{len(experiments)}: {', '.join(experiments)}",
+            )
         return experiments[0]
     if name not in worker.config.experiments:
         raise ApiError(404, f"unknown experiment {name!r}")
@@ -64,23 +68,37 @@ async def _report(request: web.Request) -> tuple[StatsWorker, str, dict[str, Any
 async def list_experiments(request: web.Request) -> web.Response:
     worker = require_worker(request)
     reports = await worker.evaluate_all()
-    return json_response({"experiments": [
-        {"name": name, "arms": {"control": r.control_arm, "treatment": r.treatment_arm},
-         "current_phase": r.current_phase.as_json() if r.current_phase else None}
-        for name, r in reports.items()]})
+    return json_response(
+        {
+            "experiments": [
+                {
+                    "name": name,
+                    "arms": {"control": r.control_arm, "treatment": r.treatment_arm},
+                    "current_phase": r.current_phase.as_json() if r.current_phase else None,
+                }
+                for name, r in reports.items()
+            ]
+        }
+    )
 
 
 async def get_experiment(request: web.Request) -> web.Response:
     _, _, report = await _report(request)
-    return json_response({k: report[k] for k in ("name", "arms", "phases", "current_phase",
-                                                 "evaluated_at")})
+    return json_response(
+        {k: report[k] for k in ("name", "arms", "phases", "current_phase", "evaluated_at")}
+    )
 
 
 async def significance(request: web.Request) -> web.Response:
     _, _, report = await _report(request)
-    return json_response({"name": report["name"], "phase": report["current_phase"],
-                          "metrics": report["metrics"],
-                          "across_phases": report["across_phases"]})
+    return json_response(
+        {
+            "name": report["name"],
+            "phase": report["current_phase"],
+            "metrics": report["metrics"],
+            "across_phases": report["across_phases"],
+        }
+    )
 
 
 async def comparison(request: web.Request) -> web.Response:
@@ -90,10 +108,13 @@ async def comparison(request: web.Request) -> web.Response:
     for metric, result in report["metrics"].items():
         a, b = result["mean"]["a"], result["mean"]["b"]
         # Signed by the metric's direction: positive is better for the treatment.
-        rows[metric] = {arms["control"]: a, arms["treatment"]: b,
-                        "direction": result["direction"],
-                        "relative_change": (b - a) / abs(a) if a and b is not None else None,
-                        "relative_improvement": result["improvement"]}
+        rows[metric] = {
+            arms["control"]: a,
+            arms["treatment"]: b,
+            "direction": result["direction"],
+            "relative_change": (b - a) / abs(a) if a and b is not None else None,
+            "relative_improvement": result["improvement"],
+        }
     return json_response({"name": report["name"], "metrics": rows})
 
 
@@ -121,8 +142,9 @@ async def outcomes(request: web.Request) -> web.Response:
     return json_response({"accepted": len(items)})
 
 
-def _outcome(worker: StatsWorker, table: FlagTable, index: int,
-             item: Any) -> tuple[MeasureKey, float]:
+def _outcome(
+    worker: StatsWorker, table: FlagTable, index: int, item: Any
+) -> tuple[MeasureKey, float]:
     where = f"[{index}]"
     if not isinstance(item, dict):
         raise ApiError(400, f"{where}: expected an object")
@@ -135,41 +157,50 @@ def _outcome(worker: StatsWorker, table: FlagTable, index: int,
         raise ApiError(400, f"{where}.experiment: unknown experiment {name!r}")
     arms = (experiment.control.name, experiment.treatment.name)
     if item.get("arm") not in arms:
-        raise ApiError(400, f"{where}.arm: expected one of {', '.join(arms)} (the "
-                            f"X-ABGate-Arm response header), got {item.get('arm')!r}")
+        raise ApiError(
+            400,
+            f"{where}.arm: expected one of {', '.join(arms)} (the "
+            f"X-ABGate-Arm response header), got {item.get('arm')!r}",
+        )
     metric = item.get("metric")
     definition = experiment.metric(metric) if isinstance(metric, str) else None
     if definition is None or metric in RESERVED:
         declared = ", ".join(m.name for m in experiment.metrics) or "none"
-        raise ApiError(400, f"{where}.metric: expected a metric declared under "
-                            f"experiments.{name}.metrics (declared: {declared}), "
-                            f"got {metric!r}")
+        raise ApiError(
+            400,
+            f"{where}.metric: expected a metric declared under "
+            f"experiments.{name}.metrics (declared: {declared}), "
+            f"got {metric!r}",
+        )
     value = item.get("value")
     if isinstance(value, bool):
         value = float(value)
     if not isinstance(value, int | float) or not math.isfinite(value):
-        raise ApiError(400, f"{where}.value: expected a finite number or a boolean, "
-                            f"got {value!r}")
+        raise ApiError(400, f"{where}.value: expected a finite number or a boolean, got {value!r}")
     if definition.type == "binary" and value not in (0, 1):
-        raise ApiError(400, f"{where}.value: {metric} is binary: expected 0, 1, true or "
-                            f"false, got {value!r}")
+        raise ApiError(
+            400, f"{where}.value: {metric} is binary: expected 0, 1, true or false, got {value!r}"
+        )
     flag = table.get(name)
     current = flag.version  # phase ids are the flag versions that began them
     phase = item.get("phase", flag.phase)
     if isinstance(phase, bool) or not isinstance(phase, int):
-        raise ApiError(400, f"{where}.phase: expected the X-ABGate-Phase header's whole "
-                            f"number, got {phase!r}")
+        raise ApiError(
+            400, f"{where}.phase: expected the X-ABGate-Phase header's whole number, got {phase!r}"
+        )
     if not 1 <= phase <= current:
-        raise ApiError(400, f"{where}.phase: {name} has no phase {phase} (phases are 1 to "
-                            f"{current})")
+        raise ApiError(
+            400, f"{where}.phase: {name} has no phase {phase} (phases are 1 to {current})"
+        )
     return (name, phase, str(item["arm"]), definition.name), float(value)
 
 
 FLAGS = web.AppKey("flag_table", FlagTable)
 
 
-def add_experiment_routes(app: web.Application, worker: StatsWorker | None,
-                          table: FlagTable) -> None:
+def add_experiment_routes(
+    app: web.Application, worker: StatsWorker | None, table: FlagTable
+) -> None:
     if worker is not None:
         app[WORKER] = worker
     app[FLAGS] = table

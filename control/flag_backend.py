@@ -58,22 +58,34 @@ class FlagBackend:
         sync = self.sync
         connected = GaugeMetricFamily(
             "abgate_flag_store_connected",
-            "1 when the flag store is reachable (always 1 for the embedded store).")
+            "1 when the flag store is reachable (always 1 for the embedded store).",
+        )
         connected.add_metric([], 1.0 if sync is None or sync.connected else 0.0)
         yield connected
         if sync is None:
             return
-        age = GaugeMetricFamily("abgate_flag_state_age_seconds",
-                                "Seconds since this process last heard from Redis.")
+        age = GaugeMetricFamily(
+            "abgate_flag_state_age_seconds", "Seconds since this process last heard from Redis."
+        )
         age.add_metric([], min(sync.state_age, 1e9))
         yield age
         for name, doc, value in (
-                ("abgate_flag_store_reconnects", "Connections to Redis lost and retried.",
-                 sync.reconnects),
-                ("abgate_flag_resyncs", "Full re-reads of the flags from Redis (one per "
-                                        "(re)connect).", sync.resyncs),
-                ("abgate_flag_reseeds", "Flags put back into a Redis that lacked them.",
-                 self.store.reseeded if isinstance(self.store, RedisFlagStore) else 0)):
+            (
+                "abgate_flag_store_reconnects",
+                "Connections to Redis lost and retried.",
+                sync.reconnects,
+            ),
+            (
+                "abgate_flag_resyncs",
+                "Full re-reads of the flags from Redis (one per (re)connect).",
+                sync.resyncs,
+            ),
+            (
+                "abgate_flag_reseeds",
+                "Flags put back into a Redis that lacked them.",
+                self.store.reseeded if isinstance(self.store, RedisFlagStore) else 0,
+            ),
+        ):
             family = CounterMetricFamily(name, doc)
             family.add_metric([], value)
             yield family
@@ -101,10 +113,16 @@ def open_shared_state(stack: AsyncExitStack, config: Config) -> SharedState:
     return SharedState(client, snapshot, RedisMeasurements(client, config.flags.key_prefix))
 
 
-async def start_flag_backend(stack: AsyncExitStack, config: Config, table: FlagTable, *,
-                             writer: bool, proxy_address: str | None, shared: SharedState,
-                             status: Callable[[], dict[str, str]] | None = None,
-                             ) -> FlagBackend:
+async def start_flag_backend(
+    stack: AsyncExitStack,
+    config: Config,
+    table: FlagTable,
+    *,
+    writer: bool,
+    proxy_address: str | None,
+    shared: SharedState,
+    status: Callable[[], dict[str, str]] | None = None,
+) -> FlagBackend:
     """Start what the flag state needs; `stack` tears it down. `proxy_address` registers this
     process as a proxy instance."""
     client, snapshot = shared.client, shared.snapshot
@@ -114,17 +132,32 @@ async def start_flag_backend(stack: AsyncExitStack, config: Config, table: FlagT
         store.restore()
         store.local_status = status
         if proxy_address is not None:
-            store.local = Instance(new_instance_id(), proxy_address, os.getpid(), started,
-                                   started, {})
+            store.local = Instance(
+                new_instance_id(), proxy_address, os.getpid(), started, started, {}
+            )
         return FlagBackend(table, store, None, shared.measurements)
     keys = RedisKeys(config.flags.key_prefix)
     heartbeat = config.flags.heartbeat_interval
-    redis_store = RedisFlagStore(client, keys, table, heartbeat_interval=heartbeat,
-                                 durable=snapshot) if writer else None
-    instance = (LocalInstance(new_instance_id(), proxy_address, started)
-                if proxy_address is not None else None)
-    sync = await stack.enter_async_context(RedisFlagSync(
-        client, keys, table, heartbeat_interval=heartbeat, instance=instance,
-        snapshot=None if writer else snapshot,
-        on_connect=redis_store.reseed if redis_store is not None else None, status=status))
+    redis_store = (
+        RedisFlagStore(client, keys, table, heartbeat_interval=heartbeat, durable=snapshot)
+        if writer
+        else None
+    )
+    instance = (
+        LocalInstance(new_instance_id(), proxy_address, started)
+        if proxy_address is not None
+        else None
+    )
+    sync = await stack.enter_async_context(
+        RedisFlagSync(
+            client,
+            keys,
+            table,
+            heartbeat_interval=heartbeat,
+            instance=instance,
+            snapshot=None if writer else snapshot,
+            on_connect=redis_store.reseed if redis_store is not None else None,
+            status=status,
+        )
+    )
     return FlagBackend(table, redis_store, sync, shared.measurements)

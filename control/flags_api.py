@@ -53,25 +53,42 @@ def caller(request: web.Request) -> str:
 
 def _version(value: Any, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ApiError(400, f"{field}: expected the flag version (a whole number >= 1) the "
-                            f"write is based on, got {value!r}")
+        raise ApiError(
+            400,
+            f"{field}: expected the flag version (a whole number >= 1) the "
+            f"write is based on, got {value!r}",
+        )
     return value
 
 
-async def _write(request: web.Request, changes: dict[str, int], reason: str,
-                 expected: dict[str, int] | None = None) -> list[Flag]:
+async def _write(
+    request: web.Request,
+    changes: dict[str, int],
+    reason: str,
+    expected: dict[str, int] | None = None,
+) -> list[Flag]:
     """`expected` makes it compare-and-set: another writer's change in between is a 409
     naming the flag as it now stands, and nothing is written."""
     try:
-        flags = await _store(request).set_percentages(changes, by=caller(request),
-                                                      reason=reason, expected=expected)
+        flags = await _store(request).set_percentages(
+            changes, by=caller(request), reason=reason, expected=expected
+        )
     except VersionConflict as exc:
-        raise ApiError(409, f"{exc}: changed by {exc.current.updated_by} "
-                            f"({exc.current.reason or 'no reason given'}); nothing was changed",
-                       current=exc.current.as_json()) from exc
+        raise ApiError(
+            409,
+            f"{exc}: changed by {exc.current.updated_by} "
+            f"({exc.current.reason or 'no reason given'}); nothing was changed",
+            current=exc.current.as_json(),
+        ) from exc
     for flag in flags:
-        log.info("flag %s set to %s%% (version %d) by %s: %s", flag.name, flag.percentage,
-                 flag.version, flag.updated_by, reason or "-")
+        log.info(
+            "flag %s set to %s%% (version %d) by %s: %s",
+            flag.name,
+            flag.percentage,
+            flag.version,
+            flag.updated_by,
+            reason or "-",
+        )
     return flags
 
 
@@ -88,13 +105,17 @@ async def get_flag(request: web.Request) -> web.Response:
 
 async def set_flag(request: web.Request) -> web.Response:
     name = _known(_store(request), request.match_info["name"])
-    body = await json_object(request, allowed={"percentage", "reason", "expected_version"},
-                             exact=True)
+    body = await json_object(
+        request, allowed={"percentage", "reason", "expected_version"}, exact=True
+    )
     if "percentage" not in body:
         raise ApiError(400, "percentage: required (a number from 0 to 100)")
     basis_points = _percentage(body["percentage"], "percentage")
-    expected = {name: _version(body["expected_version"], "expected_version")} \
-        if "expected_version" in body else None
+    expected = (
+        {name: _version(body["expected_version"], "expected_version")}
+        if "expected_version" in body
+        else None
+    )
     flags = await _write(request, {name: basis_points}, _reason(body), expected)
     return json_response(flags[0].as_json())
 
@@ -102,20 +123,27 @@ async def set_flag(request: web.Request) -> web.Response:
 async def set_flags(request: web.Request) -> web.Response:
     """`{"flags": {"name": percentage, ...}, "reason": "..."}`: all or nothing."""
     store = _store(request)
-    body = await json_object(request, allowed={"flags", "reason", "expected_versions"},
-                             exact=True)
+    body = await json_object(request, allowed={"flags", "reason", "expected_versions"}, exact=True)
     wanted = body.get("flags")
     if not isinstance(wanted, dict) or not wanted:
         raise ApiError(400, "flags: expected an object of flag name to percentage")
-    changes = {_known(store, name): _percentage(value, f"flags.{name}")
-               for name, value in wanted.items()}
+    changes = {
+        _known(store, name): _percentage(value, f"flags.{name}") for name, value in wanted.items()
+    }
     versions = body.get("expected_versions")
-    if versions is not None and (not isinstance(versions, dict) or
-                                 not set(versions) <= set(changes)):
-        raise ApiError(400, "expected_versions: an object of flag name (among flags) to the "
-                            "version the write is based on")
-    expected = {name: _version(v, f"expected_versions.{name}")
-                for name, v in versions.items()} if versions else None
+    if versions is not None and (
+        not isinstance(versions, dict) or not set(versions) <= set(changes)
+    ):
+        raise ApiError(
+            400,
+            "expected_versions: an object of flag name (among flags) to the "
+            "version the write is based on",
+        )
+    expected = (
+        {name: _version(v, f"expected_versions.{name}") for name, v in versions.items()}
+        if versions
+        else None
+    )
     flags = await _write(request, changes, _reason(body), expected)
     return json_response({"flags": [flag.as_json() for flag in flags]})
 
@@ -143,36 +171,55 @@ async def rollback(request: web.Request) -> web.Response:
     store = _store(request)
     body = await json_object(request, allowed={"experiments", "reason", "timeout"})
     # Only a missing field means every experiment: [], "" or null is a mistake, not "all".
-    names = body["experiments"] if "experiments" in body else \
-        [flag.name for flag in store.table.all()]
+    names = (
+        body["experiments"] if "experiments" in body else [flag.name for flag in store.table.all()]
+    )
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise ApiError(400, "experiments: expected a non-empty list of experiment names "
-                            "(leave the field out to roll back every experiment)")
+        raise ApiError(
+            400,
+            "experiments: expected a non-empty list of experiment names "
+            "(leave the field out to roll back every experiment)",
+        )
     timeout = body.get("timeout", ROLLBACK_TIMEOUT)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or \
-            not 0 < timeout <= 300:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 300:
         raise ApiError(400, "timeout: expected seconds, more than 0 and at most 300")
     started = time.monotonic()
-    flags = await _write(request, {_known(store, n): 0 for n in names},
-                         _reason(body, "emergency rollback"))
+    flags = await _write(
+        request, {_known(store, n): 0 for n in names}, _reason(body, "emergency rollback")
+    )
     laggards, instances = await _wait_for_convergence(store, flags, started + float(timeout))
     elapsed_ms = round((time.monotonic() - started) * 1000, 1)
     table = store.table.all()
-    payload = {"flags": [flag.as_json() for flag in flags], "elapsed_ms": elapsed_ms,
-               "converged": not laggards,
-               "instances": [instance.as_json(table) for instance in instances],
-               "laggards": [instance.id for instance in laggards]}
+    payload = {
+        "flags": [flag.as_json() for flag in flags],
+        "elapsed_ms": elapsed_ms,
+        "converged": not laggards,
+        "instances": [instance.as_json(table) for instance in instances],
+        "laggards": [instance.id for instance in laggards],
+    }
     if laggards:
-        log.error("rollback of %s: %d instance(s) did not converge within %ss: %s",
-                  ", ".join(names), len(laggards), timeout, [i.id for i in laggards])
+        log.error(
+            "rollback of %s: %d instance(s) did not converge within %ss: %s",
+            ", ".join(names),
+            len(laggards),
+            timeout,
+            [i.id for i in laggards],
+        )
         return json_response(payload, 504)
-    log.warning("rollback of %s reached %d instance(s) in %.1f ms", ", ".join(names),
-                len(instances), elapsed_ms)
+    log.warning(
+        "rollback of %s reached %d instance(s) in %.1f ms",
+        ", ".join(names),
+        len(instances),
+        elapsed_ms,
+    )
     return json_response(payload)
 
 
-async def _wait_for_convergence(store: FlagStore, flags: list[Flag], deadline: float,
-                                ) -> tuple[list[Instance], list[Instance]]:
+async def _wait_for_convergence(
+    store: FlagStore,
+    flags: list[Flag],
+    deadline: float,
+) -> tuple[list[Instance], list[Instance]]:
     while True:
         try:
             instances = await store.instances()

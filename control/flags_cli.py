@@ -26,9 +26,12 @@ class ApiCallFailed(Exception):
 
 
 def add_flags_parser(commands: Any) -> None:
-    flags = commands.add_parser("flags", help="read and change flags through the control API",
-                                description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    flags = commands.add_parser(
+        "flags",
+        help="read and change flags through the control API",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     flags.add_argument("--url", default=os.environ.get("ABGATE_CONTROL_URL", DEFAULT_URL))
     flags.add_argument("--token", default=os.environ.get("ABGATE_CONTROL_TOKEN"))
     actions = flags.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -66,8 +69,7 @@ def call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> 
             message = exc.reason
         raise ApiCallFailed(f"{method} {path}: {exc.code} {message}") from None
     except urllib.error.URLError as exc:
-        raise ApiCallFailed(f"cannot reach the control API at {args.url}: {exc.reason}") \
-            from None
+        raise ApiCallFailed(f"cannot reach the control API at {args.url}: {exc.reason}") from None
 
 
 def _percentage(text: str) -> float:
@@ -91,27 +93,36 @@ def _read_export(file: str) -> dict[str, Any]:
     except OSError as exc:
         raise ApiCallFailed(f"cannot read {file}: {exc.strerror or exc}") from None
     except (ValueError, KeyError, TypeError) as exc:
-        raise ApiCallFailed(f"{file} is not an `abgate flags export` file: "
-                            f"{type(exc).__name__}: {exc}") from None
+        raise ApiCallFailed(
+            f"{file} is not an `abgate flags export` file: {type(exc).__name__}: {exc}"
+        ) from None
     return flags
 
 
 def _run(args: argparse.Namespace) -> None:
     if args.action == "list":
         for flag in call(args, "GET", "/api/flags")["flags"]:
-            print(f"{flag['name']}\t{flag['percentage']:g}%\tv{flag['version']}\t"
-                  f"{flag['updated_by']}\t{flag['reason']}")
+            print(
+                f"{flag['name']}\t{flag['percentage']:g}%\tv{flag['version']}\t"
+                f"{flag['updated_by']}\t{flag['reason']}"
+            )
     elif args.action == "get":
         print(json.dumps(call(args, "GET", f"/api/flags/{args.name}"), indent=2))
     elif args.action == "set":
-        flag = call(args, "POST", f"/api/flags/{args.name}",
-                    {"percentage": _percentage(args.percentage), "reason": args.reason})
+        flag = call(
+            args,
+            "POST",
+            f"/api/flags/{args.name}",
+            {"percentage": _percentage(args.percentage), "reason": args.reason},
+        )
         print(f"{flag['name']}: {flag['percentage']:g}% (version {flag['version']})")
     elif args.action == "history":
         data = call(args, "GET", f"/api/flags/{args.name}/history?limit={args.limit}")
         for entry in data["history"]:
-            print(f"v{entry['version']}\t{entry['percentage']:g}%\t"
-                  f"{_iso(entry['updated_at'])}\t{entry['updated_by']}\t{entry['reason']}")
+            print(
+                f"v{entry['version']}\t{entry['percentage']:g}%\t"
+                f"{_iso(entry['updated_at'])}\t{entry['updated_by']}\t{entry['reason']}"
+            )
     elif args.action == "export":
         text = json.dumps(call(args, "GET", "/api/flags"), indent=2) + "\n"
         if args.file:

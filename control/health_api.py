@@ -33,13 +33,26 @@ def _flag_store(backend: FlagBackend | None) -> dict[str, object]:
     if sync is None:
         return {"status": HEALTHY, "backend": "memory", "reasons": []}
     if sync.connected:
-        return {"status": HEALTHY, "backend": "redis", "state_age_seconds": sync.state_age,
-                "reasons": []}
+        return {
+            "status": HEALTHY,
+            "backend": "redis",
+            "state_age_seconds": sync.state_age,
+            "reasons": [],
+        }
     age = sync.state_age
-    return {"status": DEGRADED, "backend": "redis", "state_age_seconds": age,
-            "reasons": ["Redis unreachable: routing with the last known flags"
-                        + (f" ({age:.0f}s old)" if age != float("inf") else
-                           " (config defaults and local snapshot)")]}
+    return {
+        "status": DEGRADED,
+        "backend": "redis",
+        "state_age_seconds": age,
+        "reasons": [
+            "Redis unreachable: routing with the last known flags"
+            + (
+                f" ({age:.0f}s old)"
+                if age != float("inf")
+                else " (config defaults and local snapshot)"
+            )
+        ],
+    }
 
 
 async def _instances(store: FlagStore, interval: float) -> dict[str, object]:
@@ -52,14 +65,19 @@ async def _instances(store: FlagStore, interval: float) -> dict[str, object]:
     for instance in instances:
         age = now - instance.heartbeat_at
         converged = instance.converged(flags)
-        listed.append({"id": instance.id, "address": instance.address,
-                       "heartbeat_age_seconds": round(age, 3), "converged": converged})
+        listed.append(
+            {
+                "id": instance.id,
+                "address": instance.address,
+                "heartbeat_age_seconds": round(age, 3),
+                "converged": converged,
+            }
+        )
         if not converged:
             reasons.append(f"{instance.id} routes with older flags")
         if age > STALE_HEARTBEATS * interval:
             reasons.append(f"{instance.id}: no heartbeat for {age:.1f}s")
-    return {"status": DEGRADED if reasons else HEALTHY, "instances": listed,
-            "reasons": reasons}
+    return {"status": DEGRADED if reasons else HEALTHY, "instances": listed, "reasons": reasons}
 
 
 async def aggregate(request: web.Request) -> web.Response:
@@ -91,20 +109,25 @@ async def aggregate(request: web.Request) -> web.Response:
             reasons.append(worker.last_error)
         reasons += [why for _, why in sorted(worker.failing.items())]
         if age is None or age > 3 * worker.interval + 5:
-            reasons.append("no evaluation yet" if age is None else
-                           f"last evaluation {age:.0f}s ago")
-        components["statistics_worker"] = {"status": DEGRADED if reasons else HEALTHY,
-                                           "last_evaluation_age_seconds": age,
-                                           "evaluation_errors": dict(worker.evaluation_errors),
-                                           "reasons": reasons}
+            reasons.append(
+                "no evaluation yet" if age is None else f"last evaluation {age:.0f}s ago"
+            )
+        components["statistics_worker"] = {
+            "status": DEGRADED if reasons else HEALTHY,
+            "last_evaluation_age_seconds": age,
+            "evaluation_errors": dict(worker.evaluation_errors),
+            "reasons": reasons,
+        }
         statuses.append(DEGRADED if reasons else HEALTHY)
     overall = worst(*statuses)
-    return json_response({"overall_health": overall, "components": components},
-                         503 if overall == UNHEALTHY else 200)
+    return json_response(
+        {"overall_health": overall, "components": components}, 503 if overall == UNHEALTHY else 200
+    )
 
 
-def add_health_routes(app: web.Application, plane: DataPlane | None,
-                      backend: FlagBackend | None) -> None:
+def add_health_routes(
+    app: web.Application, plane: DataPlane | None, backend: FlagBackend | None
+) -> None:
     if plane is not None:
         app[PLANE] = plane
     if backend is not None:

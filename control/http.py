@@ -41,8 +41,9 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-async def json_object(request: web.Request, *, allowed: set[str],
-                      exact: bool = False) -> dict[str, Any]:
+async def json_object(
+    request: web.Request, *, allowed: set[str], exact: bool = False
+) -> dict[str, Any]:
     """The body as a JSON object with only `allowed` keys. `exact` keeps decimal numbers as
     written (Decimal), so `99.99999999999999999` is not first rounded to 100 by a float."""
     raw = await request.read()
@@ -59,8 +60,9 @@ async def json_object(request: web.Request, *, allowed: set[str],
         raise ApiError(400, "request body must be a JSON object")
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise ApiError(400, f"unknown field(s): {', '.join(unknown)} "
-                            f"(expected: {', '.join(sorted(allowed))})")
+        raise ApiError(
+            400, f"unknown field(s): {', '.join(unknown)} (expected: {', '.join(sorted(allowed))})"
+        )
     return body
 
 
@@ -107,15 +109,21 @@ async def same_origin(request: web.Request, handler: Handler) -> web.StreamRespo
     cross-site POST) and carry JSON as JSON (a form or text/plain body is what a page can
     send without asking)."""
     if request.app[LOOPBACK_ONLY] and not _loopback_name(request.host):
-        raise ApiError(403, f"Host {request.host!r} is not this loopback control API "
-                            "(DNS rebinding?): use 127.0.0.1, [::1] or localhost")
+        raise ApiError(
+            403,
+            f"Host {request.host!r} is not this loopback control API "
+            "(DNS rebinding?): use 127.0.0.1, [::1] or localhost",
+        )
     if request.method not in SAFE_METHODS:
         origin = request.headers.get("Origin")
         if origin is not None and origin != f"{request.scheme}://{request.host}":
             raise ApiError(403, f"cross-origin write from {origin!r} refused")
         if request.body_exists and request.content_type != "application/json":
-            raise ApiError(415, "writes take Content-Type: application/json (with curl: "
-                                "-H 'Content-Type: application/json')")
+            raise ApiError(
+                415,
+                "writes take Content-Type: application/json (with curl: "
+                "-H 'Content-Type: application/json')",
+            )
     return await handler(request)
 
 

@@ -15,258 +15,590 @@ def _ref(name: str) -> dict[str, str]:
 
 ERROR = _json(_ref("Error"), "Error")
 _OBJECT = {"type": "object"}
-EXPERIMENT = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
-              "description": "an experiment, or `current` when there is exactly one"}
+EXPERIMENT = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "an experiment, or `current` when there is exactly one",
+}
 _READ = {"security": [], "parameters": [EXPERIMENT]}
 _N = {"type": "integer", "maximum": 10**12}
-_SUMMARY_MEAN = {"type": "object", "required": ["n", "mean", "std"],
-                 "additionalProperties": False,
-                 "properties": {"n": {**_N, "minimum": 2},
-                                "mean": {"type": "number", "minimum": -1e100, "maximum": 1e100},
-                                "std": {"type": "number", "minimum": 0, "maximum": 1e100}}}
-_SUMMARY_RATE = {"type": "object", "required": ["n", "successes"],
-                 "additionalProperties": False,
-                 "properties": {"n": {**_N, "minimum": 1}, "successes": {**_N, "minimum": 0}}}
+_SUMMARY_MEAN = {
+    "type": "object",
+    "required": ["n", "mean", "std"],
+    "additionalProperties": False,
+    "properties": {
+        "n": {**_N, "minimum": 2},
+        "mean": {"type": "number", "minimum": -1e100, "maximum": 1e100},
+        "std": {"type": "number", "minimum": 0, "maximum": 1e100},
+    },
+}
+_SUMMARY_RATE = {
+    "type": "object",
+    "required": ["n", "successes"],
+    "additionalProperties": False,
+    "properties": {"n": {**_N, "minimum": 1}, "successes": {**_N, "minimum": 0}},
+}
 _ALPHA = {"type": "number", "exclusiveMinimum": 1e-10, "exclusiveMaximum": 0.5}
 _POWER = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
 _ALTERNATIVE = {"enum": ["two-sided", "greater", "less"]}
-_SHARE = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1,
-          "description": "the treatment's share of traffic (a rollout stage), default 0.5"}
-_OUTCOME = {"type": "object", "required": ["experiment", "arm", "metric", "value"],
-            "additionalProperties": False,
-            "properties": {"experiment": {"type": "string"},
-                           "arm": {"type": "string", "description": "X-ABGate-Arm"},
-                           "metric": {"type": "string",
-                                      "description": "declared under experiments.NAME.metrics"},
-                           "value": {"type": ["number", "boolean"],
-                                     "description": "0/1 or a boolean for a binary metric"},
-                           "phase": {"type": "integer", "minimum": 1,
-                                     "description": "X-ABGate-Phase of the decision; without "
-                                                    "it, the phase current when reported"}}}
+_SHARE = {
+    "type": "number",
+    "exclusiveMinimum": 0,
+    "exclusiveMaximum": 1,
+    "description": "the treatment's share of traffic (a rollout stage), default 0.5",
+}
+_OUTCOME = {
+    "type": "object",
+    "required": ["experiment", "arm", "metric", "value"],
+    "additionalProperties": False,
+    "properties": {
+        "experiment": {"type": "string"},
+        "arm": {"type": "string", "description": "X-ABGate-Arm"},
+        "metric": {"type": "string", "description": "declared under experiments.NAME.metrics"},
+        "value": {
+            "type": ["number", "boolean"],
+            "description": "0/1 or a boolean for a binary metric",
+        },
+        "phase": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "X-ABGate-Phase of the decision; without "
+            "it, the phase current when reported",
+        },
+    },
+}
 STATISTICS_PATHS: dict[str, Any] = {
     "/api/statistics/significance-test": {
-        "post": {"summary": "A test on inline summaries (test, a, b) or on live data "
-                            "(experiment, metric, cohort_a, cohort_b)",
-                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                     "oneOf": [
-                         {"type": "object", "required": ["test", "a", "b"],
-                          "additionalProperties": False, "properties": {
-                              "test": {"const": "welch_t"}, "a": _SUMMARY_MEAN,
-                              "b": _SUMMARY_MEAN, "alpha": _ALPHA, "alternative": _ALTERNATIVE,
-                              "sequential": {"const": False}}},
-                         {"type": "object", "required": ["test", "a", "b"],
-                          "additionalProperties": False, "properties": {
-                              "test": {"const": "two_proportion"}, "a": _SUMMARY_RATE,
-                              "b": _SUMMARY_RATE, "alpha": _ALPHA,
-                              "alternative": _ALTERNATIVE, "sequential": {"const": False}}},
-                         {"type": "object", "required": ["test", "a", "b", "sequential"],
-                          "additionalProperties": False, "properties": {
-                              "test": {"enum": ["welch_t", "two_proportion"]},
-                              "a": {"oneOf": [_SUMMARY_MEAN, _SUMMARY_RATE]},
-                              "b": {"oneOf": [_SUMMARY_MEAN, _SUMMARY_RATE]},
-                              "alpha": _ALPHA, "alternative": {"const": "two-sided"},
-                              "sequential": {"const": True}}},
-                         {"type": "object", "required": ["experiment", "metric"],
-                          "additionalProperties": False, "properties": {
-                              "experiment": {"type": "string"}, "metric": {"type": "string"},
-                              "cohort_a": {"type": "string"}, "cohort_b": {"type": "string"},
-                              "alpha": _ALPHA, "sequential": {"type": "boolean"}}}]}}}},
-                 "responses": {"200": _json(_OBJECT), "400": ERROR, "401": ERROR,
-                               "404": ERROR, "503": ERROR}}},
+        "post": {
+            "summary": "A test on inline summaries (test, a, b) or on live data "
+            "(experiment, metric, cohort_a, cohort_b)",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                {
+                                    "type": "object",
+                                    "required": ["test", "a", "b"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "test": {"const": "welch_t"},
+                                        "a": _SUMMARY_MEAN,
+                                        "b": _SUMMARY_MEAN,
+                                        "alpha": _ALPHA,
+                                        "alternative": _ALTERNATIVE,
+                                        "sequential": {"const": False},
+                                    },
+                                },
+                                {
+                                    "type": "object",
+                                    "required": ["test", "a", "b"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "test": {"const": "two_proportion"},
+                                        "a": _SUMMARY_RATE,
+                                        "b": _SUMMARY_RATE,
+                                        "alpha": _ALPHA,
+                                        "alternative": _ALTERNATIVE,
+                                        "sequential": {"const": False},
+                                    },
+                                },
+                                {
+                                    "type": "object",
+                                    "required": ["test", "a", "b", "sequential"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "test": {"enum": ["welch_t", "two_proportion"]},
+                                        "a": {"oneOf": [_SUMMARY_MEAN, _SUMMARY_RATE]},
+                                        "b": {"oneOf": [_SUMMARY_MEAN, _SUMMARY_RATE]},
+                                        "alpha": _ALPHA,
+                                        "alternative": {"const": "two-sided"},
+                                        "sequential": {"const": True},
+                                    },
+                                },
+                                {
+                                    "type": "object",
+                                    "required": ["experiment", "metric"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "experiment": {"type": "string"},
+                                        "metric": {"type": "string"},
+                                        "cohort_a": {"type": "string"},
+                                        "cohort_b": {"type": "string"},
+                                        "alpha": _ALPHA,
+                                        "sequential": {"type": "boolean"},
+                                    },
+                                },
+                            ]
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": _json(_OBJECT),
+                "400": ERROR,
+                "401": ERROR,
+                "404": ERROR,
+                "503": ERROR,
+            },
+        }
+    },
     "/api/statistics/sample-size": {
-        "post": {"summary": "Samples per arm for a power, from Cohen's d or a baseline rate "
-                            "and minimum detectable effect",
-                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                     "oneOf": [
-                         {"type": "object", "required": ["effect_size"],
-                          "additionalProperties": False, "properties": {
-                              "effect_size": {"type": "number", "minimum": -1000,
-                                              "maximum": 1000, "not": {"const": 0}},
-                              "power": _POWER, "alpha": _ALPHA, "treatment_share": _SHARE}},
-                         {"type": "object",
-                          "required": ["baseline_rate", "minimum_detectable_effect"],
-                          "additionalProperties": False, "properties": {
-                              "baseline_rate": {"type": "number", "exclusiveMinimum": 0,
-                                                "exclusiveMaximum": 1},
-                              "minimum_detectable_effect": {"type": "number",
-                                                            "exclusiveMinimum": -1,
-                                                            "exclusiveMaximum": 1,
-                                                            "not": {"const": 0}},
-                              "power": _POWER, "alpha": _ALPHA,
-                              "treatment_share": _SHARE}}]}}}},
-                 "responses": {"200": _json(_OBJECT), "400": ERROR, "401": ERROR}}},
+        "post": {
+            "summary": "Samples per arm for a power, from Cohen's d or a baseline rate "
+            "and minimum detectable effect",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                {
+                                    "type": "object",
+                                    "required": ["effect_size"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "effect_size": {
+                                            "type": "number",
+                                            "minimum": -1000,
+                                            "maximum": 1000,
+                                            "not": {"const": 0},
+                                        },
+                                        "power": _POWER,
+                                        "alpha": _ALPHA,
+                                        "treatment_share": _SHARE,
+                                    },
+                                },
+                                {
+                                    "type": "object",
+                                    "required": ["baseline_rate", "minimum_detectable_effect"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "baseline_rate": {
+                                            "type": "number",
+                                            "exclusiveMinimum": 0,
+                                            "exclusiveMaximum": 1,
+                                        },
+                                        "minimum_detectable_effect": {
+                                            "type": "number",
+                                            "exclusiveMinimum": -1,
+                                            "exclusiveMaximum": 1,
+                                            "not": {"const": 0},
+                                        },
+                                        "power": _POWER,
+                                        "alpha": _ALPHA,
+                                        "treatment_share": _SHARE,
+                                    },
+                                },
+                            ]
+                        }
+                    }
+                },
+            },
+            "responses": {"200": _json(_OBJECT), "400": ERROR, "401": ERROR},
+        }
+    },
     "/api/experiments": {
-        "get": {"summary": "Every experiment: arms, current phase, samples, SRM",
-                "security": [], "responses": {"200": _json(_OBJECT), "404": ERROR,
-                                              "503": ERROR}}},
+        "get": {
+            "summary": "Every experiment: arms, current phase, samples, SRM",
+            "security": [],
+            "responses": {"200": _json(_OBJECT), "404": ERROR, "503": ERROR},
+        }
+    },
     "/api/experiments/{name}": {
-        "get": {**_READ, "summary": "Phases with samples per arm and SRM",
-                "responses": {"200": _json(_OBJECT), "400": ERROR, "404": ERROR,
-                              "503": ERROR}}},
+        "get": {
+            **_READ,
+            "summary": "Phases with samples per arm and SRM",
+            "responses": {"200": _json(_OBJECT), "400": ERROR, "404": ERROR, "503": ERROR},
+        }
+    },
     "/api/experiments/{name}/significance": {
-        "get": {**_READ, "summary": "Every metric of the current phase: type, direction, "
-                                    "sequential and fixed-horizon results, or why not yet",
-                "responses": {"200": _json(_OBJECT), "400": ERROR, "404": ERROR,
-                              "503": ERROR}}},
+        "get": {
+            **_READ,
+            "summary": "Every metric of the current phase: type, direction, "
+            "sequential and fixed-horizon results, or why not yet",
+            "responses": {"200": _json(_OBJECT), "400": ERROR, "404": ERROR, "503": ERROR},
+        }
+    },
     "/api/metrics/{name}/comparison": {
-        "get": {**_READ, "summary": "Each metric's mean per arm and its improvement (signed by "
-                                    "the metric's direction: positive is better)",
-                "responses": {"200": _json(_OBJECT), "400": ERROR, "404": ERROR,
-                              "503": ERROR}}},
+        "get": {
+            **_READ,
+            "summary": "Each metric's mean per arm and its improvement (signed by "
+            "the metric's direction: positive is better)",
+            "responses": {"200": _json(_OBJECT), "400": ERROR, "404": ERROR, "503": ERROR},
+        }
+    },
     "/api/outcomes": {
-        "post": {"summary": "Business outcomes in one batch, all or nothing (a bad item is "
-                            "named by its index)",
-                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                     "type": "array", "minItems": 1, "maxItems": 10000, "items": _OUTCOME}}}},
-                 "responses": {"200": _json({"type": "object", "properties": {
-                     "accepted": {"type": "integer"}}}), "400": ERROR, "401": ERROR,
-                     "404": ERROR, "503": ERROR}}},
+        "post": {
+            "summary": "Business outcomes in one batch, all or nothing (a bad item is "
+            "named by its index)",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": 10000,
+                            "items": _OUTCOME,
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": _json({"type": "object", "properties": {"accepted": {"type": "integer"}}}),
+                "400": ERROR,
+                "401": ERROR,
+                "404": ERROR,
+                "503": ERROR,
+            },
+        }
+    },
 }
 NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 PERCENTAGE = {"type": "number", "minimum": 0, "maximum": 100, "multipleOf": 0.01}
 REASON = {"type": "string", "maxLength": 1000}
-VERSION = {"type": "integer", "minimum": 1,
-           "description": "compare-and-set: the flag version this write is based on"}
-CONFLICT = _json({"type": "object", "required": ["error", "current"], "properties": {
-    "error": {"type": "string"}, "current": {"$ref": "#/components/schemas/Flag"}}},
-    "Another writer changed the flag; nothing was written")
+VERSION = {
+    "type": "integer",
+    "minimum": 1,
+    "description": "compare-and-set: the flag version this write is based on",
+}
+CONFLICT = _json(
+    {
+        "type": "object",
+        "required": ["error", "current"],
+        "properties": {
+            "error": {"type": "string"},
+            "current": {"$ref": "#/components/schemas/Flag"},
+        },
+    },
+    "Another writer changed the flag; nothing was written",
+)
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
-    "info": {"title": "abgate control API", "version": "1",
-             "description": "Flags (each experiment's treatment percentage), instances, "
-                            "emergency rollback, config reload, metrics."},
+    "info": {
+        "title": "abgate control API",
+        "version": "1",
+        "description": "Flags (each experiment's treatment percentage), instances, "
+        "emergency rollback, config reload, metrics.",
+    },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "schemas": {
-            "Error": {"type": "object", "required": ["error"],
-                      "properties": {"error": {"type": "string"}}},
-            "Flag": {"type": "object",
-                     "required": ["name", "percentage", "version", "updated_at", "updated_by",
-                                  "reason"],
-                     "properties": {"name": {"type": "string"}, "percentage": PERCENTAGE,
-                                    "version": {"type": "integer", "minimum": 1},
-                                    "updated_at": {"type": "number"},
-                                    "updated_by": {"type": "string"},
-                                    "reason": {"type": "string"},
-                                    "phase": {"type": "integer", "minimum": 1,
-                                              "description": "the version that set this "
-                                                             "percentage"}}},
-            "Instance": {"type": "object",
-                         "properties": {"id": {"type": "string"}, "address": {"type": "string"},
-                                        "pid": {"type": "integer"},
-                                        "started_at": {"type": "number"},
-                                        "heartbeat_at": {"type": "number"},
-                                        "applied": {"type": "object",
-                                                    "additionalProperties": {"type": "integer"}},
-                                        "converged": {"type": "boolean"}}},
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {"error": {"type": "string"}},
+            },
+            "Flag": {
+                "type": "object",
+                "required": ["name", "percentage", "version", "updated_at", "updated_by", "reason"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "percentage": PERCENTAGE,
+                    "version": {"type": "integer", "minimum": 1},
+                    "updated_at": {"type": "number"},
+                    "updated_by": {"type": "string"},
+                    "reason": {"type": "string"},
+                    "phase": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "the version that set this percentage",
+                    },
+                },
+            },
+            "Instance": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string"},
+                    "address": {"type": "string"},
+                    "pid": {"type": "integer"},
+                    "started_at": {"type": "number"},
+                    "heartbeat_at": {"type": "number"},
+                    "applied": {"type": "object", "additionalProperties": {"type": "integer"}},
+                    "converged": {"type": "boolean"},
+                },
+            },
         },
     },
     "security": [{"bearer": []}],
     "paths": {
-        "/health": {"get": {"summary": "Liveness", "security": [],
-                            "responses": {"200": {"description": "OK"}}}},
-        "/metrics": {"get": {"summary": "Prometheus exposition", "security": [],
-                             "responses": {"200": {"description": "OK"}}}},
-        "/api/openapi.json": {"get": {"summary": "This document", "security": [],
-                                      "responses": {"200": {"description": "OK"}}}},
+        "/health": {
+            "get": {
+                "summary": "Liveness",
+                "security": [],
+                "responses": {"200": {"description": "OK"}},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus exposition",
+                "security": [],
+                "responses": {"200": {"description": "OK"}},
+            }
+        },
+        "/api/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "security": [],
+                "responses": {"200": {"description": "OK"}},
+            }
+        },
         "/api/flags": {
-            "get": {"summary": "All flags", "security": [],
-                    "responses": {"200": _json({"type": "object", "properties": {
-                        "flags": {"type": "array", "items": _ref("Flag")}}})}},
-            "post": {"summary": "Set several flags in one atomic step",
-                     "requestBody": {"required": True, "content": {"application/json": {
-                         "schema": {"type": "object", "required": ["flags"],
-                                    "additionalProperties": False, "properties": {
-                             "flags": {"type": "object", "additionalProperties": PERCENTAGE,
-                                       "minProperties": 1},
-                             "expected_versions": {"type": "object",
-                                                   "additionalProperties": VERSION},
-                             "reason": REASON}}}}},
-                     "responses": {"200": _json({"type": "object", "properties": {
-                         "flags": {"type": "array", "items": _ref("Flag")}}}),
-                         "400": ERROR, "401": ERROR, "404": ERROR, "409": CONFLICT,
-                         "503": ERROR}},
+            "get": {
+                "summary": "All flags",
+                "security": [],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"flags": {"type": "array", "items": _ref("Flag")}},
+                        }
+                    )
+                },
+            },
+            "post": {
+                "summary": "Set several flags in one atomic step",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["flags"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "flags": {
+                                        "type": "object",
+                                        "additionalProperties": PERCENTAGE,
+                                        "minProperties": 1,
+                                    },
+                                    "expected_versions": {
+                                        "type": "object",
+                                        "additionalProperties": VERSION,
+                                    },
+                                    "reason": REASON,
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"flags": {"type": "array", "items": _ref("Flag")}},
+                        }
+                    ),
+                    "400": ERROR,
+                    "401": ERROR,
+                    "404": ERROR,
+                    "409": CONFLICT,
+                    "503": ERROR,
+                },
+            },
         },
         "/api/flags/{name}": {
             "parameters": [NAME],
-            "get": {"summary": "One flag", "security": [],
-                    "responses": {"200": _json(_ref("Flag")), "404": ERROR}},
-            "post": {"summary": "Set a flag's treatment percentage",
-                     "requestBody": {"required": True, "content": {"application/json": {
-                         "schema": {"type": "object", "required": ["percentage"],
-                                    "additionalProperties": False,
-                                    "properties": {"percentage": PERCENTAGE,
-                                                   "reason": REASON,
-                                                   "expected_version": VERSION}}}}},
-                     "responses": {"200": _json(_ref("Flag")), "400": ERROR, "401": ERROR,
-                                   "404": ERROR, "409": CONFLICT, "503": ERROR}},
+            "get": {
+                "summary": "One flag",
+                "security": [],
+                "responses": {"200": _json(_ref("Flag")), "404": ERROR},
+            },
+            "post": {
+                "summary": "Set a flag's treatment percentage",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["percentage"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "percentage": PERCENTAGE,
+                                    "reason": REASON,
+                                    "expected_version": VERSION,
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(_ref("Flag")),
+                    "400": ERROR,
+                    "401": ERROR,
+                    "404": ERROR,
+                    "409": CONFLICT,
+                    "503": ERROR,
+                },
+            },
         },
         "/api/flags/{name}/history": {
-            "parameters": [NAME, {"name": "limit", "in": "query",
-                                  "schema": {"type": "integer", "minimum": 1,
-                                             "maximum": 10000, "default": 100}}],
-            "get": {"summary": "Audit trail of a flag, newest first", "security": [],
-                    "responses": {"200": _json({"type": "object", "properties": {
-                        "name": {"type": "string"},
-                        "history": {"type": "array", "items": _ref("Flag")}}}),
-                        "400": ERROR, "404": ERROR}},
+            "parameters": [
+                NAME,
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100},
+                },
+            ],
+            "get": {
+                "summary": "Audit trail of a flag, newest first",
+                "security": [],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "name": {"type": "string"},
+                                "history": {"type": "array", "items": _ref("Flag")},
+                            },
+                        }
+                    ),
+                    "400": ERROR,
+                    "404": ERROR,
+                },
+            },
         },
         "/api/instances": {
-            "get": {"summary": "Live proxy instances and the flag versions they applied",
-                    "security": [],
-                    "responses": {"200": _json({"type": "object", "properties": {
-                        "instances": {"type": "array", "items": _ref("Instance")}}})}},
+            "get": {
+                "summary": "Live proxy instances and the flag versions they applied",
+                "security": [],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "instances": {"type": "array", "items": _ref("Instance")}
+                            },
+                        }
+                    )
+                },
+            },
         },
         "/api/rollback": {
-            "post": {"summary": "Treatment to 0% for the named experiments (all if none), "
-                                "confirmed by every live instance",
-                     "requestBody": {"content": {"application/json": {"schema": {
-                         "type": "object", "additionalProperties": False, "properties": {
-                             "experiments": {"type": "array", "items": {"type": "string"},
-                                             "minItems": 1},
-                             "reason": REASON,
-                             "timeout": {"type": "number", "exclusiveMinimum": 0,
-                                         "maximum": 300}}}}}},
-                     "responses": {"200": {"description": "Every instance converged"},
-                                   "504": {"description": "Some instances did not converge "
-                                                          "in time; `laggards` names them"},
-                                   "400": ERROR, "401": ERROR, "404": ERROR, "503": ERROR}},
+            "post": {
+                "summary": "Treatment to 0% for the named experiments (all if none), "
+                "confirmed by every live instance",
+                "requestBody": {
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {
+                                    "experiments": {
+                                        "type": "array",
+                                        "items": {"type": "string"},
+                                        "minItems": 1,
+                                    },
+                                    "reason": REASON,
+                                    "timeout": {
+                                        "type": "number",
+                                        "exclusiveMinimum": 0,
+                                        "maximum": 300,
+                                    },
+                                },
+                            }
+                        }
+                    }
+                },
+                "responses": {
+                    "200": {"description": "Every instance converged"},
+                    "504": {
+                        "description": "Some instances did not converge "
+                        "in time; `laggards` names them"
+                    },
+                    "400": ERROR,
+                    "401": ERROR,
+                    "404": ERROR,
+                    "503": ERROR,
+                },
+            },
         },
         "/api/breakers": {
-            "get": {"summary": "Circuit breakers of this process", "security": [],
-                    "responses": {"200": {"description": "OK"}}}},
+            "get": {
+                "summary": "Circuit breakers of this process",
+                "security": [],
+                "responses": {"200": {"description": "OK"}},
+            }
+        },
         "/api/breakers/{upstream}": {
-            "parameters": [{"name": "upstream", "in": "path", "required": True,
-                            "schema": {"type": "string"}}],
-            "post": {"summary": "Force a breaker open or closed, or return it to auto",
-                     "requestBody": {"required": True, "content": {"application/json": {
-                         "schema": {"type": "object", "required": ["state"],
-                                    "additionalProperties": False, "properties": {
-                             "state": {"enum": ["forced_open", "forced_closed", "auto"]}}}}}},
-                     "responses": {"200": {"description": "OK"}, "400": ERROR, "401": ERROR,
-                                   "404": ERROR}}},
+            "parameters": [
+                {"name": "upstream", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "post": {
+                "summary": "Force a breaker open or closed, or return it to auto",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["state"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "state": {"enum": ["forced_open", "forced_closed", "auto"]}
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {"description": "OK"},
+                    "400": ERROR,
+                    "401": ERROR,
+                    "404": ERROR,
+                },
+            },
+        },
         "/api/shadow/stats": {
-            "get": {"summary": "Shadow comparisons per experiment", "security": [],
-                    "responses": {"200": {"description": "OK"}}}},
+            "get": {
+                "summary": "Shadow comparisons per experiment",
+                "security": [],
+                "responses": {"200": {"description": "OK"}},
+            }
+        },
         "/health/ready": {
-            "get": {"summary": "Config loaded and flags read", "security": [],
-                    "responses": {"200": {"description": "Ready"},
-                                  "503": {"description": "Not ready"}}}},
+            "get": {
+                "summary": "Config loaded and flags read",
+                "security": [],
+                "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}},
+            }
+        },
         "/health/aggregate": {
-            "get": {"summary": "Overall health with a reason per component", "security": [],
-                    "responses": {"200": {"description": "healthy or degraded"},
-                                  "503": {"description": "unhealthy"}}}},
+            "get": {
+                "summary": "Overall health with a reason per component",
+                "security": [],
+                "responses": {
+                    "200": {"description": "healthy or degraded"},
+                    "503": {"description": "unhealthy"},
+                },
+            }
+        },
         "/api/config": {
-            "get": {"summary": "The loaded config and the last reload's result",
-                    "security": [], "responses": {"200": {"description": "OK"}}},
+            "get": {
+                "summary": "The loaded config and the last reload's result",
+                "security": [],
+                "responses": {"200": {"description": "OK"}},
+            },
         },
         "/api/config/reload": {
-            "post": {"summary": "Reload the config file (validated as a whole first)",
-                     "responses": {"200": {"description": "Reloaded"},
-                                   "400": {"description": "Refused; the running config "
-                                                          "stays. `problems` lists why"},
-                                   "401": ERROR}},
+            "post": {
+                "summary": "Reload the config file (validated as a whole first)",
+                "responses": {
+                    "200": {"description": "Reloaded"},
+                    "400": {
+                        "description": "Refused; the running config stays. `problems` lists why"
+                    },
+                    "401": ERROR,
+                },
+            },
         },
         **STATISTICS_PATHS,
     },
@@ -278,12 +610,13 @@ def _every_write_answers(paths: dict[str, Any]) -> None:
     for item in paths.values():
         operation = item.get("post")
         if operation is not None:
-            for status, why in (("401", "no or wrong bearer token"),
-                                ("403", "cross-origin write, or a Host that is not this API"),
-                                ("413", "body over 1 MiB"),
-                                ("415", "a body that is not application/json")):
+            for status, why in (
+                ("401", "no or wrong bearer token"),
+                ("403", "cross-origin write, or a Host that is not this API"),
+                ("413", "body over 1 MiB"),
+                ("415", "a body that is not application/json"),
+            ):
                 operation["responses"].setdefault(status, _json(_ref("Error"), why))
 
 
 _every_write_answers(OPENAPI["paths"])
-

@@ -32,15 +32,21 @@ class ReloadOutcome:
     warnings: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:
-        return {"result": self.result, "trigger": self.trigger, "at": self.at,
-                "problems": self.problems, "warnings": self.warnings}
+        return {
+            "result": self.result,
+            "trigger": self.trigger,
+            "at": self.at,
+            "problems": self.problems,
+            "warnings": self.warnings,
+        }
 
 
 class Reloader:
     """Reloads `path` into `apply` (which returns what it could not apply live)."""
 
-    def __init__(self, path: str | Path, config: Config,
-                 apply: Callable[[Config], Awaitable[list[str]]]) -> None:
+    def __init__(
+        self, path: str | Path, config: Config, apply: Callable[[Config], Awaitable[list[str]]]
+    ) -> None:
         self.path = Path(path)
         self.config = config
         self._apply = apply
@@ -60,15 +66,24 @@ class Reloader:
                 config = await asyncio.to_thread(load_config, self.path)
                 warnings = await self._apply(config)
             except ConfigError as exc:
-                outcome = ReloadOutcome("failure", trigger, time.time(),
-                                        problems=[str(p) for p in exc.problems])
-                log.error("config reload (%s) refused; keeping the running config:\n%s",
-                          trigger, exc.render())
+                outcome = ReloadOutcome(
+                    "failure", trigger, time.time(), problems=[str(p) for p in exc.problems]
+                )
+                log.error(
+                    "config reload (%s) refused; keeping the running config:\n%s",
+                    trigger,
+                    exc.render(),
+                )
             except Exception as exc:  # whatever it was, the reloader lives on
-                outcome = ReloadOutcome("failure", trigger, time.time(),
-                                        problems=[f"{type(exc).__name__}: {exc}"])
-                log.error("config reload (%s) failed; keeping the running config: %s",
-                          trigger, outcome.problems[0], exc_info=exc)
+                outcome = ReloadOutcome(
+                    "failure", trigger, time.time(), problems=[f"{type(exc).__name__}: {exc}"]
+                )
+                log.error(
+                    "config reload (%s) failed; keeping the running config: %s",
+                    trigger,
+                    outcome.problems[0],
+                    exc_info=exc,
+                )
             else:
                 self.config, self.loaded_at = config, time.time()
                 outcome = ReloadOutcome("success", trigger, self.loaded_at, warnings=warnings)
@@ -87,8 +102,7 @@ class Reloader:
         """Owned background task: reload on request, and when the file changes."""
         while True:
             try:
-                await asyncio.wait_for(self._requested.wait(),
-                                       WATCH_INTERVAL if watch else None)
+                await asyncio.wait_for(self._requested.wait(), WATCH_INTERVAL if watch else None)
                 self._requested.clear()
                 await self.reload("signal")
             except TimeoutError:
@@ -103,17 +117,22 @@ class Reloader:
         return info.st_mtime, info.st_size, info.st_ino
 
     def status(self) -> dict[str, object]:
-        return {"source": str(self.path), "loaded_at": self.loaded_at,
-                "last_reload": self.last.as_json() if self.last else None,
-                "reloads": dict(self.counts)}
+        return {
+            "source": str(self.path),
+            "loaded_at": self.loaded_at,
+            "last_reload": self.last.as_json() if self.last else None,
+            "reloads": dict(self.counts),
+        }
 
     def collect(self) -> Iterator[Metric]:
-        total = CounterMetricFamily("abgate_config_reload", "Config reloads by result.",
-                                    labels=["result"])
+        total = CounterMetricFamily(
+            "abgate_config_reload", "Config reloads by result.", labels=["result"]
+        )
         for result, count in self.counts.items():
             total.add_metric([result], count)
         yield total
-        loaded = GaugeMetricFamily("abgate_config_loaded_timestamp_seconds",
-                                   "When the running config was loaded.")
+        loaded = GaugeMetricFamily(
+            "abgate_config_loaded_timestamp_seconds", "When the running config was loaded."
+        )
         loaded.add_metric([], self.loaded_at)
         yield loaded

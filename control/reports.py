@@ -34,9 +34,13 @@ class MetricResult:
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "type": self.type, "direction": self.direction,
-            "n": {"a": self.n_a, "b": self.n_b}, "mean": {"a": self.mean_a, "b": self.mean_b},
-            "improvement": self.improvement, "status": self.status}
+            "type": self.type,
+            "direction": self.direction,
+            "n": {"a": self.n_a, "b": self.n_b},
+            "mean": {"a": self.mean_a, "b": self.mean_b},
+            "improvement": self.improvement,
+            "status": self.status,
+        }
         if self.fixed is not None:
             out["fixed"] = self.fixed.as_json()
         if self.sequential is not None:
@@ -57,9 +61,14 @@ class PhaseReport:
     srm_flagged: bool
 
     def as_json(self) -> dict[str, Any]:
-        return {"id": self.id, "percentage": self.percentage, "started_at": self.started_at,
-                "samples": self.samples, "srm_p_value": self.srm_p_value,
-                "srm_flagged": self.srm_flagged}
+        return {
+            "id": self.id,
+            "percentage": self.percentage,
+            "started_at": self.started_at,
+            "samples": self.samples,
+            "srm_p_value": self.srm_p_value,
+            "srm_flagged": self.srm_flagged,
+        }
 
 
 @dataclass
@@ -78,11 +87,14 @@ class ExperimentReport:
 
     def as_json(self) -> dict[str, Any]:
         current = self.current_phase
-        return {"name": self.name, "arms": {"control": self.control_arm,
-                                            "treatment": self.treatment_arm},
-                "phases": [phase.as_json() for phase in self.phases],
-                "current_phase": current.as_json() if current is not None else None,
-                "metrics": {name: result.as_json() for name, result in self.metrics.items()},
-                "across_phases": {name: combined.as_json()
-                                  for name, combined in self.across_phases.items()},
-                "evaluated_at": self.evaluated_at}
+        return {
+            "name": self.name,
+            "arms": {"control": self.control_arm, "treatment": self.treatment_arm},
+            "phases": [phase.as_json() for phase in self.phases],
+            "current_phase": current.as_json() if current is not None else None,
+            "metrics": {name: result.as_json() for name, result in self.metrics.items()},
+            "across_phases": {
+                name: combined.as_json() for name, combined in self.across_phases.items()
+            },
+            "evaluated_at": self.evaluated_at,
+        }

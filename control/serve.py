@@ -59,11 +59,13 @@ def new_registry(metrics: ProxyMetrics) -> CollectorRegistry:
     return registry
 
 
-async def app_site(stack: AsyncExitStack, app: web.Application, listen: Listen,
-                   shutdown_timeout: float) -> str:
+async def app_site(
+    stack: AsyncExitStack, app: web.Application, listen: Listen, shutdown_timeout: float
+) -> str:
     """Serve an aiohttp Application until `stack` closes; return its URL."""
-    runner = JsonErrorAppRunner(app, handle_signals=False, access_log=None,
-                                shutdown_timeout=shutdown_timeout)
+    runner = JsonErrorAppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout
+    )
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     site = web.TCPSite(runner, listen.host, listen.port)
@@ -85,15 +87,15 @@ class Embedded:
     worker: StatsWorker
 
 
-async def owned_task(stack: AsyncExitStack, coro: Coroutine[Any, Any, None],
-                     name: str) -> None:
+async def owned_task(stack: AsyncExitStack, coro: Coroutine[Any, Any, None], name: str) -> None:
     """Run `coro` as a task that `stack` cancels and awaits on exit (no fire-and-forget)."""
     task = asyncio.create_task(coro, name=name)
     stack.push_async_callback(stop_task, task)  # cancelled again until it is done
 
 
-async def start_stats_worker(stack: AsyncExitStack, config: Config, backend: FlagBackend,
-                             metrics: ProxyMetrics) -> StatsWorker:
+async def start_stats_worker(
+    stack: AsyncExitStack, config: Config, backend: FlagBackend, metrics: ProxyMetrics
+) -> StatsWorker:
     from control.stats_worker import StatsWorker  # scipy: only where statistics run
 
     worker = StatsWorker(config, backend.measurements)
@@ -102,9 +104,14 @@ async def start_stats_worker(stack: AsyncExitStack, config: Config, backend: Fla
     return worker
 
 
-async def start_reloader(stack: AsyncExitStack, config_path: str | None, config: Config,
-                         plane: DataPlane, metrics: ProxyMetrics,
-                         worker: StatsWorker | None = None) -> Reloader | None:
+async def start_reloader(
+    stack: AsyncExitStack,
+    config_path: str | None,
+    config: Config,
+    plane: DataPlane,
+    metrics: ProxyMetrics,
+    worker: StatsWorker | None = None,
+) -> Reloader | None:
     """Hot reload of the data plane: on SIGHUP, on a change of the file, on API request."""
     if config_path is None:
         return None
@@ -124,8 +131,9 @@ async def start_reloader(stack: AsyncExitStack, config_path: str | None, config:
 
 
 @asynccontextmanager
-async def embedded(config: Config, token: str | None = None,
-                   config_path: str | None = None) -> AsyncIterator[Embedded]:
+async def embedded(
+    config: Config, token: str | None = None, config_path: str | None = None
+) -> AsyncIterator[Embedded]:
     """Data plane and control API in one process; flags in memory (or Redis when configured).
     With `config_path`, the config reloads live. Everything started here is stopped on exit,
     in reverse order."""
@@ -136,19 +144,33 @@ async def embedded(config: Config, token: str | None = None,
     async with AsyncExitStack() as stack:
         shared = open_shared_state(stack, config)
         plane = await stack.enter_async_context(DataPlane(config, flags, metrics))
-        backend = await start_flag_backend(stack, config, flags, writer=True, shared=shared,
-                                           proxy_address=plane.url,
-                                           status=plane.breaker_states)
+        backend = await start_flag_backend(
+            stack,
+            config,
+            flags,
+            writer=True,
+            shared=shared,
+            proxy_address=plane.url,
+            status=plane.breaker_states,
+        )
         metrics.add_gauges(backend.collect)
         plane.flush_to(backend.measurements)
         worker = await start_stats_worker(stack, config, backend, metrics)
         reloader = await start_reloader(stack, config_path, config, plane, metrics, worker)
         assert backend.store is not None
-        control_app = create_control_app(backend.store, registry, token, reloader, plane,
-                                         backend, worker,
-                                         loopback=config.control.is_loopback)
-        control_url = await app_site(stack, control_app, config.control.listen,
-                                     config.proxy.shutdown_timeout)
+        control_app = create_control_app(
+            backend.store,
+            registry,
+            token,
+            reloader,
+            plane,
+            backend,
+            worker,
+            loopback=config.control.is_loopback,
+        )
+        control_url = await app_site(
+            stack, control_app, config.control.listen, config.proxy.shutdown_timeout
+        )
         yield Embedded(plane.url, control_url, flags, metrics, backend, plane, reloader, worker)
 
 
@@ -159,8 +181,7 @@ async def serve_embedded(config: Config, config_path: str) -> None:
         announce(f"abgate proxy listening on {running.proxy_url}")
         announce(f"abgate control API listening on {running.control_url}")
         await stop.wait()
-        log.info("stopping: draining in-flight requests (up to %gs)",
-                 config.proxy.shutdown_timeout)
+        log.info("stopping: draining in-flight requests (up to %gs)", config.proxy.shutdown_timeout)
 
 
 async def serve_control(config: Config) -> None:
@@ -168,20 +189,33 @@ async def serve_control(config: Config) -> None:
     token = os.environ.get("ABGATE_CONTROL_TOKEN") or None
     check_exposure(config, token)
     if redis_url(config) is None:
-        raise ValueError("abgate control needs a shared flag store: set flags.redis_url or "
-                         "ABGATE_REDIS_URL (without Redis, use abgate run)")
+        raise ValueError(
+            "abgate control needs a shared flag store: set flags.redis_url or "
+            "ABGATE_REDIS_URL (without Redis, use abgate run)"
+        )
     flags = initial_table(config)
     metrics = ProxyMetrics()
     registry = new_registry(metrics)
     async with stop_on_signals() as stop, AsyncExitStack() as stack:
-        backend = await start_flag_backend(stack, config, flags, writer=True,
-                                           proxy_address=None,
-                                           shared=open_shared_state(stack, config))
+        backend = await start_flag_backend(
+            stack,
+            config,
+            flags,
+            writer=True,
+            proxy_address=None,
+            shared=open_shared_state(stack, config),
+        )
         metrics.add_gauges(backend.collect)
         worker = await start_stats_worker(stack, config, backend, metrics)
         assert backend.store is not None
-        control_app = create_control_app(backend.store, registry, token, backend=backend,
-                                         worker=worker, loopback=config.control.is_loopback)
+        control_app = create_control_app(
+            backend.store,
+            registry,
+            token,
+            backend=backend,
+            worker=worker,
+            loopback=config.control.is_loopback,
+        )
         control_url = await app_site(stack, control_app, config.control.listen, 5.0)
         announce(f"abgate control API listening on {control_url}")
         await stop.wait()
@@ -198,8 +232,9 @@ class Worker:
 
 
 @asynccontextmanager
-async def worker(config: Config, index: int = 0, *, reuse_port: bool = False,
-                 config_path: str | None = None) -> AsyncIterator[Worker]:
+async def worker(
+    config: Config, index: int = 0, *, reuse_port: bool = False, config_path: str | None = None
+) -> AsyncIterator[Worker]:
     """One data-plane worker: the proxy listener, its flag sync, its admin listener."""
     flags = initial_table(config)
     metrics = ProxyMetrics()
@@ -209,10 +244,17 @@ async def worker(config: Config, index: int = 0, *, reuse_port: bool = False,
     async with AsyncExitStack() as stack:
         shared = open_shared_state(stack, config)
         plane = await stack.enter_async_context(
-            DataPlane(config, flags, metrics, reuse_port=reuse_port, worker_index=index))
-        backend = await start_flag_backend(stack, config, flags, writer=False, shared=shared,
-                                           proxy_address=plane.url,
-                                           status=plane.breaker_states)
+            DataPlane(config, flags, metrics, reuse_port=reuse_port, worker_index=index)
+        )
+        backend = await start_flag_backend(
+            stack,
+            config,
+            flags,
+            writer=False,
+            shared=shared,
+            proxy_address=plane.url,
+            status=plane.breaker_states,
+        )
         metrics.add_gauges(backend.collect)
         if backend.sync is not None:  # measurements need a store others read: Redis
             plane.flush_to(backend.measurements)
@@ -221,12 +263,17 @@ async def worker(config: Config, index: int = 0, *, reuse_port: bool = False,
         yield Worker(plane.url, admin_url, flags, backend)
 
 
-async def serve_worker(config: Config, index: int, reuse_port: bool,
-                       config_path: str | None = None) -> None:
-    async with stop_on_signals() as stop, worker(config, index, reuse_port=reuse_port,
-                                                  config_path=config_path) as w:
-        announce(f"abgate worker {index} (pid {os.getpid()}) proxy listening on "
-                 f"{w.proxy_url}, admin on {w.admin_url}")
+async def serve_worker(
+    config: Config, index: int, reuse_port: bool, config_path: str | None = None
+) -> None:
+    async with (
+        stop_on_signals() as stop,
+        worker(config, index, reuse_port=reuse_port, config_path=config_path) as w,
+    ):
+        announce(
+            f"abgate worker {index} (pid {os.getpid()}) proxy listening on "
+            f"{w.proxy_url}, admin on {w.admin_url}"
+        )
         await stop.wait()
 
 
@@ -242,8 +289,9 @@ def _worker_main(config_path: str, index: int, port: int) -> None:
     configure_logging(os.environ.get("ABGATE_LOG_LEVEL", "INFO"))
     config = load_config(config_path)
     proxy = replace(config.proxy, listen=replace(config.proxy.listen, port=port))
-    uvloop.run(serve_worker(replace(config, proxy=proxy), index, reuse_port=True,
-                            config_path=config_path))
+    uvloop.run(
+        serve_worker(replace(config, proxy=proxy), index, reuse_port=True, config_path=config_path)
+    )
 
 
 def run_workers(config_path: str, workers: int) -> int:
@@ -260,8 +308,12 @@ def run_workers(config_path: str, workers: int) -> int:
     holder.bind((listen.host, listen.port))
     port = holder.getsockname()[1]
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_worker_main, args=(config_path, index, port),
-                                 name=f"abgate-worker-{index}") for index in range(workers)]
+    processes = [
+        context.Process(
+            target=_worker_main, args=(config_path, index, port), name=f"abgate-worker-{index}"
+        )
+        for index in range(workers)
+    ]
     for process in processes:
         process.start()
     holder.close()
@@ -271,8 +323,9 @@ def run_workers(config_path: str, workers: int) -> int:
             if process.pid is not None and process.is_alive():
                 os.kill(process.pid, signum)
 
-    previous = {sig: signal.signal(sig, forward)
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    previous = {
+        sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    }
     try:
         for process in processes:
             process.join()

@@ -48,10 +48,15 @@ def _alpha(body: dict[str, Any]) -> float:
 
 def _number(body: dict[str, Any], field: str, default: float, low: float, high: float) -> float:
     value = body.get(field, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or \
-            not math.isfinite(value) or not low < value < high:
-        raise ApiError(400, f"{field}: expected a number between {low:g} and {high:g}, "
-                            f"got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not low < value < high
+    ):
+        raise ApiError(
+            400, f"{field}: expected a number between {low:g} and {high:g}, got {value!r}"
+        )
     return float(value)
 
 
@@ -86,15 +91,30 @@ def _finite_json(result: TestResult) -> dict[str, Any]:
 
 
 async def significance_test(request: web.Request) -> web.Response:
-    body = await json_object(request, allowed={"test", "a", "b", "alpha", "alternative",
-                                               "sequential", "experiment", "metric",
-                                               "cohort_a", "cohort_b"})
+    body = await json_object(
+        request,
+        allowed={
+            "test",
+            "a",
+            "b",
+            "alpha",
+            "alternative",
+            "sequential",
+            "experiment",
+            "metric",
+            "cohort_a",
+            "cohort_b",
+        },
+    )
     if "experiment" in body:
         return await live_test(request, body)
     live_only = sorted({"metric", "cohort_a", "cohort_b"} & set(body))
     if live_only:
-        raise ApiError(400, f"experiment: required with {', '.join(live_only)} (a test on "
-                            "live data); without it, give test, a and b")
+        raise ApiError(
+            400,
+            f"experiment: required with {', '.join(live_only)} (a test on "
+            "live data); without it, give test, a and b",
+        )
     alpha = _alpha(body)
     alternative = body.get("alternative", "two-sided")
     if alternative not in ALTERNATIVES:
@@ -131,8 +151,9 @@ async def significance_test(request: web.Request) -> web.Response:
     except StatsInputError as exc:
         raise ApiError(400, str(exc)) from None
     except ArithmeticError as exc:  # overflow or underflow the bounds above did not foresee
-        raise ApiError(400, f"a, b: no finite result for these summaries "
-                            f"({type(exc).__name__})") from None
+        raise ApiError(
+            400, f"a, b: no finite result for these summaries ({type(exc).__name__})"
+        ) from None
     payload = _finite_json(result)
     # Not the power at the observed effect (a restatement of the p-value): the effect that
     # these sample sizes would detect with 80% power.
@@ -141,9 +162,17 @@ async def significance_test(request: web.Request) -> web.Response:
 
 
 async def sample_size(request: web.Request) -> web.Response:
-    body = await json_object(request, allowed={"effect_size", "baseline_rate",
-                                               "minimum_detectable_effect", "power", "alpha",
-                                               "treatment_share"})
+    body = await json_object(
+        request,
+        allowed={
+            "effect_size",
+            "baseline_rate",
+            "minimum_detectable_effect",
+            "power",
+            "alpha",
+            "treatment_share",
+        },
+    )
     alpha = _alpha(body)
     power = _number(body, "power", 0.8, alpha, 1 - 1e-9)
     share = _number(body, "treatment_share", 0.5, 0, 1)
@@ -151,8 +180,9 @@ async def sample_size(request: web.Request) -> web.Response:
         if "effect_size" in body:
             effect = _number(body, "effect_size", 0, -1e3, 1e3)
             per_arm = mean_sample_size(effect, power, alpha)
-            sequential = sequential_sample_size(effect, 1.0, 1.0, share=share, power=power,
-                                                alpha=alpha)
+            sequential = sequential_sample_size(
+                effect, 1.0, 1.0, share=share, power=power, alpha=alpha
+            )
             kind = "means (Cohen's d, two-sided Welch/Student t)"
         elif "baseline_rate" in body:
             baseline = _number(body, "baseline_rate", 0, 0, 1)
@@ -160,21 +190,37 @@ async def sample_size(request: web.Request) -> web.Response:
             per_arm = proportion_sample_size(baseline, mde, power, alpha)
             target = baseline + mde
             sequential = sequential_sample_size(
-                mde, baseline * (1 - baseline), target * (1 - target), share=share,
-                power=power, alpha=alpha)
+                mde,
+                baseline * (1 - baseline),
+                target * (1 - target),
+                share=share,
+                power=power,
+                alpha=alpha,
+            )
             kind = "rates (Cohen's h, two-sided z)"
         else:
             raise ApiError(400, "effect_size or baseline_rate: one is required")
     except StatsInputError as exc:
         raise ApiError(400, str(exc)) from None
     except (ArithmeticError, ValueError) as exc:  # a root the solver could not bracket
-        raise ApiError(400, f"no sample size can be computed for this input "
-                            f"({type(exc).__name__})") from None
+        raise ApiError(
+            400, f"no sample size can be computed for this input ({type(exc).__name__})"
+        ) from None
     # The gates decide with the sequential test: its size is the one to plan a stage by.
-    return json_response({"minimum_sample_size": {"per_arm": per_arm, "total": 2 * per_arm},
-                          "sequential": {"control": sequential[0], "treatment": sequential[1],
-                                         "total": sum(sequential), "treatment_share": share},
-                          "power": power, "alpha": alpha, "for": kind})
+    return json_response(
+        {
+            "minimum_sample_size": {"per_arm": per_arm, "total": 2 * per_arm},
+            "sequential": {
+                "control": sequential[0],
+                "treatment": sequential[1],
+                "total": sum(sequential),
+                "treatment_share": share,
+            },
+            "power": power,
+            "alpha": alpha,
+            "for": kind,
+        }
+    )
 
 
 async def live_test(request: web.Request, body: dict[str, Any]) -> web.Response:
@@ -195,9 +241,12 @@ async def live_test(request: web.Request, body: dict[str, Any]) -> web.Response:
         raise ApiError(400, "metric: required (latency, error, or a declared metric)")
     definition = experiment.metric(metric)
     if definition is None:
-        raise ApiError(400, f"metric: {metric!r} is not declared for {name} (declared: "
-                            f"{', '.join(m.name for m in experiment.metrics) or 'none'}; "
-                            "built in: latency, error)")
+        raise ApiError(
+            400,
+            f"metric: {metric!r} is not declared for {name} (declared: "
+            f"{', '.join(m.name for m in experiment.metrics) or 'none'}; "
+            "built in: latency, error)",
+        )
     alpha = _alpha(body)
     phases, sums = await worker.store.read(name)
     if not phases:
@@ -212,9 +261,16 @@ async def live_test(request: web.Request, body: dict[str, Any]) -> web.Response:
     if not isinstance(sequential, bool):
         raise ApiError(400, "sequential: expected true or false")
     chosen = (result.sequential if sequential else result.fixed).as_json()
-    return json_response({**chosen, "metric": metric, "phase": phase,
-                          "type": definition.type, "direction": definition.direction,
-                          "cohorts": {"a": cohort_a, "b": cohort_b}})
+    return json_response(
+        {
+            **chosen,
+            "metric": metric,
+            "phase": phase,
+            "type": definition.type,
+            "direction": definition.direction,
+            "cohorts": {"a": cohort_a, "b": cohort_b},
+        }
+    )
 
 
 def add_stats_routes(app: web.Application) -> None:

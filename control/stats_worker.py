@@ -50,23 +50,36 @@ def compare(a: Sums, b: Sums, metric: MetricConfig, alpha: float = 0.05) -> Metr
     mean_a = a.total / a.count if a.count else None
     mean_b = b.total / b.count if b.count else None
     sign = 1.0 if metric.direction == "higher" else -1.0
-    improvement = sign * (mean_b - mean_a) / abs(mean_a) \
-        if mean_a and mean_b is not None else None
+    improvement = sign * (mean_b - mean_a) / abs(mean_a) if mean_a and mean_b is not None else None
 
-    def result(status: str, fixed: TestResult | None = None,
-               sequential: TestResult | None = None) -> MetricResult:
-        return MetricResult(metric.type, metric.direction, a.count, b.count, mean_a, mean_b,
-                            improvement, status, fixed, sequential,
-                            significant=sequential is not None and sequential.significant)
+    def result(
+        status: str, fixed: TestResult | None = None, sequential: TestResult | None = None
+    ) -> MetricResult:
+        return MetricResult(
+            metric.type,
+            metric.direction,
+            a.count,
+            b.count,
+            mean_a,
+            mean_b,
+            improvement,
+            status,
+            fixed,
+            sequential,
+            significant=sequential is not None and sequential.significant,
+        )
 
     if a.count < MIN_SAMPLES or b.count < MIN_SAMPLES:
-        return result(f"not enough data: control has {a.count}, treatment {b.count} "
-                      f"samples (need {MIN_SAMPLES} per arm)")
+        return result(
+            f"not enough data: control has {a.count}, treatment {b.count} "
+            f"samples (need {MIN_SAMPLES} per arm)"
+        )
     try:
         if metric.type == "binary":
             pa, pb = _proportion(a), _proportion(b)
-            return result("ok", rates_test(pa, pb, alpha=alpha),
-                          sequential_rates(pa, pb, alpha=alpha))
+            return result(
+                "ok", rates_test(pa, pb, alpha=alpha), sequential_rates(pa, pb, alpha=alpha)
+            )
         ma = SampleMean.from_sums(a.count, a.total, a.total_sq)
         mb = SampleMean.from_sums(b.count, b.total, b.total_sq)
         return result("ok", welch_t(ma, mb, alpha=alpha), sequential_test(ma, mb, alpha=alpha))
@@ -74,9 +87,12 @@ def compare(a: Sums, b: Sums, metric: MetricConfig, alpha: float = 0.05) -> Metr
         return result(f"not enough data: {exc.message}")
 
 
-def _across_phases(experiment: ExperimentConfig, phases: list[Phase],
-                   sums: dict[tuple[str, int, str, str], Sums],
-                   metrics: list[str]) -> dict[str, Combined]:
+def _across_phases(
+    experiment: ExperimentConfig,
+    phases: list[Phase],
+    sums: dict[tuple[str, int, str, str], Sums],
+    metrics: list[str],
+) -> dict[str, Combined]:
     """Each metric's difference across every phase with data, weighted by precision (never
     pooled: see control/stats/strata.py); only where two or more phases have data."""
     control, treatment = experiment.control.name, experiment.treatment.name
@@ -86,10 +102,18 @@ def _across_phases(experiment: ExperimentConfig, phases: list[Phase],
         for phase in phases:
             a = sums.get((experiment.name, phase.id, control, metric))
             b = sums.get((experiment.name, phase.id, treatment, metric))
-            if a is not None and b is not None and a.count >= MIN_SAMPLES and \
-                    b.count >= MIN_SAMPLES:
-                strata.append((SampleMean.from_sums(a.count, a.total, a.total_sq),
-                               SampleMean.from_sums(b.count, b.total, b.total_sq)))
+            if (
+                a is not None
+                and b is not None
+                and a.count >= MIN_SAMPLES
+                and b.count >= MIN_SAMPLES
+            ):
+                strata.append(
+                    (
+                        SampleMean.from_sums(a.count, a.total, a.total_sq),
+                        SampleMean.from_sums(b.count, b.total, b.total_sq),
+                    )
+                )
         if len(strata) >= 2:
             try:
                 out[metric] = stratified_difference(strata)
@@ -103,19 +127,28 @@ def _proportion(sums: Sums) -> Proportion:
     return Proportion(sums.count, min(sums.count, max(0, round(sums.total))))
 
 
-def evaluate(config: Config, name: str, phases: list[Phase],
-             sums: dict[tuple[str, int, str, str], Sums]) -> ExperimentReport:
+def evaluate(
+    config: Config, name: str, phases: list[Phase], sums: dict[tuple[str, int, str, str], Sums]
+) -> ExperimentReport:
     experiment = config.experiments[name]
     control, treatment = experiment.control.name, experiment.treatment.name
     report = ExperimentReport(name, control, treatment, evaluated_at=time.time())
     for phase in phases:
-        counts = [sums.get((name, phase.id, arm, "error"), Sums()).count
-                  for arm in (control, treatment)]
+        counts = [
+            sums.get((name, phase.id, arm, "error"), Sums()).count for arm in (control, treatment)
+        ]
         weight = phase.basis_points / 10_000
         srm_p = srm(counts, [1 - weight, weight])
-        report.phases.append(PhaseReport(phase.id, phase.basis_points / 100, phase.started_at,
-                                         {control: counts[0], treatment: counts[1]}, srm_p,
-                                         srm_p < SRM_THRESHOLD))
+        report.phases.append(
+            PhaseReport(
+                phase.id,
+                phase.basis_points / 100,
+                phase.started_at,
+                {control: counts[0], treatment: counts[1]},
+                srm_p,
+                srm_p < SRM_THRESHOLD,
+            )
+        )
     if not phases:
         return report
     current = phases[-1].id
@@ -124,21 +157,26 @@ def evaluate(config: Config, name: str, phases: list[Phase],
     for metric in metrics:
         definition = experiment.metric(metric)
         assert definition is not None
-        report.metrics[metric] = compare(sums.get((name, current, control, metric), Sums()),
-                                         sums.get((name, current, treatment, metric), Sums()),
-                                         definition)
+        report.metrics[metric] = compare(
+            sums.get((name, current, control, metric), Sums()),
+            sums.get((name, current, treatment, metric), Sums()),
+            definition,
+        )
     report.across_phases = _across_phases(experiment, phases, sums, metrics)
     # Holm within each family: the declared (success) metrics, and the built-in guardrails.
     # `significant` follows the adjusted p-value, so several metrics do not inflate alpha.
     tested = [m for m in metrics if report.metrics[m].sequential is not None]
-    for family in ([m for m in tested if m not in BUILT_IN_METRICS],
-                   [m for m in tested if m in BUILT_IN_METRICS]):
+    for family in (
+        [m for m in tested if m not in BUILT_IN_METRICS],
+        [m for m in tested if m in BUILT_IN_METRICS],
+    ):
         sequential = [report.metrics[m].sequential for m in family]
         adjusted = holm([s.p_value for s in sequential if s is not None])
         for metric, p, test in zip(family, adjusted, sequential, strict=True):
             assert test is not None
-            report.metrics[metric] = replace(report.metrics[metric], p_value_holm=p,
-                                             significant=p < 1 - test.confidence_level)
+            report.metrics[metric] = replace(
+                report.metrics[metric], p_value_holm=p, significant=p < 1 - test.confidence_level
+            )
     return report
 
 
@@ -149,8 +187,7 @@ class StatsWorker:
     loop: it is logged once, counted, shown in /health/aggregate, and its last good report
     is kept until it evaluates again."""
 
-    def __init__(self, config: Config, store: MeasurementStore,
-                 interval: float = INTERVAL) -> None:
+    def __init__(self, config: Config, store: MeasurementStore, interval: float = INTERVAL) -> None:
         self.config = config
         self.store = store
         self.interval = interval
@@ -179,8 +216,7 @@ class StatsWorker:
         self.evaluation_errors[name] = self.evaluation_errors.get(name, 0) + 1
         message = f"evaluating {name} failed: {type(exc).__name__}: {exc}"
         if self.failing.get(name) != message:  # log once per distinct failure
-            log.error("statistics worker: %s (keeping its last report)", message,
-                      exc_info=exc)
+            log.error("statistics worker: %s (keeping its last report)", message, exc_info=exc)
         self.failing[name] = message
 
     async def run(self) -> None:
@@ -201,21 +237,31 @@ class StatsWorker:
             await asyncio.sleep(self.interval)
 
     def collect(self) -> Iterator[Metric]:
-        p_value = GaugeMetricFamily("abgate_stats_p_value", "Latest p-value per metric.",
-                                    labels=["experiment", "metric", "test"])
-        effect = GaugeMetricFamily("abgate_stats_effect",
-                                   "Treatment minus control, current phase.",
-                                   labels=["experiment", "metric", "kind"])
-        samples = GaugeMetricFamily("abgate_stats_samples", "Requests per arm, current phase.",
-                                    labels=["experiment", "arm"])
-        errors = CounterMetricFamily("abgate_stats_evaluation_errors",
-                                     "Evaluations of an experiment that failed.",
-                                     labels=["experiment"])
+        p_value = GaugeMetricFamily(
+            "abgate_stats_p_value",
+            "Latest p-value per metric.",
+            labels=["experiment", "metric", "test"],
+        )
+        effect = GaugeMetricFamily(
+            "abgate_stats_effect",
+            "Treatment minus control, current phase.",
+            labels=["experiment", "metric", "kind"],
+        )
+        samples = GaugeMetricFamily(
+            "abgate_stats_samples", "Requests per arm, current phase.", labels=["experiment", "arm"]
+        )
+        errors = CounterMetricFamily(
+            "abgate_stats_evaluation_errors",
+            "Evaluations of an experiment that failed.",
+            labels=["experiment"],
+        )
         for name, count in self.evaluation_errors.items():
             errors.add_metric([name], count)
-        srm_p = GaugeMetricFamily("abgate_stats_srm_p_value",
-                                  "Sample-ratio-mismatch p-value, current phase.",
-                                  labels=["experiment"])
+        srm_p = GaugeMetricFamily(
+            "abgate_stats_srm_p_value",
+            "Sample-ratio-mismatch p-value, current phase.",
+            labels=["experiment"],
+        )
         for name, report in self.reports.items():
             current = report.current_phase
             if current is not None:

@@ -43,12 +43,28 @@ Transition = Callable[["Breaker", BreakerState, BreakerState, str], None]
 
 
 class Breaker:
-    __slots__ = ("_calls", "_consecutive", "_epochs", "_failures", "_on_transition",
-                 "_pending", "_slow", "_trial_admitted", "_trial_ok", "_trips", "_width", "config",
-                 "name", "open_until", "reason", "state")
+    __slots__ = (
+        "_calls",
+        "_consecutive",
+        "_epochs",
+        "_failures",
+        "_on_transition",
+        "_pending",
+        "_slow",
+        "_trial_admitted",
+        "_trial_ok",
+        "_trips",
+        "_width",
+        "config",
+        "name",
+        "open_until",
+        "reason",
+        "state",
+    )
 
-    def __init__(self, name: str, config: BreakerConfig,
-                 on_transition: Transition | None = None) -> None:
+    def __init__(
+        self, name: str, config: BreakerConfig, on_transition: Transition | None = None
+    ) -> None:
         self.name = name
         self.config = config
         self.state = BreakerState.CLOSED
@@ -136,8 +152,11 @@ class Breaker:
         if failures / calls >= config.failure_rate:
             self._trip(now, f"failure rate {failures}/{calls} over {config.window:g}s")
         elif slow_calls / calls >= config.slow_call_rate:
-            self._trip(now, f"slow-call rate {slow_calls}/{calls} over {config.window:g}s "
-                            f"(slower than {config.slow_call_duration:g}s)")
+            self._trip(
+                now,
+                f"slow-call rate {slow_calls}/{calls} over {config.window:g}s "
+                f"(slower than {config.slow_call_duration:g}s)",
+            )
 
     def window(self, now: float) -> tuple[int, int]:
         """(calls, failures) in the sliding window, for health reports."""
@@ -170,14 +189,19 @@ class Breaker:
             self._move(state, "forced through the control API")
 
     def snapshot(self, now: float) -> dict[str, object]:
-        return {"upstream": self.name, "state": self.state.label, "reason": self.reason,
-                "open_for_seconds": round(max(0.0, self.open_until - now), 3)
-                if self.state is BreakerState.OPEN else 0.0,
-                "consecutive_failures": self._consecutive}
+        return {
+            "upstream": self.name,
+            "state": self.state.label,
+            "reason": self.reason,
+            "open_for_seconds": round(max(0.0, self.open_until - now), 3)
+            if self.state is BreakerState.OPEN
+            else 0.0,
+            "consecutive_failures": self._consecutive,
+        }
 
     def _trip(self, now: float, reason: str) -> None:
         config = self.config
-        wait = min(config.open_duration * (2 ** self._trips), config.max_open_duration)
+        wait = min(config.open_duration * (2**self._trips), config.max_open_duration)
         self._trips += 1
         self.open_until = now + wait
         self._reset_window()
@@ -191,9 +215,11 @@ class Breaker:
     def _move(self, state: BreakerState, reason: str) -> None:
         previous, self.state, self.reason = self.state, state, reason
         self._trial_admitted = self._trial_ok = 0
-        level = logging.WARNING if state in (BreakerState.OPEN, BreakerState.FORCED_OPEN) \
+        level = (
+            logging.WARNING
+            if state in (BreakerState.OPEN, BreakerState.FORCED_OPEN)
             else logging.INFO
-        log.log(level, "breaker %s: %s -> %s (%s)", self.name, previous.label, state.label,
-                reason)
+        )
+        log.log(level, "breaker %s: %s -> %s (%s)", self.name, previous.label, state.label, reason)
         if self._on_transition is not None:
             self._on_transition(self, previous, state, reason)

@@ -1,11 +1,11 @@
 """The proxy's error set, mapped from socket and parser errors at the upstream boundary.
 
-    UpstreamError            -> 502 unless stated
-    ├── UpstreamConnectError     refused, unreachable, connect timeout
-    ├── UpstreamClosed           the connection ended before the response was whole
-    ├── UpstreamProtocolError    the upstream's response could not be parsed
-    └── UpstreamTimeout      -> 504: no response head, or no body byte, within read_timeout;
-                                 or no pooled connection within connect_timeout
+UpstreamError            -> 502 unless stated
+├── UpstreamConnectError     refused, unreachable, connect timeout
+├── UpstreamClosed           the connection ended before the response was whole
+├── UpstreamProtocolError    the upstream's response could not be parsed
+└── UpstreamTimeout      -> 504: no response head, or no body byte, within read_timeout;
+                             or no pooled connection within connect_timeout
 """
 
 from __future__ import annotations

@@ -125,8 +125,12 @@ async def _read_within(content: StreamReader, seconds: float) -> bytes:
 class ProxyHandler:
     """Callable handed to aiohttp's low-level server. `routing` is swapped whole on reload."""
 
-    def __init__(self, routing: Routing, metrics: ProxyMetrics,
-                 sinks: Sequence[OutcomeSink] = (arm_statistics,)) -> None:
+    def __init__(
+        self,
+        routing: Routing,
+        metrics: ProxyMetrics,
+        sinks: Sequence[OutcomeSink] = (arm_statistics,),
+    ) -> None:
         self.routing = routing
         self.metrics = metrics
         self.sinks = tuple(sinks)
@@ -165,8 +169,9 @@ class ProxyHandler:
         else:
             dest = target
             if not dest.breaker.allow(started):
-                return self._local(request, 503, f"circuit open for upstream {dest.pool.name}",
-                                   dest, None, draw)
+                return self._local(
+                    request, 503, f"circuit open for upstream {dest.pool.name}", dest, None, draw
+                )
 
         length = request.content_length
         if length is not None and length > settings.max_body_size:
@@ -178,15 +183,16 @@ class ProxyHandler:
         except ClientTooSlow:
             return self._local(request, 408, _too_slow(settings), dest, None, draw, fallback)
         except _CLIENT_GONE:
-            return self._local(request, 400, "client closed the request body", dest, None,
-                               draw, fallback)
+            return self._local(
+                request, 400, "client closed the request body", dest, None, draw, fallback
+            )
 
         head = self._head(request, uri, dest, framing)
         upstream_started = perf_counter()
         try:
-            upstream = await dest.pool.request(head.data, body,
-                                               head_only=request.method == "HEAD",
-                                               chunked=framing is None)
+            upstream = await dest.pool.request(
+                head.data, body, head_only=request.method == "HEAD", chunked=framing is None
+            )
         except UpstreamError as exc:
             failed_at = perf_counter()
             self.metrics.count_upstream_error(exc.upstream, exc.kind)
@@ -195,72 +201,161 @@ class ProxyHandler:
                 assert route is not None
                 # The ML upstream did fail: counted for it, measured once with the fallback.
                 dest.stats.count(exc.status, failed_at - upstream_started)
-                return await self._fall_back(request, route, uri, body, framing, draw,
-                                             Fallback(exc.kind, dest, upstream_started))
-            log.warning("upstream %s failed: %s (request %s)", exc.upstream, exc.detail,
-                        head.request_id)
-            return self._local(request, exc.status, exc.detail, dest, head.request_id, draw,
-                               fallback, upstream_started, exc.kind)
+                return await self._fall_back(
+                    request,
+                    route,
+                    uri,
+                    body,
+                    framing,
+                    draw,
+                    Fallback(exc.kind, dest, upstream_started),
+                )
+            log.warning(
+                "upstream %s failed: %s (request %s)", exc.upstream, exc.detail, head.request_id
+            )
+            return self._local(
+                request,
+                exc.status,
+                exc.detail,
+                dest,
+                head.request_id,
+                draw,
+                fallback,
+                upstream_started,
+                exc.kind,
+            )
         except BodyTooLarge:
-            return self._local(request, 413, _too_large(settings), dest, head.request_id,
-                               draw, fallback)
+            return self._local(
+                request, 413, _too_large(settings), dest, head.request_id, draw, fallback
+            )
         except ClientTooSlow:
-            return self._local(request, 408, _too_slow(settings), dest, head.request_id,
-                               draw, fallback)
+            return self._local(
+                request, 408, _too_slow(settings), dest, head.request_id, draw, fallback
+            )
         except ClientGone:
-            return self._local(request, 400, "client closed the request body", dest,
-                               head.request_id, draw, fallback)
+            return self._local(
+                request,
+                400,
+                "client closed the request body",
+                dest,
+                head.request_id,
+                draw,
+                fallback,
+            )
 
         upstream_seconds = perf_counter() - upstream_started
-        failed = dest.breaker.observe(upstream_started + upstream_seconds, upstream.status,
-                                      upstream_seconds)
-        if failed and route is not None and route.fallback_on_5xx and \
-                self._may_fall_back(route, dest, fallback, request.method, body, routing):
+        failed = dest.breaker.observe(
+            upstream_started + upstream_seconds, upstream.status, upstream_seconds
+        )
+        if (
+            failed
+            and route is not None
+            and route.fallback_on_5xx
+            and self._may_fall_back(route, dest, fallback, request.method, body, routing)
+        ):
             dest.stats.count(upstream.status, upstream_seconds)
             upstream.abandon()
-            return await self._fall_back(request, route, uri, body, framing, draw,
-                                         Fallback(f"status-{upstream.status}", dest,
-                                                  upstream_started))
-        if (route is not None and route.shadow is not None and dest is route.control
-                and fallback is None and upstream.complete
-                and (body is None or isinstance(body, bytes)) and route.shadow.sampled()):
+            return await self._fall_back(
+                request,
+                route,
+                uri,
+                body,
+                framing,
+                draw,
+                Fallback(f"status-{upstream.status}", dest, upstream_started),
+            )
+        if (
+            route is not None
+            and route.shadow is not None
+            and dest is route.control
+            and fallback is None
+            and upstream.complete
+            and (body is None or isinstance(body, bytes))
+            and route.shadow.sampled()
+        ):
             treatment = route.treatment
             # The copy's head is built in the background task, off the client's path.
-            copy = functools.partial(build_request_head, request.method, uri,
-                                     request.raw_headers, request.headers.get("Connection"),
-                                     client_ip=request.remote,
-                                     default_host=treatment.host_header, via=_VIA_BYTES,
-                                     body_length=framing, request_ids=self.request_ids,
-                                     extra=_SHADOW_HEADER)
-            route.shadow.mirror(treatment.pool, treatment.breaker, copy, body,
-                                upstream.status, upstream.body(), upstream_seconds)
-        return await self._respond(request, upstream, dest, head.request_id, started,
-                                   upstream_started, draw, fallback)
+            copy = functools.partial(
+                build_request_head,
+                request.method,
+                uri,
+                request.raw_headers,
+                request.headers.get("Connection"),
+                client_ip=request.remote,
+                default_host=treatment.host_header,
+                via=_VIA_BYTES,
+                body_length=framing,
+                request_ids=self.request_ids,
+                extra=_SHADOW_HEADER,
+            )
+            route.shadow.mirror(
+                treatment.pool,
+                treatment.breaker,
+                copy,
+                body,
+                upstream.status,
+                upstream.body(),
+                upstream_seconds,
+            )
+        return await self._respond(
+            request, upstream, dest, head.request_id, started, upstream_started, draw, fallback
+        )
 
-    def _head(self, request: web.BaseRequest, target_uri: str, dest: Destination,
-              framing: int | None, extra: bytes = b"") -> RequestHead:
+    def _head(
+        self,
+        request: web.BaseRequest,
+        target_uri: str,
+        dest: Destination,
+        framing: int | None,
+        extra: bytes = b"",
+    ) -> RequestHead:
         if not target_uri.startswith("/") and target_uri != "*":
             target_uri = request.rel_url.raw_path_qs  # absolute-form: send origin-form on
         return build_request_head(
-            request.method, target_uri, request.raw_headers, request.headers.get("Connection"),
-            client_ip=request.remote, default_host=dest.host_header, via=_VIA_BYTES,
-            body_length=framing, request_ids=self.request_ids, extra=extra)
+            request.method,
+            target_uri,
+            request.raw_headers,
+            request.headers.get("Connection"),
+            client_ip=request.remote,
+            default_host=dest.host_header,
+            via=_VIA_BYTES,
+            body_length=framing,
+            request_ids=self.request_ids,
+            extra=extra,
+        )
 
     @staticmethod
-    def _may_fall_back(route: ExperimentRoute | None, dest: Destination,
-                       fallback: Fallback | None,
-                       method: str, body: object, routing: Routing) -> bool:
+    def _may_fall_back(
+        route: ExperimentRoute | None,
+        dest: Destination,
+        fallback: Fallback | None,
+        method: str,
+        body: object,
+        routing: Routing,
+    ) -> bool:
         """Safe to answer from the control arm instead: a treatment call, not a fallback
         already, a body we still hold, a method (or route) that may be sent twice, and room
         in the retry budget."""
-        return (route is not None and route.fallback and dest is route.treatment
-                and fallback is None and (body is None or isinstance(body, bytes))
-                and (method in IDEMPOTENT or route.replayable)
-                and routing.budget.try_retry(perf_counter()))
+        return (
+            route is not None
+            and route.fallback
+            and dest is route.treatment
+            and fallback is None
+            and (body is None or isinstance(body, bytes))
+            and (method in IDEMPOTENT or route.replayable)
+            and routing.budget.try_retry(perf_counter())
+        )
 
-    async def _fall_back(self, request: web.BaseRequest, route: ExperimentRoute, uri: str,
-                         body: bytes | AsyncIterator[bytes] | None, framing: int | None,
-                         draw: int, fallback: Fallback) -> web.StreamResponse:
+    async def _fall_back(
+        self,
+        request: web.BaseRequest,
+        route: ExperimentRoute,
+        uri: str,
+        body: bytes | AsyncIterator[bytes] | None,
+        framing: int | None,
+        draw: int,
+        fallback: Fallback,
+    ) -> web.StreamResponse:
         """Send the request again to the control arm; the answer is marked, and counted in
         the treatment arm it was assigned to (see `Fallback`)."""
         control = route.control
@@ -269,63 +364,119 @@ class ProxyHandler:
         head = self._head(request, uri, control, framing)
         upstream_started = perf_counter()
         try:
-            upstream = await control.pool.request(head.data, body,
-                                                  head_only=request.method == "HEAD")
+            upstream = await control.pool.request(
+                head.data, body, head_only=request.method == "HEAD"
+            )
         except UpstreamError as exc:
             failed_at = perf_counter()
             self.metrics.count_upstream_error(exc.upstream, exc.kind)
             control.breaker.observe(failed_at, None, failed_at - upstream_started)
             log.warning("fallback to %s failed too: %s", exc.upstream, exc.detail)
-            return self._local(request, exc.status, exc.detail, control, head.request_id,
-                               draw, fallback, started, exc.kind)
+            return self._local(
+                request,
+                exc.status,
+                exc.detail,
+                control,
+                head.request_id,
+                draw,
+                fallback,
+                started,
+                exc.kind,
+            )
         elapsed = perf_counter() - upstream_started
         control.breaker.observe(upstream_started + elapsed, upstream.status, elapsed)
-        return await self._respond(request, upstream, control, head.request_id, started,
-                                   upstream_started, draw, fallback)
+        return await self._respond(
+            request, upstream, control, head.request_id, started, upstream_started, draw, fallback
+        )
 
-    async def _respond(self, request: web.BaseRequest, upstream: UpstreamResponse,
-                       dest: Destination, request_id: str, started: float,
-                       upstream_started: float, draw: int,
-                       fallback: Fallback | None) -> web.StreamResponse:
+    async def _respond(
+        self,
+        request: web.BaseRequest,
+        upstream: UpstreamResponse,
+        dest: Destination,
+        request_id: str,
+        started: float,
+        upstream_started: float,
+        draw: int,
+        fallback: Fallback | None,
+    ) -> web.StreamResponse:
         if upstream.complete and request.method != "HEAD":
             finished = perf_counter()
             upstream_seconds = finished - upstream_started
             response = web.Response(status=upstream.status, body=upstream.body())
             self._copy_headers(upstream, response, dest, request_id, fallback)
-            values = () if dest.extractor is None else \
-                dest.extractor.values(upstream.body(), upstream.headers)
-            self._finish(request_id, dest, draw, fallback, upstream.status,
-                         upstream_started if fallback is None else fallback.since, finished,
-                         "", values)
+            values = (
+                ()
+                if dest.extractor is None
+                else dest.extractor.values(upstream.body(), upstream.headers)
+            )
+            self._finish(
+                request_id,
+                dest,
+                draw,
+                fallback,
+                upstream.status,
+                upstream_started if fallback is None else fallback.since,
+                finished,
+                "",
+                values,
+            )
             self.metrics.overhead.observe(perf_counter() - started - upstream_seconds)
             return response
-        return await self._stream_response(request, upstream, dest, request_id, started,
-                                           upstream_started, draw, fallback)
+        return await self._stream_response(
+            request, upstream, dest, request_id, started, upstream_started, draw, fallback
+        )
 
-    def _finish(self, request_id: str, served: Destination, draw: int,
-                fallback: Fallback | None, status: int, since: float | None,
-                finished: float, error: str, values: tuple[tuple[str, float], ...]) -> None:
+    def _finish(
+        self,
+        request_id: str,
+        served: Destination,
+        draw: int,
+        fallback: Fallback | None,
+        status: int,
+        since: float | None,
+        finished: float,
+        error: str,
+        values: tuple[tuple[str, float], ...],
+    ) -> None:
         """The one place a request's outcome is recorded: one record, to every sink."""
         assigned = served if fallback is None else fallback.assigned
         phase = assigned.phase
-        outcome = Outcome(request_id, assigned, served, -1 if phase is None else phase.id,
-                          draw, status, None if since is None else finished - since, error,
-                          "" if fallback is None else fallback.reason, values)
+        outcome = Outcome(
+            request_id,
+            assigned,
+            served,
+            -1 if phase is None else phase.id,
+            draw,
+            status,
+            None if since is None else finished - since,
+            error,
+            "" if fallback is None else fallback.reason,
+            values,
+        )
         for sink in self.sinks:
             sink(outcome)
 
     @staticmethod
-    def _copy_headers(upstream: UpstreamResponse, response: web.StreamResponse,
-                      dest: Destination, request_id: str, fallback: Fallback | None) -> None:
+    def _copy_headers(
+        upstream: UpstreamResponse,
+        response: web.StreamResponse,
+        dest: Destination,
+        request_id: str,
+        fallback: Fallback | None,
+    ) -> None:
         headers = response.headers
         copy_response_headers(upstream.headers, headers, VIA)
         _routing_headers(headers, dest, fallback)
         if "X-Request-Id" not in headers:
             headers["X-Request-Id"] = request_id
 
-    async def _request_body(self, request: web.BaseRequest, length: int | None,
-                            settings: ProxySettings,
-                            ) -> tuple[bytes | AsyncIterator[bytes] | None, int | None]:
+    async def _request_body(
+        self,
+        request: web.BaseRequest,
+        length: int | None,
+        settings: ProxySettings,
+    ) -> tuple[bytes | AsyncIterator[bytes] | None, int | None]:
         """The body to send and its framing: (body, Content-Length) or (stream, None=chunked).
 
         Small bodies are read whole (they can be replayed); larger ones stream through.
@@ -333,8 +484,7 @@ class ProxyHandler:
         content = request.content
         if length == 0 or (length is None and not request.body_exists):
             return None, 0
-        if not content.is_eof() and \
-                request.headers.get("Expect", "").lower() == "100-continue":
+        if not content.is_eof() and request.headers.get("Expect", "").lower() == "100-continue":
             # The client waits for this before sending the body (the Expect header itself
             # is not forwarded: this hop answers it, as nginx does).
             transport = request.transport
@@ -363,12 +513,12 @@ class ProxyHandler:
             size += len(chunk)
             if size > settings.max_body_size:
                 raise BodyTooLarge
-        return self._stream(content, b"".join(pieces), None, settings.max_body_size,
-                            timeout), None
+        return self._stream(content, b"".join(pieces), None, settings.max_body_size, timeout), None
 
     @staticmethod
-    async def _stream(content: StreamReader, first: bytes, length: int | None,
-                      limit: int, seconds: float) -> AsyncIterator[bytes]:
+    async def _stream(
+        content: StreamReader, first: bytes, length: int | None, limit: int, seconds: float
+    ) -> AsyncIterator[bytes]:
         sent = len(first)
         if first:
             yield first
@@ -386,10 +536,17 @@ class ProxyHandler:
                 raise BodyTooLarge
             yield chunk
 
-    async def _stream_response(self, request: web.BaseRequest, upstream: UpstreamResponse,
-                               dest: Destination, request_id: str, started: float,
-                               upstream_started: float, draw: int,
-                               fallback: Fallback | None) -> web.StreamResponse:
+    async def _stream_response(
+        self,
+        request: web.BaseRequest,
+        upstream: UpstreamResponse,
+        dest: Destination,
+        request_id: str,
+        started: float,
+        upstream_started: float,
+        draw: int,
+        fallback: Fallback | None,
+    ) -> web.StreamResponse:
         head_ready = perf_counter()
         upstream_head_seconds = head_ready - upstream_started
         response = web.StreamResponse(status=upstream.status)
@@ -397,9 +554,17 @@ class ProxyHandler:
         length = upstream.content_length()
         if length is not None:
             response.content_length = length
-        self._finish(request_id, dest, draw, fallback, upstream.status,
-                     upstream_started if fallback is None else fallback.since, head_ready,
-                     "", ())
+        self._finish(
+            request_id,
+            dest,
+            draw,
+            fallback,
+            upstream.status,
+            upstream_started if fallback is None else fallback.since,
+            head_ready,
+            "",
+            (),
+        )
         self.metrics.overhead.observe(head_ready - started - upstream_head_seconds)
         try:
             await response.prepare(request)
@@ -419,10 +584,18 @@ class ProxyHandler:
             upstream.abandon()
         return response
 
-    def _local(self, request: web.BaseRequest, status: int, error: str,
-               dest: Destination | None, request_id: str | None, draw: int = NO_BUCKET,
-               fallback: Fallback | None = None, since: float | None = None,
-               kind: str = "") -> web.Response:
+    def _local(
+        self,
+        request: web.BaseRequest,
+        status: int,
+        error: str,
+        dest: Destination | None,
+        request_id: str | None,
+        draw: int = NO_BUCKET,
+        fallback: Fallback | None = None,
+        since: float | None = None,
+        kind: str = "",
+    ) -> web.Response:
         """A response abgate makes itself: small JSON, counted, with the routing headers.
         `since`: when the upstream exchange that failed began (None: no exchange)."""
         if request_id is None:
@@ -434,12 +607,12 @@ class ProxyHandler:
         if dest is not None:
             if fallback is not None:
                 since = fallback.since
-            self._finish(request_id, dest, draw, fallback, status, since, perf_counter(),
-                         kind, ())
+            self._finish(request_id, dest, draw, fallback, status, since, perf_counter(), kind, ())
             _routing_headers(headers, dest, fallback)
         body = orjson.dumps({"error": error, "upstream": upstream, "request_id": request_id})
-        response = web.Response(status=status, body=body, headers=headers,
-                                content_type="application/json")
+        response = web.Response(
+            status=status, body=body, headers=headers, content_type="application/json"
+        )
         if status == 408:
             # The body never came: close after the answer instead of lingering to drain it.
             request.content.feed_eof()
@@ -447,8 +620,9 @@ class ProxyHandler:
         return response
 
 
-def _routing_headers(headers: MutableMapping[str, str], dest: Destination,
-                     fallback: Fallback | None) -> None:
+def _routing_headers(
+    headers: MutableMapping[str, str], dest: Destination, fallback: Fallback | None
+) -> None:
     """What abgate tells the client about the routing of its request: the experiment, the
     arm it was assigned (kept on a fallback), the phase, who answered and why."""
     if dest.phase is not None:
@@ -468,5 +642,12 @@ def _too_slow(settings: ProxySettings) -> str:
     return f"no request body within {settings.client_body_timeout:g}s"
 
 
-_REASONS = {400: "bad_request", 404: "no_route", 408: "client_timeout", 413: "body_too_large",
-            502: "bad_gateway", 503: "circuit_open", 504: "gateway_timeout"}
+_REASONS = {
+    400: "bad_request",
+    404: "no_route",
+    408: "client_timeout",
+    413: "body_too_large",
+    502: "bad_gateway",
+    503: "circuit_open",
+    504: "gateway_timeout",
+}

@@ -15,10 +15,19 @@ from collections.abc import Iterable, Sequence
 
 from multidict import CIMultiDict
 
-HOP_BY_HOP = frozenset({
-    b"connection", b"proxy-connection", b"keep-alive", b"te", b"transfer-encoding",
-    b"upgrade", b"proxy-authenticate", b"proxy-authorization", b"trailer",
-})
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"proxy-connection",
+        b"keep-alive",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"trailer",
+    }
+)
 # Request fields abgate rewrites itself: framing (set from the body it sends) and the 100-continue
 # handshake, which the server side already answered.
 _REQUEST_OWN = frozenset({b"content-length", b"expect", b"x-forwarded-for", b"via"})
@@ -110,8 +119,9 @@ def build_request_head(
         rid = request_id.decode("latin-1")
     if client_ip:
         ip = client_ip.encode("latin-1")
-        append(b"X-Forwarded-For: " + (forwarded_for + b", " + ip if forwarded_for else ip)
-               + b"\r\n")
+        append(
+            b"X-Forwarded-For: " + (forwarded_for + b", " + ip if forwarded_for else ip) + b"\r\n"
+        )
     elif forwarded_for:
         append(b"X-Forwarded-For: " + forwarded_for + b"\r\n")
     if not has_proto:
@@ -134,8 +144,9 @@ def build_request_head(
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close"})
 
 
-def copy_response_headers(raw_headers: Sequence[tuple[bytes, bytes]], into: CIMultiDict[str],
-                          via: str) -> None:
+def copy_response_headers(
+    raw_headers: Sequence[tuple[bytes, bytes]], into: CIMultiDict[str], via: str
+) -> None:
     """Add the upstream response fields to send on (minus hop-by-hop and framing) to `into`."""
     pairs: list[tuple[str, str]] = []
     dropped: frozenset[bytes] | None = None
@@ -147,8 +158,11 @@ def copy_response_headers(raw_headers: Sequence[tuple[bytes, bytes]], into: CIMu
                 dropped = connection_tokens(value) | (dropped or frozenset())
             continue
         if lower == b"via":
-            prior_via = value.decode("latin-1") if prior_via is None else (
-                prior_via + ", " + value.decode("latin-1"))
+            prior_via = (
+                value.decode("latin-1")
+                if prior_via is None
+                else (prior_via + ", " + value.decode("latin-1"))
+            )
             continue
         pairs.append((name.decode("latin-1"), value.decode("latin-1")))
     if dropped:

@@ -38,8 +38,12 @@ class ActiveCheck:
     def __init__(self, pool: UpstreamPool, config: HealthCheckConfig, host: bytes) -> None:
         self.pool = pool
         self.config = config
-        self._head = (f"GET {config.path} HTTP/1.1\r\n".encode() + b"Host: " + host +
-                      b"\r\nUser-Agent: abgate-health-check\r\n\r\n")
+        self._head = (
+            f"GET {config.path} HTTP/1.1\r\n".encode()
+            + b"Host: "
+            + host
+            + b"\r\nUser-Agent: abgate-health-check\r\n\r\n"
+        )
         self.last: CheckResult | None = None
 
     async def run(self) -> None:
@@ -55,19 +59,27 @@ class ActiveCheck:
                 while await response.read():
                     pass
         except (UpstreamError, TimeoutError) as exc:
-            detail = exc.detail if isinstance(exc, UpstreamError) else \
-                f"no answer within {self.config.timeout:g}s"
+            detail = (
+                exc.detail
+                if isinstance(exc, UpstreamError)
+                else f"no answer within {self.config.timeout:g}s"
+            )
             if self.last is None or self.last.ok:
                 log.warning("health check of %s failed: %s", self.pool.name, detail)
             return CheckResult(False, detail, time.time())
         ok = 200 <= response.status < 400
-        detail = f"GET {self.config.path}: {response.status} in " \
-                 f"{(perf_counter() - started) * 1000:.1f} ms"
+        detail = (
+            f"GET {self.config.path}: {response.status} in "
+            f"{(perf_counter() - started) * 1000:.1f} ms"
+        )
         return CheckResult(ok, detail, time.time())
 
 
-def upstream_health(breaker: Breaker, check: ActiveCheck | None, now: float,
-                    ) -> dict[str, object]:
+def upstream_health(
+    breaker: Breaker,
+    check: ActiveCheck | None,
+    now: float,
+) -> dict[str, object]:
     calls, failures = breaker.window(now)
     error_rate = failures / calls if calls else 0.0
     status, reasons = HEALTHY, []
@@ -83,8 +95,13 @@ def upstream_health(breaker: Breaker, check: ActiveCheck | None, now: float,
     if check is not None and check.last is not None and not check.last.ok:
         status = UNHEALTHY
         reasons.append(f"active check: {check.last.detail}")
-    return {"status": status, "breaker": breaker.state.label, "error_rate": error_rate,
-            "calls_in_window": calls,
-            "active_check": None if check is None or check.last is None else
-            {"ok": check.last.ok, "detail": check.last.detail, "at": check.last.at},
-            "reasons": reasons}
+    return {
+        "status": status,
+        "breaker": breaker.state.label,
+        "error_rate": error_rate,
+        "calls_in_window": calls,
+        "active_check": None
+        if check is None or check.last is None
+        else {"ok": check.last.ok, "detail": check.last.detail, "at": check.last.at},
+        "reasons": reasons,
+    }

@@ -86,11 +86,20 @@ class Measurements:
 class ArmRecorder:
     """The sums one experiment arm writes to, refetched when the phase or batch changes."""
 
-    __slots__ = ("_arm", "_errors", "_experiment", "_generation", "_latency", "_measurements",
-                 "_phase", "_phase_ref")
+    __slots__ = (
+        "_arm",
+        "_errors",
+        "_experiment",
+        "_generation",
+        "_latency",
+        "_measurements",
+        "_phase",
+        "_phase_ref",
+    )
 
-    def __init__(self, measurements: Measurements, experiment: str, arm: str,
-                 phase: PhaseRef) -> None:
+    def __init__(
+        self, measurements: Measurements, experiment: str, arm: str, phase: PhaseRef
+    ) -> None:
         self._measurements = measurements
         self._experiment = experiment
         self._arm = arm
@@ -132,13 +141,18 @@ class MetricExtractor:
     __slots__ = ("_headers", "_json")
 
     def __init__(self, metrics: tuple[MetricConfig, ...]) -> None:
-        self._json = tuple((m.name, m.json_path, m.type == "binary")
-                           for m in metrics if m.json_path is not None)
-        self._headers = tuple((m.name, m.header.lower().encode("latin-1"), m.type == "binary")
-                              for m in metrics if m.header is not None)
+        self._json = tuple(
+            (m.name, m.json_path, m.type == "binary") for m in metrics if m.json_path is not None
+        )
+        self._headers = tuple(
+            (m.name, m.header.lower().encode("latin-1"), m.type == "binary")
+            for m in metrics
+            if m.header is not None
+        )
 
-    def values(self, body: bytes,
-               headers: Sequence[tuple[bytes, bytes]]) -> tuple[tuple[str, float], ...]:
+    def values(
+        self, body: bytes, headers: Sequence[tuple[bytes, bytes]]
+    ) -> tuple[tuple[str, float], ...]:
         """The usable values in one answer; `headers` as the upstream sent them."""
         found: list[tuple[str, float]] = []
         if self._json:
@@ -161,7 +175,6 @@ class MetricExtractor:
 def _add(found: list[tuple[str, float]], name: str, value: Any, binary: bool) -> None:
     """A usable value only: finite, and 0 or 1 for a binary metric (anything else would
     corrupt its rate); others are skipped."""
-    usable = isinstance(value, bool) or (isinstance(value, int | float)
-                                         and math.isfinite(value))
+    usable = isinstance(value, bool) or (isinstance(value, int | float) and math.isfinite(value))
     if usable and (not binary or value in (0, 1)):
         found.append((name, float(value)))

@@ -22,8 +22,22 @@ from prometheus_client.registry import Collector
 from proxy.measure import ArmRecorder
 
 # Decision endpoints answer in milliseconds to seconds.
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                   5.0, 10.0)
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 # What abgate itself adds to a request: tens of microseconds when healthy.
 OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 STATUS_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
@@ -123,50 +137,64 @@ class ProxyMetrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
-            "abgate_requests", "Proxied requests by experiment, arm, upstream and status class "
+            "abgate_requests",
+            "Proxied requests by experiment, arm, upstream and status class "
             "(experiment and arm are empty on routes without an experiment).",
-            labels=["experiment", "arm", "upstream", "status_class"])
+            labels=["experiment", "arm", "upstream", "status_class"],
+        )
         latency = HistogramMetricFamily(
             "ab_testing_decision_latency_seconds",
             "Upstream time of each decision, from sending the request to the whole response.",
-            labels=["experiment", "arm"])
+            labels=["experiment", "arm"],
+        )
         for stats in self._traffic.values():
             for status_class, count in zip(STATUS_CLASSES, stats.statuses, strict=True):
                 if count:
-                    requests.add_metric([stats.experiment, stats.arm, stats.upstream,
-                                         status_class], count)
+                    requests.add_metric(
+                        [stats.experiment, stats.arm, stats.upstream, status_class], count
+                    )
             if stats.experiment:
-                latency.add_metric([stats.experiment, stats.arm], stats.latency.cumulative(),
-                                   stats.latency.sum)
+                latency.add_metric(
+                    [stats.experiment, stats.arm], stats.latency.cumulative(), stats.latency.sum
+                )
         yield requests
         yield latency
         overhead = HistogramMetricFamily(
             "abgate_proxy_overhead_seconds",
-            "Time abgate adds to a request: its whole handling minus the upstream's part.")
+            "Time abgate adds to a request: its whole handling minus the upstream's part.",
+        )
         overhead.add_metric([], self.overhead.cumulative(), self.overhead.sum)
         yield overhead
         errors = CounterMetricFamily(
-            "abgate_upstream_errors", "Failed upstream exchanges by kind (connect, timeout, "
-            "closed, protocol, pool_timeout).", labels=["upstream", "kind"])
+            "abgate_upstream_errors",
+            "Failed upstream exchanges by kind (connect, timeout, closed, protocol, pool_timeout).",
+            labels=["upstream", "kind"],
+        )
         for (upstream, kind), count in sorted(self.upstream_errors.items()):
             errors.add_metric([upstream, kind], count)
         yield errors
         local = CounterMetricFamily(
-            "abgate_local_responses", "Responses abgate produced itself instead of an upstream.",
-            labels=["status", "reason"])
+            "abgate_local_responses",
+            "Responses abgate produced itself instead of an upstream.",
+            labels=["status", "reason"],
+        )
         for (status, reason), count in sorted(self.local_responses.items()):
             local.add_metric([str(status), reason], count)
         yield local
         fallbacks = CounterMetricFamily(
-            "abgate_fallbacks", "Requests answered by the control arm instead of the treatment "
+            "abgate_fallbacks",
+            "Requests answered by the control arm instead of the treatment "
             "arm (kept out of the arm statistics), by experiment and reason.",
-            labels=["experiment", "reason"])
+            labels=["experiment", "reason"],
+        )
         for (experiment, reason), count in sorted(self.fallbacks.items()):
             fallbacks.add_metric([experiment, reason], count)
         yield fallbacks
         transitions = CounterMetricFamily(
-            "abgate_breaker_transitions", "Circuit breaker state changes.",
-            labels=["upstream", "from", "to"])
+            "abgate_breaker_transitions",
+            "Circuit breaker state changes.",
+            labels=["upstream", "from", "to"],
+        )
         for (upstream, old, new), count in sorted(self.breaker_transitions.items()):
             transitions.add_metric([upstream, old, new], count)
         yield transitions
@@ -174,8 +202,9 @@ class ProxyMetrics(Collector):
             yield from source()
 
 
-def gauge(name: str, documentation: str, labels: list[str],
-          samples: Iterable[tuple[list[str], float]]) -> GaugeMetricFamily:
+def gauge(
+    name: str, documentation: str, labels: list[str], samples: Iterable[tuple[list[str], float]]
+) -> GaugeMetricFamily:
     family = GaugeMetricFamily(name, documentation, labels=labels)
     for values, value in samples:
         family.add_metric(values, value)

@@ -50,8 +50,14 @@ class UpstreamPool:
     def waiting(self) -> int:
         return sum(1 for waiter in self._waiters if not waiter.done())
 
-    async def request(self, head: bytes, body: bytes | AsyncIterator[bytes] | None, *,
-                      head_only: bool = False, chunked: bool = False) -> UpstreamResponse:
+    async def request(
+        self,
+        head: bytes,
+        body: bytes | AsyncIterator[bytes] | None,
+        *,
+        head_only: bool = False,
+        chunked: bool = False,
+    ) -> UpstreamResponse:
         """One exchange. A buffered request that meets a pooled connection the upstream had
         already closed is sent again, once, on a fresh connection."""
         conn = await self._acquire()
@@ -106,8 +112,11 @@ class UpstreamPool:
             handed_over = True
             return result
         except TimeoutError:
-            raise PoolTimeout(self.name, f"all {self.config.pool_size} connections busy for "
-                                         f"{self.config.connect_timeout:g}s") from None
+            raise PoolTimeout(
+                self.name,
+                f"all {self.config.pool_size} connections busy for "
+                f"{self.config.connect_timeout:g}s",
+            ) from None
         finally:
             if not handed_over:
                 self._pass_on(waiter)
@@ -131,13 +140,14 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(config.connect_timeout):
                 _, conn = await self._loop.create_connection(
-                    lambda: UpstreamConnection(config, self._release), config.host, config.port)
+                    lambda: UpstreamConnection(config, self._release), config.host, config.port
+                )
         except TimeoutError:
             raise UpstreamConnectError(
-                self.name, f"connect timed out after {config.connect_timeout:g}s") from None
+                self.name, f"connect timed out after {config.connect_timeout:g}s"
+            ) from None
         except OSError as exc:
-            raise UpstreamConnectError(self.name, f"connect failed: {exc.strerror or exc}") \
-                from exc
+            raise UpstreamConnectError(self.name, f"connect failed: {exc.strerror or exc}") from exc
         self.connects += 1
         return conn
 

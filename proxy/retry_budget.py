@@ -7,8 +7,7 @@ BUCKETS = 10
 
 
 class RetryBudget:
-    __slots__ = ("_epochs", "_floor", "_ratio", "_requests", "_retries", "_width",
-                 "exhausted")
+    __slots__ = ("_epochs", "_floor", "_ratio", "_requests", "_retries", "_width", "exhausted")
 
     def __init__(self, ratio: float, min_per_second: float, window: float = 10.0) -> None:
         self._ratio = ratio

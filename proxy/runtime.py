@@ -37,9 +37,16 @@ from state.measurements import MeasurementStore, Phase
 
 
 class DataPlane:
-    def __init__(self, config: Config, flags: FlagTable, metrics: ProxyMetrics, *,
-                 listen: Listen | None = None, reuse_port: bool = False,
-                 worker_index: int = 0) -> None:
+    def __init__(
+        self,
+        config: Config,
+        flags: FlagTable,
+        metrics: ProxyMetrics,
+        *,
+        listen: Listen | None = None,
+        reuse_port: bool = False,
+        worker_index: int = 0,
+    ) -> None:
         self.config = config
         self.flags = flags
         self.metrics = metrics
@@ -54,8 +61,9 @@ class DataPlane:
         self._check_tasks: list[asyncio.Task[None]] = []
         self._retired_checks: list[asyncio.Task[None]] = []
         self._retired_shadows: list[Shadow] = []
-        self._budget = RetryBudget(config.proxy.retry_budget_ratio,
-                                   config.proxy.retry_min_per_second)
+        self._budget = RetryBudget(
+            config.proxy.retry_budget_ratio, config.proxy.retry_min_per_second
+        )
         self._splitters: dict[str, Splitter] = {}
         self._retired: list[UpstreamPool] = []
         self._store: MeasurementStore | None = None
@@ -68,8 +76,9 @@ class DataPlane:
 
     async def __aenter__(self) -> DataPlane:
         async with AsyncExitStack() as stack:
-            self._pools = {name: UpstreamPool(upstream)
-                           for name, upstream in self.config.upstreams.items()}
+            self._pools = {
+                name: UpstreamPool(upstream) for name, upstream in self.config.upstreams.items()
+            }
             self._update_breakers()
             stack.push_async_callback(self._close_pools)
             self._start_checks()
@@ -77,10 +86,14 @@ class DataPlane:
             handler = self.handler = ProxyHandler(self._routing(), self.metrics, self._sinks)
             stack.callback(self.flags.subscribe(self._on_flag))
             self.metrics.add_gauges(self._gauges)
-            check_file_limit(self.config.proxy.max_connections + 64 + sum(
-                upstream.pool_size for upstream in self.config.upstreams.values()))
-            self.listener = await stack.enter_async_context(HttpListener(
-                handler, self._listen, self.config.proxy, reuse_port=self._reuse_port))
+            check_file_limit(
+                self.config.proxy.max_connections
+                + 64
+                + sum(upstream.pool_size for upstream in self.config.upstreams.values())
+            )
+            self.listener = await stack.enter_async_context(
+                HttpListener(handler, self._listen, self.config.proxy, reuse_port=self._reuse_port)
+            )
             self._stack = stack.pop_all()
         return self
 
@@ -90,8 +103,12 @@ class DataPlane:
         if self.handler is not None:
             self.handler.sinks = tuple(self._sinks)
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self._stack.aclose()
         if self._store is not None:  # after the listener drained: the last requests count
             await self.measurements.flush(self._store)
@@ -104,8 +121,9 @@ class DataPlane:
     def flush_to(self, store: MeasurementStore) -> None:
         """Flush measurements into `store` once a second from an owned task."""
         self._store = store
-        task = asyncio.create_task(self.measurements.run_forever(store),
-                                   name="abgate-measurement-flush")
+        task = asyncio.create_task(
+            self.measurements.run_forever(store), name="abgate-measurement-flush"
+        )
         self._stack.push_async_callback(stop_task, task)
 
     @property
@@ -115,22 +133,33 @@ class DataPlane:
 
     def reload(self, config: Config) -> list[str]:
         """Apply `config` to the next request. Returns what could not be applied live."""
-        warnings = [f"{what} changed: restart to apply" for what, old, new in (
-            ("proxy.listen", self.config.proxy.listen, config.proxy.listen),
-            ("proxy.admin_listen", self.config.proxy.admin, config.proxy.admin),
-            ("control.listen", self.config.control.listen, config.control.listen),
-            ("flags", self.config.flags, config.flags)) if old != new]
+        warnings = [
+            f"{what} changed: restart to apply"
+            for what, old, new in (
+                ("proxy.listen", self.config.proxy.listen, config.proxy.listen),
+                ("proxy.admin_listen", self.config.proxy.admin, config.proxy.admin),
+                ("control.listen", self.config.control.listen, config.control.listen),
+                ("flags", self.config.flags, config.flags),
+            )
+            if old != new
+        ]
         old_pools = self._pools
-        self._pools = {name: old_pools[name] if name in old_pools and
-                       old_pools[name].config == upstream else UpstreamPool(upstream)
-                       for name, upstream in config.upstreams.items()}
+        self._pools = {
+            name: old_pools[name]
+            if name in old_pools and old_pools[name].config == upstream
+            else UpstreamPool(upstream)
+            for name, upstream in config.upstreams.items()
+        }
         kept = set(map(id, self._pools.values()))
         self._retired += [pool for pool in old_pools.values() if id(pool) not in kept]
         if (config.proxy.retry_budget_ratio, config.proxy.retry_min_per_second) != (
-                self.config.proxy.retry_budget_ratio, self.config.proxy.retry_min_per_second):
+            self.config.proxy.retry_budget_ratio,
+            self.config.proxy.retry_min_per_second,
+        ):
             refused = self._budget.exhausted  # the counter stays monotonic across reloads
-            self._budget = RetryBudget(config.proxy.retry_budget_ratio,
-                                       config.proxy.retry_min_per_second)
+            self._budget = RetryBudget(
+                config.proxy.retry_budget_ratio, config.proxy.retry_min_per_second
+            )
             self._budget.exhausted = refused
         for name, experiment in config.experiments.items():
             self.flags.ensure(name, experiment.percentage_bp)
@@ -160,12 +189,15 @@ class DataPlane:
         """One breaker per upstream; kept (with its state) while its settings stay the same."""
         old = self.breakers
         self.breakers = {
-            name: old[name] if name in old and old[name].config == upstream.breaker
+            name: old[name]
+            if name in old and old[name].config == upstream.breaker
             else Breaker(name, upstream.breaker, self._on_breaker_transition)
-            for name, upstream in self.config.upstreams.items()}
+            for name, upstream in self.config.upstreams.items()
+        }
 
-    def _on_breaker_transition(self, breaker: Breaker, old: BreakerState, new: BreakerState,
-                               reason: str) -> None:
+    def _on_breaker_transition(
+        self, breaker: Breaker, old: BreakerState, new: BreakerState, reason: str
+    ) -> None:
         self.metrics.count_breaker_transition(breaker.name, old.label, new.label)
 
     def _start_checks(self) -> None:
@@ -174,10 +206,10 @@ class DataPlane:
             if upstream.health_check is None:
                 continue
             host = upstream.host if upstream.port == 80 else f"{upstream.host}:{upstream.port}"
-            check = self.checks[name] = ActiveCheck(self._pools[name], upstream.health_check,
-                                                    host.encode("idna"))
-            self._check_tasks.append(asyncio.create_task(check.run(),
-                                                         name=f"abgate-health-{name}"))
+            check = self.checks[name] = ActiveCheck(
+                self._pools[name], upstream.health_check, host.encode("idna")
+            )
+            self._check_tasks.append(asyncio.create_task(check.run(), name=f"abgate-health-{name}"))
 
     async def _stop_checks(self) -> None:
         tasks = self._check_tasks + self._retired_checks
@@ -209,9 +241,13 @@ class DataPlane:
         now = perf_counter()
         critical = {e.control.upstream for e in self.config.experiments.values()}
         critical |= {r.upstream for r in self.config.routes if r.upstream is not None}
-        return {name: {**upstream_health(breaker, self.checks.get(name), now),
-                       "critical": name in critical}
-                for name, breaker in self.breakers.items()}
+        return {
+            name: {
+                **upstream_health(breaker, self.checks.get(name), now),
+                "critical": name in critical,
+            }
+            for name, breaker in self.breakers.items()
+        }
 
     def _update_shadows(self) -> None:
         """One Shadow per experiment that has one; kept (with its stats) while unchanged."""
@@ -241,7 +277,8 @@ class DataPlane:
             if route.experiment is not None:
                 if route.experiment not in experiments:
                     experiments[route.experiment] = self._experiment(
-                        self.config.experiments[route.experiment])
+                        self.config.experiments[route.experiment]
+                    )
                 shared = experiments[route.experiment]  # one splitter per experiment
                 targets.append((route, replace(shared, replayable=route.replayable)))
             else:
@@ -254,8 +291,9 @@ class DataPlane:
         threshold = flag.basis_points
         if experiment.name not in self._phases:
             self._phases[experiment.name] = PhaseRef(flag.phase)
-            self.measurements.phase_started(experiment.name, Phase(
-                flag.phase, flag.basis_points, flag.updated_at))
+            self.measurements.phase_started(
+                experiment.name, Phase(flag.phase, flag.basis_points, flag.updated_at)
+            )
         splitter = Splitter(experiment, threshold, self._rng)
         self._splitters[experiment.name] = splitter
         return ExperimentRoute(
@@ -264,28 +302,44 @@ class DataPlane:
             fallback_on_5xx=experiment.fallback_on_5xx,
             replayable=False,
             splitter=splitter,
-            control=self._destination(experiment.control.upstream, experiment.name,
-                                      experiment.control.name, experiment.metrics),
-            treatment=self._destination(experiment.treatment.upstream, experiment.name,
-                                        experiment.treatment.name, experiment.metrics),
+            control=self._destination(
+                experiment.control.upstream,
+                experiment.name,
+                experiment.control.name,
+                experiment.metrics,
+            ),
+            treatment=self._destination(
+                experiment.treatment.upstream,
+                experiment.name,
+                experiment.treatment.name,
+                experiment.metrics,
+            ),
         )
 
-    def _destination(self, upstream: str, experiment: str, arm: str,
-                     metrics: tuple[MetricConfig, ...] = ()) -> Destination:
+    def _destination(
+        self, upstream: str, experiment: str, arm: str, metrics: tuple[MetricConfig, ...] = ()
+    ) -> Destination:
         config = self.config.upstreams[upstream]
         host = config.host if config.port == 80 else f"{config.host}:{config.port}"
         stats = self.metrics.traffic(experiment, arm, upstream)
         stats.recorder = None
         extractor = None
         if experiment and self.config.proxy.measurements:
-            stats.recorder = ArmRecorder(self.measurements, experiment, arm,
-                                         self._phases[experiment])
+            stats.recorder = ArmRecorder(
+                self.measurements, experiment, arm, self._phases[experiment]
+            )
             if any(metric.from_answer for metric in metrics):
                 extractor = MetricExtractor(metrics)
-        return Destination(pool=self._pools[upstream], breaker=self.breakers[upstream],
-                           stats=stats, extractor=extractor,
-                           phase=self._phases[experiment] if experiment else None,
-                           experiment=experiment, arm=arm, host_header=host.encode("idna"))
+        return Destination(
+            pool=self._pools[upstream],
+            breaker=self.breakers[upstream],
+            stats=stats,
+            extractor=extractor,
+            phase=self._phases[experiment] if experiment else None,
+            experiment=experiment,
+            arm=arm,
+            host_header=host.encode("idna"),
+        )
 
     def _on_flag(self, flag: Flag) -> None:
         splitter = self._splitters.get(flag.name)
@@ -294,8 +348,9 @@ class DataPlane:
         phase = self._phases.get(flag.name)
         if phase is not None and phase.id != flag.phase:  # a new percentage: a new phase
             phase.move(flag.phase)
-            self.measurements.phase_started(flag.name, Phase(flag.phase, flag.basis_points,
-                                                             flag.updated_at))
+            self.measurements.phase_started(
+                flag.name, Phase(flag.phase, flag.basis_points, flag.updated_at)
+            )
 
     async def _close_pools(self) -> None:
         for shadow in [*self.shadows.values(), *self._retired_shadows]:
@@ -304,30 +359,45 @@ class DataPlane:
             await pool.close()
 
     def _gauges(self) -> Iterator[Metric]:
-        yield gauge("abgate_experiment_percentage",
-                    "Treatment share this process routes with, in percent.", ["experiment"],
-                    (([name], splitter.threshold / 100)
-                     for name, splitter in self._splitters.items()))
-        yield gauge("abgate_breaker_state",
-                    "Circuit breaker state per upstream: 0 closed, 1 open, 2 half-open, "
-                    "3 forced open, 4 forced closed.", ["upstream"],
-                    (([name], float(breaker.state)) for name, breaker in self.breakers.items()))
-        yield gauge("abgate_upstream_connections",
-                    "Pooled upstream connections (open, idle) and requests waiting for one.",
-                    ["upstream", "state"],
-                    [([name, state], value) for name, pool in self._pools.items()
-                     for state, value in (("open", pool.open_connections),
-                                          ("idle", pool.idle_connections),
-                                          ("waiting", pool.waiting))])
+        yield gauge(
+            "abgate_experiment_percentage",
+            "Treatment share this process routes with, in percent.",
+            ["experiment"],
+            (([name], splitter.threshold / 100) for name, splitter in self._splitters.items()),
+        )
+        yield gauge(
+            "abgate_breaker_state",
+            "Circuit breaker state per upstream: 0 closed, 1 open, 2 half-open, "
+            "3 forced open, 4 forced closed.",
+            ["upstream"],
+            (([name], float(breaker.state)) for name, breaker in self.breakers.items()),
+        )
+        yield gauge(
+            "abgate_upstream_connections",
+            "Pooled upstream connections (open, idle) and requests waiting for one.",
+            ["upstream", "state"],
+            [
+                ([name, state], value)
+                for name, pool in self._pools.items()
+                for state, value in (
+                    ("open", pool.open_connections),
+                    ("idle", pool.idle_connections),
+                    ("waiting", pool.waiting),
+                )
+            ],
+        )
         for shadow in self.shadows.values():
             yield from shadow.collect()
-        connects = CounterMetricFamily("abgate_upstream_connects",
-                                       "New connections opened to each upstream.",
-                                       labels=["upstream"])
+        connects = CounterMetricFamily(
+            "abgate_upstream_connects",
+            "New connections opened to each upstream.",
+            labels=["upstream"],
+        )
         retries = CounterMetricFamily(
             "abgate_upstream_stale_retries",
             "Requests re-sent on a fresh connection after a pooled one turned out closed.",
-            labels=["upstream"])
+            labels=["upstream"],
+        )
         for name, pool in self._pools.items():
             connects.add_metric([name], pool.connects)
             retries.add_metric([name], pool.stale_retries)
@@ -335,21 +405,29 @@ class DataPlane:
         yield retries
         refused = CounterMetricFamily(
             "abgate_retry_budget_exhausted",
-            "Fallback retries refused because the retry budget was spent.")
+            "Fallback retries refused because the retry budget was spent.",
+        )
         refused.add_metric([], self._budget.exhausted)
         yield refused
         flush_failures = CounterMetricFamily(
             "abgate_measurement_flush_failures",
-            "Measurement flushes the store refused (kept and retried on the next flush).")
+            "Measurement flushes the store refused (kept and retried on the next flush).",
+        )
         flush_failures.add_metric([], self.measurements.flush_failures)
         yield flush_failures
         if self.listener is not None:
-            yield gauge("abgate_client_connections", "Client connections open.", [],
-                        [([], self.listener.connections)])
+            yield gauge(
+                "abgate_client_connections",
+                "Client connections open.",
+                [],
+                [([], self.listener.connections)],
+            )
             refusals = CounterMetricFamily(
                 "abgate_client_refusals",
                 "Clients refused: header_timeout (408), header_too_large (431), "
-                "max_connections (503), malformed (400).", labels=["reason"])
+                "max_connections (503), malformed (400).",
+                labels=["reason"],
+            )
             for reason, count in self.listener.limits.refused.items():
                 refusals.add_metric([reason], count)
             refusals.add_metric(["malformed"], self.listener.malformed)

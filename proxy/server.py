@@ -31,8 +31,12 @@ from config.model import Listen, ProxySettings
 
 log = logging.getLogger("abgate.proxy")
 LINGER = 2.0  # seconds a refused client's bytes are read and dropped before the close
-_REASON = {408: "Request Timeout", 431: "Request Header Fields Too Large",
-           503: "Service Unavailable", 505: "HTTP Version Not Supported"}
+_REASON = {
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
+}
 
 
 @dataclass(slots=True)
@@ -49,14 +53,19 @@ class ClientLimits:
         self.refused[reason] = self.refused.get(reason, 0) + 1
         if reason not in self.logged:
             self.logged.add(reason)
-            log.warning("refusing clients: %s (counted in abgate_client_refusals_total; "
-                        "logged once until it stops)", detail)
+            log.warning(
+                "refusing clients: %s (counted in abgate_client_refusals_total; "
+                "logged once until it stops)",
+                detail,
+            )
 
 
 def _answer(status: int, error: str) -> bytes:
     body = orjson.dumps({"error": error, "upstream": None, "request_id": None})
-    return (f"HTTP/1.1 {status} {_REASON[status]}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status} {_REASON[status]}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
 
 
 def _malformed(message: str | None) -> str:
@@ -71,9 +80,13 @@ class JsonErrorHandler(RequestHandler):
     """aiohttp's per-connection protocol answering its own errors (malformed requests) in
     abgate's small JSON, logged in one line each, never with a traceback for a 4xx."""
 
-    def handle_error(self, request: BaseRequest, status: int = 500,
-                     exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
         if status >= 500:
             log.error("error handling a request from %s", request.remote, exc_info=exc)
             error = "internal error"
@@ -154,13 +167,15 @@ class _ClientConnection(JsonErrorHandler):
                     self._messages.clear()
                     self._refuse(505, "HTTP/0.9 is not supported")
         elif in_head and self._head_bytes > self._limits.max_header_size:
-            self._limits.refuse("header_too_large",
-                                f"request heads over {self._limits.max_header_size} bytes")
+            self._limits.refuse(
+                "header_too_large", f"request heads over {self._limits.max_header_size} bytes"
+            )
             self._refuse(431, f"request head over {self._limits.max_header_size} bytes")
 
     def _arm_header_timer(self, since: float) -> None:
-        self._header_timer = self._loop.call_at(since + self._limits.header_timeout,
-                                                self._on_header_timer)
+        self._header_timer = self._loop.call_at(
+            since + self._limits.header_timeout, self._on_header_timer
+        )
 
     def _on_header_timer(self) -> None:
         self._header_timer = None
@@ -169,10 +184,13 @@ class _ClientConnection(JsonErrorHandler):
             return
         if started is not None and self._current_request is None and not self._messages:
             if self._loop.time() - started >= self._limits.header_timeout:
-                self._limits.refuse("header_timeout", "request heads not complete within "
-                                    f"{self._limits.header_timeout:g}s")
-                self._refuse(408, f"no complete request head within "
-                                  f"{self._limits.header_timeout:g}s")
+                self._limits.refuse(
+                    "header_timeout",
+                    f"request heads not complete within {self._limits.header_timeout:g}s",
+                )
+                self._refuse(
+                    408, f"no complete request head within {self._limits.header_timeout:g}s"
+                )
                 return
             self._arm_header_timer(started)
         else:
@@ -191,6 +209,7 @@ class _ClientConnection(JsonErrorHandler):
             transport.write_eof()
         self._loop.call_later(LINGER, self.force_close)
 
+
 class _Server(JsonErrorServer):
     def __init__(self, handler: Any, limits: ClientLimits, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
@@ -202,8 +221,10 @@ class _Server(JsonErrorServer):
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         limits = self.limits
         if len(self._connections) >= limits.max_connections:
-            limits.refuse("max_connections", f"{limits.max_connections} client connections "
-                                             "open (proxy.max_connections)")
+            limits.refuse(
+                "max_connections",
+                f"{limits.max_connections} client connections open (proxy.max_connections)",
+            )
             transport.write(_answer(503, f"over {limits.max_connections} client connections"))
             transport.close()
         elif len(self._connections) < limits.max_connections // 2:
@@ -225,36 +246,58 @@ def check_file_limit(needed: int) -> None:
         except (ValueError, OSError):
             pass
     if soft < needed:
-        log.warning("the open-file limit is %d, below the %d that max_connections and the "
-                    "upstream pools may need: raise it (ulimit -n) or lower them", soft, needed)
+        log.warning(
+            "the open-file limit is %d, below the %d that max_connections and the "
+            "upstream pools may need: raise it (ulimit -n) or lower them",
+            soft,
+            needed,
+        )
 
 
 class HttpListener:
     """One listening socket serving `handler` with aiohttp's low-level server."""
 
-    def __init__(self, handler: Any, listen: Listen, settings: ProxySettings, *,
-                 reuse_port: bool = False) -> None:
+    def __init__(
+        self, handler: Any, listen: Listen, settings: ProxySettings, *, reuse_port: bool = False
+    ) -> None:
         self._handler = handler
         self._listen = listen
         self._settings = settings
         self._reuse_port = reuse_port
         self._runner: web.ServerRunner | None = None
         self.port = listen.port
-        self.limits = ClientLimits(settings.client_header_timeout, settings.max_header_size,
-                                   settings.max_connections, {}, set())
+        self.limits = ClientLimits(
+            settings.client_header_timeout,
+            settings.max_header_size,
+            settings.max_connections,
+            {},
+            set(),
+        )
 
     async def __aenter__(self) -> HttpListener:
         settings = self._settings
-        server = _Server(self._handler, self.limits, access_log=None, auto_decompress=False,
-                         max_field_size=16384, max_line_size=16384,
-                         keepalive_timeout=settings.client_keepalive_timeout)
-        runner = web.ServerRunner(server, handle_signals=False,
-                                  shutdown_timeout=settings.shutdown_timeout)
+        server = _Server(
+            self._handler,
+            self.limits,
+            access_log=None,
+            auto_decompress=False,
+            max_field_size=16384,
+            max_line_size=16384,
+            keepalive_timeout=settings.client_keepalive_timeout,
+        )
+        runner = web.ServerRunner(
+            server, handle_signals=False, shutdown_timeout=settings.shutdown_timeout
+        )
         await runner.setup()
         self._runner = runner
         try:
-            site = web.TCPSite(runner, self._listen.host, self._listen.port,
-                               reuse_port=self._reuse_port or None, backlog=1024)
+            site = web.TCPSite(
+                runner,
+                self._listen.host,
+                self._listen.port,
+                reuse_port=self._reuse_port or None,
+                backlog=1024,
+            )
             await site.start()
         except BaseException:
             await runner.cleanup()
@@ -277,8 +320,12 @@ class HttpListener:
         server = self._runner.server if self._runner is not None else None
         return len(server.connections) if isinstance(server, web.Server) else 0
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -32,6 +32,8 @@ from proxy.pool import UpstreamPool
 log = logging.getLogger("abgate.shadow")
 MAX_SHADOW_BODY = 1024 * 1024
 SAMPLES = 5
+
+
 class Shadow:
     def __init__(self, experiment: str, config: ShadowConfig, rng: random.Random) -> None:
         self.experiment = experiment
@@ -41,36 +43,53 @@ class Shadow:
         self._closed = False
         self.total = self.agreements = self.disagreements = self.errors = 0
         self.dropped: dict[str, int] = {"max_in_flight": 0, "breaker_open": 0}
-        self.latency = {"control": Histogram(LATENCY_BUCKETS),
-                        "treatment": Histogram(LATENCY_BUCKETS)}
+        self.latency = {
+            "control": Histogram(LATENCY_BUCKETS),
+            "treatment": Histogram(LATENCY_BUCKETS),
+        }
         self.samples: deque[dict[str, Any]] = deque(maxlen=SAMPLES)
 
     def sampled(self) -> bool:
         return self._rng.random() * 10_000 < self.config.percentage_bp
 
-    def mirror(self, pool: UpstreamPool, breaker: Breaker, head: Callable[[], RequestHead],
-               body: bytes | None,
-               control_status: int, control_body: bytes, control_seconds: float) -> None:
+    def mirror(
+        self,
+        pool: UpstreamPool,
+        breaker: Breaker,
+        head: Callable[[], RequestHead],
+        body: bytes | None,
+        control_status: int,
+        control_body: bytes,
+        control_seconds: float,
+    ) -> None:
         """Start a copy unless the limits say drop it. Returns at once."""
         if self._closed:
             return
-        if breaker.state is not BreakerState.CLOSED and \
-                breaker.state is not BreakerState.FORCED_CLOSED:
+        if (
+            breaker.state is not BreakerState.CLOSED
+            and breaker.state is not BreakerState.FORCED_CLOSED
+        ):
             self.dropped["breaker_open"] += 1
             return
         if len(self._tasks) >= self.config.max_in_flight:
             self.dropped["max_in_flight"] += 1
             return
-        task = asyncio.create_task(self._compare(pool, head, body, control_status,
-                                                 control_body, control_seconds),
-                                   name=f"abgate-shadow-{self.experiment}")
+        task = asyncio.create_task(
+            self._compare(pool, head, body, control_status, control_body, control_seconds),
+            name=f"abgate-shadow-{self.experiment}",
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _compare(self, pool: UpstreamPool, head: Callable[[], RequestHead],
-                       body: bytes | None,
-                       control_status: int, control_body: bytes,
-                       control_seconds: float) -> None:
+    async def _compare(
+        self,
+        pool: UpstreamPool,
+        head: Callable[[], RequestHead],
+        body: bytes | None,
+        control_status: int,
+        control_body: bytes,
+        control_seconds: float,
+    ) -> None:
         started = perf_counter()
         try:
             response = await pool.request(head().data, body)
@@ -90,18 +109,26 @@ class Shadow:
         self.total += 1
         self.latency["control"].observe(control_seconds)
         self.latency["treatment"].observe(seconds)
-        differences = self._differences(control_status, control_body, response.status,
-                                        b"".join(chunks))
+        differences = self._differences(
+            control_status, control_body, response.status, b"".join(chunks)
+        )
         if not differences:
             self.agreements += 1
             return
         self.disagreements += 1
-        self.samples.append({"differences": differences,
-                             "latency_ms": {"control": round(control_seconds * 1000, 3),
-                                            "treatment": round(seconds * 1000, 3)}})
+        self.samples.append(
+            {
+                "differences": differences,
+                "latency_ms": {
+                    "control": round(control_seconds * 1000, 3),
+                    "treatment": round(seconds * 1000, 3),
+                },
+            }
+        )
 
-    def _differences(self, control_status: int, control_body: bytes, status: int,
-                     body: bytes) -> dict[str, Any]:
+    def _differences(
+        self, control_status: int, control_body: bytes, status: int, body: bytes
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if control_status != status:
             out["status"] = {"control": control_status, "treatment": status}
@@ -116,8 +143,10 @@ class Shadow:
         for text, path in self.config.compare:
             left, right = extract(control_doc, path), extract(treatment_doc, path)
             if left != right:
-                out[text] = {"control": None if left is MISSING else left,
-                             "treatment": None if right is MISSING else right}
+                out[text] = {
+                    "control": None if left is MISSING else left,
+                    "treatment": None if right is MISSING else right,
+                }
         return out
 
     def stats(self) -> dict[str, Any]:
@@ -131,27 +160,37 @@ class Shadow:
             "errors": self.errors,
             "dropped": dict(self.dropped),
             "in_flight": len(self._tasks),
-            "latency_mean_ms": {side: round(h.sum / n * 1000, 3) if (n := sum(h.counts))
-                                else None for side, h in self.latency.items()},
+            "latency_mean_ms": {
+                side: round(h.sum / n * 1000, 3) if (n := sum(h.counts)) else None
+                for side, h in self.latency.items()
+            },
             "recent_disagreements": list(self.samples),
         }
 
     def collect(self) -> Iterator[Metric]:
-        results = CounterMetricFamily("abgate_shadow_comparisons",
-                                      "Shadow pairs compared, by result.",
-                                      labels=["experiment", "result"])
-        for result, count in (("agree", self.agreements), ("disagree", self.disagreements),
-                              ("error", self.errors)):
+        results = CounterMetricFamily(
+            "abgate_shadow_comparisons",
+            "Shadow pairs compared, by result.",
+            labels=["experiment", "result"],
+        )
+        for result, count in (
+            ("agree", self.agreements),
+            ("disagree", self.disagreements),
+            ("error", self.errors),
+        ):
             results.add_metric([self.experiment, result], count)
         yield results
-        dropped = CounterMetricFamily("abgate_shadow_dropped", "Shadow copies not sent.",
-                                      labels=["experiment", "reason"])
+        dropped = CounterMetricFamily(
+            "abgate_shadow_dropped", "Shadow copies not sent.", labels=["experiment", "reason"]
+        )
         for reason, count in self.dropped.items():
             dropped.add_metric([self.experiment, reason], count)
         yield dropped
-        latency = HistogramMetricFamily("abgate_shadow_latency_seconds",
-                                        "Latency of each side of the shadow pairs.",
-                                        labels=["experiment", "side"])
+        latency = HistogramMetricFamily(
+            "abgate_shadow_latency_seconds",
+            "Latency of each side of the shadow pairs.",
+            labels=["experiment", "side"],
+        )
         for side, histogram in self.latency.items():
             latency.add_metric([self.experiment, side], histogram.cumulative(), histogram.sum)
         yield latency

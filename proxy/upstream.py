@@ -43,8 +43,16 @@ Releaser = Callable[["UpstreamConnection", bool], None]
 class UpstreamResponse:
     """A response head, and its body as it arrives (`read`) or whole (`complete`, `body`)."""
 
-    __slots__ = ("_buffered", "_chunks", "_conn", "_error", "_waiter", "complete", "headers",
-                 "status")
+    __slots__ = (
+        "_buffered",
+        "_chunks",
+        "_conn",
+        "_error",
+        "_waiter",
+        "complete",
+        "headers",
+        "status",
+    )
 
     def __init__(self, conn: UpstreamConnection) -> None:
         self.status = 0
@@ -156,8 +164,14 @@ class UpstreamConnection(asyncio.Protocol):
         transport = self._transport
         return not self.closed and transport is not None and not transport.is_closing()
 
-    async def exchange(self, head: bytes, body: bytes | AsyncIterator[bytes] | None,
-                       *, head_only: bool = False, chunked: bool = False) -> UpstreamResponse:
+    async def exchange(
+        self,
+        head: bytes,
+        body: bytes | AsyncIterator[bytes] | None,
+        *,
+        head_only: bool = False,
+        chunked: bool = False,
+    ) -> UpstreamResponse:
         """Send a request; return once the response head is parsed.
 
         `body` is bytes (sent with the head), an async iterator (streamed; `chunked` frames it),
@@ -194,8 +208,9 @@ class UpstreamConnection(asyncio.Protocol):
                 head_future.exception()  # retrieved: the caller has the error that matters
             raise
 
-    async def _stream_body(self, body: AsyncIterator[bytes], chunked: bool,
-                           head: asyncio.Future[UpstreamResponse]) -> None:
+    async def _stream_body(
+        self, body: AsyncIterator[bytes], chunked: bool, head: asyncio.Future[UpstreamResponse]
+    ) -> None:
         chunks = aiter(body)
         while True:
             self._awaiting_client = True  # the upstream's timer does not run on the client
@@ -272,15 +287,21 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self._head_bytes += len(data)
             if self._head_bytes > self._max_head:
-                self._fail(UpstreamProtocolError(
-                    self.upstream, f"response head over {self._max_head} bytes"))
+                self._fail(
+                    UpstreamProtocolError(
+                        self.upstream, f"response head over {self._max_head} bytes"
+                    )
+                )
                 return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__cause__ or exc.__context__
-            self._fail(cause if isinstance(cause, UpstreamError)
-                       else UpstreamProtocolError(self.upstream, str(exc)))
+            self._fail(
+                cause
+                if isinstance(cause, UpstreamError)
+                else UpstreamProtocolError(self.upstream, str(exc))
+            )
         except httptools.HttpParserError as exc:
             self._fail(UpstreamProtocolError(self.upstream, f"malformed response: {exc}"))
 
@@ -300,8 +321,9 @@ class UpstreamConnection(asyncio.Protocol):
                 response._finish()
             else:
                 detail = f"connection closed: {exc}" if exc else "connection closed by upstream"
-                self._fail(UpstreamClosed(self.upstream, detail,
-                                          nothing_received=not self._received))
+                self._fail(
+                    UpstreamClosed(self.upstream, detail, nothing_received=not self._received)
+                )
         self._gone()
 
     def pause_writing(self) -> None:
@@ -410,7 +432,8 @@ class UpstreamConnection(asyncio.Protocol):
     def _arm_timer(self) -> None:
         if self._timer is None:
             self._timer = self._loop.call_at(
-                min(self._last_activity + self.read_timeout, self._deadline), self._on_timer)
+                min(self._last_activity + self.read_timeout, self._deadline), self._on_timer
+            )
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -425,8 +448,11 @@ class UpstreamConnection(asyncio.Protocol):
             return  # idle: the next exchange arms it again
         now = self._loop.time()
         if now >= self._deadline:
-            self._fail(UpstreamTimeout(self.upstream, f"response not complete within "
-                                                      f"{self._response_timeout:g}s"))
+            self._fail(
+                UpstreamTimeout(
+                    self.upstream, f"response not complete within {self._response_timeout:g}s"
+                )
+            )
             return
         if self._reading_paused or self._awaiting_client:
             self._touch()  # the client is the slow one, not the upstream

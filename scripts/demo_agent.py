@@ -74,8 +74,13 @@ async def decide(request: web.Request) -> web.Response:
         decision, confidence = ml_decision(user, agent, rng)
     else:
         decision, confidence = deterministic_decision(user, agent)
-    payload = {"source": kind, "agent": agent, "user": user, "decision": decision,
-               "confidence": confidence}
+    payload = {
+        "source": kind,
+        "agent": agent,
+        "user": user,
+        "decision": decision,
+        "confidence": confidence,
+    }
     return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
 
@@ -88,11 +93,13 @@ async def behaviour_handler(request: web.Request) -> web.Response:
         latency = float(update.get("latency_ms", behaviour.latency_ms))
         failure = float(update.get("failure_rate", behaviour.failure_rate))
         if latency < 0 or not 0 <= failure <= 1:
-            return web.json_response({"error": "latency_ms >= 0, 0 <= failure_rate <= 1"},
-                                     status=400)
+            return web.json_response(
+                {"error": "latency_ms >= 0, 0 <= failure_rate <= 1"}, status=400
+            )
         behaviour.latency_ms, behaviour.failure_rate = latency, failure
-    return web.json_response({"latency_ms": behaviour.latency_ms,
-                              "failure_rate": behaviour.failure_rate})
+    return web.json_response(
+        {"latency_ms": behaviour.latency_ms, "failure_rate": behaviour.failure_rate}
+    )
 
 
 async def health(request: web.Request) -> web.Response:
@@ -128,8 +135,9 @@ async def serve(kind: str, host: str, port: int, behaviour: Behaviour, seed: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--kind", choices=["deterministic", "ml"], required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)

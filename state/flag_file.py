@@ -22,16 +22,27 @@ FORMAT_VERSION = 1
 
 
 def flag_from_json(data: dict[str, Any]) -> Flag:
-    return Flag(name=str(data["name"]), basis_points=int(data["basis_points"]),
-                version=int(data["version"]), updated_at=float(data["updated_at"]),
-                updated_by=str(data["updated_by"]), reason=str(data["reason"]),
-                phase=int(data.get("phase") or 0))
+    return Flag(
+        name=str(data["name"]),
+        basis_points=int(data["basis_points"]),
+        version=int(data["version"]),
+        updated_at=float(data["updated_at"]),
+        updated_by=str(data["updated_by"]),
+        reason=str(data["reason"]),
+        phase=int(data.get("phase") or 0),
+    )
 
 
 def flag_to_json(flag: Flag) -> dict[str, Any]:
-    return {"name": flag.name, "basis_points": flag.basis_points, "version": flag.version,
-            "updated_at": flag.updated_at, "updated_by": flag.updated_by,
-            "reason": flag.reason, "phase": flag.phase}
+    return {
+        "name": flag.name,
+        "basis_points": flag.basis_points,
+        "version": flag.version,
+        "updated_at": flag.updated_at,
+        "updated_by": flag.updated_by,
+        "reason": flag.reason,
+        "phase": flag.phase,
+    }
 
 
 class FlagFile:

@@ -99,8 +99,7 @@ class FlagTable:
     def ensure(self, name: str, basis_points: int, *, by: str = "config") -> None:
         """Add a flag for an experiment that appeared (config reload); keep an existing one."""
         if name not in self._flags:
-            self.apply(Flag(name, basis_points, 1, time.time(), by,
-                            "initial value from config"))
+            self.apply(Flag(name, basis_points, 1, time.time(), by, "initial value from config"))
 
     def versions(self) -> dict[str, int]:
         return {name: flag.version for name, flag in self._flags.items()}
@@ -127,10 +126,16 @@ class Instance:
         return all(self.applied.get(flag.name, 0) >= flag.version for flag in flags)
 
     def as_json(self, flags: list[Flag]) -> dict[str, object]:
-        return {"id": self.id, "address": self.address, "pid": self.pid,
-                "started_at": self.started_at, "heartbeat_at": self.heartbeat_at,
-                "applied": self.applied, "converged": self.converged(flags),
-                "breakers": self.breakers}
+        return {
+            "id": self.id,
+            "address": self.address,
+            "pid": self.pid,
+            "started_at": self.started_at,
+            "heartbeat_at": self.heartbeat_at,
+            "applied": self.applied,
+            "converged": self.converged(flags),
+            "breakers": self.breakers,
+        }
 
 
 class VersionConflict(Exception):
@@ -148,8 +153,14 @@ class FlagStore(Protocol):
 
     table: FlagTable
 
-    async def set_percentages(self, changes: Mapping[str, int], *, by: str, reason: str,
-                              expected: Mapping[str, int] | None = None) -> list[Flag]:
+    async def set_percentages(
+        self,
+        changes: Mapping[str, int],
+        *,
+        by: str,
+        reason: str,
+        expected: Mapping[str, int] | None = None,
+    ) -> list[Flag]:
         """Set several flags in one atomic step (all or none); each gets a new version.
         `expected` (flag -> version) makes it a compare-and-set: if any named flag is at
         another version, nothing is written and VersionConflict names it."""
@@ -193,16 +204,24 @@ class MemoryFlagStore:
         self._history = {name: list(entries) for name, entries in history.items()}
         return sum(self.table.apply(flag) for flag in flags if flag.name in self.table)
 
-    async def set_percentages(self, changes: Mapping[str, int], *, by: str, reason: str,
-                              expected: Mapping[str, int] | None = None) -> list[Flag]:
+    async def set_percentages(
+        self,
+        changes: Mapping[str, int],
+        *,
+        by: str,
+        reason: str,
+        expected: Mapping[str, int] | None = None,
+    ) -> list[Flag]:
         """Persisted first, then applied: a write the file refuses changes nothing."""
         for name, version in (expected or {}).items():
             current = self.table.get(name)
             if current.version != version:
                 raise VersionConflict(current, version)
         now = time.time()
-        flags = [_next(self.table.get(name), basis_points, now, by, reason)
-                 for name, basis_points in changes.items()]
+        flags = [
+            _next(self.table.get(name), basis_points, now, by, reason)
+            for name, basis_points in changes.items()
+        ]
         history = dict(self._history)
         for flag in flags:
             history[flag.name] = [*history.get(flag.name, []), flag.as_json()][-HISTORY_LIMIT:]
@@ -228,5 +247,14 @@ class MemoryFlagStore:
             return []
         applied = {flag.name: flag.version for flag in self.table.all()}
         breakers = self.local_status() if self.local_status is not None else {}
-        return [Instance(self.local.id, self.local.address, self.local.pid,
-                         self.local.started_at, time.time(), applied, breakers)]
+        return [
+            Instance(
+                self.local.id,
+                self.local.address,
+                self.local.pid,
+                self.local.started_at,
+                time.time(),
+                applied,
+                breakers,
+            )
+        ]

@@ -95,16 +95,23 @@ class MemoryMeasurements:
             return
         self._saved_at = time.monotonic()
         section = {
-            "phases": [[e, p.id, p.basis_points, p.started_at]
-                       for e, phases in self._phases.items() for p in phases.values()],
-            "sums": [[*key, s.count, s.total, s.total_sq] for key, s in self._sums.items()]}
+            "phases": [
+                [e, p.id, p.basis_points, p.started_at]
+                for e, phases in self._phases.items()
+                for p in phases.values()
+            ],
+            "sums": [[*key, s.count, s.total, s.total_sq] for key, s in self._sums.items()],
+        }
         try:
             self._state.save_section(**{SECTION: section})
         except OSError as exc:
             self.save_failures += 1
             if self.save_failures == 1:
-                log.error("cannot save measurements to %s: %s (kept in memory)",
-                          self._state.path, exc.strerror or exc)
+                log.error(
+                    "cannot save measurements to %s: %s (kept in memory)",
+                    self._state.path,
+                    exc.strerror or exc,
+                )
             return
         self._dirty = False
 
@@ -114,10 +121,12 @@ class MemoryMeasurements:
         try:
             for experiment, phase, basis_points, started in section["phases"]:
                 self._phases.setdefault(str(experiment), {})[int(phase)] = Phase(
-                    int(phase), int(basis_points), float(started))
+                    int(phase), int(basis_points), float(started)
+                )
             for experiment, phase, arm, metric, count, total, total_sq in section["sums"]:
                 self._sums[(str(experiment), int(phase), str(arm), str(metric))] = Sums(
-                    int(count), float(total), float(total_sq))
+                    int(count), float(total), float(total_sq)
+                )
         except (KeyError, TypeError, ValueError) as exc:
             log.error("ignoring unreadable measurements in the state file: %s", exc)
             self._sums, self._phases = {}, {}
@@ -127,8 +136,11 @@ class MemoryMeasurements:
 
     async def read(self, experiment: str) -> tuple[list[Phase], dict[MeasureKey, Sums]]:
         phases = await self.phases(experiment)
-        sums = {k: Sums(v.count, v.total, v.total_sq) for k, v in self._sums.items()
-                if k[0] == experiment}
+        sums = {
+            k: Sums(v.count, v.total, v.total_sq)
+            for k, v in self._sums.items()
+            if k[0] == experiment
+        }
         return phases, sums
 
 
@@ -158,8 +170,9 @@ class RedisMeasurements:
 
     async def start_phase(self, experiment: str, phase: Phase) -> None:
         with store_errors():
-            await self._client.hsetnx(self._phases(experiment), str(phase.id),
-                                      f"{phase.basis_points}|{phase.started_at}")
+            await self._client.hsetnx(
+                self._phases(experiment), str(phase.id), f"{phase.basis_points}|{phase.started_at}"
+            )
 
     async def phases(self, experiment: str) -> list[Phase]:
         with store_errors():

@@ -130,9 +130,14 @@ class RedisKeys:
 
 
 def connect(url: str) -> Redis:
-    return Redis.from_url(url, decode_responses=True, retry=Retry(NoBackoff(), 0),
-                          socket_connect_timeout=CONNECT_TIMEOUT,
-                          socket_timeout=COMMAND_TIMEOUT, health_check_interval=0)
+    return Redis.from_url(
+        url,
+        decode_responses=True,
+        retry=Retry(NoBackoff(), 0),
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=COMMAND_TIMEOUT,
+        health_check_interval=0,
+    )
 
 
 def new_instance_id() -> str:
@@ -161,11 +166,18 @@ class _ConnectSignal:
 class RedisFlagSync:
     """Keeps a FlagTable in step with Redis from one owned background task."""
 
-    def __init__(self, client: Redis, keys: RedisKeys, table: FlagTable, *,
-                 heartbeat_interval: float, instance: LocalInstance | None = None,
-                 snapshot: FlagFile | None = None,
-                 on_connect: Callable[[], Awaitable[None]] | None = None,
-                 status: Callable[[], dict[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        keys: RedisKeys,
+        table: FlagTable,
+        *,
+        heartbeat_interval: float,
+        instance: LocalInstance | None = None,
+        snapshot: FlagFile | None = None,
+        on_connect: Callable[[], Awaitable[None]] | None = None,
+        status: Callable[[], dict[str, str]] | None = None,
+    ) -> None:
         self._client = client
         self._keys = keys
         self.table = table
@@ -188,8 +200,12 @@ class RedisFlagSync:
         self._task = asyncio.create_task(self._run(), name="abgate-flag-sync")
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if self._task is not None:
             # The loop checks `_stopping` after every read: redis-py can swallow a cancel that
             # lands inside its read-with-timeout, so cancelling alone is not enough.
@@ -219,8 +235,10 @@ class RedisFlagSync:
                     self.reconnects += 1
                     backoff = BACKOFF_FIRST
                 if not self._in_outage:  # say it once per outage, not once per retry
-                    log.warning("flag store: Redis unreachable (%s); routing with the last "
-                                "state, retrying", exc)
+                    log.warning(
+                        "flag store: Redis unreachable (%s); routing with the last state, retrying",
+                        exc,
+                    )
                     self._in_outage = True
                 self.connected = False
                 self.connected_event.clear()
@@ -241,8 +259,9 @@ class RedisFlagSync:
             await self._connected()
             next_beat = loop.time() + self._heartbeat
             while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True,
-                                                   timeout=max(0.0, next_beat - loop.time()))
+                message = await pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=max(0.0, next_beat - loop.time())
+                )
                 if self._stopping:
                     return
                 if reconnected.fired:
@@ -250,8 +269,11 @@ class RedisFlagSync:
                     self.reconnects += 1
                     await self._connected()
                     continue
-                if (message is not None and message.get("type") == "message"
-                        and self._apply(message["data"])):
+                if (
+                    message is not None
+                    and message.get("type") == "message"
+                    and self._apply(message["data"])
+                ):
                     await self._beat()  # report the new version at once (rollback waits)
                     continue
                 if loop.time() >= next_beat:
@@ -299,11 +321,18 @@ class RedisFlagSync:
             instance = self._instance
             key = self._keys.instance(instance.id)
             pipe = self._client.pipeline(transaction=False)
-            pipe.hset(key, mapping={
-                "id": instance.id, "address": instance.address, "pid": os.getpid(),
-                "started_at": instance.started_at, "heartbeat_at": now,
-                "applied": orjson.dumps(self.table.versions()).decode(),
-                "breakers": orjson.dumps(self._status() if self._status else {}).decode()})
+            pipe.hset(
+                key,
+                mapping={
+                    "id": instance.id,
+                    "address": instance.address,
+                    "pid": os.getpid(),
+                    "started_at": instance.started_at,
+                    "heartbeat_at": now,
+                    "applied": orjson.dumps(self.table.versions()).decode(),
+                    "breakers": orjson.dumps(self._status() if self._status else {}).decode(),
+                },
+            )
             pipe.expire(key, max(3, int(self._heartbeat * 5)))
             pipe.zadd(self._keys.instances, {instance.id: now})
             await pipe.execute()
@@ -316,8 +345,15 @@ class RedisFlagSync:
 class RedisFlagStore:
     """The control plane's writer. Its own table is kept in step by a RedisFlagSync."""
 
-    def __init__(self, client: Redis, keys: RedisKeys, table: FlagTable, *,
-                 heartbeat_interval: float, durable: FlagFile | None = None) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        keys: RedisKeys,
+        table: FlagTable,
+        *,
+        heartbeat_interval: float,
+        durable: FlagFile | None = None,
+    ) -> None:
         self._client = client
         self._keys = keys
         self.table = table
@@ -327,18 +363,36 @@ class RedisFlagStore:
         self._seed = client.register_script(_SEED)
         self.reseeded = 0
 
-    async def set_percentages(self, changes: Mapping[str, int], *, by: str, reason: str,
-                              expected: Mapping[str, int] | None = None) -> list[Flag]:
+    async def set_percentages(
+        self,
+        changes: Mapping[str, int],
+        *,
+        by: str,
+        reason: str,
+        expected: Mapping[str, int] | None = None,
+    ) -> list[Flag]:
         names = list(changes)
-        args: list[str | int | float] = [time.time(), by, reason, self._keys.channel,
-                                         HISTORY_MAXLEN]
+        args: list[str | int | float] = [
+            time.time(),
+            by,
+            reason,
+            self._keys.channel,
+            HISTORY_MAXLEN,
+        ]
         for name in names:
             held = self.table.get(name)
-            args += [name, changes[name], held.version + 1, held.basis_points, held.phase,
-                     (expected or {}).get(name, 0)]
+            args += [
+                name,
+                changes[name],
+                held.version + 1,
+                held.basis_points,
+                held.phase,
+                (expected or {}).get(name, 0),
+            ]
         with store_errors():
-            raw = await self._set(keys=[self._keys.flags, *map(self._keys.history, names)],
-                                  args=args)
+            raw = await self._set(
+                keys=[self._keys.flags, *map(self._keys.history, names)], args=args
+            )
         if raw and raw[0] == "conflict":
             _, name, current = raw
             held = flag_from_json(orjson.loads(current)) if current else self.table.get(name)
@@ -355,12 +409,12 @@ class RedisFlagStore:
         flags = [orjson.dumps(flag_to_json(flag)).decode() for flag in self.table.all()]
         if not flags:
             return
-        seeded = int(await self._seed(keys=[self._keys.flags],
-                                      args=[self._keys.channel, *flags]))
+        seeded = int(await self._seed(keys=[self._keys.flags], args=[self._keys.channel, *flags]))
         if seeded:
             self.reseeded += seeded
-            log.warning("flag store: re-seeded %d flag(s) into Redis from the control plane's "
-                        "copy", seeded)
+            log.warning(
+                "flag store: re-seeded %d flag(s) into Redis from the control plane's copy", seeded
+            )
         await self._save_durable()
 
     async def _save_durable(self) -> None:
@@ -386,9 +440,16 @@ class RedisFlagStore:
             for instance_id in ids:
                 pipe.hgetall(self._keys.instance(str(instance_id)))
             records = await pipe.execute()
-        return [Instance(id=r["id"], address=r["address"], pid=int(r["pid"]),
-                         started_at=float(r["started_at"]),
-                         heartbeat_at=float(r["heartbeat_at"]),
-                         applied={k: int(v) for k, v in orjson.loads(r["applied"]).items()},
-                         breakers=orjson.loads(r.get("breakers") or "{}"))
-                for r in records if r]
+        return [
+            Instance(
+                id=r["id"],
+                address=r["address"],
+                pid=int(r["pid"]),
+                started_at=float(r["started_at"]),
+                heartbeat_at=float(r["heartbeat_at"]),
+                applied={k: int(v) for k, v in orjson.loads(r["applied"]).items()},
+                breakers=orjson.loads(r.get("breakers") or "{}"),
+            )
+            for r in records
+            if r
+        ]

@@ -18,6 +18,8 @@ async def session() -> AsyncIterator[ClientSession]:
 @pytest.fixture
 async def agents() -> AsyncIterator[dict[str, str]]:
     """The bundled demo agents: `control` (deterministic) and `treatment` (ml)."""
-    async with serve_app(create_app("deterministic")) as control, \
-            serve_app(create_app("ml", seed=1)) as treatment:
+    async with (
+        serve_app(create_app("deterministic")) as control,
+        serve_app(create_app("ml", seed=1)) as treatment,
+    ):
         yield {"control": control, "treatment": treatment}

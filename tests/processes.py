@@ -61,8 +61,14 @@ def config_document(upstream_url: str, **proxy: Any) -> dict[str, Any]:
 async def abgate(*args: str, expect: dict[str, int]) -> AsyncIterator[Process]:
     """Start `abgate ARGS` and wait until it has announced `expect` (kind -> how many URLs)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "control.cli", *args, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        sys.executable,
+        "-m",
+        "control.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     process = Process(proc)
     reader_task = asyncio.create_task(_read_output(process))
     try:

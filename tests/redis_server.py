@@ -18,12 +18,15 @@ from tests.servers import free_port
 
 def redis_binary() -> str:
     path = shutil.which("redis-server") or (
-        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
     if path is None:
         if os.environ.get("CI") == "true":
             pytest.fail("redis-server is not installed; `make test-servers` installs it")
-        pytest.skip("redis-server is not installed (run `make test-servers`); the Redis tests "
-                    "are skipped outside CI only")
+        pytest.skip(
+            "redis-server is not installed (run `make test-servers`); the Redis tests "
+            "are skipped outside CI only"
+        )
     return path
 
 
@@ -38,9 +41,22 @@ class RedisServer:
     async def start(self) -> None:
         """Start (again) on the same port, with nothing in it."""
         self.proc = await asyncio.create_subprocess_exec(
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            "--daemonize",
+            "no",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
         client = self.client()
         try:
             async with asyncio.timeout(20):

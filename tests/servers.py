@@ -25,8 +25,7 @@ def echo_app() -> web.Application:
     app[PEERS] = set()
 
     async def echo(request: web.Request) -> web.StreamResponse:
-        app[PEERS].add(request.transport.get_extra_info("peername") if request.transport
-                         else None)
+        app[PEERS].add(request.transport.get_extra_info("peername") if request.transport else None)
         digest, size = hashlib.sha256(), 0
         async for chunk in request.content.iter_any():
             digest.update(chunk)
@@ -42,13 +41,21 @@ def echo_app() -> web.Application:
             response.headers.add("Set-Cookie", "b=2; Path=/")
             return response
         if path == "/gzip":
-            return web.Response(body=b"\x1f\x8b\x08\x00pretend-gzip",
-                                headers={"Content-Encoding": "gzip",
-                                         "Content-Type": "text/plain"})
+            return web.Response(
+                body=b"\x1f\x8b\x08\x00pretend-gzip",
+                headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"},
+            )
         if path == "/hop":
-            return web.Response(text="hop", headers={
-                "Connection": "X-Secret", "X-Secret": "1", "Keep-Alive": "timeout=5",
-                "X-Kept": "yes", "Proxy-Authenticate": "Basic"})
+            return web.Response(
+                text="hop",
+                headers={
+                    "Connection": "X-Secret",
+                    "X-Secret": "1",
+                    "Keep-Alive": "timeout=5",
+                    "X-Kept": "yes",
+                    "Proxy-Authenticate": "Basic",
+                },
+            )
         if path.startswith("/download/"):
             return await _download(request, int(path.rsplit("/", 1)[1]))
         payload = {
@@ -135,29 +142,48 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
 
 
 # Business outcomes the tests report through POST /api/outcomes.
-TEST_METRICS = {"accuracy": {"type": "binary", "direction": "higher"},
-                "satisfaction": {"type": "continuous", "direction": "higher"}}
+TEST_METRICS = {
+    "accuracy": {"type": "binary", "direction": "higher"},
+    "satisfaction": {"type": "continuous", "direction": "higher"},
+}
 
 
-def make_config(upstreams: dict[str, str], *, percentage: float = 10,
-                experiment: dict[str, Any] | None = None, routes: list[dict[str, Any]] | None
-                = None, proxy: dict[str, Any] | None = None,
-                upstream_options: dict[str, Any] | None = None,
-                flags: dict[str, Any] | None = None) -> Config:
+def make_config(
+    upstreams: dict[str, str],
+    *,
+    percentage: float = 10,
+    experiment: dict[str, Any] | None = None,
+    routes: list[dict[str, Any]] | None = None,
+    proxy: dict[str, Any] | None = None,
+    upstream_options: dict[str, Any] | None = None,
+    flags: dict[str, Any] | None = None,
+) -> Config:
     """A config on ephemeral ports. With upstreams `control` and `treatment`, an experiment
     `exp` splits the prefix /api/ between them."""
     document: dict[str, Any] = {
-        "proxy": {"listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0",
-                  "shutdown_timeout": "5s", "random_seed": 7, **(proxy or {})},
+        "proxy": {
+            "listen": "127.0.0.1:0",
+            "admin_listen": "127.0.0.1:0",
+            "shutdown_timeout": "5s",
+            "random_seed": 7,
+            **(proxy or {}),
+        },
         "control": {"listen": "127.0.0.1:0"},
         "flags": {"state_file": None, **(flags or {})},
-        "upstreams": {name: {"url": url, **(upstream_options or {})}
-                      for name, url in upstreams.items()},
+        "upstreams": {
+            name: {"url": url, **(upstream_options or {})} for name, url in upstreams.items()
+        },
         "routes": routes or [{"prefix": "/", "experiment": "exp"}],
-        "experiments": {"exp": {"control": "control", "treatment": "treatment",
-                                "sticky": [{"header": "X-User-Id"}],
-                                "percentage": percentage, "metrics": TEST_METRICS,
-                                **(experiment or {})}},
+        "experiments": {
+            "exp": {
+                "control": "control",
+                "treatment": "treatment",
+                "sticky": [{"header": "X-User-Id"}],
+                "percentage": percentage,
+                "metrics": TEST_METRICS,
+                **(experiment or {}),
+            }
+        },
     }
     if "treatment" not in upstreams:
         document.pop("experiments")
@@ -195,8 +221,9 @@ async def until(condition: Callable[[], object], timeout: float = 20.0) -> None:
             await asyncio.sleep(0.01)
 
 
-async def tables_reach(tables: list[FlagTable], name: str, version: int,
-                       timeout: float = 20.0) -> None:
+async def tables_reach(
+    tables: list[FlagTable], name: str, version: int, timeout: float = 20.0
+) -> None:
     """Wait until every table holds `version` of flag `name`, woken by the tables' own
     change notifications."""
     changed = asyncio.Event()

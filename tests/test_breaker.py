@@ -7,16 +7,27 @@ from dataclasses import replace
 from config.model import BreakerConfig
 from proxy.breaker import Breaker, BreakerState
 
-CONFIG = BreakerConfig(window=10.0, minimum_calls=10, failure_rate=0.5, consecutive_failures=5,
-                       slow_call_duration=1.0, slow_call_rate=0.8, open_duration=2.0,
-                       max_open_duration=5.0, half_open_calls=3,
-                       failure_statuses=frozenset({500, 502, 503, 504}))
+CONFIG = BreakerConfig(
+    window=10.0,
+    minimum_calls=10,
+    failure_rate=0.5,
+    consecutive_failures=5,
+    slow_call_duration=1.0,
+    slow_call_rate=0.8,
+    open_duration=2.0,
+    max_open_duration=5.0,
+    half_open_calls=3,
+    failure_statuses=frozenset({500, 502, 503, 504}),
+)
 
 
 def breaker(**changes: object) -> tuple[Breaker, list[tuple[str, str]]]:
     seen: list[tuple[str, str]] = []
-    b = Breaker("ml", replace(CONFIG, **changes),  # type: ignore[arg-type]
-                lambda _b, old, new, _reason: seen.append((old.label, new.label)))
+    b = Breaker(
+        "ml",
+        replace(CONFIG, **changes),  # type: ignore[arg-type]
+        lambda _b, old, new, _reason: seen.append((old.label, new.label)),
+    )
     return b, seen
 
 

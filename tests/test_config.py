@@ -115,8 +115,7 @@ experiments:
         "header, cookie, query or client_ip)",
         "experiments.missing.when_missing (line 23): expected one of random, control, "
         "client_ip, got 'sometimes'",
-        "experiments.missing.percentage (line 24): at most two decimals (0.01% steps), "
-        "got 10.005",
+        "experiments.missing.percentage (line 24): at most two decimals (0.01% steps), got 10.005",
         "routes[0].prefix (line 11): must be a path starting with '/', got 'api'",
         "routes[1].regex (line 13): invalid regular expression: missing ), unterminated "
         "subpattern at position 0",
@@ -125,14 +124,17 @@ experiments:
     ]
 
 
-@pytest.mark.parametrize(("value", "message"), [
-    ("101", "must be between 0 and 100, got 101"),
-    ("-1", "must be between 0 and 100, got -1"),
-    ("true", "expected a number from 0 to 100, got a boolean (true)"),
-    ("'ten'", "expected a number from 0 to 100, got a string ('ten')"),
-    ("'10'", "expected a number from 0 to 100, got a string ('10')"),
-    ("12.345", "at most two decimals (0.01% steps), got 12.345"),
-])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("101", "must be between 0 and 100, got 101"),
+        ("-1", "must be between 0 and 100, got -1"),
+        ("true", "expected a number from 0 to 100, got a boolean (true)"),
+        ("'ten'", "expected a number from 0 to 100, got a string ('ten')"),
+        ("'10'", "expected a number from 0 to 100, got a string ('10')"),
+        ("12.345", "at most two decimals (0.01% steps), got 12.345"),
+    ],
+)
 def test_percentage_is_checked(value: str, message: str) -> None:
     text = GOOD.replace("percentage: 12.5", f"percentage: {value}")
     assert problems(text) == [f"experiments.rollout.percentage (line 13): {message}"]
@@ -150,7 +152,8 @@ def test_unknown_top_level_key_and_duplicates() -> None:
     assert problems(text) == [
         "experimnets (line 14): unknown key (expected one of: control, experiments, flags, "
         "proxy, "
-        "routes, upstreams)"]
+        "routes, upstreams)"
+    ]
     duplicated = GOOD.replace("  ml:\n", "  deterministic:\n")
     assert problems(duplicated)[0] == "upstreams.deterministic (line 4): duplicate key"
 
@@ -159,7 +162,8 @@ def test_yaml_syntax_error_has_line() -> None:
     # The bracket left open on line 2 is the mistake; the parser notices it on line 3.
     assert problems("upstreams:\n  a: [unclosed\n") == [
         "<document> (line 2): invalid YAML: expected ',' or ']', but got '<stream end>' "
-        "(while parsing a flow sequence on line 2, noticed on line 3)"]
+        "(while parsing a flow sequence on line 2, noticed on line 3)"
+    ]
 
 
 def test_route_needs_one_target_and_one_matcher() -> None:
@@ -174,42 +178,58 @@ def test_check_config_cli(tmp_path: Path) -> None:
     good.write_text(GOOD)
     bad = tmp_path / "bad.yaml"
     bad.write_text(GOOD.replace("url: http://127.0.0.1:9002", "url: not a url"))
-    ok = subprocess.run([sys.executable, "-m", "control.cli", "check-config", str(good)],
-                        capture_output=True, text=True, check=False)
+    ok = subprocess.run(
+        [sys.executable, "-m", "control.cli", "check-config", str(good)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "OK (2 upstreams, 1 routes, 1 experiments)" in ok.stdout
-    refused = subprocess.run([sys.executable, "-m", "control.cli", "check-config", str(bad)],
-                             capture_output=True, text=True, check=False)
+    refused = subprocess.run(
+        [sys.executable, "-m", "control.cli", "check-config", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert refused.returncode == 1
     assert f"{bad}: 1 problem" in refused.stdout
     assert "upstreams.ml.url (line 5): not a valid http URL: 'not a url'" in refused.stdout
-    missing = subprocess.run([sys.executable, "-m", "control.cli", "check-config",
-                              str(tmp_path / "nope.yaml")], capture_output=True, text=True,
-                             check=False)
+    missing = subprocess.run(
+        [sys.executable, "-m", "control.cli", "check-config", str(tmp_path / "nope.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert missing.returncode == 1
-    assert f"no such file (looked for {tmp_path / 'nope.yaml'}); pass another with " \
+    assert (
+        f"no such file (looked for {tmp_path / 'nope.yaml'}); pass another with "
         "--config FILE" in missing.stdout
+    )
 
 
 def test_buffer_larger_than_max_body_is_refused() -> None:
     text = "proxy:\n  max_body_size: 1KiB\n  buffer_body_size: 64KiB\n" + GOOD
     assert problems(text) == [
         "proxy.buffer_body_size (line 3): 65536 bytes is more than max_body_size (1024 bytes): "
-        "a body is never buffered beyond what may be sent at all"]
+        "a body is never buffered beyond what may be sent at all"
+    ]
 
 
 def test_declared_metrics_are_checked() -> None:
     def with_metrics(block: str) -> str:
         return GOOD.replace("    treatment: ml\n", "    treatment: ml\n    metrics:\n" + block)
 
-    config = parse_config(with_metrics(
-        "      accuracy: {type: binary, direction: higher}\n"
-        "      confidence: {type: continuous, direction: higher, json: $.confidence}\n"))
+    config = parse_config(
+        with_metrics(
+            "      accuracy: {type: binary, direction: higher}\n"
+            "      confidence: {type: continuous, direction: higher, json: $.confidence}\n"
+        )
+    )
     experiment = config.experiments["rollout"]
     accuracy = experiment.metric("accuracy")
     assert accuracy is not None
-    assert (accuracy.type, accuracy.direction, accuracy.from_answer) == ("binary", "higher",
-                                                                         False)
+    assert (accuracy.type, accuracy.direction, accuracy.from_answer) == ("binary", "higher", False)
     confidence = experiment.metric("confidence")
     assert confidence is not None
     assert confidence.json_path == ("confidence",)
@@ -220,25 +240,37 @@ def test_declared_metrics_are_checked() -> None:
         "experiments.rollout.metrics.accuracy.type (line 14): required: binary or continuous, "
         "got 'ratio'",
         "experiments.rollout.metrics.accuracy.direction (line 14): required: higher or lower "
-        "(which way is better), got None"]
-    assert problems(with_metrics("      latency: {type: continuous, direction: higher}\n")) \
-        == ["experiments.rollout.metrics.latency (line 14): 'latency' is built in (latency: "
-            "continuous, lower is better; error: binary, lower is better)"]
+        "(which way is better), got None",
+    ]
+    assert problems(with_metrics("      latency: {type: continuous, direction: higher}\n")) == [
+        "experiments.rollout.metrics.latency (line 14): 'latency' is built in (latency: "
+        "continuous, lower is better; error: binary, lower is better)"
+    ]
 
 
 def test_check_config_applies_the_control_exposure_rule(tmp_path: Path) -> None:
     exposed = tmp_path / "exposed.yaml"
     exposed.write_text("control:\n  listen: 0.0.0.0:8092\n" + GOOD)
     env = {k: v for k, v in os.environ.items() if k != "ABGATE_CONTROL_TOKEN"}
-    refused = subprocess.run([sys.executable, "-m", "control.cli", "check-config",
-                              str(exposed)], capture_output=True, text=True, check=False,
-                             env=env)
+    refused = subprocess.run(
+        [sys.executable, "-m", "control.cli", "check-config", str(exposed)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
     assert refused.returncode == 1
-    assert "0.0.0.0, which is not loopback, without a token: set ABGATE_CONTROL_TOKEN" in \
-        refused.stdout
-    allowed = subprocess.run([sys.executable, "-m", "control.cli", "check-config",
-                              str(exposed)], capture_output=True, text=True, check=False,
-                             env={**env, "ABGATE_CONTROL_TOKEN": "secret"})
+    assert (
+        "0.0.0.0, which is not loopback, without a token: set ABGATE_CONTROL_TOKEN"
+        in refused.stdout
+    )
+    allowed = subprocess.run(
+        [sys.executable, "-m", "control.cli", "check-config", str(exposed)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**env, "ABGATE_CONTROL_TOKEN": "secret"},
+    )
     assert allowed.returncode == 0, allowed.stdout
 
 
@@ -261,9 +293,16 @@ def test_config_as_json_masks_secrets() -> None:
 
 def test_config_is_pure() -> None:
     """config/ parses YAML into values; what does I/O (Redis, the state file) is state/."""
-    code = ("import sys, config, config.parse, config.export; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "{'redis', 'aiohttp', 'state', 'proxy', 'control'}))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True, cwd=Path(__file__).parent.parent)
+    code = (
+        "import sys, config, config.parse, config.export; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'redis', 'aiohttp', 'state', 'proxy', 'control'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parent.parent,
+    )
     assert result.stdout.strip() == "[]"

@@ -33,10 +33,15 @@ def demo_env(tmp_path: Path) -> dict[str, str]:
     document.setdefault("flags", {})["state_file"] = str(tmp_path / "flags.json")
     config = tmp_path / "abgate.yaml"
     config.write_text(yaml.safe_dump(document, sort_keys=False))
-    return {**os.environ, "DEMO_CONFIG": str(config), "DEMO_DIR": str(tmp_path / "demo"),
-            "DEMO_PROXY_PORT": str(ports["proxy"]), "DEMO_CONTROL_PORT": str(ports["control"]),
-            "DEMO_DETERMINISTIC_PORT": str(ports["deterministic"]),
-            "DEMO_ML_PORT": str(ports["ml"])}
+    return {
+        **os.environ,
+        "DEMO_CONFIG": str(config),
+        "DEMO_DIR": str(tmp_path / "demo"),
+        "DEMO_PROXY_PORT": str(ports["proxy"]),
+        "DEMO_CONTROL_PORT": str(ports["control"]),
+        "DEMO_DETERMINISTIC_PORT": str(ports["deterministic"]),
+        "DEMO_ML_PORT": str(ports["ml"]),
+    }
 
 
 class Demo:
@@ -62,8 +67,14 @@ class Demo:
 
     async def agent(self, action: str, kind: str) -> str:
         proc = await asyncio.create_subprocess_exec(
-            "bash", str(ROOT / "scripts" / "demo-agent.sh"), action, kind, env=self.env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            "bash",
+            str(ROOT / "scripts" / "demo-agent.sh"),
+            action,
+            kind,
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         out, _ = await proc.communicate()
         return out.decode()
 
@@ -71,9 +82,14 @@ class Demo:
 @asynccontextmanager
 async def demo(env: dict[str, str]) -> AsyncIterator[Demo]:
     proc = await asyncio.create_subprocess_exec(
-        "bash", str(ROOT / "scripts" / "run-demo.sh"), env=env, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True)
+        "bash",
+        str(ROOT / "scripts" / "run-demo.sh"),
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
     running = Demo(proc, env)
     reader = asyncio.create_task(running.read())
     try:
@@ -116,15 +132,20 @@ async def started_demo(tmp_path: Path) -> AsyncIterator[Demo]:
 
 
 async def test_the_ml_agent_dies_and_comes_back_while_the_stack_serves(
-        session: ClientSession, tmp_path: Path) -> None:
+    session: ClientSession, tmp_path: Path
+) -> None:
     async with started_demo(tmp_path) as running:
         assert "10% to ML" in running.output
-        async with session.post(f"{running.control}/api/flags/ml-agent-rollout",
-                                json={"percentage": 100}) as response:
+        async with session.post(
+            f"{running.control}/api/flags/ml-agent-rollout", json={"percentage": 100}
+        ) as response:
             assert response.status == 200
         status, headers = await decide(session, running.proxy, "alice")
-        assert (status, headers["X-ABGate-Arm"], "X-ABGate-Fallback" in headers) == \
-            (200, "ml", False)
+        assert (status, headers["X-ABGate-Arm"], "X-ABGate-Fallback" in headers) == (
+            200,
+            "ml",
+            False,
+        )
 
         assert "ml agent stopped" in await running.agent("stop", "ml")
         for user in range(30):  # every answer still comes, from the deterministic agent
@@ -148,13 +169,19 @@ async def test_the_ml_agent_dies_and_comes_back_while_the_stack_serves(
 
 
 async def test_a_second_start_on_busy_ports_says_who_holds_them(
-        session: ClientSession, tmp_path: Path) -> None:
+    session: ClientSession, tmp_path: Path
+) -> None:
     env = demo_env(tmp_path)
     async with demo(env) as first:
         await first.printed("abgate demo is up")
         second = await asyncio.create_subprocess_exec(
-            "bash", str(ROOT / "scripts" / "run-demo.sh"), env=env, cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            "bash",
+            str(ROOT / "scripts" / "run-demo.sh"),
+            env=env,
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         out, _ = await second.communicate()
         assert second.returncode == 1
         text = out.decode()

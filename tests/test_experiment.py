@@ -30,20 +30,23 @@ async def arm_of(session: ClientSession, base: str, user: str | None) -> str:
 
 
 async def set_percentage(session: ClientSession, control: str, value: float) -> None:
-    async with session.post(f"{control}/api/flags/exp",
-                            json={"percentage": value, "reason": "test"}) as response:
+    async with session.post(
+        f"{control}/api/flags/exp", json={"percentage": value, "reason": "test"}
+    ) as response:
         assert response.status == 200, await response.text()
 
 
-async def test_random_split_matches_percentage(session: ClientSession,
-                                               agents: dict[str, str]) -> None:
+async def test_random_split_matches_percentage(
+    session: ClientSession, agents: dict[str, str]
+) -> None:
     async with embedded(make_config(agents, percentage=10)) as running:
         arms = Counter([await arm_of(session, running.proxy_url, None) for _ in range(1000)])
     assert 80 <= arms["treatment"] <= 120, arms  # seeded (proxy.random_seed): deterministic
 
 
-async def test_sticky_users_and_monotonic_rollout(session: ClientSession,
-                                                  agents: dict[str, str]) -> None:
+async def test_sticky_users_and_monotonic_rollout(
+    session: ClientSession, agents: dict[str, str]
+) -> None:
     users = [f"user-{i}" for i in range(200)]
     async with embedded(make_config(agents, percentage=5)) as running:
         previous: set[str] = set()
@@ -71,17 +74,23 @@ async def test_client_ip_when_key_missing(session: ClientSession, agents: dict[s
     assert len(arms) == 1  # every request from 127.0.0.1 lands in the same arm
 
 
-async def test_metrics_count_requests_per_arm(session: ClientSession,
-                                              agents: dict[str, str]) -> None:
+async def test_metrics_count_requests_per_arm(
+    session: ClientSession, agents: dict[str, str]
+) -> None:
     async with embedded(make_config(agents, percentage=50)) as running:
         arms = Counter([await arm_of(session, running.proxy_url, f"u{i}") for i in range(100)])
         async with session.get(f"{running.control_url}/metrics") as response:
             text = await response.text()
-    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-               for line in text.splitlines() if line and not line.startswith("#")}
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
     for arm in ("control", "treatment"):
-        key = (f'abgate_requests_total{{arm="{arm}",experiment="exp",status_class="2xx",'
-               f'upstream="{arm}"}}')
+        key = (
+            f'abgate_requests_total{{arm="{arm}",experiment="exp",status_class="2xx",'
+            f'upstream="{arm}"}}'
+        )
         assert samples[key] == arms[arm]
         count = f'ab_testing_decision_latency_seconds_count{{arm="{arm}",experiment="exp"}}'
         assert samples[count] == arms[arm]
@@ -90,31 +99,61 @@ async def test_metrics_count_requests_per_arm(session: ClientSession,
     assert "process_resident_memory_bytes" in samples
 
 
-@pytest.mark.parametrize(("body", "status", "error"), [
-    (b"{not json", 400, "request body is not valid JSON: Expecting property name enclosed in "
-                        "double quotes: line 1 column 2 (char 1)"),
-    (b"[]", 400, "request body must be a JSON object"),
-    (b"{}", 400, "percentage: required (a number from 0 to 100)"),
-    (b'{"percentage": 101}', 400, "percentage: must be between 0 and 100, got 101"),
-    (b'{"percentage": -0.5}', 400, "percentage: must be between 0 and 100, got -0.5"),
-    (b'{"percentage": "ten"}', 400,
-     "percentage: expected a number from 0 to 100, got a string ('ten')"),
-    (b'{"percentage": "10"}', 400,
-     "percentage: expected a number from 0 to 100, got a string ('10')"),
-    (b'{"percentage": true}', 400,
-     "percentage: expected a number from 0 to 100, got a boolean (true)"),
-    (b'{"percentage": 1.234}', 400, "percentage: at most two decimals (0.01% steps), got 1.234"),
-    (b'{"percentage": 99.99999999999999999}', 400,  # a float would round it to 100 first
-     "percentage: at most two decimals (0.01% steps), got 99.99999999999999999"),
-    (b'{"percentage": NaN}', 400, "request body is not valid JSON: NaN is not a JSON number"),
-    (b'{"percentage": 5, "colour": 1}', 400,
-     "unknown field(s): colour (expected: expected_version, percentage, reason)"),
-])
-async def test_flag_api_rejects_bad_input(session: ClientSession, agents: dict[str, str],
-                                          body: bytes, status: int, error: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        (
+            b"{not json",
+            400,
+            "request body is not valid JSON: Expecting property name enclosed in "
+            "double quotes: line 1 column 2 (char 1)",
+        ),
+        (b"[]", 400, "request body must be a JSON object"),
+        (b"{}", 400, "percentage: required (a number from 0 to 100)"),
+        (b'{"percentage": 101}', 400, "percentage: must be between 0 and 100, got 101"),
+        (b'{"percentage": -0.5}', 400, "percentage: must be between 0 and 100, got -0.5"),
+        (
+            b'{"percentage": "ten"}',
+            400,
+            "percentage: expected a number from 0 to 100, got a string ('ten')",
+        ),
+        (
+            b'{"percentage": "10"}',
+            400,
+            "percentage: expected a number from 0 to 100, got a string ('10')",
+        ),
+        (
+            b'{"percentage": true}',
+            400,
+            "percentage: expected a number from 0 to 100, got a boolean (true)",
+        ),
+        (
+            b'{"percentage": 1.234}',
+            400,
+            "percentage: at most two decimals (0.01% steps), got 1.234",
+        ),
+        (
+            b'{"percentage": 99.99999999999999999}',
+            400,  # a float would round it to 100 first
+            "percentage: at most two decimals (0.01% steps), got 99.99999999999999999",
+        ),
+        (b'{"percentage": NaN}', 400, "request body is not valid JSON: NaN is not a JSON number"),
+        (
+            b'{"percentage": 5, "colour": 1}',
+            400,
+            "unknown field(s): colour (expected: expected_version, percentage, reason)",
+        ),
+    ],
+)
+async def test_flag_api_rejects_bad_input(
+    session: ClientSession, agents: dict[str, str], body: bytes, status: int, error: str
+) -> None:
     async with embedded(make_config(agents)) as running:
-        async with session.post(f"{running.control_url}/api/flags/exp", data=body,
-                                headers={"Content-Type": "application/json"}) as response:
+        async with session.post(
+            f"{running.control_url}/api/flags/exp",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        ) as response:
             assert response.status == status
             assert (await response.json())["error"] == error
         async with session.get(f"{running.control_url}/api/flags/exp") as response:
@@ -131,9 +170,11 @@ async def test_flag_api_reads_and_writes(session: ClientSession, agents: dict[st
             assert (await response.json())["error"] == "unknown flag 'nope'"
         async with session.post(f"{control}/api/flags/nope", json={"percentage": 1}) as response:
             assert response.status == 404
-        async with session.post(f"{control}/api/flags/exp", json={"percentage": 12.34,
-                                                                 "reason": "ramp"},
-                                headers={"X-ABGate-Actor": "alice"}) as response:
+        async with session.post(
+            f"{control}/api/flags/exp",
+            json={"percentage": 12.34, "reason": "ramp"},
+            headers={"X-ABGate-Actor": "alice"},
+        ) as response:
             flag = await response.json()
         assert flag["percentage"] == 12.34
         assert flag["version"] == 2
@@ -150,11 +191,13 @@ async def test_flag_api_token(session: ClientSession, agents: dict[str, str]) ->
         url = f"{running.control_url}/api/flags/exp"
         async with session.post(url, json={"percentage": 20}) as response:
             assert response.status == 401
-        async with session.post(url, json={"percentage": 20},
-                                headers={"Authorization": "Bearer wrong"}) as response:
+        async with session.post(
+            url, json={"percentage": 20}, headers={"Authorization": "Bearer wrong"}
+        ) as response:
             assert response.status == 401
-        async with session.post(url, json={"percentage": 20},
-                                headers={"Authorization": "Bearer s3cret"}) as response:
+        async with session.post(
+            url, json={"percentage": 20}, headers={"Authorization": "Bearer s3cret"}
+        ) as response:
             assert response.status == 200
         async with session.get(url) as response:  # reading needs no token
             assert (await response.json())["percentage"] == 20
@@ -175,21 +218,24 @@ async def test_control_api_refuses_public_address_without_token(agents: dict[str
 
 
 async def test_embedded_write_that_cannot_be_persisted_changes_nothing(
-        session: ClientSession, agents: dict[str, str], tmp_path: Path) -> None:
+    session: ClientSession, agents: dict[str, str], tmp_path: Path
+) -> None:
     """A state file that cannot be written (read-only volume, full disk; here its directory
     is a plain file, which stops root too): 503 JSON, and the old percentage stays live."""
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
-    config = make_config(agents, percentage=10,
-                         flags={"state_file": str(blocker / "flags.json")})
+    config = make_config(agents, percentage=10, flags={"state_file": str(blocker / "flags.json")})
     async with embedded(config) as running:
-        async with session.post(f"{running.control_url}/api/flags/exp",
-                                json={"percentage": 60}) as response:
+        async with session.post(
+            f"{running.control_url}/api/flags/exp", json={"percentage": 60}
+        ) as response:
             assert response.status == 503
             assert response.content_type == "application/json"
             error = (await response.json())["error"]
-        assert error.startswith("store unavailable, nothing was changed: cannot write "
-                                f"the state file {blocker / 'flags.json'}")
+        assert error.startswith(
+            "store unavailable, nothing was changed: cannot write "
+            f"the state file {blocker / 'flags.json'}"
+        )
         assert running.flags.get("exp").basis_points == 1000
         async with session.get(f"{running.control_url}/api/flags/exp/history") as response:
             assert (await response.json())["history"] == []
@@ -199,8 +245,8 @@ async def test_embedded_write_that_cannot_be_persisted_changes_nothing(
 
 
 async def test_unreadable_or_corrupt_state_file_starts_from_config(
-        session: ClientSession, agents: dict[str, str], tmp_path: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
+    session: ClientSession, agents: dict[str, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     corrupt = tmp_path / "corrupt.json"
     corrupt.write_text("{not json")
     directory = tmp_path / "a-directory"
@@ -215,7 +261,8 @@ async def test_unreadable_or_corrupt_state_file_starts_from_config(
 
 
 async def test_embedded_measurements_survive_a_restart(
-        session: ClientSession, agents: dict[str, str], tmp_path: Path) -> None:
+    session: ClientSession, agents: dict[str, str], tmp_path: Path
+) -> None:
     config = make_config(agents, percentage=50, flags={"state_file": str(tmp_path / "s.json")})
     async with embedded(config) as running:
         for user in range(30):
@@ -227,8 +274,9 @@ async def test_embedded_measurements_survive_a_restart(
 
 
 @pytest.mark.parametrize("backend", ["memory", "redis"])
-async def test_compare_and_set_writes(session: ClientSession, agents: dict[str, str],
-                                      tmp_path: Path, backend: str) -> None:
+async def test_compare_and_set_writes(
+    session: ClientSession, agents: dict[str, str], tmp_path: Path, backend: str
+) -> None:
     """A controller racing a person: the write based on a stale version is refused whole,
     with the flag as it stands, atomically in either store."""
     from contextlib import AsyncExitStack
@@ -241,24 +289,28 @@ async def test_compare_and_set_writes(session: ClientSession, agents: dict[str, 
             flags["redis_url"] = (await stack.enter_async_context(redis_server(tmp_path))).url
         running = await stack.enter_async_context(embedded(make_config(agents, flags=flags)))
         api = f"{running.control_url}/api/flags"
-        async with session.post(f"{api}/exp", json={"percentage": 25,
-                                                    "expected_version": 1}) as response:
+        async with session.post(
+            f"{api}/exp", json={"percentage": 25, "expected_version": 1}
+        ) as response:
             assert response.status == 200
             assert (await response.json())["version"] == 2
-        async with session.post(f"{api}/exp", json={"percentage": 50, "reason": "controller",
-                                                    "expected_version": 1}) as response:
+        async with session.post(
+            f"{api}/exp", json={"percentage": 50, "reason": "controller", "expected_version": 1}
+        ) as response:
             assert response.status == 409
             body = await response.json()
         assert body["current"]["version"] == 2
         assert body["current"]["percentage"] == 25
         assert body["error"].startswith("exp is at version 2, not 1: changed by")
-        async with session.post(api, json={"flags": {"exp": 75},
-                                           "expected_versions": {"exp": 1}}) as response:
+        async with session.post(
+            api, json={"flags": {"exp": 75}, "expected_versions": {"exp": 1}}
+        ) as response:
             assert response.status == 409
         async with session.get(f"{api}/exp") as response:
             assert (await response.json())["percentage"] == 25  # nothing written
-        async with session.post(f"{api}/exp", json={"percentage": 50,
-                                                    "expected_version": "2"}) as response:
+        async with session.post(
+            f"{api}/exp", json={"percentage": 50, "expected_version": "2"}
+        ) as response:
             assert response.status == 400
         async with session.post(f"{api}/exp", json={"percentage": 50}) as response:
             assert response.status == 200  # without it, writes behave as before

@@ -25,8 +25,9 @@ async def get(session: ClientSession, url: str) -> tuple[int, Any]:
 async def traffic(session: ClientSession, base: str, users: range) -> dict[str, int]:
     arms: dict[str, int] = {}
     for user in users:
-        async with session.post(f"{base}{URL}", data=b"{}",
-                                headers={"X-User-Id": f"u{user}"}) as response:
+        async with session.post(
+            f"{base}{URL}", data=b"{}", headers={"X-User-Id": f"u{user}"}
+        ) as response:
             arm = response.headers["X-ABGate-Arm"]
             arms[arm] = arms.get(arm, 0) + 1
     return arms
@@ -39,10 +40,15 @@ async def flushed(running: Embedded) -> None:
 
 async def test_measured_traffic_outcomes_and_significance(session: ClientSession) -> None:
     behaviour = Behaviour(failure_rate=0.3)
-    async with serve_app(create_app("deterministic")) as control, \
-            serve_app(create_app("ml", behaviour, seed=5)) as treatment:
-        config = make_config({"control": control, "treatment": treatment}, percentage=50,
-                             experiment={"fallback_on_5xx": False})
+    async with (
+        serve_app(create_app("deterministic")) as control,
+        serve_app(create_app("ml", behaviour, seed=5)) as treatment,
+    ):
+        config = make_config(
+            {"control": control, "treatment": treatment},
+            percentage=50,
+            experiment={"fallback_on_5xx": False},
+        )
         async with embedded(config) as running:
             arms = await traffic(session, running.proxy_url, range(400))
             await flushed(running)
@@ -51,19 +57,27 @@ async def test_measured_traffic_outcomes_and_significance(session: ClientSession
             assert status == 200
             phase = experiment["current_phase"]
             assert phase["percentage"] == 50
-            assert phase["samples"] == {"control": arms["control"],
-                                        "treatment": arms["treatment"]}
+            assert phase["samples"] == {"control": arms["control"], "treatment": arms["treatment"]}
             assert 0 <= phase["srm_p_value"] <= 1
 
             # Outcomes: a bad item refuses the whole batch, naming its index.
-            bad = [{"experiment": "exp", "arm": "control", "metric": "accuracy", "value": 1},
-                   {"experiment": "exp", "arm": "nope", "metric": "accuracy", "value": 1}]
+            bad = [
+                {"experiment": "exp", "arm": "control", "metric": "accuracy", "value": 1},
+                {"experiment": "exp", "arm": "nope", "metric": "accuracy", "value": 1},
+            ]
             async with session.post(f"{api}/api/outcomes", json=bad) as response:
                 assert response.status == 400
                 assert (await response.json())["error"].startswith("[1].arm: expected one of")
-            outcomes = [{"experiment": "exp", "arm": arm, "metric": "accuracy",
-                         "value": (i % 10) < (9 if arm == "treatment" else 6)}
-                        for arm in ("control", "treatment") for i in range(300)]
+            outcomes = [
+                {
+                    "experiment": "exp",
+                    "arm": arm,
+                    "metric": "accuracy",
+                    "value": (i % 10) < (9 if arm == "treatment" else 6),
+                }
+                for arm in ("control", "treatment")
+                for i in range(300)
+            ]
             async with session.post(f"{api}/api/outcomes", json=outcomes) as response:
                 assert (await response.json()) == {"accepted": 600}
 
@@ -83,9 +97,15 @@ async def test_measured_traffic_outcomes_and_significance(session: ClientSession
             assert metrics["latency"]["type"] == "continuous"
             assert "p_value_holm" in accuracy["sequential"]
 
-            async with session.post(f"{api}/api/statistics/significance-test", json={
-                    "experiment": "exp", "metric": "accuracy", "cohort_a": "control",
-                    "cohort_b": "treatment"}) as response:
+            async with session.post(
+                f"{api}/api/statistics/significance-test",
+                json={
+                    "experiment": "exp",
+                    "metric": "accuracy",
+                    "cohort_a": "control",
+                    "cohort_b": "treatment",
+                },
+            ) as response:
                 live = await response.json()
             assert live["test"] == "sequential"  # the default for live data
             assert live["significant"] is True
@@ -110,40 +130,52 @@ async def test_live_input_errors(session: ClientSession, agents: dict[str, str])
     async with embedded(make_config(agents)) as running:
         status, body = await get(session, f"{running.control_url}/api/experiments/nope")
         assert (status, body) == (404, {"error": "unknown experiment 'nope'"})
-        async with session.post(f"{running.control_url}/api/outcomes", json=[
-                {"experiment": "exp", "arm": "control", "metric": "latency", "value": 1}]) as r:
+        async with session.post(
+            f"{running.control_url}/api/outcomes",
+            json=[{"experiment": "exp", "arm": "control", "metric": "latency", "value": 1}],
+        ) as r:
             assert (await r.json())["error"].startswith(
                 "[0].metric: expected a metric declared under experiments.exp.metrics "
-                "(declared: accuracy, satisfaction)")
-        async with session.post(f"{running.control_url}/api/outcomes", json=[
-                {"experiment": "exp", "arm": "control", "metric": "undeclared",
-                 "value": 1}]) as r:
+                "(declared: accuracy, satisfaction)"
+            )
+        async with session.post(
+            f"{running.control_url}/api/outcomes",
+            json=[{"experiment": "exp", "arm": "control", "metric": "undeclared", "value": 1}],
+        ) as r:
             assert r.status == 400
             assert "got 'undeclared'" in (await r.json())["error"]
-        async with session.post(f"{running.control_url}/api/outcomes", json=[
-                {"experiment": "exp", "arm": "control", "metric": "accuracy",
-                 "value": 0.5}]) as r:
-            assert (await r.json())["error"] == \
-                "[0].value: accuracy is binary: expected 0, 1, true or false, got 0.5"
-        async with session.post(f"{running.control_url}/api/outcomes", json=[
-                {"experiment": "exp", "arm": "control", "metric": "satisfaction",
-                 "value": "x"}]) as r:
-            assert (await r.json())["error"] == \
-                "[0].value: expected a finite number or a boolean, got 'x'"
+        async with session.post(
+            f"{running.control_url}/api/outcomes",
+            json=[{"experiment": "exp", "arm": "control", "metric": "accuracy", "value": 0.5}],
+        ) as r:
+            assert (await r.json())[
+                "error"
+            ] == "[0].value: accuracy is binary: expected 0, 1, true or false, got 0.5"
+        async with session.post(
+            f"{running.control_url}/api/outcomes",
+            json=[{"experiment": "exp", "arm": "control", "metric": "satisfaction", "value": "x"}],
+        ) as r:
+            assert (await r.json())[
+                "error"
+            ] == "[0].value: expected a finite number or a boolean, got 'x'"
         async with session.post(f"{running.control_url}/api/outcomes", json={}) as r:
             assert r.status == 400
 
 
-async def test_proxies_flushes_add_up_exactly(session: ClientSession, agents: dict[str, str],
-                                              tmp_path: Path) -> None:
+async def test_proxies_flushes_add_up_exactly(
+    session: ClientSession, agents: dict[str, str], tmp_path: Path
+) -> None:
     async with redis_server(tmp_path) as redis:
-        config = make_config(agents, percentage=50, flags={"redis_url": redis.url,
-                                                           "heartbeat_interval": "200ms"})
+        config = make_config(
+            agents, percentage=50, flags={"redis_url": redis.url, "heartbeat_interval": "200ms"}
+        )
         async with embedded(config) as control, worker(config) as one, worker(config) as two:
             counted: dict[str, int] = {}
-            for base, users in ((control.proxy_url, range(100)),
-                                (one.proxy_url, range(100, 250)),
-                                (two.proxy_url, range(250, 300))):
+            for base, users in (
+                (control.proxy_url, range(100)),
+                (one.proxy_url, range(100, 250)),
+                (two.proxy_url, range(250, 300)),
+            ):
                 for arm, count in (await traffic(session, base, users)).items():
                     counted[arm] = counted.get(arm, 0) + count
         # Leaving the context flushed every process's last sums; a fresh control plane reads.
@@ -154,19 +186,34 @@ async def test_proxies_flushes_add_up_exactly(session: ClientSession, agents: di
 
 
 async def test_extra_metrics_from_json_fields_and_headers(session: ClientSession) -> None:
-    async with serve_app(create_app("deterministic")) as control, \
-            serve_app(create_app("ml", seed=2)) as treatment:
-        config = make_config({"control": control, "treatment": treatment}, percentage=50,
-                             experiment={"metrics": {
-                                 "confidence": {"type": "continuous", "direction": "higher",
-                                                "json": "$.confidence"},
-                                 "length": {"type": "continuous", "direction": "lower",
-                                            "header": "Content-Length"}}})
+    async with (
+        serve_app(create_app("deterministic")) as control,
+        serve_app(create_app("ml", seed=2)) as treatment,
+    ):
+        config = make_config(
+            {"control": control, "treatment": treatment},
+            percentage=50,
+            experiment={
+                "metrics": {
+                    "confidence": {
+                        "type": "continuous",
+                        "direction": "higher",
+                        "json": "$.confidence",
+                    },
+                    "length": {
+                        "type": "continuous",
+                        "direction": "lower",
+                        "header": "Content-Length",
+                    },
+                }
+            },
+        )
         async with embedded(config) as running:
             arms = await traffic(session, running.proxy_url, range(200))
             await running.plane.flush_measurements()
             status, result = await get(
-                session, f"{running.control_url}/api/experiments/exp/significance")
+                session, f"{running.control_url}/api/experiments/exp/significance"
+            )
     assert status == 200
     confidence = result["metrics"]["confidence"]
     assert confidence["n"] == {"a": arms["control"], "b": arms["treatment"]}

@@ -18,29 +18,43 @@ from scripts.demo_agent import Behaviour, create_app
 from tests.servers import free_port, make_config, serve_app
 
 URL = "/api/agent/credit/decide"
-FAST_BREAKER = {"open_duration": "300ms", "max_open_duration": "1s", "half_open_calls": 3,
-                "slow_call_duration": "100ms"}
+FAST_BREAKER = {
+    "open_duration": "300ms",
+    "max_open_duration": "1s",
+    "half_open_calls": 3,
+    "slow_call_duration": "100ms",
+}
 
 
 @asynccontextmanager
-async def stack(*, replayable: bool = True, budget: dict[str, float] | None = None,
-                treatment_url: str | None = None, **experiment: Any,
-                ) -> AsyncIterator[tuple[Embedded, Behaviour, dict[str, str]]]:
+async def stack(
+    *,
+    replayable: bool = True,
+    budget: dict[str, float] | None = None,
+    treatment_url: str | None = None,
+    **experiment: Any,
+) -> AsyncIterator[tuple[Embedded, Behaviour, dict[str, str]]]:
     behaviour = Behaviour()
-    async with serve_app(create_app("deterministic")) as control, \
-            serve_app(create_app("ml", behaviour, seed=3)) as treatment:
+    async with (
+        serve_app(create_app("deterministic")) as control,
+        serve_app(create_app("ml", behaviour, seed=3)) as treatment,
+    ):
         upstreams = {"control": control, "treatment": treatment_url or treatment}
         config = make_config(
-            upstreams, percentage=100, experiment=experiment,
+            upstreams,
+            percentage=100,
+            experiment=experiment,
             routes=[{"prefix": "/api/", "experiment": "exp", "replayable": replayable}],
             proxy={"retry_budget": budget or {"ratio": 1.0, "min_per_second": 1000}},
-            upstream_options={"read_timeout": "300ms", "breaker": FAST_BREAKER})
+            upstream_options={"read_timeout": "300ms", "breaker": FAST_BREAKER},
+        )
         async with embedded(config) as running:
             yield running, behaviour, upstreams
 
 
-async def paced_load(session: ClientSession, url: str, *, rate: int = 200,
-                     seconds: float = 2.0, method: str = "POST") -> list[tuple[int, str, str]]:
+async def paced_load(
+    session: ClientSession, url: str, *, rate: int = 200, seconds: float = 2.0, method: str = "POST"
+) -> list[tuple[int, str, str]]:
     """`rate` requests per second for `seconds`: (status, served by, fallback reason) of each.
     `X-ABGate-Arm` is the arm a request was assigned to (treatment here, at 100%);
     `X-ABGate-Served-By` the upstream that answered."""
@@ -50,12 +64,18 @@ async def paced_load(session: ClientSession, url: str, *, rate: int = 200,
     assigned: set[str] = set()
 
     async def one(index: int) -> None:
-        async with session.request(method, url, data=b'{"amount": 1}',
-                                   headers={"X-User-Id": f"u{index}"}) as response:
+        async with session.request(
+            method, url, data=b'{"amount": 1}', headers={"X-User-Id": f"u{index}"}
+        ) as response:
             await response.read()
             assigned.add(response.headers.get("X-ABGate-Arm", ""))
-            results.append((response.status, response.headers.get("X-ABGate-Served-By", ""),
-                            response.headers.get("X-ABGate-Fallback", "")))
+            results.append(
+                (
+                    response.status,
+                    response.headers.get("X-ABGate-Served-By", ""),
+                    response.headers.get("X-ABGate-Fallback", ""),
+                )
+            )
 
     tasks = []
     for index in range(int(rate * seconds)):
@@ -82,14 +102,16 @@ async def test_slow_ml_backend_trips_on_slow_calls(session: ClientSession) -> No
     assert reasons["breaker-open"] > len(results) * 0.5
     assert Counter(arm for _, arm, reason in results if not reason)["treatment"] >= 20
     # It opened although the treatment upstream never failed: the slow calls tripped it.
-    assert 'abgate_breaker_transitions_total{from="closed",to="open",upstream="treatment"}' \
-        in metrics
-    assert 'abgate_upstream_errors_total{kind=' not in metrics
+    assert (
+        'abgate_breaker_transitions_total{from="closed",to="open",upstream="treatment"}' in metrics
+    )
+    assert "abgate_upstream_errors_total{kind=" not in metrics
 
 
 @pytest.mark.parametrize("failure", ["500s", "hung"])
-async def test_failing_ml_backend_is_invisible_to_clients(session: ClientSession,
-                                                          failure: str) -> None:
+async def test_failing_ml_backend_is_invisible_to_clients(
+    session: ClientSession, failure: str
+) -> None:
     async with stack() as (running, behaviour, _):
         if failure == "500s":
             behaviour.failure_rate = 1.0
@@ -104,13 +126,20 @@ async def test_failing_ml_backend_is_invisible_to_clients(session: ClientSession
         assert reasons[first_reason] >= 5  # the calls that tripped the breaker ...
         assert reasons["breaker-open"] > len(results) * 0.8  # ... then it stayed open
         assert (await breaker_state(session, running.control_url))["treatment"] in (
-            "open", "half_open")
+            "open",
+            "half_open",
+        )
         async with session.get(f"{running.control_url}/metrics") as response:
             text = await response.text()
         assert 'abgate_fallbacks_total{experiment="exp",reason="breaker-open"}' in text
         # Fallback answers are not counted as the control arm's traffic ...
-        control_ok = [line for line in text.splitlines() if line.startswith(
-            'abgate_requests_total{arm="control",experiment="exp",status_class="2xx"')]
+        control_ok = [
+            line
+            for line in text.splitlines()
+            if line.startswith(
+                'abgate_requests_total{arm="control",experiment="exp",status_class="2xx"'
+            )
+        ]
         assert control_ok == []
         # ... but measured in the treatment arm they were assigned to (intention to treat).
         await running.plane.flush_measurements()
@@ -135,12 +164,10 @@ async def test_killed_backend_then_recovery(session: ClientSession) -> None:
         try:
             async with asyncio.timeout(20):
                 while True:
-                    results = await paced_load(session, f"{running.proxy_url}{URL}",
-                                               seconds=0.25)
+                    results = await paced_load(session, f"{running.proxy_url}{URL}", seconds=0.25)
                     if all(arm == "treatment" and not reason for _, arm, reason in results):
                         break
-            assert (await breaker_state(session, running.control_url))["treatment"] == \
-                "closed"
+            assert (await breaker_state(session, running.control_url))["treatment"] == "closed"
         finally:
             await runner.cleanup()
 
@@ -157,13 +184,15 @@ async def test_non_replayable_requests_are_not_resent(session: ClientSession) ->
 
 
 async def test_retry_budget_limits_fallback_retries(session: ClientSession) -> None:
-    async with stack(budget={"ratio": 0.0, "min_per_second": 0.3},  # 3 retries per 10 s
-                     ) as (running, behaviour, _):
+    async with stack(
+        budget={"ratio": 0.0, "min_per_second": 0.3},  # 3 retries per 10 s
+    ) as (running, behaviour, _):
         behaviour.failure_rate = 1.0
         statuses = []
         for index in range(4):  # fewer than consecutive_failures: the breaker stays closed
-            async with session.get(f"{running.proxy_url}{URL}",
-                                   headers={"X-User-Id": f"u{index}"}) as response:
+            async with session.get(
+                f"{running.proxy_url}{URL}", headers={"X-User-Id": f"u{index}"}
+            ) as response:
                 statuses.append((response.status, response.headers.get("X-ABGate-Fallback")))
     assert statuses == [(200, "status-500")] * 3 + [(500, None)]
 
@@ -188,8 +217,7 @@ async def test_forced_states(session: ClientSession) -> None:
         for _ in range(10):  # failures never open a forced-closed breaker
             async with session.get(f"{running.proxy_url}{URL}") as response:
                 assert response.headers["X-ABGate-Fallback"] == "status-500"
-        assert (await breaker_state(session, running.control_url))["treatment"] == \
-            "forced_closed"
+        assert (await breaker_state(session, running.control_url))["treatment"] == "forced_closed"
         async with session.get(f"{running.control_url}/api/breakers") as response:
             listed = await response.json()
         assert listed["instances"][0]["breakers"]["treatment"] == "forced_closed"
@@ -197,6 +225,7 @@ async def test_forced_states(session: ClientSession) -> None:
             assert (await response.json())["state"] == "closed"
         async with session.post(api, json={"state": "sideways"}) as response:
             assert response.status == 400
-        async with session.post(f"{running.control_url}/api/breakers/nope",
-                                json={"state": "auto"}) as response:
+        async with session.post(
+            f"{running.control_url}/api/breakers/nope", json={"state": "auto"}
+        ) as response:
             assert response.status == 404

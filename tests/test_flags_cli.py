@@ -18,8 +18,12 @@ ROOT = Path(__file__).parent.parent
 async def run(*command: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """A subprocess that does not block the event loop serving the API it calls."""
     proc = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})}, cwd=ROOT)
+        *command,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+    )
     async with asyncio.timeout(60):
         out, err = await proc.communicate()
     assert proc.returncode is not None
@@ -27,8 +31,9 @@ async def run(*command: str, env: dict[str, str] | None = None) -> tuple[int, st
 
 
 async def flags(url: str, *args: str, token: str = "t0k") -> tuple[int, str, str]:
-    return await run(sys.executable, "-m", "control.cli", "flags", "--url", url,
-                     "--token", token, *args)
+    return await run(
+        sys.executable, "-m", "control.cli", "flags", "--url", url, "--token", token, *args
+    )
 
 
 async def test_flags_commands(tmp_path: Path, agents: dict[str, str]) -> None:
@@ -50,7 +55,10 @@ async def test_flags_commands(tmp_path: Path, agents: dict[str, str]) -> None:
         assert running.flags.get("exp").version == 4  # ... as a new, audited version
         code, out, _ = await flags(url, "history", "exp")
         assert [line.split("\t")[:2] for line in out.splitlines()] == [
-            ["v4", "25%"], ["v3", "80%"], ["v2", "25%"]]
+            ["v4", "25%"],
+            ["v3", "80%"],
+            ["v2", "25%"],
+        ]
         assert out.splitlines()[0].endswith(f"import from {backup}")
 
         code, _, err = await flags(url, "set", "exp", "30", token="wrong")
@@ -69,8 +77,10 @@ async def test_flags_commands(tmp_path: Path, agents: dict[str, str]) -> None:
         assert code == 1
         assert f"{tmp_path / 'garbage.json'} is not an `abgate flags export` file" in err
         code, _, err = await flags(url, "get", "nope")
-        assert (code, err.strip()) == (1, "abgate flags: GET /api/flags/nope: 404 unknown "
-                                          "flag 'nope'")
+        assert (code, err.strip()) == (
+            1,
+            "abgate flags: GET /api/flags/nope: 404 unknown flag 'nope'",
+        )
     with refused_port() as port:  # held bound, never listening: nothing can answer there
         code, _, err = await flags(f"http://127.0.0.1:{port}", "list")
     assert code == 1
@@ -91,7 +101,8 @@ async def test_emergency_rollback_script(agents: dict[str, str]) -> None:
         assert code == 1
         assert out.strip() == "rollback failed (404): unknown flag 'missing'"
     with refused_port() as port:
-        code, _, err = await run("bash", script, env={
-            "ABGATE_CONTROL_URL": f"http://127.0.0.1:{port}"})
+        code, _, err = await run(
+            "bash", script, env={"ABGATE_CONTROL_URL": f"http://127.0.0.1:{port}"}
+        )
     assert code == 1
     assert "cannot reach" in err

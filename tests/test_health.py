@@ -19,8 +19,9 @@ async def aggregate(session: ClientSession, running: Embedded) -> tuple[int, dic
 
 
 async def force(session: ClientSession, running: Embedded, upstream: str, state: str) -> None:
-    async with session.post(f"{running.control_url}/api/breakers/{upstream}",
-                            json={"state": state}) as response:
+    async with session.post(
+        f"{running.control_url}/api/breakers/{upstream}", json={"state": state}
+    ) as response:
         assert response.status == 200
 
 
@@ -33,8 +34,11 @@ async def test_aggregate_in_each_state(session: ClientSession, agents: dict[str,
         upstreams = body["components"]["upstreams"]
         assert upstreams["control"]["critical"] is True
         assert upstreams["treatment"]["critical"] is False
-        assert body["components"]["flag_store"] == {"status": "healthy", "backend": "memory",
-                                                    "reasons": []}
+        assert body["components"]["flag_store"] == {
+            "status": "healthy",
+            "backend": "memory",
+            "reasons": [],
+        }
         assert body["components"]["instances"]["instances"][0]["converged"] is True
         assert body["components"]["statistics_worker"]["status"] == "healthy"
 
@@ -53,8 +57,12 @@ async def test_aggregate_in_each_state(session: ClientSession, agents: dict[str,
 async def test_active_health_check(session: ClientSession, agents: dict[str, str]) -> None:
     with refused_port() as port:  # nothing listens on the treatment upstream
         upstreams = {**agents, "treatment": f"http://127.0.0.1:{port}"}
-        config = make_config(upstreams, upstream_options={
-            "health_check": {"path": "/health", "interval": "100ms", "timeout": "500ms"}})
+        config = make_config(
+            upstreams,
+            upstream_options={
+                "health_check": {"path": "/health", "interval": "100ms", "timeout": "500ms"}
+            },
+        )
         async with embedded(config) as running:
             checks = running.plane.checks
             await until(lambda: all(c.last is not None for c in checks.values()))
@@ -66,11 +74,11 @@ async def test_active_health_check(session: ClientSession, agents: dict[str, str
     assert (status, body["overall_health"]) == (200, "degraded")
 
 
-async def test_flag_store_outage_is_degraded(session: ClientSession, agents: dict[str, str],
-                                             tmp_path: Path) -> None:
+async def test_flag_store_outage_is_degraded(
+    session: ClientSession, agents: dict[str, str], tmp_path: Path
+) -> None:
     async with redis_server(tmp_path) as redis:
-        config = make_config(agents, flags={"redis_url": redis.url,
-                                            "heartbeat_interval": "200ms"})
+        config = make_config(agents, flags={"redis_url": redis.url, "heartbeat_interval": "200ms"})
         async with embedded(config) as running:
             sync = running.backend.sync
             assert sync is not None
@@ -94,16 +102,24 @@ async def test_both_arms_breakers_recover(session: ClientSession) -> None:
     from tests.servers import serve_app
 
     control_behaviour, ml_behaviour = Behaviour(failure_rate=1.0), Behaviour(failure_rate=1.0)
-    async with serve_app(create_app("deterministic", control_behaviour)) as control, \
-            serve_app(create_app("ml", ml_behaviour, seed=3)) as treatment:
-        config = make_config({"control": control, "treatment": treatment}, percentage=50,
-                             upstream_options={"breaker": {"open_duration": "100ms",
-                                                           "half_open_calls": 2}})
+    async with (
+        serve_app(create_app("deterministic", control_behaviour)) as control,
+        serve_app(create_app("ml", ml_behaviour, seed=3)) as treatment,
+    ):
+        config = make_config(
+            {"control": control, "treatment": treatment},
+            percentage=50,
+            upstream_options={"breaker": {"open_duration": "100ms", "half_open_calls": 2}},
+        )
         async with embedded(config) as running:
+
             async def send(users: range) -> None:
                 for user in users:
-                    async with session.post(f"{running.proxy_url}/api/agent/x/decide", data=b"{}",
-                                            headers={"X-User-Id": f"u{user}"}) as response:
+                    async with session.post(
+                        f"{running.proxy_url}/api/agent/x/decide",
+                        data=b"{}",
+                        headers={"X-User-Id": f"u{user}"},
+                    ) as response:
                         await response.read()
 
             await send(range(40))

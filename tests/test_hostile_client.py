@@ -17,17 +17,25 @@ from control.serve import Embedded, embedded
 from tests.servers import echo_app, make_config, read_request, serve_app, until
 from tests.test_hostile_upstream import hostile
 
-FAST_CLIENT_LIMITS = {"client_header_timeout": "300ms", "client_keepalive_timeout": "1s",
-                      "client_body_timeout": "500ms", "max_header_size": "8KiB",
-                      "max_connections": 8}
+FAST_CLIENT_LIMITS = {
+    "client_header_timeout": "300ms",
+    "client_keepalive_timeout": "1s",
+    "client_body_timeout": "500ms",
+    "max_header_size": "8KiB",
+    "max_connections": 8,
+}
 
 
 @asynccontextmanager
-async def echo_proxy(routes: list[dict[str, Any]] | None = None,
-                     **proxy: Any) -> AsyncIterator[Embedded]:
+async def echo_proxy(
+    routes: list[dict[str, Any]] | None = None, **proxy: Any
+) -> AsyncIterator[Embedded]:
     async with serve_app(echo_app()) as url:
-        config = make_config({"control": url}, routes=routes or [
-            {"prefix": "/", "upstream": "control"}], proxy={**FAST_CLIENT_LIMITS, **proxy})
+        config = make_config(
+            {"control": url},
+            routes=routes or [{"prefix": "/", "upstream": "control"}],
+            proxy={**FAST_CLIENT_LIMITS, **proxy},
+        )
         async with embedded(config) as running:
             yield running
 
@@ -114,8 +122,9 @@ async def test_clients_beyond_max_connections_get_503(session: ClientSession) ->
 async def test_expect_100_continue_is_answered() -> None:
     async with echo_proxy() as running:
         reader, writer = await connect(running)
-        writer.write(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
-                     b"Expect: 100-continue\r\n\r\n")
+        writer.write(
+            b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        )
         interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
         writer.write(b"hello")
@@ -134,16 +143,24 @@ async def test_http_09_is_refused_in_http_11() -> None:
     assert b"HTTP/0.9 is not supported" in answer
 
 
-@pytest.mark.parametrize(("raw", "status", "seen_path"), [
-    ("/raw/../h/ok", 200, "/h/ok"),  # matched and forwarded as the same path
-    ("/raw/%2e%2e/%2E%2e/secret", 404, None),  # /secret: no route allows it
-    ("/raw/..%2f..%2fsecret", 400, None),
-    ("/raw/ok", 200, "/raw/ok"),
-])
-async def test_dot_segments_cannot_escape_a_route_prefix(raw: str, status: int,
-                                                         seen_path: str | None) -> None:
-    async with echo_proxy(routes=[{"prefix": "/raw/", "upstream": "control"},
-                                  {"prefix": "/h/", "upstream": "control"}]) as running:
+@pytest.mark.parametrize(
+    ("raw", "status", "seen_path"),
+    [
+        ("/raw/../h/ok", 200, "/h/ok"),  # matched and forwarded as the same path
+        ("/raw/%2e%2e/%2E%2e/secret", 404, None),  # /secret: no route allows it
+        ("/raw/..%2f..%2fsecret", 400, None),
+        ("/raw/ok", 200, "/raw/ok"),
+    ],
+)
+async def test_dot_segments_cannot_escape_a_route_prefix(
+    raw: str, status: int, seen_path: str | None
+) -> None:
+    async with echo_proxy(
+        routes=[
+            {"prefix": "/raw/", "upstream": "control"},
+            {"prefix": "/h/", "upstream": "control"},
+        ]
+    ) as running:
         reader, writer = await connect(running)
         writer.write(f"GET {raw} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode())
         answer = await read_all(reader)
@@ -154,8 +171,10 @@ async def test_dot_segments_cannot_escape_a_route_prefix(raw: str, status: int,
 
 
 async def slow_upload(writer: asyncio.StreamWriter, pause: float) -> None:
-    writer.write(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 300000\r\n"
-                 b"Connection: close\r\n\r\n" + b"a" * 150_000)
+    writer.write(
+        b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 300000\r\n"
+        b"Connection: close\r\n\r\n" + b"a" * 150_000
+    )
     await writer.drain()
     await asyncio.sleep(pause)
     writer.write(b"b" * 150_000)
@@ -164,9 +183,12 @@ async def slow_upload(writer: asyncio.StreamWriter, pause: float) -> None:
 
 async def test_a_client_pausing_mid_upload_is_not_the_upstreams_timeout() -> None:
     async with serve_app(echo_app()) as url:  # read_timeout 300 ms; the client pauses 800 ms
-        config = make_config({"control": url}, routes=[{"prefix": "/", "upstream": "control"}],
-                             upstream_options={"read_timeout": "300ms"},
-                             proxy={"client_body_timeout": "5s"})
+        config = make_config(
+            {"control": url},
+            routes=[{"prefix": "/", "upstream": "control"}],
+            upstream_options={"read_timeout": "300ms"},
+            proxy={"client_body_timeout": "5s"},
+        )
         async with embedded(config) as running:
             reader, writer = await connect(running)
             await slow_upload(writer, 0.8)
@@ -180,8 +202,10 @@ async def test_a_client_stalling_mid_upload_gets_408() -> None:
     async with echo_proxy() as running:  # client_body_timeout 500 ms
         for length in (300_000, 30_000):  # a streamed body, and a buffered one
             reader, writer = await connect(running)
-            writer.write(f"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: {length}\r\n\r\n"
-                         .encode() + b"a" * (length // 2))
+            writer.write(
+                f"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: {length}\r\n\r\n".encode()
+                + b"a" * (length // 2)
+            )
             stalled = await read_all(reader)
             writer.close()
             assert stalled.startswith(b"HTTP/1.1 408"), stalled[:300]
@@ -189,11 +213,14 @@ async def test_a_client_stalling_mid_upload_gets_408() -> None:
 
 
 async def test_an_early_upstream_answer_to_a_streamed_upload_is_passed_through() -> None:
-    async def refuses_large_bodies(reader: asyncio.StreamReader,
-                                   writer: asyncio.StreamWriter) -> None:
+    async def refuses_large_bodies(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\n"
-                     b"Connection: close\r\n\r\ntoo much")
+        writer.write(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\n"
+            b"Connection: close\r\n\r\ntoo much"
+        )
         await writer.drain()
         # A lingering close, as nginx and aiohttp do: closing with unread request bytes
         # sends a TCP reset, which may make the kernel discard the answer before the peer
@@ -209,8 +236,10 @@ async def test_an_early_upstream_answer_to_a_streamed_upload_is_passed_through()
         statuses = []
         for _ in range(10):
             reader, writer = await connect(running)
-            writer.write(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1048576\r\n"
-                         b"Connection: close\r\n\r\n")
+            writer.write(
+                b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1048576\r\n"
+                b"Connection: close\r\n\r\n"
+            )
             with contextlib.suppress(ConnectionError):
                 for _ in range(16):
                     writer.write(b"x" * 65536)
@@ -221,8 +250,7 @@ async def test_an_early_upstream_answer_to_a_streamed_upload_is_passed_through()
     assert statuses == [b"HTTP/1.1 413"] * 10
 
 
-async def test_a_dripped_response_head_does_not_extend_read_timeout(
-        session: ClientSession) -> None:
+async def test_a_dripped_response_head_does_not_extend_read_timeout(session: ClientSession) -> None:
     async def drips(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         for byte in b"HTTP/1.1 200 OK\r\nX-Drip: abcdefghijklmnopqrstuvwxyz\r\n":
@@ -258,8 +286,10 @@ async def test_response_timeout_bounds_a_body_that_never_ends(session: ClientSes
 async def test_chunked_trailers_are_not_merged_into_the_head(session: ClientSession) -> None:
     async def with_trailer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"
-                     b"2\r\nok\r\n0\r\nX-Sum: 42\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"
+            b"2\r\nok\r\n0\r\nX-Sum: 42\r\n\r\n"
+        )
 
     async with hostile() as (upstream, running):
         upstream.behaviour = with_trailer
@@ -269,7 +299,8 @@ async def test_chunked_trailers_are_not_merged_into_the_head(session: ClientSess
 
 
 async def test_a_stray_late_response_is_never_served_to_the_next_client(
-        session: ClientSession) -> None:
+    session: ClientSession,
+) -> None:
     async def answers_twice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal")
@@ -288,12 +319,14 @@ async def test_a_stray_late_response_is_never_served_to_the_next_client(
 
 
 async def test_a_client_leaving_mid_upload_leaves_no_unretrieved_future(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async with echo_proxy(client_body_timeout="5s") as running:
         for _ in range(5):
             _, writer = await connect(running)
-            writer.write(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n" +
-                         b"y" * 200_000)
+            writer.write(
+                b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n" + b"y" * 200_000
+            )
             await writer.drain()
             writer.transport.abort()
         await asyncio.sleep(0.2)  # the aborted exchanges are torn down
@@ -302,4 +335,3 @@ async def test_a_client_leaving_mid_upload_leaves_no_unretrieved_future(
         gc.collect()  # futures report "never retrieved" when collected
         await asyncio.sleep(0)
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
-

@@ -55,12 +55,18 @@ async def hostile(**upstream_options: object) -> AsyncIterator[tuple[Upstream, E
     server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0, limit=2**20)
     upstream.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     # The breaker would (rightly) stop traffic to these upstreams; the pool is under test.
-    options = {"read_timeout": "500ms", "pool_size": 4, "connect_timeout": "2s",
-               "breaker": {"consecutive_failures": 100_000, "minimum_calls": 100_000},
-               **upstream_options}
-    config = make_config({"control": upstream.url}, routes=[{"prefix": "/", "upstream":
-                                                              "control"}],
-                         upstream_options=options)
+    options = {
+        "read_timeout": "500ms",
+        "pool_size": 4,
+        "connect_timeout": "2s",
+        "breaker": {"consecutive_failures": 100_000, "minimum_calls": 100_000},
+        **upstream_options,
+    }
+    config = make_config(
+        {"control": upstream.url},
+        routes=[{"prefix": "/", "upstream": "control"}],
+        upstream_options=options,
+    )
     try:
         async with embedded(config) as running:
             yield upstream, running
@@ -76,8 +82,12 @@ async def books_balance(upstream: Upstream, running: Embedded, session: ClientSe
     """Once nothing is in flight, the pool counts exactly the sockets that exist, and it
     still serves."""
     pool = pool_of(running)
-    await until(lambda: pool.open_connections == len(upstream.live)
-                and pool.open_connections == pool.idle_connections)
+    await until(
+        lambda: (
+            pool.open_connections == len(upstream.live)
+            and pool.open_connections == pool.idle_connections
+        )
+    )
     assert pool.open_connections <= pool.config.pool_size
     upstream.behaviour = answer_ok
     for _ in range(pool.config.pool_size + 2):
@@ -100,14 +110,17 @@ async def resets_mid_body(reader: asyncio.StreamReader, writer: asyncio.StreamWr
     writer.transport.abort()  # RST, as a killed process leaves it
 
 
-async def resets_before_answering(reader: asyncio.StreamReader,
-                                  writer: asyncio.StreamWriter) -> None:
+async def resets_before_answering(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
     await read_request(reader)
     writer.transport.abort()
 
 
-async def answers_then_closes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                              ) -> None:
+async def answers_then_closes(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+) -> None:
     await read_request(reader)  # a keep-alive answer, then the socket goes (short keep-alive)
     writer.write(OK)
     await writer.drain()
@@ -145,8 +158,9 @@ CASES: dict[str, tuple[Behaviour, set[int]]] = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-async def test_hostile_upstream_leaves_the_books_balanced(session: ClientSession,
-                                                          case: str) -> None:
+async def test_hostile_upstream_leaves_the_books_balanced(
+    session: ClientSession, case: str
+) -> None:
     behaviour, statuses = CASES[case]
     async with hostile() as (upstream, running):
         upstream.behaviour = behaviour

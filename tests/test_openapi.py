@@ -22,20 +22,31 @@ def served_operations(app: web.Application) -> set[tuple[str, str]]:
 
 
 def documented_operations() -> set[tuple[str, str]]:
-    return {(path, method) for path, item in OPENAPI["paths"].items()
-            for method in item if method in {"get", "post", "put", "delete", "patch"}}
+    return {
+        (path, method)
+        for path, item in OPENAPI["paths"].items()
+        for method in item
+        if method in {"get", "post", "put", "delete", "patch"}
+    }
 
 
 async def test_every_route_is_documented_and_every_document_path_served(
-        session: ClientSession, agents: dict[str, str]) -> None:
+    session: ClientSession, agents: dict[str, str]
+) -> None:
     async with embedded(make_config(agents)) as running:
         async with session.get(f"{running.control_url}/api/openapi.json") as response:
             assert (await response.json()) == OPENAPI
         from control.api import create_control_app
 
-        app = create_control_app(running.backend.store, None, None,  # type: ignore[arg-type]
-                                 running.reloader, running.plane, running.backend,
-                                 running.worker)
+        app = create_control_app(
+            running.backend.store,  # type: ignore[arg-type]
+            None,  # type: ignore[arg-type]
+            None,
+            running.reloader,
+            running.plane,
+            running.backend,
+            running.worker,
+        )
     served, documented = served_operations(app), documented_operations()
     assert served - documented == set(), "served but not in the OpenAPI document"
     assert documented - served == set(), "in the OpenAPI document but not served"

@@ -14,18 +14,22 @@ URL = "/api/agent/credit/decide"
 
 
 async def test_each_request_gives_one_record_matching_its_headers(
-        agents: dict[str, str], session: ClientSession) -> None:
+    agents: dict[str, str], session: ClientSession
+) -> None:
     config = make_config(agents, percentage=50)
     seen: list[Outcome] = []
     async with embedded(config) as running:
         running.plane.add_sink(seen.append)
         headers_of: dict[str, dict[str, str]] = {}
         for i in range(40):
-            async with session.post(running.proxy_url + URL, data=b'{"amount": 3}',
-                                    headers={"X-User-Id": f"user-{i}"}) as response:
+            async with session.post(
+                running.proxy_url + URL, data=b'{"amount": 3}', headers={"X-User-Id": f"user-{i}"}
+            ) as response:
                 await response.read()
                 headers_of[response.headers["X-Request-Id"]] = {
-                    **response.headers, "user": f"user-{i}"}
+                    **response.headers,
+                    "user": f"user-{i}",
+                }
     assert len(seen) == 40
     assert {o.request_id for o in seen} == set(headers_of)
     seed = fnv1a32(config.experiments["exp"].seed)
@@ -46,26 +50,33 @@ async def test_each_request_gives_one_record_matching_its_headers(
     assert {o.arm for o in seen} == {"control", "treatment"}
 
 
-async def test_a_fallback_is_one_record_in_the_assigned_arm(
-        session: ClientSession) -> None:
+async def test_a_fallback_is_one_record_in_the_assigned_arm(session: ClientSession) -> None:
     behaviour = Behaviour()
     behaviour.failure_rate = 1.0  # every ML answer is a 500
-    async with serve_app(create_app("deterministic")) as control, \
-            serve_app(create_app("ml", behaviour, seed=3)) as treatment:
-        config = make_config({"control": control, "treatment": treatment}, percentage=100,
-                             experiment={"fallback_on_5xx": True},
-                             routes=[{"prefix": "/api/", "experiment": "exp",
-                                      "replayable": True}],
-                             proxy={"retry_budget": {"ratio": 1.0, "min_per_second": 1000}})
+    async with (
+        serve_app(create_app("deterministic")) as control,
+        serve_app(create_app("ml", behaviour, seed=3)) as treatment,
+    ):
+        config = make_config(
+            {"control": control, "treatment": treatment},
+            percentage=100,
+            experiment={"fallback_on_5xx": True},
+            routes=[{"prefix": "/api/", "experiment": "exp", "replayable": True}],
+            proxy={"retry_budget": {"ratio": 1.0, "min_per_second": 1000}},
+        )
         seen: list[Outcome] = []
         async with embedded(config) as running:
             running.plane.add_sink(seen.append)
-            async with session.post(running.proxy_url + URL, data=b"{}",
-                                    headers={"X-User-Id": "u"}) as response:
+            async with session.post(
+                running.proxy_url + URL, data=b"{}", headers={"X-User-Id": "u"}
+            ) as response:
                 await response.read()
                 assert response.status == 200
                 assert response.headers["X-ABGate-Fallback"] == "status-500"
     [outcome] = seen
-    assert (outcome.arm, outcome.upstream, outcome.fallback) == \
-        ("treatment", "control", "status-500")
+    assert (outcome.arm, outcome.upstream, outcome.fallback) == (
+        "treatment",
+        "control",
+        "status-500",
+    )
     assert outcome.bucket == NO_BUCKET  # at 100% the split hashes nothing

@@ -18,8 +18,13 @@ MiB = 1024 * 1024
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "control.cli", *args], capture_output=True,
-                          text=True, check=False, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "control.cli", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
 
 
 def test_version_and_help() -> None:
@@ -33,8 +38,7 @@ def test_version_and_help() -> None:
     assert "--workers" in run_cli("proxy", "--help").stdout
 
 
-async def test_sigterm_finishes_in_flight_requests(tmp_path: Path,
-                                                   session: ClientSession) -> None:
+async def test_sigterm_finishes_in_flight_requests(tmp_path: Path, session: ClientSession) -> None:
     arrived = asyncio.Event()
 
     async def slow(request: web.Request) -> web.Response:
@@ -46,8 +50,9 @@ async def test_sigterm_finishes_in_flight_requests(tmp_path: Path,
     app.router.add_get("/slow", slow)
     async with serve_app(app) as upstream:
         config = write_config(tmp_path / "c.yaml", config_document(upstream))
-        async with abgate("run", "--config", str(config),
-                          expect={"proxy": 1, "control API": 1}) as process:
+        async with abgate(
+            "run", "--config", str(config), expect={"proxy": 1, "control API": 1}
+        ) as process:
             request = asyncio.create_task(session.get(f"{process.url('proxy')}/slow"))
             await arrived.wait()
             process.proc.terminate()  # SIGTERM while the request is in flight
@@ -60,8 +65,9 @@ async def test_sigterm_finishes_in_flight_requests(tmp_path: Path,
 async def test_workers_share_the_port(tmp_path: Path, session: ClientSession) -> None:
     async with serve_app(echo_app()) as upstream:
         config = write_config(tmp_path / "c.yaml", config_document(upstream))
-        async with abgate("proxy", "--config", str(config), "--workers", "2",
-                          expect={"proxy": 2, "admin": 2}) as process:
+        async with abgate(
+            "proxy", "--config", str(config), "--workers", "2", expect={"proxy": 2, "admin": 2}
+        ) as process:
             proxy_urls = set(process.urls["proxy"])
             assert len(proxy_urls) == 1  # both workers on one port
             url = proxy_urls.pop()
@@ -72,8 +78,13 @@ async def test_workers_share_the_port(tmp_path: Path, session: ClientSession) ->
             for admin in process.urls["admin"]:
                 async with session.get(f"{admin}/metrics") as response:
                     text = await response.text()
-                served.append(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                                  if line.startswith("abgate_requests_total")))
+                served.append(
+                    sum(
+                        float(line.rsplit(" ", 1)[1])
+                        for line in text.splitlines()
+                        if line.startswith("abgate_requests_total")
+                    )
+                )
             assert sum(served) == 60
             assert all(count > 0 for count in served), served
             assert await process.stop() == 0
@@ -85,8 +96,9 @@ def peak_rss_mib(pid: int) -> float:
     return kib / 1024
 
 
-async def test_100mb_bodies_stream_with_bounded_memory(tmp_path: Path,
-                                                       session: ClientSession) -> None:
+async def test_100mb_bodies_stream_with_bounded_memory(
+    tmp_path: Path, session: ClientSession
+) -> None:
     size = 100 * MiB
 
     async def upload() -> AsyncIterator[bytes]:
@@ -97,8 +109,9 @@ async def test_100mb_bodies_stream_with_bounded_memory(tmp_path: Path,
     async with serve_app(echo_app()) as upstream:
         document = config_document(upstream, max_body_size="1GiB")
         config = write_config(tmp_path / "c.yaml", document)
-        async with abgate("run", "--config", str(config),
-                          expect={"proxy": 1, "control API": 1}) as process:
+        async with abgate(
+            "run", "--config", str(config), expect={"proxy": 1, "control API": 1}
+        ) as process:
             base = process.url("proxy")
             async with session.get(f"{base}/warm-up") as response:
                 assert response.status == 200
@@ -110,8 +123,7 @@ async def test_100mb_bodies_stream_with_bounded_memory(tmp_path: Path,
                     received += len(chunk)
             assert received == size
             headers = {"Content-Length": str(size)}
-            async with session.post(f"{base}/upload", data=upload(),
-                                    headers=headers) as response:
+            async with session.post(f"{base}/upload", data=upload(), headers=headers) as response:
                 assert (await response.json())["body_size"] == size
             async with session.post(f"{base}/upload-chunked", data=upload()) as response:
                 assert (await response.json())["body_size"] == size
@@ -122,8 +134,11 @@ async def test_100mb_bodies_stream_with_bounded_memory(tmp_path: Path,
 
 def test_data_plane_does_not_load_scipy() -> None:
     """scipy costs tens of MiB; only processes that evaluate statistics may load it."""
-    probe = ("import sys, control.cli, control.serve, proxy.runtime; "
-             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('scipy', 'numpy')))")
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                            check=True, timeout=60)
+    probe = (
+        "import sys, control.cli, control.serve, proxy.runtime; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('scipy', 'numpy')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
     assert result.stdout.strip() == "[]"

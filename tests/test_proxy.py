@@ -46,12 +46,16 @@ def header_values(payload: dict[str, Any], name: str) -> list[str]:
 async def test_request_passes_through_unchanged(session: ClientSession) -> None:
     async with echo_proxy() as (running, _):
         body = bytes(range(256)) * 40
-        headers = [("X-Custom", "one"), ("X-Custom", "two"), ("Content-Type", "app/x"),
-                   ("X-Forwarded-For", "10.1.2.3"), ("X-Request-Id", "req-1"),
-                   ("Accept-Encoding", "gzip")]
+        headers = [
+            ("X-Custom", "one"),
+            ("X-Custom", "two"),
+            ("Content-Type", "app/x"),
+            ("X-Forwarded-For", "10.1.2.3"),
+            ("X-Request-Id", "req-1"),
+            ("Accept-Encoding", "gzip"),
+        ]
         target = URL(f"{running.proxy_url}/a/b%20c?x=1&y=%2F&x=2", encoded=True)
-        async with session.put(target, data=body,
-                               headers=headers) as response:
+        async with session.put(target, data=body, headers=headers) as response:
             assert response.status == 200
             payload = orjson.loads(await response.read())
             assert response.headers["X-Request-Id"] == "req-1"
@@ -74,9 +78,17 @@ async def test_request_passes_through_unchanged(session: ClientSession) -> None:
 
 
 async def test_request_id_generated_and_forwarded_headers_kept(session: ClientSession) -> None:
-    async with echo_proxy() as (running, _), session.get(f"{running.proxy_url}/x", headers={
-            "X-Forwarded-Proto": "https", "X-Forwarded-Host": "edge.example",
-            "Via": "1.1 edge"}) as response:
+    async with (
+        echo_proxy() as (running, _),
+        session.get(
+            f"{running.proxy_url}/x",
+            headers={
+                "X-Forwarded-Proto": "https",
+                "X-Forwarded-Host": "edge.example",
+                "Via": "1.1 edge",
+            },
+        ) as response,
+    ):
         payload = orjson.loads(await response.read())
         generated = response.headers["X-Request-Id"]
     assert header_values(payload, "X-Request-Id") == [generated]
@@ -87,16 +99,25 @@ async def test_request_id_generated_and_forwarded_headers_kept(session: ClientSe
 
 async def test_hop_by_hop_request_headers_are_removed() -> None:
     async with echo_proxy() as (running, _):
-        raw = (b"GET /hop-request HTTP/1.1\r\nHost: svc\r\n"
-               b"Connection: close, X-Named-Hop\r\nX-Named-Hop: secret\r\n"
-               b"Keep-Alive: timeout=5\r\nTE: trailers\r\nUpgrade: h2c\r\n"
-               b"Proxy-Authorization: Basic Zm9v\r\nProxy-Connection: keep-alive\r\n"
-               b"Trailer: X-T\r\nX-End-To-End: kept\r\n\r\n")
+        raw = (
+            b"GET /hop-request HTTP/1.1\r\nHost: svc\r\n"
+            b"Connection: close, X-Named-Hop\r\nX-Named-Hop: secret\r\n"
+            b"Keep-Alive: timeout=5\r\nTE: trailers\r\nUpgrade: h2c\r\n"
+            b"Proxy-Authorization: Basic Zm9v\r\nProxy-Connection: keep-alive\r\n"
+            b"Trailer: X-T\r\nX-End-To-End: kept\r\n\r\n"
+        )
         answer = await raw_request(running.proxy_url, raw)
     payload = orjson.loads(answer.split(b"\r\n\r\n", 1)[1])
     names = {name.lower() for name, _ in payload["headers"]}
-    for hop in ("x-named-hop", "keep-alive", "te", "upgrade", "proxy-authorization",
-                "proxy-connection", "trailer"):
+    for hop in (
+        "x-named-hop",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-connection",
+        "trailer",
+    ):
         assert hop not in names, hop
     assert header_values(payload, "X-End-To-End") == ["kept"]
     assert header_values(payload, "Host") == ["svc"]
@@ -133,8 +154,9 @@ async def test_chunked_request_bodies(session: ClientSession) -> None:
     async with echo_proxy(proxy={"buffer_body_size": "64KiB"}) as (running, _):
         for count, size in ((3, 1000), (40, 32 * 1024)):  # buffered, then streamed chunked
             expected = b"".join(bytes([i % 256]) * size for i in range(count))
-            async with session.post(f"{running.proxy_url}/up",
-                                    data=pieces(count, size)) as response:
+            async with session.post(
+                f"{running.proxy_url}/up", data=pieces(count, size)
+            ) as response:
                 payload = orjson.loads(await response.read())
             import hashlib
 
@@ -154,16 +176,19 @@ async def test_pooled_connection_closed_by_upstream_is_retried(session: ClientSe
     """The upstream keeps each connection for one exchange, then closes it as the next request
     arrives (the idle keep-alive race). Clients must never see it."""
 
-    async def one_answer_per_connection(reader: asyncio.StreamReader,
-                                        writer: asyncio.StreamWriter) -> None:
+    async def one_answer_per_connection(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         await writer.drain()
         await reader.readuntil(b"\r\n\r\n")  # the next request arrives ... and is dropped
         writer.transport.abort()
 
-    async with raw_server(one_answer_per_connection) as (url, connections), \
-            proxy({"control": url}) as running:
+    async with (
+        raw_server(one_answer_per_connection) as (url, connections),
+        proxy({"control": url}) as running,
+    ):
         statuses = []
         for _ in range(10):
             async with session.post(f"{running.proxy_url}/d", data=b"{}") as response:
@@ -173,8 +198,11 @@ async def test_pooled_connection_closed_by_upstream_is_retried(session: ClientSe
             metrics = await response.text()
     assert statuses == [200] * 10
     assert len(connections) >= 10
-    retries = [line for line in metrics.splitlines()
-               if line.startswith('abgate_upstream_stale_retries_total{upstream="control"}')]
+    retries = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith('abgate_upstream_stale_retries_total{upstream="control"}')
+    ]
     assert retries
     assert float(retries[0].split()[-1]) >= 1
 
@@ -188,8 +216,10 @@ async def test_upstream_down_is_502(session: ClientSession) -> None:
 
 
 async def _down(session: ClientSession, url: str) -> dict[str, Any]:
-    async with proxy({"control": url}) as running, session.get(
-            f"{running.proxy_url}/x", headers={"X-Request-Id": "r-502"}) as response:
+    async with (
+        proxy({"control": url}) as running,
+        session.get(f"{running.proxy_url}/x", headers={"X-Request-Id": "r-502"}) as response,
+    ):
         assert response.status == 502
         return await response.json()  # type: ignore[no-any-return]
 
@@ -210,7 +240,9 @@ async def test_body_over_limit_is_413(session: ClientSession) -> None:
             yield b"z" * 512
 
     async with echo_proxy(proxy={"max_body_size": "2KiB", "buffer_body_size": "1KiB"}) as (
-            running, _):
+        running,
+        _,
+    ):
         async with session.post(f"{running.proxy_url}/x", data=b"z" * 4096) as response:
             assert response.status == 413
             assert orjson.loads(await response.read())["upstream"] == "control"
@@ -228,16 +260,18 @@ async def test_malformed_request_is_400_json() -> None:
         assert error == "malformed request: Invalid header token"
         answer = await raw_request(running.proxy_url, b"\x16\x03\x01garbage\r\n\r\n")
         assert answer.split(b" ", 2)[1] == b"400"
-        after = await raw_request(running.proxy_url, b"GET /ok HTTP/1.1\r\nHost: a\r\n"
-                                                     b"Connection: close\r\n\r\n")
+        after = await raw_request(
+            running.proxy_url, b"GET /ok HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
         assert after.split(b" ", 2)[1] == b"200"
         assert running.plane.listener is not None
         assert running.plane.listener.malformed == 2  # counted, one log line each
 
 
 async def test_no_route_is_404(session: ClientSession) -> None:
-    async with echo_proxy(routes=[{"prefix": "/only/", "upstream": "control",
-                                   "methods": ["GET"]}]) as (running, _):
+    async with echo_proxy(
+        routes=[{"prefix": "/only/", "upstream": "control", "methods": ["GET"]}]
+    ) as (running, _):
         async with session.get(f"{running.proxy_url}/else") as response:
             assert response.status == 404
         async with session.post(f"{running.proxy_url}/only/x") as response:

@@ -28,22 +28,36 @@ async def redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
         yield server
 
 
-def redis_config(agents: dict[str, str], redis: RedisServer, tmp_path: Path, name: str,
-                 **flags: Any) -> Config:
-    return make_config(agents, percentage=10, flags={
-        "redis_url": redis.url, "state_file": str(tmp_path / f"{name}.json"),
-        "heartbeat_interval": "200ms", **flags})
+def redis_config(
+    agents: dict[str, str], redis: RedisServer, tmp_path: Path, name: str, **flags: Any
+) -> Config:
+    return make_config(
+        agents,
+        percentage=10,
+        flags={
+            "redis_url": redis.url,
+            "state_file": str(tmp_path / f"{name}.json"),
+            "heartbeat_interval": "200ms",
+            **flags,
+        },
+    )
 
 
 @asynccontextmanager
-async def cluster(agents: dict[str, str], redis: RedisServer, tmp_path: Path,
-                  proxies: int = 2) -> AsyncIterator[tuple[Embedded, list[Worker]]]:
+async def cluster(
+    agents: dict[str, str], redis: RedisServer, tmp_path: Path, proxies: int = 2
+) -> AsyncIterator[tuple[Embedded, list[Worker]]]:
     """A control plane (abgate run) and `proxies` data-plane workers, all on one Redis."""
     async with AsyncExitStack() as stack:
         control = await stack.enter_async_context(
-            embedded(redis_config(agents, redis, tmp_path, "control")))
-        workers = [await stack.enter_async_context(
-            worker(redis_config(agents, redis, tmp_path, f"proxy{i}"))) for i in range(proxies)]
+            embedded(redis_config(agents, redis, tmp_path, "control"))
+        )
+        workers = [
+            await stack.enter_async_context(
+                worker(redis_config(agents, redis, tmp_path, f"proxy{i}"))
+            )
+            for i in range(proxies)
+        ]
         for node in [control.backend, *(w.backend for w in workers)]:
             assert node.sync is not None
             await asyncio.wait_for(node.sync.connected_event.wait(), 20)
@@ -61,11 +75,13 @@ async def arm(session: ClientSession, proxy_url: str, user: str) -> str:
         return response.headers["X-ABGate-Arm"]
 
 
-async def test_proxies_converge_on_a_change(session: ClientSession, agents: dict[str, str],
-                                            redis: RedisServer, tmp_path: Path) -> None:
+async def test_proxies_converge_on_a_change(
+    session: ClientSession, agents: dict[str, str], redis: RedisServer, tmp_path: Path
+) -> None:
     async with cluster(agents, redis, tmp_path, proxies=3) as (control, workers):
-        status, flag = await post(session, f"{control.control_url}/api/flags/exp",
-                                  {"percentage": 100, "reason": "all in"})
+        status, flag = await post(
+            session, f"{control.control_url}/api/flags/exp", {"percentage": 100, "reason": "all in"}
+        )
         assert status == 200
         nodes = [control.flags, *(w.flags for w in workers)]
         await tables_reach(nodes, "exp", flag["version"])
@@ -74,26 +90,37 @@ async def test_proxies_converge_on_a_change(session: ClientSession, agents: dict
         async with session.get(f"{control.control_url}/api/instances") as response:
             instances = (await response.json())["instances"]
         assert len(instances) == 4  # the control plane routes too (abgate run)
-        assert {i["address"] for i in instances} == {control.proxy_url,
-                                                      *(w.proxy_url for w in workers)}
+        assert {i["address"] for i in instances} == {
+            control.proxy_url,
+            *(w.proxy_url for w in workers),
+        }
         async with session.get(f"{control.control_url}/api/breakers") as response:
             breakers = await response.json()
         assert len(breakers["instances"]) == 4  # every sidecar reports its breakers
-        assert all(i["breakers"] == {"control": "closed", "treatment": "closed"}
-                   for i in breakers["instances"])
+        assert all(
+            i["breakers"] == {"control": "closed", "treatment": "closed"}
+            for i in breakers["instances"]
+        )
 
 
-async def test_concurrent_writers_never_lose_or_reorder(session: ClientSession,
-                                                        agents: dict[str, str],
-                                                        redis: RedisServer,
-                                                        tmp_path: Path) -> None:
-    async with cluster(agents, redis, tmp_path, proxies=1) as (control, workers), \
-            embedded(redis_config(agents, redis, tmp_path, "control2")) as second:
+async def test_concurrent_writers_never_lose_or_reorder(
+    session: ClientSession, agents: dict[str, str], redis: RedisServer, tmp_path: Path
+) -> None:
+    async with (
+        cluster(agents, redis, tmp_path, proxies=1) as (control, workers),
+        embedded(redis_config(agents, redis, tmp_path, "control2")) as second,
+    ):
         writers = [control.control_url, second.control_url]
-        results = await asyncio.gather(*(
-            post(session, f"{writers[i % 2]}/api/flags/exp", {"percentage": i % 100,
-                                                              "reason": f"w{i}"})
-            for i in range(60)))
+        results = await asyncio.gather(
+            *(
+                post(
+                    session,
+                    f"{writers[i % 2]}/api/flags/exp",
+                    {"percentage": i % 100, "reason": f"w{i}"},
+                )
+                for i in range(60)
+            )
+        )
         assert all(status == 200 for status, _ in results)
         versions = sorted(flag["version"] for _, flag in results)
         assert versions == list(range(2, 62))  # every write got its own version
@@ -106,13 +133,13 @@ async def test_concurrent_writers_never_lose_or_reorder(session: ClientSession,
         assert [h["version"] for h in history] == list(range(61, 1, -1))  # newest first
 
 
-async def test_redis_killed_under_load_then_back_empty(session: ClientSession,
-                                                       agents: dict[str, str],
-                                                       redis: RedisServer,
-                                                       tmp_path: Path) -> None:
+async def test_redis_killed_under_load_then_back_empty(
+    session: ClientSession, agents: dict[str, str], redis: RedisServer, tmp_path: Path
+) -> None:
     async with cluster(agents, redis, tmp_path, proxies=2) as (control, workers):
-        status, flag = await post(session, f"{control.control_url}/api/flags/exp",
-                                  {"percentage": 30})
+        status, flag = await post(
+            session, f"{control.control_url}/api/flags/exp", {"percentage": 30}
+        )
         nodes = [control.flags, *(w.flags for w in workers)]
         await tables_reach(nodes, "exp", flag["version"])
 
@@ -122,8 +149,9 @@ async def test_redis_killed_under_load_then_back_empty(session: ClientSession,
         async def load(proxy_url: str) -> None:
             count = 0
             while not stop.is_set() and count < 3000:  # bounded in count and time
-                async with session.get(f"{proxy_url}{URL}",
-                                       headers={"X-User-Id": f"u{count}"}) as response:
+                async with session.get(
+                    f"{proxy_url}{URL}", headers={"X-User-Id": f"u{count}"}
+                ) as response:
                     statuses[response.status] += 1
                 count += 1
 
@@ -137,8 +165,9 @@ async def test_redis_killed_under_load_then_back_empty(session: ClientSession,
         await redis.kill()
         syncs = [w.backend.sync for w in workers]
         await until(lambda: not any(s.connected for s in syncs if s))
-        status, body = await post(session, f"{control.control_url}/api/flags/exp",
-                                  {"percentage": 90})
+        status, body = await post(
+            session, f"{control.control_url}/api/flags/exp", {"percentage": 90}
+        )
         assert status == 503  # nothing half-written while Redis is away
         assert "nothing was changed" in body["error"]
         seen = statuses.total()
@@ -167,16 +196,21 @@ async def test_redis_killed_under_load_then_back_empty(session: ClientSession,
         assert "abgate_flag_store_connected 1.0" in metrics
 
 
-async def test_missed_message_is_recovered_on_reconnect(session: ClientSession,
-                                                        agents: dict[str, str],
-                                                        redis: RedisServer,
-                                                        tmp_path: Path) -> None:
+async def test_missed_message_is_recovered_on_reconnect(
+    session: ClientSession, agents: dict[str, str], redis: RedisServer, tmp_path: Path
+) -> None:
     async with cluster(agents, redis, tmp_path, proxies=2) as (_, workers):
         client = redis.client()
         try:
             # A change that was never published: as if the message was lost in transit.
-            silent = {"name": "exp", "basis_points": 7700, "version": 50,
-                      "updated_at": 1.0, "updated_by": "other", "reason": "missed"}
+            silent = {
+                "name": "exp",
+                "basis_points": 7700,
+                "version": 50,
+                "updated_at": 1.0,
+                "updated_by": "other",
+                "reason": "missed",
+            }
             await client.hset("{abgate}:flags", "exp", orjson.dumps(silent).decode())
             await asyncio.sleep(0.3)  # longer than a heartbeat: nothing arrives by itself
             assert all(w.flags.get("exp").version < 50 for w in workers)
@@ -187,15 +221,31 @@ async def test_missed_message_is_recovered_on_reconnect(session: ClientSession,
         assert all(w.flags.get("exp").basis_points == 7700 for w in workers)
 
 
-async def test_start_while_redis_is_down(session: ClientSession, agents: dict[str, str],
-                                         tmp_path: Path) -> None:
+async def test_start_while_redis_is_down(
+    session: ClientSession, agents: dict[str, str], tmp_path: Path
+) -> None:
     from tests.redis_server import RedisServer, redis_binary
 
     server = RedisServer(redis_binary(), tmp_path)  # not started yet
     snapshot = tmp_path / "proxy0.json"
-    snapshot.write_bytes(orjson.dumps({"format": 1, "flags": [
-        {"name": "exp", "basis_points": 10_000, "version": 9, "updated_at": 1.0,
-         "updated_by": "x", "reason": "last known"}], "history": {}}))
+    snapshot.write_bytes(
+        orjson.dumps(
+            {
+                "format": 1,
+                "flags": [
+                    {
+                        "name": "exp",
+                        "basis_points": 10_000,
+                        "version": 9,
+                        "updated_at": 1.0,
+                        "updated_by": "x",
+                        "reason": "last known",
+                    }
+                ],
+                "history": {},
+            }
+        )
+    )
     async with worker(redis_config(agents, server, tmp_path, "proxy0")) as w:
         assert w.backend.sync is not None
         assert not w.backend.sync.connected
@@ -209,13 +259,16 @@ async def test_start_while_redis_is_down(session: ClientSession, agents: dict[st
             await server.kill()
 
 
-async def test_rollback_waits_for_every_instance(session: ClientSession,
-                                                 agents: dict[str, str], redis: RedisServer,
-                                                 tmp_path: Path) -> None:
+async def test_rollback_waits_for_every_instance(
+    session: ClientSession, agents: dict[str, str], redis: RedisServer, tmp_path: Path
+) -> None:
     async with cluster(agents, redis, tmp_path, proxies=3) as (control, workers):
         await post(session, f"{control.control_url}/api/flags/exp", {"percentage": 75})
-        status, body = await post(session, f"{control.control_url}/api/rollback",
-                                  {"experiments": ["exp"], "reason": "bad metrics"})
+        status, body = await post(
+            session,
+            f"{control.control_url}/api/rollback",
+            {"experiments": ["exp"], "reason": "bad metrics"},
+        )
         assert status == 200, body
         assert body["converged"] is True
         assert len(body["instances"]) == 4
@@ -231,13 +284,21 @@ async def test_rollback_waits_for_every_instance(session: ClientSession,
             now = asyncio.get_running_loop().time()
             import time
 
-            await client.hset("{abgate}:instance:stuck", mapping={
-                "id": "stuck", "address": "http://10.0.0.9:8080", "pid": 1,
-                "started_at": time.time(), "heartbeat_at": time.time(),
-                "applied": orjson.dumps({"exp": 1}).decode()})
+            await client.hset(
+                "{abgate}:instance:stuck",
+                mapping={
+                    "id": "stuck",
+                    "address": "http://10.0.0.9:8080",
+                    "pid": 1,
+                    "started_at": time.time(),
+                    "heartbeat_at": time.time(),
+                    "applied": orjson.dumps({"exp": 1}).decode(),
+                },
+            )
             await client.zadd("{abgate}:instances", {"stuck": time.time()})
-            status, body = await post(session, f"{control.control_url}/api/rollback",
-                                      {"timeout": 0.5})
+            status, body = await post(
+                session, f"{control.control_url}/api/rollback", {"timeout": 0.5}
+            )
             assert asyncio.get_running_loop().time() - now < 10
         finally:
             await client.aclose()
@@ -246,13 +307,15 @@ async def test_rollback_waits_for_every_instance(session: ClientSession,
         assert body["converged"] is False
 
 
-async def test_embedded_store_survives_restart(session: ClientSession, agents: dict[str, str],
-                                               tmp_path: Path) -> None:
+async def test_embedded_store_survives_restart(
+    session: ClientSession, agents: dict[str, str], tmp_path: Path
+) -> None:
     state = tmp_path / "flags.json"
     config = make_config(agents, flags={"state_file": str(state)})
     async with embedded(config) as running:
-        status, flag = await post(session, f"{running.control_url}/api/flags/exp",
-                                  {"percentage": 42.5, "reason": "step"})
+        status, flag = await post(
+            session, f"{running.control_url}/api/flags/exp", {"percentage": 42.5, "reason": "step"}
+        )
         assert status == 200
     assert state.exists()
     async with embedded(config) as running:

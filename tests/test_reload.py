@@ -19,24 +19,40 @@ from tests.servers import echo_app, serve_app, until
 
 def document(control: str, treatment: str, **extra: Any) -> dict[str, Any]:
     routes = [{"prefix": "/api/", "experiment": "exp"}, *extra.pop("routes", [])]
-    upstreams = {"control": {"url": control}, "treatment": {"url": treatment},
-                 **extra.pop("upstreams", {})}
-    return {"proxy": {"listen": "127.0.0.1:0", "random_seed": 1},
-            "control": {"listen": "127.0.0.1:0"}, "flags": {"state_file": None},
-            "upstreams": upstreams, "routes": routes,
-            "experiments": {"exp": {"control": "control", "treatment": "treatment",
-                                    "sticky": [{"header": "X-User-Id"}], "percentage": 50}}}
+    upstreams = {
+        "control": {"url": control},
+        "treatment": {"url": treatment},
+        **extra.pop("upstreams", {}),
+    }
+    return {
+        "proxy": {"listen": "127.0.0.1:0", "random_seed": 1},
+        "control": {"listen": "127.0.0.1:0"},
+        "flags": {"state_file": None},
+        "upstreams": upstreams,
+        "routes": routes,
+        "experiments": {
+            "exp": {
+                "control": "control",
+                "treatment": "treatment",
+                "sticky": [{"header": "X-User-Id"}],
+                "percentage": 50,
+            }
+        },
+    }
 
 
 def metric(text: str, prefix: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(prefix))
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+    )
 
 
-async def test_reload_under_load_valid_and_invalid(tmp_path: Path,
-                                                   session: ClientSession) -> None:
-    async with serve_app(echo_app()) as one, serve_app(echo_app()) as two, \
-            serve_app(echo_app()) as three:
+async def test_reload_under_load_valid_and_invalid(tmp_path: Path, session: ClientSession) -> None:
+    async with (
+        serve_app(echo_app()) as one,
+        serve_app(echo_app()) as two,
+        serve_app(echo_app()) as three,
+    ):
         path = tmp_path / "abgate.yaml"
         path.write_text(yaml.safe_dump(document(one, two)))
         async with embedded(load_config(path), config_path=str(path)) as running:
@@ -50,8 +66,9 @@ async def test_reload_under_load_valid_and_invalid(tmp_path: Path,
                 for count in range(5000):  # bounded in count and time
                     if stop.is_set():
                         return
-                    async with session.post(f"{base}/api/d", data=b"{}",
-                                            headers={"X-User-Id": f"u{count}"}) as response:
+                    async with session.post(
+                        f"{base}/api/d", data=b"{}", headers={"X-User-Id": f"u{count}"}
+                    ) as response:
                         statuses[response.status] += 1
                         await response.read()
 
@@ -68,17 +85,33 @@ async def test_reload_under_load_valid_and_invalid(tmp_path: Path,
     assert metric(text, 'abgate_config_reload_total{result="failure"}') == 1
 
 
-async def reload_twice(session: ClientSession, path: Path, base: str, control: str,
-                       statuses: Counter[int], one: str, two: str, three: str) -> None:
+async def reload_twice(
+    session: ClientSession,
+    path: Path,
+    base: str,
+    control: str,
+    statuses: Counter[int],
+    one: str,
+    two: str,
+    three: str,
+) -> None:
     await until(lambda: statuses.total() > 200)
     async with session.get(f"{control}/metrics") as response:
-        connects_before = metric(await response.text(),
-                                 'abgate_upstream_connects_total{upstream="control"}')
+        connects_before = metric(
+            await response.text(), 'abgate_upstream_connects_total{upstream="control"}'
+        )
 
     # A valid change: a new upstream and route; control and treatment unchanged.
-    path.write_text(yaml.safe_dump(document(one, two, upstreams={"extra": {"url": three}},
-                                            routes=[{"prefix": "/new/",
-                                                     "upstream": "extra"}])))
+    path.write_text(
+        yaml.safe_dump(
+            document(
+                one,
+                two,
+                upstreams={"extra": {"url": three}},
+                routes=[{"prefix": "/new/", "upstream": "extra"}],
+            )
+        )
+    )
     async with session.post(f"{control}/api/config/reload") as response:
         assert response.status == 200
         outcome = await response.json()
@@ -100,11 +133,11 @@ async def reload_twice(session: ClientSession, path: Path, base: str, control: s
     assert refused["result"] == "failure"
     lines = path.read_text().splitlines()
     url_line = lines.index("    url: not a url") + 1
-    route_line = next(i for i, text in enumerate(lines, 1)
-                      if text.strip() == "upstream: nowhere")
+    route_line = next(i for i, text in enumerate(lines, 1) if text.strip() == "upstream: nowhere")
     assert refused["problems"] == [
         f"upstreams.control.url (line {url_line}): not a valid http URL: 'not a url'",
-        f"routes[1].upstream (line {route_line}): unknown upstream 'nowhere'"]
+        f"routes[1].upstream (line {route_line}): unknown upstream 'nowhere'",
+    ]
     seen = statuses.total()
     await until(lambda: statuses.total() > seen + 200)
     async with session.get(f"{base}/new/x") as response:
@@ -116,8 +149,7 @@ async def reload_twice(session: ClientSession, path: Path, base: str, control: s
     async with session.get(f"{control}/metrics") as response:
         text = await response.text()
     # The unchanged upstream kept its pool: no connection had to be opened again.
-    assert metric(text, 'abgate_upstream_connects_total{upstream="control"}') == \
-        connects_before
+    assert metric(text, 'abgate_upstream_connects_total{upstream="control"}') == connects_before
 
 
 async def test_file_change_is_picked_up(tmp_path: Path, session: ClientSession) -> None:
@@ -127,8 +159,11 @@ async def test_file_change_is_picked_up(tmp_path: Path, session: ClientSession) 
         async with embedded(load_config(path), config_path=str(path)) as running:
             assert running.reloader is not None
             reloader = running.reloader
-            path.write_text(yaml.safe_dump(document(one, two, routes=[
-                {"prefix": "/watched/", "upstream": "treatment"}])))
+            path.write_text(
+                yaml.safe_dump(
+                    document(one, two, routes=[{"prefix": "/watched/", "upstream": "treatment"}])
+                )
+            )
             await until(lambda: reloader.counts["success"] == 1)  # the watcher polls the file
             assert reloader.last is not None
             assert reloader.last.trigger == "file change"
@@ -136,12 +171,12 @@ async def test_file_change_is_picked_up(tmp_path: Path, session: ClientSession) 
                 assert response.status == 200
 
 
-async def test_sighup_reloads_the_running_process(tmp_path: Path,
-                                                  session: ClientSession) -> None:
+async def test_sighup_reloads_the_running_process(tmp_path: Path, session: ClientSession) -> None:
     async with serve_app(echo_app()) as upstream:
         path = write_config(tmp_path / "c.yaml", config_document(upstream))
-        async with abgate("run", "--config", str(path),
-                          expect={"proxy": 1, "control API": 1}) as process:
+        async with abgate(
+            "run", "--config", str(path), expect={"proxy": 1, "control API": 1}
+        ) as process:
             control = process.url("control API")
             process.proc.send_signal(signal.SIGHUP)
 
@@ -157,8 +192,9 @@ async def test_sighup_reloads_the_running_process(tmp_path: Path,
             assert await process.stop() == 0
 
 
-async def test_one_change_and_an_api_reload_count_once(tmp_path: Path, session: ClientSession,
-                                                       monkeypatch: Any) -> None:
+async def test_one_change_and_an_api_reload_count_once(
+    tmp_path: Path, session: ClientSession, monkeypatch: Any
+) -> None:
     from control import reload as reload_module
 
     monkeypatch.setattr(reload_module, "WATCH_INTERVAL", 0.02)
@@ -167,8 +203,11 @@ async def test_one_change_and_an_api_reload_count_once(tmp_path: Path, session: 
         path.write_text(yaml.safe_dump(document(one, two)))
         async with embedded(load_config(path), config_path=str(path)) as running:
             assert running.reloader is not None
-            path.write_text(yaml.safe_dump(document(one, two, routes=[
-                {"prefix": "/new/", "upstream": "treatment"}])))
+            path.write_text(
+                yaml.safe_dump(
+                    document(one, two, routes=[{"prefix": "/new/", "upstream": "treatment"}])
+                )
+            )
             async with session.post(f"{running.control_url}/api/config/reload") as response:
                 assert response.status == 200
             # Proving that nothing more happens takes time: ten watch intervals.
@@ -177,7 +216,8 @@ async def test_one_change_and_an_api_reload_count_once(tmp_path: Path, session: 
 
 
 async def test_yaml_that_cannot_be_built_is_refused_and_the_watcher_lives_on(
-        tmp_path: Path, session: ClientSession, monkeypatch: Any) -> None:
+    tmp_path: Path, session: ClientSession, monkeypatch: Any
+) -> None:
     from control import reload as reload_module
 
     monkeypatch.setattr(reload_module, "WATCH_INTERVAL", 0.02)
@@ -188,8 +228,10 @@ async def test_yaml_that_cannot_be_built_is_refused_and_the_watcher_lives_on(
         async with embedded(load_config(path), config_path=str(path)) as running:
             reloader = running.reloader
             assert reloader is not None
-            for index, bad in enumerate(('!!binary "bad"', "!foo x", '!!int "abc"',
-                                         "!!timestamp 2020-13-45", "&x [*x]"), start=1):
+            for index, bad in enumerate(
+                ('!!binary "bad"', "!foo x", '!!int "abc"', "!!timestamp 2020-13-45", "&x [*x]"),
+                start=1,
+            ):
                 path.write_text(good + f"extra: {bad}\n")
                 await until(lambda i=index: reloader.counts["failure"] == i)  # type: ignore[misc]
                 assert reloader.last is not None
@@ -198,8 +240,11 @@ async def test_yaml_that_cannot_be_built_is_refused_and_the_watcher_lives_on(
             async with session.post(f"{running.control_url}/api/config/reload") as response:
                 assert response.status == 400
                 assert response.content_type == "application/json"
-            path.write_text(yaml.safe_dump(document(one, two, routes=[
-                {"prefix": "/after/", "upstream": "treatment"}])))
+            path.write_text(
+                yaml.safe_dump(
+                    document(one, two, routes=[{"prefix": "/after/", "upstream": "treatment"}])
+                )
+            )
             await until(lambda: reloader.counts["success"] == 1)  # still watching
             async with session.get(f"{running.proxy_url}/after/x") as response:
                 assert response.status == 200

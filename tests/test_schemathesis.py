@@ -23,31 +23,58 @@ TOKEN = "schemathesis-token"
 
 
 async def test_the_whole_control_api_holds_to_its_openapi_document(tmp_path: Path) -> None:
-    async with serve_app(create_app("deterministic")) as control, \
-            serve_app(create_app("ml", seed=1)) as treatment:
-        config = write_config(tmp_path / "abgate.yaml", {
-            "proxy": {"listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0"},
-            "control": {"listen": "127.0.0.1:0"},
-            "flags": {"state_file": None},
-            "upstreams": {"deterministic": {"url": control}, "ml": {"url": treatment}},
-            "routes": [{"prefix": "/api/agent/", "experiment": "ml-agent-rollout"}],
-            "experiments": {"ml-agent-rollout": {
-                "control": "deterministic", "treatment": "ml", "percentage": 10,
-                "sticky": [{"header": "X-User-Id"}],
-                "metrics": {"accuracy": {"type": "binary", "direction": "higher"}}}}})
+    async with (
+        serve_app(create_app("deterministic")) as control,
+        serve_app(create_app("ml", seed=1)) as treatment,
+    ):
+        config = write_config(
+            tmp_path / "abgate.yaml",
+            {
+                "proxy": {"listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0"},
+                "control": {"listen": "127.0.0.1:0"},
+                "flags": {"state_file": None},
+                "upstreams": {"deterministic": {"url": control}, "ml": {"url": treatment}},
+                "routes": [{"prefix": "/api/agent/", "experiment": "ml-agent-rollout"}],
+                "experiments": {
+                    "ml-agent-rollout": {
+                        "control": "deterministic",
+                        "treatment": "ml",
+                        "percentage": 10,
+                        "sticky": [{"header": "X-User-Id"}],
+                        "metrics": {"accuracy": {"type": "binary", "direction": "higher"}},
+                    }
+                },
+            },
+        )
         os.environ["ABGATE_CONTROL_TOKEN"] = TOKEN  # writes without it must be 401
         try:
-            async with abgate("run", "--config", str(config),
-                              expect={"proxy": 1, "control API": 1}) as process:
+            async with abgate(
+                "run", "--config", str(config), expect={"proxy": 1, "control API": 1}
+            ) as process:
                 api = process.url("control API")
                 st = await asyncio.create_subprocess_exec(
-                    str(Path(sys.executable).parent / "st"), "run", f"{api}/api/openapi.json",
-                    "-H", f"Authorization: Bearer {TOKEN}", "--checks", "all",
-                    "--exclude-checks", "positive_data_acceptance", "--max-examples", "20",
-                    "--seed", "1", "--workers", "1",
-                    "--request-timeout", "20", stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.STDOUT, cwd=tmp_path,
-                    env={**os.environ, "NO_COLOR": "1"})
+                    str(Path(sys.executable).parent / "st"),
+                    "run",
+                    f"{api}/api/openapi.json",
+                    "-H",
+                    f"Authorization: Bearer {TOKEN}",
+                    "--checks",
+                    "all",
+                    "--exclude-checks",
+                    "positive_data_acceptance",
+                    "--max-examples",
+                    "20",
+                    "--seed",
+                    "1",
+                    "--workers",
+                    "1",
+                    "--request-timeout",
+                    "20",
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                    cwd=tmp_path,
+                    env={**os.environ, "NO_COLOR": "1"},
+                )
                 output, _ = await asyncio.wait_for(st.communicate(), 300)
         finally:
             del os.environ["ABGATE_CONTROL_TOKEN"]

@@ -42,9 +42,11 @@ def agent(kind: str) -> web.Application:
 async def shadowed(**shadow: Any) -> AsyncIterator[tuple[Embedded, web.Application]]:
     treatment_app = agent("treatment")
     async with serve_app(agent("control")) as control, serve_app(treatment_app) as treatment:
-        config = make_config({"control": control, "treatment": treatment}, percentage=0,
-                             experiment={"shadow": {"percentage": 100,
-                                                    "compare": ["$.decision"], **shadow}})
+        config = make_config(
+            {"control": control, "treatment": treatment},
+            percentage=0,
+            experiment={"shadow": {"percentage": 100, "compare": ["$.decision"], **shadow}},
+        )
         async with embedded(config) as running:
             yield running, treatment_app
 
@@ -57,8 +59,9 @@ async def stats(session: ClientSession, running: Embedded) -> dict[str, Any]:
 async def test_agreement_is_counted(session: ClientSession) -> None:
     async with shadowed() as (running, treatment):
         for user in range(40):
-            async with session.post(f"{running.proxy_url}{URL}", data=b"{}",
-                                    headers={"X-User-Id": f"u{user}"}) as response:
+            async with session.post(
+                f"{running.proxy_url}{URL}", data=b"{}", headers={"X-User-Id": f"u{user}"}
+            ) as response:
                 assert (await response.json())["source"] == "control"
         shadow = running.plane.shadows["exp"]
         await until(lambda: shadow.total == 40)  # copies finish in the background
@@ -80,8 +83,9 @@ async def test_client_does_not_wait_for_the_copy(session: ClientSession) -> None
     async with shadowed(max_in_flight=2) as (running, treatment):
         treatment[RELEASE].clear()  # the treatment upstream hangs
         for user in range(5):
-            async with session.post(f"{running.proxy_url}{URL}", data=b"{}",
-                                    headers={"X-User-Id": f"u{user}"}) as response:
+            async with session.post(
+                f"{running.proxy_url}{URL}", data=b"{}", headers={"X-User-Id": f"u{user}"}
+            ) as response:
                 assert response.status == 200  # answered while the copies hang
         result = await stats(session, running)
         assert result["total_decisions"] == 0
@@ -94,12 +98,14 @@ async def test_client_does_not_wait_for_the_copy(session: ClientSession) -> None
 
 async def test_copies_dropped_while_the_breaker_is_open(session: ClientSession) -> None:
     async with shadowed() as (running, _):
-        async with session.post(f"{running.control_url}/api/breakers/treatment",
-                                json={"state": "forced_open"}) as response:
+        async with session.post(
+            f"{running.control_url}/api/breakers/treatment", json={"state": "forced_open"}
+        ) as response:
             assert response.status == 200
         for user in range(3):
-            async with session.post(f"{running.proxy_url}{URL}", data=b"{}",
-                                    headers={"X-User-Id": f"u{user}"}) as response:
+            async with session.post(
+                f"{running.proxy_url}{URL}", data=b"{}", headers={"X-User-Id": f"u{user}"}
+            ) as response:
                 assert response.status == 200
         result = await stats(session, running)
     assert result["dropped"]["breaker_open"] == 3

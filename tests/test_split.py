@@ -37,8 +37,15 @@ def test_matches_growthbook_v2(seed: str, key: str, expected: float) -> None:
 
 # Beyond the Basic Multilingual Plane the JavaScript and Python SDKs hash UTF-16 code units
 # (an emoji is two surrogates); so does abgate.
-NON_ASCII_IDS = ["😀", "user-😀-1", "\U0001d518\U0001d52b\U0001d526", "Ünïcödé", "日本語",
-                 "a\U0010ffffb", "é😀é"]
+NON_ASCII_IDS = [
+    "😀",
+    "user-😀-1",
+    "\U0001d518\U0001d52b\U0001d526",
+    "Ünïcödé",
+    "日本語",
+    "a\U0010ffffb",
+    "é😀é",
+]
 
 
 @pytest.mark.parametrize("key", NON_ASCII_IDS)
@@ -64,13 +71,27 @@ def test_fnv1a32_known_values() -> None:
     assert fnv1a32("foobar") == 0xBF9CF968
 
 
-def splitter(percentage_bp: int, when_missing: WhenMissing = "random",
-             sticky: tuple[StickySource, ...] = (StickySource("header", "x-user-id"),),
-             seed: int = 1):
+def splitter(
+    percentage_bp: int,
+    when_missing: WhenMissing = "random",
+    sticky: tuple[StickySource, ...] = (StickySource("header", "x-user-id"),),
+    seed: int = 1,
+):
     from proxy.split import Splitter
 
-    config = ExperimentConfig("exp", ArmConfig("c", "c"), ArmConfig("t", "t"), sticky,
-                              when_missing, "exp", percentage_bp, True, True, None, ())
+    config = ExperimentConfig(
+        "exp",
+        ArmConfig("c", "c"),
+        ArmConfig("t", "t"),
+        sticky,
+        when_missing,
+        "exp",
+        percentage_bp,
+        True,
+        True,
+        None,
+        (),
+    )
     return Splitter(config, percentage_bp, random.Random(seed))
 
 
@@ -85,10 +106,10 @@ def carrying(user: str) -> Any:
 
 
 @settings(max_examples=100, deadline=None)
-@given(users=st.lists(keys, min_size=1, max_size=50, unique=True), low=percent_bp,
-       high=percent_bp)
-def test_raising_the_percentage_only_moves_users_to_treatment(users: list[str], low: int,
-                                                              high: int) -> None:
+@given(users=st.lists(keys, min_size=1, max_size=50, unique=True), low=percent_bp, high=percent_bp)
+def test_raising_the_percentage_only_moves_users_to_treatment(
+    users: list[str], low: int, high: int
+) -> None:
     """Through the splitter as the flag table drives it (its threshold raised in place, the
     0% and 100% shortcuts included): nobody in treatment ever goes back to control."""
     low, high = min(low, high), max(low, high)
@@ -108,8 +129,12 @@ def test_the_share_in_treatment_is_the_percentage(percentage_bp: int) -> None:
 
 
 @settings(max_examples=50, deadline=None)
-@given(user=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1,
-                    max_size=40), percentage=percent_bp)
+@given(
+    user=st.text(
+        alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=40
+    ),
+    percentage=percent_bp,
+)
 def test_same_user_always_same_arm(user: str, percentage: int) -> None:
     split = splitter(percentage)
     first = split.is_treatment(request_for(user))
@@ -141,11 +166,14 @@ def test_missing_key_policies() -> None:
 
 
 def test_sticky_sources_in_order() -> None:
-    sources = (StickySource("header", "x-user-id"), StickySource("cookie", "uid"),
-               StickySource("query", "user"), StickySource("client_ip", ""))
+    sources = (
+        StickySource("header", "x-user-id"),
+        StickySource("cookie", "uid"),
+        StickySource("query", "user"),
+        StickySource("client_ip", ""),
+    )
     split = splitter(5000, sticky=sources)
-    header = make_mocked_request("GET", "/x?user=q", headers={"X-User-Id": "h",
-                                                               "Cookie": "uid=c"})
+    header = make_mocked_request("GET", "/x?user=q", headers={"X-User-Id": "h", "Cookie": "uid=c"})
     cookie = make_mocked_request("GET", "/x?user=q", headers={"Cookie": "uid=c"})
     query = make_mocked_request("GET", "/x?user=q")
     assert split.sticky_key(header) == "h"
@@ -153,17 +181,20 @@ def test_sticky_sources_in_order() -> None:
     assert split.sticky_key(query) == "q"
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    ("/api/x", None),
-    ("/api/x?a=../b", None),  # the query is not a path
-    ("/a%20b/c", None),
-    ("/raw/../h/ok", ("/h/ok", "/h/ok")),
-    ("/raw/%2e%2e/%2E%2e/secret", ("/secret", "/secret")),
-    ("/a/./b/../c?q=1", ("/a/c", "/a/c?q=1")),
-    ("/a/b/..", ("/a/", "/a/")),
-    ("/../../etc", ("/etc", "/etc")),
-    ("/a/%2e/b%20c", ("/a/b c", "/a/b%20c")),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("/api/x", None),
+        ("/api/x?a=../b", None),  # the query is not a path
+        ("/a%20b/c", None),
+        ("/raw/../h/ok", ("/h/ok", "/h/ok")),
+        ("/raw/%2e%2e/%2E%2e/secret", ("/secret", "/secret")),
+        ("/a/./b/../c?q=1", ("/a/c", "/a/c?q=1")),
+        ("/a/b/..", ("/a/", "/a/")),
+        ("/../../etc", ("/etc", "/etc")),
+        ("/a/%2e/b%20c", ("/a/b c", "/a/b%20c")),
+    ],
+)
 def test_paths_are_normalised_before_matching(raw: str, expected: object) -> None:
     from proxy.paths import normalize_target
 

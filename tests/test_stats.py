@@ -38,11 +38,12 @@ def test_welch_matches_scipy(case: int) -> None:
     na, nb = (int(x) for x in rng.integers(2, 5000, 2))
     ma, mb = rng.normal(0, 10, 2)
     sa, sb = rng.uniform(0.1, 20, 2)
-    a, b = SampleMean(na, ma, sa ** 2), SampleMean(nb, mb, sb ** 2)
+    a, b = SampleMean(na, ma, sa**2), SampleMean(nb, mb, sb**2)
     alternatives: tuple[Alternative, ...] = ("two-sided", "greater", "less")
     for alternative in alternatives:
-        reference = stats.ttest_ind_from_stats(mb, sb, nb, ma, sa, na, equal_var=False,
-                                               alternative=alternative).pvalue
+        reference = stats.ttest_ind_from_stats(
+            mb, sb, nb, ma, sa, na, equal_var=False, alternative=alternative
+        ).pvalue
         assert close(welch_t(a, b, alternative=alternative).p_value, reference)
 
 
@@ -57,8 +58,7 @@ def test_two_proportion_matches_statsmodels_and_chi_square(case: int) -> None:
     assert close(two_proportion(a, b).p_value, p_ref)
     chi = stats.chi2_contingency([[xb, nb - xb], [xa, na - xa]], correction=False).pvalue
     assert close(two_proportion(a, b).p_value, chi)
-    alternatives: tuple[tuple[Alternative, str], ...] = (("greater", "larger"),
-                                                         ("less", "smaller"))
+    alternatives: tuple[tuple[Alternative, str], ...] = (("greater", "larger"), ("less", "smaller"))
     for alternative, smalt in alternatives:
         _, p_one = proportions_ztest([xb, xa], [nb, na], alternative=smalt)
         assert close(two_proportion(a, b, alternative=alternative).p_value, p_one)
@@ -117,9 +117,11 @@ def test_one_sided_tests_report_one_sided_bounds(alternative: Alternative) -> No
 
     a, b = SampleMean(500, 10.0, 4.0), SampleMean(500, 10.2, 4.0)
     pa, pb = Proportion(400, 40), Proportion(400, 56)
-    for result in (welch_t(a, b, alternative=alternative),
-                   two_proportion(pa, pb, alternative=alternative),
-                   fisher_exact(Proportion(30, 2), Proportion(30, 8), alternative=alternative)):
+    for result in (
+        welch_t(a, b, alternative=alternative),
+        two_proportion(pa, pb, alternative=alternative),
+        fisher_exact(Proportion(30, 2), Proportion(30, 8), alternative=alternative),
+    ):
         low, high = result.ci_absolute
         if alternative == "greater":
             assert high is None
@@ -152,17 +154,20 @@ def test_srm_at_the_edges_of_the_split() -> None:
         assert srm(observed, [0.9995, 0.0005]) == pytest.approx(exact, rel=1e-12)
 
 
-@pytest.mark.parametrize(("factory", "field"), [
-    (lambda: SampleMean.of("a", 1, 1.0, 1.0), "a.n"),
-    (lambda: SampleMean.of("b", 10, float("nan"), 1.0), "b.mean"),
-    (lambda: SampleMean.of("a", 10, 1.0, -1.0), "a.std"),
-    (lambda: Proportion.of("a", 10, 11), "a.successes"),
-    (lambda: Proportion.of("b", -1, 0), "b.n"),
-    (lambda: welch_t(SampleMean(10, 1.0, 0.0), SampleMean(10, 2.0, 0.0)), "a.std"),
-    (lambda: two_proportion(Proportion(10, 0), Proportion(10, 0)), "a.successes"),
-    (lambda: mean_sample_size(0.0), "effect_size"),
-    (lambda: proportion_sample_size(0.5, 0.6), "minimum_detectable_effect"),
-])
+@pytest.mark.parametrize(
+    ("factory", "field"),
+    [
+        (lambda: SampleMean.of("a", 1, 1.0, 1.0), "a.n"),
+        (lambda: SampleMean.of("b", 10, float("nan"), 1.0), "b.mean"),
+        (lambda: SampleMean.of("a", 10, 1.0, -1.0), "a.std"),
+        (lambda: Proportion.of("a", 10, 11), "a.successes"),
+        (lambda: Proportion.of("b", -1, 0), "b.n"),
+        (lambda: welch_t(SampleMean(10, 1.0, 0.0), SampleMean(10, 2.0, 0.0)), "a.std"),
+        (lambda: two_proportion(Proportion(10, 0), Proportion(10, 0)), "a.successes"),
+        (lambda: mean_sample_size(0.0), "effect_size"),
+        (lambda: proportion_sample_size(0.5, 0.6), "minimum_detectable_effect"),
+    ],
+)
 def test_degenerate_input_names_the_field(factory: object, field: str) -> None:
     with pytest.raises(StatsInputError) as caught:
         factory()  # type: ignore[operator]
@@ -205,22 +210,22 @@ def test_planned_sample_size_reaches_planned_power() -> None:
     assert abs(hits / trials - power) < 0.04  # 0.04 is over 3 binomial standard errors
 
 
-@pytest.mark.parametrize(("a", "b"), [((40, 3), (35, 0)), ((20, 0), (25, 4)), ((10, 10), (12, 7)),
-                                      ((500, 2), (480, 9))])
+@pytest.mark.parametrize(
+    ("a", "b"), [((40, 3), (35, 0)), ((20, 0), (25, 4)), ((10, 10), (12, 7)), ((500, 2), (480, 9))]
+)
 def test_small_count_intervals_are_newcombes(a: tuple[int, int], b: tuple[int, int]) -> None:
     from statsmodels.stats.proportion import confint_proportions_2indep
 
     from control.stats.frequentist import fisher_exact
 
     result = fisher_exact(Proportion(*a), Proportion(*b))
-    low, high = confint_proportions_2indep(b[1], b[0], a[1], a[0], method="newcomb",
-                                           compare="diff")
+    low, high = confint_proportions_2indep(b[1], b[0], a[1], a[0], method="newcomb", compare="diff")
     assert result.ci_absolute == pytest.approx((low, high), rel=1e-9, abs=1e-12)
 
 
-
-@pytest.mark.parametrize(("split", "base"), [(0.05, 0.01), (0.01, 0.10), (0.05, 0.10),
-                                             (0.25, 0.01)])
+@pytest.mark.parametrize(
+    ("split", "base"), [(0.05, 0.01), (0.01, 0.10), (0.05, 0.10), (0.25, 0.01)]
+)
 def test_sequential_rates_hold_alpha_in_aa_at_small_splits(split: float, base: float) -> None:
     """A smaller, seeded version of benchmarks/sequential_rates.py (full table in RESULTS.md):
     the plug-in test rejected 38-75% of the first three; the shipped one stays at or under

@@ -13,9 +13,13 @@ from control.serve import Embedded, embedded
 from tests.servers import make_config
 
 URL = "/api/agent/credit/decide"
-STATS_ENDPOINTS = ("/api/experiments", "/api/experiments/exp",
-                   "/api/experiments/exp/significance", "/api/metrics/exp/comparison",
-                   "/api/experiments/current")
+STATS_ENDPOINTS = (
+    "/api/experiments",
+    "/api/experiments/exp",
+    "/api/experiments/exp/significance",
+    "/api/metrics/exp/comparison",
+    "/api/experiments/current",
+)
 
 
 async def get(session: ClientSession, url: str) -> tuple[int, str, Any]:
@@ -24,16 +28,17 @@ async def get(session: ClientSession, url: str) -> tuple[int, str, Any]:
 
 
 async def decide(session: ClientSession, running: Embedded, user: str) -> dict[str, str]:
-    async with session.post(f"{running.proxy_url}{URL}", data=b"{}",
-                            headers={"X-User-Id": user}) as response:
+    async with session.post(
+        f"{running.proxy_url}{URL}", data=b"{}", headers={"X-User-Id": user}
+    ) as response:
         assert response.status == 200
         return dict(response.headers)
 
 
 @pytest.mark.parametrize(("percentage", "requests"), [(0, 20), (100, 20), (10, 1)])
 async def test_an_arm_without_samples_is_not_enough_data(
-        session: ClientSession, agents: dict[str, str], percentage: float,
-        requests: int) -> None:
+    session: ClientSession, agents: dict[str, str], percentage: float, requests: int
+) -> None:
     async with embedded(make_config(agents, percentage=percentage)) as running:
         for user in range(requests):
             await decide(session, running, f"u{user}")
@@ -43,18 +48,23 @@ async def test_an_arm_without_samples_is_not_enough_data(
             status, content_type, body = await get(session, f"{running.control_url}{path}")
             assert (status, content_type) == (200, "application/json"), (path, body)
         _, _, significance = await get(
-            session, f"{running.control_url}/api/experiments/exp/significance")
+            session, f"{running.control_url}/api/experiments/exp/significance"
+        )
         for metric in ("error", "latency"):
-            assert significance["metrics"][metric]["status"].startswith("not enough data"), \
+            assert significance["metrics"][metric]["status"].startswith("not enough data"), (
                 significance["metrics"][metric]
+            )
         _, _, health = await get(session, f"{running.control_url}/health/aggregate")
         assert health["components"]["statistics_worker"]["status"] == "healthy"
         assert running.worker.evaluation_errors == {}
 
 
 async def test_worker_survives_a_failing_evaluation(
-        session: ClientSession, agents: dict[str, str], monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+    session: ClientSession,
+    agents: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     real = stats_worker.evaluate
     broken = {"on": True}
 
@@ -74,8 +84,13 @@ async def test_worker_survives_a_failing_evaluation(
             await worker.evaluate_all()  # the loop's own step; it returns, it does not raise
         assert worker.evaluation_errors["exp"] >= before + 3
         failures = worker.evaluation_errors["exp"]
-        assert sum("evaluating exp failed: ZeroDivisionError: injected" in r.message
-                   for r in caplog.records) == 1  # logged once, counted every time
+        assert (
+            sum(
+                "evaluating exp failed: ZeroDivisionError: injected" in r.message
+                for r in caplog.records
+            )
+            == 1
+        )  # logged once, counted every time
         status, _, health = await get(session, f"{running.control_url}/health/aggregate")
         component = health["components"]["statistics_worker"]
         assert component["status"] == "degraded"
@@ -94,7 +109,8 @@ async def test_worker_survives_a_failing_evaluation(
 
 
 async def test_outcomes_land_in_the_phase_of_their_decision(
-        session: ClientSession, agents: dict[str, str]) -> None:
+    session: ClientSession, agents: dict[str, str]
+) -> None:
     async with embedded(make_config(agents, percentage=50)) as running:
         api = running.control_url
         decisions = [await decide(session, running, f"u{user}") for user in range(20)]
@@ -106,8 +122,16 @@ async def test_outcomes_land_in_the_phase_of_their_decision(
         assert (await decide(session, running, "u1"))["X-ABGate-Phase"] == str(new_phase)
 
         # Reported after the change, with the phase the decision came back with.
-        outcomes = [{"experiment": "exp", "arm": d["X-ABGate-Arm"], "metric": "satisfaction",
-                     "value": 4.0, "phase": int(d["X-ABGate-Phase"])} for d in decisions]
+        outcomes = [
+            {
+                "experiment": "exp",
+                "arm": d["X-ABGate-Arm"],
+                "metric": "satisfaction",
+                "value": 4.0,
+                "phase": int(d["X-ABGate-Phase"]),
+            }
+            for d in decisions
+        ]
         async with session.post(f"{api}/api/outcomes", json=outcomes) as response:
             assert (await response.json()) == {"accepted": 20}
         _, sums = await running.worker.store.read("exp")
@@ -120,17 +144,20 @@ async def test_outcomes_land_in_the_phase_of_their_decision(
         bad = [{**outcomes[0], "phase": 999}]
         async with session.post(f"{api}/api/outcomes", json=bad) as response:
             assert response.status == 400
-            assert (await response.json())["error"] == \
-                f"[0].phase: exp has no phase 999 (phases are 1 to {new_phase})"
+            assert (await response.json())[
+                "error"
+            ] == f"[0].phase: exp has no phase 999 (phases are 1 to {new_phase})"
 
 
 async def test_fallbacks_stay_in_their_assigned_arm_so_no_srm(
-        session: ClientSession, agents: dict[str, str]) -> None:
+    session: ClientSession, agents: dict[str, str]
+) -> None:
     """Intention to treat: with the ML breaker forced open every treatment request is answered
     by control, yet counted in treatment, so the arms stay balanced."""
     async with embedded(make_config(agents, percentage=50)) as running:
-        async with session.post(f"{running.control_url}/api/breakers/treatment",
-                                json={"state": "forced_open"}) as response:
+        async with session.post(
+            f"{running.control_url}/api/breakers/treatment", json={"state": "forced_open"}
+        ) as response:
             assert response.status == 200
         headers = [await decide(session, running, f"u{user}") for user in range(400)]
         assigned = {h["X-ABGate-Arm"] for h in headers}
@@ -147,7 +174,8 @@ async def test_fallbacks_stay_in_their_assigned_arm_so_no_srm(
 
 @pytest.mark.parametrize("backend", ["memory", "redis"])
 async def test_a_write_that_keeps_the_percentage_keeps_the_phase(
-        session: ClientSession, agents: dict[str, str], tmp_path: Any, backend: str) -> None:
+    session: ClientSession, agents: dict[str, str], tmp_path: Any, backend: str
+) -> None:
     from contextlib import AsyncExitStack
 
     from tests.redis_server import redis_server
@@ -162,8 +190,9 @@ async def test_a_write_that_keeps_the_percentage_keeps_the_phase(
             api = running.control_url
             phases = []
             for percentage in (25, 25, 50, 50):
-                async with session.post(f"{api}/api/flags/exp",
-                                        json={"percentage": percentage}) as response:
+                async with session.post(
+                    f"{api}/api/flags/exp", json={"percentage": percentage}
+                ) as response:
                     body = await response.json()
                 phases.append((body["version"], body["phase"]))
             assert phases == [(2, 1), (3, 1), (4, 4), (5, 4)]
@@ -185,18 +214,29 @@ def test_significant_follows_the_holm_adjusted_p_value() -> None:
     from control.stats_worker import evaluate
     from state.measurements import Phase, Sums
 
-    config = make_config({"control": "http://127.0.0.1:1", "treatment": "http://127.0.0.1:2"},
-                         experiment={"metrics": {
-                             "a": {"type": "continuous", "direction": "higher"},
-                             "b": {"type": "continuous", "direction": "higher"}}})
+    config = make_config(
+        {"control": "http://127.0.0.1:1", "treatment": "http://127.0.0.1:2"},
+        experiment={
+            "metrics": {
+                "a": {"type": "continuous", "direction": "higher"},
+                "b": {"type": "continuous", "direction": "higher"},
+            }
+        },
+    )
     n = 2000
 
     def sums(mean: float) -> Sums:
         return Sums(n, mean * n, (mean * mean + 1.0) * n)  # variance about 1 around `mean`
 
-    data = {("exp", 1, arm, metric): sums(mean) for arm, metric, mean in (
-        ("control", "a", 0.0), ("treatment", "a", 0.1),
-        ("control", "b", 0.0), ("treatment", "b", 0.08))}
+    data = {
+        ("exp", 1, arm, metric): sums(mean)
+        for arm, metric, mean in (
+            ("control", "a", 0.0),
+            ("treatment", "a", 0.1),
+            ("control", "b", 0.0),
+            ("treatment", "b", 0.08),
+        )
+    }
     report = evaluate(config, "exp", [Phase(1, 1000, 0.0)], data)
     raw: dict[str, float] = {}
     adjusted: dict[str, float] = {}
@@ -222,10 +262,12 @@ def test_across_phases_is_stratified_never_pooled() -> None:
         return Sums(n, float(successes), float(successes))
 
     config = make_config({"control": "http://127.0.0.1:1", "treatment": "http://127.0.0.1:2"})
-    data = {("exp", 1, "control", "accuracy"): rate(9000, 900),      # 10%  at a 10% split
-            ("exp", 1, "treatment", "accuracy"): rate(1000, 110),    # 11%
-            ("exp", 4, "control", "accuracy"): rate(5000, 250),      # 5%   at 50%
-            ("exp", 4, "treatment", "accuracy"): rate(5000, 275)}    # 5.5%
+    data = {
+        ("exp", 1, "control", "accuracy"): rate(9000, 900),  # 10%  at a 10% split
+        ("exp", 1, "treatment", "accuracy"): rate(1000, 110),  # 11%
+        ("exp", 4, "control", "accuracy"): rate(5000, 250),  # 5%   at 50%
+        ("exp", 4, "treatment", "accuracy"): rate(5000, 275),
+    }  # 5.5%
     report = evaluate(config, "exp", [Phase(1, 1000, 0.0), Phase(4, 5000, 1.0)], data)
     pooled = 385 / 6000 - 1150 / 14000
     assert pooled < -0.015  # what pooling would claim: 1.8 points worse

@@ -17,7 +17,18 @@ from control.stats.power import (
 from control.stats.sequential import sequential_test
 
 __all__ = [
-    "Proportion", "SampleMean", "StatsInputError", "TestResult", "fisher_exact", "holm",
-    "mean_power", "mean_sample_size", "proportion_power", "proportion_sample_size",
-    "sequential_test", "srm", "two_proportion", "welch_t",
+    "Proportion",
+    "SampleMean",
+    "StatsInputError",
+    "TestResult",
+    "fisher_exact",
+    "holm",
+    "mean_power",
+    "mean_sample_size",
+    "proportion_power",
+    "proportion_sample_size",
+    "sequential_test",
+    "srm",
+    "two_proportion",
+    "welch_t",
 ]

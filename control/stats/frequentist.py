@@ -29,12 +29,15 @@ class TestResult:
     def as_json(self) -> dict[str, Any]:
         # Built by hand: dataclasses.asdict deep-copies, and was most of an evaluation's time.
         ci = self.ci_relative
-        return {"test": self.test, "p_value": self.p_value,
-                "confidence_level": self.confidence_level, "significant": self.significant,
-                "effect": {"absolute": self.effect_absolute, "relative": self.effect_relative},
-                "ci": {"absolute": list(self.ci_absolute),
-                       "relative": list(ci) if ci else None},
-                "n": {"a": self.n_a, "b": self.n_b}}
+        return {
+            "test": self.test,
+            "p_value": self.p_value,
+            "confidence_level": self.confidence_level,
+            "significant": self.significant,
+            "effect": {"absolute": self.effect_absolute, "relative": self.effect_relative},
+            "ci": {"absolute": list(self.ci_absolute), "relative": list(ci) if ci else None},
+            "n": {"a": self.n_a, "b": self.n_b},
+        }
 
 
 def _tail_p(statistic: float, alternative: Alternative, sf: Any, cdf: Any) -> float:
@@ -62,75 +65,109 @@ def _level(alpha: float, alternative: Alternative) -> float:
     return alpha if alternative == "two-sided" else 2 * alpha
 
 
-def relative_effect(a: SampleMean, b: SampleMean, z: float,
-                    ) -> tuple[float | None, tuple[float, float] | None]:
+def relative_effect(
+    a: SampleMean,
+    b: SampleMean,
+    z: float,
+) -> tuple[float | None, tuple[float, float] | None]:
     """(b - a) / a with a delta-method interval (as gbstats does); None when a's mean is 0."""
     if a.mean == 0:
         return None, None
     lift = (b.mean - a.mean) / a.mean
-    variance = b.variance / (b.n * a.mean ** 2) + \
-        (b.mean ** 2) * a.variance / (a.n * a.mean ** 4)
+    variance = b.variance / (b.n * a.mean**2) + (b.mean**2) * a.variance / (a.n * a.mean**4)
     half = z * math.sqrt(variance)
     return lift, (lift - half, lift + half)
 
 
-def welch_t(a: SampleMean, b: SampleMean, *, alpha: float = 0.05,
-            alternative: Alternative = "two-sided") -> TestResult:
+def welch_t(
+    a: SampleMean, b: SampleMean, *, alpha: float = 0.05, alternative: Alternative = "two-sided"
+) -> TestResult:
     """Welch's t-test with Satterthwaite degrees of freedom; the p-value equals scipy's
     `ttest_ind_from_stats(..., equal_var=False)`."""
     va, vb = a.variance / a.n, b.variance / b.n
     if va + vb == 0:
         raise StatsInputError("a.std", "both arms have zero variance: nothing to test")
     se = math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1))
+    df = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))
     diff = b.mean - a.mean
     t = diff / se
     p = _tail_p(t, alternative, lambda x: special.stdtr(df, -x), lambda x: special.stdtr(df, x))
     crit = float(-special.stdtrit(df, _level(alpha, alternative) / 2))
     lift, ci_rel = relative_effect(a, b, crit)  # the same t as the absolute interval
-    return TestResult("welch_t", p, 1 - alpha, p < alpha, diff, lift,
-                      _sided((diff - crit * se, diff + crit * se), alternative),
-                      _sided(ci_rel, alternative) if ci_rel else None, a.n, b.n)
+    return TestResult(
+        "welch_t",
+        p,
+        1 - alpha,
+        p < alpha,
+        diff,
+        lift,
+        _sided((diff - crit * se, diff + crit * se), alternative),
+        _sided(ci_rel, alternative) if ci_rel else None,
+        a.n,
+        b.n,
+    )
 
 
-def two_proportion(a: Proportion, b: Proportion, *, alpha: float = 0.05,
-                   alternative: Alternative = "two-sided") -> TestResult:
+def two_proportion(
+    a: Proportion, b: Proportion, *, alpha: float = 0.05, alternative: Alternative = "two-sided"
+) -> TestResult:
     """Two-proportion z-test with the pooled variance (statsmodels' `proportions_ztest`; the
     two-sided p-value equals the chi-square test without continuity correction); interval
     from the unpooled variance."""
     pooled = (a.successes + b.successes) / (a.n + b.n)
     se0 = math.sqrt(pooled * (1 - pooled) * (1 / a.n + 1 / b.n))
     if se0 == 0:
-        raise StatsInputError("a.successes", "no variation: every observation in both arms "
-                                             "has the same outcome")
+        raise StatsInputError(
+            "a.successes", "no variation: every observation in both arms has the same outcome"
+        )
     diff = b.rate - a.rate
     z = diff / se0
     p = _tail_p(z, alternative, lambda x: special.ndtr(-x), special.ndtr)
     crit = float(-special.ndtri(_level(alpha, alternative) / 2))
     se = math.sqrt(a.rate * (1 - a.rate) / a.n + b.rate * (1 - b.rate) / b.n)
     lift, ci_rel = relative_effect(a.as_mean(), b.as_mean(), crit)
-    return TestResult("two_proportion", p, 1 - alpha, p < alpha, diff, lift,
-                      _sided((diff - crit * se, diff + crit * se), alternative),
-                      _sided(ci_rel, alternative) if ci_rel else None, a.n, b.n)
+    return TestResult(
+        "two_proportion",
+        p,
+        1 - alpha,
+        p < alpha,
+        diff,
+        lift,
+        _sided((diff - crit * se, diff + crit * se), alternative),
+        _sided(ci_rel, alternative) if ci_rel else None,
+        a.n,
+        b.n,
+    )
 
 
-def fisher_exact(a: Proportion, b: Proportion, *, alpha: float = 0.05,
-                 alternative: Alternative = "two-sided") -> TestResult:
+def fisher_exact(
+    a: Proportion, b: Proportion, *, alpha: float = 0.05, alternative: Alternative = "two-sided"
+) -> TestResult:
     """Fisher's exact test, for small counts (an expected cell under 5)."""
     from scipy import stats  # the exact test only; the rest uses the lighter special functions
 
     table = [[b.successes, b.n - b.successes], [a.successes, a.n - a.successes]]
     p = float(stats.fisher_exact(table, alternative=alternative).pvalue)
-    base = two_proportion(a, b, alpha=alpha, alternative=alternative) \
-        if 0 < a.successes + b.successes < a.n + b.n else None
+    base = (
+        two_proportion(a, b, alpha=alpha, alternative=alternative)
+        if 0 < a.successes + b.successes < a.n + b.n
+        else None
+    )
     diff = b.rate - a.rate
     # For the small counts this test is for, a Wald interval contradicts it; Newcombe's
     # hybrid score interval (from the Wilson bounds of each rate) behaves at 0 and 1.
-    return TestResult("fisher_exact", p, 1 - alpha, p < alpha, diff,
-                      base.effect_relative if base else None,
-                      _sided(newcombe_interval(a, b, _level(alpha, alternative)),
-                             alternative),
-                      base.ci_relative if base else None, a.n, b.n)
+    return TestResult(
+        "fisher_exact",
+        p,
+        1 - alpha,
+        p < alpha,
+        diff,
+        base.effect_relative if base else None,
+        _sided(newcombe_interval(a, b, _level(alpha, alternative)), alternative),
+        base.ci_relative if base else None,
+        a.n,
+        b.n,
+    )
 
 
 def wilson_interval(x: Proportion, alpha: float) -> tuple[float, float]:
@@ -146,12 +183,15 @@ def newcombe_interval(a: Proportion, b: Proportion, alpha: float) -> tuple[float
     low_a, high_a = wilson_interval(a, alpha)
     low_b, high_b = wilson_interval(b, alpha)
     diff = b.rate - a.rate
-    return (diff - math.sqrt((b.rate - low_b) ** 2 + (high_a - a.rate) ** 2),
-            diff + math.sqrt((high_b - b.rate) ** 2 + (a.rate - low_a) ** 2))
+    return (
+        diff - math.sqrt((b.rate - low_b) ** 2 + (high_a - a.rate) ** 2),
+        diff + math.sqrt((high_b - b.rate) ** 2 + (a.rate - low_a) ** 2),
+    )
 
 
-def rates_test(a: Proportion, b: Proportion, *, alpha: float = 0.05,
-               alternative: Alternative = "two-sided") -> TestResult:
+def rates_test(
+    a: Proportion, b: Proportion, *, alpha: float = 0.05, alternative: Alternative = "two-sided"
+) -> TestResult:
     """The z-test, or Fisher's exact test when any expected cell count is under 5."""
     total = a.n + b.n
     successes = a.successes + b.successes

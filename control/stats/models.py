@@ -35,8 +35,9 @@ def _finite(field: str, value: float) -> float:
 
 def _count(field: str, value: object, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_N:
-        raise StatsInputError(field, f"expected a whole number from {low} to {MAX_N:,}, "
-                                     f"got {value!r}")
+        raise StatsInputError(
+            field, f"expected a whole number from {low} to {MAX_N:,}, got {value!r}"
+        )
     return value
 
 
@@ -56,7 +57,7 @@ class SampleMean:
             raise StatsInputError(f"{field}.std", f"must not be negative, got {std_value}")
         if 0 < std_value < MIN_STD:
             raise StatsInputError(f"{field}.std", f"0, or at least {MIN_STD:g}, got {std_value}")
-        return cls(count, _finite(f"{field}.mean", mean), std_value ** 2)  # type: ignore[arg-type]
+        return cls(count, _finite(f"{field}.mean", mean), std_value**2)  # type: ignore[arg-type]
 
     @classmethod
     def from_sums(cls, count: int, total: float, total_sq: float) -> SampleMean:
@@ -84,8 +85,9 @@ class Proportion:
         n = _count(f"{field}.n", n, 1)
         successes = _count(f"{field}.successes", successes, 0)
         if successes > n:
-            raise StatsInputError(f"{field}.successes",
-                                  f"more successes ({successes}) than observations ({n})")
+            raise StatsInputError(
+                f"{field}.successes", f"more successes ({successes}) than observations ({n})"
+            )
         return cls(n, successes)
 
     @property

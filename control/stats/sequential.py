@@ -25,12 +25,15 @@ def half_width(variance: float, n_total: int, alpha: float, tuning: float = TUNI
     rho = _rho(alpha, tuning)
     s2 = variance * n_total
     return math.sqrt(s2) * math.sqrt(
-        (2 * (n_total * rho ** 2 + 1)) / (n_total ** 2 * rho ** 2)
-        * math.log(math.sqrt(n_total * rho ** 2 + 1) / alpha))
+        (2 * (n_total * rho**2 + 1))
+        / (n_total**2 * rho**2)
+        * math.log(math.sqrt(n_total * rho**2 + 1) / alpha)
+    )
 
 
 def _always_valid_p(diff: float, variance: float, n_total: int, tuning: float) -> float:
     """The smallest alpha whose sequence around `diff` excludes 0."""
+
     def excludes_zero_margin(log_alpha: float) -> float:
         return abs(diff) - half_width(variance, n_total, math.exp(log_alpha), tuning)
 
@@ -38,12 +41,17 @@ def _always_valid_p(diff: float, variance: float, n_total: int, tuning: float) -
         return 1.0  # even the narrowest sequence (alpha -> 1) still holds 0
     if excludes_zero_margin(math.log(1e-300)) > 0:
         return 1e-300
-    return min(1.0, math.exp(optimize.brentq(excludes_zero_margin, math.log(1e-300),
-                                             math.log(1 - 1e-12), xtol=1e-12)))
+    return min(
+        1.0,
+        math.exp(
+            optimize.brentq(excludes_zero_margin, math.log(1e-300), math.log(1 - 1e-12), xtol=1e-12)
+        ),
+    )
 
 
-def sequential_test(a: SampleMean, b: SampleMean, *, alpha: float = 0.05,
-                    tuning: float = TUNING) -> TestResult:
+def sequential_test(
+    a: SampleMean, b: SampleMean, *, alpha: float = 0.05, tuning: float = TUNING
+) -> TestResult:
     """Difference of means with an always-valid interval and p-value (two-sided)."""
     variance = a.variance / a.n + b.variance / b.n
     if variance == 0:
@@ -53,15 +61,26 @@ def sequential_test(a: SampleMean, b: SampleMean, *, alpha: float = 0.05,
     width = half_width(variance, n_total, alpha, tuning)
     p = _always_valid_p(diff, variance, n_total, tuning)
     lift, ci_rel = relative_effect(a, b, width / math.sqrt(variance))
-    return TestResult("sequential", p, 1 - alpha, p < alpha, diff, lift,
-                      (diff - width, diff + width), ci_rel, a.n, b.n)
+    return TestResult(
+        "sequential",
+        p,
+        1 - alpha,
+        p < alpha,
+        diff,
+        lift,
+        (diff - width, diff + width),
+        ci_rel,
+        a.n,
+        b.n,
+    )
 
 
 MIN_EVENTS = 10  # of the rarer outcome, both arms together, before any sequential decision
 
 
-def sequential_rates(a: Proportion, b: Proportion, *, alpha: float = 0.05,
-                     tuning: float = TUNING) -> TestResult:
+def sequential_rates(
+    a: Proportion, b: Proportion, *, alpha: float = 0.05, tuning: float = TUNING
+) -> TestResult:
     """Difference of rates with an always-valid p-value that holds at small splits.
 
     The plug-in variance of each arm fails for rates: an arm with no event yet has variance
@@ -76,24 +95,43 @@ def sequential_rates(a: Proportion, b: Proportion, *, alpha: float = 0.05,
     rare = min(pooled, 1 - pooled)
     events = rare * n_total
     if events < MIN_EVENTS or min(a.n, b.n) * rare < 1:
-        raise StatsInputError("n", f"burn-in: {events:.0f} of {MIN_EVENTS} events, "
-                                   f"{min(a.n, b.n) * rare:.2f} of 1 expected in the "
-                                   "smaller arm")
+        raise StatsInputError(
+            "n",
+            f"burn-in: {events:.0f} of {MIN_EVENTS} events, "
+            f"{min(a.n, b.n) * rare:.2f} of 1 expected in the "
+            "smaller arm",
+        )
     diff = b.rate - a.rate
     p = _always_valid_p(diff, pooled * (1 - pooled) * (1 / a.n + 1 / b.n), n_total, tuning)
     adjusted_a = (a.successes + 1) / (a.n + 2)
     adjusted_b = (b.successes + 1) / (b.n + 2)
-    variance = adjusted_a * (1 - adjusted_a) / (a.n + 2) + \
-        adjusted_b * (1 - adjusted_b) / (b.n + 2)
+    variance = adjusted_a * (1 - adjusted_a) / (a.n + 2) + adjusted_b * (1 - adjusted_b) / (b.n + 2)
     width = half_width(variance, n_total, alpha, tuning)
     lift, ci_rel = relative_effect(a.as_mean(), b.as_mean(), width / math.sqrt(variance))
-    return TestResult("sequential", p, 1 - alpha, p < alpha, diff, lift,
-                      (diff - width, diff + width), ci_rel, a.n, b.n)
+    return TestResult(
+        "sequential",
+        p,
+        1 - alpha,
+        p < alpha,
+        diff,
+        lift,
+        (diff - width, diff + width),
+        ci_rel,
+        a.n,
+        b.n,
+    )
 
 
-def sequential_sample_size(effect: float, variance_a: float, variance_b: float, *,
-                           share: float = 0.5, power: float = 0.8, alpha: float = 0.05,
-                           tuning: float = TUNING) -> tuple[int, int]:
+def sequential_sample_size(
+    effect: float,
+    variance_a: float,
+    variance_b: float,
+    *,
+    share: float = 0.5,
+    power: float = 0.8,
+    alpha: float = 0.05,
+    tuning: float = TUNING,
+) -> tuple[int, int]:
     """Samples (control, treatment) for the sequential test, as the worker runs it, to detect
     `effect` (an absolute difference) with `power`: the n where the sequence's half-width
     leaves room for the estimate to clear it with that probability. Sized on the last look,
@@ -111,15 +149,13 @@ def sequential_sample_size(effect: float, variance_a: float, variance_b: float, 
     def shortfall(log_n: float) -> float:
         n = math.exp(log_n)
         variance = variance_a / ((1 - share) * n) + variance_b / (share * n)
-        return delta - half_width(variance, round(n), alpha, tuning) - \
-            z_power * math.sqrt(variance)
+        return delta - half_width(variance, round(n), alpha, tuning) - z_power * math.sqrt(variance)
 
     low, high = math.log(4.0), math.log(float(MAX_N))
     if shortfall(low) >= 0:
         n_total = 4.0
     elif shortfall(high) < 0:
-        raise StatsInputError("effect", f"too small to detect: it needs over {MAX_N:,} "
-                                        "samples")
+        raise StatsInputError("effect", f"too small to detect: it needs over {MAX_N:,} samples")
     else:
         n_total = math.exp(optimize.brentq(shortfall, low, high, xtol=1e-9))
     return math.ceil((1 - share) * n_total), math.ceil(share * n_total)
