@@ -197,6 +197,74 @@ BUILT_IN_METRICS = {LATENCY.name: LATENCY, ERROR.name: ERROR}
 
 
 @dataclass(frozen=True, slots=True)
+class Amount:
+    """A margin or an effect: absolute (in the metric's unit) or relative to the control
+    arm's mean (`10%` in the YAML)."""
+
+    value: float
+    relative: bool
+
+    def absolute(self, control_mean: float) -> float:
+        return self.value * abs(control_mean) if self.relative else self.value
+
+    def __str__(self) -> str:
+        return f"{self.value * 100:g}%" if self.relative else f"{self.value:g}"
+
+
+@dataclass(frozen=True, slots=True)
+class StageConfig:
+    percentage_bp: int
+    approval: bool  # a person approves before the rollout moves to this stage
+    min_duration: float  # seconds this stage runs at least before it may be promoted
+
+
+@dataclass(frozen=True, slots=True)
+class GuardrailConfig:
+    metric: str
+    margin: Amount  # how much worse the treatment may be and still count as no harm
+
+
+@dataclass(frozen=True, slots=True)
+class PrimaryConfig:
+    metric: str
+    minimum_detectable_effect: Amount
+
+
+@dataclass(frozen=True, slots=True)
+class SloConfig:
+    """Absolute limits on the treatment arm. `latency_quantile` 0.95 with `latency_limit`
+    0.1 reads "p95 at most 100 ms": at most 5% of answers slower than 100 ms."""
+
+    latency_quantile: float | None = None
+    latency_limit: float | None = None
+    error_rate: float | None = None
+
+
+DEFAULT_GUARDRAILS = (
+    GuardrailConfig("error", Amount(0.005, False)),
+    GuardrailConfig("latency", Amount(0.10, True)),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutPlan:
+    stages: tuple[StageConfig, ...]
+    max_hold: float
+    tick: float
+    primary: PrimaryConfig | None
+    guardrails: tuple[GuardrailConfig, ...]
+    slo: SloConfig
+    alpha: float
+    power: float
+    bake: float  # seconds at 100% (absolute SLOs only) before the rollout is completed
+    breaker_grace: float  # treatment breaker open longer than this: rollback
+
+    @property
+    def percentages(self) -> list[float]:
+        return [stage.percentage_bp / 100 for stage in self.stages]
+
+
+@dataclass(frozen=True, slots=True)
 class ExperimentConfig:
     name: str
     control: ArmConfig
@@ -211,6 +279,7 @@ class ExperimentConfig:
     fallback_on_5xx: bool
     shadow: ShadowConfig | None
     metrics: tuple[MetricConfig, ...]  # declared ones; latency and error are built in
+    rollout: RolloutPlan | None = None
 
     def metric(self, name: str) -> MetricConfig | None:
         """A declared or built-in metric by name."""

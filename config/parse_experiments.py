@@ -19,6 +19,7 @@ from config.model import (
     UpstreamConfig,
     WhenMissing,
 )
+from config.parse_rollout import read_plan
 from config.yaml_lines import KeyPath
 
 _STICKY_KINDS = ("header", "cookie", "query")
@@ -75,6 +76,7 @@ class ExperimentSchema:
             "fallback_on_5xx",
             "shadow",
             "metrics",
+            "rollout",
         }
         section = self.r.mapping(value, path, keys)
         valid_name = self.r.name(name, path)
@@ -108,6 +110,11 @@ class ExperimentSchema:
         metrics = self._metrics(section.get("metrics", {}), (*path, "metrics"))
         if fallback is None or on_5xx is None or shadow is False or metrics is None:
             return None
+        rollout = None
+        if section.get("rollout") is not None:
+            rollout = read_plan(self.r, section["rollout"], (*path, "rollout"), metrics)
+            if rollout is None:
+                return None
         if (
             valid_name is None
             or control is None
@@ -130,6 +137,7 @@ class ExperimentSchema:
             fallback_on_5xx=on_5xx,
             shadow=shadow if isinstance(shadow, ShadowConfig) else None,
             metrics=metrics,
+            rollout=rollout,
         )
 
     def _metrics(self, value: Any, path: KeyPath) -> tuple[MetricConfig, ...] | None:

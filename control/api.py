@@ -38,6 +38,7 @@ from proxy.runtime import DataPlane
 from state.flags import FlagStore
 
 if TYPE_CHECKING:
+    from control.rollout.controller import RolloutController
     from control.stats_worker import StatsWorker
 
 RELOADER = web.AppKey("reloader", Reloader)
@@ -128,11 +129,13 @@ def create_control_app(
     plane: DataPlane | None = None,
     backend: FlagBackend | None = None,
     worker: StatsWorker | None = None,
+    rollouts: RolloutController | None = None,
     *,
     loopback: bool = True,
 ) -> web.Application:
     # Imported here: the statistics need scipy (tens of MiB), which data-plane-only
     # processes (abgate proxy) never load.
+    from control.rollout_api import add_rollout_routes
     from control.stats_api import add_stats_routes
 
     """`plane` is None in `abgate control` (no data plane here). `loopback`: the API listens
@@ -157,4 +160,5 @@ def create_control_app(
     app.router.add_get("/api/config", config_status)
     app.router.add_post("/api/config/reload", config_reload)
     add_flag_routes(app, store)
+    add_rollout_routes(app, rollouts)
     return app

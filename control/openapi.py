@@ -4,16 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from control.openapi_parts import ERROR
+from control.openapi_parts import json_content as _json
+from control.openapi_parts import ref as _ref
+from control.openapi_rollouts import ROLLOUT_PATHS
 
-def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-ERROR = _json(_ref("Error"), "Error")
 _OBJECT = {"type": "object"}
 EXPERIMENT = {
     "name": "name",
@@ -601,6 +596,7 @@ OPENAPI: dict[str, Any] = {
             },
         },
         **STATISTICS_PATHS,
+        **ROLLOUT_PATHS,
     },
 }
 

@@ -26,6 +26,7 @@ from config.model import Listen
 from control.api import check_exposure, create_control_app
 from control.flag_backend import (
     FlagBackend,
+    SharedState,
     initial_table,
     open_shared_state,
     redis_url,
@@ -40,8 +41,11 @@ from proxy.runtime import DataPlane
 from proxy.server import JsonErrorAppRunner
 from proxy.tasks import stop_task
 from state.flags import FlagTable
+from state.redis_flags import new_instance_id
+from state.rollouts import Lease, MemoryRollouts, RedisRollouts, RolloutStore
 
 if TYPE_CHECKING:
+    from control.rollout.controller import RolloutController
     from control.stats_worker import StatsWorker
 
 log = logging.getLogger("abgate")
@@ -85,6 +89,7 @@ class Embedded:
     plane: DataPlane
     reloader: Reloader | None
     worker: StatsWorker
+    rollouts: RolloutController
 
 
 async def owned_task(stack: AsyncExitStack, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -104,6 +109,32 @@ async def start_stats_worker(
     return worker
 
 
+async def start_rollout_controller(
+    stack: AsyncExitStack,
+    config: Config,
+    backend: FlagBackend,
+    shared: SharedState,
+    metrics: ProxyMetrics,
+) -> RolloutController:
+    """The rollout controller and its store: the state file (embedded) or Redis, where a
+    lease makes exactly one of several control processes act."""
+    from control.rollout.controller import RolloutController
+
+    assert backend.store is not None
+    lease = None
+    store: RolloutStore
+    if shared.client is None:
+        store = MemoryRollouts(shared.snapshot)
+    else:
+        lease = Lease(shared.client, config.flags.key_prefix, new_instance_id())
+        stack.push_async_callback(lease.release)
+        store = RedisRollouts(shared.client, config.flags.key_prefix, lease)
+    controller = RolloutController(config, backend.store, store, backend.measurements, lease=lease)
+    metrics.add_gauges(controller.collect)
+    await owned_task(stack, controller.run(), "abgate-rollout-controller")
+    return controller
+
+
 async def start_reloader(
     stack: AsyncExitStack,
     config_path: str | None,
@@ -111,6 +142,7 @@ async def start_reloader(
     plane: DataPlane,
     metrics: ProxyMetrics,
     worker: StatsWorker | None = None,
+    rollouts: RolloutController | None = None,
 ) -> Reloader | None:
     """Hot reload of the data plane: on SIGHUP, on a change of the file, on API request."""
     if config_path is None:
@@ -121,6 +153,8 @@ async def start_reloader(
         await plane.close_retired_pools()
         if worker is not None:
             worker.config = new
+        if rollouts is not None:
+            rollouts.config = new
         return warnings
 
     reloader = Reloader(config_path, config, apply)
@@ -156,7 +190,10 @@ async def embedded(
         metrics.add_gauges(backend.collect)
         plane.flush_to(backend.measurements)
         worker = await start_stats_worker(stack, config, backend, metrics)
-        reloader = await start_reloader(stack, config_path, config, plane, metrics, worker)
+        rollouts = await start_rollout_controller(stack, config, backend, shared, metrics)
+        reloader = await start_reloader(
+            stack, config_path, config, plane, metrics, worker, rollouts
+        )
         assert backend.store is not None
         control_app = create_control_app(
             backend.store,
@@ -166,12 +203,15 @@ async def embedded(
             plane,
             backend,
             worker,
+            rollouts,
             loopback=config.control.is_loopback,
         )
         control_url = await app_site(
             stack, control_app, config.control.listen, config.proxy.shutdown_timeout
         )
-        yield Embedded(plane.url, control_url, flags, metrics, backend, plane, reloader, worker)
+        yield Embedded(
+            plane.url, control_url, flags, metrics, backend, plane, reloader, worker, rollouts
+        )
 
 
 async def serve_embedded(config: Config, config_path: str) -> None:
@@ -197,16 +237,18 @@ async def serve_control(config: Config) -> None:
     metrics = ProxyMetrics()
     registry = new_registry(metrics)
     async with stop_on_signals() as stop, AsyncExitStack() as stack:
+        shared = open_shared_state(stack, config)
         backend = await start_flag_backend(
             stack,
             config,
             flags,
             writer=True,
             proxy_address=None,
-            shared=open_shared_state(stack, config),
+            shared=shared,
         )
         metrics.add_gauges(backend.collect)
         worker = await start_stats_worker(stack, config, backend, metrics)
+        rollouts = await start_rollout_controller(stack, config, backend, shared, metrics)
         assert backend.store is not None
         control_app = create_control_app(
             backend.store,
@@ -214,6 +256,7 @@ async def serve_control(config: Config) -> None:
             token,
             backend=backend,
             worker=worker,
+            rollouts=rollouts,
             loopback=config.control.is_loopback,
         )
         control_url = await app_site(stack, control_app, config.control.listen, 5.0)

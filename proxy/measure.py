@@ -23,6 +23,7 @@ from state.measurements import MeasureKey, MeasurementStore, Phase, Sums
 
 log = logging.getLogger("abgate.measure")
 FLUSH_INTERVAL = 1.0
+SLOW_METRIC = "latency_over_slo"  # 0/1 per answer: slower than the latency SLO
 
 
 class PhaseRef:
@@ -84,7 +85,10 @@ class Measurements:
 
 
 class ArmRecorder:
-    """The sums one experiment arm writes to, refetched when the phase or batch changes."""
+    """The sums one experiment arm writes to, refetched when the phase or batch changes.
+
+    With a latency SLO (`slow_over`, seconds), each answer also counts as 0 or 1 in
+    `SLOW_METRIC`: "p95 at most 100 ms" is then a test on the share of answers over 100 ms."""
 
     __slots__ = (
         "_arm",
@@ -95,10 +99,17 @@ class ArmRecorder:
         "_measurements",
         "_phase",
         "_phase_ref",
+        "_slow",
+        "_slow_over",
     )
 
     def __init__(
-        self, measurements: Measurements, experiment: str, arm: str, phase: PhaseRef
+        self,
+        measurements: Measurements,
+        experiment: str,
+        arm: str,
+        phase: PhaseRef,
+        slow_over: float | None = None,
     ) -> None:
         self._measurements = measurements
         self._experiment = experiment
@@ -108,6 +119,8 @@ class ArmRecorder:
         self._generation = -1
         self._latency = Sums()
         self._errors = Sums()
+        self._slow = Sums()
+        self._slow_over = slow_over
 
     def record(self, status: int, upstream_seconds: float | None) -> None:
         measurements = self._measurements
@@ -116,6 +129,8 @@ class ArmRecorder:
             self._phase, self._generation = phase, measurements.generation
             self._latency = measurements.sums((self._experiment, phase, self._arm, "latency"))
             self._errors = measurements.sums((self._experiment, phase, self._arm, "error"))
+            if self._slow_over is not None:
+                self._slow = measurements.sums((self._experiment, phase, self._arm, SLOW_METRIC))
         # Inlined Sums.add: this runs on every request.
         errors = self._errors
         errors.count += 1
@@ -127,6 +142,12 @@ class ArmRecorder:
             latency.count += 1
             latency.total += upstream_seconds
             latency.total_sq += upstream_seconds * upstream_seconds
+            if self._slow_over is not None:
+                slow = self._slow
+                slow.count += 1
+                if upstream_seconds > self._slow_over:
+                    slow.total += 1.0
+                    slow.total_sq += 1.0
 
     def add(self, metric: str, value: float) -> None:
         """An extra metric of the answer just recorded."""

@@ -325,8 +325,13 @@ class DataPlane:
         stats.recorder = None
         extractor = None
         if experiment and self.config.proxy.measurements:
+            plan = self.config.experiments[experiment].rollout
             stats.recorder = ArmRecorder(
-                self.measurements, experiment, arm, self._phases[experiment]
+                self.measurements,
+                experiment,
+                arm,
+                self._phases[experiment],
+                slow_over=plan.slo.latency_limit if plan is not None else None,
             )
             if any(metric.from_answer for metric in metrics):
                 extractor = MetricExtractor(metrics)

@@ -58,6 +58,6 @@ def test_every_operation_has_a_summary_and_responses() -> None:
             if method == "parameters":
                 continue
             assert operation.get("summary"), (path, method)
-            assert "200" in operation["responses"], (path, method)
+            assert {"200", "201"} & set(operation["responses"]), (path, method)
             if method == "post":  # writes take the token when one is configured
                 assert "401" in operation["responses"], (path, method)

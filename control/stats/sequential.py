@@ -31,7 +31,7 @@ def half_width(variance: float, n_total: int, alpha: float, tuning: float = TUNI
     )
 
 
-def _always_valid_p(diff: float, variance: float, n_total: int, tuning: float) -> float:
+def always_valid_p(diff: float, variance: float, n_total: int, tuning: float) -> float:
     """The smallest alpha whose sequence around `diff` excludes 0."""
 
     def excludes_zero_margin(log_alpha: float) -> float:
@@ -59,7 +59,7 @@ def sequential_test(
     n_total = a.n + b.n
     diff = b.mean - a.mean
     width = half_width(variance, n_total, alpha, tuning)
-    p = _always_valid_p(diff, variance, n_total, tuning)
+    p = always_valid_p(diff, variance, n_total, tuning)
     lift, ci_rel = relative_effect(a, b, width / math.sqrt(variance))
     return TestResult(
         "sequential",
@@ -102,7 +102,7 @@ def sequential_rates(
             "smaller arm",
         )
     diff = b.rate - a.rate
-    p = _always_valid_p(diff, pooled * (1 - pooled) * (1 / a.n + 1 / b.n), n_total, tuning)
+    p = always_valid_p(diff, pooled * (1 - pooled) * (1 / a.n + 1 / b.n), n_total, tuning)
     adjusted_a = (a.successes + 1) / (a.n + 2)
     adjusted_b = (b.successes + 1) / (b.n + 2)
     variance = adjusted_a * (1 - adjusted_a) / (a.n + 2) + adjusted_b * (1 - adjusted_b) / (b.n + 2)

@@ -1,0 +1,147 @@
+"""Simulated rollouts through the pure gate function (control/rollout/gates.py).
+
+Each run drives one rollout tick by tick from 5% to 100% on synthetic traffic (errors,
+latency and a 0/1 business metric per arm), exactly as the controller would call `decide`,
+and reports how it ended. Run: `python -m benchmarks.rollout_sim [runs]`; the table goes to
+benchmarks/RESULTS.md by hand. tests/test_rollout_gates.py runs a smaller version.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import yaml
+
+from config.model import ExperimentConfig
+from config.parse import parse_config
+from control.rollout.gates import StageInputs, decide
+from state.measurements import Sums
+
+PLAN = {
+    "stages": [5, 25, 50, 75, 100],
+    "min_duration": "10s",
+    "max_hold": "1h",
+    "tick": "1s",
+    "bake": "10s",
+    "primary": {"metric": "converted", "minimum_detectable_effect": 0.02},
+    "guardrails": [{"metric": "error", "margin": 0.01}, {"metric": "latency", "margin": "10%"}],
+    "slo": {"error_rate": "5%"},
+}
+
+
+def experiment(plan: dict[str, object] | None = None) -> ExperimentConfig:
+    document = {
+        "upstreams": {"a": {"url": "http://127.0.0.1:1"}, "b": {"url": "http://127.0.0.1:2"}},
+        "routes": [{"prefix": "/", "experiment": "e"}],
+        "experiments": {
+            "e": {
+                "control": "a",
+                "treatment": "b",
+                "percentage": 0,
+                "metrics": {"converted": {"type": "binary", "direction": "higher"}},
+                "rollout": plan or PLAN,
+            }
+        },
+    }
+    return parse_config(yaml.safe_dump(document), "<sim>").experiments["e"]
+
+
+@dataclass(frozen=True)
+class Arm:
+    error: float = 0.01
+    latency: float = 0.050  # mean seconds (lognormal, sd about half the mean)
+    converted: float = 0.20
+
+
+def _add(sums: dict[str, Sums], rng: np.random.Generator, arm: Arm, n: int) -> None:
+    if n == 0:
+        return
+    errors = rng.binomial(n, arm.error)
+    ok = n - errors
+    latency = rng.lognormal(np.log(arm.latency) - 0.11, 0.47, ok)
+    converted = rng.binomial(ok, arm.converted)
+    for name, count, total, total_sq in (
+        ("error", n, float(errors), float(errors)),
+        ("latency", ok, float(latency.sum()), float((latency**2).sum())),
+        ("converted", ok, float(converted), float(converted)),
+    ):
+        s = sums.setdefault(name, Sums())
+        s.count += count
+        s.total += total
+        s.total_sq += total_sq
+
+
+def simulate(
+    rng: np.random.Generator,
+    treatment: Arm,
+    *,
+    control: Arm = Arm(),
+    per_tick: int = 400,
+    max_ticks: int = 3000,
+    config: ExperimentConfig | None = None,
+) -> tuple[str, int]:
+    """(how it ended, the stage index reached): completed, rolled_back or escalated."""
+    exp = config or experiment()
+    plan = exp.rollout
+    assert plan is not None
+    stage, started = 0, 0.0
+    sums_c: dict[str, Sums] = {}
+    sums_t: dict[str, Sums] = {}
+    for tick in range(1, max_ticks + 1):
+        now = tick * plan.tick
+        bp = plan.stages[stage].percentage_bp
+        n_t = int(rng.binomial(per_tick, bp / 10_000))
+        _add(sums_c, rng, control, per_tick - n_t)
+        _add(sums_t, rng, treatment, n_t)
+        decision = decide(plan, exp, StageInputs(now, stage, started, bp, sums_c, sums_t))
+        if decision.verdict == "rollback":
+            return "rolled_back", stage
+        if decision.verdict == "complete":
+            return "completed", stage
+        if decision.verdict == "continue":
+            stage, started = stage + 1, now
+            sums_c, sums_t = {}, {}
+        elif now - started > plan.max_hold:
+            return "escalated", stage
+    return "escalated", stage
+
+
+def table(runs: int, seed: int = 1) -> list[tuple[str, dict[str, float], float]]:
+    rng = np.random.default_rng(seed)
+    scenarios = {
+        "A/A (treatment = control)": Arm(),
+        "better (converted +5 points)": Arm(converted=0.25),
+        "worse errors (1% -> 4%)": Arm(error=0.04),
+        "worse latency (+30%)": Arm(latency=0.065),
+        "worse business (converted -5 points)": Arm(converted=0.15),
+    }
+    out: list[tuple[str, dict[str, float], float]] = []
+    for name, arm in scenarios.items():
+        ends: dict[str, float] = {"completed": 0, "rolled_back": 0, "escalated": 0}
+        stages = 0.0
+        for _ in range(runs):
+            end, stage = simulate(rng, arm)
+            ends[end] += 1 / runs
+            stages += stage / runs
+        out.append((name, ends, stages))
+    return out
+
+
+def main() -> None:
+    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+    print(
+        f"| scenario ({runs} rollouts each) | completed | rolled back | escalated | "
+        "mean stage index at the end |"
+    )
+    print("|---|---|---|---|---|")
+    for name, ends, stage in table(runs):
+        print(
+            f"| {name} | {ends['completed']:.1%} | {ends['rolled_back']:.1%} | "
+            f"{ends['escalated']:.1%} | {stage:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""Building blocks of the OpenAPI document, shared by its parts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def json_content(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+ERROR = json_content(ref("Error"), "Error")

@@ -1,0 +1,581 @@
+"""The rollout controller: an owned task that, each tick, reads a rollout's stage statistics,
+asks the gates (control/rollout/gates.py) and acts: hold, promote, wait for approval,
+escalate, roll back, complete. Every action and every change of decision is appended to
+the rollout's history with its inputs.
+
+Flag writes are compare-and-set on the version the rollout expects, so a person changing
+the percentage mid-rollout is seen (the rollout pauses, naming who) instead of overwritten.
+State lives in the rollout store (state file or Redis), so a restart resumes the same stage
+on the same clock; with several control processes on one Redis, a lease picks the one that
+acts. One rollout that cannot be evaluated never stops the others: logged once, counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, get_args
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from config import Config
+from config.model import RolloutPlan
+from config.parse_rollout import parse_plan
+from control.rollout.gates import Decision, StageInputs, decide
+from state.errors import StoreUnavailable
+from state.flags import FlagStore, VersionConflict
+from state.measurements import MeasurementStore, Sums
+from state.rollouts import (
+    ACTIVE,
+    FINISHED,
+    Lease,
+    Rollout,
+    RolloutConflict,
+    RolloutStatus,
+    RolloutStore,
+)
+
+log = logging.getLogger("abgate.rollout")
+ACTOR = "rollout-controller"
+LOOP_INTERVAL = 0.5  # how often the loop wakes; each rollout decides every plan.tick
+STATES: tuple[str, ...] = get_args(RolloutStatus)
+_OPEN = {"open", "forced_open"}
+
+
+class RolloutError(Exception):
+    """A rollout action that cannot be done now (mapped to 409 / 404 by the API)."""
+
+    def __init__(self, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class _Seen:
+    """What the controller keeps in memory per rollout between ticks."""
+
+    decided_at: float = 0.0
+    last: tuple[str, str] = ("", "")  # (verdict, kind) of the last recorded decision
+    breaker_open_since: float | None = None
+    decision: Decision | None = None
+
+
+class RolloutController:
+    def __init__(
+        self,
+        config: Config,
+        flags: FlagStore,
+        rollouts: RolloutStore,
+        measurements: MeasurementStore,
+        *,
+        lease: Lease | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.flags = flags
+        self.rollouts = rollouts
+        self.measurements = measurements
+        self.lease = lease
+        self.clock = clock
+        self._seen: dict[str, _Seen] = {}
+        self.decisions: dict[tuple[str, str], int] = {}  # (decision, kind) -> count
+        self.errors: dict[str, int] = {}
+        self.failing: dict[str, str] = {}
+        self.acting = lease is None
+        self.current: list[Rollout] = []  # as of the last tick, for the gauges
+
+    # -- plans -----------------------------------------------------------------------------
+
+    def plan_of(self, rollout: Rollout) -> RolloutPlan:
+        experiment = self.config.experiments.get(rollout.experiment)
+        if experiment is None:
+            raise RolloutError(f"experiment {rollout.experiment!r} is not in the config", 404)
+        if rollout.plan is not None:
+            return parse_plan(rollout.plan, experiment.metrics, "rollout plan")
+        if experiment.rollout is None:
+            raise RolloutError(f"experiment {rollout.experiment!r} has no rollout plan", 400)
+        return experiment.rollout
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            await self.tick_all()
+            await asyncio.sleep(LOOP_INTERVAL)
+
+    async def tick_all(self) -> None:
+        if self.lease is not None:
+            self.acting = await self.lease.hold()
+            if not self.acting:
+                return
+        try:
+            rollouts = self.current = await self.rollouts.all()
+        except StoreUnavailable as exc:
+            self._failed("*", exc)
+            return
+        for rollout in rollouts:
+            if rollout.state not in ACTIVE:
+                continue
+            try:
+                await self.tick(rollout)
+            except (RolloutConflict, VersionConflict):
+                continue  # someone acted meanwhile: the next tick reads it afresh
+            except Exception as exc:  # one rollout must never stop the others
+                self._failed(rollout.experiment, exc)
+            else:
+                self.failing.pop(rollout.experiment, None)
+
+    def _failed(self, name: str, exc: Exception) -> None:
+        self.errors[name] = self.errors.get(name, 0) + 1
+        message = f"{type(exc).__name__}: {exc}"
+        if self.failing.get(name) != message:
+            log.error("rollout %s: tick failed: %s", name, message, exc_info=exc)
+        self.failing[name] = message
+
+    async def tick(self, rollout: Rollout, *, force: bool = False) -> Decision | None:
+        name = rollout.experiment
+        plan = self.plan_of(rollout)
+        now = self.clock()
+        seen = self._seen.setdefault(name, _Seen())
+        if not force and now - seen.decided_at < plan.tick:
+            return seen.decision
+        seen.decided_at = now
+        flag = self.flags.table.get(name)
+        if flag.version != rollout.flag_version:
+            await self._pause_for_change(
+                rollout, plan, flag.updated_by, flag.reason, flag.percentage
+            )
+            return None
+        decision = await self.evaluate(rollout, plan, now, seen)
+        seen.decision = decision
+        await self._act(rollout, plan, decision, now, seen)
+        return decision
+
+    async def evaluate(
+        self, rollout: Rollout, plan: RolloutPlan, now: float, seen: _Seen | None = None
+    ) -> Decision:
+        """The gates on the rollout's current stage, from the stores as they are now."""
+        name = rollout.experiment
+        experiment = self.config.experiments[name]
+        flag = self.flags.table.get(name)
+        control: dict[str, Sums] = {}
+        treatment: dict[str, Sums] = {}
+        stats_age = 0.0
+        try:
+            _, sums = await self.measurements.read(name)
+        except StoreUnavailable:
+            stats_age = float("inf")
+            sums = {}
+        for (_, phase, arm, metric), value in sums.items():
+            if phase != flag.phase:
+                continue
+            if arm == experiment.control.name:
+                control[metric] = value
+            elif arm == experiment.treatment.name:
+                treatment[metric] = value
+        unconverged: list[str] = []
+        open_now = False
+        try:
+            for instance in await self.flags.instances():
+                if instance.applied.get(name, flag.version) < flag.version:
+                    unconverged.append(f"{instance.id} at v{instance.applied.get(name)}")
+                if instance.breakers.get(experiment.treatment.upstream) in _OPEN:
+                    open_now = True
+        except StoreUnavailable:
+            stats_age = float("inf")
+        open_for = 0.0
+        if seen is not None:
+            if open_now:
+                seen.breaker_open_since = seen.breaker_open_since or now
+                open_for = now - seen.breaker_open_since
+            else:
+                seen.breaker_open_since = None
+        return decide(
+            plan,
+            experiment,
+            StageInputs(
+                now=now,
+                stage_index=rollout.stage_index,
+                stage_started_at=rollout.stage_started_at,
+                percentage_bp=flag.basis_points,
+                control=control,
+                treatment=treatment,
+                breaker_open_for=open_for if open_now else 0.0,
+                incident=rollout.incident,
+                unconverged=tuple(unconverged),
+                stats_age=stats_age,
+            ),
+        )
+
+    async def _act(
+        self, rollout: Rollout, plan: RolloutPlan, decision: Decision, now: float, seen: _Seen
+    ) -> None:
+        name = rollout.experiment
+        key = (decision.verdict, decision.kind)
+        self.decisions[key] = self.decisions.get(key, 0) + 1
+        stage = plan.stages[rollout.stage_index]
+        if decision.verdict == "rollback":
+            await self._set_percentage(rollout, 0, decision.reason, ACTOR)
+            flag = self.flags.table.get(name)
+            updated = rollout.next(
+                state="rolled_back",
+                decision="rollback",
+                reason=decision.reason,
+                flag_version=flag.version,
+                incident=rollout.incident or decision.reason,
+                eta_seconds=None,
+            )
+            await self._save(rollout, updated, decision, ACTOR, "rolled_back")
+            return
+        if decision.verdict == "complete":
+            updated = rollout.next(
+                state="completed", decision="complete", reason=decision.reason, eta_seconds=None
+            )
+            await self._save(rollout, updated, decision, ACTOR, "completed")
+            return
+        if decision.verdict == "continue":
+            following = rollout.stage_index + 1
+            if plan.stages[following].approval and following not in rollout.approvals:
+                reason = (
+                    f"stage {stage.percentage_bp / 100:g}% shown safe; waiting for "
+                    f"approval of {plan.stages[following].percentage_bp / 100:g}%"
+                )
+                updated = rollout.next(
+                    state="awaiting_approval", decision="continue", reason=reason, eta_seconds=None
+                )
+                await self._save(
+                    rollout,
+                    updated,
+                    decision,
+                    ACTOR,
+                    "awaiting_approval" if rollout.state != "awaiting_approval" else None,
+                )
+                return
+            await self._promote(rollout, plan, following, decision, ACTOR, decision.reason)
+            return
+        # hold
+        # Awaiting approval stays so (rules 1-2 keep running); a running stage that cannot
+        # decide for max_hold goes to a person.
+        state = rollout.state
+        overdue = now - rollout.stage_started_at > plan.max_hold
+        if state == "running" and decision.kind != "bake" and overdue:
+            state = "escalated"
+        changed = state != rollout.state
+        updated = rollout.next(
+            state=state, decision="hold", reason=decision.reason, eta_seconds=decision.eta_seconds
+        )
+        await self._save(
+            rollout, updated, decision, ACTOR, state if changed else None, record=key != seen.last
+        )
+        seen.last = key
+
+    async def _promote(
+        self,
+        rollout: Rollout,
+        plan: RolloutPlan,
+        index: int,
+        decision: Decision | None,
+        actor: str,
+        reason: str,
+    ) -> Rollout:
+        percentage = plan.stages[index].percentage_bp
+        flag = await self._set_percentage(rollout, percentage, reason, actor)
+        updated = rollout.next(
+            state="running",
+            stage_index=index,
+            stage_started_at=self.clock(),
+            flag_version=flag,
+            decision="continue",
+            reason=reason,
+            eta_seconds=None,
+        )
+        await self._save(
+            rollout,
+            updated,
+            decision,
+            actor,
+            "running",
+            change=f"stage {index}: {percentage / 100:g}%",
+        )
+        self._seen.pop(rollout.experiment, None)
+        return updated
+
+    async def _set_percentage(
+        self, rollout: Rollout, basis_points: int, reason: str, actor: str
+    ) -> int:
+        """Compare-and-set on the version the rollout expects; the new version."""
+        [flag] = await self.flags.set_percentages(
+            {rollout.experiment: basis_points},
+            by=actor,
+            reason=reason,
+            expected={rollout.experiment: rollout.flag_version},
+        )
+        return flag.version
+
+    async def _pause_for_change(
+        self, rollout: Rollout, plan: RolloutPlan, by: str, why: str, percentage: float
+    ) -> None:
+        if (
+            by == ACTOR
+            and rollout.stage_index + 1 < len(plan.stages)
+            and plan.stages[rollout.stage_index + 1].percentage_bp == round(percentage * 100)
+        ):
+            # Our own promotion, written before a crash kept us from recording it: adopt it
+            # (never repeat it, never skip a stage).
+            await self._promote_adopted(rollout, plan)
+            return
+        reason = f"changed by {by} to {percentage:g}% ({why}); paused, nothing overwritten"
+        updated = rollout.next(
+            state="paused",
+            decision="hold",
+            reason=reason,
+            flag_version=self.flags.table.get(rollout.experiment).version,
+        )
+        await self._save(rollout, updated, None, ACTOR, "paused")
+
+    async def _promote_adopted(self, rollout: Rollout, plan: RolloutPlan) -> None:
+        flag = self.flags.table.get(rollout.experiment)
+        updated = rollout.next(
+            state="running",
+            stage_index=rollout.stage_index + 1,
+            stage_started_at=flag.updated_at,
+            flag_version=flag.version,
+            reason="promotion recovered after a restart",
+        )
+        await self._save(rollout, updated, None, ACTOR, "running", change="recovered")
+
+    async def _save(
+        self,
+        old: Rollout,
+        new: Rollout,
+        decision: Decision | None,
+        actor: str,
+        transition: str | None,
+        *,
+        record: bool = True,
+        change: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        await self.rollouts.put(new, old.generation)
+        self.current = [r for r in self.current if r.experiment != new.experiment] + [new]
+        if record or transition is not None:
+            await self.rollouts.append(
+                new.experiment,
+                {
+                    "time": self.clock(),
+                    "experiment": new.experiment,
+                    "actor": actor,
+                    "state": new.state,
+                    "transition": transition,
+                    "change": change,
+                    "stage": new.stage_index,
+                    "decision": decision.verdict if decision else new.decision,
+                    "reason": reason or new.reason,
+                    "inputs": decision.as_json() if decision else None,
+                },
+            )
+
+    # -- actions from people -------------------------------------------------------------
+
+    async def get(self, name: str) -> Rollout:
+        rollout = await self.rollouts.get(name)
+        if rollout is None:
+            raise RolloutError(f"no rollout for {name!r}; start one first", 404)
+        return rollout
+
+    async def start(
+        self, name: str, plan: dict[str, Any] | None, actor: str, reason: str
+    ) -> Rollout:
+        experiment = self.config.experiments.get(name)
+        if experiment is None:
+            raise RolloutError(f"unknown experiment {name!r}", 404)
+        held = await self.rollouts.get(name)
+        if held is not None and held.state not in FINISHED:
+            raise RolloutError(f"a rollout of {name} is {held.state} already")
+        now = self.clock()
+        draft = Rollout(
+            name,
+            "running",
+            0,
+            now,
+            self.flags.table.get(name).version,
+            now,
+            actor,
+            plan,
+            generation=held.generation if held else 0,
+        )
+        resolved = self.plan_of(draft)
+        first = resolved.stages[0]
+        draft_flag = self.flags.table.get(name)
+        if draft_flag.basis_points != first.percentage_bp:
+            [flag] = await self.flags.set_percentages(
+                {name: first.percentage_bp},
+                by=actor,
+                reason=f"rollout started: {reason}",
+                expected={name: draft_flag.version},
+            )
+            draft = Rollout(
+                name, "running", 0, now, flag.version, now, actor, plan, generation=draft.generation
+            )
+        started = draft if held is None else draft.next()
+        await self.rollouts.put(started, held.generation if held else None)
+        self.current = [r for r in self.current if r.experiment != name] + [started]
+        await self.rollouts.append(
+            name,
+            {
+                "time": now,
+                "experiment": name,
+                "actor": actor,
+                "state": "running",
+                "transition": "started",
+                "change": f"stage 0: {first.percentage_bp / 100:g}%",
+                "stage": 0,
+                "decision": "start",
+                "reason": reason,
+                "inputs": {"plan": plan},
+            },
+        )
+        self._seen.pop(name, None)
+        return started
+
+    async def approve(
+        self, name: str, percentage: float | None, actor: str, reason: str
+    ) -> Rollout:
+        rollout = await self.get(name)
+        plan = self.plan_of(rollout)
+        following = rollout.stage_index + 1
+        if following >= len(plan.stages):
+            raise RolloutError("no stage left to approve")
+        wanted = plan.stages[following].percentage_bp
+        if percentage is not None and round(percentage * 100) != wanted:
+            raise RolloutError(
+                f"the stage pending approval is {wanted / 100:g}%, not {percentage:g}%"
+            )
+        updated = rollout.next(approvals=(*rollout.approvals, following))
+        await self._save(
+            rollout, updated, None, actor, None, change=f"approved {wanted / 100:g}%", reason=reason
+        )
+        if rollout.state == "awaiting_approval":
+            decision = await self.evaluate(updated, plan, self.clock())
+            if decision.verdict == "rollback":
+                await self._act(updated, plan, decision, self.clock(), _Seen())
+                return await self.get(name)
+            return await self._promote(
+                updated, plan, following, decision, actor, f"approved by {actor}: {reason}"
+            )
+        return updated
+
+    async def set_state(self, name: str, action: str, actor: str, reason: str) -> Rollout:
+        rollout = await self.get(name)
+        if action == "pause":
+            if rollout.state not in ACTIVE:
+                raise RolloutError(f"cannot pause a rollout that is {rollout.state}")
+            updated = rollout.next(state="paused", reason=f"paused by {actor}: {reason}")
+        elif action == "resume":
+            if rollout.state not in ("paused", "escalated"):
+                raise RolloutError(f"cannot resume a rollout that is {rollout.state}")
+            flag = self.flags.table.get(name)
+            updated = rollout.next(
+                state="running", flag_version=flag.version, reason=f"resumed by {actor}: {reason}"
+            )
+        elif action == "abort":
+            if rollout.state in FINISHED:
+                raise RolloutError(f"the rollout is {rollout.state} already")
+            version = (
+                await self._set_percentage(rollout, 0, f"aborted: {reason}", actor)
+                if self.flags.table.get(name).basis_points
+                else rollout.flag_version
+            )
+            updated = rollout.next(
+                state="aborted", flag_version=version, reason=f"aborted by {actor}: {reason}"
+            )
+        else:
+            raise RolloutError(f"unknown action {action!r}", 404)
+        await self._save(rollout, updated, None, actor, updated.state, reason=reason)
+        self._seen.pop(name, None)
+        return updated
+
+    async def promote(self, name: str, actor: str, reason: str) -> Rollout:
+        """A manual skip to the next stage, recorded as an override."""
+        rollout = await self.get(name)
+        if rollout.state in FINISHED:
+            raise RolloutError(f"the rollout is {rollout.state}")
+        plan = self.plan_of(rollout)
+        following = rollout.stage_index + 1
+        if following >= len(plan.stages):
+            raise RolloutError("the rollout is at its last stage")
+        return await self._promote(
+            rollout, plan, following, None, actor, f"override by {actor}: {reason}"
+        )
+
+    async def set_incident(self, name: str, open_: bool, description: str, actor: str) -> Rollout:
+        rollout = await self.get(name)
+        updated = rollout.next(incident=description if open_ else None)
+        await self._save(
+            rollout,
+            updated,
+            None,
+            actor,
+            None,
+            change="incident opened" if open_ else "incident closed",
+            reason=description,
+        )
+        return updated
+
+    def last_decision(self, name: str) -> Decision | None:
+        seen = self._seen.get(name)
+        return seen.decision if seen is not None else None
+
+    # -- Prometheus --------------------------------------------------------------------------
+
+    def collect(self) -> Iterator[Metric]:
+        rollouts = self.current
+        stage = GaugeMetricFamily(
+            "abgate_rollout_stage_percentage",
+            "The percentage of the rollout's current stage.",
+            labels=["experiment"],
+        )
+        state = GaugeMetricFamily(
+            "abgate_rollout_state",
+            "1 for the rollout's current state.",
+            labels=["experiment", "state"],
+        )
+        eta = GaugeMetricFamily(
+            "abgate_rollout_eta_seconds",
+            "Seconds until the stage has the samples it needs (absent when unknown).",
+            labels=["experiment"],
+        )
+        for rollout in rollouts:
+            try:
+                plan = self.plan_of(rollout)
+            except Exception:
+                continue
+            stage.add_metric(
+                [rollout.experiment], plan.stages[rollout.stage_index].percentage_bp / 100
+            )
+            for name in STATES:
+                state.add_metric([rollout.experiment, name], float(rollout.state == name))
+            if rollout.eta_seconds is not None:
+                eta.add_metric([rollout.experiment], rollout.eta_seconds)
+        yield stage
+        yield state
+        yield eta
+        decisions = CounterMetricFamily(
+            "abgate_rollout_decisions",
+            "Controller decisions by decision and reason kind.",
+            labels=["decision", "reason"],
+        )
+        for (decision, kind), count in sorted(self.decisions.items()):
+            decisions.add_metric([decision, kind], count)
+        yield decisions
+        errors = CounterMetricFamily(
+            "abgate_rollout_errors",
+            "Rollout ticks that failed (kept going).",
+            labels=["experiment"],
+        )
+        for name, count in sorted(self.errors.items()):
+            errors.add_metric([name], count)
+        yield errors

@@ -1,0 +1,425 @@
+"""The rollout's gates: a pure function from a stage's sufficient statistics to a decision.
+
+No I/O and no clock of its own (the caller passes `now`), so every rule can be checked by
+simulation (benchmarks/rollout_sim.py, tests/test_rollout_gates.py). First match wins:
+
+1. rollback: the treatment breaker open past its grace; an open incident; harm shown by a
+   sequential test (valid at every look) on a guardrail beyond its margin, on the primary
+   metric, or on an absolute SLO. All harm tests of a stage are one Holm family, and the
+   plan's alpha is split evenly over the stages that have a control arm (Bonferroni across
+   the ramp), so an A/A rollout is rolled back at most alpha of the time over all its looks.
+2. hold (integrity): sample-ratio mismatch, sidecars not on the flag version, stale data.
+3. hold (insufficient): fewer samples per arm than the sequential design needs for the
+   plan's effects (the reason gives the numbers and an ETA), or min_duration not reached.
+4. continue: every guardrail shown non-inferior (its sequence wholly below the margin) and
+   the primary metric not significantly worse.
+5. otherwise: hold (undecided), escalated to a person after max_hold.
+At 100% there is no control arm: only the breaker, incidents and the SLOs, then completed
+after the bake.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from config.model import ExperimentConfig, MetricConfig, RolloutPlan
+from control.stats import holm, srm
+from control.stats.checks import SRM_THRESHOLD
+from control.stats.models import StatsInputError
+from control.stats.sequential import (
+    MIN_EVENTS,
+    TUNING,
+    always_valid_p,
+    sequential_sample_size,
+)
+from proxy.measure import SLOW_METRIC
+from state.measurements import Sums
+
+Verdict = Literal["rollback", "hold", "continue", "complete"]
+MIN_VARIANCE_SAMPLES = 10  # control samples before its variance is trusted for sizing
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    name: str
+    status: Literal["pass", "fail", "hold", "n/a"]
+    detail: str
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "detail": self.detail, **self.numbers}
+
+
+@dataclass(frozen=True, slots=True)
+class StageInputs:
+    """What the controller observed for the current stage (one phase)."""
+
+    now: float
+    stage_index: int
+    stage_started_at: float
+    percentage_bp: int  # live treatment share
+    control: Mapping[str, Sums]  # metric -> sums of the current phase
+    treatment: Mapping[str, Sums]
+    breaker_open_for: float = 0.0  # seconds the treatment breaker has been open, 0 if not
+    incident: str | None = None
+    unconverged: tuple[str, ...] = ()  # instances not yet on the flag version
+    stats_age: float = 0.0  # seconds since the measurements were last read
+    load_test: bool | None = None  # None: the stage asks for none
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    verdict: Verdict
+    kind: str  # harm, breaker, incident, integrity, insufficient, min_duration, safe, ...
+    reason: str
+    gates: tuple[Gate, ...]
+    eta_seconds: float | None = None
+    needed: dict[str, int] = field(default_factory=dict)  # arm -> samples needed
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "decision": self.verdict,
+            "kind": self.kind,
+            "reason": self.reason,
+            "eta_seconds": self.eta_seconds,
+            "needed": self.needed,
+            "gates": [gate.as_json() for gate in self.gates],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _HarmTest:
+    name: str
+    p_value: float  # always-valid, one-sided: H0 "no harm beyond the margin"
+    numbers: dict[str, Any]
+
+
+def stage_alpha(plan: RolloutPlan) -> float:
+    """The rollback tests' alpha in one stage: the plan's alpha over the compared stages."""
+    compared = sum(1 for stage in plan.stages if stage.percentage_bp < 10_000)
+    return plan.alpha / max(1, compared)
+
+
+def decide(
+    plan: RolloutPlan,
+    experiment: ExperimentConfig,
+    inputs: StageInputs,
+    stats_tick: float | None = None,
+) -> Decision:
+    stage = plan.stages[inputs.stage_index]
+    gates: list[Gate] = []
+    elapsed = inputs.now - inputs.stage_started_at
+    tick = plan.tick if stats_tick is None else stats_tick
+    compared = stage.percentage_bp < 10_000
+
+    # 1. rollback
+    if inputs.breaker_open_for > plan.breaker_grace:
+        reason = (
+            f"treatment breaker open for {inputs.breaker_open_for:.0f}s "
+            f"(grace {plan.breaker_grace:g}s)"
+        )
+        return Decision("rollback", "breaker", reason, (Gate("breaker", "fail", reason),))
+    gates.append(
+        Gate(
+            "breaker",
+            "pass",
+            "closed"
+            if not inputs.breaker_open_for
+            else f"open for {inputs.breaker_open_for:.0f}s, within the grace",
+        )
+    )
+    if inputs.incident:
+        reason = f"incident open: {inputs.incident}"
+        return Decision("rollback", "incident", reason, (*gates, Gate("incident", "fail", reason)))
+    alpha = stage_alpha(plan) if compared else plan.alpha
+    harm = _slo_tests(plan, inputs.treatment)
+    if compared:
+        harm += _harm_tests(plan, experiment, inputs)
+    adjusted = holm([test.p_value for test in harm])
+    for test, p in zip(harm, adjusted, strict=True):
+        numbers = {**test.numbers, "p_value": test.p_value, "p_value_holm": p, "alpha": alpha}
+        if p < alpha:
+            reason = f"harm on {test.name}: {test.numbers['detail']} (p = {p:.2g} < {alpha:.3g})"
+            return Decision(
+                "rollback", "harm", reason, (*gates, Gate(test.name, "fail", reason, numbers))
+            )
+        gates.append(Gate(test.name, "pass", f"no harm shown (p = {p:.2g})", numbers))
+
+    # 2. hold (integrity)
+    if compared:
+        counts = [
+            inputs.control.get("error", Sums()).count,
+            inputs.treatment.get("error", Sums()).count,
+        ]
+        share = inputs.percentage_bp / 10_000
+        srm_p = srm(counts, [1 - share, share]) if sum(counts) else 1.0
+        if srm_p < SRM_THRESHOLD:
+            reason = (
+                f"sample-ratio mismatch: {counts[0]} control, {counts[1]} treatment at "
+                f"{share * 100:g}% (p = {srm_p:.2g})"
+            )
+            return Decision("hold", "integrity", reason, (*gates, Gate("srm", "fail", reason)))
+        gates.append(Gate("srm", "pass", f"p = {srm_p:.2g}", {"p_value": srm_p}))
+    if inputs.unconverged:
+        reason = f"sidecars not on the flag version: {', '.join(inputs.unconverged)}"
+        return Decision("hold", "integrity", reason, (*gates, Gate("convergence", "fail", reason)))
+    if inputs.stats_age > 3 * tick:
+        reason = f"statistics {inputs.stats_age:.0f}s old (over three ticks)"
+        return Decision("hold", "integrity", reason, (*gates, Gate("freshness", "fail", reason)))
+    gates.append(Gate("integrity", "pass", "converged and fresh"))
+
+    # At 100%: bake on the absolute SLOs, then completed.
+    if not compared:
+        if elapsed < plan.bake:
+            reason = f"baking at 100%: {elapsed:.0f}s of {plan.bake:g}s"
+            return Decision("hold", "bake", reason, tuple(gates), plan.bake - elapsed)
+        return Decision(
+            "complete", "baked", f"baked {plan.bake:g}s at 100% within the SLOs", tuple(gates)
+        )
+
+    # 3. hold (insufficient)
+    needed, sizing = samples_needed(plan, experiment, inputs)
+    have = {
+        "control": inputs.control.get("error", Sums()).count,
+        "treatment": inputs.treatment.get("error", Sums()).count,
+    }
+    if needed is None or any(have[arm] < needed[arm] for arm in have):
+        if needed is None:
+            reason = (
+                f"insufficient samples: control {have['control']} of at least "
+                f"{MIN_VARIANCE_SAMPLES} to estimate the variance"
+            )
+            eta = None
+        else:
+            reason = "insufficient samples: " + ", ".join(
+                f"{arm} {have[arm]:,} of {needed[arm]:,}" for arm in have
+            )
+            eta = _eta(have, needed, elapsed)
+        if eta is not None:
+            eta = max(eta, stage.min_duration - elapsed)
+            reason += f" (about {eta:.0f}s more at the observed rate)"
+        gates.append(
+            Gate("samples", "hold", reason, {"have": have, "needed": needed, "sizing": sizing})
+        )
+        return Decision("hold", "insufficient", reason, tuple(gates), eta, needed or {})
+    gates.append(Gate("samples", "pass", "enough samples", {"have": have, "needed": needed}))
+    if elapsed < stage.min_duration:
+        reason = f"min_duration not reached: {elapsed:.0f}s of {stage.min_duration:g}s"
+        gates.append(Gate("min_duration", "hold", reason))
+        return Decision(
+            "hold", "min_duration", reason, tuple(gates), stage.min_duration - elapsed, needed
+        )
+    if inputs.load_test is False:
+        reason = "the stage's load test has not passed yet"
+        gates.append(Gate("load_test", "hold", reason))
+        return Decision("hold", "load_test", reason, tuple(gates), None, needed)
+
+    # 4. continue, when every guardrail is shown non-inferior
+    pending = []
+    for guardrail in plan.guardrails:
+        metric = experiment.metric(guardrail.metric)
+        assert metric is not None
+        p = _non_inferiority_p(
+            metric,
+            inputs.control.get(metric.name),
+            inputs.treatment.get(metric.name),
+            guardrail.margin.absolute,
+        )
+        if p >= plan.alpha:
+            pending.append(f"{metric.name} (p = {p:.2g})")
+    if not pending:
+        return Decision(
+            "continue",
+            "safe",
+            "guardrails non-inferior, primary not worse",
+            (*gates, Gate("non_inferiority", "pass", "every guardrail within its margin")),
+            None,
+            needed,
+        )
+    reason = "undecided: not yet shown within the margin: " + ", ".join(pending)
+    gates.append(Gate("non_inferiority", "hold", reason))
+    return Decision("hold", "undecided", reason, tuple(gates), None, needed)
+
+
+def _eta(have: dict[str, int], needed: dict[str, int], elapsed: float) -> float | None:
+    """Seconds until every arm has its samples, at each arm's arrival rate so far."""
+    worst = 0.0
+    for arm, count in have.items():
+        missing = needed[arm] - count
+        if missing <= 0:
+            continue
+        if count == 0 or elapsed <= 0:
+            return None
+        worst = max(worst, missing / (count / elapsed))
+    return worst
+
+
+def _variance(metric: MetricConfig, sums: Sums) -> float:
+    if metric.type == "binary":
+        rate = (sums.total + 1) / (sums.count + 2)  # never 0: sizing needs a spread
+        return rate * (1 - rate)
+    mean = sums.total / sums.count
+    return max(0.0, sums.total_sq / sums.count - mean * mean) * sums.count / (sums.count - 1)
+
+
+def samples_needed(
+    plan: RolloutPlan,
+    experiment: ExperimentConfig,
+    inputs: StageInputs,
+) -> tuple[dict[str, int] | None, list[dict[str, Any]]]:
+    """Samples per arm the sequential test needs to detect the primary's minimum effect and
+    to show each guardrail within its margin, at the live split: the largest of them."""
+    share = inputs.percentage_bp / 10_000
+    targets = []
+    if plan.primary is not None:
+        targets.append((plan.primary.metric, plan.primary.minimum_detectable_effect))
+    targets += [(g.metric, g.margin) for g in plan.guardrails]
+    needed = {"control": 0, "treatment": 0}
+    sizing: list[dict[str, Any]] = []
+    for name, amount in targets:
+        metric = experiment.metric(name)
+        assert metric is not None
+        control = inputs.control.get(name, Sums())
+        if control.count < MIN_VARIANCE_SAMPLES:
+            return None, sizing
+        variance = _variance(metric, control)
+        effect = amount.absolute(control.total / control.count)
+        if variance <= 0 or effect <= 0:
+            continue  # a constant metric: any change shows at once
+        try:
+            n_control, n_treatment = sequential_sample_size(
+                effect, variance, variance, share=share, power=plan.power, alpha=plan.alpha
+            )
+        except StatsInputError:
+            continue
+        sizing.append(
+            {"metric": name, "effect": effect, "control": n_control, "treatment": n_treatment}
+        )
+        needed["control"] = max(needed["control"], n_control)
+        needed["treatment"] = max(needed["treatment"], n_treatment)
+    return needed, sizing
+
+
+def _difference(
+    metric: MetricConfig, a: Sums, b: Sums, *, burn_in: bool = True
+) -> tuple[float, float] | None:
+    """(harm, variance of the difference): harm > 0 means the treatment is worse. None
+    before a burn-in: two samples per arm, and MIN_EVENTS events for a rate. Showing no
+    harm needs no event burn-in (a healthy service may have no errors at all): the added
+    pseudo-events keep the variance honest, and a real excess brings events with it."""
+    if a.count < 2 or b.count < 2:
+        return None
+    sign = 1.0 if metric.direction == "lower" else -1.0
+    mean_a, mean_b = a.total / a.count, b.total / b.count
+    if metric.type == "binary":
+        events = min(a.total + b.total, a.count + b.count - a.total - b.total)
+        if burn_in and events < MIN_EVENTS:
+            return None
+        # Agresti-Caffo: one event and one non-event added per arm, never a zero variance.
+        ra, rb = (a.total + 1) / (a.count + 2), (b.total + 1) / (b.count + 2)
+        variance = ra * (1 - ra) / (a.count + 2) + rb * (1 - rb) / (b.count + 2)
+    else:
+        variance = _variance(metric, a) / a.count + _variance(metric, b) / b.count
+    if not variance > 0 or not math.isfinite(variance):
+        return None
+    return sign * (mean_b - mean_a), variance
+
+
+def _harm_tests(
+    plan: RolloutPlan, experiment: ExperimentConfig, inputs: StageInputs
+) -> list[_HarmTest]:
+    tests = []
+    checks: list[tuple[str, Callable[[float], float]]] = [
+        (g.metric, g.margin.absolute) for g in plan.guardrails
+    ]
+    if plan.primary is not None and all(g.metric != plan.primary.metric for g in plan.guardrails):
+        checks.append((plan.primary.metric, lambda _mean: 0.0))
+    for name, margin_of in checks:
+        metric = experiment.metric(name)
+        assert metric is not None
+        a, b = inputs.control.get(name), inputs.treatment.get(name)
+        if a is None or b is None:
+            continue
+        found = _difference(metric, a, b)
+        if found is None:
+            continue
+        harm, variance = found
+        margin = margin_of(a.total / a.count)
+        excess = harm - margin
+        p = always_valid_p(excess, variance, a.count + b.count, TUNING) if excess > 0 else 1.0
+        tests.append(
+            _HarmTest(
+                name,
+                p,
+                {
+                    "detail": f"treatment worse by {harm:.4g} ({_unit(metric)}), "
+                    f"margin {margin:.4g}",
+                    "harm": harm,
+                    "margin": margin,
+                    "n": {"control": a.count, "treatment": b.count},
+                },
+            )
+        )
+    return tests
+
+
+def _non_inferiority_p(
+    metric: MetricConfig, a: Sums | None, b: Sums | None, margin_of: Callable[[float], float]
+) -> float:
+    """Always-valid p of "the treatment is worse by at least the margin"."""
+    if a is None or b is None:
+        return 1.0
+    found = _difference(metric, a, b, burn_in=False)
+    if found is None:
+        return 1.0
+    harm, variance = found
+    room = margin_of(a.total / a.count) - harm
+    if room <= 0:
+        return 1.0
+    return always_valid_p(room, variance, a.count + b.count, TUNING)
+
+
+def _slo_tests(plan: RolloutPlan, treatment: Mapping[str, Sums]) -> list[_HarmTest]:
+    """One-sample tests of the treatment arm against the plan's absolute limits."""
+    tests = []
+    limits = []
+    if plan.slo.error_rate is not None:
+        limits.append(("slo_error_rate", "error", plan.slo.error_rate, "error rate"))
+    if plan.slo.latency_quantile is not None and plan.slo.latency_limit is not None:
+        limits.append(
+            (
+                f"slo_latency_p{plan.slo.latency_quantile * 100:g}",
+                SLOW_METRIC,
+                1 - plan.slo.latency_quantile,
+                f"share slower than {plan.slo.latency_limit * 1000:g} ms",
+            )
+        )
+    for name, metric, limit, what in limits:
+        sums = treatment.get(metric)
+        if sums is None or sums.count < 2 or sums.total < MIN_EVENTS:
+            continue
+        rate = sums.total / sums.count
+        adjusted = (sums.total + 1) / (sums.count + 2)
+        variance = adjusted * (1 - adjusted) / (sums.count + 2)
+        excess = rate - limit
+        p = always_valid_p(excess, variance, sums.count, TUNING) if excess > 0 else 1.0
+        tests.append(
+            _HarmTest(
+                name,
+                p,
+                {
+                    "detail": f"{what} {rate:.2%} over the limit {limit:.2%}",
+                    "rate": rate,
+                    "limit": limit,
+                    "n": sums.count,
+                },
+            )
+        )
+    return tests
+
+
+def _unit(metric: MetricConfig) -> str:
+    return "rate" if metric.type == "binary" else "mean"

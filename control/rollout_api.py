@@ -1,0 +1,301 @@
+"""Rollouts on the control API, and verdicts for the tools people already run.
+
+    POST /api/rollouts/{experiment}                   start (body: optional plan, reason)
+    GET  /api/rollouts                                every rollout
+    GET  /api/rollouts/{experiment}                   state, stage, decision, gates, ETA
+    POST /api/rollouts/{experiment}/approve           {"stage": 50}
+    POST /api/rollouts/{experiment}/pause|resume|abort|promote
+    GET  /api/rollouts/{experiment}/history           newest first
+    GET  /api/rollouts/{experiment}/verdict           Argo Rollouts' web metric provider
+    POST /api/rollouts/{experiment}/gates/{hook}      Flagger webhooks
+    POST /api/rollout/decision                        {"current_percentage", "target_percentage"}
+    POST /api/incidents                               {"experiment", "open", "description"}
+
+Mutations take the control token and record the actor (X-ABGate-Actor, or the caller).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from config.errors import ConfigError
+from control.flags_api import caller
+from control.http import ApiError, json_object, json_response
+from control.rollout.controller import RolloutController, RolloutError
+from control.rollout.gates import Decision
+from state.rollouts import Rollout
+
+CONTROLLER = web.AppKey("rollout_controller", RolloutController)
+_VERDICT = {"continue": "promote", "complete": "promote", "hold": "hold", "rollback": "rollback"}
+
+
+def _controller(request: web.Request) -> RolloutController:
+    controller = request.app.get(CONTROLLER)
+    if controller is None:
+        raise ApiError(404, "no rollout controller here: use abgate run or abgate control")
+    return controller
+
+
+def _reason(body: dict[str, Any]) -> str:
+    reason = body.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > 500:
+        raise ApiError(400, "reason: expected a string of at most 500 characters")
+    return reason
+
+
+async def _call(coroutine: Any) -> Any:
+    try:
+        return await coroutine
+    except RolloutError as exc:
+        raise ApiError(exc.status, str(exc)) from None
+    except ConfigError as exc:
+        problems = [{"path": p.path, "message": p.message} for p in exc.problems]
+        raise ApiError(400, f"invalid plan: {exc}", problems=problems) from None
+
+
+async def _view(controller: RolloutController, rollout: Rollout) -> dict[str, Any]:
+    plan = controller.plan_of(rollout)
+    stage = plan.stages[rollout.stage_index]
+    decision = controller.last_decision(rollout.experiment)
+    following = (
+        plan.stages[rollout.stage_index + 1] if rollout.stage_index + 1 < len(plan.stages) else None
+    )
+    return {
+        "experiment": rollout.experiment,
+        "state": rollout.state,
+        "stage": {
+            "index": rollout.stage_index,
+            "percentage": stage.percentage_bp / 100,
+            "started_at": rollout.stage_started_at,
+            "min_duration": stage.min_duration,
+        },
+        "stages": plan.percentages,
+        "decision": rollout.decision,
+        "reason": rollout.reason,
+        "eta_seconds": rollout.eta_seconds,
+        "gates": [gate.as_json() for gate in decision.gates] if decision else [],
+        "needed": decision.needed if decision else {},
+        "next": None
+        if following is None
+        else {
+            "percentage": following.percentage_bp / 100,
+            "approval": following.approval,
+            "approved": rollout.stage_index + 1 in rollout.approvals,
+        },
+        "incident": rollout.incident,
+        "started_at": rollout.started_at,
+        "started_by": rollout.started_by,
+        "updated_at": rollout.updated_at,
+        "generation": rollout.generation,
+        "acting": controller.acting,
+    }
+
+
+async def start(request: web.Request) -> web.Response:
+    controller = _controller(request)
+    body = await json_object(request, allowed={"plan", "reason"})
+    plan = body.get("plan")
+    if plan is not None and not isinstance(plan, dict):
+        raise ApiError(400, "plan: expected an object like the YAML rollout section")
+    rollout = await _call(
+        controller.start(request.match_info["experiment"], plan, caller(request), _reason(body))
+    )
+    return json_response(await _view(controller, rollout), 201)
+
+
+async def list_rollouts(request: web.Request) -> web.Response:
+    controller = _controller(request)
+    rollouts = await controller.rollouts.all()
+    return json_response({"rollouts": [await _view(controller, r) for r in rollouts]})
+
+
+async def show(request: web.Request) -> web.Response:
+    controller = _controller(request)
+    rollout = await _call(controller.get(request.match_info["experiment"]))
+    return json_response(await _view(controller, rollout))
+
+
+async def approve(request: web.Request) -> web.Response:
+    controller = _controller(request)
+    body = await json_object(request, allowed={"stage", "reason"})
+    stage = body.get("stage")
+    if stage is not None and (isinstance(stage, bool) or not isinstance(stage, int | float)):
+        raise ApiError(400, "stage: expected the percentage of the stage you approve")
+    rollout = await _call(
+        controller.approve(request.match_info["experiment"], stage, caller(request), _reason(body))
+    )
+    return json_response(await _view(controller, rollout))
+
+
+async def act(request: web.Request) -> web.Response:
+    controller = _controller(request)
+    body = await json_object(request, allowed={"reason"})
+    name, action = request.match_info["experiment"], request.path.rsplit("/", 1)[1]
+    if action == "promote":
+        rollout = await _call(controller.promote(name, caller(request), _reason(body)))
+    else:
+        rollout = await _call(controller.set_state(name, action, caller(request), _reason(body)))
+    return json_response(await _view(controller, rollout))
+
+
+async def history(request: web.Request) -> web.Response:
+    controller = _controller(request)
+    name = request.match_info["experiment"]
+    await _call(controller.get(name))
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        raise ApiError(400, "limit: expected a whole number") from None
+    if not 1 <= limit <= 10_000:
+        raise ApiError(400, "limit: between 1 and 10000")
+    return json_response(
+        {"experiment": name, "history": await controller.rollouts.history(name, limit)}
+    )
+
+
+async def _fresh(controller: RolloutController, name: str) -> tuple[Rollout, Decision]:
+    rollout = await _call(controller.get(name))
+    plan = controller.plan_of(rollout)
+    return rollout, await controller.evaluate(rollout, plan, time.time())
+
+
+async def verdict(request: web.Request) -> web.Response:
+    """200 whenever a verdict can be computed: Argo's web provider treats non-2xx as an
+    error, not a failure; its successCondition reads `decision`."""
+    controller = _controller(request)
+    rollout, decision = await _fresh(controller, request.match_info["experiment"])
+    data = decision.as_json()
+    data.update(
+        decision="rollback" if rollout.state == "rolled_back" else _VERDICT[decision.verdict],
+        verdict=decision.verdict,
+        state=rollout.state,
+    )
+    return json_response(data)
+
+
+async def flagger_gate(request: web.Request) -> web.Response:
+    controller = _controller(request)
+    name, hook = request.match_info["experiment"], request.match_info["hook"]
+    if hook == "event":
+        body = await json_object(
+            request,
+            allowed={"name", "namespace", "phase", "metadata", "checksum", "type"} | {"message"},
+        )
+        await controller.rollouts.append(
+            name,
+            {
+                "time": time.time(),
+                "experiment": name,
+                "actor": caller(request),
+                "transition": None,
+                "decision": "event",
+                "reason": "flagger event",
+                "inputs": body,
+            },
+        )
+        return json_response({"recorded": True})
+    if hook not in ("confirm-promotion", "confirm-traffic-increase", "rollback"):
+        raise ApiError(
+            404,
+            f"unknown hook {hook!r} (confirm-promotion, confirm-traffic-increase, rollback, event)",
+        )
+    rollout, decision = await _fresh(controller, name)
+    plan = controller.plan_of(rollout)
+    following = rollout.stage_index + 1
+    approved = (
+        following >= len(plan.stages)
+        or not plan.stages[following].approval
+        or following in rollout.approvals
+    )
+    if hook == "rollback":
+        ok = decision.verdict == "rollback" or rollout.state == "rolled_back"
+    else:
+        ok = decision.verdict in ("continue", "complete") and approved
+    return json_response(
+        {"decision": _VERDICT[decision.verdict], "approved": approved, "reason": decision.reason},
+        200 if ok else 403,
+    )
+
+
+async def decision_call(request: web.Request) -> web.Response:
+    """The requirements' call: may the rollout go from current to target now?"""
+    controller = _controller(request)
+    body = await json_object(
+        request, allowed={"experiment", "current_percentage", "target_percentage"}
+    )
+    name = body.get("experiment")
+    if name is None:
+        names = list(controller.config.experiments)
+        if len(names) != 1:
+            raise ApiError(400, f"experiment: required, there are {len(names)} experiments")
+        name = names[0]
+    if not isinstance(name, str) or name not in controller.config.experiments:
+        raise ApiError(404, f"unknown experiment {name!r}")
+    for key in ("current_percentage", "target_percentage"):
+        value = body.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+            raise ApiError(400, f"{key}: expected a percentage between 0 and 100")
+    experiment = controller.config.experiments[name]
+    rollout = await controller.rollouts.get(name)
+    flag = controller.flags.table.get(name)
+    if rollout is None:
+        if experiment.rollout is None:
+            raise ApiError(400, f"experiment {name!r} has no rollout plan")
+        plan = experiment.rollout
+        current = round(body["current_percentage"] * 100)
+        index = next((i for i, s in enumerate(plan.stages) if s.percentage_bp >= current), 0)
+        rollout = Rollout(
+            name, "pending", index, flag.updated_at, flag.version, flag.updated_at, "decision-call"
+        )
+    plan = controller.plan_of(rollout)
+    decision = await controller.evaluate(rollout, plan, time.time())
+    answer = {
+        "continue": "continue",
+        "complete": "continue",
+        "hold": "hold",
+        "rollback": "rollback",
+    }[decision.verdict]
+    return json_response(
+        {
+            "decision": answer,
+            "reason": decision.reason,
+            "eta_seconds": decision.eta_seconds,
+            "checks": [gate.as_json() for gate in decision.gates],
+            "current_percentage": body["current_percentage"],
+            "target_percentage": body["target_percentage"],
+        }
+    )
+
+
+async def incidents(request: web.Request) -> web.Response:
+    controller = _controller(request)
+    body = await json_object(request, allowed={"experiment", "open", "description"})
+    name, open_ = body.get("experiment"), body.get("open", True)
+    description = body.get("description", "opened by hand")
+    if not isinstance(name, str):
+        raise ApiError(400, "experiment: required")
+    if not isinstance(open_, bool):
+        raise ApiError(400, "open: expected true or false")
+    if not isinstance(description, str) or not description:
+        raise ApiError(400, "description: expected a non-empty string")
+    rollout = await _call(controller.set_incident(name, open_, description, caller(request)))
+    return json_response({"experiment": name, "incident": rollout.incident})
+
+
+def add_rollout_routes(app: web.Application, controller: RolloutController | None) -> None:
+    if controller is not None:
+        app[CONTROLLER] = controller
+    app.router.add_get("/api/rollouts", list_rollouts)
+    app.router.add_post("/api/rollouts/{experiment}", start)
+    app.router.add_get("/api/rollouts/{experiment}", show)
+    app.router.add_post("/api/rollouts/{experiment}/approve", approve)
+    for action in ("pause", "resume", "abort", "promote"):
+        app.router.add_post(f"/api/rollouts/{{experiment}}/{action}", act)
+    app.router.add_get("/api/rollouts/{experiment}/history", history)
+    app.router.add_get("/api/rollouts/{experiment}/verdict", verdict)
+    app.router.add_post("/api/rollouts/{experiment}/gates/{hook}", flagger_gate)
+    app.router.add_post("/api/rollout/decision", decision_call)
+    app.router.add_post("/api/incidents", incidents)

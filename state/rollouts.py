@@ -1,0 +1,268 @@
+"""Rollout state and history, beside the flags: in the embedded state file, or in Redis.
+
+A rollout's stage, its clock, approvals and the flag version it expects live here, so a
+restarted controller resumes the same stage with the same clock. Every write is a
+compare-and-set on `generation`; in Redis it is also fenced by the controller lease, so a
+controller that lost its lease (paused, partitioned) cannot write over its successor.
+
+    {prefix}:rollouts                hash    experiment -> rollout JSON
+    {prefix}:rollout-history:NAME    list    decisions, newest first (capped)
+    {prefix}:controller-lease        string  holder id (expires)
+    {prefix}:controller-generation   counter fencing generation, +1 per new holder
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal, Protocol
+
+import orjson
+from redis.asyncio import Redis
+
+from state.errors import StoreUnavailable, store_errors
+from state.flag_file import FlagFile
+
+RolloutStatus = Literal[
+    "pending",
+    "running",
+    "awaiting_approval",
+    "paused",
+    "escalated",
+    "rolled_back",
+    "completed",
+    "aborted",
+]
+ACTIVE: frozenset[str] = frozenset({"running", "awaiting_approval", "escalated"})
+FINISHED: frozenset[str] = frozenset({"rolled_back", "completed", "aborted"})
+HISTORY_LIMIT = 10_000  # per rollout, here; the history store (PostgreSQL) keeps them all
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    experiment: str
+    state: RolloutStatus
+    stage_index: int
+    stage_started_at: float
+    flag_version: int  # the flag version the controller expects: another one is a human
+    started_at: float
+    started_by: str
+    plan: dict[str, Any] | None = None  # an override given at start; None: the config's
+    approvals: tuple[int, ...] = ()  # stage indexes a person approved
+    generation: int = 0  # +1 per write (compare-and-set)
+    decision: str = ""
+    reason: str = ""
+    eta_seconds: float | None = None
+    incident: str | None = None
+    updated_at: float = field(default_factory=time.time)
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["approvals"] = list(self.approvals)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Rollout:
+        return cls(**{**data, "approvals": tuple(data.get("approvals") or ())})
+
+    def next(self, **changes: Any) -> Rollout:
+        return replace(self, generation=self.generation + 1, updated_at=time.time(), **changes)
+
+
+class RolloutConflict(Exception):
+    """Another writer changed the rollout first (or this controller lost its lease)."""
+
+
+class RolloutStore(Protocol):
+    async def get(self, experiment: str) -> Rollout | None: ...
+
+    async def all(self) -> list[Rollout]: ...
+
+    async def put(self, rollout: Rollout, expected_generation: int | None) -> None:
+        """Write `rollout` if the stored one is at `expected_generation` (None: must not
+        exist yet); else RolloutConflict."""
+        ...
+
+    async def append(self, experiment: str, event: dict[str, Any]) -> None: ...
+
+    async def history(self, experiment: str, limit: int) -> list[dict[str, Any]]:
+        """Newest first."""
+        ...
+
+
+class MemoryRollouts:
+    """The embedded default: one process; kept in the state file's `rollouts` section."""
+
+    def __init__(self, state: FlagFile | None = None) -> None:
+        self._file = state
+        self._rollouts: dict[str, Rollout] = {}
+        self._history: dict[str, list[dict[str, Any]]] = {}
+        if state is not None:
+            section = state.section("rollouts") or {}
+            try:
+                self._rollouts = {
+                    name: Rollout.from_json(item)
+                    for name, item in (section.get("current") or {}).items()
+                }
+                self._history = {
+                    name: list(items) for name, items in (section.get("history") or {}).items()
+                }
+            except (TypeError, ValueError, AttributeError):
+                self._rollouts, self._history = {}, {}
+
+    async def get(self, experiment: str) -> Rollout | None:
+        return self._rollouts.get(experiment)
+
+    async def all(self) -> list[Rollout]:
+        return list(self._rollouts.values())
+
+    async def put(self, rollout: Rollout, expected_generation: int | None) -> None:
+        held = self._rollouts.get(rollout.experiment)
+        if (held.generation if held is not None else None) != expected_generation:
+            raise RolloutConflict(f"{rollout.experiment} changed meanwhile")
+        rollouts = {**self._rollouts, rollout.experiment: rollout}
+        self._save(rollouts, self._history)
+        self._rollouts = rollouts
+
+    async def append(self, experiment: str, event: dict[str, Any]) -> None:
+        history = dict(self._history)
+        history[experiment] = [*history.get(experiment, []), event][-HISTORY_LIMIT:]
+        self._save(self._rollouts, history)
+        self._history = history
+
+    async def history(self, experiment: str, limit: int) -> list[dict[str, Any]]:
+        return list(reversed(self._history.get(experiment, [])[-limit:]))
+
+    def _save(self, rollouts: dict[str, Rollout], history: dict[str, list[dict[str, Any]]]) -> None:
+        if self._file is None:
+            return
+        with store_errors():
+            self._file.save_section(
+                rollouts={
+                    "current": {name: r.as_json() for name, r in rollouts.items()},
+                    "history": history,
+                }
+            )
+
+
+_PUT = """
+-- KEYS: rollouts hash, lease; ARGV: name, rollout JSON, expected generation (-1: new),
+-- lease holder ('' : no lease)
+if ARGV[4] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[4] then return 'fenced' end
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+local expected = tonumber(ARGV[3])
+if current then
+  if cjson.decode(current)['generation'] ~= expected then return 'conflict' end
+elseif expected ~= -1 then return 'conflict' end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 'ok'
+"""
+
+
+class RedisRollouts:
+    def __init__(self, client: Redis, prefix: str, lease: Lease | None = None) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._hash = f"{{{prefix}}}:rollouts"
+        self.lease = lease
+        self._put = client.register_script(_PUT)
+
+    def _history_key(self, experiment: str) -> str:
+        return f"{{{self._prefix}}}:rollout-history:{experiment}"
+
+    async def get(self, experiment: str) -> Rollout | None:
+        with store_errors():
+            raw = await self._client.hget(self._hash, experiment)
+        return Rollout.from_json(orjson.loads(raw)) if raw else None
+
+    async def all(self) -> list[Rollout]:
+        with store_errors():
+            raw = await self._client.hgetall(self._hash)
+        return [Rollout.from_json(orjson.loads(v)) for _, v in sorted(raw.items())]
+
+    async def put(self, rollout: Rollout, expected_generation: int | None) -> None:
+        holder = self.lease.holder if self.lease is not None and self.lease.held else ""
+        lease_key = self.lease.key if self.lease is not None else self._hash
+        with store_errors():
+            result = await self._put(
+                keys=[self._hash, lease_key],
+                args=[
+                    rollout.experiment,
+                    orjson.dumps(rollout.as_json()).decode(),
+                    -1 if expected_generation is None else expected_generation,
+                    holder,
+                ],
+            )
+        if result in (b"fenced", "fenced"):
+            raise RolloutConflict("this controller no longer holds the lease")
+        if result in (b"conflict", "conflict"):
+            raise RolloutConflict(f"{rollout.experiment} changed meanwhile")
+
+    async def append(self, experiment: str, event: dict[str, Any]) -> None:
+        key = self._history_key(experiment)
+        with store_errors():
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.lpush(key, orjson.dumps(event))
+                pipe.ltrim(key, 0, HISTORY_LIMIT - 1)
+                await pipe.execute()
+
+    async def history(self, experiment: str, limit: int) -> list[dict[str, Any]]:
+        with store_errors():
+            raw = await self._client.lrange(self._history_key(experiment), 0, limit - 1)
+        return [orjson.loads(item) for item in raw]
+
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1
+end
+return 0
+"""
+
+
+class Lease:
+    """Exactly one acting controller among several control processes on one Redis: the
+    holder renews a key with an expiry; when it dies the key expires and another takes it
+    (within `ttl`). Each new holder gets a higher fencing generation."""
+
+    def __init__(self, client: Redis, prefix: str, owner: str, ttl: float = 5.0) -> None:
+        self._client = client
+        self.key = f"{{{prefix}}}:controller-lease"
+        self._generation_key = f"{{{prefix}}}:controller-generation"
+        self.owner = owner
+        self.ttl = ttl
+        self.holder = ""  # owner:generation while held
+        self.generation = 0
+        self._renew = client.register_script(_RENEW)
+
+    @property
+    def held(self) -> bool:
+        return bool(self.holder)
+
+    async def hold(self) -> bool:
+        """Acquire or renew; False when another process holds it (or Redis is down)."""
+        ms = int(self.ttl * 1000)
+        try:
+            with store_errors():
+                if self.holder and await self._renew(keys=[self.key], args=[self.holder, ms]):
+                    return True
+                holder = f"{self.owner}:{time.time_ns()}"
+                if await self._client.set(self.key, holder, nx=True, px=ms):
+                    self.generation = int(await self._client.incr(self._generation_key))
+                    self.holder = holder
+                    return True
+        except StoreUnavailable:
+            pass
+        self.holder = ""
+        return False
+
+    async def release(self) -> None:
+        if not self.holder:
+            return
+        holder, self.holder = self.holder, ""
+        script = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end"
+        try:
+            with store_errors():
+                await self._client.eval(script, 1, self.key, holder)
+        except StoreUnavailable:
+            pass
