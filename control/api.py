@@ -135,6 +135,7 @@ def create_control_app(
 ) -> web.Application:
     # Imported here: the statistics need scipy (tens of MiB), which data-plane-only
     # processes (abgate proxy) never load.
+    from control.impact_api import add_impact_routes
     from control.rollout_api import add_rollout_routes
     from control.stats_api import add_stats_routes
 
@@ -161,4 +162,5 @@ def create_control_app(
     app.router.add_post("/api/config/reload", config_reload)
     add_flag_routes(app, store)
     add_rollout_routes(app, rollouts)
+    add_impact_routes(app, store)
     return app

@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from config import ConfigError, load_config
 from control.flags_cli import add_flags_parser, run_flags
 from control.log import configure_logging
+from control.rollout_cli import add_rollout_parser, run_rollout
 
 DEFAULT_CONFIG = "config/abgate.yaml"
 
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file")
     add_flags_parser(commands)
+    add_rollout_parser(commands)
     return parser
 
 
@@ -80,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["ABGATE_LOG_LEVEL"] = args.log_level  # inherited by worker processes
     if args.command == "flags":
         return run_flags(args)
+    if args.command == "rollout":
+        return run_rollout(args)
     try:
         if args.command == "check-config":
             config = load_config(args.file)

@@ -76,7 +76,37 @@ _VERDICT = {
     },
 }
 
+_METRIC_NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "an experiment",
+}
+
+
+def _read(summary: str) -> dict[str, Any]:
+    return {
+        "parameters": [_METRIC_NAME],
+        "get": {
+            "summary": summary,
+            "security": [],
+            "responses": {"200": json_content({"type": "object"}), "404": _ERROR, "503": _ERROR},
+        },
+    }
+
+
 ROLLOUT_PATHS: dict[str, Any] = {
+    "/api/metrics/{name}/stability": _read(
+        "Incidents, uptime of proxied answers, rollbacks, time at the current percentage"
+    ),
+    "/api/metrics/{name}/business-impact": _read(
+        "Each business metric's improvement with its interval and significance"
+    ),
+    "/api/metrics/{name}/long-term-stability": _read("Days at 100% and incidents"),
+    "/api/metrics/{name}/final-assessment": _read(
+        "Every business metric's improvement at the end, with the rollout's state"
+    ),
     "/api/rollouts": {
         "get": {
             "summary": "Every rollout",

@@ -293,6 +293,16 @@ async def test_actions_and_bad_requests(session: ClientSession) -> None:
         aborted = await api(session, running, "POST", "/api/rollouts/exp/abort", {})
         assert aborted["state"] == "aborted"
         assert running.flags.get("exp").percentage == 0
+        stability = await api(session, running, "GET", "/api/metrics/exp/stability")
+        assert stability["incidents_count"] == 1  # the one opened by hand
+        assert stability["percentage"] == 0
+        impact = await api(session, running, "GET", "/api/metrics/exp/business-impact")
+        assert set(impact["metrics"]) == {"accuracy", "satisfaction"}
+        long_term = await api(session, running, "GET", "/api/metrics/exp/long-term-stability")
+        assert 0 < long_term["days_at_100_percent"] < 1  # promoted to 100%, then aborted
+        final = await api(session, running, "GET", "/api/metrics/exp/final-assessment")
+        assert final["rollout_state"] == "aborted"
+        await api(session, running, "GET", "/api/metrics/nope/stability", expect=404)
         listed = await api(session, running, "GET", "/api/rollouts")
         assert [r["state"] for r in listed["rollouts"]] == ["aborted"]
         async with session.get(running.control_url + "/metrics") as response:

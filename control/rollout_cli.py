@@ -1,0 +1,208 @@
+"""`abgate rollout start|status|approve|pause|resume|abort|promote|history|report EXPERIMENT`.
+
+The control API from a shell (--url / ABGATE_CONTROL_URL, --token / ABGATE_CONTROL_TOKEN).
+`status --watch` redraws a live view (stage bar, samples against samples needed, ETA, each
+gate) on a terminal, and prints one line per change otherwise. `report` writes a markdown
+business-impact report to reports/EXPERIMENT-business-impact.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from control.flags_cli import DEFAULT_URL, ApiCallFailed, call
+
+FINISHED = {"completed": 0, "rolled_back": 3, "aborted": 4}  # state -> exit code of --follow
+ESCALATED_EXIT = 5
+
+
+def add_rollout_parser(commands: Any) -> None:
+    rollout = commands.add_parser(
+        "rollout",
+        help="start, follow and steer staged rollouts",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rollout.add_argument("--url", default=os.environ.get("ABGATE_CONTROL_URL", DEFAULT_URL))
+    rollout.add_argument("--token", default=os.environ.get("ABGATE_CONTROL_TOKEN"))
+    actions = rollout.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (
+        ("start", "start a rollout with the config's plan"),
+        ("status", "where the rollout stands"),
+        ("approve", "approve the stage waiting for a person"),
+        ("pause", "pause (the percentage stays)"),
+        ("resume", "resume a paused or escalated rollout"),
+        ("abort", "abort: the treatment goes to 0%"),
+        ("promote", "skip to the next stage (recorded as an override)"),
+        ("history", "every decision, newest first"),
+        ("report", "write reports/EXPERIMENT-business-impact.md"),
+    ):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("experiment")
+        if name not in ("status", "history", "report"):
+            action.add_argument("--reason", default="")
+        if name == "start":
+            action.add_argument(
+                "--if-needed",
+                action="store_true",
+                help="a rollout under way is not an error: follow it",
+            )
+        if name == "status":
+            action.add_argument("--watch", action="store_true", help="redraw until it ends")
+            action.add_argument("--interval", type=float, default=1.0)
+        if name == "approve":
+            action.add_argument("--stage", type=float, default=None, help="its percentage")
+        if name == "history":
+            action.add_argument("--limit", type=int, default=50)
+        if name == "report":
+            action.add_argument("--output", default=None)
+
+
+def _bar(view: dict[str, Any]) -> str:
+    current = view["stage"]["index"]
+    return " -> ".join(
+        f"[{p:g}%]" if i == current else f"{p:g}%" for i, p in enumerate(view["stages"])
+    )
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def render(view: dict[str, Any]) -> list[str]:
+    lines = [
+        f"{view['experiment']}: {view['state']}  {_bar(view)}",
+        f"  decision: {view['decision'] or '-'}: {view['reason']}",
+        f"  eta: {_duration(view['eta_seconds'])}",
+    ]
+    for gate in view["gates"]:
+        lines.append(f"  {gate['status']:>5}  {gate['name']}: {gate['detail']}")
+        if gate["name"] == "samples" and gate.get("needed"):
+            for arm, have in gate["have"].items():
+                lines.append(f"         {arm}: {have:,} of {gate['needed'][arm]:,}")
+    return lines
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+
+
+def watch(args: argparse.Namespace) -> int:
+    """Until the rollout ends (exit 0 completed, 3 rolled back, 4 aborted) or escalates (5)."""
+    path = f"/api/rollouts/{args.experiment}"
+    last: tuple[str, str] | None = None
+    terminal = sys.stdout.isatty()
+    while True:
+        view = call(args, "GET", path)
+        if terminal:
+            sys.stdout.write("\x1b[H\x1b[J" + "\n".join(render(view)) + "\n")
+            sys.stdout.flush()
+        elif (view["state"], view["reason"]) != last:
+            stage = view["stage"]["percentage"]
+            print(f"{_iso(time.time())} {view['state']} {stage:g}% {view['reason']}", flush=True)
+        last = (view["state"], view["reason"])
+        if view["state"] in FINISHED:
+            return FINISHED[view["state"]]
+        if view["state"] == "escalated":
+            return ESCALATED_EXIT
+        time.sleep(args.interval)
+
+
+def report(args: argparse.Namespace) -> Path:
+    name = args.experiment
+    view = call(args, "GET", f"/api/rollouts/{name}")
+    history = call(args, "GET", f"/api/rollouts/{name}/history?limit=10000")["history"]
+    impact = call(args, "GET", f"/api/metrics/{name}/business-impact")
+    lines = [
+        f"# Business impact: {name}",
+        "",
+        f"State **{view['state']}** at {view['stage']['percentage']:g}% ({view['reason']}).",
+        f"Started {_iso(view['started_at'])} by {view['started_by']}.",
+        "",
+        "## Business metrics (current phase, treatment against control)",
+        "",
+        "| metric | improvement | interval | significant | samples (control, treatment) |",
+        "|---|---|---|---|---|",
+    ]
+    for metric, row in impact["metrics"].items():
+        low, high = row["interval"] or (None, None)
+        interval = f"[{low:+.2%}, {high:+.2%}]" if low is not None and high is not None else "-"
+        improvement = row["improvement_percentage"]
+        shown = f"{improvement:+.2f}%" if improvement is not None else "-"
+        lines.append(
+            f"| {metric} | {shown} | {interval} | "
+            f"{'yes' if row['significant'] else 'no'} | "
+            f"{row['n']['control']:,}, {row['n']['treatment']:,} |"
+        )
+    lines += [
+        "",
+        "## Stages, decisions and approvals",
+        "",
+        "| time (UTC) | actor | state | change | decision | reason |",
+        "|---|---|---|---|---|---|",
+    ]
+    for entry in reversed(history):
+        if not (entry.get("transition") or entry.get("change")):
+            continue
+        reason = str(entry.get("reason", "")).replace("|", "/")
+        lines.append(
+            f"| {_iso(entry['time'])} | {entry['actor']} | {entry.get('state', '')} | "
+            f"{entry.get('change') or ''} | {entry.get('decision', '')} | {reason} |"
+        )
+    output = Path(args.output or f"reports/{name}-business-impact.md")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text("\n".join(lines) + "\n")
+    return output
+
+
+def _run(args: argparse.Namespace) -> int:
+    name = args.experiment
+    base = f"/api/rollouts/{name}"
+    if args.action == "status":
+        if args.watch:
+            return watch(args)
+        print("\n".join(render(call(args, "GET", base))))
+    elif args.action == "history":
+        for entry in call(args, "GET", f"{base}/history?limit={args.limit}")["history"]:
+            what = entry.get("change") or entry.get("transition") or entry.get("decision")
+            print(f"{_iso(entry['time'])}\t{entry['actor']}\t{what}\t{entry.get('reason', '')}")
+    elif args.action == "report":
+        print(f"wrote {report(args)}")
+    elif args.action == "start" and args.if_needed and (held := _held(args, base)):
+        print("\n".join(render(held)))
+    else:
+        body: dict[str, Any] = {"reason": args.reason}
+        if args.action == "approve" and args.stage is not None:
+            body["stage"] = args.stage
+        path = base if args.action == "start" else f"{base}/{args.action}"
+        print("\n".join(render(call(args, "POST", path, body))))
+    return 0
+
+
+def _held(args: argparse.Namespace, base: str) -> dict[str, Any] | None:
+    """The rollout under way (not finished), if there is one."""
+    try:
+        view: dict[str, Any] = call(args, "GET", base)
+    except ApiCallFailed as exc:
+        if ": 404 " in str(exc):
+            return None
+        raise
+    return None if view["state"] in FINISHED else view
+
+
+def run_rollout(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except ApiCallFailed as exc:
+        print(f"abgate rollout: {exc}", file=sys.stderr)
+        return 1
