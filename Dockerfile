@@ -6,6 +6,8 @@ COPY config ./config
 COPY state ./state
 COPY proxy ./proxy
 COPY control ./control
+COPY scripts/sql ./scripts/sql
+ENV ABGATE_SQL_DIR=/app/scripts/sql
 RUN pip install --no-cache-dir . \
     && mkdir -p /etc/abgate && cp config/abgate.yaml /etc/abgate/abgate.yaml \
     && mkdir -p /var/lib/abgate && chown nobody /var/lib/abgate

@@ -30,6 +30,8 @@ def config_as_json(config: Config) -> dict[str, Any]:
     assert isinstance(out, dict)
     if config.flags.redis_url:
         out["flags"]["redis_url"] = mask_url(config.flags.redis_url)
+    if config.history.postgres_url:
+        out["history"]["postgres_url"] = mask_url(config.history.postgres_url)
     return out
 
 

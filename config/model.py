@@ -94,6 +94,17 @@ class FlagsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HistorySettings:
+    """The history store: every decision and outcome in PostgreSQL. No URL: nothing is
+    written (ABGATE_HISTORY_URL, when set, takes the place of a missing postgres_url)."""
+
+    postgres_url: str | None = None
+    retention: float = 90 * 86_400.0  # seconds of history kept (whole days)
+    sample: float = 1.0  # share of decisions recorded
+    buffer: int = 200_000  # decisions held in memory at most while PostgreSQL is slow or down
+
+
+@dataclass(frozen=True, slots=True)
 class BreakerConfig:
     window: float  # sliding time window for the rates
     minimum_calls: int  # calls in the window before a rate can trip
@@ -298,3 +309,4 @@ class Config:
     upstreams: Mapping[str, UpstreamConfig]
     routes: tuple[RouteConfig, ...]
     experiments: Mapping[str, ExperimentConfig]
+    history: HistorySettings = HistorySettings()

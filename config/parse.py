@@ -15,6 +15,7 @@ from config.model import (
     ControlSettings,
     ExperimentConfig,
     FlagsSettings,
+    HistorySettings,
     Listen,
     ProxySettings,
     RouteConfig,
@@ -68,7 +69,9 @@ class _Schema(UpstreamSchema, ExperimentSchema):
 
     def build(self, root: Any) -> Config | None:
         top = self.r.mapping(
-            root, (), {"proxy", "control", "flags", "upstreams", "routes", "experiments"}
+            root,
+            (),
+            {"proxy", "control", "flags", "upstreams", "routes", "experiments", "history"},
         )
         if top is None:
             return None
@@ -81,6 +84,7 @@ class _Schema(UpstreamSchema, ExperimentSchema):
         proxy = self._proxy(top.get("proxy"))
         control = self._control(top.get("control"))
         flags = self._flags(top.get("flags"))
+        history = self._history(top.get("history"))
         upstreams = self._upstreams(top.get("upstreams"))
         experiments = self._experiments(top.get("experiments"), upstreams)
         routes = self._routes(top.get("routes"), upstreams, experiments)
@@ -88,7 +92,7 @@ class _Schema(UpstreamSchema, ExperimentSchema):
             self.r.problem(("control", "listen"), "is the same address as proxy.listen")
         if proxy is None or control is None or upstreams is None or routes is None:
             return None
-        if experiments is None or flags is None:
+        if experiments is None or flags is None or history is None:
             return None
         return Config(
             source=self.source,
@@ -98,6 +102,7 @@ class _Schema(UpstreamSchema, ExperimentSchema):
             upstreams=MappingProxyType(upstreams),
             routes=routes,
             experiments=MappingProxyType(experiments),
+            history=history,
         )
 
     def _proxy(self, value: Any) -> ProxySettings | None:
@@ -247,6 +252,35 @@ class _Schema(UpstreamSchema, ExperimentSchema):
             state_file=state_file,
             heartbeat_interval=heartbeat,
         )
+
+    def _history(self, value: Any) -> HistorySettings | None:
+        path: KeyPath = ("history",)
+        section = self.r.mapping(value, path, {"postgres_url", "retention", "sample", "buffer"})
+        if section is None:
+            return None
+        url = section.get("postgres_url")
+        if url is not None and (
+            not isinstance(url, str) or not url.startswith(("postgres://", "postgresql://"))
+        ):
+            shown = mask_url(url) if isinstance(url, str) else url
+            self.r.problem((*path, "postgres_url"), f"expected a postgresql:// URL, got {shown!r}")
+            return None
+        retention = self.r.duration(
+            section.get("retention", "90d"), (*path, "retention"), high=3650 * 86_400.0
+        )
+        if retention is not None and retention < 86_400:
+            self.r.problem((*path, "retention"), "at least 1d (history is kept in whole days)")
+            return None
+        sample = section.get("sample", 1.0)
+        if isinstance(sample, bool) or not isinstance(sample, int | float) or not 0 < sample <= 1:
+            self.r.problem((*path, "sample"), f"a share above 0 and at most 1, got {sample!r}")
+            return None
+        buffer = self.r.integer(
+            section.get("buffer", 200_000), (*path, "buffer"), low=1000, high=10_000_000
+        )
+        if retention is None or buffer is None:
+            return None
+        return HistorySettings(url, retention, float(sample), buffer)
 
     def _routes(
         self,

@@ -40,6 +40,7 @@ from state.flags import FlagStore
 if TYPE_CHECKING:
     from control.rollout.controller import RolloutController
     from control.stats_worker import StatsWorker
+    from state.history.writer import HistoryWriter
 
 RELOADER = web.AppKey("reloader", Reloader)
 _FORCED = {
@@ -130,6 +131,7 @@ def create_control_app(
     backend: FlagBackend | None = None,
     worker: StatsWorker | None = None,
     rollouts: RolloutController | None = None,
+    history: HistoryWriter | None = None,
     *,
     loopback: bool = True,
 ) -> web.Application:
@@ -154,7 +156,7 @@ def create_control_app(
         app[RELOADER] = reloader
     add_health_routes(app, plane, backend)
     add_stats_routes(app)
-    add_experiment_routes(app, worker, store.table)
+    add_experiment_routes(app, worker, store.table, history)
     app.router.add_get("/api/shadow/stats", shadow_stats)
     app.router.add_get("/api/breakers", list_breakers)
     app.router.add_post("/api/breakers/{upstream}", force_breaker)

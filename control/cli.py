@@ -71,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
         "YAML line; exits 1 if there is any.",
     )
     check.add_argument("file")
+    db = commands.add_parser(
+        "db",
+        help="the history store in PostgreSQL",
+        description="`abgate db migrate`: create or bring up to date the ab_testing schema "
+        "(scripts/sql/ab-testing-schema.sql; TimescaleDB when available) at history.postgres_url "
+        "or ABGATE_HISTORY_URL; safe to run again. `abgate db maintain`: create the day "
+        "partitions ahead, drop those past the retention (the control process does it hourly).",
+    )
+    db.add_argument("action", choices=["migrate", "maintain"])
+    db.add_argument("--config", default=DEFAULT_CONFIG, help=f"(default {DEFAULT_CONFIG})")
     add_flags_parser(commands)
     add_rollout_parser(commands)
     return parser
@@ -96,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"routes, {len(config.experiments)} experiments)"
             )
             return 0
+        if args.command == "db":
+            from control.history import run_db
+
+            return run_db(load_config(args.config), args.action)
         # The servers, imported only to serve: `abgate flags` and check-config start fast.
         from control.serve import run_control, run_embedded, run_workers
 

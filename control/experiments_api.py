@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -24,6 +25,7 @@ from state.measurements import MeasureKey, Sums
 
 if TYPE_CHECKING:
     from control.stats_worker import StatsWorker
+    from state.history.writer import HistoryWriter
 RESERVED = frozenset({"latency", "error"})  # measured by the proxy itself
 MAX_OUTCOMES = 10_000
 
@@ -134,12 +136,57 @@ async def outcomes(request: web.Request) -> web.Response:
         raise ApiError(400, "expected a non-empty JSON array of outcomes")
     if len(items) > MAX_OUTCOMES:
         raise ApiError(400, f"at most {MAX_OUTCOMES} outcomes per batch")
+    history = request.app.get(HISTORY)
     batch: dict[MeasureKey, Sums] = {}
+    rows = []
     for index, item in enumerate(items):
+        decided_at = None
+        if isinstance(item, dict) and "request_id" in item:
+            item, decided_at = await _by_request_id(history, index, item)
         key, value = _outcome(worker, table, index, item)
         batch.setdefault(key, Sums()).add(value)
+        rows.append((key, value, decided_at, item.get("request_id")))
     await worker.store.add(batch)
+    if history is not None:
+        now = datetime.now(UTC)
+        for (name, phase, arm, metric), value, decided_at, request_id in rows:
+            history.add(
+                "outcomes", decided_at or now, request_id, name, arm, phase, metric, value, now
+            )
     return json_response({"accepted": len(items)})
+
+
+async def _by_request_id(
+    history: HistoryWriter | None, index: int, item: dict[str, Any]
+) -> tuple[dict[str, Any], datetime]:
+    """An item naming the decision's request id: its experiment, arm and phase come from the
+    decision record, so an outcome reported days later lands where the decision did."""
+    where = f"[{index}]"
+    request_id = item["request_id"]
+    if history is None:
+        raise ApiError(
+            400,
+            f"{where}.request_id: needs the history store (history.postgres_url)"
+            "; give experiment, arm and phase instead",
+        )
+    if not isinstance(request_id, str) or not request_id or len(request_id) > 200:
+        raise ApiError(400, f"{where}.request_id: expected the X-Request-Id of a decision")
+    clashing = sorted({"arm", "phase"} & set(item))
+    if clashing:
+        raise ApiError(400, f"{where}: give request_id or {', '.join(clashing)}, not both")
+    try:
+        found = await history.decision_of(request_id)
+    except Exception as exc:  # the store is down: nothing was accepted
+        raise StoreUnavailable(f"history store: {type(exc).__name__}: {exc}") from exc
+    if found is None:
+        raise ApiError(400, f"{where}.request_id: no decision recorded for {request_id!r}")
+    experiment, arm, phase, decided_at = found
+    if item.get("experiment", experiment) != experiment:
+        raise ApiError(
+            400, f"{where}.experiment: request {request_id!r} was a decision of {experiment!r}"
+        )
+    resolved = {**item, "experiment": experiment, "arm": arm, "phase": phase}
+    return resolved, decided_at
 
 
 def _outcome(
@@ -148,7 +195,7 @@ def _outcome(
     where = f"[{index}]"
     if not isinstance(item, dict):
         raise ApiError(400, f"{where}: expected an object")
-    unknown = sorted(set(item) - {"experiment", "arm", "metric", "value", "phase"})
+    unknown = sorted(set(item) - {"experiment", "arm", "metric", "value", "phase", "request_id"})
     if unknown:
         raise ApiError(400, f"{where}: unknown field(s) {', '.join(unknown)}")
     name = item.get("experiment")
@@ -196,13 +243,19 @@ def _outcome(
 
 
 FLAGS = web.AppKey("flag_table", FlagTable)
+HISTORY: web.AppKey[HistoryWriter] = web.AppKey("history")
 
 
 def add_experiment_routes(
-    app: web.Application, worker: StatsWorker | None, table: FlagTable
+    app: web.Application,
+    worker: StatsWorker | None,
+    table: FlagTable,
+    history: HistoryWriter | None = None,
 ) -> None:
     if worker is not None:
         app[WORKER] = worker
+    if history is not None:
+        app[HISTORY] = history
     app[FLAGS] = table
     app.router.add_get("/api/experiments", list_experiments)
     app.router.add_get("/api/experiments/{name}", get_experiment)

@@ -7,8 +7,9 @@ import time
 
 from aiohttp import web
 
+from control.experiments_api import HISTORY
 from control.flag_backend import FlagBackend
-from control.http import WORKER, json_response
+from control.http import CONTROLLER, WORKER, json_response
 from proxy.health import DEGRADED, HEALTHY, UNHEALTHY, worst
 from proxy.runtime import DataPlane
 from state.errors import StoreUnavailable
@@ -119,6 +120,29 @@ async def aggregate(request: web.Request) -> web.Response:
             "reasons": reasons,
         }
         statuses.append(DEGRADED if reasons else HEALTHY)
+    history = request.app.get(HISTORY)
+    if history is not None:  # down: degraded (answers go on; records wait or are dropped)
+        status = DEGRADED if history.last_error else HEALTHY
+        components["history_store"] = {
+            "status": status,
+            "connected": history.connected,
+            "buffered": history.buffered,
+            "dropped": history.dropped,
+            "written": history.written,
+            "layout": history.layout,
+            "reasons": [history.last_error] if history.last_error else [],
+        }
+        statuses.append(status)
+    rollouts = request.app.get(CONTROLLER)
+    if rollouts is not None:
+        status = DEGRADED if rollouts.failing else HEALTHY
+        components["rollout_controller"] = {
+            "status": status,
+            "acting": rollouts.acting,
+            "errors": dict(rollouts.errors),
+            "reasons": [f"{name}: {why}" for name, why in sorted(rollouts.failing.items())],
+        }
+        statuses.append(status)
     overall = worst(*statuses)
     return json_response(
         {"overall_health": overall, "components": components}, 503 if overall == UNHEALTHY else 200

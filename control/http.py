@@ -16,12 +16,14 @@ from aiohttp import web
 from state.errors import StoreUnavailable
 
 if TYPE_CHECKING:
+    from control.rollout.controller import RolloutController
     from control.stats_worker import StatsWorker
 
 log = logging.getLogger("abgate.control")
 TOKEN = web.AppKey("token", str)
 # The statistics worker (scipy) is imported only by processes that evaluate statistics.
 WORKER: web.AppKey[StatsWorker] = web.AppKey("stats_worker")
+CONTROLLER: web.AppKey[RolloutController] = web.AppKey("rollout_controller")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

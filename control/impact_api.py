@@ -21,8 +21,7 @@ from aiohttp import web
 
 from config.model import BUILT_IN_METRICS
 from control.experiments_api import require_worker
-from control.http import ApiError, json_response
-from control.rollout_api import CONTROLLER
+from control.http import CONTROLLER, ApiError, json_response
 from state.errors import StoreUnavailable
 from state.flags import FlagStore
 

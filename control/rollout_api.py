@@ -23,12 +23,11 @@ from aiohttp import web
 
 from config.errors import ConfigError
 from control.flags_api import caller
-from control.http import ApiError, json_object, json_response
+from control.http import CONTROLLER, ApiError, json_object, json_response
 from control.rollout.controller import RolloutController, RolloutError
 from control.rollout.gates import Decision
 from state.rollouts import Rollout
 
-CONTROLLER = web.AppKey("rollout_controller", RolloutController)
 _VERDICT = {"continue": "promote", "complete": "promote", "hold": "hold", "rollback": "rollback"}
 
 
@@ -184,8 +183,7 @@ async def flagger_gate(request: web.Request) -> web.Response:
             request,
             allowed={"name", "namespace", "phase", "metadata", "checksum", "type"} | {"message"},
         )
-        await controller.rollouts.append(
-            name,
+        await controller.record(
             {
                 "time": time.time(),
                 "experiment": name,

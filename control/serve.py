@@ -32,6 +32,8 @@ from control.flag_backend import (
     redis_url,
     start_flag_backend,
 )
+from control.history import attach_history, rollout_event, start_history
+from control.history import collect as collect_history
 from control.log import configure_logging
 from control.reload import Reloader
 from control.signals import on_signal, stop_on_signals
@@ -47,6 +49,7 @@ from state.rollouts import Lease, MemoryRollouts, RedisRollouts, RolloutStore
 if TYPE_CHECKING:
     from control.rollout.controller import RolloutController
     from control.stats_worker import StatsWorker
+    from state.history.writer import HistoryWriter
 
 log = logging.getLogger("abgate")
 
@@ -90,6 +93,7 @@ class Embedded:
     reloader: Reloader | None
     worker: StatsWorker
     rollouts: RolloutController
+    history: HistoryWriter | None
 
 
 async def owned_task(stack: AsyncExitStack, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -177,7 +181,16 @@ async def embedded(
     registry = new_registry(metrics)
     async with AsyncExitStack() as stack:
         shared = open_shared_state(stack, config)
+        history = await start_history(
+            stack,
+            config,
+            instance=new_instance_id(),
+            table=flags,
+            maintenance=True,
+            grace=config.proxy.shutdown_timeout,
+        )  # before the plane: the plane drains first, then the last flush
         plane = await stack.enter_async_context(DataPlane(config, flags, metrics))
+        attach_history(history, plane, metrics, config)
         backend = await start_flag_backend(
             stack,
             config,
@@ -191,6 +204,8 @@ async def embedded(
         plane.flush_to(backend.measurements)
         worker = await start_stats_worker(stack, config, backend, metrics)
         rollouts = await start_rollout_controller(stack, config, backend, shared, metrics)
+        if history is not None:
+            rollouts.listeners.append(rollout_event(history))
         reloader = await start_reloader(
             stack, config_path, config, plane, metrics, worker, rollouts
         )
@@ -204,13 +219,23 @@ async def embedded(
             backend,
             worker,
             rollouts,
+            history,
             loopback=config.control.is_loopback,
         )
         control_url = await app_site(
             stack, control_app, config.control.listen, config.proxy.shutdown_timeout
         )
         yield Embedded(
-            plane.url, control_url, flags, metrics, backend, plane, reloader, worker, rollouts
+            plane.url,
+            control_url,
+            flags,
+            metrics,
+            backend,
+            plane,
+            reloader,
+            worker,
+            rollouts,
+            history,
         )
 
 
@@ -238,6 +263,9 @@ async def serve_control(config: Config) -> None:
     registry = new_registry(metrics)
     async with stop_on_signals() as stop, AsyncExitStack() as stack:
         shared = open_shared_state(stack, config)
+        history = await start_history(
+            stack, config, instance=new_instance_id(), table=flags, maintenance=True, grace=5.0
+        )
         backend = await start_flag_backend(
             stack,
             config,
@@ -249,6 +277,9 @@ async def serve_control(config: Config) -> None:
         metrics.add_gauges(backend.collect)
         worker = await start_stats_worker(stack, config, backend, metrics)
         rollouts = await start_rollout_controller(stack, config, backend, shared, metrics)
+        if history is not None:
+            rollouts.listeners.append(rollout_event(history))
+            metrics.add_gauges(lambda: collect_history(history))
         assert backend.store is not None
         control_app = create_control_app(
             backend.store,
@@ -257,6 +288,7 @@ async def serve_control(config: Config) -> None:
             backend=backend,
             worker=worker,
             rollouts=rollouts,
+            history=history,
             loopback=config.control.is_loopback,
         )
         control_url = await app_site(stack, control_app, config.control.listen, 5.0)
@@ -286,9 +318,18 @@ async def worker(
     admin = replace(admin, port=admin.port + index if admin.port else 0)
     async with AsyncExitStack() as stack:
         shared = open_shared_state(stack, config)
+        history = await start_history(
+            stack,
+            config,
+            instance=new_instance_id(),
+            table=None,
+            maintenance=False,
+            grace=config.proxy.shutdown_timeout,
+        )
         plane = await stack.enter_async_context(
             DataPlane(config, flags, metrics, reuse_port=reuse_port, worker_index=index)
         )
+        attach_history(history, plane, metrics, config)
         backend = await start_flag_backend(
             stack,
             config,

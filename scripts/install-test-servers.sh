@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the servers the tests and benchmarks start on their own (ephemeral ports, 127.0.0.1):
-# redis-server, prometheus, wrk and nginx, from Debian's packages, when they are missing.
+# redis-server, prometheus, wrk, nginx and PostgreSQL (initdb, pg_ctl, psql), from Debian's
+# packages, when they are missing.
 set -euo pipefail
 
 declare -A package=([redis-server]=redis-server [prometheus]=prometheus [wrk]=wrk [nginx]=nginx-light)
@@ -8,6 +9,10 @@ missing=()
 for tool in "${!package[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("${package[$tool]}")
 done
+# Debian keeps initdb and pg_ctl out of PATH, under /usr/lib/postgresql/VERSION/bin.
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null 2>&1 \
+    || missing+=(postgresql)
+command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
@@ -20,6 +25,6 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The packages start system services on their standard ports; the tests start their own.
-for service in redis-server prometheus nginx; do
+for service in redis-server prometheus nginx postgresql; do
     command -v service >/dev/null 2>&1 && service "$service" stop >/dev/null 2>&1 || true
 done

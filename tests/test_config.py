@@ -151,8 +151,7 @@ def test_unknown_top_level_key_and_duplicates() -> None:
     text = GOOD + "experimnets: {}\n"
     assert problems(text) == [
         "experimnets (line 14): unknown key (expected one of: control, experiments, flags, "
-        "proxy, "
-        "routes, upstreams)"
+        "history, proxy, routes, upstreams)"
     ]
     duplicated = GOOD.replace("  ml:\n", "  deterministic:\n")
     assert problems(duplicated)[0] == "upstreams.deterministic (line 4): duplicate key"

@@ -86,6 +86,8 @@ class RolloutController:
         self.failing: dict[str, str] = {}
         self.acting = lease is None
         self.current: list[Rollout] = []  # as of the last tick, for the gauges
+        # Called with every history entry (the history store copies them to PostgreSQL).
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     # -- plans -----------------------------------------------------------------------------
 
@@ -362,8 +364,7 @@ class RolloutController:
         await self.rollouts.put(new, old.generation)
         self.current = [r for r in self.current if r.experiment != new.experiment] + [new]
         if record or transition is not None:
-            await self.rollouts.append(
-                new.experiment,
+            await self.record(
                 {
                     "time": self.clock(),
                     "experiment": new.experiment,
@@ -377,6 +378,12 @@ class RolloutController:
                     "inputs": decision.as_json() if decision else None,
                 },
             )
+
+    async def record(self, event: dict[str, Any]) -> None:
+        """Append to the rollout's history (and tell the listeners)."""
+        await self.rollouts.append(event["experiment"], event)
+        for listener in self.listeners:
+            listener(event)
 
     # -- actions from people -------------------------------------------------------------
 
@@ -423,8 +430,7 @@ class RolloutController:
         started = draft if held is None else draft.next()
         await self.rollouts.put(started, held.generation if held else None)
         self.current = [r for r in self.current if r.experiment != name] + [started]
-        await self.rollouts.append(
-            name,
+        await self.record(
             {
                 "time": now,
                 "experiment": name,

@@ -1,0 +1,93 @@
+-- abgate's history store: every decision and outcome, the cohorts, the rollout decisions and
+-- the flag audit trail. Applied by `abgate db migrate` (version 1); safe to run again.
+--
+-- decisions and outcomes are declared here as tables partitioned by day (plain PostgreSQL):
+-- abgate's maintenance task creates the days ahead and drops those past the retention.
+-- With TimescaleDB, ab-testing-timescaledb.sql runs first and makes them hypertables, so
+-- the CREATE TABLE IF NOT EXISTS below leaves them as they are.
+
+CREATE SCHEMA IF NOT EXISTS ab_testing;
+
+CREATE TABLE IF NOT EXISTS ab_testing.schema_migrations (
+    version     integer PRIMARY KEY,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS ab_testing.experiments (
+    name         text PRIMARY KEY,
+    config_hash  text NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    status       text NOT NULL DEFAULT 'active'
+);
+
+-- One row per phase (a percentage) and arm.
+CREATE TABLE IF NOT EXISTS ab_testing.cohorts (
+    experiment  text NOT NULL,
+    phase       integer NOT NULL,
+    arm         text NOT NULL,
+    percentage  double precision NOT NULL,  -- the arm's share of traffic, 0..100
+    started_at  timestamptz NOT NULL,
+    ended_at    timestamptz,
+    PRIMARY KEY (experiment, phase, arm)
+);
+
+-- One row per proxied request of an experiment (sampled by history.sample).
+CREATE TABLE IF NOT EXISTS ab_testing.decisions (
+    time              timestamptz NOT NULL,
+    request_id        text NOT NULL,
+    experiment        text NOT NULL,
+    phase             integer NOT NULL,
+    arm               text NOT NULL,           -- assigned (kept on a fallback)
+    bucket            integer,                 -- the sticky key's bucket, never the key
+    upstream          text NOT NULL,           -- who answered
+    status            integer NOT NULL,
+    upstream_seconds  double precision,
+    error             text,                    -- upstream error kind, if any
+    fallback          text,                    -- why the control arm answered instead
+    instance          text NOT NULL
+) PARTITION BY RANGE (time);
+CREATE INDEX IF NOT EXISTS decisions_request_id ON ab_testing.decisions (request_id);
+CREATE INDEX IF NOT EXISTS decisions_experiment_time
+    ON ab_testing.decisions (experiment, time);
+
+-- Business outcomes; those reported by request id carry the arm and phase of the decision.
+CREATE TABLE IF NOT EXISTS ab_testing.outcomes (
+    time         timestamptz NOT NULL,         -- when the decision was made
+    request_id   text,
+    experiment   text NOT NULL,
+    arm          text NOT NULL,
+    phase        integer NOT NULL,
+    metric       text NOT NULL,
+    value        double precision NOT NULL,
+    reported_at  timestamptz NOT NULL DEFAULT now()
+) PARTITION BY RANGE (time);
+CREATE INDEX IF NOT EXISTS outcomes_experiment_time ON ab_testing.outcomes (experiment, time);
+
+CREATE TABLE IF NOT EXISTS ab_testing.rollout_events (
+    time        timestamptz NOT NULL,
+    experiment  text NOT NULL,
+    state       text,
+    transition  text,
+    change      text,
+    decision    text,
+    reason      text,
+    inputs      jsonb,
+    actor       text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rollout_events_experiment_time
+    ON ab_testing.rollout_events (experiment, time);
+
+-- The flag audit trail: every percentage change, by whom and why.
+CREATE TABLE IF NOT EXISTS ab_testing.flag_changes (
+    time        timestamptz NOT NULL,
+    flag        text NOT NULL,
+    percentage  double precision NOT NULL,
+    version     integer NOT NULL,
+    phase       integer NOT NULL,
+    actor       text NOT NULL,
+    reason      text NOT NULL,
+    PRIMARY KEY (flag, version)
+);
+
+INSERT INTO ab_testing.schema_migrations (version) VALUES (1) ON CONFLICT DO NOTHING;
