@@ -26,6 +26,7 @@ from proxy.measure import ArmRecorder, Measurements, MetricExtractor, PhaseRef
 from proxy.metrics import ProxyMetrics, gauge
 from proxy.outcome import OutcomeSink, arm_statistics
 from proxy.pool import UpstreamPool
+from proxy.rebuild import rebuild
 from proxy.retry_budget import RetryBudget
 from proxy.routing import Router
 from proxy.server import HttpListener, check_file_limit
@@ -143,15 +144,10 @@ class DataPlane:
             )
             if old != new
         ]
-        old_pools = self._pools
-        self._pools = {
-            name: old_pools[name]
-            if name in old_pools and old_pools[name].config == upstream
-            else UpstreamPool(upstream)
-            for name, upstream in config.upstreams.items()
-        }
-        kept = set(map(id, self._pools.values()))
-        self._retired += [pool for pool in old_pools.values() if id(pool) not in kept]
+        self._pools, retired = rebuild(
+            self._pools, config.upstreams, lambda _, upstream: UpstreamPool(upstream)
+        )
+        self._retired += retired
         if (config.proxy.retry_budget_ratio, config.proxy.retry_min_per_second) != (
             self.config.proxy.retry_budget_ratio,
             self.config.proxy.retry_min_per_second,
@@ -187,13 +183,11 @@ class DataPlane:
 
     def _update_breakers(self) -> None:
         """One breaker per upstream; kept (with its state) while its settings stay the same."""
-        old = self.breakers
-        self.breakers = {
-            name: old[name]
-            if name in old and old[name].config == upstream.breaker
-            else Breaker(name, upstream.breaker, self._on_breaker_transition)
-            for name, upstream in self.config.upstreams.items()
-        }
+        self.breakers, _ = rebuild(
+            self.breakers,
+            {name: upstream.breaker for name, upstream in self.config.upstreams.items()},
+            lambda name, config: Breaker(name, config, self._on_breaker_transition),
+        )
 
     def _on_breaker_transition(
         self, breaker: Breaker, old: BreakerState, new: BreakerState, reason: str
@@ -251,19 +245,16 @@ class DataPlane:
 
     def _update_shadows(self) -> None:
         """One Shadow per experiment that has one; kept (with its stats) while unchanged."""
-        old = dict(self.shadows)
-        self.shadows = {}
-        for name, experiment in self.config.experiments.items():
-            if experiment.shadow is None:
-                continue
-            kept = old.pop(name, None)
-            if kept is not None and kept.config == experiment.shadow:
-                self.shadows[name] = kept
-            else:
-                if kept is not None:
-                    old[name] = kept
-                self.shadows[name] = Shadow(name, experiment.shadow, self._rng)
-        self._retired_shadows += old.values()
+        self.shadows, retired = rebuild(
+            self.shadows,
+            {
+                name: experiment.shadow
+                for name, experiment in self.config.experiments.items()
+                if experiment.shadow is not None
+            },
+            lambda name, config: Shadow(name, config, self._rng),
+        )
+        self._retired_shadows += retired
 
     def _routing(self) -> Routing:
         self._splitters = {}
