@@ -9,11 +9,13 @@ benchmarks/RESULTS.md by hand. tests/test_rollout_gates.py runs a smaller versio
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import yaml
 
+from benchmarks.common import verdict, write_section
 from config.model import ExperimentConfig
 from config.parse import parse_config
 from control.rollout.gates import StageInputs, decide
@@ -130,17 +132,35 @@ def table(runs: int, seed: int = 1) -> list[tuple[str, dict[str, float], float]]
 
 
 def main() -> None:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 200
-    print(
+    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 400
+    results = table(runs)
+    lines = [
         f"| scenario ({runs} rollouts each) | completed | rolled back | escalated | "
-        "mean stage index at the end |"
-    )
-    print("|---|---|---|---|---|")
-    for name, ends, stage in table(runs):
-        print(
+        "mean stage index at the end |",
+        "|---|---|---|---|---|",
+    ]
+    for name, ends, stage in results:
+        lines.append(
             f"| {name} | {ends['completed']:.1%} | {ends['rolled_back']:.1%} | "
             f"{ends['escalated']:.1%} | {stage:.2f} |"
         )
+    false_rollbacks = results[0][1]["rolled_back"]
+    rows = "\n".join(lines)
+    text = f"""## Rollout gates by simulation (issue 12)
+
+`python -m benchmarks.rollout_sim {runs}` on {time.strftime("%Y-%m-%d")}: each rollout runs the
+pure gate function tick by tick (400 requests a tick, 1 s ticks, stages 5, 25, 50, 75, 100,
+min_duration 10 s, bake 10 s; control: 1% errors, lognormal latency with mean 50 ms, 20%
+converted; guardrails error +1 point and latency +10%, primary converted with MDE 2 points,
+alpha 0.05). Stage index 4 is 100%; a rollback at index 0 is at the 5% stage.
+
+{rows}
+
+A/A rollouts rolled back: {false_rollbacks:.1%}, target at most alpha (5%):
+{verdict(false_rollbacks <= 0.05)}.
+"""
+    write_section("rollout-gates", text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -120,6 +120,7 @@ def bench_config(
     proxy: dict[str, object] | None = None,
     experiment: dict[str, object] | None = None,
     flags: dict[str, object] | None = None,
+    history: dict[str, object] | None = None,
 ) -> Path:
     """The benchmark experiment: /api/agent/ split between the two nginx arms on X-User-Id."""
     path.write_text(
@@ -136,6 +137,7 @@ def bench_config(
                     "arm_a": {"url": f"http://127.0.0.1:{PORTS['arm_a']}"},
                     "arm_b": {"url": f"http://127.0.0.1:{PORTS['arm_b']}"},
                 },
+                **({"history": history} if history else {}),
                 "routes": [{"prefix": "/api/agent/", "experiment": "bench"}],
                 "experiments": {
                     "bench": {
