@@ -223,10 +223,20 @@ class Amount:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadTestConfig:
+    """A load test a stage must pass before it may be promoted (control/load_test.py)."""
+
+    requests_per_second: float
+    duration: float
+    p95_max: float
+
+
+@dataclass(frozen=True, slots=True)
 class StageConfig:
     percentage_bp: int
     approval: bool  # a person approves before the rollout moves to this stage
     min_duration: float  # seconds this stage runs at least before it may be promoted
+    load_test: LoadTestConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from config.model import (
     DEFAULT_GUARDRAILS,
     Amount,
     GuardrailConfig,
+    LoadTestConfig,
     MetricConfig,
     PrimaryConfig,
     RolloutPlan,
@@ -113,8 +114,11 @@ def _stages(
     for index, item in enumerate(value):
         item_path = (*path, index)
         approval, duration = False, min_duration
+        load_test = None
         if isinstance(item, dict):
-            body = r.mapping(item, item_path, {"percentage", "approval", "min_duration"})
+            body = r.mapping(
+                item, item_path, {"percentage", "approval", "min_duration", "load_test"}
+            )
             if body is None:
                 return None
             if "percentage" not in body:
@@ -128,6 +132,10 @@ def _stages(
             if approval_value is None or duration_value is None:
                 return None
             approval, duration = approval_value, duration_value
+            if body.get("load_test") is not None:
+                load_test = _load_test(r, body["load_test"], (*item_path, "load_test"))
+                if load_test is None:
+                    return None
         else:
             percentage = r.percentage(item, item_path)
         if percentage is None:
@@ -138,11 +146,26 @@ def _stages(
         if out and percentage <= out[-1].percentage_bp:
             r.problem(item_path, "stages must rise: each above the one before")
             return None
-        out.append(StageConfig(percentage, approval, duration))
+        out.append(StageConfig(percentage, approval, duration, load_test))
     if out[-1].percentage_bp != 10_000:
         r.problem(path, "the last stage must be 100 (a rollout ends with all traffic on ML)")
         return None
     return tuple(out)
+
+
+def _load_test(r: Reader, value: Any, path: KeyPath) -> LoadTestConfig | None:
+    section = r.mapping(value, path, {"requests_per_second", "duration", "p95_max"})
+    if section is None:
+        return None
+    rate = section.get("requests_per_second", 100)
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 100_000:
+        r.problem((*path, "requests_per_second"), f"between 0 and 100000, got {rate!r}")
+        return None
+    duration = r.duration(section.get("duration", "60s"), (*path, "duration"), high=3600.0)
+    p95 = r.duration(section.get("p95_max", "100ms"), (*path, "p95_max"), high=60.0)
+    if duration is None or p95 is None:
+        return None
+    return LoadTestConfig(float(rate), duration, p95)
 
 
 def _fraction(r: Reader, value: Any, path: KeyPath, *, high: float) -> float | None:

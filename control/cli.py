@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from config import ConfigError, load_config
 from control.flags_cli import add_flags_parser, run_flags
+from control.load_test import add_load_test_parser, run_load_test
 from control.log import configure_logging
 from control.rollout_cli import add_rollout_parser, run_rollout
 
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--config", default=DEFAULT_CONFIG, help=f"(default {DEFAULT_CONFIG})")
     add_flags_parser(commands)
     add_rollout_parser(commands)
+    add_load_test_parser(commands)
     return parser
 
 
@@ -94,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_flags(args)
     if args.command == "rollout":
         return run_rollout(args)
+    if args.command == "load-test":
+        return run_load_test(args)
     try:
         if args.command == "check-config":
             config = load_config(args.file)

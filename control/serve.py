@@ -119,6 +119,7 @@ async def start_rollout_controller(
     backend: FlagBackend,
     shared: SharedState,
     metrics: ProxyMetrics,
+    proxy_url: str | None = None,
 ) -> RolloutController:
     """The rollout controller and its store: the state file (embedded) or Redis, where a
     lease makes exactly one of several control processes act."""
@@ -133,7 +134,9 @@ async def start_rollout_controller(
         lease = Lease(shared.client, config.flags.key_prefix, new_instance_id())
         stack.push_async_callback(lease.release)
         store = RedisRollouts(shared.client, config.flags.key_prefix, lease)
-    controller = RolloutController(config, backend.store, store, backend.measurements, lease=lease)
+    controller = RolloutController(
+        config, backend.store, store, backend.measurements, lease=lease, proxy_url=proxy_url
+    )
     metrics.add_gauges(controller.collect)
     await owned_task(stack, controller.run(), "abgate-rollout-controller")
     return controller
@@ -203,7 +206,9 @@ async def embedded(
         metrics.add_gauges(backend.collect)
         plane.flush_to(backend.measurements)
         worker = await start_stats_worker(stack, config, backend, metrics)
-        rollouts = await start_rollout_controller(stack, config, backend, shared, metrics)
+        rollouts = await start_rollout_controller(
+            stack, config, backend, shared, metrics, proxy_url=plane.url
+        )
         if history is not None:
             rollouts.listeners.append(rollout_event(history))
         reloader = await start_reloader(

@@ -54,16 +54,24 @@ class Rollout:
     reason: str = ""
     eta_seconds: float | None = None
     incident: str | None = None
+    load_tests: tuple[int, ...] = ()  # stage indexes whose load test passed
     updated_at: float = field(default_factory=time.time)
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["approvals"] = list(self.approvals)
+        data["load_tests"] = list(self.load_tests)
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Rollout:
-        return cls(**{**data, "approvals": tuple(data.get("approvals") or ())})
+        return cls(
+            **{
+                **data,
+                "approvals": tuple(data.get("approvals") or ()),
+                "load_tests": tuple(data.get("load_tests") or ()),
+            }
+        )
 
     def next(self, **changes: Any) -> Rollout:
         return replace(self, generation=self.generation + 1, updated_at=time.time(), **changes)

@@ -24,7 +24,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from config import Config
 from config.model import RolloutPlan
 from config.parse_rollout import parse_plan
+from control.load_test import LoadPlan, LoadResult, run_load
 from control.rollout.gates import Decision, StageInputs, decide
+from proxy.tasks import stop_tasks
 from state.errors import StoreUnavailable
 from state.flags import FlagStore, VersionConflict
 from state.measurements import MeasurementStore, Sums
@@ -73,8 +75,11 @@ class RolloutController:
         *,
         lease: Lease | None = None,
         clock: Callable[[], float] = time.time,
+        proxy_url: str | None = None,
     ) -> None:
         self.config = config
+        self.proxy_url = proxy_url  # where a stage's load test sends its requests
+        self._load_tests: dict[tuple[str, int], asyncio.Task[LoadResult]] = {}
         self.flags = flags
         self.rollouts = rollouts
         self.measurements = measurements
@@ -104,9 +109,12 @@ class RolloutController:
     # -- the loop --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        while True:
-            await self.tick_all()
-            await asyncio.sleep(LOOP_INTERVAL)
+        try:
+            while True:
+                await self.tick_all()
+                await asyncio.sleep(LOOP_INTERVAL)
+        finally:  # the load tests this loop started end with it
+            await stop_tasks(list(self._load_tests.values()))
 
     async def tick_all(self) -> None:
         if self.lease is not None:
@@ -151,13 +159,83 @@ class RolloutController:
                 rollout, plan, flag.updated_by, flag.reason, flag.percentage
             )
             return None
-        decision = await self.evaluate(rollout, plan, now, seen)
+        load_test, rollout = await self._load_test(rollout, plan)
+        if load_test is None:
+            return None  # it failed: escalated until a person resumes
+        decision = await self.evaluate(rollout, plan, now, seen, load_test)
         seen.decision = decision
         await self._act(rollout, plan, decision, now, seen)
         return decision
 
+    async def _load_test(self, rollout: Rollout, plan: RolloutPlan) -> tuple[bool | None, Rollout]:
+        """The stage's load test and the rollout as it now stands: True passed or none asked,
+        False running; None: it failed (the rollout is escalated with its numbers and waits
+        for a person; `resume` runs it again). Started once per stage, as a task."""
+        stage = plan.stages[rollout.stage_index]
+        if stage.load_test is None or rollout.stage_index in rollout.load_tests:
+            return True, rollout
+        if rollout.state == "escalated" and rollout.reason.startswith("load test"):
+            return None, rollout
+        key = (rollout.experiment, rollout.stage_index)
+        task = self._load_tests.get(key)
+        if task is None:
+            test = stage.load_test
+            url = self.proxy_url or self.config.proxy.listen.url
+            self._load_tests[key] = asyncio.create_task(
+                run_load(
+                    LoadPlan(
+                        url,
+                        requests_per_second=test.requests_per_second,
+                        duration=test.duration,
+                        p95_max=test.p95_max,
+                    )
+                ),
+                name=f"abgate-load-test-{rollout.experiment}",
+            )
+            return False, rollout
+        if not task.done():
+            return False, rollout
+        del self._load_tests[key]
+        result = task.result()
+        summary = result.as_json()
+        passed = result.passed
+        reason = (
+            f"load test at {stage.percentage_bp / 100:g}% "
+            f"{'passed' if passed else 'failed'}: p95 {summary['latency_ms']['p95']} ms "
+            f"(max {stage.load_test.p95_max * 1000:g}), "
+            f"{summary['failed_requests']} failed of {summary['sent']}"
+        )
+        if passed:
+            updated = rollout.next(
+                load_tests=(*rollout.load_tests, rollout.stage_index), reason=reason
+            )
+        else:
+            updated = rollout.next(state="escalated", decision="hold", reason=reason)
+        await self.rollouts.put(updated, rollout.generation)
+        self.current = [r for r in self.current if r.experiment != updated.experiment] + [updated]
+        await self.record(
+            {
+                "time": self.clock(),
+                "experiment": rollout.experiment,
+                "actor": ACTOR,
+                "state": updated.state,
+                "transition": None if passed else "escalated",
+                "change": "load test passed" if passed else "load test failed",
+                "stage": rollout.stage_index,
+                "decision": "load_test",
+                "reason": reason,
+                "inputs": summary,
+            }
+        )
+        return (True if passed else None), updated
+
     async def evaluate(
-        self, rollout: Rollout, plan: RolloutPlan, now: float, seen: _Seen | None = None
+        self,
+        rollout: Rollout,
+        plan: RolloutPlan,
+        now: float,
+        seen: _Seen | None = None,
+        load_test: bool | None = None,
     ) -> Decision:
         """The gates on the rollout's current stage, from the stores as they are now."""
         name = rollout.experiment
@@ -209,6 +287,7 @@ class RolloutController:
                 incident=rollout.incident,
                 unconverged=tuple(unconverged),
                 stats_age=stats_age,
+                load_test=load_test,
             ),
         )
 
