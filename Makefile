@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest test-servers bench clean
+.PHONY: install run test lint typecheck pytest test-servers bench monitoring clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest --cov --cov-report=term
+
+## Prometheus and the node, Redis and PostgreSQL exporters on this machine (Ctrl-C stops).
+monitoring: test-servers
+	@bash scripts/monitoring.sh
 
 ## Servers the tests and benchmarks start themselves (redis-server, prometheus, wrk, nginx).
 test-servers:

@@ -11,7 +11,12 @@ from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from config import Config
 from config.export import config_as_json
@@ -147,6 +152,18 @@ def collect(writer: HistoryWriter) -> Iterator[Metric]:
     buffered = GaugeMetricFamily("abgate_history_buffered", "History records waiting in memory.")
     buffered.add_metric([], writer.buffered)
     yield buffered
+    write = HistogramMetricFamily(
+        "abgate_history_write_seconds",
+        "Time of each flush to PostgreSQL (one COPY and the small rows).",
+    )
+    running = 0
+    buckets = []
+    bounds = (*writer.write_buckets, float("inf"))
+    for bound, count in zip(bounds, writer.write_counts, strict=True):
+        running += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
+    write.add_metric([], buckets, writer.write_sum)
+    yield write
     connected = GaugeMetricFamily(
         "abgate_history_connected", "1 when the history store is reachable."
     )

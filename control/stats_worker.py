@@ -257,6 +257,18 @@ class StatsWorker:
         )
         for name, count in self.evaluation_errors.items():
             errors.add_metric([name], count)
+        interval = GaugeMetricFamily(
+            "abgate_stats_interval",
+            "The sequential test's interval of treatment minus control (valid at every look), "
+            "current phase.",
+            labels=["experiment", "metric", "bound"],
+        )
+        improvement = GaugeMetricFamily(
+            "abgate_stats_improvement",
+            "Relative change of the treatment, signed by the metric's direction (> 0 is "
+            "better), and 1 when the sequential test is significant after Holm.",
+            labels=["experiment", "metric", "kind"],
+        )
         srm_p = GaugeMetricFamily(
             "abgate_stats_srm_p_value",
             "Sample-ratio-mismatch p-value, current phase.",
@@ -269,6 +281,8 @@ class StatsWorker:
                     samples.add_metric([name, arm], count)
                 srm_p.add_metric([name], current.srm_p_value)
             for metric, result in report.metrics.items():
+                if result.improvement is not None:  # means alone: before any test can run
+                    improvement.add_metric([name, metric, "relative"], result.improvement)
                 fixed, sequential = result.fixed, result.sequential
                 if fixed is None or sequential is None:
                     continue
@@ -277,4 +291,10 @@ class StatsWorker:
                 effect.add_metric([name, metric, "absolute"], fixed.effect_absolute)
                 if fixed.effect_relative is not None:
                     effect.add_metric([name, metric, "relative"], fixed.effect_relative)
-        yield from (p_value, effect, samples, srm_p, errors)
+                low, high = sequential.ci_absolute
+                if low is not None:
+                    interval.add_metric([name, metric, "lower"], low)
+                if high is not None:
+                    interval.add_metric([name, metric, "upper"], high)
+                improvement.add_metric([name, metric, "significant"], float(result.significant))
+        yield from (p_value, effect, interval, improvement, samples, srm_p, errors)

@@ -13,6 +13,10 @@ done
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null 2>&1 \
     || missing+=(postgresql)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+# `make monitoring`'s exporters.
+for exporter in prometheus-node-exporter prometheus-redis-exporter prometheus-postgres-exporter; do
+    command -v "$exporter" >/dev/null 2>&1 || [ -x "/usr/bin/$exporter" ] || missing+=("$exporter")
+done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
@@ -25,6 +29,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The packages start system services on their standard ports; the tests start their own.
-for service in redis-server prometheus nginx postgresql; do
+for service in redis-server prometheus nginx postgresql prometheus-node-exporter \
+        prometheus-redis-exporter prometheus-postgres-exporter; do
     command -v service >/dev/null 2>&1 && service "$service" stop >/dev/null 2>&1 || true
 done

@@ -17,6 +17,41 @@ from control.serve import embedded
 from tests.servers import free_port, make_config
 
 MONITORING = Path(__file__).parent.parent / "monitoring"
+DASHBOARDS = MONITORING / "grafana" / "dashboards"
+
+
+def test_dashboards_are_current_and_well_formed() -> None:
+    from monitoring.grafana.dashboards import DASHBOARDS as BUILDERS
+    from monitoring.grafana.dashboards import render
+
+    assert sorted(p.name for p in DASHBOARDS.glob("*.json")) == sorted(BUILDERS)
+    for name, build in BUILDERS.items():
+        assert (DASHBOARDS / name).read_text() == render(build), (
+            f"{name} is stale: run python -m monitoring.grafana.dashboards"
+        )
+    overview = json.loads((DASHBOARDS / "ab-testing-overview.json").read_text())
+    assert len(overview["panels"]) == 12
+    assert "Business Impact" in {p["title"] for p in overview["panels"]}
+    control = json.loads((DASHBOARDS / "ab-testing-control.json").read_text())
+    assert {"type": "stat", "title": "Traffic Split"}.items() <= next(
+        p for p in control["panels"] if p["title"] == "Traffic Split"
+    ).items()
+    for name in BUILDERS:
+        dashboard = json.loads((DASHBOARDS / name).read_text())
+        assert dashboard["refresh"] == "10s"
+        assert [v["name"] for v in dashboard["templating"]["list"]].count("datasource") == 1
+        ids = [p["id"] for p in dashboard["panels"]]
+        assert len(ids) == len(set(ids))
+        cells = set()
+        for panel in dashboard["panels"]:
+            grid = panel["gridPos"]
+            assert grid["x"] + grid["w"] <= 24
+            for x in range(grid["x"], grid["x"] + grid["w"]):
+                for y in range(grid["y"], grid["y"] + grid["h"]):
+                    assert (x, y) not in cells, (name, panel["title"])  # no overlap
+                    cells.add((x, y))
+            assert panel["targets"]
+            assert all(t["expr"] for t in panel["targets"])
 
 
 def require(tool: str) -> str:
@@ -36,11 +71,22 @@ async def test_prometheus_scrapes_abgate_and_dashboard_queries_run(
 ) -> None:
     prometheus = require("prometheus")
     async with embedded(make_config(agents, percentage=50)) as running:
+        arms: dict[str, int] = {}
         for user in range(40):
             async with session.get(
                 f"{running.proxy_url}/api/agent/a/decide", headers={"X-User-Id": f"u{user}"}
             ) as response:
                 assert response.status == 200
+                arm = response.headers["X-ABGate-Arm"]
+                arms[arm] = arms.get(arm, 0) + 1
+        outcomes = [
+            {"experiment": "exp", "arm": arm, "metric": "accuracy", "value": i % 3 != 0}
+            for arm in arms
+            for i in range(12)
+        ]
+        async with session.post(f"{running.control_url}/api/outcomes", json=outcomes) as response:
+            assert response.status == 200
+        await running.worker.evaluate_all()
         config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
         config["global"]["scrape_interval"] = "1s"
         target = running.control_url.removeprefix("http://")
@@ -72,6 +118,11 @@ async def test_prometheus_scrapes_abgate_and_dashboard_queries_run(
                 "ABGateStatisticsEvaluationFailing",
                 "ABGateClientsRefused",
                 "ABGateUpstreamPoolSaturated",
+                # recording rules: the requirements' names
+                "node_cpu_utilization",
+                "node_memory_utilization",
+                "postgresql_queries_duration_p95",
+                "abgate_decision_latency_p95_ms",
             }
             for group in rules["data"]["groups"]:  # every rule's PromQL runs, and is healthy
                 for rule in group["rules"]:
@@ -90,12 +141,24 @@ async def test_prometheus_scrapes_abgate_and_dashboard_queries_run(
             ):
                 result = await get_json(session, f"{api}/query", query=f"count({metric})")
                 assert result["data"]["result"], metric
-            dashboard = json.loads((MONITORING / "grafana" / "abgate-dashboard.json").read_text())
-            for panel in dashboard["panels"]:
-                for target in panel["targets"]:
-                    query = target["expr"].replace("$experiment", ".*")
-                    result = await get_json(session, f"{api}/query", query=query)
-                    assert result["status"] == "success", (panel["title"], result)
+            returned: dict[str, bool] = {}
+            for path in sorted(DASHBOARDS.glob("*.json")):
+                for panel in json.loads(path.read_text())["panels"]:
+                    for target in panel["targets"]:
+                        query = target["expr"].replace("$experiment", ".*")
+                        result = await get_json(session, f"{api}/query", query=query)
+                        assert result["status"] == "success", (panel["title"], result)
+                        if result["data"]["result"]:
+                            returned[panel["title"]] = True
+            # The panels the requirements name show data from this run (rates need two
+            # scrapes, so the rate panels are only checked to run).
+            for title in (
+                "Traffic Split",
+                "Traffic split",
+                "Business Impact",
+                "Samples per arm against samples needed",
+            ):
+                assert returned.get(title), title
         finally:
             proc.terminate()
             await proc.wait()

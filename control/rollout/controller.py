@@ -45,6 +45,7 @@ ACTOR = "rollout-controller"
 LOOP_INTERVAL = 0.5  # how often the loop wakes; each rollout decides every plan.tick
 STATES: tuple[str, ...] = get_args(RolloutStatus)
 _OPEN = {"open", "forced_open"}
+_GATE_VALUE = {"pass": 1.0, "hold": 0.0, "fail": -1.0}
 
 
 class RolloutError(Exception):
@@ -645,9 +646,28 @@ class RolloutController:
                 state.add_metric([rollout.experiment, name], float(rollout.state == name))
             if rollout.eta_seconds is not None:
                 eta.add_metric([rollout.experiment], rollout.eta_seconds)
+        needed = GaugeMetricFamily(
+            "abgate_rollout_samples_needed",
+            "Samples per arm the current stage needs (sequential design).",
+            labels=["experiment", "arm"],
+        )
+        gates = GaugeMetricFamily(
+            "abgate_rollout_gate_status",
+            "Each gate of the last decision: 1 pass, 0 hold, -1 fail.",
+            labels=["experiment", "gate"],
+        )
+        for name, seen in self._seen.items():
+            if seen.decision is None:
+                continue
+            for arm, count in seen.decision.needed.items():
+                needed.add_metric([name, arm], count)
+            for gate in seen.decision.gates:
+                gates.add_metric([name, gate.name], _GATE_VALUE.get(gate.status, 0.0))
         yield stage
         yield state
         yield eta
+        yield needed
+        yield gates
         decisions = CounterMetricFamily(
             "abgate_rollout_decisions",
             "Controller decisions by decision and reason kind.",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
@@ -25,6 +26,7 @@ from state.history.schema import maintain, migrate
 
 log = logging.getLogger("abgate.history")
 FLUSH_INTERVAL = 1.0
+WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 MAINTENANCE_INTERVAL = 3600.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
 DECISION_COLUMNS = (
@@ -97,6 +99,10 @@ class HistoryWriter:
         self.failures = 0
         self.last_error: str | None = None
         self.layout: str | None = None
+        # Flush durations (one COPY and the small rows), for abgate_history_write_seconds.
+        self.write_buckets = WRITE_BUCKETS
+        self.write_counts = [0] * (len(WRITE_BUCKETS) + 1)
+        self.write_sum = 0.0
 
     # -- in memory, from the request path and the control plane ----------------------------
 
@@ -172,6 +178,7 @@ class HistoryWriter:
             return
         decisions, self._decisions = self._decisions, []
         rows, self._rows = self._rows, []
+        started = time.perf_counter()
         try:
             conn = await self._connection()
             if decisions:
@@ -189,6 +196,10 @@ class HistoryWriter:
             raise
         self.written += len(decisions) + len(rows)
         self.last_error = None
+        if decisions or rows:
+            seconds = time.perf_counter() - started
+            self.write_counts[bisect_left(self.write_buckets, seconds)] += 1
+            self.write_sum += seconds
 
     def _restore(
         self, decisions: Sequence[DecisionRow], rows: Sequence[tuple[str, tuple[Any, ...]]]
