@@ -32,6 +32,7 @@ from control.http import (
 )
 from control.openapi import OPENAPI
 from control.reload import Reloader
+from control.ui_api import add_ui_routes
 from proxy.admin import REGISTRY, health, metrics
 from proxy.breaker import BreakerState
 from proxy.runtime import DataPlane
@@ -165,4 +166,5 @@ def create_control_app(
     add_flag_routes(app, store)
     add_rollout_routes(app, rollouts)
     add_impact_routes(app, store)
+    add_ui_routes(app)
     return app

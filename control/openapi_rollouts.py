@@ -97,6 +97,25 @@ def _read(summary: str) -> dict[str, Any]:
 
 
 ROLLOUT_PATHS: dict[str, Any] = {
+    "/ui": {
+        "get": {
+            "summary": "The control page (one self-contained HTML file)",
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "OK",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    },
+    "/": {
+        "get": {
+            "summary": "Redirects to the control page",
+            "security": [],
+            "responses": {"302": {"description": "to /ui"}, "200": {"description": "OK"}},
+        }
+    },
     "/api/metrics/{name}/stability": _read(
         "Incidents, uptime of proxied answers, rollbacks, time at the current percentage"
     ),

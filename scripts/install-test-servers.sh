@@ -13,6 +13,8 @@ done
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null 2>&1 \
     || missing+=(postgresql)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+# The control page's browser tests drive Debian's Chromium (playwright's own download is not used).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # `make monitoring`'s exporters.
 for exporter in prometheus-node-exporter prometheus-redis-exporter prometheus-postgres-exporter; do
     command -v "$exporter" >/dev/null 2>&1 || [ -x "/usr/bin/$exporter" ] || missing+=("$exporter")
