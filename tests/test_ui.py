@@ -79,13 +79,17 @@ async def test_the_page_shows_the_experiment_and_acts_on_it(
     config = make_config(
         agents,
         percentage=10,
-        experiment={"rollout": {**FAST, "stages": [25, 100], "min_duration": "1h"}},
+        experiment={
+            "rollout": {**FAST, "stages": [25, 100], "min_duration": "1h"},
+            "shadow": {"percentage": 100, "compare": ["$.decision"]},
+        },
     )
     async with embedded(config) as running:
         page, errors, outside = await open_page(browser, running)
         assert page.url.endswith("/ui")
         await page.get_by_role("heading", name="exp").wait_for()
         await page.get_by_text("ML share 10%").wait_for()
+        await page.get_by_test_id("shadow").wait_for()  # shadow on: its agreement shows
         # Setting a percentage asks for confirmation and a reason.
         page.once("dialog", answer(None))  # cancelled: nothing changes
         await page.get_by_label("ML percentage of exp").fill("35")
