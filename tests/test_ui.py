@@ -102,6 +102,8 @@ async def test_the_page_shows_the_experiment_and_acts_on_it(
         await eventually(lambda: running.flags.get("exp").percentage == 35)
         assert running.flags.get("exp").reason == "from the browser"
         await page.get_by_text("ML share 35%").wait_for()
+        flag_history = page.get_by_test_id("flag-history")
+        await flag_history.get_by_text("from the browser").wait_for()  # newest first, with who
         # Start the rollout; its state, stage and gates show up without a reload.
         page.once("dialog", answer("ship it"))
         await page.get_by_role("button", name="Start rollout").click()
