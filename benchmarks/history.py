@@ -169,6 +169,9 @@ async def run(args: argparse.Namespace, nginx: str) -> None:
 Measured by `python -m benchmarks.history` on {time.strftime("%Y-%m-%d")} (this machine, 2
 cores shared by wrk, nginx, PostgreSQL and three `abgate proxy` processes, one worker each,
 alternating {args.rounds} rounds of wrk -t1 -c32 -d{args.duration}s, best of each).
+Rounds vary by 10-40% on this machine, hence the alternation and best-of. With history on,
+PostgreSQL runs on the same two cores as everything else, so its own CPU for the inserts
+is part of the cost measured here; on a database host of its own that share goes away.
 
 | measure | result | target |
 |---|---:|---|

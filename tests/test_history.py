@@ -159,9 +159,12 @@ async def test_postgres_killed_under_load_costs_no_answer_and_writing_resumes(
         assert health["dropped"] == writer.dropped
         await postgres.start()
         written = writer.written
-        async with asyncio.timeout(30):
-            while writer.written <= written:  # noqa: ASYNC110 (the writer's own loop retries)
-                await asyncio.sleep(0.05)
+        try:
+            async with asyncio.timeout(60):
+                while writer.written <= written:  # noqa: ASYNC110 (the writer's loop retries)
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            pytest.fail(f"writing did not resume: last error {writer.last_error!r}")
         for i in range(20):
             await decide(session, running, f"c{i}")
     conn = await postgres.connect()

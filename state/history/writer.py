@@ -136,7 +136,7 @@ class HistoryWriter:
                 await self.flush()
                 backoff = BACKOFF_FIRST
                 await asyncio.sleep(FLUSH_INTERVAL)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except Exception as exc:  # the loop outlives any error: drop the connection, retry
                 self._failed(exc)
                 await self._close_connection()
                 await asyncio.sleep(backoff)
@@ -146,7 +146,15 @@ class HistoryWriter:
         self.failures += 1
         error = f"{type(exc).__name__}: {exc}"
         if error != self.last_error:
-            log.warning("history store: %s (buffering up to %d records)", error, self.capacity)
+            expected = isinstance(
+                exc, OSError | asyncpg.PostgresError | asyncpg.InterfaceError | TimeoutError
+            )
+            log.warning(
+                "history store: %s (buffering up to %d records)",
+                error,
+                self.capacity,
+                exc_info=None if expected else exc,
+            )
         self.last_error = error
 
     async def _connection(self) -> asyncpg.Connection:
