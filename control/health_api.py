@@ -122,7 +122,10 @@ async def aggregate(request: web.Request) -> web.Response:
         statuses.append(DEGRADED if reasons else HEALTHY)
     history = request.app.get(HISTORY)
     if history is not None:  # down: degraded (answers go on; records wait or are dropped)
-        status = DEGRADED if history.last_error else HEALTHY
+        reasons = [history.last_error] if history.last_error else []
+        if not history.connected and not reasons:
+            reasons.append("not connected to PostgreSQL (yet)")
+        status = DEGRADED if reasons else HEALTHY
         components["history_store"] = {
             "status": status,
             "connected": history.connected,
@@ -130,7 +133,7 @@ async def aggregate(request: web.Request) -> web.Response:
             "dropped": history.dropped,
             "written": history.written,
             "layout": history.layout,
-            "reasons": [history.last_error] if history.last_error else [],
+            "reasons": reasons,
         }
         statuses.append(status)
     rollouts = request.app.get(CONTROLLER)

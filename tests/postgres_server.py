@@ -92,22 +92,49 @@ class PostgresServer:
             )
 
     async def kill(self) -> None:
-        """SIGKILL the postmaster: what a crash looks like to clients."""
+        """SIGKILL the postmaster and its backends at once: what a crash of the database
+        host looks like to clients (a backend left alive could go on taking writes)."""
         pid_file = self.data / "postmaster.pid"
         pid = int(pid_file.read_text().split()[0])
-        os.kill(pid, signal.SIGKILL)
+        victims = [pid, *_children(pid)]
+        for victim in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
         async with asyncio.timeout(30):
-            while True:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                await asyncio.sleep(0.02)
-        # Its backends go with it once they notice; `start` then recovers the data.
+            for victim in victims:
+                while _alive(victim):  # noqa: ASYNC110 (a process exit has no event here)
+                    await asyncio.sleep(0.02)
+        # `start` then recovers the data. The lock files go too: on a machine whose init
+        # does not reap orphans the dead postmaster stays a zombie, and PostgreSQL would take
+        # its pid in the lock files for a live server.
         pid_file.unlink(missing_ok=True)
+        for lock in self.directory.glob(f".s.PGSQL.{self.port}*"):
+            lock.unlink(missing_ok=True)
 
     async def connect(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.url, timeout=10)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # field 4: the parent's pid
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie is dead, waiting for its parent
 
 
 @contextlib.asynccontextmanager
