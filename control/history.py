@@ -4,6 +4,7 @@ events). Without history.postgres_url (or ABGATE_HISTORY_URL) nothing here runs.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from collections.abc import Iterator
@@ -45,8 +46,6 @@ async def start_history(
 ) -> HistoryWriter | None:
     """The writer and its task, torn down by `stack`: the task stops, then one last flush
     within `grace`. Enter it before the data plane, so the plane drains first."""
-    import asyncio
-
     url = history_url(config)
     if url is None:
         return None
@@ -173,8 +172,6 @@ def collect(writer: HistoryWriter) -> Iterator[Metric]:
 
 def run_db(config: Config, action: str) -> int:
     """`abgate db migrate|maintain`."""
-    import asyncio
-
     url = history_url(config)
     if url is None:
         print("abgate db: no history store: set history.postgres_url or ABGATE_HISTORY_URL")

@@ -416,7 +416,7 @@ class ProxyHandler:
                 draw,
                 fallback,
                 upstream.status,
-                upstream_started if fallback is None else fallback.since,
+                upstream_started,
                 finished,
                 "",
                 values,
@@ -439,8 +439,12 @@ class ProxyHandler:
         error: str,
         values: tuple[tuple[str, float], ...],
     ) -> None:
-        """The one place a request's outcome is recorded: one record, to every sink."""
-        assigned = served if fallback is None else fallback.assigned
+        """The one place a request's outcome is recorded: one record, to every sink. `since`:
+        when this exchange began; a fallback's user waited from its first try."""
+        if fallback is None:
+            assigned = served
+        else:
+            assigned, since = fallback.assigned, fallback.since
         phase = assigned.phase
         outcome = Outcome(
             request_id,
@@ -560,7 +564,7 @@ class ProxyHandler:
             draw,
             fallback,
             upstream.status,
-            upstream_started if fallback is None else fallback.since,
+            upstream_started,
             head_ready,
             "",
             (),
@@ -605,8 +609,6 @@ class ProxyHandler:
         self.metrics.count_local_response(status, reason)
         headers = {"X-Request-Id": request_id, "Via": VIA}
         if dest is not None:
-            if fallback is not None:
-                since = fallback.since
             self._finish(request_id, dest, draw, fallback, status, since, perf_counter(), kind, ())
             _routing_headers(headers, dest, fallback)
         body = orjson.dumps({"error": error, "upstream": upstream, "request_id": request_id})

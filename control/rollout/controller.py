@@ -213,7 +213,7 @@ class RolloutController:
         else:
             updated = rollout.next(state="escalated", decision="hold", reason=reason)
         await self.rollouts.put(updated, rollout.generation)
-        self.current = [r for r in self.current if r.experiment != updated.experiment] + [updated]
+        self._remember(updated)
         await self.record(
             {
                 "time": self.clock(),
@@ -442,7 +442,7 @@ class RolloutController:
         reason: str | None = None,
     ) -> None:
         await self.rollouts.put(new, old.generation)
-        self.current = [r for r in self.current if r.experiment != new.experiment] + [new]
+        self._remember(new)
         if record or transition is not None:
             await self.record(
                 {
@@ -458,6 +458,10 @@ class RolloutController:
                     "inputs": decision.as_json() if decision else None,
                 },
             )
+
+    def _remember(self, rollout: Rollout) -> None:
+        """The gauges show a write at once, not at the next tick's read."""
+        self.current = [r for r in self.current if r.experiment != rollout.experiment] + [rollout]
 
     async def record(self, event: dict[str, Any]) -> None:
         """Append to the rollout's history (and tell the listeners)."""
@@ -509,7 +513,7 @@ class RolloutController:
             )
         started = draft if held is None else draft.next()
         await self.rollouts.put(started, held.generation if held else None)
-        self.current = [r for r in self.current if r.experiment != name] + [started]
+        self._remember(started)
         await self.record(
             {
                 "time": now,
