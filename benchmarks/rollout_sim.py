@@ -19,6 +19,7 @@ from benchmarks.common import verdict, write_section
 from config.model import ExperimentConfig
 from config.parse import parse_config
 from control.rollout.gates import StageInputs, decide
+from control.stats.clusters import ClusteredSums
 from state.measurements import Sums
 
 PLAN = {
@@ -75,6 +76,11 @@ def _add(sums: dict[str, Sums], rng: np.random.Generator, arm: Arm, n: int) -> N
         s.total_sq += total_sq
 
 
+def _independent(sums: dict[str, Sums]) -> dict[str, ClusteredSums]:
+    """Simulated requests are independent (one per user): each its own unit."""
+    return {m: ClusteredSums.independent(s.count, s.total, s.total_sq) for m, s in sums.items()}
+
+
 def simulate(
     rng: np.random.Generator,
     treatment: Arm,
@@ -97,7 +103,8 @@ def simulate(
         n_t = int(rng.binomial(per_tick, bp / 10_000))
         _add(sums_c, rng, control, per_tick - n_t)
         _add(sums_t, rng, treatment, n_t)
-        decision = decide(plan, exp, StageInputs(now, stage, started, bp, sums_c, sums_t))
+        inputs = StageInputs(now, stage, started, bp, _independent(sums_c), _independent(sums_t))
+        decision = decide(plan, exp, inputs)
         if decision.verdict == "rollback":
             return "rolled_back", stage
         if decision.verdict == "complete":

@@ -25,7 +25,7 @@ from benchmarks.common import RESULTS, ROOT, process, verdict, wait_http, write_
 from benchmarks.run import LUA, PORTS, Result, bench_config, nginx_conf, require_tools, rss_mib, wrk
 from config import parse_config
 from control.stats_worker import StatsWorker
-from state.measurements import MemoryMeasurements, Phase, Sums
+from state.measurements import UNCLUSTERED, MemoryMeasurements, Phase, Sums
 
 PROXY, CONTROL = 18480, 18492
 
@@ -69,7 +69,7 @@ async def worker_timing(experiments: int = 100, runs: int = 20) -> list[float]:
                 for _ in range(200):
                     value = float(rng.random() < 0.3) if binary else rng.gauss(1.0, 0.3)
                     sums.add(value)
-                batch[(name, 2, arm, metric)] = sums
+                batch[(name, 2, arm, metric, UNCLUSTERED)] = sums
         await store.add(batch)
     worker = StatsWorker(config, store)
     timings = []

@@ -19,9 +19,10 @@ import orjson
 from aiohttp import web
 
 from control.http import WORKER, ApiError, json_response
+from proxy.hashing import bucket, fnv1a32
 from state.errors import StoreUnavailable
 from state.flags import FlagTable
-from state.measurements import MeasureKey, Sums
+from state.measurements import UNCLUSTERED, MeasureKey, Sums, cluster_of
 
 if TYPE_CHECKING:
     from control.stats_worker import StatsWorker
@@ -125,7 +126,9 @@ async def outcomes(request: web.Request) -> web.Response:
 
     An item's `phase` (the X-ABGate-Phase header of the decision's response) credits the
     phase the decision was made in; without it, the outcome lands in the phase current when
-    it is reported."""
+    it is reported. An item's `user` (the sticky key's value) puts the outcome in that
+    user's cluster, so a user's outcomes count as one unit with the user's decisions; an
+    item found by `request_id` goes where its decision went."""
     worker = require_worker(request)
     table = request.app[FLAGS]
     try:
@@ -140,16 +143,16 @@ async def outcomes(request: web.Request) -> web.Response:
     batch: dict[MeasureKey, Sums] = {}
     rows = []
     for index, item in enumerate(items):
-        decided_at = None
+        decided_at = decided_bucket = None
         if isinstance(item, dict) and "request_id" in item:
-            item, decided_at = await _by_request_id(history, index, item)
-        key, value = _outcome(worker, table, index, item)
+            item, decided_bucket, decided_at = await _by_request_id(history, index, item)
+        key, value = _outcome(worker, table, index, item, decided_bucket)
         batch.setdefault(key, Sums()).add(value)
         rows.append((key, value, decided_at, item.get("request_id")))
     await worker.store.add(batch)
     if history is not None:
         now = datetime.now(UTC)
-        for (name, phase, arm, metric), value, decided_at, request_id in rows:
+        for (name, phase, arm, metric, _), value, decided_at, request_id in rows:
             history.add(
                 "outcomes", decided_at or now, request_id, name, arm, phase, metric, value, now
             )
@@ -158,7 +161,7 @@ async def outcomes(request: web.Request) -> web.Response:
 
 async def _by_request_id(
     history: HistoryWriter | None, index: int, item: dict[str, Any]
-) -> tuple[dict[str, Any], datetime]:
+) -> tuple[dict[str, Any], int | None, datetime]:
     """An item naming the decision's request id: its experiment, arm and phase come from the
     decision record, so an outcome reported days later lands where the decision did."""
     where = f"[{index}]"
@@ -180,22 +183,23 @@ async def _by_request_id(
         raise StoreUnavailable(f"history store: {type(exc).__name__}: {exc}") from exc
     if found is None:
         raise ApiError(400, f"{where}.request_id: no decision recorded for {request_id!r}")
-    experiment, arm, phase, decided_at = found
+    experiment, arm, phase, bucket, decided_at = found
     if item.get("experiment", experiment) != experiment:
         raise ApiError(
             400, f"{where}.experiment: request {request_id!r} was a decision of {experiment!r}"
         )
     resolved = {**item, "experiment": experiment, "arm": arm, "phase": phase}
-    return resolved, decided_at
+    return resolved, bucket, decided_at
 
 
 def _outcome(
-    worker: StatsWorker, table: FlagTable, index: int, item: Any
+    worker: StatsWorker, table: FlagTable, index: int, item: Any, decided_bucket: int | None
 ) -> tuple[MeasureKey, float]:
     where = f"[{index}]"
     if not isinstance(item, dict):
         raise ApiError(400, f"{where}: expected an object")
-    unknown = sorted(set(item) - {"experiment", "arm", "metric", "value", "phase", "request_id"})
+    known = {"experiment", "arm", "metric", "value", "phase", "request_id", "user"}
+    unknown = sorted(set(item) - known)
     if unknown:
         raise ApiError(400, f"{where}: unknown field(s) {', '.join(unknown)}")
     name = item.get("experiment")
@@ -239,7 +243,14 @@ def _outcome(
         raise ApiError(
             400, f"{where}.phase: {name} has no phase {phase} (phases are 1 to {current})"
         )
-    return (name, phase, str(item["arm"]), definition.name), float(value)
+    user = item.get("user")
+    if user is not None and (not isinstance(user, str) or not user or len(user) > 1000):
+        raise ApiError(400, f"{where}.user: expected the sticky key's value (a string)")
+    if user is not None:
+        cluster = cluster_of(bucket(fnv1a32(experiment.seed), user))
+    else:
+        cluster = UNCLUSTERED if decided_bucket is None else cluster_of(decided_bucket)
+    return (name, phase, str(item["arm"]), definition.name, cluster), float(value)
 
 
 FLAGS = web.AppKey("flag_table", FlagTable)

@@ -92,7 +92,7 @@ async def stability(request: web.Request) -> web.Response:
     worker = require_worker(request)
     history = await _history(request, name)
     _, sums = await worker.store.read(name)
-    answered = sum(s.count for key, s in sums.items() if key[3] == "error")
+    answered = sum(s.count for key, s in sums.items() if key[3] == "error")  # every cluster
     failed = sum(s.total for key, s in sums.items() if key[3] == "error")
     flags = request.app[FLAG_STORE]
     flag = flags.table.get(name)

@@ -62,6 +62,13 @@ _OUTCOME = {
             "description": "X-ABGate-Phase of the decision; without "
             "it, the phase current when reported",
         },
+        "user": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 1000,
+            "description": "the sticky key's value: the outcome counts in its user's "
+            "cluster (users are the unit of analysis)",
+        },
     },
 }
 STATISTICS_PATHS: dict[str, Any] = {

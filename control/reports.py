@@ -56,9 +56,11 @@ class PhaseReport:
     id: int  # the flag version that set this percentage
     percentage: float
     started_at: float
-    samples: dict[str, int]  # arm name -> samples
+    samples: dict[str, int]  # arm name -> samples (requests)
     srm_p_value: float
     srm_flagged: bool
+    # arm name -> units the SRM counts: distinct users (estimated) and keyless requests
+    units: dict[str, float] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -66,6 +68,7 @@ class PhaseReport:
             "percentage": self.percentage,
             "started_at": self.started_at,
             "samples": self.samples,
+            "units": self.units,
             "srm_p_value": self.srm_p_value,
             "srm_flagged": self.srm_flagged,
         }

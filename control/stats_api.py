@@ -20,6 +20,7 @@ from aiohttp import web
 
 from control.experiments_api import require_worker
 from control.http import ApiError, json_object, json_response
+from control.measured import EMPTY, by_arm
 from control.stats import (
     Proportion,
     SampleMean,
@@ -34,7 +35,6 @@ from control.stats.models import Alternative
 from control.stats.power import mean_detectable_effect, rate_detectable_effect
 from control.stats.sequential import sequential_rates, sequential_sample_size
 from control.stats_worker import compare
-from state.measurements import Sums
 
 ALTERNATIVES: tuple[Alternative, ...] = ("two-sided", "greater", "less")
 
@@ -252,8 +252,9 @@ async def live_test(request: web.Request, body: dict[str, Any]) -> web.Response:
     if not phases:
         raise ApiError(400, "experiment: no measurements yet")
     phase = phases[-1].id
-    a = sums.get((name, phase, cohort_a, metric), Sums())
-    b = sums.get((name, phase, cohort_b, metric), Sums())
+    arms_now = by_arm(sums)
+    a = arms_now.get((phase, cohort_a, metric), EMPTY)
+    b = arms_now.get((phase, cohort_b, metric), EMPTY)
     result = compare(a, b, definition, alpha)
     if result.fixed is None or result.sequential is None:
         raise ApiError(400, f"metric: {result.status}")

@@ -4,7 +4,10 @@ against arm on every metric, and the results are kept for the API and exported a
 Automated decisions read the sequential result (valid at every look); the fixed-horizon
 result is reported next to it. p-values are Holm-adjusted across an experiment's metrics.
 Each metric's declared type picks its test: binary (error, 0/1 outcomes) the rates test,
-continuous Welch's t. An arm with fewer than two samples is "not enough data", not an error.
+continuous Welch's t. The unit is the user where requests carry a sticky key: each arm's
+metric is a ratio over clusters of whole users with its delta-method variance
+(control/stats/clusters.py); requests without a user are each their own unit. An arm with
+fewer than MIN_CLUSTERS units is "not enough data", not an error.
 """
 
 from __future__ import annotations
@@ -12,28 +15,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from config import Config
 from config.model import BUILT_IN_METRICS, ExperimentConfig, MetricConfig
+from control.measured import EMPTY, ArmKey, Users, by_arm, sample_ratio
 from control.reports import ExperimentReport, MetricResult, PhaseReport
 from control.stats import (
     Proportion,
-    SampleMean,
     StatsInputError,
     holm,
     sequential_test,
-    srm,
 )
 from control.stats.checks import SRM_THRESHOLD
+from control.stats.clusters import MIN_CLUSTERS, ClusteredSums
 from control.stats.frequentist import TestResult, rates_test, welch_t
 from control.stats.sequential import sequential_rates
 from control.stats.strata import Combined, stratified_difference
 from state.errors import StoreUnavailable
-from state.measurements import MeasurementStore, Phase, Sums
+from state.measurements import MeasureKey, MeasurementStore, Phase, Sums
 
 log = logging.getLogger("abgate.stats")
 INTERVAL = 3.0
@@ -42,7 +45,9 @@ INTERVAL = 3.0
 MIN_SAMPLES = 2  # per arm, before any test; fewer is "not enough data", never an error
 
 
-def compare(a: Sums, b: Sums, metric: MetricConfig, alpha: float = 0.05) -> MetricResult:
+def compare(
+    a: ClusteredSums, b: ClusteredSums, metric: MetricConfig, alpha: float = 0.05
+) -> MetricResult:
     """One metric, control (a) vs treatment (b), with the test its declared type calls for.
 
     `improvement` is the relative change signed by the metric's direction: positive means
@@ -74,14 +79,22 @@ def compare(a: Sums, b: Sums, metric: MetricConfig, alpha: float = 0.05) -> Metr
             f"not enough data: control has {a.count}, treatment {b.count} "
             f"samples (need {MIN_SAMPLES} per arm)"
         )
+    if a.clusters < MIN_CLUSTERS or b.clusters < MIN_CLUSTERS:
+        return result(
+            f"not enough data: control's users fall in {a.clusters} clusters, treatment's in "
+            f"{b.clusters} (need {MIN_CLUSTERS} per arm to estimate the variance per user)"
+        )
     try:
         if metric.type == "binary":
             pa, pb = _proportion(a), _proportion(b)
+            pooled = (pa.successes + pb.successes) / (pa.n + pb.n)
+            design = (a.design_effect(pooled), b.design_effect(pooled))
             return result(
-                "ok", rates_test(pa, pb, alpha=alpha), sequential_rates(pa, pb, alpha=alpha)
+                "ok",
+                rates_test(pa, pb, alpha=alpha, design=design),
+                sequential_rates(pa, pb, alpha=alpha, design=design),
             )
-        ma = SampleMean.from_sums(a.count, a.total, a.total_sq)
-        mb = SampleMean.from_sums(b.count, b.total, b.total_sq)
+        ma, mb = a.as_mean(), b.as_mean()
         return result("ok", welch_t(ma, mb, alpha=alpha), sequential_test(ma, mb, alpha=alpha))
     except StatsInputError as exc:
         return result(f"not enough data: {exc.message}")
@@ -90,7 +103,7 @@ def compare(a: Sums, b: Sums, metric: MetricConfig, alpha: float = 0.05) -> Metr
 def _across_phases(
     experiment: ExperimentConfig,
     phases: list[Phase],
-    sums: dict[tuple[str, int, str, str], Sums],
+    arms: dict[ArmKey, ClusteredSums],
     metrics: list[str],
 ) -> dict[str, Combined]:
     """Each metric's difference across every phase with data, weighted by precision (never
@@ -100,20 +113,15 @@ def _across_phases(
     for metric in metrics:
         strata = []
         for phase in phases:
-            a = sums.get((experiment.name, phase.id, control, metric))
-            b = sums.get((experiment.name, phase.id, treatment, metric))
+            a = arms.get((phase.id, control, metric))
+            b = arms.get((phase.id, treatment, metric))
             if (
                 a is not None
                 and b is not None
-                and a.count >= MIN_SAMPLES
-                and b.count >= MIN_SAMPLES
+                and a.clusters >= MIN_CLUSTERS
+                and b.clusters >= MIN_CLUSTERS
             ):
-                strata.append(
-                    (
-                        SampleMean.from_sums(a.count, a.total, a.total_sq),
-                        SampleMean.from_sums(b.count, b.total, b.total_sq),
-                    )
-                )
+                strata.append((a.as_mean(), b.as_mean()))
         if len(strata) >= 2:
             try:
                 out[metric] = stratified_difference(strata)
@@ -122,23 +130,28 @@ def _across_phases(
     return out
 
 
-def _proportion(sums: Sums) -> Proportion:
+def _proportion(sums: ClusteredSums) -> Proportion:
     """Successes of a 0/1 metric; values are checked to be 0 or 1 where they come in."""
     return Proportion(sums.count, min(sums.count, max(0, round(sums.total))))
 
 
 def evaluate(
-    config: Config, name: str, phases: list[Phase], sums: dict[tuple[str, int, str, str], Sums]
+    config: Config,
+    name: str,
+    phases: list[Phase],
+    sums: Mapping[MeasureKey, Sums],
+    users: Users | None = None,
 ) -> ExperimentReport:
+    """One experiment's report; `users` is the store's distinct-users bit counts (none:
+    every request counted as its own unit for the SRM)."""
     experiment = config.experiments[name]
+    arms = by_arm(sums)
     control, treatment = experiment.control.name, experiment.treatment.name
     report = ExperimentReport(name, control, treatment, evaluated_at=time.time())
     for phase in phases:
-        counts = [
-            sums.get((name, phase.id, arm, "error"), Sums()).count for arm in (control, treatment)
-        ]
+        counts = [arms.get((phase.id, arm, "error"), EMPTY).count for arm in (control, treatment)]
         weight = phase.basis_points / 10_000
-        srm_p = srm(counts, [1 - weight, weight])
+        srm_p, seen = sample_ratio(sums, users or {}, phase.id, (control, treatment), weight)
         report.phases.append(
             PhaseReport(
                 phase.id,
@@ -147,22 +160,23 @@ def evaluate(
                 {control: counts[0], treatment: counts[1]},
                 srm_p,
                 srm_p < SRM_THRESHOLD,
+                {control: round(seen[0], 1), treatment: round(seen[1], 1)},
             )
         )
     if not phases:
         return report
     current = phases[-1].id
     declared = {"latency", "error", *(m.name for m in experiment.metrics)}
-    metrics = sorted(declared & {key[3] for key in sums if key[1] == current})
+    metrics = sorted(declared & {metric for phase, _, metric in arms if phase == current})
     for metric in metrics:
         definition = experiment.metric(metric)
         assert definition is not None
         report.metrics[metric] = compare(
-            sums.get((name, current, control, metric), Sums()),
-            sums.get((name, current, treatment, metric), Sums()),
+            arms.get((current, control, metric), EMPTY),
+            arms.get((current, treatment, metric), EMPTY),
             definition,
         )
-    report.across_phases = _across_phases(experiment, phases, sums, metrics)
+    report.across_phases = _across_phases(experiment, phases, arms, metrics)
     # Holm within each family: the declared (success) metrics, and the built-in guardrails.
     # `significant` follows the adjusted p-value, so several metrics do not inflate alpha.
     tested = [m for m in metrics if report.metrics[m].sequential is not None]
@@ -201,8 +215,9 @@ class StatsWorker:
         reports = {}
         for name in self.config.experiments:
             phases, sums = await self.store.read(name)
+            users = await self.store.users(name)
             try:
-                reports[name] = evaluate(self.config, name, phases, sums)
+                reports[name] = evaluate(self.config, name, phases, sums, users)
             except Exception as exc:
                 self._failed(name, exc)
                 if name in self.reports:

@@ -17,9 +17,23 @@ from typing import Any
 import orjson
 
 from config.model import MetricConfig
+from proxy.hashing import KEYED, USER_SHIFT, user_of
 from proxy.jsonpath import MISSING, extract
 from state.errors import StoreUnavailable
-from state.measurements import MeasureKey, MeasurementStore, Phase, Sums
+from state.measurements import (
+    CLUSTERS,
+    UNCLUSTERED,
+    USER_MAP_BITS,
+    MeasureKey,
+    MeasurementStore,
+    Phase,
+    Sums,
+    UsersKey,
+    cluster_of,
+)
+
+CLUSTER_MASK = CLUSTERS - 1
+USER_INDEX_SHIFT = 32 - USER_MAP_BITS.bit_length() + 1  # the top bits of a 32-bit hash
 
 log = logging.getLogger("abgate.measure")
 FLUSH_INTERVAL = 1.0
@@ -45,8 +59,21 @@ class Measurements:
     def __init__(self) -> None:
         self._pending: dict[MeasureKey, Sums] = {}
         self._phases: list[tuple[str, Phase]] = []
+        # Distinct users: each arm's bitmap of the current phase (to send a user's bit once
+        # per phase, not once per request) and the bits first seen since the last flush.
+        self._seen: dict[tuple[str, str], tuple[int, bytearray]] = {}
+        self._new_users: dict[UsersKey, list[int]] = {}
         self.generation = 0
         self.flush_failures = 0  # exported as abgate_measurement_flush_failures_total
+
+    def users(self, experiment: str, phase: int, arm: str) -> tuple[bytearray, list[int]]:
+        """The arm's seen-users bitmap for `phase` (a fresh one when the phase moved: 128
+        KiB per arm, the old phase's dropped) and the list its new bits go to."""
+        seen = self._seen.get((experiment, arm))
+        if seen is None or seen[0] != phase:
+            seen = self._seen[(experiment, arm)] = (phase, bytearray(USER_MAP_BITS // 8))
+        new = self._new_users.setdefault((experiment, phase, arm), [])
+        return seen[1], new
 
     def sums(self, key: MeasureKey) -> Sums:
         sums = self._pending.get(key)
@@ -57,14 +84,17 @@ class Measurements:
     def phase_started(self, experiment: str, phase: Phase) -> None:
         self._phases.append((experiment, phase))
 
-    def drain(self) -> tuple[dict[MeasureKey, Sums], list[tuple[str, Phase]]]:
+    def drain(
+        self,
+    ) -> tuple[dict[MeasureKey, Sums], list[tuple[str, Phase]], dict[UsersKey, list[int]]]:
         batch, self._pending = self._pending, {}
         phases, self._phases = self._phases, []
+        users, self._new_users = self._new_users, {}
         self.generation += 1
-        return batch, phases
+        return batch, phases, {key: bits for key, bits in users.items() if bits}
 
     async def flush(self, store: MeasurementStore) -> None:
-        batch, phases = self.drain()
+        batch, phases, users = self.drain()
         try:
             for experiment, phase in phases:
                 await store.start_phase(experiment, phase)
@@ -72,11 +102,26 @@ class Measurements:
                 await store.add(batch)
         except StoreUnavailable as exc:
             # Keep the sums for the next flush: measurements are deltas and must not be lost.
-            self.flush_failures += 1
+            self._failed(exc)
             for key, sums in batch.items():
                 self.sums(key).merge(sums)
             self._phases[:0] = phases
-            log.debug("measurement flush failed, kept for the next one: %s", exc)
+            self._keep_users(users)
+            return
+        if users:
+            try:
+                await store.add_users(users)
+            except StoreUnavailable as exc:
+                self._failed(exc)
+                self._keep_users(users)
+
+    def _failed(self, exc: StoreUnavailable) -> None:
+        self.flush_failures += 1
+        log.debug("measurement flush failed, kept for the next one: %s", exc)
+
+    def _keep_users(self, users: dict[UsersKey, list[int]]) -> None:
+        for key, bits in users.items():
+            self._new_users.setdefault(key, []).extend(bits)
 
     async def run_forever(self, store: MeasurementStore) -> None:
         while True:
@@ -85,7 +130,8 @@ class Measurements:
 
 
 class ArmRecorder:
-    """The sums one experiment arm writes to, refetched when the phase or batch changes.
+    """The sums one experiment arm writes to, per cluster of users (the request's sticky
+    bucket modulo CLUSTERS), refetched when the phase or batch changes.
 
     With a latency SLO (`slow_over`, seconds), each answer also counts as 0 or 1 in
     `SLOW_METRIC`: "p95 at most 100 ms" is then a test on the share of answers over 100 ms."""
@@ -97,8 +143,10 @@ class ArmRecorder:
         "_generation",
         "_latency",
         "_measurements",
+        "_new_users",
         "_phase",
         "_phase_ref",
+        "_seen_users",
         "_slow",
         "_slow_over",
     )
@@ -117,41 +165,62 @@ class ArmRecorder:
         self._phase_ref = phase
         self._phase = -1
         self._generation = -1
-        self._latency = Sums()
-        self._errors = Sums()
-        self._slow = Sums()
+        # Index CLUSTERS (= UNCLUSTERED, -1, as a list index) holds requests with no user.
+        self._latency: list[Sums | None] = []
+        self._errors: list[Sums | None] = []
+        self._slow: list[Sums | None] = []
         self._slow_over = slow_over
+        self._seen_users = bytearray()
+        self._new_users: list[int] = []
 
-    def record(self, status: int, upstream_seconds: float | None) -> None:
+    def _sums(self, cache: list[Sums | None], metric: str, cluster: int) -> Sums:
+        sums = self._measurements.sums((self._experiment, self._phase, self._arm, metric, cluster))
+        cache[cluster] = sums
+        return sums
+
+    def record(self, status: int, upstream_seconds: float | None, draw: int) -> None:
+        """One answer of this arm; `draw` is the split's (proxy/hashing.py): it says the
+        request's user, if any."""
         measurements = self._measurements
-        phase = self._phase_ref.id
-        if phase != self._phase or measurements.generation != self._generation:
-            self._phase, self._generation = phase, measurements.generation
-            self._latency = measurements.sums((self._experiment, phase, self._arm, "latency"))
-            self._errors = measurements.sums((self._experiment, phase, self._arm, "error"))
-            if self._slow_over is not None:
-                self._slow = measurements.sums((self._experiment, phase, self._arm, SLOW_METRIC))
+        if self._phase_ref.id != self._phase or measurements.generation != self._generation:
+            self._phase, self._generation = self._phase_ref.id, measurements.generation
+            self._latency = [None] * (CLUSTERS + 1)
+            self._errors = [None] * (CLUSTERS + 1)
+            self._slow = [None] * (CLUSTERS + 1)
+            self._seen_users, self._new_users = measurements.users(
+                self._experiment, self._phase, self._arm
+            )
+        if draw > 0 and draw & KEYED:
+            user = draw >> USER_SHIFT
+            cluster = user & CLUSTER_MASK
+            index = user >> USER_INDEX_SHIFT  # a user's bit: its hash's top bits
+            byte, bit = index >> 3, 1 << (index & 7)
+            if not self._seen_users[byte] & bit:
+                self._seen_users[byte] |= bit
+                self._new_users.append(index)
+        else:
+            cluster = UNCLUSTERED
         # Inlined Sums.add: this runs on every request.
-        errors = self._errors
+        errors = self._errors[cluster] or self._sums(self._errors, "error", cluster)
         errors.count += 1
         if status >= 500:
             errors.total += 1.0
             errors.total_sq += 1.0
         elif upstream_seconds is not None:
-            latency = self._latency
+            latency = self._latency[cluster] or self._sums(self._latency, "latency", cluster)
             latency.count += 1
             latency.total += upstream_seconds
             latency.total_sq += upstream_seconds * upstream_seconds
             if self._slow_over is not None:
-                slow = self._slow
+                slow = self._slow[cluster] or self._sums(self._slow, SLOW_METRIC, cluster)
                 slow.count += 1
                 if upstream_seconds > self._slow_over:
                     slow.total += 1.0
                     slow.total_sq += 1.0
 
-    def add(self, metric: str, value: float) -> None:
+    def add(self, metric: str, value: float, draw: int) -> None:
         """An extra metric of the answer just recorded."""
-        key = (self._experiment, self._phase_ref.id, self._arm, metric)
+        key = (self._experiment, self._phase_ref.id, self._arm, metric, cluster_of(user_of(draw)))
         self._measurements.sums(key).add(value)
 
 

@@ -79,13 +79,12 @@ class TrafficStats:
         self.recorder: ArmRecorder | None = None  # experiment arms: sums for the statistics
 
     def record(self, status: int, upstream_seconds: float | None) -> None:
-        """An answer this destination served, counted and measured for its arm. (The
-        counting repeats `count` inline: this runs on every request.)"""
+        """An answer this destination served, counted for its upstream (its arm's
+        statistics are the `recorder`'s, fed by the outcome sink). The same as `count`: the
+        two names say which exchange it was."""
         self.statuses[status // 100 if 100 <= status < 600 else 0] += 1
         if upstream_seconds is not None:
             self.latency.observe(upstream_seconds)
-        if self.recorder is not None:
-            self.recorder.record(status, upstream_seconds)
 
     def count(self, status: int, upstream_seconds: float | None) -> None:
         """Counted for this upstream, not measured for its arm: a treatment try that a

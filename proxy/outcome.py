@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
+from proxy.hashing import BUCKET_MASK
+
 if TYPE_CHECKING:
     from proxy.handler import Destination
 
@@ -31,7 +33,7 @@ class Outcome(NamedTuple):
     assigned: Destination  # the arm the split chose (kept on a fallback: intention to treat)
     served: Destination  # who answered: the assigned arm, or the control arm on a fallback
     phase: int  # the experiment's phase when the request was answered; -1 without one
-    bucket: int  # the sticky key's bucket (0..9999), NO_BUCKET when none was computed
+    draw: int  # the split's draw: bucket, and user hash if keyed (proxy/hashing.py); or NO_BUCKET
     status: int  # what the client got
     seconds: float | None  # upstream time the user waited (first try to answer); None: none
     error: str  # the upstream error kind ("connect", "timeout", ...), "" when none
@@ -50,21 +52,25 @@ class Outcome(NamedTuple):
     def upstream(self) -> str:
         return self.served.pool.name
 
+    @property
+    def bucket(self) -> int:
+        """The sticky bucket (0..9999) the split used, NO_BUCKET when it used none."""
+        return self.draw & BUCKET_MASK if self.draw >= 0 else NO_BUCKET
+
 
 OutcomeSink = Callable[[Outcome], None]
 
 
 def arm_statistics(outcome: Outcome) -> None:
     """The sink behind `abgate_requests`, the latency histogram and the arm statistics: each
-    request counted once, in the arm it was assigned, with what its user got."""
+    request counted once, in the arm it was assigned, with what its user got, in the cluster
+    of its user."""
     assigned = outcome.assigned
-    if not outcome.fallback:
+    if not outcome.fallback:  # a fallback is counted in abgate_fallbacks_total instead
         assigned.stats.record(outcome.status, outcome.seconds)
-        recorder = assigned.stats.recorder
-    else:  # counted in abgate_fallbacks_total; measured in the assigned arm
-        recorder = assigned.stats.recorder
-        if recorder is not None:
-            recorder.record(outcome.status, outcome.seconds)
-    if outcome.metrics and recorder is not None:
+    recorder = assigned.stats.recorder
+    if recorder is not None:
+        draw = outcome.draw
+        recorder.record(outcome.status, outcome.seconds, draw)
         for name, value in outcome.metrics:
-            recorder.add(name, value)
+            recorder.add(name, value, draw)

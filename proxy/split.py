@@ -13,7 +13,7 @@ from collections.abc import Callable
 from aiohttp.web import BaseRequest
 
 from config.model import ExperimentConfig, StickySource
-from proxy.hashing import BUCKETS, bucket, fnv1a32
+from proxy.hashing import BUCKET_MASK, BUCKETS, fnv1a32, user_draw
 from proxy.outcome import NO_BUCKET
 
 KeyReader = Callable[[BaseRequest], str | None]
@@ -51,8 +51,9 @@ class Splitter:
         return None
 
     def assign(self, request: BaseRequest) -> int:
-        """The request's bucket, 0..BUCKETS-1 (a random draw for a keyless request under
-        `when_missing: random`), or NO_BUCKET when the split needs none; `treats` says which
+        """The request's draw: its user's bucket, flag and hash (proxy/hashing.py
+        `user_draw`), a bare bucket 0..BUCKETS-1 drawn at random for a keyless request under
+        `when_missing: random`, or NO_BUCKET when the split needs none; `treats` says which
         arm it falls in. Returned so the outcome record can keep it (never the raw key)."""
         threshold = self.threshold
         if threshold <= 0 or threshold >= BUCKETS:
@@ -66,14 +67,15 @@ class Splitter:
             key = request.remote
             if key is None:
                 return NO_BUCKET
-        return bucket(self._seed_state, key)
+        return user_draw(self._seed_state, key)
 
     def treats(self, draw: int) -> bool:
-        """Whether a bucket from `assign` falls in the treatment arm."""
+        """Whether a draw from `assign` falls in the treatment arm (NO_BUCKET's bits are all
+        set: its bucket part, 16383, is beyond any threshold below 100%)."""
         threshold = self.threshold
         if threshold >= BUCKETS:
             return True
-        return 0 <= draw < threshold
+        return draw & BUCKET_MASK < threshold
 
     def is_treatment(self, request: BaseRequest) -> bool:
         return self.treats(self.assign(request))

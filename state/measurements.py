@@ -5,13 +5,27 @@ A phase starts whenever an experiment's percentage changes (its id is the flag v
 changed it): arms are compared within a phase, because a pooled comparison across allocation
 changes is biased. Writes are deltas that add up, so several proxies' flushes sum exactly:
 in this process for the embedded store, HINCRBY/HINCRBYFLOAT in one pipeline with Redis.
+
+Sums are kept per cluster of users, so the statistics can take the user as the unit
+(control/stats/clusters.py): cluster = the low bits of the user's hash, each user in exactly
+one; requests without a user go to UNCLUSTERED, where each request is its own unit. Distinct
+users per arm, for the sample-ratio check, are counted by linear counting (Whang et al.
+1990): a bitmap of USER_MAP_BITS per (experiment, phase, arm) where each user sets the bit of
+its hash's top bits; bitmaps from several proxies merge by OR (SETBIT in Redis), and the
+estimate from the bits set is exact enough (control/stats/checks.py) up to millions of users.
+
+Memory is bounded whatever the number of users: at most CLUSTERS + 1 sums per (experiment,
+phase, arm, metric), about 20 KB in Redis for each, and a 128 KiB bitmap per (experiment,
+phase, arm).
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
-from collections.abc import Mapping
+import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -22,7 +36,16 @@ from state.flag_file import FlagFile
 
 log = logging.getLogger("abgate.measurements")
 SECTION = "measurements"  # of the state file
-MeasureKey = tuple[str, int, str, str]  # experiment, phase, arm, metric
+MeasureKey = tuple[str, int, str, str, int]  # experiment, phase, arm, metric, cluster
+UsersKey = tuple[str, int, str]  # experiment, phase, arm
+CLUSTERS = 128  # clusters of users per arm (a power of two): plenty for the delta method
+UNCLUSTERED = -1  # requests with no user behind them (no sticky key): each its own unit
+USER_MAP_BITS = 1 << 20  # bits of a distinct-users bitmap: 128 KiB
+
+
+def cluster_of(user: int | None) -> int:
+    """The cluster of a user's 32-bit hash, UNCLUSTERED when there is no user."""
+    return user & (CLUSTERS - 1) if user is not None else UNCLUSTERED
 
 
 @dataclass(slots=True)
@@ -58,6 +81,13 @@ class MeasurementStore(Protocol):
 
     async def read(self, experiment: str) -> tuple[list[Phase], dict[MeasureKey, Sums]]: ...
 
+    async def add_users(self, batch: Mapping[UsersKey, Sequence[int]]) -> None:
+        """Set these bits of each arm's distinct-users bitmap (idempotent)."""
+
+    async def users(self, experiment: str) -> dict[tuple[int, str], int]:
+        """(phase, arm) -> bits set in its distinct-users bitmap."""
+        ...
+
 
 class MemoryMeasurements:
     """The embedded store. With a state file, phases and sums are saved in its
@@ -67,6 +97,7 @@ class MemoryMeasurements:
     def __init__(self, state: FlagFile | None = None, save_every: float = 5.0) -> None:
         self._sums: dict[MeasureKey, Sums] = {}
         self._phases: dict[str, dict[int, Phase]] = {}
+        self._users: dict[UsersKey, bytearray] = {}
         self._state = state
         self._save_every = save_every
         self._saved_at = time.monotonic()
@@ -83,6 +114,22 @@ class MemoryMeasurements:
     async def start_phase(self, experiment: str, phase: Phase) -> None:
         self._phases.setdefault(experiment, {}).setdefault(phase.id, phase)
         self._changed()
+
+    async def add_users(self, batch: Mapping[UsersKey, Sequence[int]]) -> None:
+        for key, bits in batch.items():
+            bitmap = self._users.get(key)
+            if bitmap is None:
+                bitmap = self._users[key] = bytearray(USER_MAP_BITS // 8)
+            for index in bits:
+                bitmap[index >> 3] |= 1 << (index & 7)
+        self._changed()
+
+    async def users(self, experiment: str) -> dict[tuple[int, str], int]:
+        return {
+            (phase, arm): int.from_bytes(bitmap).bit_count()
+            for (name, phase, arm), bitmap in self._users.items()
+            if name == experiment
+        }
 
     def _changed(self) -> None:
         self._dirty = True
@@ -101,6 +148,11 @@ class MemoryMeasurements:
                 for p in phases.values()
             ],
             "sums": [[*key, s.count, s.total, s.total_sq] for key, s in self._sums.items()],
+            # Compressed: a bitmap is mostly zeros until an arm has hundreds of thousands.
+            "users": [
+                [*key, base64.b64encode(zlib.compress(bitmap, 1)).decode()]
+                for key, bitmap in self._users.items()
+            ],
         }
         try:
             self._state.save_section(**{SECTION: section})
@@ -123,13 +175,20 @@ class MemoryMeasurements:
                 self._phases.setdefault(str(experiment), {})[int(phase)] = Phase(
                     int(phase), int(basis_points), float(started)
                 )
-            for experiment, phase, arm, metric, count, total, total_sq in section["sums"]:
-                self._sums[(str(experiment), int(phase), str(arm), str(metric))] = Sums(
-                    int(count), float(total), float(total_sq)
-                )
-        except (KeyError, TypeError, ValueError) as exc:
+            for entry in section["sums"]:
+                if len(entry) == 7:  # written before sums were kept per cluster
+                    entry = [*entry[:4], UNCLUSTERED, *entry[4:]]
+                experiment, phase, arm, metric, cluster, count, total, total_sq = entry
+                key = (str(experiment), int(phase), str(arm), str(metric), int(cluster))
+                self._sums[key] = Sums(int(count), float(total), float(total_sq))
+            for experiment, phase, arm, packed in section.get("users", []):
+                bitmap = bytearray(zlib.decompress(base64.b64decode(packed)))
+                if len(bitmap) != USER_MAP_BITS // 8:
+                    raise ValueError(f"a users bitmap of {len(bitmap)} bytes")
+                self._users[(str(experiment), int(phase), str(arm))] = bitmap
+        except (KeyError, TypeError, ValueError, zlib.error) as exc:
             log.error("ignoring unreadable measurements in the state file: %s", exc)
-            self._sums, self._phases = {}, {}
+            self._sums, self._phases, self._users = {}, {}, {}
 
     async def phases(self, experiment: str) -> list[Phase]:
         return sorted(self._phases.get(experiment, {}).values(), key=lambda p: p.id)
@@ -145,7 +204,8 @@ class MemoryMeasurements:
 
 
 class RedisMeasurements:
-    """{prefix}:stats:EXPERIMENT hash, fields `phase|arm|metric|count|sum|sum_sq`;
+    """{prefix}:stats:EXPERIMENT hash, fields `phase|arm|metric|cluster|count|sum|sum_sq`
+    (without `cluster|` when written before sums were kept per cluster: UNCLUSTERED);
     {prefix}:phases:EXPERIMENT hash, phase id -> "basis_points|started_at"."""
 
     def __init__(self, client: Redis, prefix: str) -> None:
@@ -158,10 +218,37 @@ class RedisMeasurements:
     def _phases(self, experiment: str) -> str:
         return f"{{{self._prefix}}}:phases:{experiment}"
 
+    def _users(self, experiment: str, phase: int | None = None, arm: str | None = None) -> str:
+        """The set of an experiment's bitmaps ("phase|arm"), or one bitmap."""
+        base = f"{{{self._prefix}}}:users:{experiment}"
+        return base if phase is None else f"{base}:{phase}:{arm}"
+
+    async def add_users(self, batch: Mapping[UsersKey, Sequence[int]]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for (experiment, phase, arm), bits in batch.items():
+            pipe.sadd(self._users(experiment), f"{phase}|{arm}")
+            key = self._users(experiment, phase, arm)
+            for index in bits:
+                pipe.setbit(key, index, 1)
+        with store_errors():
+            await pipe.execute()
+
+    async def users(self, experiment: str) -> dict[tuple[int, str], int]:
+        with store_errors():
+            members = sorted(str(m) for m in await self._client.smembers(self._users(experiment)))
+            pipe = self._client.pipeline(transaction=False)
+            keys = []
+            for member in members:
+                phase, arm = member.split("|", 1)
+                keys.append((int(phase), arm))
+                pipe.bitcount(self._users(experiment, int(phase), arm))
+            counts = await pipe.execute()
+        return {key: int(count) for key, count in zip(keys, counts, strict=True)}
+
     async def add(self, batch: Mapping[MeasureKey, Sums]) -> None:
         pipe = self._client.pipeline(transaction=False)
-        for (experiment, phase, arm, metric), sums in batch.items():
-            key, field = self._stats(experiment), f"{phase}|{arm}|{metric}"
+        for (experiment, phase, arm, metric, cluster), sums in batch.items():
+            key, field = self._stats(experiment), f"{phase}|{arm}|{metric}|{cluster}"
             pipe.hincrby(key, f"{field}|count", sums.count)
             pipe.hincrbyfloat(key, f"{field}|sum", sums.total)
             pipe.hincrbyfloat(key, f"{field}|sum_sq", sums.total_sq)
@@ -189,8 +276,14 @@ class RedisMeasurements:
             raw = await self._client.hgetall(self._stats(experiment))
         sums: dict[MeasureKey, Sums] = {}
         for field, value in raw.items():
-            phase, arm, metric, part = str(field).rsplit("|", 3)
-            entry = sums.setdefault((experiment, int(phase), arm, metric), Sums())
+            head, cluster, part = str(field).rsplit("|", 2)
+            if cluster.lstrip("-").isdigit() and head.count("|") >= 2:
+                phase, arm, metric = head.split("|", 2)
+                at = int(cluster)
+            else:  # phase|arm|metric|part, written before sums were kept per cluster
+                phase, arm = head.split("|", 1)
+                metric, at = cluster, UNCLUSTERED
+            entry = sums.setdefault((experiment, int(phase), arm, metric, at), Sums())
             if part == "count":
                 entry.count = int(value)
             elif part == "sum":

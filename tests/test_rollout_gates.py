@@ -11,7 +11,7 @@ from benchmarks.rollout_sim import Arm, experiment, simulate
 from config.errors import ConfigError
 from config.parse_rollout import parse_plan
 from control.rollout.gates import StageInputs, decide, stage_alpha
-from state.measurements import Sums
+from control.stats.clusters import ClusteredSums
 
 
 def test_aa_rollouts_are_rarely_rolled_back_and_complete() -> None:
@@ -48,14 +48,14 @@ def test_no_data_is_a_hold_never_a_pass_or_a_fail() -> None:
     decision = decide(exp.rollout, exp, StageInputs(5.0, 0, 0.0, 500, {}, {}))
     assert (decision.verdict, decision.kind) == ("hold", "insufficient")
     some = {
-        "error": Sums(1000, 10.0, 10.0),
-        "latency": Sums(990, 49.5, 2.6),
-        "converted": Sums(990, 198.0, 198.0),
+        "error": ClusteredSums.independent(1000, 10.0, 10.0),
+        "latency": ClusteredSums.independent(990, 49.5, 2.6),
+        "converted": ClusteredSums.independent(990, 198.0, 198.0),
     }
     few = {
-        "error": Sums(50, 0.0, 0.0),
-        "latency": Sums(50, 2.5, 0.13),
-        "converted": Sums(50, 10.0, 10.0),
+        "error": ClusteredSums.independent(50, 0.0, 0.0),
+        "latency": ClusteredSums.independent(50, 2.5, 0.13),
+        "converted": ClusteredSums.independent(50, 10.0, 10.0),
     }
     decision = decide(exp.rollout, exp, StageInputs(100.0, 0, 0.0, 500, some, few))
     assert decision.verdict == "hold"
@@ -67,7 +67,7 @@ def test_no_data_is_a_hold_never_a_pass_or_a_fail() -> None:
 def test_integrity_holds() -> None:
     exp = experiment()
     assert exp.rollout is not None
-    even = {"error": Sums(1000, 0.0, 0.0)}
+    even = {"error": ClusteredSums.independent(1000, 0.0, 0.0)}
     srm = decide(exp.rollout, exp, StageInputs(100.0, 0, 0.0, 500, even, even))
     assert (srm.verdict, srm.kind) == ("hold", "integrity")
     assert "sample-ratio mismatch" in srm.reason

@@ -229,7 +229,7 @@ def test_significant_follows_the_holm_adjusted_p_value() -> None:
         return Sums(n, mean * n, (mean * mean + 1.0) * n)  # variance about 1 around `mean`
 
     data = {
-        ("exp", 1, arm, metric): sums(mean)
+        ("exp", 1, arm, metric, -1): sums(mean)
         for arm, metric, mean in (
             ("control", "a", 0.0),
             ("treatment", "a", 0.1),
@@ -263,10 +263,10 @@ def test_across_phases_is_stratified_never_pooled() -> None:
 
     config = make_config({"control": "http://127.0.0.1:1", "treatment": "http://127.0.0.1:2"})
     data = {
-        ("exp", 1, "control", "accuracy"): rate(9000, 900),  # 10%  at a 10% split
-        ("exp", 1, "treatment", "accuracy"): rate(1000, 110),  # 11%
-        ("exp", 4, "control", "accuracy"): rate(5000, 250),  # 5%   at 50%
-        ("exp", 4, "treatment", "accuracy"): rate(5000, 275),
+        ("exp", 1, "control", "accuracy", -1): rate(9000, 900),  # 10%  at a 10% split
+        ("exp", 1, "treatment", "accuracy", -1): rate(1000, 110),  # 11%
+        ("exp", 4, "control", "accuracy", -1): rate(5000, 250),  # 5%   at 50%
+        ("exp", 4, "treatment", "accuracy", -1): rate(5000, 275),
     }  # 5.5%
     report = evaluate(config, "exp", [Phase(1, 1000, 0.0), Phase(4, 5000, 1.0)], data)
     pooled = 385 / 6000 - 1150 / 14000

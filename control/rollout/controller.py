@@ -25,11 +25,12 @@ from config import Config
 from config.model import RolloutPlan
 from config.parse_rollout import parse_plan
 from control.load_test import LoadPlan, LoadResult, run_load
+from control.measured import by_arm, of_phase, units
 from control.rollout.gates import Decision, StageInputs, decide
 from proxy.tasks import stop_tasks
 from state.errors import StoreUnavailable
 from state.flags import FlagStore, VersionConflict
-from state.measurements import MeasurementStore, Sums
+from state.measurements import MeasurementStore
 from state.rollouts import (
     ACTIVE,
     FINISHED,
@@ -242,21 +243,21 @@ class RolloutController:
         name = rollout.experiment
         experiment = self.config.experiments[name]
         flag = self.flags.table.get(name)
-        control: dict[str, Sums] = {}
-        treatment: dict[str, Sums] = {}
         stats_age = 0.0
+        users: dict[tuple[int, str], int] = {}
         try:
             _, sums = await self.measurements.read(name)
+            users = await self.measurements.users(name)
         except StoreUnavailable:
             stats_age = float("inf")
             sums = {}
-        for (_, phase, arm, metric), value in sums.items():
-            if phase != flag.phase:
-                continue
-            if arm == experiment.control.name:
-                control[metric] = value
-            elif arm == experiment.treatment.name:
-                treatment[metric] = value
+        arms = by_arm(sums)
+        control = of_phase(arms, flag.phase, experiment.control.name)
+        treatment = of_phase(arms, flag.phase, experiment.treatment.name)
+        seen_units = (
+            units(sums, users, flag.phase, experiment.control.name),
+            units(sums, users, flag.phase, experiment.treatment.name),
+        )
         unconverged: list[str] = []
         open_now = False
         try:
@@ -289,6 +290,7 @@ class RolloutController:
                 unconverged=tuple(unconverged),
                 stats_age=stats_age,
                 load_test=load_test,
+                units=seen_units,
             ),
         )
 

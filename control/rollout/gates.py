@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from config.model import ExperimentConfig, MetricConfig, RolloutPlan
+from control.measured import EMPTY
 from control.stats import holm, srm
 from control.stats.checks import SRM_THRESHOLD
+from control.stats.clusters import MIN_CLUSTERS, ClusteredSums
 from control.stats.models import StatsInputError
 from control.stats.sequential import (
     MIN_EVENTS,
@@ -36,7 +38,6 @@ from control.stats.sequential import (
     sequential_sample_size,
 )
 from proxy.measure import SLOW_METRIC
-from state.measurements import Sums
 
 Verdict = Literal["rollback", "hold", "continue", "complete"]
 MIN_VARIANCE_SAMPLES = 10  # control samples before its variance is trusted for sizing
@@ -61,13 +62,16 @@ class StageInputs:
     stage_index: int
     stage_started_at: float
     percentage_bp: int  # live treatment share
-    control: Mapping[str, Sums]  # metric -> sums of the current phase
-    treatment: Mapping[str, Sums]
+    control: Mapping[str, ClusteredSums]  # metric -> sums of the current phase
+    treatment: Mapping[str, ClusteredSums]
     breaker_open_for: float = 0.0  # seconds the treatment breaker has been open, 0 if not
     incident: str | None = None
     unconverged: tuple[str, ...] = ()  # instances not yet on the flag version
     stats_age: float = 0.0  # seconds since the measurements were last read
     load_test: bool | None = None  # None: the stage asks for none
+    # (count, variance of the count) per arm, control first: the units the SRM counts
+    # (distinct users and keyless requests, control/measured.py); None: requests
+    units: tuple[tuple[float, float], tuple[float, float]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,16 +154,22 @@ def decide(
 
     # 2. hold (integrity)
     if compared:
-        counts = [
-            inputs.control.get("error", Sums()).count,
-            inputs.treatment.get("error", Sums()).count,
-        ]
+        if inputs.units is None:
+            counts = [
+                float(inputs.control.get("error", EMPTY).count),
+                float(inputs.treatment.get("error", EMPTY).count),
+            ]
+            variances = [0.0, 0.0]
+            what = ""
+        else:
+            (c, var_c), (t, var_t) = inputs.units
+            counts, variances, what = [c, t], [var_c, var_t], " users"
         share = inputs.percentage_bp / 10_000
-        srm_p = srm(counts, [1 - share, share]) if sum(counts) else 1.0
+        srm_p = srm(counts, [1 - share, share], variances) if sum(counts) else 1.0
         if srm_p < SRM_THRESHOLD:
             reason = (
-                f"sample-ratio mismatch: {counts[0]} control, {counts[1]} treatment at "
-                f"{share * 100:g}% (p = {srm_p:.2g})"
+                f"sample-ratio mismatch: {counts[0]:.0f} control, {counts[1]:.0f} treatment"
+                f"{what} at {share * 100:g}% (p = {srm_p:.2g})"
             )
             return Decision("hold", "integrity", reason, (*gates, Gate("srm", "fail", reason)))
         gates.append(Gate("srm", "pass", f"p = {srm_p:.2g}", {"p_value": srm_p}))
@@ -183,8 +193,8 @@ def decide(
     # 3. hold (insufficient)
     needed, sizing = samples_needed(plan, experiment, inputs)
     have = {
-        "control": inputs.control.get("error", Sums()).count,
-        "treatment": inputs.treatment.get("error", Sums()).count,
+        "control": inputs.control.get("error", EMPTY).count,
+        "treatment": inputs.treatment.get("error", EMPTY).count,
     }
     if needed is None or any(have[arm] < needed[arm] for arm in have):
         if needed is None:
@@ -257,12 +267,13 @@ def _eta(have: dict[str, int], needed: dict[str, int], elapsed: float) -> float 
     return worst
 
 
-def _variance(metric: MetricConfig, sums: Sums) -> float:
+def _variance(metric: MetricConfig, sums: ClusteredSums) -> float:
+    """The variance per request, inflated by the clustering of users (the design effect):
+    sample sizes stay in requests, the unit the arrival rate is counted in."""
     if metric.type == "binary":
         rate = (sums.total + 1) / (sums.count + 2)  # never 0: sizing needs a spread
-        return rate * (1 - rate)
-    mean = sums.total / sums.count
-    return max(0.0, sums.total_sq / sums.count - mean * mean) * sums.count / (sums.count - 1)
+        return rate * (1 - rate) * sums.design_effect(rate)
+    return sums.as_mean().variance
 
 
 def samples_needed(
@@ -282,7 +293,7 @@ def samples_needed(
     for name, amount in targets:
         metric = experiment.metric(name)
         assert metric is not None
-        control = inputs.control.get(name, Sums())
+        control = inputs.control.get(name, EMPTY)
         if control.count < MIN_VARIANCE_SAMPLES:
             return None, sizing
         variance = _variance(metric, control)
@@ -304,13 +315,14 @@ def samples_needed(
 
 
 def _difference(
-    metric: MetricConfig, a: Sums, b: Sums, *, burn_in: bool = True
+    metric: MetricConfig, a: ClusteredSums, b: ClusteredSums, *, burn_in: bool = True
 ) -> tuple[float, float] | None:
     """(harm, variance of the difference): harm > 0 means the treatment is worse. None
-    before a burn-in: two samples per arm, and MIN_EVENTS events for a rate. Showing no
-    harm needs no event burn-in (a healthy service may have no errors at all): the added
-    pseudo-events keep the variance honest, and a real excess brings events with it."""
-    if a.count < 2 or b.count < 2:
+    before a burn-in: MIN_CLUSTERS units per arm, and MIN_EVENTS events for a rate. Showing
+    no harm needs no event burn-in (a healthy service may have no errors at all): the added
+    pseudo-events keep the variance honest, and a real excess brings events with it. The
+    variances are per user (clustered), as the worker's."""
+    if a.count < 2 or b.count < 2 or min(a.clusters, b.clusters) < MIN_CLUSTERS:
         return None
     sign = 1.0 if metric.direction == "lower" else -1.0
     mean_a, mean_b = a.total / a.count, b.total / b.count
@@ -320,9 +332,11 @@ def _difference(
             return None
         # Agresti-Caffo: one event and one non-event added per arm, never a zero variance.
         ra, rb = (a.total + 1) / (a.count + 2), (b.total + 1) / (b.count + 2)
-        variance = ra * (1 - ra) / (a.count + 2) + rb * (1 - rb) / (b.count + 2)
+        variance = a.design_effect(ra) * ra * (1 - ra) / (a.count + 2) + b.design_effect(
+            rb
+        ) * rb * (1 - rb) / (b.count + 2)
     else:
-        variance = _variance(metric, a) / a.count + _variance(metric, b) / b.count
+        variance = a.variance_of_mean() + b.variance_of_mean()
     if not variance > 0 or not math.isfinite(variance):
         return None
     return sign * (mean_b - mean_a), variance
@@ -367,7 +381,10 @@ def _harm_tests(
 
 
 def _non_inferiority_p(
-    metric: MetricConfig, a: Sums | None, b: Sums | None, margin_of: Callable[[float], float]
+    metric: MetricConfig,
+    a: ClusteredSums | None,
+    b: ClusteredSums | None,
+    margin_of: Callable[[float], float],
 ) -> float:
     """Always-valid p of "the treatment is worse by at least the margin"."""
     if a is None or b is None:
@@ -382,7 +399,7 @@ def _non_inferiority_p(
     return always_valid_p(room, variance, a.count + b.count, TUNING)
 
 
-def _slo_tests(plan: RolloutPlan, treatment: Mapping[str, Sums]) -> list[_HarmTest]:
+def _slo_tests(plan: RolloutPlan, treatment: Mapping[str, ClusteredSums]) -> list[_HarmTest]:
     """One-sample tests of the treatment arm against the plan's absolute limits."""
     tests = []
     limits = []
@@ -399,11 +416,11 @@ def _slo_tests(plan: RolloutPlan, treatment: Mapping[str, Sums]) -> list[_HarmTe
         )
     for name, metric, limit, what in limits:
         sums = treatment.get(metric)
-        if sums is None or sums.count < 2 or sums.total < MIN_EVENTS:
+        if sums is None or sums.clusters < MIN_CLUSTERS or sums.total < MIN_EVENTS:
             continue
         rate = sums.total / sums.count
         adjusted = (sums.total + 1) / (sums.count + 2)
-        variance = adjusted * (1 - adjusted) / (sums.count + 2)
+        variance = sums.design_effect(adjusted) * adjusted * (1 - adjusted) / (sums.count + 2)
         excess = rate - limit
         p = always_valid_p(excess, variance, sums.count, TUNING) if excess > 0 else 1.0
         tests.append(

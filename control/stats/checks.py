@@ -1,7 +1,8 @@
-"""Sample-ratio mismatch and Holm's correction."""
+"""Sample-ratio mismatch (on distinct users where users are the unit) and Holm's correction."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from scipy import special
@@ -11,10 +12,31 @@ from control.stats.models import StatsInputError
 SRM_THRESHOLD = 0.001  # GrowthBook warns below this
 
 
-def srm(observed: Sequence[int], weights: Sequence[float]) -> float:
+def distinct_users(bits_set: int, bits: int) -> tuple[float, float]:
+    """Linear counting (Whang, Vander-Zanden and Taylor 1990): the number of distinct users
+    behind a bitmap of `bits` with `bits_set` set, and the variance of that estimate,
+    bits * (e^t - t - 1) at load t = n / bits (under 0.1% of n up to a million users in a
+    2**20-bit map). A full map cannot be read: infinite variance."""
+    if not 0 <= bits_set <= bits:
+        raise StatsInputError("bits_set", f"expected 0 to {bits}, got {bits_set}")
+    if bits_set == bits:
+        return float(bits) * math.log(bits), math.inf
+    load = -math.log1p(-bits_set / bits)
+    return bits * load, bits * (math.expm1(load) - load)
+
+
+def srm(
+    observed: Sequence[float],
+    weights: Sequence[float],
+    counting_variance: Sequence[float] | None = None,
+) -> float:
     """p-value that the arm counts follow the configured split: chi-square goodness of fit
     (as GrowthBook), an exact binomial test for two arms when an expected count is under 5,
-    and 0 when an arm that should get nothing got something (at 0% or 100%)."""
+    and 0 when an arm that should get nothing got something (at 0% or 100%).
+
+    `counting_variance` (two arms): the variance of each count when it is itself an
+    estimate (distinct users by linear counting); added to the binomial variance of the
+    two-arm test, z^2 = chi-square."""
     if len(observed) != len(weights) or len(observed) < 2:
         raise StatsInputError("observed", "need one count per arm, at least two arms")
     total = sum(observed)
@@ -31,7 +53,15 @@ def srm(observed: Sequence[int], weights: Sequence[float]) -> float:
         from scipy import stats  # the exact test only
 
         share = expected[0] / total
-        return float(stats.binomtest(observed[0], total, share).pvalue)
+        rounded = round(total)
+        return float(stats.binomtest(min(rounded, round(observed[0])), rounded, share).pvalue)
+    if counting_variance is not None and len(observed) == 2 and any(counting_variance):
+        if any(math.isinf(v) for v in counting_variance):
+            return 1.0  # a count that cannot be read says nothing
+        share = expected[1] / total
+        extra = (1 - share) ** 2 * counting_variance[1] + share**2 * counting_variance[0]
+        z = (observed[1] - share * total) / math.sqrt(total * share * (1 - share) + extra)
+        return float(special.chdtrc(1, z * z))
     statistic = sum((o - e) ** 2 / e for o, e in zip(observed, expected, strict=True))
     return float(special.chdtrc(len(observed) - 1, statistic))
 

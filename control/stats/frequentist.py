@@ -109,13 +109,19 @@ def welch_t(
 
 
 def two_proportion(
-    a: Proportion, b: Proportion, *, alpha: float = 0.05, alternative: Alternative = "two-sided"
+    a: Proportion,
+    b: Proportion,
+    *,
+    alpha: float = 0.05,
+    alternative: Alternative = "two-sided",
+    design: tuple[float, float] = (1.0, 1.0),
 ) -> TestResult:
     """Two-proportion z-test with the pooled variance (statsmodels' `proportions_ztest`; the
     two-sided p-value equals the chi-square test without continuity correction); interval
-    from the unpooled variance."""
+    from the unpooled variance. `design`: each arm's design effect (clustered users)."""
+    da, db = design
     pooled = (a.successes + b.successes) / (a.n + b.n)
-    se0 = math.sqrt(pooled * (1 - pooled) * (1 / a.n + 1 / b.n))
+    se0 = math.sqrt(pooled * (1 - pooled) * (da / a.n + db / b.n))
     if se0 == 0:
         raise StatsInputError(
             "a.successes", "no variation: every observation in both arms has the same outcome"
@@ -124,8 +130,8 @@ def two_proportion(
     z = diff / se0
     p = _tail_p(z, alternative, lambda x: special.ndtr(-x), special.ndtr)
     crit = float(-special.ndtri(_level(alpha, alternative) / 2))
-    se = math.sqrt(a.rate * (1 - a.rate) / a.n + b.rate * (1 - b.rate) / b.n)
-    lift, ci_rel = relative_effect(a.as_mean(), b.as_mean(), crit)
+    se = math.sqrt(da * a.rate * (1 - a.rate) / a.n + db * b.rate * (1 - b.rate) / b.n)
+    lift, ci_rel = relative_effect(a.as_mean(da), b.as_mean(db), crit)
     return TestResult(
         "two_proportion",
         p,
@@ -190,12 +196,19 @@ def newcombe_interval(a: Proportion, b: Proportion, alpha: float) -> tuple[float
 
 
 def rates_test(
-    a: Proportion, b: Proportion, *, alpha: float = 0.05, alternative: Alternative = "two-sided"
+    a: Proportion,
+    b: Proportion,
+    *,
+    alpha: float = 0.05,
+    alternative: Alternative = "two-sided",
+    design: tuple[float, float] = (1.0, 1.0),
 ) -> TestResult:
-    """The z-test, or Fisher's exact test when any expected cell count is under 5."""
+    """The z-test, or Fisher's exact test when any expected cell count is under 5 (on
+    requests: an exact test cannot take clustering; this fixed-horizon result is reported,
+    the gates decide on the sequential one)."""
     total = a.n + b.n
     successes = a.successes + b.successes
     expected = [n * k / total for n in (a.n, b.n) for k in (successes, total - successes)]
     if min(expected) < 5:
         return fisher_exact(a, b, alpha=alpha, alternative=alternative)
-    return two_proportion(a, b, alpha=alpha, alternative=alternative)
+    return two_proportion(a, b, alpha=alpha, alternative=alternative, design=design)

@@ -94,6 +94,8 @@ class Proportion:
     def rate(self) -> float:
         return self.successes / self.n
 
-    def as_mean(self) -> SampleMean:
+    def as_mean(self, design: float = 1.0) -> SampleMean:
+        """As a mean of 0/1 values; `design` inflates the variance (clustered users)."""
         p = self.rate
-        return SampleMean(self.n, p, p * (1 - p) * self.n / (self.n - 1) if self.n > 1 else 0.0)
+        variance = p * (1 - p) * self.n / (self.n - 1) if self.n > 1 else 0.0
+        return SampleMean(self.n, p, variance * design)

@@ -79,7 +79,12 @@ MIN_EVENTS = 10  # of the rarer outcome, both arms together, before any sequenti
 
 
 def sequential_rates(
-    a: Proportion, b: Proportion, *, alpha: float = 0.05, tuning: float = TUNING
+    a: Proportion,
+    b: Proportion,
+    *,
+    alpha: float = 0.05,
+    tuning: float = TUNING,
+    design: tuple[float, float] = (1.0, 1.0),
 ) -> TestResult:
     """Difference of rates with an always-valid p-value that holds at small splits.
 
@@ -89,7 +94,8 @@ def sequential_rates(
     waits for a burn-in: MIN_EVENTS of the rarer outcome in all, and at least one expected in
     the smaller arm (the normal approximation needs counts). The interval, which must hold
     when the rates differ, uses each arm's variance with one event and one non-event added
-    (Agresti-Caffo)."""
+    (Agresti-Caffo). `design` is each arm's design effect (control/stats/clusters.py): how
+    much its users' clustering inflates the variance of its rate; 1 for independent units."""
     n_total = a.n + b.n
     pooled = (a.successes + b.successes) / n_total
     rare = min(pooled, 1 - pooled)
@@ -102,12 +108,18 @@ def sequential_rates(
             "smaller arm",
         )
     diff = b.rate - a.rate
-    p = always_valid_p(diff, pooled * (1 - pooled) * (1 / a.n + 1 / b.n), n_total, tuning)
+    design_a, design_b = design
+    null_variance = pooled * (1 - pooled) * (design_a / a.n + design_b / b.n)
+    p = always_valid_p(diff, null_variance, n_total, tuning)
     adjusted_a = (a.successes + 1) / (a.n + 2)
     adjusted_b = (b.successes + 1) / (b.n + 2)
-    variance = adjusted_a * (1 - adjusted_a) / (a.n + 2) + adjusted_b * (1 - adjusted_b) / (b.n + 2)
+    variance = design_a * adjusted_a * (1 - adjusted_a) / (a.n + 2) + design_b * adjusted_b * (
+        1 - adjusted_b
+    ) / (b.n + 2)
     width = half_width(variance, n_total, alpha, tuning)
-    lift, ci_rel = relative_effect(a.as_mean(), b.as_mean(), width / math.sqrt(variance))
+    lift, ci_rel = relative_effect(
+        a.as_mean(design_a), b.as_mean(design_b), width / math.sqrt(variance)
+    )
     return TestResult(
         "sequential",
         p,

@@ -1,0 +1,65 @@
+"""The measurement store's per-cluster sums, gathered per (phase, arm, metric) for the tests.
+
+The store keeps sums per cluster of users (state/measurements.py); the statistics want each
+arm's metric as one `ClusteredSums` (control/stats/clusters.py). One pass over what a read
+returned."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from control.stats.checks import distinct_users, srm
+from control.stats.clusters import ClusteredSums
+from state.measurements import UNCLUSTERED, USER_MAP_BITS, MeasureKey, Sums
+
+ArmKey = tuple[int, str, str]  # phase, arm, metric
+EMPTY = ClusteredSums(0, 0.0, 0.0, 0, 0.0, 0.0, 0.0)
+
+
+def by_arm(sums: Mapping[MeasureKey, Sums]) -> dict[ArmKey, ClusteredSums]:
+    """Each (phase, arm, metric) of one experiment's sums as one ClusteredSums."""
+    grouped: dict[ArmKey, list[tuple[bool, int, float, float]]] = {}
+    for (_, phase, arm, metric, cluster), s in sums.items():
+        grouped.setdefault((phase, arm, metric), []).append(
+            (cluster != UNCLUSTERED, s.count, s.total, s.total_sq)
+        )
+    return {key: ClusteredSums.of(clusters) for key, clusters in grouped.items()}
+
+
+def of_phase(
+    arms: Mapping[ArmKey, ClusteredSums], phase: int, arm: str
+) -> dict[str, ClusteredSums]:
+    """One arm's metrics in one phase, by metric name."""
+    return {m: s for (p, a, m), s in arms.items() if p == phase and a == arm}
+
+
+Users = Mapping[tuple[int, str], int]  # (phase, arm) -> bits set, from MeasurementStore.users
+
+
+def units(
+    sums: Mapping[MeasureKey, Sums], users: Users, phase: int, arm: str
+) -> tuple[float, float]:
+    """The units an arm was randomised in during a phase, and the variance of that count:
+    its distinct users (estimated from the bitmap) plus its requests without a user."""
+    keyless = sum(
+        s.count
+        for (_, p, a, metric, cluster), s in sums.items()
+        if p == phase and a == arm and metric == "error" and cluster == UNCLUSTERED
+    )
+    bits = users.get((phase, arm), 0)
+    estimate, variance = distinct_users(bits, USER_MAP_BITS) if bits else (0.0, 0.0)
+    return estimate + keyless, variance
+
+
+def sample_ratio(
+    sums: Mapping[MeasureKey, Sums],
+    users: Users,
+    phase: int,
+    arms: tuple[str, str],
+    share: float,
+) -> tuple[float, tuple[float, float]]:
+    """The SRM p-value of a phase on units (users where there are users, requests where
+    there are none) and the units per arm (control, treatment)."""
+    (control, var_c), (treatment, var_t) = (units(sums, users, phase, arm) for arm in arms)
+    p = srm([control, treatment], [1 - share, share], [var_c, var_t])
+    return p, (control, treatment)
