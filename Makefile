@@ -47,6 +47,7 @@ bench: $(STAMP) test-servers
 	$(BIN)/python -m benchmarks.statistics
 	$(BIN)/python -m benchmarks.robustness
 	$(BIN)/python -m benchmarks.sequential_rates
+	$(BIN)/python -m benchmarks.users
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

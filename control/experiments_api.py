@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from control.http import WORKER, ApiError, json_response
-from proxy.hashing import bucket, fnv1a32
+from proxy.hashing import fnv1a32, user_draw, user_of
 from state.errors import StoreUnavailable
 from state.flags import FlagTable
 from state.measurements import UNCLUSTERED, MeasureKey, Sums, cluster_of
@@ -127,8 +127,7 @@ async def outcomes(request: web.Request) -> web.Response:
     An item's `phase` (the X-ABGate-Phase header of the decision's response) credits the
     phase the decision was made in; without it, the outcome lands in the phase current when
     it is reported. An item's `user` (the sticky key's value) puts the outcome in that
-    user's cluster, so a user's outcomes count as one unit with the user's decisions; an
-    item found by `request_id` goes where its decision went."""
+    user's cluster, so a user's outcomes count as one unit with the user's decisions."""
     worker = require_worker(request)
     table = request.app[FLAGS]
     try:
@@ -143,10 +142,10 @@ async def outcomes(request: web.Request) -> web.Response:
     batch: dict[MeasureKey, Sums] = {}
     rows = []
     for index, item in enumerate(items):
-        decided_at = decided_bucket = None
+        decided_at = None
         if isinstance(item, dict) and "request_id" in item:
-            item, decided_bucket, decided_at = await _by_request_id(history, index, item)
-        key, value = _outcome(worker, table, index, item, decided_bucket)
+            item, decided_at = await _by_request_id(history, index, item)
+        key, value = _outcome(worker, table, index, item)
         batch.setdefault(key, Sums()).add(value)
         rows.append((key, value, decided_at, item.get("request_id")))
     await worker.store.add(batch)
@@ -161,7 +160,7 @@ async def outcomes(request: web.Request) -> web.Response:
 
 async def _by_request_id(
     history: HistoryWriter | None, index: int, item: dict[str, Any]
-) -> tuple[dict[str, Any], int | None, datetime]:
+) -> tuple[dict[str, Any], datetime]:
     """An item naming the decision's request id: its experiment, arm and phase come from the
     decision record, so an outcome reported days later lands where the decision did."""
     where = f"[{index}]"
@@ -183,17 +182,17 @@ async def _by_request_id(
         raise StoreUnavailable(f"history store: {type(exc).__name__}: {exc}") from exc
     if found is None:
         raise ApiError(400, f"{where}.request_id: no decision recorded for {request_id!r}")
-    experiment, arm, phase, bucket, decided_at = found
+    experiment, arm, phase, decided_at = found
     if item.get("experiment", experiment) != experiment:
         raise ApiError(
             400, f"{where}.experiment: request {request_id!r} was a decision of {experiment!r}"
         )
     resolved = {**item, "experiment": experiment, "arm": arm, "phase": phase}
-    return resolved, bucket, decided_at
+    return resolved, decided_at
 
 
 def _outcome(
-    worker: StatsWorker, table: FlagTable, index: int, item: Any, decided_bucket: int | None
+    worker: StatsWorker, table: FlagTable, index: int, item: Any
 ) -> tuple[MeasureKey, float]:
     where = f"[{index}]"
     if not isinstance(item, dict):
@@ -246,10 +245,10 @@ def _outcome(
     user = item.get("user")
     if user is not None and (not isinstance(user, str) or not user or len(user) > 1000):
         raise ApiError(400, f"{where}.user: expected the sticky key's value (a string)")
+    # Without a user, the outcome is its own unit (a decision's history row keeps no user).
+    cluster = UNCLUSTERED
     if user is not None:
-        cluster = cluster_of(bucket(fnv1a32(experiment.seed), user))
-    else:
-        cluster = UNCLUSTERED if decided_bucket is None else cluster_of(decided_bucket)
+        cluster = cluster_of(user_of(user_draw(fnv1a32(experiment.seed), user)))
     return (name, phase, str(item["arm"]), definition.name, cluster), float(value)
 
 

@@ -24,6 +24,7 @@ from state.redis_flags import (
     connect,
     new_instance_id,
 )
+from state.redis_timing import REDIS_COMMANDS
 
 
 def redis_url(config: Config) -> str | None:
@@ -64,6 +65,7 @@ class FlagBackend:
         yield connected
         if sync is None:
             return
+        yield from REDIS_COMMANDS.collect()
         age = GaugeMetricFamily(
             "abgate_flag_state_age_seconds", "Seconds since this process last heard from Redis."
         )

@@ -2,7 +2,10 @@
 # `make monitoring`: Prometheus on monitoring/prometheus.yml (scraping abgate's control API,
 # and the exporters below), plus Debian's node, Redis and PostgreSQL exporters when they are
 # installed (scripts/install-test-servers.sh installs them). Prints the URLs; Ctrl-C stops all.
-# MONITORING_DIR (default .monitoring) keeps Prometheus's data between runs.
+# MONITORING_DIR (default .monitoring) keeps Prometheus's data between runs. Addresses:
+# PROMETHEUS_LISTEN (127.0.0.1:9090), NODE_EXPORTER_LISTEN (:9100), REDIS_EXPORTER_LISTEN
+# (:9121), POSTGRES_EXPORTER_LISTEN (:9187); REDIS_ADDR and DATA_SOURCE_NAME say which Redis
+# and PostgreSQL the exporters watch (default: this machine's, on their standard ports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir="${MONITORING_DIR:-.monitoring}"
@@ -21,21 +24,21 @@ find_tool() { command -v "$1" 2>/dev/null || { [ -x "/usr/bin/$1" ] && echo "/us
 prometheus=$(find_tool prometheus)
 if [ -z "$prometheus" ]; then echo "prometheus is not installed: make test-servers" >&2; exit 1; fi
 start prometheus "$prometheus" --config.file=monitoring/prometheus.yml \
-  --storage.tsdb.path="$dir/prometheus" --web.listen-address=127.0.0.1:9090
-echo "Prometheus        http://127.0.0.1:9090   (scrapes abgate at 127.0.0.1:8092)"
+  --storage.tsdb.path="$dir/prometheus" --web.listen-address="${PROMETHEUS_LISTEN:-127.0.0.1:9090}"
+echo "Prometheus        http://${PROMETHEUS_LISTEN:-127.0.0.1:9090}   (scrapes abgate at 127.0.0.1:8092)"
 if node=$(find_tool prometheus-node-exporter) && [ -n "$node" ]; then
-  start node-exporter "$node" --web.listen-address=127.0.0.1:9100
-  echo "node exporter     http://127.0.0.1:9100/metrics"
+  start node-exporter "$node" --web.listen-address="${NODE_EXPORTER_LISTEN:-127.0.0.1:9100}"
+  echo "node exporter     http://${NODE_EXPORTER_LISTEN:-127.0.0.1:9100}/metrics"
 fi
 if redis=$(find_tool prometheus-redis-exporter) && [ -n "$redis" ]; then
-  start redis-exporter "$redis" -web.listen-address 127.0.0.1:9121 \
+  start redis-exporter "$redis" -web.listen-address "${REDIS_EXPORTER_LISTEN:-127.0.0.1:9121}" \
     -redis.addr "${REDIS_ADDR:-redis://127.0.0.1:6379}"
-  echo "redis exporter    http://127.0.0.1:9121/metrics"
+  echo "redis exporter    http://${REDIS_EXPORTER_LISTEN:-127.0.0.1:9121}/metrics"
 fi
 if postgres=$(find_tool prometheus-postgres-exporter) && [ -n "$postgres" ]; then
   DATA_SOURCE_NAME="${DATA_SOURCE_NAME:-postgresql://postgres@127.0.0.1:5432/postgres?sslmode=disable}" \
-    start postgres-exporter "$postgres" --web.listen-address=127.0.0.1:9187
-  echo "postgres exporter http://127.0.0.1:9187/metrics"
+    start postgres-exporter "$postgres" --web.listen-address="${POSTGRES_EXPORTER_LISTEN:-127.0.0.1:9187}"
+  echo "postgres exporter http://${POSTGRES_EXPORTER_LISTEN:-127.0.0.1:9187}/metrics"
 fi
 echo "Dashboards: monitoring/grafana/dashboards/*.json (provisioning in monitoring/grafana/provisioning/)"
 echo "Ctrl-C stops them."

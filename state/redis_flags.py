@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 from state.errors import store_errors
 from state.flag_file import FlagFile, flag_from_json, flag_to_json
 from state.flags import Flag, FlagTable, Instance, VersionConflict
+from state.redis_timing import TimedRedis
 
 log = logging.getLogger("abgate.flags")
 HISTORY_MAXLEN = 10_000
@@ -130,7 +131,8 @@ class RedisKeys:
 
 
 def connect(url: str) -> Redis:
-    return Redis.from_url(
+    """A client whose every command is timed (state/redis_timing.py)."""
+    return TimedRedis.from_url(
         url,
         decode_responses=True,
         retry=Retry(NoBackoff(), 0),

@@ -271,6 +271,29 @@ async def test_embedded_measurements_survive_a_restart(
         phases, sums = await restarted.worker.store.read("exp")
         assert [p.basis_points for p in phases] == [5000]
         assert sum(s.count for k, s in sums.items() if k[3] == "error") == 30
+        # The distinct-users bitmaps too (each user one bit; 30 users, no collision).
+        assert sum((await restarted.worker.store.users("exp")).values()) == 30
+        # An outcome that names its user lands in that user's cluster, with its requests.
+        clusters = {k[4] for k in sums if k[3] == "error"}
+        async with session.post(
+            f"{restarted.control_url}/api/outcomes",
+            json=[
+                {"experiment": "exp", "arm": "control", "metric": "accuracy", "value": 1},
+                {
+                    "experiment": "exp",
+                    "arm": "control",
+                    "metric": "accuracy",
+                    "value": 1,
+                    "user": "u3",
+                },
+            ],
+        ) as response:
+            assert response.status == 200, await response.text()
+        _, sums = await restarted.worker.store.read("exp")
+        outcome_clusters = {k[4] for k in sums if k[3] == "accuracy"}
+        assert -1 in outcome_clusters  # no user: its own unit
+        assert len(outcome_clusters - {-1}) == 1
+        assert outcome_clusters - {-1} <= clusters
 
 
 @pytest.mark.parametrize("backend", ["memory", "redis"])

@@ -171,18 +171,30 @@ async def test_proxies_flushes_add_up_exactly(
         )
         async with embedded(config) as control, worker(config) as one, worker(config) as two:
             counted: dict[str, int] = {}
-            for base, users in (
+            users: dict[str, set[int]] = {}
+            for base, some in (
                 (control.proxy_url, range(100)),
                 (one.proxy_url, range(100, 250)),
                 (two.proxy_url, range(250, 300)),
+                (two.proxy_url, range(50, 150)),  # users seen by two sidecars, and again
             ):
-                for arm, count in (await traffic(session, base, users)).items():
+                for arm, count in (await traffic(session, base, some)).items():
                     counted[arm] = counted.get(arm, 0) + count
         # Leaving the context flushed every process's last sums; a fresh control plane reads.
         async with embedded(config) as reader:
             status, experiment = await get(session, f"{reader.control_url}/api/experiments/exp")
+            for user in range(300):
+                async with session.post(
+                    f"{reader.proxy_url}{URL}", data=b"{}", headers={"X-User-Id": f"u{user}"}
+                ) as response:
+                    users.setdefault(response.headers["X-ABGate-Arm"], set()).add(user)
     assert status == 200
     assert experiment["current_phase"]["samples"] == counted
+    # Distinct users, merged across sidecars (bitmaps OR-ed in Redis): each user once.
+    assert sum(counted.values()) == 400
+    assert experiment["current_phase"]["units"] == pytest.approx(
+        {arm: len(seen) for arm, seen in users.items()}, abs=0.5
+    )
 
 
 async def test_extra_metrics_from_json_fields_and_headers(session: ClientSession) -> None:

@@ -69,8 +69,13 @@ def require(tool: str) -> str:
 async def test_prometheus_scrapes_abgate_and_dashboard_queries_run(
     tmp_path: Path, session: ClientSession, agents: dict[str, str]
 ) -> None:
+    from tests.redis_server import redis_server
+
     prometheus = require("prometheus")
-    async with embedded(make_config(agents, percentage=50)) as running:
+    async with (
+        redis_server(tmp_path) as redis,
+        embedded(make_config(agents, percentage=50, flags={"redis_url": redis.url})) as running,
+    ):
         arms: dict[str, int] = {}
         for user in range(40):
             async with session.get(
@@ -118,10 +123,17 @@ async def test_prometheus_scrapes_abgate_and_dashboard_queries_run(
                 "ABGateStatisticsEvaluationFailing",
                 "ABGateClientsRefused",
                 "ABGateUpstreamPoolSaturated",
+                "ABGateDecisionLatencyHigh",
+                "ABGateRolloutRolledBack",
+                "ABGateRolloutEscalated",
+                "ABGateHistoryDropping",
+                "ABGateHistoryStoreDown",
+                "ABGateRedisSlow",
                 # recording rules: the requirements' names
                 "node_cpu_utilization",
                 "node_memory_utilization",
                 "postgresql_queries_duration_p95",
+                "redis_commands_duration_p95",
                 "abgate_decision_latency_p95_ms",
             }
             for group in rules["data"]["groups"]:  # every rule's PromQL runs, and is healthy
@@ -138,9 +150,18 @@ async def test_prometheus_scrapes_abgate_and_dashboard_queries_run(
                 "abgate_flag_store_connected",
                 "abgate_stats_srm_p_value",
                 "abgate_proxy_overhead_seconds_bucket",
+                "abgate_redis_command_seconds_bucket",
             ):
                 result = await get_json(session, f"{api}/query", query=f"count({metric})")
                 assert result["data"]["result"], metric
+            # Every Redis command is timed, by name: flag reads, pipelines, scripts.
+            result = await get_json(
+                session,
+                f"{api}/query",
+                query="count by (command) (abgate_redis_command_seconds_count)",
+            )
+            commands = {r["metric"]["command"] for r in result["data"]["result"]}
+            assert {"pipeline", "hgetall"} <= commands, commands
             returned: dict[str, bool] = {}
             for path in sorted(DASHBOARDS.glob("*.json")):
                 for panel in json.loads(path.read_text())["panels"]:

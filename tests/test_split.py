@@ -209,3 +209,15 @@ def test_encoded_slash_with_dot_segments_is_refused() -> None:
     with pytest.raises(PathRefused):
         normalize_target("/raw%2f..%2fsecret")  # no literal dot-segment, but one once decoded
     assert normalize_target("/ids/a%2Fb") is None  # an encoded slash alone is left alone
+
+
+def test_the_draw_carries_the_growthbook_bucket_and_a_mixed_user_hash() -> None:
+    from proxy.hashing import BUCKET_MASK, bucket, fmix32, fnv1a32, user_draw, user_of
+
+    seed = fnv1a32("exp")
+    for key in ("a", "user-1", "user-2", "😀x", "x" * 300):
+        draw = user_draw(seed, key)
+        assert draw & BUCKET_MASK == bucket(seed, key)  # the split is GrowthBook's
+        assert user_of(draw) == fmix32(fnv1a32(key, seed))
+    assert user_of(-1) is None  # NO_BUCKET
+    assert user_of(1234) is None  # a random draw for a keyless request: no user

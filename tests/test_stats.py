@@ -246,3 +246,68 @@ def test_sequential_sample_size_reaches_the_planned_power() -> None:
     assert 1.6 * fixed < sequential[0] < 2.5 * fixed  # the fixed size would under-power it
     _, power = power_at_planned_n(0.3, share=0.5, sims=200, seed=11)
     assert power >= 0.75  # 0.8 planned; 200 experiments carry about 0.03 of noise
+
+
+@pytest.mark.parametrize(("split", "kind"), [(0.05, "heavy"), (0.50, "3")])
+def test_users_as_the_unit_hold_alpha_in_aa(split: float, kind: str) -> None:
+    """A smaller, seeded version of benchmarks/users.py (full table in RESULTS.md): users
+    with several alike requests each. Per request (as before) the heavy users' latency test
+    and SRM reject most A/A runs; per user, through the shipped path from the split's draw
+    to the worker's tests, they stay near alpha (60 runs: about 3 points of noise)."""
+    from benchmarks.users import aa_rates
+
+    after = aa_rates(split, kind, runs=60, users=2000, per_user=True, seed=5)
+    assert max(after.latency, after.error, after.srm) <= 0.10
+    if kind == "heavy":
+        before = aa_rates(split, kind, runs=60, users=2000, per_user=False, seed=5)
+        assert before.latency >= 0.25
+        assert before.srm >= 0.25
+
+
+def test_clustered_variance_is_the_delta_method_of_a_ratio_metric() -> None:
+    """One user per cluster: the variance equals gbstats' ratio-metric delta method
+    (Deng et al. 2018) computed from per-user sums with numpy."""
+    import numpy as np
+
+    from control.stats.clusters import ClusteredSums
+
+    rng = np.random.default_rng(3)
+    n = 1 + rng.poisson(3, 500)
+    s = np.array([rng.normal(2.0 + rng.normal(0, 1), 1.0, k).sum() for k in n])
+    clustered = ClusteredSums.of((True, int(k), float(t), 0.0) for k, t in zip(n, s, strict=True))
+    mean_n, mean_s = n.mean(), s.mean()
+    cov = np.cov(np.vstack([s, n]))  # ddof 1
+    delta = (
+        cov[0, 0] / mean_n**2
+        - 2 * mean_s * cov[0, 1] / mean_n**3
+        + mean_s**2 * cov[1, 1] / mean_n**4
+    ) / len(n)
+    assert clustered.mean == pytest.approx(s.sum() / n.sum())
+    assert clustered.variance_of_mean() == pytest.approx(delta, rel=1e-9)
+    # Requests without users are each their own unit: the plain variance of the mean.
+    values = rng.normal(0, 2, 400)
+    alone = ClusteredSums.independent(400, float(values.sum()), float((values**2).sum()))
+    assert alone.variance_of_mean() == pytest.approx(values.var(ddof=1) / 400)
+
+
+def test_distinct_users_by_linear_counting() -> None:
+    """The estimate from a bitmap against the true count, within its own standard error."""
+    from control.stats.checks import distinct_users
+    from proxy.hashing import fmix32, fnv1a32
+
+    bits = 1 << 20
+    for users in (10, 10_000, 300_000):
+        seen = {fmix32(fnv1a32(f"user-{i}")) >> 12 for i in range(users)}
+        estimate, variance = distinct_users(len(seen), bits)
+        assert abs(estimate - users) <= 4 * variance**0.5 + 1
+    assert distinct_users(0, bits) == (0.0, 0.0)
+    assert distinct_users(bits, bits)[1] == float("inf")
+
+
+def test_srm_takes_the_counting_variance_into_account() -> None:
+    from control.stats.checks import srm
+
+    plain = srm([95_250.0, 4_750.0], [0.95, 0.05])
+    noisy = srm([95_250.0, 4_750.0], [0.95, 0.05], [820.0**2, 50.0])
+    assert plain < 0.001 < noisy  # a mismatch that the counting noise can explain
+    assert srm([950.0, 50.0], [0.95, 0.05], [1.0, 1.0]) == pytest.approx(1.0, abs=0.01)

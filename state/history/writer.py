@@ -241,19 +241,17 @@ class HistoryWriter:
 
     # -- reads (control plane) -------------------------------------------------------------
 
-    async def decision_of(
-        self, request_id: str
-    ) -> tuple[str, str, int, int | None, datetime] | None:
-        """(experiment, arm, phase, bucket, time) of a recorded decision; flushes first, so a
+    async def decision_of(self, request_id: str) -> tuple[str, str, int, datetime] | None:
+        """(experiment, arm, phase, time) of a recorded decision; flushes first, so a
         decision this process made a moment ago is found too."""
         async with self._lock:
             await self._flush()
             conn = await self._connection()
             row = await conn.fetchrow(
-                "SELECT experiment, arm, phase, bucket, time FROM ab_testing.decisions "
+                "SELECT experiment, arm, phase, time FROM ab_testing.decisions "
                 "WHERE request_id = $1 ORDER BY time DESC LIMIT 1",
                 request_id,
             )
         if row is None:
             return None
-        return row["experiment"], row["arm"], row["phase"], row["bucket"], row["time"]
+        return row["experiment"], row["arm"], row["phase"], row["time"]
