@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import perf_counter
 
 import orjson
@@ -22,12 +22,19 @@ from aiohttp.streams import EofStream, StreamReader
 from config.model import ProxySettings
 from proxy.breaker import Breaker
 from proxy.errors import UpstreamError
-from proxy.headers import RequestHead, RequestIds, build_request_head, copy_response_headers
+from proxy.headers import (
+    RequestHead,
+    RequestIds,
+    build_request_head,
+    build_response_head,
+    copy_response_headers,
+)
 from proxy.measure import MetricExtractor, PhaseRef
 from proxy.metrics import ProxyMetrics, TrafficStats
 from proxy.outcome import NO_BUCKET, Outcome, OutcomeSink, arm_statistics
 from proxy.paths import PathRefused, normalize_target
 from proxy.pool import UpstreamPool
+from proxy.respond import DateField, PrebuiltResponse, fits, status_line
 from proxy.retry_budget import RetryBudget
 from proxy.routing import Router
 from proxy.shadow import Shadow
@@ -60,6 +67,17 @@ class Destination:
     host_header: bytes
     extractor: MetricExtractor | None = None  # the experiment's extra metrics, if any
     phase: PhaseRef | None = None  # the experiment's current phase, if any
+    # Routing fields of the answers it serves, made once: X-ABGate-Experiment and -Arm (as
+    # the assigned arm, when no fallback), X-ABGate-Served-By.
+    arm_fields: bytes = field(init=False, default=b"")
+    served_field: bytes = field(init=False, default=b"")
+
+    def __post_init__(self) -> None:
+        if self.phase is not None:
+            fields = f"X-ABGate-Experiment: {self.experiment}\r\nX-ABGate-Arm: {self.arm}\r\n"
+            object.__setattr__(self, "arm_fields", fields.encode("latin-1"))
+            served = f"X-ABGate-Served-By: {self.pool.name}\r\n".encode("latin-1")
+            object.__setattr__(self, "served_field", served)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +153,7 @@ class ProxyHandler:
         self.metrics = metrics
         self.sinks = tuple(sinks)
         self.request_ids = RequestIds()
+        self._date = DateField()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = perf_counter()
@@ -403,8 +422,27 @@ class ProxyHandler:
         if upstream.complete and request.method != "HEAD":
             finished = perf_counter()
             upstream_seconds = finished - upstream_started
-            response = web.Response(status=upstream.status, body=upstream.body())
-            self._copy_headers(upstream, response, dest, request_id, fallback)
+            status = upstream.status
+            body = upstream.body()
+            response: web.StreamResponse
+            if fits(request.method, status):  # one write of prebuilt bytes (proxy/respond.py)
+                minor = request.version.minor
+                keep_alive = request.keep_alive
+                head = build_response_head(
+                    minor,
+                    status_line(minor, status),
+                    upstream.headers,
+                    len(body),
+                    _VIA_BYTES,
+                    _routing_fields(dest, fallback),
+                    request_id.encode("latin-1"),
+                    keep_alive,
+                    self._date.now(),
+                )
+                response = PrebuiltResponse(status, head, body, keep_alive)
+            else:
+                response = web.Response(status=status, body=body)
+                self._copy_headers(upstream, response, dest, request_id, fallback)
             values = (
                 ()
                 if dest.extractor is None
@@ -634,6 +672,29 @@ def _routing_headers(
         headers["X-ABGate-Served-By"] = dest.pool.name
     if fallback is not None:
         headers["X-ABGate-Fallback"] = fallback.reason
+
+
+def _routing_fields(dest: Destination, fallback: Fallback | None) -> bytes:
+    """`_routing_headers` as the bytes of a prebuilt head."""
+    phase = dest.phase
+    if phase is None:
+        return (
+            b"" if fallback is None else b"X-ABGate-Fallback: " + fallback.reason.encode() + b"\r\n"
+        )
+    if fallback is None:
+        return dest.arm_fields + phase.field + dest.served_field
+    assigned = fallback.assigned
+    return (
+        b"X-ABGate-Experiment: " + dest.experiment.encode("latin-1") + b"\r\n"
+        b"X-ABGate-Arm: "
+        + assigned.arm.encode("latin-1")
+        + b"\r\n"
+        + phase.field
+        + dest.served_field
+        + b"X-ABGate-Fallback: "
+        + fallback.reason.encode()
+        + b"\r\n"
+    )
 
 
 def _too_large(settings: ProxySettings) -> str:

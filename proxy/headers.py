@@ -4,7 +4,8 @@ Requests: hop-by-hop fields go (those of §7.6.1 plus every field named in `Conn
 `Via` and `X-Forwarded-For` are appended to, `X-Forwarded-Proto/-Host` are set when absent (an
 edge in front of abgate may already have set them), `X-Request-Id` is kept or generated.
 Responses: hop-by-hop fields go, framing headers are left to the server side (it re-frames the
-body), repeated fields such as `Set-Cookie` stay repeated and in order.
+body), repeated fields such as `Set-Cookie` stay repeated and in order; a complete body's head
+is built here as bytes (`build_response_head`), a streamed one by aiohttp from the fields.
 """
 
 from __future__ import annotations
@@ -144,28 +145,82 @@ def build_request_head(
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close"})
 
 
-def copy_response_headers(
-    raw_headers: Sequence[tuple[bytes, bytes]], into: CIMultiDict[str], via: str
-) -> None:
-    """Add the upstream response fields to send on (minus hop-by-hop and framing) to `into`."""
-    pairs: list[tuple[str, str]] = []
+def response_fields(
+    raw_headers: Sequence[tuple[bytes, bytes]],
+) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+    """The upstream response fields to send on, in order (minus hop-by-hop fields, those the
+    upstream's `Connection` names, and framing), and its `Via` values joined (None: none)."""
+    pairs: list[tuple[bytes, bytes]] = []
     dropped: frozenset[bytes] | None = None
-    prior_via = None
-    for name, value in raw_headers:
+    prior_via: bytes | None = None
+    for pair in raw_headers:
+        name, value = pair
         lower = name.lower()
         if lower in HOP_BY_HOP or lower in _RESPONSE_OWN:
             if lower == b"connection" and value not in _PLAIN_CONNECTION:
                 dropped = connection_tokens(value) | (dropped or frozenset())
             continue
         if lower == b"via":
-            prior_via = (
-                value.decode("latin-1")
-                if prior_via is None
-                else (prior_via + ", " + value.decode("latin-1"))
-            )
+            prior_via = value if prior_via is None else prior_via + b", " + value
             continue
-        pairs.append((name.decode("latin-1"), value.decode("latin-1")))
+        pairs.append(pair)
     if dropped:
-        pairs = [(k, v) for k, v in pairs if k.lower().encode("latin-1") not in dropped]
-    pairs.append(("Via", f"{prior_via}, {via}" if prior_via else via))
-    into.extend(pairs)
+        pairs = [(k, v) for k, v in pairs if k.lower() not in dropped]
+    return pairs, prior_via
+
+
+def copy_response_headers(
+    raw_headers: Sequence[tuple[bytes, bytes]], into: CIMultiDict[str], via: str
+) -> None:
+    """Add the upstream response fields to send on (minus hop-by-hop and framing) to `into`."""
+    pairs, prior_via = response_fields(raw_headers)
+    into.extend((k.decode("latin-1"), v.decode("latin-1")) for k, v in pairs)
+    into.add("Via", f"{prior_via.decode('latin-1')}, {via}" if prior_via else via)
+
+
+def build_response_head(
+    minor: int,
+    status: bytes,
+    raw_headers: Sequence[tuple[bytes, bytes]],
+    body_length: int,
+    via: bytes,
+    routing: bytes,
+    request_id: bytes,
+    keep_alive: bool,
+    date: bytes,
+) -> bytes:
+    """The whole head for a body of `body_length` bytes sent with Content-Length, as bytes.
+
+    `status` is the status line, `routing` abgate's own fields (each ending in CRLF),
+    `request_id` sent when the upstream sent none, `date` the Date field added when it sent
+    none (RFC 9110 §6.6.1). As aiohttp would: Content-Type defaults to
+    application/octet-stream for a body, `Connection: keep-alive` answers an HTTP/1.0 client
+    that keeps the connection, `Connection: close` an HTTP/1.1 one that does not."""
+    pairs, prior_via = response_fields(raw_headers)
+    out = [status]
+    append = out.append
+    has_date = has_type = has_id = False
+    for name, value in pairs:
+        lower = name.lower()
+        if lower == b"date":
+            has_date = True
+        elif lower == b"content-type":
+            has_type = True
+        elif lower == b"x-request-id":
+            has_id = True
+        append(name + b": " + value + b"\r\n")
+    append(b"Via: " + (prior_via + b", " + via if prior_via else via) + b"\r\n")
+    append(routing)
+    if not has_id:
+        append(b"X-Request-Id: " + request_id + b"\r\n")
+    if not has_date:
+        append(date)
+    if not has_type and body_length:
+        append(b"Content-Type: application/octet-stream\r\n")
+    if keep_alive:
+        if minor == 0:
+            append(b"Connection: keep-alive\r\n")
+    elif minor == 1:
+        append(b"Connection: close\r\n")
+    append(b"Content-Length: " + str(body_length).encode() + b"\r\n\r\n")
+    return b"".join(out)

@@ -44,15 +44,15 @@ class PhaseRef:
     """An experiment's current phase id (the flag version), shared by its destinations, with
     its X-ABGate-Phase header value made once per phase rather than once per request."""
 
-    __slots__ = ("id", "label")
+    __slots__ = ("field", "id", "label")
 
     def __init__(self, phase: int) -> None:
-        self.id = phase
-        self.label = str(phase)
+        self.move(phase)
 
     def move(self, phase: int) -> None:
         self.id = phase
         self.label = str(phase)
+        self.field = f"X-ABGate-Phase: {phase}\r\n".encode()  # for prebuilt heads
 
 
 class Measurements:

@@ -294,3 +294,42 @@ async def test_client_disconnect_mid_body_leaks_nothing(session: ClientSession) 
             await writer.drain()
             writer.transport.abort()
         await books_balance(upstream, running, session)
+
+
+async def test_prebuilt_heads_follow_the_connection_rules_and_add_a_date() -> None:
+    """Complete answers are written as prebuilt bytes (proxy/respond.py): the head says what
+    aiohttp's would have, per client version and Connection, and a missing Date is added."""
+    from aiohttp import web
+
+    async def answer(request: web.Request) -> web.Response:
+        response = web.Response(
+            body=b"ok", headers={"Connection": "X-Named", "X-Named": "hop", "X-Kept": "1"}
+        )
+        if request.path == "/dated":
+            response.headers["Date"] = "Tue, 01 Dec 2026 00:00:00 GMT"
+        return response
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", answer)
+    async with serve_app(app) as url, proxy({"control": url}) as running:
+        host, port = running.proxy_url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            for path in ("/a", "/dated"):  # HTTP/1.0 asking to keep the connection
+                writer.write(f"GET {path} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n".encode())
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.0 200 OK\r\n")
+                assert b"\r\nConnection: keep-alive\r\n" in head
+                assert b"\r\nContent-Length: 2\r\n" in head
+                assert b"X-Named" not in head  # named by the upstream's Connection: hop-by-hop
+                assert b"\r\nX-Kept: 1\r\n" in head
+                assert head.count(b"\r\nDate: ") == 1
+                assert (b"01 Dec 2026" in head) is (path == "/dated")
+                assert await reader.readexactly(2) == b"ok"
+        finally:
+            writer.close()
+        closing = await raw_request(
+            running.proxy_url, b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        assert b"\r\nConnection: close\r\n" in closing
+        assert closing.endswith(b"\r\n\r\nok")  # and the connection closed after it
