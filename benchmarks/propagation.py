@@ -30,7 +30,7 @@ from pathlib import Path
 from aiohttp import ClientSession
 
 from benchmarks.common import RESULTS, ROOT, process, verdict, wait_http, write_section
-from benchmarks.run import LUA, PORTS, Result, bench_config, nginx_conf, wrk
+from benchmarks.run import LUA, Result, bench_config, start_upstream, wrk
 
 PROXIES = 4
 PROXY_PORTS = [18201 + i for i in range(PROXIES)]
@@ -152,26 +152,7 @@ def main() -> int:
             )
         )
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
-        if Path(nginx).exists():
-            stack.enter_context(
-                process([nginx, "-p", tmp, "-c", str(nginx_conf(workdir, proxy=False))])
-            )
-        else:
-            for name in ("arm_a", "arm_b"):
-                stack.enter_context(
-                    process(
-                        [
-                            sys.executable,
-                            "scripts/demo_agent.py",
-                            "--kind",
-                            "deterministic",
-                            "--port",
-                            str(PORTS[name]),
-                        ],
-                        cwd=ROOT,
-                    )
-                )
-        wait_http(f"http://127.0.0.1:{PORTS['arm_a']}/")
+        start_upstream(stack, workdir, nginx if Path(nginx).exists() else None)
         stack.enter_context(
             process(
                 [

@@ -19,6 +19,7 @@ split hashes a new key each time. Results go to benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -42,7 +43,14 @@ request = function()
   return wrk.format(nil, "/api/agent/credit/decide", {["X-User-Id"] = user})
 end
 """
-PORTS = {"arm_a": 18101, "arm_b": 18102, "abgate": 18180, "control": 18192, "nginx": 18190}
+PORTS = {
+    "arm_a": 18101,
+    "arm_b": 18102,
+    "abgate": 18180,
+    "abgate2": 18181,
+    "control": 18192,
+    "nginx": 18190,
+}
 
 
 @dataclass
@@ -177,6 +185,7 @@ def main() -> int:
     )
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; best kept")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("benchmarks: wrk is not installed (make test-servers installs it)", file=sys.stderr)
@@ -184,74 +193,103 @@ def main() -> int:
     nginx = shutil.which("nginx") or (
         "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
     )
-    abgate = [sys.executable, "-m", "control.cli", "--log-level", "WARNING", "proxy", "--config"]
-    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        workdir = Path(tmp)
-        script = workdir / "users.lua"
-        script.write_text(LUA)
-        if nginx:
-            stack.enter_context(
-                process([nginx, "-p", tmp, "-c", str(nginx_conf(workdir, proxy=False))])
-            )
-            upstream_kind = "nginx `return 200` (small JSON)"
-        else:
-            for arm in ("arm_a", "arm_b"):
-                stack.enter_context(
-                    process(
-                        [
-                            sys.executable,
-                            "scripts/demo_agent.py",
-                            "--kind",
-                            "deterministic",
-                            "--port",
-                            str(PORTS[arm]),
-                        ],
-                        cwd=ROOT,
-                    )
-                )
-            upstream_kind = "bundled demo agent (nginx not installed)"
-        wait_http(f"http://127.0.0.1:{PORTS['arm_a']}/api/agent/credit/decide")
-        wait_http(f"http://127.0.0.1:{PORTS['arm_b']}/api/agent/credit/decide")
-        ab = stack.enter_context(
-            process(
-                [
-                    *abgate,
-                    str(
-                        bench_config(
-                            workdir / "abgate.yaml",
-                            proxy_port=PORTS["abgate"],
-                            control_port=PORTS["control"],
-                        )
-                    ),
-                ],
-                cwd=ROOT,
-            )
-        )
-        wait_http(f"http://127.0.0.1:{PORTS['abgate']}/api/agent/credit/decide")
-        if nginx:
-            stack.enter_context(
-                process([nginx, "-p", tmp, "-c", str(nginx_conf(workdir, proxy=True))])
-            )
-            wait_http(f"http://127.0.0.1:{PORTS['nginx']}/api/agent/credit/decide")
-
-        targets = {"direct": PORTS["arm_a"], "abgate": PORTS["abgate"]}
-        if nginx:
-            targets["nginx split_clients"] = PORTS["nginx"]
-        loaded, single = {}, {}
-        for name, port in targets.items():
-            url = f"http://127.0.0.1:{port}"
-            wrk(name, url, connections=args.connections, duration=2, script=script)  # warm up
-            loaded[name] = wrk(
-                name, url, connections=args.connections, duration=args.duration, script=script
-            )
-            single[name] = wrk(
-                name, url, connections=1, duration=max(3, args.duration // 2), script=script
-            )
-            print(f"{name}: {loaded[name].rps:,.0f} req/s", flush=True)
-        memory = rss_mib(ab.pid)
-    write_results(args, loaded, single, memory, upstream_kind)
+    asyncio.run(run(args, nginx))
     print(f"wrote {RESULTS}")
     return 0
+
+
+# Every feature a user runs: the split, the breaker, measurements per cluster of users and
+# distinct users, an extra metric read from the JSON body, the outcome record and its sinks,
+# and the history buffer writing to a real PostgreSQL.
+FEATURES: dict[str, object] = {
+    "metrics": {"confidence": {"type": "continuous", "direction": "higher", "json": "$.confidence"}}
+}
+
+
+async def run(args: argparse.Namespace, nginx: str | None) -> None:
+    from tests.postgres_server import postgres_server
+
+    abgate = [sys.executable, "-m", "control.cli", "--log-level", "WARNING", "proxy"]
+    async with postgres_server() as postgres:
+        with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+            workdir = Path(tmp)
+            script = workdir / "users.lua"
+            script.write_text(LUA)
+            upstream_kind = start_upstream(stack, workdir, nginx)
+            targets = {"direct": PORTS["arm_a"]}
+            pids = {}
+            for workers, port in ((1, PORTS["abgate"]), (2, PORTS["abgate2"])):
+                config = bench_config(
+                    workdir / f"abgate-{workers}.yaml",
+                    proxy_port=port,
+                    control_port=PORTS["control"] + workers,
+                    experiment=FEATURES,
+                    history={"postgres_url": postgres.url},
+                )
+                command = [*abgate, "--workers", str(workers), "--config", str(config)]
+                proc = stack.enter_context(process(command, cwd=ROOT))
+                wait_http(f"http://127.0.0.1:{port}/api/agent/credit/decide")
+                pids[workers] = proc.pid
+                targets[f"abgate, {workers} worker{'s' if workers > 1 else ''}"] = port
+            if nginx:
+                stack.enter_context(
+                    process([nginx, "-p", tmp, "-c", str(nginx_conf(workdir, proxy=True))])
+                )
+                wait_http(f"http://127.0.0.1:{PORTS['nginx']}/api/agent/credit/decide")
+                targets["nginx split_clients"] = PORTS["nginx"]
+            loaded: dict[str, Result] = {}
+            single: dict[str, Result] = {}
+            for round_ in range(args.rounds):  # alternating: each round runs every target
+                for name, port in targets.items():
+                    url = f"http://127.0.0.1:{port}"
+                    await asyncio.to_thread(
+                        wrk, name, url, connections=args.connections, duration=1, script=script
+                    )
+                    result = await asyncio.to_thread(
+                        wrk,
+                        name,
+                        url,
+                        connections=args.connections,
+                        duration=args.duration,
+                        script=script,
+                    )
+                    if name not in loaded or result.rps > loaded[name].rps:
+                        loaded[name] = result
+                    one = await asyncio.to_thread(
+                        wrk, name, url, connections=1, duration=5, script=script
+                    )
+                    if name not in single or one.p50_ms < single[name].p50_ms:
+                        single[name] = one
+                    print(f"round {round_ + 1} {name}: {result.rps:,.0f} req/s", flush=True)
+            memory = rss_mib(pids[1])
+    write_results(args, loaded, single, memory, upstream_kind)
+
+
+def start_upstream(stack: contextlib.ExitStack, workdir: Path, nginx: str | None) -> str:
+    if nginx:
+        stack.enter_context(
+            process([nginx, "-p", str(workdir), "-c", str(nginx_conf(workdir, proxy=False))])
+        )
+        kind = "nginx `return 200` (small JSON)"
+    else:
+        for arm in ("arm_a", "arm_b"):
+            stack.enter_context(
+                process(
+                    [
+                        sys.executable,
+                        "scripts/demo_agent.py",
+                        "--kind",
+                        "deterministic",
+                        "--port",
+                        str(PORTS[arm]),
+                    ],
+                    cwd=ROOT,
+                )
+            )
+        kind = "bundled demo agent (nginx not installed)"
+    wait_http(f"http://127.0.0.1:{PORTS['arm_a']}/api/agent/credit/decide")
+    wait_http(f"http://127.0.0.1:{PORTS['arm_b']}/api/agent/credit/decide")
+    return kind
 
 
 def write_results(
@@ -261,13 +299,16 @@ def write_results(
     memory: float,
     upstream_kind: str,
 ) -> None:
-    direct, ours = loaded["direct"], loaded["abgate"]
-    added_p50 = (single["abgate"].p50_ms - single["direct"].p50_ms) * 1000
-    added_p99 = (single["abgate"].p99_ms - single["direct"].p99_ms) * 1000
+    one, two = "abgate, 1 worker", "abgate, 2 workers"
+    direct, ours = loaded["direct"], loaded[one]
+    added_p50 = (single[one].p50_ms - single["direct"].p50_ms) * 1000
+    added_p99 = (single[one].p99_ms - single["direct"].p99_ms) * 1000
     reference = loaded.get("nginx split_clients")
-    versus_nginx = f"{ours.rps / reference.rps:.2f}x" if reference else "n/a (no nginx)"
+    ratio = ours.rps / reference.rps if reference else None
+    versus_nginx = f"{ratio:.2f}x" if ratio is not None else "n/a (no nginx)"
+    nginx_verdict = verdict(ratio >= 0.5) if ratio is not None else "not measured"
+    scaling = loaded[two].rps / ours.rps
     memory_mb = memory * 1.048576
-    nginx_verdict = verdict(ours.rps / reference.rps >= 0.40) if reference else "not measured"
     rows = []
     for name, result in loaded.items():
         ratio_nginx = f"{result.rps / reference.rps:.2f}" if reference else "n/a"
@@ -282,15 +323,24 @@ def write_results(
         for name, r in single.items()
     ]
     cpu = platform.processor() or platform.machine()
-    text = f"""## Throughput and latency (issue 2)
+    missing = ""
+    if reference is not None and ratio is not None and ratio < 0.5:
+        missing = (
+            f"\nThroughput is short of half of nginx by {0.5 * reference.rps - ours.rps:,.0f} "
+            f"req/s ({ratio:.2f}x of the 0.50x asked); the profile notes below say what is left."
+        )
+    text = f"""## Throughput and latency (issues 2 and 16)
 
 Measured by `make bench` (`benchmarks/run.py`) on {time.strftime("%Y-%m-%d")}, on this
 project's development machine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}.
-wrk, the upstream, abgate and nginx all share those cores, as in production-like sidecar use
-on a small node. Upstream: {upstream_kind}. abgate: `abgate proxy`, one worker, uvloop, an
-experiment splitting 50/50 on `X-User-Id` with metrics, measurements and the breaker on.
-nginx: one worker, `split_clients` on the same header, upstream keep-alive 64. Every request
-carries a different user (wrk Lua script, 100,000 distinct keys).
+wrk, the upstream, abgate, nginx and PostgreSQL all share those cores, as on a small node.
+Upstream: {upstream_kind}. abgate: `abgate proxy` with **every feature on**: an experiment
+splitting 50/50 on `X-User-Id`, the breaker, measurements per cluster of users and distinct
+users, an extra metric read from the JSON body, the outcome record with its sinks, and the
+history buffer writing to a real PostgreSQL. nginx: one worker, `split_clients` on the same
+header, upstream keep-alive 64. Every request carries a different user (wrk Lua script,
+100,000 distinct keys). {args.rounds} alternating rounds (every target once per round, in
+turn), the best of them kept: throughput by req/s, one connection by p50.
 
 ### Throughput (wrk -t1 -c{args.connections} -d{args.duration}s)
 
@@ -298,7 +348,11 @@ carries a different user (wrk Lua script, 100,000 distinct keys).
 |---|---:|---:|---:|---:|---:|
 {chr(10).join(rows)}
 
-### Added latency at one connection (wrk -t1 -c1)
+Two workers (`abgate proxy --workers 2`, SO_REUSEPORT) give {scaling:.2f}x one worker here:
+on 2 cores that wrk, nginx and PostgreSQL share too, a second worker mostly competes with
+them. Recommended: one worker per core that abgate can have to itself.
+
+### Added latency at one connection (wrk -t1 -c1 -d5s)
 
 | target | p50 us | p99 us | p50 over direct us | p99 over direct us |
 |---|---:|---:|---:|---:|
@@ -306,34 +360,60 @@ carries a different user (wrk Lua script, 100,000 distinct keys).
 
 ### Memory
 
-Resident memory of the abgate worker after the runs above (100,000 distinct sticky keys):
-{memory:.1f} MiB. (`abgate run` also holds the control API and the statistics worker, whose
-scipy adds about 50 MiB; a data-plane worker never loads it.)
+Resident memory of the one-worker abgate after the runs above (100,000 distinct sticky
+keys): {memory:.1f} MiB (its 128 KiB distinct-users bitmap per arm included).
 
-### Targets (issue 2)
+### Targets (issue 16, all features on)
 
 | target | goal | measured | result |
 |---|---|---|---|
-| throughput vs nginx, one worker each | >= 0.40x | {versus_nginx} | {nginx_verdict} |
-| added p50 at one connection | <= 120 us | {added_p50:.0f} us | {verdict(added_p50 <= 120)} |
+| throughput vs nginx, one worker each | >= 0.50x | {versus_nginx} | {nginx_verdict} |
+| added p50 at one connection | <= 100 us | {added_p50:.0f} us | {verdict(added_p50 <= 100)} |
 | added p99 at one connection | <= 1000 us | {added_p99:.0f} us | {verdict(added_p99 <= 1000)} |
 | worker RSS with 100k keys | < 80 MB | {memory_mb:.1f} MB | {verdict(memory_mb < 80)} |
+{missing}
 """
     write_section("throughput", text + NOTES)
 
 
 NOTES = """
-### Notes from profiling
+### Notes from profiling (issue 16, 2026-12-02)
 
-- A proxy on aiohttp's `ClientSession` spent most of its time in the client (request and
-  response objects, cookie jar, header multidicts, decompression checks); abgate's upstream
-  side is an asyncio Protocol around httptools' llhttp parser with its own keep-alive pool
-  (`proxy/upstream.py`, `proxy/pool.py`), and the request head is built as one bytes object.
-- The server side is aiohttp's low-level `web.Server` (no router, no middlewares, no access
-  log); aiohttp's HTTP parser and response writer are then the largest share of a request.
-- Metrics are plain counters indexed at wiring time (`proxy/metrics.py`); prometheus-client's
-  own Counter/Histogram would take a lock and a label lookup per request.
-- The split costs one FNV-1a pass over the key per request (the seed's state is precomputed).
+Profiled with py-spy (`py-spy record -r 200 -f raw`, 8 s under `wrk -c32`, one worker,
+split + measurements + breaker on), perf (`perf record -g`) and `strace -c`:
+
+| py-spy, share of samples (self) | before | after |
+|---|---:|---:|
+| writing the answer to the client (1) | 23.7% | 27.2% |
+| writing the request upstream (`UpstreamConnection.exchange`) | 21.9% | 25.2% |
+| the event loop (uvloop, native: epoll, reads, callbacks) | 17.1% | 22.9% |
+| aiohttp's response objects and serialisation (2) | about 7% | 0 |
+| aiohttp's server loop (`RequestHandler.start`, `BaseRequest`, ...) | about 3% | about 6% |
+| abgate: request and response heads, handler, split, recorder, outcome | about 6% | about 7% |
+
+(1) aiohttp's `StreamWriter._writelines` before, `PrebuiltResponse.prepare` after.
+(2) `write_headers`, `_prepare_headers`, `_start`, `Response.__init__`, `write_eof`.
+
+- Before: answers went through `web.Response`: the upstream's headers decoded into a
+  multidict, then serialised again with Date, Server and Connection. After: the head is
+  built once as bytes from the upstream's raw fields (`proxy/headers.py`
+  `build_response_head`) and written with the body in one `transport.write`
+  (`proxy/respond.py`); 12,180 vs 10,513 req/s in the same session (+16%), split and
+  measurements on, history off.
+- strace: two writes and two reads per request and one `epoll_wait` per ~20 requests:
+  nothing left to batch. perf: 56% of the worker's time is the Python interpreter, 32% the
+  kernel, of which 18% is `_raw_spin_unlock_irqrestore` (waking the peer, wrk or nginx, on
+  every socket write: a virtual machine's cost that the py-spy rows for the two writes
+  carry), and about 10% C extensions (uvloop, httptools, multidict).
+- History on costs most of what is left between the two figures above: about 19% of
+  throughput here (PostgreSQL's COPY competes for the same 2 cores), and it was the p99 at
+  one connection (2.3 ms: a second of decisions built for the COPY at once); the writer now
+  hands the loop back every 100 rows (1.1 ms; 0.9 ms with history off).
+- What is left for 0.5x nginx: about 55 us of Python per request (aiohttp's per-request task
+  and request object, the handler, one httptools callback per upstream header) and the
+  writes' wake-ups. Three times less CPU per request would take a server loop or the
+  upstream parsing in C (Cython), beyond this round.
+- Workers: `abgate proxy --workers N` (SO_REUSEPORT); the table above has 1 and 2.
 """
 
 

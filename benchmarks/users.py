@@ -150,7 +150,7 @@ def main() -> int:
         print(rows[-1], flush=True)
     # Monte Carlo noise: with `runs` runs a true 5% reads up to about 5% + 2 SE.
     limit = 0.05 + 2 * (0.05 * 0.95 / runs) ** 0.5
-    text = f"""## users-as-unit
+    text = f"""## Users as the unit (issue 10, item 2)
 
 Measured by `make bench` (`benchmarks/users.py`) on {time.strftime("%Y-%m-%d")}: A/A
 experiments, {runs} runs per row, their requests spread over the run and looked at {LOOKS}

@@ -195,7 +195,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._arm_timer()
         try:
             if body is None or isinstance(body, bytes):
-                transport.writelines((head, body) if body else (head,))
+                if body:
+                    transport.writelines((head, body))
+                else:
+                    transport.write(head)
                 self._request_sent = True
             else:
                 transport.write(head)
