@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, get_args
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from config import Config
 from config.model import RolloutPlan
@@ -27,6 +27,7 @@ from config.parse_rollout import parse_plan
 from control.load_test import LoadPlan, LoadResult, run_load
 from control.measured import by_arm, of_phase, units
 from control.rollout.gates import Decision, StageInputs, decide
+from control.rollout.gauges import rollout_families
 from proxy.tasks import stop_tasks
 from state.errors import StoreUnavailable
 from state.flags import FlagStore, VersionConflict
@@ -46,7 +47,6 @@ ACTOR = "rollout-controller"
 LOOP_INTERVAL = 0.5  # how often the loop wakes; each rollout decides every plan.tick
 STATES: tuple[str, ...] = get_args(RolloutStatus)
 _OPEN = {"open", "forced_open"}
-_GATE_VALUE = {"pass": 1.0, "hold": 0.0, "fail": -1.0}
 
 
 class RolloutError(Exception):
@@ -624,69 +624,7 @@ class RolloutController:
     # -- Prometheus --------------------------------------------------------------------------
 
     def collect(self) -> Iterator[Metric]:
-        rollouts = self.current
-        stage = GaugeMetricFamily(
-            "abgate_rollout_stage_percentage",
-            "The percentage of the rollout's current stage.",
-            labels=["experiment"],
+        decisions = {name: seen.decision for name, seen in self._seen.items()}
+        yield from rollout_families(
+            self.current, self.plan_of, decisions, self.decisions, self.errors, STATES
         )
-        state = GaugeMetricFamily(
-            "abgate_rollout_state",
-            "1 for the rollout's current state.",
-            labels=["experiment", "state"],
-        )
-        eta = GaugeMetricFamily(
-            "abgate_rollout_eta_seconds",
-            "Seconds until the stage has the samples it needs (absent when unknown).",
-            labels=["experiment"],
-        )
-        for rollout in rollouts:
-            try:
-                plan = self.plan_of(rollout)
-            except Exception:
-                continue
-            stage.add_metric(
-                [rollout.experiment], plan.stages[rollout.stage_index].percentage_bp / 100
-            )
-            for name in STATES:
-                state.add_metric([rollout.experiment, name], float(rollout.state == name))
-            if rollout.eta_seconds is not None:
-                eta.add_metric([rollout.experiment], rollout.eta_seconds)
-        needed = GaugeMetricFamily(
-            "abgate_rollout_samples_needed",
-            "Samples per arm the current stage needs (sequential design).",
-            labels=["experiment", "arm"],
-        )
-        gates = GaugeMetricFamily(
-            "abgate_rollout_gate_status",
-            "Each gate of the last decision: 1 pass, 0 hold, -1 fail.",
-            labels=["experiment", "gate"],
-        )
-        for name, seen in self._seen.items():
-            if seen.decision is None:
-                continue
-            for arm, count in seen.decision.needed.items():
-                needed.add_metric([name, arm], count)
-            for gate in seen.decision.gates:
-                gates.add_metric([name, gate.name], _GATE_VALUE.get(gate.status, 0.0))
-        yield stage
-        yield state
-        yield eta
-        yield needed
-        yield gates
-        decisions = CounterMetricFamily(
-            "abgate_rollout_decisions",
-            "Controller decisions by decision and reason kind.",
-            labels=["decision", "reason"],
-        )
-        for (decision, kind), count in sorted(self.decisions.items()):
-            decisions.add_metric([decision, kind], count)
-        yield decisions
-        errors = CounterMetricFamily(
-            "abgate_rollout_errors",
-            "Rollout ticks that failed (kept going).",
-            labels=["experiment"],
-        )
-        for name, count in sorted(self.errors.items()):
-            errors.add_metric([name], count)
-        yield errors
