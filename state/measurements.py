@@ -98,6 +98,7 @@ class MemoryMeasurements:
         self._sums: dict[MeasureKey, Sums] = {}
         self._phases: dict[str, dict[int, Phase]] = {}
         self._users: dict[UsersKey, bytearray] = {}
+        self._packed: dict[UsersKey, str] = {}  # compressed for the state file, until changed
         self._state = state
         self._save_every = save_every
         self._saved_at = time.monotonic()
@@ -122,6 +123,7 @@ class MemoryMeasurements:
                 bitmap = self._users[key] = bytearray(USER_MAP_BITS // 8)
             for index in bits:
                 bitmap[index >> 3] |= 1 << (index & 7)
+            self._packed.pop(key, None)
         self._changed()
 
     async def users(self, experiment: str) -> dict[tuple[int, str], int]:
@@ -149,10 +151,7 @@ class MemoryMeasurements:
             ],
             "sums": [[*key, s.count, s.total, s.total_sq] for key, s in self._sums.items()],
             # Compressed: a bitmap is mostly zeros until an arm has hundreds of thousands.
-            "users": [
-                [*key, base64.b64encode(zlib.compress(bitmap, 1)).decode()]
-                for key, bitmap in self._users.items()
-            ],
+            "users": [[*key, self._pack(key, bitmap)] for key, bitmap in self._users.items()],
         }
         try:
             self._state.save_section(**{SECTION: section})
@@ -166,6 +165,14 @@ class MemoryMeasurements:
                 )
             return
         self._dirty = False
+
+    def _pack(self, key: UsersKey, bitmap: bytearray) -> str:
+        """A bitmap for the state file, compressed once per change (the save runs on the
+        event loop of `abgate run`: old phases' bitmaps are not compressed again)."""
+        packed = self._packed.get(key)
+        if packed is None:
+            packed = self._packed[key] = base64.b64encode(zlib.compress(bitmap, 1)).decode()
+        return packed
 
     def _restore(self, section: Any) -> None:
         if section is None:
