@@ -33,6 +33,7 @@ from state.measurements import (
 )
 
 CLUSTER_MASK = CLUSTERS - 1
+NEW_USERS_LIMIT = 100_000  # new users per arm between two flushes (about 3.6 MB at most)
 USER_INDEX_SHIFT = 32 - USER_MAP_BITS.bit_length() + 1  # the top bits of a 32-bit hash
 
 log = logging.getLogger("abgate.measure")
@@ -195,7 +196,9 @@ class ArmRecorder:
             cluster = user & CLUSTER_MASK
             index = user >> USER_INDEX_SHIFT  # a user's bit: its hash's top bits
             byte, bit = index >> 3, 1 << (index & 7)
-            if not self._seen_users[byte] & bit:
+            # Bounded between flushes (a data plane without a store to flush to never
+            # drains): past the limit a user's bit waits for one of its later requests.
+            if not self._seen_users[byte] & bit and len(self._new_users) < NEW_USERS_LIMIT:
                 self._seen_users[byte] |= bit
                 self._new_users.append(index)
         else:

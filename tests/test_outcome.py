@@ -80,3 +80,27 @@ async def test_a_fallback_is_one_record_in_the_assigned_arm(session: ClientSessi
         "status-500",
     )
     assert outcome.bucket == NO_BUCKET  # at 100% the split hashes nothing
+
+
+def test_new_users_between_flushes_are_bounded() -> None:
+    """A data plane that never flushes (no store) keeps at most NEW_USERS_LIMIT new users per
+    arm; a user left out is sent with a later request, after a flush."""
+    from proxy.hashing import fnv1a32, user_draw
+    from proxy.measure import NEW_USERS_LIMIT, ArmRecorder, Measurements, PhaseRef
+
+    measurements = Measurements()
+    recorder = ArmRecorder(measurements, "exp", "ml", PhaseRef(1))
+    seed = fnv1a32("exp")
+    draws = [user_draw(seed, f"user-{i}") for i in range(NEW_USERS_LIMIT + 5000)]
+    for draw in draws:
+        recorder.record(200, 0.01, draw)
+    _, _, users = measurements.drain()
+    first = users[("exp", 1, "ml")]
+    assert len(first) == NEW_USERS_LIMIT
+    for draw in draws:  # after the flush, the ones left out are sent, once
+        recorder.record(200, 0.01, draw)
+    _, _, users = measurements.drain()
+    second = users[("exp", 1, "ml")]
+    every = {d >> 27 for d in draws}  # the hash's top 20 bits, as the recorder indexes them
+    assert not set(first) & set(second)
+    assert set(first) | set(second) == every
