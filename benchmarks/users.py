@@ -95,7 +95,7 @@ def _one_run(
             )
             if result.significant:
                 seen[metric] = True
-        p, _ = sample_ratio(sums, users_seen, 1, ARMS, split)
+        p, _ = sample_ratio(sums, users_seen, "aa", 1, ARMS, split)
         if p < SRM_THRESHOLD:  # as the worker flags it, at every look
             seen["srm"] = True
     return seen["latency"], seen["error"], seen["srm"]

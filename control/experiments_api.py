@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from control.http import WORKER, ApiError, json_response
-from proxy.hashing import fnv1a32, user_draw, user_of
+from proxy.hashing import fnv1a32, user_hash
 from state.errors import StoreUnavailable
 from state.flags import FlagTable
 from state.measurements import UNCLUSTERED, MeasureKey, Sums, cluster_of
@@ -248,7 +248,7 @@ def _outcome(
     # Without a user, the outcome is its own unit (a decision's history row keeps no user).
     cluster = UNCLUSTERED
     if user is not None:
-        cluster = cluster_of(user_of(user_draw(fnv1a32(experiment.seed), user)))
+        cluster = cluster_of(user_hash(fnv1a32(experiment.seed), user))
     return (name, phase, str(item["arm"]), definition.name, cluster), float(value)
 
 

@@ -155,13 +155,7 @@ def collect(writer: HistoryWriter) -> Iterator[Metric]:
         "abgate_history_write_seconds",
         "Time of each flush to PostgreSQL (one COPY and the small rows).",
     )
-    running = 0
-    buckets = []
-    bounds = (*writer.write_buckets, float("inf"))
-    for bound, count in zip(bounds, writer.write_counts, strict=True):
-        running += count
-        buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
-    write.add_metric([], buckets, writer.write_sum)
+    write.add_metric([], writer.writes.cumulative(), writer.writes.sum)
     yield write
     connected = GaugeMetricFamily(
         "abgate_history_connected", "1 when the history store is reachable."

@@ -37,15 +37,13 @@ Users = Mapping[tuple[int, str], int]  # (phase, arm) -> bits set, from Measurem
 
 
 def units(
-    sums: Mapping[MeasureKey, Sums], users: Users, phase: int, arm: str
+    sums: Mapping[MeasureKey, Sums], users: Users, experiment: str, phase: int, arm: str
 ) -> tuple[float, float]:
     """The units an arm was randomised in during a phase, and the variance of that count:
-    its distinct users (estimated from the bitmap) plus its requests without a user."""
-    keyless = sum(
-        s.count
-        for (_, p, a, metric, cluster), s in sums.items()
-        if p == phase and a == arm and metric == "error" and cluster == UNCLUSTERED
-    )
+    its distinct users (estimated from the bitmap) plus its requests without a user (every
+    request counts once in `error`)."""
+    requests = sums.get((experiment, phase, arm, "error", UNCLUSTERED))
+    keyless = requests.count if requests is not None else 0
     bits = users.get((phase, arm), 0)
     estimate, variance = distinct_users(bits, USER_MAP_BITS) if bits else (0.0, 0.0)
     return estimate + keyless, variance
@@ -54,12 +52,15 @@ def units(
 def sample_ratio(
     sums: Mapping[MeasureKey, Sums],
     users: Users,
+    experiment: str,
     phase: int,
     arms: tuple[str, str],
     share: float,
 ) -> tuple[float, tuple[float, float]]:
     """The SRM p-value of a phase on units (users where there are users, requests where
     there are none) and the units per arm (control, treatment)."""
-    (control, var_c), (treatment, var_t) = (units(sums, users, phase, arm) for arm in arms)
+    (control, var_c), (treatment, var_t) = (
+        units(sums, users, experiment, phase, arm) for arm in arms
+    )
     p = srm([control, treatment], [1 - share, share], [var_c, var_t])
     return p, (control, treatment)

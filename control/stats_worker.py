@@ -151,7 +151,7 @@ def evaluate(
     for phase in phases:
         counts = [arms.get((phase.id, arm, "error"), EMPTY).count for arm in (control, treatment)]
         weight = phase.basis_points / 10_000
-        srm_p, seen = sample_ratio(sums, users or {}, phase.id, (control, treatment), weight)
+        srm_p, seen = sample_ratio(sums, users or {}, name, phase.id, (control, treatment), weight)
         report.phases.append(
             PhaseReport(
                 phase.id,

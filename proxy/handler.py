@@ -34,7 +34,7 @@ from proxy.metrics import ProxyMetrics, TrafficStats
 from proxy.outcome import NO_BUCKET, Outcome, OutcomeSink, arm_statistics
 from proxy.paths import PathRefused, normalize_target
 from proxy.pool import UpstreamPool
-from proxy.respond import DateField, PrebuiltResponse, fits, status_line
+from proxy.respond import DateField, PrebuiltResponse, plain_body, status_line
 from proxy.retry_budget import RetryBudget
 from proxy.routing import Router
 from proxy.shadow import Shadow
@@ -425,7 +425,7 @@ class ProxyHandler:
             status = upstream.status
             body = upstream.body()
             response: web.StreamResponse
-            if fits(request.method, status):  # one write of prebuilt bytes (proxy/respond.py)
+            if plain_body(status):  # one write of prebuilt bytes (proxy/respond.py)
                 minor = request.version.minor
                 keep_alive = request.keep_alive
                 head = build_response_head(
@@ -675,26 +675,14 @@ def _routing_headers(
 
 
 def _routing_fields(dest: Destination, fallback: Fallback | None) -> bytes:
-    """`_routing_headers` as the bytes of a prebuilt head."""
-    phase = dest.phase
-    if phase is None:
-        return (
-            b"" if fallback is None else b"X-ABGate-Fallback: " + fallback.reason.encode() + b"\r\n"
-        )
+    """`_routing_headers` as the bytes of a prebuilt head: the assigned arm's experiment and
+    arm fields, the phase, who served it (a fallback happens only on experiment routes)."""
+    if dest.phase is None:
+        return b""
     if fallback is None:
-        return dest.arm_fields + phase.field + dest.served_field
-    assigned = fallback.assigned
-    return (
-        b"X-ABGate-Experiment: " + dest.experiment.encode("latin-1") + b"\r\n"
-        b"X-ABGate-Arm: "
-        + assigned.arm.encode("latin-1")
-        + b"\r\n"
-        + phase.field
-        + dest.served_field
-        + b"X-ABGate-Fallback: "
-        + fallback.reason.encode()
-        + b"\r\n"
-    )
+        return dest.arm_fields + dest.phase.field + dest.served_field
+    reason = b"X-ABGate-Fallback: " + fallback.reason.encode() + b"\r\n"
+    return fallback.assigned.arm_fields + dest.phase.field + dest.served_field + reason
 
 
 def _too_large(settings: ProxySettings) -> str:

@@ -56,12 +56,12 @@ def fmix32(h: int) -> int:
 def user_draw(seed_state: int, key: str) -> int:
     """The user's bucket, the KEYED flag and the user's 32-bit hash, in one int."""
     inner = fnv1a32(key, seed_state)
-    # fmix32, inlined: this runs on every keyed request.
-    h = inner ^ (inner >> 16)
-    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
-    return (h ^ (h >> 16)) << USER_SHIFT | KEYED | fnv1a32(str(inner)) % BUCKETS
+    return fmix32(inner) << USER_SHIFT | KEYED | fnv1a32(str(inner)) % BUCKETS
+
+
+def user_hash(seed_state: int, key: str) -> int:
+    """The 32-bit user hash `user_draw` carries, alone (for outcomes that name their user)."""
+    return fmix32(fnv1a32(key, seed_state))
 
 
 def user_of(draw: int) -> int | None:

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from config.model import MetricConfig
-from proxy.hashing import KEYED, USER_SHIFT, user_of
+from proxy.hashing import KEYED, USER_SHIFT
 from proxy.jsonpath import MISSING, extract
 from state.errors import StoreUnavailable
 from state.measurements import (
@@ -29,7 +29,6 @@ from state.measurements import (
     Phase,
     Sums,
     UsersKey,
-    cluster_of,
 )
 
 CLUSTER_MASK = CLUSTERS - 1
@@ -131,14 +130,15 @@ class Measurements:
 
 
 class ArmRecorder:
-    """The sums one experiment arm writes to, per cluster of users (the request's sticky
-    bucket modulo CLUSTERS), refetched when the phase or batch changes.
+    """The sums one experiment arm writes to, per cluster of users (the low bits of the
+    request's user hash), refetched when the phase or batch changes.
 
     With a latency SLO (`slow_over`, seconds), each answer also counts as 0 or 1 in
     `SLOW_METRIC`: "p95 at most 100 ms" is then a test on the share of answers over 100 ms."""
 
     __slots__ = (
         "_arm",
+        "_cluster",
         "_errors",
         "_experiment",
         "_generation",
@@ -173,6 +173,7 @@ class ArmRecorder:
         self._slow_over = slow_over
         self._seen_users = bytearray()
         self._new_users: list[int] = []
+        self._cluster = UNCLUSTERED  # of the answer just recorded, for its extra metrics
 
     def _sums(self, cache: list[Sums | None], metric: str, cluster: int) -> Sums:
         sums = self._measurements.sums((self._experiment, self._phase, self._arm, metric, cluster))
@@ -203,6 +204,7 @@ class ArmRecorder:
                 self._new_users.append(index)
         else:
             cluster = UNCLUSTERED
+        self._cluster = cluster
         # Inlined Sums.add: this runs on every request.
         errors = self._errors[cluster] or self._sums(self._errors, "error", cluster)
         errors.count += 1
@@ -221,9 +223,9 @@ class ArmRecorder:
                     slow.total += 1.0
                     slow.total_sq += 1.0
 
-    def add(self, metric: str, value: float, draw: int) -> None:
-        """An extra metric of the answer just recorded."""
-        key = (self._experiment, self._phase_ref.id, self._arm, metric, cluster_of(user_of(draw)))
+    def add(self, metric: str, value: float) -> None:
+        """An extra metric of the answer just recorded (its phase and cluster)."""
+        key = (self._experiment, self._phase, self._arm, metric, self._cluster)
         self._measurements.sums(key).add(value)
 
 

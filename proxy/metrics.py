@@ -8,7 +8,6 @@ recording is a list index increment on one event loop, no lock and no I/O.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client.core import (
@@ -20,6 +19,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from proxy.measure import ArmRecorder
+from state.histogram import Histogram
 
 # Decision endpoints answer in milliseconds to seconds.
 LATENCY_BUCKETS = (
@@ -43,27 +43,6 @@ OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01
 STATUS_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 
-class Histogram:
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last slot is +Inf
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        running = 0
-        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            running += count
-            out.append(("+Inf" if bound == float("inf") else repr(bound), running))
-        return out
-
-
 class TrafficStats:
     """Responses and upstream latency of one destination (an experiment arm, or a route's
     upstream when no experiment applies)."""
@@ -78,17 +57,10 @@ class TrafficStats:
         self.latency = Histogram(LATENCY_BUCKETS)
         self.recorder: ArmRecorder | None = None  # experiment arms: sums for the statistics
 
-    def record(self, status: int, upstream_seconds: float | None) -> None:
-        """An answer this destination served, counted for its upstream (its arm's
-        statistics are the `recorder`'s, fed by the outcome sink). The same as `count`: the
-        two names say which exchange it was."""
-        self.statuses[status // 100 if 100 <= status < 600 else 0] += 1
-        if upstream_seconds is not None:
-            self.latency.observe(upstream_seconds)
-
     def count(self, status: int, upstream_seconds: float | None) -> None:
-        """Counted for this upstream, not measured for its arm: a treatment try that a
-        fallback then answered (the request is measured once, with what its user got)."""
+        """An exchange with this upstream, counted: an answer it served, or a treatment try
+        that a fallback then answered. Arm statistics are the `recorder`'s, fed once per
+        request by the outcome sink."""
         self.statuses[status // 100 if 100 <= status < 600 else 0] += 1
         if upstream_seconds is not None:
             self.latency.observe(upstream_seconds)

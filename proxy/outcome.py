@@ -67,10 +67,9 @@ def arm_statistics(outcome: Outcome) -> None:
     of its user."""
     assigned = outcome.assigned
     if not outcome.fallback:  # a fallback is counted in abgate_fallbacks_total instead
-        assigned.stats.record(outcome.status, outcome.seconds)
+        assigned.stats.count(outcome.status, outcome.seconds)
     recorder = assigned.stats.recorder
     if recorder is not None:
-        draw = outcome.draw
-        recorder.record(outcome.status, outcome.seconds, draw)
+        recorder.record(outcome.status, outcome.seconds, outcome.draw)
         for name, value in outcome.metrics:
-            recorder.add(name, value, draw)
+            recorder.add(name, value)

@@ -51,9 +51,9 @@ class DateField:
         return self._value
 
 
-def fits(method: str, status: int) -> bool:
-    """Whether an answer may take the one-write path: it has a body, framed plainly."""
-    return method != "HEAD" and status >= 200 and status not in (204, 304)
+def plain_body(status: int) -> bool:
+    """Whether an answer (not to HEAD) has a body framed plainly, for the one-write path."""
+    return status >= 200 and status not in (204, 304)
 
 
 class PrebuiltResponse(web.StreamResponse):

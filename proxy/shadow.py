@@ -26,8 +26,9 @@ from proxy.breaker import Breaker, BreakerState
 from proxy.errors import UpstreamError
 from proxy.headers import RequestHead
 from proxy.jsonpath import MISSING, extract
-from proxy.metrics import LATENCY_BUCKETS, Histogram
+from proxy.metrics import LATENCY_BUCKETS
 from proxy.pool import UpstreamPool
+from state.histogram import Histogram
 
 log = logging.getLogger("abgate.shadow")
 MAX_SHADOW_BODY = 1024 * 1024

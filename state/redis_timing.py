@@ -10,7 +10,6 @@ named by redis-py), read by the flag backend's collector."""
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,23 +17,22 @@ from prometheus_client.core import HistogramMetricFamily
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from state.histogram import Histogram
+
 BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class CommandTimes:
-    """Per command: counts per bucket (the last is +Inf) and the sum of seconds."""
+    """One histogram per command name."""
 
     def __init__(self) -> None:
-        self.counts: dict[str, list[int]] = {}
-        self.sums: dict[str, float] = {}
+        self.commands: dict[str, Histogram] = {}
 
     def observe(self, command: str, seconds: float) -> None:
-        counts = self.counts.get(command)
-        if counts is None:
-            counts = self.counts[command] = [0] * (len(BOUNDS) + 1)
-            self.sums[command] = 0.0
-        counts[bisect_left(BOUNDS, seconds)] += 1
-        self.sums[command] += seconds
+        histogram = self.commands.get(command)
+        if histogram is None:
+            histogram = self.commands[command] = Histogram(BOUNDS)
+        histogram.observe(seconds)
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         family = HistogramMetricFamily(
@@ -42,12 +40,8 @@ class CommandTimes:
             "Redis commands this process sent, by command (a pipeline counts once).",
             labels=["command"],
         )
-        for command, counts in sorted(self.counts.items()):
-            buckets, running = [], 0
-            for bound, count in zip((*BOUNDS, float("inf")), counts, strict=True):
-                running += count
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
-            family.add_metric([command], buckets, self.sums[command])
+        for command, histogram in sorted(self.commands.items()):
+            family.add_metric([command], histogram.cumulative(), histogram.sum)
         yield family
 
 

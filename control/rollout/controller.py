@@ -255,8 +255,8 @@ class RolloutController:
         control = of_phase(arms, flag.phase, experiment.control.name)
         treatment = of_phase(arms, flag.phase, experiment.treatment.name)
         seen_units = (
-            units(sums, users, flag.phase, experiment.control.name),
-            units(sums, users, flag.phase, experiment.treatment.name),
+            units(sums, users, name, flag.phase, experiment.control.name),
+            units(sums, users, name, flag.phase, experiment.treatment.name),
         )
         unconverged: list[str] = []
         open_now = False

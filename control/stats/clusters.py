@@ -7,11 +7,11 @@ heavy users over half the time. gbstats analyses such metrics per user as ratio 
 the delta method (Deng et al. 2018, "Applying the Delta Method in Metric Analytics").
 
 Keeping a row per user is unbounded, so the proxy keeps sums per *cluster* of users: the
-user's sticky bucket modulo `CLUSTERS` (state/measurements.py). A cluster is a union of whole
-users, each user in exactly one, and the clusters of an arm are independent of each other, so
-the delta method over clusters is valid for the same reason it is over users (clustering
-coarser than the unit of randomisation is; finer is not). Requests with no user (no sticky
-key) are each their own cluster: for them the request is the unit.
+low bits of the user's hash, `CLUSTERS` of them (state/measurements.py). A cluster is a
+union of whole users, each user in exactly one, and the clusters of an arm are independent
+of each other, so the delta method over clusters is valid for the same reason it is over
+users (clustering coarser than the unit of randomisation is; finer is not). Requests with
+no user (no sticky key) are each their own cluster: for them the request is the unit.
 
 With clusters i of n_i requests summing to s_i, the arm's mean is m = sum s / sum n and
 
@@ -71,7 +71,7 @@ class ClusteredSums:
     @classmethod
     def independent(cls, count: int, total: float, total_sq: float) -> ClusteredSums:
         """Observations that are each their own unit (no users behind them)."""
-        return cls(count, total, total_sq, count, float(count), total_sq, total)
+        return cls.of([(False, count, total, total_sq)])
 
     @property
     def mean(self) -> float:

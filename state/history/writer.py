@@ -15,13 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from bisect import bisect_left
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
 import asyncpg
 
+from state.histogram import Histogram
 from state.history.schema import maintain, migrate
 
 log = logging.getLogger("abgate.history")
@@ -100,9 +100,7 @@ class HistoryWriter:
         self.last_error: str | None = None
         self.layout: str | None = None
         # Flush durations (one COPY and the small rows), for abgate_history_write_seconds.
-        self.write_buckets = WRITE_BUCKETS
-        self.write_counts = [0] * (len(WRITE_BUCKETS) + 1)
-        self.write_sum = 0.0
+        self.writes = Histogram(WRITE_BUCKETS)  # seconds per flush
 
     # -- in memory, from the request path and the control plane ----------------------------
 
@@ -205,9 +203,7 @@ class HistoryWriter:
         self.written += len(decisions) + len(rows)
         self.last_error = None
         if decisions or rows:
-            seconds = time.perf_counter() - started
-            self.write_counts[bisect_left(self.write_buckets, seconds)] += 1
-            self.write_sum += seconds
+            self.writes.observe(time.perf_counter() - started)
 
     def _restore(
         self, decisions: Sequence[DecisionRow], rows: Sequence[tuple[str, tuple[Any, ...]]]
