@@ -174,6 +174,21 @@ def require_tools(*tools: str) -> str | None:
     return nginx
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds a process has used so far, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+@dataclass
+class CpuPerRequest:
+    """Microseconds of the worker's CPU per answered request, in user space and the kernel."""
+
+    user_us: float
+    system_us: float
+
+
 def rss_mib(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
@@ -239,12 +254,14 @@ async def run(args: argparse.Namespace, nginx: str | None) -> None:
                 targets["nginx split_clients"] = PORTS["nginx"]
             loaded: dict[str, Result] = {}
             single: dict[str, Result] = {}
+            cpu: CpuPerRequest | None = None
             for round_ in range(args.rounds):  # alternating: each round runs every target
                 for name, port in targets.items():
                     url = f"http://127.0.0.1:{port}"
                     await asyncio.to_thread(
                         wrk, name, url, connections=args.connections, duration=1, script=script
                     )
+                    before = cpu_seconds(pids[1])
                     result = await asyncio.to_thread(
                         wrk,
                         name,
@@ -255,6 +272,12 @@ async def run(args: argparse.Namespace, nginx: str | None) -> None:
                     )
                     if name not in loaded or result.rps > loaded[name].rps:
                         loaded[name] = result
+                        if name == "abgate, 1 worker":
+                            after, answered = cpu_seconds(pids[1]), result.rps * args.duration
+                            cpu = CpuPerRequest(
+                                (after[0] - before[0]) / answered * 1e6,
+                                (after[1] - before[1]) / answered * 1e6,
+                            )
                     one = await asyncio.to_thread(
                         wrk, name, url, connections=1, duration=5, script=script
                     )
@@ -262,7 +285,8 @@ async def run(args: argparse.Namespace, nginx: str | None) -> None:
                         single[name] = one
                     print(f"round {round_ + 1} {name}: {result.rps:,.0f} req/s", flush=True)
             memory = rss_mib(pids[1])
-    write_results(args, loaded, single, memory, upstream_kind)
+    assert cpu is not None
+    write_results(args, loaded, single, memory, cpu, upstream_kind)
 
 
 def start_upstream(stack: contextlib.ExitStack, workdir: Path, nginx: str | None) -> str:
@@ -297,6 +321,7 @@ def write_results(
     loaded: dict[str, Result],
     single: dict[str, Result],
     memory: float,
+    cpu: CpuPerRequest,
     upstream_kind: str,
 ) -> None:
     one, two = "abgate, 1 worker", "abgate, 2 workers"
@@ -309,6 +334,12 @@ def write_results(
     nginx_verdict = verdict(ratio >= 0.5) if ratio is not None else "not measured"
     scaling = loaded[two].rps / ours.rps
     memory_mb = memory * 1.048576
+    cpu_total = cpu.user_us + cpu.system_us
+    budget = (
+        f" Half of nginx's rate would leave {2e6 / reference.rps:.0f} us per request in all."
+        if reference
+        else ""
+    )
     rows = []
     for name, result in loaded.items():
         ratio_nginx = f"{result.rps / reference.rps:.2f}" if reference else "n/a"
@@ -322,7 +353,7 @@ def write_results(
         f"{(r.p99_ms - single['direct'].p99_ms) * 1000:+.0f} |"
         for name, r in single.items()
     ]
-    cpu = platform.processor() or platform.machine()
+    arch = platform.processor() or platform.machine()
     missing = ""
     if reference is not None and ratio is not None and ratio < 0.5:
         missing = (
@@ -332,7 +363,7 @@ def write_results(
     text = f"""## Throughput and latency (issues 2 and 16)
 
 Measured by `make bench` (`benchmarks/run.py`) on {time.strftime("%Y-%m-%d")}, on this
-project's development machine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}.
+project's development machine: {os.cpu_count()} cores, {arch}, Python {platform.python_version()}.
 wrk, the upstream, abgate, nginx and PostgreSQL all share those cores, as on a small node.
 Upstream: {upstream_kind}. abgate: `abgate proxy` with **every feature on**: an experiment
 splitting 50/50 on `X-User-Id`, the breaker, measurements per cluster of users and distinct
@@ -351,6 +382,12 @@ turn), the best of them kept: throughput by req/s, one connection by p50.
 Two workers (`abgate proxy --workers 2`, SO_REUSEPORT) give {scaling:.2f}x one worker here:
 on 2 cores that wrk, nginx and PostgreSQL share too, a second worker mostly competes with
 them. Recommended: one worker per core that abgate can have to itself.
+
+CPU of the one-worker abgate per request in its best run above (from /proc, user and
+kernel time over the requests answered): {cpu.user_us:.0f} us in user space (Python, uvloop,
+httptools) and {cpu.system_us:.0f} us in the kernel (its two reads and two writes),
+{cpu_total:.0f} us in all; the worker is CPU-bound at that rate, so this is what its
+throughput is made of.{budget}
 
 ### Added latency at one connection (wrk -t1 -c1 -d5s)
 
@@ -414,6 +451,21 @@ split + measurements + breaker on), perf (`perf record -g`) and `strace -c`:
   writes' wake-ups. Three times less CPU per request would take a server loop or the
   upstream parsing in C (Cython), beyond this round.
 - Workers: `abgate proxy --workers N` (SO_REUSEPORT); the table above has 1 and 2.
+
+Tried afterwards and not kept (same harness, alternating runs, 2 x 8 s each, every feature
+but history on; this shared virtual machine gave the unchanged build 8,200 to 13,500 req/s
+within one hour, so only differences larger than that spread are read as real):
+
+- Coalescing writes: each keep-alive answer's and each upstream request's write deferred to
+  one flush per loop pass, so that a burst wakes wrk and nginx once instead of once per
+  write (the wake-ups are the kernel's largest share above). About +10% at 32 connections
+  (9,500-10,800 vs 8,200-9,500 req/s), but the one-connection p50 rose from 370-390 us to
+  550-700 us: the flush waits for a loop pass. Against the latency target, so not kept.
+- Python 3.12 (where aiohttp starts each request's task eagerly, one loop pass fewer):
+  9,600 and 10,700 vs 8,900 and 13,500 req/s on 3.11: no gain beyond the noise; abgate
+  stays on 3.11, the Python of its Dockerfile and CI.
+- The CPU figure above is the steadier measure: the worker is saturated, so req/s is
+  1 / (CPU per request) and the rest is the machine's noise.
 """
 
 
