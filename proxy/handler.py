@@ -7,7 +7,6 @@ and a few counter increments.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, MutableMapping, Sequence
@@ -15,9 +14,7 @@ from dataclasses import dataclass, field
 from time import perf_counter
 
 import orjson
-from aiohttp import ClientConnectionResetError, web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.streams import EofStream, StreamReader
+from aiohttp import web
 
 from config.model import ProxySettings
 from proxy.breaker import Breaker
@@ -34,6 +31,15 @@ from proxy.metrics import ProxyMetrics, TrafficStats
 from proxy.outcome import NO_BUCKET, Outcome, OutcomeSink, arm_statistics
 from proxy.paths import PathRefused, normalize_target
 from proxy.pool import UpstreamPool
+from proxy.request_body import (
+    CLIENT_GONE,
+    BodyTooLarge,
+    ClientGone,
+    ClientTooSlow,
+    read_request_body,
+    too_large,
+    too_slow,
+)
 from proxy.respond import DateField, PrebuiltResponse, plain_body, status_line
 from proxy.retry_budget import RetryBudget
 from proxy.routing import Router
@@ -45,11 +51,8 @@ log = logging.getLogger("abgate.proxy")
 
 VIA = "1.1 abgate"
 _VIA_BYTES = VIA.encode()
-_STREAM_CHUNK = 64 * 1024
 # Lets the ML backend tell copies from live traffic (Envoy appends "-shadow" to Host instead).
 _SHADOW_HEADER = b"X-ABGate-Shadow: 1\r\n"
-# Client-side failures while reading a request body or writing a response.
-_CLIENT_GONE = (ConnectionError, ClientConnectionResetError, HttpProcessingError, EofStream)
 
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -116,30 +119,6 @@ class Routing:
     budget: RetryBudget
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
-class ClientGone(Exception):
-    pass
-
-
-class ClientTooSlow(Exception):
-    """No request body bytes within client_body_timeout (408, as nginx)."""
-
-
-async def _read_within(content: StreamReader, seconds: float) -> bytes:
-    """The next piece of a request body, waiting on the client for at most `seconds`; no
-    timer when the whole body is in already (a small body arrives with the head)."""
-    if content.is_eof():
-        return await content.readany()
-    try:
-        async with asyncio.timeout(seconds):
-            return await content.readany()
-    except TimeoutError:
-        raise ClientTooSlow from None
-
-
 class ProxyHandler:
     """Callable handed to aiohttp's low-level server. `routing` is swapped whole on reload."""
 
@@ -194,14 +173,14 @@ class ProxyHandler:
 
         length = request.content_length
         if length is not None and length > settings.max_body_size:
-            return self._local(request, 413, _too_large(settings), dest, None, draw, fallback)
+            return self._local(request, 413, too_large(settings), dest, None, draw, fallback)
         try:
-            body, framing = await self._request_body(request, length, settings)
+            body, framing = await read_request_body(request, length, settings)
         except BodyTooLarge:
-            return self._local(request, 413, _too_large(settings), dest, None, draw, fallback)
+            return self._local(request, 413, too_large(settings), dest, None, draw, fallback)
         except ClientTooSlow:
-            return self._local(request, 408, _too_slow(settings), dest, None, draw, fallback)
-        except _CLIENT_GONE:
+            return self._local(request, 408, too_slow(settings), dest, None, draw, fallback)
+        except CLIENT_GONE:
             return self._local(
                 request, 400, "client closed the request body", dest, None, draw, fallback
             )
@@ -245,11 +224,11 @@ class ProxyHandler:
             )
         except BodyTooLarge:
             return self._local(
-                request, 413, _too_large(settings), dest, head.request_id, draw, fallback
+                request, 413, too_large(settings), dest, head.request_id, draw, fallback
             )
         except ClientTooSlow:
             return self._local(
-                request, 408, _too_slow(settings), dest, head.request_id, draw, fallback
+                request, 408, too_slow(settings), dest, head.request_id, draw, fallback
             )
         except ClientGone:
             return self._local(
@@ -513,71 +492,6 @@ class ProxyHandler:
         if "X-Request-Id" not in headers:
             headers["X-Request-Id"] = request_id
 
-    async def _request_body(
-        self,
-        request: web.BaseRequest,
-        length: int | None,
-        settings: ProxySettings,
-    ) -> tuple[bytes | AsyncIterator[bytes] | None, int | None]:
-        """The body to send and its framing: (body, Content-Length) or (stream, None=chunked).
-
-        Small bodies are read whole (they can be replayed); larger ones stream through.
-        """
-        content = request.content
-        if length == 0 or (length is None and not request.body_exists):
-            return None, 0
-        if not content.is_eof() and request.headers.get("Expect", "").lower() == "100-continue":
-            # The client waits for this before sending the body (the Expect header itself
-            # is not forwarded: this hop answers it, as nginx does).
-            transport = request.transport
-            if transport is not None:
-                transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        timeout = settings.client_body_timeout
-        if length is not None:
-            if length <= settings.buffer_body_size:
-                if content.is_eof():  # all of it arrived with the head: no wait, no timer
-                    return await content.readexactly(length), length
-                try:
-                    async with asyncio.timeout(timeout):
-                        return await content.readexactly(length), length
-                except TimeoutError:
-                    raise ClientTooSlow from None
-            return self._stream(content, b"", length, settings.max_body_size, timeout), length
-        # Chunked: buffer up to the threshold, stream the rest (chunked) if there is more.
-        pieces: list[bytes] = []
-        size = 0
-        while size <= settings.buffer_body_size:
-            chunk = await _read_within(content, timeout)
-            if not chunk:
-                data = b"".join(pieces)
-                return data, len(data)
-            pieces.append(chunk)
-            size += len(chunk)
-            if size > settings.max_body_size:
-                raise BodyTooLarge
-        return self._stream(content, b"".join(pieces), None, settings.max_body_size, timeout), None
-
-    @staticmethod
-    async def _stream(
-        content: StreamReader, first: bytes, length: int | None, limit: int, seconds: float
-    ) -> AsyncIterator[bytes]:
-        sent = len(first)
-        if first:
-            yield first
-        while True:
-            try:
-                chunk = await _read_within(content, seconds)
-            except _CLIENT_GONE as exc:
-                raise ClientGone from exc
-            if not chunk:
-                if length is not None and sent != length:
-                    raise ClientGone
-                return
-            sent += len(chunk)
-            if sent > limit:
-                raise BodyTooLarge
-            yield chunk
-
     async def _stream_response(
         self,
         request: web.BaseRequest,
@@ -620,7 +534,7 @@ class ProxyHandler:
             log.warning("upstream %s broke off a response body: %s", exc.upstream, exc.detail)
             if request.transport is not None:
                 request.transport.abort()
-        except _CLIENT_GONE:
+        except CLIENT_GONE:
             log.debug("client went away while receiving a response")
         finally:
             upstream.abandon()
@@ -683,14 +597,6 @@ def _routing_fields(dest: Destination, fallback: Fallback | None) -> bytes:
         return dest.arm_fields + dest.phase.field + dest.served_field
     reason = b"X-ABGate-Fallback: " + fallback.reason.encode() + b"\r\n"
     return fallback.assigned.arm_fields + dest.phase.field + dest.served_field + reason
-
-
-def _too_large(settings: ProxySettings) -> str:
-    return f"request body over {settings.max_body_size} bytes"
-
-
-def _too_slow(settings: ProxySettings) -> str:
-    return f"no request body within {settings.client_body_timeout:g}s"
 
 
 _REASONS = {
