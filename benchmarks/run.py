@@ -466,6 +466,13 @@ within one hour, so only differences larger than that spread are read as real):
   stays on 3.11, the Python of its Dockerfile and CI.
 - The CPU figure above is the steadier measure: the worker is saturated, so req/s is
   1 / (CPU per request) and the rest is the machine's noise.
+- At one connection the worker spends far more per request: 280 us of CPU (167 user, 113
+  kernel; 2,209 req/s, same harness, wrk -c1) against about 100 us under load. strace
+  there: 2 reads, 2 writes and 3 `epoll_pwait` per request (the third a zero-timeout pass
+  for aiohttp's per-request task); nothing is batched, each read follows a sleep, so each
+  pays a wake-up on this virtual machine and a cold cache. That, not waiting on anything,
+  is the added p50: it would take fewer loop passes per request, i.e. a server loop of our
+  own instead of aiohttp's, to close.
 """
 
 
