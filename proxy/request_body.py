@@ -17,11 +17,11 @@ CLIENT_GONE = (ConnectionError, ClientConnectionResetError, HttpProcessingError,
 
 
 class BodyTooLarge(Exception):
-    pass
+    """A request body over max_body_size (413)."""
 
 
 class ClientGone(Exception):
-    pass
+    """The client closed or broke off its body before the end of it (400)."""
 
 
 class ClientTooSlow(Exception):
