@@ -3,16 +3,28 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Every package CI installs, pinned with its hashes (`make lock` refreshes it on purpose).
+LOCK   := requirements/lock.txt
+PIP_VERSION := 26.3
 
-.PHONY: install run test lint typecheck pytest test-servers bench monitoring clean
+.PHONY: install lock run test test-busy lint typecheck pytest test-servers bench monitoring clean
 
-$(STAMP): pyproject.toml constraints.txt
+# Exactly the lock: hash-checked, no resolution of our own, then abgate itself (editable,
+# built with the locked setuptools).
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,dev]'
+	$(BIN)/pip install --quiet 'pip==$(PIP_VERSION)'
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## Re-resolve every dependency to its newest release allowed by pyproject.toml (commit the
+## new lock on its own, with the fixes the new releases ask for).
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml requirements/build.in --extra test --extra dev \
+		--generate-hashes --python-version 3.11 --upgrade --quiet -o $(LOCK)
 
 ## Demo: two demo agents and abgate on config/abgate.yaml (Ctrl-C stops all three).
 run: $(STAMP)
@@ -29,7 +41,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP)
-	$(BIN)/pytest --cov --cov-report=term
+	$(BIN)/pytest --cov --cov-report=term --durations=20
 
 ## Prometheus and the node, Redis and PostgreSQL exporters on this machine (Ctrl-C stops).
 monitoring: test-servers

@@ -283,7 +283,7 @@ class RedisFlagSync:
                     next_beat = loop.time() + self._heartbeat
         finally:
             with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
     async def _connected(self) -> None:
         """Subscribed (again): re-read everything, let the writer re-seed, report in."""
