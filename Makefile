@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 LOCK   := requirements/lock.txt
 PIP_VERSION := 26.3
 
-.PHONY: install lock run test test-busy lint typecheck pytest test-servers bench monitoring clean
+.PHONY: install lock lock-upgrade run test test-busy lint typecheck pytest test-servers bench monitoring clean
 
 # Exactly the lock: hash-checked, no resolution of our own, then abgate itself (editable,
 # built with the locked setuptools).
@@ -20,11 +20,17 @@ $(STAMP): pyproject.toml $(LOCK)
 
 install: $(STAMP)
 
-## Re-resolve every dependency to its newest release allowed by pyproject.toml (commit the
-## new lock on its own, with the fixes the new releases ask for).
+COMPILE = $(BIN)/uv pip compile pyproject.toml requirements/build.in --extra test --extra dev \
+		--generate-hashes --python-version 3.11 --quiet -o $(LOCK)
+
+## After a change to pyproject.toml's dependencies: resolve what changed, keep every other pin.
 lock: $(STAMP)
-	$(BIN)/uv pip compile pyproject.toml requirements/build.in --extra test --extra dev \
-		--generate-hashes --python-version 3.11 --upgrade --quiet -o $(LOCK)
+	$(COMPILE)
+
+## Refresh on purpose: every dependency to its newest release pyproject.toml allows. Commit the
+## new lock on its own, with the fixes the new releases ask for.
+lock-upgrade: $(STAMP)
+	$(COMPILE) --upgrade
 
 ## Demo: two demo agents and abgate on config/abgate.yaml (Ctrl-C stops all three).
 run: $(STAMP)
