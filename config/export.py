@@ -10,26 +10,35 @@ from urllib.parse import urlsplit, urlunsplit
 
 from config.model import Config
 
+# Query parameters that carry a secret (libpq and redis-py accept the password there too).
+_SECRET_PARAMETERS = re.compile(r"(?i)(^|&)((?:ssl_?)?password)=[^&]*")
+
 
 def mask_url(url: str) -> str:
-    """redis://user:secret@host -> redis://user:***@host; anything unparsable is hidden."""
+    """redis://user:secret@host -> redis://user:***@host, ?password=secret -> ?password=***;
+    anything unparsable is hidden."""
     try:
         parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
     except ValueError:
         return "***"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+    query = _SECRET_PARAMETERS.sub(r"\1\2=***", parts.query)
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        parts = parts._replace(netloc=f"{user}:***@{host}{port}")
+    return urlunsplit(parts._replace(query=query))
 
 
 def config_as_json(config: Config) -> dict[str, Any]:
     out = _plain(config)
     assert isinstance(out, dict)
-    if config.flags.redis_url:
-        out["flags"]["redis_url"] = mask_url(config.flags.redis_url)
+    # Passwords are references (an environment variable's name, a file's path) everywhere
+    # but in URLs, where they are masked.
+    if config.flags.redis is not None and config.flags.redis.url:
+        out["flags"]["redis"]["url"] = mask_url(config.flags.redis.url)
     if config.history.postgres_url:
         out["history"]["postgres_url"] = mask_url(config.history.postgres_url)
     return out
