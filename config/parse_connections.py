@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from config.export import mask_url
 from config.fields import Reader
@@ -28,6 +29,13 @@ _REDIS_KEYS = {
 }
 _SENTINEL_KEYS = {"addresses", "service", "username", "password_env", "password_file", "tls"}
 _TLS_KEYS = {"ca_file", "cert_file", "key_file", "check_hostname"}
+
+
+def _url_password(url: str) -> bool:
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:
+        return False
 
 
 class ConnectionSchema:
@@ -58,6 +66,8 @@ class ConnectionSchema:
             self.r.problem((*path, "db"), "with url, the database is the URL's path (/0)")
         username = self._username(section, path)
         password = self._secret(section, path)
+        if url is not None and password is not None and _url_password(url):
+            self.r.problem(path, "the URL holds a password already: give it in one place")
         tls = self._tls(section.get("tls"), (*path, "tls"))
         if tls is not None and url is not None and not url.startswith("rediss://"):
             self.r.problem((*path, "tls"), "TLS needs a rediss:// URL")

@@ -394,17 +394,18 @@ flags:
     assert both == ["flags (line 1): redis_url and redis: give one of them"]
     plain = problems("flags:\n  redis: {url: 'redis://a:1/0', tls: {ca_file: /ca.pem}}\n" + GOOD)
     assert plain == ["flags.redis.tls (line 2): TLS needs a rediss:// URL"]
+    twice = problems("flags:\n  redis: {url: 'redis://:pw@a:1/0', password_env: P}\n" + GOOD)
+    assert twice == ["flags.redis (line 2): the URL holds a password already: give it in one place"]
 
 
 def test_passwords_in_urls_are_masked_in_every_place_shown() -> None:
     from config.export import config_as_json
 
     text = (
-        "flags:\n  redis: {url: 'redis://abgate:hunter2@cache:6379/0', password_env: X}\n"
+        "flags:\n  redis: {url: 'redis://abgate:hunter2@cache:6379/0'}\n"
         "history:\n  postgres_url: postgresql://u:hunter3@db/x?password=hunter4\n" + GOOD
     )
     exported = config_as_json(parse_config(text))
     assert exported["flags"]["redis"]["url"] == "redis://abgate:***@cache:6379/0"
-    assert exported["flags"]["redis"]["password"] == {"env": "X", "file": None}
     assert exported["history"]["postgres_url"] == "postgresql://u:***@db/x?password=***"
     assert "hunter" not in str(exported)
