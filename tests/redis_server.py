@@ -44,10 +44,25 @@ class ServerTls:
     ca: Path
 
 
+# What abgate needs, as the guide documents it: its keys and channel, no admin commands.
+ABGATE_ACL = (
+    "~{abgate}:*",
+    "&{abgate}:*",
+    "+@read",
+    "+@write",
+    "+@pubsub",
+    "+@scripting",
+    "+@transaction",
+    "+@connection",
+    "-@dangerous",
+)
+
+
 class RedisServer:
     """With `users` (name -> password), the default user is off and an `admin` user (all
-    rights, ADMIN_PASSWORD) is what `client()` logs in as; with `tls`, the only port speaks
-    TLS; with `replica_of`, it replicates that server."""
+    rights, ADMIN_PASSWORD) is what `client()` logs in as; the users have `acl` (all rights
+    unless told); with `tls`, the only port speaks TLS; with `replica_of`, it replicates
+    that server."""
 
     def __init__(
         self,
@@ -58,7 +73,9 @@ class RedisServer:
         tls: ServerTls | None = None,
         replica_of: RedisServer | None = None,
         name: str = "redis",
+        acl: tuple[str, ...] = ("~*", "&*", "+@all"),
     ) -> None:
+        self.acl = acl
         self.binary = binary
         self.workdir = workdir / name
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -103,8 +120,9 @@ class RedisServer:
         if self.users is not None:
             # One argument per ACL token: redis-server quotes an argument with spaces.
             args += ["--user", "default", "off"]
-            for user, password in {"admin": ADMIN_PASSWORD, **self.users}.items():
-                args += ["--user", user, "on", f">{password}", "~*", "&*", "+@all"]
+            args += ["--user", "admin", "on", f">{ADMIN_PASSWORD}", "~*", "&*", "+@all"]
+            for user, password in self.users.items():
+                args += ["--user", user, "on", f">{password}", *self.acl]
         if self.replica_of is not None:
             args += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
             if self.replica_of.users is not None:
@@ -265,13 +283,17 @@ async def sentinel_group(
     tmp_path: Path,
     *,
     users: dict[str, str] | None = None,
+    acl: tuple[str, ...] = ABGATE_ACL,
     sentinel_password: str | None = None,
     down_after: int = 1000,
 ) -> AsyncIterator[SentinelGroup]:
-    """A primary and a replica (replicating), watched by three sentinels that know both."""
+    """A primary and a replica (replicating), watched by three sentinels that know both;
+    the `users` have `acl` (by default what abgate needs and nothing more)."""
     binary = redis_binary()
-    primary = RedisServer(binary, tmp_path, users=users, name="primary")
-    replica = RedisServer(binary, tmp_path, users=users, replica_of=primary, name="replica")
+    primary = RedisServer(binary, tmp_path, users=users, name="primary", acl=acl)
+    replica = RedisServer(
+        binary, tmp_path, users=users, replica_of=primary, name="replica", acl=acl
+    )
     sentinels = [
         SentinelServer(
             binary, tmp_path, primary, index=i, down_after=down_after, password=sentinel_password

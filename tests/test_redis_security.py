@@ -20,7 +20,7 @@ from control.log import RedactingFormatter
 from control.serve import Embedded, embedded, worker
 from state.redis_client import describe_redis_error
 from state.secrets import redact, remember
-from tests.redis_server import RedisServer, ServerTls, redis_server
+from tests.redis_server import ABGATE_ACL, RedisServer, ServerTls, redis_server
 from tests.servers import make_config, tables_reach, until
 from tests.tls_certs import CertificateAuthority
 
@@ -75,7 +75,7 @@ async def test_acl_user_over_tls_and_a_rotated_password(
     tls = ServerTls(ca.issue("redis"), ca.pem)
     secret = tmp_path / "redis-password"
     secret.write_text(FIRST + "\n")  # as a Kubernetes Secret volume may hold it
-    async with redis_server(tmp_path, users={"abgate": FIRST}, tls=tls) as redis:
+    async with redis_server(tmp_path, users={"abgate": FIRST}, tls=tls, acl=ABGATE_ACL) as redis:
         assert redis.url.startswith("rediss://")
         config = secure_config(agents, redis, ca.pem, tmp_path, "control")
         async with (
