@@ -194,8 +194,19 @@ class SentinelServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.password = password
-        lines = [
-            f"port {self.port}",
+        self.tls = primary.tls  # a sentinel of TLS servers speaks TLS, to them and to clients
+        lines = [f"port {self.port}"]
+        if self.tls is not None:
+            lines = [
+                "port 0",
+                f"tls-port {self.port}",
+                f"tls-cert-file {self.tls.issued.cert}",
+                f"tls-key-file {self.tls.issued.key}",
+                f"tls-ca-cert-file {self.tls.ca}",
+                "tls-auth-clients optional",
+                "tls-replication yes",
+            ]
+        lines += [
             "bind 127.0.0.1",
             f"dir {self.workdir}",
             f"sentinel monitor {SERVICE} 127.0.0.1 {primary.port} 2",
@@ -225,8 +236,20 @@ class SentinelServer:
         await _until_answering(self.client())
 
     def client(self) -> Redis:
+        options: dict[str, object] = {}
+        if self.tls is not None:
+            options.update(
+                ssl=True,
+                ssl_ca_certs=str(self.tls.ca),
+                ssl_cert_reqs="required",
+                ssl_check_hostname=False,
+            )
         return Redis(
-            host="127.0.0.1", port=self.port, password=self.password, decode_responses=True
+            host="127.0.0.1",
+            port=self.port,
+            password=self.password,
+            decode_responses=True,
+            **options,  # type: ignore[arg-type]
         )
 
     async def kill(self) -> None:
@@ -286,13 +309,15 @@ async def sentinel_group(
     acl: tuple[str, ...] = ABGATE_ACL,
     sentinel_password: str | None = None,
     down_after: int = 1000,
+    tls: ServerTls | None = None,
 ) -> AsyncIterator[SentinelGroup]:
     """A primary and a replica (replicating), watched by three sentinels that know both;
-    the `users` have `acl` (by default what abgate needs and nothing more)."""
+    the `users` have `acl` (by default what abgate needs and nothing more); with `tls`,
+    every one of them speaks only TLS."""
     binary = redis_binary()
-    primary = RedisServer(binary, tmp_path, users=users, name="primary", acl=acl)
+    primary = RedisServer(binary, tmp_path, users=users, name="primary", acl=acl, tls=tls)
     replica = RedisServer(
-        binary, tmp_path, users=users, replica_of=primary, name="replica", acl=acl
+        binary, tmp_path, users=users, replica_of=primary, name="replica", acl=acl, tls=tls
     )
     sentinels = [
         SentinelServer(

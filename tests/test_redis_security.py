@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import ClientSession
 
@@ -20,7 +21,14 @@ from control.log import RedactingFormatter
 from control.serve import Embedded, embedded, worker
 from state.redis_client import describe_redis_error
 from state.secrets import redact, remember
-from tests.redis_server import ABGATE_ACL, RedisServer, ServerTls, redis_server
+from tests.redis_server import (
+    ABGATE_ACL,
+    SERVICE,
+    RedisServer,
+    ServerTls,
+    redis_server,
+    sentinel_group,
+)
 from tests.servers import make_config, tables_reach, until
 from tests.tls_certs import CertificateAuthority
 
@@ -255,3 +263,47 @@ def test_logs_never_show_a_secret_or_a_url_password() -> None:
     line = RedactingFormatter("%(message)s").format(record)
     assert line == "auth with *** failed for postgresql://abgate:***@db:5432/x"
     assert redact("nothing secret here") == "nothing secret here"
+
+
+async def test_sentinels_and_servers_all_over_tls(
+    session: ClientSession,
+    agents: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sentinel with TLS everywhere: the sentinels are asked over TLS, the primary they name
+    is reached over TLS, as the ACL user."""
+    ca = CertificateAuthority(tmp_path / "ca")
+    monkeypatch.setenv("ABGATE_TEST_REDIS_PASSWORD", FIRST)
+    tls = ServerTls(ca.issue("redis"), ca.pem)
+    async with sentinel_group(tmp_path, users={"abgate": FIRST}, tls=tls) as group:
+        config = make_config(
+            agents,
+            flags={
+                "redis": {
+                    "sentinel": {"addresses": group.addresses, "service": SERVICE},
+                    "username": "abgate",
+                    "password_env": "ABGATE_TEST_REDIS_PASSWORD",
+                    "tls": {"ca_file": str(ca.pem)},
+                },
+                "heartbeat_interval": "200ms",
+            },
+        )
+        redis = config.flags.redis
+        assert redis is not None
+        assert redis.sentinel is not None
+        assert redis.sentinel.tls  # as the servers, unless told otherwise
+        async with embedded(config) as running:
+            sync = running.backend.sync
+            assert sync is not None
+            await asyncio.wait_for(sync.connected_event.wait(), 20)
+            status, flag = await flag_write(session, running, 30)
+            assert status == 200
+            assert flag["percentage"] == 30
+        admin = group.primary.client()
+        try:
+            stored = await admin.hget("{abgate}:flags", "exp")
+        finally:
+            await admin.aclose()
+        assert stored is not None  # on the primary the sentinels named
+        assert orjson.loads(stored)["basis_points"] == 3000
