@@ -50,7 +50,15 @@ import redis
 import redis.asyncio
 from aiohttp import ClientSession, ClientTimeout, TCPConnector
 
-from benchmarks.common import RESULTS, ROOT, process, verdict, wait_http, write_section
+from benchmarks.common import (
+    RESULTS,
+    ROOT,
+    process,
+    redis_server_command,
+    verdict,
+    wait_http,
+    write_section,
+)
 from benchmarks.run import bench_config, cpu_seconds, require_tools, rss_mib, start_upstream
 
 PATH = "/api/agent/credit/decide"
@@ -411,21 +419,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
         redis_port = free_port()
-        stack.enter_context(
-            process(
-                [
-                    "redis-server",
-                    "--port",
-                    str(redis_port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ]
-            )
-        )
+        stack.enter_context(process(redis_server_command("redis-server", redis_port)))
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         client = redis.Redis.from_url(redis_url, decode_responses=True)
         # Ports of our own: other developers' benchmarks use the fixed ones of benchmarks.run.

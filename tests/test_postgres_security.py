@@ -5,11 +5,8 @@ migrate`) and after a rotation, and no password ever shown."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import sys
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
@@ -20,12 +17,12 @@ from config.export import config_as_json
 from config.model import HistorySettings, SecretRef
 from control.serve import Embedded, embedded
 from tests.postgres_server import PostgresServer, postgres_server
+from tests.processes import abgate_command, config_document, write_config
 from tests.servers import make_config, until
 from tests.tls_certs import CertificateAuthority
 
 URL = "/api/agent/credit/decide"
 FIRST, SECOND = "first-pg-password-1", "second-pg-password-2"
-ROOT = Path(__file__).parent.parent
 
 
 def verify_full(postgres: PostgresServer, ca: Path) -> str:
@@ -97,33 +94,15 @@ async def test_verify_full_tls_and_a_scram_password_rotated_in_its_file(
     assert SECOND not in shown
 
 
-def write_config(tmp_path: Path, url: str, **history: Any) -> Path:
-    path = tmp_path / "abgate.yaml"
-    path.write_text(
-        "upstreams: {a: {url: 'http://127.0.0.1:9'}}\n"
-        "routes: [{prefix: /, upstream: a}]\n"
-        f"history: {{postgres_url: '{url}', password_env: ABGATE_TEST_PG_PASSWORD}}\n"
-    )
-    return path
+def db_config(tmp_path: Path, name: str, url: str) -> Path:
+    document = config_document("http://127.0.0.1:9")
+    document["history"] = {"postgres_url": url, "password_env": "ABGATE_TEST_PG_PASSWORD"}
+    return write_config(tmp_path / f"{name}.yaml", document)
 
 
 async def db_migrate(config: Path, password: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "control.cli",
-        "db",
-        "migrate",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={"ABGATE_TEST_PG_PASSWORD": password, "PATH": "/usr/bin:/bin"},
-        cwd=ROOT,
-    )
-    output, _ = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, output.decode()
+    env = {"ABGATE_TEST_PG_PASSWORD": password, "PATH": "/usr/bin:/bin"}
+    return await abgate_command("db", "migrate", "--config", str(config), env=env)
 
 
 @pytest.mark.slow
@@ -131,7 +110,7 @@ async def test_a_wrong_password_or_certificate_is_named_at_start(tmp_path: Path)
     ca = CertificateAuthority(tmp_path / "ca")
     stranger = CertificateAuthority(tmp_path / "stranger", name="someone else's CA")
     async with postgres_server(password=FIRST, tls=ca.issue("postgres")) as postgres:
-        config = write_config(tmp_path, verify_full(postgres, ca.pem))
+        config = db_config(tmp_path, "trusting", verify_full(postgres, ca.pem))
         code, output = await db_migrate(config, FIRST)
         assert code == 0, output
         assert output.startswith(f"{verify_full(postgres, ca.pem)}: schema up to date")
@@ -141,9 +120,8 @@ async def test_a_wrong_password_or_certificate_is_named_at_start(tmp_path: Path)
             "abgate db migrate: InvalidPasswordError: "
             'password authentication failed for user "abgate"\n'
         )
-        code, output = await db_migrate(
-            write_config(tmp_path, verify_full(postgres, stranger.pem)), FIRST
-        )
+        stranger_config = db_config(tmp_path, "stranger", verify_full(postgres, stranger.pem))
+        code, output = await db_migrate(stranger_config, FIRST)
         assert code == 1
         assert output.startswith(
             "abgate db migrate: SSLCertVerificationError: [SSL: CERTIFICATE_VERIFY_FAILED] "

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,10 @@ from aiohttp import ClientSession
 from config import Config
 from config.export import config_as_json
 from control.log import RedactingFormatter
-from control.serve import Embedded, embedded, worker
+from control.serve import Embedded, Worker, embedded, worker
 from state.redis_client import describe_redis_error
 from state.secrets import redact, remember
+from tests.processes import abgate
 from tests.redis_server import (
     ABGATE_ACL,
     SERVICE,
@@ -67,6 +67,18 @@ async def flag_write(session: ClientSession, running: Embedded, percentage: floa
         return response.status, await response.json()
 
 
+async def connected_and_converging(
+    session: ClientSession, control: Embedded, proxy: Worker, percentage: float
+) -> None:
+    """Both connected (again), and a write reaches the proxy."""
+    for sync in (control.backend.sync, proxy.backend.sync):
+        assert sync is not None
+        await asyncio.wait_for(sync.connected_event.wait(), 20)
+    status, flag = await flag_write(session, control, percentage)
+    assert status == 200
+    await tables_reach([proxy.flags], "exp", flag["version"])
+
+
 async def flag_store_reasons(session: ClientSession, running: Embedded) -> list[str]:
     async with session.get(f"{running.control_url}/health/aggregate") as response:
         body = await response.json()
@@ -91,12 +103,7 @@ async def test_acl_user_over_tls_and_a_rotated_password(
             worker(secure_config(agents, redis, ca.pem, tmp_path, "proxy")) as proxy,
         ):
             syncs = [control.backend.sync, proxy.backend.sync]
-            for sync in syncs:
-                assert sync is not None
-                await asyncio.wait_for(sync.connected_event.wait(), 20)
-            status, flag = await flag_write(session, control, 40)
-            assert status == 200
-            await tables_reach([proxy.flags], "exp", flag["version"])
+            await connected_and_converging(session, control, proxy, 40)
 
             # The password changes on the server; connections are dropped (as a rotation
             # that kills old sessions does); the file still has the old one.
@@ -125,12 +132,7 @@ async def test_acl_user_over_tls_and_a_rotated_password(
 
             # The file is rotated too: the next reconnect reads it, no restart.
             secret.write_text(SECOND)
-            for sync in syncs:
-                assert sync is not None
-                await asyncio.wait_for(sync.connected_event.wait(), 20)
-            status, flag = await flag_write(session, control, 70)
-            assert status == 200
-            await tables_reach([proxy.flags], "exp", flag["version"])
+            await connected_and_converging(session, control, proxy, 70)
             assert all(s is not None and s.last_error is None for s in syncs)
 
             shown = str(config_as_json(config))  # what GET /api/config shows
@@ -179,7 +181,7 @@ async def test_a_certificate_not_trusted_is_named_at_start_and_after_a_rotation(
 
 
 async def test_a_wrong_password_at_start_is_one_clear_line(
-    agents: dict[str, str], tmp_path: Path
+    session: ClientSession, agents: dict[str, str], tmp_path: Path
 ) -> None:
     """`abgate proxy` as a process, its password in an environment variable that is wrong:
     it serves (the last flags), says why Redis refuses it once, and never prints it."""
@@ -200,31 +202,13 @@ experiments:
   exp: {{control: control, treatment: treatment, percentage: 10}}
 """
         )
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "control.cli",
-            "proxy",
-            "--config",
-            str(path),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={"ABGATE_TEST_REDIS_PASSWORD": SECOND, "PATH": "/usr/bin:/bin"},
-            cwd=Path(__file__).parent.parent,
-        )
-        assert proc.stdout is not None
-        assert proc.stderr is not None
-        try:
-            async with asyncio.timeout(30):
-                listening = (await proc.stdout.readline()).decode()
-                assert "proxy listening on" in listening
-                lines: list[str] = []
-                while "refused the credentials" not in "".join(lines):
-                    lines.append((await proc.stderr.readline()).decode())
-        finally:
-            proc.terminate()
-            rest = (await proc.communicate())[1].decode()
-    text = "".join(lines) + rest
+        env = {"ABGATE_TEST_REDIS_PASSWORD": SECOND}
+        async with abgate("proxy", "--config", str(path), expect={"proxy": 1}, env=env) as proc:
+            await until(lambda: "refused the credentials" in "".join(proc.output))
+            async with session.get(proc.url("proxy") + URL) as answer:
+                assert answer.status == 200  # it serves meanwhile
+            await proc.stop()
+    text = "".join(proc.output)
     assert (
         "ERROR abgate.flags: flag store: Redis refused the credentials (user 'abgate', "
         "password from the environment variable ABGATE_TEST_REDIS_PASSWORD): "
