@@ -16,7 +16,12 @@ from config import Config
 from state.flag_file import FlagFile
 from state.flags import FlagStore, FlagTable, Instance, MemoryFlagStore
 from state.measurements import MeasurementStore, MemoryMeasurements, RedisMeasurements
-from state.redis_client import RedisConnection, connect_redis, redis_settings
+from state.redis_client import (
+    RedisConnection,
+    connect_redis,
+    describe_redis_error,
+    redis_settings,
+)
 from state.redis_flags import (
     LocalInstance,
     RedisFlagStore,
@@ -172,7 +177,7 @@ async def start_flag_backend(
             snapshot=None if writer else snapshot,
             on_connect=redis_store.reseed if redis_store is not None else None,
             status=status,
-            **({"describe": redis.describe} if redis else {}),
+            describe=redis.describe if redis else describe_redis_error,
         )
     )
     return FlagBackend(table, redis_store, sync, shared.measurements)

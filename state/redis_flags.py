@@ -363,6 +363,7 @@ class RedisFlagStore:
         self._wait_replicas = wait_replicas
         self._wait_ms = max(1, round(wait_timeout * 1000))
         self.unreplicated = 0
+        self._short = False  # the last write was short of replicas
 
     async def set_percentages(
         self,
@@ -415,16 +416,25 @@ class RedisFlagStore:
         await self._set(keys=keys, args=args, client=pipe)
         pipe.wait(self._wait_replicas, self._wait_ms)
         raw, acknowledged = await pipe.execute()
-        if raw and raw[0] != "conflict" and int(acknowledged) < self._wait_replicas:
+        if raw and raw[0] == "conflict":
+            return raw
+        short = int(acknowledged) < self._wait_replicas
+        if short:
             self.unreplicated += 1
-            log.warning(
-                "flag store: write of %s confirmed by %d of %d replica(s) within %d ms; "
-                "it stands, and this process re-seeds it if a failover loses it",
-                ", ".join(names),
-                int(acknowledged),
-                self._wait_replicas,
-                self._wait_ms,
-            )
+        if short != self._short:  # said once when it starts, once when it ends
+            self._short = short
+            if short:
+                log.warning(
+                    "flag store: write of %s confirmed by %d of %d replica(s) within %d ms; "
+                    "it stands, and this process re-seeds it if a failover loses it "
+                    "(counted in abgate_flag_writes_unreplicated_total from now on)",
+                    ", ".join(names),
+                    int(acknowledged),
+                    self._wait_replicas,
+                    self._wait_ms,
+                )
+            else:
+                log.warning("flag store: replicas confirm flag writes again")
         return raw
 
     async def reseed(self) -> None:
