@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +21,7 @@ from control.http import WORKER, ApiError, json_response
 from proxy.hashing import fnv1a32, user_hash
 from state.errors import StoreUnavailable
 from state.flags import FlagTable
-from state.measurements import UNCLUSTERED, MeasureKey, Sums, cluster_of
+from state.measurements import UNCLUSTERED, MeasureKey, Sums, check_value, cluster_of
 
 if TYPE_CHECKING:
     from control.stats_worker import StatsWorker
@@ -225,8 +224,11 @@ def _outcome(
     value = item.get("value")
     if isinstance(value, bool):
         value = float(value)
-    if not isinstance(value, int | float) or not math.isfinite(value):
+    if not isinstance(value, int | float):
         raise ApiError(400, f"{where}.value: expected a finite number or a boolean, got {value!r}")
+    problem = check_value(float(value))
+    if problem is not None:  # its square must stay finite: one would poison every sum
+        raise ApiError(400, f"{where}.value: {problem}")
     if definition.type == "binary" and value not in (0, 1):
         raise ApiError(
             400, f"{where}.value: {metric} is binary: expected 0, 1, true or false, got {value!r}"
