@@ -58,6 +58,11 @@ BATCH_TTL = 3600  # seconds a batch id is remembered: a retry within it is a no-
 SEEN_BATCHES = 4096  # ids the embedded store remembers
 
 
+def phases_key(prefix: str, experiment: str) -> str:
+    """The Redis hash of an experiment's phases (the flag store re-seeds it too)."""
+    return f"{{{prefix}}}:phases:{experiment}"
+
+
 def check_value(value: float) -> str | None:
     """Why `value` cannot be measured (None: it can): non-finite, or too large to square."""
     if not math.isfinite(value):
@@ -351,7 +356,7 @@ class RedisMeasurements:
         return f"{{{self._prefix}}}:stats:{experiment}"
 
     def _phases(self, experiment: str) -> str:
-        return f"{{{self._prefix}}}:phases:{experiment}"
+        return phases_key(self._prefix, experiment)
 
     def _users(self, experiment: str, phase: int | None = None, arm: str | None = None) -> str:
         """The set of an experiment's bitmaps ("phase|arm"), or one bitmap."""

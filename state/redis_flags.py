@@ -1,17 +1,12 @@
-"""Flags in Redis, pushed to every sidecar's memory by pub/sub.
+"""Flags in Redis, pushed to every sidecar's memory by pub/sub (keys: state/redis_keys.py;
+the writer: state/redis_store.py).
 
-    {prefix}:flags               hash   flag name -> flag JSON (the current state)
-    {prefix}:history:NAME        stream one entry per change (the audit trail)
-    {prefix}:changes             channel every write publishes the new flag JSON here
-    {prefix}:instance:ID         hash   a proxy's id, address, applied versions (expires)
-    {prefix}:instances           zset   instance id -> last heartbeat
-
-(`{prefix}` is a Redis Cluster hash tag: every key lands in one slot, so the scripts stay
-atomic there too.) Writes are Lua scripts: version bump, history and publish happen in one
-atomic step, so concurrent writers can neither lose an update nor publish versions out of
-order. Readers apply messages through `FlagTable.apply`, which ignores older versions, and
-re-read the whole hash after every (re)connect, so a message missed while disconnected is
-never lost. Redis down: readers keep the state they have, retry with backoff, and say so once.
+Readers apply messages through `FlagTable.apply`, which ignores older versions, and re-read
+the whole hash after every (re)connect, so a message missed while disconnected is never
+lost. Redis down: readers keep the state they have, retry with backoff, and say so once.
+Redis up but refusing writes (maxmemory reached, a read-only replica): not an outage; the
+subscription stays, heartbeats and the writer's re-seed are retried at the heartbeat's
+pace, and it is said once.
 """
 
 from __future__ import annotations
@@ -23,123 +18,30 @@ import os
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
-from state.errors import store_errors
-from state.flag_file import FlagFile, flag_from_json, flag_to_json
-from state.flags import Flag, FlagTable, Instance, VersionConflict
-from state.redis_timing import TimedRedis
+from state.flag_file import FlagFile, flag_from_json
+from state.flags import FlagTable
+from state.redis_keys import RedisKeys, connect
+from state.redis_store import RedisFlagStore
 
+__all__ = [
+    "LocalInstance",
+    "RedisFlagStore",
+    "RedisFlagSync",
+    "RedisKeys",
+    "connect",
+    "new_instance_id",
+]
 log = logging.getLogger("abgate.flags")
-HISTORY_MAXLEN = 10_000
-# Lost writes would be worse than slow ones: a command that cannot reach Redis fails fast
-# (503 to the caller) instead of hanging on retries.
-CONNECT_TIMEOUT = 1.0
-COMMAND_TIMEOUT = 2.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
-
-_SET = """
--- ARGV: now, by, reason, channel, history maxlen, then per flag: name, basis points,
--- the version the writer would give it, its held basis points and phase, and the version it
--- expects (0: any). Compare first, write after: a conflict writes nothing.
-local per = 6
-local count = (#ARGV - 5) / per
-for i = 0, count - 1 do
-  local base = 6 + i * per
-  local expected = tonumber(ARGV[base + 5])
-  if expected > 0 then
-    local current = redis.call('HGET', KEYS[1], ARGV[base])
-    -- Not in Redis yet: the writer's own copy is what it compared with.
-    local held = current and cjson.decode(current)['version'] or tonumber(ARGV[base + 2]) - 1
-    if held ~= expected then return {'conflict', ARGV[base], current or ''} end
-  end
-end
-local out = {}
-for i = 0, count - 1 do
-  local base = 6 + i * per
-  local name = ARGV[base]
-  local basis_points = tonumber(ARGV[base + 1])
-  local version = tonumber(ARGV[base + 2])
-  -- What the writer holds, for a Redis that does not have the flag (yet).
-  local held_bp, held_phase = tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
-  local current = redis.call('HGET', KEYS[1], name)
-  if current then
-    local held = cjson.decode(current)
-    local next_version = held['version'] + 1
-    if next_version > version then version = next_version end
-    held_bp, held_phase = held['basis_points'], held['phase'] or held['version']
-  end
-  -- A new phase only when the percentage changes.
-  local phase = version
-  if held_bp == basis_points then phase = held_phase end
-  local flag = cjson.encode({name = name, basis_points = basis_points,
-    version = version, updated_at = tonumber(ARGV[1]), updated_by = ARGV[2],
-    reason = ARGV[3], phase = phase})
-  redis.call('HSET', KEYS[1], name, flag)
-  redis.call('XADD', KEYS[2 + i], 'MAXLEN', '~', ARGV[5], '*', 'flag', flag)
-  out[#out + 1] = flag
-end
-for i = 1, #out do redis.call('PUBLISH', ARGV[4], out[i]) end
-return out
-"""
-
-_SEED = """
-local seeded = 0
-for i = 2, #ARGV do
-  local flag = cjson.decode(ARGV[i])
-  local current = redis.call('HGET', KEYS[1], flag['name'])
-  if (not current) or cjson.decode(current)['version'] < flag['version'] then
-    redis.call('HSET', KEYS[1], flag['name'], ARGV[i])
-    redis.call('PUBLISH', ARGV[1], ARGV[i])
-    seeded = seeded + 1
-  end
-end
-return seeded
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class RedisKeys:
-    prefix: str
-
-    @property
-    def flags(self) -> str:
-        return f"{{{self.prefix}}}:flags"
-
-    @property
-    def channel(self) -> str:
-        return f"{{{self.prefix}}}:changes"
-
-    @property
-    def instances(self) -> str:
-        return f"{{{self.prefix}}}:instances"
-
-    def history(self, name: str) -> str:
-        return f"{{{self.prefix}}}:history:{name}"
-
-    def instance(self, instance_id: str) -> str:
-        return f"{{{self.prefix}}}:instance:{instance_id}"
-
-
-def connect(url: str) -> Redis:
-    """A client whose every command is timed (state/redis_timing.py)."""
-    return TimedRedis.from_url(
-        url,
-        decode_responses=True,
-        retry=Retry(NoBackoff(), 0),
-        socket_connect_timeout=CONNECT_TIMEOUT,
-        socket_timeout=COMMAND_TIMEOUT,
-        health_check_interval=0,
-    )
 
 
 def new_instance_id() -> str:
@@ -192,10 +94,13 @@ class RedisFlagSync:
         self._dirty = False
         self._in_outage = False
         self._stopping = False
+        self._reseed_due = False  # the writer's re-seed is still owed (Redis refused it)
+        self.refusing: str | None = None  # why Redis refuses writes, while it does
         self.connected = False
         self.synced_at = 0.0  # unix time of the last contact with Redis
         self.reconnects = 0
         self.resyncs = 0
+        self.write_refusals = 0  # heartbeats or re-seeds Redis refused (maxmemory, read-only)
         self.connected_event = asyncio.Event()
 
     async def __aenter__(self) -> RedisFlagSync:
@@ -276,10 +181,10 @@ class RedisFlagSync:
                     and message.get("type") == "message"
                     and self._apply(message["data"])
                 ):
-                    await self._beat()  # report the new version at once (rollback waits)
+                    await self._writes(self._beat)  # the new version at once (rollback waits)
                     continue
                 if loop.time() >= next_beat:
-                    await self._beat()
+                    await self._writes(self._beat)
                     next_beat = loop.time() + self._heartbeat
         finally:
             with contextlib.suppress(RedisError, OSError):
@@ -288,14 +193,46 @@ class RedisFlagSync:
     async def _connected(self) -> None:
         """Subscribed (again): re-read everything, let the writer re-seed, report in."""
         await self._resync()  # after subscribing: nothing can fall between the two
-        if self._on_connect is not None:
-            await self._on_connect()
+        self._reseed_due = self._on_connect is not None
+        await self._writes(self._reseed)
         self.connected = True
         self.connected_event.set()
         if self._in_outage:
             self._in_outage = False
             log.warning("flag store: Redis is reachable again; state re-read")
-        await self._beat()
+        await self._writes(self._beat)
+
+    async def _reseed(self) -> None:
+        if self._reseed_due and self._on_connect is not None:
+            await self._on_connect()
+            self._reseed_due = False
+
+    async def _writes(self, write: Callable[[], Awaitable[None]]) -> None:
+        """A write of the session's (heartbeat, re-seed). Redis answering with an error
+        (maxmemory reached, a read-only replica) is not an outage: reconnecting and
+        re-reading everything would not help (it once made 138 reconnects in 10 s, two
+        warnings each); the subscription stays, the write is tried again at the next
+        heartbeat, and it is said once until Redis takes writes again."""
+        try:
+            if self._reseed_due and write is not self._reseed:
+                await self._reseed()
+            await write()
+        except ResponseError as exc:
+            self.write_refusals += 1
+            cause = str(exc).split("\n", 1)[0][:200]
+            if self.refusing is None:
+                log.warning(
+                    "flag store: Redis refuses writes (%s); routing goes on, heartbeats%s "
+                    "are retried every %gs",
+                    cause,
+                    " and the re-seed" if self._reseed_due else "",
+                    self._heartbeat,
+                )
+            self.refusing = cause
+            return
+        if self.refusing is not None and not self._reseed_due:
+            log.warning("flag store: Redis takes writes again")
+            self.refusing = None
 
     async def _resync(self) -> None:
         stored = await self._client.hgetall(self._keys.flags)
@@ -342,116 +279,3 @@ class RedisFlagSync:
         if self._dirty and self._snapshot is not None:
             self._dirty = False
             await asyncio.to_thread(self._snapshot.save_copy, self.table.all())
-
-
-class RedisFlagStore:
-    """The control plane's writer. Its own table is kept in step by a RedisFlagSync."""
-
-    def __init__(
-        self,
-        client: Redis,
-        keys: RedisKeys,
-        table: FlagTable,
-        *,
-        heartbeat_interval: float,
-        durable: FlagFile | None = None,
-    ) -> None:
-        self._client = client
-        self._keys = keys
-        self.table = table
-        self._heartbeat = heartbeat_interval
-        self._durable = durable
-        self._set = client.register_script(_SET)
-        self._seed = client.register_script(_SEED)
-        self.reseeded = 0
-
-    async def set_percentages(
-        self,
-        changes: Mapping[str, int],
-        *,
-        by: str,
-        reason: str,
-        expected: Mapping[str, int] | None = None,
-    ) -> list[Flag]:
-        names = list(changes)
-        args: list[str | int | float] = [
-            time.time(),
-            by,
-            reason,
-            self._keys.channel,
-            HISTORY_MAXLEN,
-        ]
-        for name in names:
-            held = self.table.get(name)
-            args += [
-                name,
-                changes[name],
-                held.version + 1,
-                held.basis_points,
-                held.phase,
-                (expected or {}).get(name, 0),
-            ]
-        with store_errors():
-            raw = await self._set(
-                keys=[self._keys.flags, *map(self._keys.history, names)], args=args
-            )
-        if raw and raw[0] == "conflict":
-            _, name, current = raw
-            held = flag_from_json(orjson.loads(current)) if current else self.table.get(name)
-            raise VersionConflict(held, (expected or {})[name])
-        flags = [flag_from_json(orjson.loads(item)) for item in raw]
-        for flag in flags:
-            self.table.apply(flag)
-        await self._save_durable()
-        return flags
-
-    async def reseed(self) -> None:
-        """Put back what Redis lacks (it restarted empty, or lost writes): our copy wins only
-        where it is newer, so live percentages are never reset to older values."""
-        flags = [orjson.dumps(flag_to_json(flag)).decode() for flag in self.table.all()]
-        if not flags:
-            return
-        seeded = int(await self._seed(keys=[self._keys.flags], args=[self._keys.channel, *flags]))
-        if seeded:
-            self.reseeded += seeded
-            log.warning(
-                "flag store: re-seeded %d flag(s) into Redis from the control plane's copy", seeded
-            )
-        await self._save_durable()
-
-    async def _save_durable(self) -> None:
-        if self._durable is not None:
-            await asyncio.to_thread(self._durable.save_copy, self.table.all())
-
-    async def history(self, name: str, limit: int) -> list[dict[str, object]]:
-        with store_errors():
-            entries = await self._client.xrevrange(self._keys.history(name), count=limit)
-        out = []
-        for entry_id, fields in entries or []:
-            flag = flag_from_json(orjson.loads((fields or {})["flag"]))
-            out.append({**flag.as_json(), "id": entry_id})
-        return out
-
-    async def instances(self) -> list[Instance]:
-        now = time.time()
-        live_since = now - max(3.0, self._heartbeat * 5)
-        with store_errors():
-            await self._client.zremrangebyscore(self._keys.instances, "-inf", live_since)
-            ids = await self._client.zrangebyscore(self._keys.instances, live_since, "+inf")
-            pipe = self._client.pipeline(transaction=False)
-            for instance_id in ids:
-                pipe.hgetall(self._keys.instance(str(instance_id)))
-            records = await pipe.execute()
-        return [
-            Instance(
-                id=r["id"],
-                address=r["address"],
-                pid=int(r["pid"]),
-                started_at=float(r["started_at"]),
-                heartbeat_at=float(r["heartbeat_at"]),
-                applied={k: int(v) for k, v in orjson.loads(r["applied"]).items()},
-                breakers=orjson.loads(r.get("breakers") or "{}"),
-            )
-            for r in records
-            if r
-        ]
