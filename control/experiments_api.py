@@ -14,10 +14,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from aiohttp import web
 
-from control.http import WORKER, ApiError, json_response
+from control.http import WORKER, ApiError, json_response, parse_json
 from proxy.hashing import fnv1a32, user_hash
 from state.errors import StoreUnavailable
 from state.flags import FlagTable
@@ -129,10 +128,7 @@ async def outcomes(request: web.Request) -> web.Response:
     user's cluster, so a user's outcomes count as one unit with the user's decisions."""
     worker = require_worker(request)
     table = request.app[FLAGS]
-    try:
-        items = orjson.loads(await request.read())
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    items = parse_json(await request.read())
     if not isinstance(items, list) or not items:
         raise ApiError(400, "expected a non-empty JSON array of outcomes")
     if len(items) > MAX_OUTCOMES:

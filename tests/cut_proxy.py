@@ -20,6 +20,7 @@ class CutProxy:
         self._server: asyncio.Server | None = None
         self._marker: bytes | None = None
         self._where: Cut = "reply"
+        self._sever = False
         self.cut = asyncio.Event()  # set when the armed exchange was cut
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -27,13 +28,21 @@ class CutProxy:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def arm(self, marker: bytes, where: Cut) -> asyncio.Event:
+    def arm(self, marker: bytes, where: Cut, *, sever: bool = False) -> asyncio.Event:
         """Cut the next exchange whose request holds `marker`: `request` drops the request
         (the server never sees it), `reply` forwards it and drops the server's answer. Either
-        way the client's connection is then closed."""
-        self._marker, self._where = marker, where
+        way the client's connection is then closed; with `sever`, every connection is, and
+        no new one is taken (the server is gone for good, as far as the client can tell)."""
+        self._marker, self._where, self._sever = marker, where, sever
         self.cut = asyncio.Event()
         return self.cut
+
+    def _cut(self) -> None:
+        self.cut.set()
+        if self._sever and self._server is not None:
+            self._server.close()
+            for writer in list(self._writers):
+                writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
@@ -51,7 +60,7 @@ class CutProxy:
                 if marker is not None and marker in data:
                     self._marker = None
                     if self._where == "request":
-                        self.cut.set()
+                        self._cut()
                         return
                     cutting.set()
                 upstream.write(data)
@@ -60,7 +69,7 @@ class CutProxy:
         async def to_client() -> None:
             while data := await upstream_reader.read(65536):
                 if cutting.is_set():
-                    self.cut.set()
+                    self._cut()
                     return
                 writer.write(data)
                 await writer.drain()
