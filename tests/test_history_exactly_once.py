@@ -175,19 +175,16 @@ DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION ab_testing.hold_comm
 """
 
 
-async def test_a_connection_killed_between_the_copy_and_the_commit_writes_once(
-    postgres: PostgresServer,
-) -> None:
-    """The writer's COMMIT waits on a lock the test holds (a deferred trigger runs at commit,
-    after the COPY and the insert); the test kills the writer's backend there, then lets the
-    writer's own loop retry: every record is stored exactly once."""
-    writer = new_writer(postgres)
+async def kill_at_commit(postgres: PostgresServer, writer: HistoryWriter, records: int) -> None:
+    """`records` decisions and a flag change through the writer's own loop, its backend
+    killed while the COMMIT waits on a lock held here (a deferred trigger runs at commit,
+    after the COPY); then the loop retries until all is written."""
     await writer.flush()
     admin = await postgres.connect()
     try:
         await admin.execute(HOLD_AT_COMMIT)
         await admin.execute(f"SELECT pg_advisory_lock({LOCK})")
-        for i in range(500):
+        for i in range(records):
             writer.add_decision(decision(i))
         writer.add("flag_changes", utc(1_800_000_000), "exp", 25.0, 2, 2, "ops", "held")
         task = asyncio.create_task(writer.run())
@@ -204,13 +201,20 @@ async def test_a_connection_killed_between_the_copy_and_the_commit_writes_once(
         await admin.execute("DROP TRIGGER hold_commit ON ab_testing.decisions")
         await admin.execute(f"SELECT pg_advisory_unlock({LOCK})")
         async with asyncio.timeout(60):
-            while writer.written < 501:  # noqa: ASYNC110 (the writer's loop retries)
+            while writer.written < records + 1:  # noqa: ASYNC110 (the writer's loop retries)
                 await asyncio.sleep(0.01)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     finally:
         await admin.close()
     await writer.aclose()
+
+
+async def test_a_connection_killed_between_the_copy_and_the_commit_writes_once(
+    postgres: PostgresServer,
+) -> None:
+    writer = new_writer(postgres)
+    await kill_at_commit(postgres, writer, 500)
     assert writer.failures >= 1
     assert writer.last_error is None
     [(count, distinct)] = await fetch(

@@ -18,7 +18,7 @@ from proxy.measure import Measurements
 from state.flag_file import FlagFile
 from state.measurements import MemoryMeasurements, Phase, RedisMeasurements, Sums
 from state.redis_flags import connect
-from tests.cut_proxy import cut_proxy
+from tests.cut_proxy import Cut, cut_proxy
 from tests.redis_server import RedisServer, redis_server
 from tests.servers import make_config
 
@@ -126,51 +126,45 @@ async def flushed(measurements: Measurements, store: RedisMeasurements) -> None:
     assert measurements.flush_failures == failures, "the flush was expected to succeed"
 
 
+async def redis_killed_mid_batch(redis: RedisServer, cut: Cut) -> tuple[Sums, int, int]:
+    """35 values in three flushes; the second batch's exchange is cut (`request`: Redis never
+    got it; `reply`: Redis applied it, durably, and its answer is lost) and Redis is killed
+    and restarted from its append-only file there. (What Redis holds, the values sent,
+    batches Redis recognised as already applied.)"""
+    async with cut_proxy(redis.port) as proxy, connect(proxy.url) as client:
+        store = RedisMeasurements(client, PREFIX)
+        measurements = Measurements()
+        record(measurements, range(10))
+        await flushed(measurements, store)  # the script is loaded: the next write is one call
+        record(measurements, range(10, 30))
+        armed = proxy.arm(b"treatment|satisfaction", cut)
+        await measurements.flush(store)
+        assert armed.is_set()
+        assert measurements.flush_failures == 1
+        await redis.kill()
+        await redis.start()  # with what its append-only file holds
+        landed = (await stored(redis)).count
+        assert landed == (30 if cut == "reply" else 10)
+        record(measurements, range(30, 35))
+        await flushed(measurements, store)  # the unconfirmed batch again, as it was
+        await flushed(measurements, store)  # what was recorded meanwhile
+        return await stored(redis), 35, store.duplicates
+
+
 async def test_redis_killed_after_applying_a_batch_does_not_count_it_twice(
     durable_redis: RedisServer,
 ) -> None:
     """Redis applies the batch (and writes it to its append-only file), then dies before
     its answer reaches abgate: the flush keeps the batch and sends it again, with the same
     id, to the restarted Redis, which recognises it."""
-    async with cut_proxy(durable_redis.port) as cut, connect(cut.url) as client:
-        store = RedisMeasurements(client, PREFIX)
-        measurements = Measurements()
-        record(measurements, range(10))
-        await flushed(measurements, store)  # the script is loaded: the next write is one call
-        record(measurements, range(10, 30))
-        lost = cut.arm(b"treatment|satisfaction", "reply")
-        await measurements.flush(store)
-        assert lost.is_set()
-        assert measurements.flush_failures == 1
-        await durable_redis.kill()
-        await durable_redis.start()  # with what its append-only file holds
-        assert (await stored(durable_redis)).count == 30  # the batch had landed
-        record(measurements, range(30, 35))
-        await flushed(measurements, store)  # the same batch again (a no-op), then no more
-        assert (await stored(durable_redis)).count == 30
-        assert store.duplicates == 1
-        await flushed(measurements, store)  # what was recorded meanwhile
-    assert await stored(durable_redis) == Sums(
-        35, float(sum(range(35))), float(sum(v * v for v in range(35)))
-    )
+    sums, _, duplicates = await redis_killed_mid_batch(durable_redis, "reply")
+    assert sums == Sums(35, float(sum(range(35))), float(sum(v * v for v in range(35))))
+    assert duplicates == 1
 
 
 async def test_redis_killed_before_applying_a_batch_loses_nothing(
     durable_redis: RedisServer,
 ) -> None:
-    async with cut_proxy(durable_redis.port) as cut, connect(cut.url) as client:
-        store = RedisMeasurements(client, PREFIX)
-        measurements = Measurements()
-        record(measurements, range(10))
-        await flushed(measurements, store)
-        record(measurements, range(10, 30))
-        dropped = cut.arm(b"treatment|satisfaction", "request")
-        await measurements.flush(store)
-        assert dropped.is_set()
-        assert measurements.flush_failures == 1
-        await durable_redis.kill()
-        await durable_redis.start()
-        assert (await stored(durable_redis)).count == 10
-        await flushed(measurements, store)
-        assert store.duplicates == 0
-    assert (await stored(durable_redis)).count == 30
+    sums, _, duplicates = await redis_killed_mid_batch(durable_redis, "request")
+    assert sums.count == 35
+    assert duplicates == 0
