@@ -25,14 +25,13 @@ import pytest
 from aiohttp import ClientSession, ClientTimeout
 
 from control.serve import Embedded, embedded
-from scripts.demo_agent import create_app
 from state.flag_file import FlagFile
 from state.history.writer import utc
 from state.measurements import MemoryMeasurements
 from state.redis_flags import RedisFlagStore
 from tests.postgres_server import postgres_server
 from tests.redis_server import redis_server
-from tests.servers import make_config, serve_app
+from tests.servers import demo_agents, make_config
 from tests.test_history_exactly_once import decision, fetch, kill_at_commit, new_writer
 from tests.test_measurements_exactly_once import redis_killed_mid_batch
 from tests.test_rollout import polled
@@ -51,15 +50,6 @@ class Row:
     @property
     def holds(self) -> bool:
         return self.twice == 0 and self.stored + self.set_aside == self.sent and not self.unattended
-
-
-@contextlib.asynccontextmanager
-async def agents() -> AsyncIterator[dict[str, str]]:
-    async with (
-        serve_app(create_app("deterministic")) as control,
-        serve_app(create_app("ml", seed=1)) as treatment,
-    ):
-        yield {"control": control, "treatment": treatment}
 
 
 @contextlib.asynccontextmanager
@@ -115,7 +105,7 @@ async def outcome_1e308() -> Row:
     good = {"experiment": "exp", "arm": "treatment", "metric": "satisfaction", "value": 2.0}
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp) / "state.json"
-        async with agents() as upstreams, session() as client:
+        async with demo_agents() as upstreams, session() as client:
             config = make_config(upstreams, flags={"state_file": str(state)})
             async with embedded(config) as running:
                 refused = 0
@@ -145,7 +135,7 @@ async def redis_emptied_at(state: str) -> Row:
     with tempfile.TemporaryDirectory() as tmp:
         async with (
             redis_server(Path(tmp)) as redis,
-            agents() as upstreams,
+            demo_agents() as upstreams,
             session() as client,
             embedded(redis_config(upstreams, redis)) as running,
         ):
