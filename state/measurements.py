@@ -314,9 +314,10 @@ class MemoryMeasurements:
 _ADD = """
 -- KEYS[1]: the batch's marker; KEYS[2..]: the stats hashes. ARGV[1]: the marker's expiry
 -- (seconds), then per group of sums: the index of its hash in KEYS, its field prefix, and
--- its count, sum and sum of squares deltas. Checks first, writes after: a group whose sums
--- would become non-finite is skipped whole (and named in the reply), never half written.
-if redis.call('EXISTS', KEYS[1]) == 1 then return {'duplicate'} end
+-- its count, sum and sum of squares deltas. A batch id seen before is a no-op (a retry of
+-- a batch that had landed). Checks first, writes after: a group whose sums would become
+-- non-finite is skipped whole (and named in the reply), never half written.
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return {'duplicate'} end
 local skipped = {'applied'}
 local per = 5
 for i = 0, (#ARGV - 1) / per - 1 do
@@ -334,7 +335,6 @@ for i = 0, (#ARGV - 1) / per - 1 do
     redis.call('HINCRBYFLOAT', key, field .. '|sum_sq', ARGV[base + 4])
   end
 end
-redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
 return skipped
 """
 

@@ -19,6 +19,7 @@ from state.history.flush import Chunk, Flush
 from state.history.rows import Json, safe_text
 from state.history.schema import migrate
 from state.history.writer import HistoryWriter, utc
+from tests.cut_proxy import cut_proxy
 from tests.postgres_server import PostgresServer, postgres_server
 from tests.test_history import decide, history_config
 
@@ -222,6 +223,37 @@ async def test_a_connection_killed_between_the_copy_and_the_commit_writes_once(
     )
     [(changes,)] = await fetch(postgres, "SELECT count(*) FROM ab_testing.flag_changes")
     assert (count, distinct, changes) == (500, 500, 1)
+
+
+async def test_a_commit_that_landed_unseen_is_not_written_again(
+    postgres: PostgresServer,
+) -> None:
+    """Issue 22's cause: a flush whose commit reached PostgreSQL while its answer did not
+    reach the writer (the connection broke, the writer was cancelled at shutdown) is put
+    back and flushed again. A forwarder between the writer and PostgreSQL passes the COMMIT
+    on and drops PostgreSQL's answer: the retry stores nothing twice."""
+    async with cut_proxy(postgres.port) as cut:
+        url = postgres.url.replace(f":{postgres.port}/", f":{cut.port}/")
+        writer = new_writer(postgres)
+        writer.url = url
+        await writer.flush()  # the schema, through the forwarder too
+        for i in range(200):
+            writer.add_decision(decision(i))
+        writer.add("rollout_events", utc(1_800_000_000), "exp", "running", None, None, "hold",
+                   "once", Json({"n": 1}), "ops")  # fmt: skip
+        lost = cut.arm(b"COMMIT;", "reply")
+        with pytest.raises((OSError, asyncpg.InterfaceError, asyncpg.PostgresError)):
+            await writer.flush()
+        assert lost.is_set()
+        assert writer.buffered == 201  # put back: the writer cannot know it landed
+        await writer.flush()
+        await writer.aclose()
+    assert (writer.written, writer.duplicates, writer.buffered) == (201, 200, 0)
+    [(rows, distinct)] = await fetch(
+        postgres, "SELECT count(*), count(DISTINCT request_id) FROM ab_testing.decisions"
+    )
+    [(events,)] = await fetch(postgres, "SELECT count(*) FROM ab_testing.rollout_events")
+    assert (rows, distinct, events) == (200, 200, 1)
 
 
 async def test_records_dropped_at_shutdown_are_logged_with_their_count(
