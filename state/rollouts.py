@@ -14,6 +14,7 @@ over what it has), so a rollout is never silently ended by a Redis restart.
     {prefix}:rollout-history:NAME    list    decisions, newest first (capped)
     {prefix}:controller-lease        string  holder id (expires)
     {prefix}:controller-generation   counter fencing generation, +1 per new holder
+    {prefix}:rollouts-alive          string  set once: missing again means Redis lost it all
 """
 
 from __future__ import annotations
@@ -117,6 +118,11 @@ class RolloutStore(Protocol):
         so it needs no lease."""
         ...
 
+    async def emptied(self) -> bool:
+        """True (once) when the store has lost everything since it was last asked: Redis
+        restarted empty. A fresh store counts as emptied the first time."""
+        ...
+
 
 class MemoryRollouts:
     """The embedded default: one process; kept in the state file's `rollouts` section."""
@@ -170,6 +176,9 @@ class MemoryRollouts:
         await self.put(rollout, None)
         return True
 
+    async def emptied(self) -> bool:
+        return False
+
     def _save(self, rollouts: dict[str, Rollout], history: dict[str, list[dict[str, Any]]]) -> None:
         if self._file is None:
             return
@@ -219,6 +228,7 @@ class RedisRollouts:
         self._client = client
         self._prefix = prefix
         self._hash = f"{{{prefix}}}:rollouts"
+        self._alive = f"{{{prefix}}}:rollouts-alive"
         self.lease = lease
         self._put = client.register_script(_PUT)
         self._restore = client.register_script(_RESTORE)
@@ -297,6 +307,10 @@ class RedisRollouts:
         with store_errors():
             raw = await self._client.lrange(self._history_key(experiment), 0, limit - 1)
         return [orjson.loads(item) for item in raw]
+
+    async def emptied(self) -> bool:
+        with store_errors():  # a key that only a Redis that lost everything lacks
+            return bool(await self._client.set(self._alive, "1", nx=True))
 
     def lost(self, present: list[Rollout]) -> list[Rollout]:
         have = {rollout.experiment for rollout in present}

@@ -120,6 +120,7 @@ class RolloutController:
         self.current: list[Rollout] = []  # as of the last tick, for the gauges
         # Called with every history entry (the history store copies them to PostgreSQL).
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.starting = asyncio.Lock()  # a start, against the orphan check (recovery.py)
 
     # -- plans -----------------------------------------------------------------------------
 
@@ -512,6 +513,13 @@ class RolloutController:
         return rollout
 
     async def start(
+        self, name: str, plan: dict[str, Any] | None, actor: str, reason: str
+    ) -> Rollout:
+        # Its flag is written a moment before its state: the orphan check waits.
+        async with self.starting:
+            return await self._start(name, plan, actor, reason)
+
+    async def _start(
         self, name: str, plan: dict[str, Any] | None, actor: str, reason: str
     ) -> Rollout:
         experiment = self.config.experiments.get(name)

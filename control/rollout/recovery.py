@@ -7,7 +7,9 @@ from that copy with its stage's clock started again (the stage's measurements we
 Redis, so no promotion rests on data that is gone), and the history says so. A flag that a
 rollout moved and whose rollout no copy holds any more (a standby that never read it took
 over) gets an escalated rollout at the stage its percentage is: a person resumes or aborts
-it, and the flag is never left at a partial percentage with no gates and no rollback.
+it, and the flag is never left at a partial percentage with no gates and no rollback. That
+check runs only once the store says it lost everything: a rollout being started writes its
+flag a moment before its state, and must not look orphaned meanwhile.
 """
 
 from __future__ import annotations
@@ -45,7 +47,12 @@ async def recover(
             await _event(controller, rollout, "restored", rollout.reason)
             restored.append(rollout)
     rollouts = rollouts + restored
-    rollouts += await _orphans(controller, {r.experiment for r in rollouts})
+    # Only once the store says it lost everything, and never beside a start in this process
+    # (a rollout being started has its flag written a moment before its state).
+    if await controller.rollouts.emptied():
+        async with controller.starting:
+            known = {r.experiment for r in await controller.rollouts.all()}
+            rollouts += await _orphans(controller, known | {r.experiment for r in rollouts})
     return rollouts, {r.experiment for r in restored}
 
 
