@@ -137,7 +137,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._release = release
         self._gone_reported = False
         self._deadline = float("inf")  # of the whole exchange (response_timeout)
-        self._head_bytes = 0
+        self._head_bytes = 0  # bytes read while the head was incomplete (a bound, not a size)
+        self._head_size = 0  # the head's own fields, counted as parsed
         self._head_done = False  # the final head is parsed: later header callbacks are trailers
         self._awaiting_client = False  # streaming a request body, waiting for its next chunk
         self._loop = asyncio.get_running_loop()
@@ -185,7 +186,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head = head_future
         self._received = self._request_sent = self._until_eof = self._framed = False
         self._head_done = False
-        self._head_bytes = 0
+        self._head_bytes = self._head_size = 0
         self._head_only = head_only
         self._touch()
         if self._response_timeout is not None:
@@ -285,17 +286,11 @@ class UpstreamConnection(asyncio.Protocol):
             self._close_dead()
             return
         self._received = True
-        if self._head_done:
-            self._last_activity = self._loop.time()  # body progress; head bytes do not count
+        in_head = not self._head_done
+        if in_head:
+            self._head_bytes += len(data)  # bounds what a head still arriving may hold
         else:
-            self._head_bytes += len(data)
-            if self._head_bytes > self._max_head:
-                self._fail(
-                    UpstreamProtocolError(
-                        self.upstream, f"response head over {self._max_head} bytes"
-                    )
-                )
-                return
+            self._last_activity = self._loop.time()  # body progress; head bytes do not count
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -305,8 +300,19 @@ class UpstreamConnection(asyncio.Protocol):
                 if isinstance(cause, UpstreamError)
                 else UpstreamProtocolError(self.upstream, str(exc))
             )
+            return
         except httptools.HttpParserError as exc:
             self._fail(UpstreamProtocolError(self.upstream, f"malformed response: {exc}"))
+            return
+        # Still no end of the head after these bytes: all of them were head. (When the head
+        # ended in them, the rest was body: its own size was judged in on_headers_complete.)
+        if in_head and not self._head_done and self._head_bytes > self._max_head:
+            self._head_too_large()
+
+    def _head_too_large(self) -> None:
+        self._fail(
+            UpstreamProtocolError(self.upstream, f"response head over {self._max_head} bytes")
+        )
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost does the bookkeeping
@@ -355,6 +361,7 @@ class UpstreamConnection(asyncio.Protocol):
             return  # a chunked trailer: not merged into the head that went out already
         assert self._response is not None
         self._response.headers.append((name, value))
+        self._head_size += len(name) + len(value) + 4  # name: value CRLF
         lower = name.lower()
         if lower == b"content-length" or lower == b"transfer-encoding":
             self._framed = True
@@ -364,6 +371,10 @@ class UpstreamConnection(asyncio.Protocol):
         assert response is not None
         assert head is not None
         status = self._parser.get_status_code()
+        if self._head_size > self._max_head:
+            raise UpstreamProtocolError(self.upstream, f"response head over {self._max_head} bytes")
+        if status < 100:
+            raise UpstreamProtocolError(self.upstream, f"invalid status code {status:03d}")
         if status < 200:
             # 1xx (103 Early Hints, a stray 100 Continue): skip to the final response. 101 would
             # switch protocols, which abgate does not proxy (it strips Upgrade).
@@ -371,6 +382,7 @@ class UpstreamConnection(asyncio.Protocol):
                 raise UpstreamProtocolError(self.upstream, "unexpected 101 Switching Protocols")
             self._informational = True
             response.headers.clear()
+            self._head_size = 0
             self._framed = False
             return
         if status > 599:
