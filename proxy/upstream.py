@@ -38,6 +38,8 @@ from proxy.errors import (
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 Releaser = Callable[["UpstreamConnection", bool], None]
+# Told once per exchange: the response once its head is parsed, or why there is none.
+HeadCallback = Callable[["UpstreamResponse | None", "UpstreamError | None"], None]
 
 
 class UpstreamResponse:
@@ -145,7 +147,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._response: UpstreamResponse | None = None
-        self._head: asyncio.Future[UpstreamResponse] | None = None
+        self._on_head: HeadCallback | None = None  # until the head is handed over
+        self._ready: UpstreamResponse | None = None  # head parsed, handed over after the read
         self._received = False
         self._request_sent = False
         self._head_only = False
@@ -165,6 +168,37 @@ class UpstreamConnection(asyncio.Protocol):
         transport = self._transport
         return not self.closed and transport is not None and not transport.is_closing()
 
+    def _begin(self, head_only: bool, on_head: HeadCallback) -> asyncio.Transport:
+        transport = self._transport
+        assert transport is not None
+        assert self._response is None
+        self._response = UpstreamResponse(self)
+        self._on_head = on_head
+        self._received = self._request_sent = self._until_eof = self._framed = False
+        self._head_done = False
+        self._head_bytes = self._head_size = 0
+        self._head_only = head_only
+        self._touch()
+        if self._response_timeout is not None:
+            self._deadline = self._last_activity + self._response_timeout
+            if self._timer is not None and self._timer.when() > self._deadline:
+                self._cancel_timer()  # armed for a later moment by an earlier exchange
+        self._arm_timer()
+        return transport
+
+    def send(
+        self, head: bytes, body: bytes | None, *, head_only: bool, on_head: HeadCallback
+    ) -> None:
+        """Send a request whose body is in memory, without waiting: `on_head` is called
+        once, later, with the response when its head is parsed (and what of its body came
+        in the same reads), or with the error that ended the exchange."""
+        transport = self._begin(head_only, on_head)
+        if body:
+            transport.writelines((head, body))
+        else:
+            transport.write(head)
+        self._request_sent = True
+
     async def exchange(
         self,
         head: bytes,
@@ -178,22 +212,17 @@ class UpstreamConnection(asyncio.Protocol):
         `body` is bytes (sent with the head), an async iterator (streamed; `chunked` frames it),
         or None. If the exchange does not complete, the connection is closed, never reused.
         """
-        transport = self._transport
-        assert transport is not None
-        assert self._response is None
-        self._response = UpstreamResponse(self)
-        head_future: asyncio.Future[UpstreamResponse] = self._loop.create_future()
-        self._head = head_future
-        self._received = self._request_sent = self._until_eof = self._framed = False
-        self._head_done = False
-        self._head_bytes = self._head_size = 0
-        self._head_only = head_only
-        self._touch()
-        if self._response_timeout is not None:
-            self._deadline = self._last_activity + self._response_timeout
-            if self._timer is not None and self._timer.when() > self._deadline:
-                self._cancel_timer()  # armed for a later moment by an earlier exchange
-        self._arm_timer()
+        future: asyncio.Future[UpstreamResponse] = self._loop.create_future()
+
+        def settle(response: UpstreamResponse | None, error: UpstreamError | None) -> None:
+            if not future.done():
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    assert response is not None
+                    future.set_result(response)
+
+        transport = self._begin(head_only, settle)
         try:
             if body is None or isinstance(body, bytes):
                 if body:
@@ -203,18 +232,19 @@ class UpstreamConnection(asyncio.Protocol):
                 self._request_sent = True
             else:
                 transport.write(head)
-                await self._stream_body(body, chunked, head_future)
-            # The local future: a failure meanwhile clears self._head but settles this one.
-            return await head_future
+                await self._stream_body(body, chunked, future)
+            return await future
         except BaseException:
             self.abort()
-            if head_future.done() and not head_future.cancelled():
-                head_future.exception()  # retrieved: the caller has the error that matters
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: the caller has the error that matters
             raise
 
     async def _stream_body(
         self, body: AsyncIterator[bytes], chunked: bool, head: asyncio.Future[UpstreamResponse]
     ) -> None:
+        """Send the body as the client sends it; stop if the upstream answers (or fails)
+        before taking all of it."""
         chunks = aiter(body)
         while True:
             self._awaiting_client = True  # the upstream's timer does not run on the client
@@ -308,6 +338,15 @@ class UpstreamConnection(asyncio.Protocol):
         # ended in them, the rest was body: its own size was judged in on_headers_complete.)
         if in_head and not self._head_done and self._head_bytes > self._max_head:
             self._head_too_large()
+        elif self._ready is not None:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """The head is parsed and this read's body bytes with it: hand the response over."""
+        response, self._ready = self._ready, None
+        callback, self._on_head = self._on_head, None
+        if callback is not None:
+            callback(response, None)
 
     def _head_too_large(self) -> None:
         self._fail(
@@ -322,11 +361,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._cancel_timer()
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
-        response, head = self._response, self._head
+        response = self._response
         if response is not None:
-            if self._until_eof and head is not None and head.done():
+            if self._until_eof and self._head_done:
                 # A body delimited by the end of the connection ends here, complete.
-                self._response = self._head = None
+                self._response = None
                 response._finish()
             else:
                 detail = f"connection closed: {exc}" if exc else "connection closed by upstream"
@@ -334,6 +373,8 @@ class UpstreamConnection(asyncio.Protocol):
                     UpstreamClosed(self.upstream, detail, nothing_received=not self._received)
                 )
         self._gone()
+        if self._ready is not None:
+            self._hand_over()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -367,9 +408,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._framed = True
 
     def on_headers_complete(self) -> None:
-        response, head = self._response, self._head
+        response = self._response
         assert response is not None
-        assert head is not None
         status = self._parser.get_status_code()
         if self._head_size > self._max_head:
             raise UpstreamProtocolError(self.upstream, f"response head over {self._max_head} bytes")
@@ -390,12 +430,11 @@ class UpstreamConnection(asyncio.Protocol):
         response.status = status
         self._head_done = True
         self._touch()  # from here on, read_timeout is between body reads
+        self._ready = response  # handed over once this read is parsed
         if self._head_only:
-            head.set_result(response)
             self._complete(reusable=False)  # llhttp would wait for a HEAD "body": do not reuse
             return
         self._until_eof = not self._framed and status not in (204, 304)
-        head.set_result(response)
 
     def on_body(self, body: bytes) -> None:
         if self._response is not None:
@@ -413,7 +452,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _complete(self, *, reusable: bool) -> None:
         response = self._response
         assert response is not None
-        self._response = self._head = None
+        self._response = None
         # The timer stays armed: back-to-back exchanges reuse it (see _on_timer).
         self.uses += 1
         self._deadline = float("inf")
@@ -426,13 +465,17 @@ class UpstreamConnection(asyncio.Protocol):
     def _fail(self, error: UpstreamError | BaseException) -> None:
         if not isinstance(error, UpstreamError):
             error = UpstreamProtocolError(self.upstream, repr(error))
-        response, head = self._response, self._head
-        self._response = self._head = None
+        response = self._response
+        self._response = None
         self._close_dead()
-        if head is not None and not head.done():
-            head.set_exception(error)
-        elif response is not None:
-            response._finish(error)
+        if response is not None and self._head_done:
+            response._finish(error)  # the head is out (or about to be): the body broke off
+            if self._ready is not None:
+                self._hand_over()
+        else:
+            callback, self._on_head = self._on_head, None
+            if callback is not None:
+                callback(None, error)
 
     def _close_dead(self) -> None:
         self.closed = True
@@ -474,5 +517,5 @@ class UpstreamConnection(asyncio.Protocol):
         if now - self._last_activity < self.read_timeout:
             self._arm_timer()
             return
-        what = "response head" if self._head is not None and not self._head.done() else "body"
+        what = "body" if self._head_done else "response head"
         self._fail(UpstreamTimeout(self.upstream, f"no {what} within {self.read_timeout:g}s"))
