@@ -249,11 +249,11 @@ class UpstreamConnection(asyncio.Protocol):
         while True:
             self._awaiting_client = True  # the upstream's timer does not run on the client
             try:
-                chunk = await anext(chunks)
-            except StopAsyncIteration:
-                break
+                chunk = await anext(chunks, None)
             finally:
                 self._awaiting_client = False
+            if chunk is None:
+                break
             if head.done() or not self.usable:
                 return  # the upstream answered (or failed) before taking the whole body
             if not chunk:
