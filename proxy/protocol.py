@@ -124,6 +124,8 @@ class ClientConnection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._upgraded = False
         self._eof = False
+        self._line: bytes | None = None  # a request line being looked at (see _request_line)
+        self._begun = False  # a request's first bytes were parsed, not yet its end
         self._deferred: bool | None = None  # an answer's keep-alive, once the client reads it
 
     # -- asyncio.Protocol -----------------------------------------------------------------
@@ -174,6 +176,10 @@ class ClientConnection(asyncio.Protocol):
             if self._state_now == IDLE:
                 self._state_now, self._since = HEAD, self._loop.time()
             self._head_bytes += len(data)
+            if not self._begun:
+                self._line = b""  # these bytes begin a request: look at its line
+            if self._line is not None and not self._request_line(data):
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -190,6 +196,24 @@ class ClientConnection(asyncio.Protocol):
             return
         self._dispatch()
 
+    def _request_line(self, data: bytes) -> bool:
+        """HTTP/0.9 (`GET /x` and no version) would have llhttp wait for a head that never
+        comes: the request line is looked at once, and refused at once (505)."""
+        line = self._line
+        assert line is not None
+        end = data.find(b"\n")
+        if end < 0:
+            if len(line) < 8192:
+                self._line = line + data
+            return True
+        line = (line + data[:end]).strip()
+        self._line = None
+        method, space, target = line.partition(b" ")
+        if space and method.isalpha() and method.isupper() and b" " not in target:
+            self._refuse(505, "HTTP/0.9 is not supported")  # `GET /x`: no version
+            return False
+        return True
+
     def pause_writing(self) -> None:
         self._write_paused = True
 
@@ -204,6 +228,7 @@ class ClientConnection(asyncio.Protocol):
     # -- httptools callbacks --------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._begun = True
         self._url = b""
         self._headers = []
         self._head_size = 0
@@ -257,6 +282,7 @@ class ClientConnection(asyncio.Protocol):
             request._feed(body)
 
     def on_message_complete(self) -> None:
+        self._begun = False
         request = self._parsing
         if request is not None:
             self._parsing = None
