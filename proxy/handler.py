@@ -96,7 +96,7 @@ class ProxyHandler:
         routing = req.routing = self.routing
         settings = routing.settings
         started = req.started
-        req.request_id = self.request_ids.of(req.header(b"x-request-id"))
+        req.request_id = self.request_ids.of(req.client_id)
         target = self._target(req)
         if target is None:
             return
@@ -221,7 +221,7 @@ class ProxyHandler:
             req.method,
             req.uri,
             req.headers,
-            req.header(b"connection"),
+            req.connection,
             client_ip=req.remote,
             default_host=dest.host_header,
             via=_VIA_BYTES,

@@ -206,8 +206,11 @@ class ClientConnection(asyncio.Protocol):
             if len(line) < 8192:
                 self._line = line + data
             return True
-        line = (line + data[:end]).strip()
+        line = (line + data[:end]) if line else data[:end]
         self._line = None
+        if b" HTTP/" in line:
+            return True  # a version: llhttp judges the rest
+        line = line.strip()
         method, space, target = line.partition(b" ")
         if space and method.isalpha() and method.isupper() and b" " not in target:
             self._refuse(505, "HTTP/0.9 is not supported")  # `GET /x`: no version
@@ -266,10 +269,15 @@ class ClientConnection(asyncio.Protocol):
             remote=self.remote,
             started=perf_counter(),
         )
-        for name, value in self._headers:
-            if len(name) == 14 and name.lower() == b"content-length":
+        for name, value in self._headers:  # the fields abgate itself reads, in one pass
+            size = len(name)
+            if size == 14 and name.lower() == b"content-length":
                 request.content_length = int(value)
-            elif len(name) == 6 and name.lower() == b"expect":
+            elif size == 12 and name.lower() == b"x-request-id":
+                request.client_id = value
+            elif size == 10 and name.lower() == b"connection":
+                request.connection = value
+            elif size == 6 and name.lower() == b"expect":
                 request.expect_continue = value.lower() == b"100-continue"
         self._parsing = request
         self._queue.append(request)

@@ -48,6 +48,8 @@ class ClientRequest:
         "answered_at",
         "body",
         "body_bytes",
+        "client_id",
+        "connection",
         "body_done",
         "body_waiting",
         "conn",
@@ -101,6 +103,8 @@ class ClientRequest:
         self.remote = remote  # the client's address
         self.started = started  # perf_counter() when the head was complete
         self.content_length: int | None = None  # None: chunked, or no body
+        self.client_id: bytes | None = None  # its X-Request-Id, as sent
+        self.connection: bytes | None = None  # its Connection field, as sent
         self.expect_continue = False
         # The body as it arrives.
         self._body: deque[bytes] = deque()
