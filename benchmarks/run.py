@@ -508,7 +508,7 @@ distinct sticky keys): {memory:.1f} MiB (its 128 KiB distinct-users bitmap per a
 {chr(10).join(targets)}
 | worker RSS with 100k keys | < 80 MB | {memory_mb:.1f} MB | {verdict(memory_mb < 80)} |
 """
-    write_section("throughput", text + NOTES)
+    write_section("throughput", text + "\n" + NOTES.read_text())
 
 
 def tool_version(tool: str) -> str:
@@ -521,67 +521,7 @@ def tool_version(tool: str) -> str:
     return match.group(1) if match else "(version unknown)"
 
 
-NOTES = """
-### Notes from profiling (issue 16, 2026-12-02)
-
-Profiled with py-spy (`py-spy record -r 200 -f raw`, 8 s under `wrk -c32`, one worker,
-split + measurements + breaker on), perf (`perf record -g`) and `strace -c`:
-
-| py-spy, share of samples (self) | before | after |
-|---|---:|---:|
-| writing the answer to the client (1) | 23.7% | 27.2% |
-| writing the request upstream (`UpstreamConnection.exchange`) | 21.9% | 25.2% |
-| the event loop (uvloop, native: epoll, reads, callbacks) | 17.1% | 22.9% |
-| aiohttp's response objects and serialisation (2) | about 7% | 0 |
-| aiohttp's server loop (`RequestHandler.start`, `BaseRequest`, ...) | about 3% | about 6% |
-| abgate: request and response heads, handler, split, recorder, outcome | about 6% | about 7% |
-
-(1) aiohttp's `StreamWriter._writelines` before, `PrebuiltResponse.prepare` after.
-(2) `write_headers`, `_prepare_headers`, `_start`, `Response.__init__`, `write_eof`.
-
-- Before: answers went through `web.Response`: the upstream's headers decoded into a
-  multidict, then serialised again with Date, Server and Connection. After: the head is
-  built once as bytes from the upstream's raw fields (`proxy/headers.py`
-  `build_response_head`) and written with the body in one `transport.write`
-  (`proxy/respond.py`); 12,180 vs 10,513 req/s in the same session (+16%), split and
-  measurements on, history off.
-- strace: two writes and two reads per request and one `epoll_wait` per ~20 requests:
-  nothing left to batch. perf: 56% of the worker's time is the Python interpreter, 32% the
-  kernel, of which 18% is `_raw_spin_unlock_irqrestore` (waking the peer, wrk or nginx, on
-  every socket write: a virtual machine's cost that the py-spy rows for the two writes
-  carry), and about 10% C extensions (uvloop, httptools, multidict).
-- History on costs most of what is left between the two figures above: about 19% of
-  throughput here (PostgreSQL's COPY competes for the same 2 cores), and it was the p99 at
-  one connection (2.3 ms: a second of decisions built for the COPY at once); the writer now
-  hands the loop back every 100 rows (1.1 ms; 0.9 ms with history off).
-- What is left for 0.5x nginx: about 55 us of Python per request (aiohttp's per-request task
-  and request object, the handler, one httptools callback per upstream header) and the
-  writes' wake-ups. Three times less CPU per request would take a server loop or the
-  upstream parsing in C (Cython), beyond this round.
-- Workers: `abgate proxy --workers N` (SO_REUSEPORT); the table above has 1 and 2.
-
-Tried afterwards and not kept (same harness, alternating runs, 2 x 8 s each, every feature
-but history on; this shared virtual machine gave the unchanged build 8,200 to 13,500 req/s
-within one hour, so only differences larger than that spread are read as real):
-
-- Coalescing writes: each keep-alive answer's and each upstream request's write deferred to
-  one flush per loop pass, so that a burst wakes wrk and nginx once instead of once per
-  write (the wake-ups are the kernel's largest share above). About +10% at 32 connections
-  (9,500-10,800 vs 8,200-9,500 req/s), but the one-connection p50 rose from 370-390 us to
-  550-700 us: the flush waits for a loop pass. Against the latency target, so not kept.
-- Python 3.12 (where aiohttp starts each request's task eagerly, one loop pass fewer):
-  9,600 and 10,700 vs 8,900 and 13,500 req/s on 3.11: no gain beyond the noise; abgate
-  stays on 3.11, the Python of its Dockerfile and CI.
-- The CPU figure above is the steadier measure: the worker is saturated, so req/s is
-  1 / (CPU per request) and the rest is the machine's noise.
-- At one connection the worker spends far more per request: 280 us of CPU (167 user, 113
-  kernel; 2,209 req/s, same harness, wrk -c1) against about 100 us under load. strace
-  there: 2 reads, 2 writes and 3 `epoll_pwait` per request (the third a zero-timeout pass
-  for aiohttp's per-request task); nothing is batched, each read follows a sleep, so each
-  pays a wake-up on this virtual machine and a cold cache. That, not waiting on anything,
-  is the added p50: it would take fewer loop passes per request, i.e. a server loop of our
-  own instead of aiohttp's, to close.
-"""
+NOTES = ROOT / "benchmarks" / "throughput-notes.md"  # prose kept by people, appended as is
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import httptools
 from proxy.breaker import BreakerState
 from proxy.destination import Destination, ExperimentRoute, Fallback, Routing, Target
 from proxy.errors import UpstreamClosed, UpstreamError
-from proxy.headers import RequestHead, RequestIds, build_request_head, build_response_head
+from proxy.headers import RequestHead, RequestIds, build_request_head
 from proxy.metrics import ProxyMetrics
 from proxy.outcome import Outcome, OutcomeSink, arm_statistics
 from proxy.paths import PathRefused, normalize_target
@@ -44,12 +44,14 @@ from proxy.respond import (
     CHUNK_END,
     CHUNKED,
     SMALL_BODY,
+    VIA,
     DateField,
+    answer_head,
     chunk,
     content_length,
     local_answer,
     plain_body,
-    status_line,
+    routing_fields,
     upstream_length,
 )
 from proxy.upstream import UpstreamResponse
@@ -58,8 +60,6 @@ __all__ = ["Destination", "ExperimentRoute", "Fallback", "ProxyHandler", "Routin
 
 log = logging.getLogger("abgate.proxy")
 
-VIA = "1.1 abgate"
-_VIA_BYTES = VIA.encode()
 # Lets the ML backend tell copies from live traffic (Envoy appends "-shadow" to Host instead).
 _SHADOW_HEADER = b"X-ABGate-Shadow: 1\r\n"
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -224,7 +224,7 @@ class ProxyHandler:
             req.connection,
             client_ip=req.remote,
             default_host=dest.host_header,
-            via=_VIA_BYTES,
+            via=VIA,
             body_length=framing,
             request_id=req.request_id,
             extra=extra,
@@ -397,7 +397,7 @@ class ProxyHandler:
         dest, conn = req.dest, req.conn
         assert dest is not None
         assert conn is not None
-        status, minor = response.status, req.minor
+        status = response.status
         keep_alive = req.keep_alive and req.body_done
         body = response.body()
         typed = False
@@ -409,18 +409,7 @@ class ProxyHandler:
             framing, typed = content_length(len(body)), bool(body)
         else:
             framing, body = b"", b""
-        head = build_response_head(
-            minor,
-            status_line(minor, status),
-            response.headers,
-            framing,
-            _VIA_BYTES,
-            self._routing_fields(req),
-            req.request_id.encode(),
-            keep_alive,
-            self._date.now(),
-            typed=typed,
-        )
+        head = answer_head(req, response, framing, keep_alive, self._date.now(), typed=typed)
         if len(body) <= SMALL_BODY:
             conn.write(head + body)
         else:
@@ -449,19 +438,7 @@ class ProxyHandler:
             framing, chunked = CHUNKED, True
         else:
             framing, keep_alive = b"", False  # HTTP/1.0: the end of the body is the close
-        conn.write(
-            build_response_head(
-                minor,
-                status_line(minor, status),
-                response.headers,
-                framing,
-                _VIA_BYTES,
-                self._routing_fields(req),
-                req.request_id.encode(),
-                keep_alive,
-                self._date.now(),
-            )
-        )
+        conn.write(answer_head(req, response, framing, keep_alive, self._date.now()))
         req.status = status
         req.overhead = perf_counter() - req.started - seconds
         try:
@@ -504,8 +481,8 @@ class ProxyHandler:
                 error,
                 None if dest is None else dest.pool.name,
                 req.request_id or self.request_ids.next(),
-                b"" if dest is None else self._routing_fields(req),
-                _VIA_BYTES,
+                b"" if dest is None else routing_fields(req),
+                VIA,
                 keep_alive,
                 self._date.now(),
             )
@@ -516,17 +493,6 @@ class ProxyHandler:
             req.answered_at = perf_counter()
         self._finish(req)
         conn.done(req, keep_alive=keep_alive)
-
-    def _routing_fields(self, req: ClientRequest) -> bytes:
-        """What abgate tells the client about the routing of its request: the experiment,
-        the arm it was assigned (kept on a fallback), the phase, who answered and why."""
-        dest, phase, fallback = req.dest, req.phase, req.fallback
-        if dest is None or phase is None:
-            return b""
-        if fallback is None:
-            return dest.arm_fields + phase.field + dest.served_field
-        reason = b"X-ABGate-Fallback: " + fallback.reason.encode() + b"\r\n"
-        return fallback.assigned.arm_fields + phase.field + dest.served_field + reason
 
     # -- the end of every request ---------------------------------------------------------
 

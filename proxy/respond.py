@@ -12,8 +12,17 @@ from __future__ import annotations
 import time
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import TYPE_CHECKING
 
 import orjson
+
+from proxy.headers import build_response_head
+
+if TYPE_CHECKING:
+    from proxy.request import ClientRequest
+    from proxy.upstream import UpstreamResponse
+
+VIA = b"1.1 abgate"
 
 SMALL_BODY = 256 * 1024  # joined with the head into one bytes object; larger: writelines
 _STATUS_LINES: dict[tuple[int, int], bytes] = {}
@@ -110,4 +119,41 @@ def local_answer(
             b"\r\n",
             body,
         )
+    )
+
+
+def routing_fields(req: ClientRequest) -> bytes:
+    """What abgate tells the client about the routing of its request: the experiment, the
+    arm it was assigned (kept on a fallback), the phase its arm was chosen in, who answered
+    and why."""
+    dest, phase, fallback = req.dest, req.phase, req.fallback
+    if dest is None or phase is None:
+        return b""
+    if fallback is None:
+        return dest.arm_fields + phase.field + dest.served_field
+    reason = b"X-ABGate-Fallback: " + fallback.reason.encode() + b"\r\n"
+    return fallback.assigned.arm_fields + phase.field + dest.served_field + reason
+
+
+def answer_head(
+    req: ClientRequest,
+    response: UpstreamResponse,
+    framing: bytes,
+    keep_alive: bool,
+    date: bytes,
+    *,
+    typed: bool = True,
+) -> bytes:
+    """The head of an upstream's answer as it goes to the client (proxy/headers.py)."""
+    return build_response_head(
+        req.minor,
+        status_line(req.minor, response.status),
+        response.headers,
+        framing,
+        VIA,
+        routing_fields(req),
+        req.request_id.encode(),
+        keep_alive,
+        date,
+        typed=typed,
     )
