@@ -13,6 +13,29 @@ from pathlib import Path
 
 from benchmarks.common import ROOT
 
+PACKAGES = {"haproxy": "haproxy", "caddy": "caddy"}  # tool -> Debian package
+
+
+def install_peers() -> None:
+    """Install HAProxy and Caddy from Debian's packages when missing and this is root on a
+    Debian-like system (as scripts/install-test-servers.sh does for the tests' servers);
+    otherwise the benchmark leaves them out of the table."""
+    missing = [
+        package
+        for tool, package in PACKAGES.items()
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()
+    ]
+    if not missing or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return
+    print(f"benchmarks: installing {', '.join(missing)}", file=sys.stderr)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    command = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]
+    if subprocess.run(command, env=env, capture_output=True, check=False).returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, check=False)
+        subprocess.run(command, env=env, capture_output=True, check=False)
+    for service in missing:  # the packages start system services; the benchmark its own
+        subprocess.run(["service", service, "stop"], capture_output=True, check=False)
+
 
 def haproxy_conf(workdir: Path, port: int, arms: tuple[int, int]) -> list[str]:
     """The command line of an HAProxy with one thread splitting on X-User-Id."""

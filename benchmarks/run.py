@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.common import RESULTS, ROOT, process, verdict, wait_http, write_section
-from benchmarks.peers import caddy_conf, compiled_tree, haproxy_conf, tree_cpu
+from benchmarks.peers import caddy_conf, compiled_tree, haproxy_conf, install_peers, tree_cpu
 
 BODY = '{"source":"deterministic","decision":"approve","confidence":1.0}'
 LUA = """
@@ -220,6 +220,7 @@ def main() -> int:
     nginx = shutil.which("nginx") or (
         "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
     )
+    install_peers()
     asyncio.run(run(args, nginx))
     print(f"wrote {RESULTS}")
     return 0
