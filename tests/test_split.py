@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -108,8 +107,8 @@ def request_for(user: str | None = None, path: str = "/api/x") -> Any:
 
 
 def carrying(user: str) -> Any:
-    """What the splitter reads of a request (its headers), without building a request."""
-    return SimpleNamespace(header_text=lambda name: user if name == b"x-user-id" else None)
+    """A request carrying `user` in the sticky header."""
+    return make_request("/api/x", {"X-User-Id": user})
 
 
 @settings(max_examples=100, deadline=None)
