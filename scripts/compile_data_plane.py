@@ -35,6 +35,7 @@ MODULES = (
     "routing",
     "split",
     "upstream",
+    "upstream_response",
 )
 
 
