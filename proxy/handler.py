@@ -41,19 +41,17 @@ from proxy.request_body import (
     too_slow,
 )
 from proxy.respond import (
-    CHUNK_END,
-    CHUNKED,
     SMALL_BODY,
     VIA,
     DateField,
     answer_head,
-    chunk,
     content_length,
     local_answer,
     plain_body,
     routing_fields,
     upstream_length,
 )
+from proxy.streaming import relay
 from proxy.upstream import UpstreamResponse
 
 __all__ = ["Destination", "ExperimentRoute", "Fallback", "ProxyHandler", "Routing", "Target"]
@@ -422,50 +420,12 @@ class ProxyHandler:
         conn.done(req, keep_alive=keep_alive)
 
     async def _stream(self, req: ClientRequest, response: UpstreamResponse, seconds: float) -> None:
-        """An answer whose body is still arriving: its head now, the body as it comes (with
-        the client's back-pressure); recorded once it ends, however it ends."""
-        conn = req.conn
-        assert conn is not None
-        status, minor = response.status, req.minor
-        keep_alive = req.keep_alive and req.body_done
-        length = upstream_length(response.headers)
-        chunked = False
-        if req.method == "HEAD" or not plain_body(status):
-            framing = b"" if length is None else content_length(length)
-        elif length is not None:
-            framing = content_length(length)
-        elif minor == 1:
-            framing, chunked = CHUNKED, True
-        else:
-            framing, keep_alive = b"", False  # HTTP/1.0: the end of the body is the close
-        conn.write(answer_head(req, response, framing, keep_alive, self._date.now()))
-        req.status = status
-        req.overhead = perf_counter() - req.started - seconds
-        try:
-            if req.method != "HEAD":
-                while data := await response.read():
-                    if conn.transport is None:
-                        raise ClientGone
-                    if chunked:
-                        conn.writelines(chunk(data))
-                    else:
-                        conn.write(data)
-                    if conn.write_paused:
-                        await conn.drain()
-                if chunked:
-                    conn.write(CHUNK_END)
-        except UpstreamError as exc:
-            # The head went out already: all that can be said now is an abrupt close.
-            log.warning("upstream %s broke off a response body: %s", exc.upstream, exc.detail)
-            req.status, req.error, keep_alive = 502, exc.kind, False
-            conn.abort()
-        except ClientGone:
-            log.debug("client went away while receiving a response")
-            req.status, keep_alive = 499, False  # nginx's code for a client that left
-        finally:
-            response.abandon()
+        """An answer whose body is still arriving, relayed (proxy/streaming.py); recorded
+        once it ends, however it ends."""
+        keep_alive = await relay(req, response, seconds, self._date.now())
         self._finish(req)
-        conn.done(req, keep_alive=keep_alive)
+        assert req.conn is not None
+        req.conn.done(req, keep_alive=keep_alive)
 
     def _local(
         self, req: ClientRequest, status: int, error: str, *, reason: str | None = None

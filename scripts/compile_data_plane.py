@@ -34,6 +34,7 @@ MODULES = (
     "retry_budget",
     "routing",
     "split",
+    "streaming",
     "upstream",
     "upstream_response",
 )
