@@ -27,6 +27,7 @@ from typing import cast
 import httptools
 import orjson
 
+from proxy.flow import WriteFlow
 from proxy.request import ClientGone, ClientRequest, ClientTooSlow
 
 log = logging.getLogger("abgate.proxy")
@@ -120,8 +121,7 @@ class ClientConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._discarding = False  # refused: lingering before the close
         self._reading_paused = False
-        self._write_paused = False
-        self._drain: asyncio.Future[None] | None = None
+        self._flow = WriteFlow()
         self._upgraded = False
         self._eof = False
         self._line: bytes | None = None  # a request line being looked at (see _request_line)
@@ -159,8 +159,7 @@ class ClientConnection(asyncio.Protocol):
             if request is not None:
                 request._fail_body(ClientGone())
         self._queue.clear()
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
+        self._flow.resume()  # a writer waiting on the client goes on, and finds it gone
 
     def eof_received(self) -> bool:
         # The client half-closed: a request in progress may still be answered, then close.
@@ -218,12 +217,10 @@ class ClientConnection(asyncio.Protocol):
         return True
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self._flow.pause()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
+        self._flow.resume()
         deferred, self._deferred = self._deferred, None
         if deferred is not None and self._active is not None:
             self._next(self._active, deferred)
@@ -332,16 +329,11 @@ class ClientConnection(asyncio.Protocol):
 
     @property
     def write_paused(self) -> bool:
-        return self._write_paused
+        return self._flow.paused
 
     async def drain(self) -> None:
         """Wait until the client has read enough of what was written (or is gone)."""
-        while self._write_paused and self.transport is not None:
-            self._drain = self._loop.create_future()
-            try:
-                await self._drain
-            finally:
-                self._drain = None
+        await self._flow.drain()
         if self.transport is None:
             raise ClientGone
 
@@ -349,7 +341,7 @@ class ClientConnection(asyncio.Protocol):
         """`request` is answered (its answer written): next request, idle, or close."""
         if request is not self._active:
             return
-        if self._write_paused and self.transport is not None:
+        if self._flow.paused and self.transport is not None:
             self._deferred = keep_alive  # the client is not reading: no next request yet
             return
         self._next(request, keep_alive)

@@ -32,6 +32,7 @@ from proxy.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from proxy.flow import WriteFlow
 from proxy.upstream_response import UpstreamResponse
 
 __all__ = ["HeadCallback", "UpstreamConnection", "UpstreamResponse"]
@@ -72,8 +73,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._framed = False
         self._informational = False
         self._reading_paused = False
-        self._drain: asyncio.Future[None] | None = None
-        self._write_paused = False
+        self._flow = WriteFlow()
         self._timer: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
 
@@ -180,20 +180,13 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 self._transport.write(chunk)
             self._touch()
-            if self._write_paused:
-                await self._wait_drain()
+            if self._flow.paused:
+                await self._flow.drain()
         if chunked and self.usable:
             assert self._transport is not None
             self._transport.write(b"0\r\n\r\n")
         self._request_sent = True
         self._touch()  # the wait for the head starts now
-
-    async def _wait_drain(self) -> None:
-        self._drain = self._loop.create_future()
-        try:
-            await self._drain
-        finally:
-            self._drain = None
 
     def abort(self) -> None:
         """Drop the connection: the exchange on it is not going to complete."""
@@ -275,8 +268,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._cancel_timer()
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
+        self._flow.resume()
         response = self._response
         if response is not None:
             if self._until_eof and self._head_done:
@@ -293,12 +285,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._hand_over()
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self._flow.pause()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
+        self._flow.resume()
 
     def pause_reading(self) -> None:
         if not self._reading_paused and self._transport is not None:

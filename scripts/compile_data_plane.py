@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULES = (
     "breaker",
     "destination",
+    "flow",
     "handler",
     "hashing",
     "headers",
