@@ -314,8 +314,16 @@ class ClientConnection(asyncio.Protocol):
 
     def watch_body(self) -> None:
         """A reader waits for body bytes: make sure the timer will judge the pause."""
-        if self._timer is None:
-            self._arm(self._loop.time() + self._limits.body_timeout)
+        self._arm_by(self._loop.time() + self._limits.body_timeout)
+
+    def _arm_by(self, deadline: float) -> None:
+        """The one timer fires by `deadline` (sooner if it was armed sooner)."""
+        timer = self._timer
+        if timer is None:
+            self._arm(deadline)
+        elif timer.when() > deadline:
+            timer.cancel()
+            self._arm(deadline)
 
     def write(self, data: bytes) -> None:
         transport = self.transport
@@ -372,12 +380,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._state_now, self._since = IDLE, now
                 deadline = now + self._limits.keepalive_timeout
-            timer = self._timer
-            if timer is None:
-                self._arm(deadline)
-            elif timer.when() > deadline:
-                timer.cancel()
-                self._arm(deadline)
+            self._arm_by(deadline)
 
     def abort(self) -> None:
         """Cut the connection (an answer broke off after its head went out)."""

@@ -452,3 +452,14 @@ async def test_clients_refused_over_max_connections_get_the_503_without_a_reset(
             other.close()
     assert all(a.startswith(b"HTTP/1.1 503 Service Unavailable\r\n") for a in answers)
     assert refusals(running)["max_connections"] == 20
+
+
+async def test_a_body_pause_is_judged_by_its_own_timeout_not_a_longer_one() -> None:
+    """The connection's one timer, armed for the 10 s head deadline, is brought forward when
+    a body wait begins: a stalled body gets its 408 after client_body_timeout."""
+    async with echo_proxy(client_header_timeout="10s", client_body_timeout="300ms") as running:
+        reader, writer = await connect(running)
+        writer.write(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+        answer = await read_all(reader, timeout=5.0)  # long before the 10 s
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
