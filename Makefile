@@ -49,6 +49,10 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest --cov --cov-report=term --durations=20
 
+## The suite beside a CPU hog on every core (stress-ng); RUNS=3 for three passes in a row.
+test-busy: $(STAMP) test-servers
+	@bash scripts/test-busy.sh
+
 ## Prometheus and the node, Redis and PostgreSQL exporters on this machine (Ctrl-C stops).
 monitoring: test-servers
 	@bash scripts/monitoring.sh

@@ -35,6 +35,7 @@ async def stack(
     budget: dict[str, float] | None = None,
     treatment_url: str | None = None,
     proxy: dict[str, Any] | None = None,
+    read_timeout: str = "300ms",
     **experiment: Any,
 ) -> AsyncIterator[tuple[Embedded, Behaviour, dict[str, str]]]:
     behaviour = Behaviour()
@@ -52,7 +53,7 @@ async def stack(
                 "retry_budget": budget or {"ratio": 1.0, "min_per_second": 1000},
                 **(proxy or {}),
             },
-            upstream_options={"read_timeout": "300ms", "breaker": FAST_BREAKER},
+            upstream_options={"read_timeout": read_timeout, "breaker": FAST_BREAKER},
         )
         async with embedded(config) as running:
             yield running, behaviour, upstreams
@@ -98,7 +99,9 @@ async def breaker_state(session: ClientSession, control_url: str) -> dict[str, s
 
 
 async def test_slow_ml_backend_trips_on_slow_calls(session: ClientSession) -> None:
-    async with stack() as (running, behaviour, _):
+    # Slow but never failing, however busy the machine: a read timeout far above the 150 ms
+    # (with 300 ms, a loaded machine turned slow calls into timeouts, i.e. failures).
+    async with stack(read_timeout="10s") as (running, behaviour, _):
         behaviour.latency_ms = 150  # slower than slow_call_duration, within read_timeout
         results = await paced_load(session, f"{running.proxy_url}{URL}")
         async with session.get(f"{running.control_url}/metrics") as response:
@@ -106,6 +109,7 @@ async def test_slow_ml_backend_trips_on_slow_calls(session: ClientSession) -> No
     assert Counter(s for s, _, _ in results) == {200: len(results)}
     reasons = Counter(reason for _, _, reason in results)
     assert reasons["breaker-open"] > len(results) * 0.5
+    # minimum_calls (20) slow answers are what trips it: all served by the treatment.
     assert Counter(arm for _, arm, reason in results if not reason)["treatment"] >= 20
     # It opened although the treatment upstream never failed: the slow calls tripped it.
     assert (
