@@ -503,11 +503,14 @@ class ProxyHandler:
         """A bug on the request path: logged with its traceback, answered 500 if nothing
         was sent yet, never left hanging."""
         log.exception("error handling request %s", req.request_id)
-        if req.status == 0 and req.conn is not None:
+        conn = req.conn
+        if conn is None:
+            return
+        if req.status == 0:
             req.error = "internal"
             self._local(req, 500, "internal error")
-        elif req.conn is not None:
-            req.conn.abort()
+        else:  # its answer is (partly) written: close after what went out, not a reset
+            conn.done(req, keep_alive=False)
 
     async def aclose(self) -> None:
         """Cancel the requests still waiting (after the listener's grace period)."""

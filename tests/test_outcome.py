@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from aiohttp import ClientSession
 
 from control.serve import embedded
@@ -193,3 +194,26 @@ async def test_a_streamed_answer_that_breaks_off_is_recorded_as_broken(
         except Exception:
             pass
     assert [(o.status, o.error) for o in seen] == [(502, "closed")]
+
+
+async def test_a_sink_that_raises_costs_its_request_nothing_but_a_log_line(
+    session: ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in a sink after the answer went out: the client has its answer, the next
+    request is served, and the traceback is logged."""
+    from tests.servers import echo_app
+
+    def broken(outcome: Outcome) -> None:
+        raise RuntimeError("sink bug")
+
+    async with serve_app(echo_app()) as url:
+        config = make_config({"control": url}, routes=[{"prefix": "/", "upstream": "control"}])
+        async with embedded(config) as running:
+            running.plane.add_sink(broken)
+            for _ in range(2):
+                async with session.get(f"{running.proxy_url}/x") as response:
+                    assert response.status == 200
+                    assert b'"path_qs":"/x"' in await response.read()
+    logged = [r for r in caplog.records if r.getMessage().startswith("error handling request")]
+    assert len(logged) == 2
+    assert all(r.exc_info and "sink bug" in str(r.exc_info[1]) for r in logged)
