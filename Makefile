@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 LOCK   := requirements/lock.txt
 PIP_VERSION := 26.3
 
-.PHONY: install lock lock-upgrade run test test-busy lint typecheck pytest test-servers bench monitoring clean
+.PHONY: install lock lock-upgrade run test test-busy lint typecheck pytest test-servers bench monitoring clean compile
 
 # Exactly the lock: hash-checked, no resolution of our own, then abgate itself (editable,
 # built with the locked setuptools).
@@ -56,6 +56,11 @@ test-busy: $(STAMP) test-servers
 ## Prometheus and the node, Redis and PostgreSQL exporters on this machine (Ctrl-C stops).
 monitoring: test-servers
 	@bash scripts/monitoring.sh
+
+## Optional: the data plane's hot modules compiled with mypyc (`make compile CLEAN=1` removes
+## them; without them everything is pure Python, as in CI).
+compile: $(STAMP)
+	$(BIN)/python scripts/compile_data_plane.py $(if $(CLEAN),--clean)
 
 ## Servers the tests and benchmarks start themselves (redis-server, prometheus, wrk, nginx).
 test-servers:
