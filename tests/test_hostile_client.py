@@ -307,12 +307,17 @@ async def test_chunked_trailers_are_not_merged_into_the_head(session: ClientSess
 async def test_a_stray_late_response_is_never_served_to_the_next_client(
     session: ClientSession,
 ) -> None:
+    dropped = asyncio.Event()
+
     async def answers_twice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal")
         await writer.drain()
         await asyncio.sleep(0.05)  # then, unasked, while the connection sits in the pool
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray")
+        await writer.drain()
+        await reader.read()  # abgate closes a connection that speaks out of turn ...
+        dropped.set()  # ... which proves the stray bytes reached it
 
     async with hostile() as (upstream, running):
         upstream.behaviour = answers_twice
@@ -320,7 +325,8 @@ async def test_a_stray_late_response_is_never_served_to_the_next_client(
         for _ in range(4):
             async with session.get(f"{running.proxy_url}/x") as response:
                 bodies.append(await response.read())
-            await asyncio.sleep(0.1)  # let the stray bytes arrive on the idle connection
+            await asyncio.wait_for(dropped.wait(), 20)  # the stray bytes were seen
+            dropped.clear()
     assert bodies == [b"real"] * 4
 
 
@@ -335,7 +341,9 @@ async def test_a_client_leaving_mid_upload_leaves_no_unretrieved_future(
             )
             await writer.drain()
             writer.transport.abort()
-        await asyncio.sleep(0.2)  # the aborted exchanges are torn down
+        listener = running.plane.listener
+        assert listener is not None
+        await until(lambda: listener.connections == 0)  # the aborted exchanges are torn down
         import gc
 
         gc.collect()  # futures report "never retrieved" when collected
