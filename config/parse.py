@@ -31,6 +31,11 @@ _BAD_METHODS: frozenset[str] = frozenset({"<invalid>"})
 
 def load_config(path: str | Path) -> Config:
     """Read and validate a configuration file; raises ConfigError listing every problem."""
+    return parse_config(read_config_text(path), str(path))
+
+
+def read_config_text(path: str | Path) -> str:
+    """A configuration file's text; raises ConfigError saying why it cannot be read."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -43,7 +48,7 @@ def load_config(path: str | Path) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         problem = Problem("", None, f"cannot read the file: {exc}")
         raise ConfigError(source, [problem]) from exc
-    return parse_config(text, source)
+    return text
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:

@@ -113,7 +113,7 @@ async def config_status(request: web.Request) -> web.Response:
 
 async def config_reload(request: web.Request) -> web.Response:
     outcome = await _reloader(request).reload("api")
-    return json_response(outcome.as_json(), 200 if outcome.result == "success" else 400)
+    return json_response(outcome.as_json(), 400 if outcome.result == "failure" else 200)
 
 
 def check_exposure(config: Config, token: str | None) -> None:

@@ -609,7 +609,10 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "summary": "Reload the config file (validated as a whole first)",
                 "responses": {
-                    "200": {"description": "Reloaded"},
+                    "200": {
+                        "description": "Reloaded (`result: success`), or the file is the "
+                        "running config already (`result: unchanged`: nothing applied)"
+                    },
                     "400": {
                         "description": "Refused; the running config stays. `problems` lists why"
                     },

@@ -3,11 +3,18 @@
 The file is validated as a whole first; an invalid one is refused with the same line-numbered
 problems as `abgate check-config`, the running config stays, and the failure shows in the
 log, in GET /api/config and in abgate_config_reload_total{result="failure"}.
+
+One change is one reload, whoever notices it first: the watcher waits until the file has
+stayed the same for one whole interval (an editor's or `write_text`'s truncate-then-write
+would otherwise be read half-written), and a reload of exactly the text already running
+answers "unchanged" without applying or counting anything (the watcher and an API call
+racing for the same change).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -17,7 +24,8 @@ from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from config import Config, ConfigError, load_config
+from config import Config, ConfigError, parse_config
+from config.parse import read_config_text
 
 log = logging.getLogger("abgate.reload")
 WATCH_INTERVAL = 1.0
@@ -25,7 +33,7 @@ WATCH_INTERVAL = 1.0
 
 @dataclass
 class ReloadOutcome:
-    result: str  # "success" | "failure"
+    result: str  # "success" | "failure" | "unchanged" (the running text: nothing applied)
     trigger: str
     at: float
     problems: list[str] = field(default_factory=list)
@@ -53,9 +61,12 @@ class Reloader:
         self.loaded_at = time.time()
         self.last: ReloadOutcome | None = None
         self.counts = {"success": 0, "failure": 0}
+        self.checks = 0  # the watcher's looks at the file
         self._lock = asyncio.Lock()  # one reload at a time; never taken on the request path
         self._requested = asyncio.Event()
         self._seen = self._stamp()  # the file as last loaded
+        self._changing: tuple[float, int, int] | None = None  # a new stamp, not yet settled
+        self._running = _digest(read_config_text(self.path)) if self._seen else b""
 
     async def reload(self, trigger: str) -> ReloadOutcome:
         async with self._lock:
@@ -63,8 +74,15 @@ class Reloader:
             # the same change again.
             self._seen = self._stamp()
             try:
-                config = await asyncio.to_thread(load_config, self.path)
+                text = await asyncio.to_thread(read_config_text, self.path)
+                digest = _digest(text)
+                if digest == self._running:
+                    log.info("config reload (%s): the file is the running config", trigger)
+                    self.last = ReloadOutcome("unchanged", trigger, time.time())
+                    return self.last
+                config = await asyncio.to_thread(parse_config, text, str(self.path))
                 warnings = await self._apply(config)
+                self._running = digest
             except ConfigError as exc:
                 outcome = ReloadOutcome(
                     "failure", trigger, time.time(), problems=[str(p) for p in exc.problems]
@@ -106,7 +124,14 @@ class Reloader:
                 self._requested.clear()
                 await self.reload("signal")
             except TimeoutError:
-                if self._stamp() != self._seen:
+                self.checks += 1
+                stamp = self._stamp()
+                if stamp == self._seen:
+                    self._changing = None
+                elif stamp != self._changing:
+                    self._changing = stamp  # changed since the last look: let it settle
+                else:
+                    self._changing = None
                     await self.reload("file change")
 
     def _stamp(self) -> tuple[float, int, int] | None:
@@ -136,3 +161,7 @@ class Reloader:
         )
         loaded.add_metric([], self.loaded_at)
         yield loaded
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
