@@ -317,6 +317,12 @@ async def test_a_non_utf8_request_id_and_a_nul_reason_poison_nothing(
         answer = await reader.read()
         sender.close()
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        # The id it is known by (the data plane replaces one that is not text, or keeps it).
+        [echoed] = [
+            line.split(b":", 1)[1].strip().decode("latin-1")
+            for line in answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+            if line.lower().startswith(b"x-request-id:")
+        ]
         async with session.post(
             running.control_url + "/api/flags/exp",
             headers=JSON,
@@ -333,7 +339,7 @@ async def test_a_non_utf8_request_id_and_a_nul_reason_poison_nothing(
     rows = await fetch(postgres, "SELECT request_id FROM ab_testing.decisions")
     assert len(rows) == 301
     assert len({r["request_id"] for r in rows}) == 301
-    assert "ÿþ" in {r["request_id"] for r in rows}
+    assert echoed in {r["request_id"] for r in rows}
     reasons = await fetch(postgres, "SELECT reason FROM ab_testing.flag_changes")
     assert [r["reason"] for r in reasons] == ["nul \\x00 here"]
     assert (writer.dead_letters, writer.dropped) == (0, 0)
