@@ -1,12 +1,23 @@
-"""Flags in Redis, pushed to every sidecar's memory by pub/sub (keys: state/redis_keys.py;
-the writer: state/redis_store.py).
+"""Flags in Redis, pushed to every sidecar's memory by pub/sub.
 
-Readers apply messages through `FlagTable.apply`, which ignores older versions, and re-read
-the whole hash after every (re)connect, so a message missed while disconnected is never
-lost. Redis down: readers keep the state they have, retry with backoff, and say so once.
+    {prefix}:flags               hash   flag name -> flag JSON (the current state)
+    {prefix}:history:NAME        stream one entry per change (the audit trail)
+    {prefix}:changes             channel every write publishes the new flag JSON here
+    {prefix}:instance:ID         hash   a proxy's id, address, applied versions (expires)
+    {prefix}:instances           zset   instance id -> last heartbeat
+
+(`{prefix}` is a Redis Cluster hash tag: every key lands in one slot, so the scripts stay
+atomic there too.) Writes are Lua scripts: version bump, history and publish happen in one
+atomic step, so concurrent writers can neither lose an update nor publish versions out of
+order. Readers apply messages through `FlagTable.apply`, which ignores older versions, and
+re-read the whole hash after every (re)connect, so a message missed while disconnected is
+never lost. Redis down: readers keep the state they have, retry with backoff, and say so once.
 Redis up but refusing writes (maxmemory reached, a read-only replica): not an outage; the
-subscription stays, heartbeats and the writer's re-seed are retried at the heartbeat's
-pace, and it is said once.
+subscription stays, heartbeats and the re-seed are retried at the heartbeat's pace, said once.
+
+Redis restarted empty: the control plane's writer re-seeds on every (re)connect what Redis
+lacks: the flags (its copy wins only where newer), each flag's current measurement phase,
+and the flag audit trail (its durable copy of the recent changes, when the stream is gone).
 """
 
 from __future__ import annotations
@@ -18,30 +29,139 @@ import os
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from state.flag_file import FlagFile, flag_from_json
-from state.flags import FlagTable
-from state.redis_keys import RedisKeys, connect
-from state.redis_store import RedisFlagStore
+from state.errors import store_errors
+from state.flag_file import FlagFile, flag_from_json, flag_to_json
+from state.flags import Flag, FlagTable, Instance, VersionConflict
+from state.measurements import phases_key
+from state.redis_timing import TimedRedis
 
-__all__ = [
-    "LocalInstance",
-    "RedisFlagStore",
-    "RedisFlagSync",
-    "RedisKeys",
-    "connect",
-    "new_instance_id",
-]
 log = logging.getLogger("abgate.flags")
+HISTORY_MAXLEN = 10_000
+# Lost writes would be worse than slow ones: a command that cannot reach Redis fails fast
+# (503 to the caller) instead of hanging on retries.
+CONNECT_TIMEOUT = 1.0
+COMMAND_TIMEOUT = 2.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
+
+_SET = """
+-- ARGV: now, by, reason, channel, history maxlen, then per flag: name, basis points,
+-- the version the writer would give it, its held basis points and phase, and the version it
+-- expects (0: any). Compare first, write after: a conflict writes nothing.
+local per = 6
+local count = (#ARGV - 5) / per
+for i = 0, count - 1 do
+  local base = 6 + i * per
+  local expected = tonumber(ARGV[base + 5])
+  if expected > 0 then
+    local current = redis.call('HGET', KEYS[1], ARGV[base])
+    -- Not in Redis yet: the writer's own copy is what it compared with.
+    local held = current and cjson.decode(current)['version'] or tonumber(ARGV[base + 2]) - 1
+    if held ~= expected then return {'conflict', ARGV[base], current or ''} end
+  end
+end
+local out = {}
+for i = 0, count - 1 do
+  local base = 6 + i * per
+  local name = ARGV[base]
+  local basis_points = tonumber(ARGV[base + 1])
+  local version = tonumber(ARGV[base + 2])
+  -- What the writer holds, for a Redis that does not have the flag (yet).
+  local held_bp, held_phase = tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
+  local current = redis.call('HGET', KEYS[1], name)
+  if current then
+    local held = cjson.decode(current)
+    local next_version = held['version'] + 1
+    if next_version > version then version = next_version end
+    held_bp, held_phase = held['basis_points'], held['phase'] or held['version']
+  end
+  -- A new phase only when the percentage changes.
+  local phase = version
+  if held_bp == basis_points then phase = held_phase end
+  local flag = cjson.encode({name = name, basis_points = basis_points,
+    version = version, updated_at = tonumber(ARGV[1]), updated_by = ARGV[2],
+    reason = ARGV[3], phase = phase})
+  redis.call('HSET', KEYS[1], name, flag)
+  redis.call('XADD', KEYS[2 + i], 'MAXLEN', '~', ARGV[5], '*', 'flag', flag)
+  out[#out + 1] = flag
+end
+for i = 1, #out do redis.call('PUBLISH', ARGV[4], out[i]) end
+return out
+"""
+
+_SEED = """
+-- KEYS[1]: the flags hash; KEYS[1 + i]: flag i's measurement phases hash. ARGV[1]: channel;
+-- then per flag: its JSON, its phase id and that phase's "basis_points|started_at".
+local seeded = 0
+for i = 1, (#ARGV - 1) / 3 do
+  local raw = ARGV[3 * i - 1]
+  local flag = cjson.decode(raw)
+  local current = redis.call('HGET', KEYS[1], flag['name'])
+  if (not current) or cjson.decode(current)['version'] < flag['version'] then
+    redis.call('HSET', KEYS[1], flag['name'], raw)
+    redis.call('PUBLISH', ARGV[1], raw)
+    seeded = seeded + 1
+  end
+  -- A phase Redis lost (restarted empty): the statistics would have no current phase.
+  redis.call('HSETNX', KEYS[1 + i], ARGV[3 * i], ARGV[3 * i + 1])
+end
+return seeded
+"""
+
+_SEED_AUDIT = """
+-- KEYS[1]: a flag's audit stream; ARGV[1]: max length, then its entries oldest first. Only
+-- into a stream Redis lost: one it has is the truth.
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 2, #ARGV do redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'flag', ARGV[i]) end
+return #ARGV - 1
+"""
+AUDIT_COPY = 200  # recent changes per flag kept in the durable copy, for a re-seed
+
+
+@dataclass(frozen=True, slots=True)
+class RedisKeys:
+    prefix: str
+
+    @property
+    def flags(self) -> str:
+        return f"{{{self.prefix}}}:flags"
+
+    @property
+    def channel(self) -> str:
+        return f"{{{self.prefix}}}:changes"
+
+    @property
+    def instances(self) -> str:
+        return f"{{{self.prefix}}}:instances"
+
+    def history(self, name: str) -> str:
+        return f"{{{self.prefix}}}:history:{name}"
+
+    def instance(self, instance_id: str) -> str:
+        return f"{{{self.prefix}}}:instance:{instance_id}"
+
+
+def connect(url: str) -> Redis:
+    """A client whose every command is timed (state/redis_timing.py)."""
+    return TimedRedis.from_url(
+        url,
+        decode_responses=True,
+        retry=Retry(NoBackoff(), 0),
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=COMMAND_TIMEOUT,
+        health_check_interval=0,
+    )
 
 
 def new_instance_id() -> str:
@@ -279,3 +399,157 @@ class RedisFlagSync:
         if self._dirty and self._snapshot is not None:
             self._dirty = False
             await asyncio.to_thread(self._snapshot.save_copy, self.table.all())
+
+
+def _audit_entry(entry: dict[str, Any]) -> str | None:
+    """An audit entry as the stream holds it (None: unreadable, left out)."""
+    try:
+        return orjson.dumps(flag_to_json(flag_from_json(entry))).decode()
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class RedisFlagStore:
+    """The control plane's writer. Its own table is kept in step by a RedisFlagSync."""
+
+    def __init__(
+        self,
+        client: Redis,
+        keys: RedisKeys,
+        table: FlagTable,
+        *,
+        heartbeat_interval: float,
+        durable: FlagFile | None = None,
+    ) -> None:
+        self._client = client
+        self._keys = keys
+        self.table = table
+        self._heartbeat = heartbeat_interval
+        self._durable = durable
+        self._set = client.register_script(_SET)
+        self._seed = client.register_script(_SEED)
+        self._seed_audit = client.register_script(_SEED_AUDIT)
+        self.reseeded = 0
+        # The recent changes of each flag this process saw (its writes and others', as the
+        # table applies them), oldest first: the audit trail a re-seed puts back.
+        self._audit: dict[str, deque[dict[str, Any]]] = {}
+        if durable is not None:
+            _, history = durable.load()
+            for name, entries in history.items():
+                self._audit[name] = deque(entries[-AUDIT_COPY:], AUDIT_COPY)
+        table.subscribe(self._audited)
+
+    def _audited(self, flag: Flag) -> None:
+        entries = self._audit.setdefault(flag.name, deque(maxlen=AUDIT_COPY))
+        if not entries or entries[-1].get("version", 0) < flag.version:
+            entries.append({**flag.as_json(), "basis_points": flag.basis_points})
+
+    async def set_percentages(
+        self,
+        changes: Mapping[str, int],
+        *,
+        by: str,
+        reason: str,
+        expected: Mapping[str, int] | None = None,
+    ) -> list[Flag]:
+        names = list(changes)
+        args: list[str | int | float] = [
+            time.time(),
+            by,
+            reason,
+            self._keys.channel,
+            HISTORY_MAXLEN,
+        ]
+        for name in names:
+            held = self.table.get(name)
+            args += [
+                name,
+                changes[name],
+                held.version + 1,
+                held.basis_points,
+                held.phase,
+                (expected or {}).get(name, 0),
+            ]
+        with store_errors():
+            raw = await self._set(
+                keys=[self._keys.flags, *map(self._keys.history, names)], args=args
+            )
+        if raw and raw[0] == "conflict":
+            _, name, current = raw
+            held = flag_from_json(orjson.loads(current)) if current else self.table.get(name)
+            raise VersionConflict(held, (expected or {})[name])
+        flags = [flag_from_json(orjson.loads(item)) for item in raw]
+        for flag in flags:
+            self.table.apply(flag)
+        await self._save_durable()
+        return flags
+
+    async def reseed(self) -> None:
+        """Put back what Redis lacks (it restarted empty, or lost writes): our copy wins only
+        where it is newer, so live percentages are never reset to older values; with each
+        flag its current phase, and the audit trail of a flag whose stream is gone."""
+        flags = self.table.all()
+        if not flags:
+            return
+        args: list[str] = [self._keys.channel]
+        for flag in flags:
+            started = f"{flag.basis_points}|{flag.updated_at}"
+            args += [orjson.dumps(flag_to_json(flag)).decode(), str(flag.phase), started]
+        phases = [phases_key(self._keys.prefix, flag.name) for flag in flags]
+        seeded = int(await self._seed(keys=[self._keys.flags, *phases], args=args))
+        audit = 0
+        for name, entries in self._audit.items():
+            raw = [entry for entry in map(_audit_entry, entries) if entry is not None]
+            if raw and name in self.table:
+                audit += int(
+                    await self._seed_audit(
+                        keys=[self._keys.history(name)], args=[HISTORY_MAXLEN, *raw]
+                    )
+                )
+        if seeded or audit:
+            self.reseeded += seeded
+            log.warning(
+                "flag store: re-seeded %d flag(s) and %d audit entries into Redis from the "
+                "control plane's copy",
+                seeded,
+                audit,
+            )
+        await self._save_durable()
+
+    async def _save_durable(self) -> None:
+        if self._durable is not None:
+            history = {name: list(entries) for name, entries in self._audit.items()}
+            await asyncio.to_thread(self._durable.save_copy, self.table.all(), history)
+
+    async def history(self, name: str, limit: int) -> list[dict[str, object]]:
+        with store_errors():
+            entries = await self._client.xrevrange(self._keys.history(name), count=limit)
+        out = []
+        for entry_id, fields in entries or []:
+            flag = flag_from_json(orjson.loads((fields or {})["flag"]))
+            out.append({**flag.as_json(), "id": entry_id})
+        return out
+
+    async def instances(self) -> list[Instance]:
+        now = time.time()
+        live_since = now - max(3.0, self._heartbeat * 5)
+        with store_errors():
+            await self._client.zremrangebyscore(self._keys.instances, "-inf", live_since)
+            ids = await self._client.zrangebyscore(self._keys.instances, live_since, "+inf")
+            pipe = self._client.pipeline(transaction=False)
+            for instance_id in ids:
+                pipe.hgetall(self._keys.instance(str(instance_id)))
+            records = await pipe.execute()
+        return [
+            Instance(
+                id=r["id"],
+                address=r["address"],
+                pid=int(r["pid"]),
+                started_at=float(r["started_at"]),
+                heartbeat_at=float(r["heartbeat_at"]),
+                applied={k: int(v) for k, v in orjson.loads(r["applied"]).items()},
+                breakers=orjson.loads(r.get("breakers") or "{}"),
+            )
+            for r in records
+            if r
+        ]
