@@ -8,6 +8,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 from config import ConfigError, load_config
+from config.export import credential_notes
 from control.flags_cli import add_flags_parser, run_flags
 from control.load_test import add_load_test_parser, run_load_test
 from control.log import configure_logging
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             if exposure is not None:  # what `abgate run` and `abgate control` would refuse
                 print(f"{args.file}: control.listen: {exposure}")
                 return 1
+            for note in credential_notes(config):
+                print(f"{args.file}: note: {note}")
             print(
                 f"{args.file}: OK ({len(config.upstreams)} upstreams, {len(config.routes)} "
                 f"routes, {len(config.experiments)} experiments)"

@@ -11,18 +11,16 @@
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from aiohttp import web
 
-from control.http import WORKER, ApiError, json_response
+from control.http import WORKER, ApiError, json_response, parse_json
 from proxy.hashing import fnv1a32, user_hash
 from state.errors import StoreUnavailable
 from state.flags import FlagTable
-from state.measurements import UNCLUSTERED, MeasureKey, Sums, cluster_of
+from state.measurements import UNCLUSTERED, MeasureKey, Sums, check_value, cluster_of
 
 if TYPE_CHECKING:
     from control.stats_worker import StatsWorker
@@ -130,10 +128,7 @@ async def outcomes(request: web.Request) -> web.Response:
     user's cluster, so a user's outcomes count as one unit with the user's decisions."""
     worker = require_worker(request)
     table = request.app[FLAGS]
-    try:
-        items = orjson.loads(await request.read())
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    items = parse_json(await request.read())
     if not isinstance(items, list) or not items:
         raise ApiError(400, "expected a non-empty JSON array of outcomes")
     if len(items) > MAX_OUTCOMES:
@@ -225,8 +220,11 @@ def _outcome(
     value = item.get("value")
     if isinstance(value, bool):
         value = float(value)
-    if not isinstance(value, int | float) or not math.isfinite(value):
+    if not isinstance(value, int | float):
         raise ApiError(400, f"{where}.value: expected a finite number or a boolean, got {value!r}")
+    problem = check_value(float(value))
+    if problem is not None:  # its square must stay finite: one would poison every sum
+        raise ApiError(400, f"{where}.value: {problem}")
     if definition.type == "binary" and value not in (0, 1):
         raise ApiError(
             400, f"{where}.value: {metric} is binary: expected 0, 1, true or false, got {value!r}"

@@ -268,6 +268,18 @@ VERSION = {
     "minimum": 1,
     "description": "compare-and-set: the flag version this write is based on",
 }
+ROLLBACK = {
+    "type": "object",
+    "required": ["flags", "elapsed_ms", "converged", "instances", "laggards"],
+    "properties": {
+        "flags": {"type": "array", "items": {"$ref": "#/components/schemas/Flag"}},
+        "elapsed_ms": {"type": "number"},
+        "converged": {"type": ["boolean", "null"]},
+        "convergence_unknown": {"type": "string"},
+        "instances": {"type": "array", "items": {"$ref": "#/components/schemas/Instance"}},
+        "laggards": {"type": "array", "items": {"type": "string"}},
+    },
+}
 CONFLICT = _json(
     {
         "type": "object",
@@ -511,11 +523,14 @@ OPENAPI: dict[str, Any] = {
                     }
                 },
                 "responses": {
-                    "200": {"description": "Every instance converged"},
-                    "504": {
-                        "description": "Some instances did not converge "
-                        "in time; `laggards` names them"
-                    },
+                    "200": _json(
+                        ROLLBACK,
+                        "Every instance converged, or nobody can tell (`converged` null, "
+                        "`convergence_unknown` says why: the instance registry is unreachable)",
+                    ),
+                    "504": _json(
+                        ROLLBACK, "Some instances did not converge in time; `laggards` names them"
+                    ),
                     "400": ERROR,
                     "401": ERROR,
                     "404": ERROR,
@@ -619,7 +634,7 @@ def _every_write_answers(paths: dict[str, Any]) -> None:
             for status, why in (
                 ("401", "no or wrong bearer token"),
                 ("403", "cross-origin write, or a Host that is not this API"),
-                ("413", "body over 1 MiB"),
+                ("413", "body over 1 MiB, or nested deeper than 32 levels"),
                 ("415", "a body that is not application/json"),
             ):
                 operation["responses"].setdefault(status, _json(_ref("Error"), why))

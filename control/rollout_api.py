@@ -29,6 +29,8 @@ from control.rollout.gates import Decision
 from state.rollouts import Rollout
 
 _VERDICT = {"continue": "promote", "complete": "promote", "hold": "hold", "rollback": "rollback"}
+# What Flagger sends to a webhook (its payload; `message` and `type` for events).
+FLAGGER_PAYLOAD = {"name", "namespace", "phase", "metadata", "checksum", "type", "message"}
 
 
 def _controller(request: web.Request) -> RolloutController:
@@ -121,8 +123,10 @@ async def approve(request: web.Request) -> web.Response:
     controller = _controller(request)
     body = await json_object(request, allowed={"stage", "reason"})
     stage = body.get("stage")
-    if stage is not None and (isinstance(stage, bool) or not isinstance(stage, int | float)):
-        raise ApiError(400, "stage: expected the percentage of the stage you approve")
+    if stage is not None and (
+        isinstance(stage, bool) or not isinstance(stage, int | float) or not 0 < stage <= 100
+    ):
+        raise ApiError(400, "stage: expected the percentage you approve, above 0, at most 100")
     rollout = await _call(
         controller.approve(request.match_info["experiment"], stage, caller(request), _reason(body))
     )
@@ -178,11 +182,12 @@ async def verdict(request: web.Request) -> web.Response:
 async def flagger_gate(request: web.Request) -> web.Response:
     controller = _controller(request)
     name, hook = request.match_info["experiment"], request.match_info["hook"]
+    body = await json_object(request, allowed=FLAGGER_PAYLOAD)  # refused if not Flagger's
+    for key, value in body.items():
+        if not isinstance(value, dict if key == "metadata" else str):
+            kind = "an object" if key == "metadata" else "a string"
+            raise ApiError(400, f"{key}: expected {kind} (Flagger's webhook payload)")
     if hook == "event":
-        body = await json_object(
-            request,
-            allowed={"name", "namespace", "phase", "metadata", "checksum", "type"} | {"message"},
-        )
         await controller.record(
             {
                 "time": time.time(),
@@ -277,8 +282,8 @@ async def incidents(request: web.Request) -> web.Response:
         raise ApiError(400, "experiment: required")
     if not isinstance(open_, bool):
         raise ApiError(400, "open: expected true or false")
-    if not isinstance(description, str) or not description:
-        raise ApiError(400, "description: expected a non-empty string")
+    if not isinstance(description, str) or not description or len(description) > 500:
+        raise ApiError(400, "description: expected a non-empty string of at most 500 characters")
     rollout = await _call(controller.set_incident(name, open_, description, caller(request)))
     return json_response({"experiment": name, "incident": rollout.incident})
 

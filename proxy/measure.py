@@ -3,14 +3,21 @@
 Recording touches only objects in memory: each destination caches the `Sums` of its current
 (phase, metric); `drain` hands the whole batch to the flusher and bumps a generation so the
 caches refetch. The flusher is a task the data plane owns; it never runs on a request.
+
+Exactly once: each batch of deltas gets an id when it is first sent, and a batch that failed
+is sent again as it was, with the same id, before anything newer (the store applies an id
+once: a retry after a timeout whose batch had landed is a no-op). Sums recorded meanwhile
+wait in memory, merged, and go in the next batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
+import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -22,6 +29,7 @@ from proxy.jsonpath import MISSING, extract
 from state.errors import StoreUnavailable
 from state.measurements import (
     CLUSTERS,
+    MAX_VALUE,
     UNCLUSTERED,
     USER_MAP_BITS,
     MeasureKey,
@@ -67,6 +75,9 @@ class PhaseRef:
 class Measurements:
     def __init__(self) -> None:
         self._pending: dict[MeasureKey, Sums] = {}
+        # The batch sent and not confirmed (its id, its sums): sent again, unchanged, first.
+        self._unconfirmed: tuple[str, dict[MeasureKey, Sums]] | None = None
+        self._batch_ids = (f"{os.urandom(6).hex()}-{n}" for n in itertools.count(1))
         self._phases: list[tuple[str, Phase]] = []
         # Distinct users: each arm's bitmap of the current phase (to send a user's bit once
         # per phase, not once per request) and the bits first seen since the last flush.
@@ -109,16 +120,22 @@ class Measurements:
 
     async def flush(self, store: MeasurementStore) -> None:
         batch, phases, users = self.drain()
+        if self._unconfirmed is None:
+            if batch:
+                self._unconfirmed = (next(self._batch_ids), batch)
+        else:  # behind the batch not yet confirmed: never sent, so merging it is safe
+            self._merge(batch)
         try:
             for experiment, phase in phases:
                 await store.start_phase(experiment, phase)
-            if batch:
-                await store.add(batch)
+            if self._unconfirmed is not None:
+                batch_id, sums = self._unconfirmed
+                await store.add(sums, batch_id)
+                self._unconfirmed = None
         except StoreUnavailable as exc:
-            # Keep the sums for the next flush: measurements are deltas and must not be lost.
+            # Keep everything for the next flush: measurements are deltas, never lost; the
+            # unconfirmed batch goes again as it is (it may have landed: same id, no-op).
             self._failed(exc)
-            for key, sums in batch.items():
-                self.sums(key).merge(sums)
             self._phases[:0] = phases
             self._keep_users(users)
             return
@@ -132,6 +149,10 @@ class Measurements:
     def _failed(self, exc: StoreUnavailable) -> None:
         self.flush_failures += 1
         log.debug("measurement flush failed, kept for the next one: %s", exc)
+
+    def _merge(self, batch: dict[MeasureKey, Sums]) -> None:
+        for key, sums in batch.items():
+            self.sums(key).merge(sums)
 
     def _keep_users(self, users: dict[UsersKey, list[int]]) -> None:
         for key, bits in users.items():
@@ -311,8 +332,11 @@ class MetricExtractor:
 
 
 def _add(found: list[tuple[str, float]], name: str, value: Any, binary: bool) -> None:
-    """A usable value only: finite, and 0 or 1 for a binary metric (anything else would
-    corrupt its rate); others are skipped."""
-    usable = isinstance(value, bool) or (isinstance(value, int | float) and math.isfinite(value))
+    """A usable value only: finite and small enough to square (state.measurements
+    .check_value), and 0 or 1 for a binary metric (anything else would corrupt its rate);
+    others are skipped."""
+    usable = isinstance(value, bool) or (
+        isinstance(value, int | float) and math.isfinite(value) and abs(value) <= MAX_VALUE
+    )
     if usable and (not binary or value in (0, 1)):
         found.append((name, float(value)))

@@ -46,6 +46,9 @@ if "error" in data:
     print(f"rollback failed ({status}): {data['error']}")
     sys.exit(1)
 flags = ", ".join(f"{f['name']}=v{f['version']}" for f in data["flags"])
+if data["converged"] is None:  # written, but the instance registry could not be read
+    print(f"rollback of {flags}: written, convergence UNKNOWN: {data['convergence_unknown']}")
+    sys.exit(1)
 print(f"rollback of {flags}: {'converged' if data['converged'] else 'NOT converged'} "
       f"in {elapsed} ms (server-side {data['elapsed_ms']} ms)")
 for instance in data["instances"]:
