@@ -51,7 +51,8 @@ def add_rollout_parser(commands: Any) -> None:
             action.add_argument(
                 "--if-needed",
                 action="store_true",
-                help="a rollout under way is not an error: follow it",
+                help="a rollout under way, or one completed, is not an error: show it "
+                "(only a rolled-back or aborted rollout, or none, is started anew)",
             )
         if name == "status":
             action.add_argument("--watch", action="store_true", help="redraw until it ends")
@@ -190,14 +191,16 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _held(args: argparse.Namespace, base: str) -> dict[str, Any] | None:
-    """The rollout under way (not finished), if there is one."""
+    """The rollout under way, or completed, if there is one. A completed rollout is not
+    started again (that would take the treatment back to the first stage): running the
+    automation once more after it finished, or racing its end, changes nothing."""
     try:
         view: dict[str, Any] = call(args, "GET", base)
     except ApiCallFailed as exc:
         if ": 404 " in str(exc):
             return None
         raise
-    return None if view["state"] in FINISHED else view
+    return None if view["state"] in ("rolled_back", "aborted") else view
 
 
 def run_rollout(args: argparse.Namespace) -> int:
