@@ -615,9 +615,12 @@ def _every_write_answers(paths: dict[str, Any]) -> None:
         if operation is not None:
             for status, why in (
                 ("401", "no or wrong bearer token"),
-                ("403", "cross-origin write, or a Host that is not this API"),
+                (
+                    "403",
+                    "a write from another site (Sec-Fetch-Site cross-site or same-site, or "
+                    "an Origin not this API's), or a Host that is not this API",
+                ),
                 ("413", "body over 1 MiB"),
-                ("415", "a body that is not application/json"),
             ):
                 operation["responses"].setdefault(status, _json(_ref("Error"), why))
 
