@@ -17,7 +17,8 @@ import orjson
 from aiohttp import web
 
 from config.model import ProxySettings
-from proxy.breaker import Breaker
+from proxy import validation
+from proxy.breaker import Breaker, BreakerState
 from proxy.errors import UpstreamError
 from proxy.headers import (
     RequestHead,
@@ -56,6 +57,7 @@ _SHADOW_HEADER = b"X-ABGate-Shadow: 1\r\n"
 
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_CLOSED = (BreakerState.CLOSED, BreakerState.FORCED_CLOSED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +298,15 @@ class ProxyHandler:
                 upstream_seconds,
             )
         return await self._respond(
-            request, upstream, dest, head.request_id, started, upstream_started, draw, fallback
+            request,
+            upstream,
+            dest,
+            head.request_id,
+            started,
+            upstream_started,
+            draw,
+            fallback,
+            route,
         )
 
     def _head(
@@ -384,7 +394,15 @@ class ProxyHandler:
         elapsed = perf_counter() - upstream_started
         control.breaker.observe(upstream_started + elapsed, upstream.status, elapsed)
         return await self._respond(
-            request, upstream, control, head.request_id, started, upstream_started, draw, fallback
+            request,
+            upstream,
+            control,
+            head.request_id,
+            started,
+            upstream_started,
+            draw,
+            fallback,
+            route,
         )
 
     async def _respond(
@@ -397,12 +415,21 @@ class ProxyHandler:
         upstream_started: float,
         draw: int,
         fallback: Fallback | None,
+        route: ExperimentRoute | None = None,
     ) -> web.StreamResponse:
         if upstream.complete and request.method != "HEAD":
             finished = perf_counter()
             upstream_seconds = finished - upstream_started
             status = upstream.status
             body = upstream.body()
+            values = () if dest.extractor is None else dest.extractor.values(body, upstream.headers)
+            if route is not None and request.headers.get(validation.HEADER) == validation.VALUE:
+                body = validation.with_routing_decision(
+                    body,
+                    dest.arm,
+                    next((v for name, v in values if name == "confidence"), None),
+                    route.fallback and route.control.breaker.state in _CLOSED,
+                )
             response: web.StreamResponse
             if plain_body(status):  # one write of prebuilt bytes (proxy/respond.py)
                 minor = request.version.minor
@@ -422,11 +449,6 @@ class ProxyHandler:
             else:
                 response = web.Response(status=status, body=body)
                 self._copy_headers(upstream, response, dest, request_id, fallback)
-            values = (
-                ()
-                if dest.extractor is None
-                else dest.extractor.values(upstream.body(), upstream.headers)
-            )
             self._finish(
                 request_id,
                 dest,
