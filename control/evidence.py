@@ -137,7 +137,9 @@ def phases_used(
     control, treatment = experiment.control.name, experiment.treatment.name
 
     def both(phase: Phase) -> bool:
-        return _usable(
+        # At 0% or 100% an arm has no share: the few requests it holds were in flight when
+        # the percentage changed (38 "control" requests in a 100% phase), not a comparison.
+        return 0 < phase.basis_points < 10_000 and _usable(
             arms.get((phase.id, control, "error")), arms.get((phase.id, treatment, "error"))
         )
 

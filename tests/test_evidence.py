@@ -42,6 +42,12 @@ def test_after_the_rollout_its_stages_with_a_control_arm() -> None:
     assert (basis, ids(used)) == ("earlier phases with both arms", [2, 3])
 
 
+def test_a_phase_at_100_percent_is_never_a_comparison() -> None:
+    """Requests in flight when the share went to 100% count there under the control arm."""
+    basis, used = phases_used(EXP, PHASES[:4], arms(2, 3, 4), since=15.0, current=4)
+    assert (basis, ids(used)) == ("earlier phases with both arms", [2, 3])
+
+
 def test_a_phase_not_yet_measured_is_current_all_the_same() -> None:
     """The flag moved to phase 6 but no request was measured in it: phase 5 (a load test,
     both arms) is not the current phase."""
