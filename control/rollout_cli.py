@@ -181,6 +181,8 @@ def report(args: argparse.Namespace) -> Path:
     for entry in reversed(history):
         if not (entry.get("transition") or entry.get("change")):
             continue
+        if entry["time"] < view["started_at"]:
+            continue  # an earlier rollout of the same experiment
         reason = str(entry.get("reason", "")).replace("|", "/")
         lines.append(
             f"| {_iso(entry['time'])} | {entry['actor']} | {entry.get('state', '')} | "
