@@ -111,7 +111,7 @@ async def came_back(stack: Stack, ran: Ran) -> str:
     curl, separator, expression = ran.command.rpartition(" | jq ")
     if not separator or not curl.startswith("curl") or ran.text not in ("true", "false"):
         return ""
-    fields = sorted(set(re.findall(r"\.([a-z_]+)", expression)))
+    fields = sorted(set(re.findall(r"\.([a-z_][a-z0-9_]*)", expression)))
     if not fields:
         return ""
     shown = await shell(stack, f"{curl} | jq -c '{{{', '.join(fields)}}}'")
