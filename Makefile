@@ -6,8 +6,9 @@ STAMP  := $(VENV)/.installed
 # Every package CI installs, pinned with its hashes (`make lock` refreshes it on purpose).
 LOCK   := requirements/lock.txt
 PIP_VERSION := 26.3
+SCENARIO ?= better
 
-.PHONY: install lock lock-upgrade run test test-busy lint typecheck pytest test-servers bench monitoring clean compile
+.PHONY: install lock lock-upgrade run demo-rollout test test-busy lint typecheck pytest test-servers bench monitoring clean compile
 
 # Exactly the lock: hash-checked, no resolution of our own, then abgate itself (editable,
 # built with the locked setuptools).
@@ -35,6 +36,10 @@ lock-upgrade: $(STAMP)
 ## Demo: two demo agents and abgate on config/abgate.yaml (Ctrl-C stops all three).
 run: $(STAMP)
 	@bash scripts/run-demo.sh
+
+## A whole staged rollout by itself, with simulated users (SCENARIO=better|worse|same).
+demo-rollout: $(STAMP)
+	@SCENARIO=$(SCENARIO) bash scripts/demo-rollout.sh
 
 ## Everything CI runs: lint, strict types, the full test suite on real servers.
 test: $(STAMP) test-servers lint typecheck pytest

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from config.fields import parse_percentage
+from control.current import config_of
 from control.http import ApiError, json_object, json_response
 from state.errors import StoreUnavailable
 from state.flags import Flag, FlagStore, Instance, UnknownFlag, VersionConflict
@@ -183,7 +184,8 @@ async def list_instances(request: web.Request) -> web.Response:
 
 async def rollback(request: web.Request) -> web.Response:
     """Set treatment to 0% for the named experiments (all if none) in one atomic write, then
-    answer once every live instance routes with it, or 504 with the laggards."""
+    answer once every live instance routes with it, or 504 with the laggards. A name may be
+    a group the config defines (control.groups): its experiments."""
     store = _store(request)
     body = await json_object(request, allowed={"experiments", "reason", "timeout"})
     # Only a missing field means every experiment: [], "" or null is a mistake, not "all".
@@ -193,9 +195,12 @@ async def rollback(request: web.Request) -> web.Response:
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise ApiError(
             400,
-            "experiments: expected a non-empty list of experiment names "
+            "experiments: expected a non-empty list of experiment or group names "
             "(leave the field out to roll back every experiment)",
         )
+    config = config_of(request.app)
+    groups = config.control.groups if config is not None else {}
+    names = list(dict.fromkeys(e for n in names for e in groups.get(n, (n,))))
     timeout = body.get("timeout", ROLLBACK_TIMEOUT)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 300:
         raise ApiError(400, "timeout: expected seconds, more than 0 and at most 300")

@@ -170,6 +170,13 @@ def collect(writer: HistoryWriter) -> Iterator[Metric]:
     )
     write.add_metric([], writer.writes.cumulative(), writer.writes.sum)
     yield write
+    query = HistogramMetricFamily(
+        "abgate_history_query_seconds",
+        "Time of each statement of a flush to PostgreSQL (the COPY, each row's INSERT), from "
+        "abgate's side.",
+    )
+    query.add_metric([], writer.queries.cumulative(), writer.queries.sum)
+    yield query
     connected = GaugeMetricFamily(
         "abgate_history_connected", "1 when the history store is reachable."
     )

@@ -157,13 +157,32 @@ def _loopback_name(host_header: str) -> bool:
         return False
 
 
+CROSS_SITE_OK = frozenset({"same-origin", "none"})  # Sec-Fetch-Site values a write may carry
+
+
+def cross_origin_problem(request: web.BaseRequest) -> str | None:
+    """Why a write comes from another site, or None. Judged as Go's net/http
+    CrossOriginProtection judges it: a browser sends Sec-Fetch-Site on every request
+    (`same-origin`, `same-site`, `cross-site`, or `none` for one the user typed), and Origin
+    on every cross-origin POST; curl and scripts send neither, and pass."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        if site.lower() in CROSS_SITE_OK:
+            return None
+        return f"cross-site write refused (Sec-Fetch-Site: {site[:40]})"
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"{request.scheme}://{request.host}":
+        return f"cross-origin write from {origin[:200]!r} refused"
+    return None
+
+
 @web.middleware
 async def same_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
     """What keeps a web page in the operator's browser from driving the control API: on a
     loopback listener the Host must be a loopback name (a DNS-rebinding page sends its own
-    name); a write must come from the API's own origin (a browser sends Origin on every
-    cross-site POST) and carry JSON as JSON (a form or text/plain body is what a page can
-    send without asking)."""
+    name), and a write must not come from another site (`cross_origin_problem`). The
+    Content-Type is not what makes a write safe: a body is read as JSON whatever it says,
+    so `curl -d '{...}'` (form-encoded, as curl labels it) works as written."""
     if request.app[LOOPBACK_ONLY] and not _loopback_name(request.host):
         raise ApiError(
             403,
@@ -171,15 +190,9 @@ async def same_origin(request: web.Request, handler: Handler) -> web.StreamRespo
             "(DNS rebinding?): use 127.0.0.1, [::1] or localhost",
         )
     if request.method not in SAFE_METHODS:
-        origin = request.headers.get("Origin")
-        if origin is not None and origin != f"{request.scheme}://{request.host}":
-            raise ApiError(403, f"cross-origin write from {origin!r} refused")
-        if request.body_exists and request.content_type != "application/json":
-            raise ApiError(
-                415,
-                "writes take Content-Type: application/json (with curl: "
-                "-H 'Content-Type: application/json')",
-            )
+        problem = cross_origin_problem(request)
+        if problem is not None:
+            raise ApiError(403, problem)
     return await handler(request)
 
 

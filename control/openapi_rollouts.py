@@ -13,7 +13,8 @@ _EXPERIMENT = {
     "in": "path",
     "required": True,
     "schema": {"type": "string"},
-    "description": "the experiment the rollout belongs to",
+    "description": "the experiment the rollout belongs to, or `current` (the one under way, "
+    "else control.default_experiment, else the only one)",
 }
 _REASON = {"type": "string", "maxLength": 500, "description": "recorded in the history"}
 _ROLLOUT = {
@@ -286,7 +287,10 @@ ROLLOUT_PATHS: dict[str, Any] = {
                             "additionalProperties": False,
                             "required": ["current_percentage", "target_percentage"],
                             "properties": {
-                                "experiment": {"type": "string"},
+                                "experiment": {
+                                    "type": "string",
+                                    "description": "default: the current experiment",
+                                },
                                 "current_percentage": {
                                     "type": "number",
                                     "minimum": 0,

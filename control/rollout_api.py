@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from config.errors import ConfigError
+from control.current import resolve
 from control.flags_api import caller
 from control.http import CONTROLLER, ApiError, json_object, json_response
 from control.rollout.controller import RolloutController, RolloutError
@@ -101,9 +102,8 @@ async def start(request: web.Request) -> web.Response:
     plan = body.get("plan")
     if plan is not None and not isinstance(plan, dict):
         raise ApiError(400, "plan: expected an object like the YAML rollout section")
-    rollout = await _call(
-        controller.start(request.match_info["experiment"], plan, caller(request), _reason(body))
-    )
+    name = await resolve(request.app, request.match_info["experiment"])
+    rollout = await _call(controller.start(name, plan, caller(request), _reason(body)))
     return json_response(await _view(controller, rollout), 201)
 
 
@@ -115,7 +115,8 @@ async def list_rollouts(request: web.Request) -> web.Response:
 
 async def show(request: web.Request) -> web.Response:
     controller = _controller(request)
-    rollout = await _call(controller.get(request.match_info["experiment"]))
+    name = await resolve(request.app, request.match_info["experiment"])
+    rollout = await _call(controller.get(name))
     return json_response(await _view(controller, rollout))
 
 
@@ -127,16 +128,16 @@ async def approve(request: web.Request) -> web.Response:
         isinstance(stage, bool) or not isinstance(stage, int | float) or not 0 < stage <= 100
     ):
         raise ApiError(400, "stage: expected the percentage you approve, above 0, at most 100")
-    rollout = await _call(
-        controller.approve(request.match_info["experiment"], stage, caller(request), _reason(body))
-    )
+    name = await resolve(request.app, request.match_info["experiment"])
+    rollout = await _call(controller.approve(name, stage, caller(request), _reason(body)))
     return json_response(await _view(controller, rollout))
 
 
 async def act(request: web.Request) -> web.Response:
     controller = _controller(request)
     body = await json_object(request, allowed={"reason"})
-    name, action = request.match_info["experiment"], request.path.rsplit("/", 1)[1]
+    name = await resolve(request.app, request.match_info["experiment"])
+    action = request.path.rsplit("/", 1)[1]
     if action == "promote":
         rollout = await _call(controller.promote(name, caller(request), _reason(body)))
     else:
@@ -146,7 +147,7 @@ async def act(request: web.Request) -> web.Response:
 
 async def history(request: web.Request) -> web.Response:
     controller = _controller(request)
-    name = request.match_info["experiment"]
+    name = await resolve(request.app, request.match_info["experiment"])
     await _call(controller.get(name))
     try:
         limit = int(request.query.get("limit", "100"))
@@ -169,7 +170,8 @@ async def verdict(request: web.Request) -> web.Response:
     """200 whenever a verdict can be computed: Argo's web provider treats non-2xx as an
     error, not a failure; its successCondition reads `decision`."""
     controller = _controller(request)
-    rollout, decision = await _fresh(controller, request.match_info["experiment"])
+    name = await resolve(request.app, request.match_info["experiment"])
+    rollout, decision = await _fresh(controller, name)
     data = decision.as_json()
     data.update(
         decision="rollback" if rollout.state == "rolled_back" else _VERDICT[decision.verdict],
@@ -181,7 +183,8 @@ async def verdict(request: web.Request) -> web.Response:
 
 async def flagger_gate(request: web.Request) -> web.Response:
     controller = _controller(request)
-    name, hook = request.match_info["experiment"], request.match_info["hook"]
+    name = await resolve(request.app, request.match_info["experiment"])
+    hook = request.match_info["hook"]
     body = await json_object(request, allowed=FLAGGER_PAYLOAD)  # refused if not Flagger's
     for key, value in body.items():
         if not isinstance(value, dict if key == "metadata" else str):
@@ -229,14 +232,7 @@ async def decision_call(request: web.Request) -> web.Response:
     body = await json_object(
         request, allowed={"experiment", "current_percentage", "target_percentage"}
     )
-    name = body.get("experiment")
-    if name is None:
-        names = list(controller.config.experiments)
-        if len(names) != 1:
-            raise ApiError(400, f"experiment: required, there are {len(names)} experiments")
-        name = names[0]
-    if not isinstance(name, str) or name not in controller.config.experiments:
-        raise ApiError(404, f"unknown experiment {name!r}")
+    name = await resolve(request.app, body.get("experiment"))  # none named: the current one
     for key in ("current_percentage", "target_percentage"):
         value = body.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:

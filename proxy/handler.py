@@ -24,6 +24,7 @@ from urllib.parse import unquote
 
 import httptools
 
+from proxy import validation
 from proxy.breaker import BreakerState
 from proxy.destination import Destination, ExperimentRoute, Fallback, Routing, Target
 from proxy.errors import UpstreamClosed, UpstreamError
@@ -60,6 +61,7 @@ log = logging.getLogger("abgate.proxy")
 
 # Lets the ML backend tell copies from live traffic (Envoy appends "-shadow" to Host instead).
 _SHADOW_HEADER = b"X-ABGate-Shadow: 1\r\n"
+_CLOSED = (BreakerState.CLOSED, BreakerState.FORCED_CLOSED)
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 Waiting = Coroutine[Any, Any, None] | None  # what is left of a request that must wait
 
@@ -399,6 +401,11 @@ class ProxyHandler:
         keep_alive = req.keep_alive and req.body_done
         body = response.body()
         typed = False
+        if body and req.method != "HEAD" and plain_body(status):
+            if dest.extractor is not None:
+                req.values = dest.extractor.values(body, response.headers)
+            if req.validation and req.route is not None:
+                body = self._with_routing_decision(req, req.route, dest, body)
         if req.method == "HEAD":
             length = upstream_length(response.headers)
             framing = b"" if length is None else content_length(length)
@@ -413,11 +420,20 @@ class ProxyHandler:
         else:
             conn.writelines((head, body))
         req.status = status
-        if dest.extractor is not None and body:
-            req.values = dest.extractor.values(body, response.headers)
         req.overhead = perf_counter() - req.started - seconds
         self._finish(req)
         conn.done(req, keep_alive=keep_alive)
+
+    @staticmethod
+    def _with_routing_decision(
+        req: ClientRequest, route: ExperimentRoute, dest: Destination, body: bytes
+    ) -> bytes:
+        """`X-Test-Mode: validation` asked for abgate's routing decision in the answer: the
+        arm that served it, its confidence where a metric reads one, and whether a fallback
+        to the control arm is configured and its breaker closed."""
+        confidence = next((v for name, v in req.values if name == "confidence"), None)
+        fallback = route.fallback and route.control.breaker.state in _CLOSED
+        return validation.with_routing_decision(body, dest.arm, confidence, fallback)
 
     async def _stream(self, req: ClientRequest, response: UpstreamResponse, seconds: float) -> None:
         """An answer whose body is still arriving, relayed (proxy/streaming.py); recorded

@@ -272,6 +272,8 @@ class ClientConnection(asyncio.Protocol):
                 request.connection = value
             elif size == 6 and name.lower() == b"expect":
                 request.expect_continue = value.lower() == b"100-continue"
+            elif size == 11 and name.lower() == b"x-test-mode":
+                request.validation = value == b"validation"
         self._parsing = request
         self._queue.append(request)
         self._state_now = BUSY

@@ -79,6 +79,7 @@ class ClientRequest:
         "ticket",
         "upstream_started",
         "uri",
+        "validation",
         "values",
     )
 
@@ -106,6 +107,7 @@ class ClientRequest:
         self.client_id: bytes | None = None  # its X-Request-Id, as sent
         self.connection: bytes | None = None  # its Connection field, as sent
         self.expect_continue = False
+        self.validation = False  # X-Test-Mode: validation (proxy/validation.py)
         # The body as it arrives.
         self._body: deque[bytes] = deque()
         self._buffered = 0

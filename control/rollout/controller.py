@@ -360,13 +360,17 @@ class RolloutController:
                 updated = rollout.next(
                     state="awaiting_approval", decision="continue", reason=reason, eta_seconds=None
                 )
+                changed = rollout.state != "awaiting_approval"
+                # Recorded when it changes, not at every tick while the person is away.
                 await self._save(
                     rollout,
                     updated,
                     decision,
                     ACTOR,
-                    "awaiting_approval" if rollout.state != "awaiting_approval" else None,
+                    "awaiting_approval" if changed else None,
+                    record=changed or key != seen.last,
                 )
+                seen.last = key
                 return
             await self._promote(rollout, plan, following, decision, ACTOR, decision.reason)
             return
