@@ -75,7 +75,20 @@ def _plane(request: web.Request) -> DataPlane:
 
 
 async def shadow_stats(request: web.Request) -> web.Response:
-    return json_response({"experiments": _plane(request).shadow_stats()})
+    """Per experiment, and the totals over all of them at the top."""
+    experiments = _plane(request).shadow_stats()
+    totals = {
+        key: sum(int(str(e[key])) for e in experiments)
+        for key in ("total_decisions", "agreements", "disagreements", "errors")
+    }
+    compared = totals["agreements"] + totals["disagreements"]
+    return json_response(
+        {
+            "experiments": experiments,
+            **totals,
+            "agreement_rate": totals["agreements"] / compared if compared else None,
+        }
+    )
 
 
 async def force_breaker(request: web.Request) -> web.Response:

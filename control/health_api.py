@@ -148,8 +148,78 @@ async def aggregate(request: web.Request) -> web.Response:
         statuses.append(status)
     overall = worst(*statuses)
     return json_response(
-        {"overall_health": overall, "components": components}, 503 if overall == UNHEALTHY else 200
+        {
+            "overall_health": overall,
+            "components": components,
+            "ml_components": ml_components(plane, components),
+        },
+        503 if overall == UNHEALTHY else 200,
     )
+
+
+def ml_components(plane: DataPlane | None, components: dict[str, object]) -> list[object]:
+    """The ML side, one entry each, from what `components` already holds: each ML upstream
+    (a treatment that is no experiment's control) and its breaker, each experiment's shadow,
+    the statistics worker and the rollout controller."""
+    out: list[object] = []
+    if plane is not None:
+        config = plane.config
+        controls = {e.control.upstream for e in config.experiments.values()}
+        ml = sorted({e.treatment.upstream for e in config.experiments.values()} - controls)
+        upstreams = components.get("upstreams", {})
+        assert isinstance(upstreams, dict)
+        for name in ml:
+            report = upstreams.get(name, {})
+            out.append(
+                {
+                    "name": name,
+                    "kind": "ml_upstream",
+                    "status": report.get("status"),
+                    "reasons": report.get("reasons", []),
+                }
+            )
+            state = str(report.get("breaker"))
+            out.append(
+                {
+                    "name": f"{name} breaker",
+                    "kind": "breaker",
+                    "status": _BREAKER_HEALTH.get(state, UNHEALTHY),
+                    "state": state,
+                }
+            )
+        for shadow in plane.shadow_stats():
+            dropped = shadow.get("dropped")
+            out.append(
+                {
+                    "name": f"{shadow['experiment']} shadow",
+                    "kind": "shadow",
+                    "status": HEALTHY,
+                    "total_decisions": shadow.get("total_decisions"),
+                    "agreement_rate": shadow.get("agreement_rate"),
+                    "dropped": dropped,
+                }
+            )
+    for kind in ("statistics_worker", "rollout_controller"):
+        report = components.get(kind)
+        if isinstance(report, dict):
+            out.append(
+                {
+                    "name": kind.replace("_", " "),
+                    "kind": kind,
+                    "status": report.get("status"),
+                    "reasons": report.get("reasons", []),
+                }
+            )
+    return out
+
+
+_BREAKER_HEALTH = {
+    "closed": HEALTHY,
+    "forced_closed": HEALTHY,
+    "half_open": DEGRADED,
+    "open": UNHEALTHY,
+    "forced_open": UNHEALTHY,
+}
 
 
 def add_health_routes(

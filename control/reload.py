@@ -8,13 +8,13 @@ One change is one reload, whoever notices it first: the watcher waits until the 
 stayed the same for one whole interval (an editor's or `write_text`'s truncate-then-write
 would otherwise be read half-written), and a reload of exactly the text already running
 answers "unchanged" without applying or counting anything (the watcher and an API call
-racing for the same change).
+racing for the same change). "The same" is judged on the validated config, so a change to a
+file it `extends`, or one of comments only, is judged by what it means.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import time
@@ -24,8 +24,7 @@ from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from config import Config, ConfigError, parse_config
-from config.parse import read_config_text
+from config import Config, ConfigError, load_config
 
 log = logging.getLogger("abgate.reload")
 WATCH_INTERVAL = 1.0
@@ -66,7 +65,6 @@ class Reloader:
         self._requested = asyncio.Event()
         self._seen = self._stamp()  # the file as last loaded
         self._changing: tuple[float, int, int] | None = None  # a new stamp, not yet settled
-        self._running = _digest(read_config_text(self.path)) if self._seen else b""
 
     async def reload(self, trigger: str) -> ReloadOutcome:
         async with self._lock:
@@ -74,15 +72,12 @@ class Reloader:
             # the same change again.
             self._seen = self._stamp()
             try:
-                text = await asyncio.to_thread(read_config_text, self.path)
-                digest = _digest(text)
-                if digest == self._running:
+                config = await asyncio.to_thread(load_config, self.path)
+                if config == self.config:
                     log.info("config reload (%s): the file is the running config", trigger)
                     self.last = ReloadOutcome("unchanged", trigger, time.time())
                     return self.last
-                config = await asyncio.to_thread(parse_config, text, str(self.path))
                 warnings = await self._apply(config)
-                self._running = digest
             except ConfigError as exc:
                 outcome = ReloadOutcome(
                     "failure", trigger, time.time(), problems=[str(p) for p in exc.problems]
@@ -161,7 +156,3 @@ class Reloader:
         )
         loaded.add_metric([], self.loaded_at)
         yield loaded
-
-
-def _digest(text: str) -> bytes:
-    return hashlib.blake2b(text.encode(), digest_size=16).digest()

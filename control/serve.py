@@ -133,7 +133,9 @@ async def start_rollout_controller(
     else:
         lease = Lease(shared.client, config.flags.key_prefix, new_instance_id())
         stack.push_async_callback(lease.release)
-        store = RedisRollouts(shared.client, config.flags.key_prefix, lease)
+        store = RedisRollouts(
+            shared.client, config.flags.key_prefix, lease, durable=shared.snapshot
+        )
     controller = RolloutController(
         config, backend.store, store, backend.measurements, lease=lease, proxy_url=proxy_url
     )

@@ -147,6 +147,11 @@ def connect_redis(settings: RedisSettings) -> RedisConnection:
     return RedisConnection(client, settings, sentinel)
 
 
+def connect(url: str) -> Redis:
+    """The client of one URL and nothing else (tools, tests): closing it closes it all."""
+    return connect_redis(RedisSettings(url=url)).client
+
+
 def describe_redis_error(exc: BaseException, settings: RedisSettings | None = None) -> str:
     """What went wrong, in words an operator can act on; never a secret."""
     user = f"user {settings.username!r}" if settings and settings.username else "the default user"

@@ -62,7 +62,7 @@ class RedisServer:
     """With `users` (name -> password), the default user is off and an `admin` user (all
     rights, ADMIN_PASSWORD) is what `client()` logs in as; the users have `acl` (all rights
     unless told); with `tls`, the only port speaks TLS; with `replica_of`, it replicates
-    that server."""
+    that server; `durable`, it keeps its data across a kill."""
 
     def __init__(
         self,
@@ -74,8 +74,12 @@ class RedisServer:
         replica_of: RedisServer | None = None,
         name: str = "redis",
         acl: tuple[str, ...] = ("~*", "&*", "+@all"),
+        durable: bool = False,
     ) -> None:
         self.acl = acl
+        # durable: an append-only file synced at every write, so a restart after a kill
+        # keeps every write Redis acknowledged (or applied) before it died.
+        self.durable = durable
         self.binary = binary
         self.workdir = workdir / name
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -96,7 +100,9 @@ class RedisServer:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if self.durable else "no",
+            "--appendfsync",
+            "always",
             "--dir",
             str(self.workdir),
             "--daemonize",
@@ -130,7 +136,8 @@ class RedisServer:
         return args
 
     async def start(self) -> None:
-        """Start (again) on the same port, with nothing in it."""
+        """Start (again) on the same port: with nothing in it, or (durable) with what the
+        append-only file holds."""
         self.proc = await asyncio.create_subprocess_exec(
             self.binary,
             *self.arguments(),
