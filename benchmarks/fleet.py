@@ -603,9 +603,10 @@ Each sidecar's own cost does not grow with the fleet (mean over the sizes, and r
 
 Per sidecar, at {largest.sidecars}: heartbeats {beat_per_sidecar:.1f} Redis commands/s (HSET,
 EXPIRE, ZADD in one pipeline), measurement flushes {flush_per_sidecar:.1f} commands/s at
-{args.rate:g} req/s of new users (HGET and HINCRBY/HINCRBYFLOAT per touched cluster of users, arm and
-metric, in one script, SETBIT per new user). Redis's CPU for the traffic's commands: {marginal_us:.1f} us
-a command (the difference between the two windows at {largest.sidecars} sidecars).
+{args.rate:g} req/s of new users (one script a flush: HGETs and HINCRBY/HINCRBYFLOAT per
+touched cluster of users, arm and metric; SETBIT per new user). Redis's CPU for the
+traffic's commands: {marginal_us:.1f} us a command (the difference between the two windows
+at {largest.sidecars} sidecars).
 
 Propagation and rollback, fitted the same way; here they measure this machine (all
 sidecars on two cores), not Redis, so the slope is not a forecast:
