@@ -86,7 +86,8 @@ Measured by `python -m benchmarks.failover` on {time.strftime("%Y-%m-%d")}: {len
 of `{TEST}` ({failed} failed) on the 2-core development machine. Each run: a primary, a
 replica and three sentinels (`redis-server --sentinel`, quorum 2, down-after 1000 ms), ACL
 users and a sentinel password; two `abgate run` sidecars (proxy, control API, rollout
-controller each) behind 200 req/s; the rollout 5 -> 25 -> 50 -> 75 -> 100%; one flag write
+controller each) behind 200 req/s; the rollout 5 -> 25 -> 50 -> 75 -> 100% (stages of 2 s
+paced by time, the integrity gates on: a stage holds while statistics are stale); one flag write
 every 50 ms to a second flag (`flags.redis.wait_replicas: 1`, `wait_timeout: 500ms`); the
 primary SIGKILLed once the rollout reaches 50%.
 

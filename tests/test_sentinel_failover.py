@@ -41,14 +41,18 @@ URL = "/api/agent/credit/decide"
 RATE = 200  # requests a second, over both sidecars
 MAX_SECONDS = 150  # the traffic's bound in time (and so in count: 30,000 at most)
 STAGES = [5, 25, 50, 75, 100]
+# Stages paced by time alone (no guardrail to show within a margin): what is under test is
+# the failover, so the stages' timing must not depend on how fast the statistics decide.
+# The integrity gates still hold a stage: stale statistics while Redis is away, sidecars
+# not on the flag version, a sample-ratio mismatch.
 PLAN = {
     "stages": STAGES,
-    "min_duration": "1500ms",
+    "min_duration": "2s",
     "tick": "100ms",
     "bake": "500ms",
     "max_hold": "1h",
     "breaker_grace": "5s",
-    "guardrails": [{"metric": "error", "margin": 0.05}, {"metric": "latency", "margin": "200%"}],
+    "guardrails": [],
 }
 REDIS_PASSWORD, SENTINEL_PASSWORD = "abgate-redis-password", "abgate-sentinel-password"
 
