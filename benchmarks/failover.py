@@ -26,7 +26,7 @@ from typing import Any
 
 from benchmarks.common import RESULTS, ROOT, verdict, write_section
 
-TEST = "tests/test_sentinel_failover.py"
+TEST = "tests/test_sentinel_failover.py::test_primary_killed_under_traffic_and_a_rollout"
 HEAD = (
     "| run | requests | client errors | s until writes succeed | writes refused meanwhile "
     "| writes acknowledged | acknowledged lost | stages | controllers acted "

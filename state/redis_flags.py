@@ -490,11 +490,12 @@ class RedisFlagStore:
         self, keys: list[str], args: list[str | int | float], names: list[str]
     ) -> Any:
         """The write, then WAIT in the same pipeline: one connection, so WAIT counts the
-        replicas that have this write."""
-        pipe = self._client.pipeline(transaction=False)
-        await self._set(keys=keys, args=args, client=pipe)
-        pipe.wait(self._wait_replicas, self._wait_ms)
-        raw, acknowledged = await pipe.execute()
+        replicas that have this write. `async with`: a pipeline that fails while loading its
+        script (a failover) holds its connection until reset."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            await self._set(keys=keys, args=args, client=pipe)
+            pipe.wait(self._wait_replicas, self._wait_ms)
+            raw, acknowledged = await pipe.execute()
         if raw and raw[0] == "conflict":
             return raw
         short = int(acknowledged) < self._wait_replicas
