@@ -57,6 +57,13 @@ PLAN = {
 REDIS_PASSWORD, SENTINEL_PASSWORD = "abgate-redis-password", "abgate-sentinel-password"
 
 
+@pytest.fixture(autouse=True)
+def passwords(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the sidecars' configs say the passwords are."""
+    monkeypatch.setenv("ABGATE_TEST_REDIS_PASSWORD", REDIS_PASSWORD)
+    monkeypatch.setenv("ABGATE_TEST_SENTINEL_PASSWORD", SENTINEL_PASSWORD)
+
+
 def sidecar_config(
     agents: dict[str, str], group: SentinelGroup, tmp_path: Path, name: str
 ) -> Config:
@@ -186,6 +193,20 @@ async def sidecars(
         yield running
 
 
+@asynccontextmanager
+async def sentinel_and_sidecars(
+    agents: dict[str, str], tmp_path: Path
+) -> AsyncIterator[tuple[SentinelGroup, list[Embedded]]]:
+    """A Sentinel group with ACL users and a sentinel password, and two sidecars on it."""
+    async with (
+        sentinel_group(
+            tmp_path, users={"abgate": REDIS_PASSWORD}, sentinel_password=SENTINEL_PASSWORD
+        ) as group,
+        sidecars(agents, group, tmp_path) as running,
+    ):
+        yield group, running
+
+
 def stage_of(sidecar: Embedded) -> tuple[str, int] | None:
     """The rollout of `exp` as this sidecar's controller last read or wrote it."""
     for rollout in sidecar.rollouts.current:
@@ -198,17 +219,9 @@ async def test_primary_killed_under_traffic_and_a_rollout(
     session: ClientSession,
     agents: dict[str, str],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("ABGATE_TEST_REDIS_PASSWORD", REDIS_PASSWORD)
-    monkeypatch.setenv("ABGATE_TEST_SENTINEL_PASSWORD", SENTINEL_PASSWORD)
     traffic, writes, stop = Traffic(), list[Write](), asyncio.Event()
-    async with (
-        sentinel_group(
-            tmp_path, users={"abgate": REDIS_PASSWORD}, sentinel_password=SENTINEL_PASSWORD
-        ) as group,
-        sidecars(agents, group, tmp_path) as running,
-    ):
+    async with sentinel_and_sidecars(agents, tmp_path) as (group, running):
         first_primary = await group.primary_port()
         acting = next(s for s in running if s.rollouts.acting)
         loaders = [
@@ -302,19 +315,11 @@ async def test_a_graceful_failover_with_the_old_primary_alive_is_followed(
     session: ClientSession,
     agents: dict[str, str],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """SENTINEL FAILOVER (maintenance): the old primary lives on as a replica, so nothing
     breaks a connection by itself; writes there would be refused (READONLY). Every sidecar
     must move to the new primary: a write afterwards reaches both through pub/sub there."""
-    monkeypatch.setenv("ABGATE_TEST_REDIS_PASSWORD", REDIS_PASSWORD)
-    monkeypatch.setenv("ABGATE_TEST_SENTINEL_PASSWORD", SENTINEL_PASSWORD)
-    async with (
-        sentinel_group(
-            tmp_path, users={"abgate": REDIS_PASSWORD}, sentinel_password=SENTINEL_PASSWORD
-        ) as group,
-        sidecars(agents, group, tmp_path) as running,
-    ):
+    async with sentinel_and_sidecars(agents, tmp_path) as (group, running):
         old = await group.primary_port()
         sentinel = group.sentinels[0].client()
         try:
