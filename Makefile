@@ -80,6 +80,8 @@ bench: $(STAMP) test-servers
 	$(BIN)/python -m benchmarks.robustness
 	$(BIN)/python -m benchmarks.sequential_rates
 	$(BIN)/python -m benchmarks.users
+	$(BIN)/python -m benchmarks.failover
+	$(BIN)/python -m benchmarks.fleet
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

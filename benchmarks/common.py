@@ -46,6 +46,11 @@ def process(command: list[str], **kwargs: object) -> Iterator[subprocess.Popen[b
             proc.wait()
 
 
+def redis_server_command(binary: str, port: int) -> list[str]:
+    """A redis-server on 127.0.0.1:`port` that keeps nothing on disk."""
+    return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+
 def write_section(name: str, text: str, path: Path = RESULTS) -> None:
     """Replace this script's section of RESULTS.md (or append it), leaving the others."""
     begin, end = f"<!-- begin:{name} -->", f"<!-- end:{name} -->"

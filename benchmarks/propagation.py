@@ -29,7 +29,15 @@ from pathlib import Path
 
 from aiohttp import ClientSession
 
-from benchmarks.common import RESULTS, ROOT, process, verdict, wait_http, write_section
+from benchmarks.common import (
+    RESULTS,
+    ROOT,
+    process,
+    redis_server_command,
+    verdict,
+    wait_http,
+    write_section,
+)
 from benchmarks.run import LUA, Result, bench_config, start_upstream, wrk
 
 PROXIES = 4
@@ -136,21 +144,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
         redis_port = 18379
-        stack.enter_context(
-            process(
-                [
-                    redis_server,
-                    "--port",
-                    str(redis_port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ]
-            )
-        )
+        stack.enter_context(process(redis_server_command(redis_server, redis_port)))
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         start_upstream(stack, workdir, nginx if Path(nginx).exists() else None)
         stack.enter_context(

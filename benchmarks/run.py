@@ -97,17 +97,17 @@ def wrk(name: str, url: str, *, connections: int, duration: int, script: Path) -
     return parse_wrk(name, output)
 
 
-def nginx_conf(workdir: Path, *, proxy: bool) -> Path:
+def nginx_conf(workdir: Path, *, proxy: bool, ports: dict[str, int] = PORTS) -> Path:
     arms = "\n".join(
-        f"""    server {{ listen 127.0.0.1:{PORTS[arm]}; access_log off;
+        f"""    server {{ listen 127.0.0.1:{ports[arm]}; access_log off;
         location / {{ default_type application/json; return 200 '{BODY}'; }} }}"""
         for arm in ("arm_a", "arm_b")
     )
     split = f"""
     split_clients "${{http_x_user_id}}" $arm {{ 50% arm_b; * arm_a; }}
-    upstream arm_a {{ server 127.0.0.1:{PORTS["arm_a"]}; keepalive 64; }}
-    upstream arm_b {{ server 127.0.0.1:{PORTS["arm_b"]}; keepalive 64; }}
-    server {{ listen 127.0.0.1:{PORTS["nginx"]}; access_log off;
+    upstream arm_a {{ server 127.0.0.1:{ports["arm_a"]}; keepalive 64; }}
+    upstream arm_b {{ server 127.0.0.1:{ports["arm_b"]}; keepalive 64; }}
+    server {{ listen 127.0.0.1:{ports["nginx"]}; access_log off;
         location / {{ proxy_pass http://$arm; proxy_http_version 1.1;
                      proxy_set_header Connection ""; }} }}"""
     text = f"""worker_processes 1; daemon off; pid {workdir}/nginx-{int(proxy)}.pid;
@@ -135,6 +135,7 @@ def bench_config(
     experiment: dict[str, object] | None = None,
     flags: dict[str, object] | None = None,
     history: dict[str, object] | None = None,
+    ports: dict[str, int] = PORTS,
 ) -> Path:
     """The benchmark experiment: /api/agent/ split between the two nginx arms on X-User-Id."""
     path.write_text(
@@ -148,8 +149,8 @@ def bench_config(
                 "control": {"listen": f"127.0.0.1:{control_port}"},
                 "flags": {"state_file": None, **(flags or {})},
                 "upstreams": {
-                    "arm_a": {"url": f"http://127.0.0.1:{PORTS['arm_a']}"},
-                    "arm_b": {"url": f"http://127.0.0.1:{PORTS['arm_b']}"},
+                    "arm_a": {"url": f"http://127.0.0.1:{ports['arm_a']}"},
+                    "arm_b": {"url": f"http://127.0.0.1:{ports['arm_b']}"},
                 },
                 **({"history": history} if history else {}),
                 "routes": [{"prefix": "/api/agent/", "experiment": "bench"}],
@@ -363,11 +364,12 @@ async def measure(args: argparse.Namespace, targets: list[Target], script: Path)
     return measured
 
 
-def start_upstream(stack: contextlib.ExitStack, workdir: Path, nginx: str | None) -> str:
+def start_upstream(
+    stack: contextlib.ExitStack, workdir: Path, nginx: str | None, ports: dict[str, int] = PORTS
+) -> str:
     if nginx:
-        stack.enter_context(
-            process([nginx, "-p", str(workdir), "-c", str(nginx_conf(workdir, proxy=False))])
-        )
+        conf = nginx_conf(workdir, proxy=False, ports=ports)
+        stack.enter_context(process([nginx, "-p", str(workdir), "-c", str(conf)]))
         kind = "nginx `return 200` (small JSON)"
     else:
         for arm in ("arm_a", "arm_b"):
@@ -379,14 +381,14 @@ def start_upstream(stack: contextlib.ExitStack, workdir: Path, nginx: str | None
                         "--kind",
                         "deterministic",
                         "--port",
-                        str(PORTS[arm]),
+                        str(ports[arm]),
                     ],
                     cwd=ROOT,
                 )
             )
         kind = "bundled demo agent (nginx not installed)"
-    wait_http(f"http://127.0.0.1:{PORTS['arm_a']}/api/agent/credit/decide")
-    wait_http(f"http://127.0.0.1:{PORTS['arm_b']}/api/agent/credit/decide")
+    wait_http(f"http://127.0.0.1:{ports['arm_a']}/api/agent/credit/decide")
+    wait_http(f"http://127.0.0.1:{ports['arm_b']}/api/agent/credit/decide")
     return kind
 
 

@@ -10,22 +10,26 @@ from urllib.parse import urlsplit, urlunsplit
 
 from config.model import Config
 
+# Query parameters that carry a secret (libpq and redis-py accept the password there too).
+_SECRET_PARAMETERS = re.compile(r"(?i)(^|&)((?:ssl_?)?password)=[^&]*")
+
 
 def mask_url(url: str) -> str:
     """redis://user:secret@host -> redis://user:***@host (a user alone, which may be a
-    token: ***@host); anything unparsable is hidden."""
+    token: ***@host), ?password=secret -> ?password=***; anything unparsable is hidden."""
     try:
         parts = urlsplit(url)
         port = f":{parts.port}" if parts.port else ""
     except ValueError:
         return "***"
+    query = _SECRET_PARAMETERS.sub(r"\1\2=***", parts.query)
     if parts.password is None and not parts.username:
-        return url
+        return urlunsplit(parts._replace(query=query)) if query != parts.query else url
     host = parts.hostname or ""
     if ":" in host:  # IPv6, bracketed again
         host = f"[{host}]"
     user = f"{parts.username or ''}:***" if parts.password is not None else "***"
-    return urlunsplit(parts._replace(netloc=f"{user}@{host}{port}"))
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}{port}", query=query))
 
 
 def has_credentials(url: str) -> bool:

@@ -91,10 +91,67 @@ class ControlSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SecretRef:
+    """Where a secret is read from when a connection is made: an environment variable or a
+    file (read again for every new connection, so a rotated file is picked up without a
+    restart). The config holds only this reference, never the value."""
+
+    env: str | None = None
+    file: str | None = None
+
+    def __str__(self) -> str:
+        return f"environment variable {self.env}" if self.env else f"file {self.file}"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """TLS to a server: the CA that signed its certificate (None: the system's CAs), a
+    client certificate for mutual TLS, and whether its name must match the certificate."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    check_hostname: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelSettings:
+    """Redis Sentinel: the sentinels to ask, the service (master name) they watch, and their
+    own credentials (sentinels may have an ACL user and password of their own)."""
+
+    addresses: tuple[tuple[str, int], ...]
+    service: str
+    username: str | None = None
+    password: SecretRef | None = None
+    tls: bool = False  # the sentinels themselves speak TLS
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    """How to reach the Redis that holds the shared state: one server (`url`) or the
+    primary that Sentinel names (`sentinel`), exactly one of them."""
+
+    url: str | None = None  # redis://, rediss:// (TLS) or unix://; may hold user and password
+    sentinel: SentinelSettings | None = None
+    db: int = 0  # with sentinel (a URL names its own)
+    username: str | None = None  # the ACL user
+    password: SecretRef | None = None
+    tls: TlsSettings | None = None  # None: plain TCP (a rediss:// URL: TLS, system CAs)
+    # A flag write answers once this many replicas have it (WAIT), so a failover does not
+    # lose it; after wait_timeout it answers anyway, logged and counted.
+    wait_replicas: int = 0
+    wait_timeout: float = 0.5
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls is not None or (self.url or "").startswith("rediss://")
+
+
+@dataclass(frozen=True, slots=True)
 class FlagsSettings:
-    # redis://... makes Redis the flag store (many sidecars); None keeps flags in this process.
-    # ABGATE_REDIS_URL, when set, takes the place of a missing redis_url.
-    redis_url: str | None
+    # Redis makes the flag store shared by many sidecars; None keeps flags in this process.
+    # ABGATE_REDIS_URL, when set, takes the place of a missing flags.redis (or redis_url).
+    redis: RedisSettings | None
     key_prefix: str
     # Local snapshot: the embedded store's state, the control plane's durable copy with Redis,
     # and what a proxy starts from while Redis is down. None: not persisted.
@@ -111,6 +168,9 @@ class HistorySettings:
     retention: float = 90 * 86_400.0  # seconds of history kept (whole days)
     sample: float = 1.0  # share of decisions recorded
     buffer: int = 200_000  # decisions held in memory at most while PostgreSQL is slow or down
+    # The password, when not in the URL: read at each new connection (rotation). TLS is
+    # set in the URL as libpq has it: ?sslmode=verify-full&sslrootcert=/path/ca.pem
+    password: SecretRef | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,9 +19,11 @@ from config.model import (
     HistorySettings,
     Listen,
     ProxySettings,
+    RedisSettings,
     RouteConfig,
     UpstreamConfig,
 )
+from config.parse_connections import ConnectionSchema
 from config.parse_experiments import ExperimentSchema
 from config.parse_upstreams import UpstreamSchema
 from config.yaml_lines import KeyPath, LocatedDocument, load_located
@@ -48,9 +50,10 @@ def _validate(doc: LocatedDocument, source: str) -> Config:
     return config
 
 
-class _Schema(UpstreamSchema, ExperimentSchema):
-    """The top level, listeners, flags and routes; upstreams and experiments in their own
-    modules (`config.parse_upstreams`, `config.parse_experiments`)."""
+class _Schema(UpstreamSchema, ExperimentSchema, ConnectionSchema):
+    """The top level, listeners, flags and routes; upstreams, experiments and connections to
+    the stores in their own modules (`config.parse_upstreams`, `config.parse_experiments`,
+    `config.parse_connections`)."""
 
     def __init__(self, reader: Reader, source: str) -> None:
         self.r = reader
@@ -264,18 +267,20 @@ class _Schema(UpstreamSchema, ExperimentSchema):
     def _flags(self, value: Any) -> FlagsSettings | None:
         path: KeyPath = ("flags",)
         section = self.r.mapping(
-            value, path, {"redis_url", "key_prefix", "state_file", "heartbeat_interval"}
+            value, path, {"redis_url", "redis", "key_prefix", "state_file", "heartbeat_interval"}
         )
         if section is None:
             return None
-        redis_url = section.get("redis_url")
-        if redis_url is not None and (
-            not isinstance(redis_url, str)
-            or not redis_url.startswith(("redis://", "rediss://", "unix://"))
-        ):
-            shown = mask_url(redis_url) if isinstance(redis_url, str) else redis_url
-            self.r.problem((*path, "redis_url"), f"expected a redis:// URL, got {shown!r}")
-            redis_url = None
+        # redis_url: the short form of redis: {url: ...}.
+        redis, redis_ok = None, True
+        if section.get("redis_url") is not None and section.get("redis") is not None:
+            self.r.problem(path, "redis_url and redis: give one of them")
+            redis_ok = False
+        elif section.get("redis_url") is not None:
+            url = self._redis_url(section["redis_url"], (*path, "redis_url"))
+            redis, redis_ok = (RedisSettings(url=url), True) if url else (None, False)
+        elif section.get("redis") is not None:
+            redis, redis_ok = self._redis(section["redis"], (*path, "redis"))
         prefix = self.r.name(section.get("key_prefix", "abgate"), (*path, "key_prefix"))
         state_file = section.get("state_file", ".abgate/flags.json")
         if state_file is not None and (not isinstance(state_file, str) or not state_file):
@@ -284,10 +289,10 @@ class _Schema(UpstreamSchema, ExperimentSchema):
         heartbeat = self.r.duration(
             section.get("heartbeat_interval", "1s"), (*path, "heartbeat_interval"), high=60
         )
-        if prefix is None or heartbeat is None:
+        if prefix is None or heartbeat is None or not redis_ok:
             return None
         return FlagsSettings(
-            redis_url=redis_url,
+            redis=redis,
             key_prefix=prefix,
             state_file=state_file,
             heartbeat_interval=heartbeat,
@@ -295,7 +300,11 @@ class _Schema(UpstreamSchema, ExperimentSchema):
 
     def _history(self, value: Any) -> HistorySettings | None:
         path: KeyPath = ("history",)
-        section = self.r.mapping(value, path, {"postgres_url", "retention", "sample", "buffer"})
+        section = self.r.mapping(
+            value,
+            path,
+            {"postgres_url", "password_env", "password_file", "retention", "sample", "buffer"},
+        )
         if section is None:
             return None
         url = section.get("postgres_url")
@@ -318,9 +327,11 @@ class _Schema(UpstreamSchema, ExperimentSchema):
         buffer = self.r.integer(
             section.get("buffer", 200_000), (*path, "buffer"), low=1000, high=10_000_000
         )
-        if retention is None or buffer is None:
+        before = len(self.r.problems)
+        password = self._secret(section, path)
+        if retention is None or buffer is None or len(self.r.problems) > before:
             return None
-        return HistorySettings(url, retention, float(sample), buffer)
+        return HistorySettings(url, retention, float(sample), buffer, password)
 
     def _routes(
         self,

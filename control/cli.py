@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     control = commands.add_parser(
         "control",
         help="control API and flag writer only (flags in Redis)",
-        description="Serve the control API without a data plane. Needs flags.redis_url or "
-        "ABGATE_REDIS_URL: proxies (`abgate proxy`) take their flags from Redis.",
+        description="Serve the control API without a data plane. Needs flags.redis (or "
+        "flags.redis_url, or ABGATE_REDIS_URL): proxies (`abgate proxy`) take their flags from "
+        "Redis.",
     )
     control.add_argument("--config", default=DEFAULT_CONFIG, help=f"(default {DEFAULT_CONFIG})")
 

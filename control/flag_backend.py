@@ -16,19 +16,20 @@ from config import Config
 from state.flag_file import FlagFile
 from state.flags import FlagStore, FlagTable, Instance, MemoryFlagStore
 from state.measurements import MeasurementStore, MemoryMeasurements, RedisMeasurements
+from state.redis_client import (
+    RedisConnection,
+    connect_redis,
+    describe_redis_error,
+    redis_settings,
+)
 from state.redis_flags import (
     LocalInstance,
     RedisFlagStore,
     RedisFlagSync,
     RedisKeys,
-    connect,
     new_instance_id,
 )
 from state.redis_timing import REDIS_COMMANDS
-
-
-def redis_url(config: Config) -> str | None:
-    return config.flags.redis_url or os.environ.get("ABGATE_REDIS_URL") or None
 
 
 def snapshot_file(config: Config) -> FlagFile | None:
@@ -87,6 +88,11 @@ class FlagBackend:
                 "Flags put back into a Redis that lacked them.",
                 self.store.reseeded if isinstance(self.store, RedisFlagStore) else 0,
             ),
+            (
+                "abgate_flag_writes_unreplicated",
+                "Flag writes fewer replicas confirmed than flags.redis.wait_replicas asks.",
+                self.store.unreplicated if isinstance(self.store, RedisFlagStore) else 0,
+            ),
         ):
             family = CounterMetricFamily(name, doc)
             family.add_metric([], value)
@@ -101,18 +107,20 @@ class SharedState:
     client: Redis | None  # None: the embedded store
     snapshot: FlagFile | None
     measurements: MeasurementStore
+    redis: RedisConnection | None = None  # how `client` was made (errors, WAIT settings)
 
 
 def open_shared_state(stack: AsyncExitStack, config: Config) -> SharedState:
     snapshot = snapshot_file(config)
-    url = redis_url(config)
-    if url is None:
+    settings = redis_settings(config)
+    if settings is None:
         measurements = MemoryMeasurements(snapshot)
         stack.callback(measurements.save)
         return SharedState(None, snapshot, measurements)
-    client = connect(url)
-    stack.push_async_callback(client.aclose)
-    return SharedState(client, snapshot, RedisMeasurements(client, config.flags.key_prefix))
+    redis = connect_redis(settings)
+    stack.push_async_callback(redis.aclose)
+    client = redis.client
+    return SharedState(client, snapshot, RedisMeasurements(client, config.flags.key_prefix), redis)
 
 
 async def start_flag_backend(
@@ -140,8 +148,17 @@ async def start_flag_backend(
         return FlagBackend(table, store, None, shared.measurements)
     keys = RedisKeys(config.flags.key_prefix)
     heartbeat = config.flags.heartbeat_interval
+    redis = shared.redis
     redis_store = (
-        RedisFlagStore(client, keys, table, heartbeat_interval=heartbeat, durable=snapshot)
+        RedisFlagStore(
+            client,
+            keys,
+            table,
+            heartbeat_interval=heartbeat,
+            durable=snapshot,
+            wait_replicas=redis.settings.wait_replicas if redis else 0,
+            wait_timeout=redis.settings.wait_timeout if redis else 0.5,
+        )
         if writer
         else None
     )
@@ -160,6 +177,7 @@ async def start_flag_backend(
             snapshot=None if writer else snapshot,
             on_connect=redis_store.reseed if redis_store is not None else None,
             status=status,
+            describe=redis.describe if redis else describe_redis_error,
         )
     )
     return FlagBackend(table, redis_store, sync, shared.measurements)

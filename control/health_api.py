@@ -46,7 +46,7 @@ def _flag_store(backend: FlagBackend | None) -> dict[str, object]:
         "backend": "redis",
         "state_age_seconds": age,
         "reasons": [
-            "Redis unreachable: routing with the last known flags"
+            f"{sync.last_error or 'Redis unreachable'}: routing with the last known flags"
             + (
                 f" ({age:.0f}s old)"
                 if age != float("inf")

@@ -5,9 +5,10 @@ events). Without history.postgres_url (or ABGATE_HISTORY_URL) nothing here runs.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from proxy.metrics import ProxyMetrics
 from proxy.runtime import DataPlane
 from proxy.tasks import stop_task
 from state.flags import Flag, FlagTable
+from state.secrets import read_secret
 
 if TYPE_CHECKING:
     from state.history.writer import HistoryWriter
@@ -33,6 +35,13 @@ if TYPE_CHECKING:
 
 def history_url(config: Config) -> str | None:
     return config.history.postgres_url or os.environ.get("ABGATE_HISTORY_URL") or None
+
+
+def history_password(config: Config) -> Callable[[], str] | None:
+    """history.password_env / password_file, read at each new connection; None: the URL's
+    (or libpq's PGPASSWORD, ~/.pgpass, as asyncpg reads them)."""
+    ref = config.history.password
+    return None if ref is None else functools.partial(read_secret, ref)
 
 
 async def start_history(
@@ -57,6 +66,7 @@ async def start_history(
         capacity=config.history.buffer,
         retention_days=max(1, int(config.history.retention // 86_400)),
         maintenance=maintenance,
+        password=history_password(config),
     )
     stack.push_async_callback(writer.aclose, grace)
     task = asyncio.create_task(writer.run(), name="abgate-history-writer")
@@ -197,7 +207,7 @@ def run_db(config: Config, action: str) -> int:
 
         from state.history.schema import maintain, migrate
 
-        conn = await asyncpg.connect(url, timeout=10)
+        conn = await asyncpg.connect(url, timeout=10, password=history_password(config))
         try:
             days = max(1, int(config.history.retention // 86_400))
             if action == "migrate":

@@ -5,10 +5,26 @@ from __future__ import annotations
 import logging
 import sys
 
+from state.secrets import redact
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class RedactingFormatter(logging.Formatter):
+    """Every line as formatted, tracebacks included, with the passwords this process has
+    read and any password in a URL replaced by ***: whatever a library puts in an error
+    message, a secret never reaches the log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
 
 def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    """As logging.basicConfig: nothing when the root logger has a handler already."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter(FORMAT))
+    root.addHandler(handler)
+    root.setLevel(level.upper())

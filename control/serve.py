@@ -29,7 +29,6 @@ from control.flag_backend import (
     SharedState,
     initial_table,
     open_shared_state,
-    redis_url,
     start_flag_backend,
 )
 from control.history import attach_history, rollout_event, start_history
@@ -43,6 +42,7 @@ from proxy.runtime import DataPlane
 from proxy.server import JsonErrorAppRunner
 from proxy.tasks import stop_task
 from state.flags import FlagTable
+from state.redis_client import redis_settings
 from state.redis_flags import new_instance_id
 from state.rollouts import Lease, MemoryRollouts, RedisRollouts, RolloutStore
 
@@ -260,10 +260,10 @@ async def serve_control(config: Config) -> None:
     """`abgate control`: the control API and flag writer, no data plane (flags in Redis)."""
     token = os.environ.get("ABGATE_CONTROL_TOKEN") or None
     check_exposure(config, token)
-    if redis_url(config) is None:
+    if redis_settings(config) is None:
         raise ValueError(
-            "abgate control needs a shared flag store: set flags.redis_url or "
-            "ABGATE_REDIS_URL (without Redis, use abgate run)"
+            "abgate control needs a shared flag store: set flags.redis (or flags.redis_url, "
+            "or ABGATE_REDIS_URL; without Redis, use abgate run)"
         )
     flags = initial_table(config)
     metrics = ProxyMetrics()

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the servers the tests and benchmarks start on their own (ephemeral ports, 127.0.0.1):
 # redis-server, prometheus, wrk, nginx and PostgreSQL (initdb, pg_ctl, psql), from Debian's
-# packages, when they are missing.
+# packages, when they are missing. Sentinels are `redis-server --sentinel` (the binary Debian's
+# redis-sentinel package runs), with TLS built in; test certificates come from the
+# `cryptography` package, so neither redis-sentinel nor openssl is needed here.
 set -euo pipefail
 
 declare -A package=([redis-server]=redis-server [prometheus]=prometheus [wrk]=wrk [nginx]=nginx-light)

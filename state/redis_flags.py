@@ -37,22 +37,16 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from state.errors import store_errors
 from state.flag_file import FlagFile, flag_from_json, flag_to_json
 from state.flags import Flag, FlagTable, Instance, VersionConflict
 from state.measurements import phases_key
-from state.redis_timing import TimedRedis
+from state.redis_client import describe_redis_error, is_config_mistake
 
 log = logging.getLogger("abgate.flags")
 HISTORY_MAXLEN = 10_000
-# Lost writes would be worse than slow ones: a command that cannot reach Redis fails fast
-# (503 to the caller) instead of hanging on retries.
-CONNECT_TIMEOUT = 1.0
-COMMAND_TIMEOUT = 2.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
 
 _SET = """
@@ -152,18 +146,6 @@ class RedisKeys:
         return f"{{{self.prefix}}}:instance:{instance_id}"
 
 
-def connect(url: str) -> Redis:
-    """A client whose every command is timed (state/redis_timing.py)."""
-    return TimedRedis.from_url(
-        url,
-        decode_responses=True,
-        retry=Retry(NoBackoff(), 0),
-        socket_connect_timeout=CONNECT_TIMEOUT,
-        socket_timeout=COMMAND_TIMEOUT,
-        health_check_interval=0,
-    )
-
-
 def new_instance_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
 
@@ -201,11 +183,14 @@ class RedisFlagSync:
         snapshot: FlagFile | None = None,
         on_connect: Callable[[], Awaitable[None]] | None = None,
         status: Callable[[], dict[str, str]] | None = None,
+        describe: Callable[[BaseException], str] = describe_redis_error,
     ) -> None:
         self._client = client
         self._keys = keys
         self.table = table
         self._heartbeat = heartbeat_interval
+        self._describe = describe  # errors in words (a refused password, a certificate)
+        self.last_error: str | None = None  # why Redis is away, while it is
         self._instance = instance
         self._snapshot = snapshot
         self._on_connect = on_connect
@@ -261,12 +246,16 @@ class RedisFlagSync:
                 if self.connected:  # a working connection was lost: a new outage begins
                     self.reconnects += 1
                     backoff = BACKOFF_FIRST
-                if not self._in_outage:  # say it once per outage, not once per retry
-                    log.warning(
-                        "flag store: Redis unreachable (%s); routing with the last state, retrying",
-                        exc,
+                # Say it once per outage and cause, not once per retry.
+                error = self._describe(exc)
+                if not self._in_outage or error != self.last_error:
+                    log.log(
+                        logging.ERROR if is_config_mistake(exc) else logging.WARNING,
+                        "flag store: %s; routing with the last state, retrying",
+                        error,
                     )
                     self._in_outage = True
+                    self.last_error = error
                 self.connected = False
                 self.connected_event.clear()
                 await asyncio.sleep(backoff * (0.5 + random.random()))
@@ -319,6 +308,7 @@ class RedisFlagSync:
         self.connected_event.set()
         if self._in_outage:
             self._in_outage = False
+            self.last_error = None
             log.warning("flag store: Redis is reachable again; state re-read")
         await self._writes(self._beat)
 
@@ -420,6 +410,8 @@ class RedisFlagStore:
         *,
         heartbeat_interval: float,
         durable: FlagFile | None = None,
+        wait_replicas: int = 0,
+        wait_timeout: float = 0.5,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -438,6 +430,14 @@ class RedisFlagStore:
             for name, entries in history.items():
                 self._audit[name] = deque(entries[-AUDIT_COPY:], AUDIT_COPY)
         table.subscribe(self._audited)
+        # A write answers once this many replicas hold it (WAIT on the write's connection):
+        # the replica Sentinel promotes then has it. Short of them after wait_timeout, the
+        # write stands (every sidecar has it) and is counted: a failover may lose it, and the
+        # re-seed from this process's copy (`reseed`) puts it back.
+        self._wait_replicas = wait_replicas
+        self._wait_ms = max(1, round(wait_timeout * 1000))
+        self.unreplicated = 0
+        self._short = False  # the last write was short of replicas
 
     def _audited(self, flag: Flag) -> None:
         entries = self._audit.setdefault(flag.name, deque(maxlen=AUDIT_COPY))
@@ -470,10 +470,12 @@ class RedisFlagStore:
                 held.phase,
                 (expected or {}).get(name, 0),
             ]
+        keys = [self._keys.flags, *map(self._keys.history, names)]
         with store_errors():
-            raw = await self._set(
-                keys=[self._keys.flags, *map(self._keys.history, names)], args=args
-            )
+            if self._wait_replicas:
+                raw = await self._set_replicated(keys, args, names)
+            else:
+                raw = await self._set(keys=keys, args=args)
         if raw and raw[0] == "conflict":
             _, name, current = raw
             held = flag_from_json(orjson.loads(current)) if current else self.table.get(name)
@@ -483,6 +485,37 @@ class RedisFlagStore:
             self.table.apply(flag)
         await self._save_durable()
         return flags
+
+    async def _set_replicated(
+        self, keys: list[str], args: list[str | int | float], names: list[str]
+    ) -> Any:
+        """The write, then WAIT in the same pipeline: one connection, so WAIT counts the
+        replicas that have this write. `async with`: a pipeline that fails while loading its
+        script (a failover) holds its connection until reset."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            await self._set(keys=keys, args=args, client=pipe)
+            pipe.wait(self._wait_replicas, self._wait_ms)
+            raw, acknowledged = await pipe.execute()
+        if raw and raw[0] == "conflict":
+            return raw
+        short = int(acknowledged) < self._wait_replicas
+        if short:
+            self.unreplicated += 1
+        if short != self._short:  # said once when it starts, once when it ends
+            self._short = short
+            if short:
+                log.warning(
+                    "flag store: write of %s confirmed by %d of %d replica(s) within %d ms; "
+                    "it stands, and this process re-seeds it if a failover loses it "
+                    "(counted in abgate_flag_writes_unreplicated_total from now on)",
+                    ", ".join(names),
+                    int(acknowledged),
+                    self._wait_replicas,
+                    self._wait_ms,
+                )
+            else:
+                log.warning("flag store: replicas confirm flag writes again")
+        return raw
 
     async def reseed(self) -> None:
         """Put back what Redis lacks (it restarted empty, or lost writes): our copy wins only

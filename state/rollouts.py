@@ -398,7 +398,11 @@ class Lease:
                     self.holder = holder
                     return True
         except StoreUnavailable:
-            pass
+            # Not acting while Redis is away, but the holder is kept: when Redis is back
+            # (a Sentinel failover keeps the key) this process renews its own lease at once
+            # instead of both waiting for it to expire and racing for it. Writes stay fenced
+            # by the key itself, so a stale holder can never write over a successor.
+            return False
         self.holder = ""
         return False
 

@@ -1,5 +1,6 @@
 """A real PostgreSQL for the tests: initdb and pg_ctl in a temporary directory, on an
-ephemeral port on 127.0.0.1, trust authentication; stopped (or killed) by the test.
+ephemeral port on 127.0.0.1, trust authentication (or, with a password, scram-sha-256 over
+TCP, and with a certificate, TLS); stopped (or killed) by the test.
 
 PostgreSQL refuses to run as root: under root the server runs as the `postgres` user
 (Debian's package creates it) through runuser."""
@@ -19,6 +20,7 @@ from pathlib import Path
 import asyncpg
 
 from tests.servers import free_port
+from tests.tls_certs import Issued
 
 
 def _binary(name: str) -> str:
@@ -33,16 +35,36 @@ def _binary(name: str) -> str:
 
 
 class PostgresServer:
-    def __init__(self, directory: Path) -> None:
+    """With `password`, the `abgate` superuser has it and TCP connections must give it
+    (scram-sha-256); `url` then carries it, `bare_url` does not. With `tls` (the server's
+    certificate), the server speaks TLS too."""
+
+    def __init__(
+        self, directory: Path, *, password: str | None = None, tls: Issued | None = None
+    ) -> None:
         self.directory = directory
         self.data = directory / "data"
         self.port = free_port()
-        self.url = f"postgresql://abgate@127.0.0.1:{self.port}/postgres"
+        self.password = password
+        self.tls = tls
+        self.bare_url = f"postgresql://abgate@127.0.0.1:{self.port}/postgres"
+        self.url = (
+            f"postgresql://abgate:{password}@127.0.0.1:{self.port}/postgres"
+            if password
+            else self.bare_url
+        )
         self._as: list[str] = []
+        self._account: pwd.struct_passwd | None = None
         if os.geteuid() == 0:
             self._as = ["runuser", "-u", "postgres", "--"]
-            account = pwd.getpwnam("postgres")
-            os.chown(directory, account.pw_uid, account.pw_gid)
+            self._account = pwd.getpwnam("postgres")
+            os.chown(directory, self._account.pw_uid, self._account.pw_gid)
+
+    def _own(self, path: Path) -> None:
+        """A file the server reads (a private key must be the server user's, mode 0600)."""
+        os.chmod(path, 0o600)
+        if self._account is not None:
+            os.chown(path, self._account.pw_uid, self._account.pw_gid)
 
     async def _run(self, *args: str) -> None:
         proc = await asyncio.create_subprocess_exec(
@@ -53,12 +75,17 @@ class PostgresServer:
             raise RuntimeError(f"{' '.join(args)} failed:\n{output.decode()}")
 
     async def init(self) -> None:
+        auth = ["-A", "trust"]
+        if self.password is not None:
+            secret = self.directory / "initdb-password"
+            secret.write_text(self.password)
+            self._own(secret)
+            auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={secret}"]
         await self._run(
             _binary("initdb"),
             "-D",
             str(self.data),
-            "-A",
-            "trust",
+            *auth,
             "-U",
             "abgate",
             "--no-sync",
@@ -71,6 +98,13 @@ class PostgresServer:
             f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
             "-c fsync=off -c full_page_writes=off"
         )  # a crash of the server, not the OS
+        if self.tls is not None:  # copies the server user owns, as PostgreSQL requires
+            cert, key = self.directory / "server.pem", self.directory / "server-key.pem"
+            cert.write_bytes(self.tls.cert.read_bytes())
+            key.write_bytes(self.tls.key.read_bytes())
+            self._own(cert)
+            self._own(key)
+            options += f" -c ssl=on -c ssl_cert_file={cert} -c ssl_key_file={key}"
         await self._run(
             _binary("pg_ctl"),
             "-D",
@@ -138,11 +172,13 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def postgres_server() -> AsyncIterator[PostgresServer]:
+async def postgres_server(
+    *, password: str | None = None, tls: Issued | None = None
+) -> AsyncIterator[PostgresServer]:
     # Not pytest's tmp_path: its parents are private to root, and the server may run as
     # another user.
     directory = Path(tempfile.mkdtemp(prefix="abgate-pg-"))
-    server = PostgresServer(directory)
+    server = PostgresServer(directory, password=password, tls=tls)
     try:
         await server.init()
         await server.start()

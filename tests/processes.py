@@ -57,18 +57,35 @@ def config_document(upstream_url: str, **proxy: Any) -> dict[str, Any]:
     }
 
 
-@asynccontextmanager
-async def abgate(*args: str, expect: dict[str, int]) -> AsyncIterator[Process]:
-    """Start `abgate ARGS` and wait until it has announced `expect` (kind -> how many URLs)."""
-    proc = await asyncio.create_subprocess_exec(
+async def _spawn(args: tuple[str, ...], env: dict[str, str]) -> asyncio.subprocess.Process:
+    """`abgate ARGS`, stdout and stderr in one pipe."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "control.cli",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env=env,
     )
+
+
+async def abgate_command(*args: str, env: dict[str, str]) -> tuple[int, str]:
+    """A command that ends (`abgate db migrate ...`): its exit status and all it printed."""
+    proc = await _spawn(args, env)
+    async with asyncio.timeout(60):
+        output, _ = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, output.decode()
+
+
+@asynccontextmanager
+async def abgate(
+    *args: str, expect: dict[str, int], env: dict[str, str] | None = None
+) -> AsyncIterator[Process]:
+    """Start `abgate ARGS` and wait until it has announced `expect` (kind -> how many URLs);
+    `env` adds to this process's environment."""
+    proc = await _spawn(args, {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     process = Process(proc)
     reader_task = asyncio.create_task(_read_output(process))
     try:

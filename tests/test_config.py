@@ -285,7 +285,7 @@ def test_config_as_json_masks_secrets() -> None:
 
     config = parse_config("flags:\n  redis_url: redis://:hunter2@cache:6379/0\n" + GOOD)
     exported = config_as_json(config)
-    assert exported["flags"]["redis_url"] == "redis://:***@cache:6379/0"
+    assert exported["flags"]["redis"]["url"] == "redis://:***@cache:6379/0"
     assert exported["experiments"]["rollout"]["percentage_bp"] == 1250
     assert "hunter2" not in str(exported)
 
@@ -305,3 +305,107 @@ def test_config_is_pure() -> None:
         cwd=Path(__file__).parent.parent,
     )
     assert result.stdout.strip() == "[]"
+
+
+SENTINEL = """\
+flags:
+  redis:
+    sentinel:
+      addresses: ["10.0.0.1:26379", "10.0.0.2:26379", "[::1]:26380"]
+      service: abgate
+      username: watcher
+      password_file: /run/secrets/sentinel
+    username: abgate
+    password_env: ABGATE_REDIS_PASSWORD
+    tls:
+      ca_file: /etc/abgate/ca.pem
+history:
+  postgres_url: postgresql://abgate@db/abgate?sslmode=verify-full&sslrootcert=/etc/ca.pem
+  password_file: /run/secrets/pg
+"""
+
+
+def test_redis_through_sentinel_with_acl_and_tls() -> None:
+    from config.model import SecretRef, SentinelSettings, TlsSettings
+
+    config = parse_config(SENTINEL + GOOD)
+    redis = config.flags.redis
+    assert redis is not None
+    assert redis.url is None
+    assert redis.sentinel == SentinelSettings(
+        (("10.0.0.1", 26379), ("10.0.0.2", 26379), ("::1", 26380)),
+        "abgate",
+        "watcher",
+        SecretRef(file="/run/secrets/sentinel"),
+        tls=True,  # the sentinels of a TLS deployment speak TLS unless told otherwise
+    )
+    assert redis.username == "abgate"
+    assert redis.password == SecretRef(env="ABGATE_REDIS_PASSWORD")
+    assert redis.tls == TlsSettings(ca_file="/etc/abgate/ca.pem")
+    assert redis.uses_tls
+    assert redis.wait_replicas == 1  # with sentinel, writes wait for a replica by default
+    assert config.history.password == SecretRef(file="/run/secrets/pg")
+    assert str(config.history.password) == "file /run/secrets/pg"
+
+
+def test_redis_url_is_the_short_form_and_waits_for_no_replica() -> None:
+    short = parse_config("flags:\n  redis_url: rediss://cache:6380/0\n" + GOOD).flags.redis
+    long = parse_config("flags:\n  redis:\n    url: rediss://cache:6380/0\n" + GOOD).flags.redis
+    assert short == long
+    assert short is not None
+    assert short.uses_tls
+    assert short.wait_replicas == 0
+    assert parse_config(GOOD).flags.redis is None
+
+
+def test_redis_connection_problems_name_their_key_and_line() -> None:
+    text = (
+        """\
+flags:
+  redis:
+    url: redis://cache:6379/0
+    sentinel: {service: abgate}
+    db: 3
+    password_env: "not a name"
+    password_file: /x
+    tls: {cert_file: /c.pem, verify: no}
+    wait_replicas: -1
+"""
+        + GOOD
+    )
+    found = problems(text)
+    assert "flags.redis (line 2): needs exactly one of url (one server) or sentinel" in found
+    assert "flags.redis.db (line 5): with url, the database is the URL's path (/0)" in found
+    assert "flags.redis (line 2): password_env and password_file: give one of them" in found
+    assert any(p.startswith("flags.redis.tls.verify (line 8): unknown key") for p in found)
+    assert (
+        "flags.redis.tls (line 8): cert_file and key_file go together (a client certificate)"
+        in found
+    )
+    assert "flags.redis.wait_replicas (line 9): must be between 0 and 16, got -1" in found
+    sentinel = problems(
+        "flags:\n  redis:\n    sentinel:\n      addresses: [a.example:0, 'nope']\n"
+        "    tls: {ca_file: /ca.pem}\n" + GOOD
+    )
+    assert "flags.redis.sentinel.addresses[0] (line 4): a sentinel needs a port" in sentinel
+    assert any(p.startswith("flags.redis.sentinel.addresses[1] (line 4)") for p in sentinel)
+    assert any(p.startswith("flags.redis.sentinel.service (line 3)") for p in sentinel)
+    both = problems("flags:\n  redis_url: redis://a:1/0\n  redis: {url: 'redis://b:1/0'}\n" + GOOD)
+    assert both == ["flags (line 1): redis_url and redis: give one of them"]
+    plain = problems("flags:\n  redis: {url: 'redis://a:1/0', tls: {ca_file: /ca.pem}}\n" + GOOD)
+    assert plain == ["flags.redis.tls (line 2): TLS needs a rediss:// URL"]
+    twice = problems("flags:\n  redis: {url: 'redis://:pw@a:1/0', password_env: P}\n" + GOOD)
+    assert twice == ["flags.redis (line 2): the URL holds a password already: give it in one place"]
+
+
+def test_passwords_in_urls_are_masked_in_every_place_shown() -> None:
+    from config.export import config_as_json
+
+    text = (
+        "flags:\n  redis: {url: 'redis://abgate:hunter2@cache:6379/0'}\n"
+        "history:\n  postgres_url: postgresql://u:hunter3@db/x?password=hunter4\n" + GOOD
+    )
+    exported = config_as_json(parse_config(text))
+    assert exported["flags"]["redis"]["url"] == "redis://abgate:***@cache:6379/0"
+    assert exported["history"]["postgres_url"] == "postgresql://u:***@db/x?password=***"
+    assert "hunter" not in str(exported)

@@ -91,7 +91,9 @@ async def test_flag_store_outage_is_degraded(
     assert (status, body["overall_health"]) == (200, "degraded")
     store = body["components"]["flag_store"]
     assert store["status"] == "degraded"
-    assert store["reasons"][0].startswith("Redis unreachable: routing with the last known flags")
+    assert store["reasons"][0].startswith("Redis unreachable: Error ")  # the cause, named
+    assert "connecting to 127.0.0.1" in store["reasons"][0]
+    assert "routing with the last known flags" in store["reasons"][0]
     assert body["components"]["instances"]["status"] == "degraded"  # cannot list them now
 
 

@@ -17,7 +17,7 @@ from control.serve import embedded
 from proxy.measure import Measurements
 from state.flag_file import FlagFile
 from state.measurements import MemoryMeasurements, Phase, RedisMeasurements, Sums
-from state.redis_flags import connect
+from state.redis_client import connect
 from tests.cut_proxy import Cut, cut_proxy
 from tests.redis_server import RedisServer, redis_server
 from tests.servers import make_config

@@ -54,8 +54,10 @@ class HistoryWriter:
         maintenance: bool = False,
         migrate_schema: bool = True,
         clock_day: Callable[[], date] | None = None,
+        password: Callable[[], str] | None = None,
     ) -> None:
         self.url = url
+        self.password = password  # called at each new connection (a rotated file is read)
         self.instance = instance
         self.capacity = capacity
         self.retention_days = retention_days
@@ -144,7 +146,9 @@ class HistoryWriter:
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await asyncpg.connect(self.url, timeout=5, command_timeout=30)
+            self._conn = await asyncpg.connect(
+                self.url, timeout=5, command_timeout=30, password=self.password
+            )
             if self.last_error is not None:
                 log.info("history store: connected again")
         conn = self._conn
