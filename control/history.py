@@ -182,8 +182,8 @@ def collect(writer: HistoryWriter) -> Iterator[Metric]:
     yield write
     query = HistogramMetricFamily(
         "abgate_history_query_seconds",
-        "Time of each statement of a flush to PostgreSQL (the COPY, each row's INSERT), from "
-        "abgate's side.",
+        "Time of each statement of a flush to PostgreSQL, from abgate's side, counted as "
+        "PostgreSQL counts calls: the COPY once, each row of a pipelined run its share.",
     )
     query.add_metric([], writer.queries.cumulative(), writer.queries.sum)
     yield query

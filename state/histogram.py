@@ -15,9 +15,10 @@ class Histogram:
         self.counts = [0] * (len(bounds) + 1)  # the last slot is +Inf
         self.sum = 0.0
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
+    def observe(self, value: float, times: int = 1) -> None:
+        """`times` observations of `value` (each run of a pipelined statement, say)."""
+        self.counts[bisect_left(self.bounds, value)] += times
+        self.sum += value * times
 
     def cumulative(self) -> list[tuple[str, float]]:
         out: list[tuple[str, float]] = []

@@ -167,16 +167,17 @@ class Flush:
             # Small rows in runs of one table, each run one pipelined executemany (one INSERT
             # round trip per row made a flush of 600 outcomes take seconds); order is kept.
             for table, run in itertools.groupby(chunk.rows, key=lambda row: row[0]):
-                await timed(
-                    conn.executemany(STATEMENTS[table], [safe_args(args) for _, args in run])
-                )
+                batch = [safe_args(args) for _, args in run]
+                await timed(conn.executemany(STATEMENTS[table], batch), len(batch))
         return inserted
 
-    async def _timed(self, statement: Awaitable[_T]) -> _T:
+    async def _timed(self, statement: Awaitable[_T], executions: int = 1) -> _T:
+        """Time a statement as PostgreSQL counts its calls (pg_stat_statements): a COPY is
+        one, a pipelined executemany one per row, each its share of the time."""
         started = time.perf_counter()
         result = await statement
         if self.queries is not None:
-            self.queries.observe(time.perf_counter() - started)
+            self.queries.observe((time.perf_counter() - started) / executions, executions)
         return result
 
     async def _records(self, decisions: Sequence[DecisionRow]) -> AsyncIterator[tuple[Any, ...]]:
