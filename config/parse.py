@@ -29,11 +29,21 @@ _METHOD = re.compile(r"^[A-Z]{1,20}$")
 _BAD_METHODS: frozenset[str] = frozenset({"<invalid>"})
 
 
+# A configuration is kilobytes; a file this large is a mistake (or an attack) that parsing
+# would spend seconds and gigabytes on (a 50 MB file took 47 s).
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
+
 def load_config(path: str | Path) -> Config:
     """Read and validate a configuration file; raises ConfigError listing every problem."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            limit = f"{MAX_CONFIG_BYTES // (1024 * 1024)} MiB"
+            raise ConfigError(source, [Problem("", None, f"the file is over {limit}: refused")])
+        text = raw.decode("utf-8")
     except FileNotFoundError as exc:
         where = Path(path).absolute()
         problem = Problem(
