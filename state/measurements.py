@@ -41,6 +41,10 @@ UsersKey = tuple[str, int, str]  # experiment, phase, arm
 CLUSTERS = 128  # clusters of users per arm (a power of two): plenty for the delta method
 UNCLUSTERED = -1  # requests with no user behind them (no sticky key): each its own unit
 USER_MAP_BITS = 1 << 20  # bits of a distinct-users bitmap: 128 KiB
+# Ids of the batches the embedded store applied last (state/live_server.py): a batch sent
+# again, its answer lost, is recognised by its id and applied once; far more than a data
+# plane ever has unanswered, and kept with the sums so a restart remembers them too.
+BATCH_IDS_KEPT = 10_000
 
 
 def cluster_of(user: int | None) -> int:
@@ -103,6 +107,7 @@ class MemoryMeasurements:
         self._save_every = save_every
         self._saved_at = time.monotonic()
         self._dirty = False
+        self._batches: dict[str, None] = {}  # applied batch ids, oldest first
         self.save_failures = 0
         if state is not None:
             self._restore(state.section(SECTION))
@@ -117,6 +122,10 @@ class MemoryMeasurements:
         self._changed()
 
     async def add_users(self, batch: Mapping[UsersKey, Sequence[int]]) -> None:
+        self._set_bits(batch)
+        self._changed()
+
+    def _set_bits(self, batch: Mapping[UsersKey, Sequence[int]]) -> None:
         for key, bits in batch.items():
             bitmap = self._users.get(key)
             if bitmap is None:
@@ -124,7 +133,28 @@ class MemoryMeasurements:
             for index in bits:
                 bitmap[index >> 3] |= 1 << (index & 7)
             self._packed.pop(key, None)
+
+    def apply_batch(
+        self,
+        batch_id: str,
+        phases: Sequence[tuple[str, Phase]],
+        sums: Mapping[MeasureKey, Sums],
+        users: Mapping[UsersKey, Sequence[int]],
+    ) -> bool:
+        """One data plane's flush, applied exactly once by its id (False: applied before).
+        All of it or nothing: no await in between, and saved with the sums it added."""
+        if batch_id in self._batches:
+            return False
+        for experiment, phase in phases:
+            self._phases.setdefault(experiment, {}).setdefault(phase.id, phase)
+        for key, delta in sums.items():
+            self._sums.setdefault(key, Sums()).merge(delta)
+        self._set_bits(users)
+        self._batches[batch_id] = None
+        if len(self._batches) > BATCH_IDS_KEPT:
+            del self._batches[next(iter(self._batches))]
         self._changed()
+        return True
 
     async def users(self, experiment: str) -> dict[tuple[int, str], int]:
         return {
@@ -152,6 +182,7 @@ class MemoryMeasurements:
             "sums": [[*key, s.count, s.total, s.total_sq] for key, s in self._sums.items()],
             # Compressed: a bitmap is mostly zeros until an arm has hundreds of thousands.
             "users": [[*key, self._pack(key, bitmap)] for key, bitmap in self._users.items()],
+            "batches": list(self._batches),
         }
         try:
             self._state.save_section(**{SECTION: section})
@@ -193,9 +224,10 @@ class MemoryMeasurements:
                 if len(bitmap) != USER_MAP_BITS // 8:
                     raise ValueError(f"a users bitmap of {len(bitmap)} bytes")
                 self._users[(str(experiment), int(phase), str(arm))] = bitmap
+            self._batches = {str(batch): None for batch in section.get("batches", [])}
         except (KeyError, TypeError, ValueError, zlib.error) as exc:
             log.error("ignoring unreadable measurements in the state file: %s", exc)
-            self._sums, self._phases, self._users = {}, {}, {}
+            self._sums, self._phases, self._users, self._batches = {}, {}, {}, {}
 
     async def phases(self, experiment: str) -> list[Phase]:
         return sorted(self._phases.get(experiment, {}).values(), key=lambda p: p.id)
