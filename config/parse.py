@@ -36,6 +36,12 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 def load_config(path: str | Path) -> Config:
     """Read and validate a configuration file; raises ConfigError listing every problem."""
+    return parse_config(read_config(path), str(path))
+
+
+def read_config(path: str | Path) -> str:
+    """A configuration file's text, refused (ConfigError) when missing, unreadable, not
+    UTF-8 or over MAX_CONFIG_BYTES (read no further than that)."""
     source = str(path)
     try:
         with open(path, "rb") as handle:
@@ -43,7 +49,7 @@ def load_config(path: str | Path) -> Config:
         if len(raw) > MAX_CONFIG_BYTES:
             limit = f"{MAX_CONFIG_BYTES // (1024 * 1024)} MiB"
             raise ConfigError(source, [Problem("", None, f"the file is over {limit}: refused")])
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except FileNotFoundError as exc:
         where = Path(path).absolute()
         problem = Problem(
@@ -53,7 +59,6 @@ def load_config(path: str | Path) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         problem = Problem("", None, f"cannot read the file: {exc}")
         raise ConfigError(source, [problem]) from exc
-    return parse_config(text, source)
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:
