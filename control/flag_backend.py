@@ -1,4 +1,5 @@
-"""Which flag store a process uses, and everything it owns: the embedded store, or a Redis
+"""Which flag store a process uses, and everything it owns: the embedded store (in `abgate
+run`'s control process, served to its data plane over the live-state channel), or a Redis
 client with its sync task (every process) and writer (processes with a control API)."""
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from redis.asyncio import Redis
 
 from config import Config
 from state.flag_file import FlagFile
-from state.flags import FlagStore, FlagTable, Instance, MemoryFlagStore
+from state.flags import FlagStore, FlagTable, MemoryFlagStore
+from state.live_server import LiveStateServer, LocalFlagStore
 from state.measurements import MeasurementStore, MemoryMeasurements, RedisMeasurements
 from state.redis_flags import (
     LocalInstance,
@@ -103,8 +105,12 @@ class SharedState:
     measurements: MeasurementStore
 
 
-def open_shared_state(stack: AsyncExitStack, config: Config) -> SharedState:
-    snapshot = snapshot_file(config)
+def open_shared_state(
+    stack: AsyncExitStack, config: Config, *, state_file: bool = True
+) -> SharedState:
+    """`state_file=False`: another process of this `abgate run` owns the state file (its
+    control process); this one neither reads measurements from it nor writes it."""
+    snapshot = snapshot_file(config) if state_file else None
     url = redis_url(config)
     if url is None:
         measurements = MemoryMeasurements(snapshot)
@@ -124,19 +130,17 @@ async def start_flag_backend(
     proxy_address: str | None,
     shared: SharedState,
     status: Callable[[], dict[str, str]] | None = None,
+    live: LiveStateServer | None = None,
 ) -> FlagBackend:
     """Start what the flag state needs; `stack` tears it down. `proxy_address` registers this
-    process as a proxy instance."""
+    process as a proxy instance (with Redis). Without Redis the store is the embedded one,
+    and `live` the channel that serves it to the data plane."""
     client, snapshot = shared.client, shared.snapshot
     started = time.time()
     if client is None:
-        store = MemoryFlagStore(table, snapshot)
-        store.restore()
-        store.local_status = status
-        if proxy_address is not None:
-            store.local = Instance(
-                new_instance_id(), proxy_address, os.getpid(), started, started, {}
-            )
+        memory = MemoryFlagStore(table, snapshot)
+        memory.restore()
+        store: FlagStore = memory if live is None else LocalFlagStore(memory, live)
         return FlagBackend(table, store, None, shared.measurements)
     keys = RedisKeys(config.flags.key_prefix)
     heartbeat = config.flags.heartbeat_interval

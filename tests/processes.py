@@ -16,12 +16,15 @@ from typing import Any
 import yaml
 
 LISTENING = re.compile(r"(proxy|control API|admin) (?:listening )?on (http://[\d.:\[\]]+)")
+PID = re.compile(r"\bpid (\d+)")
 
 
 @dataclass
 class Process:
     proc: asyncio.subprocess.Process
     urls: dict[str, list[str]] = field(default_factory=dict)
+    # Which process serves what: `abgate run` announces its data plane and control process.
+    pids: dict[str, list[int]] = field(default_factory=dict)
     output: list[str] = field(default_factory=list)
 
     @property
@@ -41,6 +44,15 @@ class Process:
         async with asyncio.timeout(timeout):
             return await self.proc.wait()
 
+    async def announced(self, kind: str, count: int, timeout: float = 60.0) -> str:
+        """Wait for the `count`th announcement of `kind` (a restarted child); its URL."""
+        async with asyncio.timeout(timeout):
+            while len(self.urls.get(kind, [])) < count:
+                if self.proc.returncode is not None:
+                    raise RuntimeError("abgate exited:\n" + "".join(self.output))
+                await asyncio.sleep(0.02)  # output arrives on its own schedule
+        return self.urls[kind][count - 1]
+
 
 def write_config(path: Path, document: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(document, sort_keys=False))
@@ -58,8 +70,11 @@ def config_document(upstream_url: str, **proxy: Any) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def abgate(*args: str, expect: dict[str, int]) -> AsyncIterator[Process]:
-    """Start `abgate ARGS` and wait until it has announced `expect` (kind -> how many URLs)."""
+async def abgate(
+    *args: str, expect: dict[str, int], session: bool = False
+) -> AsyncIterator[Process]:
+    """Start `abgate ARGS` and wait until it has announced `expect` (kind -> how many URLs).
+    `session`: in a process group of its own, as a shell's job (for signals to the group)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -68,6 +83,7 @@ async def abgate(*args: str, expect: dict[str, int]) -> AsyncIterator[Process]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=session,
     )
     process = Process(proc)
     reader_task = asyncio.create_task(_read_output(process))
@@ -90,5 +106,8 @@ async def _read_output(process: Process) -> None:
     async for raw in process.proc.stdout:
         line = raw.decode(errors="replace")
         process.output.append(line)
+        pid = PID.search(line)
         for kind, url in LISTENING.findall(line):
             process.urls.setdefault(kind, []).append(url)
+            if pid is not None:
+                process.pids.setdefault(kind, []).append(int(pid.group(1)))

@@ -13,9 +13,10 @@ the control plane stays off the data path).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -101,6 +102,9 @@ class HistoryWriter:
         self.layout: str | None = None
         # Flush durations (one COPY and the small rows), for abgate_history_write_seconds.
         self.writes = Histogram(WRITE_BUCKETS)  # seconds per flush
+        # Writers of other processes whose decisions this one looks up (`abgate run`'s data
+        # plane, over its channel): flushed first too. Best effort: one that is away is not.
+        self.flush_first: list[Callable[[], Awaitable[object]]] = []
 
     # -- in memory, from the request path and the control plane ----------------------------
 
@@ -240,6 +244,9 @@ class HistoryWriter:
     async def decision_of(self, request_id: str) -> tuple[str, str, int, datetime] | None:
         """(experiment, arm, phase, time) of a recorded decision; flushes first, so a
         decision this process made a moment ago is found too."""
+        for flush in self.flush_first:
+            with contextlib.suppress(Exception):  # away or failing: look up what is written
+                await flush()
         async with self._lock:
             await self._flush()
             conn = await self._connection()
