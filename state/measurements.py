@@ -45,6 +45,7 @@ USER_MAP_BITS = 1 << 20  # bits of a distinct-users bitmap: 128 KiB
 # again, its answer lost, is recognised by its id and applied once; far more than a data
 # plane ever has unanswered, and kept with the sums so a restart remembers them too.
 BATCH_IDS_KEPT = 10_000
+READ_PIECE = 1000  # hash fields per reply when the statistics read an experiment from Redis
 
 
 def cluster_of(user: int | None) -> int:
@@ -310,23 +311,37 @@ class RedisMeasurements:
         return sorted(phases, key=lambda p: p.id)
 
     async def read(self, experiment: str) -> tuple[list[Phase], dict[MeasureKey, Sums]]:
+        """Every sum of an experiment, read in pieces of READ_PIECE fields (HSCAN): no reply
+        is large (30 phases of 128 clusters are some 70,000 fields), and the loop is free
+        between pieces. Like the flushes' pipelines, a read is not one atomic snapshot: a
+        flush landing meanwhile may show in part, and the next read has it whole."""
         phases = await self.phases(experiment)
-        with store_errors():
-            raw = await self._client.hgetall(self._stats(experiment))
         sums: dict[MeasureKey, Sums] = {}
-        for field, value in raw.items():
-            head, cluster, part = str(field).rsplit("|", 2)
-            if cluster.lstrip("-").isdigit() and head.count("|") >= 2:
-                phase, arm, metric = head.split("|", 2)
-                at = int(cluster)
-            else:  # phase|arm|metric|part, written before sums were kept per cluster
-                phase, arm = head.split("|", 1)
-                metric, at = cluster, UNCLUSTERED
-            entry = sums.setdefault((experiment, int(phase), arm, metric, at), Sums())
-            if part == "count":
-                entry.count = int(value)
-            elif part == "sum":
-                entry.total = float(value)
-            else:
-                entry.total_sq = float(value)
+        key, cursor = self._stats(experiment), 0
+        with store_errors():
+            while True:
+                cursor, piece = await self._client.hscan(key, cursor, count=READ_PIECE)
+                assert isinstance(piece, dict)  # field -> value (no_values is not asked)
+                _parse_sums(experiment, piece, sums)
+                if cursor == 0:
+                    break
         return phases, sums
+
+
+def _parse_sums(experiment: str, raw: Mapping[Any, Any], sums: dict[MeasureKey, Sums]) -> None:
+    """Fields `phase|arm|metric|cluster|part` (a field seen twice is simply set again)."""
+    for field, value in raw.items():
+        head, cluster, part = str(field).rsplit("|", 2)
+        if cluster.lstrip("-").isdigit() and head.count("|") >= 2:
+            phase, arm, metric = head.split("|", 2)
+            at = int(cluster)
+        else:  # phase|arm|metric|part, written before sums were kept per cluster
+            phase, arm = head.split("|", 1)
+            metric, at = cluster, UNCLUSTERED
+        entry = sums.setdefault((experiment, int(phase), arm, metric, at), Sums())
+        if part == "count":
+            entry.count = int(value)
+        elif part == "sum":
+            entry.total = float(value)
+        else:
+            entry.total_sq = float(value)
