@@ -4,6 +4,7 @@ client with its sync task (every process) and writer (processes with a control A
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from redis.asyncio import Redis
 
 from config import Config
+from proxy.tasks import stop_task
 from state.flag_file import FlagFile
 from state.flags import FlagStore, FlagTable, MemoryFlagStore
 from state.live_server import LiveStateServer, LocalFlagStore
@@ -26,7 +28,7 @@ from state.redis_flags import (
     connect,
     new_instance_id,
 )
-from state.redis_timing import REDIS_COMMANDS
+from state.redis_timing import REDIS_COMMANDS, ServerTimes
 
 
 def redis_url(config: Config) -> str | None:
@@ -56,6 +58,7 @@ class FlagBackend:
     store: FlagStore | None  # None in a data-plane-only process with Redis
     sync: RedisFlagSync | None
     measurements: MeasurementStore
+    server_times: ServerTimes | None = None  # Redis' own time, where flags are written
 
     def collect(self) -> Iterator[Metric]:
         sync = self.sync
@@ -68,6 +71,8 @@ class FlagBackend:
         if sync is None:
             return
         yield from REDIS_COMMANDS.collect()
+        if self.server_times is not None:
+            yield from self.server_times.collect()
         age = GaugeMetricFamily(
             "abgate_flag_state_age_seconds", "Seconds since this process last heard from Redis."
         )
@@ -166,4 +171,9 @@ async def start_flag_backend(
             status=status,
         )
     )
-    return FlagBackend(table, redis_store, sync, shared.measurements)
+    server_times = None
+    if writer:  # one process per deployment polls Redis for its own times
+        server_times = ServerTimes(client)
+        task = asyncio.create_task(server_times.run(), name="abgate-redis-server-times")
+        stack.push_async_callback(stop_task, task)
+    return FlagBackend(table, redis_store, sync, shared.measurements, server_times)

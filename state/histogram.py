@@ -19,6 +19,11 @@ class Histogram:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
+    def observe_many(self, value: float, times: int) -> None:
+        """`times` observations of `value` (a mean over that many events)."""
+        self.counts[bisect_left(self.bounds, value)] += times
+        self.sum += value * times
+
     def cumulative(self) -> list[tuple[str, float]]:
         out: list[tuple[str, float]] = []
         running = 0

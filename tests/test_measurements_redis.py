@@ -1,5 +1,5 @@
 """Measurements in Redis as the statistics read them: in bounded pieces, the same sums as a
-flush wrote, with hiredis parsing the replies."""
+flush wrote, with hiredis parsing the replies; and what Redis itself spends on each command."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from state.measurements import (
     Sums,
 )
 from state.redis_flags import connect
-from state.redis_timing import REDIS_COMMANDS
+from state.redis_timing import REDIS_COMMANDS, ServerTimes
 from tests.redis_server import redis_server
 
 
@@ -50,3 +50,28 @@ async def test_an_experiment_is_read_in_pieces_and_whole(tmp_path: Path) -> None
     assert (phases, sums) == await memory.read("exp")
     hscan = REDIS_COMMANDS.commands["hscan"]
     assert sum(hscan.counts) - before >= fields // READ_PIECE  # one bounded reply at a time
+
+
+async def test_redis_own_time_per_command_from_its_commandstats(tmp_path: Path) -> None:
+    async with redis_server(tmp_path) as server:
+        client = connect(server.url)
+        try:
+            times = ServerTimes(client)
+            for index in range(30):
+                await client.hset("h", f"f{index}", index)
+            await times.poll()  # the first: everything since Redis started
+            assert sum(times.commands["hset"].counts) == 30
+            assert "info" not in times.commands  # our own polling is left out
+            for _ in range(5):
+                await client.hgetall("h")
+            await times.poll()
+            hset, hgetall = times.commands["hset"], times.commands["hgetall"]
+            assert (sum(hset.counts), sum(hgetall.counts)) == (30, 5)  # only what is new
+            assert 0 < hgetall.sum < 0.5  # seconds: microseconds each
+            assert "abgate_redis_server_seconds" in {f.name for f in times.collect()}
+            await client.config_resetstat()  # as after a restart: counts start again
+            await client.hset("h", "again", 1)
+            await times.poll()
+            assert sum(times.commands["hset"].counts) == 31
+        finally:
+            await client.aclose()
