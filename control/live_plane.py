@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from control.config_process import loads_config
+from control.config_process import loads_config_gradually
 from proxy.admin import REGISTRY
 from proxy.breaker import BreakerState
 from proxy.runtime import DataPlane
@@ -99,7 +99,7 @@ def history_report(writer: HistoryWriter) -> dict[str, Any]:
 
 async def reload_plane(plane: DataPlane, blob: bytes) -> list[str]:
     """A config parsed and validated elsewhere, swapped in; what could not apply live."""
-    warnings = plane.reload(loads_config(blob))
+    warnings = plane.reload(await loads_config_gradually(blob))
     await plane.close_retired_pools()
     return warnings
 

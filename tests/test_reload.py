@@ -292,3 +292,18 @@ async def test_a_reload_is_parsed_elsewhere_and_bounded(
         assert str(caught.value.problems[0]) == "<document>: parsing took over 0.001s: refused"
         parsed = await parse_off_loop(path)
         assert parsed.config == load_config(path)
+
+
+async def test_a_large_config_travels_in_pieces_and_arrives_whole() -> None:
+    """What the control process sends its data plane: long fields pickled in slices that
+    the data plane loads one at a time between requests."""
+    from config import parse_config
+    from control.config_process import PIECE, dumps, loads_config, loads_config_gradually
+
+    upstreams = {f"u{i}": {"url": f"http://127.0.0.1:{9000 + i}"} for i in range(PIECE + 50)}
+    routes = [{"prefix": f"/r{i}/", "upstream": f"u{i % 7}"} for i in range(3 * PIECE + 1)]
+    config = parse_config(yaml.safe_dump({"upstreams": upstreams, "routes": routes}))
+    blob = dumps(config)
+    assert loads_config(blob) == config
+    assert await loads_config_gradually(blob) == config
+    assert list(loads_config(blob).upstreams) == list(config.upstreams)  # in the same order
