@@ -28,11 +28,10 @@ from control.flag_backend import (
     initial_table,
     open_shared_state,
     redis_url,
-    start_flag_backend,
 )
 from control.history import attach_history, start_history
 from control.live_plane import plane_requests, reload_plane
-from control.wiring import new_registry
+from control.wiring import new_registry, start_plane_flags
 from proxy.metrics import ProxyMetrics
 from proxy.runtime import DataPlane
 from state.errors import StoreUnavailable
@@ -108,17 +107,7 @@ async def data_plane_half(
         metrics.add_gauges(link.collect)
         backend, store = None, None
         if shared is not None:
-            backend = await start_flag_backend(
-                stack,
-                config,
-                flags,
-                writer=False,
-                shared=shared,
-                proxy_address=plane.url,
-                status=plane.breaker_states,
-            )
-            metrics.add_gauges(backend.collect)
-            plane.flush_to(backend.measurements)
+            backend = await start_plane_flags(stack, config, flags, shared, plane, metrics)
         else:
             store = ChannelMeasurements(link, instance)
             metrics.add_gauges(store.collect)

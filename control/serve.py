@@ -45,6 +45,7 @@ from control.wiring import (
     announce,
     app_site,
     new_registry,
+    start_plane_flags,
     start_reloader,
     start_rollout_controller,
     start_stats_worker,
@@ -198,18 +199,7 @@ async def worker(
             DataPlane(config, flags, metrics, reuse_port=reuse_port, worker_index=index)
         )
         attach_history(history, plane, metrics, config)
-        backend = await start_flag_backend(
-            stack,
-            config,
-            flags,
-            writer=False,
-            shared=shared,
-            proxy_address=plane.url,
-            status=plane.breaker_states,
-        )
-        metrics.add_gauges(backend.collect)
-        if backend.sync is not None:  # measurements need a store others read: Redis
-            plane.flush_to(backend.measurements)
+        backend = await start_plane_flags(stack, config, flags, shared, plane, metrics)
 
         async def apply(new: ParsedConfig) -> list[str]:
             warnings = plane.reload(new.config)

@@ -17,11 +17,14 @@ from prometheus_client.registry import Collector
 
 from config import Config
 from config.model import Listen
-from control.flag_backend import FlagBackend, SharedState
+from control.flag_backend import FlagBackend, SharedState, start_flag_backend
 from control.reload import Apply, Reloader
 from control.signals import on_signal
+from proxy.metrics import ProxyMetrics
+from proxy.runtime import DataPlane
 from proxy.server import JsonErrorAppRunner
 from proxy.tasks import stop_task
+from state.flags import FlagTable
 from state.redis_flags import new_instance_id
 from state.rollouts import Lease, MemoryRollouts, RedisRollouts, RolloutStore
 
@@ -138,3 +141,28 @@ async def start_reloader(
     if on_sighup:
         await stack.enter_async_context(on_signal(signal.SIGHUP, reloader.request))
     return reloader
+
+
+async def start_plane_flags(
+    stack: AsyncExitStack,
+    config: Config,
+    flags: FlagTable,
+    shared: SharedState,
+    plane: DataPlane,
+    metrics: ProxyMetrics,
+) -> FlagBackend:
+    """A data plane's flags from the shared store (with Redis: read, and this instance
+    registered with its breaker states), and where its measurements go (Redis)."""
+    backend = await start_flag_backend(
+        stack,
+        config,
+        flags,
+        writer=False,
+        shared=shared,
+        proxy_address=plane.url,
+        status=plane.breaker_states,
+    )
+    metrics.add_gauges(backend.collect)
+    if backend.sync is not None:  # measurements need a store others read: Redis
+        plane.flush_to(backend.measurements)
+    return backend
