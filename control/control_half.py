@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from state.history.writer import HistoryWriter
 
 
+log = logging.getLogger("abgate")
 SCHEMA_WAIT = 5.0  # seconds: the history schema is migrated before the data plane starts
 
 
@@ -70,11 +72,14 @@ async def control_half(
     token: str | None = None,
     config_path: str | None = None,
     parsed: ParsedConfig | None = None,
+    wait_for_plane: float = 0.0,
 ) -> AsyncIterator[ControlHalf]:
     """Listen on `channel` for the data plane, serve the control API; stop everything on
     exit, in reverse order (the measurements are saved last, after the channel closed).
     `parsed` is the config file as this process read it: a data plane that runs another
-    (it restarted after the file changed) is sent this one."""
+    (it restarted after the file changed) is sent this one. `wait_for_plane`: seconds to
+    wait for the data plane's hello before the control API opens (a restarted control
+    process without a state file learns the live flags from it before anyone writes)."""
     check_exposure(config, token)
     flags = initial_table(config)
     gauges = Gauges()
@@ -139,6 +144,8 @@ async def control_half(
             return warnings
 
         reloader = await start_reloader(stack, config_path, config, apply, gauges)
+        if wait_for_plane and not await server.connected(wait_for_plane):
+            log.warning("no data plane within %gs; the control API opens anyway", wait_for_plane)
         assert backend.store is not None
         control_app = create_control_app(
             backend.store,

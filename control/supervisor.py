@@ -47,6 +47,7 @@ RESTART_FIRST, RESTART_MAX = 0.5, 30.0
 STEADY = 60.0  # seconds up after which a child's restart backoff starts over
 CONTROL_STOP = 30.0  # seconds the control process has to save and stop
 CONTROL_NICE = 5
+PLANE_WAIT = 10.0  # seconds the control API waits for the data plane's hello to open
 
 
 def _setup(*ignored: signal.Signals) -> None:
@@ -83,7 +84,12 @@ async def _serve_control(config_path: str, channel: str, parent: Connection) -> 
     async with (
         stop_on_signals_or_orphaned(parent.fileno(), signal.SIGTERM) as stop,
         control_half(
-            parsed.config, channel, token=token, config_path=config_path, parsed=parsed
+            parsed.config,
+            channel,
+            token=token,
+            config_path=config_path,
+            parsed=parsed,
+            wait_for_plane=PLANE_WAIT,
         ) as half,
     ):
         announce(

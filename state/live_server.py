@@ -238,6 +238,10 @@ class LiveStateServer:
                 raise KeyError(str(exc)) from None
             raise
 
+    async def connected(self, within: float) -> bool:
+        """Wait until a data plane has said hello; False after `within` seconds."""
+        return await self._until(lambda: bool(self.planes), within)
+
     async def disconnected(self, within: float) -> bool:
         """Wait until no data plane is connected (stopping together: its last measurements
         come first); False after `within` seconds."""

@@ -219,7 +219,20 @@ def gone(pid: int) -> bool:
 async def test_run_restarts_a_child_that_dies_and_one_ctrl_c_stops_both(
     tmp_path: Path, session: ClientSession
 ) -> None:
-    async with serve_app(echo_app()) as one, serve_app(echo_app()) as two:
+    arrived = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        arrived.set()
+        await asyncio.sleep(1.0)
+        return web.Response(text="finished")
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    app.router.add_route("*", "/{tail:.*}", answer)
+    async with serve_app(app) as one, serve_app(echo_app()) as two:
         config = write_config(tmp_path / "c.yaml", experiment_document(one, two))
         async with abgate(
             "run", "--config", str(config), expect={"proxy": 1, "control API": 1}, session=True
@@ -250,16 +263,25 @@ async def test_run_restarts_a_child_that_dies_and_one_ctrl_c_stops_both(
             async with session.get(f"{proxy}/x", headers={"X-User-Id": "v"}) as response:
                 assert response.status == 200
             control_url = await process.announced("control API", 2)
+
+            async def ready() -> bool:
+                async with session.get(f"{control_url}/health/ready") as response:
+                    return response.status == 200
+
+            async with asyncio.timeout(30):  # until the data plane is connected again
+                while not await ready():  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # another process: nothing to await but HTTP
             current = await json_of(session, "GET", f"{control_url}/api/flags/exp")
             assert (current["version"], current["percentage"]) == (flag["version"], 30)
 
             # One Ctrl-C (SIGINT to the whole group): a request in flight finishes, both stop.
-            request = asyncio.create_task(session.get(f"{proxy}/slow/1"))
-            await asyncio.sleep(0.3)  # in flight at the upstream (nothing to await there)
+            await json_of(session, "POST", f"{control_url}/api/flags/exp", json={"percentage": 0})
+            request = asyncio.create_task(session.get(f"{proxy}/slow"))  # to the control arm
+            await arrived.wait()
             os.killpg(process.pid, signal.SIGINT)
             response = await request
             assert response.status == 200
-            response.release()
+            assert await response.text() == "finished"
             assert await process.wait() == 0
             children = [*process.pids["proxy"], *process.pids["control API"]]
             assert all(gone(pid) for pid in children)
