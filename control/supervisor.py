@@ -46,7 +46,7 @@ log = logging.getLogger("abgate")
 RESTART_FIRST, RESTART_MAX = 0.5, 30.0
 STEADY = 60.0  # seconds up after which a child's restart backoff starts over
 CONTROL_STOP = 30.0  # seconds the control process has to save and stop
-CONTROL_NICE = 5
+CONTROL_NICE = 10
 PLANE_WAIT = 10.0  # seconds the control API waits for the data plane's hello to open
 
 
