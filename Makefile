@@ -6,8 +6,9 @@ STAMP  := $(VENV)/.installed
 # Every package CI installs, pinned with its hashes (`make lock` refreshes it on purpose).
 LOCK   := requirements/lock.txt
 PIP_VERSION := 26.3
+SCENARIO ?= better
 
-.PHONY: install lock lock-upgrade run test test-busy lint typecheck pytest test-servers bench monitoring clean
+.PHONY: install lock lock-upgrade run demo-rollout test test-busy lint typecheck pytest test-servers bench monitoring clean compile
 
 # Exactly the lock: hash-checked, no resolution of our own, then abgate itself (editable,
 # built with the locked setuptools).
@@ -36,6 +37,10 @@ lock-upgrade: $(STAMP)
 run: $(STAMP)
 	@bash scripts/run-demo.sh
 
+## A whole staged rollout by itself, with simulated users (SCENARIO=better|worse|same).
+demo-rollout: $(STAMP)
+	@SCENARIO=$(SCENARIO) bash scripts/demo-rollout.sh
+
 ## Everything CI runs: lint, strict types, the full test suite on real servers.
 test: $(STAMP) test-servers lint typecheck pytest
 
@@ -49,9 +54,18 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest --cov --cov-report=term --durations=20
 
+## The suite beside a CPU hog on every core (stress-ng); RUNS=3 for three passes in a row.
+test-busy: $(STAMP) test-servers
+	@bash scripts/test-busy.sh
+
 ## Prometheus and the node, Redis and PostgreSQL exporters on this machine (Ctrl-C stops).
 monitoring: test-servers
 	@bash scripts/monitoring.sh
+
+## Optional: the data plane's hot modules compiled with mypyc (`make compile CLEAN=1` removes
+## them; without them everything is pure Python, as in CI).
+compile: $(STAMP)
+	$(BIN)/python scripts/compile_data_plane.py $(if $(CLEAN),--clean)
 
 ## Servers the tests and benchmarks start themselves (redis-server, prometheus, wrk, nginx).
 test-servers:

@@ -33,25 +33,16 @@ PROXY_PORTS = {"before": 18280, "today": 18281, "history": 18282}
 
 async def writer_rate(url: str) -> float:
     writer = HistoryWriter(url, instance="bench", capacity=1_000_000, retention_days=90)
-    row = (
-        time.time(),
-        "req-0000000000",
-        "bench",
-        1,
-        "treatment",
-        1234,
-        "arm_b",
-        200,
-        0.0012,
-        None,
-        None,
-    )
     await writer.flush()  # migrate first
     total = 0
     started = time.perf_counter()
-    for _ in range(20):
-        for _ in range(50_000):
-            writer.add_decision(row)
+    for round_ in range(20):
+        now = time.time()
+        for i in range(50_000):  # distinct request ids: each is a new record, none a retry
+            writer.add_decision(
+                (now, f"req-{round_}-{i}", "bench", 1, "treatment", 1234, "arm_b", 200,
+                 0.0012, None, None)
+            )  # fmt: skip
         await writer.flush()
         total += 50_000
     elapsed = time.perf_counter() - started

@@ -2,6 +2,6 @@
 
 from config.errors import ConfigError, Problem
 from config.model import Config
-from config.parse import load_config, parse_config, read_config
+from config.parse import load_config, parse_config
 
-__all__ = ["Config", "ConfigError", "Problem", "load_config", "parse_config", "read_config"]
+__all__ = ["Config", "ConfigError", "Problem", "load_config", "parse_config"]

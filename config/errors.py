@@ -13,11 +13,15 @@ class Problem:
     path: str
     line: int | None
     message: str
+    file: str | None = None  # when not the file loaded: the base file it extends
 
     def __str__(self) -> str:
         where = self.path or "<document>"
+        place = f"{self.file} line" if self.file is not None else "line"
         if self.line is not None:
-            where = f"{where} (line {self.line})"
+            where = f"{where} ({place} {self.line})"
+        elif self.file is not None:
+            where = f"{where} ({self.file})"
         return f"{where}: {self.message}"
 
 

@@ -12,27 +12,61 @@ from config.model import Config
 
 
 def mask_url(url: str) -> str:
-    """redis://user:secret@host -> redis://user:***@host; anything unparsable is hidden."""
+    """redis://user:secret@host -> redis://user:***@host (a user alone, which may be a
+    token: ***@host); anything unparsable is hidden."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "***"
+    if parts.password is None and not parts.username:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6, bracketed again
+        host = f"[{host}]"
+    user = f"{parts.username or ''}:***" if parts.password is not None else "***"
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}{port}"))
+
+
+def has_credentials(url: str) -> bool:
     try:
         parts = urlsplit(url)
     except ValueError:
-        return "***"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+        return False
+    return parts.password is not None or bool(parts.username)
 
 
 def config_as_json(config: Config) -> dict[str, Any]:
+    """Every URL masked (the Redis and PostgreSQL URLs, and upstream URLs, whose
+    credentials abgate never sends but a person may have written)."""
     out = _plain(config)
     assert isinstance(out, dict)
-    if config.flags.redis_url:
-        out["flags"]["redis_url"] = mask_url(config.flags.redis_url)
-    if config.history.postgres_url:
-        out["history"]["postgres_url"] = mask_url(config.history.postgres_url)
+    _mask_urls(out)
     return out
+
+
+def credential_notes(config: Config) -> list[str]:
+    """What check-config says about upstream URLs with credentials: abgate never sends them
+    (no Authorization is made from a URL), so they only leak where the config is shown."""
+    return [
+        f"upstreams.{name}.url: the credentials in this URL are not sent to the upstream "
+        "(abgate makes no Authorization header from a URL); set the header where the "
+        "upstream needs it, and remove them from the URL"
+        for name, upstream in config.upstreams.items()
+        if has_credentials(upstream.url)
+    ]
+
+
+def _mask_urls(value: Any) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, str) and (key == "url" or key.endswith("_url")):
+                value[key] = mask_url(item)
+            else:
+                _mask_urls(item)
+    elif isinstance(value, list):
+        for item in value:
+            _mask_urls(item)
 
 
 def _plain(value: Any) -> Any:

@@ -42,7 +42,9 @@ class Reader:
         self.problems: list[Problem] = []
 
     def problem(self, path: KeyPath, message: str) -> None:
-        self.problems.append(Problem(render_path(path), self.doc.line_of(path), message))
+        self.problems.append(
+            Problem(render_path(path), self.doc.line_of(path), message, self.doc.file_of(path))
+        )
 
     def mapping(self, value: Any, path: KeyPath, allowed: set[str]) -> dict[str, Any] | None:
         """A mapping whose keys must all be in `allowed`; unknown keys are problems."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 StickyKind = Literal["header", "cookie", "query", "client_ip"]
@@ -62,6 +62,15 @@ class ProxySettings:
 @dataclass(frozen=True, slots=True)
 class ControlSettings:
     listen: Listen
+    # What `current` (and a command given no experiment) means when no rollout is running
+    # and there are several experiments (control/current.py).
+    default_experiment: str | None = None
+    # Names for sets of experiments, for the commands that take several (an emergency
+    # rollback of `ml-agents`): group -> experiment names, in the order written.
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Reports count this many seconds for each second of wall time (days at 100%). 1 in
+    # production; a rehearsal of a week-long plan in minutes sets it and says so.
+    report_time_scale: float = 1.0
 
     @property
     def is_loopback(self) -> bool:

@@ -7,9 +7,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, cast
 
-from config.errors import ConfigError, Problem
+from config.errors import ConfigError
 from config.export import mask_url
 from config.fields import Reader
+from config.layers import read_layered
 from config.model import (
     Config,
     ControlSettings,
@@ -23,46 +24,23 @@ from config.model import (
 )
 from config.parse_experiments import ExperimentSchema
 from config.parse_upstreams import UpstreamSchema
-from config.yaml_lines import KeyPath, load_located
+from config.yaml_lines import KeyPath, LocatedDocument, load_located
 
 _METHOD = re.compile(r"^[A-Z]{1,20}$")
 _BAD_METHODS: frozenset[str] = frozenset({"<invalid>"})
 
 
-# A configuration is kilobytes; a file this large is a mistake (or an attack) that parsing
-# would spend seconds and gigabytes on (a 50 MB file took 47 s).
-MAX_CONFIG_BYTES = 4 * 1024 * 1024
-
-
 def load_config(path: str | Path) -> Config:
-    """Read and validate a configuration file; raises ConfigError listing every problem."""
-    return parse_config(read_config(path), str(path))
-
-
-def read_config(path: str | Path) -> str:
-    """A configuration file's text, refused (ConfigError) when missing, unreadable, not
-    UTF-8 or over MAX_CONFIG_BYTES (read no further than that)."""
-    source = str(path)
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_CONFIG_BYTES + 1)
-        if len(raw) > MAX_CONFIG_BYTES:
-            limit = f"{MAX_CONFIG_BYTES // (1024 * 1024)} MiB"
-            raise ConfigError(source, [Problem("", None, f"the file is over {limit}: refused")])
-        return raw.decode("utf-8")
-    except FileNotFoundError as exc:
-        where = Path(path).absolute()
-        problem = Problem(
-            "", None, f"no such file (looked for {where}); pass another with --config FILE"
-        )
-        raise ConfigError(source, [problem]) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        problem = Problem("", None, f"cannot read the file: {exc}")
-        raise ConfigError(source, [problem]) from exc
+    """Read and validate a configuration file (merged over the file it `extends`, if any:
+    config/layers.py); raises ConfigError listing every problem."""
+    return _validate(read_layered(path), str(path))
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:
-    doc = load_located(text, source)
+    return _validate(load_located(text, source), source)
+
+
+def _validate(doc: LocatedDocument, source: str) -> Config:
     reader = Reader(doc)
     config = _Schema(reader, source).build(doc.value)
     if reader.problems or config is None:
@@ -230,11 +208,58 @@ class _Schema(UpstreamSchema, ExperimentSchema):
         )
 
     def _control(self, value: Any) -> ControlSettings | None:
-        section = self.r.mapping(value, ("control",), {"listen"})
+        path: KeyPath = ("control",)
+        section = self.r.mapping(
+            value, path, {"listen", "default_experiment", "groups", "report_time_scale"}
+        )
         if section is None:
             return None
-        listen = self.r.listen(section.get("listen", "127.0.0.1:8092"), ("control", "listen"))
-        return ControlSettings(listen) if listen else None
+        listen = self.r.listen(section.get("listen", "127.0.0.1:8092"), (*path, "listen"))
+        default = section.get("default_experiment")
+        if default is not None and default not in self.experiment_names:
+            known = ", ".join(sorted(self.experiment_names)) or "none"
+            self.r.problem(
+                (*path, "default_experiment"),
+                f"unknown experiment {default!r} (experiments: {known})",
+            )
+            return None
+        groups = self._groups(section.get("groups"), (*path, "groups"))
+        scale = section.get("report_time_scale", 1)
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not 1 <= scale <= 1e7:
+            self.r.problem(
+                (*path, "report_time_scale"), f"expected a number from 1 to 1e7, got {scale!r}"
+            )
+            return None
+        if listen is None or groups is None:
+            return None
+        return ControlSettings(listen, default, MappingProxyType(groups), float(scale))
+
+    def _groups(self, value: Any, path: KeyPath) -> dict[str, tuple[str, ...]] | None:
+        """Group name -> experiments; a group may not take an experiment's name."""
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.r.problem(path, "expected a mapping of group name to a list of experiments")
+            return None
+        groups: dict[str, tuple[str, ...]] = {}
+        ok = True
+        for name, members in value.items():
+            where = (*path, name)
+            if self.r.name(name, where) is None:
+                ok = False
+            elif name in self.experiment_names:
+                self.r.problem(where, "is an experiment's name: a group needs its own")
+                ok = False
+            elif not isinstance(members, list) or not members:
+                self.r.problem(where, "expected a non-empty list of experiment names")
+                ok = False
+            else:
+                unknown = [m for m in members if m not in self.experiment_names]
+                if unknown:
+                    self.r.problem(where, f"unknown experiment(s): {unknown}")
+                    ok = False
+                groups[name] = tuple(dict.fromkeys(members))
+        return groups if ok else None
 
     def _flags(self, value: Any) -> FlagsSettings | None:
         path: KeyPath = ("flags",)

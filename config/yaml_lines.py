@@ -43,14 +43,21 @@ class LocatedDocument:
 
     value: Any
     lines: dict[KeyPath, int] = field(default_factory=dict)
+    # Paths written in another file than the one loaded (a base it extends: config/layers.py)
+    files: dict[KeyPath, str] = field(default_factory=dict)
 
     def line_of(self, path: KeyPath) -> int | None:
         # A missing key has no line of its own: report the nearest enclosing one.
-        while path:
-            if path in self.lines:
-                return self.lines[path]
+        return self.lines.get(self._nearest(path), None)
+
+    def file_of(self, path: KeyPath) -> str | None:
+        """The file `path` was written in when it is not the one loaded, else None."""
+        return self.files.get(self._nearest(path))
+
+    def _nearest(self, path: KeyPath) -> KeyPath:
+        while path and path not in self.lines:
             path = path[:-1]
-        return self.lines.get((), None)
+        return path
 
 
 def load_located(text: str, source: str) -> LocatedDocument:

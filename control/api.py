@@ -69,7 +69,20 @@ def _plane(request: web.Request) -> RemotePlane:
 
 
 async def shadow_stats(request: web.Request) -> web.Response:
-    return json_response({"experiments": await _plane(request).shadow_stats()})
+    """Per experiment, and the totals over all of them at the top."""
+    experiments = await _plane(request).shadow_stats()
+    totals = {
+        key: sum(int(str(e[key])) for e in experiments)
+        for key in ("total_decisions", "agreements", "disagreements", "errors")
+    }
+    compared = totals["agreements"] + totals["disagreements"]
+    return json_response(
+        {
+            "experiments": experiments,
+            **totals,
+            "agreement_rate": totals["agreements"] / compared if compared else None,
+        }
+    )
 
 
 async def force_breaker(request: web.Request) -> web.Response:
@@ -107,7 +120,7 @@ async def config_status(request: web.Request) -> web.Response:
 
 async def config_reload(request: web.Request) -> web.Response:
     outcome = await _reloader(request).reload("api")
-    return json_response(outcome.as_json(), 200 if outcome.result == "success" else 400)
+    return json_response(outcome.as_json(), 400 if outcome.result == "failure" else 200)
 
 
 def check_exposure(config: Config, token: str | None) -> None:

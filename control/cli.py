@@ -8,10 +8,12 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 from config import ConfigError, load_config
+from config.export import credential_notes
 from control.flags_cli import add_flags_parser, run_flags
 from control.load_test import add_load_test_parser, run_load_test
 from control.log import configure_logging
 from control.rollout_cli import add_rollout_parser, run_rollout
+from control.simulate import add_simulate_parser, run_simulate
 
 DEFAULT_CONFIG = "config/abgate.yaml"
 
@@ -87,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags_parser(commands)
     add_rollout_parser(commands)
     add_load_test_parser(commands)
+    add_simulate_parser(commands)
     return parser
 
 
@@ -100,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_rollout(args)
     if args.command == "load-test":
         return run_load_test(args)
+    if args.command == "simulate":
+        return run_simulate(args)
     try:
         if args.command == "check-config":
             config = load_config(args.file)
@@ -107,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             if exposure is not None:  # what `abgate run` and `abgate control` would refuse
                 print(f"{args.file}: control.listen: {exposure}")
                 return 1
+            for note in credential_notes(config):
+                print(f"{args.file}: note: {note}")
             print(
                 f"{args.file}: OK ({len(config.upstreams)} upstreams, {len(config.routes)} "
                 f"routes, {len(config.experiments)} experiments)"

@@ -3,7 +3,7 @@
 PyYAML is pure Python: parsing a large file in a thread still holds the GIL for most of the
 time, and the proxy's loop stalled up to 0.98 s while a 50 MB file was read. A reload here
 runs `python -m control.config_process FILE` with a time limit; the child reads the file
-(bounded: config.parse.MAX_CONFIG_BYTES, aliases too: config.yaml_lines), validates it and
+(bounded: config.layers.MAX_CONFIG_BYTES, aliases too: config.yaml_lines), validates it and
 writes one pickle to stdout: the frozen Config, or the problems that refused it. The parent
 unpickles (milliseconds for a megabyte) and keeps the bytes: they are what `abgate run`'s
 control process sends its data plane (control/live_plane.py), between processes of one
@@ -18,14 +18,17 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from config import Config, ConfigError, Problem, parse_config, read_config
+import orjson
+
+from config import Config, ConfigError, Problem, load_config
 
 PARSE_TIMEOUT = 30.0  # seconds: a file within the limits parses in a few
 PIECE = 100  # routes, upstreams or experiments per pickled piece: well under 1 ms to load
@@ -36,11 +39,29 @@ NICE = 10
 class ParsedConfig:
     config: Config
     blob: bytes  # the Config pickled: what a data plane is sent
-    digest: str  # sha256 of the file's text: which file a process runs
+    digest: str  # which config a process runs (digest_of)
 
 
-def digest_of(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+def digest_of(config: Config) -> str:
+    """Which config a process runs, the same in every process that parsed the same files
+    (a pickle is not: a set's order follows string hashing, which differs per process)."""
+    return hashlib.sha256(orjson.dumps(_canonical(config))).hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return [type(value).__name__, *(_canonical(getattr(value, f.name)) for f in fields(value))]
+    if isinstance(value, Mapping):
+        return [[str(key), _canonical(item)] for key, item in value.items()]
+    if isinstance(value, frozenset | set):
+        return sorted((_canonical(item) for item in value), key=repr)
+    if isinstance(value, list | tuple):
+        return [_canonical(item) for item in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, re.Pattern):
+        return value.pattern
+    return repr(value)
 
 
 def frozen_mapping(items: dict[str, Any]) -> MappingProxyType[str, Any]:
@@ -109,9 +130,8 @@ def _assembled(head: Config, loaded: dict[str, list[Any]]) -> Config:
 
 def parse_file(path: str | Path) -> ParsedConfig:
     """Read and validate in this process (at start, before anything is served)."""
-    text = read_config(path)
-    config = parse_config(text, str(path))
-    return ParsedConfig(config, dumps(config), digest_of(text))
+    config = load_config(path)
+    return ParsedConfig(config, dumps(config), digest_of(config))
 
 
 async def parse_off_loop(path: str | Path, within: float = PARSE_TIMEOUT) -> ParsedConfig:

@@ -131,7 +131,7 @@ async def control_half(
             rollouts.proxy_url = link.address
 
         server.on_hello.append(hello)
-        plane = RemotePlane(server, config.flags.heartbeat_interval)
+        plane = RemotePlane(server, config)
         if history is not None:  # outcomes by request id look up the data plane's decisions
             history.flush_first.append(plane.flush_history)
 
@@ -139,7 +139,7 @@ async def control_half(
             warnings = await plane.reload(new.blob)
             for name, experiment in new.config.experiments.items():
                 flags.ensure(name, experiment.percentage_bp)
-            worker.config = rollouts.config = new.config
+            worker.config = rollouts.config = plane.config = new.config
             current[0] = new
             return warnings
 

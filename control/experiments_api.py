@@ -6,23 +6,23 @@
     GET  /api/metrics/{name}/comparison        each metric's mean per arm, relative change
     POST /api/outcomes                         [{"experiment", "arm", "metric", "value"}]
 
-`current` stands for the only experiment when there is exactly one.
+`current` stands for the experiment whose rollout is under way, else
+control.default_experiment, else the only one (control/current.py).
 """
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from aiohttp import web
 
-from control.http import WORKER, ApiError, json_response
+from control.current import require_worker, resolve
+from control.http import WORKER, ApiError, json_response, parse_json
 from proxy.hashing import fnv1a32, user_hash
 from state.errors import StoreUnavailable
 from state.flags import FlagTable
-from state.measurements import UNCLUSTERED, MeasureKey, Sums, cluster_of
+from state.measurements import UNCLUSTERED, MeasureKey, Sums, check_value, cluster_of
 
 if TYPE_CHECKING:
     from control.stats_worker import StatsWorker
@@ -31,34 +31,9 @@ RESERVED = frozenset({"latency", "error"})  # measured by the proxy itself
 MAX_OUTCOMES = 10_000
 
 
-def require_worker(request: web.Request) -> StatsWorker:
-    worker = request.app.get(WORKER)
-    if worker is None:
-        raise ApiError(
-            404, "no statistics here: serve the control API with abgate run or abgate control"
-        )
-    return worker
-
-
-def _name(request: web.Request, worker: StatsWorker) -> str:
-    name = request.match_info["name"]
-    experiments = list(worker.config.experiments)
-    if name == "current":
-        if len(experiments) != 1:
-            raise ApiError(
-                400,
-                f"'current' needs exactly one experiment, there are "
-                f"{len(experiments)}: {', '.join(experiments)}",
-            )
-        return experiments[0]
-    if name not in worker.config.experiments:
-        raise ApiError(404, f"unknown experiment {name!r}")
-    return name
-
-
 async def _report(request: web.Request) -> tuple[StatsWorker, str, dict[str, Any]]:
     worker = require_worker(request)
-    name = _name(request, worker)
+    name = await resolve(request.app, request.match_info["name"])
     try:
         reports = await worker.evaluate_all()  # fresh numbers for a person asking
     except StoreUnavailable:
@@ -86,39 +61,95 @@ async def list_experiments(request: web.Request) -> web.Response:
 
 
 async def get_experiment(request: web.Request) -> web.Response:
-    _, _, report = await _report(request)
+    """Phases with samples and SRM; with the routes that lead to it and its declared
+    metrics, so that tools (abgate simulate, abgate load-test) know where to send and what
+    to report."""
+    worker, name, report = await _report(request)
+    config = worker.config
+    routes = [
+        {
+            "name": r.name,
+            "prefix": r.prefix,
+            "regex": r.regex.pattern if r.regex is not None else None,
+            "methods": sorted(r.methods) if r.methods is not None else None,
+        }
+        for r in config.routes
+        if r.experiment == name
+    ]
+    metrics = [
+        {"name": m.name, "type": m.type, "direction": m.direction, "outcome": not m.from_answer}
+        for m in config.experiments[name].metrics
+    ]
     return json_response(
-        {k: report[k] for k in ("name", "arms", "phases", "current_phase", "evaluated_at")}
+        {
+            **{k: report[k] for k in ("name", "arms", "phases", "current_phase", "evaluated_at")},
+            "routes": routes,
+            "metrics": metrics,
+        }
     )
 
 
 async def significance(request: web.Request) -> web.Response:
-    _, _, report = await _report(request)
+    """Every metric of the current phase (fixed and sequential), and at the top the plan's
+    primary metric on the comparison of record (control/evidence.py): its always-valid
+    p-value, and the power to detect the plan's minimum effect at the samples collected."""
+    from control.evidence_api import evidence_of  # scipy: not in a data-plane process
+
+    _, name, report = await _report(request)
+    evidence = await evidence_of(request, name)
+    primary = evidence.metrics.get(evidence.primary) if evidence.primary else None
     return json_response(
         {
             "name": report["name"],
             "phase": report["current_phase"],
             "metrics": report["metrics"],
             "across_phases": report["across_phases"],
+            "metric": evidence.primary,
+            "p_value": primary.p_value if primary else None,
+            "power": primary.power if primary else None,
+            "sample_size": primary.sample_size if primary else 0,
+            "primary": primary.as_json() if primary else None,
+            "evidence": evidence.as_json(),
+            "note": POWER_NOTE,
         }
     )
 
 
+POWER_NOTE = (
+    "p_value: the primary metric's always-valid p-value on the phases named in evidence; "
+    "power: the power a two-sided test at alpha would have, at these samples, to detect the "
+    "plan's minimum detectable effect (a design quantity, not the power of the observed "
+    "effect)"
+)
+
+
 async def comparison(request: web.Request) -> web.Response:
-    _, _, report = await _report(request)
-    arms = report["arms"]
-    rows = {}
-    for metric, result in report["metrics"].items():
-        a, b = result["mean"]["a"], result["mean"]["b"]
+    """Each metric's mean per arm on the comparison of record, nested by metric and flat as
+    `<arm>_<metric>` (`ml_accuracy`, `deterministic_accuracy`)."""
+    from control.evidence_api import evidence_of  # scipy: not in a data-plane process
+
+    require_worker(request)
+    name = await resolve(request.app, request.match_info["name"])
+    evidence = await evidence_of(request, name)
+    control, treatment = evidence.control_arm, evidence.treatment_arm
+    rows: dict[str, Any] = {}
+    flat: dict[str, float | None] = {}
+    for metric, result in evidence.metrics.items():
+        if result.n_control == 0 and result.n_treatment == 0:
+            continue
+        a, b = result.mean_control, result.mean_treatment
         # Signed by the metric's direction: positive is better for the treatment.
         rows[metric] = {
-            arms["control"]: a,
-            arms["treatment"]: b,
-            "direction": result["direction"],
+            control: a,
+            treatment: b,
+            "direction": result.direction,
             "relative_change": (b - a) / abs(a) if a and b is not None else None,
-            "relative_improvement": result["improvement"],
+            "relative_improvement": result.improvement,
+            "n": {control: result.n_control, treatment: result.n_treatment},
         }
-    return json_response({"name": report["name"], "metrics": rows})
+        flat[f"{control}_{metric}"] = a
+        flat[f"{treatment}_{metric}"] = b
+    return json_response({"name": name, "metrics": rows, **flat, "evidence": evidence.as_json()})
 
 
 async def outcomes(request: web.Request) -> web.Response:
@@ -130,10 +161,7 @@ async def outcomes(request: web.Request) -> web.Response:
     user's cluster, so a user's outcomes count as one unit with the user's decisions."""
     worker = require_worker(request)
     table = request.app[FLAGS]
-    try:
-        items = orjson.loads(await request.read())
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    items = parse_json(await request.read())
     if not isinstance(items, list) or not items:
         raise ApiError(400, "expected a non-empty JSON array of outcomes")
     if len(items) > MAX_OUTCOMES:
@@ -225,8 +253,11 @@ def _outcome(
     value = item.get("value")
     if isinstance(value, bool):
         value = float(value)
-    if not isinstance(value, int | float) or not math.isfinite(value):
+    if not isinstance(value, int | float):
         raise ApiError(400, f"{where}.value: expected a finite number or a boolean, got {value!r}")
+    problem = check_value(float(value))
+    if problem is not None:  # its square must stay finite: one would poison every sum
+        raise ApiError(400, f"{where}.value: {problem}")
     if definition.type == "binary" and value not in (0, 1):
         raise ApiError(
             400, f"{where}.value: {metric} is binary: expected 0, 1, true or false, got {value!r}"
@@ -234,6 +265,8 @@ def _outcome(
     flag = table.get(name)
     current = flag.version  # phase ids are the flag versions that began them
     phase = item.get("phase", flag.phase)
+    if isinstance(phase, str) and phase.isascii() and phase.isdigit() and len(phase) < 19:
+        phase = int(phase)  # the header's value as it came: "2"
     if isinstance(phase, bool) or not isinstance(phase, int):
         raise ApiError(
             400, f"{where}.phase: expected the X-ABGate-Phase header's whole number, got {phase!r}"

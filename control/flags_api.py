@@ -6,11 +6,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
 
 from config.fields import parse_percentage
+from control.current import config_of
 from control.http import ApiError, json_object, json_response
 from state.errors import StoreUnavailable
 from state.flags import Flag, FlagStore, Instance, UnknownFlag, VersionConflict
@@ -33,11 +35,24 @@ def _known(store: FlagStore, name: str) -> str:
 
 
 def _percentage(value: Any, field: str) -> int:
+    if isinstance(value, Decimal) and _decimals(value) > 2:
+        # Decided on the digits as written: arithmetic in Decimal's default context would
+        # round 10.000000000000000000000000000001 to 10 and 1e-999999999 to 0 first.
+        raise ApiError(400, f"{field}: at most two decimals (0.01% steps), got {value}")
     problems: list[str] = []
     basis_points = parse_percentage(value, problems.append)
     if basis_points is None:
         raise ApiError(400, f"{field}: {problems[0]}")
     return basis_points
+
+
+def _decimals(value: Decimal) -> int:
+    """How many decimal places `value` has as written, trailing zeros aside."""
+    _, digits, exponent = value.as_tuple()
+    if not isinstance(exponent, int) or not any(digits):
+        return 0
+    trailing = len(digits) - len("".join(map(str, digits)).rstrip("0"))
+    return max(0, -(exponent + trailing))
 
 
 def _reason(body: Mapping[str, Any], default: str = "") -> str:
@@ -52,13 +67,15 @@ def caller(request: web.Request) -> str:
 
 
 def _version(value: Any, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    # A whole number may be written 3.0 (JSON Schema's integer says so too).
+    whole = isinstance(value, int | Decimal) and not isinstance(value, bool) and value % 1 == 0
+    if not whole or value < 1:
         raise ApiError(
             400,
             f"{field}: expected the flag version (a whole number >= 1) the "
-            f"write is based on, got {value!r}",
+            f"write is based on, got {value}",
         )
-    return value
+    return int(value)
 
 
 async def _write(
@@ -167,7 +184,8 @@ async def list_instances(request: web.Request) -> web.Response:
 
 async def rollback(request: web.Request) -> web.Response:
     """Set treatment to 0% for the named experiments (all if none) in one atomic write, then
-    answer once every live instance routes with it, or 504 with the laggards."""
+    answer once every live instance routes with it, or 504 with the laggards. A name may be
+    a group the config defines (control.groups): its experiments."""
     store = _store(request)
     body = await json_object(request, allowed={"experiments", "reason", "timeout"})
     # Only a missing field means every experiment: [], "" or null is a mistake, not "all".
@@ -177,9 +195,12 @@ async def rollback(request: web.Request) -> web.Response:
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise ApiError(
             400,
-            "experiments: expected a non-empty list of experiment names "
+            "experiments: expected a non-empty list of experiment or group names "
             "(leave the field out to roll back every experiment)",
         )
+    config = config_of(request.app)
+    groups = config.control.groups if config is not None else {}
+    names = list(dict.fromkeys(e for n in names for e in groups.get(n, (n,))))
     timeout = body.get("timeout", ROLLBACK_TIMEOUT)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 300:
         raise ApiError(400, "timeout: expected seconds, more than 0 and at most 300")
@@ -187,16 +208,23 @@ async def rollback(request: web.Request) -> web.Response:
     flags = await _write(
         request, {_known(store, n): 0 for n in names}, _reason(body, "emergency rollback")
     )
-    laggards, instances = await _wait_for_convergence(store, flags, started + float(timeout))
+    laggards, instances, unknown = await _wait_for_convergence(
+        store, flags, started + float(timeout)
+    )
     elapsed_ms = round((time.monotonic() - started) * 1000, 1)
     table = store.table.all()
     payload = {
         "flags": [flag.as_json() for flag in flags],
         "elapsed_ms": elapsed_ms,
-        "converged": not laggards,
+        # null: nobody can tell (the instance registry could not be read), never "true".
+        "converged": None if unknown else not laggards,
         "instances": [instance.as_json(table) for instance in instances],
         "laggards": [instance.id for instance in laggards],
     }
+    if unknown:
+        payload["convergence_unknown"] = unknown
+        log.error("rollback of %s written; convergence unknown: %s", ", ".join(names), unknown)
+        return json_response(payload)
     if laggards:
         log.error(
             "rollback of %s: %d instance(s) did not converge within %ss: %s",
@@ -219,15 +247,19 @@ async def _wait_for_convergence(
     store: FlagStore,
     flags: list[Flag],
     deadline: float,
-) -> tuple[list[Instance], list[Instance]]:
+) -> tuple[list[Instance], list[Instance], str | None]:
+    """(laggards, instances, why convergence is unknown: None when the registry answered)."""
     while True:
         try:
             instances = await store.instances()
-        except StoreUnavailable:
-            instances = []
+        except StoreUnavailable as exc:
+            if time.monotonic() >= deadline:
+                return [], [], f"the instance registry is unreachable: {exc}"
+            await asyncio.sleep(CONVERGENCE_POLL)
+            continue
         laggards = [i for i in instances if not i.converged(flags)]
         if not laggards or time.monotonic() >= deadline:
-            return laggards, instances
+            return laggards, instances, None
         await asyncio.sleep(CONVERGENCE_POLL)  # instances report through their heartbeats
 
 

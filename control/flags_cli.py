@@ -1,8 +1,11 @@
-"""`abgate flags list|get|set|history|export|import`: the control API from a shell.
+"""`abgate flags list|get|set|history|export|import|backup`: the control API from a shell.
 
 Talks to --url (ABGATE_CONTROL_URL, default http://127.0.0.1:8092) with the bearer token from
 --token or ABGATE_CONTROL_TOKEN. export writes every flag as JSON; import sets them all back in
-one atomic call (each gets a new version, so the audit trail shows the restore).
+one atomic call (each gets a new version, so the audit trail shows the restore). backup
+writes the routing state with a timestamp: backups/YYYYMMDD/traffic/flags-HHMMSS.json (the
+export) and config-HHMMSS.json (the running routes, upstreams and experiments); restore with
+`abgate flags import backups/YYYYMMDD/traffic/flags-HHMMSS.json`.
 """
 
 from __future__ import annotations
@@ -50,6 +53,14 @@ def add_flags_parser(commands: Any) -> None:
     import_ = actions.add_parser("import", help="set all flags from an export, atomically")
     import_.add_argument("file")
     import_.add_argument("--reason", default=None)
+    backup = actions.add_parser(
+        "backup",
+        help="flags and routing config to DIR/YYYYMMDD/traffic/, timestamped",
+        description="Write the flags (as `export`) and the running routing configuration to "
+        "DIR/YYYYMMDD/traffic/flags-HHMMSS.json and config-HHMMSS.json (local time). Restore "
+        "the flags with `abgate flags import FILE`.",
+    )
+    backup.add_argument("--dir", default="backups", help="(default backups)")
 
 
 def call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
@@ -99,6 +110,23 @@ def _read_export(file: str) -> dict[str, Any]:
     return flags
 
 
+def _backup(args: argparse.Namespace) -> list[Path]:
+    now = datetime.now()  # local time: what `date +%Y%m%d` names the folder
+    folder = Path(args.dir) / now.strftime("%Y%m%d") / "traffic"
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = now.strftime("%H%M%S")
+    written = [folder / f"flags-{stamp}.json"]
+    written[0].write_text(json.dumps(call(args, "GET", "/api/flags"), indent=2) + "\n")
+    try:
+        config = call(args, "GET", "/api/config")["config"]
+    except ApiCallFailed:  # abgate control has no data plane: the flags are the routing state
+        return written
+    routing = {key: config[key] for key in ("routes", "upstreams", "experiments", "control")}
+    written.append(folder / f"config-{stamp}.json")
+    written[1].write_text(json.dumps(routing, indent=2) + "\n")
+    return written
+
+
 def _run(args: argparse.Namespace) -> None:
     if args.action == "list":
         for flag in call(args, "GET", "/api/flags")["flags"]:
@@ -123,6 +151,9 @@ def _run(args: argparse.Namespace) -> None:
                 f"v{entry['version']}\t{entry['percentage']:g}%\t"
                 f"{_iso(entry['updated_at'])}\t{entry['updated_by']}\t{entry['reason']}"
             )
+    elif args.action == "backup":
+        for path in _backup(args):
+            print(f"wrote {path}")
     elif args.action == "export":
         text = json.dumps(call(args, "GET", "/api/flags"), indent=2) + "\n"
         if args.file:

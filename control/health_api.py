@@ -8,6 +8,7 @@ import time
 
 from aiohttp import web
 
+from config import Config
 from control.experiments_api import HISTORY
 from control.flag_backend import FlagBackend
 from control.http import CONTROLLER, WORKER, json_response
@@ -163,9 +164,87 @@ async def aggregate(request: web.Request) -> web.Response:
         }
         statuses.append(status)
     overall = worst(*statuses)
+    shadows: list[dict[str, object]] = []
+    if plane is not None:
+        with contextlib.suppress(StoreUnavailable):  # away: said in components
+            shadows = await plane.shadow_stats()
     return json_response(
-        {"overall_health": overall, "components": components}, 503 if overall == UNHEALTHY else 200
+        {
+            "overall_health": overall,
+            "components": components,
+            "ml_components": ml_components(
+                plane.config if plane is not None else None, shadows, components
+            ),
+        },
+        503 if overall == UNHEALTHY else 200,
     )
+
+
+def ml_components(
+    config: Config | None, shadows: list[dict[str, object]], components: dict[str, object]
+) -> list[object]:
+    """The ML side, one entry each, from what `components` already holds: each ML upstream
+    (a treatment that is no experiment's control) and its breaker, each experiment's shadow
+    (`shadows`, as the data plane reports them), the statistics worker and the rollout
+    controller. `config` is None where there is no data plane."""
+    out: list[object] = []
+    if config is not None:
+        controls = {e.control.upstream for e in config.experiments.values()}
+        ml = sorted({e.treatment.upstream for e in config.experiments.values()} - controls)
+        upstreams = components.get("upstreams", {})
+        assert isinstance(upstreams, dict)
+        for name in ml:
+            report = upstreams.get(name, {})
+            out.append(
+                {
+                    "name": name,
+                    "kind": "ml_upstream",
+                    "status": report.get("status"),
+                    "reasons": report.get("reasons", []),
+                }
+            )
+            state = str(report.get("breaker"))
+            out.append(
+                {
+                    "name": f"{name} breaker",
+                    "kind": "breaker",
+                    "status": _BREAKER_HEALTH.get(state, UNHEALTHY),
+                    "state": state,
+                }
+            )
+        for shadow in shadows:
+            dropped = shadow.get("dropped")
+            out.append(
+                {
+                    "name": f"{shadow['experiment']} shadow",
+                    "kind": "shadow",
+                    "status": HEALTHY,
+                    "total_decisions": shadow.get("total_decisions"),
+                    "agreement_rate": shadow.get("agreement_rate"),
+                    "dropped": dropped,
+                }
+            )
+    for kind in ("statistics_worker", "rollout_controller"):
+        report = components.get(kind)
+        if isinstance(report, dict):
+            out.append(
+                {
+                    "name": kind.replace("_", " "),
+                    "kind": kind,
+                    "status": report.get("status"),
+                    "reasons": report.get("reasons", []),
+                }
+            )
+    return out
+
+
+_BREAKER_HEALTH = {
+    "closed": HEALTHY,
+    "forced_closed": HEALTHY,
+    "half_open": DEGRADED,
+    "open": UNHEALTHY,
+    "forced_open": UNHEALTHY,
+}
 
 
 def add_health_routes(app: web.Application, backend: FlagBackend | None) -> None:

@@ -118,6 +118,7 @@ def _flag_changed(writer: HistoryWriter, config: Config, flag: Flag) -> None:
 
 def rollout_event(writer: HistoryWriter) -> Any:
     """A rollout-history listener that copies each entry to ab_testing.rollout_events."""
+    from state.history.rows import Json
     from state.history.writer import utc
 
     def record(event: dict[str, Any]) -> None:
@@ -130,7 +131,7 @@ def rollout_event(writer: HistoryWriter) -> Any:
             event.get("change"),
             event.get("decision"),
             event.get("reason"),
-            orjson.dumps(event.get("inputs")).decode(),
+            Json(event.get("inputs")),  # encoded, made safe, at flush
             event["actor"],
         )
 
@@ -148,15 +149,34 @@ def collect(writer: HistoryWriter) -> Iterator[Metric]:
     written = CounterMetricFamily("abgate_history_written", "History records written.")
     written.add_metric([], writer.written)
     yield written
+    duplicates = CounterMetricFamily(
+        "abgate_history_duplicates",
+        "Decisions a retried flush found stored already (its commit had landed unseen).",
+    )
+    duplicates.add_metric([], writer.duplicates)
+    yield duplicates
+    dead = CounterMetricFamily(
+        "abgate_history_dead_letters",
+        "Records PostgreSQL refused, set aside in ab_testing.dead_letters.",
+    )
+    dead.add_metric([], writer.dead_letters)
+    yield dead
     buffered = GaugeMetricFamily("abgate_history_buffered", "History records waiting in memory.")
     buffered.add_metric([], writer.buffered)
     yield buffered
     write = HistogramMetricFamily(
         "abgate_history_write_seconds",
-        "Time of each flush to PostgreSQL (one COPY and the small rows).",
+        "Time of each flush to PostgreSQL (one transaction: the COPY and the small rows).",
     )
     write.add_metric([], writer.writes.cumulative(), writer.writes.sum)
     yield write
+    query = HistogramMetricFamily(
+        "abgate_history_query_seconds",
+        "Time of each statement of a flush to PostgreSQL (the COPY, each row's INSERT), from "
+        "abgate's side.",
+    )
+    query.add_metric([], writer.queries.cumulative(), writer.queries.sum)
+    yield query
     connected = GaugeMetricFamily(
         "abgate_history_connected", "1 when the history store is reachable."
     )

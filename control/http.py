@@ -36,28 +36,82 @@ class ApiError(Exception):
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+    try:
+        body = orjson.dumps(data)
+    except TypeError:  # a string that is not valid Unicode (echoed input): escaped, not a 500
+        body = json.dumps(data, ensure_ascii=True, default=str).encode()
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+MAX_DEPTH = 32  # nesting of a request body: no control API body needs more than a few
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _exact_number(text: str) -> Decimal:
+    try:
+        number = Decimal(text)
+    except ArithmeticError:  # InvalidOperation: beyond Decimal's exponent range
+        number = Decimal("NaN")
+    if not number.is_finite():
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return number
+
+
+def parse_json(raw: bytes, *, exact: bool = False) -> Any:
+    """A request body as JSON, every failure an ApiError: 400 for what is not JSON (numbers
+    out of range, strings that are not Unicode included), 413 for nesting deeper than
+    MAX_DEPTH. `exact` keeps decimal numbers as written (Decimal), so
+    `99.99999999999999999` is not first rounded to 100 by a float."""
+    try:
+        if exact:
+            body = json.loads(raw, parse_float=_exact_number, parse_constant=_no_constant)
+        else:
+            body = orjson.loads(raw)
+    except RecursionError:
+        raise ApiError(413, f"request body nested too deep (at most {MAX_DEPTH} levels)") from None
+    except orjson.JSONDecodeError as exc:
+        if "depth" in str(exc):
+            raise ApiError(
+                413, f"request body nested too deep (at most {MAX_DEPTH} levels)"
+            ) from None
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    except ValueError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    _check(body, "", 0)
+    return body
+
+
+def _check(value: Any, where: str, depth: int) -> None:
+    """No deeper than MAX_DEPTH; every string valid Unicode (Python's json takes a lone
+    surrogate escape such as \\ud800, which no store can encode)."""
+    if depth > MAX_DEPTH:
+        raise ApiError(413, f"request body nested too deep (at most {MAX_DEPTH} levels)")
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(
+                    400, f"{where or 'body'}: not valid Unicode (a lone surrogate)"
+                ) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check(key, where or "body", depth + 1)
+            _check(item, f"{where}.{key}" if where else str(key), depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check(item, f"{where}[{index}]", depth + 1)
+
+
 async def json_object(
     request: web.Request, *, allowed: set[str], exact: bool = False
 ) -> dict[str, Any]:
-    """The body as a JSON object with only `allowed` keys. `exact` keeps decimal numbers as
-    written (Decimal), so `99.99999999999999999` is not first rounded to 100 by a float."""
+    """The body as a JSON object with only `allowed` keys (see `parse_json`)."""
     raw = await request.read()
-    try:
-        if not raw.strip():
-            body: Any = {}
-        elif exact:
-            body = json.loads(raw, parse_float=Decimal, parse_constant=_no_constant)
-        else:
-            body = orjson.loads(raw)
-    except (orjson.JSONDecodeError, ValueError) as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    body = parse_json(raw, exact=exact) if raw.strip() else {}
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
     unknown = sorted(set(body) - allowed)
@@ -103,13 +157,32 @@ def _loopback_name(host_header: str) -> bool:
         return False
 
 
+CROSS_SITE_OK = frozenset({"same-origin", "none"})  # Sec-Fetch-Site values a write may carry
+
+
+def cross_origin_problem(request: web.BaseRequest) -> str | None:
+    """Why a write comes from another site, or None. Judged as Go's net/http
+    CrossOriginProtection judges it: a browser sends Sec-Fetch-Site on every request
+    (`same-origin`, `same-site`, `cross-site`, or `none` for one the user typed), and Origin
+    on every cross-origin POST; curl and scripts send neither, and pass."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        if site.lower() in CROSS_SITE_OK:
+            return None
+        return f"cross-site write refused (Sec-Fetch-Site: {site[:40]})"
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"{request.scheme}://{request.host}":
+        return f"cross-origin write from {origin[:200]!r} refused"
+    return None
+
+
 @web.middleware
 async def same_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
     """What keeps a web page in the operator's browser from driving the control API: on a
     loopback listener the Host must be a loopback name (a DNS-rebinding page sends its own
-    name); a write must come from the API's own origin (a browser sends Origin on every
-    cross-site POST) and carry JSON as JSON (a form or text/plain body is what a page can
-    send without asking)."""
+    name), and a write must not come from another site (`cross_origin_problem`). The
+    Content-Type is not what makes a write safe: a body is read as JSON whatever it says,
+    so `curl -d '{...}'` (form-encoded, as curl labels it) works as written."""
     if request.app[LOOPBACK_ONLY] and not _loopback_name(request.host):
         raise ApiError(
             403,
@@ -117,15 +190,9 @@ async def same_origin(request: web.Request, handler: Handler) -> web.StreamRespo
             "(DNS rebinding?): use 127.0.0.1, [::1] or localhost",
         )
     if request.method not in SAFE_METHODS:
-        origin = request.headers.get("Origin")
-        if origin is not None and origin != f"{request.scheme}://{request.host}":
-            raise ApiError(403, f"cross-origin write from {origin!r} refused")
-        if request.body_exists and request.content_type != "application/json":
-            raise ApiError(
-                415,
-                "writes take Content-Type: application/json (with curl: "
-                "-H 'Content-Type: application/json')",
-            )
+        problem = cross_origin_problem(request)
+        if problem is not None:
+            raise ApiError(403, problem)
     return await handler(request)
 
 
@@ -135,6 +202,8 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
     token = request.app[TOKEN]
     if token and request.method not in ("GET", "HEAD", "OPTIONS"):
         scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
+        # Header bytes that are not UTF-8 arrive as surrogate escapes: back to those bytes.
+        given = value.encode("utf-8", "surrogateescape")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given, token.encode()):
             raise ApiError(401, "missing or wrong bearer token")
     return await handler(request)

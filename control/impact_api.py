@@ -9,67 +9,65 @@
                                                  rollout's state
 
 Business metrics are the declared ones (not the built-in latency and error). Numbers are
-of the current phase (the sequential test's interval, so it holds whenever it is read).
+of the comparison of record (control/evidence.py): the current phase while a stage runs,
+the rollout's earlier phases with both arms once it is at 100% or rolled back; each answer
+says which (`evidence`). Intervals are always valid, as the gates read them.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from config.model import BUILT_IN_METRICS
-from control.experiments_api import require_worker
-from control.http import CONTROLLER, ApiError, json_response
-from state.errors import StoreUnavailable
+from control.current import require_worker, resolve
+from control.http import CONTROLLER, json_response
 from state.flags import FlagStore
+
+if TYPE_CHECKING:
+    from control.evidence import EvidenceReport
 
 FLAG_STORE = web.AppKey("impact_flag_store", FlagStore)
 
 
-def _name(request: web.Request) -> str:
-    worker = require_worker(request)
-    name = request.match_info["name"]
-    if name not in worker.config.experiments:
-        raise ApiError(404, f"unknown experiment {name!r}")
-    return name
+async def _name(request: web.Request) -> str:
+    require_worker(request)
+    return await resolve(request.app, request.match_info["name"])
 
 
-async def _business(request: web.Request, name: str) -> dict[str, Any]:
-    worker = require_worker(request)
-    try:
-        reports = await worker.evaluate_all()
-    except StoreUnavailable:
-        reports = worker.reports
-    report = reports.get(name)
+def _business_rows(evidence: EvidenceReport) -> dict[str, Any]:
+    """Each declared (business) metric on the comparison of record."""
     out: dict[str, Any] = {}
-    experiment = worker.config.experiments[name]
-    for metric in experiment.metrics:
-        if metric.name in BUILT_IN_METRICS:
+    for name, result in evidence.metrics.items():
+        if name in BUILT_IN_METRICS:
             continue
-        result = report.metrics.get(metric.name) if report else None
-        interval = None
-        significant = False
-        if result is not None and result.sequential is not None:
-            rel = result.sequential.ci_relative
-            sign = 1.0 if metric.direction == "higher" else -1.0
-            if rel is not None and rel[0] is not None and rel[1] is not None:
-                low, high = sorted((sign * rel[0], sign * rel[1]))
-                interval = [low, high]
-            significant = result.significant
-        out[metric.name] = {
-            "direction": metric.direction,
-            "improvement_percentage": (
-                result.improvement * 100
-                if result is not None and result.improvement is not None
-                else None
-            ),
-            "interval": interval,  # relative, signed so that > 0 is better
-            "significant": significant,
-            "n": {"control": result.n_a if result else 0, "treatment": result.n_b if result else 0},
+        out[name] = {
+            "direction": result.direction,
+            "improvement_percentage": _percent(result.improvement),
+            # relative, signed so that > 0 is better, always valid (as the gates read it)
+            "interval": list(result.improvement_interval) if result.improvement_interval else None,
+            "significant": result.p_value is not None and result.p_value < evidence.alpha,
+            "p_value": result.p_value,
+            "n": {"control": result.n_control, "treatment": result.n_treatment},
+            "mean": {"control": result.mean_control, "treatment": result.mean_treatment},
+            "status": result.status,
         }
     return out
+
+
+def _percent(value: float | None) -> float | None:
+    return None if value is None else value * 100
+
+
+def _headline(evidence: EvidenceReport) -> str | None:
+    """The metric a one-number summary speaks of: the plan's primary, else the first
+    declared one."""
+    if evidence.primary is not None:
+        return evidence.primary
+    declared = [m for m in evidence.metrics if m not in BUILT_IN_METRICS]
+    return declared[0] if declared else None
 
 
 async def _history(request: web.Request, name: str) -> list[dict[str, Any]]:
@@ -88,7 +86,7 @@ def _incidents(history: list[dict[str, Any]]) -> int:
 
 
 async def stability(request: web.Request) -> web.Response:
-    name = _name(request)
+    name = await _name(request)
     worker = require_worker(request)
     history = await _history(request, name)
     _, sums = await worker.store.read(name)
@@ -116,38 +114,94 @@ async def stability(request: web.Request) -> web.Response:
 
 
 async def business_impact(request: web.Request) -> web.Response:
-    name = _name(request)
-    return json_response({"experiment": name, "metrics": await _business(request, name)})
+    from control.evidence_api import evidence_of
+
+    name = await _name(request)
+    evidence = await evidence_of(request, name)
+    headline = _headline(evidence)
+    result = evidence.metrics.get(headline) if headline else None
+    return json_response(
+        {
+            "experiment": name,
+            "metrics": _business_rows(evidence),
+            "metric": headline,
+            "improvement_percentage": _percent(result.improvement) if result else None,
+            "interval": (
+                [v * 100 for v in result.improvement_interval]
+                if result and result.improvement_interval
+                else None
+            ),
+            "p_value": result.p_value if result else None,
+            "evidence": evidence.as_json(),
+        }
+    )
 
 
 async def long_term_stability(request: web.Request) -> web.Response:
-    name = _name(request)
+    """Days at 100% since the flag first reached it, summed over every stay there. With
+    control.report_time_scale (a rehearsal), each second counts that many; both are shown."""
+    name = await _name(request)
     flags = request.app[FLAG_STORE]
     changes = list(reversed(await flags.history(name, 1000)))  # oldest first
+    flag = flags.table.get(name)
+    if not changes and flag.percentage == 100:  # never changed: at 100% since it was set
+        changes = [{"percentage": 100, "updated_at": flag.updated_at}]
     at_full = 0.0
     for entry, following in zip(changes, [*changes[1:], None], strict=True):
         if entry["percentage"] == 100:
             end = float(str(following["updated_at"])) if following else time.time()
             at_full += end - float(str(entry["updated_at"]))
+    scale = require_worker(request).config.control.report_time_scale
     return json_response(
         {
             "experiment": name,
-            "days_at_100_percent": at_full / 86_400,
+            "days_at_100_percent": at_full * scale / 86_400,
+            "seconds_at_100_percent": at_full,
+            "time_scale": scale,
             "incidents_count": _incidents(await _history(request, name)),
         }
     )
 
 
 async def final_assessment(request: web.Request) -> web.Response:
-    name = _name(request)
+    """The rollout's end state and every business metric on the comparison of record; flat
+    for a dashboard: `<metric>_improvement` (relative, %, > 0 better), `<metric>_score` (the
+    treatment's mean) and `time_savings` (latency reduction, %), each with its interval and
+    samples under `details`."""
+    from control.evidence_api import evidence_of
+
+    name = await _name(request)
     controller = request.app.get(CONTROLLER)
     rollout = await controller.rollouts.get(name) if controller is not None else None
+    evidence = await evidence_of(request, name)
+    flat: dict[str, float | None] = {}
+    details: dict[str, Any] = {}
+    for metric, result in evidence.metrics.items():
+        n = {"control": result.n_control, "treatment": result.n_treatment}
+        interval = [v * 100 for v in result.improvement_interval or ()] or None
+        if metric == "latency":
+            flat["time_savings"] = _percent(result.improvement)
+            details["time_savings"] = {"metric": metric, "interval": interval, "n": n}
+        if metric in BUILT_IN_METRICS:
+            continue
+        flat[f"{metric}_improvement"] = _percent(result.improvement)
+        details[f"{metric}_improvement"] = {"metric": metric, "interval": interval, "n": n}
+        flat[f"{metric}_score"] = result.mean_treatment
+        details[f"{metric}_score"] = {
+            "metric": metric,
+            "arm": evidence.treatment_arm,
+            "interval": list(result.treatment_interval) if result.treatment_interval else None,
+            "n": result.n_treatment,
+        }
     return json_response(
         {
             "experiment": name,
             "rollout_state": rollout.state if rollout else None,
             "percentage": request.app[FLAG_STORE].table.get(name).percentage,
-            "metrics": await _business(request, name),
+            "metrics": _business_rows(evidence),
+            **flat,
+            "details": details,
+            "evidence": evidence.as_json(),
         }
     )
 

@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from config import Config
 from control.config_process import loads_config_gradually
 from proxy.admin import REGISTRY
 from proxy.breaker import BreakerState
@@ -108,9 +109,13 @@ class RemotePlane:
     """The control API's data plane: each call one request over the channel;
     StoreUnavailable (503) while the data plane is away, KeyError for an unknown name."""
 
-    def __init__(self, server: LiveStateServer, heartbeat_interval: float) -> None:
+    def __init__(self, server: LiveStateServer, config: Config) -> None:
         self._server = server
-        self.heartbeat_interval = heartbeat_interval
+        self.config = config  # the data plane's, as this process last sent it
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.config.flags.heartbeat_interval
 
     @property
     def connected(self) -> bool:

@@ -26,6 +26,7 @@ from aiohttp import ClientSession, ClientTimeout, TCPConnector
 from control.flags_cli import DEFAULT_URL, ApiCallFailed, call
 
 DEFAULT_PROXY = "http://127.0.0.1:8080"
+FALLBACK_PATH = "/api/agent/credit/decide"  # when the control API names no route
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,17 +147,30 @@ def render(result: LoadResult, plan: LoadPlan, percentage: float | None) -> str:
     )
 
 
-def add_load_test_parser(commands: Any) -> None:
+def traffic_command(commands: Any, name: str, summary: str, description: str | None) -> Any:
+    """A command that sends traffic through a stack: the proxy to send to, the control API
+    to read and steer (ABGATE_PROXY_URL, ABGATE_CONTROL_URL, ABGATE_CONTROL_TOKEN)."""
     parser = commands.add_parser(
-        "load-test",
-        help="an open-loop load test at a fixed rate and traffic level",
-        description=__doc__,
+        name,
+        help=summary,
+        description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--proxy", default=os.environ.get("ABGATE_PROXY_URL", DEFAULT_PROXY))
     parser.add_argument("--control", default=os.environ.get("ABGATE_CONTROL_URL", DEFAULT_URL))
     parser.add_argument("--token", default=os.environ.get("ABGATE_CONTROL_TOKEN"))
-    parser.add_argument("--experiment", default=None, help="default: the only one")
+    return parser
+
+
+def add_load_test_parser(commands: Any) -> None:
+    parser = traffic_command(
+        commands, "load-test", "an open-loop load test at a fixed rate and traffic level", __doc__
+    )
+    parser.add_argument(
+        "--experiment",
+        default=None,
+        help="default: the current one (its rollout under way, else control.default_experiment)",
+    )
     parser.add_argument(
         "--target-percentage",
         type=float,
@@ -166,13 +180,15 @@ def add_load_test_parser(commands: Any) -> None:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--duration", default="60s", help="e.g. 300s, 5m (default 60s)")
     parser.add_argument("--requests-per-second", type=float, default=100.0)
-    parser.add_argument("--path", default="/api/agent/credit/decide")
+    parser.add_argument(
+        "--path", default=None, help=f"default: the experiment's first route ({FALLBACK_PATH})"
+    )
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--p95-max", default="100ms")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def _seconds(text: str, what: str) -> float:
+def parse_duration(text: str, what: str) -> float:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", text)
     if match is None:
         raise ApiCallFailed(f"{what}: expected a duration such as 300s or 100ms, got {text!r}")
@@ -180,27 +196,37 @@ def _seconds(text: str, what: str) -> float:
     return float(match.group(1)) * unit
 
 
+def _target(api: argparse.Namespace, args: argparse.Namespace) -> tuple[str, str]:
+    """The experiment (named, else the current one) and the path to load: --path, else
+    the experiment's first prefix route. Without --target-percentage an unreachable control
+    API is no error: the load goes to --path or the demo's path."""
+    try:
+        experiment = call(api, "GET", f"/api/experiments/{args.experiment or 'current'}")
+    except ApiCallFailed:
+        if args.target_percentage is not None:
+            raise
+        return args.experiment or "", args.path or FALLBACK_PATH
+    prefixes = [r["prefix"] for r in experiment.get("routes", []) if r.get("prefix")]
+    return experiment["name"], args.path or (prefixes[0] if prefixes else FALLBACK_PATH)
+
+
 def run_load_test(args: argparse.Namespace) -> int:
     """Exit 0 passed, 2 failed (p95 over the limit or failed requests), 1 could not run."""
     try:
         if args.requests_per_second <= 0 or args.users < 1:
             raise ApiCallFailed("--requests-per-second and --users must be positive")
+        api = argparse.Namespace(url=args.control, token=args.token)
+        name, path = _target(api, args)
         plan = LoadPlan(
             args.proxy,
-            args.path,
+            path,
             args.requests_per_second,
-            _seconds(args.duration, "--duration"),
+            parse_duration(args.duration, "--duration"),
             args.users,
-            _seconds(args.p95_max, "--p95-max"),
+            parse_duration(args.p95_max, "--p95-max"),
         )
-        api = argparse.Namespace(url=args.control, token=args.token)
-        name, restore = args.experiment, None
+        restore = None
         if args.target_percentage is not None:
-            if name is None:
-                flags = call(api, "GET", "/api/flags")["flags"]
-                if len(flags) != 1:
-                    raise ApiCallFailed(f"--experiment: there are {len(flags)} experiments")
-                name = flags[0]["name"]
             restore = call(api, "GET", f"/api/flags/{name}")["percentage"]
             call(
                 api,

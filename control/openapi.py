@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from control.openapi_answers import describe_answers
 from control.openapi_parts import ERROR
 from control.openapi_parts import json_content as _json
 from control.openapi_parts import ref as _ref
@@ -15,7 +16,8 @@ EXPERIMENT = {
     "in": "path",
     "required": True,
     "schema": {"type": "string"},
-    "description": "an experiment, or `current` when there is exactly one",
+    "description": "an experiment, or `current`: the one whose rollout is under way, else "
+    "control.default_experiment, else the only one",
 }
 _READ = {"security": [], "parameters": [EXPERIMENT]}
 _N = {"type": "integer", "maximum": 10**12}
@@ -57,10 +59,12 @@ _OUTCOME = {
             "description": "0/1 or a boolean for a binary metric",
         },
         "phase": {
-            "type": "integer",
-            "minimum": 1,
-            "description": "X-ABGate-Phase of the decision; without "
-            "it, the phase current when reported",
+            "oneOf": [
+                {"type": "integer", "minimum": 1},
+                {"type": "string", "pattern": "^[0-9]{1,18}$"},
+            ],
+            "description": "X-ABGate-Phase of the decision (a number, or the header's "
+            "digits as they came); without it, the phase current when reported",
         },
         "user": {
             "type": "string",
@@ -220,8 +224,9 @@ STATISTICS_PATHS: dict[str, Any] = {
     "/api/experiments/{name}/significance": {
         "get": {
             **_READ,
-            "summary": "Every metric of the current phase: type, direction, "
-            "sequential and fixed-horizon results, or why not yet",
+            "summary": "Every metric of the current phase (type, direction, sequential and "
+            "fixed-horizon results, or why not yet); at the top the primary metric's p-value "
+            "and power on the comparison of record",
             "responses": {"200": _json(_OBJECT), "400": ERROR, "404": ERROR, "503": ERROR},
         }
     },
@@ -267,6 +272,18 @@ VERSION = {
     "type": "integer",
     "minimum": 1,
     "description": "compare-and-set: the flag version this write is based on",
+}
+ROLLBACK = {
+    "type": "object",
+    "required": ["flags", "elapsed_ms", "converged", "instances", "laggards"],
+    "properties": {
+        "flags": {"type": "array", "items": {"$ref": "#/components/schemas/Flag"}},
+        "elapsed_ms": {"type": "number"},
+        "converged": {"type": ["boolean", "null"]},
+        "convergence_unknown": {"type": "string"},
+        "instances": {"type": "array", "items": {"$ref": "#/components/schemas/Instance"}},
+        "laggards": {"type": "array", "items": {"type": "string"}},
+    },
 }
 CONFLICT = _json(
     {
@@ -498,6 +515,8 @@ OPENAPI: dict[str, Any] = {
                                         "type": "array",
                                         "items": {"type": "string"},
                                         "minItems": 1,
+                                        "description": "experiment names, or groups the "
+                                        "config defines (control.groups)",
                                     },
                                     "reason": REASON,
                                     "timeout": {
@@ -511,11 +530,14 @@ OPENAPI: dict[str, Any] = {
                     }
                 },
                 "responses": {
-                    "200": {"description": "Every instance converged"},
-                    "504": {
-                        "description": "Some instances did not converge "
-                        "in time; `laggards` names them"
-                    },
+                    "200": _json(
+                        ROLLBACK,
+                        "Every instance converged, or nobody can tell (`converged` null, "
+                        "`convergence_unknown` says why: the instance registry is unreachable)",
+                    ),
+                    "504": _json(
+                        ROLLBACK, "Some instances did not converge in time; `laggards` names them"
+                    ),
                     "400": ERROR,
                     "401": ERROR,
                     "404": ERROR,
@@ -594,7 +616,10 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "summary": "Reload the config file (validated as a whole first)",
                 "responses": {
-                    "200": {"description": "Reloaded"},
+                    "200": {
+                        "description": "Reloaded (`result: success`), or the file is the "
+                        "running config already (`result: unchanged`: nothing applied)"
+                    },
                     "400": {
                         "description": "Refused; the running config stays. `problems` lists why"
                     },
@@ -615,11 +640,15 @@ def _every_write_answers(paths: dict[str, Any]) -> None:
         if operation is not None:
             for status, why in (
                 ("401", "no or wrong bearer token"),
-                ("403", "cross-origin write, or a Host that is not this API"),
-                ("413", "body over 1 MiB"),
-                ("415", "a body that is not application/json"),
+                (
+                    "403",
+                    "a write from another site (Sec-Fetch-Site cross-site or same-site, or "
+                    "an Origin not this API's), or a Host that is not this API",
+                ),
+                ("413", "body over 1 MiB, or nested deeper than 32 levels"),
             ):
                 operation["responses"].setdefault(status, _json(_ref("Error"), why))
 
 
 _every_write_answers(OPENAPI["paths"])
+describe_answers(OPENAPI["paths"], _json, ERROR)

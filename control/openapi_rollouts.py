@@ -13,7 +13,8 @@ _EXPERIMENT = {
     "in": "path",
     "required": True,
     "schema": {"type": "string"},
-    "description": "the experiment the rollout belongs to",
+    "description": "the experiment the rollout belongs to, or `current` (the one under way, "
+    "else control.default_experiment, else the only one)",
 }
 _REASON = {"type": "string", "maxLength": 500, "description": "recorded in the history"}
 _ROLLOUT = {
@@ -99,12 +100,25 @@ def _read(summary: str) -> dict[str, Any]:
 ROLLOUT_PATHS: dict[str, Any] = {
     "/ui": {
         "get": {
-            "summary": "The control page (one self-contained HTML file)",
+            "summary": "The control page (one HTML file; its script is /ui/app.js)",
             "security": [],
             "responses": {
                 "200": {
                     "description": "OK",
                     "content": {"text/html": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    },
+    "/ui/app.js": {
+        "get": {
+            "summary": "The control page's script (no inline script: the page's CSP allows "
+            "scripts from 'self' only)",
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "OK",
+                    "content": {"text/javascript": {"schema": {"type": "string"}}},
                 }
             },
         }
@@ -175,7 +189,10 @@ ROLLOUT_PATHS: dict[str, Any] = {
         "post": {
             "summary": "Approve the stage that needs a person (a rollback still wins)",
             "requestBody": _body(
-                {"stage": {"type": "number", "minimum": 0, "maximum": 100}, "reason": _REASON}
+                {
+                    "stage": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
+                    "reason": _REASON,
+                }
             ),
             "responses": {
                 "200": json_content(_ROLLOUT),
@@ -238,10 +255,17 @@ ROLLOUT_PATHS: dict[str, Any] = {
         ],
         "post": {
             "summary": "Flagger webhooks: 200 lets Flagger go on, 403 holds it",
-            "requestBody": {
-                "required": False,
-                "content": {"application/json": {"schema": {"type": "object"}}},
-            },
+            "requestBody": _body(
+                {
+                    "name": {"type": "string"},
+                    "namespace": {"type": "string"},
+                    "phase": {"type": "string"},
+                    "checksum": {"type": "string"},
+                    "type": {"type": "string"},
+                    "message": {"type": "string"},
+                    "metadata": {"type": "object"},
+                }
+            ),
             "responses": {
                 "200": json_content({"type": "object"}),
                 "403": json_content(_VERDICT, "Not now"),
@@ -263,7 +287,10 @@ ROLLOUT_PATHS: dict[str, Any] = {
                             "additionalProperties": False,
                             "required": ["current_percentage", "target_percentage"],
                             "properties": {
-                                "experiment": {"type": "string"},
+                                "experiment": {
+                                    "type": "string",
+                                    "description": "default: the current experiment",
+                                },
                                 "current_percentage": {
                                     "type": "number",
                                     "minimum": 0,

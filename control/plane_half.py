@@ -109,8 +109,7 @@ async def data_plane_half(
         if shared is not None:
             backend = await start_plane_flags(stack, config, flags, shared, plane, metrics)
         else:
-            store = ChannelMeasurements(link, instance)
-            metrics.add_gauges(store.collect)
+            store = ChannelMeasurements(link)
             plane.flush_to(store)
         try:
             await asyncio.wait_for(link.synced.wait(), FIRST_SYNC_WAIT)

@@ -5,6 +5,13 @@ bounded in size, aliases and time, and never on an event loop that serves reques
 invalid one is refused with the same line-numbered problems as `abgate check-config`, the
 running config stays, and the failure shows in the log, in GET /api/config and in
 abgate_config_reload_total{result="failure"}.
+
+One change is one reload, whoever notices it first: the watcher waits until the file has
+stayed the same for one whole interval (an editor's or `write_text`'s truncate-then-write
+would otherwise be read half-written), and a reload of exactly the text already running
+answers "unchanged" without applying or counting anything (the watcher and an API call
+racing for the same change). "The same" is judged on the validated config, so a change to a
+file it `extends`, or one of comments only, is judged by what it means.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ WATCH_INTERVAL = 1.0
 
 @dataclass
 class ReloadOutcome:
-    result: str  # "success" | "failure"
+    result: str  # "success" | "failure" | "unchanged" (the running text: nothing applied)
     trigger: str
     at: float
     problems: list[str] = field(default_factory=list)
@@ -61,9 +68,11 @@ class Reloader:
         self.loaded_at = time.time()
         self.last: ReloadOutcome | None = None
         self.counts = {"success": 0, "failure": 0}
+        self.checks = 0  # the watcher's looks at the file
         self._lock = asyncio.Lock()  # one reload at a time; never taken on the request path
         self._requested = asyncio.Event()
         self._seen = self._stamp()  # the file as last loaded
+        self._changing: tuple[float, int, int] | None = None  # a new stamp, not yet settled
 
     async def reload(self, trigger: str) -> ReloadOutcome:
         async with self._lock:
@@ -72,6 +81,10 @@ class Reloader:
             self._seen = self._stamp()
             try:
                 parsed = await self._parse(self.path)
+                if parsed.config == self.config:
+                    log.info("config reload (%s): the file is the running config", trigger)
+                    self.last = ReloadOutcome("unchanged", trigger, time.time())
+                    return self.last
                 warnings = await self._apply(parsed)
             except ConfigError as exc:
                 outcome = ReloadOutcome(
@@ -114,7 +127,14 @@ class Reloader:
                 self._requested.clear()
                 await self.reload("signal")
             except TimeoutError:
-                if self._stamp() != self._seen:
+                self.checks += 1
+                stamp = self._stamp()
+                if stamp == self._seen:
+                    self._changing = None
+                elif stamp != self._changing:
+                    self._changing = stamp  # changed since the last look: let it settle
+                else:
+                    self._changing = None
                     await self.reload("file change")
 
     def _stamp(self) -> tuple[float, int, int] | None:

@@ -40,6 +40,9 @@ class MetricResult:
             "mean": {"a": self.mean_a, "b": self.mean_b},
             "improvement": self.improvement,
             "status": self.status,
+            # What decisions read: the sequential test at the Holm-adjusted p (as below).
+            "significant": self.significant,
+            "p_value_holm": self.p_value_holm,
         }
         if self.fixed is not None:
             out["fixed"] = self.fixed.as_json()

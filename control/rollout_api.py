@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from config.errors import ConfigError
+from control.current import resolve
 from control.flags_api import caller
 from control.http import CONTROLLER, ApiError, json_object, json_response
 from control.rollout.controller import RolloutController, RolloutError
@@ -29,6 +30,8 @@ from control.rollout.gates import Decision
 from state.rollouts import Rollout
 
 _VERDICT = {"continue": "promote", "complete": "promote", "hold": "hold", "rollback": "rollback"}
+# What Flagger sends to a webhook (its payload; `message` and `type` for events).
+FLAGGER_PAYLOAD = {"name", "namespace", "phase", "metadata", "checksum", "type", "message"}
 
 
 def _controller(request: web.Request) -> RolloutController:
@@ -99,9 +102,8 @@ async def start(request: web.Request) -> web.Response:
     plan = body.get("plan")
     if plan is not None and not isinstance(plan, dict):
         raise ApiError(400, "plan: expected an object like the YAML rollout section")
-    rollout = await _call(
-        controller.start(request.match_info["experiment"], plan, caller(request), _reason(body))
-    )
+    name = await resolve(request.app, request.match_info["experiment"])
+    rollout = await _call(controller.start(name, plan, caller(request), _reason(body)))
     return json_response(await _view(controller, rollout), 201)
 
 
@@ -113,7 +115,8 @@ async def list_rollouts(request: web.Request) -> web.Response:
 
 async def show(request: web.Request) -> web.Response:
     controller = _controller(request)
-    rollout = await _call(controller.get(request.match_info["experiment"]))
+    name = await resolve(request.app, request.match_info["experiment"])
+    rollout = await _call(controller.get(name))
     return json_response(await _view(controller, rollout))
 
 
@@ -121,18 +124,20 @@ async def approve(request: web.Request) -> web.Response:
     controller = _controller(request)
     body = await json_object(request, allowed={"stage", "reason"})
     stage = body.get("stage")
-    if stage is not None and (isinstance(stage, bool) or not isinstance(stage, int | float)):
-        raise ApiError(400, "stage: expected the percentage of the stage you approve")
-    rollout = await _call(
-        controller.approve(request.match_info["experiment"], stage, caller(request), _reason(body))
-    )
+    if stage is not None and (
+        isinstance(stage, bool) or not isinstance(stage, int | float) or not 0 < stage <= 100
+    ):
+        raise ApiError(400, "stage: expected the percentage you approve, above 0, at most 100")
+    name = await resolve(request.app, request.match_info["experiment"])
+    rollout = await _call(controller.approve(name, stage, caller(request), _reason(body)))
     return json_response(await _view(controller, rollout))
 
 
 async def act(request: web.Request) -> web.Response:
     controller = _controller(request)
     body = await json_object(request, allowed={"reason"})
-    name, action = request.match_info["experiment"], request.path.rsplit("/", 1)[1]
+    name = await resolve(request.app, request.match_info["experiment"])
+    action = request.path.rsplit("/", 1)[1]
     if action == "promote":
         rollout = await _call(controller.promote(name, caller(request), _reason(body)))
     else:
@@ -142,7 +147,7 @@ async def act(request: web.Request) -> web.Response:
 
 async def history(request: web.Request) -> web.Response:
     controller = _controller(request)
-    name = request.match_info["experiment"]
+    name = await resolve(request.app, request.match_info["experiment"])
     await _call(controller.get(name))
     try:
         limit = int(request.query.get("limit", "100"))
@@ -165,7 +170,8 @@ async def verdict(request: web.Request) -> web.Response:
     """200 whenever a verdict can be computed: Argo's web provider treats non-2xx as an
     error, not a failure; its successCondition reads `decision`."""
     controller = _controller(request)
-    rollout, decision = await _fresh(controller, request.match_info["experiment"])
+    name = await resolve(request.app, request.match_info["experiment"])
+    rollout, decision = await _fresh(controller, name)
     data = decision.as_json()
     data.update(
         decision="rollback" if rollout.state == "rolled_back" else _VERDICT[decision.verdict],
@@ -177,12 +183,14 @@ async def verdict(request: web.Request) -> web.Response:
 
 async def flagger_gate(request: web.Request) -> web.Response:
     controller = _controller(request)
-    name, hook = request.match_info["experiment"], request.match_info["hook"]
+    name = await resolve(request.app, request.match_info["experiment"])
+    hook = request.match_info["hook"]
+    body = await json_object(request, allowed=FLAGGER_PAYLOAD)  # refused if not Flagger's
+    for key, value in body.items():
+        if not isinstance(value, dict if key == "metadata" else str):
+            kind = "an object" if key == "metadata" else "a string"
+            raise ApiError(400, f"{key}: expected {kind} (Flagger's webhook payload)")
     if hook == "event":
-        body = await json_object(
-            request,
-            allowed={"name", "namespace", "phase", "metadata", "checksum", "type"} | {"message"},
-        )
         await controller.record(
             {
                 "time": time.time(),
@@ -224,14 +232,7 @@ async def decision_call(request: web.Request) -> web.Response:
     body = await json_object(
         request, allowed={"experiment", "current_percentage", "target_percentage"}
     )
-    name = body.get("experiment")
-    if name is None:
-        names = list(controller.config.experiments)
-        if len(names) != 1:
-            raise ApiError(400, f"experiment: required, there are {len(names)} experiments")
-        name = names[0]
-    if not isinstance(name, str) or name not in controller.config.experiments:
-        raise ApiError(404, f"unknown experiment {name!r}")
+    name = await resolve(request.app, body.get("experiment"))  # none named: the current one
     for key in ("current_percentage", "target_percentage"):
         value = body.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
@@ -277,8 +278,8 @@ async def incidents(request: web.Request) -> web.Response:
         raise ApiError(400, "experiment: required")
     if not isinstance(open_, bool):
         raise ApiError(400, "open: expected true or false")
-    if not isinstance(description, str) or not description:
-        raise ApiError(400, "description: expected a non-empty string")
+    if not isinstance(description, str) or not description or len(description) > 500:
+        raise ApiError(400, "description: expected a non-empty string of at most 500 characters")
     rollout = await _call(controller.set_incident(name, open_, description, caller(request)))
     return json_response({"experiment": name, "incident": rollout.incident})
 

@@ -18,8 +18,9 @@ from typing import Any
 
 from control.flags_cli import DEFAULT_URL, ApiCallFailed, call
 
-FINISHED = {"completed": 0, "rolled_back": 3, "aborted": 4}  # state -> exit code of --follow
+FINISHED = {"completed": 0, "rolled_back": 3, "aborted": 4}  # state -> exit code of --watch
 ESCALATED_EXIT = 5
+APPROVAL_EXIT = 6  # --watch --exit-on-approval: a stage waits for a person
 
 
 def add_rollout_parser(commands: Any) -> None:
@@ -38,24 +39,36 @@ def add_rollout_parser(commands: Any) -> None:
         ("approve", "approve the stage waiting for a person"),
         ("pause", "pause (the percentage stays)"),
         ("resume", "resume a paused or escalated rollout"),
-        ("abort", "abort: the treatment goes to 0%"),
+        ("abort", "abort: the treatment goes to 0%%"),
         ("promote", "skip to the next stage (recorded as an override)"),
         ("history", "every decision, newest first"),
         ("report", "write reports/EXPERIMENT-business-impact.md"),
     ):
-        action = actions.add_parser(name, help=text)
-        action.add_argument("experiment")
+        action = actions.add_parser(name, help=text, description=text.replace("%%", "%"))
+        action.add_argument(
+            "experiment",
+            nargs="?",
+            default="current",
+            help="default: current (the rollout under way, else control.default_experiment)",
+        )
         if name not in ("status", "history", "report"):
             action.add_argument("--reason", default="")
         if name == "start":
             action.add_argument(
                 "--if-needed",
                 action="store_true",
-                help="a rollout under way is not an error: follow it",
+                help="a rollout under way, or one completed, is not an error: show it "
+                "(only a rolled-back or aborted rollout, or none, is started anew)",
             )
         if name == "status":
             action.add_argument("--watch", action="store_true", help="redraw until it ends")
             action.add_argument("--interval", type=float, default=1.0)
+            action.add_argument(
+                "--exit-on-approval",
+                action="store_true",
+                help=f"with --watch: exit {APPROVAL_EXIT} when a stage waits for a person's "
+                "approval (a script decides, then watches again)",
+            )
         if name == "approve":
             action.add_argument("--stage", type=float, default=None, help="its percentage")
         if name == "history":
@@ -98,7 +111,8 @@ def _iso(seconds: float) -> str:
 
 
 def watch(args: argparse.Namespace) -> int:
-    """Until the rollout ends (exit 0 completed, 3 rolled back, 4 aborted) or escalates (5)."""
+    """Until the rollout ends (exit 0 completed, 3 rolled back, 4 aborted) or escalates (5);
+    with --exit-on-approval also when a stage waits for approval (6)."""
     path = f"/api/rollouts/{args.experiment}"
     last: tuple[str, str] | None = None
     terminal = sys.stdout.isatty()
@@ -115,32 +129,46 @@ def watch(args: argparse.Namespace) -> int:
             return FINISHED[view["state"]]
         if view["state"] == "escalated":
             return ESCALATED_EXIT
+        if view["state"] == "awaiting_approval" and args.exit_on_approval:
+            return APPROVAL_EXIT
         time.sleep(args.interval)
 
 
 def report(args: argparse.Namespace) -> Path:
-    name = args.experiment
-    view = call(args, "GET", f"/api/rollouts/{name}")
+    view = call(args, "GET", f"/api/rollouts/{args.experiment}")
+    name = view["experiment"]  # `current` resolved
     history = call(args, "GET", f"/api/rollouts/{name}/history?limit=10000")["history"]
     impact = call(args, "GET", f"/api/metrics/{name}/business-impact")
+    evidence = impact.get("evidence") or {}
+    phases = ", ".join(
+        f"phase {p['id']} at {p['percentage']:g}%" for p in evidence.get("phases", [])
+    )
     lines = [
         f"# Business impact: {name}",
         "",
         f"State **{view['state']}** at {view['stage']['percentage']:g}% ({view['reason']}).",
         f"Started {_iso(view['started_at'])} by {view['started_by']}.",
         "",
-        "## Business metrics (current phase, treatment against control)",
+        "## Business metrics (treatment against control)",
         "",
-        "| metric | improvement | interval | significant | samples (control, treatment) |",
-        "|---|---|---|---|---|",
+        f"Measured on the {evidence.get('basis', 'current phase')}"
+        + (f": {phases}" if phases else "")
+        + " (several phases are combined by precision weighting, never pooled). Intervals "
+        "and p-values are always valid (sequential), as the gates read them.",
+        "",
+        "| metric | improvement | interval | p-value | significant | samples (control, "
+        "treatment) |",
+        "|---|---|---|---|---|---|",
     ]
     for metric, row in impact["metrics"].items():
         low, high = row["interval"] or (None, None)
         interval = f"[{low:+.2%}, {high:+.2%}]" if low is not None and high is not None else "-"
         improvement = row["improvement_percentage"]
         shown = f"{improvement:+.2f}%" if improvement is not None else "-"
+        p_value = row.get("p_value")
         lines.append(
             f"| {metric} | {shown} | {interval} | "
+            f"{f'{p_value:.2g}' if p_value is not None else '-'} | "
             f"{'yes' if row['significant'] else 'no'} | "
             f"{row['n']['control']:,}, {row['n']['treatment']:,} |"
         )
@@ -154,6 +182,8 @@ def report(args: argparse.Namespace) -> Path:
     for entry in reversed(history):
         if not (entry.get("transition") or entry.get("change")):
             continue
+        if entry["time"] < view["started_at"]:
+            continue  # an earlier rollout of the same experiment
         reason = str(entry.get("reason", "")).replace("|", "/")
         lines.append(
             f"| {_iso(entry['time'])} | {entry['actor']} | {entry.get('state', '')} | "
@@ -190,14 +220,16 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _held(args: argparse.Namespace, base: str) -> dict[str, Any] | None:
-    """The rollout under way (not finished), if there is one."""
+    """The rollout under way, or completed, if there is one. A completed rollout is not
+    started again (that would take the treatment back to the first stage): running the
+    automation once more after it finished, or racing its end, changes nothing."""
     try:
         view: dict[str, Any] = call(args, "GET", base)
     except ApiCallFailed as exc:
         if ": 404 " in str(exc):
             return None
         raise
-    return None if view["state"] in FINISHED else view
+    return None if view["state"] in ("rolled_back", "aborted") else view
 
 
 def run_rollout(args: argparse.Namespace) -> int:

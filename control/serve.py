@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import uvloop
 
-from config import Config, load_config, read_config
+from config import Config, load_config
 from control.api import check_exposure, create_control_app
 from control.config_process import ParsedConfig, digest_of, dumps
 from control.control_half import ControlHalf, control_half
@@ -89,7 +89,8 @@ async def embedded(
 ) -> AsyncIterator[Embedded]:
     """`abgate run`'s two halves in this process, on one loop, talking over the live-state
     channel as the two processes do. With `config_path`, the config reloads live."""
-    digest = digest_of(read_config(config_path)) if config_path is not None else None
+    blob = dumps(config)
+    digest = digest_of(config) if config_path is not None else None
     with tempfile.TemporaryDirectory(prefix="abgate-") as directory:
         channel = Path(directory) / "live.sock"
         async with (
@@ -98,7 +99,7 @@ async def embedded(
                 channel,
                 token=token,
                 config_path=config_path,
-                parsed=ParsedConfig(config, dumps(config), digest) if digest is not None else None,
+                parsed=ParsedConfig(config, blob, digest) if digest is not None else None,
             ) as control,
             data_plane_half(config, channel, config_digest=digest) as data,
         ):

@@ -1,9 +1,13 @@
-"""Statistics endpoints on inline summaries:
+"""Statistics endpoints on inline summaries and on live data:
 
     POST /api/statistics/significance-test
         {"test": "welch_t", "a": {"n", "mean", "std"}, "b": {...}}
         {"test": "two_proportion", "a": {"n", "successes"}, "b": {...}}
         optional "alpha" (0.05), "alternative" (two-sided | greater | less), "sequential"
+        {"experiment"?, "metric"?, "cohort_a"?, "cohort_b"?}: live, the current experiment
+        and its primary metric by default
+    GET  /api/statistics/significance-test
+        the current experiment's primary metric, control against treatment
     POST /api/statistics/sample-size
         {"effect_size": 0.1, "power": 0.8, "alpha": 0.05}            (Cohen's d, means)
         {"baseline_rate": 0.1, "minimum_detectable_effect": 0.02, ...} (rates)
@@ -18,9 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
-from control.experiments_api import require_worker
+from control.current import require_worker, resolve
 from control.http import ApiError, json_object, json_response
-from control.measured import EMPTY, by_arm
 from control.stats import (
     Proportion,
     SampleMean,
@@ -34,7 +37,6 @@ from control.stats.frequentist import TestResult, rates_test
 from control.stats.models import Alternative
 from control.stats.power import mean_detectable_effect, rate_detectable_effect
 from control.stats.sequential import sequential_rates, sequential_sample_size
-from control.stats_worker import compare
 
 ALTERNATIVES: tuple[Alternative, ...] = ("two-sided", "greater", "less")
 
@@ -106,14 +108,16 @@ async def significance_test(request: web.Request) -> web.Response:
             "cohort_b",
         },
     )
-    if "experiment" in body:
-        return await live_test(request, body)
+    if "experiment" in body or (
+        {"metric", "cohort_a", "cohort_b"} & set(body) and "test" not in body
+    ):
+        return await live_test(request, body)  # no experiment named: the current one
     live_only = sorted({"metric", "cohort_a", "cohort_b"} & set(body))
     if live_only:
         raise ApiError(
             400,
-            f"experiment: required with {', '.join(live_only)} (a test on "
-            "live data); without it, give test, a and b",
+            f"test: give test, a and b (inline summaries), or leave test out for a test on "
+            f"live data ({', '.join(live_only)} apply only there)",
         )
     alpha = _alpha(body)
     alternative = body.get("alternative", "two-sided")
@@ -209,7 +213,9 @@ async def sample_size(request: web.Request) -> web.Response:
     # The gates decide with the sequential test: its size is the one to plan a stage by.
     return json_response(
         {
-            "minimum_sample_size": {"per_arm": per_arm, "total": 2 * per_arm},
+            "minimum_sample_size": per_arm,
+            "minimum_sample_size_unit": "per arm (fixed horizon, equal arms)",
+            "sample_size": {"per_arm": per_arm, "total": 2 * per_arm},
             "sequential": {
                 "control": sequential[0],
                 "treatment": sequential[1],
@@ -224,21 +230,30 @@ async def sample_size(request: web.Request) -> web.Response:
 
 
 async def live_test(request: web.Request, body: dict[str, Any]) -> web.Response:
-    """Live data: {"experiment", "metric", "cohort_a", "cohort_b"} in the current phase."""
+    """Live data: {"experiment"?, "metric"?, "cohort_a"?, "cohort_b"?} on the comparison of
+    record (control/evidence.py): the current phase while a stage runs, the rollout's earlier
+    phases with both arms once it is at 100% or rolled back. Without an experiment, the
+    current one; without a metric, its plan's primary."""
+    from control.evidence_api import evidence_of
+
     worker = require_worker(request)
-    name = body["experiment"]
-    experiment = worker.config.experiments.get(name) if isinstance(name, str) else None
-    if experiment is None:
-        raise ApiError(404, f"unknown experiment {name!r}")
+    name = await resolve(request.app, body.get("experiment"))
+    experiment = worker.config.experiments[name]
     arms = (experiment.control.name, experiment.treatment.name)
     cohort_a = body.get("cohort_a", arms[0])
     cohort_b = body.get("cohort_b", arms[1])
     for field, cohort in (("cohort_a", cohort_a), ("cohort_b", cohort_b)):
         if cohort not in arms:
             raise ApiError(400, f"{field}: expected one of {', '.join(arms)}, got {cohort!r}")
-    metric = body.get("metric")
+    if cohort_a == cohort_b:
+        raise ApiError(400, "cohort_b: compare two different arms")
+    sequential = body.get("sequential", True)
+    if not isinstance(sequential, bool):
+        raise ApiError(400, "sequential: expected true or false")
+    evidence = await evidence_of(request, name, _alpha(body) if "alpha" in body else None)
+    metric = body.get("metric", evidence.primary)
     if not isinstance(metric, str):
-        raise ApiError(400, "metric: required (latency, error, or a declared metric)")
+        raise ApiError(400, f"metric: required ({name} has no rollout plan with a primary metric)")
     definition = experiment.metric(metric)
     if definition is None:
         raise ApiError(
@@ -247,33 +262,61 @@ async def live_test(request: web.Request, body: dict[str, Any]) -> web.Response:
             f"{', '.join(m.name for m in experiment.metrics) or 'none'}; "
             "built in: latency, error)",
         )
-    alpha = _alpha(body)
-    phases, sums = await worker.store.read(name)
-    if not phases:
-        raise ApiError(400, "experiment: no measurements yet")
-    phase = phases[-1].id
-    arms_now = by_arm(sums)
-    a = arms_now.get((phase, cohort_a, metric), EMPTY)
-    b = arms_now.get((phase, cohort_b, metric), EMPTY)
-    result = compare(a, b, definition, alpha)
-    if result.fixed is None or result.sequential is None:
-        raise ApiError(400, f"metric: {result.status}")
-    sequential = body.get("sequential", True)
-    if not isinstance(sequential, bool):
-        raise ApiError(400, "sequential: expected true or false")
-    chosen = (result.sequential if sequential else result.fixed).as_json()
+    result = evidence.metrics[metric]
+    if result.p_value is None or result.effect is None or result.ci is None:
+        raise ApiError(400, f"metric: {result.status} ({evidence.basis})")
+    flip = cohort_a == arms[1]  # b - a, as asked: treatment first reverses the sign
+    sign = -1.0 if flip else 1.0
+    low, high = sorted((sign * result.ci[0], sign * result.ci[1]))
+    n = (result.n_control, result.n_treatment)
+    means = (result.mean_control, result.mean_treatment)
+    p_value = result.p_value if sequential else result.p_value_fixed
+    assert p_value is not None
+    base = means[1] if flip else means[0]
     return json_response(
         {
-            **chosen,
+            "test": "sequential" if sequential else "fixed (z, precision-weighted)",
+            "p_value": p_value,
+            "confidence_level": 1 - p_value,
+            "alpha": evidence.alpha,
+            "interval_level": 1 - evidence.alpha,
+            "significant": p_value < evidence.alpha,
+            "effect": {
+                "absolute": sign * result.effect,
+                "relative": sign * result.effect / abs(base) if base else None,
+            },
+            "ci": {"absolute": [low, high]},
+            "n": {"a": n[1] if flip else n[0], "b": n[0] if flip else n[1]},
+            "sample_size": result.sample_size,
+            "mean": {"a": means[1] if flip else means[0], "b": means[0] if flip else means[1]},
+            "p_value_sequential": result.p_value,
+            "p_value_fixed": result.p_value_fixed,
+            "power": result.power,
             "metric": metric,
-            "phase": phase,
+            "experiment": name,
+            "phase": evidence.phases[-1].id,
             "type": definition.type,
             "direction": definition.direction,
             "cohorts": {"a": cohort_a, "b": cohort_b},
+            "evidence": evidence.as_json(),
+            "note": CONFIDENCE_NOTE,
         }
     )
 
 
+CONFIDENCE_NOTE = (
+    "confidence_level is 1 - p_value: the highest level at which this test's interval "
+    "excludes no difference (Optimizely's 'statistical significance'); the interval in ci "
+    "is at interval_level = 1 - alpha"
+)
+
+
+async def current_test(request: web.Request) -> web.Response:
+    """GET: the current experiment's primary metric, control against treatment."""
+    return await live_test(request, {})
+
+
 def add_stats_routes(app: web.Application) -> None:
     app.router.add_post("/api/statistics/significance-test", significance_test)
+    app.router.add_get("/api/statistics/significance-test", current_test)
     app.router.add_post("/api/statistics/sample-size", sample_size)

@@ -1,7 +1,9 @@
-"""The control page: `GET /ui` (and `/` redirects there) serves one self-contained HTML file
-(control/ui/index.html: inline CSS and JS, no CDN, no fonts, no build step) that drives the
-same control API as the CLI. Its writes carry the token the operator entered (kept in the
-browser session only) and pass the same-origin and JSON-only guards as any other write."""
+"""The control page: `GET /ui` (and `/` redirects there) serves one HTML file
+(control/ui/index.html: inline CSS, no CDN, no fonts, no build step) and its script
+(`GET /ui/app.js`, control/ui/app.js) that drives the same control API as the CLI. Its writes
+carry the token the operator entered (kept in the browser session only) and pass the
+same-origin and JSON-only guards as any other write. The script is a file of its own so the
+Content-Security-Policy allows no inline script: a value injected into the page cannot run."""
 
 from __future__ import annotations
 
@@ -10,24 +12,33 @@ from pathlib import Path
 from aiohttp import web
 
 PAGE = Path(__file__).parent / "ui" / "index.html"
-# The page loads nothing from elsewhere; say so to the browser too.
-_POLICY = (
-    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+SCRIPT = Path(__file__).parent / "ui" / "app.js"
+# The page loads nothing from elsewhere, and runs no inline script; say so to the browser.
+POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; "
     "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
     "frame-ancestors 'none'"
 )
+_HEADERS = {
+    "Content-Security-Policy": POLICY,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
 
 
 async def page(request: web.Request) -> web.Response:
     return web.Response(
-        body=PAGE.read_bytes(),
-        content_type="text/html",
+        body=PAGE.read_bytes(), content_type="text/html", charset="utf-8", headers=_HEADERS
+    )
+
+
+async def script(request: web.Request) -> web.Response:
+    return web.Response(
+        body=SCRIPT.read_bytes(),
+        content_type="text/javascript",
         charset="utf-8",
-        headers={
-            "Content-Security-Policy": _POLICY,
-            "X-Frame-Options": "DENY",
-            "Cache-Control": "no-cache",
-        },
+        headers=_HEADERS,
     )
 
 
@@ -37,4 +48,5 @@ async def root(request: web.Request) -> web.Response:
 
 def add_ui_routes(app: web.Application) -> None:
     app.router.add_get("/ui", page)
+    app.router.add_get("/ui/app.js", script)
     app.router.add_get("/", root)

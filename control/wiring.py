@@ -116,7 +116,9 @@ async def start_rollout_controller(
     else:
         lease = Lease(shared.client, config.flags.key_prefix, new_instance_id())
         stack.push_async_callback(lease.release)
-        store = RedisRollouts(shared.client, config.flags.key_prefix, lease)
+        store = RedisRollouts(
+            shared.client, config.flags.key_prefix, lease, durable=shared.snapshot
+        )
     controller = RolloutController(config, backend.store, store, backend.measurements, lease=lease)
     gauges.add_gauges(controller.collect)
     await owned_task(stack, controller.run(), "abgate-rollout-controller")

@@ -48,6 +48,7 @@ class Breaker:
         "_consecutive",
         "_epochs",
         "_failures",
+        "_generation",
         "_on_transition",
         "_pending",
         "_slow",
@@ -81,6 +82,7 @@ class Breaker:
         self._trips = 0  # trips in a row, for the growing wait
         self._trial_admitted = 0
         self._trial_ok = 0
+        self._generation = 0  # counts state changes: a ticket is for one half-open spell
 
     def allow(self, now: float) -> bool:
         """May a call go to this upstream now?"""
@@ -97,6 +99,21 @@ class Breaker:
             self._trial_admitted += 1
             return True
         return False
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def release(self, generation: int) -> None:
+        """A half-open trial admitted by `allow` (in the spell `generation`) ended without an
+        exchange to judge (the client's body was refused, the client left, abgate's own pool
+        was full): its place goes to the next request, so the trial always completes."""
+        if (
+            generation == self._generation
+            and self.state is BreakerState.HALF_OPEN
+            and self._trial_admitted > 0
+        ):
+            self._trial_admitted -= 1
 
     def record(self, now: float, *, failed: bool, slow: bool) -> None:
         """The outcome of a call: one `allow` let through, or one sent regardless (a control
@@ -215,6 +232,7 @@ class Breaker:
     def _move(self, state: BreakerState, reason: str) -> None:
         previous, self.state, self.reason = self.state, state, reason
         self._trial_admitted = self._trial_ok = 0
+        self._generation += 1
         level = (
             logging.WARNING
             if state in (BreakerState.OPEN, BreakerState.FORCED_OPEN)

@@ -5,7 +5,8 @@ UpstreamError            -> 502 unless stated
 ├── UpstreamClosed           the connection ended before the response was whole
 ├── UpstreamProtocolError    the upstream's response could not be parsed
 └── UpstreamTimeout      -> 504: no response head, or no body byte, within read_timeout;
-                             or no pooled connection within connect_timeout
+PoolTimeout              -> 503: no pooled connection within connect_timeout; abgate's own
+                             congestion, not the upstream's failure (no breaker, no fallback)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 class UpstreamError(Exception):
     kind = "error"  # the `kind` label of abgate_upstream_errors_total
     status = 502
+    congestion = False  # abgate's own limit, not a failure of the upstream
 
     def __init__(self, upstream: str, detail: str) -> None:
         super().__init__(f"{upstream}: {detail}")
@@ -44,5 +46,7 @@ class UpstreamTimeout(UpstreamError):
     status = 504
 
 
-class PoolTimeout(UpstreamTimeout):
+class PoolTimeout(UpstreamError):
     kind = "pool_timeout"
+    status = 503
+    congestion = True

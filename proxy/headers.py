@@ -2,10 +2,10 @@
 
 Requests: hop-by-hop fields go (those of §7.6.1 plus every field named in `Connection`),
 `Via` and `X-Forwarded-For` are appended to, `X-Forwarded-Proto/-Host` are set when absent (an
-edge in front of abgate may already have set them), `X-Request-Id` is kept or generated.
-Responses: hop-by-hop fields go, framing headers are left to the server side (it re-frames the
-body), repeated fields such as `Set-Cookie` stay repeated and in order; a complete body's head
-is built here as bytes (`build_response_head`), a streamed one by aiohttp from the fields.
+edge in front of abgate may already have set them), `X-Request-Id` is the request's (kept when
+the client's is usable, see `usable_request_id`, else generated).
+Responses: hop-by-hop fields go, framing is abgate's own (it re-frames the body), repeated
+fields such as `Set-Cookie` stay repeated and in order; every head is built here as bytes.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterable, Sequence
-
-from multidict import CIMultiDict
 
 HOP_BY_HOP = frozenset(
     {
@@ -57,6 +55,21 @@ class RequestIds:
     def next(self) -> str:
         return f"{self._prefix}-{next(self._counter):x}"
 
+    def of(self, client_id: bytes | None) -> str:
+        """The id a request is known by: the client's when usable, else a new one."""
+        return usable_request_id(client_id) or self.next()
+
+
+def usable_request_id(value: bytes | None) -> str | None:
+    """A client's X-Request-Id, if it is one abgate can echo, log and store: 1 to 200
+    visible ASCII characters. Anything else (bytes that are not text, control characters)
+    is replaced by a generated id."""
+    if value is None or not 0 < len(value) <= 200:
+        return None
+    if not value.isascii() or any(byte < 0x21 or byte == 0x7F for byte in value):
+        return None
+    return value.decode("ascii")
+
 
 class RequestHead:
     """The request line and headers sent upstream, as one bytes object."""
@@ -72,22 +85,22 @@ def build_request_head(
     method: str,
     target: str,
     raw_headers: RawHeaders,
-    connection: str | None,
+    connection: bytes | None,
     *,
     client_ip: str | None,
     default_host: bytes,
     via: bytes,
     body_length: int | None,
-    request_ids: RequestIds,
+    request_id: str,
     extra: bytes = b"",
 ) -> RequestHead:
-    """`body_length` None means the body is sent chunked; 0 means no body."""
+    """`body_length` None means the body is sent chunked; 0 means no body. The client's
+    X-Request-Id fields are replaced by `request_id` (the one the request is known by)."""
     dropped = connection_tokens(connection) if connection else frozenset()
     out = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1")]
     append = out.append
     forwarded_for: bytes | None = None
     prior_via: bytes | None = None
-    request_id: bytes | None = None
     has_host = has_proto = has_fhost = False
     host_value = default_host
     for name, value in raw_headers:
@@ -104,7 +117,7 @@ def build_request_head(
             has_host = True
             host_value = value
         elif lower == b"x-request-id":
-            request_id = value
+            continue  # sent below: the id this request is known by
         elif lower == b"x-forwarded-proto":
             has_proto = True
         elif lower == b"x-forwarded-host":
@@ -113,11 +126,7 @@ def build_request_head(
     if not has_host:
         host_value = default_host
         append(b"Host: " + default_host + b"\r\n")
-    if request_id is None:
-        rid = request_ids.next()
-        append(b"X-Request-Id: " + rid.encode() + b"\r\n")
-    else:
-        rid = request_id.decode("latin-1")
+    append(b"X-Request-Id: " + request_id.encode() + b"\r\n")
     if client_ip:
         ip = client_ip.encode("latin-1")
         append(
@@ -138,7 +147,7 @@ def build_request_head(
         append(b"Content-Length: " + str(body_length).encode() + b"\r\n\r\n")
     else:
         append(b"\r\n")
-    return RequestHead(b"".join(out), rid)
+    return RequestHead(b"".join(out), request_id)
 
 
 # `Connection` values that name no other field: nothing more to drop.
@@ -169,33 +178,28 @@ def response_fields(
     return pairs, prior_via
 
 
-def copy_response_headers(
-    raw_headers: Sequence[tuple[bytes, bytes]], into: CIMultiDict[str], via: str
-) -> None:
-    """Add the upstream response fields to send on (minus hop-by-hop and framing) to `into`."""
-    pairs, prior_via = response_fields(raw_headers)
-    into.extend((k.decode("latin-1"), v.decode("latin-1")) for k, v in pairs)
-    into.add("Via", f"{prior_via.decode('latin-1')}, {via}" if prior_via else via)
-
-
 def build_response_head(
     minor: int,
     status: bytes,
     raw_headers: Sequence[tuple[bytes, bytes]],
-    body_length: int,
+    framing: bytes,
     via: bytes,
     routing: bytes,
     request_id: bytes,
     keep_alive: bool,
     date: bytes,
+    *,
+    typed: bool = True,
 ) -> bytes:
-    """The whole head for a body of `body_length` bytes sent with Content-Length, as bytes.
+    """The whole head of an upstream's answer, as bytes; `framing` is abgate's own
+    (`Content-Length: N\r\n`, `Transfer-Encoding: chunked\r\n`, or b"" for none).
 
     `status` is the status line, `routing` abgate's own fields (each ending in CRLF),
     `request_id` sent when the upstream sent none, `date` the Date field added when it sent
     none (RFC 9110 §6.6.1). As aiohttp would: Content-Type defaults to
-    application/octet-stream for a body, `Connection: keep-alive` answers an HTTP/1.0 client
-    that keeps the connection, `Connection: close` an HTTP/1.1 one that does not."""
+    application/octet-stream for a body (`typed`: there is one), `Connection: keep-alive`
+    answers an HTTP/1.0 client that keeps the connection, `Connection: close` an HTTP/1.1
+    one that does not."""
     pairs, prior_via = response_fields(raw_headers)
     out = [status]
     append = out.append
@@ -215,12 +219,13 @@ def build_response_head(
         append(b"X-Request-Id: " + request_id + b"\r\n")
     if not has_date:
         append(date)
-    if not has_type and body_length:
+    if not has_type and typed:
         append(b"Content-Type: application/octet-stream\r\n")
     if keep_alive:
         if minor == 0:
             append(b"Connection: keep-alive\r\n")
     elif minor == 1:
         append(b"Connection: close\r\n")
-    append(b"Content-Length: " + str(body_length).encode() + b"\r\n\r\n")
+    append(framing)
+    append(b"\r\n")
     return b"".join(out)

@@ -3,16 +3,23 @@
 Recording touches only objects in memory: each destination caches the `Sums` of its current
 (phase, metric); `drain` hands the whole batch to the flusher and bumps a generation so the
 caches refetch. The flusher is a task the data plane owns; it never runs on a request.
+
+Exactly once: each batch of deltas gets an id when it is first sent, and a batch that failed
+is sent again as it was, with the same id, before anything newer (the store applies an id
+once: a retry after a timeout whose batch had landed is a no-op). Sums recorded meanwhile
+wait in memory, merged, and go in the next batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
+import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -22,6 +29,7 @@ from proxy.jsonpath import MISSING, extract
 from state.errors import StoreUnavailable
 from state.measurements import (
     CLUSTERS,
+    MAX_VALUE,
     UNCLUSTERED,
     USER_MAP_BITS,
     MeasureKey,
@@ -40,24 +48,36 @@ FLUSH_INTERVAL = 1.0
 SLOW_METRIC = "latency_over_slo"  # 0/1 per answer: slower than the latency SLO
 
 
-class PhaseRef:
-    """An experiment's current phase id (the flag version), shared by its destinations, with
-    its X-ABGate-Phase header value made once per phase rather than once per request."""
+class PhaseTag(NamedTuple):
+    """One phase as a request carries it from its decision to its record: the id (the flag
+    version), and its X-ABGate-Phase value and header field, made once per phase."""
 
-    __slots__ = ("field", "id", "label")
+    id: int
+    label: str
+    field: bytes
+
+
+class PhaseRef:
+    """An experiment's current phase, shared by its destinations. A request takes `tag` when
+    its arm is chosen, and is counted and labelled in that phase even if the percentage
+    changes while it is in flight."""
+
+    __slots__ = ("id", "tag")
 
     def __init__(self, phase: int) -> None:
         self.move(phase)
 
     def move(self, phase: int) -> None:
         self.id = phase
-        self.label = str(phase)
-        self.field = f"X-ABGate-Phase: {phase}\r\n".encode()  # for prebuilt heads
+        self.tag = PhaseTag(phase, str(phase), f"X-ABGate-Phase: {phase}\r\n".encode())
 
 
 class Measurements:
     def __init__(self) -> None:
         self._pending: dict[MeasureKey, Sums] = {}
+        # The batch sent and not confirmed (its id, its sums): sent again, unchanged, first.
+        self._unconfirmed: tuple[str, dict[MeasureKey, Sums]] | None = None
+        self._batch_ids = (f"{os.urandom(6).hex()}-{n}" for n in itertools.count(1))
         self._phases: list[tuple[str, Phase]] = []
         # Distinct users: each arm's bitmap of the current phase (to send a user's bit once
         # per phase, not once per request) and the bits first seen since the last flush.
@@ -66,10 +86,15 @@ class Measurements:
         self.generation = 0
         self.flush_failures = 0  # exported as abgate_measurement_flush_failures_total
 
-    def users(self, experiment: str, phase: int, arm: str) -> tuple[bytearray, list[int]]:
+    def users(
+        self, experiment: str, phase: int, arm: str, *, keep_seen: bool = False
+    ) -> tuple[bytearray, list[int]]:
         """The arm's seen-users bitmap for `phase` (a fresh one when the phase moved: 128
-        KiB per arm, the old phase's dropped) and the list its new bits go to."""
+        KiB per arm, the old phase's dropped) and the list its new bits go to. With
+        `keep_seen` (a late request of an earlier phase) the current bitmap stays."""
         seen = self._seen.get((experiment, arm))
+        if keep_seen and (seen is None or seen[0] != phase):
+            return bytearray(), self._new_users.setdefault((experiment, phase, arm), [])
         if seen is None or seen[0] != phase:
             seen = self._seen[(experiment, arm)] = (phase, bytearray(USER_MAP_BITS // 8))
         new = self._new_users.setdefault((experiment, phase, arm), [])
@@ -95,16 +120,22 @@ class Measurements:
 
     async def flush(self, store: MeasurementStore) -> None:
         batch, phases, users = self.drain()
+        if self._unconfirmed is None:
+            if batch:
+                self._unconfirmed = (next(self._batch_ids), batch)
+        else:  # behind the batch not yet confirmed: never sent, so merging it is safe
+            self._merge(batch)
         try:
             for experiment, phase in phases:
                 await store.start_phase(experiment, phase)
-            if batch:
-                await store.add(batch)
+            if self._unconfirmed is not None:
+                batch_id, sums = self._unconfirmed
+                await store.add(sums, batch_id)
+                self._unconfirmed = None
         except StoreUnavailable as exc:
-            # Keep the sums for the next flush: measurements are deltas and must not be lost.
+            # Keep everything for the next flush: measurements are deltas, never lost; the
+            # unconfirmed batch goes again as it is (it may have landed: same id, no-op).
             self._failed(exc)
-            for key, sums in batch.items():
-                self.sums(key).merge(sums)
             self._phases[:0] = phases
             self._keep_users(users)
             return
@@ -118,6 +149,10 @@ class Measurements:
     def _failed(self, exc: StoreUnavailable) -> None:
         self.flush_failures += 1
         log.debug("measurement flush failed, kept for the next one: %s", exc)
+
+    def _merge(self, batch: dict[MeasureKey, Sums]) -> None:
+        for key, sums in batch.items():
+            self.sums(key).merge(sums)
 
     def _keep_users(self, users: dict[UsersKey, list[int]]) -> None:
         for key, bits in users.items():
@@ -142,6 +177,7 @@ class ArmRecorder:
         "_errors",
         "_experiment",
         "_generation",
+        "_late_phase",
         "_latency",
         "_measurements",
         "_new_users",
@@ -174,16 +210,22 @@ class ArmRecorder:
         self._seen_users = bytearray()
         self._new_users: list[int] = []
         self._cluster = UNCLUSTERED  # of the answer just recorded, for its extra metrics
+        self._late_phase: int | None = None  # ... and its phase, when not the current one
 
     def _sums(self, cache: list[Sums | None], metric: str, cluster: int) -> Sums:
         sums = self._measurements.sums((self._experiment, self._phase, self._arm, metric, cluster))
         cache[cluster] = sums
         return sums
 
-    def record(self, status: int, upstream_seconds: float | None, draw: int) -> None:
+    def record(
+        self, status: int, upstream_seconds: float | None, draw: int, phase: int | None = None
+    ) -> None:
         """One answer of this arm; `draw` is the split's (proxy/hashing.py): it says the
-        request's user, if any."""
+        request's user, if any; `phase` the phase its arm was chosen in (default: now)."""
         measurements = self._measurements
+        if phase is not None and phase != self._phase_ref.id:
+            self._record_late(status, upstream_seconds, draw, phase)
+            return
         if self._phase_ref.id != self._phase or measurements.generation != self._generation:
             self._phase, self._generation = self._phase_ref.id, measurements.generation
             self._latency = [None] * (CLUSTERS + 1)
@@ -204,7 +246,7 @@ class ArmRecorder:
                 self._new_users.append(index)
         else:
             cluster = UNCLUSTERED
-        self._cluster = cluster
+        self._cluster, self._late_phase = cluster, None
         # Inlined Sums.add: this runs on every request.
         errors = self._errors[cluster] or self._sums(self._errors, "error", cluster)
         errors.count += 1
@@ -223,9 +265,31 @@ class ArmRecorder:
                     slow.total += 1.0
                     slow.total_sq += 1.0
 
+    def _record_late(
+        self, status: int, upstream_seconds: float | None, draw: int, phase: int
+    ) -> None:
+        """A request decided in an earlier phase and answered after the percentage changed:
+        counted in its decision's phase (no cache: this happens around a change only)."""
+        keyed = draw > 0 and draw & KEYED
+        user = draw >> USER_SHIFT if keyed else 0
+        cluster = user & CLUSTER_MASK if keyed else UNCLUSTERED
+        self._late_phase, self._cluster = phase, cluster
+        measurements, base = self._measurements, (self._experiment, phase, self._arm)
+        if keyed:
+            _, new = measurements.users(self._experiment, phase, self._arm, keep_seen=True)
+            if len(new) < NEW_USERS_LIMIT:
+                new.append(user >> USER_INDEX_SHIFT)  # deduplicated by the store's bitmap
+        measurements.sums((*base, "error", cluster)).add(1.0 if status >= 500 else 0.0)
+        if status < 500 and upstream_seconds is not None:
+            measurements.sums((*base, "latency", cluster)).add(upstream_seconds)
+            if self._slow_over is not None:
+                slow = 1.0 if upstream_seconds > self._slow_over else 0.0
+                measurements.sums((*base, SLOW_METRIC, cluster)).add(slow)
+
     def add(self, metric: str, value: float) -> None:
         """An extra metric of the answer just recorded (its phase and cluster)."""
-        key = (self._experiment, self._phase, self._arm, metric, self._cluster)
+        phase = self._phase if self._late_phase is None else self._late_phase
+        key = (self._experiment, phase, self._arm, metric, self._cluster)
         self._measurements.sums(key).add(value)
 
 
@@ -268,8 +332,11 @@ class MetricExtractor:
 
 
 def _add(found: list[tuple[str, float]], name: str, value: Any, binary: bool) -> None:
-    """A usable value only: finite, and 0 or 1 for a binary metric (anything else would
-    corrupt its rate); others are skipped."""
-    usable = isinstance(value, bool) or (isinstance(value, int | float) and math.isfinite(value))
+    """A usable value only: finite and small enough to square (state.measurements
+    .check_value), and 0 or 1 for a binary metric (anything else would corrupt its rate);
+    others are skipped."""
+    usable = isinstance(value, bool) or (
+        isinstance(value, int | float) and math.isfinite(value) and abs(value) <= MAX_VALUE
+    )
     if usable and (not binary or value in (0, 1)):
         found.append((name, float(value)))

@@ -19,6 +19,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from proxy.measure import ArmRecorder
+from proxy.outcome import Outcome
 from state.histogram import Histogram
 
 # Decision endpoints answer in milliseconds to seconds.
@@ -85,6 +86,23 @@ class ProxyMetrics(Collector):
         if stats is None:
             stats = self._traffic[key] = TrafficStats(experiment, arm, upstream)
         return stats
+
+    def __call__(self, outcome: Outcome) -> None:
+        """The sink of the counters read from each request's record (proxy/outcome.py)."""
+        if outcome.local:
+            self.count_local_response(outcome.status, outcome.local)
+        reason = outcome.fallback
+        if reason:
+            assigned = outcome.assigned
+            self.count_fallback(assigned.experiment, reason)
+            if outcome.tried is not None:  # the treatment did answer, or fail: counted there
+                assigned.stats.count(*outcome.tried)
+                if not reason.startswith("status-"):
+                    self.count_upstream_error(assigned.pool.name, reason)
+        if outcome.error:
+            self.count_upstream_error(outcome.served.pool.name, outcome.error)
+        if outcome.overhead is not None:
+            self.overhead.observe(outcome.overhead)
 
     def count_upstream_error(self, upstream: str, kind: str) -> None:
         key = (upstream, kind)
@@ -154,8 +172,8 @@ class ProxyMetrics(Collector):
         yield local
         fallbacks = CounterMetricFamily(
             "abgate_fallbacks",
-            "Requests answered by the control arm instead of the treatment "
-            "arm (kept out of the arm statistics), by experiment and reason.",
+            "Requests assigned the treatment arm and answered by the control arm "
+            "(counted in the treatment arm: intention to treat), by experiment and reason.",
             labels=["experiment", "reason"],
         )
         for (experiment, reason), count in sorted(self.fallbacks.items()):

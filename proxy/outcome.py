@@ -9,7 +9,9 @@ Sinks run on the request path: in memory only, no I/O, no await, nothing that ca
 good input. What must reach a store is buffered and flushed by a task the sink's owner runs.
 
 The breaker is not a sink: it judges upstream *exchanges* (a treatment try that a fallback
-then answered is one of them), and is told at each exchange through `Breaker.observe`.
+then answered is one of them), and is told at each exchange through `Breaker.observe`. The
+Prometheus counters are one (`ProxyMetrics.__call__`): responses per arm, fallbacks, upstream
+errors, abgate's own answers and its overhead are all read from the record.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from proxy.hashing import BUCKET_MASK
 
 if TYPE_CHECKING:
-    from proxy.handler import Destination
+    from proxy.destination import Destination
 
 NO_BUCKET = -1  # the split needed no hash (0% or 100%, or no key and `when_missing: control`)
 
@@ -32,13 +34,16 @@ class Outcome(NamedTuple):
     request_id: str
     assigned: Destination  # the arm the split chose (kept on a fallback: intention to treat)
     served: Destination  # who answered: the assigned arm, or the control arm on a fallback
-    phase: int  # the experiment's phase when the request was answered; -1 without one
+    phase: int  # the experiment's phase when its arm was chosen; -1 without one
     draw: int  # the split's draw: bucket, and user hash if keyed (proxy/hashing.py); or NO_BUCKET
-    status: int  # what the client got
+    status: int  # what the client got (502 for a body that broke off, 499: the client left)
     seconds: float | None  # upstream time the user waited (first try to answer); None: none
     error: str  # the upstream error kind ("connect", "timeout", ...), "" when none
     fallback: str  # why the control arm answered instead, "" when it did not
     metrics: tuple[tuple[str, float], ...]  # extra metric values read from the answer
+    local: str = ""  # why abgate answered itself (a reason label), "" when an upstream did
+    tried: tuple[int, float] | None = None  # the treatment try a fallback replaced: status, s
+    overhead: float | None = None  # seconds abgate added to an upstream's answer
 
     @property
     def experiment(self) -> str:
@@ -70,6 +75,6 @@ def arm_statistics(outcome: Outcome) -> None:
         assigned.stats.count(outcome.status, outcome.seconds)
     recorder = assigned.stats.recorder
     if recorder is not None:
-        recorder.record(outcome.status, outcome.seconds, outcome.draw)
+        recorder.record(outcome.status, outcome.seconds, outcome.draw, outcome.phase)
         for name, value in outcome.metrics:
             recorder.add(name, value)

@@ -1,6 +1,6 @@
 """The request path a route is matched on must be the path the upstream acts on.
 
-aiohttp matches on the decoded path, while the proxy forwards the raw request-target; an
+Routes match the decoded path, while the proxy forwards the raw request-target; an
 upstream that decodes `%2e` and removes dot-segments would then serve `/raw/%2e%2e/secret` as
 `/secret`, outside the `/raw/` prefix the route allowed. So a path with dot-segments (plain
 or percent-encoded) is normalised once (RFC 3986 §5.2.4), and that one form is both matched

@@ -68,19 +68,36 @@ class UpstreamPool:
             replayable = body is None or isinstance(body, bytes)
             if not (reused and exc.nothing_received and replayable):
                 raise
+        return await self.replay(head, body, head_only=head_only)  # type: ignore[arg-type]
+
+    async def replay(self, head: bytes, body: bytes | None, *, head_only: bool) -> UpstreamResponse:
+        """Send again, on a fresh connection, a request that met a pooled connection the
+        upstream had closed before answering (the idle keep-alive race)."""
         self.stale_retries += 1
         conn = await self._acquire(fresh=True)
-        return await conn.exchange(head, body, head_only=head_only, chunked=chunked)
+        return await conn.exchange(head, body, head_only=head_only)
+
+    def take_idle(self) -> UpstreamConnection | None:
+        """The warmest idle connection still usable, without waiting; None when there is
+        none (the caller then waits in `request`)."""
+        if self._closed:
+            return None
+        now = self._loop.time()
+        idle_timeout = self.config.idle_timeout
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.usable and now - conn.idle_since < idle_timeout:
+                return conn
+            conn.close()  # reports itself gone: the set forgets it
+        return None
 
     async def _acquire(self, *, fresh: bool = False) -> UpstreamConnection:
         if self._closed:
             raise UpstreamConnectError(self.name, "pool is closed")
-        now = self._loop.time()
-        while self._idle and not fresh:
-            conn = self._idle.pop()
-            if conn.usable and now - conn.idle_since < self.config.idle_timeout:
+        if not fresh:
+            conn = self.take_idle()
+            if conn is not None:
                 return conn
-            conn.close()  # reports itself gone: the set forgets it
         if len(self._live) + self._connecting >= self.config.pool_size:
             reused = await self._wait_for_connection()
             if reused is not None:

@@ -1,108 +1,67 @@
-"""Reading a client's request body: whole when small (it can be replayed to the control arm),
-streamed when larger, each wait on the client bounded by client_body_timeout (as nginx)."""
+"""Reading a client's request body when it did not arrive with its head: whole when small (it
+can be replayed to the control arm), streamed when larger. Each wait on the client is bounded
+by client_body_timeout between two reads (`ClientRequest.next_chunk`), as nginx bounds a pause,
+not the whole body."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
-from aiohttp import ClientConnectionResetError, web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.streams import EofStream, StreamReader
-
 from config.model import ProxySettings
+from proxy.request import BodyTooLarge, ClientGone, ClientRequest, ClientTooSlow
 
-# Client-side failures while reading a request body or writing a response.
-CLIENT_GONE = (ConnectionError, ClientConnectionResetError, HttpProcessingError, EofStream)
-
-
-class BodyTooLarge(Exception):
-    """A request body over max_body_size (413)."""
-
-
-class ClientGone(Exception):
-    """The client closed or broke off its body before the end of it (400)."""
-
-
-class ClientTooSlow(Exception):
-    """No request body bytes within client_body_timeout (408, as nginx)."""
+__all__ = [
+    "BodyTooLarge",
+    "ClientGone",
+    "ClientTooSlow",
+    "read_body",
+    "too_large",
+    "too_slow",
+]
 
 
-async def read_within(content: StreamReader, seconds: float) -> bytes:
-    """The next piece of a request body, waiting on the client for at most `seconds`; no
-    timer when the whole body is in already (a small body arrives with the head)."""
-    if content.is_eof():
-        return await content.readany()
-    try:
-        async with asyncio.timeout(seconds):
-            return await content.readany()
-    except TimeoutError:
-        raise ClientTooSlow from None
-
-
-async def read_request_body(
-    request: web.BaseRequest,
-    length: int | None,
-    settings: ProxySettings,
+async def read_body(
+    request: ClientRequest, settings: ProxySettings
 ) -> tuple[bytes | AsyncIterator[bytes] | None, int | None]:
-    """The body to send and its framing: (body, Content-Length) or (stream, None=chunked).
-
-    Small bodies are read whole (they can be replayed); larger ones stream through.
-    """
-    content = request.content
-    if length == 0 or (length is None and not request.body_exists):
-        return None, 0
-    if not content.is_eof() and request.headers.get("Expect", "").lower() == "100-continue":
-        # The client waits for this before sending the body (the Expect header itself
-        # is not forwarded: this hop answers it, as nginx does).
-        transport = request.transport
-        if transport is not None:
-            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    timeout = settings.client_body_timeout
+    """The body to send and its framing: (body, Content-Length) or (stream, None=chunked)."""
+    length = request.content_length
     if length is not None:
         if length <= settings.buffer_body_size:
-            if content.is_eof():  # all of it arrived with the head: no wait, no timer
-                return await content.readexactly(length), length
-            try:
-                async with asyncio.timeout(timeout):
-                    return await content.readexactly(length), length
-            except TimeoutError:
-                raise ClientTooSlow from None
-        return stream_body(content, b"", length, settings.max_body_size, timeout), length
+            pieces = []
+            while chunk := await request.next_chunk():
+                pieces.append(chunk)
+            data = b"".join(pieces)
+            if len(data) != length:
+                raise ClientGone
+            return data or None, length
+        return stream_body(request, b"", length, settings.max_body_size), length
     # Chunked: buffer up to the threshold, stream the rest (chunked) if there is more.
-    pieces: list[bytes] = []
-    size = 0
+    pieces, size = [], 0
     while size <= settings.buffer_body_size:
-        chunk = await read_within(content, timeout)
+        chunk = await request.next_chunk()
         if not chunk:
             data = b"".join(pieces)
-            return data, len(data)
+            return data or None, len(data)
         pieces.append(chunk)
         size += len(chunk)
         if size > settings.max_body_size:
             raise BodyTooLarge
-    return stream_body(content, b"".join(pieces), None, settings.max_body_size, timeout), None
+    return stream_body(request, b"".join(pieces), None, settings.max_body_size), None
 
 
 async def stream_body(
-    content: StreamReader, first: bytes, length: int | None, limit: int, seconds: float
+    request: ClientRequest, first: bytes, length: int | None, limit: int
 ) -> AsyncIterator[bytes]:
     sent = len(first)
     if first:
         yield first
-    while True:
-        try:
-            chunk = await read_within(content, seconds)
-        except CLIENT_GONE as exc:
-            raise ClientGone from exc
-        if not chunk:
-            if length is not None and sent != length:
-                raise ClientGone
-            return
+    while chunk := await request.next_chunk():
         sent += len(chunk)
         if sent > limit:
             raise BodyTooLarge
         yield chunk
+    if length is not None and sent != length:
+        raise ClientGone
 
 
 def too_large(settings: ProxySettings) -> str:

@@ -73,7 +73,7 @@ class DataPlane:
         self._stack = AsyncExitStack()
         self.listener: HttpListener | None = None
         self.handler: ProxyHandler | None = None
-        self._sinks: list[OutcomeSink] = [arm_statistics]
+        self._sinks: list[OutcomeSink] = [metrics, arm_statistics]
 
     async def __aenter__(self) -> DataPlane:
         async with AsyncExitStack() as stack:

@@ -10,23 +10,23 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from aiohttp.web import BaseRequest
-
 from config.model import ExperimentConfig, StickySource
 from proxy.hashing import BUCKET_MASK, BUCKETS, fnv1a32, user_draw
 from proxy.outcome import NO_BUCKET
+from proxy.request import ClientRequest
 
-KeyReader = Callable[[BaseRequest], str | None]
+KeyReader = Callable[[ClientRequest], str | None]
 
 
 def _key_reader(source: StickySource) -> KeyReader:
     name = source.name
     if source.kind == "header":
-        return lambda request: request.headers.get(name) or None
+        lower = name.lower().encode("latin-1")
+        return lambda request: request.header_text(lower) or None
     if source.kind == "cookie":
-        return lambda request: request.cookies.get(name) or None
+        return lambda request: request.cookie(name) or None
     if source.kind == "query":
-        return lambda request: request.query.get(name) or None
+        return lambda request: request.query(name) or None
     return lambda request: request.remote or None
 
 
@@ -43,14 +43,14 @@ class Splitter:
         self._random = rng
         self._fallback = config.when_missing
 
-    def sticky_key(self, request: BaseRequest) -> str | None:
+    def sticky_key(self, request: ClientRequest) -> str | None:
         for read in self._readers:
             key = read(request)
             if key is not None:
                 return key
         return None
 
-    def assign(self, request: BaseRequest) -> int:
+    def assign(self, request: ClientRequest) -> int:
         """The request's draw: its user's bucket, flag and hash (proxy/hashing.py
         `user_draw`), a bare bucket 0..BUCKETS-1 drawn at random for a keyless request under
         `when_missing: random`, or NO_BUCKET when the split needs none; `treats` says which
@@ -77,5 +77,5 @@ class Splitter:
             return True
         return draw & BUCKET_MASK < threshold
 
-    def is_treatment(self, request: BaseRequest) -> bool:
+    def is_treatment(self, request: ClientRequest) -> bool:
         return self.treats(self.assign(request))

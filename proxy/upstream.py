@@ -20,7 +20,6 @@ The pool is told exactly once when a connection is gone, whatever ended it (see 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import cast
 
@@ -33,94 +32,14 @@ from proxy.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from proxy.flow import WriteFlow
+from proxy.upstream_response import UpstreamResponse
 
-# Body bytes buffered for a slow client before the upstream socket is paused.
-HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
+__all__ = ["HeadCallback", "UpstreamConnection", "UpstreamResponse"]
+
 Releaser = Callable[["UpstreamConnection", bool], None]
-
-
-class UpstreamResponse:
-    """A response head, and its body as it arrives (`read`) or whole (`complete`, `body`)."""
-
-    __slots__ = (
-        "_buffered",
-        "_chunks",
-        "_conn",
-        "_error",
-        "_waiter",
-        "complete",
-        "headers",
-        "status",
-    )
-
-    def __init__(self, conn: UpstreamConnection) -> None:
-        self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.complete = False
-        self._conn = conn
-        self._chunks: deque[bytes] = deque()
-        self._buffered = 0
-        self._error: UpstreamError | None = None
-        self._waiter: asyncio.Future[None] | None = None
-
-    def body(self) -> bytes:
-        """The whole body; only once `complete`. May be called again."""
-        chunks = self._chunks
-        if len(chunks) == 1:
-            return chunks[0]
-        data = b"".join(chunks)
-        chunks.clear()
-        chunks.append(data)
-        return data
-
-    def abandon(self) -> None:
-        if not self.complete:
-            self._conn.abandon(self)
-
-    def content_length(self) -> int | None:
-        for name, value in self.headers:
-            if name.lower() == b"content-length":
-                return int(value)
-        return None
-
-    async def read(self) -> bytes:
-        """The next piece of the body; b"" at its end. Raises UpstreamError if it broke off."""
-        while True:
-            if self._chunks:
-                chunk = self._chunks.popleft()
-                self._buffered -= len(chunk)
-                if self._buffered < LOW_WATER:
-                    self._conn.resume_reading()
-                return chunk
-            if self._error is not None:
-                raise self._error
-            if self.complete:
-                return b""
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-
-    def _feed(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-        self._buffered += len(chunk)
-        if self._buffered > HIGH_WATER:
-            self._conn.pause_reading()
-        self._wake()
-
-    def _finish(self, error: UpstreamError | None = None) -> None:
-        if error is None:
-            self.complete = True
-        else:
-            self._error = error
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+# Told once per exchange: the response once its head is parsed, or why there is none.
+HeadCallback = Callable[["UpstreamResponse | None", "UpstreamError | None"], None]
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -137,14 +56,16 @@ class UpstreamConnection(asyncio.Protocol):
         self._release = release
         self._gone_reported = False
         self._deadline = float("inf")  # of the whole exchange (response_timeout)
-        self._head_bytes = 0
+        self._head_bytes = 0  # bytes read while the head was incomplete (a bound, not a size)
+        self._head_size = 0  # the head's own fields, counted as parsed
         self._head_done = False  # the final head is parsed: later header callbacks are trailers
         self._awaiting_client = False  # streaming a request body, waiting for its next chunk
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._response: UpstreamResponse | None = None
-        self._head: asyncio.Future[UpstreamResponse] | None = None
+        self._on_head: HeadCallback | None = None  # until the head is handed over
+        self._ready: UpstreamResponse | None = None  # head parsed, handed over after the read
         self._received = False
         self._request_sent = False
         self._head_only = False
@@ -152,8 +73,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._framed = False
         self._informational = False
         self._reading_paused = False
-        self._drain: asyncio.Future[None] | None = None
-        self._write_paused = False
+        self._flow = WriteFlow()
         self._timer: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
 
@@ -163,6 +83,37 @@ class UpstreamConnection(asyncio.Protocol):
     def usable(self) -> bool:
         transport = self._transport
         return not self.closed and transport is not None and not transport.is_closing()
+
+    def _begin(self, head_only: bool, on_head: HeadCallback) -> asyncio.Transport:
+        transport = self._transport
+        assert transport is not None
+        assert self._response is None
+        self._response = UpstreamResponse(self)
+        self._on_head = on_head
+        self._received = self._request_sent = self._until_eof = self._framed = False
+        self._head_done = False
+        self._head_bytes = self._head_size = 0
+        self._head_only = head_only
+        self._touch()
+        if self._response_timeout is not None:
+            self._deadline = self._last_activity + self._response_timeout
+            if self._timer is not None and self._timer.when() > self._deadline:
+                self._cancel_timer()  # armed for a later moment by an earlier exchange
+        self._arm_timer()
+        return transport
+
+    def send(
+        self, head: bytes, body: bytes | None, *, head_only: bool, on_head: HeadCallback
+    ) -> None:
+        """Send a request whose body is in memory, without waiting: `on_head` is called
+        once, later, with the response when its head is parsed (and what of its body came
+        in the same reads), or with the error that ended the exchange."""
+        transport = self._begin(head_only, on_head)
+        if body:
+            transport.writelines((head, body))
+        else:
+            transport.write(head)
+        self._request_sent = True
 
     async def exchange(
         self,
@@ -177,22 +128,17 @@ class UpstreamConnection(asyncio.Protocol):
         `body` is bytes (sent with the head), an async iterator (streamed; `chunked` frames it),
         or None. If the exchange does not complete, the connection is closed, never reused.
         """
-        transport = self._transport
-        assert transport is not None
-        assert self._response is None
-        self._response = UpstreamResponse(self)
-        head_future: asyncio.Future[UpstreamResponse] = self._loop.create_future()
-        self._head = head_future
-        self._received = self._request_sent = self._until_eof = self._framed = False
-        self._head_done = False
-        self._head_bytes = 0
-        self._head_only = head_only
-        self._touch()
-        if self._response_timeout is not None:
-            self._deadline = self._last_activity + self._response_timeout
-            if self._timer is not None and self._timer.when() > self._deadline:
-                self._cancel_timer()  # armed for a later moment by an earlier exchange
-        self._arm_timer()
+        future: asyncio.Future[UpstreamResponse] = self._loop.create_future()
+
+        def settle(response: UpstreamResponse | None, error: UpstreamError | None) -> None:
+            if not future.done():
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    assert response is not None
+                    future.set_result(response)
+
+        transport = self._begin(head_only, settle)
         try:
             if body is None or isinstance(body, bytes):
                 if body:
@@ -202,27 +148,28 @@ class UpstreamConnection(asyncio.Protocol):
                 self._request_sent = True
             else:
                 transport.write(head)
-                await self._stream_body(body, chunked, head_future)
-            # The local future: a failure meanwhile clears self._head but settles this one.
-            return await head_future
+                await self._stream_body(body, chunked, future)
+            return await future
         except BaseException:
             self.abort()
-            if head_future.done() and not head_future.cancelled():
-                head_future.exception()  # retrieved: the caller has the error that matters
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: the caller has the error that matters
             raise
 
     async def _stream_body(
         self, body: AsyncIterator[bytes], chunked: bool, head: asyncio.Future[UpstreamResponse]
     ) -> None:
+        """Send the body as the client sends it; stop if the upstream answers (or fails)
+        before taking all of it."""
         chunks = aiter(body)
         while True:
             self._awaiting_client = True  # the upstream's timer does not run on the client
             try:
-                chunk = await anext(chunks)
-            except StopAsyncIteration:
-                break
+                chunk = await anext(chunks, None)
             finally:
                 self._awaiting_client = False
+            if chunk is None:
+                break
             if head.done() or not self.usable:
                 return  # the upstream answered (or failed) before taking the whole body
             if not chunk:
@@ -233,20 +180,13 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 self._transport.write(chunk)
             self._touch()
-            if self._write_paused:
-                await self._wait_drain()
+            if self._flow.paused:
+                await self._flow.drain()
         if chunked and self.usable:
             assert self._transport is not None
             self._transport.write(b"0\r\n\r\n")
         self._request_sent = True
         self._touch()  # the wait for the head starts now
-
-    async def _wait_drain(self) -> None:
-        self._drain = self._loop.create_future()
-        try:
-            await self._drain
-        finally:
-            self._drain = None
 
     def abort(self) -> None:
         """Drop the connection: the exchange on it is not going to complete."""
@@ -285,17 +225,11 @@ class UpstreamConnection(asyncio.Protocol):
             self._close_dead()
             return
         self._received = True
-        if self._head_done:
-            self._last_activity = self._loop.time()  # body progress; head bytes do not count
+        in_head = not self._head_done
+        if in_head:
+            self._head_bytes += len(data)  # bounds what a head still arriving may hold
         else:
-            self._head_bytes += len(data)
-            if self._head_bytes > self._max_head:
-                self._fail(
-                    UpstreamProtocolError(
-                        self.upstream, f"response head over {self._max_head} bytes"
-                    )
-                )
-                return
+            self._last_activity = self._loop.time()  # body progress; head bytes do not count
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -305,8 +239,28 @@ class UpstreamConnection(asyncio.Protocol):
                 if isinstance(cause, UpstreamError)
                 else UpstreamProtocolError(self.upstream, str(exc))
             )
+            return
         except httptools.HttpParserError as exc:
             self._fail(UpstreamProtocolError(self.upstream, f"malformed response: {exc}"))
+            return
+        # Still no end of the head after these bytes: all of them were head. (When the head
+        # ended in them, the rest was body: its own size was judged in on_headers_complete.)
+        if in_head and not self._head_done and self._head_bytes > self._max_head:
+            self._head_too_large()
+        elif self._ready is not None:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """The head is parsed and this read's body bytes with it: hand the response over."""
+        response, self._ready = self._ready, None
+        callback, self._on_head = self._on_head, None
+        if callback is not None:
+            callback(response, None)
+
+    def _head_too_large(self) -> None:
+        self._fail(
+            UpstreamProtocolError(self.upstream, f"response head over {self._max_head} bytes")
+        )
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost does the bookkeeping
@@ -314,13 +268,12 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._cancel_timer()
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
-        response, head = self._response, self._head
+        self._flow.resume()
+        response = self._response
         if response is not None:
-            if self._until_eof and head is not None and head.done():
+            if self._until_eof and self._head_done:
                 # A body delimited by the end of the connection ends here, complete.
-                self._response = self._head = None
+                self._response = None
                 response._finish()
             else:
                 detail = f"connection closed: {exc}" if exc else "connection closed by upstream"
@@ -328,14 +281,14 @@ class UpstreamConnection(asyncio.Protocol):
                     UpstreamClosed(self.upstream, detail, nothing_received=not self._received)
                 )
         self._gone()
+        if self._ready is not None:
+            self._hand_over()
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self._flow.pause()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
+        self._flow.resume()
 
     def pause_reading(self) -> None:
         if not self._reading_paused and self._transport is not None:
@@ -355,15 +308,19 @@ class UpstreamConnection(asyncio.Protocol):
             return  # a chunked trailer: not merged into the head that went out already
         assert self._response is not None
         self._response.headers.append((name, value))
+        self._head_size += len(name) + len(value) + 4  # name: value CRLF
         lower = name.lower()
         if lower == b"content-length" or lower == b"transfer-encoding":
             self._framed = True
 
     def on_headers_complete(self) -> None:
-        response, head = self._response, self._head
+        response = self._response
         assert response is not None
-        assert head is not None
         status = self._parser.get_status_code()
+        if self._head_size > self._max_head:
+            raise UpstreamProtocolError(self.upstream, f"response head over {self._max_head} bytes")
+        if status < 100:
+            raise UpstreamProtocolError(self.upstream, f"invalid status code {status:03d}")
         if status < 200:
             # 1xx (103 Early Hints, a stray 100 Continue): skip to the final response. 101 would
             # switch protocols, which abgate does not proxy (it strips Upgrade).
@@ -371,6 +328,7 @@ class UpstreamConnection(asyncio.Protocol):
                 raise UpstreamProtocolError(self.upstream, "unexpected 101 Switching Protocols")
             self._informational = True
             response.headers.clear()
+            self._head_size = 0
             self._framed = False
             return
         if status > 599:
@@ -378,12 +336,11 @@ class UpstreamConnection(asyncio.Protocol):
         response.status = status
         self._head_done = True
         self._touch()  # from here on, read_timeout is between body reads
+        self._ready = response  # handed over once this read is parsed
         if self._head_only:
-            head.set_result(response)
             self._complete(reusable=False)  # llhttp would wait for a HEAD "body": do not reuse
             return
         self._until_eof = not self._framed and status not in (204, 304)
-        head.set_result(response)
 
     def on_body(self, body: bytes) -> None:
         if self._response is not None:
@@ -401,7 +358,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _complete(self, *, reusable: bool) -> None:
         response = self._response
         assert response is not None
-        self._response = self._head = None
+        self._response = None
         # The timer stays armed: back-to-back exchanges reuse it (see _on_timer).
         self.uses += 1
         self._deadline = float("inf")
@@ -414,13 +371,17 @@ class UpstreamConnection(asyncio.Protocol):
     def _fail(self, error: UpstreamError | BaseException) -> None:
         if not isinstance(error, UpstreamError):
             error = UpstreamProtocolError(self.upstream, repr(error))
-        response, head = self._response, self._head
-        self._response = self._head = None
+        response = self._response
+        self._response = None
         self._close_dead()
-        if head is not None and not head.done():
-            head.set_exception(error)
-        elif response is not None:
-            response._finish(error)
+        if response is not None and self._head_done:
+            response._finish(error)  # the head is out (or about to be): the body broke off
+            if self._ready is not None:
+                self._hand_over()
+        else:
+            callback, self._on_head = self._on_head, None
+            if callback is not None:
+                callback(None, error)
 
     def _close_dead(self) -> None:
         self.closed = True
@@ -462,5 +423,5 @@ class UpstreamConnection(asyncio.Protocol):
         if now - self._last_activity < self.read_timeout:
             self._arm_timer()
             return
-        what = "response head" if self._head is not None and not self._head.done() else "body"
+        what = "body" if self._head_done else "response head"
         self._fail(UpstreamTimeout(self.upstream, f"no {what} within {self.read_timeout:g}s"))

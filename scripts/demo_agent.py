@@ -1,6 +1,8 @@
 """A demo decision agent: deterministic rules or a pretend ML model, behind one HTTP endpoint.
 
     GET|POST /api/agent/{agent}/decide   -> {"source", "agent", "decision", "confidence", ...}
+    GET|POST /api/agent/{agent}/...      the same (any path under an agent: a route's prefix)
+    GET|POST /api/agent/decision         the same, for an agent named "default"
     GET|POST /admin/behaviour            -> read or change added latency and failure share
     GET /health
 
@@ -68,7 +70,7 @@ async def decide(request: web.Request) -> web.Response:
     kind = request.app[KIND]
     if behaviour.failure_rate and rng.random() < behaviour.failure_rate:
         return web.json_response({"error": "injected failure", "source": kind}, status=500)
-    agent = request.match_info["agent"]
+    agent = request.match_info.get("agent", "default")
     user = _user(request, body)
     if kind == "ml":
         decision, confidence = ml_decision(user, agent, rng)
@@ -113,8 +115,9 @@ def create_app(kind: str, behaviour: Behaviour | None = None, seed: int = 0) -> 
     app[KIND] = kind
     app[BEHAVIOUR] = behaviour or Behaviour()
     app[RNG] = random.Random(seed)
-    app.router.add_route("GET", "/api/agent/{agent}/decide", decide)
-    app.router.add_route("POST", "/api/agent/{agent}/decide", decide)
+    for method in ("GET", "POST"):
+        app.router.add_route(method, "/api/agent/decision", decide)
+        app.router.add_route(method, "/api/agent/{agent}/{action:.*}", decide)
     app.router.add_route("GET", "/admin/behaviour", behaviour_handler)
     app.router.add_route("POST", "/admin/behaviour", behaviour_handler)
     app.router.add_get("/health", health)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Emergency rollback: treatment to 0% for the named experiments (all if none), confirmed by
-# every registered abgate instance.
+# every registered abgate instance. A name may be a group of experiments the config defines
+# (control.groups; the demo's `ml-agents` holds both of its experiments).
 #
-#   scripts/emergency-rollback.sh [experiment...]
+#   scripts/emergency-rollback.sh [experiment|group...]
 #
 # ABGATE_CONTROL_URL (default http://127.0.0.1:8092), ABGATE_CONTROL_TOKEN, and
 # ROLLBACK_TIMEOUT (seconds, default 30). Prints the elapsed time and the instances; exits 0
@@ -46,6 +47,9 @@ if "error" in data:
     print(f"rollback failed ({status}): {data['error']}")
     sys.exit(1)
 flags = ", ".join(f"{f['name']}=v{f['version']}" for f in data["flags"])
+if data["converged"] is None:  # written, but the instance registry could not be read
+    print(f"rollback of {flags}: written, convergence UNKNOWN: {data['convergence_unknown']}")
+    sys.exit(1)
 print(f"rollback of {flags}: {'converged' if data['converged'] else 'NOT converged'} "
       f"in {elapsed} ms (server-side {data['elapsed_ms']} ms)")
 for instance in data["instances"]:

@@ -5,7 +5,9 @@
 # MONITORING_DIR (default .monitoring) keeps Prometheus's data between runs. Addresses:
 # PROMETHEUS_LISTEN (127.0.0.1:9090), NODE_EXPORTER_LISTEN (:9100), REDIS_EXPORTER_LISTEN
 # (:9121), POSTGRES_EXPORTER_LISTEN (:9187); REDIS_ADDR and DATA_SOURCE_NAME say which Redis
-# and PostgreSQL the exporters watch (default: this machine's, on their standard ports).
+# and PostgreSQL the exporters watch (default: this machine's, on their standard ports);
+# ABGATE_METRICS (127.0.0.1:8092) is the abgate control API that Prometheus scrapes. The
+# scrape config is monitoring/prometheus.yml with these addresses put in (MONITORING_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir="${MONITORING_DIR:-.monitoring}"
@@ -23,9 +25,15 @@ find_tool() { command -v "$1" 2>/dev/null || { [ -x "/usr/bin/$1" ] && echo "/us
 
 prometheus=$(find_tool prometheus)
 if [ -z "$prometheus" ]; then echo "prometheus is not installed: make test-servers" >&2; exit 1; fi
-start prometheus "$prometheus" --config.file=monitoring/prometheus.yml \
+sed -e "s/127.0.0.1:8092/${ABGATE_METRICS:-127.0.0.1:8092}/" \
+    -e "s/127.0.0.1:9100/${NODE_EXPORTER_LISTEN:-127.0.0.1:9100}/" \
+    -e "s/127.0.0.1:9121/${REDIS_EXPORTER_LISTEN:-127.0.0.1:9121}/" \
+    -e "s/127.0.0.1:9187/${POSTGRES_EXPORTER_LISTEN:-127.0.0.1:9187}/" \
+    monitoring/prometheus.yml >"$dir/prometheus.yml"
+cp monitoring/alerts.yml "$dir/alerts.yml"
+start prometheus "$prometheus" --config.file="$dir/prometheus.yml" \
   --storage.tsdb.path="$dir/prometheus" --web.listen-address="${PROMETHEUS_LISTEN:-127.0.0.1:9090}"
-echo "Prometheus        http://${PROMETHEUS_LISTEN:-127.0.0.1:9090}   (scrapes abgate at 127.0.0.1:8092)"
+echo "Prometheus        http://${PROMETHEUS_LISTEN:-127.0.0.1:9090}   (scrapes abgate at ${ABGATE_METRICS:-127.0.0.1:8092})"
 if node=$(find_tool prometheus-node-exporter) && [ -n "$node" ]; then
   start node-exporter "$node" --web.listen-address="${NODE_EXPORTER_LISTEN:-127.0.0.1:9100}"
   echo "node exporter     http://${NODE_EXPORTER_LISTEN:-127.0.0.1:9100}/metrics"

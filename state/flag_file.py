@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,9 @@ class FlagFile:
         self.path = Path(path)
         self._sections: dict[str, Any] = {}
         self._copy_failure: str | None = None
+        # Several writers (the flags' copy, the rollouts' copy) save from worker threads:
+        # one at a time, or one's section could be lost to the other's rename.
+        self._saving = threading.Lock()
 
     def load(self) -> tuple[list[Flag], dict[str, list[dict[str, Any]]]]:
         """Flags and history from the file; nothing if it does not exist. A corrupt or
@@ -96,11 +100,13 @@ class FlagFile:
         """The flag section; raises OSError when the file cannot be written."""
         self.save_section(flags=[flag_to_json(flag) for flag in flags], history=history)
 
-    def save_copy(self, flags: list[Flag]) -> None:
+    def save_copy(
+        self, flags: list[Flag], history: dict[str, list[dict[str, Any]]] | None = None
+    ) -> None:
         """A copy of state that lives elsewhere (Redis): a failed write is logged once per
         cause, never raised, since the flags themselves are safe."""
         try:
-            self.save(flags, {})
+            self.save(flags, history or {})
         except OSError as exc:
             cause = f"{exc.strerror or exc}"
             if cause != self._copy_failure:
@@ -112,6 +118,10 @@ class FlagFile:
     def save_section(self, **sections: Any) -> None:
         """Write the whole state to a temporary file and rename it over the old one; the
         in-memory sections change only once the file did."""
+        with self._saving:
+            self._save_locked(sections)
+
+    def _save_locked(self, sections: dict[str, Any]) -> None:
         merged = {**self._sections, **sections}
         data = orjson.dumps({"format": FORMAT_VERSION, **merged}, option=orjson.OPT_INDENT_2)
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,8 @@ arrives as a notice, is applied to the FlagTable, and the versions now routed wi
 reload, ...) are answered by handlers the data plane's owner wires in.
 
 `ChannelMeasurements` is the measurement store the data plane flushes to when there is no
-Redis: each flush goes over as one batch with an id, applied exactly once by the control
-process (MemoryMeasurements.apply_batch), resent as is until answered.
+Redis: each flush's calls go over as requests, its batch with its id (applied once by the
+control process's embedded store, resent unchanged by the flusher until answered).
 
 Nothing here waits on the request path: the link is one owned task, the flushes are the
 flusher's.
@@ -23,7 +23,6 @@ import base64
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -64,8 +63,6 @@ class LiveStateLink:
         self._peer: Peer | None = None
         self._task: asyncio.Task[None] | None = None
         self.synced = asyncio.Event()  # set once the first hello was answered
-        # Run after each hello (held measurements go out without waiting for new ones).
-        self.on_connect: list[Callable[[], Awaitable[None]]] = []
         self.reconnects = 0
         self._away_since: float | None = None
 
@@ -152,8 +149,6 @@ class LiveStateLink:
             self._peer = peer
             peer.send("applied", versions=self.table.versions())
             self.synced.set()
-            for callback in self.on_connect:
-                await callback()
             await serving  # until the control process goes (it may be restarting)
             self._away_since = asyncio.get_running_loop().time()
             log.warning("control process gone; routing with the last flags, reconnecting")
@@ -194,102 +189,35 @@ class LiveStateLink:
         yield reconnects
 
 
-@dataclass
-class MeasurementBatch:
-    """Deltas gathered between two deliveries: phases started, sums, distinct-users bits."""
-
-    phases: list[tuple[str, Phase]] = field(default_factory=list)
-    sums: dict[MeasureKey, Sums] = field(default_factory=dict)
-    users: dict[UsersKey, set[int]] = field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return bool(self.phases or self.sums or self.users)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "phases": [
-                [experiment, phase.id, phase.basis_points, phase.started_at]
-                for experiment, phase in self.phases
-            ],
-            "sums": [[*key, s.count, s.total, s.total_sq] for key, s in self.sums.items()],
-            "users": [[*key, sorted(bits)] for key, bits in self.users.items()],
-        }
-
-    @classmethod
-    def from_json(cls, message: Mapping[str, Any]) -> MeasurementBatch:
-        """Raises KeyError, TypeError or ValueError on a malformed batch."""
-        batch = cls()
-        for experiment, phase_id, basis_points, started in message["phases"]:
-            batch.phases.append(
-                (str(experiment), Phase(int(phase_id), int(basis_points), float(started)))
-            )
-        for experiment, phase, arm, metric, cluster, count, total, total_sq in message["sums"]:
-            key = (str(experiment), int(phase), str(arm), str(metric), int(cluster))
-            batch.sums[key] = Sums(int(count), float(total), float(total_sq))
-        for experiment, phase, arm, bits in message["users"]:
-            batch.users[(str(experiment), int(phase), str(arm))] = {int(bit) for bit in bits}
-        return batch
-
-
 class ChannelMeasurements:
-    """The data plane's MeasurementStore in `abgate run` without Redis.
+    """The data plane's MeasurementStore in `abgate run` without Redis: each call a request
+    to the control process, which applies it to its embedded store. An add carries its
+    batch id and the flusher sends an unconfirmed batch again unchanged (proxy/measure.py),
+    so a batch whose answer was lost is applied there once; a failure is StoreUnavailable
+    (the flusher keeps everything for its next flush)."""
 
-    It takes custody of what it is given and never raises: the flusher would keep (and
-    later resend, merged into new sums) what it handed over, and a batch that the control
-    process applied but whose answer was lost would count twice. Here a batch sent keeps its
-    id and content until answered; new deltas wait beside it, merged (memory bounded by the
-    keys, not the requests), and go as the next batch."""
-
-    def __init__(self, link: LiveStateLink, instance: str) -> None:
+    def __init__(self, link: LiveStateLink) -> None:
         self._link = link
-        link.on_connect.append(self._deliver)  # what was held goes as soon as it can
-        self._instance = instance
-        self._next = MeasurementBatch()
-        self._sent: tuple[str, dict[str, Any]] | None = None  # (id, content) unanswered
-        self._sequence = 0
-        self._lock = asyncio.Lock()  # flusher and an explicit flush; never a request
-        self._failing = False
-        self.failures = 0
 
     async def start_phase(self, experiment: str, phase: Phase) -> None:
-        self._next.phases.append((experiment, phase))
-        await self._deliver()
+        await self._send(
+            "start_phase",
+            experiment=experiment,
+            phase=[phase.id, phase.basis_points, phase.started_at],
+        )
 
-    async def add(self, batch: Mapping[MeasureKey, Sums]) -> None:
-        for key, sums in batch.items():
-            self._next.sums.setdefault(key, Sums()).merge(sums)
-        await self._deliver()
+    async def add(self, batch: Mapping[MeasureKey, Sums], batch_id: str | None = None) -> None:
+        sums = [[*key, s.count, s.total, s.total_sq] for key, s in batch.items()]
+        await self._send("add", batch=batch_id, sums=sums)
 
     async def add_users(self, batch: Mapping[UsersKey, Sequence[int]]) -> None:
-        for key, bits in batch.items():
-            self._next.users.setdefault(key, set()).update(bits)
-        await self._deliver()
+        await self._send("add_users", users=[[*key, list(bits)] for key, bits in batch.items()])
 
-    @property
-    def pending(self) -> bool:
-        return self._sent is not None or bool(self._next)
-
-    async def _deliver(self) -> None:
-        async with self._lock:
-            while True:
-                if self._sent is None:
-                    if not self._next:
-                        return
-                    self._sequence += 1
-                    batch_id = f"{self._instance}:{self._sequence}"
-                    self._sent, self._next = (batch_id, self._next.as_json()), MeasurementBatch()
-                batch_id, content = self._sent
-                try:
-                    await self._link.request(
-                        "measurements", within=FLUSH_TIMEOUT, batch=batch_id, **content
-                    )
-                except (StoreUnavailable, RemoteError) as exc:
-                    self.failures += 1
-                    if not self._failing:
-                        log.warning("measurements kept for the next flush: %s", exc)
-                    self._failing = True
-                    return
-                self._sent, self._failing = None, False
+    async def _send(self, op: str, **fields: Any) -> None:
+        try:
+            await self._link.request(op, within=FLUSH_TIMEOUT, **fields)
+        except RemoteError as exc:
+            raise StoreUnavailable(f"the control process refused {op}: {exc}") from exc
 
     async def phases(self, experiment: str) -> list[Phase]:
         raise StoreUnavailable("measurements are read in the control process")
@@ -299,11 +227,3 @@ class ChannelMeasurements:
 
     async def users(self, experiment: str) -> dict[tuple[int, str], int]:
         raise StoreUnavailable("measurements are read in the control process")
-
-    def collect(self) -> Iterator[Metric]:
-        failures = CounterMetricFamily(
-            "abgate_live_channel_flush_failures",
-            "Measurement flushes the control process did not answer (kept and sent again).",
-        )
-        failures.add_metric([], self.failures)
-        yield failures

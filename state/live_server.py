@@ -10,9 +10,9 @@ than this process, with this process's config. After that:
                            the versions it routes with (what a rollback waits for)
                            requests the control API makes: status, breakers, health, metrics,
                            reload, ... (control/live_plane.py)
-    data plane -> control  "measurements" (request): one flush as a batch with an id, applied
-                           exactly once (MemoryMeasurements.apply_batch); a batch resent
-                           because its answer was lost is answered and not applied again
+    data plane -> control  "start_phase", "add", "add_users" (requests): its flushes, into
+                           the embedded store; an add carries its batch id, and a batch sent
+                           again because its answer was lost is answered, not applied again
 
 `LocalFlagStore` is the embedded FlagStore as `abgate run` serves it: the memory store's
 writes, answered once every connected data plane routes with them (bounded), and the
@@ -39,8 +39,7 @@ from state.errors import StoreUnavailable
 from state.flag_file import flag_from_json, flag_to_json
 from state.flags import Flag, FlagTable, Instance, MemoryFlagStore
 from state.live_channel import Peer, RemoteError
-from state.live_link import MeasurementBatch
-from state.measurements import MemoryMeasurements
+from state.measurements import MemoryMeasurements, Phase, Sums
 
 log = logging.getLogger("abgate.channel")
 STATUS_TIMEOUT = 2.0
@@ -132,7 +131,9 @@ class LiveStateServer:
         peer = Peer(reader, writer, name="the data plane")
         link: list[PlaneLink] = []  # set by the hello
         peer.on_request("hello", lambda message: self._hello(peer, message, link))
-        peer.on_request("measurements", self._batch)
+        peer.on_request("start_phase", self._start_phase)
+        peer.on_request("add", self._add)
+        peer.on_request("add_users", self._add_users)
         peer.on_request("config", self._current_config)
         peer.on_notice("applied", lambda message: self._applied(link, message))
         try:
@@ -201,19 +202,35 @@ class LiveStateServer:
         self._progress.set()
         self._progress = asyncio.Event()
 
-    async def _batch(self, message: dict[str, Any]) -> Any:
+    def _store(self) -> MemoryMeasurements:
         if self._measurements is None:
             raise ValueError("this control process keeps no measurements (they go to Redis)")
-        batch = MeasurementBatch.from_json(message)
-        users = {key: sorted(bits) for key, bits in batch.users.items()}
-        applied = self._measurements.apply_batch(
-            str(message["batch"]), batch.phases, batch.sums, users
-        )
-        if applied:
-            self.batches_applied += 1
-        else:
+        return self._measurements
+
+    async def _start_phase(self, message: dict[str, Any]) -> None:
+        phase_id, basis_points, started = message["phase"]
+        phase = Phase(int(phase_id), int(basis_points), float(started))
+        await self._store().start_phase(str(message["experiment"]), phase)
+
+    async def _add(self, message: dict[str, Any]) -> None:
+        """One flush's sums, once by its batch id (a resend after a lost answer is known)."""
+        store, batch_id = self._store(), message.get("batch")
+        sums = {}
+        for experiment, phase, arm, metric, cluster, count, total, total_sq in message["sums"]:
+            key = (str(experiment), int(phase), str(arm), str(metric), int(cluster))
+            sums[key] = Sums(int(count), float(total), float(total_sq))
+        if batch_id is not None and store.seen(str(batch_id)):
             self.batches_repeated += 1
-        return {"applied": applied}
+            return
+        await store.add(sums, None if batch_id is None else str(batch_id))
+        self.batches_applied += 1
+
+    async def _add_users(self, message: dict[str, Any]) -> None:
+        users = {
+            (str(experiment), int(phase), str(arm)): [int(bit) for bit in bits]
+            for experiment, phase, arm, bits in message["users"]
+        }
+        await self._store().add_users(users)
 
     def _push(self, flag: Flag) -> None:
         """Every change of the table (a write, a reload's new experiment), to every plane."""

@@ -17,14 +17,24 @@ estimate from the bits set is exact enough (control/stats/checks.py) up to milli
 Memory is bounded whatever the number of users: at most CLUSTERS + 1 sums per (experiment,
 phase, arm, metric), about 20 KB in Redis for each, and a 128 KiB bitmap per (experiment,
 phase, arm).
+
+Exactly once: a batch of deltas carries an id, and a store applies a given id once (Redis:
+one Lua script that checks and sets `batch:<id>` with an expiry and applies every increment,
+atomically), so a flush retried after a timeout whose batch had landed adds nothing twice.
+A sum is never made non-finite: values whose square overflows are refused at the edge
+(`check_value`), and a delta that would still take a stored sum to infinity is skipped
+(counted, logged once), never persisted.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import math
+import os
 import time
 import zlib
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -41,11 +51,26 @@ UsersKey = tuple[str, int, str]  # experiment, phase, arm
 CLUSTERS = 128  # clusters of users per arm (a power of two): plenty for the delta method
 UNCLUSTERED = -1  # requests with no user behind them (no sticky key): each its own unit
 USER_MAP_BITS = 1 << 20  # bits of a distinct-users bitmap: 128 KiB
-# Ids of the batches the embedded store applied last (state/live_server.py): a batch sent
-# again, its answer lost, is recognised by its id and applied once; far more than a data
-# plane ever has unanswered, and kept with the sums so a restart remembers them too.
-BATCH_IDS_KEPT = 10_000
+# The largest magnitude a measured value may have: its square (the sum of squares) stays
+# finite with room for millions of them (sqrt of the largest double is about 1.3e154).
+MAX_VALUE = 1e150
+BATCH_TTL = 3600  # seconds a batch id is remembered: a retry within it is a no-op
+SEEN_BATCHES = 4096  # ids the embedded store remembers (saved with the sums they added)
 READ_PIECE = 1000  # hash fields per reply when the statistics read an experiment from Redis
+
+
+def phases_key(prefix: str, experiment: str) -> str:
+    """The Redis hash of an experiment's phases (the flag store re-seeds it too)."""
+    return f"{{{prefix}}}:phases:{experiment}"
+
+
+def check_value(value: float) -> str | None:
+    """Why `value` cannot be measured (None: it can): non-finite, or too large to square."""
+    if not math.isfinite(value):
+        return f"{value!r} is not a finite number"
+    if abs(value) > MAX_VALUE:
+        return f"{value!r} is too large (at most {MAX_VALUE:g} in magnitude)"
+    return None
 
 
 def cluster_of(user: int | None) -> int:
@@ -69,6 +94,10 @@ class Sums:
         self.total += other.total
         self.total_sq += other.total_sq
 
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.total) and math.isfinite(self.total_sq)
+
 
 @dataclass(frozen=True, slots=True)
 class Phase:
@@ -78,7 +107,8 @@ class Phase:
 
 
 class MeasurementStore(Protocol):
-    async def add(self, batch: Mapping[MeasureKey, Sums]) -> None: ...
+    async def add(self, batch: Mapping[MeasureKey, Sums], batch_id: str | None = None) -> None:
+        """Add the deltas, all or none; a `batch_id` already applied is a no-op."""
 
     async def start_phase(self, experiment: str, phase: Phase) -> None: ...
 
@@ -92,6 +122,29 @@ class MeasurementStore(Protocol):
     async def users(self, experiment: str) -> dict[tuple[int, str], int]:
         """(phase, arm) -> bits set in its distinct-users bitmap."""
         ...
+
+
+class Skipped:
+    """Deltas a store skipped because they would make a stored sum non-finite: counted,
+    logged once per (experiment, metric)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._said: set[tuple[str, str]] = set()
+
+    def add(self, key: MeasureKey) -> None:
+        self.count += 1
+        experiment, phase, arm, metric, _ = key
+        if (experiment, metric) not in self._said:
+            self._said.add((experiment, metric))
+            log.error(
+                "measurements: skipped a delta of %s/%s (phase %d, arm %s): it would make "
+                "the stored sum non-finite",
+                experiment,
+                metric,
+                phase,
+                arm,
+            )
 
 
 class MemoryMeasurements:
@@ -108,25 +161,37 @@ class MemoryMeasurements:
         self._save_every = save_every
         self._saved_at = time.monotonic()
         self._dirty = False
-        self._batches: dict[str, None] = {}  # applied batch ids, oldest first
+        self._batches: deque[str] = deque(maxlen=SEEN_BATCHES)  # ids applied, newest last
         self.save_failures = 0
+        self.skipped = Skipped()
         if state is not None:
             self._restore(state.section(SECTION))
 
-    async def add(self, batch: Mapping[MeasureKey, Sums]) -> None:
+    async def add(self, batch: Mapping[MeasureKey, Sums], batch_id: str | None = None) -> None:
+        if batch_id is not None:
+            if batch_id in self._batches:
+                return
+            self._batches.append(batch_id)
         for key, sums in batch.items():
-            self._sums.setdefault(key, Sums()).merge(sums)
+            merged = Sums(sums.count, sums.total, sums.total_sq)
+            held = self._sums.get(key)
+            if held is not None:
+                merged.merge(held)
+            if not merged.finite:  # never a non-finite sum: this delta is skipped
+                self.skipped.add(key)
+                continue
+            self._sums[key] = merged
         self._changed()
+
+    def seen(self, batch_id: str) -> bool:
+        """Whether this batch was applied (its answer may have been lost: sent again)."""
+        return batch_id in self._batches
 
     async def start_phase(self, experiment: str, phase: Phase) -> None:
         self._phases.setdefault(experiment, {}).setdefault(phase.id, phase)
         self._changed()
 
     async def add_users(self, batch: Mapping[UsersKey, Sequence[int]]) -> None:
-        self._set_bits(batch)
-        self._changed()
-
-    def _set_bits(self, batch: Mapping[UsersKey, Sequence[int]]) -> None:
         for key, bits in batch.items():
             bitmap = self._users.get(key)
             if bitmap is None:
@@ -134,28 +199,7 @@ class MemoryMeasurements:
             for index in bits:
                 bitmap[index >> 3] |= 1 << (index & 7)
             self._packed.pop(key, None)
-
-    def apply_batch(
-        self,
-        batch_id: str,
-        phases: Sequence[tuple[str, Phase]],
-        sums: Mapping[MeasureKey, Sums],
-        users: Mapping[UsersKey, Sequence[int]],
-    ) -> bool:
-        """One data plane's flush, applied exactly once by its id (False: applied before).
-        All of it or nothing: no await in between, and saved with the sums it added."""
-        if batch_id in self._batches:
-            return False
-        for experiment, phase in phases:
-            self._phases.setdefault(experiment, {}).setdefault(phase.id, phase)
-        for key, delta in sums.items():
-            self._sums.setdefault(key, Sums()).merge(delta)
-        self._set_bits(users)
-        self._batches[batch_id] = None
-        if len(self._batches) > BATCH_IDS_KEPT:
-            del self._batches[next(iter(self._batches))]
         self._changed()
-        return True
 
     async def users(self, experiment: str) -> dict[tuple[int, str], int]:
         return {
@@ -183,6 +227,8 @@ class MemoryMeasurements:
             "sums": [[*key, s.count, s.total, s.total_sq] for key, s in self._sums.items()],
             # Compressed: a bitmap is mostly zeros until an arm has hundreds of thousands.
             "users": [[*key, self._pack(key, bitmap)] for key, bitmap in self._users.items()],
+            # With the sums they added: a batch applied and saved whose answer was lost is
+            # still known after a restart (abgate run's control process restarting).
             "batches": list(self._batches),
         }
         try:
@@ -207,28 +253,61 @@ class MemoryMeasurements:
         return packed
 
     def _restore(self, section: Any) -> None:
-        if section is None:
+        """Each phase, sum and bitmap on its own: an unreadable entry loses that entry only
+        (a sum saved as null once dropped every sum of every experiment)."""
+        if not isinstance(section, dict):
+            if section is not None:
+                log.error("ignoring unreadable measurements in the state file: not an object")
             return
-        try:
-            for experiment, phase, basis_points, started in section["phases"]:
-                self._phases.setdefault(str(experiment), {})[int(phase)] = Phase(
-                    int(phase), int(basis_points), float(started)
-                )
-            for entry in section["sums"]:
-                if len(entry) == 7:  # written before sums were kept per cluster
-                    entry = [*entry[:4], UNCLUSTERED, *entry[4:]]
-                experiment, phase, arm, metric, cluster, count, total, total_sq = entry
-                key = (str(experiment), int(phase), str(arm), str(metric), int(cluster))
-                self._sums[key] = Sums(int(count), float(total), float(total_sq))
-            for experiment, phase, arm, packed in section.get("users", []):
-                bitmap = bytearray(zlib.decompress(base64.b64decode(packed)))
-                if len(bitmap) != USER_MAP_BITS // 8:
-                    raise ValueError(f"a users bitmap of {len(bitmap)} bytes")
-                self._users[(str(experiment), int(phase), str(arm))] = bitmap
-            self._batches = {str(batch): None for batch in section.get("batches", [])}
-        except (KeyError, TypeError, ValueError, zlib.error) as exc:
-            log.error("ignoring unreadable measurements in the state file: %s", exc)
-            self._sums, self._phases, self._users, self._batches = {}, {}, {}, {}
+        lost: dict[str, int] = {}
+        for part, restore in (
+            ("phases", self._restore_phase),
+            ("sums", self._restore_sums),
+            ("users", self._restore_users),
+        ):
+            entries = section.get(part, [])
+            for entry in entries if isinstance(entries, list) else [entries]:
+                try:
+                    restore(entry)
+                except (TypeError, ValueError, zlib.error) as exc:
+                    lost[part] = lost.get(part, 0) + 1
+                    if lost[part] == 1:
+                        log.error(
+                            "ignoring an unreadable entry of measurements.%s in the state "
+                            "file: %s (the rest is kept)",
+                            part,
+                            exc,
+                        )
+        batches = section.get("batches", [])
+        if isinstance(batches, list):
+            self._batches.extend(str(batch) for batch in batches)
+        if lost:
+            log.error(
+                "measurements restored from the state file without %s",
+                ", ".join(f"{n} unreadable {part}" for part, n in lost.items()),
+            )
+
+    def _restore_phase(self, entry: Any) -> None:
+        experiment, phase, basis_points, started = entry
+        self._phases.setdefault(str(experiment), {})[int(phase)] = Phase(
+            int(phase), int(basis_points), float(started)
+        )
+
+    def _restore_sums(self, entry: Any) -> None:
+        if len(entry) == 7:  # written before sums were kept per cluster
+            entry = [*entry[:4], UNCLUSTERED, *entry[4:]]
+        experiment, phase, arm, metric, cluster, count, total, total_sq = entry
+        sums = Sums(int(count), float(total), float(total_sq))
+        if not sums.finite:
+            raise ValueError(f"a non-finite sum for {experiment}/{phase}/{arm}/{metric}")
+        self._sums[(str(experiment), int(phase), str(arm), str(metric), int(cluster))] = sums
+
+    def _restore_users(self, entry: Any) -> None:
+        experiment, phase, arm, packed = entry
+        bitmap = bytearray(zlib.decompress(base64.b64decode(packed)))
+        if len(bitmap) != USER_MAP_BITS // 8:
+            raise ValueError(f"a users bitmap of {len(bitmap)} bytes")
+        self._users[(str(experiment), int(phase), str(arm))] = bitmap
 
     async def phases(self, experiment: str) -> list[Phase]:
         return sorted(self._phases.get(experiment, {}).values(), key=lambda p: p.id)
@@ -243,20 +322,52 @@ class MemoryMeasurements:
         return phases, sums
 
 
+_ADD = """
+-- KEYS[1]: the batch's marker; KEYS[2..]: the stats hashes. ARGV[1]: the marker's expiry
+-- (seconds), then per group of sums: the index of its hash in KEYS, its field prefix, and
+-- its count, sum and sum of squares deltas. A batch id seen before is a no-op (a retry of
+-- a batch that had landed). Checks first, writes after: a group whose sums would become
+-- non-finite is skipped whole (and named in the reply), never half written.
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return {'duplicate'} end
+local skipped = {'applied'}
+local per = 5
+for i = 0, (#ARGV - 1) / per - 1 do
+  local base = 2 + i * per
+  local key, field = KEYS[tonumber(ARGV[base])], ARGV[base + 1]
+  local total = tonumber(redis.call('HGET', key, field .. '|sum') or '0') + tonumber(ARGV[base + 3])
+  local square = tonumber(redis.call('HGET', key, field .. '|sum_sq') or '0')
+    + tonumber(ARGV[base + 4])
+  if total ~= total or square ~= square or math.abs(total) == math.huge
+      or math.abs(square) == math.huge then
+    skipped[#skipped + 1] = key .. '|' .. field
+  else
+    redis.call('HINCRBY', key, field .. '|count', ARGV[base + 2])
+    redis.call('HINCRBYFLOAT', key, field .. '|sum', ARGV[base + 3])
+    redis.call('HINCRBYFLOAT', key, field .. '|sum_sq', ARGV[base + 4])
+  end
+end
+return skipped
+"""
+
+
 class RedisMeasurements:
     """{prefix}:stats:EXPERIMENT hash, fields `phase|arm|metric|cluster|count|sum|sum_sq`
     (without `cluster|` when written before sums were kept per cluster: UNCLUSTERED);
-    {prefix}:phases:EXPERIMENT hash, phase id -> "basis_points|started_at"."""
+    {prefix}:phases:EXPERIMENT hash, phase id -> "basis_points|started_at";
+    {prefix}:batch:ID string, a batch of deltas applied (expires after BATCH_TTL)."""
 
     def __init__(self, client: Redis, prefix: str) -> None:
         self._client = client
         self._prefix = prefix
+        self._add = client.register_script(_ADD)
+        self.skipped = Skipped()
+        self.duplicates = 0  # batches retried after they had landed
 
     def _stats(self, experiment: str) -> str:
         return f"{{{self._prefix}}}:stats:{experiment}"
 
     def _phases(self, experiment: str) -> str:
-        return f"{{{self._prefix}}}:phases:{experiment}"
+        return phases_key(self._prefix, experiment)
 
     def _users(self, experiment: str, phase: int | None = None, arm: str | None = None) -> str:
         """The set of an experiment's bitmaps ("phase|arm"), or one bitmap."""
@@ -285,15 +396,33 @@ class RedisMeasurements:
             counts = await pipe.execute()
         return {key: int(count) for key, count in zip(keys, counts, strict=True)}
 
-    async def add(self, batch: Mapping[MeasureKey, Sums]) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        for (experiment, phase, arm, metric, cluster), sums in batch.items():
-            key, field = self._stats(experiment), f"{phase}|{arm}|{metric}|{cluster}"
-            pipe.hincrby(key, f"{field}|count", sums.count)
-            pipe.hincrbyfloat(key, f"{field}|sum", sums.total)
-            pipe.hincrbyfloat(key, f"{field}|sum_sq", sums.total_sq)
+    async def add(self, batch: Mapping[MeasureKey, Sums], batch_id: str | None = None) -> None:
+        """One atomic script: every delta or none, and a batch id applied once."""
+        keys = [f"{{{self._prefix}}}:batch:{batch_id or os.urandom(12).hex()}"]
+        index: dict[str, int] = {}
+        args: list[str | int | float] = [BATCH_TTL]
+        fields: dict[str, MeasureKey] = {}
+        for key, sums in batch.items():
+            experiment, phase, arm, metric, cluster = key
+            if not sums.finite:  # never sent: Redis would refuse it half-way
+                self.skipped.add(key)
+                continue
+            stats = self._stats(experiment)
+            if stats not in index:
+                keys.append(stats)
+                index[stats] = len(keys)  # Lua's KEYS count from 1
+            field = f"{phase}|{arm}|{metric}|{cluster}"
+            fields[f"{stats}|{field}"] = key
+            args += [index[stats], field, sums.count, repr(sums.total), repr(sums.total_sq)]
+        if len(keys) == 1:
+            return
         with store_errors():
-            await pipe.execute()
+            reply = await self._add(keys=keys, args=args)
+        outcome, *skipped = (str(item) for item in reply)
+        if outcome == "duplicate":
+            self.duplicates += 1
+        for name in skipped:
+            self.skipped.add(fields[name])
 
     async def start_phase(self, experiment: str, phase: Phase) -> None:
         with store_errors():
@@ -313,8 +442,8 @@ class RedisMeasurements:
     async def read(self, experiment: str) -> tuple[list[Phase], dict[MeasureKey, Sums]]:
         """Every sum of an experiment, read in pieces of READ_PIECE fields (HSCAN): no reply
         is large (30 phases of 128 clusters are some 70,000 fields), and the loop is free
-        between pieces. Like the flushes' pipelines, a read is not one atomic snapshot: a
-        flush landing meanwhile may show in part, and the next read has it whole."""
+        between pieces. Not one atomic snapshot: a batch landing meanwhile may show in
+        part (its script is atomic, the scan is not), and the next read has it whole."""
         phases = await self.phases(experiment)
         sums: dict[MeasureKey, Sums] = {}
         key, cursor = self._stats(experiment), 0

@@ -12,6 +12,12 @@ atomic step, so concurrent writers can neither lose an update nor publish versio
 order. Readers apply messages through `FlagTable.apply`, which ignores older versions, and
 re-read the whole hash after every (re)connect, so a message missed while disconnected is
 never lost. Redis down: readers keep the state they have, retry with backoff, and say so once.
+Redis up but refusing writes (maxmemory reached, a read-only replica): not an outage; the
+subscription stays, heartbeats and the re-seed are retried at the heartbeat's pace, said once.
+
+Redis restarted empty: the control plane's writer re-seeds on every (re)connect what Redis
+lacks: the flags (its copy wins only where newer), each flag's current measurement phase,
+and the flag audit trail (its durable copy of the recent changes, when the stream is gone).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import os
 import random
 import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -32,11 +39,12 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from state.errors import store_errors
 from state.flag_file import FlagFile, flag_from_json, flag_to_json
 from state.flags import Flag, FlagTable, Instance, VersionConflict
+from state.measurements import phases_key
 from state.redis_timing import TimedRedis
 
 log = logging.getLogger("abgate.flags")
@@ -93,18 +101,32 @@ return out
 """
 
 _SEED = """
+-- KEYS[1]: the flags hash; KEYS[1 + i]: flag i's measurement phases hash. ARGV[1]: channel;
+-- then per flag: its JSON, its phase id and that phase's "basis_points|started_at".
 local seeded = 0
-for i = 2, #ARGV do
-  local flag = cjson.decode(ARGV[i])
+for i = 1, (#ARGV - 1) / 3 do
+  local raw = ARGV[3 * i - 1]
+  local flag = cjson.decode(raw)
   local current = redis.call('HGET', KEYS[1], flag['name'])
   if (not current) or cjson.decode(current)['version'] < flag['version'] then
-    redis.call('HSET', KEYS[1], flag['name'], ARGV[i])
-    redis.call('PUBLISH', ARGV[1], ARGV[i])
+    redis.call('HSET', KEYS[1], flag['name'], raw)
+    redis.call('PUBLISH', ARGV[1], raw)
     seeded = seeded + 1
   end
+  -- A phase Redis lost (restarted empty): the statistics would have no current phase.
+  redis.call('HSETNX', KEYS[1 + i], ARGV[3 * i], ARGV[3 * i + 1])
 end
 return seeded
 """
+
+_SEED_AUDIT = """
+-- KEYS[1]: a flag's audit stream; ARGV[1]: max length, then its entries oldest first. Only
+-- into a stream Redis lost: one it has is the truth.
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 2, #ARGV do redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'flag', ARGV[i]) end
+return #ARGV - 1
+"""
+AUDIT_COPY = 200  # recent changes per flag kept in the durable copy, for a re-seed
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,10 +214,13 @@ class RedisFlagSync:
         self._dirty = False
         self._in_outage = False
         self._stopping = False
+        self._reseed_due = False  # the writer's re-seed is still owed (Redis refused it)
+        self.refusing: str | None = None  # why Redis refuses writes, while it does
         self.connected = False
         self.synced_at = 0.0  # unix time of the last contact with Redis
         self.reconnects = 0
         self.resyncs = 0
+        self.write_refusals = 0  # heartbeats or re-seeds Redis refused (maxmemory, read-only)
         self.connected_event = asyncio.Event()
 
     async def __aenter__(self) -> RedisFlagSync:
@@ -276,10 +301,10 @@ class RedisFlagSync:
                     and message.get("type") == "message"
                     and self._apply(message["data"])
                 ):
-                    await self._beat()  # report the new version at once (rollback waits)
+                    await self._writes(self._beat)  # the new version at once (rollback waits)
                     continue
                 if loop.time() >= next_beat:
-                    await self._beat()
+                    await self._writes(self._beat)
                     next_beat = loop.time() + self._heartbeat
         finally:
             with contextlib.suppress(RedisError, OSError):
@@ -288,14 +313,46 @@ class RedisFlagSync:
     async def _connected(self) -> None:
         """Subscribed (again): re-read everything, let the writer re-seed, report in."""
         await self._resync()  # after subscribing: nothing can fall between the two
-        if self._on_connect is not None:
-            await self._on_connect()
+        self._reseed_due = self._on_connect is not None
+        await self._writes(self._reseed)
         self.connected = True
         self.connected_event.set()
         if self._in_outage:
             self._in_outage = False
             log.warning("flag store: Redis is reachable again; state re-read")
-        await self._beat()
+        await self._writes(self._beat)
+
+    async def _reseed(self) -> None:
+        if self._reseed_due and self._on_connect is not None:
+            await self._on_connect()
+            self._reseed_due = False
+
+    async def _writes(self, write: Callable[[], Awaitable[None]]) -> None:
+        """A write of the session's (heartbeat, re-seed). Redis answering with an error
+        (maxmemory reached, a read-only replica) is not an outage: reconnecting and
+        re-reading everything would not help (it once made 138 reconnects in 10 s, two
+        warnings each); the subscription stays, the write is tried again at the next
+        heartbeat, and it is said once until Redis takes writes again."""
+        try:
+            if self._reseed_due and write is not self._reseed:
+                await self._reseed()
+            await write()
+        except ResponseError as exc:
+            self.write_refusals += 1
+            cause = str(exc).split("\n", 1)[0][:200]
+            if self.refusing is None:
+                log.warning(
+                    "flag store: Redis refuses writes (%s); routing goes on, heartbeats%s "
+                    "are retried every %gs",
+                    cause,
+                    " and the re-seed" if self._reseed_due else "",
+                    self._heartbeat,
+                )
+            self.refusing = cause
+            return
+        if self.refusing is not None and not self._reseed_due:
+            log.warning("flag store: Redis takes writes again")
+            self.refusing = None
 
     async def _resync(self) -> None:
         stored = await self._client.hgetall(self._keys.flags)
@@ -344,6 +401,14 @@ class RedisFlagSync:
             await asyncio.to_thread(self._snapshot.save_copy, self.table.all())
 
 
+def _audit_entry(entry: dict[str, Any]) -> str | None:
+    """An audit entry as the stream holds it (None: unreadable, left out)."""
+    try:
+        return orjson.dumps(flag_to_json(flag_from_json(entry))).decode()
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 class RedisFlagStore:
     """The control plane's writer. Its own table is kept in step by a RedisFlagSync."""
 
@@ -363,7 +428,21 @@ class RedisFlagStore:
         self._durable = durable
         self._set = client.register_script(_SET)
         self._seed = client.register_script(_SEED)
+        self._seed_audit = client.register_script(_SEED_AUDIT)
         self.reseeded = 0
+        # The recent changes of each flag this process saw (its writes and others', as the
+        # table applies them), oldest first: the audit trail a re-seed puts back.
+        self._audit: dict[str, deque[dict[str, Any]]] = {}
+        if durable is not None:
+            _, history = durable.load()
+            for name, entries in history.items():
+                self._audit[name] = deque(entries[-AUDIT_COPY:], AUDIT_COPY)
+        table.subscribe(self._audited)
+
+    def _audited(self, flag: Flag) -> None:
+        entries = self._audit.setdefault(flag.name, deque(maxlen=AUDIT_COPY))
+        if not entries or entries[-1].get("version", 0) < flag.version:
+            entries.append({**flag.as_json(), "basis_points": flag.basis_points})
 
     async def set_percentages(
         self,
@@ -407,21 +486,40 @@ class RedisFlagStore:
 
     async def reseed(self) -> None:
         """Put back what Redis lacks (it restarted empty, or lost writes): our copy wins only
-        where it is newer, so live percentages are never reset to older values."""
-        flags = [orjson.dumps(flag_to_json(flag)).decode() for flag in self.table.all()]
+        where it is newer, so live percentages are never reset to older values; with each
+        flag its current phase, and the audit trail of a flag whose stream is gone."""
+        flags = self.table.all()
         if not flags:
             return
-        seeded = int(await self._seed(keys=[self._keys.flags], args=[self._keys.channel, *flags]))
-        if seeded:
+        args: list[str] = [self._keys.channel]
+        for flag in flags:
+            started = f"{flag.basis_points}|{flag.updated_at}"
+            args += [orjson.dumps(flag_to_json(flag)).decode(), str(flag.phase), started]
+        phases = [phases_key(self._keys.prefix, flag.name) for flag in flags]
+        seeded = int(await self._seed(keys=[self._keys.flags, *phases], args=args))
+        audit = 0
+        for name, entries in self._audit.items():
+            raw = [entry for entry in map(_audit_entry, entries) if entry is not None]
+            if raw and name in self.table:
+                audit += int(
+                    await self._seed_audit(
+                        keys=[self._keys.history(name)], args=[HISTORY_MAXLEN, *raw]
+                    )
+                )
+        if seeded or audit:
             self.reseeded += seeded
             log.warning(
-                "flag store: re-seeded %d flag(s) into Redis from the control plane's copy", seeded
+                "flag store: re-seeded %d flag(s) and %d audit entries into Redis from the "
+                "control plane's copy",
+                seeded,
+                audit,
             )
         await self._save_durable()
 
     async def _save_durable(self) -> None:
         if self._durable is not None:
-            await asyncio.to_thread(self._durable.save_copy, self.table.all())
+            history = {name: list(entries) for name, entries in self._audit.items()}
+            await asyncio.to_thread(self._durable.save_copy, self.table.all(), history)
 
     async def history(self, name: str, limit: int) -> list[dict[str, object]]:
         with store_errors():

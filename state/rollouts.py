@@ -5,15 +5,24 @@ restarted controller resumes the same stage with the same clock. Every write is 
 compare-and-set on `generation`; in Redis it is also fenced by the controller lease, so a
 controller that lost its lease (paused, partitioned) cannot write over its successor.
 
+Redis may lose everything (restarted empty): the Redis store remembers the newest copy of
+each rollout it has read or written, keeps a durable copy in the state file (rollouts and
+their recent history, read back at start), and `restore` puts back what Redis lacks (never
+over what it has), so a rollout is never silently ended by a Redis restart.
+
     {prefix}:rollouts                hash    experiment -> rollout JSON
     {prefix}:rollout-history:NAME    list    decisions, newest first (capped)
     {prefix}:controller-lease        string  holder id (expires)
     {prefix}:controller-generation   counter fencing generation, +1 per new holder
+    {prefix}:rollouts-alive          string  set once: missing again means Redis lost it all
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Protocol
 
@@ -36,6 +45,8 @@ RolloutStatus = Literal[
 ACTIVE: frozenset[str] = frozenset({"running", "awaiting_approval", "escalated"})
 FINISHED: frozenset[str] = frozenset({"rolled_back", "completed", "aborted"})
 HISTORY_LIMIT = 10_000  # per rollout, here; the history store (PostgreSQL) keeps them all
+DURABLE_HISTORY = 200  # per rollout, in the state file beside Redis: what a re-seed puts back
+log = logging.getLogger("abgate.rollout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +108,21 @@ class RolloutStore(Protocol):
         """Newest first."""
         ...
 
+    def lost(self, present: list[Rollout]) -> list[Rollout]:
+        """This process's copies of rollouts the store lacks, given those it has."""
+        ...
+
+    async def restore(self, rollout: Rollout) -> bool:
+        """Put `rollout` (and the history this process keeps of it) back if the store has no
+        rollout of that experiment; True if it did. Never writes over what the store has,
+        so it needs no lease."""
+        ...
+
+    async def emptied(self) -> bool:
+        """True (once) when the store has lost everything since it was last asked: Redis
+        restarted empty. A fresh store counts as emptied the first time."""
+        ...
+
 
 class MemoryRollouts:
     """The embedded default: one process; kept in the state file's `rollouts` section."""
@@ -141,6 +167,18 @@ class MemoryRollouts:
     async def history(self, experiment: str, limit: int) -> list[dict[str, Any]]:
         return list(reversed(self._history.get(experiment, [])[-limit:]))
 
+    def lost(self, present: list[Rollout]) -> list[Rollout]:
+        return []  # this process's memory is the store: nothing can go missing
+
+    async def restore(self, rollout: Rollout) -> bool:
+        if rollout.experiment in self._rollouts:
+            return False
+        await self.put(rollout, None)
+        return True
+
+    async def emptied(self) -> bool:
+        return False
+
     def _save(self, rollouts: dict[str, Rollout], history: dict[str, list[dict[str, Any]]]) -> None:
         if self._file is None:
             return
@@ -167,26 +205,73 @@ return 'ok'
 """
 
 
+_RESTORE = """
+-- KEYS: rollouts hash, the rollout's history list. ARGV: name, rollout JSON, then its history
+-- entries newest first. Puts back only what is missing: a rollout Redis has, or a history
+-- it has, is left as it is. Returns 1 when the rollout was put back.
+local restored = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+if #ARGV > 2 and redis.call('EXISTS', KEYS[2]) == 0 then
+  for i = 3, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+end
+return restored
+"""
+
+
 class RedisRollouts:
-    def __init__(self, client: Redis, prefix: str, lease: Lease | None = None) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        prefix: str,
+        lease: Lease | None = None,
+        durable: FlagFile | None = None,
+    ) -> None:
         self._client = client
         self._prefix = prefix
         self._hash = f"{{{prefix}}}:rollouts"
+        self._alive = f"{{{prefix}}}:rollouts-alive"
         self.lease = lease
         self._put = client.register_script(_PUT)
+        self._restore = client.register_script(_RESTORE)
+        self._durable = durable
+        self._durable_failure: str | None = None
+        # The newest copy of every rollout seen, and its recent history (newest first): what
+        # a re-seed puts back. Started from the durable copy, so a restarted process has it.
+        self._known: dict[str, Rollout] = {}
+        self._recent: dict[str, deque[dict[str, Any]]] = {}
+        self.restored = 0
+        if durable is not None:
+            self._load(durable)
+
+    def _load(self, durable: FlagFile) -> None:
+        section = durable.section("rollouts") or {}
+        try:
+            for name, item in (section.get("current") or {}).items():
+                self._known[name] = Rollout.from_json(item)
+            for name, items in (section.get("history") or {}).items():
+                # Saved oldest first (as the embedded store keeps it).
+                self._recent[name] = deque(reversed(items[-DURABLE_HISTORY:]), DURABLE_HISTORY)
+        except (TypeError, ValueError, AttributeError) as exc:
+            log.error("ignoring the unreadable durable copy of the rollouts: %s", exc)
+            self._known, self._recent = {}, {}
 
     def _history_key(self, experiment: str) -> str:
         return f"{{{self._prefix}}}:rollout-history:{experiment}"
 
+    def _seen(self, rollout: Rollout) -> Rollout:
+        held = self._known.get(rollout.experiment)
+        if held is None or held.generation <= rollout.generation:
+            self._known[rollout.experiment] = rollout
+        return rollout
+
     async def get(self, experiment: str) -> Rollout | None:
         with store_errors():
             raw = await self._client.hget(self._hash, experiment)
-        return Rollout.from_json(orjson.loads(raw)) if raw else None
+        return self._seen(Rollout.from_json(orjson.loads(raw))) if raw else None
 
     async def all(self) -> list[Rollout]:
         with store_errors():
             raw = await self._client.hgetall(self._hash)
-        return [Rollout.from_json(orjson.loads(v)) for _, v in sorted(raw.items())]
+        return [self._seen(Rollout.from_json(orjson.loads(v))) for _, v in sorted(raw.items())]
 
     async def put(self, rollout: Rollout, expected_generation: int | None) -> None:
         holder = self.lease.holder if self.lease is not None and self.lease.held else ""
@@ -205,6 +290,8 @@ class RedisRollouts:
             raise RolloutConflict("this controller no longer holds the lease")
         if result in (b"conflict", "conflict"):
             raise RolloutConflict(f"{rollout.experiment} changed meanwhile")
+        self._seen(rollout)
+        await self._save_durable()
 
     async def append(self, experiment: str, event: dict[str, Any]) -> None:
         key = self._history_key(experiment)
@@ -213,11 +300,62 @@ class RedisRollouts:
                 pipe.lpush(key, orjson.dumps(event))
                 pipe.ltrim(key, 0, HISTORY_LIMIT - 1)
                 await pipe.execute()
+        self._recent.setdefault(experiment, deque(maxlen=DURABLE_HISTORY)).appendleft(event)
+        await self._save_durable()
 
     async def history(self, experiment: str, limit: int) -> list[dict[str, Any]]:
         with store_errors():
             raw = await self._client.lrange(self._history_key(experiment), 0, limit - 1)
         return [orjson.loads(item) for item in raw]
+
+    async def emptied(self) -> bool:
+        with store_errors():  # a key that only a Redis that lost everything lacks
+            return bool(await self._client.set(self._alive, "1", nx=True))
+
+    def lost(self, present: list[Rollout]) -> list[Rollout]:
+        have = {rollout.experiment for rollout in present}
+        return [rollout for name, rollout in sorted(self._known.items()) if name not in have]
+
+    async def restore(self, rollout: Rollout) -> bool:
+        name = rollout.experiment
+        entries = [orjson.dumps(event).decode() for event in self._recent.get(name, ())]
+        with store_errors():
+            done = await self._restore(
+                keys=[self._hash, self._history_key(name)],
+                args=[name, orjson.dumps(rollout.as_json()).decode(), *entries],
+            )
+        if not int(done):
+            return False
+        self._seen(rollout)
+        self.restored += 1
+        log.warning(
+            "rollouts: Redis had lost %s (%s, stage %d); put back from this process's copy",
+            name,
+            rollout.state,
+            rollout.stage_index,
+        )
+        await self._save_durable()
+        return True
+
+    async def _save_durable(self) -> None:
+        """The state file's copy (rollouts and their recent history), for a re-seed after
+        this process restarts too. A failed write is logged once per cause: Redis holds the
+        state; the copy is the fallback."""
+        if self._durable is None:
+            return
+        section = {
+            "current": {name: r.as_json() for name, r in self._known.items()},
+            "history": {name: list(reversed(items)) for name, items in self._recent.items()},
+        }
+        try:
+            await asyncio.to_thread(self._durable.save_section, rollouts=section)
+        except OSError as exc:
+            cause = f"{exc.strerror or exc}"
+            if cause != self._durable_failure:
+                log.error("cannot write the rollouts' copy to %s: %s", self._durable.path, cause)
+            self._durable_failure = cause
+        else:
+            self._durable_failure = None
 
 
 _RENEW = """

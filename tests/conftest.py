@@ -5,8 +5,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import ClientSession, ClientTimeout
 
-from scripts.demo_agent import create_app
-from tests.servers import serve_app
+from tests.servers import demo_agents
 
 
 @pytest.fixture
@@ -18,8 +17,5 @@ async def session() -> AsyncIterator[ClientSession]:
 @pytest.fixture
 async def agents() -> AsyncIterator[dict[str, str]]:
     """The bundled demo agents: `control` (deterministic) and `treatment` (ml)."""
-    async with (
-        serve_app(create_app("deterministic")) as control,
-        serve_app(create_app("ml", seed=1)) as treatment,
-    ):
-        yield {"control": control, "treatment": treatment}
+    async with demo_agents() as urls:
+        yield urls

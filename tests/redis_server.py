@@ -31,15 +31,19 @@ def redis_binary() -> str:
 
 
 class RedisServer:
-    def __init__(self, binary: str, workdir: Path) -> None:
+    def __init__(self, binary: str, workdir: Path, *, durable: bool = False) -> None:
         self.binary = binary
         self.workdir = workdir
+        # durable: an append-only file synced at every write, so a restart after a kill
+        # keeps every write Redis acknowledged (or applied) before it died.
+        self.durable = durable
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        """Start (again) on the same port, with nothing in it."""
+        """Start (again) on the same port: with nothing in it, or (durable) with what the
+        append-only file holds."""
         self.proc = await asyncio.create_subprocess_exec(
             self.binary,
             "--port",
@@ -49,7 +53,9 @@ class RedisServer:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if self.durable else "no",
+            "--appendfsync",
+            "always",
             "--dir",
             str(self.workdir),
             "--daemonize",
@@ -80,8 +86,8 @@ class RedisServer:
 
 
 @asynccontextmanager
-async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    server = RedisServer(redis_binary(), tmp_path)
+async def redis_server(tmp_path: Path, *, durable: bool = False) -> AsyncIterator[RedisServer]:
+    server = RedisServer(redis_binary(), tmp_path, durable=durable)
     await server.start()
     try:
         yield server

@@ -14,6 +14,7 @@ import yaml
 from aiohttp import web
 
 from config import Config, parse_config
+from scripts.demo_agent import create_app
 from state.flags import FlagTable
 
 PEERS = web.AppKey("peers", set)
@@ -95,6 +96,16 @@ async def serve_app(app: web.Application) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def demo_agents() -> AsyncIterator[dict[str, str]]:
+    """The bundled demo agents: `control` (deterministic) and `treatment` (ml)."""
+    async with (
+        serve_app(create_app("deterministic")) as control,
+        serve_app(create_app("ml", seed=1)) as treatment,
+    ):
+        yield {"control": control, "treatment": treatment}
 
 
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

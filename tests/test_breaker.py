@@ -138,3 +138,45 @@ def test_a_breaker_never_asked_opens_again_on_a_failed_trial() -> None:
     b.record(2.5, failed=True, slow=False)  # the first outcome after the wait fails
     assert b.state is BreakerState.OPEN
     assert b.open_until == 2.5 + 4.0  # the wait doubled
+
+
+def test_a_released_trial_lets_the_next_request_be_the_trial() -> None:
+    """A trial that ends without an exchange (a refused body, a client that left) gives its
+    place back: half-open never waits for reports that will not come (issue 23 §3)."""
+    b, _ = breaker()
+    for _ in range(5):
+        b.record(0.0, failed=True, slow=False)
+    tickets = []
+    for _ in range(3):  # half_open_calls trials admitted ...
+        assert b.allow(2.0)
+        tickets.append(b.generation)
+    assert not b.allow(2.0)
+    for ticket in tickets:  # ... and each ended before its upstream call
+        b.release(ticket)
+    for _ in range(3):
+        assert b.allow(2.1)
+        b.record(2.1, failed=False, slow=False)
+    assert b.state is BreakerState.CLOSED
+    b.release(tickets[0])  # a ticket of an earlier half-open spell changes nothing now
+    assert b.state is BreakerState.CLOSED
+
+
+def test_recovery_is_bounded_by_the_open_wait_in_force() -> None:
+    """However long the upstream was down, once it is back the first request after the
+    open wait is a trial, so traffic returns within max_open_duration (plus the trials)."""
+    b, _ = breaker()
+    now = 0.0
+    for _ in range(5):
+        b.record(now, failed=True, slow=False)
+    for _ in range(10):  # down: every trial fails, the wait doubles up to its cap
+        now = b.open_until
+        assert b.allow(now)
+        b.record(now, failed=True, slow=False)
+    back = now + 0.001  # the upstream recovers just after the last failed trial
+    assert b.open_until - back <= CONFIG.max_open_duration
+    while not b.allow(now):
+        now += 0.1
+    assert now - back <= CONFIG.max_open_duration + 0.1
+    for _ in range(CONFIG.half_open_calls):
+        b.record(now, failed=False, slow=False)
+    assert b.state is BreakerState.CLOSED

@@ -341,7 +341,7 @@ def test_aliases_reused_within_the_limit_are_fine() -> None:
 
 
 def test_a_file_over_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
-    from config.parse import MAX_CONFIG_BYTES
+    from config.layers import MAX_CONFIG_BYTES
 
     path = tmp_path / "big.yaml"
     path.write_bytes(GOOD.encode() + b"#" * MAX_CONFIG_BYTES)

@@ -136,6 +136,9 @@ async def test_the_ml_agent_dies_and_comes_back_while_the_stack_serves(
 ) -> None:
     async with started_demo(tmp_path) as running:
         assert "10% to ML" in running.output
+        # The docs call `abgate`: the demo says how to have it on the PATH.
+        assert f'export PATH="{ROOT}/.venv/bin:$PATH"' in running.output
+        assert "make demo-rollout" in running.output
         async with session.post(
             f"{running.control}/api/flags/ml-agent-rollout", json={"percentage": 100}
         ) as response:

@@ -8,14 +8,16 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from time import perf_counter
 from typing import Any
 
 import pytest
 from aiohttp import ClientSession, web
 
 from control.serve import Embedded, embedded
+from proxy.breaker import BreakerState
 from scripts.demo_agent import Behaviour, create_app
-from tests.servers import free_port, make_config, serve_app
+from tests.servers import free_port, make_config, serve_app, until
 
 URL = "/api/agent/credit/decide"
 FAST_BREAKER = {
@@ -32,6 +34,8 @@ async def stack(
     replayable: bool = True,
     budget: dict[str, float] | None = None,
     treatment_url: str | None = None,
+    proxy: dict[str, Any] | None = None,
+    read_timeout: str = "300ms",
     **experiment: Any,
 ) -> AsyncIterator[tuple[Embedded, Behaviour, dict[str, str]]]:
     behaviour = Behaviour()
@@ -45,8 +49,11 @@ async def stack(
             percentage=100,
             experiment=experiment,
             routes=[{"prefix": "/api/", "experiment": "exp", "replayable": replayable}],
-            proxy={"retry_budget": budget or {"ratio": 1.0, "min_per_second": 1000}},
-            upstream_options={"read_timeout": "300ms", "breaker": FAST_BREAKER},
+            proxy={
+                "retry_budget": budget or {"ratio": 1.0, "min_per_second": 1000},
+                **(proxy or {}),
+            },
+            upstream_options={"read_timeout": read_timeout, "breaker": FAST_BREAKER},
         )
         async with embedded(config) as running:
             yield running, behaviour, upstreams
@@ -92,7 +99,9 @@ async def breaker_state(session: ClientSession, control_url: str) -> dict[str, s
 
 
 async def test_slow_ml_backend_trips_on_slow_calls(session: ClientSession) -> None:
-    async with stack() as (running, behaviour, _):
+    # Slow but never failing, however busy the machine: a read timeout far above the 150 ms
+    # (with 300 ms, a loaded machine turned slow calls into timeouts, i.e. failures).
+    async with stack(read_timeout="10s") as (running, behaviour, _):
         behaviour.latency_ms = 150  # slower than slow_call_duration, within read_timeout
         results = await paced_load(session, f"{running.proxy_url}{URL}")
         async with session.get(f"{running.control_url}/metrics") as response:
@@ -100,6 +109,7 @@ async def test_slow_ml_backend_trips_on_slow_calls(session: ClientSession) -> No
     assert Counter(s for s, _, _ in results) == {200: len(results)}
     reasons = Counter(reason for _, _, reason in results)
     assert reasons["breaker-open"] > len(results) * 0.5
+    # minimum_calls (20) slow answers are what trips it: all served by the treatment.
     assert Counter(arm for _, arm, reason in results if not reason)["treatment"] >= 20
     # It opened although the treatment upstream never failed: the slow calls tripped it.
     assert (
@@ -229,3 +239,69 @@ async def test_forced_states(session: ClientSession) -> None:
             f"{running.control_url}/api/breakers/nope", json={"state": "auto"}
         ) as response:
             assert response.status == 404
+
+
+async def test_early_refusals_in_half_open_do_not_keep_the_breaker_half_open(
+    session: ClientSession,
+) -> None:
+    """Requests admitted as half-open trials that end before reaching the ML upstream (a
+    body over max_body_size) release their ticket: the next requests are the trial, and the
+    breaker closes (issue 23 §3: it stayed half-open for good, everyone on control)."""
+    async with stack(proxy={"max_body_size": "1KiB", "buffer_body_size": "1KiB"}) as (
+        running,
+        _,
+        _,
+    ):
+        breaker = running.plane.breakers["treatment"]
+        for _ in range(5):
+            breaker.record(perf_counter(), failed=True, slow=False)
+        assert breaker.state is BreakerState.OPEN
+        await until(lambda: perf_counter() >= breaker.open_until)  # the open wait (300 ms)
+        for _ in range(FAST_BREAKER["half_open_calls"]):  # type: ignore[call-overload]
+            async with session.post(
+                f"{running.proxy_url}{URL}", data=b"x" * 4096, headers={"X-User-Id": "u"}
+            ) as response:
+                assert response.status == 413
+        assert breaker.state is BreakerState.HALF_OPEN
+        served = []
+        for index in range(5):
+            async with session.post(
+                f"{running.proxy_url}{URL}", data=b"{}", headers={"X-User-Id": f"u{index}"}
+            ) as response:
+                assert response.status == 200
+                served.append(response.headers["X-ABGate-Served-By"])
+        assert served == ["treatment"] * 5
+        assert breaker.state is BreakerState.CLOSED
+
+
+async def test_waiting_for_a_pool_slot_is_abgates_congestion_not_a_breaker_failure(
+    session: ClientSession,
+) -> None:
+    """All of the ML upstream's connections busy past connect_timeout: a 503 saying so,
+    counted, and no failure for the breaker of a healthy upstream (issue 23 §3)."""
+    from tests.servers import echo_app
+
+    async with serve_app(echo_app()) as url:
+        config = make_config(
+            {"control": url, "treatment": url},
+            percentage=100,
+            routes=[{"prefix": "/", "experiment": "exp"}],
+            upstream_options={"pool_size": 1, "connect_timeout": "300ms", "read_timeout": "5s"},
+        )
+        async with embedded(config) as running:
+            slow = asyncio.create_task(session.get(f"{running.proxy_url}/slow/1.5"))
+            pool = running.plane._pools["treatment"]
+            await until(lambda: pool.open_connections == 1 and not pool.idle_connections)
+            async with session.get(f"{running.proxy_url}/fast") as response:
+                assert response.status == 503
+                payload = await response.json()
+            async with await slow as response:
+                assert response.status == 200
+            async with session.get(f"{running.control_url}/metrics") as response:
+                metrics = await response.text()
+            breaker = running.plane.breakers["treatment"]
+            assert breaker.window(perf_counter()) == (1, 0)  # the slow call, a success
+    assert payload["error"] == "all 1 connections busy for 0.3s"
+    assert payload["upstream"] == "treatment"
+    assert 'abgate_local_responses_total{reason="pool_busy",status="503"} 1.0' in metrics
+    assert 'abgate_upstream_errors_total{kind="pool_timeout",upstream="treatment"} 1.0' in metrics

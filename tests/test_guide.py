@@ -1,7 +1,7 @@
-"""The operations guide (docs/ab-testing-guide.md) stays true: its configuration passes
-`abgate check-config`, its rollout and rollback commands run, in order, against a real
-`abgate run` with that configuration, `make monitoring` starts and stops its stack, and
-every other command it shows is named here with the test that runs it. Every alert rule
+"""The operations guide (docs/self-learning-agents/ab-testing-guide.md) stays true: its
+configuration passes `abgate check-config`, its rollout and rollback commands run, in order,
+against a real `abgate run` with that configuration, `make monitoring` starts and stops its
+stack, and every other command it shows is named here with the test that runs it. Every alert rule
 links to the guide's section for it."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tests.processes import abgate, write_config
 from tests.servers import free_port, serve_app
 
 ROOT = Path(__file__).parent.parent
-GUIDE = ROOT / "docs" / "ab-testing-guide.md"
+GUIDE = ROOT / "docs" / "self-learning-agents" / "ab-testing-guide.md"
 ALERTS = ROOT / "monitoring" / "alerts.yml"
 
 # Commands of the guide run by this module, in the order the guide gives them.
@@ -83,8 +83,12 @@ def test_every_alert_links_to_its_section_of_the_guide() -> None:
     assert len(alerts) >= 15
     for rule in alerts:
         link = rule["annotations"]["runbook_url"]
-        assert link == f"docs/ab-testing-guide.md#{rule['alert'].lower()}", rule["alert"]
-        assert link.removeprefix("docs/ab-testing-guide.md") in headings, rule["alert"]
+        assert link == f"docs/self-learning-agents/ab-testing-guide.md#{rule['alert'].lower()}", (
+            rule["alert"]
+        )
+        assert link.removeprefix("docs/self-learning-agents/ab-testing-guide.md") in headings, rule[
+            "alert"
+        ]
 
 
 def guide_config(control: str, treatment: str, state: Path) -> dict[str, Any]:

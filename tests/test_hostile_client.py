@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import ClientSession
 
@@ -38,6 +40,10 @@ async def echo_proxy(
         )
         async with embedded(config) as running:
             yield running
+
+
+def port_of(running: Embedded) -> int:
+    return int(running.proxy_url.rsplit(":", 1)[1])
 
 
 async def connect(running: Embedded) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -301,12 +307,17 @@ async def test_chunked_trailers_are_not_merged_into_the_head(session: ClientSess
 async def test_a_stray_late_response_is_never_served_to_the_next_client(
     session: ClientSession,
 ) -> None:
+    dropped = asyncio.Event()
+
     async def answers_twice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal")
         await writer.drain()
         await asyncio.sleep(0.05)  # then, unasked, while the connection sits in the pool
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray")
+        await writer.drain()
+        await reader.read()  # abgate closes a connection that speaks out of turn ...
+        dropped.set()  # ... which proves the stray bytes reached it
 
     async with hostile() as (upstream, running):
         upstream.behaviour = answers_twice
@@ -314,7 +325,8 @@ async def test_a_stray_late_response_is_never_served_to_the_next_client(
         for _ in range(4):
             async with session.get(f"{running.proxy_url}/x") as response:
                 bodies.append(await response.read())
-            await asyncio.sleep(0.1)  # let the stray bytes arrive on the idle connection
+            await asyncio.wait_for(dropped.wait(), 20)  # the stray bytes were seen
+            dropped.clear()
     assert bodies == [b"real"] * 4
 
 
@@ -329,9 +341,133 @@ async def test_a_client_leaving_mid_upload_leaves_no_unretrieved_future(
             )
             await writer.drain()
             writer.transport.abort()
-        await asyncio.sleep(0.2)  # the aborted exchanges are torn down
+        listener = running.plane.listener
+        assert listener is not None
+        await until(lambda: listener.connections == 0)  # the aborted exchanges are torn down
         import gc
 
         gc.collect()  # futures report "never retrieved" when collected
         await asyncio.sleep(0)
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+# Client-side edges (issue 23 §4): each failed before abgate served with its own protocol.
+
+
+@pytest.mark.parametrize("raw", ["/raw/..#x", "/raw/%2e%2e#", "/raw/%2E%2e/#frag"])
+async def test_a_fragment_is_dropped_before_the_path_is_matched(raw: str) -> None:
+    async with echo_proxy(routes=[{"prefix": "/raw/", "upstream": "control"}]) as running:
+        reader, writer = await connect(running)
+        writer.write(f"GET {raw} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode())
+        answer = await read_all(reader)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 404"), answer[:200]  # `/`: outside /raw/
+    assert b"#" not in answer.split(b"\r\n\r\n", 1)[1]
+
+
+async def test_an_unusable_request_id_is_replaced_not_a_500() -> None:
+    async with echo_proxy(routes=[{"prefix": "/in/", "upstream": "control"}]) as running:
+        for path, status in (("/out", 404), ("/in/x", 200)):
+            reader, writer = await connect(running)
+            writer.write(
+                f"GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n".encode()
+                + b"X-Request-Id: \xff\xfe\r\n\r\n"
+            )
+            answer = await read_all(reader)
+            writer.close()
+            head, body = answer.split(b"\r\n\r\n", 1)
+            assert head.startswith(f"HTTP/1.1 {status}".encode()), answer[:300]
+            assert b"\xff" not in answer
+            generated = head.split(b"X-Request-Id: ", 1)[1].split(b"\r\n", 1)[0].decode()
+            if status == 404:
+                assert orjson.loads(body)["request_id"] == generated
+            else:  # the upstream was sent the generated id, not the bytes
+                sent = dict((k.lower(), v) for k, v in orjson.loads(body)["headers"])
+                assert sent["x-request-id"] == generated
+
+
+async def test_the_body_timeout_bounds_a_pause_not_the_whole_body() -> None:
+    async with echo_proxy(client_body_timeout="1s") as running:  # a byte each 100 ms: 3 s
+        reader, writer = await connect(running)
+        writer.write(
+            b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 30\r\nConnection: close\r\n\r\n"
+        )
+        for _ in range(30):
+            await asyncio.sleep(0.1)
+            writer.write(b"b")
+        answer = await read_all(reader)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    assert b'"body_size":30' in answer
+
+
+@pytest.mark.parametrize(
+    ("headers", "detail"),
+    [
+        (b"X-Big: " + b"b" * 12_000 + b"\r\n", b"request head over 8192 bytes"),  # in one read
+        (b"".join(b"X-F%d: 1\r\n" % i for i in range(200)), b"over 100 header fields"),
+    ],
+)
+async def test_a_whole_head_too_large_or_with_too_many_fields_is_431(
+    headers: bytes, detail: bytes
+) -> None:
+    async with echo_proxy() as running:  # max_header_size 8 KiB
+        reader, writer = await connect(running)
+        writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\n" + headers + b"\r\n")
+        answer = await read_all(reader)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), answer[:200]
+    assert detail in answer
+    assert refusals(running) == {"header_too_large": 1}
+
+
+@pytest.mark.parametrize(
+    ("request_line", "version"),
+    [(b"GET /x\r\n", b"HTTP/0.9"), (b"GET /x HTTP/2.0\r\nHost: a\r\n\r\n", b"HTTP/2.0")],
+)
+async def test_versions_other_than_1x_are_505_at_once(request_line: bytes, version: bytes) -> None:
+    async with echo_proxy(client_header_timeout="10s") as running:
+        reader, writer = await connect(running)
+        writer.write(request_line)  # HTTP/0.9: no blank line follows, nothing more comes
+        answer = await read_all(reader, timeout=5.0)  # well before the header timeout
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n"), answer[:200]
+    assert version + b" is not supported" in answer
+
+
+async def test_clients_refused_over_max_connections_get_the_503_without_a_reset() -> None:
+    async with echo_proxy() as running:  # max_connections 8
+        held = [await connect(running) for _ in range(8)]
+        for _, writer in held:
+            writer.write(b"GET /x HTTP/1.1\r\n")
+        assert running.plane.listener is not None
+        await until(lambda: running.plane.listener.connections >= 8)  # type: ignore[union-attr]
+        # Each client's whole request is in the kernel before abgate accepts it (the loop is
+        # held while they connect and send): closing at once would reset them.
+        clients = []
+        for _ in range(20):
+            sock = socket.create_connection(("127.0.0.1", port_of(running)))
+            sock.sendall(
+                b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n" + b"p" * 5000
+            )
+            clients.append(sock)
+        answers = []
+        for sock in clients:
+            reader, writer = await asyncio.open_connection(sock=sock)
+            answers.append(await read_all(reader))  # a reset would raise here
+            writer.close()
+        for _, other in held:
+            other.close()
+    assert all(a.startswith(b"HTTP/1.1 503 Service Unavailable\r\n") for a in answers)
+    assert refusals(running)["max_connections"] == 20
+
+
+async def test_a_body_pause_is_judged_by_its_own_timeout_not_a_longer_one() -> None:
+    """The connection's one timer, armed for the 10 s head deadline, is brought forward when
+    a body wait begins: a stalled body gets its 408 after client_body_timeout."""
+    async with echo_proxy(client_header_timeout="10s", client_body_timeout="300ms") as running:
+        reader, writer = await connect(running)
+        writer.write(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+        answer = await read_all(reader, timeout=5.0)  # long before the 10 s
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]

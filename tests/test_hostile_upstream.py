@@ -146,6 +146,11 @@ async def status_700(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
     writer.write(b"HTTP/1.1 700 Odd\r\nContent-Length: 0\r\n\r\n")
 
 
+async def status_099(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_request(reader)  # not a 1xx to skip: an invalid status, refused at once
+    writer.write(b"HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n")
+
+
 CASES: dict[str, tuple[Behaviour, set[int]]] = {
     "closes mid-body": (closes_mid_body, {200}),  # the head went out; then an abrupt close
     "resets mid-body": (resets_mid_body, {200}),
@@ -154,6 +159,7 @@ CASES: dict[str, tuple[Behaviour, set[int]]] = {
     "hangs": (hangs, {504}),
     "huge head": (huge_head, {502}),
     "status 700": (status_700, {502}),
+    "status 099": (status_099, {502}),
 }
 
 
@@ -190,4 +196,58 @@ async def test_a_hundred_crashes_do_not_cut_the_upstream_off(session: ClientSess
 
         for _ in range(10):
             await asyncio.gather(*(one() for _ in range(10)))  # 100 crashes, 10 at a time
+        await books_balance(upstream, running, session)
+
+
+# A legitimate large answer is not hostile: whatever its size and however its bytes are cut
+# into writes, the client gets 200 and exactly those bytes (issue 23: bytes of the body that
+# arrived in the same reads as the head used to count towards max_response_header_size).
+SIZES = [0, 1, 65_535, 65_537, 70_000, 200_000, 1024 * 1024, 16 * 1024 * 1024]
+
+
+def expected_body(size: int) -> bytes:
+    return bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+
+
+def large_answers(head_seen: asyncio.Event) -> Behaviour:
+    """Answers GET /large/SIZE/HOW with SIZE bytes, cut into writes as HOW says."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request, _ = await read_request(reader)
+        _, size_text, how = request.split(b" ", 2)[1].decode().rsplit("/", 2)
+        size = int(size_text)
+        body = expected_body(size)
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nContent-Type: a/b\r\n\r\n"
+        if how == "one-write":  # head and body in one write: a fast upstream on this host
+            writer.write(head.encode() + body)
+        elif how == "pieces":
+            writer.write(head.encode() + body[:1000])
+            for start in range(1000, size, 65_536):
+                writer.write(body[start : start + 65_536])
+                await writer.drain()
+        else:  # "streamed": the rest only once the client has the head (abgate streams it)
+            writer.write(head.encode() + body[:1000])
+            await writer.drain()
+            await head_seen.wait()
+            head_seen.clear()
+            writer.write(body[1000:])
+
+    return answer
+
+
+@pytest.mark.parametrize("how", ["one-write", "pieces", "streamed"])
+async def test_large_answers_pass_whole(session: ClientSession, how: str) -> None:
+    async with hostile(pool_size=2) as (upstream, running):
+        head_seen = asyncio.Event()
+        upstream.behaviour = large_answers(head_seen)
+        for size in SIZES:
+            if how == "streamed" and size <= 1000:
+                continue  # nothing left to send after the head
+            for _ in range(2):
+                async with session.get(f"{running.proxy_url}/large/{size}/{how}") as response:
+                    assert response.status == 200, (size, how)
+                    head_seen.set()
+                    data = await response.read()
+                assert len(data) == size, (size, how)
+                assert data == expected_body(size), (size, how)
         await books_balance(upstream, running, session)

@@ -22,7 +22,7 @@ from state.flag_file import FlagFile
 from state.flags import FlagTable, MemoryFlagStore
 from state.live_channel import MAX_FRAME, Peer
 from state.live_server import LiveStateServer
-from state.measurements import MemoryMeasurements, Phase, Sums
+from state.measurements import MemoryMeasurements, Sums
 from tests.servers import make_config, tables_reach, until
 
 JSON = {"Content-Type": "application/json"}
@@ -90,9 +90,7 @@ async def test_the_data_plane_re_reads_everything_when_the_control_process_comes
         second = await stack.enter_async_context(control_half(config, channel))
         await tables_reach([plane.flags], "exp", flag.version)  # read again on the hello
         assert plane.flags.get("exp").percentage == 15
-        held = plane.measurements
-        assert held is not None
-        await until(lambda: not held.pending)  # sent once connected
+        await plane.plane.flush_measurements()  # what was kept goes now
         _, sums = await second.worker.store.read("exp")
         assert sum(s.count for k, s in sums.items() if k[3] == "error") == 50
         assert plane.link.reconnects == 1
@@ -131,8 +129,9 @@ async def test_a_batch_whose_answer_was_lost_is_applied_once(
     session: ClientSession, agents: dict[str, str], tmp_path: Path
 ) -> None:
     """A relay between the two drops the control process's first answer to a measurement
-    batch and cuts the connection: the data plane sends the same batch (same id) again
-    after it reconnects, and the control process answers it without adding it twice."""
+    batch and cuts the connection: the data plane's flusher sends the same batch (same id)
+    again once it reconnected, and the control process answers it without adding it
+    twice."""
     config = make_config(agents, percentage=50)
     channel, relayed = tmp_path / "live.sock", tmp_path / "relay.sock"
     async with (
@@ -144,11 +143,9 @@ async def test_a_batch_whose_answer_was_lost_is_applied_once(
             await decide(session, plane.proxy_url, f"u{user}")
         await plane.plane.flush_measurements()  # applied there, its answer dropped here
         assert relay.dropped == 1
-        # Reconnected, the held batch goes again, same id: answered, not added again.
-        await until(lambda: control.server.batches_repeated == 1)
-        held = plane.measurements
-        assert held is not None
-        await until(lambda: not held.pending)
+        await until(lambda: plane.link.connected)
+        await plane.plane.flush_measurements()  # the same batch again: answered, not added
+        assert control.server.batches_repeated == 1
         _, sums = await control.worker.store.read("exp")
         assert sum(s.count for k, s in sums.items() if k[3] == "error") == 10
         assert plane.link.reconnects == 1
@@ -156,7 +153,7 @@ async def test_a_batch_whose_answer_was_lost_is_applied_once(
 
 class _DroppingRelay:
     """A Unix-socket relay that forwards frames both ways but, the first time the control
-    process answers a "measurements" request, cuts both connections instead."""
+    process answers an "add" request, cuts both connections instead."""
 
     def __init__(self, listen: Path, target: Path) -> None:
         self._listen, self._target = listen, target
@@ -201,7 +198,7 @@ class _DroppingRelay:
             body = await reader.readexactly(int.from_bytes(head, "big"))
             assert len(body) <= MAX_FRAME
             message = orjson.loads(body)
-            if watch_requests and message.get("op") == "measurements":
+            if watch_requests and message.get("op") == "add":
                 self._measurement_ids.add(message["id"])
             if (
                 not watch_requests
@@ -215,18 +212,20 @@ class _DroppingRelay:
             await writer.drain()
 
 
-def test_a_batch_is_applied_once_by_its_id_and_the_ids_survive_a_restart(tmp_path: Path) -> None:
+async def test_a_batch_is_applied_once_by_its_id_and_the_ids_survive_a_restart(
+    tmp_path: Path,
+) -> None:
     state = FlagFile(tmp_path / "state.json")
     store = MemoryMeasurements(state)
     key = ("exp", 1, "control", "latency", 3)
-    phases = [("exp", Phase(1, 5000, 1.0))]
-    assert store.apply_batch("plane-a:1", phases, {key: Sums(2, 0.5, 0.13)}, {})
-    assert not store.apply_batch("plane-a:1", phases, {key: Sums(2, 0.5, 0.13)}, {})
+    await store.add({key: Sums(2, 0.5, 0.13)}, "plane-a:1")
+    await store.add({key: Sums(2, 0.5, 0.13)}, "plane-a:1")  # sent again: a no-op
     store.save()
     restarted = MemoryMeasurements(FlagFile(tmp_path / "state.json"))
-    assert not restarted.apply_batch("plane-a:1", phases, {key: Sums(2, 0.5, 0.13)}, {})
-    assert restarted.apply_batch("plane-a:2", phases, {key: Sums(1, 0.25, 0.0625)}, {})
-    _, sums = asyncio.run(restarted.read("exp"))
+    assert restarted.seen("plane-a:1")  # a resend after the restart is known too
+    await restarted.add({key: Sums(2, 0.5, 0.13)}, "plane-a:1")
+    await restarted.add({key: Sums(1, 0.25, 0.0625)}, "plane-a:2")
+    _, sums = await restarted.read("exp")
     assert sums[key] == Sums(3, 0.75, 0.1925)
 
 

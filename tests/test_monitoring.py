@@ -135,6 +135,7 @@ async def test_prometheus_scrapes_abgate_and_dashboard_queries_run(
                 "postgresql_queries_duration_p95",
                 "redis_commands_duration_p95",
                 "abgate_decision_latency_p95_ms",
+                "ab_testing_decision_latency",
             }
             for group in rules["data"]["groups"]:  # every rule's PromQL runs, and is healthy
                 for rule in group["rules"]:

@@ -44,7 +44,7 @@ async def test_every_route_is_documented_and_every_document_path_served(
             None,  # type: ignore[arg-type]
             None,
             running.reloader,
-            RemotePlane(running.control.server, 1.0),
+            RemotePlane(running.control.server, running.control.rollouts.config),
             running.backend,
             running.worker,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from aiohttp import ClientSession
 
 from control.serve import embedded
@@ -104,3 +105,115 @@ def test_new_users_between_flushes_are_bounded() -> None:
     every = {d >> 27 for d in draws}  # the hash's top 20 bits, as the recorder indexes them
     assert not set(first) & set(second)
     assert set(first) | set(second) == every
+
+
+async def test_a_request_in_flight_over_a_percentage_change_counts_in_its_decisions_phase(
+    session: ClientSession,
+) -> None:
+    """Its arm was chosen in the phase before the change: its record, its sums and its
+    X-ABGate-Phase say that phase, not the one in force when it was answered (issue 26)."""
+    import asyncio
+
+    from tests.servers import raw_server, read_request
+
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            arrived.set()
+            await release.wait()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    seen: list[Outcome] = []
+    async with raw_server(held) as (url, _):
+        config = make_config({"control": url, "treatment": url}, percentage=100)
+        async with embedded(config) as running:
+            running.plane.add_sink(seen.append)
+            before = running.flags.get("exp").phase
+            in_flight = asyncio.create_task(
+                session.get(f"{running.proxy_url}/x", headers={"X-User-Id": "u1"})
+            )
+            await arrived.wait()
+            async with session.post(
+                f"{running.control_url}/api/flags/exp", json={"percentage": 50, "reason": "t"}
+            ) as response:
+                assert response.status == 200
+            after = running.flags.get("exp").phase
+            assert after != before
+            release.set()
+            async with await in_flight as response:
+                assert response.headers["X-ABGate-Phase"] == str(before)
+            batch, _, _ = running.plane.measurements.drain()
+    assert [o.phase for o in seen] == [before]
+    assert {key[1] for key in batch if key[2] == "treatment"} == {before}
+
+
+def test_a_late_answer_is_summed_in_the_phase_given() -> None:
+    from proxy.hashing import fnv1a32, user_draw
+    from proxy.measure import ArmRecorder, Measurements, PhaseRef
+
+    measurements, phase = Measurements(), PhaseRef(1)
+    recorder = ArmRecorder(measurements, "exp", "ml", phase)
+    draw = user_draw(fnv1a32("exp"), "user-1")
+    recorder.record(200, 0.01, draw, 1)
+    phase.move(2)
+    recorder.record(200, 0.03, draw, 1)  # decided in phase 1, answered in phase 2
+    recorder.add("accuracy", 1.0)
+    recorder.record(200, 0.02, draw, 2)
+    batch, _, users = measurements.drain()
+    by_phase: dict[tuple[int, str], int] = {}
+    for (_, phase_id, _, metric, _), sums in batch.items():
+        by_phase[(phase_id, metric)] = by_phase.get((phase_id, metric), 0) + sums.count
+    assert by_phase == {
+        (1, "error"): 2,
+        (1, "latency"): 2,
+        (1, "accuracy"): 1,
+        (2, "error"): 1,
+        (2, "latency"): 1,
+    }
+    assert set(users) == {("exp", 1, "ml"), ("exp", 2, "ml")}
+
+
+async def test_a_streamed_answer_that_breaks_off_is_recorded_as_broken(
+    session: ClientSession,
+) -> None:
+    """The head went out with 200, then the upstream closed mid-body: the client saw a
+    broken answer, and the record says so (502, `closed`), not the head's 200 (issue 27)."""
+    from tests.test_hostile_upstream import closes_mid_body, hostile
+
+    seen: list[Outcome] = []
+    async with hostile() as (upstream, running):
+        running.plane.add_sink(seen.append)
+        upstream.behaviour = closes_mid_body
+        try:
+            async with session.get(f"{running.proxy_url}/x") as response:
+                assert response.status == 200
+                await response.read()
+        except Exception:
+            pass
+    assert [(o.status, o.error) for o in seen] == [(502, "closed")]
+
+
+async def test_a_sink_that_raises_costs_its_request_nothing_but_a_log_line(
+    session: ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in a sink after the answer went out: the client has its answer, the next
+    request is served, and the traceback is logged."""
+    from tests.servers import echo_app
+
+    def broken(outcome: Outcome) -> None:
+        raise RuntimeError("sink bug")
+
+    async with serve_app(echo_app()) as url:
+        config = make_config({"control": url}, routes=[{"prefix": "/", "upstream": "control"}])
+        async with embedded(config) as running:
+            running.plane.add_sink(broken)
+            for _ in range(2):
+                async with session.get(f"{running.proxy_url}/x") as response:
+                    assert response.status == 200
+                    assert b'"path_qs":"/x"' in await response.read()
+    logged = [r for r in caplog.records if r.getMessage().startswith("error handling request")]
+    assert len(logged) == 2
+    assert all(r.exc_info and "sink bug" in str(r.exc_info[1]) for r in logged)

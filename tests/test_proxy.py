@@ -333,3 +333,35 @@ async def test_prebuilt_heads_follow_the_connection_rules_and_add_a_date() -> No
         )
         assert b"\r\nConnection: close\r\n" in closing
         assert closing.endswith(b"\r\n\r\nok")  # and the connection closed after it
+
+
+async def test_absolute_form_targets_are_sent_on_in_origin_form() -> None:
+    async with echo_proxy(routes=[{"prefix": "/in/", "upstream": "control"}]) as (running, _):
+        answer = await raw_request(
+            running.proxy_url,
+            b"GET http://svc.example/in/x?a=1 HTTP/1.1\r\nHost: svc.example\r\n"
+            b"Connection: close\r\n\r\n",
+        )
+        refused = await raw_request(
+            running.proxy_url,
+            b"GET http://svc.example/out HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert orjson.loads(answer.split(b"\r\n\r\n", 1)[1])["path_qs"] == "/in/x?a=1"
+    assert refused.startswith(b"HTTP/1.1 404"), refused[:200]
+
+
+async def test_pipelined_requests_are_answered_in_order() -> None:
+    async with echo_proxy() as (running, _):
+        requests = b"".join(
+            f"GET /p{index} HTTP/1.1\r\nHost: a\r\n\r\n".encode() for index in range(5)
+        )
+        answer = await raw_request(
+            running.proxy_url,
+            requests + b"GET /last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+    paths = [
+        orjson.loads(part.split(b"\r\n\r\n", 1)[1].split(b"HTTP/1.1", 1)[0])["path_qs"]
+        for part in answer.split(b"HTTP/1.1 200 OK\r\n")[1:]
+    ]
+    assert paths == ["/p0", "/p1", "/p2", "/p3", "/p4", "/last"]

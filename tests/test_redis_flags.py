@@ -218,8 +218,12 @@ async def test_missed_message_is_recovered_on_reconnect(
                 "reason": "missed",
             }
             await client.hset("{abgate}:flags", "exp", orjson.dumps(silent).decode())
-            await asyncio.sleep(0.3)  # longer than a heartbeat: nothing arrives by itself
-            assert all(w.flags.get("exp").version < 50 for w in workers)
+            # Nothing arrives by itself: a change published after the silent one (an older
+            # version) is applied, and the silent one is still not there.
+            later = {**silent, "basis_points": 4900, "version": 49, "reason": "published"}
+            await client.publish("{abgate}:changes", orjson.dumps(later).decode())
+            await tables_reach([w.flags for w in workers], "exp", 49)
+            assert all(w.flags.get("exp").version == 49 for w in workers)
             await client.client_kill_filter(_type="pubsub")  # drop every subscriber
         finally:
             await client.aclose()

@@ -136,6 +136,17 @@ async def test_the_script_follows_a_rollout_killed_and_restarted_mid_stage(
                 )
             assert code == 0, output
             assert "rollout of exp completed" in output
+            # Run again once it has finished: it reports the completed rollout, and does not
+            # take the treatment back to the first stage with a new one.
+            finished = await view(session, api)
+            code, output = await cli(
+                api, "bash", "scripts/rollout/staged-rollout-automation.sh", "exp"
+            )
+            assert code == 0, output
+            assert "rollout of exp completed" in output
+            again = await view(session, api)
+            assert again["state"] == "completed"
+            assert again["started_at"] == finished["started_at"]
             report = tmp_path / "report.md"
             code, output = await cli(
                 api,

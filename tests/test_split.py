@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import random
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import make_mocked_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -95,14 +93,22 @@ def splitter(
     return Splitter(config, percentage_bp, random.Random(seed))
 
 
-def request_for(user: str | None = None, path: str = "/api/x"):
+def make_request(target: str, headers: dict[str, str]) -> Any:
+    """A request as the connection builds it from a parsed head (no socket)."""
+    from proxy.request import ClientRequest
+
+    raw = [(name.encode(), value.encode()) for name, value in headers.items()]
+    return ClientRequest(None, "GET", target, 1, raw)
+
+
+def request_for(user: str | None = None, path: str = "/api/x") -> Any:
     headers = {"X-User-Id": user} if user is not None else {}
-    return make_mocked_request("GET", path, headers=headers)
+    return make_request(path, headers)
 
 
 def carrying(user: str) -> Any:
-    """What the splitter reads of a request (its headers), without building a request."""
-    return SimpleNamespace(headers={"x-user-id": user}, cookies={}, query={}, remote=None)
+    """A request carrying `user` in the sticky header."""
+    return make_request("/api/x", {"X-User-Id": user})
 
 
 @settings(max_examples=100, deadline=None)
@@ -173,9 +179,9 @@ def test_sticky_sources_in_order() -> None:
         StickySource("client_ip", ""),
     )
     split = splitter(5000, sticky=sources)
-    header = make_mocked_request("GET", "/x?user=q", headers={"X-User-Id": "h", "Cookie": "uid=c"})
-    cookie = make_mocked_request("GET", "/x?user=q", headers={"Cookie": "uid=c"})
-    query = make_mocked_request("GET", "/x?user=q")
+    header = make_request("/x?user=q", {"X-User-Id": "h", "Cookie": "uid=c"})
+    cookie = make_request("/x?user=q", {"Cookie": "a=1; uid=c"})
+    query = make_request("/x?user=q", {})
     assert split.sticky_key(header) == "h"
     assert split.sticky_key(cookie) == "c"
     assert split.sticky_key(query) == "q"

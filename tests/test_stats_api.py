@@ -39,7 +39,9 @@ async def test_welch_inline(session: ClientSession, agents: dict[str, str]) -> N
     reference = stats.ttest_ind_from_stats(0.84, 0.37, 1000, 0.8, 0.4, 1000, equal_var=False).pvalue
     assert body["p_value"] == pytest.approx(reference, rel=1e-9)
     assert body["test"] == "welch_t"
-    assert body["confidence_level"] == 0.95
+    # 1 - p, the highest level whose interval excludes 0; the interval's own level beside it
+    assert body["confidence_level"] == pytest.approx(1 - reference, rel=1e-9)
+    assert (body["interval_level"], body["alpha"]) == (0.95, 0.05)
     assert body["significant"] is True
     assert body["effect"]["absolute"] == pytest.approx(0.04)
     assert body["effect"]["relative"] == pytest.approx(0.05)
@@ -147,13 +149,16 @@ async def test_sample_size(session: ClientSession, agents: dict[str, str]) -> No
     )
     assert status == 200
     reference = TTestIndPower().solve_power(effect_size=0.1, power=0.8, alpha=0.05)
-    assert abs(body["minimum_sample_size"]["per_arm"] - reference) <= 1
-    assert body["minimum_sample_size"]["total"] == 2 * body["minimum_sample_size"]["per_arm"]
+    assert abs(body["minimum_sample_size"] - reference) <= 1  # a number: per arm
+    assert body["sample_size"] == {
+        "per_arm": body["minimum_sample_size"],
+        "total": 2 * body["minimum_sample_size"],
+    }
     status, body = await call(
         session, agents, "sample-size", {"baseline_rate": 0.1, "minimum_detectable_effect": 0.02}
     )
     assert status == 200
-    assert body["minimum_sample_size"]["per_arm"] > 1000
+    assert body["minimum_sample_size"] > 1000
     status, body = await call(session, agents, "sample-size", {"effect_size": 0})
     assert (status, body["error"]) == (400, "effect_size: must be a finite number other than 0")
     status, body = await call(session, agents, "sample-size", {})
@@ -215,9 +220,13 @@ async def test_sample_size(session: ClientSession, agents: dict[str, str]) -> No
             "alternative: the sequential test is two-sided",
         ),
         (
+            {"test": "welch_t", "metric": "latency"},
+            "test: give test, a and b (inline summaries), or leave test out for a test on "
+            "live data (metric apply only there)",
+        ),
+        (  # no test: live data, on the current (the only) experiment, which has none yet
             {"metric": "latency"},
-            "experiment: required with metric (a test on live data); without "
-            "it, give test, a and b",
+            "metric: not enough data: no phase has latency in both arms (no measurements yet)",
         ),
     ],
 )
@@ -259,4 +268,4 @@ async def test_a_huge_effect_needs_the_smallest_sample(
     session: ClientSession, agents: dict[str, str]
 ) -> None:
     status, body = await call(session, agents, "sample-size", {"effect_size": 50})
-    assert (status, body["minimum_sample_size"]["per_arm"]) == (200, 2)
+    assert (status, body["minimum_sample_size"]) == (200, 2)

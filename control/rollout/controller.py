@@ -8,11 +8,15 @@ the percentage mid-rollout is seen (the rollout pauses, naming who) instead of o
 State lives in the rollout store (state file or Redis), so a restart resumes the same stage
 on the same clock; with several control processes on one Redis, a lease picks the one that
 acts. One rollout that cannot be evaluated never stops the others: logged once, counted.
+
+Never unattended: a rollout the store lost (Redis restarted empty) is put back before the
+controller acts again (control/rollout/recovery.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +32,7 @@ from control.load_test import LoadPlan, LoadResult, run_load
 from control.measured import by_arm, of_phase, units
 from control.rollout.gates import Decision, StageInputs, decide
 from control.rollout.gauges import rollout_families
+from control.rollout.recovery import recover
 from proxy.tasks import stop_tasks
 from state.errors import StoreUnavailable
 from state.flags import FlagStore, VersionConflict
@@ -49,6 +54,24 @@ STATES: tuple[str, ...] = get_args(RolloutStatus)
 _OPEN = {"open", "forced_open"}
 
 
+ABORT_TRIES = 5  # re-reads of a flag that keeps changing while an abort writes it
+
+
+@contextlib.contextmanager
+def _changed_by_hand(name: str) -> Iterator[None]:
+    """A person's promotion that meets a flag changed by hand since the rollout last looked:
+    a clear 409 (resume first, which adopts the new version), not an internal error."""
+    try:
+        yield
+    except VersionConflict as exc:
+        current = exc.current
+        raise RolloutError(
+            f"{name} was changed by {current.updated_by} to {current.percentage:g}% "
+            f"(version {current.version}) since the rollout last saw it (version "
+            f"{exc.expected}); nothing was changed: resume the rollout first, or abort it"
+        ) from None
+
+
 class RolloutError(Exception):
     """A rollout action that cannot be done now (mapped to 409 / 404 by the API)."""
 
@@ -68,6 +91,8 @@ class _Seen:
 
 
 class RolloutController:
+    actor = ACTOR  # who the history names for the controller's own actions
+
     def __init__(
         self,
         config: Config,
@@ -95,6 +120,7 @@ class RolloutController:
         self.current: list[Rollout] = []  # as of the last tick, for the gauges
         # Called with every history entry (the history store copies them to PostgreSQL).
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.starting = asyncio.Lock()  # a start, against the orphan check (recovery.py)
 
     # -- plans -----------------------------------------------------------------------------
 
@@ -124,11 +150,15 @@ class RolloutController:
             if not self.acting:
                 return
         try:
-            rollouts = self.current = await self.rollouts.all()
-        except StoreUnavailable as exc:
-            self._failed("*", exc)
+            rollouts, lost = await recover(self, await self.rollouts.all())
+        except (StoreUnavailable, RolloutConflict) as exc:
+            self._failed("*", exc)  # hold: nothing acts on a store that cannot be read
             return
+        self.current = rollouts
+        self.failing.pop("*", None)
         for rollout in rollouts:
+            if rollout.experiment in lost:
+                continue  # put back this tick: it acts from the next one
             if rollout.state not in ACTIVE:
                 continue
             try:
@@ -330,13 +360,17 @@ class RolloutController:
                 updated = rollout.next(
                     state="awaiting_approval", decision="continue", reason=reason, eta_seconds=None
                 )
+                changed = rollout.state != "awaiting_approval"
+                # Recorded when it changes, not at every tick while the person is away.
                 await self._save(
                     rollout,
                     updated,
                     decision,
                     ACTOR,
-                    "awaiting_approval" if rollout.state != "awaiting_approval" else None,
+                    "awaiting_approval" if changed else None,
+                    record=changed or key != seen.last,
                 )
+                seen.last = key
                 return
             await self._promote(rollout, plan, following, decision, ACTOR, decision.reason)
             return
@@ -475,11 +509,21 @@ class RolloutController:
 
     async def get(self, name: str) -> Rollout:
         rollout = await self.rollouts.get(name)
+        if rollout is None:  # lost by the store? put back first (a person asks now)
+            rollouts, _ = await recover(self, await self.rollouts.all())
+            rollout = next((r for r in rollouts if r.experiment == name), None)
         if rollout is None:
             raise RolloutError(f"no rollout for {name!r}; start one first", 404)
         return rollout
 
     async def start(
+        self, name: str, plan: dict[str, Any] | None, actor: str, reason: str
+    ) -> Rollout:
+        # Its flag is written a moment before its state: the orphan check waits.
+        async with self.starting:
+            return await self._start(name, plan, actor, reason)
+
+    async def _start(
         self, name: str, plan: dict[str, Any] | None, actor: str, reason: str
     ) -> Rollout:
         experiment = self.config.experiments.get(name)
@@ -537,6 +581,8 @@ class RolloutController:
         self, name: str, percentage: float | None, actor: str, reason: str
     ) -> Rollout:
         rollout = await self.get(name)
+        if rollout.state in FINISHED:  # one rule with promote: a finished rollout moves no more
+            raise RolloutError(f"the rollout is {rollout.state}")
         plan = self.plan_of(rollout)
         following = rollout.stage_index + 1
         if following >= len(plan.stages):
@@ -552,12 +598,13 @@ class RolloutController:
         )
         if rollout.state == "awaiting_approval":
             decision = await self.evaluate(updated, plan, self.clock())
-            if decision.verdict == "rollback":
-                await self._act(updated, plan, decision, self.clock(), _Seen())
-                return await self.get(name)
-            return await self._promote(
-                updated, plan, following, decision, actor, f"approved by {actor}: {reason}"
-            )
+            with _changed_by_hand(name):
+                if decision.verdict == "rollback":
+                    await self._act(updated, plan, decision, self.clock(), _Seen())
+                    return await self.get(name)
+                return await self._promote(
+                    updated, plan, following, decision, actor, f"approved by {actor}: {reason}"
+                )
         return updated
 
     async def set_state(self, name: str, action: str, actor: str, reason: str) -> Rollout:
@@ -576,11 +623,7 @@ class RolloutController:
         elif action == "abort":
             if rollout.state in FINISHED:
                 raise RolloutError(f"the rollout is {rollout.state} already")
-            version = (
-                await self._set_percentage(rollout, 0, f"aborted: {reason}", actor)
-                if self.flags.table.get(name).basis_points
-                else rollout.flag_version
-            )
+            version = await self._to_zero(name, actor, f"aborted: {reason}")
             updated = rollout.next(
                 state="aborted", flag_version=version, reason=f"aborted by {actor}: {reason}"
             )
@@ -589,6 +632,24 @@ class RolloutController:
         await self._save(rollout, updated, None, actor, updated.state, reason=reason)
         self._seen.pop(name, None)
         return updated
+
+    async def _to_zero(self, name: str, actor: str, reason: str) -> int:
+        """The flag to 0% whatever version it is at now: abort is the safe direction, so a
+        change by hand since the rollout last looked (its expected version is stale) is
+        re-read and written over, compare-and-set on the version as it stands. Returns the
+        flag's version once at 0%."""
+        flag = self.flags.table.get(name)
+        for _ in range(ABORT_TRIES):
+            if flag.basis_points == 0:
+                return flag.version
+            try:
+                [written] = await self.flags.set_percentages(
+                    {name: 0}, by=actor, reason=reason, expected={name: flag.version}
+                )
+                return written.version
+            except VersionConflict as exc:
+                flag = exc.current  # written meanwhile: once more on what is there now
+        raise RolloutError(f"{name} kept changing while aborting; try again")
 
     async def promote(self, name: str, actor: str, reason: str) -> Rollout:
         """A manual skip to the next stage, recorded as an override."""
@@ -599,9 +660,10 @@ class RolloutController:
         following = rollout.stage_index + 1
         if following >= len(plan.stages):
             raise RolloutError("the rollout is at its last stage")
-        return await self._promote(
-            rollout, plan, following, None, actor, f"override by {actor}: {reason}"
-        )
+        with _changed_by_hand(name):
+            return await self._promote(
+                rollout, plan, following, None, actor, f"override by {actor}: {reason}"
+            )
 
     async def set_incident(self, name: str, open_: bool, description: str, actor: str) -> Rollout:
         rollout = await self.get(name)
@@ -616,6 +678,10 @@ class RolloutController:
             reason=description,
         )
         return updated
+
+    def forget(self, name: str) -> None:
+        """What the loop remembers of a rollout between ticks: gone (it starts afresh)."""
+        self._seen.pop(name, None)
 
     def last_decision(self, name: str) -> Decision | None:
         seen = self._seen.get(name)

@@ -143,6 +143,7 @@ def decide(
     if compared:
         harm += _harm_tests(plan, experiment, inputs)
     adjusted = holm([test.p_value for test in harm])
+    over: list[str] = []  # SLOs the treatment is observed to breach, not yet significantly
     for test, p in zip(harm, adjusted, strict=True):
         numbers = {**test.numbers, "p_value": test.p_value, "p_value_holm": p, "alpha": alpha}
         if p < alpha:
@@ -150,6 +151,11 @@ def decide(
             return Decision(
                 "rollback", "harm", reason, (*gates, Gate(test.name, "fail", reason, numbers))
             )
+        if test.name.startswith("slo_") and test.numbers["rate"] > test.numbers["limit"]:
+            over.append(test.name)
+            detail = f"{test.numbers['detail']}, not yet significant (p = {p:.2g})"
+            gates.append(Gate(test.name, "hold", detail, numbers))
+            continue
         gates.append(Gate(test.name, "pass", f"no harm shown (p = {p:.2g})", numbers))
 
     # 2. hold (integrity)
@@ -184,7 +190,7 @@ def decide(
     # At 100%: bake on the absolute SLOs, then completed.
     if not compared:
         if elapsed < plan.bake:
-            reason = f"baking at 100%: {elapsed:.0f}s of {plan.bake:g}s"
+            reason = f"baking at 100%: {_elapsed(elapsed)} of {plan.bake:g}s"
             return Decision("hold", "bake", reason, tuple(gates), plan.bake - elapsed)
         return Decision(
             "complete", "baked", f"baked {plan.bake:g}s at 100% within the SLOs", tuple(gates)
@@ -198,9 +204,10 @@ def decide(
     }
     if needed is None or any(have[arm] < needed[arm] for arm in have):
         if needed is None:
+            lacking = sizing[-1]
             reason = (
-                f"insufficient samples: control {have['control']} of at least "
-                f"{MIN_VARIANCE_SAMPLES} to estimate the variance"
+                f"insufficient samples: {lacking['metric']} has {lacking['control']:,} control "
+                f"samples, at least {lacking['at_least']} needed to estimate its variance"
             )
             eta = None
         else:
@@ -217,7 +224,7 @@ def decide(
         return Decision("hold", "insufficient", reason, tuple(gates), eta, needed or {})
     gates.append(Gate("samples", "pass", "enough samples", {"have": have, "needed": needed}))
     if elapsed < stage.min_duration:
-        reason = f"min_duration not reached: {elapsed:.0f}s of {stage.min_duration:g}s"
+        reason = f"min_duration not reached: {_elapsed(elapsed)} of {stage.min_duration:g}s"
         gates.append(Gate("min_duration", "hold", reason))
         return Decision(
             "hold", "min_duration", reason, tuple(gates), stage.min_duration - elapsed, needed
@@ -240,6 +247,7 @@ def decide(
         )
         if p >= plan.alpha:
             pending.append(f"{metric.name} (p = {p:.2g})")
+    pending += [f"{name} (observed over its limit)" for name in over]
     if not pending:
         return Decision(
             "continue",
@@ -252,6 +260,11 @@ def decide(
     reason = "undecided: not yet shown within the margin: " + ", ".join(pending)
     gates.append(Gate("non_inferiority", "hold", reason))
     return Decision("hold", "undecided", reason, tuple(gates), None, needed)
+
+
+def _elapsed(seconds: float) -> str:
+    """Rounded down: 29.96 s of a 30 s minimum is "29.9s", never "30s of 30s"."""
+    return f"{math.floor(max(0.0, seconds) * 10) / 10:g}s"
 
 
 def _eta(have: dict[str, int], needed: dict[str, int], elapsed: float) -> float | None:
@@ -294,7 +307,10 @@ def samples_needed(
         metric = experiment.metric(name)
         assert metric is not None
         control = inputs.control.get(name, EMPTY)
-        if control.count < MIN_VARIANCE_SAMPLES:
+        if control.count < MIN_VARIANCE_SAMPLES:  # the last entry says which metric lacks
+            sizing.append(
+                {"metric": name, "control": control.count, "at_least": MIN_VARIANCE_SAMPLES}
+            )
             return None, sizing
         variance = _variance(metric, control)
         effect = amount.absolute(control.total / control.count)

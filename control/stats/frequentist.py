@@ -32,7 +32,11 @@ class TestResult:
         return {
             "test": self.test,
             "p_value": self.p_value,
-            "confidence_level": self.confidence_level,
+            # 1 - p: the highest level at which the interval excludes no difference
+            # (Optimizely's "statistical significance"); the interval's own level beside it.
+            "confidence_level": 1 - self.p_value,
+            "interval_level": self.confidence_level,
+            "alpha": round(1 - self.confidence_level, 12),
             "significant": self.significant,
             "effect": {"absolute": self.effect_absolute, "relative": self.effect_relative},
             "ci": {"absolute": list(self.ci_absolute), "relative": list(ci) if ci else None},

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Start a staged rollout (or pick up the one under way) and follow it to the end.
+# Start a staged rollout (or pick up the one under way, or show the one completed) and follow it
+# to the end.
 #   scripts/rollout/staged-rollout-automation.sh EXPERIMENT [--reason TEXT]
 # Exit code: 0 completed, 3 rolled back, 4 aborted, 5 escalated (a person must act),
 # 1 the control API refused or could not be reached.

@@ -1,5 +1,6 @@
 -- abgate's history store: every decision and outcome, the cohorts, the rollout decisions and
--- the flag audit trail. Applied by `abgate db migrate` (version 1); safe to run again.
+-- the flag audit trail. Applied by `abgate db migrate` (version 2); safe to run again, and it
+-- brings a version 1 schema up to date.
 --
 -- decisions and outcomes are declared here as tables partitioned by day (plain PostgreSQL):
 -- abgate's maintenance task creates the days ahead and drops those past the retention.
@@ -47,7 +48,21 @@ CREATE TABLE IF NOT EXISTS ab_testing.decisions (
     fallback          text,                    -- why the control arm answered instead
     instance          text NOT NULL
 ) PARTITION BY RANGE (time);
-CREATE INDEX IF NOT EXISTS decisions_request_id ON ab_testing.decisions (request_id);
+-- A decision's identity is its request id and instance (and its time, which a retry keeps and
+-- a partitioned table's unique index must include): a flush retried after its commit landed
+-- unseen (the connection broke, the writer was cancelled) adds nothing twice. Version 1 had
+-- no such key: the duplicates a retry left there are removed once, before the key exists.
+DO $$
+BEGIN
+  IF to_regclass('ab_testing.decisions_identity') IS NULL THEN
+    DELETE FROM ab_testing.decisions a USING ab_testing.decisions b
+    WHERE a.tableoid = b.tableoid AND a.ctid > b.ctid AND a.request_id = b.request_id
+      AND a.instance = b.instance AND a.time = b.time;
+  END IF;
+END $$;
+CREATE UNIQUE INDEX IF NOT EXISTS decisions_identity
+    ON ab_testing.decisions (request_id, instance, time);
+DROP INDEX IF EXISTS ab_testing.decisions_request_id;  -- version 1's; the identity covers it
 CREATE INDEX IF NOT EXISTS decisions_experiment_time
     ON ab_testing.decisions (experiment, time);
 
@@ -63,6 +78,9 @@ CREATE TABLE IF NOT EXISTS ab_testing.outcomes (
     reported_at  timestamptz NOT NULL DEFAULT now()
 ) PARTITION BY RANGE (time);
 CREATE INDEX IF NOT EXISTS outcomes_experiment_time ON ab_testing.outcomes (experiment, time);
+-- The writer's id of the record (instance:sequence), so a retried flush adds it once.
+ALTER TABLE ab_testing.outcomes ADD COLUMN IF NOT EXISTS record_id text;
+CREATE UNIQUE INDEX IF NOT EXISTS outcomes_identity ON ab_testing.outcomes (record_id, time);
 
 CREATE TABLE IF NOT EXISTS ab_testing.rollout_events (
     time        timestamptz NOT NULL,
@@ -77,6 +95,9 @@ CREATE TABLE IF NOT EXISTS ab_testing.rollout_events (
 );
 CREATE INDEX IF NOT EXISTS rollout_events_experiment_time
     ON ab_testing.rollout_events (experiment, time);
+ALTER TABLE ab_testing.rollout_events ADD COLUMN IF NOT EXISTS record_id text;
+CREATE UNIQUE INDEX IF NOT EXISTS rollout_events_identity
+    ON ab_testing.rollout_events (record_id);
 
 -- The flag audit trail: every percentage change, by whom and why.
 CREATE TABLE IF NOT EXISTS ab_testing.flag_changes (
@@ -90,4 +111,16 @@ CREATE TABLE IF NOT EXISTS ab_testing.flag_changes (
     PRIMARY KEY (flag, version)
 );
 
-INSERT INTO ab_testing.schema_migrations (version) VALUES (1) ON CONFLICT DO NOTHING;
+-- Records PostgreSQL refused (a value out of range, a row no partition takes): set aside here
+-- one by one, so a bad record never holds back the rest of its batch.
+CREATE TABLE IF NOT EXISTS ab_testing.dead_letters (
+    time      timestamptz NOT NULL DEFAULT now(),
+    instance  text NOT NULL,                   -- the writer that set it aside
+    target    text NOT NULL,                   -- the table it was meant for
+    error     text NOT NULL,                   -- why it was refused
+    record    text NOT NULL                    -- its values as a JSON array (ASCII)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_identity
+    ON ab_testing.dead_letters (target, md5(record));
+
+INSERT INTO ab_testing.schema_migrations (version) VALUES (1), (2) ON CONFLICT DO NOTHING;

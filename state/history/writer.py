@@ -1,28 +1,34 @@
 """The history writer: bounded in-memory buffers, flushed to PostgreSQL once a second by an
-owned task, decisions in one binary COPY per flush.
+owned task, each flush one transaction that stores every record exactly once
+(state/history/flush.py).
 
 The request path only appends a tuple to a list (see proxy/history_sink.py); when the
 buffer is full the record is dropped and counted (abgate_history_dropped_total), never
-waited for. PostgreSQL down or slow: batches that failed are kept for the next flush up to
+waited for. PostgreSQL down or slow: what was not committed is kept for the next flush up to
 the same bound, the failure is logged once and shown in /health/aggregate, and the writer
-reconnects with backoff. Each proxy process writes its own decisions directly (no hop
-through the control plane: one COPY per process per second is cheap for PostgreSQL, and
-the control plane stays off the data path).
+reconnects with backoff. A record PostgreSQL refuses is set aside in ab_testing.dead_letters
+(abgate_history_dead_letters_total, logged once per cause) and never holds back the rest.
+Each proxy process writes its own decisions directly (no hop through the control plane: one
+flush per process per second is cheap for PostgreSQL, and the control plane stays off the
+data path).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
 import asyncpg
 
 from state.histogram import Histogram
+from state.history.flush import Chunk, Flush, SmallRow
+from state.history.rows import IDENTIFIED, REQUEST_ID_MAX, STATEMENTS, DecisionRow, safe_text
 from state.history.schema import maintain, migrate
 
 log = logging.getLogger("abgate.history")
@@ -30,40 +36,8 @@ FLUSH_INTERVAL = 1.0
 WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 MAINTENANCE_INTERVAL = 3600.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
-DECISION_COLUMNS = (
-    "time",
-    "request_id",
-    "experiment",
-    "phase",
-    "arm",
-    "bucket",
-    "upstream",
-    "status",
-    "upstream_seconds",
-    "error",
-    "fallback",
-    "instance",
-)
-# A decision as the sink records it: time.time() first, the instance added at flush.
-DecisionRow = tuple[
-    float, str, str, int, str, int | None, str, int, float | None, str | None, str | None
-]
-_STATEMENTS = {
-    "outcomes": "INSERT INTO ab_testing.outcomes (time, request_id, experiment, arm, phase, "
-    "metric, value, reported_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    "rollout_events": "INSERT INTO ab_testing.rollout_events (time, experiment, state, "
-    "transition, change, decision, reason, inputs, actor) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9)",
-    "flag_changes": "INSERT INTO ab_testing.flag_changes (time, flag, percentage, version, "
-    "phase, actor, reason) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-    "cohorts": "INSERT INTO ab_testing.cohorts (experiment, phase, arm, percentage, "
-    "started_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-    "cohort_ends": "UPDATE ab_testing.cohorts SET ended_at = $3 WHERE experiment = $1 "
-    "AND phase <> $2 AND ended_at IS NULL",
-    "experiments": "INSERT INTO ab_testing.experiments (name, config_hash) VALUES ($1, $2) "
-    "ON CONFLICT (name) DO UPDATE SET config_hash = EXCLUDED.config_hash, "
-    "updated_at = now()",
-}
+# What a flush can meet that is the store's fault, not abgate's: logged without a traceback.
+STORE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
 def utc(seconds: float) -> datetime:
@@ -90,18 +64,25 @@ class HistoryWriter:
         self.migrate_schema = migrate_schema
         self.clock_day = clock_day
         self._decisions: list[DecisionRow] = []
-        self._rows: list[tuple[str, tuple[Any, ...]]] = []  # (statement, args): small tables
+        self._rows: list[SmallRow] = []  # (table, arguments): the small tables
+        self._sequence = itertools.count(1)  # record ids: instance:sequence
         self._conn: asyncpg.Connection | None = None
         self._lock = asyncio.Lock()  # one operation at a time on the connection (never a request's)
         self._migrated = False
         self._maintained_at = 0.0
         self.dropped = 0
-        self.written = 0
+        self.written = 0  # records stored (a retried record counts once)
+        self.duplicates = 0  # decisions a retried flush found stored already
+        self.dead_letters = 0  # records PostgreSQL refused, set aside
         self.failures = 0
         self.last_error: str | None = None
+        self._dead_causes: set[tuple[str, str]] = set()  # (table, kind): logged once each
         self.layout: str | None = None
-        # Flush durations (one COPY and the small rows), for abgate_history_write_seconds.
+        # Flush durations (one transaction), for abgate_history_write_seconds.
         self.writes = Histogram(WRITE_BUCKETS)  # seconds per flush
+        # Each statement of a flush (the COPY, each run of small rows), as the client sees
+        # it: abgate_history_query_seconds, the requirements' postgresql_queries_duration_p95.
+        self.queries = Histogram(WRITE_BUCKETS)
         # Writers of other processes whose decisions this one looks up (`abgate run`'s data
         # plane, over its channel): flushed first too. Best effort: one that is away is not.
         self.flush_first: list[Callable[[], Awaitable[object]]] = []
@@ -115,11 +96,16 @@ class HistoryWriter:
         self._decisions.append(row)
 
     def add(self, table: str, *args: Any) -> None:
-        """A row of a small table (outcomes, rollout events, flag changes, cohorts)."""
+        """A row of a small table (outcomes, rollout events, flag changes, cohorts); values
+        for a jsonb column are wrapped in `rows.Json`."""
+        if table not in STATEMENTS:
+            raise ValueError(f"unknown history table {table!r}")
         if len(self._rows) >= self.capacity:
             self.dropped += 1
             return
-        self._rows.append((_STATEMENTS[table], args))
+        if table in IDENTIFIED:  # its identity, kept across retries of its flush
+            args = (*args, f"{self.instance}:{next(self._sequence)}")
+        self._rows.append((table, args))
 
     @property
     def buffered(self) -> int:
@@ -133,29 +119,30 @@ class HistoryWriter:
 
     async def run(self) -> None:
         backoff = BACKOFF_FIRST
-        while True:
-            try:
-                await self.flush()
-                backoff = BACKOFF_FIRST
-                await asyncio.sleep(FLUSH_INTERVAL)
-            except Exception as exc:  # the loop outlives any error: drop the connection, retry
-                self._failed(exc)
-                await self._close_connection()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
+        try:
+            while True:
+                try:
+                    await self.flush()
+                    backoff = BACKOFF_FIRST
+                    await asyncio.sleep(FLUSH_INTERVAL)
+                except Exception as exc:  # the loop outlives any error: drop the connection
+                    self._failed(exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+        finally:
+            # Cancelled mid-flush, the connection may be mid-protocol: the last flush
+            # (aclose) starts on a new one.
+            await self._close_connection()
 
     def _failed(self, exc: BaseException) -> None:
         self.failures += 1
         error = f"{type(exc).__name__}: {exc}"
         if error != self.last_error:
-            expected = isinstance(
-                exc, OSError | asyncpg.PostgresError | asyncpg.InterfaceError | TimeoutError
-            )
             log.warning(
                 "history store: %s (buffering up to %d records)",
                 error,
                 self.capacity,
-                exc_info=None if expected else exc,
+                exc_info=None if isinstance(exc, STORE_ERRORS) else exc,
             )
         self.last_error = error
 
@@ -179,39 +166,52 @@ class HistoryWriter:
         return self.clock_day() if self.clock_day is not None else None
 
     async def flush(self) -> None:
-        """Write what is buffered; on failure keep it (bounded) and raise."""
+        """Write what is buffered; on failure keep what was not committed (bounded), raise."""
         async with self._lock:
             await self._flush()
 
     async def _flush(self) -> None:
         if not self._decisions and not self._rows and self._migrated:
             return
-        decisions, self._decisions = self._decisions, []
-        rows, self._rows = self._rows, []
+        batch = Chunk(self._decisions, self._rows)
+        self._decisions, self._rows = [], []
         started = time.perf_counter()
+        work = Flush(self.instance, utc, queries=self.queries)
         try:
             conn = await self._connection()
-            if decisions:
-                instance = self.instance
-                await conn.copy_records_to_table(
-                    "decisions",
-                    schema_name="ab_testing",
-                    columns=DECISION_COLUMNS,
-                    records=_in_slices(decisions, instance),
-                )
-            for statement, args in rows:
-                await conn.execute(statement, *args)
+            await work.run(conn, batch)
         except BaseException:
-            self._restore(decisions, rows)
+            left = work.remaining() if work.pending else batch
+            self._restore(left.decisions, left.rows)
+            await self._close_connection()  # whatever broke, the next try starts afresh
             raise
-        self.written += len(decisions) + len(rows)
+        finally:
+            self._count(work)
         self.last_error = None
-        if decisions or rows:
+        if batch:
             self.writes.observe(time.perf_counter() - started)
 
-    def _restore(
-        self, decisions: Sequence[DecisionRow], rows: Sequence[tuple[str, tuple[Any, ...]]]
-    ) -> None:
+    def _count(self, work: Flush) -> None:
+        self.written += work.stored
+        self.duplicates += work.duplicates
+        self.dead_letters += len(work.dead)
+        self.dropped += work.lost
+        for table, kind, error in work.dead:
+            if (table, kind) not in self._dead_causes:  # once per cause, not per record
+                self._dead_causes.add((table, kind))
+                log.error(
+                    "history store: PostgreSQL refused a record for %s (%s); set aside in "
+                    "ab_testing.dead_letters, the rest of its batch written",
+                    table,
+                    error,
+                )
+        if work.lost:
+            log.error(
+                "history store: %d refused record(s) could not be set aside either: dropped",
+                work.lost,
+            )
+
+    def _restore(self, decisions: Sequence[DecisionRow], rows: Sequence[SmallRow]) -> None:
         """Put a failed batch back in front, dropping (and counting) what exceeds the bound."""
         self._decisions[:0] = self._bounded(decisions, len(self._decisions))
         self._rows[:0] = self._bounded(rows, len(self._rows))
@@ -229,14 +229,23 @@ class HistoryWriter:
             conn.terminate()
 
     async def aclose(self, grace: float = 5.0) -> None:
-        """The last flush, within `grace` seconds; what cannot be written is counted."""
+        """The last flush, within `grace` seconds; what cannot be written is counted and
+        logged with its number (records lost at shutdown are never silent)."""
         try:
             async with asyncio.timeout(grace):
                 await self.flush()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except STORE_ERRORS as exc:
             self._failed(exc)
-            self.dropped += self.buffered
+            lost = self.buffered
+            self.dropped += lost
             self._decisions, self._rows = [], []
+            log.error(
+                "history store: %d record(s) dropped at shutdown, not written within %gs (%s: %s)",
+                lost,
+                grace,
+                type(exc).__name__,
+                exc,
+            )
         await self._close_connection()
 
     # -- reads (control plane) -------------------------------------------------------------
@@ -253,24 +262,8 @@ class HistoryWriter:
             row = await conn.fetchrow(
                 "SELECT experiment, arm, phase, time FROM ab_testing.decisions "
                 "WHERE request_id = $1 ORDER BY time DESC LIMIT 1",
-                request_id,
+                safe_text(request_id, REQUEST_ID_MAX),  # as its decision was stored
             )
         if row is None:
             return None
         return row["experiment"], row["arm"], row["phase"], row["time"]
-
-
-SLICE = 100  # records encoded between two returns to the event loop
-
-
-async def _in_slices(
-    decisions: Sequence[DecisionRow], instance: str
-) -> AsyncIterator[tuple[Any, ...]]:
-    """The COPY's rows, handing the event loop back every SLICE rows (asyncpg encodes them as
-    they come). A second's worth of decisions (10,000 at 10,000 req/s) built at once held
-    the requests sharing the loop for milliseconds: p99 at one connection was 2.3 ms with
-    history on, 1.1 ms with slices of 100 (0.9 ms with history off)."""
-    for start in range(0, len(decisions), SLICE):
-        for r in decisions[start : start + SLICE]:
-            yield (utc(r[0]), *r[1:], instance)
-        await asyncio.sleep(0)

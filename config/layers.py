@@ -1,0 +1,102 @@
+"""A configuration file that overrides another: `extends: base.yaml` at the top.
+
+An override file names the file it builds on (relative to itself) and holds only what it
+changes, as Helm's `-f` values files and Docker Compose's override files do: mappings merge
+key by key, anything else (a list, a scalar, null) replaces what the base had. The demo's
+shortened durations are such a file (tests/acceptance/fast.yaml), so the acceptance stack
+runs the demo config itself, not a copy of it.
+
+Every key keeps the place it was written: a problem in a key the base file set names the
+base file and its line, one the override set names the override's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from config.errors import ConfigError, Problem
+from config.yaml_lines import KeyPath, LocatedDocument, load_located
+
+EXTENDS = "extends"
+MAX_DEPTH = 8  # files extending files; deeper is a mistake, not a design
+# A configuration is kilobytes; a file this large is a mistake (or an attack) that parsing
+# would spend seconds and gigabytes on (a 50 MB file took 47 s).
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
+
+def read_layered(path: str | Path) -> LocatedDocument:
+    """The file at `path`, merged over the files it extends; raises ConfigError."""
+    return _read(Path(path), str(path), ())
+
+
+def _read(path: Path, source: str, chain: tuple[Path, ...]) -> LocatedDocument:
+    try:
+        with open(path, "rb") as handle:  # no further than the limit
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            limit = f"{MAX_CONFIG_BYTES // (1024 * 1024)} MiB"
+            raise ConfigError(source, [Problem("", None, f"the file is over {limit}: refused")])
+        text = raw.decode("utf-8")
+    except FileNotFoundError as exc:
+        where = path.absolute()
+        hint = "pass another with --config FILE" if not chain else f"extended by {chain[-1]}"
+        problem = Problem("", None, f"no such file (looked for {where}); {hint}")
+        raise ConfigError(source, [problem]) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, [Problem("", None, f"cannot read the file: {exc}")]) from exc
+    doc = load_located(text, source)
+    if not isinstance(doc.value, dict) or EXTENDS not in doc.value:
+        return doc
+    base_name = doc.value[EXTENDS]
+    if not isinstance(base_name, str) or not base_name:
+        line = doc.line_of((EXTENDS,))
+        problem = Problem(EXTENDS, line, "expected the path of the file this one overrides")
+        raise ConfigError(source, [problem])
+    resolved = path.resolve()
+    base_path = path.parent / base_name
+    if base_path.resolve() in (*chain, resolved) or len(chain) >= MAX_DEPTH:
+        line = doc.line_of((EXTENDS,))
+        problem = Problem(EXTENDS, line, f"{base_name} extends this file again (a cycle)")
+        raise ConfigError(source, [problem])
+    base = _read(base_path, str(base_path), (*chain, resolved))
+    own = {key: value for key, value in doc.value.items() if key != EXTENDS}
+    return merge(base, LocatedDocument(own, doc.lines), str(base_path))
+
+
+def merge(base: LocatedDocument, override: LocatedDocument, base_source: str) -> LocatedDocument:
+    """`override` over `base`: mappings key by key, anything else replaced whole. Paths that
+    come from `base` remember `base_source` (or the file the base had them from)."""
+    lines: dict[KeyPath, int] = dict(base.lines)
+    files: dict[KeyPath, str] = {path: base.files.get(path, base_source) for path in base.lines}
+
+    def take(path: KeyPath) -> None:
+        """The subtree at `path` now comes from the override: drop the base's places."""
+        for known in [p for p in lines if p[: len(path)] == path]:
+            del lines[known]
+            files.pop(known, None)
+        for known, line in override.lines.items():
+            if known[: len(path)] == path:
+                lines[known] = line
+                if known in override.files:
+                    files[known] = override.files[known]
+
+    def walk(old: Any, new: Any, path: KeyPath) -> Any:
+        if isinstance(old, dict) and isinstance(new, dict):
+            out = dict(old)
+            for key, value in new.items():
+                child = (*path, key)
+                if key in old:
+                    out[key] = walk(old[key], value, child)
+                else:
+                    take(child)
+                    out[key] = value
+            if path in override.lines:
+                lines[path] = override.lines[path]
+                files.pop(path, None)
+            return out
+        take(path)
+        return new
+
+    value = walk(base.value, override.value, ())
+    return LocatedDocument(value, lines, files)

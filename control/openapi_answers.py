@@ -1,0 +1,259 @@
+"""The answers of the reporting endpoints, described field by field for the OpenAPI document:
+what the stakeholders' checks read (control/evidence.py, control/impact_api.py,
+control/stats_api.py, control/health_api.py, the shadow totals)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+NUMBER = {"type": ["number", "null"]}
+COUNT = {"type": "integer", "minimum": 0}
+INTERVAL = {"type": ["array", "null"], "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
+
+EVIDENCE = {
+    "type": "object",
+    "description": "Which phases the numbers are of: the current phase while a stage runs, "
+    "the rollout's earlier phases with both arms (precision-weighted) once it is at 100% "
+    "or rolled back (control/evidence.py).",
+    "required": ["basis", "phases", "alpha", "primary"],
+    "properties": {
+        "basis": {"type": "string"},
+        "phases": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["id", "percentage", "started_at"],
+                "properties": {
+                    "id": {"type": "integer"},
+                    "percentage": {"type": "number"},
+                    "started_at": {"type": "number"},
+                },
+            },
+        },
+        "alpha": {"type": "number"},
+        "primary": {"type": ["string", "null"]},
+    },
+}
+METRIC_EVIDENCE = {
+    "type": "object",
+    "required": ["metric", "status", "phases", "n", "sample_size", "p_value", "power"],
+    "properties": {
+        "metric": {"type": "string"},
+        "status": {"type": "string"},
+        "phases": {"type": "array", "items": {"type": "integer"}},
+        "n": {"type": "object", "additionalProperties": COUNT},
+        "sample_size": COUNT,
+        "effect": NUMBER,
+        "ci": INTERVAL,
+        "p_value": {**NUMBER, "description": "always valid (the confidence sequence)"},
+        "p_value_fixed": NUMBER,
+        "improvement": {**NUMBER, "description": "relative, signed by direction: > 0 better"},
+        "improvement_interval": INTERVAL,
+        "power": {
+            **NUMBER,
+            "description": "power to detect the plan's minimum detectable effect at these "
+            "samples (a design quantity, not the observed effect's power); primary only",
+        },
+        "minimum_detectable_effect": NUMBER,
+        "treatment_interval": INTERVAL,
+    },
+}
+SIGNIFICANCE = {
+    "type": "object",
+    "required": ["name", "metrics", "metric", "p_value", "power", "sample_size", "evidence"],
+    "properties": {
+        "name": {"type": "string"},
+        "phase": {"type": ["object", "null"]},
+        "metrics": {"type": "object", "description": "each metric of the current phase"},
+        "across_phases": {"type": "object"},
+        "metric": {"type": ["string", "null"], "description": "the plan's primary metric"},
+        "p_value": {**NUMBER, "description": "the primary's, always valid"},
+        "power": {**NUMBER, "description": "to detect the plan's minimum effect"},
+        "sample_size": COUNT,
+        "primary": {"oneOf": [METRIC_EVIDENCE, {"type": "null"}]},
+        "evidence": EVIDENCE,
+        "note": {"type": "string"},
+    },
+}
+COMPARISON = {
+    "type": "object",
+    "required": ["name", "metrics", "evidence"],
+    "properties": {
+        "name": {"type": "string"},
+        "metrics": {"type": "object"},
+        "evidence": EVIDENCE,
+    },
+    "additionalProperties": {
+        **NUMBER,
+        "description": "`<arm>_<metric>`: the arm's mean (ml_accuracy, deterministic_accuracy)",
+    },
+}
+BUSINESS_IMPACT = {
+    "type": "object",
+    "required": ["experiment", "metrics", "metric", "improvement_percentage", "evidence"],
+    "properties": {
+        "experiment": {"type": "string"},
+        "metrics": {"type": "object"},
+        "metric": {"type": ["string", "null"], "description": "the primary metric"},
+        "improvement_percentage": {
+            **NUMBER,
+            "description": "the primary's relative improvement in %, > 0 better",
+        },
+        "interval": {**INTERVAL, "description": "the same, always valid, in %"},
+        "p_value": NUMBER,
+        "evidence": EVIDENCE,
+    },
+}
+FINAL_ASSESSMENT = {
+    "type": "object",
+    "required": ["experiment", "rollout_state", "percentage", "metrics", "details", "evidence"],
+    "properties": {
+        "experiment": {"type": "string"},
+        "rollout_state": {"type": ["string", "null"]},
+        "percentage": {"type": "number"},
+        "metrics": {"type": "object"},
+        "details": {
+            "type": "object",
+            "description": "for each flat field: the metric, its interval and samples",
+        },
+        "time_savings": {**NUMBER, "description": "latency reduction of the treatment, %"},
+        "evidence": EVIDENCE,
+    },
+    "additionalProperties": {
+        **NUMBER,
+        "description": "`<metric>_improvement` (relative, %, > 0 better) and `<metric>_score` "
+        "(the treatment arm's mean) for each declared metric",
+    },
+}
+LONG_TERM = {
+    "type": "object",
+    "required": ["experiment", "days_at_100_percent", "incidents_count", "time_scale"],
+    "properties": {
+        "experiment": {"type": "string"},
+        "days_at_100_percent": {
+            "type": "number",
+            "description": "seconds at 100% times control.report_time_scale, in days",
+        },
+        "seconds_at_100_percent": {"type": "number", "description": "wall time"},
+        "time_scale": {"type": "number"},
+        "incidents_count": COUNT,
+    },
+}
+TEST_RESULT = {
+    "type": "object",
+    "required": ["p_value", "confidence_level", "interval_level", "alpha"],
+    "properties": {
+        "test": {"type": "string"},
+        "p_value": {"type": "number"},
+        "confidence_level": {
+            "type": "number",
+            "description": "1 - p_value: the highest level at which the test's interval "
+            "excludes no difference (Optimizely's 'statistical significance')",
+        },
+        "interval_level": {"type": "number", "description": "1 - alpha: the level of ci"},
+        "alpha": {"type": "number"},
+        "significant": {"type": "boolean"},
+        "sample_size": {**COUNT, "description": "live data: samples in both arms"},
+        "evidence": EVIDENCE,
+    },
+}
+SAMPLE_SIZE = {
+    "type": "object",
+    "required": ["minimum_sample_size", "minimum_sample_size_unit", "sample_size", "sequential"],
+    "properties": {
+        "minimum_sample_size": {
+            "type": "integer",
+            "description": "per arm, fixed horizon, equal arms",
+        },
+        "minimum_sample_size_unit": {"type": "string"},
+        "sample_size": {
+            "type": "object",
+            "properties": {"per_arm": {"type": "integer"}, "total": {"type": "integer"}},
+        },
+        "sequential": {"type": "object", "description": "the size the gates' test needs"},
+    },
+}
+SHADOW_STATS = {
+    "type": "object",
+    "required": ["experiments", "total_decisions", "agreements", "disagreements", "errors"],
+    "properties": {
+        "experiments": {"type": "array", "items": {"type": "object"}},
+        "total_decisions": {**COUNT, "description": "shadow copies, all experiments"},
+        "agreements": COUNT,
+        "disagreements": COUNT,
+        "errors": COUNT,
+        "agreement_rate": NUMBER,
+    },
+}
+AGGREGATE = {
+    "type": "object",
+    "required": ["overall_health", "components", "ml_components"],
+    "properties": {
+        "overall_health": {"enum": ["healthy", "degraded", "unhealthy"]},
+        "components": {"type": "object"},
+        "ml_components": {
+            "type": "array",
+            "description": "the ML side: each ML upstream and its breaker, each shadow, the "
+            "statistics worker, the rollout controller",
+            "items": {
+                "type": "object",
+                "required": ["name", "kind", "status"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "kind": {"type": "string"},
+                    "status": {"type": ["string", "null"]},
+                },
+            },
+        },
+    },
+}
+
+ANSWERS: dict[tuple[str, str], dict[str, Any]] = {
+    ("/api/experiments/{name}/significance", "get"): SIGNIFICANCE,
+    ("/api/metrics/{name}/comparison", "get"): COMPARISON,
+    ("/api/metrics/{name}/business-impact", "get"): BUSINESS_IMPACT,
+    ("/api/metrics/{name}/final-assessment", "get"): FINAL_ASSESSMENT,
+    ("/api/metrics/{name}/long-term-stability", "get"): LONG_TERM,
+    ("/api/statistics/significance-test", "post"): TEST_RESULT,
+    ("/api/statistics/significance-test", "get"): TEST_RESULT,
+    ("/api/statistics/sample-size", "post"): SAMPLE_SIZE,
+    ("/api/shadow/stats", "get"): SHADOW_STATS,
+    ("/health/aggregate", "get"): AGGREGATE,
+}
+LIVE_TEST: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "not": {"required": ["test"]},
+    "description": "live data: the current experiment and its plan's primary metric unless named",
+    "properties": {
+        "experiment": {"type": "string"},
+        "metric": {"type": "string"},
+        "cohort_a": {"type": "string"},
+        "cohort_b": {"type": "string"},
+        "sequential": {"type": "boolean"},
+    },
+}
+CURRENT_TEST = {
+    "summary": "The current experiment's primary metric, control against treatment, on the "
+    "comparison of record",
+    "security": [],
+    "responses": {},
+}
+
+
+def describe_answers(paths: dict[str, Any], json_content: Any, error: Any) -> None:
+    """Put the answers above into `paths` (their 200s), with the GET test and the live
+    request shape."""
+    test = paths["/api/statistics/significance-test"]
+    test["get"] = {
+        **CURRENT_TEST,
+        "responses": {"200": {}, "400": error, "404": error, "503": error},
+    }
+    variants = test["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+    variants[-1] = {**LIVE_TEST, "properties": {**LIVE_TEST["properties"], **_alpha(variants)}}
+    for (path, method), schema in ANSWERS.items():
+        paths[path][method]["responses"]["200"] = json_content(schema)
+
+
+def _alpha(variants: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"alpha": variants[0]["properties"]["alpha"]}

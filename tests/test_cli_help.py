@@ -1,0 +1,38 @@
+"""Every command and subcommand of `abgate` answers --help (a `%` in a help text once made
+`abgate rollout --help` crash with "ValueError: incomplete format")."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from control.cli import build_parser, main
+
+
+def commands(
+    parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
+) -> list[tuple[str, ...]]:
+    found = [prefix]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += commands(sub, (*prefix, name))
+    return found
+
+
+ALL = commands(build_parser())
+
+
+def test_every_command_is_found() -> None:
+    assert {("rollout", "abort"), ("simulate",), ("flags", "backup"), ("load-test",)} <= set(ALL)
+    assert len(ALL) > 20
+
+
+@pytest.mark.parametrize("command", ALL, ids=" ".join)
+def test_help(command: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: abgate {' '.join(command)}".rstrip())

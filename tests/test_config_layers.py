@@ -1,0 +1,106 @@
+"""Override files (`extends:`), experiment groups and the default experiment: validated as
+a whole like every other key, each problem named with the file and line it was written on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config import ConfigError, load_config, parse_config
+from tests.test_config import GOOD
+
+TWO = (
+    GOOD
+    + """\
+  other:
+    control: deterministic
+    treatment: ml
+    percentage: 0
+"""
+)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_an_override_merges_mappings_and_replaces_the_rest(tmp_path: Path) -> None:
+    write(tmp_path / "base.yaml", GOOD + "    sticky: [{header: X-User-Id}]\n")
+    override = write(
+        tmp_path / "fast.yaml",
+        "extends: base.yaml\n"
+        "proxy: {listen: 127.0.0.1:0}\n"
+        "experiments:\n"
+        "  rollout:\n"
+        "    percentage: 5\n"
+        "    sticky: [{cookie: uid}]\n",
+    )
+    config = load_config(override)
+    experiment = config.experiments["rollout"]
+    assert experiment.percentage_bp == 500  # the override's
+    assert experiment.control.upstream == "deterministic"  # the base's, kept
+    assert [s.name for s in experiment.sticky] == ["uid"]  # a list is replaced whole
+    assert config.proxy.listen.port == 0
+    assert config.upstreams["ml"].url == "http://127.0.0.1:9002"
+
+
+def test_a_problem_names_the_file_and_line_it_was_written_on(tmp_path: Path) -> None:
+    write(tmp_path / "base.yaml", GOOD.replace("http://127.0.0.1:9002", "ftp://x"))
+    override = write(tmp_path / "over.yaml", "extends: base.yaml\nproxy:\n  listen: nowhere\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(override)
+    shown = [str(p) for p in caught.value.problems]
+    assert any(s.startswith(f"upstreams.ml.url ({tmp_path / 'base.yaml'} line 5)") for s in shown)
+    assert any(s.startswith("proxy.listen (line 3)") for s in shown), shown
+
+
+@pytest.mark.parametrize(
+    ("extends", "message"),
+    [
+        ("missing.yaml", "no such file"),
+        ("over.yaml", "extends this file again (a cycle)"),
+        ("[]", "expected the path of the file this one overrides"),
+    ],
+)
+def test_a_bad_extends_is_refused(tmp_path: Path, extends: str, message: str) -> None:
+    override = write(tmp_path / "over.yaml", f"extends: {extends}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(override)
+    assert message in str(caught.value)
+
+
+def test_a_cycle_through_two_files_is_refused(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", "extends: b.yaml\n")
+    write(tmp_path / "b.yaml", "extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="a cycle"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_groups_and_the_default_experiment() -> None:
+    config = parse_config(
+        TWO
+        + "control:\n  default_experiment: other\n"
+        + "  groups: {ml-agents: [rollout, other, rollout]}\n"
+    )
+    assert config.control.default_experiment == "other"
+    assert dict(config.control.groups) == {"ml-agents": ("rollout", "other")}
+    assert config.control.report_time_scale == 1.0
+
+
+@pytest.mark.parametrize(
+    ("control", "message"),
+    [
+        ("default_experiment: nope", "control.default_experiment (line 19): unknown experiment"),
+        ("groups: {rollout: [other]}", "is an experiment's name: a group needs its own"),
+        ("groups: {g: [nope]}", "unknown experiment(s): ['nope']"),
+        ("groups: {g: []}", "expected a non-empty list of experiment names"),
+        ("groups: [a]", "expected a mapping of group name to a list of experiments"),
+        ("report_time_scale: 0", "expected a number from 1 to 1e7"),
+    ],
+)
+def test_bad_groups_and_defaults_are_refused(control: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(TWO + f"control:\n  {control}\n", "test.yaml")
+    assert message in str(caught.value)

@@ -1,0 +1,59 @@
+"""What the gates say is what the numbers are: the metric and arm that lack samples, an SLO
+the treatment is seen to breach is not a "pass", and a minimum duration is not reached at
+"30s of 30s"."""
+
+from __future__ import annotations
+
+from benchmarks.rollout_sim import PLAN, experiment
+from control.rollout.gates import StageInputs, decide
+from control.stats.clusters import ClusteredSums
+
+
+def clustered(n: int, rate: float, clusters: int = 64) -> ClusteredSums:
+    """n requests of a 0/1 metric spread evenly over `clusters` clusters of users."""
+    per = n // clusters
+    events = round(per * rate)
+    return ClusteredSums.of([(True, per, float(events), float(events))] * clusters)
+
+
+def latency(n: int, clusters: int = 64) -> ClusteredSums:
+    per = n // clusters
+    return ClusteredSums.of([(True, per, per * 0.05, per * 0.0026)] * clusters)
+
+
+def test_insufficient_names_the_metric_lacking_samples_not_the_request_count() -> None:
+    exp = experiment()
+    assert exp.rollout is not None
+    control = {"error": clustered(18_944, 0.01), "latency": latency(18_944)}  # no outcomes yet
+    treatment = {"error": clustered(1_024, 0.01), "latency": latency(1_024)}
+    decision = decide(exp.rollout, exp, StageInputs(100.0, 0, 0.0, 500, control, treatment))
+    assert (decision.verdict, decision.kind) == ("hold", "insufficient")
+    assert decision.reason == (
+        "insufficient samples: converted has 0 control samples, at least 10 needed to "
+        "estimate its variance"
+    )
+
+
+def test_an_slo_seen_breached_is_a_hold_not_a_pass_and_keeps_the_stage() -> None:
+    """20% of answers failing against a 5% limit, too few yet to be significant: the gate
+    says so, and the stage is not promoted on it."""
+    exp = experiment({**PLAN, "guardrails": [], "primary": None, "min_duration": "1s"})
+    assert exp.rollout is not None
+    control = {"error": clustered(1_900, 0.0, 40), "latency": latency(1_920, 40)}
+    treatment = {"error": clustered(100, 0.23, 20), "latency": latency(100, 20)}
+    decision = decide(exp.rollout, exp, StageInputs(100.0, 0, 0.0, 500, control, treatment))
+    gate = next(g for g in decision.gates if g.name == "slo_error_rate")
+    assert gate.status == "hold"
+    assert gate.detail.startswith("error rate 20.00% over the limit 5.00%, not yet significant")
+    assert decision.verdict == "hold"
+    assert "slo_error_rate (observed over its limit)" in decision.reason
+
+
+def test_min_duration_is_never_reached_at_its_own_length() -> None:
+    exp = experiment({**PLAN, "guardrails": [], "primary": None, "min_duration": "30s"})
+    assert exp.rollout is not None
+    control = {"error": clustered(1_900, 0.0, 40), "latency": latency(1_920, 40)}
+    treatment = {"error": clustered(100, 0.0, 20), "latency": latency(100, 20)}
+    decision = decide(exp.rollout, exp, StageInputs(29.96, 0, 0.0, 500, control, treatment))
+    assert decision.kind == "min_duration"
+    assert decision.reason == "min_duration not reached: 29.9s of 30s"
