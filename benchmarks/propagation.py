@@ -9,6 +9,8 @@ The upstream is nginx `return 200` (or the demo agent without nginx).
                on the proxies concurrently, each request ~0.3 ms)
   rollback     20 emergency rollbacks of all experiments (POST /api/rollback, which answers
                once every live instance reports the new version), end to end at the client
+  embedded     the same changes and rollbacks through `abgate run` (its control process
+               pushes to its data plane over the local channel)
   throughput   wrk against one proxy with the Redis backend, then `abgate run` with the
                embedded one, same upstream and settings
 
@@ -70,43 +72,49 @@ async def flipped(session: ClientSession, port: int, expected: str) -> float:
     return time.perf_counter()
 
 
-async def propagation(changes: int) -> list[float]:
-    samples = []
+async def propagation(
+    changes: int, control: int = CONTROL_PORT, proxies: list[int] = PROXY_PORTS
+) -> tuple[list[float], list[float]]:
+    """Per change: ms from the control API's answer, and from sending the write, until every
+    proxy routes a probe to the new arm."""
+    after_answer, after_send = [], []
     async with ClientSession() as session:
         for index in range(changes):
             percentage = 100 if index % 2 == 0 else 0
             expected = "arm_b" if percentage else "arm_a"
+            sent = time.perf_counter()
             async with session.post(
-                f"http://127.0.0.1:{CONTROL_PORT}/api/flags/bench", json={"percentage": percentage}
+                f"http://127.0.0.1:{control}/api/flags/bench", json={"percentage": percentage}
             ) as response:
                 assert response.status == 200, await response.text()
                 answered = time.perf_counter()
 
             async with asyncio.timeout(10):
-                done = await asyncio.gather(
-                    *(flipped(session, port, expected) for port in PROXY_PORTS)
-                )
-            samples.append((max(done) - answered) * 1000)
-    return samples
+                done = await asyncio.gather(*(flipped(session, port, expected) for port in proxies))
+            after_answer.append((max(done) - answered) * 1000)
+            after_send.append((max(done) - sent) * 1000)
+    return after_answer, after_send
 
 
-async def rollbacks(count: int) -> list[float]:
+async def rollbacks(
+    count: int, control: int = CONTROL_PORT, instances: int = PROXIES
+) -> list[float]:
     samples = []
     async with ClientSession() as session:
         for _ in range(count):
             async with session.post(
-                f"http://127.0.0.1:{CONTROL_PORT}/api/flags/bench", json={"percentage": 100}
+                f"http://127.0.0.1:{control}/api/flags/bench", json={"percentage": 100}
             ) as response:
                 assert response.status == 200
             await asyncio.sleep(0.05)
             started = time.perf_counter()
             async with session.post(
-                f"http://127.0.0.1:{CONTROL_PORT}/api/rollback", json={"timeout": 30}
+                f"http://127.0.0.1:{control}/api/rollback", json={"timeout": 30}
             ) as response:
                 body = await response.json()
                 assert response.status == 200, body
                 assert body["converged"], body
-                assert len(body["instances"]) == PROXIES, body
+                assert len(body["instances"]) == instances, body
             samples.append((time.perf_counter() - started) * 1000)
     return samples
 
@@ -187,7 +195,7 @@ def main() -> int:
             )
             wait_http(f"http://127.0.0.1:{port}/api/agent/credit/decide")
         time.sleep(1.5)  # every proxy has registered its first heartbeat
-        changes = asyncio.run(propagation(args.changes))
+        changes, _ = asyncio.run(propagation(args.changes))
         rollback = asyncio.run(rollbacks(args.rollbacks))
         script = workdir / "users.lua"
         script.write_text(LUA)
@@ -216,7 +224,11 @@ def main() -> int:
                 cwd=ROOT,
             )
         )
-        wait_http(f"http://127.0.0.1:{EMBEDDED_PORTS[1]}/health")
+        wait_http(f"http://127.0.0.1:{EMBEDDED_PORTS[1]}/health/ready")  # its data plane too
+        local, local_sent = asyncio.run(
+            propagation(args.changes, EMBEDDED_PORTS[1], [EMBEDDED_PORTS[0]])
+        )
+        local_rollback = asyncio.run(rollbacks(args.rollbacks, EMBEDDED_PORTS[1], 1))
         embedded = wrk(
             "memory",
             f"http://127.0.0.1:{EMBEDDED_PORTS[0]}",
@@ -253,12 +265,41 @@ applies it to its in-memory table (no request ever waits on Redis). The rollback
 once every registered instance has reported the new version in its registry entry (each
 proxy reports immediately after applying a change).
 
+Embedded (`abgate run`, no Redis): the control process pushes each change to its data plane
+over the local live-state channel (a Unix socket); a write is answered once the data plane
+reports that it routes with it, so the first row below is about 0 by construction and the
+second is the whole write (the API call included).
+
+| what | samples | p50 ms | p99 ms | max ms | target |
+|---|---:|---:|---:|---:|---|
+{
+        row(
+            "control API answer -> the data plane routes with it",
+            local,
+            f"p99 <= 50 ms: {verdict(percentile(local, 99) <= 50)}",
+        )
+    }
+{
+        row(
+            "write sent -> the data plane routes with it",
+            local_sent,
+            f"p99 <= 50 ms: {verdict(percentile(local_sent, 99) <= 50)}",
+        )
+    }
+{
+        row(
+            "rollback of all experiments, confirmed by the data plane",
+            local_rollback,
+            f"< 1000 ms: {verdict(max(local_rollback) < 1000)}",
+        )
+    }
+
 Throughput of one proxy by flag backend (wrk -t1 -c32 -d{args.duration}s, same upstream):
 
 | backend | req/s | p50 ms | p99 ms |
 |---|---:|---:|---:|
 {wrk_row("redis (`abgate proxy`, flags pushed by pub/sub)", with_redis)}
-{wrk_row("memory (`abgate run`, embedded)", embedded)}
+{wrk_row("memory (`abgate run`, embedded: its data plane)", embedded)}
 
 The request path is identical in both (flags are read from memory); the difference is run to
 run noise on a shared 2-core machine.

@@ -20,6 +20,9 @@ from config.yaml_lines import KeyPath, LocatedDocument, load_located
 
 EXTENDS = "extends"
 MAX_DEPTH = 8  # files extending files; deeper is a mistake, not a design
+# A configuration is kilobytes; a file this large is a mistake (or an attack) that parsing
+# would spend seconds and gigabytes on (a 50 MB file took 47 s).
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 
 def read_layered(path: str | Path) -> LocatedDocument:
@@ -29,7 +32,12 @@ def read_layered(path: str | Path) -> LocatedDocument:
 
 def _read(path: Path, source: str, chain: tuple[Path, ...]) -> LocatedDocument:
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:  # no further than the limit
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            limit = f"{MAX_CONFIG_BYTES // (1024 * 1024)} MiB"
+            raise ConfigError(source, [Problem("", None, f"the file is over {limit}: refused")])
+        text = raw.decode("utf-8")
     except FileNotFoundError as exc:
         where = path.absolute()
         hint = "pass another with --config FILE" if not chain else f"extended by {chain[-1]}"

@@ -19,7 +19,7 @@ from config.export import config_as_json
 from control.experiments_api import add_experiment_routes
 from control.flag_backend import FlagBackend
 from control.flags_api import add_flag_routes
-from control.health_api import BACKEND, PLANE, add_health_routes
+from control.health_api import BACKEND, add_health_routes
 from control.http import (
     LOOPBACK_ONLY,
     TOKEN,
@@ -30,12 +30,11 @@ from control.http import (
     json_response,
     same_origin,
 )
+from control.live_plane import FORCED, PLANE, RemotePlane, metrics_with_plane
 from control.openapi import OPENAPI
 from control.reload import Reloader
 from control.ui_api import add_ui_routes
 from proxy.admin import REGISTRY, health, metrics
-from proxy.breaker import BreakerState
-from proxy.runtime import DataPlane
 from state.flags import FlagStore
 
 if TYPE_CHECKING:
@@ -44,16 +43,11 @@ if TYPE_CHECKING:
     from state.history.writer import HistoryWriter
 
 RELOADER = web.AppKey("reloader", Reloader)
-_FORCED = {
-    "forced_open": BreakerState.FORCED_OPEN,
-    "forced_closed": BreakerState.FORCED_CLOSED,
-    "auto": None,
-}
 
 
 async def list_breakers(request: web.Request) -> web.Response:
     plane = request.app.get(PLANE)
-    local = plane.breaker_snapshots() if plane is not None else []
+    local = await plane.breaker_snapshots() if plane is not None else []
     instances = []
     backend = request.app.get(BACKEND)
     if backend is not None and backend.store is not None:
@@ -64,7 +58,7 @@ async def list_breakers(request: web.Request) -> web.Response:
     return json_response({"breakers": local, "instances": instances})
 
 
-def _plane(request: web.Request) -> DataPlane:
+def _plane(request: web.Request) -> RemotePlane:
     plane = request.app.get(PLANE)
     if plane is None:
         raise ApiError(
@@ -76,7 +70,7 @@ def _plane(request: web.Request) -> DataPlane:
 
 async def shadow_stats(request: web.Request) -> web.Response:
     """Per experiment, and the totals over all of them at the top."""
-    experiments = _plane(request).shadow_stats()
+    experiments = await _plane(request).shadow_stats()
     totals = {
         key: sum(int(str(e[key])) for e in experiments)
         for key in ("total_decisions", "agreements", "disagreements", "errors")
@@ -96,10 +90,10 @@ async def force_breaker(request: web.Request) -> web.Response:
     name = request.match_info["upstream"]
     body = await json_object(request, allowed={"state"})
     state = body.get("state")
-    if not isinstance(state, str) or state not in _FORCED:
+    if not isinstance(state, str) or state not in FORCED:
         raise ApiError(400, "state: expected forced_open, forced_closed or auto")
     try:
-        return json_response(plane.force_breaker(name, _FORCED[state]))
+        return json_response(await plane.force_breaker(name, state))
     except KeyError:
         raise ApiError(404, f"unknown upstream {name!r}") from None
 
@@ -141,7 +135,7 @@ def create_control_app(
     registry: CollectorRegistry,
     token: str | None,
     reloader: Reloader | None = None,
-    plane: DataPlane | None = None,
+    plane: RemotePlane | None = None,
     backend: FlagBackend | None = None,
     worker: StatsWorker | None = None,
     rollouts: RolloutController | None = None,
@@ -164,11 +158,13 @@ def create_control_app(
     app[LOOPBACK_ONLY] = loopback
     app[REGISTRY] = registry
     app.router.add_get("/health", health)
-    app.router.add_get("/metrics", metrics)
+    if plane is not None:
+        app[PLANE] = plane
+    app.router.add_get("/metrics", metrics if plane is None else metrics_with_plane)
     app.router.add_get("/api/openapi.json", openapi)
     if reloader is not None:
         app[RELOADER] = reloader
-    add_health_routes(app, plane, backend)
+    add_health_routes(app, backend)
     add_stats_routes(app)
     add_experiment_routes(app, worker, store.table, history)
     app.router.add_get("/api/shadow/stats", shadow_stats)

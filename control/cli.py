@@ -43,9 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        help="proxy and control API in one process (the embedded default, no Redis)",
-        description="Serve the proxy and the control API in one process. Flags live in "
-        "memory; no Redis is needed.",
+        help="proxy and control API on one machine (the embedded default, no Redis)",
+        description="Serve the proxy and the control API: two processes, the data plane and "
+        "the control process (statistics, rollouts, reloads), started, restarted and stopped "
+        "together. Flags live in the control process and reach the data plane over a local "
+        "socket; no Redis is needed.",
     )
     run.add_argument("--config", default=DEFAULT_CONFIG, help=f"(default {DEFAULT_CONFIG})")
 
@@ -123,11 +125,12 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_db(load_config(args.config), args.action)
         # The servers, imported only to serve: `abgate flags` and check-config start fast.
-        from control.serve import run_control, run_embedded, run_workers
-
         if args.command == "run":
-            run_embedded(args.config)
-            return 0
+            from control.supervisor import run_supervised
+
+            return run_supervised(args.config)
+        from control.serve import run_control, run_workers
+
         if args.command == "control":
             run_control(args.config)
             return 0

@@ -1,9 +1,10 @@
-"""Which flag store a process uses, and everything it owns: the embedded store, or a Redis
+"""Which flag store a process uses, and everything it owns: the embedded store (in `abgate
+run`'s control process, served to its data plane over the live-state channel), or a Redis
 client with its sync task (every process) and writer (processes with a control API)."""
 
 from __future__ import annotations
 
-import os
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
@@ -13,8 +14,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from redis.asyncio import Redis
 
 from config import Config
+from proxy.tasks import stop_task
 from state.flag_file import FlagFile
-from state.flags import FlagStore, FlagTable, Instance, MemoryFlagStore
+from state.flags import FlagStore, FlagTable, MemoryFlagStore
+from state.live_server import LiveStateServer, LocalFlagStore
 from state.measurements import MeasurementStore, MemoryMeasurements, RedisMeasurements
 from state.redis_client import (
     RedisConnection,
@@ -29,7 +32,7 @@ from state.redis_flags import (
     RedisKeys,
     new_instance_id,
 )
-from state.redis_timing import REDIS_COMMANDS
+from state.redis_timing import REDIS_COMMANDS, ServerTimes
 
 
 def snapshot_file(config: Config) -> FlagFile | None:
@@ -55,6 +58,7 @@ class FlagBackend:
     store: FlagStore | None  # None in a data-plane-only process with Redis
     sync: RedisFlagSync | None
     measurements: MeasurementStore
+    server_times: ServerTimes | None = None  # Redis' own time, where flags are written
 
     def collect(self) -> Iterator[Metric]:
         sync = self.sync
@@ -67,6 +71,8 @@ class FlagBackend:
         if sync is None:
             return
         yield from REDIS_COMMANDS.collect()
+        if self.server_times is not None:
+            yield from self.server_times.collect()
         age = GaugeMetricFamily(
             "abgate_flag_state_age_seconds", "Seconds since this process last heard from Redis."
         )
@@ -110,8 +116,12 @@ class SharedState:
     redis: RedisConnection | None = None  # how `client` was made (errors, WAIT settings)
 
 
-def open_shared_state(stack: AsyncExitStack, config: Config) -> SharedState:
-    snapshot = snapshot_file(config)
+def open_shared_state(
+    stack: AsyncExitStack, config: Config, *, state_file: bool = True
+) -> SharedState:
+    """`state_file=False`: another process of this `abgate run` owns the state file (its
+    control process); this one neither reads measurements from it nor writes it."""
+    snapshot = snapshot_file(config) if state_file else None
     settings = redis_settings(config)
     if settings is None:
         measurements = MemoryMeasurements(snapshot)
@@ -132,19 +142,17 @@ async def start_flag_backend(
     proxy_address: str | None,
     shared: SharedState,
     status: Callable[[], dict[str, str]] | None = None,
+    live: LiveStateServer | None = None,
 ) -> FlagBackend:
     """Start what the flag state needs; `stack` tears it down. `proxy_address` registers this
-    process as a proxy instance."""
+    process as a proxy instance (with Redis). Without Redis the store is the embedded one,
+    and `live` the channel that serves it to the data plane."""
     client, snapshot = shared.client, shared.snapshot
     started = time.time()
     if client is None:
-        store = MemoryFlagStore(table, snapshot)
-        store.restore()
-        store.local_status = status
-        if proxy_address is not None:
-            store.local = Instance(
-                new_instance_id(), proxy_address, os.getpid(), started, started, {}
-            )
+        memory = MemoryFlagStore(table, snapshot)
+        memory.restore()
+        store: FlagStore = memory if live is None else LocalFlagStore(memory, live)
         return FlagBackend(table, store, None, shared.measurements)
     keys = RedisKeys(config.flags.key_prefix)
     heartbeat = config.flags.heartbeat_interval
@@ -180,4 +188,9 @@ async def start_flag_backend(
             describe=redis.describe if redis else describe_redis_error,
         )
     )
-    return FlagBackend(table, redis_store, sync, shared.measurements)
+    server_times = None
+    if writer:  # one process per deployment polls Redis for its own times
+        server_times = ServerTimes(client)
+        task = asyncio.create_task(server_times.run(), name="abgate-redis-server-times")
+        stack.push_async_callback(stop_task, task)
+    return FlagBackend(table, redis_store, sync, shared.measurements, server_times)

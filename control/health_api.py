@@ -3,29 +3,34 @@ whole rollout (upstreams, flag store, proxy instances), with the reason for anyt
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from aiohttp import web
 
+from config import Config
 from control.experiments_api import HISTORY
 from control.flag_backend import FlagBackend
 from control.http import CONTROLLER, WORKER, json_response
+from control.live_plane import PLANE, history_report
 from proxy.health import DEGRADED, HEALTHY, UNHEALTHY, worst
-from proxy.runtime import DataPlane
 from state.errors import StoreUnavailable
 from state.flags import FlagStore
 
-PLANE = web.AppKey("plane", DataPlane)
 BACKEND = web.AppKey("backend", FlagBackend)
 STALE_HEARTBEATS = 3
 
 
 async def ready(request: web.Request) -> web.Response:
-    """200 once the config is loaded and the flags are in sync (or embedded), else 503."""
+    """200 once the config is loaded and the flags are in sync (or embedded), and in `abgate
+    run` once its data plane is up and connected; else 503."""
     backend = request.app.get(BACKEND)
     sync = backend.sync if backend is not None else None
     if sync is not None and sync.resyncs == 0:
         return json_response({"ready": False, "reason": "flags not yet read from Redis"}, 503)
+    plane = request.app.get(PLANE)
+    if plane is not None and not plane.connected:
+        return json_response({"ready": False, "reason": "the data plane is not connected"}, 503)
     return json_response({"ready": True})
 
 
@@ -88,17 +93,22 @@ async def aggregate(request: web.Request) -> web.Response:
     statuses = []
     plane = request.app.get(PLANE)
     if plane is not None:
-        upstreams = plane.health()
-        components["upstreams"] = upstreams
-        for report in upstreams.values():
-            status = str(report["status"])
-            statuses.append(status if report["critical"] or status != UNHEALTHY else DEGRADED)
+        try:
+            upstreams = await plane.health()
+        except StoreUnavailable as exc:  # restarting: nothing answers users meanwhile
+            components["data_plane"] = {"status": UNHEALTHY, "reasons": [str(exc)]}
+            statuses.append(UNHEALTHY)
+        else:
+            components["upstreams"] = upstreams
+            for report in upstreams.values():
+                status = str(report["status"])
+                statuses.append(status if report["critical"] or status != UNHEALTHY else DEGRADED)
     backend = request.app.get(BACKEND)
     flag_store = _flag_store(backend)
     components["flag_store"] = flag_store
     statuses.append(str(flag_store["status"]))
     if backend is not None and backend.store is not None:
-        interval = plane.config.flags.heartbeat_interval if plane is not None else 1.0
+        interval = plane.heartbeat_interval if plane is not None else 1.0
         instances = await _instances(backend.store, interval)
         components["instances"] = instances
         statuses.append(str(instances["status"]))
@@ -121,18 +131,25 @@ async def aggregate(request: web.Request) -> web.Response:
         }
         statuses.append(DEGRADED if reasons else HEALTHY)
     history = request.app.get(HISTORY)
-    if history is not None:  # down: degraded (answers go on; records wait or are dropped)
-        reasons = [history.last_error] if history.last_error else []
-        if not history.connected and not reasons:
+    writers = [history_report(history)] if history is not None else []
+    if history is not None and plane is not None:  # abgate run: the data plane's decisions
+        with contextlib.suppress(StoreUnavailable):  # away: reported above
+            remote = await plane.history()
+            if remote is not None:
+                writers.append(remote)
+    if writers:  # down: degraded (answers go on; records wait or are dropped)
+        reasons = [str(w["last_error"]) for w in writers if w["last_error"]]
+        connected = all(w["connected"] for w in writers)
+        if not connected and not reasons:
             reasons.append("not connected to PostgreSQL (yet)")
         status = DEGRADED if reasons else HEALTHY
         components["history_store"] = {
             "status": status,
-            "connected": history.connected,
-            "buffered": history.buffered,
-            "dropped": history.dropped,
-            "written": history.written,
-            "layout": history.layout,
+            "connected": connected,
+            "buffered": sum(int(w["buffered"]) for w in writers),
+            "dropped": sum(int(w["dropped"]) for w in writers),
+            "written": sum(int(w["written"]) for w in writers),
+            "layout": writers[0]["layout"],
             "reasons": reasons,
         }
         statuses.append(status)
@@ -147,23 +164,31 @@ async def aggregate(request: web.Request) -> web.Response:
         }
         statuses.append(status)
     overall = worst(*statuses)
+    shadows: list[dict[str, object]] = []
+    if plane is not None:
+        with contextlib.suppress(StoreUnavailable):  # away: said in components
+            shadows = await plane.shadow_stats()
     return json_response(
         {
             "overall_health": overall,
             "components": components,
-            "ml_components": ml_components(plane, components),
+            "ml_components": ml_components(
+                plane.config if plane is not None else None, shadows, components
+            ),
         },
         503 if overall == UNHEALTHY else 200,
     )
 
 
-def ml_components(plane: DataPlane | None, components: dict[str, object]) -> list[object]:
+def ml_components(
+    config: Config | None, shadows: list[dict[str, object]], components: dict[str, object]
+) -> list[object]:
     """The ML side, one entry each, from what `components` already holds: each ML upstream
-    (a treatment that is no experiment's control) and its breaker, each experiment's shadow,
-    the statistics worker and the rollout controller."""
+    (a treatment that is no experiment's control) and its breaker, each experiment's shadow
+    (`shadows`, as the data plane reports them), the statistics worker and the rollout
+    controller. `config` is None where there is no data plane."""
     out: list[object] = []
-    if plane is not None:
-        config = plane.config
+    if config is not None:
         controls = {e.control.upstream for e in config.experiments.values()}
         ml = sorted({e.treatment.upstream for e in config.experiments.values()} - controls)
         upstreams = components.get("upstreams", {})
@@ -187,7 +212,7 @@ def ml_components(plane: DataPlane | None, components: dict[str, object]) -> lis
                     "state": state,
                 }
             )
-        for shadow in plane.shadow_stats():
+        for shadow in shadows:
             dropped = shadow.get("dropped")
             out.append(
                 {
@@ -222,11 +247,8 @@ _BREAKER_HEALTH = {
 }
 
 
-def add_health_routes(
-    app: web.Application, plane: DataPlane | None, backend: FlagBackend | None
-) -> None:
-    if plane is not None:
-        app[PLANE] = plane
+def add_health_routes(app: web.Application, backend: FlagBackend | None) -> None:
+    """With a data plane to ask, `app[PLANE]` is set by the caller (control/api.py)."""
     if backend is not None:
         app[BACKEND] = backend
     app.router.add_get("/health/ready", ready)

@@ -1,8 +1,10 @@
 """Hot config reload: SIGHUP, a change of the file, or POST /api/config/reload.
 
-The file is validated as a whole first; an invalid one is refused with the same line-numbered
-problems as `abgate check-config`, the running config stays, and the failure shows in the
-log, in GET /api/config and in abgate_config_reload_total{result="failure"}.
+The file is validated as a whole first, in a process of its own (control/config_process.py:
+bounded in size, aliases and time, and never on an event loop that serves requests); an
+invalid one is refused with the same line-numbered problems as `abgate check-config`, the
+running config stays, and the failure shows in the log, in GET /api/config and in
+abgate_config_reload_total{result="failure"}.
 
 One change is one reload, whoever notices it first: the watcher waits until the file has
 stayed the same for one whole interval (an editor's or `write_text`'s truncate-then-write
@@ -24,7 +26,8 @@ from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from config import Config, ConfigError, load_config
+from config import Config, ConfigError
+from control.config_process import ParsedConfig, parse_off_loop
 
 log = logging.getLogger("abgate.reload")
 WATCH_INTERVAL = 1.0
@@ -48,15 +51,20 @@ class ReloadOutcome:
         }
 
 
+Apply = Callable[[ParsedConfig], Awaitable[list[str]]]
+Parse = Callable[[Path], Awaitable[ParsedConfig]]
+
+
 class Reloader:
     """Reloads `path` into `apply` (which returns what it could not apply live)."""
 
     def __init__(
-        self, path: str | Path, config: Config, apply: Callable[[Config], Awaitable[list[str]]]
+        self, path: str | Path, config: Config, apply: Apply, parse: Parse = parse_off_loop
     ) -> None:
         self.path = Path(path)
         self.config = config
         self._apply = apply
+        self._parse = parse
         self.loaded_at = time.time()
         self.last: ReloadOutcome | None = None
         self.counts = {"success": 0, "failure": 0}
@@ -72,12 +80,12 @@ class Reloader:
             # the same change again.
             self._seen = self._stamp()
             try:
-                config = await asyncio.to_thread(load_config, self.path)
-                if config == self.config:
+                parsed = await self._parse(self.path)
+                if parsed.config == self.config:
                     log.info("config reload (%s): the file is the running config", trigger)
                     self.last = ReloadOutcome("unchanged", trigger, time.time())
                     return self.last
-                warnings = await self._apply(config)
+                warnings = await self._apply(parsed)
             except ConfigError as exc:
                 outcome = ReloadOutcome(
                     "failure", trigger, time.time(), problems=[str(p) for p in exc.problems]
@@ -98,7 +106,7 @@ class Reloader:
                     exc_info=exc,
                 )
             else:
-                self.config, self.loaded_at = config, time.time()
+                self.config, self.loaded_at = parsed.config, time.time()
                 outcome = ReloadOutcome("success", trigger, self.loaded_at, warnings=warnings)
                 log.info("config reloaded (%s) from %s", trigger, self.path)
                 for warning in warnings:

@@ -1,32 +1,34 @@
-"""Process lifecycles: `abgate run` (embedded: proxy + control API) and `abgate proxy` workers.
+"""Process lifecycles: `abgate run` (its control process and its data plane, supervised:
+control/supervisor.py), `abgate control` and `abgate proxy` workers.
 
 Each is start -> serve until SIGTERM/SIGINT -> drain -> close, built from async context
-managers so that everything started is also stopped, in reverse order.
+managers so that everything started is also stopped, in reverse order. `embedded` runs both
+halves of `abgate run` in this process, connected by the real live-state channel: what the
+tests start.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import multiprocessing
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Coroutine
+import tempfile
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvloop
-from aiohttp import web
-from prometheus_client import CollectorRegistry, ProcessCollector
 
 from config import Config, load_config
-from config.model import Listen
 from control.api import check_exposure, create_control_app
+from control.config_process import ParsedConfig, digest_of, dumps
+from control.control_half import ControlHalf, control_half
 from control.flag_backend import (
     FlagBackend,
-    SharedState,
     initial_table,
     open_shared_state,
     start_flag_backend,
@@ -34,17 +36,25 @@ from control.flag_backend import (
 from control.history import attach_history, rollout_event, start_history
 from control.history import collect as collect_history
 from control.log import configure_logging
+from control.plane_half import PlaneHalf, data_plane_half
 from control.reload import Reloader
-from control.signals import on_signal, stop_on_signals
+from control.signals import stop_on_signals
+from control.wiring import (
+    Gauges,
+    announce,
+    app_site,
+    new_registry,
+    start_plane_flags,
+    start_reloader,
+    start_rollout_controller,
+    start_stats_worker,
+)
 from proxy.admin import create_admin_app
 from proxy.metrics import ProxyMetrics
 from proxy.runtime import DataPlane
-from proxy.server import JsonErrorAppRunner
-from proxy.tasks import stop_task
 from state.flags import FlagTable
 from state.redis_client import redis_settings
 from state.redis_flags import new_instance_id
-from state.rollouts import Lease, MemoryRollouts, RedisRollouts, RolloutStore
 
 if TYPE_CHECKING:
     from control.rollout.controller import RolloutController
@@ -54,35 +64,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("abgate")
 
 
-def announce(line: str) -> None:
-    """Lines on stdout that people (and tests) read: what listens where."""
-    print(line, flush=True)
-
-
-def new_registry(metrics: ProxyMetrics) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(metrics)
-    ProcessCollector(registry=registry)
-    return registry
-
-
-async def app_site(
-    stack: AsyncExitStack, app: web.Application, listen: Listen, shutdown_timeout: float
-) -> str:
-    """Serve an aiohttp Application until `stack` closes; return its URL."""
-    runner = JsonErrorAppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout
-    )
-    await runner.setup()
-    stack.push_async_callback(runner.cleanup)
-    site = web.TCPSite(runner, listen.host, listen.port)
-    await site.start()
-    return Listen(listen.host, runner.addresses[0][1]).url
-
-
 @dataclass(frozen=True, slots=True)
 class Embedded:
-    """A running `abgate run` stack: where it listens and the state it shares."""
+    """Both halves of `abgate run` in one process (tests): where they listen and what they
+    hold. `flags` is the store's table; `plane` and `metrics` the data plane's."""
 
     proxy_url: str
     control_url: str
@@ -93,167 +78,45 @@ class Embedded:
     reloader: Reloader | None
     worker: StatsWorker
     rollouts: RolloutController
-    history: HistoryWriter | None
-
-
-async def owned_task(stack: AsyncExitStack, coro: Coroutine[Any, Any, None], name: str) -> None:
-    """Run `coro` as a task that `stack` cancels and awaits on exit (no fire-and-forget)."""
-    task = asyncio.create_task(coro, name=name)
-    stack.push_async_callback(stop_task, task)  # cancelled again until it is done
-
-
-async def start_stats_worker(
-    stack: AsyncExitStack, config: Config, backend: FlagBackend, metrics: ProxyMetrics
-) -> StatsWorker:
-    from control.stats_worker import StatsWorker  # scipy: only where statistics run
-
-    worker = StatsWorker(config, backend.measurements)
-    metrics.add_gauges(worker.collect)
-    await owned_task(stack, worker.run(), "abgate-stats-worker")
-    return worker
-
-
-async def start_rollout_controller(
-    stack: AsyncExitStack,
-    config: Config,
-    backend: FlagBackend,
-    shared: SharedState,
-    metrics: ProxyMetrics,
-    proxy_url: str | None = None,
-) -> RolloutController:
-    """The rollout controller and its store: the state file (embedded) or Redis, where a
-    lease makes exactly one of several control processes act."""
-    from control.rollout.controller import RolloutController
-
-    assert backend.store is not None
-    lease = None
-    store: RolloutStore
-    if shared.client is None:
-        store = MemoryRollouts(shared.snapshot)
-    else:
-        lease = Lease(shared.client, config.flags.key_prefix, new_instance_id())
-        stack.push_async_callback(lease.release)
-        store = RedisRollouts(
-            shared.client, config.flags.key_prefix, lease, durable=shared.snapshot
-        )
-    controller = RolloutController(
-        config, backend.store, store, backend.measurements, lease=lease, proxy_url=proxy_url
-    )
-    metrics.add_gauges(controller.collect)
-    await owned_task(stack, controller.run(), "abgate-rollout-controller")
-    return controller
-
-
-async def start_reloader(
-    stack: AsyncExitStack,
-    config_path: str | None,
-    config: Config,
-    plane: DataPlane,
-    metrics: ProxyMetrics,
-    worker: StatsWorker | None = None,
-    rollouts: RolloutController | None = None,
-) -> Reloader | None:
-    """Hot reload of the data plane: on SIGHUP, on a change of the file, on API request."""
-    if config_path is None:
-        return None
-
-    async def apply(new: Config) -> list[str]:
-        warnings = plane.reload(new)
-        await plane.close_retired_pools()
-        if worker is not None:
-            worker.config = new
-        if rollouts is not None:
-            rollouts.config = new
-        return warnings
-
-    reloader = Reloader(config_path, config, apply)
-    metrics.add_gauges(reloader.collect)
-    await owned_task(stack, reloader.run(), "abgate-config-reload")
-    await stack.enter_async_context(on_signal(signal.SIGHUP, reloader.request))
-    return reloader
+    history: HistoryWriter | None  # the data plane's: its decisions
+    control: ControlHalf
+    data: PlaneHalf
 
 
 @asynccontextmanager
 async def embedded(
     config: Config, token: str | None = None, config_path: str | None = None
 ) -> AsyncIterator[Embedded]:
-    """Data plane and control API in one process; flags in memory (or Redis when configured).
-    With `config_path`, the config reloads live. Everything started here is stopped on exit,
-    in reverse order."""
-    check_exposure(config, token)
-    flags = initial_table(config)
-    metrics = ProxyMetrics()
-    registry = new_registry(metrics)
-    async with AsyncExitStack() as stack:
-        shared = open_shared_state(stack, config)
-        history = await start_history(
-            stack,
-            config,
-            instance=new_instance_id(),
-            table=flags,
-            maintenance=True,
-            grace=config.proxy.shutdown_timeout,
-        )  # before the plane: the plane drains first, then the last flush
-        plane = await stack.enter_async_context(DataPlane(config, flags, metrics))
-        attach_history(history, plane, metrics, config)
-        backend = await start_flag_backend(
-            stack,
-            config,
-            flags,
-            writer=True,
-            shared=shared,
-            proxy_address=plane.url,
-            status=plane.breaker_states,
-        )
-        metrics.add_gauges(backend.collect)
-        plane.flush_to(backend.measurements)
-        worker = await start_stats_worker(stack, config, backend, metrics)
-        rollouts = await start_rollout_controller(
-            stack, config, backend, shared, metrics, proxy_url=plane.url
-        )
-        if history is not None:
-            rollouts.listeners.append(rollout_event(history))
-        reloader = await start_reloader(
-            stack, config_path, config, plane, metrics, worker, rollouts
-        )
-        assert backend.store is not None
-        control_app = create_control_app(
-            backend.store,
-            registry,
-            token,
-            reloader,
-            plane,
-            backend,
-            worker,
-            rollouts,
-            history,
-            loopback=config.control.is_loopback,
-        )
-        control_url = await app_site(
-            stack, control_app, config.control.listen, config.proxy.shutdown_timeout
-        )
-        yield Embedded(
-            plane.url,
-            control_url,
-            flags,
-            metrics,
-            backend,
-            plane,
-            reloader,
-            worker,
-            rollouts,
-            history,
-        )
-
-
-async def serve_embedded(config: Config, config_path: str) -> None:
-    """`abgate run` until SIGTERM/SIGINT."""
-    token = os.environ.get("ABGATE_CONTROL_TOKEN") or None
-    async with stop_on_signals() as stop, embedded(config, token, config_path) as running:
-        announce(f"abgate proxy listening on {running.proxy_url}")
-        announce(f"abgate control API listening on {running.control_url}")
-        await stop.wait()
-        log.info("stopping: draining in-flight requests (up to %gs)", config.proxy.shutdown_timeout)
+    """`abgate run`'s two halves in this process, on one loop, talking over the live-state
+    channel as the two processes do. With `config_path`, the config reloads live."""
+    blob = dumps(config)
+    digest = digest_of(config) if config_path is not None else None
+    with tempfile.TemporaryDirectory(prefix="abgate-") as directory:
+        channel = Path(directory) / "live.sock"
+        async with (
+            control_half(
+                config,
+                channel,
+                token=token,
+                config_path=config_path,
+                parsed=ParsedConfig(config, blob, digest) if digest is not None else None,
+            ) as control,
+            data_plane_half(config, channel, config_digest=digest) as data,
+        ):
+            yield Embedded(
+                data.proxy_url,
+                control.control_url,
+                control.flags,
+                data.metrics,
+                control.backend,
+                data.plane,
+                control.reloader,
+                control.worker,
+                control.rollouts,
+                data.history,
+                control,
+                data,
+            )
 
 
 async def serve_control(config: Config) -> None:
@@ -266,8 +129,8 @@ async def serve_control(config: Config) -> None:
             "or ABGATE_REDIS_URL; without Redis, use abgate run)"
         )
     flags = initial_table(config)
-    metrics = ProxyMetrics()
-    registry = new_registry(metrics)
+    gauges = Gauges()
+    registry = new_registry(gauges)
     async with stop_on_signals() as stop, AsyncExitStack() as stack:
         shared = open_shared_state(stack, config)
         history = await start_history(
@@ -281,12 +144,12 @@ async def serve_control(config: Config) -> None:
             proxy_address=None,
             shared=shared,
         )
-        metrics.add_gauges(backend.collect)
-        worker = await start_stats_worker(stack, config, backend, metrics)
-        rollouts = await start_rollout_controller(stack, config, backend, shared, metrics)
+        gauges.add_gauges(backend.collect)
+        worker = await start_stats_worker(stack, config, backend, gauges)
+        rollouts = await start_rollout_controller(stack, config, backend, shared, gauges)
         if history is not None:
             rollouts.listeners.append(rollout_event(history))
-            metrics.add_gauges(lambda: collect_history(history))
+            gauges.add_gauges(lambda: collect_history(history))
         assert backend.store is not None
         control_app = create_control_app(
             backend.store,
@@ -337,19 +200,14 @@ async def worker(
             DataPlane(config, flags, metrics, reuse_port=reuse_port, worker_index=index)
         )
         attach_history(history, plane, metrics, config)
-        backend = await start_flag_backend(
-            stack,
-            config,
-            flags,
-            writer=False,
-            shared=shared,
-            proxy_address=plane.url,
-            status=plane.breaker_states,
-        )
-        metrics.add_gauges(backend.collect)
-        if backend.sync is not None:  # measurements need a store others read: Redis
-            plane.flush_to(backend.measurements)
-        await start_reloader(stack, config_path, config, plane, metrics)
+        backend = await start_plane_flags(stack, config, flags, shared, plane, metrics)
+
+        async def apply(new: ParsedConfig) -> list[str]:
+            warnings = plane.reload(new.config)
+            await plane.close_retired_pools()
+            return warnings
+
+        await start_reloader(stack, config_path, config, apply, metrics)
         admin_url = await app_site(stack, create_admin_app(registry), admin, 1.0)
         yield Worker(plane.url, admin_url, flags, backend)
 
@@ -366,10 +224,6 @@ async def serve_worker(
             f"{w.proxy_url}, admin on {w.admin_url}"
         )
         await stop.wait()
-
-
-def run_embedded(config_path: str) -> None:
-    uvloop.run(serve_embedded(load_config(config_path), config_path))
 
 
 def run_control(config_path: str) -> None:

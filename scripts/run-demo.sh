@@ -42,8 +42,8 @@ scripts/demo-agent.sh start deterministic
 scripts/demo-agent.sh start ml
 $BIN/abgate run --config "$CONFIG" & abgate_pid=$!
 
-for _ in $(seq 100); do
-    curl -fs "$CONTROL/health" >/dev/null 2>&1 && break
+for _ in $(seq 100); do  # ready: the control process up and its data plane connected
+    curl -fs "$CONTROL/health/ready" >/dev/null 2>&1 && break
     kill -0 "$abgate_pid" 2>/dev/null || { echo "make run: abgate did not start" >&2; exit 1; }
     sleep 0.1
 done

@@ -187,14 +187,14 @@ def _next(current: Flag, basis_points: int, now: float, by: str, reason: str) ->
 
 
 class MemoryFlagStore:
-    """The embedded default: one process, the table is the store, persisted to a local file."""
+    """The embedded default: the table is the store, persisted to a local file. `abgate run`
+    serves it to its data plane over the live-state channel (state/live_server.py), which
+    also knows the instances."""
 
     def __init__(self, table: FlagTable, state_file: FlagFile | None = None) -> None:
         self.table = table
         self._file = state_file
         self._history: dict[str, list[dict[str, object]]] = {}
-        self.local: Instance | None = None  # set once this process's listener is bound
-        self.local_status: Callable[[], dict[str, str]] | None = None  # breaker states
 
     def restore(self) -> int:
         """Take newer flags from the state file (if any) into the table; returns how many."""
@@ -243,18 +243,4 @@ class MemoryFlagStore:
         return list(reversed(self._history.get(name, [])[-limit:]))
 
     async def instances(self) -> list[Instance]:
-        if self.local is None:
-            return []
-        applied = {flag.name: flag.version for flag in self.table.all()}
-        breakers = self.local_status() if self.local_status is not None else {}
-        return [
-            Instance(
-                self.local.id,
-                self.local.address,
-                self.local.pid,
-                self.local.started_at,
-                time.time(),
-                applied,
-                breakers,
-            )
-        ]
+        return []  # none of its own: LocalFlagStore asks the channel

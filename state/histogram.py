@@ -15,8 +15,13 @@ class Histogram:
         self.counts = [0] * (len(bounds) + 1)  # the last slot is +Inf
         self.sum = 0.0
 
-    def observe(self, value: float, times: int = 1) -> None:
-        """`times` observations of `value` (each run of a pipelined statement, say)."""
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def observe_many(self, value: float, times: int) -> None:
+        """`times` observations of `value` (a mean over that many events: a pipelined
+        statement's rows, a command's calls between two polls)."""
         self.counts[bisect_left(self.bounds, value)] += times
         self.sum += value * times
 

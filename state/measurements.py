@@ -55,7 +55,8 @@ USER_MAP_BITS = 1 << 20  # bits of a distinct-users bitmap: 128 KiB
 # finite with room for millions of them (sqrt of the largest double is about 1.3e154).
 MAX_VALUE = 1e150
 BATCH_TTL = 3600  # seconds a batch id is remembered: a retry within it is a no-op
-SEEN_BATCHES = 4096  # ids the embedded store remembers
+SEEN_BATCHES = 4096  # ids the embedded store remembers (saved with the sums they added)
+READ_PIECE = 1000  # hash fields per reply when the statistics read an experiment from Redis
 
 
 def phases_key(prefix: str, experiment: str) -> str:
@@ -182,6 +183,10 @@ class MemoryMeasurements:
             self._sums[key] = merged
         self._changed()
 
+    def seen(self, batch_id: str) -> bool:
+        """Whether this batch was applied (its answer may have been lost: sent again)."""
+        return batch_id in self._batches
+
     async def start_phase(self, experiment: str, phase: Phase) -> None:
         self._phases.setdefault(experiment, {}).setdefault(phase.id, phase)
         self._changed()
@@ -222,6 +227,9 @@ class MemoryMeasurements:
             "sums": [[*key, s.count, s.total, s.total_sq] for key, s in self._sums.items()],
             # Compressed: a bitmap is mostly zeros until an arm has hundreds of thousands.
             "users": [[*key, self._pack(key, bitmap)] for key, bitmap in self._users.items()],
+            # With the sums they added: a batch applied and saved whose answer was lost is
+            # still known after a restart (abgate run's control process restarting).
+            "batches": list(self._batches),
         }
         try:
             self._state.save_section(**{SECTION: section})
@@ -270,6 +278,9 @@ class MemoryMeasurements:
                             part,
                             exc,
                         )
+        batches = section.get("batches", [])
+        if isinstance(batches, list):
+            self._batches.extend(str(batch) for batch in batches)
         if lost:
             log.error(
                 "measurements restored from the state file without %s",
@@ -429,23 +440,37 @@ class RedisMeasurements:
         return sorted(phases, key=lambda p: p.id)
 
     async def read(self, experiment: str) -> tuple[list[Phase], dict[MeasureKey, Sums]]:
+        """Every sum of an experiment, read in pieces of READ_PIECE fields (HSCAN): no reply
+        is large (30 phases of 128 clusters are some 70,000 fields), and the loop is free
+        between pieces. Not one atomic snapshot: a batch landing meanwhile may show in
+        part (its script is atomic, the scan is not), and the next read has it whole."""
         phases = await self.phases(experiment)
-        with store_errors():
-            raw = await self._client.hgetall(self._stats(experiment))
         sums: dict[MeasureKey, Sums] = {}
-        for field, value in raw.items():
-            head, cluster, part = str(field).rsplit("|", 2)
-            if cluster.lstrip("-").isdigit() and head.count("|") >= 2:
-                phase, arm, metric = head.split("|", 2)
-                at = int(cluster)
-            else:  # phase|arm|metric|part, written before sums were kept per cluster
-                phase, arm = head.split("|", 1)
-                metric, at = cluster, UNCLUSTERED
-            entry = sums.setdefault((experiment, int(phase), arm, metric, at), Sums())
-            if part == "count":
-                entry.count = int(value)
-            elif part == "sum":
-                entry.total = float(value)
-            else:
-                entry.total_sq = float(value)
+        key, cursor = self._stats(experiment), 0
+        with store_errors():
+            while True:
+                cursor, piece = await self._client.hscan(key, cursor, count=READ_PIECE)
+                assert isinstance(piece, dict)  # field -> value (no_values is not asked)
+                _parse_sums(experiment, piece, sums)
+                if cursor == 0:
+                    break
         return phases, sums
+
+
+def _parse_sums(experiment: str, raw: Mapping[Any, Any], sums: dict[MeasureKey, Sums]) -> None:
+    """Fields `phase|arm|metric|cluster|part` (a field seen twice is simply set again)."""
+    for field, value in raw.items():
+        head, cluster, part = str(field).rsplit("|", 2)
+        if cluster.lstrip("-").isdigit() and head.count("|") >= 2:
+            phase, arm, metric = head.split("|", 2)
+            at = int(cluster)
+        else:  # phase|arm|metric|part, written before sums were kept per cluster
+            phase, arm = head.split("|", 1)
+            metric, at = cluster, UNCLUSTERED
+        entry = sums.setdefault((experiment, int(phase), arm, metric, at), Sums())
+        if part == "count":
+            entry.count = int(value)
+        elif part == "sum":
+            entry.total = float(value)
+        else:
+            entry.total_sq = float(value)

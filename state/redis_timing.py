@@ -1,14 +1,27 @@
-"""Every Redis command abgate sends, timed: `abgate_redis_command_seconds{command}`.
+"""Redis timed two ways: what abgate waits for each command it sends, and what Redis itself
+spends on the commands it executes.
 
-The client is redis-py's with two methods wrapped, so no call site can forget to time
-itself: `execute_command` (single commands, Lua scripts) and a pipeline's `execute` (counted
-as command "pipeline", whatever it holds). Pub/sub waits are not commands and are not
-timed. Times are what abgate waited, event-loop scheduling included: what a slow Redis
-costs the control plane and the flushes. One process-wide table (commands are few and
-named by redis-py), read by the flag backend's collector."""
+`abgate_redis_command_seconds{command}` (client side): redis-py's client with two methods
+wrapped, so no call site can forget to time itself: `execute_command` (single commands, Lua
+scripts) and a pipeline's `execute` (counted as command "pipeline", whatever it holds).
+Pub/sub waits are not commands and are not timed. Times are what abgate waited, the network
+and its own event loop's scheduling included: what a slow Redis (or a busy process) costs
+the control plane and the flushes. One process-wide table, read by the flag backend's
+collector.
+
+`abgate_redis_server_seconds{command}` (server side, `ServerTimes`): Redis' own execution
+time, from `INFO commandstats` (calls and microseconds per command since Redis started),
+polled every SERVER_POLL seconds by the process that writes flags. Each poll turns the
+interval's change into observations: a command called n times in it, for u microseconds in
+all, counts n observations of u/n. Its quantiles are over calls at the grain of (command,
+interval): a call's own time within an interval is that interval's mean for its command.
+This is what `redis_commands_duration_p95` reads (monitoring/alerts.yml): Redis' work, not
+abgate's event loop."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,10 +29,29 @@ from typing import Any
 from prometheus_client.core import HistogramMetricFamily
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
 
 from state.histogram import Histogram
 
+log = logging.getLogger("abgate.flags")
 BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Redis executes a command in microseconds; a slow one (a big HGETALL, a Lua script) in ms.
+SERVER_BOUNDS = (
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+)
+SERVER_POLL = 5.0  # seconds, as the demo's Prometheus scrapes
 
 
 class CommandTimes:
@@ -69,3 +101,55 @@ class TimedRedis(Redis):
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> TimedPipeline:
         return TimedPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+
+
+class ServerTimes:
+    """Redis' own time per command, from INFO commandstats (see the module's docstring).
+    The first poll counts everything since Redis started; a Redis that restarted (its
+    counts went down) starts over the same way. Our own INFO is left out."""
+
+    def __init__(self, client: Redis) -> None:
+        self._client = client
+        self._seen: dict[str, tuple[int, int]] = {}  # command -> (calls, usec) last polled
+        self.commands: dict[str, Histogram] = {}
+
+    async def run(self) -> None:
+        """Owned background task: poll until cancelled; Redis down is skipped (the flag
+        store's own gauges say so)."""
+        while True:
+            try:
+                await self.poll()
+            except (RedisError, OSError) as exc:
+                log.debug("INFO commandstats failed: %s", exc)
+            await asyncio.sleep(SERVER_POLL)
+
+    async def poll(self) -> None:
+        stats = await self._client.info("commandstats")
+        for name, value in stats.items():
+            if not name.startswith("cmdstat_") or not isinstance(value, dict):
+                continue
+            command = name.removeprefix("cmdstat_")
+            if command == "info":
+                continue
+            calls, usec = int(value.get("calls", 0)), int(value.get("usec", 0))
+            last_calls, last_usec = self._seen.get(command, (0, 0))
+            if calls < last_calls or usec < last_usec:  # Redis restarted: counts begin again
+                last_calls, last_usec = 0, 0
+            self._seen[command] = (calls, usec)
+            if calls > last_calls:
+                histogram = self.commands.get(command)
+                if histogram is None:
+                    histogram = self.commands[command] = Histogram(SERVER_BOUNDS)
+                times = calls - last_calls
+                histogram.observe_many((usec - last_usec) / times / 1e6, times)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(
+            "abgate_redis_server_seconds",
+            "Redis' own execution time per command (INFO commandstats, every client's "
+            "calls; each poll interval's mean per call of each command).",
+            labels=["command"],
+        )
+        for command, histogram in sorted(self.commands.items()):
+            family.add_metric([command], histogram.cumulative(), histogram.sum)
+        yield family

@@ -16,12 +16,15 @@ from typing import Any
 import yaml
 
 LISTENING = re.compile(r"(proxy|control API|admin) (?:listening )?on (http://[\d.:\[\]]+)")
+PID = re.compile(r"\bpid (\d+)")
 
 
 @dataclass
 class Process:
     proc: asyncio.subprocess.Process
     urls: dict[str, list[str]] = field(default_factory=dict)
+    # Which process serves what: `abgate run` announces its data plane and control process.
+    pids: dict[str, list[int]] = field(default_factory=dict)
     output: list[str] = field(default_factory=list)
 
     @property
@@ -41,6 +44,15 @@ class Process:
         async with asyncio.timeout(timeout):
             return await self.proc.wait()
 
+    async def announced(self, kind: str, count: int, timeout: float = 60.0) -> str:
+        """Wait for the `count`th announcement of `kind` (a restarted child); its URL."""
+        async with asyncio.timeout(timeout):
+            while len(self.urls.get(kind, [])) < count:
+                if self.proc.returncode is not None:
+                    raise RuntimeError("abgate exited:\n" + "".join(self.output))
+                await asyncio.sleep(0.02)  # output arrives on its own schedule
+        return self.urls[kind][count - 1]
+
 
 def write_config(path: Path, document: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(document, sort_keys=False))
@@ -57,8 +69,11 @@ def config_document(upstream_url: str, **proxy: Any) -> dict[str, Any]:
     }
 
 
-async def _spawn(args: tuple[str, ...], env: dict[str, str]) -> asyncio.subprocess.Process:
-    """`abgate ARGS`, stdout and stderr in one pipe."""
+async def _spawn(
+    args: tuple[str, ...], env: dict[str, str], *, session: bool = False
+) -> asyncio.subprocess.Process:
+    """`abgate ARGS`, stdout and stderr in one pipe; `session`: in a process group of its
+    own, as a shell's job (for signals to the group)."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -67,6 +82,7 @@ async def _spawn(args: tuple[str, ...], env: dict[str, str]) -> asyncio.subproce
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env=env,
+        start_new_session=session,
     )
 
 
@@ -81,11 +97,16 @@ async def abgate_command(*args: str, env: dict[str, str]) -> tuple[int, str]:
 
 @asynccontextmanager
 async def abgate(
-    *args: str, expect: dict[str, int], env: dict[str, str] | None = None
+    *args: str,
+    expect: dict[str, int],
+    env: dict[str, str] | None = None,
+    session: bool = False,
 ) -> AsyncIterator[Process]:
     """Start `abgate ARGS` and wait until it has announced `expect` (kind -> how many URLs);
-    `env` adds to this process's environment."""
-    proc = await _spawn(args, {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    `env` adds to this process's environment; `session` as in `_spawn`."""
+    proc = await _spawn(
+        args, {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, session=session
+    )
     process = Process(proc)
     reader_task = asyncio.create_task(_read_output(process))
     try:
@@ -107,5 +128,8 @@ async def _read_output(process: Process) -> None:
     async for raw in process.proc.stdout:
         line = raw.decode(errors="replace")
         process.output.append(line)
+        pid = PID.search(line)
         for kind, url in LISTENING.findall(line):
             process.urls.setdefault(kind, []).append(url)
+            if pid is not None:
+                process.pids.setdefault(kind, []).append(int(pid.group(1)))

@@ -409,3 +409,49 @@ def test_passwords_in_urls_are_masked_in_every_place_shown() -> None:
     assert exported["flags"]["redis"]["url"] == "redis://abgate:***@cache:6379/0"
     assert exported["history"]["postgres_url"] == "postgresql://u:***@db/x?password=***"
     assert "hunter" not in str(exported)
+
+
+# The "billion laughs" of YAML: nine levels of nine aliases each, about 1.4 KB of text that
+# would expand to 9**9 (387 million) strings.
+ALIAS_BOMB = (
+    'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    + "".join(
+        f"{level}: &{level} [{','.join([f'*{previous}'] * 9)}]\n"
+        for previous, level in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    + GOOD
+)
+
+
+def test_an_alias_bomb_is_refused_with_its_line_before_expanding() -> None:
+    assert len(ALIAS_BOMB.encode()) < 1500
+    with pytest.raises(ConfigError) as caught:
+        parse_config(ALIAS_BOMB, "bomb.yaml")
+    (problem,) = caught.value.problems
+    # Level f holds 9**5 values: the first alias past 100,000 in all is on level f's line.
+    assert problem.line == 6
+    assert "aliases would expand to more than 100,000 values (at alias *e)" in problem.message
+    assert str(problem).startswith("<document> (line 6): YAML aliases")
+
+
+def test_aliases_reused_within_the_limit_are_fine() -> None:
+    shared = "  u0: &u {url: http://127.0.0.1:9001, read_timeout: 5s}\n"
+    text = GOOD.replace(
+        "upstreams:\n", "upstreams:\n" + shared + "".join(f"  u{i}: *u\n" for i in range(1, 2000))
+    )
+    config = parse_config(text)
+    assert len(config.upstreams) == 2002
+    assert config.upstreams["u1999"].read_timeout == 5.0
+
+
+def test_a_file_over_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
+    from config.layers import MAX_CONFIG_BYTES
+
+    path = tmp_path / "big.yaml"
+    path.write_bytes(GOOD.encode() + b"#" * MAX_CONFIG_BYTES)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    refused = [str(p) for p in caught.value.problems]
+    assert refused == ["<document>: the file is over 4 MiB: refused"]
+    path.write_bytes(GOOD.encode() + b"# padding\n" * ((1024 * 1024) // 10))  # 1 MiB: fine
+    assert load_config(path).experiments["rollout"].percentage_bp == 1250

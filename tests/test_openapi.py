@@ -37,13 +37,14 @@ async def test_every_route_is_documented_and_every_document_path_served(
         async with session.get(f"{running.control_url}/api/openapi.json") as response:
             assert (await response.json()) == OPENAPI
         from control.api import create_control_app
+        from control.live_plane import RemotePlane
 
         app = create_control_app(
             running.backend.store,  # type: ignore[arg-type]
             None,  # type: ignore[arg-type]
             None,
             running.reloader,
-            running.plane,
+            RemotePlane(running.control.server, running.control.rollouts.config),
             running.backend,
             running.worker,
         )

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from aiohttp import ClientSession, web
 
@@ -115,7 +118,8 @@ async def test_100mb_bodies_stream_with_bounded_memory(
             base = process.url("proxy")
             async with session.get(f"{base}/warm-up") as response:
                 assert response.status == 200
-            before = peak_rss_mib(process.pid)
+            (data_plane,) = process.pids["proxy"]  # the process that moves the bodies
+            before = peak_rss_mib(data_plane)
             async with session.get(f"{base}/download/{size}") as response:
                 assert response.headers["Content-Length"] == str(size)
                 received = 0
@@ -127,7 +131,7 @@ async def test_100mb_bodies_stream_with_bounded_memory(
                 assert (await response.json())["body_size"] == size
             async with session.post(f"{base}/upload-chunked", data=upload()) as response:
                 assert (await response.json())["body_size"] == size
-            growth = peak_rss_mib(process.pid) - before
+            growth = peak_rss_mib(data_plane) - before
             assert growth < 40, f"peak RSS grew {growth:.1f} MiB moving 300 MiB of bodies"
             assert await process.stop() == 0
 
@@ -135,10 +139,163 @@ async def test_100mb_bodies_stream_with_bounded_memory(
 def test_data_plane_does_not_load_scipy() -> None:
     """scipy costs tens of MiB; only processes that evaluate statistics may load it."""
     probe = (
-        "import sys, control.cli, control.serve, proxy.runtime; "
+        "import sys, control.cli, control.serve, control.supervisor, control.plane_half, "
+        "proxy.runtime; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('scipy', 'numpy')))"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "[]"
+
+
+def experiment_document(control: str, treatment: str, **proxy: Any) -> dict[str, Any]:
+    document = config_document(control, **proxy)
+    document["upstreams"] = {"control": {"url": control}, "treatment": {"url": treatment}}
+    document["routes"] = [{"prefix": "/", "experiment": "exp"}]
+    document["experiments"] = {
+        "exp": {
+            "control": "control",
+            "treatment": "treatment",
+            "sticky": [{"header": "X-User-Id"}],
+            "percentage": 50,
+        }
+    }
+    return document
+
+
+def mapped_files(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+async def json_of(session: ClientSession, method: str, url: str, **kwargs: Any) -> Any:
+    async with session.request(method, url, **kwargs) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+async def test_run_keeps_statistics_out_of_its_data_plane(
+    tmp_path: Path, session: ClientSession
+) -> None:
+    """The first data after a start, evaluated: scipy is in the control process and never in
+    the data plane (the first scipy.stats import froze proxying for 1.2-2.9 s)."""
+    async with serve_app(echo_app()) as one, serve_app(echo_app()) as two:
+        config = write_config(tmp_path / "c.yaml", experiment_document(one, two))
+        async with abgate(
+            "run", "--config", str(config), expect={"proxy": 1, "control API": 1}
+        ) as process:
+            (plane,), (control,) = process.pids["proxy"], process.pids["control API"]
+            assert len({plane, control, process.pid}) == 3  # three processes
+            for user in range(40):
+                async with session.get(
+                    f"{process.url('proxy')}/x", headers={"X-User-Id": f"u{user}"}
+                ) as response:
+                    assert response.status == 200
+            aggregate = f"{process.url('control API')}/health/aggregate"
+
+            async def evaluated() -> bool:
+                report = await json_of(session, "GET", aggregate)
+                worker = report["components"]["statistics_worker"]
+                return worker["last_evaluation_age_seconds"] is not None
+
+            async with asyncio.timeout(30):  # the worker evaluates every 3 s
+                while not await evaluated():  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)  # another process: nothing to await but HTTP
+            assert "/scipy/" in mapped_files(control)  # the check can see it ...
+            assert "/scipy/" not in mapped_files(plane)  # ... and it is not here
+            assert "/numpy/" not in mapped_files(plane)
+            assert await process.stop() == 0
+
+
+def gone(pid: int) -> bool:
+    """Exited (a zombie counts: its parent, when not ours, reaps it on its own time)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+async def test_run_restarts_a_child_that_dies_and_one_ctrl_c_stops_both(
+    tmp_path: Path, session: ClientSession
+) -> None:
+    arrived = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        arrived.set()
+        await asyncio.sleep(1.0)
+        return web.Response(text="finished")
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    app.router.add_route("*", "/{tail:.*}", answer)
+    async with serve_app(app) as one, serve_app(echo_app()) as two:
+        config = write_config(tmp_path / "c.yaml", experiment_document(one, two))
+        async with abgate(
+            "run", "--config", str(config), expect={"proxy": 1, "control API": 1}, session=True
+        ) as process:
+            control_url = process.url("control API")
+            flag = await json_of(
+                session, "POST", f"{control_url}/api/flags/exp", json={"percentage": 30}
+            )
+
+            # The data plane dies: started again, it takes the flags from the control process.
+            (first_plane,) = process.pids["proxy"]
+            os.kill(first_plane, signal.SIGKILL)
+            proxy = await process.announced("proxy", 2)
+            assert process.pids["proxy"][1] != first_plane
+            assert "the data plane (pid" in "".join(process.output)
+            assert "killed by SIGKILL" in "".join(process.output)
+            async with session.get(f"{proxy}/x", headers={"X-User-Id": "u"}) as response:
+                assert response.status == 200
+            instances = (await json_of(session, "GET", f"{control_url}/api/instances"))["instances"]
+            assert [(i["pid"], i["applied"], i["converged"]) for i in instances] == [
+                (process.pids["proxy"][1], {"exp": flag["version"]}, True)
+            ]
+
+            # The control process dies (no state file here): the data plane answers on, and
+            # the new control process takes the newer flags from it.
+            (first_control,) = process.pids["control API"]
+            os.kill(first_control, signal.SIGKILL)
+            async with session.get(f"{proxy}/x", headers={"X-User-Id": "v"}) as response:
+                assert response.status == 200
+            control_url = await process.announced("control API", 2)
+
+            async def ready() -> bool:
+                async with session.get(f"{control_url}/health/ready") as response:
+                    return response.status == 200
+
+            async with asyncio.timeout(30):  # until the data plane is connected again
+                while not await ready():  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # another process: nothing to await but HTTP
+            current = await json_of(session, "GET", f"{control_url}/api/flags/exp")
+            assert (current["version"], current["percentage"]) == (flag["version"], 30)
+
+            # One Ctrl-C (SIGINT to the whole group): a request in flight finishes, both stop.
+            await json_of(session, "POST", f"{control_url}/api/flags/exp", json={"percentage": 0})
+            request = asyncio.create_task(session.get(f"{proxy}/slow"))  # to the control arm
+            await arrived.wait()
+            os.killpg(process.pid, signal.SIGINT)
+            response = await request
+            assert response.status == 200
+            assert await response.text() == "finished"
+            assert await process.wait() == 0
+            children = [*process.pids["proxy"], *process.pids["control API"]]
+            assert all(gone(pid) for pid in children)
+
+
+async def test_the_children_stop_when_abgate_run_is_killed(tmp_path: Path) -> None:
+    async with serve_app(echo_app()) as upstream:
+        config = write_config(tmp_path / "c.yaml", config_document(upstream))
+        async with abgate(
+            "run", "--config", str(config), expect={"proxy": 1, "control API": 1}
+        ) as process:
+            children = [*process.pids["proxy"], *process.pids["control API"]]
+            process.proc.kill()  # SIGKILL: no chance to stop them
+            await process.wait()
+            async with asyncio.timeout(30):
+                while not all(gone(pid) for pid in children):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # other processes: nothing to await

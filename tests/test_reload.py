@@ -8,10 +8,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from aiohttp import ClientSession
 
-from config import load_config
+from config import ConfigError, load_config
 from control.serve import embedded
 from tests.processes import abgate, config_document, write_config
 from tests.servers import echo_app, serve_app, until
@@ -252,3 +253,61 @@ async def test_yaml_that_cannot_be_built_is_refused_and_the_watcher_lives_on(
             await until(lambda: reloader.counts["success"] == 1)  # still watching
             async with session.get(f"{running.proxy_url}/after/x") as response:
                 assert response.status == 200
+
+
+async def test_a_reload_is_parsed_elsewhere_and_bounded(
+    tmp_path: Path, session: ClientSession
+) -> None:
+    """An alias bomb and a file over the size limit are refused with what is wrong with them,
+    and a parse that takes too long is killed: the running config stays and requests pass."""
+    from config.layers import MAX_CONFIG_BYTES
+    from config.yaml_lines import MAX_ALIAS_VALUES
+    from control.config_process import parse_off_loop
+    from tests.test_config import ALIAS_BOMB
+
+    async with serve_app(echo_app()) as one, serve_app(echo_app()) as two:
+        path = tmp_path / "abgate.yaml"
+        good = yaml.safe_dump(document(one, two))
+        path.write_text(good)
+        async with embedded(load_config(path), config_path=str(path)) as running:
+            bomb = ALIAS_BOMB.split("upstreams:")[0] + good  # the bomb, then a good config
+            path.write_text(bomb)
+            async with session.post(f"{running.control_url}/api/config/reload") as response:
+                assert response.status == 400
+                (problem,) = (await response.json())["problems"]
+            assert problem.startswith("<document> (line 6): YAML aliases would expand")
+            assert f"{MAX_ALIAS_VALUES:,}" in problem
+
+            path.write_text(good + "#" * MAX_CONFIG_BYTES)
+            async with session.post(f"{running.control_url}/api/config/reload") as response:
+                assert (await response.json())["problems"] == [
+                    "<document>: the file is over 4 MiB: refused"
+                ]
+            async with session.post(
+                f"{running.proxy_url}/api/d", data=b"{}", headers={"X-User-Id": "u"}
+            ) as response:
+                assert response.status == 200
+            assert running.reloader is not None
+            assert running.reloader.counts == {"success": 0, "failure": 2}
+
+        path.write_text(good)
+        with pytest.raises(ConfigError) as caught:
+            await parse_off_loop(path, within=0.001)  # a child cannot even start that fast
+        assert str(caught.value.problems[0]) == "<document>: parsing took over 0.001s: refused"
+        parsed = await parse_off_loop(path)
+        assert parsed.config == load_config(path)
+
+
+async def test_a_large_config_travels_in_pieces_and_arrives_whole() -> None:
+    """What the control process sends its data plane: long fields pickled in slices that
+    the data plane loads one at a time between requests."""
+    from config import parse_config
+    from control.config_process import PIECE, dumps, loads_config, loads_config_gradually
+
+    upstreams = {f"u{i}": {"url": f"http://127.0.0.1:{9000 + i}"} for i in range(PIECE + 50)}
+    routes = [{"prefix": f"/r{i}/", "upstream": f"u{i % 7}"} for i in range(3 * PIECE + 1)]
+    config = parse_config(yaml.safe_dump({"upstreams": upstreams, "routes": routes}))
+    blob = dumps(config)
+    assert loads_config(blob) == config
+    assert await loads_config_gradually(blob) == config
+    assert list(loads_config(blob).upstreams) == list(config.upstreams)  # in the same order

@@ -195,7 +195,9 @@ async def test_redis_refusing_writes_is_said_once_without_reconnecting(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async with embedded(redis_config(agents, redis)) as running:
-        sync = running.backend.sync
+        # The data plane's sync: its heartbeats are the writes (the instance registry).
+        assert running.data.backend is not None
+        sync = running.data.backend.sync
         assert sync is not None
         await polled(lambda: sync.connected)
         reconnects, resyncs = sync.reconnects, sync.resyncs

@@ -177,7 +177,7 @@ class Flush:
         started = time.perf_counter()
         result = await statement
         if self.queries is not None:
-            self.queries.observe((time.perf_counter() - started) / executions, executions)
+            self.queries.observe_many((time.perf_counter() - started) / executions, executions)
         return result
 
     async def _records(self, decisions: Sequence[DecisionRow]) -> AsyncIterator[tuple[Any, ...]]:

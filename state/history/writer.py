@@ -16,10 +16,11 @@ data path).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -84,6 +85,9 @@ class HistoryWriter:
         # Each statement of a flush (the COPY, each run of small rows), as the client sees
         # it: abgate_history_query_seconds, the requirements' postgresql_queries_duration_p95.
         self.queries = Histogram(WRITE_BUCKETS)
+        # Writers of other processes whose decisions this one looks up (`abgate run`'s data
+        # plane, over its channel): flushed first too. Best effort: one that is away is not.
+        self.flush_first: list[Callable[[], Awaitable[object]]] = []
 
     # -- in memory, from the request path and the control plane ----------------------------
 
@@ -253,6 +257,9 @@ class HistoryWriter:
     async def decision_of(self, request_id: str) -> tuple[str, str, int, datetime] | None:
         """(experiment, arm, phase, time) of a recorded decision; flushes first, so a
         decision this process made a moment ago is found too."""
+        for flush in self.flush_first:
+            with contextlib.suppress(Exception):  # away or failing: look up what is written
+                await flush()
         async with self._lock:
             await self._flush()
             conn = await self._connection()
