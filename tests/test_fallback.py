@@ -134,7 +134,9 @@ async def test_failing_ml_backend_is_invisible_to_clients(
         assert all(served == "control" for _, served, _ in results)
         first_reason = "status-500" if failure == "500s" else "timeout"
         assert reasons[first_reason] >= 5  # the calls that tripped the breaker ...
-        assert reasons["breaker-open"] > len(results) * 0.8  # ... then it stayed open
+        # ... then it stayed open: it never closed again, and most answers came through it
+        # (how many were sent before the first failure ended depends on the machine's pace).
+        assert reasons["breaker-open"] > len(results) * 0.5
         assert (await breaker_state(session, running.control_url))["treatment"] in (
             "open",
             "half_open",
@@ -142,6 +144,7 @@ async def test_failing_ml_backend_is_invisible_to_clients(
         async with session.get(f"{running.control_url}/metrics") as response:
             text = await response.text()
         assert 'abgate_fallbacks_total{experiment="exp",reason="breaker-open"}' in text
+        assert 'to="closed",upstream="treatment"' not in text  # never closed again
         # Fallback answers are not counted as the control arm's traffic ...
         control_ok = [
             line
