@@ -5,6 +5,7 @@ controller, the reloader, and where their gauges go."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from contextlib import AsyncExitStack
@@ -27,6 +28,8 @@ from proxy.tasks import stop_task
 from state.flags import FlagTable
 from state.redis_flags import new_instance_id
 from state.rollouts import Lease, MemoryRollouts, RedisRollouts, RolloutStore
+
+FIRST_READ_WAIT = 3.0  # seconds a starting data plane waits for the shared flags
 
 if TYPE_CHECKING:
     from control.rollout.controller import RolloutController
@@ -167,4 +170,9 @@ async def start_plane_flags(
     metrics.add_gauges(backend.collect)
     if backend.sync is not None:  # measurements need a store others read: Redis
         plane.flush_to(backend.measurements)
+        # Announce (and route) with the shared flags rather than the config's starting ones,
+        # as Envoy's init manager waits for its first configuration: a bounded wait for the
+        # first read. Redis away at the start: the snapshot or the defaults, as documented.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(backend.sync.connected_event.wait(), FIRST_READ_WAIT)
     return backend
