@@ -112,10 +112,11 @@ class RolloutStore(Protocol):
         """This process's copies of rollouts the store lacks, given those it has."""
         ...
 
-    async def restore(self, rollout: Rollout) -> bool:
+    async def restore(self, rollout: Rollout, event: dict[str, Any]) -> bool:
         """Put `rollout` (and the history this process keeps of it) back if the store has no
-        rollout of that experiment; True if it did. Never writes over what the store has,
-        so it needs no lease."""
+        rollout of that experiment, with `event` (why) on its history in the same write, so
+        that nobody reads the one without the other; True if it did. Never writes over what
+        the store has, so it needs no lease."""
         ...
 
     async def emptied(self) -> bool:
@@ -170,10 +171,14 @@ class MemoryRollouts:
     def lost(self, present: list[Rollout]) -> list[Rollout]:
         return []  # this process's memory is the store: nothing can go missing
 
-    async def restore(self, rollout: Rollout) -> bool:
+    async def restore(self, rollout: Rollout, event: dict[str, Any]) -> bool:
         if rollout.experiment in self._rollouts:
             return False
-        await self.put(rollout, None)
+        history = dict(self._history)
+        history[rollout.experiment] = [*history.get(rollout.experiment, []), event][-HISTORY_LIMIT:]
+        rollouts = {**self._rollouts, rollout.experiment: rollout}
+        self._save(rollouts, history)
+        self._rollouts, self._history = rollouts, history
         return True
 
     async def emptied(self) -> bool:
@@ -206,12 +211,17 @@ return 'ok'
 
 
 _RESTORE = """
--- KEYS: rollouts hash, the rollout's history list. ARGV: name, rollout JSON, then its history
--- entries newest first. Puts back only what is missing: a rollout Redis has, or a history
--- it has, is left as it is. Returns 1 when the rollout was put back.
+-- KEYS: rollouts hash, the rollout's history list. ARGV: name, rollout JSON, the event that
+-- says why, the history's limit, then its history entries newest first. Puts back only what
+-- is missing: a rollout Redis has, or a history it has, is left as it is. Returns 1 when the
+-- rollout was put back (and its event pushed with it).
 local restored = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
-if #ARGV > 2 and redis.call('EXISTS', KEYS[2]) == 0 then
-  for i = 3, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+if #ARGV > 4 and redis.call('EXISTS', KEYS[2]) == 0 then
+  for i = 5, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+end
+if restored == 1 then
+  redis.call('LPUSH', KEYS[2], ARGV[3])
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[4]) - 1)
 end
 return restored
 """
@@ -316,17 +326,24 @@ class RedisRollouts:
         have = {rollout.experiment for rollout in present}
         return [rollout for name, rollout in sorted(self._known.items()) if name not in have]
 
-    async def restore(self, rollout: Rollout) -> bool:
+    async def restore(self, rollout: Rollout, event: dict[str, Any]) -> bool:
         name = rollout.experiment
-        entries = [orjson.dumps(event).decode() for event in self._recent.get(name, ())]
+        entries = [orjson.dumps(entry).decode() for entry in self._recent.get(name, ())]
         with store_errors():
             done = await self._restore(
                 keys=[self._hash, self._history_key(name)],
-                args=[name, orjson.dumps(rollout.as_json()).decode(), *entries],
+                args=[
+                    name,
+                    orjson.dumps(rollout.as_json()).decode(),
+                    orjson.dumps(event).decode(),
+                    HISTORY_LIMIT,
+                    *entries,
+                ],
             )
         if not int(done):
             return False
         self._seen(rollout)
+        self._recent.setdefault(name, deque(maxlen=DURABLE_HISTORY)).appendleft(event)
         self.restored += 1
         log.warning(
             "rollouts: Redis had lost %s (%s, stage %d); put back from this process's copy",

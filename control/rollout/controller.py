@@ -502,6 +502,10 @@ class RolloutController:
     async def record(self, event: dict[str, Any]) -> None:
         """Append to the rollout's history (and tell the listeners)."""
         await self.rollouts.append(event["experiment"], event)
+        self.tell(event)
+
+    def tell(self, event: dict[str, Any]) -> None:
+        """Tell the listeners (the history store's writer) of an event now written."""
         for listener in self.listeners:
             listener(event)
 

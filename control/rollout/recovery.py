@@ -15,7 +15,7 @@ flag a moment before its state, and must not look orphaned meanwhile.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from state.rollouts import FINISHED, Rollout
 
@@ -42,9 +42,10 @@ async def recover(
             reason="restored after the store lost it (Redis restarted empty?); the "
             "stage's measurements were lost with it, so its clock starts again",
         )  # fmt: skip
-        if await controller.rollouts.restore(rollout):
+        event = _event(controller, rollout, "restored")
+        if await controller.rollouts.restore(rollout, event):
             controller.forget(rollout.experiment)
-            await _event(controller, rollout, "restored", rollout.reason)
+            controller.tell(event)
             restored.append(rollout)
     rollouts = rollouts + restored
     # Only once the store says it lost everything, and never beside a start in this process
@@ -81,28 +82,26 @@ async def _orphans(controller: RolloutController, known: set[str]) -> list[Rollo
             name, "escalated", index, now, flag.version, now, controller.actor, decision="hold",
             reason=reason,
         )  # fmt: skip
-        if not await controller.rollouts.restore(rollout):
+        event = _event(controller, rollout, "escalated")
+        if not await controller.rollouts.restore(rollout, event):
             continue  # another process was first
+        controller.tell(event)
         log.error("rollout %s: %s", name, reason)
-        await _event(controller, rollout, "escalated", reason)
         found.append(rollout)
     return found
 
 
-async def _event(
-    controller: RolloutController, rollout: Rollout, transition: str, reason: str
-) -> None:
-    await controller.record(
-        {
-            "time": controller.clock(),
-            "experiment": rollout.experiment,
-            "actor": controller.actor,
-            "state": rollout.state,
-            "transition": transition,
-            "change": None,
-            "stage": rollout.stage_index,
-            "decision": "hold",
-            "reason": reason,
-            "inputs": None,
-        }
-    )
+def _event(controller: RolloutController, rollout: Rollout, transition: str) -> dict[str, Any]:
+    """The history entry a put-back rollout is written with, in the same write."""
+    return {
+        "time": controller.clock(),
+        "experiment": rollout.experiment,
+        "actor": controller.actor,
+        "state": rollout.state,
+        "transition": transition,
+        "change": None,
+        "stage": rollout.stage_index,
+        "decision": "hold",
+        "reason": rollout.reason,
+        "inputs": None,
+    }
