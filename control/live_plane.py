@@ -12,6 +12,7 @@ process's own are `abgate_control_process_*`.
 from __future__ import annotations
 
 import base64
+import gc
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -41,9 +42,13 @@ RELOAD_TIMEOUT = 60.0  # a large config's routing is rebuilt there; pools close
 
 
 def plane_requests(
-    plane: DataPlane, registry: CollectorRegistry, history: HistoryWriter | None
+    plane: DataPlane,
+    registry: CollectorRegistry,
+    history: HistoryWriter | None,
+    *,
+    freeze: bool = False,
 ) -> dict[str, RequestHandler]:
-    """The data plane's answers to its control process."""
+    """The data plane's answers to its control process (`freeze`: see reload_plane)."""
 
     async def status(_: dict[str, Any]) -> dict[str, Any]:
         return {"applied": plane.flags.versions(), "breakers": plane.breaker_states()}
@@ -64,7 +69,7 @@ def plane_requests(
         return generate_latest(registry).decode()
 
     async def reload(message: dict[str, Any]) -> list[str]:
-        return await reload_plane(plane, base64.b64decode(message["config"]))
+        return await reload_plane(plane, base64.b64decode(message["config"]), freeze=freeze)
 
     async def flush_history(_: dict[str, Any]) -> None:
         if history is not None:
@@ -98,10 +103,13 @@ def history_report(writer: HistoryWriter) -> dict[str, Any]:
     }
 
 
-async def reload_plane(plane: DataPlane, blob: bytes) -> list[str]:
-    """A config parsed and validated elsewhere, swapped in; what could not apply live."""
-    warnings = plane.reload(await loads_config_gradually(blob))
+async def reload_plane(plane: DataPlane, blob: bytes, *, freeze: bool = False) -> list[str]:
+    """A config parsed and validated elsewhere, swapped in; what could not apply live.
+    `freeze`: the new config out of the garbage collector's sight (see data_plane_half)."""
+    warnings = await plane.reload_in_steps(await loads_config_gradually(blob))
     await plane.close_retired_pools()
+    if freeze:
+        gc.freeze()
     return warnings
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import logging
 import os
 import time
@@ -62,11 +63,20 @@ class PlaneHalf:
 
 @asynccontextmanager
 async def data_plane_half(
-    config: Config, channel: str | Path, *, config_digest: str | None = None
+    config: Config,
+    channel: str | Path,
+    *,
+    config_digest: str | None = None,
+    freeze: bool = False,
 ) -> AsyncIterator[PlaneHalf]:
     """Serve the proxy; connect to the control process at `channel`. On exit the listener
     drains, the last measurements go out, then the link closes. `config_digest` names the
-    config file this process read (the control process sends its own if it differs)."""
+    config file this process read (the control process sends its own if it differs).
+
+    `freeze` (a process of its own): what exists once started, and after each reload, is
+    moved out of the garbage collector's sight (`gc.freeze`): the config and the routing
+    live as long as the process, and a full collection that walks a config of 24,000 routes
+    holds the loop for ~45 ms."""
     flags = initial_table(config)
     metrics = ProxyMetrics()
     registry = new_registry(metrics)
@@ -101,8 +111,8 @@ async def data_plane_half(
         plane = await stack.enter_async_context(DataPlane(config, flags, metrics))
         address.append(plane.url)
         attach_history(history, plane, metrics, config)
-        link.answer(plane_requests(plane, registry, history))
-        link.on_config = lambda blob: reload_plane(plane, blob)
+        link.answer(plane_requests(plane, registry, history, freeze=freeze))
+        link.on_config = lambda blob: reload_plane(plane, blob, freeze=freeze)
         await link.__aenter__()
         metrics.add_gauges(link.collect)
         backend, store = None, None
@@ -119,6 +129,8 @@ async def data_plane_half(
                 "state file's flags until it is",
                 FIRST_SYNC_WAIT,
             )
+        if freeze:
+            gc.freeze()
         yield PlaneHalf(plane.url, flags, metrics, plane, link, history, backend, store)
 
 

@@ -203,7 +203,7 @@ async def worker(
         backend = await start_plane_flags(stack, config, flags, shared, plane, metrics)
 
         async def apply(new: ParsedConfig) -> list[str]:
-            warnings = plane.reload(new.config)
+            warnings = await plane.reload_in_steps(new.config)
             await plane.close_retired_pools()
             return warnings
 

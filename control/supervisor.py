@@ -115,7 +115,7 @@ async def _serve_plane(config_path: str, channel: str, parent: Connection) -> No
     parsed = await read_config(config_path, channel)
     async with (
         stop_on_signals_or_orphaned(parent.fileno(), signal.SIGTERM) as stop,
-        data_plane_half(parsed.config, channel, config_digest=parsed.digest) as half,
+        data_plane_half(parsed.config, channel, config_digest=parsed.digest, freeze=True) as half,
     ):
         announce(f"abgate proxy listening on {half.proxy_url} (data plane, pid {os.getpid()})")
         parent.send("ready")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Generic, TypeVar
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import Generic, TypeAlias, TypeVar
 
 from config.model import RouteConfig
 
 Target = TypeVar("Target")
+# A route as matched: its prefix, its regex's match, its methods, and its target.
+Entry: TypeAlias = tuple[
+    str | None, Callable[[str], re.Match[str] | None] | None, frozenset[str] | None, Target
+]
 
 
 class Router(Generic[Target]):
@@ -16,10 +21,14 @@ class Router(Generic[Target]):
     __slots__ = ("_routes",)
 
     def __init__(self, routes: Sequence[tuple[RouteConfig, Target]]) -> None:
-        self._routes = tuple(
-            (route.prefix, route.regex.match if route.regex else None, route.methods, target)
-            for route, target in routes
-        )
+        self._routes = tuple(entry(route, target) for route, target in routes)
+
+    @classmethod
+    def of(cls, entries: Iterable[Entry[Target]]) -> Router[Target]:
+        """A table of routes compiled beforehand (`entry`), in order."""
+        router = cls.__new__(cls)
+        router._routes = tuple(entries)
+        return router
 
     def match(self, path: str, method: str) -> Target | None:
         for prefix, regex_match, methods, target in self._routes:
@@ -32,3 +41,7 @@ class Router(Generic[Target]):
                 continue
             return target
         return None
+
+
+def entry(route: RouteConfig, target: Target) -> Entry[Target]:
+    return (route.prefix, route.regex.match if route.regex else None, route.methods, target)

@@ -311,3 +311,47 @@ async def test_a_large_config_travels_in_pieces_and_arrives_whole() -> None:
     assert loads_config(blob) == config
     assert await loads_config_gradually(blob) == config
     assert list(loads_config(blob).upstreams) == list(config.upstreams)  # in the same order
+
+
+async def test_a_long_route_table_is_built_in_steps_and_swapped_once(
+    session: ClientSession,
+) -> None:
+    """The data plane compiles a reload's routes a step at a time, serving requests on the
+    routing in use between steps; the new routing is swapped in once, with the shares the
+    flags hold at the end (a change during the steps is not lost)."""
+    from config import parse_config
+    from proxy.runtime import ROUTES_PER_STEP
+    from state.flags import Flag
+
+    async with serve_app(echo_app()) as one, serve_app(echo_app()) as two:
+        padding = [{"prefix": f"/padding/{i}/", "upstream": "control"} for i in range(2600)]
+        base = document(one, two)
+        new = document(one, two, routes=[*padding, {"prefix": "/new/", "upstream": "treatment"}])
+        async with embedded(parse_config(yaml.safe_dump(base))) as running:
+            plane = running.plane
+            assert plane.handler is not None
+            old = plane.handler.routing
+            reload = asyncio.create_task(plane.reload_in_steps(parse_config(yaml.safe_dump(new))))
+            seen = []  # the routing in use at each pass of the loop the reload let through
+            while not reload.done():
+                seen.append(plane.handler.routing)
+                if len(seen) == 2:  # mid-way: every user to control from now on
+                    flag = plane.flags.get("exp")
+                    plane.flags.apply(
+                        Flag("exp", 0, flag.version + 1, flag.updated_at, "test", "mid-reload")
+                    )
+                await asyncio.sleep(0)
+            assert await reload == []
+            assert len(seen) >= 2600 // ROUTES_PER_STEP  # the loop ran between steps
+            assert all(routing is old for routing in seen)  # the old one until the swap
+            assert plane.handler.routing is not old
+            async with session.get(f"{running.proxy_url}/new/x") as response:
+                assert response.status == 200  # a route the old table did not have
+                assert (await response.json())["path_qs"] == "/new/x"
+            arms: Counter[str] = Counter()
+            for user in range(40):
+                headers = {"X-User-Id": f"user-{user}"}
+                async with session.get(f"{running.proxy_url}/api/a", headers=headers) as answer:
+                    assert answer.status == 200
+                    arms[answer.headers["X-ABGate-Arm"]] += 1
+            assert arms == {"control": 40}  # the change made during the steps holds
