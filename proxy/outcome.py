@@ -71,7 +71,7 @@ def arm_statistics(outcome: Outcome) -> None:
     request counted once, in the arm it was assigned, with what its user got, in the cluster
     of its user."""
     assigned = outcome.assigned
-    if not outcome.fallback:  # a fallback is counted in abgate_fallbacks_total instead
+    if not outcome.fallback:  # a fallback: abgate_fallbacks_total, its try by ProxyMetrics
         assigned.stats.count(outcome.status, outcome.seconds)
     recorder = assigned.stats.recorder
     if recorder is not None:
