@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from redis.asyncio import Redis
 
-from config import Config
+from config import Config, metrics_catalogue
 from proxy.tasks import stop_task
 from state.flag_file import FlagFile
 from state.flags import FlagStore, FlagTable, MemoryFlagStore
@@ -62,10 +62,7 @@ class FlagBackend:
 
     def collect(self) -> Iterator[Metric]:
         sync = self.sync
-        connected = GaugeMetricFamily(
-            "abgate_flag_store_connected",
-            "1 when the flag store is reachable (always 1 for the embedded store).",
-        )
+        connected = metrics_catalogue.FLAG_STORE_CONNECTED.new()
         connected.add_metric([], 1.0 if sync is None or sync.connected else 0.0)
         yield connected
         if sync is None:
@@ -73,34 +70,22 @@ class FlagBackend:
         yield from REDIS_COMMANDS.collect()
         if self.server_times is not None:
             yield from self.server_times.collect()
-        age = GaugeMetricFamily(
-            "abgate_flag_state_age_seconds", "Seconds since this process last heard from Redis."
-        )
+        age = metrics_catalogue.FLAG_STATE_AGE.new()
         age.add_metric([], min(sync.state_age, 1e9))
         yield age
-        for name, doc, value in (
+        for declared, value in (
+            (metrics_catalogue.FLAG_STORE_RECONNECTS, sync.reconnects),
+            (metrics_catalogue.FLAG_RESYNCS, sync.resyncs),
             (
-                "abgate_flag_store_reconnects",
-                "Connections to Redis lost and retried.",
-                sync.reconnects,
-            ),
-            (
-                "abgate_flag_resyncs",
-                "Full re-reads of the flags from Redis (one per (re)connect).",
-                sync.resyncs,
-            ),
-            (
-                "abgate_flag_reseeds",
-                "Flags put back into a Redis that lacked them.",
+                metrics_catalogue.FLAG_RESEEDS,
                 self.store.reseeded if isinstance(self.store, RedisFlagStore) else 0,
             ),
             (
-                "abgate_flag_writes_unreplicated",
-                "Flag writes fewer replicas confirmed than flags.redis.wait_replicas asks.",
+                metrics_catalogue.FLAG_WRITES_UNREPLICATED,
                 self.store.unreplicated if isinstance(self.store, RedisFlagStore) else 0,
             ),
         ):
-            family = CounterMetricFamily(name, doc)
+            family = declared.new()
             family.add_metric([], value)
             yield family
 

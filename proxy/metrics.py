@@ -11,13 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client.core import (
-    CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector
 
+from config import metrics_catalogue
 from proxy.measure import ArmRecorder
 from proxy.outcome import Outcome
 from state.histogram import Histogram
@@ -125,17 +124,8 @@ class ProxyMetrics(Collector):
         self._gauges.append(source)
 
     def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily(
-            "abgate_requests",
-            "Proxied requests by experiment, arm, upstream and status class "
-            "(experiment and arm are empty on routes without an experiment).",
-            labels=["experiment", "arm", "upstream", "status_class"],
-        )
-        latency = HistogramMetricFamily(
-            "ab_testing_decision_latency_seconds",
-            "Upstream time of each decision, from sending the request to the whole response.",
-            labels=["experiment", "arm"],
-        )
+        requests = metrics_catalogue.REQUESTS.new()
+        latency = metrics_catalogue.DECISION_LATENCY.new()
         for stats in self._traffic.values():
             for status_class, count in zip(STATUS_CLASSES, stats.statuses, strict=True):
                 if count:
@@ -148,42 +138,22 @@ class ProxyMetrics(Collector):
                 )
         yield requests
         yield latency
-        overhead = HistogramMetricFamily(
-            "abgate_proxy_overhead_seconds",
-            "Time abgate adds to a request: its whole handling minus the upstream's part.",
-        )
+        overhead = metrics_catalogue.PROXY_OVERHEAD.new()
         overhead.add_metric([], self.overhead.cumulative(), self.overhead.sum)
         yield overhead
-        errors = CounterMetricFamily(
-            "abgate_upstream_errors",
-            "Failed upstream exchanges by kind (connect, timeout, closed, protocol, pool_timeout).",
-            labels=["upstream", "kind"],
-        )
+        errors = metrics_catalogue.UPSTREAM_ERRORS.new()
         for (upstream, kind), count in sorted(self.upstream_errors.items()):
             errors.add_metric([upstream, kind], count)
         yield errors
-        local = CounterMetricFamily(
-            "abgate_local_responses",
-            "Responses abgate produced itself instead of an upstream.",
-            labels=["status", "reason"],
-        )
+        local = metrics_catalogue.LOCAL_RESPONSES.new()
         for (status, reason), count in sorted(self.local_responses.items()):
             local.add_metric([str(status), reason], count)
         yield local
-        fallbacks = CounterMetricFamily(
-            "abgate_fallbacks",
-            "Requests assigned the treatment arm and answered by the control arm "
-            "(counted in the treatment arm: intention to treat), by experiment and reason.",
-            labels=["experiment", "reason"],
-        )
+        fallbacks = metrics_catalogue.FALLBACKS.new()
         for (experiment, reason), count in sorted(self.fallbacks.items()):
             fallbacks.add_metric([experiment, reason], count)
         yield fallbacks
-        transitions = CounterMetricFamily(
-            "abgate_breaker_transitions",
-            "Circuit breaker state changes.",
-            labels=["upstream", "from", "to"],
-        )
+        transitions = metrics_catalogue.BREAKER_TRANSITIONS.new()
         for (upstream, old, new), count in sorted(self.breaker_transitions.items()):
             transitions.add_metric([upstream, old, new], count)
         yield transitions
@@ -192,9 +162,9 @@ class ProxyMetrics(Collector):
 
 
 def gauge(
-    name: str, documentation: str, labels: list[str], samples: Iterable[tuple[list[str], float]]
+    declared: metrics_catalogue.Gauge, samples: Iterable[tuple[list[str], float]]
 ) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, documentation, labels=labels)
+    family = declared.new()
     for values, value in samples:
         family.add_metric(values, value)
     return family

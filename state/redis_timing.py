@@ -31,6 +31,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
+from config import metrics_catalogue
 from state.histogram import Histogram
 
 log = logging.getLogger("abgate.flags")
@@ -67,11 +68,7 @@ class CommandTimes:
         histogram.observe(seconds)
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
-        family = HistogramMetricFamily(
-            "abgate_redis_command_seconds",
-            "Redis commands this process sent, by command (a pipeline counts once).",
-            labels=["command"],
-        )
+        family = metrics_catalogue.REDIS_COMMAND_SECONDS.new()
         for command, histogram in sorted(self.commands.items()):
             family.add_metric([command], histogram.cumulative(), histogram.sum)
         yield family
@@ -144,12 +141,7 @@ class ServerTimes:
                 histogram.observe_many((usec - last_usec) / times / 1e6, times)
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
-        family = HistogramMetricFamily(
-            "abgate_redis_server_seconds",
-            "Redis' own execution time per command (INFO commandstats, every client's "
-            "calls; each poll interval's mean per call of each command).",
-            labels=["command"],
-        )
+        family = metrics_catalogue.REDIS_SERVER_SECONDS.new()
         for command, histogram in sorted(self.commands.items()):
             family.add_metric([command], histogram.cumulative(), histogram.sum)
         yield family
