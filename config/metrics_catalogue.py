@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         CounterMetricFamily,
         GaugeMetricFamily,
         HistogramMetricFamily,
+        Metric,
     )
 
 # The metrics the proxy measures on every request, besides those an experiment declares.
@@ -43,6 +44,10 @@ class Family:
     name: str
     help: str
     labels: tuple[str, ...] = ()
+
+    def new(self) -> Metric:
+        """An empty family of this name, help and labels, for a collector to fill."""
+        raise NotImplementedError  # Counter, Gauge or Histogram
 
 
 class Counter(Family):
