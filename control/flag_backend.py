@@ -15,8 +15,7 @@ from redis.asyncio import Redis
 
 from config import Config, metrics_catalogue
 from proxy.tasks import stop_task
-from state.flag_file import FlagFile
-from state.flags import FlagStore, FlagTable, MemoryFlagStore
+from state.flags import FlagStore, FlagTable, MemoryFlagStore, load_flags
 from state.live_server import LiveStateServer, LocalFlagStore
 from state.measurements import MeasurementStore, MemoryMeasurements, RedisMeasurements
 from state.redis_client import (
@@ -33,10 +32,11 @@ from state.redis_flags import (
     new_instance_id,
 )
 from state.redis_timing import REDIS_COMMANDS, ServerTimes
+from state.state_file import StateFile
 
 
-def snapshot_file(config: Config) -> FlagFile | None:
-    return FlagFile(config.flags.state_file) if config.flags.state_file else None
+def snapshot_file(config: Config) -> StateFile | None:
+    return StateFile(config.flags.state_file) if config.flags.state_file else None
 
 
 def initial_table(config: Config) -> FlagTable:
@@ -45,7 +45,7 @@ def initial_table(config: Config) -> FlagTable:
     table = FlagTable.from_config(config)
     snapshot = snapshot_file(config)
     if snapshot is not None:
-        flags, _ = snapshot.load()
+        flags, _ = load_flags(snapshot)
         for flag in flags:
             if flag.name in table:
                 table.apply(flag)
@@ -96,7 +96,7 @@ class SharedState:
     data plane so it closes after it (the plane's last measurement flush still needs it)."""
 
     client: Redis | None  # None: the embedded store
-    snapshot: FlagFile | None
+    snapshot: StateFile | None
     measurements: MeasurementStore
     redis: RedisConnection | None = None  # how `client` was made (errors, WAIT settings)
 

@@ -31,8 +31,7 @@ from prometheus_client.core import Metric
 
 from config import metrics_catalogue
 from state.errors import StoreUnavailable
-from state.flag_file import flag_from_json
-from state.flags import FlagTable
+from state.flags import FlagTable, flag_from_json
 from state.live_channel import Peer, RemoteError, RequestHandler
 from state.measurements import MeasureKey, Phase, Sums, UsersKey
 

@@ -37,8 +37,7 @@ from prometheus_client.core import Metric
 
 from config import metrics_catalogue
 from state.errors import StoreUnavailable
-from state.flag_file import flag_from_json, flag_to_json
-from state.flags import Flag, FlagTable, Instance, MemoryFlagStore
+from state.flags import Flag, FlagTable, Instance, MemoryFlagStore, flag_from_json, flag_to_json
 from state.live_channel import Peer, RemoteError
 from state.measurements import MemoryMeasurements, Phase, Sums
 

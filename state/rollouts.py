@@ -30,7 +30,7 @@ import orjson
 from redis.asyncio import Redis
 
 from state.errors import StoreUnavailable, store_errors
-from state.flag_file import FlagFile
+from state.state_file import StateFile
 
 RolloutStatus = Literal[
     "pending",
@@ -127,7 +127,7 @@ class RolloutStore(Protocol):
 class MemoryRollouts:
     """The embedded default: one process; kept in the state file's `rollouts` section."""
 
-    def __init__(self, state: FlagFile | None = None) -> None:
+    def __init__(self, state: StateFile | None = None) -> None:
         self._file = state
         self._rollouts: dict[str, Rollout] = {}
         self._history: dict[str, list[dict[str, Any]]] = {}
@@ -223,7 +223,7 @@ class RedisRollouts:
         client: Redis,
         prefix: str,
         lease: Lease | None = None,
-        durable: FlagFile | None = None,
+        durable: StateFile | None = None,
     ) -> None:
         self._client = client
         self._prefix = prefix
@@ -242,7 +242,7 @@ class RedisRollouts:
         if durable is not None:
             self._load(durable)
 
-    def _load(self, durable: FlagFile) -> None:
+    def _load(self, durable: StateFile) -> None:
         section = durable.section("rollouts") or {}
         try:
             for name, item in (section.get("current") or {}).items():
