@@ -77,6 +77,26 @@ class Histogram(Family):
         return HistogramMetricFamily(self.name, self.help, labels=self.labels)
 
 
+# Decision endpoints answer in milliseconds to seconds.
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+# What abgate itself adds to a request: tens of microseconds when healthy.
+OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+
 # --- The data plane: requests, upstreams, clients (proxy/metrics.py, proxy/runtime.py) ---
 REQUESTS = Counter(
     "abgate_requests",

@@ -17,53 +17,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from config import metrics_catalogue
-from proxy.measure import ArmRecorder
+from config.metrics_catalogue import OVERHEAD_BUCKETS
 from proxy.outcome import Outcome
+from proxy.traffic import STATUS_CLASSES, TrafficStats
 from state.histogram import Histogram
-
-# Decision endpoints answer in milliseconds to seconds.
-LATENCY_BUCKETS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
-# What abgate itself adds to a request: tens of microseconds when healthy.
-OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
-STATUS_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
-
-
-class TrafficStats:
-    """Responses and upstream latency of one destination (an experiment arm, or a route's
-    upstream when no experiment applies)."""
-
-    __slots__ = ("arm", "experiment", "latency", "recorder", "statuses", "upstream")
-
-    def __init__(self, experiment: str, arm: str, upstream: str) -> None:
-        self.experiment = experiment
-        self.arm = arm
-        self.upstream = upstream
-        self.statuses = [0] * len(STATUS_CLASSES)
-        self.latency = Histogram(LATENCY_BUCKETS)
-        self.recorder: ArmRecorder | None = None  # experiment arms: sums for the statistics
-
-    def count(self, status: int, upstream_seconds: float | None) -> None:
-        """An exchange with this upstream, counted: an answer it served, or a treatment try
-        that a fallback then answered. Arm statistics are the `recorder`'s, fed once per
-        request by the outcome sink."""
-        self.statuses[status // 100 if 100 <= status < 600 else 0] += 1
-        if upstream_seconds is not None:
-            self.latency.observe(upstream_seconds)
 
 
 class ProxyMetrics(Collector):

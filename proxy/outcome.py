@@ -19,12 +19,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
-from proxy.hashing import BUCKET_MASK
+from proxy.hashing import BUCKET_MASK, NO_BUCKET
 
 if TYPE_CHECKING:
     from proxy.destination import Destination
-
-NO_BUCKET = -1  # the split needed no hash (0% or 100%, or no key and `when_missing: control`)
 
 
 class Outcome(NamedTuple):

@@ -22,12 +22,12 @@ import orjson
 from prometheus_client.core import Metric
 
 from config import metrics_catalogue
+from config.metrics_catalogue import LATENCY_BUCKETS
 from config.model import ShadowConfig
 from proxy.breaker import Breaker, BreakerState
 from proxy.errors import UpstreamError
 from proxy.headers import RequestHead
 from proxy.jsonpath import MISSING, extract
-from proxy.metrics import LATENCY_BUCKETS
 from proxy.pool import UpstreamPool
 from state.histogram import Histogram
 
