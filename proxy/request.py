@@ -15,6 +15,8 @@ from collections import deque
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, unquote_plus
 
+from config.errors import AbgateError
+
 if TYPE_CHECKING:
     from proxy.breaker import Breaker
     from proxy.destination import Destination, ExperimentRoute, Fallback, Routing
@@ -24,15 +26,15 @@ if TYPE_CHECKING:
 BODY_HIGH_WATER = 256 * 1024
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(AbgateError):
     """A request body over max_body_size (413)."""
 
 
-class ClientGone(Exception):
+class ClientGone(AbgateError):
     """The client closed or broke off its body before the end of it (400)."""
 
 
-class ClientTooSlow(Exception):
+class ClientTooSlow(AbgateError):
     """No request body bytes within client_body_timeout (408, as nginx)."""
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from config.errors import AbgateError
 from config.model import Config
 from state.errors import StoreUnavailable
 
@@ -111,7 +112,7 @@ def save_flags_copy(
     )
 
 
-class UnknownFlag(KeyError):
+class UnknownFlag(KeyError, AbgateError):
     """No experiment of that name."""
 
 
@@ -194,7 +195,7 @@ class Instance:
         }
 
 
-class VersionConflict(Exception):
+class VersionConflict(AbgateError):
     """A compare-and-set write found another version than it expected; nothing was written.
     `current` is the flag as it stands (someone else changed it meanwhile)."""
 

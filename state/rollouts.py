@@ -29,6 +29,7 @@ from typing import Any, Literal, Protocol
 import orjson
 from redis.asyncio import Redis
 
+from config.errors import AbgateError
 from state.errors import StoreUnavailable, store_errors
 from state.state_file import StateFile
 
@@ -88,7 +89,7 @@ class Rollout:
         return replace(self, generation=self.generation + 1, updated_at=time.time(), **changes)
 
 
-class RolloutConflict(Exception):
+class RolloutConflict(AbgateError):
     """Another writer changed the rollout first (or this controller lost its lease)."""
 
 
