@@ -14,7 +14,6 @@ from prometheus_client.core import Metric
 from redis.asyncio import Redis
 
 from config import Config, metrics_catalogue
-from proxy.tasks import stop_task
 from state.flags import FlagStore, FlagTable, MemoryFlagStore, load_flags
 from state.live_server import LiveStateServer, LocalFlagStore
 from state.measurements import MeasurementStore, MemoryMeasurements, RedisMeasurements
@@ -33,6 +32,7 @@ from state.redis_flags import (
 )
 from state.redis_timing import REDIS_COMMANDS, ServerTimes
 from state.state_file import StateFile
+from state.tasks import stop_task
 
 
 def snapshot_file(config: Config) -> StateFile | None:

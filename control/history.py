@@ -22,9 +22,9 @@ from config.export import config_as_json
 from proxy.history_sink import HistorySink
 from proxy.metrics import ProxyMetrics
 from proxy.runtime import DataPlane
-from proxy.tasks import stop_task
 from state.flags import Flag, FlagTable
 from state.secrets import read_secret
+from state.tasks import stop_task
 
 if TYPE_CHECKING:
     from state.history.writer import HistoryWriter

@@ -33,9 +33,9 @@ from proxy.routing import Router
 from proxy.server import HttpListener, check_file_limit
 from proxy.shadow import Shadow
 from proxy.split import Splitter
-from proxy.tasks import stop_task, stop_tasks
 from state.flags import Flag, FlagTable
 from state.measurements import MeasurementStore, Phase
+from state.tasks import stop_task, stop_tasks
 
 
 class DataPlane:

@@ -34,7 +34,6 @@ from control.measured import by_arm, of_phase, units
 from control.rollout.gates import Decision, StageInputs, decide
 from control.rollout.gauges import rollout_families
 from control.rollout.recovery import recover
-from proxy.tasks import stop_tasks
 from state.errors import StoreUnavailable
 from state.flags import FlagStore, VersionConflict
 from state.measurements import MeasurementStore
@@ -47,6 +46,7 @@ from state.rollouts import (
     RolloutStatus,
     RolloutStore,
 )
+from state.tasks import stop_tasks
 
 log = logging.getLogger("abgate.rollout")
 ACTOR = "rollout-controller"
