@@ -1,4 +1,5 @@
-"""Every Prometheus family abgate exports and every metric it measures itself, declared once.
+"""Every Prometheus family abgate exports (with its histogram's bucket bounds) and every metric
+it measures itself, declared once.
 
 Dashboards, alerts (monitoring/) and operators' queries depend on these names: a family is
 renamed here or nowhere. The catalogue lives in `config`, the lowest layer (pure, imported by
@@ -77,6 +78,7 @@ class Histogram(Family):
         return HistogramMetricFamily(self.name, self.help, labels=self.labels)
 
 
+# The histograms' bucket bounds (seconds): dashboards' quantiles are read from them.
 # Decision endpoints answer in milliseconds to seconds.
 LATENCY_BUCKETS = (
     0.0005,
@@ -96,6 +98,26 @@ LATENCY_BUCKETS = (
 )
 # What abgate itself adds to a request: tens of microseconds when healthy.
 OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+# A Redis command as this process sees it (the network included).
+REDIS_COMMAND_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Redis executes a command in microseconds; a slow one (a big HGETALL, a Lua script) in ms.
+REDIS_SERVER_BUCKETS = (
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+)
+# A flush to PostgreSQL, and each statement of it.
+HISTORY_WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 # --- The data plane: requests, upstreams, clients (proxy/metrics.py, proxy/runtime.py) ---
 REQUESTS = Counter(
