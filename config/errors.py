@@ -1,4 +1,20 @@
-"""The one error a configuration can raise: every problem found, each with its place."""
+"""abgate's errors: one family under `AbgateError`, and the one a configuration raises.
+
+AbgateError
+├── ConfigError              a configuration refused: every problem found, each with its place
+├── state/: StoreUnavailable, SecretUnavailable, VersionConflict, RolloutConflict,
+│           UnknownFlag (a KeyError too), RemoteError (the live-state channel's other end)
+├── proxy/: UpstreamError and its kinds (proxy/errors.py), BodyTooLarge, ClientGone,
+│           ClientTooSlow (the client's side), PathRefused (a ValueError too)
+└── control/: RolloutError (UnknownRollout, NoRolloutPlan), ApiError (the control API's
+              answer), ApiCallFailed (the flags CLI), SimulationError
+
+The domain says what went wrong; an HTTP status is chosen where an answer is made: the control
+API's handlers and middleware (control/http.py `errors_as_json`, control/rollout_api.py), and
+for the data plane the handler that answers a request (`UpstreamError.status` is the gateway's
+answer to that upstream failure). Errors of libraries are mapped at their boundary
+(`state.errors.store_errors`, proxy/upstream.py).
+"""
 
 from __future__ import annotations
 
@@ -25,7 +41,11 @@ class Problem:
         return f"{where}: {self.message}"
 
 
-class ConfigError(Exception):
+class AbgateError(Exception):
+    """The root of abgate's own errors."""
+
+
+class ConfigError(AbgateError):
     """A configuration was refused; `problems` lists everything that is wrong with it."""
 
     def __init__(self, source: str, problems: Sequence[Problem]) -> None:

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from config.metrics_catalogue import ERROR_METRIC, LATENCY_METRIC
+
 StickyKind = Literal["header", "cookie", "query", "client_ip"]
 WhenMissing = Literal["random", "control", "client_ip"]
 
@@ -271,8 +273,8 @@ class MetricConfig:
 
 
 # Measured by the proxy on every request.
-LATENCY = MetricConfig("latency", "continuous", "lower")
-ERROR = MetricConfig("error", "binary", "lower")
+LATENCY = MetricConfig(LATENCY_METRIC, "continuous", "lower")
+ERROR = MetricConfig(ERROR_METRIC, "binary", "lower")
 BUILT_IN_METRICS = {LATENCY.name: LATENCY, ERROR.name: ERROR}
 
 
@@ -331,8 +333,8 @@ class SloConfig:
 
 
 DEFAULT_GUARDRAILS = (
-    GuardrailConfig("error", Amount(0.005, False)),
-    GuardrailConfig("latency", Amount(0.10, True)),
+    GuardrailConfig(ERROR_METRIC, Amount(0.005, False)),
+    GuardrailConfig(LATENCY_METRIC, Amount(0.10, True)),
 )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from config.errors import ConfigError
 from config.fields import Reader
+from config.metrics_catalogue import BUILT_IN_METRIC_NAMES
 from config.model import (
     DEFAULT_GUARDRAILS,
     Amount,
@@ -55,7 +56,7 @@ def read_plan(
     section = r.mapping(value, path, _KEYS)
     if section is None:
         return None
-    known = {"latency", "error", *(m.name for m in metrics)}
+    known = {*BUILT_IN_METRIC_NAMES, *(m.name for m in metrics)}
 
     def duration(key: str, default: float, high: float = _YEAR) -> float | None:
         return r.duration(section.get(key, default), (*path, key), high=high)

@@ -143,14 +143,14 @@ def create_control_app(
     *,
     loopback: bool = True,
 ) -> web.Application:
+    """`plane` is None in `abgate control` (no data plane here). `loopback`: the API listens
+    on a loopback address, so only loopback Host names are served (see `same_origin`)."""
     # Imported here: the statistics need scipy (tens of MiB), which data-plane-only
     # processes (abgate proxy) never load.
     from control.impact_api import add_impact_routes
     from control.rollout_api import add_rollout_routes
     from control.stats_api import add_stats_routes
 
-    """`plane` is None in `abgate control` (no data plane here). `loopback`: the API listens
-    on a loopback address, so only loopback Host names are served (see `same_origin`)."""
     app = web.Application(
         middlewares=[errors_as_json, same_origin, bearer_auth], client_max_size=1024**2
     )

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from config import Config
+from config.metrics_catalogue import CONTROL_PROCESS
 from control.api import check_exposure, create_control_app
 from control.config_process import ParsedConfig
 from control.flag_backend import FlagBackend, initial_table, open_shared_state, start_flag_backend
@@ -83,7 +84,7 @@ async def control_half(
     check_exposure(config, token)
     flags = initial_table(config)
     gauges = Gauges()
-    registry = new_registry(gauges, process="abgate_control")
+    registry = new_registry(gauges, process=CONTROL_PROCESS)
     current = [parsed]  # the config a data plane should run, replaced by each reload
     async with AsyncExitStack() as stack:
         shared = open_shared_state(stack, config)

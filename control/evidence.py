@@ -25,6 +25,7 @@ from typing import Any
 
 from scipy import special
 
+from config.metrics_catalogue import ERROR_METRIC
 from config.model import Amount, ExperimentConfig, MetricConfig
 from control.measured import ArmKey
 from control.stats.clusters import MIN_CLUSTERS, ClusteredSums
@@ -140,7 +141,8 @@ def phases_used(
         # At 0% or 100% an arm has no share: the few requests it holds were in flight when
         # the percentage changed (38 "control" requests in a 100% phase), not a comparison.
         return 0 < phase.basis_points < 10_000 and _usable(
-            arms.get((phase.id, control, "error")), arms.get((phase.id, treatment, "error"))
+            arms.get((phase.id, control, ERROR_METRIC)),
+            arms.get((phase.id, treatment, ERROR_METRIC)),
         )
 
     if (current is None or phases[-1].id == current) and both(phases[-1]):

@@ -8,6 +8,7 @@ import contextlib
 
 from aiohttp import web
 
+from config.metrics_catalogue import ERROR_METRIC, LATENCY_METRIC
 from config.model import RolloutPlan
 from control.current import require_worker
 from control.evidence import EvidenceReport, compare, phases_used
@@ -59,7 +60,7 @@ async def evidence_of(
         primary=primary.metric if primary is not None else None,
         alpha=alpha,
     )
-    names = ["latency", "error", *(m.name for m in experiment.metrics)]
+    names = [LATENCY_METRIC, ERROR_METRIC, *(m.name for m in experiment.metrics)]
     for metric_name in dict.fromkeys(names):
         metric = experiment.metric(metric_name)
         assert metric is not None

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from config.metrics_catalogue import BUILT_IN_METRIC_NAMES
 from control.current import require_worker, resolve
 from control.http import WORKER, ApiError, json_response, parse_json
 from proxy.hashing import fnv1a32, user_hash
@@ -27,7 +28,6 @@ from state.measurements import UNCLUSTERED, MeasureKey, Sums, check_value, clust
 if TYPE_CHECKING:
     from control.stats_worker import StatsWorker
     from state.history.writer import HistoryWriter
-RESERVED = frozenset({"latency", "error"})  # measured by the proxy itself
 MAX_OUTCOMES = 10_000
 
 
@@ -242,7 +242,7 @@ def _outcome(
         )
     metric = item.get("metric")
     definition = experiment.metric(metric) if isinstance(metric, str) else None
-    if definition is None or metric in RESERVED:
+    if definition is None or metric in BUILT_IN_METRIC_NAMES:  # measured by the proxy itself
         declared = ", ".join(m.name for m in experiment.metrics) or "none"
         raise ApiError(
             400,

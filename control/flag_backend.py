@@ -10,13 +10,11 @@ from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from redis.asyncio import Redis
 
-from config import Config
-from proxy.tasks import stop_task
-from state.flag_file import FlagFile
-from state.flags import FlagStore, FlagTable, MemoryFlagStore
+from config import Config, metrics_catalogue
+from state.flags import FlagStore, FlagTable, MemoryFlagStore, load_flags
 from state.live_server import LiveStateServer, LocalFlagStore
 from state.measurements import MeasurementStore, MemoryMeasurements, RedisMeasurements
 from state.redis_client import (
@@ -33,10 +31,12 @@ from state.redis_flags import (
     new_instance_id,
 )
 from state.redis_timing import REDIS_COMMANDS, ServerTimes
+from state.state_file import StateFile
+from state.tasks import stop_task
 
 
-def snapshot_file(config: Config) -> FlagFile | None:
-    return FlagFile(config.flags.state_file) if config.flags.state_file else None
+def snapshot_file(config: Config) -> StateFile | None:
+    return StateFile(config.flags.state_file) if config.flags.state_file else None
 
 
 def initial_table(config: Config) -> FlagTable:
@@ -45,7 +45,7 @@ def initial_table(config: Config) -> FlagTable:
     table = FlagTable.from_config(config)
     snapshot = snapshot_file(config)
     if snapshot is not None:
-        flags, _ = snapshot.load()
+        flags, _ = load_flags(snapshot)
         for flag in flags:
             if flag.name in table:
                 table.apply(flag)
@@ -62,10 +62,7 @@ class FlagBackend:
 
     def collect(self) -> Iterator[Metric]:
         sync = self.sync
-        connected = GaugeMetricFamily(
-            "abgate_flag_store_connected",
-            "1 when the flag store is reachable (always 1 for the embedded store).",
-        )
+        connected = metrics_catalogue.FLAG_STORE_CONNECTED.new()
         connected.add_metric([], 1.0 if sync is None or sync.connected else 0.0)
         yield connected
         if sync is None:
@@ -73,34 +70,22 @@ class FlagBackend:
         yield from REDIS_COMMANDS.collect()
         if self.server_times is not None:
             yield from self.server_times.collect()
-        age = GaugeMetricFamily(
-            "abgate_flag_state_age_seconds", "Seconds since this process last heard from Redis."
-        )
+        age = metrics_catalogue.FLAG_STATE_AGE.new()
         age.add_metric([], min(sync.state_age, 1e9))
         yield age
-        for name, doc, value in (
+        for declared, value in (
+            (metrics_catalogue.FLAG_STORE_RECONNECTS, sync.reconnects),
+            (metrics_catalogue.FLAG_RESYNCS, sync.resyncs),
             (
-                "abgate_flag_store_reconnects",
-                "Connections to Redis lost and retried.",
-                sync.reconnects,
-            ),
-            (
-                "abgate_flag_resyncs",
-                "Full re-reads of the flags from Redis (one per (re)connect).",
-                sync.resyncs,
-            ),
-            (
-                "abgate_flag_reseeds",
-                "Flags put back into a Redis that lacked them.",
+                metrics_catalogue.FLAG_RESEEDS,
                 self.store.reseeded if isinstance(self.store, RedisFlagStore) else 0,
             ),
             (
-                "abgate_flag_writes_unreplicated",
-                "Flag writes fewer replicas confirmed than flags.redis.wait_replicas asks.",
+                metrics_catalogue.FLAG_WRITES_UNREPLICATED,
                 self.store.unreplicated if isinstance(self.store, RedisFlagStore) else 0,
             ),
         ):
-            family = CounterMetricFamily(name, doc)
+            family = declared.new()
             family.add_metric([], value)
             yield family
 
@@ -111,7 +96,7 @@ class SharedState:
     data plane so it closes after it (the plane's last measurement flush still needs it)."""
 
     client: Redis | None  # None: the embedded store
-    snapshot: FlagFile | None
+    snapshot: StateFile | None
     measurements: MeasurementStore
     redis: RedisConnection | None = None  # how `client` was made (errors, WAIT settings)
 

@@ -14,20 +14,17 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 
-from config import Config
+from config import Config, metrics_catalogue
 from config.export import config_as_json
 from proxy.history_sink import HistorySink
 from proxy.metrics import ProxyMetrics
 from proxy.runtime import DataPlane
-from proxy.tasks import stop_task
 from state.flags import Flag, FlagTable
 from state.secrets import read_secret
+from state.tasks import stop_task
 
 if TYPE_CHECKING:
     from state.history.writer import HistoryWriter
@@ -149,47 +146,28 @@ def rollout_event(writer: HistoryWriter) -> Any:
 
 
 def collect(writer: HistoryWriter) -> Iterator[Metric]:
-    dropped = CounterMetricFamily(
-        "abgate_history_dropped",
-        "History records dropped: the buffer was full (PostgreSQL slow or down) or the last "
-        "flush at shutdown failed.",
-    )
+    dropped = metrics_catalogue.HISTORY_DROPPED.new()
     dropped.add_metric([], writer.dropped)
     yield dropped
-    written = CounterMetricFamily("abgate_history_written", "History records written.")
+    written = metrics_catalogue.HISTORY_WRITTEN.new()
     written.add_metric([], writer.written)
     yield written
-    duplicates = CounterMetricFamily(
-        "abgate_history_duplicates",
-        "Decisions a retried flush found stored already (its commit had landed unseen).",
-    )
+    duplicates = metrics_catalogue.HISTORY_DUPLICATES.new()
     duplicates.add_metric([], writer.duplicates)
     yield duplicates
-    dead = CounterMetricFamily(
-        "abgate_history_dead_letters",
-        "Records PostgreSQL refused, set aside in ab_testing.dead_letters.",
-    )
+    dead = metrics_catalogue.HISTORY_DEAD_LETTERS.new()
     dead.add_metric([], writer.dead_letters)
     yield dead
-    buffered = GaugeMetricFamily("abgate_history_buffered", "History records waiting in memory.")
+    buffered = metrics_catalogue.HISTORY_BUFFERED.new()
     buffered.add_metric([], writer.buffered)
     yield buffered
-    write = HistogramMetricFamily(
-        "abgate_history_write_seconds",
-        "Time of each flush to PostgreSQL (one transaction: the COPY and the small rows).",
-    )
+    write = metrics_catalogue.HISTORY_WRITE_SECONDS.new()
     write.add_metric([], writer.writes.cumulative(), writer.writes.sum)
     yield write
-    query = HistogramMetricFamily(
-        "abgate_history_query_seconds",
-        "Time of each statement of a flush to PostgreSQL, from abgate's side, counted as "
-        "PostgreSQL counts calls: the COPY once, each row of a pipelined run its share.",
-    )
+    query = metrics_catalogue.HISTORY_QUERY_SECONDS.new()
     query.add_metric([], writer.queries.cumulative(), writer.queries.sum)
     yield query
-    connected = GaugeMetricFamily(
-        "abgate_history_connected", "1 when the history store is reachable."
-    )
+    connected = metrics_catalogue.HISTORY_CONNECTED.new()
     connected.add_metric([], 1.0 if writer.connected else 0.0)
     yield connected
 

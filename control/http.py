@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from config.errors import AbgateError
 from state.errors import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ CONTROLLER: web.AppKey[RolloutController] = web.AppKey("rollout_controller")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ApiError(Exception):
+class ApiError(AbgateError):
     def __init__(self, status: int, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.status = status

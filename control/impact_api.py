@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from config.metrics_catalogue import ERROR_METRIC, LATENCY_METRIC
 from config.model import BUILT_IN_METRICS
 from control.current import require_worker, resolve
 from control.http import CONTROLLER, json_response
@@ -90,8 +91,8 @@ async def stability(request: web.Request) -> web.Response:
     worker = require_worker(request)
     history = await _history(request, name)
     _, sums = await worker.store.read(name)
-    answered = sum(s.count for key, s in sums.items() if key[3] == "error")  # every cluster
-    failed = sum(s.total for key, s in sums.items() if key[3] == "error")
+    answered = sum(s.count for key, s in sums.items() if key[3] == ERROR_METRIC)  # every cluster
+    failed = sum(s.total for key, s in sums.items() if key[3] == ERROR_METRIC)
     flags = request.app[FLAG_STORE]
     flag = flags.table.get(name)
     changes = await flags.history(name, 1000)
@@ -179,7 +180,7 @@ async def final_assessment(request: web.Request) -> web.Response:
     for metric, result in evidence.metrics.items():
         n = {"control": result.n_control, "treatment": result.n_treatment}
         interval = [v * 100 for v in result.improvement_interval or ()] or None
-        if metric == "latency":
+        if metric == LATENCY_METRIC:
             flat["time_savings"] = _percent(result.improvement)
             details["time_savings"] = {"metric": metric, "interval": interval, "n": n}
         if metric in BUILT_IN_METRICS:

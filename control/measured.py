@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from config.metrics_catalogue import ERROR_METRIC
 from control.stats.checks import distinct_users, srm
 from control.stats.clusters import ClusteredSums
 from state.measurements import UNCLUSTERED, USER_MAP_BITS, MeasureKey, Sums
@@ -42,7 +43,7 @@ def units(
     """The units an arm was randomised in during a phase, and the variance of that count:
     its distinct users (estimated from the bitmap) plus its requests without a user (every
     request counts once in `error`)."""
-    requests = sums.get((experiment, phase, arm, "error", UNCLUSTERED))
+    requests = sums.get((experiment, phase, arm, ERROR_METRIC, UNCLUSTERED))
     keyless = requests.count if requests is not None else 0
     bits = users.get((phase, arm), 0)
     estimate, variance = distinct_users(bits, USER_MAP_BITS) if bits else (0.0, 0.0)

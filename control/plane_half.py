@@ -35,8 +35,7 @@ from control.wiring import new_registry, start_plane_flags
 from proxy.metrics import ProxyMetrics
 from proxy.runtime import DataPlane
 from state.errors import StoreUnavailable
-from state.flag_file import flag_to_json
-from state.flags import FlagTable
+from state.flags import FlagTable, flag_to_json
 from state.live_channel import Peer, RemoteError
 from state.live_link import ChannelMeasurements, LiveStateLink
 from state.redis_client import redis_settings

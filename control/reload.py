@@ -24,9 +24,9 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
-from config import Config, ConfigError
+from config import Config, ConfigError, metrics_catalogue
 from control.config_process import ParsedConfig, parse_off_loop
 
 log = logging.getLogger("abgate.reload")
@@ -153,14 +153,10 @@ class Reloader:
         }
 
     def collect(self) -> Iterator[Metric]:
-        total = CounterMetricFamily(
-            "abgate_config_reload", "Config reloads by result.", labels=["result"]
-        )
+        total = metrics_catalogue.CONFIG_RELOADS.new()
         for result, count in self.counts.items():
             total.add_metric([result], count)
         yield total
-        loaded = GaugeMetricFamily(
-            "abgate_config_loaded_timestamp_seconds", "When the running config was loaded."
-        )
+        loaded = metrics_catalogue.CONFIG_LOADED_AT.new()
         loaded.add_metric([], self.loaded_at)
         yield loaded

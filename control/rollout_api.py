@@ -25,7 +25,12 @@ from config.errors import ConfigError
 from control.current import resolve
 from control.flags_api import caller
 from control.http import CONTROLLER, ApiError, json_object, json_response
-from control.rollout.controller import RolloutController, RolloutError
+from control.rollout.controller import (
+    NoRolloutPlan,
+    RolloutController,
+    RolloutError,
+    UnknownRollout,
+)
 from control.rollout.gates import Decision
 from state.rollouts import Rollout
 
@@ -48,11 +53,19 @@ def _reason(body: dict[str, Any]) -> str:
     return reason
 
 
+def _rollout_status(exc: RolloutError) -> int:
+    if isinstance(exc, UnknownRollout):
+        return 404
+    if isinstance(exc, NoRolloutPlan):
+        return 400
+    return 409  # cannot be done now: the rollout's state forbids it
+
+
 async def _call(coroutine: Any) -> Any:
     try:
         return await coroutine
     except RolloutError as exc:
-        raise ApiError(exc.status, str(exc)) from None
+        raise ApiError(_rollout_status(exc), str(exc)) from None
     except ConfigError as exc:
         problems = [{"path": p.path, "message": p.message} for p in exc.problems]
         raise ApiError(400, f"invalid plan: {exc}", problems=problems) from None

@@ -38,6 +38,7 @@ from typing import Any
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector
 
+from config.errors import AbgateError
 from control.load_test import parse_duration, traffic_command
 
 FINISHED = ("completed", "rolled_back", "aborted")
@@ -268,7 +269,7 @@ class Simulation:
         return data["arms"]["control"], data["arms"]["treatment"]
 
 
-class SimulationError(Exception):
+class SimulationError(AbgateError):
     pass
 
 

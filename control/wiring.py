@@ -18,16 +18,16 @@ from prometheus_client.registry import Collector
 
 from config import Config
 from config.model import Listen
+from control.app_runner import JsonErrorAppRunner
 from control.flag_backend import FlagBackend, SharedState, start_flag_backend
 from control.reload import Apply, Reloader
 from control.signals import on_signal
 from proxy.metrics import ProxyMetrics
 from proxy.runtime import DataPlane
-from proxy.server import JsonErrorAppRunner
-from proxy.tasks import stop_task
 from state.flags import FlagTable
 from state.redis_flags import new_instance_id
 from state.rollouts import Lease, MemoryRollouts, RedisRollouts, RolloutStore
+from state.tasks import stop_task
 
 FIRST_READ_WAIT = 3.0  # seconds a starting data plane waits for the shared flags
 

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from config.model import ProxySettings
 from proxy.breaker import Breaker
 from proxy.measure import MetricExtractor, PhaseRef
-from proxy.metrics import TrafficStats
 from proxy.pool import UpstreamPool
 from proxy.retry_budget import RetryBudget
 from proxy.routing import Router
 from proxy.shadow import Shadow
 from proxy.split import Splitter
+from proxy.traffic import TrafficStats
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,10 @@ PoolTimeout              -> 503: no pooled connection within connect_timeout; ab
 
 from __future__ import annotations
 
+from config.errors import AbgateError
 
-class UpstreamError(Exception):
+
+class UpstreamError(AbgateError):
     kind = "error"  # the `kind` label of abgate_upstream_errors_total
     status = 502
     congestion = False  # abgate's own limit, not a failure of the upstream

@@ -40,6 +40,7 @@ def fnv1a32(text: str, state: int = FNV_OFFSET) -> int:
 
 
 BUCKET_MASK = 0x3FFF  # the draw's low 14 bits: the bucket (< 10,000 < 2**14)
+NO_BUCKET = -1  # the split needed no hash (0% or 100%, or no key and `when_missing: control`)
 KEYED = 1 << 14  # set when the draw came from a user's key (not a random draw)
 USER_SHIFT = 15  # the user hash sits above the flag
 

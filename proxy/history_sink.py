@@ -7,7 +7,8 @@ import random
 import time
 from typing import Protocol
 
-from proxy.outcome import NO_BUCKET, Outcome
+from proxy.hashing import NO_BUCKET
+from proxy.outcome import Outcome
 
 
 class DecisionBuffer(Protocol):

@@ -23,6 +23,11 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from config.metrics_catalogue import ERROR_METRIC, LATENCY_METRIC
+
+# Still read from here by control/rollout/gates.py (owned by the statistics work, issue 27 §3)
+# until it imports it from config.metrics_catalogue.
+from config.metrics_catalogue import SLOW_METRIC as SLOW_METRIC
 from config.model import MetricConfig
 from proxy.hashing import KEYED, USER_SHIFT
 from proxy.jsonpath import MISSING, extract
@@ -45,7 +50,6 @@ USER_INDEX_SHIFT = 32 - USER_MAP_BITS.bit_length() + 1  # the top bits of a 32-b
 
 log = logging.getLogger("abgate.measure")
 FLUSH_INTERVAL = 1.0
-SLOW_METRIC = "latency_over_slo"  # 0/1 per answer: slower than the latency SLO
 
 
 class PhaseTag(NamedTuple):
@@ -248,13 +252,13 @@ class ArmRecorder:
             cluster = UNCLUSTERED
         self._cluster, self._late_phase = cluster, None
         # Inlined Sums.add: this runs on every request.
-        errors = self._errors[cluster] or self._sums(self._errors, "error", cluster)
+        errors = self._errors[cluster] or self._sums(self._errors, ERROR_METRIC, cluster)
         errors.count += 1
         if status >= 500:
             errors.total += 1.0
             errors.total_sq += 1.0
         elif upstream_seconds is not None:
-            latency = self._latency[cluster] or self._sums(self._latency, "latency", cluster)
+            latency = self._latency[cluster] or self._sums(self._latency, LATENCY_METRIC, cluster)
             latency.count += 1
             latency.total += upstream_seconds
             latency.total_sq += upstream_seconds * upstream_seconds
@@ -279,9 +283,9 @@ class ArmRecorder:
             _, new = measurements.users(self._experiment, phase, self._arm, keep_seen=True)
             if len(new) < NEW_USERS_LIMIT:
                 new.append(user >> USER_INDEX_SHIFT)  # deduplicated by the store's bitmap
-        measurements.sums((*base, "error", cluster)).add(1.0 if status >= 500 else 0.0)
+        measurements.sums((*base, ERROR_METRIC, cluster)).add(1.0 if status >= 500 else 0.0)
         if status < 500 and upstream_seconds is not None:
-            measurements.sums((*base, "latency", cluster)).add(upstream_seconds)
+            measurements.sums((*base, LATENCY_METRIC, cluster)).add(upstream_seconds)
             if self._slow_over is not None:
                 slow = 1.0 if upstream_seconds > self._slow_over else 0.0
                 measurements.sums((*base, SLOW_METRIC, cluster)).add(slow)

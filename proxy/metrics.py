@@ -11,60 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client.core import (
-    CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector
 
-from proxy.measure import ArmRecorder
+from config import metrics_catalogue
+from config.metrics_catalogue import OVERHEAD_BUCKETS
 from proxy.outcome import Outcome
+from proxy.traffic import STATUS_CLASSES, TrafficStats
 from state.histogram import Histogram
-
-# Decision endpoints answer in milliseconds to seconds.
-LATENCY_BUCKETS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
-# What abgate itself adds to a request: tens of microseconds when healthy.
-OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
-STATUS_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
-
-
-class TrafficStats:
-    """Responses and upstream latency of one destination (an experiment arm, or a route's
-    upstream when no experiment applies)."""
-
-    __slots__ = ("arm", "experiment", "latency", "recorder", "statuses", "upstream")
-
-    def __init__(self, experiment: str, arm: str, upstream: str) -> None:
-        self.experiment = experiment
-        self.arm = arm
-        self.upstream = upstream
-        self.statuses = [0] * len(STATUS_CLASSES)
-        self.latency = Histogram(LATENCY_BUCKETS)
-        self.recorder: ArmRecorder | None = None  # experiment arms: sums for the statistics
-
-    def count(self, status: int, upstream_seconds: float | None) -> None:
-        """An exchange with this upstream, counted: an answer it served, or a treatment try
-        that a fallback then answered. Arm statistics are the `recorder`'s, fed once per
-        request by the outcome sink."""
-        self.statuses[status // 100 if 100 <= status < 600 else 0] += 1
-        if upstream_seconds is not None:
-            self.latency.observe(upstream_seconds)
 
 
 class ProxyMetrics(Collector):
@@ -125,17 +81,8 @@ class ProxyMetrics(Collector):
         self._gauges.append(source)
 
     def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily(
-            "abgate_requests",
-            "Proxied requests by experiment, arm, upstream and status class "
-            "(experiment and arm are empty on routes without an experiment).",
-            labels=["experiment", "arm", "upstream", "status_class"],
-        )
-        latency = HistogramMetricFamily(
-            "ab_testing_decision_latency_seconds",
-            "Upstream time of each decision, from sending the request to the whole response.",
-            labels=["experiment", "arm"],
-        )
+        requests = metrics_catalogue.REQUESTS.new()
+        latency = metrics_catalogue.DECISION_LATENCY.new()
         for stats in self._traffic.values():
             for status_class, count in zip(STATUS_CLASSES, stats.statuses, strict=True):
                 if count:
@@ -148,42 +95,22 @@ class ProxyMetrics(Collector):
                 )
         yield requests
         yield latency
-        overhead = HistogramMetricFamily(
-            "abgate_proxy_overhead_seconds",
-            "Time abgate adds to a request: its whole handling minus the upstream's part.",
-        )
+        overhead = metrics_catalogue.PROXY_OVERHEAD.new()
         overhead.add_metric([], self.overhead.cumulative(), self.overhead.sum)
         yield overhead
-        errors = CounterMetricFamily(
-            "abgate_upstream_errors",
-            "Failed upstream exchanges by kind (connect, timeout, closed, protocol, pool_timeout).",
-            labels=["upstream", "kind"],
-        )
+        errors = metrics_catalogue.UPSTREAM_ERRORS.new()
         for (upstream, kind), count in sorted(self.upstream_errors.items()):
             errors.add_metric([upstream, kind], count)
         yield errors
-        local = CounterMetricFamily(
-            "abgate_local_responses",
-            "Responses abgate produced itself instead of an upstream.",
-            labels=["status", "reason"],
-        )
+        local = metrics_catalogue.LOCAL_RESPONSES.new()
         for (status, reason), count in sorted(self.local_responses.items()):
             local.add_metric([str(status), reason], count)
         yield local
-        fallbacks = CounterMetricFamily(
-            "abgate_fallbacks",
-            "Requests assigned the treatment arm and answered by the control arm "
-            "(counted in the treatment arm: intention to treat), by experiment and reason.",
-            labels=["experiment", "reason"],
-        )
+        fallbacks = metrics_catalogue.FALLBACKS.new()
         for (experiment, reason), count in sorted(self.fallbacks.items()):
             fallbacks.add_metric([experiment, reason], count)
         yield fallbacks
-        transitions = CounterMetricFamily(
-            "abgate_breaker_transitions",
-            "Circuit breaker state changes.",
-            labels=["upstream", "from", "to"],
-        )
+        transitions = metrics_catalogue.BREAKER_TRANSITIONS.new()
         for (upstream, old, new), count in sorted(self.breaker_transitions.items()):
             transitions.add_metric([upstream, old, new], count)
         yield transitions
@@ -192,9 +119,9 @@ class ProxyMetrics(Collector):
 
 
 def gauge(
-    name: str, documentation: str, labels: list[str], samples: Iterable[tuple[list[str], float]]
+    declared: metrics_catalogue.Gauge, samples: Iterable[tuple[list[str], float]]
 ) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, documentation, labels=labels)
+    family = declared.new()
     for values, value in samples:
         family.add_metric(values, value)
     return family

@@ -19,12 +19,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
-from proxy.hashing import BUCKET_MASK
+from proxy.hashing import BUCKET_MASK, NO_BUCKET
 
 if TYPE_CHECKING:
     from proxy.destination import Destination
-
-NO_BUCKET = -1  # the split needed no hash (0% or 100%, or no key and `when_missing: control`)
 
 
 class Outcome(NamedTuple):
@@ -71,7 +69,7 @@ def arm_statistics(outcome: Outcome) -> None:
     request counted once, in the arm it was assigned, with what its user got, in the cluster
     of its user."""
     assigned = outcome.assigned
-    if not outcome.fallback:  # a fallback is counted in abgate_fallbacks_total instead
+    if not outcome.fallback:  # a fallback: abgate_fallbacks_total, its try by ProxyMetrics
         assigned.stats.count(outcome.status, outcome.seconds)
     recorder = assigned.stats.recorder
     if recorder is not None:

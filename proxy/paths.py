@@ -13,11 +13,13 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
+from config.errors import AbgateError
+
 _ENCODED_DOT = re.compile("%2e", re.IGNORECASE)
 _ENCODED_SLASH = re.compile("%2f", re.IGNORECASE)
 
 
-class PathRefused(ValueError):
+class PathRefused(ValueError, AbgateError):
     """A request-target abgate will not forward (400)."""
 
 

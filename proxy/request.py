@@ -12,29 +12,62 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, unquote_plus
+
+from config.errors import AbgateError
 
 if TYPE_CHECKING:
     from proxy.breaker import Breaker
     from proxy.destination import Destination, ExperimentRoute, Fallback, Routing
     from proxy.measure import PhaseTag
-    from proxy.protocol import ClientConnection
 
 # Body bytes buffered from the client before its socket is paused (a slow upstream upload).
 BODY_HIGH_WATER = 256 * 1024
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(AbgateError):
     """A request body over max_body_size (413)."""
 
 
-class ClientGone(Exception):
+class ClientGone(AbgateError):
     """The client closed or broke off its body before the end of it (400)."""
 
 
-class ClientTooSlow(Exception):
+class ClientTooSlow(AbgateError):
     """No request body bytes within client_body_timeout (408, as nginx)."""
+
+
+class ClientSide(Protocol):
+    """The client connection a request came on (proxy/protocol.py's ClientConnection), as the
+    request reads its body from it and the handler writes the answer to it. Declared here,
+    where the request is, so that the connection can make requests without the two modules
+    importing each other."""
+
+    transport: asyncio.Transport | None
+
+    def loop_time(self) -> float: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def write_continue(self) -> None: ...
+
+    def watch_body(self) -> None: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def writelines(self, data: tuple[bytes, ...]) -> None: ...
+
+    @property
+    def write_paused(self) -> bool: ...
+
+    async def drain(self) -> None: ...
+
+    def done(self, request: ClientRequest, *, keep_alive: bool) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 class ClientRequest:
@@ -85,7 +118,7 @@ class ClientRequest:
 
     def __init__(
         self,
-        conn: ClientConnection | None,
+        conn: ClientSide | None,
         method: str,
         target: str,
         minor: int,

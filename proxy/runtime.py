@@ -16,8 +16,9 @@ from dataclasses import replace
 from time import perf_counter
 from types import TracebackType
 
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import Metric
 
+from config import metrics_catalogue
 from config.model import Config, ExperimentConfig, Listen, MetricConfig
 from proxy.breaker import Breaker, BreakerState
 from proxy.handler import Destination, ExperimentRoute, ProxyHandler, Routing, Target
@@ -32,9 +33,9 @@ from proxy.routing import Entry, Router, entry
 from proxy.server import HttpListener, check_file_limit
 from proxy.shadow import Shadow
 from proxy.split import Splitter
-from proxy.tasks import stop_task, stop_tasks
 from state.flags import Flag, FlagTable
 from state.measurements import MeasurementStore, Phase
+from state.tasks import stop_task, stop_tasks
 
 ROUTES_PER_STEP = 500  # compiled between two passes of the loop in a reload (~0.5-3 ms)
 
@@ -395,22 +396,15 @@ class DataPlane:
 
     def _gauges(self) -> Iterator[Metric]:
         yield gauge(
-            "abgate_experiment_percentage",
-            "Treatment share this process routes with, in percent.",
-            ["experiment"],
+            metrics_catalogue.EXPERIMENT_PERCENTAGE,
             (([name], splitter.threshold / 100) for name, splitter in self._splitters.items()),
         )
         yield gauge(
-            "abgate_breaker_state",
-            "Circuit breaker state per upstream: 0 closed, 1 open, 2 half-open, "
-            "3 forced open, 4 forced closed.",
-            ["upstream"],
+            metrics_catalogue.BREAKER_STATE,
             (([name], float(breaker.state)) for name, breaker in self.breakers.items()),
         )
         yield gauge(
-            "abgate_upstream_connections",
-            "Pooled upstream connections (open, idle) and requests waiting for one.",
-            ["upstream", "state"],
+            metrics_catalogue.UPSTREAM_CONNECTIONS,
             [
                 ([name, state], value)
                 for name, pool in self._pools.items()
@@ -423,46 +417,25 @@ class DataPlane:
         )
         for shadow in self.shadows.values():
             yield from shadow.collect()
-        connects = CounterMetricFamily(
-            "abgate_upstream_connects",
-            "New connections opened to each upstream.",
-            labels=["upstream"],
-        )
-        retries = CounterMetricFamily(
-            "abgate_upstream_stale_retries",
-            "Requests re-sent on a fresh connection after a pooled one turned out closed.",
-            labels=["upstream"],
-        )
+        connects = metrics_catalogue.UPSTREAM_CONNECTS.new()
+        retries = metrics_catalogue.UPSTREAM_STALE_RETRIES.new()
         for name, pool in self._pools.items():
             connects.add_metric([name], pool.connects)
             retries.add_metric([name], pool.stale_retries)
         yield connects
         yield retries
-        refused = CounterMetricFamily(
-            "abgate_retry_budget_exhausted",
-            "Fallback retries refused because the retry budget was spent.",
-        )
+        refused = metrics_catalogue.RETRY_BUDGET_EXHAUSTED.new()
         refused.add_metric([], self._budget.exhausted)
         yield refused
-        flush_failures = CounterMetricFamily(
-            "abgate_measurement_flush_failures",
-            "Measurement flushes the store refused (kept and retried on the next flush).",
-        )
+        flush_failures = metrics_catalogue.MEASUREMENT_FLUSH_FAILURES.new()
         flush_failures.add_metric([], self.measurements.flush_failures)
         yield flush_failures
         if self.listener is not None:
             yield gauge(
-                "abgate_client_connections",
-                "Client connections open.",
-                [],
+                metrics_catalogue.CLIENT_CONNECTIONS,
                 [([], self.listener.connections)],
             )
-            refusals = CounterMetricFamily(
-                "abgate_client_refusals",
-                "Clients refused: header_timeout (408), header_too_large (431), "
-                "max_connections (503), malformed (400).",
-                labels=["reason"],
-            )
+            refusals = metrics_catalogue.CLIENT_REFUSALS.new()
             for reason, count in self.listener.limits.refused.items():
                 refusals.add_metric([reason], count)
             refusals.add_metric(["malformed"], self.listener.malformed)

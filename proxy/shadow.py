@@ -19,14 +19,15 @@ from time import perf_counter
 from typing import Any
 
 import orjson
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import Metric
 
+from config import metrics_catalogue
+from config.metrics_catalogue import LATENCY_BUCKETS
 from config.model import ShadowConfig
 from proxy.breaker import Breaker, BreakerState
 from proxy.errors import UpstreamError
 from proxy.headers import RequestHead
 from proxy.jsonpath import MISSING, extract
-from proxy.metrics import LATENCY_BUCKETS
 from proxy.pool import UpstreamPool
 from state.histogram import Histogram
 
@@ -169,11 +170,7 @@ class Shadow:
         }
 
     def collect(self) -> Iterator[Metric]:
-        results = CounterMetricFamily(
-            "abgate_shadow_comparisons",
-            "Shadow pairs compared, by result.",
-            labels=["experiment", "result"],
-        )
+        results = metrics_catalogue.SHADOW_COMPARISONS.new()
         for result, count in (
             ("agree", self.agreements),
             ("disagree", self.disagreements),
@@ -181,17 +178,11 @@ class Shadow:
         ):
             results.add_metric([self.experiment, result], count)
         yield results
-        dropped = CounterMetricFamily(
-            "abgate_shadow_dropped", "Shadow copies not sent.", labels=["experiment", "reason"]
-        )
+        dropped = metrics_catalogue.SHADOW_DROPPED.new()
         for reason, count in self.dropped.items():
             dropped.add_metric([self.experiment, reason], count)
         yield dropped
-        latency = HistogramMetricFamily(
-            "abgate_shadow_latency_seconds",
-            "Latency of each side of the shadow pairs.",
-            labels=["experiment", "side"],
-        )
+        latency = metrics_catalogue.SHADOW_LATENCY.new()
         for side, histogram in self.latency.items():
             latency.add_metric([self.experiment, side], histogram.cumulative(), histogram.sum)
         yield latency

@@ -9,13 +9,27 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import Protocol
 
 from config.model import ExperimentConfig, StickySource
-from proxy.hashing import BUCKET_MASK, BUCKETS, fnv1a32, user_draw
-from proxy.outcome import NO_BUCKET
-from proxy.request import ClientRequest
+from proxy.hashing import BUCKET_MASK, BUCKETS, NO_BUCKET, fnv1a32, user_draw
 
-KeyReader = Callable[[ClientRequest], str | None]
+
+class StickyFields(Protocol):
+    """What a split reads of a request (proxy/request.py's ClientRequest): the places a
+    sticky key can come from."""
+
+    @property
+    def remote(self) -> str | None: ...
+
+    def header_text(self, lower_name: bytes) -> str | None: ...
+
+    def cookie(self, name: str) -> str | None: ...
+
+    def query(self, name: str) -> str | None: ...
+
+
+KeyReader = Callable[[StickyFields], str | None]
 
 
 def _key_reader(source: StickySource) -> KeyReader:
@@ -43,14 +57,14 @@ class Splitter:
         self._random = rng
         self._fallback = config.when_missing
 
-    def sticky_key(self, request: ClientRequest) -> str | None:
+    def sticky_key(self, request: StickyFields) -> str | None:
         for read in self._readers:
             key = read(request)
             if key is not None:
                 return key
         return None
 
-    def assign(self, request: ClientRequest) -> int:
+    def assign(self, request: StickyFields) -> int:
         """The request's draw: its user's bucket, flag and hash (proxy/hashing.py
         `user_draw`), a bare bucket 0..BUCKETS-1 drawn at random for a keyless request under
         `when_missing: random`, or NO_BUCKET when the split needs none; `treats` says which
@@ -77,5 +91,5 @@ class Splitter:
             return True
         return draw & BUCKET_MASK < threshold
 
-    def is_treatment(self, request: ClientRequest) -> bool:
+    def is_treatment(self, request: StickyFields) -> bool:
         return self.treats(self.assign(request))

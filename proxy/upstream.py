@@ -1,10 +1,11 @@
 """One keep-alive HTTP/1.1 connection to an upstream: an asyncio Protocol driving llhttp.
 
-Why not aiohttp's ClientSession: on this path it costs several times what the proxy's own work
-does (see benchmarks/RESULTS.md). This client does only what a reverse proxy needs: write a
-prepared head and a body (bytes or a stream, with back-pressure), parse the response with
-httptools, hand the head over as soon as it is parsed and the body as it arrives (pausing the
-socket when the client reads slowly), and tell the pool whether the connection can be reused.
+Why not aiohttp's ClientSession: a proxy on it spent most of its time in the client (request and
+response objects, cookie jar, header multidicts, decompression checks). This client does only
+what a reverse proxy needs: write a prepared head and a body (bytes or a stream, with
+back-pressure), parse the response with httptools, hand the head over as soon as it is parsed
+and the body as it arrives (pausing the socket when the client reads slowly), and tell the pool
+whether the connection can be reused.
 
 One exchange at a time per connection. Timeouts are one timer per connection that re-arms
 itself from the time of the last activity, so data arriving costs a float store, not a timer.

@@ -5,16 +5,25 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from proxy.errors import UpstreamError
-
-if TYPE_CHECKING:
-    from proxy.upstream import UpstreamConnection
 
 # Body bytes buffered for a slow client before the upstream socket is paused.
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
+
+
+class ResponseSource(Protocol):
+    """The upstream connection a response arrives on (proxy/upstream.py's
+    UpstreamConnection), as the response steers it: declared here so that the connection can
+    make responses without the two modules importing each other."""
+
+    def abandon(self, response: UpstreamResponse) -> None: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
 
 
 class UpstreamResponse:
@@ -31,7 +40,7 @@ class UpstreamResponse:
         "status",
     )
 
-    def __init__(self, conn: UpstreamConnection) -> None:
+    def __init__(self, conn: ResponseSource) -> None:
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.complete = False

@@ -36,6 +36,7 @@ MODULES = (
     "routing",
     "split",
     "streaming",
+    "traffic",
     "upstream",
     "upstream_response",
 )

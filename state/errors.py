@@ -7,8 +7,10 @@ from contextlib import contextmanager
 
 from redis.exceptions import RedisError
 
+from config.errors import AbgateError
 
-class StoreUnavailable(Exception):
+
+class StoreUnavailable(AbgateError):
     """The store cannot serve this call right now (Redis down, a file that cannot be
     written); nothing was changed."""
 

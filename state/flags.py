@@ -9,17 +9,20 @@ behind the same interface and feeds the same table.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from config.errors import AbgateError
 from config.model import Config
 from state.errors import StoreUnavailable
 
 if TYPE_CHECKING:
-    from state.flag_file import FlagFile
+    from state.state_file import StateFile
 
+log = logging.getLogger("abgate.flags")
 FlagListener = Callable[["Flag"], None]
 
 
@@ -55,7 +58,61 @@ class Flag:
         }
 
 
-class UnknownFlag(KeyError):
+def flag_from_json(data: dict[str, Any]) -> Flag:
+    """A flag as the state file, Redis and the live-state channel carry it."""
+    return Flag(
+        name=str(data["name"]),
+        basis_points=int(data["basis_points"]),
+        version=int(data["version"]),
+        updated_at=float(data["updated_at"]),
+        updated_by=str(data["updated_by"]),
+        reason=str(data["reason"]),
+        phase=int(data.get("phase") or 0),
+    )
+
+
+def flag_to_json(flag: Flag) -> dict[str, Any]:
+    return {
+        "name": flag.name,
+        "basis_points": flag.basis_points,
+        "version": flag.version,
+        "updated_at": flag.updated_at,
+        "updated_by": flag.updated_by,
+        "reason": flag.reason,
+        "phase": flag.phase,
+    }
+
+
+def load_flags(file: StateFile) -> tuple[list[Flag], dict[str, list[dict[str, Any]]]]:
+    """Flags and history from the state file; nothing if it does not exist. A corrupt or
+    unreadable file is logged and ignored (the config defaults apply), never fatal."""
+    data = file.read()
+    try:
+        flags = [flag_from_json(item) for item in data.get("flags", [])]
+        history = {str(k): list(v) for k, v in data.get("history", {}).items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        log.error("ignoring unreadable flag state in %s: %s", file.path, exc)
+        return [], {}
+    return flags, history
+
+
+def save_flags(
+    file: StateFile, flags: list[Flag], history: dict[str, list[dict[str, Any]]]
+) -> None:
+    """The flag section; raises OSError when the file cannot be written."""
+    file.save_section(flags=[flag_to_json(flag) for flag in flags], history=history)
+
+
+def save_flags_copy(
+    file: StateFile, flags: list[Flag], history: dict[str, list[dict[str, Any]]] | None = None
+) -> None:
+    """A copy of flags that live in Redis: a failed write is logged once, never raised."""
+    file.save_copy(
+        "flag snapshot", flags=[flag_to_json(flag) for flag in flags], history=history or {}
+    )
+
+
+class UnknownFlag(KeyError, AbgateError):
     """No experiment of that name."""
 
 
@@ -138,7 +195,7 @@ class Instance:
         }
 
 
-class VersionConflict(Exception):
+class VersionConflict(AbgateError):
     """A compare-and-set write found another version than it expected; nothing was written.
     `current` is the flag as it stands (someone else changed it meanwhile)."""
 
@@ -191,7 +248,7 @@ class MemoryFlagStore:
     serves it to its data plane over the live-state channel (state/live_server.py), which
     also knows the instances."""
 
-    def __init__(self, table: FlagTable, state_file: FlagFile | None = None) -> None:
+    def __init__(self, table: FlagTable, state_file: StateFile | None = None) -> None:
         self.table = table
         self._file = state_file
         self._history: dict[str, list[dict[str, object]]] = {}
@@ -200,7 +257,7 @@ class MemoryFlagStore:
         """Take newer flags from the state file (if any) into the table; returns how many."""
         if self._file is None:
             return 0
-        flags, history = self._file.load()
+        flags, history = load_flags(self._file)
         self._history = {name: list(entries) for name, entries in history.items()}
         return sum(self.table.apply(flag) for flag in flags if flag.name in self.table)
 
@@ -228,7 +285,7 @@ class MemoryFlagStore:
         if self._file is not None:
             state = {flag.name: flag for flag in self.table.all()} | {f.name: f for f in flags}
             try:
-                self._file.save(sorted(state.values(), key=lambda f: f.name), history)
+                save_flags(self._file, sorted(state.values(), key=lambda f: f.name), history)
             except OSError as exc:
                 raise StoreUnavailable(
                     f"cannot write the state file {self._file.path}: {exc.strerror or exc}"

@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from config.errors import AbgateError
 from state.errors import StoreUnavailable
 
 log = logging.getLogger("abgate.channel")
@@ -36,7 +37,7 @@ RequestHandler = Callable[[dict[str, Any]], Awaitable[Any]]
 NoticeHandler = Callable[[dict[str, Any]], None]
 
 
-class RemoteError(Exception):
+class RemoteError(AbgateError):
     """The other end answered a request with an error; `kind` is "not_found" (a KeyError
     there: an unknown name) or "failed"."""
 

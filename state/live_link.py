@@ -27,11 +27,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
+from config import metrics_catalogue
 from state.errors import StoreUnavailable
-from state.flag_file import flag_from_json
-from state.flags import FlagTable
+from state.flags import FlagTable, flag_from_json
 from state.live_channel import Peer, RemoteError, RequestHandler
 from state.measurements import MeasureKey, Phase, Sums, UsersKey
 
@@ -175,16 +175,10 @@ class LiveStateLink:
                 self.table.apply(flag)
 
     def collect(self) -> Iterator[Metric]:
-        connected = GaugeMetricFamily(
-            "abgate_live_channel_connected",
-            "1 when this data plane is connected to its control process (abgate run).",
-        )
+        connected = metrics_catalogue.LIVE_CHANNEL_CONNECTED.new()
         connected.add_metric([], 1.0 if self.connected else 0.0)
         yield connected
-        reconnects = CounterMetricFamily(
-            "abgate_live_channel_reconnects",
-            "Connections to the control process lost and made again (flags re-read each time).",
-        )
+        reconnects = metrics_catalogue.LIVE_CHANNEL_RECONNECTS.new()
         reconnects.add_metric([], self.reconnects)
         yield reconnects
 

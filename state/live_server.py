@@ -33,11 +33,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
+from config import metrics_catalogue
 from state.errors import StoreUnavailable
-from state.flag_file import flag_from_json, flag_to_json
-from state.flags import Flag, FlagTable, Instance, MemoryFlagStore
+from state.flags import Flag, FlagTable, Instance, MemoryFlagStore, flag_from_json, flag_to_json
 from state.live_channel import Peer, RemoteError
 from state.measurements import MemoryMeasurements, Phase, Sums
 
@@ -302,10 +302,7 @@ class LiveStateServer:
         return out
 
     def collect(self) -> Iterator[Metric]:
-        connected = GaugeMetricFamily(
-            "abgate_data_planes_connected",
-            "Data planes connected to this control process over the live-state channel.",
-        )
+        connected = metrics_catalogue.DATA_PLANES_CONNECTED.new()
         connected.add_metric([], len(self.planes))
         yield connected
 

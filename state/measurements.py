@@ -42,7 +42,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 
 from state.errors import store_errors
-from state.flag_file import FlagFile
+from state.state_file import StateFile
 
 log = logging.getLogger("abgate.measurements")
 SECTION = "measurements"  # of the state file
@@ -152,7 +152,7 @@ class MemoryMeasurements:
     `measurements` section at most every `save_every` seconds and on `close`, so a restart
     keeps an experiment's data."""
 
-    def __init__(self, state: FlagFile | None = None, save_every: float = 5.0) -> None:
+    def __init__(self, state: StateFile | None = None, save_every: float = 5.0) -> None:
         self._sums: dict[MeasureKey, Sums] = {}
         self._phases: dict[str, dict[int, Phase]] = {}
         self._users: dict[UsersKey, bytearray] = {}

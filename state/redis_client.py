@@ -31,6 +31,7 @@ from redis.credentials import CredentialProvider
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 from config import Config
+from config.errors import AbgateError
 from config.model import RedisSettings, SecretRef
 from state.redis_timing import TimedRedis
 from state.secrets import SecretUnavailable, read_secret, redact, remember
@@ -49,7 +50,7 @@ def redis_settings(config: Config) -> RedisSettings | None:
     return RedisSettings(url=url) if url else None
 
 
-class CredentialsUnavailable(AuthenticationError):
+class CredentialsUnavailable(AuthenticationError, AbgateError):
     """The password could not be read (an unset variable, a missing file)."""
 
 

@@ -40,10 +40,19 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from state.errors import store_errors
-from state.flag_file import FlagFile, flag_from_json, flag_to_json
-from state.flags import Flag, FlagTable, Instance, VersionConflict
+from state.flags import (
+    Flag,
+    FlagTable,
+    Instance,
+    VersionConflict,
+    flag_from_json,
+    flag_to_json,
+    load_flags,
+    save_flags_copy,
+)
 from state.measurements import phases_key
 from state.redis_client import describe_redis_error, is_config_mistake
+from state.state_file import StateFile
 
 log = logging.getLogger("abgate.flags")
 HISTORY_MAXLEN = 10_000
@@ -180,7 +189,7 @@ class RedisFlagSync:
         *,
         heartbeat_interval: float,
         instance: LocalInstance | None = None,
-        snapshot: FlagFile | None = None,
+        snapshot: StateFile | None = None,
         on_connect: Callable[[], Awaitable[None]] | None = None,
         status: Callable[[], dict[str, str]] | None = None,
         describe: Callable[[BaseException], str] = describe_redis_error,
@@ -388,7 +397,7 @@ class RedisFlagSync:
         self.synced_at = now
         if self._dirty and self._snapshot is not None:
             self._dirty = False
-            await asyncio.to_thread(self._snapshot.save_copy, self.table.all())
+            await asyncio.to_thread(save_flags_copy, self._snapshot, self.table.all())
 
 
 def _audit_entry(entry: dict[str, Any]) -> str | None:
@@ -409,7 +418,7 @@ class RedisFlagStore:
         table: FlagTable,
         *,
         heartbeat_interval: float,
-        durable: FlagFile | None = None,
+        durable: StateFile | None = None,
         wait_replicas: int = 0,
         wait_timeout: float = 0.5,
     ) -> None:
@@ -426,7 +435,7 @@ class RedisFlagStore:
         # table applies them), oldest first: the audit trail a re-seed puts back.
         self._audit: dict[str, deque[dict[str, Any]]] = {}
         if durable is not None:
-            _, history = durable.load()
+            _, history = load_flags(durable)
             for name, entries in history.items():
                 self._audit[name] = deque(entries[-AUDIT_COPY:], AUDIT_COPY)
         table.subscribe(self._audited)
@@ -552,7 +561,7 @@ class RedisFlagStore:
     async def _save_durable(self) -> None:
         if self._durable is not None:
             history = {name: list(entries) for name, entries in self._audit.items()}
-            await asyncio.to_thread(self._durable.save_copy, self.table.all(), history)
+            await asyncio.to_thread(save_flags_copy, self._durable, self.table.all(), history)
 
     async def history(self, name: str, limit: int) -> list[dict[str, object]]:
         with store_errors():

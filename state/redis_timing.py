@@ -31,26 +31,11 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
+from config import metrics_catalogue
+from config.metrics_catalogue import REDIS_COMMAND_BUCKETS, REDIS_SERVER_BUCKETS
 from state.histogram import Histogram
 
 log = logging.getLogger("abgate.flags")
-BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-# Redis executes a command in microseconds; a slow one (a big HGETALL, a Lua script) in ms.
-SERVER_BOUNDS = (
-    0.00001,
-    0.000025,
-    0.00005,
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-)
 SERVER_POLL = 5.0  # seconds, as the demo's Prometheus scrapes
 
 
@@ -63,15 +48,11 @@ class CommandTimes:
     def observe(self, command: str, seconds: float) -> None:
         histogram = self.commands.get(command)
         if histogram is None:
-            histogram = self.commands[command] = Histogram(BOUNDS)
+            histogram = self.commands[command] = Histogram(REDIS_COMMAND_BUCKETS)
         histogram.observe(seconds)
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
-        family = HistogramMetricFamily(
-            "abgate_redis_command_seconds",
-            "Redis commands this process sent, by command (a pipeline counts once).",
-            labels=["command"],
-        )
+        family = metrics_catalogue.REDIS_COMMAND_SECONDS.new()
         for command, histogram in sorted(self.commands.items()):
             family.add_metric([command], histogram.cumulative(), histogram.sum)
         yield family
@@ -139,17 +120,12 @@ class ServerTimes:
             if calls > last_calls:
                 histogram = self.commands.get(command)
                 if histogram is None:
-                    histogram = self.commands[command] = Histogram(SERVER_BOUNDS)
+                    histogram = self.commands[command] = Histogram(REDIS_SERVER_BUCKETS)
                 times = calls - last_calls
                 histogram.observe_many((usec - last_usec) / times / 1e6, times)
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
-        family = HistogramMetricFamily(
-            "abgate_redis_server_seconds",
-            "Redis' own execution time per command (INFO commandstats, every client's "
-            "calls; each poll interval's mean per call of each command).",
-            labels=["command"],
-        )
+        family = metrics_catalogue.REDIS_SERVER_SECONDS.new()
         for command, histogram in sorted(self.commands.items()):
             family.add_metric([command], histogram.cumulative(), histogram.sum)
         yield family

@@ -29,8 +29,9 @@ from typing import Any, Literal, Protocol
 import orjson
 from redis.asyncio import Redis
 
+from config.errors import AbgateError
 from state.errors import StoreUnavailable, store_errors
-from state.flag_file import FlagFile
+from state.state_file import StateFile
 
 RolloutStatus = Literal[
     "pending",
@@ -88,7 +89,7 @@ class Rollout:
         return replace(self, generation=self.generation + 1, updated_at=time.time(), **changes)
 
 
-class RolloutConflict(Exception):
+class RolloutConflict(AbgateError):
     """Another writer changed the rollout first (or this controller lost its lease)."""
 
 
@@ -128,7 +129,7 @@ class RolloutStore(Protocol):
 class MemoryRollouts:
     """The embedded default: one process; kept in the state file's `rollouts` section."""
 
-    def __init__(self, state: FlagFile | None = None) -> None:
+    def __init__(self, state: StateFile | None = None) -> None:
         self._file = state
         self._rollouts: dict[str, Rollout] = {}
         self._history: dict[str, list[dict[str, Any]]] = {}
@@ -233,7 +234,7 @@ class RedisRollouts:
         client: Redis,
         prefix: str,
         lease: Lease | None = None,
-        durable: FlagFile | None = None,
+        durable: StateFile | None = None,
     ) -> None:
         self._client = client
         self._prefix = prefix
@@ -252,7 +253,7 @@ class RedisRollouts:
         if durable is not None:
             self._load(durable)
 
-    def _load(self, durable: FlagFile) -> None:
+    def _load(self, durable: StateFile) -> None:
         section = durable.section("rollouts") or {}
         try:
             for name, item in (section.get("current") or {}).items():

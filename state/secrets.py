@@ -12,6 +12,7 @@ import os
 import re
 from pathlib import Path
 
+from config.errors import AbgateError
 from config.model import SecretRef
 
 # Passwords read in this process, longest first when redacting. Process-wide on purpose:
@@ -21,7 +22,7 @@ _URL_CREDENTIALS = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.
 _MIN_REDACTED = 4  # shorter values would mask ordinary words
 
 
-class SecretUnavailable(Exception):
+class SecretUnavailable(AbgateError):
     """The secret cannot be read: what is missing, never the value."""
 
 

@@ -25,10 +25,10 @@ import pytest
 from aiohttp import ClientSession, ClientTimeout
 
 from control.serve import Embedded, embedded
-from state.flag_file import FlagFile
 from state.history.writer import utc
 from state.measurements import MemoryMeasurements
 from state.redis_flags import RedisFlagStore
+from state.state_file import StateFile
 from tests.postgres_server import postgres_server
 from tests.redis_server import redis_server
 from tests.servers import demo_agents, make_config
@@ -113,7 +113,7 @@ async def outcome_1e308() -> Row:
                     url = running.control_url + "/api/outcomes"
                     async with client.post(url, json=batch) as response:
                         refused += len(batch) if response.status == 400 else 0
-        _, sums = await MemoryMeasurements(FlagFile(state)).read("exp")
+        _, sums = await MemoryMeasurements(StateFile(state)).read("exp")
     stored = sum(s.count for s in sums.values())
     return Row("measurements: an outcome of 1e308", 112, stored, 0, refused, False)
 

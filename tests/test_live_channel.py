@@ -18,11 +18,11 @@ from config import Config
 from control.control_half import control_half
 from control.plane_half import data_plane_half
 from control.serve import embedded
-from state.flag_file import FlagFile
 from state.flags import FlagTable, MemoryFlagStore
 from state.live_channel import MAX_FRAME, Peer
 from state.live_server import LiveStateServer
 from state.measurements import MemoryMeasurements, Sums
+from state.state_file import StateFile
 from tests.servers import make_config, tables_reach, until
 
 JSON = {"Content-Type": "application/json"}
@@ -82,7 +82,7 @@ async def test_the_data_plane_re_reads_everything_when_the_control_process_comes
         for user in range(30):  # nobody to flush to: kept
             await decide(session, plane.proxy_url, f"b{user}")
         await plane.plane.flush_measurements()
-        written = MemoryFlagStore(FlagTable.from_config(config), FlagFile(state))
+        written = MemoryFlagStore(FlagTable.from_config(config), StateFile(state))
         written.restore()
         (flag,) = await written.set_percentages({"exp": 1500}, by="test", reason="while away")
         assert plane.flags.get("exp").version < flag.version
@@ -215,13 +215,13 @@ class _DroppingRelay:
 async def test_a_batch_is_applied_once_by_its_id_and_the_ids_survive_a_restart(
     tmp_path: Path,
 ) -> None:
-    state = FlagFile(tmp_path / "state.json")
+    state = StateFile(tmp_path / "state.json")
     store = MemoryMeasurements(state)
     key = ("exp", 1, "control", "latency", 3)
     await store.add({key: Sums(2, 0.5, 0.13)}, "plane-a:1")
     await store.add({key: Sums(2, 0.5, 0.13)}, "plane-a:1")  # sent again: a no-op
     store.save()
-    restarted = MemoryMeasurements(FlagFile(tmp_path / "state.json"))
+    restarted = MemoryMeasurements(StateFile(tmp_path / "state.json"))
     assert restarted.seen("plane-a:1")  # a resend after the restart is known too
     await restarted.add({key: Sums(2, 0.5, 0.13)}, "plane-a:1")
     await restarted.add({key: Sums(1, 0.25, 0.0625)}, "plane-a:2")

@@ -15,9 +15,9 @@ from aiohttp import ClientSession
 
 from control.serve import embedded
 from proxy.measure import Measurements
-from state.flag_file import FlagFile
 from state.measurements import MemoryMeasurements, Phase, RedisMeasurements, Sums
 from state.redis_client import connect
+from state.state_file import StateFile
 from tests.cut_proxy import Cut, cut_proxy
 from tests.redis_server import RedisServer, redis_server
 from tests.servers import make_config
@@ -55,7 +55,7 @@ async def test_an_outcome_too_large_to_square_is_refused_naming_the_item(
             assert error.startswith("[1].value: "), error
             assert "too large" in error, error
     # The state file keeps the 100 samples; a restart reads them all back.
-    restored = MemoryMeasurements(FlagFile(state))
+    restored = MemoryMeasurements(StateFile(state))
     _, sums = await restored.read("exp")
     assert sum(s.count for s in sums.values()) == 100
     assert sum(s.total for s in sums.values()) == 450.0
@@ -64,7 +64,7 @@ async def test_an_outcome_too_large_to_square_is_refused_naming_the_item(
 async def test_a_delta_that_would_make_a_sum_non_finite_is_never_persisted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    state = FlagFile(tmp_path / "state.json")
+    state = StateFile(tmp_path / "state.json")
     store = MemoryMeasurements(state)
     await store.add({KEY: Sums(10, 5.0, 1.5e308)})  # finite, near the largest double
     with caplog.at_level(logging.ERROR, logger="abgate.measurements"):
@@ -74,7 +74,7 @@ async def test_a_delta_that_would_make_a_sum_non_finite_is_never_persisted(
     store.save()
     assert store.skipped.count == 2
     assert len([r for r in caplog.records if "non-finite" in r.getMessage()]) == 1
-    _, sums = await MemoryMeasurements(FlagFile(tmp_path / "state.json")).read("exp")
+    _, sums = await MemoryMeasurements(StateFile(tmp_path / "state.json")).read("exp")
     assert sums[KEY] == Sums(12, 6.0, 1.5e308 + 0.5)
 
 
@@ -93,7 +93,7 @@ async def test_an_unreadable_part_of_the_state_file_loses_that_part_only(tmp_pat
             }
         )
     )
-    store = MemoryMeasurements(FlagFile(path))
+    store = MemoryMeasurements(StateFile(path))
     phases, sums = await store.read("exp")
     assert phases == [Phase(1, 5000, 1.0)]
     assert sums == {("exp", 1, "control", "satisfaction", 5): Sums(10, 20.0, 50.0)}

@@ -6,8 +6,8 @@ import pytest
 from aiohttp import ClientSession
 
 from control.serve import embedded
-from proxy.hashing import BUCKETS, bucket, fnv1a32
-from proxy.outcome import NO_BUCKET, Outcome
+from proxy.hashing import BUCKETS, NO_BUCKET, bucket, fnv1a32
+from proxy.outcome import Outcome
 from scripts.demo_agent import Behaviour, create_app
 from tests.servers import make_config, serve_app
 

@@ -26,6 +26,7 @@ from typing import Any, get_args
 from prometheus_client.core import Metric
 
 from config import Config
+from config.errors import AbgateError
 from config.model import RolloutPlan
 from config.parse_rollout import parse_plan
 from control.load_test import LoadPlan, LoadResult, run_load
@@ -33,7 +34,6 @@ from control.measured import by_arm, of_phase, units
 from control.rollout.gates import Decision, StageInputs, decide
 from control.rollout.gauges import rollout_families
 from control.rollout.recovery import recover
-from proxy.tasks import stop_tasks
 from state.errors import StoreUnavailable
 from state.flags import FlagStore, VersionConflict
 from state.measurements import MeasurementStore
@@ -46,6 +46,7 @@ from state.rollouts import (
     RolloutStatus,
     RolloutStore,
 )
+from state.tasks import stop_tasks
 
 log = logging.getLogger("abgate.rollout")
 ACTOR = "rollout-controller"
@@ -72,12 +73,16 @@ def _changed_by_hand(name: str) -> Iterator[None]:
         ) from None
 
 
-class RolloutError(Exception):
-    """A rollout action that cannot be done now (mapped to 409 / 404 by the API)."""
+class RolloutError(AbgateError):
+    """A rollout action that cannot be done now (the API answers 409)."""
 
-    def __init__(self, message: str, status: int = 409) -> None:
-        super().__init__(message)
-        self.status = status
+
+class UnknownRollout(RolloutError):
+    """No such experiment, rollout or action (404)."""
+
+
+class NoRolloutPlan(RolloutError):
+    """The experiment has no rollout plan to run (400)."""
 
 
 @dataclass
@@ -127,11 +132,11 @@ class RolloutController:
     def plan_of(self, rollout: Rollout) -> RolloutPlan:
         experiment = self.config.experiments.get(rollout.experiment)
         if experiment is None:
-            raise RolloutError(f"experiment {rollout.experiment!r} is not in the config", 404)
+            raise UnknownRollout(f"experiment {rollout.experiment!r} is not in the config")
         if rollout.plan is not None:
             return parse_plan(rollout.plan, experiment.metrics, "rollout plan")
         if experiment.rollout is None:
-            raise RolloutError(f"experiment {rollout.experiment!r} has no rollout plan", 400)
+            raise NoRolloutPlan(f"experiment {rollout.experiment!r} has no rollout plan")
         return experiment.rollout
 
     # -- the loop --------------------------------------------------------------------------
@@ -517,7 +522,7 @@ class RolloutController:
             rollouts, _ = await recover(self, await self.rollouts.all())
             rollout = next((r for r in rollouts if r.experiment == name), None)
         if rollout is None:
-            raise RolloutError(f"no rollout for {name!r}; start one first", 404)
+            raise UnknownRollout(f"no rollout for {name!r}; start one first")
         return rollout
 
     async def start(
@@ -532,7 +537,7 @@ class RolloutController:
     ) -> Rollout:
         experiment = self.config.experiments.get(name)
         if experiment is None:
-            raise RolloutError(f"unknown experiment {name!r}", 404)
+            raise UnknownRollout(f"unknown experiment {name!r}")
         held = await self.rollouts.get(name)
         if held is not None and held.state not in FINISHED:
             raise RolloutError(f"a rollout of {name} is {held.state} already")
@@ -632,7 +637,7 @@ class RolloutController:
                 state="aborted", flag_version=version, reason=f"aborted by {actor}: {reason}"
             )
         else:
-            raise RolloutError(f"unknown action {action!r}", 404)
+            raise UnknownRollout(f"unknown action {action!r}")
         await self._save(rollout, updated, None, actor, updated.state, reason=reason)
         self._seen.pop(name, None)
         return updated

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
+from config import metrics_catalogue
 from config.model import RolloutPlan
 from control.rollout.gates import Decision
 from state.rollouts import Rollout
@@ -23,21 +24,9 @@ def rollout_families(
 ) -> Iterator[Metric]:
     """Stage, state and ETA of each rollout; samples needed and gate statuses of its last
     decision; decisions and failed ticks counted."""
-    stage = GaugeMetricFamily(
-        "abgate_rollout_stage_percentage",
-        "The percentage of the rollout's current stage.",
-        labels=["experiment"],
-    )
-    state = GaugeMetricFamily(
-        "abgate_rollout_state",
-        "1 for the rollout's current state.",
-        labels=["experiment", "state"],
-    )
-    eta = GaugeMetricFamily(
-        "abgate_rollout_eta_seconds",
-        "Seconds until the stage has the samples it needs (absent when unknown).",
-        labels=["experiment"],
-    )
+    stage = metrics_catalogue.ROLLOUT_STAGE_PERCENTAGE.new()
+    state = metrics_catalogue.ROLLOUT_STATE.new()
+    eta = metrics_catalogue.ROLLOUT_ETA.new()
     for rollout in rollouts:
         try:
             plan = plan_of(rollout)
@@ -48,16 +37,8 @@ def rollout_families(
             state.add_metric([rollout.experiment, name], float(rollout.state == name))
         if rollout.eta_seconds is not None:
             eta.add_metric([rollout.experiment], rollout.eta_seconds)
-    needed = GaugeMetricFamily(
-        "abgate_rollout_samples_needed",
-        "Samples per arm the current stage needs (sequential design).",
-        labels=["experiment", "arm"],
-    )
-    gates = GaugeMetricFamily(
-        "abgate_rollout_gate_status",
-        "Each gate of the last decision: 1 pass, 0 hold, -1 fail.",
-        labels=["experiment", "gate"],
-    )
+    needed = metrics_catalogue.ROLLOUT_SAMPLES_NEEDED.new()
+    gates = metrics_catalogue.ROLLOUT_GATE_STATUS.new()
     for name, decision in last_decisions.items():
         if decision is None:
             continue
@@ -66,19 +47,11 @@ def rollout_families(
         for gate in decision.gates:
             gates.add_metric([name, gate.name], _GATE_VALUE.get(gate.status, 0.0))
     yield from (stage, state, eta, needed, gates)
-    counted = CounterMetricFamily(
-        "abgate_rollout_decisions",
-        "Controller decisions by decision and reason kind.",
-        labels=["decision", "reason"],
-    )
+    counted = metrics_catalogue.ROLLOUT_DECISIONS.new()
     for (verdict, kind), count in sorted(decisions.items()):
         counted.add_metric([verdict, kind], count)
     yield counted
-    failed = CounterMetricFamily(
-        "abgate_rollout_errors",
-        "Rollout ticks that failed (kept going).",
-        labels=["experiment"],
-    )
+    failed = metrics_catalogue.ROLLOUT_ERRORS.new()
     for name, count in sorted(errors.items()):
         failed.add_metric([name], count)
     yield failed

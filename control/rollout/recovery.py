@@ -14,13 +14,14 @@ flag a moment before its state, and must not look orphaned meanwhile.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from state.rollouts import FINISHED, Rollout
-
-if TYPE_CHECKING:
-    from control.rollout.controller import RolloutController
+from config import Config
+from state.flags import FlagStore
+from state.rollouts import FINISHED, Rollout, RolloutStore
 
 log = logging.getLogger("abgate.rollout")
 # How a rollout's flag writes by people begin (start, override, approval): with the
@@ -28,8 +29,26 @@ log = logging.getLogger("abgate.rollout")
 ROLLOUT_WRITES = ("rollout started: ", "override by ", "approved by ")
 
 
+class Recovering(Protocol):
+    """What recovery reads and does of the rollout controller (controller.py), which calls
+    it: declared here so that the two modules do not import each other."""
+
+    config: Config
+    flags: FlagStore
+    rollouts: RolloutStore
+    clock: Callable[[], float]
+    starting: asyncio.Lock  # held by a start, against the orphan check
+
+    @property
+    def actor(self) -> str: ...
+
+    def forget(self, name: str) -> None: ...
+
+    def tell(self, event: dict[str, Any]) -> None: ...
+
+
 async def recover(
-    controller: RolloutController, rollouts: list[Rollout]
+    controller: Recovering, rollouts: list[Rollout]
 ) -> tuple[list[Rollout], set[str]]:
     """`rollouts` as the store has them, with what it had lost put back (and the names
     of those), and the flags left without a rollout escalated."""
@@ -57,7 +76,7 @@ async def recover(
     return rollouts, {r.experiment for r in restored}
 
 
-async def _orphans(controller: RolloutController, known: set[str]) -> list[Rollout]:
+async def _orphans(controller: Recovering, known: set[str]) -> list[Rollout]:
     """Flags a rollout moved whose rollout no store or copy holds any more: each gets an
     escalated rollout at the stage its percentage is, for a person to resume or abort."""
     found = []
@@ -91,7 +110,7 @@ async def _orphans(controller: RolloutController, known: set[str]) -> list[Rollo
     return found
 
 
-def _event(controller: RolloutController, rollout: Rollout, transition: str) -> dict[str, Any]:
+def _event(controller: Recovering, rollout: Rollout, transition: str) -> dict[str, Any]:
     """The history entry a put-back rollout is written with, in the same write."""
     return {
         "time": controller.clock(),

@@ -26,6 +26,7 @@ from typing import Any
 
 import asyncpg
 
+from config.metrics_catalogue import HISTORY_WRITE_BUCKETS
 from state.histogram import Histogram
 from state.history.flush import Chunk, Flush, SmallRow
 from state.history.rows import IDENTIFIED, REQUEST_ID_MAX, STATEMENTS, DecisionRow, safe_text
@@ -33,7 +34,6 @@ from state.history.schema import maintain, migrate
 
 log = logging.getLogger("abgate.history")
 FLUSH_INTERVAL = 1.0
-WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 MAINTENANCE_INTERVAL = 3600.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
 # What a flush can meet that is the store's fault, not abgate's: logged without a traceback.
@@ -81,10 +81,10 @@ class HistoryWriter:
         self._dead_causes: set[tuple[str, str]] = set()  # (table, kind): logged once each
         self.layout: str | None = None
         # Flush durations (one transaction), for abgate_history_write_seconds.
-        self.writes = Histogram(WRITE_BUCKETS)  # seconds per flush
+        self.writes = Histogram(HISTORY_WRITE_BUCKETS)  # seconds per flush
         # Each statement of a flush (the COPY, each run of small rows), as the client sees
         # it: abgate_history_query_seconds, the requirements' postgresql_queries_duration_p95.
-        self.queries = Histogram(WRITE_BUCKETS)
+        self.queries = Histogram(HISTORY_WRITE_BUCKETS)
         # Writers of other processes whose decisions this one looks up (`abgate run`'s data
         # plane, over its channel): flushed first too. Best effort: one that is away is not.
         self.flush_first: list[Callable[[], Awaitable[object]]] = []

@@ -1,8 +1,10 @@
-"""The local snapshot of flag state: written atomically, read back at start.
+"""The local state file: written atomically, read back at start, one section per writer.
 
-The embedded store keeps its state here so it survives a restart; with Redis, the control
-plane keeps its durable copy here (to re-seed a Redis that came back empty) and each proxy
-keeps the last state it applied (to start while Redis is down).
+The embedded store keeps its state here so it survives a restart (flags and their history,
+measurement phases and sums, rollouts); with Redis, the control plane keeps its durable copy of
+the flags here (to re-seed a Redis that came back empty) and each proxy keeps the last state it
+applied (to start while Redis is down). What a section holds is its writer's business
+(`state.flags.load_flags`, `state.measurements`, `state.rollouts`): this module knows none.
 """
 
 from __future__ import annotations
@@ -16,39 +18,12 @@ from typing import Any
 
 import orjson
 
-from state.flags import Flag
-
 log = logging.getLogger("abgate.flags")
 FORMAT_VERSION = 1
 
 
-def flag_from_json(data: dict[str, Any]) -> Flag:
-    return Flag(
-        name=str(data["name"]),
-        basis_points=int(data["basis_points"]),
-        version=int(data["version"]),
-        updated_at=float(data["updated_at"]),
-        updated_by=str(data["updated_by"]),
-        reason=str(data["reason"]),
-        phase=int(data.get("phase") or 0),
-    )
-
-
-def flag_to_json(flag: Flag) -> dict[str, Any]:
-    return {
-        "name": flag.name,
-        "basis_points": flag.basis_points,
-        "version": flag.version,
-        "updated_at": flag.updated_at,
-        "updated_by": flag.updated_by,
-        "reason": flag.reason,
-        "phase": flag.phase,
-    }
-
-
-class FlagFile:
-    """The state file. Its sections (flags and their history; in the embedded mode also the
-    measurement phases and sums) are kept here as last loaded or saved, so each writer
+class StateFile:
+    """The state file. Its sections are kept here as last loaded or saved, so each writer
     replaces its own section and every save writes the whole file."""
 
     def __init__(self, path: str | Path) -> None:
@@ -59,25 +34,14 @@ class FlagFile:
         # one at a time, or one's section could be lost to the other's rename.
         self._saving = threading.Lock()
 
-    def load(self) -> tuple[list[Flag], dict[str, list[dict[str, Any]]]]:
-        """Flags and history from the file; nothing if it does not exist. A corrupt or
-        unreadable file is logged and ignored (the config defaults apply), never fatal."""
-        data = self._read()
-        try:
-            flags = [flag_from_json(item) for item in data.get("flags", [])]
-            history = {str(k): list(v) for k, v in data.get("history", {}).items()}
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            log.error("ignoring unreadable flag state in %s: %s", self.path, exc)
-            return [], {}
-        return flags, history
-
     def section(self, name: str) -> Any:
         """Another writer's section as loaded (None if absent)."""
         if not self._sections:
-            self._read()
+            self.read()
         return self._sections.get(name)
 
-    def _read(self) -> dict[str, Any]:
+    def read(self) -> dict[str, Any]:
+        """The whole file, read again (its sections kept); {} if absent or unreadable."""
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
@@ -96,21 +60,15 @@ class FlagFile:
         self._sections = {k: v for k, v in data.items() if k != "format"}
         return data
 
-    def save(self, flags: list[Flag], history: dict[str, list[dict[str, Any]]]) -> None:
-        """The flag section; raises OSError when the file cannot be written."""
-        self.save_section(flags=[flag_to_json(flag) for flag in flags], history=history)
-
-    def save_copy(
-        self, flags: list[Flag], history: dict[str, list[dict[str, Any]]] | None = None
-    ) -> None:
-        """A copy of state that lives elsewhere (Redis): a failed write is logged once per
-        cause, never raised, since the flags themselves are safe."""
+    def save_copy(self, what: str, **sections: Any) -> None:
+        """A copy of state that lives elsewhere (Redis), `what` in the log: a failed write is
+        logged once per cause, never raised, since the state itself is safe."""
         try:
-            self.save(flags, history or {})
+            self.save_section(**sections)
         except OSError as exc:
             cause = f"{exc.strerror or exc}"
             if cause != self._copy_failure:
-                log.error("cannot write the flag snapshot %s: %s", self.path, cause)
+                log.error("cannot write the %s %s: %s", what, self.path, cause)
             self._copy_failure = cause
         else:
             self._copy_failure = None
