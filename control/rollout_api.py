@@ -32,7 +32,7 @@ from control.rollout.controller import (
     UnknownRollout,
 )
 from control.rollout.gates import Decision
-from state.rollouts import Rollout
+from state.rollouts import Rollout, RolloutConflict
 
 _VERDICT = {"continue": "promote", "complete": "promote", "hold": "hold", "rollback": "rollback"}
 # What Flagger sends to a webhook (its payload; `message` and `type` for events).
@@ -66,6 +66,8 @@ async def _call(coroutine: Any) -> Any:
         return await coroutine
     except RolloutError as exc:
         raise ApiError(_rollout_status(exc), str(exc)) from None
+    except RolloutConflict as exc:  # another control process acted first (or took the lease)
+        raise ApiError(409, f"{exc}; read the rollout again and retry") from None
     except ConfigError as exc:
         problems = [{"path": p.path, "message": p.message} for p in exc.problems]
         raise ApiError(400, f"invalid plan: {exc}", problems=problems) from None

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any, Concatenate, ParamSpec, TypeVar, get_args
 
 from prometheus_client.core import Metric
 
@@ -52,6 +53,8 @@ log = logging.getLogger("abgate.rollout")
 ACTOR = "rollout-controller"
 LOOP_INTERVAL = 0.5  # how often the loop wakes; each rollout decides every plan.tick
 STATES: tuple[str, ...] = get_args(RolloutStatus)
+P = ParamSpec("P")
+R = TypeVar("R")
 _OPEN = {"open", "forced_open"}
 
 
@@ -95,6 +98,21 @@ class _Seen:
     decision: Decision | None = None
 
 
+def _one_at_a_time(
+    action: Callable[Concatenate[RolloutController, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[RolloutController, P], Coroutine[Any, Any, R]]:
+    """A person's action on a rollout, taken while the loop is not deciding on one."""
+
+    @functools.wraps(action)
+    async def one_at_a_time(
+        controller: RolloutController, /, *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        async with controller.deciding:
+            return await action(controller, *args, **kwargs)
+
+    return one_at_a_time
+
+
 class RolloutController:
     actor = ACTOR  # who the history names for the controller's own actions
 
@@ -126,6 +144,10 @@ class RolloutController:
         # Called with every history entry (the history store copies them to PostgreSQL).
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self.starting = asyncio.Lock()  # a start, against the orphan check (recovery.py)
+        # One decision at a time in this process: the loop's tick on a rollout and a
+        # person's action (approve, pause, promote...) would otherwise both read one version
+        # and the second to write would fail with a conflict (a demo's approval did).
+        self.deciding = asyncio.Lock()
 
     # -- plans -----------------------------------------------------------------------------
 
@@ -167,7 +189,8 @@ class RolloutController:
             if rollout.state not in ACTIVE:
                 continue
             try:
-                await self.tick(rollout)
+                async with self.deciding:
+                    await self.tick(rollout)
             except (RolloutConflict, VersionConflict):
                 continue  # someone acted meanwhile: the next tick reads it afresh
             except Exception as exc:  # one rollout must never stop the others
@@ -586,6 +609,7 @@ class RolloutController:
         self._seen.pop(name, None)
         return started
 
+    @_one_at_a_time
     async def approve(
         self, name: str, percentage: float | None, actor: str, reason: str
     ) -> Rollout:
@@ -616,6 +640,7 @@ class RolloutController:
                 )
         return updated
 
+    @_one_at_a_time
     async def set_state(self, name: str, action: str, actor: str, reason: str) -> Rollout:
         rollout = await self.get(name)
         if action == "pause":
@@ -660,6 +685,7 @@ class RolloutController:
                 flag = exc.current  # written meanwhile: once more on what is there now
         raise RolloutError(f"{name} kept changing while aborting; try again")
 
+    @_one_at_a_time
     async def promote(self, name: str, actor: str, reason: str) -> Rollout:
         """A manual skip to the next stage, recorded as an override."""
         rollout = await self.get(name)
@@ -674,6 +700,7 @@ class RolloutController:
                 rollout, plan, following, None, actor, f"override by {actor}: {reason}"
             )
 
+    @_one_at_a_time
     async def set_incident(self, name: str, open_: bool, description: str, actor: str) -> Rollout:
         rollout = await self.get(name)
         updated = rollout.next(incident=description if open_ else None)
