@@ -40,8 +40,9 @@ def _read(path: Path, source: str, chain: tuple[Path, ...]) -> LocatedDocument:
         text = raw.decode("utf-8")
     except FileNotFoundError as exc:
         where = path.absolute()
-        hint = "pass another with --config FILE" if not chain else f"extended by {chain[-1]}"
-        problem = Problem("", None, f"no such file (looked for {where}); {hint}")
+        # Which command or option named the file is the caller's to say, not the config's.
+        by = f"; extended by {chain[-1]}" if chain else ""
+        problem = Problem("", None, f"no such file (looked for {where}){by}")
         raise ConfigError(source, [problem]) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(source, [Problem("", None, f"cannot read the file: {exc}")]) from exc

@@ -66,14 +66,21 @@ def caller(request: web.Request) -> str:
     return request.headers.get("X-ABGate-Actor") or f"api@{request.remote or 'unknown'}"
 
 
+MAX_VERSION = 2**63 - 1  # Redis's integers
+
+
 def _version(value: Any, field: str) -> int:
-    # A whole number may be written 3.0 (JSON Schema's integer says so too).
-    whole = isinstance(value, int | Decimal) and not isinstance(value, bool) and value % 1 == 0
-    if not whole or value < 1:
+    # A whole number may be written 3.0 (JSON Schema's integer says so too); 1e308 is whole
+    # too, and beyond any version (Decimal's `% 1` would raise on it).
+    whole = (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value()
+    )
+    if not whole or not 1 <= value <= MAX_VERSION:
+        got = f"the string {value!r}" if isinstance(value, str) else f"{value}"
         raise ApiError(
             400,
-            f"{field}: expected the flag version (a whole number >= 1) the "
-            f"write is based on, got {value}",
+            f"{field}: expected the flag version (a whole number from 1 to {MAX_VERSION}) "
+            f"the write is based on, got {got}",
         )
     return int(value)
 

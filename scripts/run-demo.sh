@@ -6,14 +6,33 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
-# Defaults match config/abgate.yaml; the tests run the same script on other ports.
-CONFIG=${DEMO_CONFIG:-config/abgate.yaml}
+# Defaults match config/abgate.yaml. Other ports: DEMO_PROXY_PORT, DEMO_CONTROL_PORT,
+# DEMO_DETERMINISTIC_PORT, DEMO_ML_PORT (an override file on config/abgate.yaml is written
+# for them), or a config of one's own in DEMO_CONFIG that listens where they say.
 PROXY_PORT=${DEMO_PROXY_PORT:-8080}
 CONTROL_PORT=${DEMO_CONTROL_PORT:-8092}
 export DEMO_DETERMINISTIC_PORT=${DEMO_DETERMINISTIC_PORT:-9001}
 export DEMO_ML_PORT=${DEMO_ML_PORT:-9002}
 PROXY=http://127.0.0.1:$PROXY_PORT
 CONTROL=http://127.0.0.1:$CONTROL_PORT
+READY_SECONDS=${DEMO_READY_SECONDS:-60}
+if [ -n "${DEMO_CONFIG:-}" ]; then
+    CONFIG=$DEMO_CONFIG
+elif [ "$PROXY_PORT:$CONTROL_PORT:$DEMO_DETERMINISTIC_PORT:$DEMO_ML_PORT" = "8080:8092:9001:9002" ]; then
+    CONFIG=config/abgate.yaml
+else
+    mkdir -p .abgate
+    CONFIG=.abgate/demo-ports.yaml
+    cat > "$CONFIG" <<YAML
+# Written by make run for the DEMO_*_PORT variables: config/abgate.yaml on other ports.
+extends: ../config/abgate.yaml
+proxy: {listen: "127.0.0.1:$PROXY_PORT", admin_listen: "127.0.0.1:0"}
+control: {listen: "127.0.0.1:$CONTROL_PORT"}
+upstreams:
+  deterministic: {url: "http://127.0.0.1:$DEMO_DETERMINISTIC_PORT"}
+  ml: {url: "http://127.0.0.1:$DEMO_ML_PORT"}
+YAML
+fi
 
 # Every port first, naming who holds a busy one, before anything starts.
 busy=0
@@ -42,11 +61,16 @@ scripts/demo-agent.sh start deterministic
 scripts/demo-agent.sh start ml
 $BIN/abgate run --config "$CONFIG" & abgate_pid=$!
 
-for _ in $(seq 100); do  # ready: the control process up and its data plane connected
-    curl -fs "$CONTROL/health/ready" >/dev/null 2>&1 && break
+ready=0
+for _ in $(seq $((READY_SECONDS * 10))); do  # the control process up, its data plane connected
+    if curl -fs "$CONTROL/health/ready" >/dev/null 2>&1; then ready=1; break; fi
     kill -0 "$abgate_pid" 2>/dev/null || { echo "make run: abgate did not start" >&2; exit 1; }
     sleep 0.1
 done
+if [ "$ready" -ne 1 ]; then
+    echo "make run: abgate not ready within ${READY_SECONDS}s ($CONTROL/health/ready); stopping" >&2
+    exit 1
+fi
 percentage=$(curl -fs "$CONTROL/api/flags/ml-agent-rollout" | "$BIN/python" -c \
     'import json, sys; print("%g" % json.load(sys.stdin)["percentage"])' 2>/dev/null || echo "?")
 cat <<MSG
