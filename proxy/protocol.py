@@ -262,9 +262,12 @@ class ClientConnection(asyncio.Protocol):
             remote=self.remote,
             started=perf_counter(),
         )
+        hosts = 0
         for name, value in self._headers:  # the fields abgate itself reads, in one pass
             size = len(name)
-            if size == 14 and name.lower() == b"content-length":
+            if size == 4 and name.lower() == b"host":
+                hosts += 1
+            elif size == 14 and name.lower() == b"content-length":
                 request.content_length = int(value)
             elif size == 12 and name.lower() == b"x-request-id":
                 request.client_id = value
@@ -274,6 +277,11 @@ class ClientConnection(asyncio.Protocol):
                 request.expect_continue = value.lower() == b"100-continue"
             elif size == 11 and name.lower() == b"x-test-mode":
                 request.validation = value == b"validation"
+        if hosts > 1 or (hosts == 0 and request.minor == 1):
+            # RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host (nginx answers 400 too).
+            self._limits.malformed += 1
+            self._refuse(400, "an HTTP/1.1 request needs exactly one Host header")
+            raise _Refused
         self._parsing = request
         self._queue.append(request)
         self._state_now = BUSY

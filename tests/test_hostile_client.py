@@ -471,3 +471,24 @@ async def test_a_body_pause_is_judged_by_its_own_timeout_not_a_longer_one() -> N
         answer = await read_all(reader, timeout=5.0)  # long before the 10 s
         writer.close()
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n", 400),  # no Host
+        (b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n", 400),
+        (b"GET /x HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET /x HTTP/1.0\r\n\r\n", 200),  # HTTP/1.0 may leave it out
+    ],
+)
+async def test_an_http_11_request_has_exactly_one_host(head: bytes, status: int) -> None:
+    """RFC 9112 §3.2, as nginx judges it: which of two Hosts would routing trust?"""
+    async with echo_proxy() as running:
+        reader, writer = await connect(running)
+        writer.write(head)
+        answer = await read_all(reader)
+        writer.close()
+    assert answer.startswith((b"HTTP/1.1 %d" % status, b"HTTP/1.0 %d" % status)), answer[:200]
+    if status == 400:
+        assert b"exactly one Host header" in answer
