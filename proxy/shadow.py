@@ -3,9 +3,10 @@ background, and the two answers are compared.
 
 The client's response never waits on the copy: it is sent after the control answer is in
 hand, from a task this object owns (closed with the data plane). At most `max_in_flight`
-copies run at once; beyond that, or while the treatment's breaker is not closed, copies are
-dropped and counted. Each pair is compared on status, on the configured JSON fields
-(`$.decision`), and on latency.
+copies run at once; beyond that, or while the treatment's breaker is open, copies are dropped
+and counted. Once the breaker's wait is over, a copy may be its half-open trial: a treatment
+that takes no live share (shadow at 0%) is thus seen to recover. Each pair is compared on
+status, on the configured JSON fields (`$.decision`), and on latency.
 """
 
 from __future__ import annotations
@@ -67,17 +68,20 @@ class Shadow:
         """Start a copy unless the limits say drop it. Returns at once."""
         if self._closed:
             return
-        if (
-            breaker.state is not BreakerState.CLOSED
-            and breaker.state is not BreakerState.FORCED_CLOSED
-        ):
-            self.dropped["breaker_open"] += 1
-            return
         if len(self._tasks) >= self.config.max_in_flight:
             self.dropped["max_in_flight"] += 1
             return
+        # The breaker is asked as for a live call: while it is open nothing goes, and once its
+        # wait is over a copy may be the half-open trial, so that a treatment with no live
+        # share (shadow only, 0%) is seen to recover; that copy's outcome settles the trial.
+        if not breaker.allow(perf_counter()):
+            self.dropped["breaker_open"] += 1
+            return
+        trial = breaker.generation if breaker.state is BreakerState.HALF_OPEN else None
         task = asyncio.create_task(
-            self._compare(pool, head, body, control_status, control_body, control_seconds),
+            self._compare(
+                pool, head, body, control_status, control_body, control_seconds, breaker, trial
+            ),
             name=f"abgate-shadow-{self.experiment}",
         )
         self._tasks.add(task)
@@ -91,7 +95,10 @@ class Shadow:
         control_status: int,
         control_body: bytes,
         control_seconds: float,
+        breaker: Breaker,
+        trial: int | None,
     ) -> None:
+        """`trial`: the half-open spell this copy is a trial call of (None: not one)."""
         started = perf_counter()
         try:
             response = await pool.request(head().data, body)
@@ -106,8 +113,16 @@ class Shadow:
             self.total += 1
             self.errors += 1
             log.debug("shadow copy to %s failed: %s", pool.name, exc.detail)
+            if trial is not None and breaker.generation == trial:
+                breaker.observe(perf_counter(), None, perf_counter() - started)
             return
+        except BaseException:  # cancelled at shutdown: the trial's place goes back
+            if trial is not None:
+                breaker.release(trial)
+            raise
         seconds = perf_counter() - started
+        if trial is not None and breaker.generation == trial:
+            breaker.observe(perf_counter(), response.status, seconds)
         self.total += 1
         self.latency["control"].observe(control_seconds)
         self.latency["treatment"].observe(seconds)

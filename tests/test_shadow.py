@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from time import perf_counter
 from typing import Any
 
 from aiohttp import ClientSession, web
 
 from control.serve import Embedded, embedded
+from proxy.breaker import BreakerState
 from tests.servers import make_config, serve_app, until
 
 URL = "/api/agent/credit/decide"
@@ -39,13 +41,16 @@ def agent(kind: str) -> web.Application:
 
 
 @asynccontextmanager
-async def shadowed(**shadow: Any) -> AsyncIterator[tuple[Embedded, web.Application]]:
+async def shadowed(
+    upstream_options: dict[str, Any] | None = None, **shadow: Any
+) -> AsyncIterator[tuple[Embedded, web.Application]]:
     treatment_app = agent("treatment")
     async with serve_app(agent("control")) as control, serve_app(treatment_app) as treatment:
         config = make_config(
             {"control": control, "treatment": treatment},
             percentage=0,
             experiment={"shadow": {"percentage": 100, "compare": ["$.decision"], **shadow}},
+            upstream_options=upstream_options,
         )
         async with embedded(config) as running:
             yield running, treatment_app
@@ -110,3 +115,37 @@ async def test_copies_dropped_while_the_breaker_is_open(session: ClientSession) 
         result = await stats(session, running)
     assert result["dropped"]["breaker_open"] == 3
     assert result["total_decisions"] == 0
+
+
+async def test_a_shadow_copy_is_the_half_open_trial_of_a_treatment_with_no_live_share(
+    session: ClientSession,
+) -> None:
+    """At 0% (shadow only) no live call ever asks the treatment's breaker: once its wait is
+    over, a copy is the trial, and a good answer closes it (copies were dropped for good)."""
+    breaker_options = {"breaker": {"open_duration": "200ms", "half_open_calls": 1}}
+    async with shadowed(upstream_options=breaker_options) as (running, _):
+        breaker = running.plane.breakers["treatment"]
+        for _ in range(breaker.config.consecutive_failures):  # an outage seen earlier
+            breaker.record(perf_counter(), failed=True, slow=False)
+        assert breaker.state is BreakerState.OPEN
+        shadow = running.plane.shadows["exp"]
+
+        async def send(user: int) -> None:
+            headers = {"X-User-Id": f"u{user}"}
+            async with session.post(
+                f"{running.proxy_url}{URL}", data=b"{}", headers=headers
+            ) as response:
+                assert response.status == 200
+
+        await send(0)  # within the wait: dropped
+        assert shadow.dropped["breaker_open"] == 1
+        await until(lambda: perf_counter() >= breaker.open_until)
+        await send(2)  # the trial
+        await until(lambda: shadow.total == 1)
+        assert breaker.state is BreakerState.CLOSED
+        for user in (4, 6):
+            await send(user)
+        await until(lambda: shadow.total == 3)
+        result = await stats(session, running)
+    assert result["dropped"]["breaker_open"] == 1
+    assert result["agreements"] == 3
