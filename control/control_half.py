@@ -31,6 +31,7 @@ from control.reload import Reloader
 from control.wiring import (
     Gauges,
     app_site,
+    link_timeline,
     new_registry,
     start_reloader,
     start_rollout_controller,
@@ -132,6 +133,7 @@ async def control_half(
 
         server.on_hello.append(hello)
         plane = RemotePlane(server, config)
+        link_timeline(worker, rollouts, plane.latency_counts)
         if history is not None:  # outcomes by request id look up the data plane's decisions
             history.flush_first.append(plane.flush_history)
 

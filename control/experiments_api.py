@@ -3,6 +3,7 @@
     GET  /api/experiments                      every experiment: phase, samples, SRM
     GET  /api/experiments/{name}               phases with samples per arm and SRM
     GET  /api/experiments/{name}/significance  every metric of the current phase
+    GET  /api/experiments/{name}/timeline      each tick's numbers, for the charts
     GET  /api/metrics/{name}/comparison        each metric's mean per arm, relative change
     POST /api/outcomes                         [{"experiment", "arm", "metric", "value"}]
 
@@ -112,6 +113,30 @@ async def significance(request: web.Request) -> web.Response:
             "evidence": evidence.as_json(),
             "note": POWER_NOTE,
         }
+    )
+
+
+async def timeline(request: web.Request) -> web.Response:
+    """The statistics worker's series for the charts (control/timeline.py): as the ticks
+    saw it, not evaluated afresh (a chart polled every few seconds costs no evaluation)."""
+    from control.timeline import series_json
+
+    worker = require_worker(request)
+    name = await resolve(request.app, request.match_info["name"])
+    experiment = worker.config.experiments[name]
+    report = worker.reports.get(name)
+    phases = [
+        {"id": p.id, "percentage": p.percentage, "started_at": p.started_at}
+        for p in (report.phases if report is not None else [])
+    ]
+    return json_response(
+        series_json(
+            name,
+            {"control": experiment.control.name, "treatment": experiment.treatment.name},
+            worker.timelines.get(name),
+            worker.latency_bounds,
+            phases,
+        )
     )
 
 
@@ -303,5 +328,6 @@ def add_experiment_routes(
     app.router.add_get("/api/experiments", list_experiments)
     app.router.add_get("/api/experiments/{name}", get_experiment)
     app.router.add_get("/api/experiments/{name}/significance", significance)
+    app.router.add_get("/api/experiments/{name}/timeline", timeline)
     app.router.add_get("/api/metrics/{name}/comparison", comparison)
     app.router.add_post("/api/outcomes", outcomes)

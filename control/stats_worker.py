@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import replace
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -35,6 +36,8 @@ from control.stats.clusters import MIN_CLUSTERS, ClusteredSums
 from control.stats.frequentist import TestResult, rates_test, welch_t
 from control.stats.sequential import sequential_rates
 from control.stats.strata import Combined, stratified_difference
+from control.timeline import RolloutView, Series, event_of, point_of
+from proxy.metrics import LATENCY_BUCKETS
 from state.errors import StoreUnavailable
 from state.measurements import MeasureKey, MeasurementStore, Phase, Sums
 
@@ -210,6 +213,46 @@ class StatsWorker:
         self.last_error: str | None = None  # the store could not be read
         self.failing: dict[str, str] = {}  # experiment -> why its last evaluation failed
         self.evaluation_errors: dict[str, int] = {}
+        # The charts' data: one bounded series per experiment (control/timeline.py), fed by
+        # each tick of `run` (not by the API's own evaluations) and the rollout's events.
+        self.timelines: dict[str, Series] = {}
+        self.latency_bounds: tuple[float, ...] = LATENCY_BUCKETS
+        self.rollout_view: Callable[[str], RolloutView | None] | None = None
+        self.latency: Callable[[], Awaitable[dict[str, dict[str, list[int]]]]] | None = None
+        self.latency_error: str | None = None
+
+    def series(self, name: str) -> Series:
+        series = self.timelines.get(name)
+        if series is None:
+            series = self.timelines[name] = Series()
+        return series
+
+    def rollout_event(self, entry: dict[str, Any]) -> None:
+        """A rollout controller's history listener: its decisions, marked on the ramp."""
+        name = entry.get("experiment")
+        if isinstance(name, str) and name in self.config.experiments:
+            self.series(name).events.append(event_of(entry))
+
+    async def record(self, reports: Mapping[str, ExperimentReport]) -> None:
+        """One point per experiment on its timeline, with each arm's latency histogram as the
+        data plane has it now (none while it cannot be asked: said once)."""
+        latency: dict[str, dict[str, list[int]]] = {}
+        if self.latency is not None:
+            try:
+                latency = await self.latency()
+            except Exception as exc:  # the data plane away or slow: the point has no latency
+                error = f"{type(exc).__name__}: {exc}"
+                if error != self.latency_error:
+                    log.warning("statistics worker: latency for the timeline: %s", error)
+                self.latency_error = error
+            else:
+                self.latency_error = None
+        for name, report in reports.items():
+            experiment = self.config.experiments.get(name)
+            if experiment is None:
+                continue
+            view = self.rollout_view(name) if self.rollout_view is not None else None
+            self.series(name).add(point_of(report, experiment, view, latency.get(name, {})))
 
     async def evaluate_all(self) -> dict[str, ExperimentReport]:
         reports = {}
@@ -237,7 +280,7 @@ class StatsWorker:
     async def run(self) -> None:
         while True:
             try:
-                await self.evaluate_all()
+                await self.record(await self.evaluate_all())
             except StoreUnavailable as exc:
                 error = f"measurements unavailable: {exc}"
                 if error != self.last_error:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -95,6 +95,41 @@ async def start_stats_worker(
     gauges.add_gauges(worker.collect)
     await owned_task(stack, worker.run(), "abgate-stats-worker")
     return worker
+
+
+def link_timeline(
+    worker: StatsWorker,
+    controller: RolloutController,
+    latency: Callable[[], Awaitable[dict[str, dict[str, list[int]]]]] | None = None,
+) -> None:
+    """The timeline's other sources: the controller's state and decisions at each tick,
+    its history entries as they happen, and the data plane's latency histograms."""
+    from control.rollout.controller import RolloutError
+    from control.timeline import RolloutView
+
+    def view(name: str) -> RolloutView | None:
+        rollout = next((r for r in controller.current if r.experiment == name), None)
+        if rollout is None:
+            return None
+        try:
+            plan = controller.plan_of(rollout)
+        except RolloutError:
+            plan = None
+        decision = controller.last_decision(name)
+        return RolloutView(
+            rollout.state,
+            rollout.stage_index,
+            rollout.decision,
+            decision.kind if decision is not None else "",
+            rollout.reason,
+            rollout.eta_seconds,
+            decision.needed if decision is not None else {},
+            plan,
+        )
+
+    worker.rollout_view = view
+    worker.latency = latency
+    controller.listeners.append(worker.rollout_event)
 
 
 async def start_rollout_controller(
