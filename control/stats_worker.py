@@ -240,6 +240,8 @@ class StatsWorker:
         if self.latency is not None:
             try:
                 latency = await self.latency()
+            except StoreUnavailable:
+                pass  # no data plane connected (yet): /health/aggregate says so
             except Exception as exc:  # the data plane away or slow: the point has no latency
                 error = f"{type(exc).__name__}: {exc}"
                 if error != self.latency_error:
