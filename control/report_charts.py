@@ -164,6 +164,8 @@ def _kind(event: dict[str, Any]) -> str:
     if event.get("decision") == "rollback" or event.get("state") == "rolled_back":
         return "rollback"
     decision = str(event.get("decision"))
+    if decision == "complete":
+        return "continue"
     return decision if decision in ("continue", "hold") else "other"
 
 
@@ -188,7 +190,10 @@ def ramp_svg(timeline: dict[str, Any]) -> str:
                 value = point["percentage"]
         return value or 0.0
 
-    for event in _in_range(timeline):
+    # Holds below, stage changes and rollbacks on top: a promotion is followed within a tick
+    # by the new stage's first hold, which must not hide it.
+    layer = {"hold": 0, "other": 1, "start": 2, "continue": 2, "rollback": 3}
+    for event in sorted(_in_range(timeline), key=lambda e: layer[_kind(e)]):
         kind = _kind(event)
         marker = ET.SubElement(
             svg,
@@ -196,7 +201,7 @@ def ramp_svg(timeline: dict[str, Any]) -> str:
             {
                 "cx": f"{x(min(event['time'], x.high)):.1f}",
                 "cy": f"{y(share(event['time'])):.1f}",
-                "r": "6",
+                "r": "4.5" if kind == "hold" else "6",
                 "fill": COLORS[kind],
                 "stroke": "#ffffff",
                 "data-marker": kind,

@@ -46,7 +46,9 @@ def stages(
             ]
             why = str(following.get("reason") or "")
             if approvals:
-                why = f"approved by {approvals[-1]['actor']}: {approvals[-1].get('reason')}"
+                approval = approvals[-1]
+                what = str(approval["change"]).removeprefix("approved ")
+                why = f"{what} approved by {approval['actor']}: {approval.get('reason')}"
             out.append((share, following["time"] - entry["time"], why))
         elif ends:
             out.append((share, ends[0]["time"] - entry["time"], str(ends[0].get("reason") or "")))

@@ -193,7 +193,7 @@ async def test_the_report_writes_the_pictures_and_a_summary_beside_the_markdown(
     for stage in ("25% for ", "50% for ", "100% for "):
         assert stage in summary
     assert "25% for " in summary
-    assert "approved by alice: numbers look fine" in summary
+    assert "(50% approved by alice: numbers look fine)" in summary
     looks = [m for m in looks if m["effect"] is not None]
     assert f"latency {_ms(looks[-1]['effect'] * 1000)} (interval " in summary
     assert "accuracy: not measured yet" in summary  # no outcomes were reported

@@ -165,7 +165,7 @@ async def test_the_charts_draw_the_timeline_of_a_rollout(
         )
         await page.locator("[data-testid=charts]").screenshot(path=str(desktop))
         await page.set_viewport_size({"width": 390, "height": 844})
-        await page.locator("[data-chart=ramp]").wait_for()
+        await page.locator('[data-chart=ramp][viewBox="0 0 400 190"]').wait_for()  # redrawn
         overflow = await page.evaluate(
             "document.documentElement.scrollWidth - document.documentElement.clientWidth"
         )

@@ -156,9 +156,11 @@ function rolloutBlock(name, rollout, history) {
 const drawnCharts = {};
 function chartsBlock(timeline, metrics) {
   const events = timeline.events;
-  const key = `${timeline.ticks}/${events.length}/${events.length ? events[events.length - 1].time : 0}`;
+  const width = window.innerWidth < 700 ? 400 : 640;  // a phone's: legible text
+  const key = `${width}/${timeline.ticks}/${events.length}/${events.length ? events[events.length - 1].time : 0}`;
   const drawn = drawnCharts[timeline.name];
   if (drawn && drawn.key === key) return drawn.element;
+  abgateCharts.setWidth(width);
   const element = drawCharts(timeline, metrics);
   drawnCharts[timeline.name] = { key, element };
   return element;

@@ -6,7 +6,10 @@
 "use strict";
 const abgateCharts = (() => {
   const NS = "http://www.w3.org/2000/svg";
-  const W = 640, H = 190, PAD = { l: 58, r: 118, t: 12, b: 26 };
+  // W: the drawing's width in its own units; narrower on a phone, so its text stays legible.
+  let W = 640;
+  const H = 190, PAD = { l: 68, r: 118, t: 12, b: 26 };
+  const setWidth = (width) => { W = width; };
   const COLORS = { control: "#59636e", treatment: "#0969da", band: "#0969da22",
     continue: "#1a7f37", hold: "#9a6700", rollback: "#cf222e", start: "#0969da", other: "#8250df" };
 
@@ -124,10 +127,14 @@ const abgateCharts = (() => {
       { stroke: COLORS.treatment }, (v) => fmt.pct(v));
     const share = (t) => { let v = points.length ? points[0].percentage : 0; for (const p of points) if (p.t <= t) v = p.percentage; return v ?? 0; };
     const inRange = timeline.events.filter((e) => points.length && e.time >= points[0].t && e.time <= points[points.length - 1].t + 60);
-    for (const e of inRange) {
-      const kind = e.transition === "started" ? "start" : e.decision === "rollback" || e.state === "rolled_back" ? "rollback"
-        : e.decision === "continue" ? "continue" : e.decision === "hold" ? "hold" : "other";
-      const marker = node("circle", { cx: x(Math.min(e.time, x.domain[1])), cy: y(share(e.time)), r: 6,
+    const kindOf = (e) => e.transition === "started" ? "start" : e.decision === "rollback" || e.state === "rolled_back" ? "rollback"
+      : e.decision === "continue" || e.decision === "complete" ? "continue" : e.decision === "hold" ? "hold" : "other";
+    // Holds below, stage changes and rollbacks on top: a promotion is followed within a
+    // tick by the new stage's first hold, which must not hide it.
+    const layer = { hold: 0, other: 1, start: 2, continue: 2, rollback: 3 };
+    const ordered = inRange.map((e) => [kindOf(e), e]).sort((a, b) => layer[a[0]] - layer[b[0]]);
+    for (const [kind, e] of ordered) {
+      const marker = node("circle", { cx: x(Math.min(e.time, x.domain[1])), cy: y(share(e.time)), r: kind === "hold" ? 4.5 : 6,
         fill: COLORS[kind], stroke: "#fff", "data-marker": kind, class: "marker" });
       const what = e.change || e.transition || e.decision || "";
       hoverable(marker, `${fmt.clock(e.time)} ${what} (${e.actor}): ${e.reason || ""}`, caption);
@@ -178,17 +185,27 @@ const abgateCharts = (() => {
       { stroke: role === "primary" ? COLORS.continue : COLORS.rollback, "stroke-dasharray": "6 4", "stroke-width": 1.5 },
       (v) => `${role === "primary" ? "min effect" : "margin"} ${unit.show(v)}`);
     series(svg, "effect", ts, points.map((p) => m(p, "effect")), x, y, { stroke: COLORS.treatment }, unit.show);
-    const last = points.length ? points[points.length - 1].metrics[metric] : null;
+    // The last look with an estimate: after a rollout ends (100%: no control arm), the
+    // last stage that compared both arms.
+    const estimated = points.filter((p) => p.metrics[metric].effect !== null);
+    const last = estimated.length ? estimated[estimated.length - 1] : null;
+    const shown = last ? last.metrics[metric] : null;
+    const bound = (v) => v === null ? "open" : unit.show(v * unit.scale);
     const note = document.createElement("p");
     note.className = "muted";
-    note.textContent = !last || last.effect === null ? `not enough data yet (${last ? last.status : "no ticks"})`
-      : `${unit.show(last.effect * unit.scale)}, always-valid interval [${unit.show(last.low * unit.scale)}, ${unit.show(last.high * unit.scale)}], p = ${fmt.p(last.p_value)}`;
+    note.textContent = !shown ? `not enough data yet (${points.length ? points[points.length - 1].metrics[metric].status : "no ticks"})`
+      : `${unit.show(shown.effect * unit.scale)} at ${fmt.pct(last.percentage)} (${fmt.clock(last.t)}), always-valid interval [${bound(shown.low)}, ${bound(shown.high)}], p = ${fmt.p(shown.p_value)}`;
     return figure(`Effect on ${metric} (${role})`, svg, note);
   }
 
   // 3. Samples per arm against what the sequential design needs, with the ETA.
   function samples(timeline) {
-    const last = timeline.points[timeline.points.length - 1];
+    // The current stage's, or once it has no need (100%: no control arm left; before a
+    // rollout) the last stage that had one.
+    const points = timeline.points;
+    const withNeed = points.filter((p) => p.rollout && p.rollout.needed);
+    const latest = points[points.length - 1];
+    const last = latest && latest.rollout && latest.rollout.needed ? latest : withNeed.length ? withNeed[withNeed.length - 1] : latest;
     const svg = frame("Samples per arm against the samples the gate needs", "samples");
     svg.setAttribute("viewBox", `0 0 ${W} 110`);
     const have = last ? last.samples : {};
@@ -212,7 +229,8 @@ const abgateCharts = (() => {
       ? `Enough samples in about ${fmt.duration(r.eta_seconds)} at the observed rate.`
       : needed && ["control", "treatment"].every((a) => (have[a] || 0) >= needed[a]) ? "Enough samples for the gate."
       : "ETA: not known yet.";
-    return figure("Samples against the gate's need (current phase)", svg, eta);
+    const which = !last ? "" : last === latest ? ` (now, at ${fmt.pct(last.percentage)})` : ` (the last stage compared: ${fmt.pct(last.percentage)})`;
+    return figure(`Samples against the gate's need${which}`, svg, eta);
   }
 
   // 4. Latency p50 and p95 per arm, ms, each point the answers since the one before.
@@ -234,9 +252,10 @@ const abgateCharts = (() => {
     }
     const note = document.createElement("p");
     note.className = "muted";
-    note.textContent = arms.length ? "Solid p50, dashed p95." : "No latency yet (the data plane reports it once it has answered).";
+    note.textContent = arms.length ? "Solid p50, dashed p95; from the data plane's histogram buckets (interpolated within a bucket), each point the answers since the one before."
+      : "No latency yet (the data plane reports it once it has answered).";
     return figure("Latency per arm", svg, note);
   }
 
-  return { fmt, unitOf, ramp, effect, samples, latency };
+  return { fmt, unitOf, setWidth, ramp, effect, samples, latency };
 })();
