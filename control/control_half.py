@@ -123,7 +123,7 @@ async def control_half(
         gauges.add_gauges(server.collect)
         if history is not None:
             gauges.add_gauges(lambda: collect_history(history))
-        worker = await start_stats_worker(stack, config, backend, gauges)
+        worker = await start_stats_worker(stack, config, backend, gauges, history)
         rollouts = await start_rollout_controller(stack, config, backend, shared, gauges)
         if history is not None:
             rollouts.listeners.append(rollout_event(history))

@@ -13,6 +13,8 @@ control.default_experiment, else the only one (control/current.py).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from control.stats_worker import StatsWorker
     from state.history.writer import HistoryWriter
 RESERVED = frozenset({"latency", "error"})  # measured by the proxy itself
+RESTORE_WAIT = 6.0  # seconds a timeline asked for at start waits for PostgreSQL's copy
 MAX_OUTCOMES = 10_000
 
 
@@ -123,6 +126,10 @@ async def timeline(request: web.Request) -> web.Response:
 
     worker = require_worker(request)
     name = await resolve(request.app, request.match_info["name"])
+    if worker.timeline_store is not None and not worker.timelines_restored.is_set():
+        with contextlib.suppress(TimeoutError):  # just started: what PostgreSQL kept first
+            async with asyncio.timeout(RESTORE_WAIT):
+                await worker.timelines_restored.wait()
     experiment = worker.config.experiments[name]
     report = worker.reports.get(name)
     phases = [

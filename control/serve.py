@@ -146,7 +146,7 @@ async def serve_control(config: Config) -> None:
             shared=shared,
         )
         gauges.add_gauges(backend.collect)
-        worker = await start_stats_worker(stack, config, backend, gauges)
+        worker = await start_stats_worker(stack, config, backend, gauges, history)
         rollouts = await start_rollout_controller(stack, config, backend, shared, gauges)
         link_timeline(worker, rollouts)  # no data plane here: no latency on its timeline
         if history is not None:

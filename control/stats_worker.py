@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -40,6 +40,9 @@ from control.timeline import RolloutView, Series, event_of, point_of
 from proxy.metrics import LATENCY_BUCKETS
 from state.errors import StoreUnavailable
 from state.measurements import MeasureKey, MeasurementStore, Phase, Sums
+
+if TYPE_CHECKING:
+    from control.timeline_store import TimelineStore  # asyncpg: only with the history store
 
 log = logging.getLogger("abgate.stats")
 INTERVAL = 3.0
@@ -220,6 +223,8 @@ class StatsWorker:
         self.rollout_view: Callable[[str], RolloutView | None] | None = None
         self.latency: Callable[[], Awaitable[dict[str, dict[str, list[int]]]]] | None = None
         self.latency_error: str | None = None
+        self.timeline_store: TimelineStore | None = None  # PostgreSQL, with the history store
+        self.timelines_restored = asyncio.Event()  # read back (or given up): the API waits
 
     def series(self, name: str) -> Series:
         series = self.timelines.get(name)
@@ -254,7 +259,39 @@ class StatsWorker:
             if experiment is None:
                 continue
             view = self.rollout_view(name) if self.rollout_view is not None else None
-            self.series(name).add(point_of(report, experiment, view, latency.get(name, {})))
+            series = self.series(name)
+            kept, thinned = series.add(point_of(report, experiment, view, latency.get(name, {})))
+            if self.timeline_store is not None:
+                self.timeline_store.saved(name, series, kept, thinned)
+
+    async def restore_timelines(self) -> None:
+        """The timelines as PostgreSQL kept them, before the first tick adds to them; none
+        (logged) when it cannot be read within LOAD_TIMEOUT: the charts start afresh."""
+        try:
+            await self._restore_timelines()
+        finally:
+            self.timelines_restored.set()
+
+    async def _restore_timelines(self) -> None:
+        if self.timeline_store is None:
+            return
+        from control.timeline_store import LOAD_TIMEOUT
+
+        try:
+            async with asyncio.timeout(LOAD_TIMEOUT):
+                restored = await self.timeline_store.load(sorted(self.config.experiments))
+        except Exception as exc:
+            log.warning(
+                "statistics worker: the timeline could not be read from the history store "
+                "(%s: %s); the charts start afresh",
+                type(exc).__name__,
+                exc,
+            )
+            return
+        for name, series in restored.items():
+            events = self.timelines[name].events if name in self.timelines else ()
+            series.events.extend(events)  # decisions recorded while it was read
+            self.timelines[name] = series
 
     async def evaluate_all(self) -> dict[str, ExperimentReport]:
         reports = {}
@@ -280,6 +317,7 @@ class StatsWorker:
         self.failing[name] = message
 
     async def run(self) -> None:
+        await self.restore_timelines()
         while True:
             try:
                 await self.record(await self.evaluate_all())

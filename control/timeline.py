@@ -89,8 +89,11 @@ class Series:
     kept: list[int] = field(default_factory=list)  # the tick number of each point
     events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=EVENTS))
 
-    def add(self, point: Point) -> None:
+    def add(self, point: Point) -> tuple[bool, bool]:
+        """(kept: the point is one of the series' now, thinned: every other one was
+        dropped first), for a copy elsewhere (control/timeline_store.py)."""
         self.ticks += 1
+        thinned = False
         if self.ticks % self.stride == 0 and len(self.points) >= self.capacity:
             # Full: keep the points on the doubled stride (every other one), so the kept
             # ticks stay evenly spaced from the start of the run to its end.
@@ -98,12 +101,14 @@ class Series:
             kept = [i for i, tick in enumerate(self.kept) if tick % self.stride == 0]
             self.points = [self.points[i] for i in kept]
             self.kept = [self.kept[i] for i in kept]
+            thinned = True
         if self.ticks % self.stride:
             self.latest = point
-            return
+            return False, thinned
         self.points.append(point)
         self.kept.append(self.ticks)
         self.latest = None
+        return True, thinned
 
     def shown(self) -> list[Point]:
         return self.points if self.latest is None else [*self.points, self.latest]

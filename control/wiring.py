@@ -31,6 +31,7 @@ from state.rollouts import Lease, MemoryRollouts, RedisRollouts, RolloutStore
 if TYPE_CHECKING:
     from control.rollout.controller import RolloutController
     from control.stats_worker import StatsWorker
+    from state.history.writer import HistoryWriter
 
 
 def announce(line: str) -> None:
@@ -87,11 +88,19 @@ async def owned_task(stack: AsyncExitStack, coro: Coroutine[Any, Any, None], nam
 
 
 async def start_stats_worker(
-    stack: AsyncExitStack, config: Config, backend: FlagBackend, gauges: GaugeSink
+    stack: AsyncExitStack,
+    config: Config,
+    backend: FlagBackend,
+    gauges: GaugeSink,
+    history: HistoryWriter | None = None,
 ) -> StatsWorker:
+    """With the history store, the timeline is kept in PostgreSQL too (and read back first)."""
     from control.stats_worker import StatsWorker  # scipy: only where statistics run
+    from control.timeline_store import TimelineStore
 
     worker = StatsWorker(config, backend.measurements)
+    if history is not None:
+        worker.timeline_store = TimelineStore(history)
     gauges.add_gauges(worker.collect)
     await owned_task(stack, worker.run(), "abgate-stats-worker")
     return worker
@@ -129,6 +138,8 @@ def link_timeline(
 
     worker.rollout_view = view
     worker.latency = latency
+    if worker.timeline_store is not None:  # several control processes: the acting one writes
+        worker.timeline_store.acting = lambda: controller.acting
     controller.listeners.append(worker.rollout_event)
 
 
