@@ -30,8 +30,11 @@ COLORS = {
     "continue": "#1a7f37",
     "hold": "#9a6700",
     "rollback": "#cf222e",
+    "approval": "#8250df",
+    "pause": "#24292f",
     "phase": "#8250df",
 }
+LEGEND = ("start", "continue", "hold", "approval", "pause", "rollback")
 MINUS = "\N{MINUS SIGN}"
 
 
@@ -159,14 +162,19 @@ def _time(points: Sequence[dict[str, Any]]) -> _Scale:
 
 
 def _kind(event: dict[str, Any]) -> str:
+    """What a decision's marker shows (as control/ui/charts.js: markerKind)."""
     if event.get("transition") == "started":
         return "start"
-    if event.get("decision") == "rollback" or event.get("state") == "rolled_back":
+    if event.get("state") in ("rolled_back", "aborted") or event.get("decision") == "rollback":
         return "rollback"
+    if str(event.get("change") or "").startswith("approved"):
+        return "approval"
+    if event.get("transition") in ("paused", "escalated"):
+        return "pause"
     decision = str(event.get("decision"))
-    if decision == "complete":
+    if decision in ("continue", "complete"):
         return "continue"
-    return decision if decision in ("continue", "hold") else "other"
+    return "hold" if decision == "hold" else "other"
 
 
 def ramp_svg(timeline: dict[str, Any]) -> str:
@@ -192,7 +200,14 @@ def ramp_svg(timeline: dict[str, Any]) -> str:
 
     # Holds below, stage changes and rollbacks on top: a promotion is followed within a tick
     # by the new stage's first hold, which must not hide it.
-    layer = {"hold": 0, "other": 1, "start": 2, "continue": 2, "rollback": 3}
+    layer = {"hold": 0, "other": 1, "pause": 2, "start": 2, "continue": 2, "approval": 3}
+    layer["rollback"] = 4
+    for i, kind in enumerate(LEGEND):  # which colour is which decision
+        lx, ly = W - RIGHT + 14, TOP + 44 + i * 16
+        ET.SubElement(
+            svg, "circle", {"cx": str(lx), "cy": str(ly - 4), "r": "5", "fill": COLORS[kind]}
+        )
+        _text(svg, lx + 10, ly, kind)
     for event in sorted(_in_range(timeline), key=lambda e: layer[_kind(e)]):
         kind = _kind(event)
         marker = ET.SubElement(

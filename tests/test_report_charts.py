@@ -115,7 +115,7 @@ def test_the_ramp_draws_each_share_and_marks_each_decision_with_its_reason() -> 
     assert len(_ys(share)) == 7
     assert _find(root, "data-last", "share").text == "50%"
     assert _ys(share)[-1] < _ys(share)[0]  # 50% drawn above 5%
-    markers = [e for e in root.iter(f"{SVG}circle")]
+    markers = [e for e in root.iter(f"{SVG}circle") if e.get("data-marker")]
     assert [m.get("data-marker") for m in markers] == ["start", "continue"]
     titles = [m.find(f"{SVG}title") for m in markers]
     assert titles[1] is not None
@@ -177,8 +177,16 @@ async def test_the_report_writes_the_pictures_and_a_summary_beside_the_markdown(
     share = _find(root, "data-series", "share")
     assert share.get("data-count") == str(sum(1 for s in shares + corners if s is not None))
     assert _find(root, "data-last", "share").text == "100%"
-    titles = [t.text or "" for t in root.iter(f"{SVG}title")]
-    assert any("approved 50% (alice): numbers look fine" in t for t in titles)
+    markers = [
+        (m.findtext(f"{SVG}title") or "", m.get("data-marker"))
+        for m in root.iter(f"{SVG}circle")
+        if m.get("data-marker")
+    ]
+    assert len(markers) == len(timeline["events"])
+    [approval] = [(t, kind) for t, kind in markers if "approved 50% (alice)" in t]
+    assert approval[1] == "approval"
+    assert approval[0].endswith("numbers look fine")
+    assert [kind for _, kind in markers].count("start") == 1
     # The latency guardrail: one estimate per look that had one, its margin below zero.
     root = ET.parse(effects["latency"]).getroot()
     looks = [p["metrics"]["latency"] for p in timeline["points"] if "latency" in p["metrics"]]

@@ -11,7 +11,8 @@ const abgateCharts = (() => {
   const H = 190, PAD = { l: 68, r: 118, t: 12, b: 26 };
   const setWidth = (width) => { W = width; };
   const COLORS = { control: "#59636e", treatment: "#0969da", band: "#0969da22",
-    continue: "#1a7f37", hold: "#9a6700", rollback: "#cf222e", start: "#0969da", other: "#8250df" };
+    continue: "#1a7f37", hold: "#9a6700", rollback: "#cf222e", start: "#0969da", other: "#6e7781",
+    approval: "#8250df", pause: "#24292f" };
 
   // Units a person reads: ms, %, thousands separators, small p-values in scientific notation.
   const fmt = {
@@ -111,6 +112,28 @@ const abgateCharts = (() => {
     return f;
   }
 
+  // What a decision's marker shows: the start, a stage shown safe (continue), a hold, a
+  // person's approval, a pause (or escalation to a person), a rollback (or abort).
+  function markerKind(e) {
+    if (e.transition === "started") return "start";
+    if (["rolled_back", "aborted"].includes(e.state) || e.decision === "rollback") return "rollback";
+    if (String(e.change || "").startsWith("approved")) return "approval";
+    if (["paused", "escalated"].includes(e.transition)) return "pause";
+    if (e.decision === "continue" || e.decision === "complete") return "continue";
+    return e.decision === "hold" ? "hold" : "other";
+  }
+  function legend() {
+    const p = document.createElement("p");
+    p.className = "legend muted";
+    for (const kind of ["start", "continue", "hold", "approval", "pause", "rollback"]) {
+      const dot = document.createElement("span");
+      dot.textContent = "\u25cf ";
+      dot.style.color = COLORS[kind];
+      p.append(dot, `${kind}  `);
+    }
+    return p;
+  }
+
   // 1. The ramp: treatment share stage by stage, each decision marked, the next ETA.
   function ramp(timeline) {
     const points = timeline.points;
@@ -127,12 +150,10 @@ const abgateCharts = (() => {
       { stroke: COLORS.treatment }, (v) => fmt.pct(v));
     const share = (t) => { let v = points.length ? points[0].percentage : 0; for (const p of points) if (p.t <= t) v = p.percentage; return v ?? 0; };
     const inRange = timeline.events.filter((e) => points.length && e.time >= points[0].t && e.time <= points[points.length - 1].t + 60);
-    const kindOf = (e) => e.transition === "started" ? "start" : e.decision === "rollback" || e.state === "rolled_back" ? "rollback"
-      : e.decision === "continue" || e.decision === "complete" ? "continue" : e.decision === "hold" ? "hold" : "other";
-    // Holds below, stage changes and rollbacks on top: a promotion is followed within a
-    // tick by the new stage's first hold, which must not hide it.
-    const layer = { hold: 0, other: 1, start: 2, continue: 2, rollback: 3 };
-    const ordered = inRange.map((e) => [kindOf(e), e]).sort((a, b) => layer[a[0]] - layer[b[0]]);
+    // Holds below, stage changes, approvals and rollbacks on top: a promotion is followed
+    // within a tick by the new stage's first hold, which must not hide it.
+    const layer = { hold: 0, other: 1, pause: 2, start: 2, continue: 2, approval: 3, rollback: 4 };
+    const ordered = inRange.map((e) => [markerKind(e), e]).sort((a, b) => layer[a[0]] - layer[b[0]]);
     for (const [kind, e] of ordered) {
       const marker = node("circle", { cx: x(Math.min(e.time, x.domain[1])), cy: y(share(e.time)), r: kind === "hold" ? 4.5 : 6,
         fill: COLORS[kind], stroke: "#fff", "data-marker": kind, class: "marker" });
@@ -147,7 +168,7 @@ const abgateCharts = (() => {
     eta.textContent = !r ? "No rollout." : `${r.state}, ${r.decision || "–"}: ${r.reason}` +
       (r.eta_seconds !== null && r.eta_seconds !== undefined ? ` · next decision in about ${fmt.duration(r.eta_seconds)}` : "");
     const f = figure("Ramp: treatment share", svg, caption);
-    f.append(eta);
+    f.append(eta, legend());
     return f;
   }
 
