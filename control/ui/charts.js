@@ -79,8 +79,14 @@ const abgateCharts = (() => {
       const [t, v] = drawn[drawn.length - 1];
       // Labels that would overlap (several series ending close together) are moved apart.
       const used = svg.labelsAt || (svg.labelsAt = []);
-      let at = y(v) + 4;
-      while (used.some((u) => Math.abs(u - at) < 12)) at += 12;
+      // Nearest free place, alternately below and above, kept inside the plot.
+      const want = Math.min(Math.max(y(v) + 4, PAD.t + 8), H - PAD.b - 2);
+      let at = want;
+      for (let step = 1; used.some((u) => Math.abs(u - at) < 12) && step < 20; step++) {
+        const offset = 12 * Math.ceil(step / 2) * (step % 2 ? 1 : -1);
+        const candidate = want + offset;
+        if (candidate >= PAD.t + 8 && candidate <= H - PAD.b - 2) at = candidate;
+      }
       used.push(at);
       svg.append(node("text", { x: x(t) + 4, y: at, "font-size": 11, fill: attrs.stroke,
         "data-last": name }, label(v)));
@@ -261,8 +267,16 @@ const abgateCharts = (() => {
     const svg = frame("Latency p50 and p95 per arm over time, milliseconds", "latency");
     const x = timeScale(points);
     const get = (p, arm, q) => p.latency_ms[arm] && p.latency_ms[arm].n ? p.latency_ms[arm][q] : null;
-    const [, hi] = extent(points.flatMap((p) => arms.flatMap((a) => [get(p, a, "p50"), get(p, a, "p95")])));
-    const y = scale(0, hi, H - PAD.b, PAD.t);
+    // A lone stall (one window's p95 at 800 ms on a busy machine) must not flatten the rest:
+    // the scale stops at twice the 90th percentile of the values; what is above is drawn
+    // at the top edge, and said.
+    const values = points.flatMap((p) => arms.flatMap((a) => [get(p, a, "p50"), get(p, a, "p95")]))
+      .filter((v) => v !== null && Number.isFinite(v)).sort((a, b) => a - b);
+    const top = values.length ? values[values.length - 1] : 1;
+    const hi = values.length ? Math.min(top, 2 * values[Math.floor(0.9 * (values.length - 1))]) : 1;
+    const scaled = scale(0, hi, H - PAD.b, PAD.t);
+    const y = (v) => scaled(Math.min(v, scaled.domain[1]));
+    y.domain = scaled.domain;
     axes(svg, x, y, fmt.msOf);
     const ts = points.map((p) => p.t);
     const color = (arm) => arm === timeline.arms.treatment ? COLORS.treatment : arm === timeline.arms.control ? COLORS.control : COLORS.other;
@@ -273,7 +287,8 @@ const abgateCharts = (() => {
     }
     const note = document.createElement("p");
     note.className = "muted";
-    note.textContent = arms.length ? "Solid p50, dashed p95; from the data plane's histogram buckets (interpolated within a bucket), each point the answers since the one before."
+    const cut = top > y.domain[1] ? ` Peaks above ${fmt.msOf(y.domain[1])} are drawn at the top (highest ${fmt.msOf(top)}).` : "";
+    note.textContent = arms.length ? "Solid p50, dashed p95; from the data plane's histogram buckets (interpolated within a bucket), each point the answers since the one before." + cut
       : "No latency yet (the data plane reports it once it has answered).";
     return figure("Latency per arm", svg, note);
   }
