@@ -145,6 +145,10 @@ def _series(
             "points": " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in drawn),
         },
     )
+    if len(drawn) == 1:  # a line of one point draws nothing: a dot instead
+        t, v = drawn[0]
+        dot = {"cx": f"{x(t):.1f}", "cy": f"{y(v):.1f}", "r": "3"}
+        ET.SubElement(svg, "circle", {**dot, "fill": attrs.get("stroke", "#1b1f24")})
     if drawn:
         t, v = drawn[-1]
         at = y(v) + 4
@@ -289,6 +293,18 @@ def effect_svg(timeline: dict[str, Any], metric: str, kind: str | None = None) -
             "data-count": str(len(banded)),
         },
     )
+    if len(banded) == 1:  # one look: its interval as a bar
+        px = f"{x(banded[0]['t']):.1f}"
+        ends = {
+            "y1": f"{y(at(banded[0], 'low') or 0):.1f}",
+            "y2": f"{y(at(banded[0], 'high') or 0):.1f}",
+        }
+        ET.SubElement(
+            svg,
+            "line",
+            {"x1": px, "x2": px, **ends, "stroke": COLORS["effect"], "stroke-width": "6",
+             "stroke-opacity": "0.3"},
+        )  # fmt: skip
     zero = f"{y(0):.1f}"
     ET.SubElement(
         svg,

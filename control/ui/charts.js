@@ -75,6 +75,8 @@ const abgateCharts = (() => {
     const line = node("polyline", { fill: "none", "stroke-width": 2, ...attrs, "data-series": name,
       "data-count": drawn.length, points: drawn.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(" ") });
     svg.append(line);
+    if (drawn.length === 1)  // a line of one point draws nothing: a dot instead
+      svg.append(node("circle", { cx: x(drawn[0][0]), cy: y(drawn[0][1]), r: 3, fill: attrs.stroke, "data-dot": name }));
     if (drawn.length) {
       const [t, v] = drawn[drawn.length - 1];
       // Labels that would overlap (several series ending close together) are moved apart.
@@ -206,6 +208,11 @@ const abgateCharts = (() => {
     const lower = banded.slice().reverse().map((p) => `${x(p.t).toFixed(1)},${y(m(p, "low")).toFixed(1)}`);
     svg.append(node("polygon", { points: upper.concat(lower).join(" "), fill: COLORS.band,
       "data-series": "interval", "data-count": banded.length }));
+    if (banded.length === 1) {  // one look: its interval as a bar
+      const p = banded[0];
+      svg.append(node("line", { x1: x(p.t), x2: x(p.t), y1: y(m(p, "low")), y2: y(m(p, "high")),
+        stroke: COLORS.treatment, "stroke-width": 6, "stroke-opacity": 0.3 }));
+    }
     svg.append(node("line", { x1: PAD.l, x2: W - PAD.r, y1: y(0), y2: y(0), stroke: "#1b1f24" }));
     const ts = points.map((p) => p.t);
     series(svg, "line", ts, points.map((p) => m(p, "line")), x, y,
