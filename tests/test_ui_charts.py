@@ -80,7 +80,11 @@ async def test_the_charts_draw_the_timeline_of_a_rollout(
             if view["state"] == "awaiting_approval":
                 break
         assert view["state"] == "awaiting_approval"
-        await ticks.tick(flush)  # the last point sees the wait
+        await ticks.tick(flush)  # a point of the wait: the gate's need, met
+        # Paused, the controller decides nothing more: the page and the API see the same
+        # decisions (one recorded in between made the marker count differ).
+        await api(session, running, "POST", "/api/rollouts/exp/pause", {"reason": "read"})
+        await ticks.tick(flush)  # the last point sees the pause
         timeline: dict[str, Any] = await api(
             session, running, "GET", "/api/experiments/exp/timeline"
         )
@@ -102,10 +106,20 @@ async def test_the_charts_draw_the_timeline_of_a_rollout(
         assert await markers.count() == len(timeline["events"])
         waiting = next(e for e in timeline["events"] if e["transition"] == "awaiting_approval")
         assert "waiting for approval of 100%" in waiting["reason"]
-        await markers.filter(has_text="waiting for approval").hover()
-        await page.get_by_test_id("ramp-tip").filter(has_text=waiting["reason"]).wait_for()
+        tip = page.get_by_test_id("ramp-tip")
+        # The pause, drawn over the wait a moment before it: the mouse reads it ...
+        paused = markers.filter(has_text="paused (alice): read")
+        assert await paused.get_attribute("data-marker") == "pause"
+        await paused.hover()
+        await tip.filter(has_text="paused (alice): read").wait_for()
+        # ... and the keyboard reaches the one under it (markers take the focus); the mouse
+        # away first, or the page's next redraw shows the marker under it again.
+        await page.mouse.move(0, 0)
+        await markers.filter(has_text="waiting for approval").focus()
+        await tip.filter(has_text=waiting["reason"]).wait_for()
         eta = await page.get_by_test_id("ramp-eta").inner_text()
-        assert eta.startswith("awaiting_approval, continue: ")
+        assert eta.startswith("paused, continue: paused by alice: read")
+        assert timeline["events"][-1]["transition"] == "paused"
 
         # 2. The effect of each metric: the estimate, its always-valid band, the line.
         for metric, value in last["metrics"].items():
@@ -132,7 +146,10 @@ async def test_the_charts_draw_the_timeline_of_a_rollout(
                 line = await text(page, f"{chart} [data-last=line]")
                 assert line == "margin " + _ms(value["line"] * 1000)
 
-        # 3. Samples against the need, as the last tick saw them.
+        # 3. Samples against the need of the last stage compared (paused: the controller
+        # holds no decision of its own now).
+        assert last["rollout"]["needed"] is None
+        last = [p for p in points if p["rollout"] and p["rollout"]["needed"]][-1]
         needed = last["rollout"]["needed"]
         for arm in ("control", "treatment"):
             bar = f"[data-chart=samples] [data-bar={arm}]"
