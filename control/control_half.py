@@ -32,6 +32,7 @@ from control.reload import Reloader
 from control.wiring import (
     Gauges,
     app_site,
+    link_timeline,
     new_registry,
     start_reloader,
     start_rollout_controller,
@@ -123,7 +124,7 @@ async def control_half(
         gauges.add_gauges(server.collect)
         if history is not None:
             gauges.add_gauges(lambda: collect_history(history))
-        worker = await start_stats_worker(stack, config, backend, gauges)
+        worker = await start_stats_worker(stack, config, backend, gauges, history)
         rollouts = await start_rollout_controller(stack, config, backend, shared, gauges)
         if history is not None:
             rollouts.listeners.append(rollout_event(history))
@@ -133,6 +134,7 @@ async def control_half(
 
         server.on_hello.append(hello)
         plane = RemotePlane(server, config)
+        link_timeline(worker, rollouts, plane.latency_counts)
         if history is not None:  # outcomes by request id look up the data plane's decisions
             history.flush_first.append(plane.flush_history)
 

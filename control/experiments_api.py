@@ -3,6 +3,7 @@
     GET  /api/experiments                      every experiment: phase, samples, SRM
     GET  /api/experiments/{name}               phases with samples per arm and SRM
     GET  /api/experiments/{name}/significance  every metric of the current phase
+    GET  /api/experiments/{name}/timeline      each tick's numbers, for the charts
     GET  /api/metrics/{name}/comparison        each metric's mean per arm, relative change
     POST /api/outcomes                         [{"experiment", "arm", "metric", "value"}]
 
@@ -12,6 +13,8 @@ control.default_experiment, else the only one (control/current.py).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +31,7 @@ from state.measurements import UNCLUSTERED, MeasureKey, Sums, check_value, clust
 if TYPE_CHECKING:
     from control.stats_worker import StatsWorker
     from state.history.writer import HistoryWriter
+RESTORE_WAIT = 6.0  # seconds a timeline asked for at start waits for PostgreSQL's copy
 MAX_OUTCOMES = 10_000
 
 
@@ -112,6 +116,34 @@ async def significance(request: web.Request) -> web.Response:
             "evidence": evidence.as_json(),
             "note": POWER_NOTE,
         }
+    )
+
+
+async def timeline(request: web.Request) -> web.Response:
+    """The statistics worker's series for the charts (control/timeline.py): as the ticks
+    saw it, not evaluated afresh (a chart polled every few seconds costs no evaluation)."""
+    from control.timeline import series_json
+
+    worker = require_worker(request)
+    name = await resolve(request.app, request.match_info["name"])
+    if worker.timeline_store is not None and not worker.timelines_restored.is_set():
+        with contextlib.suppress(TimeoutError):  # just started: what PostgreSQL kept first
+            async with asyncio.timeout(RESTORE_WAIT):
+                await worker.timelines_restored.wait()
+    experiment = worker.config.experiments[name]
+    report = worker.reports.get(name)
+    phases = [
+        {"id": p.id, "percentage": p.percentage, "started_at": p.started_at}
+        for p in (report.phases if report is not None else [])
+    ]
+    return json_response(
+        series_json(
+            name,
+            {"control": experiment.control.name, "treatment": experiment.treatment.name},
+            worker.timelines.get(name),
+            worker.latency_bounds,
+            phases,
+        )
     )
 
 
@@ -303,5 +335,6 @@ def add_experiment_routes(
     app.router.add_get("/api/experiments", list_experiments)
     app.router.add_get("/api/experiments/{name}", get_experiment)
     app.router.add_get("/api/experiments/{name}/significance", significance)
+    app.router.add_get("/api/experiments/{name}/timeline", timeline)
     app.router.add_get("/api/metrics/{name}/comparison", comparison)
     app.router.add_post("/api/outcomes", outcomes)

@@ -65,6 +65,9 @@ def plane_requests(
     async def health(_: dict[str, Any]) -> dict[str, dict[str, object]]:
         return plane.health()
 
+    async def latency(_: dict[str, Any]) -> dict[str, dict[str, list[int]]]:
+        return plane.metrics.latency_counts()
+
     async def metrics(_: dict[str, Any]) -> str:
         return generate_latest(registry).decode()
 
@@ -85,6 +88,7 @@ def plane_requests(
         "shadow_stats": shadow_stats,
         "health": health,
         "metrics": metrics,
+        "latency": latency,
         "reload": reload,
         "flush_history": flush_history,
         "history": history_status,
@@ -153,6 +157,11 @@ class RemotePlane:
     async def history(self) -> dict[str, Any] | None:
         """The data plane's history writer, as `history_report` says it."""
         result: dict[str, Any] | None = await self._server.ask("history")
+        return result
+
+    async def latency_counts(self) -> dict[str, dict[str, list[int]]]:
+        """Each experiment arm's latency histogram counts (proxy/metrics.py)."""
+        result: dict[str, dict[str, list[int]]] = await self._server.ask("latency", within=2.0)
         return result
 
     async def exposition(self) -> str:

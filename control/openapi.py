@@ -9,6 +9,7 @@ from control.openapi_parts import ERROR
 from control.openapi_parts import json_content as _json
 from control.openapi_parts import ref as _ref
 from control.openapi_rollouts import ROLLOUT_PATHS
+from control.openapi_timeline import timeline_paths
 
 _OBJECT = {"type": "object"}
 EXPERIMENT = {
@@ -629,6 +630,7 @@ OPENAPI: dict[str, Any] = {
         },
         **STATISTICS_PATHS,
         **ROLLOUT_PATHS,
+        **timeline_paths(_READ, _json, ERROR),
     },
 }
 

@@ -100,7 +100,7 @@ def _read(summary: str) -> dict[str, Any]:
 ROLLOUT_PATHS: dict[str, Any] = {
     "/ui": {
         "get": {
-            "summary": "The control page (one HTML file; its script is /ui/app.js)",
+            "summary": "The control page (one HTML file; its scripts: /ui/app.js, /ui/charts.js)",
             "security": [],
             "responses": {
                 "200": {
@@ -114,6 +114,19 @@ ROLLOUT_PATHS: dict[str, Any] = {
         "get": {
             "summary": "The control page's script (no inline script: the page's CSP allows "
             "scripts from 'self' only)",
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "OK",
+                    "content": {"text/javascript": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    },
+    "/ui/charts.js": {
+        "get": {
+            "summary": "The control page's charts: plain SVG drawn from the timeline "
+            "(/api/experiments/{name}/timeline), no library",
             "security": [],
             "responses": {
                 "200": {

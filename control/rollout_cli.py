@@ -3,7 +3,9 @@
 The control API from a shell (--url / ABGATE_CONTROL_URL, --token / ABGATE_CONTROL_TOKEN).
 `status --watch` redraws a live view (stage bar, samples against samples needed, ETA, each
 gate) on a terminal, and prints one line per change otherwise. `report` writes a markdown
-business-impact report to reports/EXPERIMENT-business-impact.md.
+business-impact report to reports/EXPERIMENT-business-impact.md, with a paragraph for a
+stakeholder and its pictures beside it as SVG files (EXPERIMENT-ramp.svg,
+EXPERIMENT-effect-METRIC.svg).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from control.flags_cli import DEFAULT_URL, ApiCallFailed, call
+from control.report_charts import write_charts
+from control.report_summary import stakeholder_summary
 
 FINISHED = {"completed": 0, "rolled_back": 3, "aborted": 4}  # state -> exit code of --watch
 ESCALATED_EXIT = 5
@@ -143,11 +147,34 @@ def report(args: argparse.Namespace) -> Path:
     phases = ", ".join(
         f"phase {p['id']} at {p['percentage']:g}%" for p in evidence.get("phases", [])
     )
+    output = Path(args.output or f"reports/{name}-business-impact.md")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    timeline = call(args, "GET", f"/api/experiments/{name}/timeline")
+    declared = call(args, "GET", f"/api/experiments/{name}").get("metrics") or []
+    kinds = {m["name"]: m["type"] for m in declared}
+    charts = write_charts(timeline, output, kinds)
+    summary = stakeholder_summary(
+        view, history, impact, timeline["arms"], time.time(), timeline, kinds
+    )
     lines = [
         f"# Business impact: {name}",
         "",
         f"State **{view['state']}** at {view['stage']['percentage']:g}% ({view['reason']}).",
         f"Started {_iso(view['started_at'])} by {view['started_by']}.",
+        "",
+        "## Summary",
+        "",
+        summary,
+        "",
+        "## Pictures",
+        "",
+        "From the statistics worker's timeline "
+        f"({len(timeline['points']):,} looks; the effect is treatment minus control at each "
+        "look, signed so that up is better, with its always-valid interval as a band, the "
+        "plan's margin or minimum effect as a dashed line, and a dotted line where a phase "
+        "began). Hover a marker of the ramp for the decision's reason.",
+        "",
+        *(f"![{what}]({path.name})" for what, path in charts.items()),
         "",
         "## Business metrics (treatment against control)",
         "",
@@ -189,8 +216,6 @@ def report(args: argparse.Namespace) -> Path:
             f"| {_iso(entry['time'])} | {entry['actor']} | {entry.get('state', '')} | "
             f"{entry.get('change') or ''} | {entry.get('decision', '')} | {reason} |"
         )
-    output = Path(args.output or f"reports/{name}-business-impact.md")
-    output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text("\n".join(lines) + "\n")
     return output
 

@@ -43,6 +43,7 @@ from control.wiring import (
     Gauges,
     announce,
     app_site,
+    link_timeline,
     new_registry,
     start_plane_flags,
     start_reloader,
@@ -145,8 +146,9 @@ async def serve_control(config: Config) -> None:
             shared=shared,
         )
         gauges.add_gauges(backend.collect)
-        worker = await start_stats_worker(stack, config, backend, gauges)
+        worker = await start_stats_worker(stack, config, backend, gauges, history)
         rollouts = await start_rollout_controller(stack, config, backend, shared, gauges)
+        link_timeline(worker, rollouts)  # no data plane here: no latency on its timeline
         if history is not None:
             rollouts.listeners.append(rollout_event(history))
             gauges.add_gauges(lambda: collect_history(history))

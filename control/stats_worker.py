@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from config import Config
+from config.metrics_catalogue import LATENCY_BUCKETS
 from config.model import BUILT_IN_METRICS, ExperimentConfig, MetricConfig
 from control.measured import EMPTY, ArmKey, Users, by_arm, sample_ratio
 from control.reports import ExperimentReport, MetricResult, PhaseReport
@@ -35,8 +37,12 @@ from control.stats.clusters import MIN_CLUSTERS, ClusteredSums
 from control.stats.frequentist import TestResult, rates_test, welch_t
 from control.stats.sequential import sequential_rates
 from control.stats.strata import Combined, stratified_difference
+from control.timeline import RolloutView, Series, event_of, point_of
 from state.errors import StoreUnavailable
 from state.measurements import MeasureKey, MeasurementStore, Phase, Sums
+
+if TYPE_CHECKING:
+    from control.timeline_store import TimelineStore  # asyncpg: only with the history store
 
 log = logging.getLogger("abgate.stats")
 INTERVAL = 3.0
@@ -210,6 +216,82 @@ class StatsWorker:
         self.last_error: str | None = None  # the store could not be read
         self.failing: dict[str, str] = {}  # experiment -> why its last evaluation failed
         self.evaluation_errors: dict[str, int] = {}
+        # The charts' data: one bounded series per experiment (control/timeline.py), fed by
+        # each tick of `run` (not by the API's own evaluations) and the rollout's events.
+        self.timelines: dict[str, Series] = {}
+        self.latency_bounds: tuple[float, ...] = LATENCY_BUCKETS
+        self.rollout_view: Callable[[str], RolloutView | None] | None = None
+        self.latency: Callable[[], Awaitable[dict[str, dict[str, list[int]]]]] | None = None
+        self.latency_error: str | None = None
+        self.timeline_store: TimelineStore | None = None  # PostgreSQL, with the history store
+        self.timelines_restored = asyncio.Event()  # read back (or given up): the API waits
+
+    def series(self, name: str) -> Series:
+        series = self.timelines.get(name)
+        if series is None:
+            series = self.timelines[name] = Series()
+        return series
+
+    def rollout_event(self, entry: dict[str, Any]) -> None:
+        """A rollout controller's history listener: its decisions, marked on the ramp."""
+        name = entry.get("experiment")
+        if isinstance(name, str) and name in self.config.experiments:
+            self.series(name).events.append(event_of(entry))
+
+    async def record(self, reports: Mapping[str, ExperimentReport]) -> None:
+        """One point per experiment on its timeline, with each arm's latency histogram as the
+        data plane has it now (none while it cannot be asked: said once)."""
+        latency: dict[str, dict[str, list[int]]] = {}
+        if self.latency is not None:
+            try:
+                latency = await self.latency()
+            except StoreUnavailable:
+                pass  # no data plane connected (yet): /health/aggregate says so
+            except Exception as exc:  # the data plane away or slow: the point has no latency
+                error = f"{type(exc).__name__}: {exc}"
+                if error != self.latency_error:
+                    log.warning("statistics worker: latency for the timeline: %s", error)
+                self.latency_error = error
+            else:
+                self.latency_error = None
+        for name, report in reports.items():
+            experiment = self.config.experiments.get(name)
+            if experiment is None:
+                continue
+            view = self.rollout_view(name) if self.rollout_view is not None else None
+            series = self.series(name)
+            kept, thinned = series.add(point_of(report, experiment, view, latency.get(name, {})))
+            if self.timeline_store is not None:
+                self.timeline_store.saved(name, series, kept, thinned)
+
+    async def restore_timelines(self) -> None:
+        """The timelines as PostgreSQL kept them, before the first tick adds to them; none
+        (logged) when it cannot be read within LOAD_TIMEOUT: the charts start afresh."""
+        try:
+            await self._restore_timelines()
+        finally:
+            self.timelines_restored.set()
+
+    async def _restore_timelines(self) -> None:
+        if self.timeline_store is None:
+            return
+        from control.timeline_store import LOAD_TIMEOUT
+
+        try:
+            async with asyncio.timeout(LOAD_TIMEOUT):
+                restored = await self.timeline_store.load(sorted(self.config.experiments))
+        except Exception as exc:
+            log.warning(
+                "statistics worker: the timeline could not be read from the history store "
+                "(%s: %s); the charts start afresh",
+                type(exc).__name__,
+                exc,
+            )
+            return
+        for name, series in restored.items():
+            events = self.timelines[name].events if name in self.timelines else ()
+            series.events.extend(events)  # decisions recorded while it was read
+            self.timelines[name] = series
 
     async def evaluate_all(self) -> dict[str, ExperimentReport]:
         reports = {}
@@ -235,9 +317,10 @@ class StatsWorker:
         self.failing[name] = message
 
     async def run(self) -> None:
+        await self.restore_timelines()
         while True:
             try:
-                await self.evaluate_all()
+                await self.record(await self.evaluate_all())
             except StoreUnavailable as exc:
                 error = f"measurements unavailable: {exc}"
                 if error != self.last_error:

@@ -1,9 +1,10 @@
 """The control page: `GET /ui` (and `/` redirects there) serves one HTML file
 (control/ui/index.html: inline CSS, no CDN, no fonts, no build step) and its script
-(`GET /ui/app.js`, control/ui/app.js) that drives the same control API as the CLI. Its writes
-carry the token the operator entered (kept in the browser session only) and pass the
-same-origin and JSON-only guards as any other write. The script is a file of its own so the
-Content-Security-Policy allows no inline script: a value injected into the page cannot run."""
+(`GET /ui/app.js`, control/ui/app.js; its charts `GET /ui/charts.js`) that drives the same
+control API as the CLI. Its writes carry the token the operator entered (kept in the browser
+session only) and pass the same-origin and JSON-only guards as any other write. The scripts
+are files of their own so the Content-Security-Policy allows no inline script: a value
+injected into the page cannot run."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from aiohttp import web
 
 PAGE = Path(__file__).parent / "ui" / "index.html"
 SCRIPT = Path(__file__).parent / "ui" / "app.js"
+CHARTS = Path(__file__).parent / "ui" / "charts.js"  # plain SVG charts, no library
 # The page loads nothing from elsewhere, and runs no inline script; say so to the browser.
 POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; "
@@ -34,8 +36,9 @@ async def page(request: web.Request) -> web.Response:
 
 
 async def script(request: web.Request) -> web.Response:
+    path = CHARTS if request.path.endswith("/charts.js") else SCRIPT
     return web.Response(
-        body=SCRIPT.read_bytes(),
+        body=path.read_bytes(),
         content_type="text/javascript",
         charset="utf-8",
         headers=_HEADERS,
@@ -49,4 +52,5 @@ async def root(request: web.Request) -> web.Response:
 def add_ui_routes(app: web.Application) -> None:
     app.router.add_get("/ui", page)
     app.router.add_get("/ui/app.js", script)
+    app.router.add_get("/ui/charts.js", script)
     app.router.add_get("/", root)

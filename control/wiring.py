@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -34,6 +34,7 @@ FIRST_READ_WAIT = 3.0  # seconds a starting data plane waits for the shared flag
 if TYPE_CHECKING:
     from control.rollout.controller import RolloutController
     from control.stats_worker import StatsWorker
+    from state.history.writer import HistoryWriter
 
 
 def announce(line: str) -> None:
@@ -90,14 +91,59 @@ async def owned_task(stack: AsyncExitStack, coro: Coroutine[Any, Any, None], nam
 
 
 async def start_stats_worker(
-    stack: AsyncExitStack, config: Config, backend: FlagBackend, gauges: GaugeSink
+    stack: AsyncExitStack,
+    config: Config,
+    backend: FlagBackend,
+    gauges: GaugeSink,
+    history: HistoryWriter | None = None,
 ) -> StatsWorker:
+    """With the history store, the timeline is kept in PostgreSQL too (and read back first)."""
     from control.stats_worker import StatsWorker  # scipy: only where statistics run
+    from control.timeline_store import TimelineStore
 
     worker = StatsWorker(config, backend.measurements)
+    if history is not None:
+        worker.timeline_store = TimelineStore(history)
     gauges.add_gauges(worker.collect)
     await owned_task(stack, worker.run(), "abgate-stats-worker")
     return worker
+
+
+def link_timeline(
+    worker: StatsWorker,
+    controller: RolloutController,
+    latency: Callable[[], Awaitable[dict[str, dict[str, list[int]]]]] | None = None,
+) -> None:
+    """The timeline's other sources: the controller's state and decisions at each tick,
+    its history entries as they happen, and the data plane's latency histograms."""
+    from control.rollout.controller import RolloutError
+    from control.timeline import RolloutView
+
+    def view(name: str) -> RolloutView | None:
+        rollout = next((r for r in controller.current if r.experiment == name), None)
+        if rollout is None:
+            return None
+        try:
+            plan = controller.plan_of(rollout)
+        except RolloutError:
+            plan = None
+        decision = controller.last_decision(name)
+        return RolloutView(
+            rollout.state,
+            rollout.stage_index,
+            rollout.decision,
+            decision.kind if decision is not None else "",
+            rollout.reason,
+            rollout.eta_seconds,
+            decision.needed if decision is not None else {},
+            plan,
+        )
+
+    worker.rollout_view = view
+    worker.latency = latency
+    if worker.timeline_store is not None:  # several control processes: the acting one writes
+        worker.timeline_store.acting = lambda: controller.acting
+    controller.listeners.append(worker.rollout_event)
 
 
 async def start_rollout_controller(

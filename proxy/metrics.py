@@ -43,6 +43,21 @@ class ProxyMetrics(Collector):
             stats = self._traffic[key] = TrafficStats(experiment, arm, upstream)
         return stats
 
+    def latency_counts(self) -> dict[str, dict[str, list[int]]]:
+        """Each experiment arm's latency histogram (LATENCY_BUCKETS, then +Inf), summed over
+        its upstreams: what the statistics worker's timeline reads once per tick."""
+        out: dict[str, dict[str, list[int]]] = {}
+        for stats in self._traffic.values():
+            if not stats.experiment:
+                continue
+            arms = out.setdefault(stats.experiment, {})
+            counts = arms.get(stats.arm)
+            if counts is None:
+                arms[stats.arm] = list(stats.latency.counts)
+            else:
+                arms[stats.arm] = [a + b for a, b in zip(counts, stats.latency.counts, strict=True)]
+        return out
+
     def __call__(self, outcome: Outcome) -> None:
         """The sink of the counters read from each request's record (proxy/outcome.py)."""
         if outcome.local:

@@ -55,8 +55,10 @@ async def test_migrate_from_empty_twice_and_the_tables_psql_lists(postgres: Post
     try:
         assert await migrate(conn, 90, date(2027, 1, 10)) == "partitions"
         assert await migrate(conn, 90, date(2027, 1, 10)) == "partitions"  # idempotent
-        versions = await conn.fetch("SELECT version FROM ab_testing.schema_migrations")
-        assert [row["version"] for row in versions] == [1, 2]
+        versions = await conn.fetch(
+            "SELECT version FROM ab_testing.schema_migrations ORDER BY version"
+        )
+        assert [row["version"] for row in versions] == [1, 2, 3]
         assert "decisions_20270110" in await partitions(conn, "decisions")
     finally:
         await conn.close()
@@ -65,7 +67,8 @@ async def test_migrate_from_empty_twice_and_the_tables_psql_lists(postgres: Post
     )
     output, _ = await proc.communicate()
     listed = output.decode()
-    for table in ("experiments", "cohorts", "decisions", "outcomes", "rollout_events"):
+    tables = ("experiments", "cohorts", "decisions", "outcomes", "rollout_events")
+    for table in (*tables, "timeline_points", "timeline_series"):
         assert f" {table} " in listed, listed
 
 

@@ -18,8 +18,6 @@ function say(text, kind = "info") {
 }
 const number = (n) => (n === null || n === undefined) ? "–" : Number(n).toLocaleString("en-US");
 const pct = (n) => (n === null || n === undefined) ? "–" : `${Number(n).toLocaleString("en-US", {maximumFractionDigits: 2})}%`;
-const signed = (n, digits = 4) => (n === null || n === undefined) ? "–" :
-  (n > 0 ? "+" : "") + Number(n).toPrecision(digits);
 function duration(seconds) {
   if (seconds === null || seconds === undefined) return "unknown";
   seconds = Math.max(0, Math.round(seconds));
@@ -75,16 +73,23 @@ function askReason(question) {
 }
 
 function metricsTable(metrics) {
+  const { fmt, unitOf } = abgateCharts;
   const rows = Object.entries(metrics || {}).map(([name, m]) => {
     const seq = m.sequential || {};
     const ci = seq.ci && seq.ci.absolute ? seq.ci.absolute : null;
+    // In the metric's unit: latency in ms, a rate in %, a difference in ms or points.
+    const mean = (v) => v === null || v === undefined ? "–" : name === "latency" ? fmt.ms(v)
+      : m.type === "binary" ? fmt.pct(v * 100) : Number(v).toLocaleString("en-US", { maximumSignificantDigits: 4 });
+    const unit = unitOf(name, m.type);
+    const bound = (v) => v === null || v === undefined ? "–" : unit.show(v * unit.scale);
+    const p = seq.p_value_holm === undefined || seq.p_value_holm === null ? null : seq.p_value_holm;
     return el("tr", {},
       el("td", {}, name),
       el("td", {}, `${number(m.n.a)} / ${number(m.n.b)}`),
-      el("td", {}, `${m.mean.a === null ? "–" : Number(m.mean.a).toPrecision(4)} / ${m.mean.b === null ? "–" : Number(m.mean.b).toPrecision(4)}`),
+      el("td", { "data-testid": `mean-${name}` }, `${mean(m.mean.a)} / ${mean(m.mean.b)}`),
       el("td", {}, m.improvement === null ? "–" : pct(m.improvement * 100)),
-      el("td", {}, ci ? `[${signed(ci[0])}, ${signed(ci[1])}]` : "–"),
-      el("td", {}, seq.p_value_holm === undefined || seq.p_value_holm === null ? (m.status !== "ok" ? m.status : "–") : Number(seq.p_value_holm).toPrecision(3)),
+      el("td", {}, ci ? `[${bound(ci[0])}, ${bound(ci[1])}]` : "–"),
+      el("td", {}, p === null ? (m.status !== "ok" ? m.status : "–") : fmt.p(p)),
       el("td", {}, el("span", { class: "badge " + (m.significant ? "pass" : "") }, m.significant ? "significant" : "not significant")));
   });
   return el("div", { class: "scroll" }, el("table", {},
@@ -146,7 +151,34 @@ function rolloutBlock(name, rollout, history) {
   return box;
 }
 
-function experimentBlock(exp, flag, significance, rollout, history, breakers, shadow) {
+// The four charts (control/ui/charts.js) from the statistics worker's timeline; drawn again
+// only when it changed (a tick, a decision), so a hover's caption stays while it is read.
+const drawnCharts = {};
+function chartsBlock(timeline, metrics) {
+  const events = timeline.events;
+  const width = window.innerWidth < 700 ? 400 : 640;  // a phone's: legible text
+  const key = `${width}/${timeline.ticks}/${events.length}/${events.length ? events[events.length - 1].time : 0}`;
+  const drawn = drawnCharts[timeline.name];
+  if (drawn && drawn.key === key) return drawn.element;
+  abgateCharts.setWidth(width);
+  const element = drawCharts(timeline, metrics);
+  drawnCharts[timeline.name] = { key, element };
+  return element;
+}
+
+function drawCharts(timeline, metrics) {
+  const last = timeline.points[timeline.points.length - 1];
+  const order = { primary: 0, guardrail: 1, other: 2 };
+  const names = Object.keys(last ? last.metrics : {}).sort((a, b) =>
+    order[last.metrics[a].role] - order[last.metrics[b].role] || a.localeCompare(b));
+  const grid = el("div", { class: "charts", "data-testid": "charts" },
+    abgateCharts.ramp(timeline), abgateCharts.samples(timeline),
+    ...names.map((m) => abgateCharts.effect(timeline, m, metrics[m] ? metrics[m].type : undefined)),
+    abgateCharts.latency(timeline));
+  return el("div", {}, el("h3", {}, `Charts (${number(timeline.points.length)} points over ${abgateCharts.fmt.duration(last ? last.t - timeline.points[0].t : 0)})`), grid);
+}
+
+function experimentBlock(exp, flag, significance, rollout, history, breakers, shadow, timeline) {
   const name = exp.name;
   const section = el("section", { class: "experiment", "aria-labelledby": `h-${name}` });
   section.append(el("h2", { id: `h-${name}` }, name));
@@ -175,6 +207,7 @@ function experimentBlock(exp, flag, significance, rollout, history, breakers, sh
     } }, "Roll back to 0%"));
   section.append(form);
   section.append(el("h3", {}, "Metrics (current phase)"), metricsTable(significance ? significance.metrics : {}));
+  if (timeline) section.append(chartsBlock(timeline, significance ? significance.metrics : {}));
   section.append(rolloutBlock(name, rollout, history));
   return section;
 }
@@ -192,12 +225,13 @@ async function refresh(force = false) {
     const blocks = [];
     for (const exp of experiments.experiments) {
       const significance = await api("GET", `/api/experiments/${exp.name}/significance`).catch(() => null);
+      const timeline = await api("GET", `/api/experiments/${exp.name}/timeline`).catch(() => null);
       const rollout = byRollout[exp.name];
       const history = rollout ? (await api("GET", `/api/rollouts/${exp.name}/history?limit=20`)).history : [];
       const changes = (await api("GET", `/api/flags/${exp.name}/history?limit=10`).catch(() => ({ history: [] }))).history;
       const upstreams = (breakers.breakers || []).filter((b) => b && b.upstream !== undefined);
       const block = experimentBlock(exp, byFlag[exp.name], significance, rollout, history, upstreams,
-        byShadow[exp.name]);
+        byShadow[exp.name], timeline);
       if (changes.length) {
         block.append(el("h3", {}, "Flag changes"), el("div", { class: "scroll" }, el("table", { "data-testid": "flag-history" },
           el("thead", {}, el("tr", {}, el("th", {}, "when"), el("th", {}, "who"), el("th", {}, "ML share"), el("th", {}, "reason"))),

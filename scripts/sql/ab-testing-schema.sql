@@ -1,6 +1,6 @@
 -- abgate's history store: every decision and outcome, the cohorts, the rollout decisions and
--- the flag audit trail. Applied by `abgate db migrate` (version 2); safe to run again, and it
--- brings a version 1 schema up to date.
+-- the flag audit trail. Applied by `abgate db migrate` (version 3); safe to run again, and it
+-- brings a version 1 or 2 schema up to date.
 --
 -- decisions and outcomes are declared here as tables partitioned by day (plain PostgreSQL):
 -- abgate's maintenance task creates the days ahead and drops those past the retention.
@@ -123,4 +123,22 @@ CREATE TABLE IF NOT EXISTS ab_testing.dead_letters (
 CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_identity
     ON ab_testing.dead_letters (target, md5(record));
 
-INSERT INTO ab_testing.schema_migrations (version) VALUES (1), (2) ON CONFLICT DO NOTHING;
+-- Version 3: the statistics worker's timeline (the control page's and the reports' charts),
+-- bounded as it is in memory (control/timeline.py): the points kept, at most 512 per
+-- experiment, thinned on a doubling stride, and each series' tick count and stride; so the
+-- charts survive a restart of the control process.
+CREATE TABLE IF NOT EXISTS ab_testing.timeline_points (
+    experiment  text NOT NULL,
+    tick        bigint NOT NULL,               -- the tick's number in its series
+    time        timestamptz NOT NULL,
+    point       jsonb NOT NULL,
+    PRIMARY KEY (experiment, tick)
+);
+CREATE TABLE IF NOT EXISTS ab_testing.timeline_series (
+    experiment  text PRIMARY KEY,
+    ticks       bigint NOT NULL,
+    stride      bigint NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+INSERT INTO ab_testing.schema_migrations (version) VALUES (1), (2), (3) ON CONFLICT DO NOTHING;

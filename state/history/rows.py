@@ -53,6 +53,16 @@ STATEMENTS = {
     "experiments": "INSERT INTO ab_testing.experiments (name, config_hash) VALUES ($1, $2) "
     "ON CONFLICT (name) DO UPDATE SET config_hash = EXCLUDED.config_hash, "
     "updated_at = now()",
+    # The statistics worker's timeline (control/timeline_store.py): points kept, points
+    # thinned away when the series doubles its stride, and the series' tick count and stride.
+    "timeline_points": "INSERT INTO ab_testing.timeline_points (experiment, tick, time, "
+    "point) VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (experiment, tick) DO UPDATE SET "
+    "time = EXCLUDED.time, point = EXCLUDED.point",
+    "timeline_thin": "DELETE FROM ab_testing.timeline_points WHERE experiment = $1 "
+    "AND tick % $2 <> 0",
+    "timeline_series": "INSERT INTO ab_testing.timeline_series (experiment, ticks, stride) "
+    "VALUES ($1, $2, $3) ON CONFLICT (experiment) DO UPDATE SET ticks = EXCLUDED.ticks, "
+    "stride = EXCLUDED.stride, updated_at = now()",
 }
 IDENTIFIED = frozenset({"outcomes", "rollout_events"})  # the writer adds a record id
 REQUEST_ID_MAX = 200  # characters; the outcomes API takes request ids up to this length

@@ -19,7 +19,7 @@ log = logging.getLogger("abgate.history")
 SQL_DIR = Path(
     os.environ.get("ABGATE_SQL_DIR", Path(__file__).resolve().parents[2] / "scripts" / "sql")
 )
-VERSION = 2
+VERSION = 3
 PARTITIONED = ("decisions", "outcomes")
 DAYS_AHEAD = 3
 

@@ -254,6 +254,15 @@ class HistoryWriter:
 
     # -- reads (control plane) -------------------------------------------------------------
 
+    async def read(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        """A read of what is written (this writer's buffer flushed first): the control
+        process's own records, such as its timeline when it starts."""
+        async with self._lock:
+            await self._flush()
+            conn = await self._connection()
+            rows: list[asyncpg.Record] = await conn.fetch(query, *args)
+            return rows
+
     async def decision_of(self, request_id: str) -> tuple[str, str, int, datetime] | None:
         """(experiment, arm, phase, time) of a recorded decision; flushes first, so a
         decision this process made a moment ago is found too."""
