@@ -84,7 +84,7 @@ Commands in the docs call \`abgate\`; put it on your PATH in this shell first:
   export PATH="$PWD/.venv/bin:\$PATH"
 
 Try:
-  make demo-rollout                 # simulated users run a whole rollout (about 3 minutes)
+  make demo-rollout                 # simulated users run a whole rollout (about 2-3 minutes)
   curl -si -H 'X-User-Id: alice' -X POST $PROXY/api/agent/credit/decide
   curl -s -X POST -H 'Content-Type: application/json' -d '{"percentage": 50}' \\
        $CONTROL/api/flags/ml-agent-rollout
