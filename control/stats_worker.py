@@ -25,13 +25,12 @@ from config.model import BUILT_IN_METRICS, ExperimentConfig, MetricConfig
 from control.measured import EMPTY, ArmKey, Users, by_arm, sample_ratio
 from control.reports import ExperimentReport, MetricResult, PhaseReport
 from control.stats import (
-    Proportion,
     StatsInputError,
     holm,
     sequential_test,
 )
 from control.stats.checks import SRM_THRESHOLD
-from control.stats.clusters import MIN_CLUSTERS, ClusteredSums
+from control.stats.clusters import MIN_CLUSTERS, ClusteredSums, clustered_rates
 from control.stats.frequentist import TestResult, rates_test, welch_t
 from control.stats.sequential import sequential_rates
 from control.stats.strata import Combined, stratified_difference
@@ -86,9 +85,7 @@ def compare(
         )
     try:
         if metric.type == "binary":
-            pa, pb = _proportion(a), _proportion(b)
-            pooled = (pa.successes + pb.successes) / (pa.n + pb.n)
-            design = (a.design_effect(pooled), b.design_effect(pooled))
+            pa, pb, design = clustered_rates(a, b)
             return result(
                 "ok",
                 rates_test(pa, pb, alpha=alpha, design=design),
@@ -128,11 +125,6 @@ def _across_phases(
             except StatsInputError:
                 continue
     return out
-
-
-def _proportion(sums: ClusteredSums) -> Proportion:
-    """Successes of a 0/1 metric; values are checked to be 0 or 1 where they come in."""
-    return Proportion(sums.count, min(sums.count, max(0, round(sums.total))))
 
 
 def evaluate(

@@ -29,12 +29,13 @@ from config.model import ExperimentConfig, MetricConfig, RolloutPlan
 from control.measured import EMPTY
 from control.stats import holm, srm
 from control.stats.checks import SRM_THRESHOLD
-from control.stats.clusters import MIN_CLUSTERS, ClusteredSums
+from control.stats.clusters import MIN_CLUSTERS, ClusteredSums, clustered_rates
 from control.stats.models import StatsInputError
 from control.stats.sequential import (
     MIN_EVENTS,
     TUNING,
     always_valid_p,
+    rates_p,
     sequential_sample_size,
 )
 from proxy.measure import SLOW_METRIC
@@ -330,32 +331,45 @@ def samples_needed(
     return needed, sizing
 
 
-def _difference(
-    metric: MetricConfig, a: ClusteredSums, b: ClusteredSums, *, burn_in: bool = True
-) -> tuple[float, float] | None:
-    """(harm, variance of the difference): harm > 0 means the treatment is worse. None
-    before a burn-in: MIN_CLUSTERS units per arm, and MIN_EVENTS events for a rate. Showing
-    no harm needs no event burn-in (a healthy service may have no errors at all): the added
-    pseudo-events keep the variance honest, and a real excess brings events with it. The
-    variances are per user (clustered), as the worker's."""
-    if a.count < 2 or b.count < 2 or min(a.clusters, b.clusters) < MIN_CLUSTERS:
-        return None
+def binary_harm_p(
+    metric: MetricConfig,
+    a: ClusteredSums,
+    b: ClusteredSums,
+    margin: float,
+    *,
+    worse: bool,
+) -> float | None:
+    """Always-valid one-sided p of a 0/1 metric: with `worse`, of "the treatment is worse by
+    more than `margin`" (the rollback's harm test, after the worker's burn-in); otherwise of
+    "it is within the margin" (non-inferiority, no event burn-in). Both are the worker's own
+    test (`control.stats.sequential.rates_p`: the score variance under the null, here the
+    margin, with the same design effects), so the page and the gate never disagree about
+    the same sums. None: no decision yet (burn-in, or nothing to test)."""
     sign = 1.0 if metric.direction == "lower" else -1.0
-    mean_a, mean_b = a.total / a.count, b.total / b.count
-    if metric.type == "binary":
-        events = min(a.total + b.total, a.count + b.count - a.total - b.total)
-        if burn_in and events < MIN_EVENTS:
-            return None
-        # Agresti-Caffo: one event and one non-event added per arm, never a zero variance.
-        ra, rb = (a.total + 1) / (a.count + 2), (b.total + 1) / (b.count + 2)
-        variance = a.design_effect(ra) * ra * (1 - ra) / (a.count + 2) + b.design_effect(
-            rb
-        ) * rb * (1 - rb) / (b.count + 2)
-    else:
-        variance = a.variance_of_mean() + b.variance_of_mean()
+    pa, pb, design = clustered_rates(a, b)
+    harm = sign * (pb.rate - pa.rate)
+    if (harm > margin) != worse or harm == margin:
+        return 1.0  # the estimate is on the other side: no evidence for this alternative
+    try:
+        return rates_p(pa, pb, shift=sign * margin, design=design, burn_in=worse)
+    except StatsInputError:
+        return None
+
+
+def _too_few(a: ClusteredSums, b: ClusteredSums) -> bool:
+    return a.count < 2 or b.count < 2 or min(a.clusters, b.clusters) < MIN_CLUSTERS
+
+
+def _mean_difference(
+    metric: MetricConfig, a: ClusteredSums, b: ClusteredSums
+) -> tuple[float, float] | None:
+    """(harm, variance of the difference) of a continuous metric: harm > 0 means the
+    treatment is worse; the variances are per user (clustered), as the worker's."""
+    sign = 1.0 if metric.direction == "lower" else -1.0
+    variance = a.variance_of_mean() + b.variance_of_mean()
     if not variance > 0 or not math.isfinite(variance):
         return None
-    return sign * (mean_b - mean_a), variance
+    return sign * (b.mean - a.mean), variance
 
 
 def _harm_tests(
@@ -371,15 +385,26 @@ def _harm_tests(
         metric = experiment.metric(name)
         assert metric is not None
         a, b = inputs.control.get(name), inputs.treatment.get(name)
-        if a is None or b is None:
+        if a is None or b is None or _too_few(a, b):
             continue
-        found = _difference(metric, a, b)
-        if found is None:
-            continue
-        harm, variance = found
-        margin = margin_of(a.total / a.count)
-        excess = harm - margin
-        p = always_valid_p(excess, variance, a.count + b.count, TUNING) if excess > 0 else 1.0
+        margin = margin_of(a.mean)
+        sign = 1.0 if metric.direction == "lower" else -1.0
+        harm = sign * (b.mean - a.mean)
+        if metric.type == "binary":
+            found = binary_harm_p(metric, a, b, margin, worse=True)
+            if found is None:
+                continue
+            p = found
+        else:
+            difference = _mean_difference(metric, a, b)
+            if difference is None:
+                continue
+            excess = harm - margin
+            p = (
+                always_valid_p(excess, difference[1], a.count + b.count, TUNING)
+                if excess > 0
+                else 1.0
+            )
         tests.append(
             _HarmTest(
                 name,
@@ -403,13 +428,17 @@ def _non_inferiority_p(
     margin_of: Callable[[float], float],
 ) -> float:
     """Always-valid p of "the treatment is worse by at least the margin"."""
-    if a is None or b is None:
+    if a is None or b is None or _too_few(a, b):
         return 1.0
-    found = _difference(metric, a, b, burn_in=False)
-    if found is None:
+    margin = margin_of(a.mean)
+    if metric.type == "binary":
+        found = binary_harm_p(metric, a, b, margin, worse=False)
+        return 1.0 if found is None else found
+    difference = _mean_difference(metric, a, b)
+    if difference is None:
         return 1.0
-    harm, variance = found
-    room = margin_of(a.total / a.count) - harm
+    harm, variance = difference
+    room = margin - harm
     if room <= 0:
         return 1.0
     return always_valid_p(room, variance, a.count + b.count, TUNING)
