@@ -202,7 +202,7 @@ def _primary(r: Reader, value: Any, path: KeyPath, known: set[str]) -> PrimaryCo
     """None: no primary metric; False: invalid (reported)."""
     if value is None:
         return None
-    section = r.mapping(value, path, {"metric", "minimum_detectable_effect"})
+    section = r.mapping(value, path, {"metric", "minimum_detectable_effect", "allow_unmeasured"})
     if section is None:
         return False
     metric = section.get("metric")
@@ -213,9 +213,10 @@ def _primary(r: Reader, value: Any, path: KeyPath, known: set[str]) -> PrimaryCo
         r.problem((*path, "minimum_detectable_effect"), "required: the smallest effect to detect")
         return False
     effect = _amount(r, section["minimum_detectable_effect"], (*path, "minimum_detectable_effect"))
-    if effect is None:
+    unmeasured = r.boolean(section.get("allow_unmeasured", False), (*path, "allow_unmeasured"))
+    if effect is None or unmeasured is None:
         return False
-    return PrimaryConfig(str(metric), effect)
+    return PrimaryConfig(str(metric), effect, unmeasured)
 
 
 def _guardrails(

@@ -3,10 +3,11 @@ versions of benchmarks/gate_sim.py (the full tables are in benchmarks/RESULTS.md
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from benchmarks.gate_sim import aa_small_split_rollbacks
-from benchmarks.rollout_sim import experiment
+from benchmarks.rollout_sim import PLAN, Arm, experiment, simulate
 from config.model import MetricConfig
 from control.rollout.gates import StageInputs, binary_harm_p, decide
 from control.stats.clusters import ClusteredSums
@@ -52,3 +53,64 @@ def test_aa_stages_at_a_small_split_are_rarely_rolled_back() -> None:
     """A/A at 5% on a 5% base rate, looked at every tick: 6% of stages were rolled back at
     alpha 0.05 with this seed before the fix; none now."""
     assert aa_small_split_rollbacks(500, 0.05, runs=150, per_tick=100, ticks=150, seed=7) <= 0.02
+
+
+@pytest.mark.parametrize(("reported", "delay_ticks"), [(0.1, 0), (1.0, 120)])
+def test_a_worse_primary_never_ships_on_few_or_late_outcomes(
+    reported: float, delay_ticks: int
+) -> None:
+    """A model 2 points worse on the primary, with only 10% of outcomes reported or all of
+    them two minutes late: the gate counted requests against the primary's size and 7 or 8
+    of these 8 rollouts shipped (this seed); on the primary's own samples, with the primary
+    to be shown within its margin, none does (each holds, then is rolled back or
+    escalated)."""
+    rng = np.random.default_rng(26)
+    ends = [
+        simulate(
+            rng,
+            Arm(converted=0.18),
+            per_tick=2000,
+            max_ticks=600,
+            reported=reported,
+            delay_ticks=delay_ticks,
+        )[0]
+        for _ in range(8)
+    ]
+    assert "completed" not in ends, ends
+
+
+def test_missing_outcomes_are_a_hold_with_their_reason() -> None:
+    """Plenty of requests, no outcome posted: a hold that says the primary lacks samples."""
+    exp = experiment()
+    assert exp.rollout is not None
+    requests = {
+        "error": ClusteredSums.independent(95_000, 950.0, 950.0),
+        "latency": ClusteredSums.independent(94_050, 4702.5, 247.0),
+    }
+    treated = {
+        "error": ClusteredSums.independent(5_000, 50.0, 50.0),
+        "latency": ClusteredSums.independent(4_950, 247.5, 13.0),
+    }
+    decision = decide(exp.rollout, exp, StageInputs(1e6, 0, 0.0, 500, requests, treated))
+    assert (decision.verdict, decision.kind) == ("hold", "insufficient")
+    assert "converted (the primary: outcomes received) has 0 control samples" in decision.reason
+
+
+def test_allow_unmeasured_is_declared_and_defaults_to_false() -> None:
+    plan = experiment().rollout
+    assert plan is not None
+    assert plan.primary is not None
+    assert plan.primary.allow_unmeasured is False
+    declared = experiment(
+        {
+            **PLAN,
+            "primary": {
+                "metric": "converted",
+                "minimum_detectable_effect": 0.02,
+                "allow_unmeasured": True,
+            },
+        }
+    ).rollout
+    assert declared is not None
+    assert declared.primary is not None
+    assert declared.primary.allow_unmeasured is True

@@ -59,7 +59,9 @@ def test_no_data_is_a_hold_never_a_pass_or_a_fail() -> None:
     }
     decision = decide(exp.rollout, exp, StageInputs(100.0, 0, 0.0, 500, some, few))
     assert decision.verdict == "hold"
-    assert decision.reason.startswith("insufficient samples: control 1,000 of ")
+    assert decision.reason.startswith(
+        "insufficient samples: converted (the primary: outcomes received) control 990 of "
+    )
     assert decision.eta_seconds is not None
     assert decision.eta_seconds > 0
 

@@ -197,33 +197,63 @@ def decide(
             "complete", "baked", f"baked {plan.bake:g}s at 100% within the SLOs", tuple(gates)
         )
 
-    # 3. hold (insufficient)
-    needed, sizing = samples_needed(plan, experiment, inputs)
-    have = {
-        "control": inputs.control.get("error", EMPTY).count,
-        "treatment": inputs.treatment.get("error", EMPTY).count,
+    # 3. hold (insufficient): each target metric's own samples, per arm (a posted outcome
+    # is a sample of its metric; a request without one is not)
+    needs, sizing = samples_needed(plan, experiment, inputs)
+    have_of = {
+        name: {
+            "control": inputs.control.get(name, EMPTY).count,
+            "treatment": inputs.treatment.get(name, EMPTY).count,
+        }
+        for name in needs or {}
     }
-    if needed is None or any(have[arm] < needed[arm] for arm in have):
-        if needed is None:
-            lacking = sizing[-1]
+    lacking = [
+        name
+        for name, need in (needs or {}).items()
+        if any(have_of[name][arm] < need[arm] for arm in need)
+    ]
+    binding = _binding(needs, have_of, elapsed) if needs else None
+    have = have_of[binding] if binding else {"control": 0, "treatment": 0}
+    needed = needs[binding] if needs and binding else {}
+    if needs is None or lacking:
+        if needs is None:
+            short = sizing[-1]
             reason = (
-                f"insufficient samples: {lacking['metric']} has {lacking['control']:,} control "
-                f"samples, at least {lacking['at_least']} needed to estimate its variance"
+                f"insufficient samples: {_what(plan, short['metric'])} has "
+                f"{short['control']:,} control samples, at least {short['at_least']} needed "
+                "to estimate its variance"
             )
             eta = None
         else:
-            reason = "insufficient samples: " + ", ".join(
-                f"{arm} {have[arm]:,} of {needed[arm]:,}" for arm in have
+            reason = "insufficient samples: " + "; ".join(
+                f"{_what(plan, name)} "
+                + ", ".join(
+                    f"{arm} {have_of[name][arm]:,} of {needs[name][arm]:,}" for arm in needs[name]
+                )
+                for name in lacking
             )
-            eta = _eta(have, needed, elapsed)
+            etas = [_eta(have_of[name], needs[name], elapsed) for name in lacking]
+            eta = None if any(e is None for e in etas) else max(e for e in etas if e is not None)
         if eta is not None:
             eta = max(eta, stage.min_duration - elapsed)
             reason += f" (about {eta:.0f}s more at the observed rate)"
         gates.append(
-            Gate("samples", "hold", reason, {"have": have, "needed": needed, "sizing": sizing})
+            Gate(
+                "samples",
+                "hold",
+                reason,
+                {"have": have, "needed": needed, "metric": binding, "sizing": sizing},
+            )
         )
-        return Decision("hold", "insufficient", reason, tuple(gates), eta, needed or {})
-    gates.append(Gate("samples", "pass", "enough samples", {"have": have, "needed": needed}))
+        return Decision("hold", "insufficient", reason, tuple(gates), eta, needed)
+    gates.append(
+        Gate(
+            "samples",
+            "pass",
+            "enough samples",
+            {"have": have, "needed": needed, "metric": binding, "by_metric": have_of},
+        )
+    )
     if elapsed < stage.min_duration:
         reason = f"min_duration not reached: {_elapsed(elapsed)} of {stage.min_duration:g}s"
         gates.append(Gate("min_duration", "hold", reason))
@@ -248,13 +278,34 @@ def decide(
         )
         if p >= plan.alpha:
             pending.append(f"{metric.name} (p = {p:.2g})")
+    primary = plan.primary
+    if (
+        primary is not None
+        and not primary.allow_unmeasured
+        and all(g.metric != primary.metric for g in plan.guardrails)
+    ):
+        metric = experiment.metric(primary.metric)
+        assert metric is not None
+        p = _non_inferiority_p(
+            metric,
+            inputs.control.get(metric.name),
+            inputs.treatment.get(metric.name),
+            primary.minimum_detectable_effect.absolute,
+        )
+        if p >= plan.alpha:
+            pending.append(f"{metric.name}, the primary (p = {p:.2g})")
     pending += [f"{name} (observed over its limit)" for name in over]
     if not pending:
         return Decision(
             "continue",
             "safe",
-            "guardrails non-inferior, primary not worse",
-            (*gates, Gate("non_inferiority", "pass", "every guardrail within its margin")),
+            "guardrails and the primary non-inferior",
+            (
+                *gates,
+                Gate(
+                    "non_inferiority", "pass", "every guardrail and the primary within its margin"
+                ),
+            ),
             None,
             needed,
         )
@@ -281,6 +332,29 @@ def _eta(have: dict[str, int], needed: dict[str, int], elapsed: float) -> float 
     return worst
 
 
+def _what(plan: RolloutPlan, metric: str) -> str:
+    if plan.primary is not None and plan.primary.metric == metric:
+        return f"{metric} (the primary: outcomes received)"
+    return metric
+
+
+def _binding(
+    needs: dict[str, dict[str, int]], have_of: dict[str, dict[str, int]], elapsed: float
+) -> str:
+    """The target metric that decides when the stage has its samples: the one furthest
+    from its size (by ETA, else by the share still missing)."""
+
+    def key(name: str) -> tuple[float, float]:
+        eta = _eta(have_of[name], needs[name], elapsed)
+        missing = max(
+            (needs[name][arm] - have_of[name][arm]) / max(1, needs[name][arm])
+            for arm in needs[name]
+        )
+        return (math.inf if eta is None else eta, missing)
+
+    return max(needs, key=key)
+
+
 def _variance(metric: MetricConfig, sums: ClusteredSums) -> float:
     """The variance per request, inflated by the clustering of users (the design effect):
     sample sizes stay in requests, the unit the arrival rate is counted in."""
@@ -294,15 +368,18 @@ def samples_needed(
     plan: RolloutPlan,
     experiment: ExperimentConfig,
     inputs: StageInputs,
-) -> tuple[dict[str, int] | None, list[dict[str, Any]]]:
-    """Samples per arm the sequential test needs to detect the primary's minimum effect and
-    to show each guardrail within its margin, at the live split: the largest of them."""
+) -> tuple[dict[str, dict[str, int]] | None, list[dict[str, Any]]]:
+    """Samples per arm of each target metric (in its own unit: a posted outcome is a
+    sample of its metric, a request without one is not) that the sequential test needs to
+    detect the primary's minimum effect and to show each guardrail within its margin, at
+    the live split. None while a target has too few control samples to size it (the last
+    entry of the sizing says which); a primary declared `allow_unmeasured` is no target."""
     share = inputs.percentage_bp / 10_000
     targets = []
-    if plan.primary is not None:
+    if plan.primary is not None and not plan.primary.allow_unmeasured:
         targets.append((plan.primary.metric, plan.primary.minimum_detectable_effect))
     targets += [(g.metric, g.margin) for g in plan.guardrails]
-    needed = {"control": 0, "treatment": 0}
+    needs: dict[str, dict[str, int]] = {}
     sizing: list[dict[str, Any]] = []
     for name, amount in targets:
         metric = experiment.metric(name)
@@ -315,20 +392,27 @@ def samples_needed(
             return None, sizing
         variance = _variance(metric, control)
         effect = amount.absolute(control.total / control.count)
-        if variance <= 0 or effect <= 0:
-            continue  # a constant metric: any change shows at once
-        try:
-            n_control, n_treatment = sequential_sample_size(
-                effect, variance, variance, share=share, power=plan.power, alpha=plan.alpha
-            )
-        except StatsInputError:
-            continue
-        sizing.append(
-            {"metric": name, "effect": effect, "control": n_control, "treatment": n_treatment}
-        )
-        needed["control"] = max(needed["control"], n_control)
-        needed["treatment"] = max(needed["treatment"], n_treatment)
-    return needed, sizing
+        need = {"control": 2, "treatment": 2}
+        if variance > 0 and effect > 0:  # else a constant metric: any change shows at once
+            try:
+                n_control, n_treatment = sequential_sample_size(
+                    effect, variance, variance, share=share, power=plan.power, alpha=plan.alpha
+                )
+            except StatsInputError:
+                pass
+            else:
+                need = {"control": n_control, "treatment": n_treatment}
+                sizing.append(
+                    {
+                        "metric": name,
+                        "effect": effect,
+                        "control": n_control,
+                        "treatment": n_treatment,
+                    }
+                )
+        previous = needs.get(name, {"control": 0, "treatment": 0})
+        needs[name] = {arm: max(previous[arm], need[arm]) for arm in need}
+    return needs, sizing
 
 
 def binary_harm_p(
