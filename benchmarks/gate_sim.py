@@ -91,8 +91,10 @@ def outcome_ends(
 def outcomes_section(runs: int) -> str:
     started = time.perf_counter()
     rows = []
+    shipped: dict[str, float] = {}
     for name, (arm, reported, delay) in OUTCOME_SCENARIOS.items():
         ends = outcome_ends(arm, reported, delay, runs=runs, seed=2602)
+        shipped[name] = ends["completed"]
         rows.append(
             f"| {name} | {ends['completed']:.1%} | {ends['rolled_back']:.1%} | "
             f"{ends['escalated']:.1%} |"
@@ -114,6 +116,14 @@ counted requests and asked only "not significantly worse", and the issue measure
 | scenario | completed (shipped) | rolled back | escalated |
 |---|---:|---:|---:|
 {chr(10).join(rows)}
+
+A 2-point loss never ships with few or late outcomes (target 0:
+{verdict(max(v for k, v in shipped.items() if k.startswith("2 points")) == 0)}). A 1-point
+loss with every outcome on time ships {shipped["1 point worse, every outcome on time"]:.1%}
+(target at most 5%: {verdict(shipped["1 point worse, every outcome on time"] <= 0.05)}): the
+primary's margin is its MDE (2 points), so a 1-point loss is "within the margin"; only the
+harm test (sized for 2 points) stops it. A smaller margin for the primary would, at the cost
+of longer stages; not done.
 """
 
 
