@@ -16,7 +16,7 @@ from control.stats.clusters import ClusteredSums
 
 def test_aa_rollouts_are_rarely_rolled_back_and_complete() -> None:
     rng = np.random.default_rng(11)
-    ends = [simulate(rng, Arm())[0] for _ in range(40)]
+    ends = [simulate(rng, Arm(), per_tick=2000)[0] for _ in range(40)]
     assert ends.count("rolled_back") / len(ends) <= 0.05
     assert ends.count("completed") >= 36
 

@@ -119,8 +119,11 @@ def clustered_rates(
     a: ClusteredSums, b: ClusteredSums
 ) -> tuple[Proportion, Proportion, tuple[float, float]]:
     """Two arms of a 0/1 metric as the rates test takes them: each arm's successes and its
-    design effect at the pooled rate (the null's). The worker and the gates both read rates
-    through here, so they test the same thing on the same sums."""
+    design effect, at the arm's own rate. At any other centre (the pooled rate, as before)
+    the "design effect" also holds the arm's distance from that centre: for independent
+    requests it turned the null's variance back into the arm's own, and a treatment 2
+    points worse on errors was caught 15% of the time at the n planned for 80%. The
+    worker and the gates both read rates through here, so they test the same thing on the
+    same sums."""
     pa, pb = proportion(a), proportion(b)
-    pooled = (pa.successes + pb.successes) / (pa.n + pb.n)
-    return pa, pb, (a.design_effect(pooled), b.design_effect(pooled))
+    return pa, pb, (a.design_effect(pa.rate), b.design_effect(pb.rate))
