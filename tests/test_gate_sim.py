@@ -6,7 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.gate_sim import aa_small_split_rollbacks, caught_by_planned_n
+from benchmarks.gate_sim import (
+    aa_integrity_holds,
+    aa_small_split_rollbacks,
+    caught_by_planned_n,
+)
 from benchmarks.rollout_sim import PLAN, Arm, experiment, simulate
 from config.model import MetricConfig
 from control.rollout.gates import StageInputs, binary_harm_p, decide, harm_alpha
@@ -131,3 +135,9 @@ def test_stages_are_sized_at_the_alpha_a_harm_test_spends() -> None:
     plan = experiment().rollout
     assert plan is not None
     assert harm_alpha(plan) == pytest.approx(0.05 / 4 / 4)  # 4 stages; 3 tests and an SLO
+
+
+def test_aa_stages_are_not_held_for_a_sample_ratio_mismatch_by_looking_often() -> None:
+    """The fixed chi-square test checked every tick held 2 of these 100 A/A stages for
+    "integrity" (this seed); the anytime-valid test holds none."""
+    assert aa_integrity_holds(500, runs=100, looks=200, per_look=200, seed=10) == 0

@@ -350,3 +350,24 @@ def test_fisher_never_walks_billions(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.test == "conditional_binomial"
     assert result.p_value == pytest.approx(0.625)  # 4 events, 3 in b: binomial(4, 1/2)
     assert rates_test(Proportion(20, 1), Proportion(20, 7)).test == "fisher_exact"
+
+
+def test_the_sequential_srm_flags_mismatches_and_keeps_the_edges() -> None:
+    from control.stats.checks import sequential_srm
+
+    assert sequential_srm([95_000.0, 5_000.0], [0.95, 0.05]) == 1.0  # exactly the split
+    assert sequential_srm([95_500.0, 4_500.0], [0.95, 0.05]) < 1e-9  # 10% short
+    assert sequential_srm([5300.0, 4700.0], [0.5, 0.5]) < 0.001
+    # Weaker than the fixed test at one look: the price of every look being valid.
+    assert (
+        srm([19_120.0, 880.0], [0.95, 0.05])
+        < 0.001
+        < sequential_srm([19_120.0, 880.0], [0.95, 0.05])
+    )
+    assert sequential_srm([900.0, 100.0], [1.0, 0.0]) == 0.0
+    assert sequential_srm([0.0, 100.0], [0.0, 1.0]) == 1.0
+    assert sequential_srm([0.0, 0.0], [0.5, 0.5]) == 1.0
+    plain = sequential_srm([95_250.0, 4_750.0], [0.95, 0.05])
+    noisy = sequential_srm([95_250.0, 4_750.0], [0.95, 0.05], [820.0**2, 50.0])
+    assert plain < noisy  # the counting noise weakens the evidence
+    assert sequential_srm([950.0, 50.0], [0.95, 0.05], [1.0, math.inf]) == 1.0

@@ -27,8 +27,8 @@ from typing import Any, Literal
 
 from config.model import Amount, ExperimentConfig, MetricConfig, RolloutPlan
 from control.measured import EMPTY
-from control.stats import holm, srm
-from control.stats.checks import SRM_THRESHOLD
+from control.stats import holm
+from control.stats.checks import SRM_THRESHOLD, sequential_srm
 from control.stats.clusters import MIN_CLUSTERS, ClusteredSums, clustered_rates
 from control.stats.models import StatsInputError
 from control.stats.sequential import (
@@ -172,7 +172,7 @@ def decide(
             (c, var_c), (t, var_t) = inputs.units
             counts, variances, what = [c, t], [var_c, var_t], " users"
         share = inputs.percentage_bp / 10_000
-        srm_p = srm(counts, [1 - share, share], variances) if sum(counts) else 1.0
+        srm_p = sequential_srm(counts, [1 - share, share], variances) if sum(counts) else 1.0
         if srm_p < SRM_THRESHOLD:
             reason = (
                 f"sample-ratio mismatch: {counts[0]:.0f} control, {counts[1]:.0f} treatment"
