@@ -13,7 +13,8 @@ from benchmarks.gate_sim import (
 )
 from benchmarks.rollout_sim import PLAN, Arm, experiment, simulate
 from config.model import MetricConfig
-from control.rollout.gates import StageInputs, binary_harm_p, decide, harm_alpha
+from control.rollout.gates import StageInputs, binary_harm_p, decide
+from control.rollout.sizing import harm_alpha
 from control.stats.clusters import ClusteredSums
 from control.stats_worker import compare
 

@@ -10,7 +10,8 @@ import yaml
 from benchmarks.rollout_sim import Arm, experiment, simulate
 from config.errors import ConfigError
 from config.parse_rollout import parse_plan
-from control.rollout.gates import StageInputs, decide, stage_alpha
+from control.rollout.gates import StageInputs, decide
+from control.rollout.sizing import stage_alpha
 from control.stats.clusters import ClusteredSums
 
 

@@ -8,11 +8,14 @@ simulation (benchmarks/rollout_sim.py, tests/test_rollout_gates.py). First match
    metric, or on an absolute SLO. All harm tests of a stage are one Holm family, and the
    plan's alpha is split evenly over the stages that have a control arm (Bonferroni across
    the ramp), so an A/A rollout is rolled back at most alpha of the time over all its looks.
-2. hold (integrity): sample-ratio mismatch, sidecars not on the flag version, stale data.
-3. hold (insufficient): fewer samples per arm than the sequential design needs for the
-   plan's effects (the reason gives the numbers and an ETA), or min_duration not reached.
+2. hold (integrity): sample-ratio mismatch (an always-valid test), sidecars not on the
+   flag version, stale data.
+3. hold (insufficient): fewer samples per arm, each target metric counted in its own
+   samples (the primary's outcomes received, not requests), than the sequential design of
+   the tests that run needs (the reason gives the numbers and an ETA), or min_duration not
+   reached.
 4. continue: every guardrail shown non-inferior (its sequence wholly below the margin) and
-   the primary metric not significantly worse.
+   the primary too, within its margin (unless the plan declares it allow_unmeasured).
 5. otherwise: hold (undecided), escalated to a person after max_hold.
 At 100% there is no control arm: only the breaker, incidents and the SLOs, then completed
 after the bake.
@@ -25,8 +28,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from config.model import Amount, ExperimentConfig, MetricConfig, RolloutPlan
+from config.model import ExperimentConfig, MetricConfig, RolloutPlan
 from control.measured import EMPTY
+from control.rollout import sizing
+from control.rollout.sizing import stage_alpha
 from control.stats import holm
 from control.stats.checks import SRM_THRESHOLD, sequential_srm
 from control.stats.clusters import MIN_CLUSTERS, ClusteredSums, clustered_rates
@@ -36,12 +41,10 @@ from control.stats.sequential import (
     TUNING,
     always_valid_p,
     rates_p,
-    sequential_sample_size,
 )
 from proxy.measure import SLOW_METRIC
 
 Verdict = Literal["rollback", "hold", "continue", "complete"]
-MIN_VARIANCE_SAMPLES = 10  # control samples before its variance is trusted for sizing
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +103,6 @@ class _HarmTest:
     name: str
     p_value: float  # always-valid, one-sided: H0 "no harm beyond the margin"
     numbers: dict[str, Any]
-
-
-def stage_alpha(plan: RolloutPlan) -> float:
-    """The rollback tests' alpha in one stage: the plan's alpha over the compared stages."""
-    compared = sum(1 for stage in plan.stages if stage.percentage_bp < 10_000)
-    return plan.alpha / max(1, compared)
 
 
 def decide(
@@ -199,7 +196,7 @@ def decide(
 
     # 3. hold (insufficient): each target metric's own samples, per arm (a posted outcome
     # is a sample of its metric; a request without one is not)
-    needs, sizing = samples_needed(plan, experiment, inputs)
+    needs, sized = samples_needed(plan, experiment, inputs)
     have_of = {
         name: {
             "control": inputs.control.get(name, EMPTY).count,
@@ -217,7 +214,7 @@ def decide(
     needed = needs[binding] if needs and binding else {}
     if needs is None or lacking:
         if needs is None:
-            short = sizing[-1]
+            short = sized[-1]
             reason = (
                 f"insufficient samples: {_what(plan, short['metric'])} has "
                 f"{short['control']:,} control samples, at least {short['at_least']} needed "
@@ -242,7 +239,7 @@ def decide(
                 "samples",
                 "hold",
                 reason,
-                {"have": have, "needed": needed, "metric": binding, "sizing": sizing},
+                {"have": have, "needed": needed, "metric": binding, "sizing": sized},
             )
         )
         return Decision("hold", "insufficient", reason, tuple(gates), eta, needed)
@@ -355,117 +352,13 @@ def _binding(
     return max(needs, key=key)
 
 
-def _variance(metric: MetricConfig, sums: ClusteredSums) -> float:
-    """The variance per request, inflated by the clustering of users (the design effect):
-    sample sizes stay in requests, the unit the arrival rate is counted in."""
-    if metric.type == "binary":
-        rate = (sums.total + 1) / (sums.count + 2)  # never 0: sizing needs a spread
-        return rate * (1 - rate) * sums.design_effect(rate)
-    return sums.as_mean().variance
-
-
-def harm_alpha(plan: RolloutPlan) -> float:
-    """The alpha one harm test of a compared stage spends at worst: the stage's alpha over
-    its Holm family (every guardrail, the primary unless it is one, every SLO), as
-    Bonferroni, Holm's first step. Stages are sized for it, not for the plan's alpha."""
-    tests = len(plan.guardrails)
-    if plan.primary is not None and all(g.metric != plan.primary.metric for g in plan.guardrails):
-        tests += 1
-    tests += plan.slo.error_rate is not None
-    tests += plan.slo.latency_quantile is not None and plan.slo.latency_limit is not None
-    return stage_alpha(plan) / max(1, tests)
-
-
-def _variance_at(
-    metric: MetricConfig, control: ClusteredSums, treatment: ClusteredSums, harm: float
-) -> tuple[float, float]:
-    """(control's variance, the treatment's) per sample when the treatment is worse by
-    `harm`: a rate's variance at the treatment's own rate (p(1-p) shrinks towards 0 and 1),
-    with the control's design effect; a mean's from the treatment's samples once it has
-    enough, never below the control's."""
-    variance_a = _variance(metric, control)
-    if metric.type == "binary":
-        rate = (control.total + 1) / (control.count + 2)
-        design = control.design_effect(rate)
-        sign = 1.0 if metric.direction == "lower" else -1.0
-        worse = min(1 - 1e-9, max(1e-9, rate + sign * harm))
-        return variance_a, worse * (1 - worse) * design
-    if treatment.count >= MIN_VARIANCE_SAMPLES:
-        return variance_a, max(variance_a, treatment.as_mean().variance)
-    return variance_a, variance_a
-
-
 def samples_needed(
-    plan: RolloutPlan,
-    experiment: ExperimentConfig,
-    inputs: StageInputs,
+    plan: RolloutPlan, experiment: ExperimentConfig, inputs: StageInputs
 ) -> tuple[dict[str, dict[str, int]] | None, list[dict[str, Any]]]:
-    """Samples per arm of each target metric (in its own unit: a posted outcome is a
-    sample of its metric, a request without one is not) for the tests the gate runs, at
-    the live split, with the planned power:
-
-    - the primary: its harm test (at `harm_alpha`) catches a loss of the minimum detectable
-      effect, and its non-inferiority test (at the plan's alpha) shows an equal treatment
-      within that margin;
-    - each guardrail: its non-inferiority test shows an equal treatment within the margin,
-      and its harm test (at `harm_alpha`) catches a treatment worse by twice the margin
-      (the margin beyond the margin).
-
-    Variances are each arm's at the effect sized for (`_variance_at`). None while a target
-    has too few control samples to size it (the last entry of the sizing says which); a
-    primary declared `allow_unmeasured` is no target."""
-    share = inputs.percentage_bp / 10_000
-    rollback_alpha = harm_alpha(plan)
-    # (metric, amount, harm the rollback must catch in margins, excess it must clear)
-    targets: list[tuple[str, Amount, float]] = []
-    if plan.primary is not None and not plan.primary.allow_unmeasured:
-        targets.append((plan.primary.metric, plan.primary.minimum_detectable_effect, 1.0))
-    targets += [(g.metric, g.margin, 2.0) for g in plan.guardrails]
-    needs: dict[str, dict[str, int]] = {}
-    sizing: list[dict[str, Any]] = []
-    for name, amount, caught_at in targets:
-        metric = experiment.metric(name)
-        assert metric is not None
-        control = inputs.control.get(name, EMPTY)
-        treatment = inputs.treatment.get(name, EMPTY)
-        if control.count < MIN_VARIANCE_SAMPLES:  # the last entry says which metric lacks
-            sizing.append(
-                {"metric": name, "control": control.count, "at_least": MIN_VARIANCE_SAMPLES}
-            )
-            return None, sizing
-        effect = amount.absolute(control.total / control.count)
-        need = {"control": 2, "treatment": 2}
-        if effect > 0 and _variance(metric, control) > 0:  # else constant: shows at once
-            tests = (
-                # non-inferiority of an equal treatment: the null's variance at the margin
-                (effect, _variance_at(metric, control, treatment, effect), plan.alpha),
-                # the rollback of a treatment `caught_at` margins worse
-                (
-                    effect,
-                    _variance_at(metric, control, treatment, caught_at * effect),
-                    rollback_alpha,
-                ),
-            )
-            for size_for, (variance_a, variance_b), alpha in tests:
-                try:
-                    n_control, n_treatment = sequential_sample_size(
-                        size_for,
-                        variance_a,
-                        variance_b,
-                        share=share,
-                        power=plan.power,
-                        alpha=alpha,
-                    )
-                except StatsInputError:
-                    continue
-                need = {
-                    "control": max(need["control"], n_control),
-                    "treatment": max(need["treatment"], n_treatment),
-                }
-            sizing.append({"metric": name, "effect": effect, **need})
-        previous = needs.get(name, {"control": 0, "treatment": 0})
-        needs[name] = {arm: max(previous[arm], need[arm]) for arm in need}
-    return needs, sizing
+    """The stage's sizes at its live split (control/rollout/sizing.py)."""
+    return sizing.samples_needed(
+        plan, experiment, inputs.control, inputs.treatment, inputs.percentage_bp / 10_000
+    )
 
 
 def binary_harm_p(
