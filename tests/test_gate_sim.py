@@ -142,3 +142,23 @@ def test_aa_stages_are_not_held_for_a_sample_ratio_mismatch_by_looking_often() -
     """The fixed chi-square test checked every tick held 2 of these 100 A/A stages for
     "integrity" (this seed); the anytime-valid test holds none."""
     assert aa_integrity_holds(500, runs=100, looks=200, per_look=200, seed=10) == 0
+
+
+def test_a_rollout_without_outcomes_waits_unless_the_plan_allows_it() -> None:
+    """No outcome is ever posted: by default no stage is promoted (it holds for the
+    primary's samples); a plan that declares `allow_unmeasured` goes on its guardrails."""
+    unmeasured = experiment(
+        {
+            **PLAN,
+            "primary": {
+                "metric": "converted",
+                "minimum_detectable_effect": 0.02,
+                "allow_unmeasured": True,
+            },
+        }
+    )
+    rng = np.random.default_rng(3)
+    held = simulate(rng, Arm(), per_tick=2000, max_ticks=300, reported=0.0)
+    allowed = simulate(rng, Arm(), per_tick=2000, max_ticks=300, reported=0.0, config=unmeasured)
+    assert held == ("escalated", 0)
+    assert allowed == ("completed", 4)
