@@ -211,8 +211,8 @@ def main() -> None:
     rows = "\n".join(lines)
     text = f"""## Rollout gates by simulation (issue 12)
 
-`python -m benchmarks.rollout_sim {runs}` on {time.strftime("%Y-%m-%d")}, seed 1: each rollout runs the
-pure gate function tick by tick (400 requests a tick, 1 s ticks, stages 5, 25, 50, 75, 100,
+`python -m benchmarks.rollout_sim {runs}` on {time.strftime("%Y-%m-%d")}, seed 1: each rollout
+runs the pure gate function tick by tick (400 requests a tick, 1 s ticks, stages 5, 25, 50, 75, 100,
 min_duration 10 s, bake 10 s; control: 1% errors, lognormal latency with mean 50 ms, 20%
 converted; guardrails error +1 point and latency +10%, primary converted with MDE 2 points,
 alpha 0.05). Stage index 4 is 100%; a rollback at index 0 is at the 5% stage.
