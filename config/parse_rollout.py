@@ -202,7 +202,9 @@ def _primary(r: Reader, value: Any, path: KeyPath, known: set[str]) -> PrimaryCo
     """None: no primary metric; False: invalid (reported)."""
     if value is None:
         return None
-    section = r.mapping(value, path, {"metric", "minimum_detectable_effect", "allow_unmeasured"})
+    section = r.mapping(
+        value, path, {"metric", "minimum_detectable_effect", "allow_unmeasured", "margin"}
+    )
     if section is None:
         return False
     metric = section.get("metric")
@@ -214,9 +216,14 @@ def _primary(r: Reader, value: Any, path: KeyPath, known: set[str]) -> PrimaryCo
         return False
     effect = _amount(r, section["minimum_detectable_effect"], (*path, "minimum_detectable_effect"))
     unmeasured = r.boolean(section.get("allow_unmeasured", False), (*path, "allow_unmeasured"))
+    margin = None
+    if "margin" in section:
+        margin = _amount(r, section["margin"], (*path, "margin"))
+        if margin is None:
+            return False
     if effect is None or unmeasured is None:
         return False
-    return PrimaryConfig(str(metric), effect, unmeasured)
+    return PrimaryConfig(str(metric), effect, unmeasured, margin)
 
 
 def _guardrails(

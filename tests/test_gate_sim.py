@@ -10,6 +10,7 @@ from benchmarks.gate_sim import (
     aa_integrity_holds,
     aa_small_split_rollbacks,
     caught_by_planned_n,
+    outcome_ends,
 )
 from benchmarks.rollout_sim import PLAN, Arm, experiment, simulate
 from config.model import MetricConfig
@@ -162,3 +163,17 @@ def test_a_rollout_without_outcomes_waits_unless_the_plan_allows_it() -> None:
     allowed = simulate(rng, Arm(), per_tick=2000, max_ticks=300, reported=0.0, config=unmeasured)
     assert held == ("escalated", 0)
     assert allowed == ("completed", 4)
+
+
+def test_a_declared_primary_margin_stops_a_loss_within_the_mde() -> None:
+    """A 1-point loss is within the default margin (the 2-point MDE) and shipped 19% of the
+    time (RESULTS.md); a plan that declares a 1-point margin for its primary ships none of
+    these 6 (seed 2602)."""
+    ends = outcome_ends(Arm(converted=0.19), 1.0, 0, runs=6, seed=2602, margin=0.01)
+    assert ends["completed"] == 0
+    plan = experiment(
+        {**PLAN, "primary": {"metric": "converted", "minimum_detectable_effect": 0.02}}
+    ).rollout
+    assert plan is not None
+    assert plan.primary is not None
+    assert plan.primary.non_inferiority_margin.value == 0.02  # the MDE by default

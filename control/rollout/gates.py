@@ -287,7 +287,7 @@ def decide(
             metric,
             inputs.control.get(metric.name),
             inputs.treatment.get(metric.name),
-            primary.minimum_detectable_effect.absolute,
+            primary.non_inferiority_margin.absolute,
         )
         if p >= plan.alpha:
             pending.append(f"{metric.name}, the primary (p = {p:.2g})")

@@ -74,7 +74,7 @@ def samples_needed(
 
     - the primary: its harm test (at `harm_alpha`) catches a loss of the minimum detectable
       effect, and its non-inferiority test (at the plan's alpha) shows an equal treatment
-      within that margin;
+      within its margin (`margin`, by default the minimum detectable effect);
     - each guardrail: its non-inferiority test shows an equal treatment within the margin,
       and its harm test (at `harm_alpha`) catches a treatment worse by twice the margin
       (the margin beyond the margin).
@@ -83,14 +83,18 @@ def samples_needed(
     has too few control samples to size it (the last entry of the sizing says which); a
     primary declared `allow_unmeasured` is no target."""
     rollback_alpha = harm_alpha(plan)
-    # (metric, amount, harm the rollback must catch in margins, excess it must clear)
-    targets: list[tuple[str, Amount, float]] = []
+    # (metric, non-inferiority margin, excess the harm test must catch, the treatment's harm
+    # then in multiples of that excess)
+    targets: list[tuple[str, Amount, Amount, float]] = []
     if plan.primary is not None and not plan.primary.allow_unmeasured:
-        targets.append((plan.primary.metric, plan.primary.minimum_detectable_effect, 1.0))
-    targets += [(g.metric, g.margin, 2.0) for g in plan.guardrails]
+        primary = plan.primary
+        targets.append(
+            (primary.metric, primary.non_inferiority_margin, primary.minimum_detectable_effect, 1.0)
+        )
+    targets += [(g.metric, g.margin, g.margin, 2.0) for g in plan.guardrails]
     needs: dict[str, dict[str, int]] = {}
     sizing: list[dict[str, Any]] = []
-    for name, amount, caught_at in targets:
+    for name, amount, harm_amount, caught_at in targets:
         metric = experiment.metric(name)
         assert metric is not None
         control = control_sums.get(name, EMPTY)
@@ -101,15 +105,16 @@ def samples_needed(
             )
             return None, sizing
         effect = amount.absolute(control.total / control.count)
+        excess = harm_amount.absolute(control.total / control.count)
         need = {"control": 2, "treatment": 2}
         if effect > 0 and _variance(metric, control) > 0:  # else constant: shows at once
             tests = (
                 # non-inferiority of an equal treatment: the null's variance at the margin
                 (effect, _variance_at(metric, control, treatment, effect), plan.alpha),
-                # the rollback of a treatment `caught_at` margins worse
+                # the rollback of a treatment worse by `caught_at` times the excess
                 (
-                    effect,
-                    _variance_at(metric, control, treatment, caught_at * effect),
+                    excess,
+                    _variance_at(metric, control, treatment, caught_at * excess),
                     rollback_alpha,
                 ),
             )
