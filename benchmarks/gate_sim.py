@@ -415,8 +415,9 @@ shipped 19%; with a declared 1-point margin:
 |---|---:|---:|---:|
 {chr(10).join(rows)}
 
-The stages are longer for it (non-inferiority within half the margin needs about four
-times the samples); the default stays the MDE, and the choice is the plan's.
+The stages are longer for it (a non-inferiority test's size grows as 1 / margin^2; the
+stage lengths are not measured here); the default stays the MDE, and the choice is the
+plan's.
 """
 
 
