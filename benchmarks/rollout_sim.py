@@ -58,22 +58,59 @@ class Arm:
     converted: float = 0.20
 
 
-def _add(sums: dict[str, Sums], rng: np.random.Generator, arm: Arm, n: int) -> None:
+Outcome = tuple[int, int, int, int]  # (due tick, stage, count, conversions)
+
+
+def _add(
+    sums: dict[str, Sums],
+    rng: np.random.Generator,
+    arm: Arm,
+    n: int,
+    *,
+    reported: float = 1.0,
+    pending: list[Outcome] | None = None,
+    due: int = 0,
+    stage: int = 0,
+) -> None:
+    """n requests of `arm`: their errors and latency at once; their business outcomes
+    (converted) for the `reported` share of the answered ones, at once or, with `pending`,
+    queued to arrive at tick `due`."""
     if n == 0:
         return
     errors = rng.binomial(n, arm.error)
     ok = n - errors
     latency = rng.lognormal(np.log(arm.latency) - 0.11, 0.47, ok)
-    converted = rng.binomial(ok, arm.converted)
+    outcomes = ok if reported >= 1 else int(rng.binomial(ok, reported))
+    converted = rng.binomial(outcomes, arm.converted)
     for name, count, total, total_sq in (
         ("error", n, float(errors), float(errors)),
         ("latency", ok, float(latency.sum()), float((latency**2).sum())),
-        ("converted", ok, float(converted), float(converted)),
     ):
-        s = sums.setdefault(name, Sums())
-        s.count += count
-        s.total += total
-        s.total_sq += total_sq
+        _put(sums, name, count, total, total_sq)
+    if pending is None:
+        _put(sums, "converted", outcomes, float(converted), float(converted))
+    elif outcomes:
+        pending.append((due, stage, outcomes, int(converted)))
+
+
+def _put(sums: dict[str, Sums], name: str, count: int, total: float, total_sq: float) -> None:
+    s = sums.setdefault(name, Sums())
+    s.count += count
+    s.total += total
+    s.total_sq += total_sq
+
+
+def _arrived(pending: list[Outcome], tick: int, stage: int, sums: dict[str, Sums]) -> list[Outcome]:
+    """Outcomes due by `tick` land in their decision's stage if it is still the current one
+    (a finished phase is not compared again); the rest wait."""
+    waiting = []
+    for entry in pending:
+        due, of_stage, count, conversions = entry
+        if due > tick:
+            waiting.append(entry)
+        elif of_stage == stage:
+            _put(sums, "converted", count, float(conversions), float(conversions))
+    return waiting
 
 
 def _independent(sums: dict[str, Sums]) -> dict[str, ClusteredSums]:
@@ -89,20 +126,39 @@ def simulate(
     per_tick: int = 400,
     max_ticks: int = 3000,
     config: ExperimentConfig | None = None,
+    reported: float = 1.0,
+    delay_ticks: int = 0,
 ) -> tuple[str, int]:
-    """(how it ended, the stage index reached): completed, rolled_back or escalated."""
+    """(how it ended, the stage index reached): completed, rolled_back or escalated.
+    `reported`: the share of answers whose business outcome is ever posted; `delay_ticks`:
+    how late the outcomes arrive."""
     exp = config or experiment()
     plan = exp.rollout
     assert plan is not None
     stage, started = 0, 0.0
     sums_c: dict[str, Sums] = {}
     sums_t: dict[str, Sums] = {}
+    late_c: list[Outcome] | None = [] if delay_ticks else None
+    late_t: list[Outcome] | None = [] if delay_ticks else None
     for tick in range(1, max_ticks + 1):
         now = tick * plan.tick
         bp = plan.stages[stage].percentage_bp
         n_t = int(rng.binomial(per_tick, bp / 10_000))
-        _add(sums_c, rng, control, per_tick - n_t)
-        _add(sums_t, rng, treatment, n_t)
+        due = tick + delay_ticks
+        _add(
+            sums_c,
+            rng,
+            control,
+            per_tick - n_t,
+            reported=reported,
+            pending=late_c,
+            due=due,
+            stage=stage,
+        )
+        _add(sums_t, rng, treatment, n_t, reported=reported, pending=late_t, due=due, stage=stage)
+        if late_c is not None and late_t is not None:
+            late_c = _arrived(late_c, tick, stage, sums_c)
+            late_t = _arrived(late_t, tick, stage, sums_t)
         inputs = StageInputs(now, stage, started, bp, _independent(sums_c), _independent(sums_t))
         decision = decide(plan, exp, inputs)
         if decision.verdict == "rollback":
@@ -155,8 +211,8 @@ def main() -> None:
     rows = "\n".join(lines)
     text = f"""## Rollout gates by simulation (issue 12)
 
-`python -m benchmarks.rollout_sim {runs}` on {time.strftime("%Y-%m-%d")}: each rollout runs the
-pure gate function tick by tick (400 requests a tick, 1 s ticks, stages 5, 25, 50, 75, 100,
+`python -m benchmarks.rollout_sim {runs}` on {time.strftime("%Y-%m-%d")}, seed 1: each rollout
+runs the pure gate function tick by tick (400 requests a tick, 1 s ticks, stages 5, 25, 50, 75, 100,
 min_duration 10 s, bake 10 s; control: 1% errors, lognormal latency with mean 50 ms, 20%
 converted; guardrails error +1 point and latency +10%, primary converted with MDE 2 points,
 alpha 0.05). Stage index 4 is 100%; a rollback at index 0 is at the 5% stage.

@@ -115,6 +115,7 @@ def post_outcomes(control: str) -> None:
                 "arm": arm,
                 "metric": metric,
                 "value": float(rng.random() < 0.3) if metric == "accuracy" else rng.gauss(1.0, 0.3),
+                "user": None,  # synthetic outcomes of no decision: each its own unit
             }
             for arm in ("arm_a", "arm_b")
             for metric in ("accuracy", "revenue", "confidence")

@@ -7,7 +7,8 @@ AbgateError
 ├── proxy/: UpstreamError and its kinds (proxy/errors.py), BodyTooLarge, ClientGone,
 │           ClientTooSlow (the client's side), PathRefused (a ValueError too)
 └── control/: RolloutError (UnknownRollout, NoRolloutPlan), ApiError (the control API's
-              answer), ApiCallFailed (the flags CLI), SimulationError
+              answer), ApiCallFailed (the flags CLI), SimulationError, StatsInputError
+              (input the statistics cannot be computed from; a ValueError too)
 
 The domain says what went wrong; an HTTP status is chosen where an answer is made: the control
 API's handlers and middleware (control/http.py `errors_as_json`, control/rollout_api.py), and

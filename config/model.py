@@ -318,8 +318,20 @@ class GuardrailConfig:
 
 @dataclass(frozen=True, slots=True)
 class PrimaryConfig:
+    """The metric a rollout is for. A stage is promoted only once the primary's own samples
+    (outcomes received, per arm) reach the planned size and it is shown non-inferior within
+    its margin (its guardrail margin if it is also a guardrail, else `margin`, by default
+    the minimum detectable effect). `allow_unmeasured` (default false) promotes without it:
+    a declared choice."""
+
     metric: str
     minimum_detectable_effect: Amount
+    allow_unmeasured: bool = False
+    margin: Amount | None = None  # None: the minimum detectable effect
+
+    @property
+    def non_inferiority_margin(self) -> Amount:
+        return self.minimum_detectable_effect if self.margin is None else self.margin
 
 
 @dataclass(frozen=True, slots=True)

@@ -203,7 +203,9 @@ def _primary(r: Reader, value: Any, path: KeyPath, known: set[str]) -> PrimaryCo
     """None: no primary metric; False: invalid (reported)."""
     if value is None:
         return None
-    section = r.mapping(value, path, {"metric", "minimum_detectable_effect"})
+    section = r.mapping(
+        value, path, {"metric", "minimum_detectable_effect", "allow_unmeasured", "margin"}
+    )
     if section is None:
         return False
     metric = section.get("metric")
@@ -214,9 +216,15 @@ def _primary(r: Reader, value: Any, path: KeyPath, known: set[str]) -> PrimaryCo
         r.problem((*path, "minimum_detectable_effect"), "required: the smallest effect to detect")
         return False
     effect = _amount(r, section["minimum_detectable_effect"], (*path, "minimum_detectable_effect"))
-    if effect is None:
+    unmeasured = r.boolean(section.get("allow_unmeasured", False), (*path, "allow_unmeasured"))
+    margin = None
+    if "margin" in section:
+        margin = _amount(r, section["margin"], (*path, "margin"))
+        if margin is None:
+            return False
+    if effect is None or unmeasured is None:
         return False
-    return PrimaryConfig(str(metric), effect)
+    return PrimaryConfig(str(metric), effect, unmeasured, margin)
 
 
 def _guardrails(

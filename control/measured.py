@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from config.metrics_catalogue import ERROR_METRIC
-from control.stats.checks import distinct_users, srm
+from control.stats.checks import distinct_users, sequential_srm
 from control.stats.clusters import ClusteredSums
 from state.measurements import UNCLUSTERED, USER_MAP_BITS, MeasureKey, Sums
 
@@ -63,5 +63,5 @@ def sample_ratio(
     (control, var_c), (treatment, var_t) = (
         units(sums, users, experiment, phase, arm) for arm in arms
     )
-    p = srm([control, treatment], [1 - share, share], [var_c, var_t])
+    p = sequential_srm([control, treatment], [1 - share, share], [var_c, var_t])
     return p, (control, treatment)

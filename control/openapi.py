@@ -68,11 +68,11 @@ _OUTCOME = {
             "digits as they came); without it, the phase current when reported",
         },
         "user": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 1000,
+            "oneOf": [{"type": "string", "minLength": 1, "maxLength": 1000}, {"type": "null"}],
             "description": "the sticky key's value: the outcome counts in its user's "
-            "cluster (users are the unit of analysis)",
+            "cluster (users are the unit of analysis). Required where the experiment has a "
+            "sticky key (a 400 otherwise); null: the decision carried no key, the outcome "
+            "is its own unit",
         },
     },
 }

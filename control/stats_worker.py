@@ -19,21 +19,20 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
-from config import Config
-from config.metrics_catalogue import LATENCY_BUCKETS
+from config import Config, metrics_catalogue
+from config.metrics_catalogue import BUILT_IN_METRIC_NAMES, LATENCY_BUCKETS
 from config.model import BUILT_IN_METRICS, ExperimentConfig, MetricConfig
 from control.measured import EMPTY, ArmKey, Users, by_arm, sample_ratio
 from control.reports import ExperimentReport, MetricResult, PhaseReport
 from control.stats import (
-    Proportion,
     StatsInputError,
     holm,
     sequential_test,
 )
 from control.stats.checks import SRM_THRESHOLD
-from control.stats.clusters import MIN_CLUSTERS, ClusteredSums
+from control.stats.clusters import MIN_CLUSTERS, ClusteredSums, clustered_rates
 from control.stats.frequentist import TestResult, rates_test, welch_t
 from control.stats.sequential import sequential_rates
 from control.stats.strata import Combined, stratified_difference
@@ -92,9 +91,7 @@ def compare(
         )
     try:
         if metric.type == "binary":
-            pa, pb = _proportion(a), _proportion(b)
-            pooled = (pa.successes + pb.successes) / (pa.n + pb.n)
-            design = (a.design_effect(pooled), b.design_effect(pooled))
+            pa, pb, design = clustered_rates(a, b)
             return result(
                 "ok",
                 rates_test(pa, pb, alpha=alpha, design=design),
@@ -136,11 +133,6 @@ def _across_phases(
     return out
 
 
-def _proportion(sums: ClusteredSums) -> Proportion:
-    """Successes of a 0/1 metric; values are checked to be 0 or 1 where they come in."""
-    return Proportion(sums.count, min(sums.count, max(0, round(sums.total))))
-
-
 def evaluate(
     config: Config,
     name: str,
@@ -172,7 +164,7 @@ def evaluate(
     if not phases:
         return report
     current = phases[-1].id
-    declared = {"latency", "error", *(m.name for m in experiment.metrics)}
+    declared = {*BUILT_IN_METRIC_NAMES, *(m.name for m in experiment.metrics)}
     metrics = sorted(declared & {metric for phase, _, metric in arms if phase == current})
     for metric in metrics:
         definition = experiment.metric(metric)
@@ -335,43 +327,15 @@ class StatsWorker:
             await asyncio.sleep(self.interval)
 
     def collect(self) -> Iterator[Metric]:
-        p_value = GaugeMetricFamily(
-            "abgate_stats_p_value",
-            "Latest p-value per metric.",
-            labels=["experiment", "metric", "test"],
-        )
-        effect = GaugeMetricFamily(
-            "abgate_stats_effect",
-            "Treatment minus control, current phase.",
-            labels=["experiment", "metric", "kind"],
-        )
-        samples = GaugeMetricFamily(
-            "abgate_stats_samples", "Requests per arm, current phase.", labels=["experiment", "arm"]
-        )
-        errors = CounterMetricFamily(
-            "abgate_stats_evaluation_errors",
-            "Evaluations of an experiment that failed.",
-            labels=["experiment"],
-        )
+        p_value = metrics_catalogue.STATS_P_VALUE.new()
+        effect = metrics_catalogue.STATS_EFFECT.new()
+        samples = metrics_catalogue.STATS_SAMPLES.new()
+        errors = metrics_catalogue.STATS_EVALUATION_ERRORS.new()
         for name, count in self.evaluation_errors.items():
             errors.add_metric([name], count)
-        interval = GaugeMetricFamily(
-            "abgate_stats_interval",
-            "The sequential test's interval of treatment minus control (valid at every look), "
-            "current phase.",
-            labels=["experiment", "metric", "bound"],
-        )
-        improvement = GaugeMetricFamily(
-            "abgate_stats_improvement",
-            "Relative change of the treatment, signed by the metric's direction (> 0 is "
-            "better), and 1 when the sequential test is significant after Holm.",
-            labels=["experiment", "metric", "kind"],
-        )
-        srm_p = GaugeMetricFamily(
-            "abgate_stats_srm_p_value",
-            "Sample-ratio-mismatch p-value, current phase.",
-            labels=["experiment"],
-        )
+        interval = metrics_catalogue.STATS_INTERVAL.new()
+        improvement = metrics_catalogue.STATS_IMPROVEMENT.new()
+        srm_p = metrics_catalogue.STATS_SRM_P_VALUE.new()
         for name, report in self.reports.items():
             current = report.current_phase
             if current is not None:

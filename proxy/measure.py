@@ -23,11 +23,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from config.metrics_catalogue import ERROR_METRIC, LATENCY_METRIC
-
 # Still read from here by control/rollout/gates.py (owned by the statistics work, issue 27 §3)
 # until it imports it from config.metrics_catalogue.
-from config.metrics_catalogue import SLOW_METRIC as SLOW_METRIC
+from config.metrics_catalogue import ERROR_METRIC, LATENCY_METRIC, SLOW_METRIC
 from config.model import MetricConfig
 from proxy.hashing import KEYED, USER_SHIFT
 from proxy.jsonpath import MISSING, extract

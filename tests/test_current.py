@@ -148,7 +148,13 @@ async def test_outcomes_take_the_phase_as_the_header_gave_it(
     """`"phase": "2"` was refused ("expected the X-ABGate-Phase header's whole number")."""
     async with running(agents) as stack:
         url = f"{stack.control_url}/api/outcomes"
-        item = {"experiment": "alpha", "arm": "treatment", "metric": "accuracy", "value": 1}
+        item = {
+            "experiment": "alpha",
+            "arm": "treatment",
+            "metric": "accuracy",
+            "value": 1,
+            "user": "u1",
+        }
         status, body = await call(session, "POST", url, [{**item, "phase": "1"}])
         assert (status, body) == (200, {"accepted": 1})
         for phase, error in (("x1", "expected the X-ABGate-Phase"), ("7", "has no phase 7")):

@@ -278,7 +278,14 @@ async def test_embedded_measurements_survive_a_restart(
         async with session.post(
             f"{restarted.control_url}/api/outcomes",
             json=[
-                {"experiment": "exp", "arm": "control", "metric": "accuracy", "value": 1},
+                # null: the decision carried no sticky key, the outcome is its own unit
+                {
+                    "experiment": "exp",
+                    "arm": "control",
+                    "metric": "accuracy",
+                    "value": 1,
+                    "user": None,
+                },
                 {
                     "experiment": "exp",
                     "arm": "control",

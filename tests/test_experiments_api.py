@@ -62,7 +62,13 @@ async def test_measured_traffic_outcomes_and_significance(session: ClientSession
 
             # Outcomes: a bad item refuses the whole batch, naming its index.
             bad = [
-                {"experiment": "exp", "arm": "control", "metric": "accuracy", "value": 1},
+                {
+                    "experiment": "exp",
+                    "arm": "control",
+                    "metric": "accuracy",
+                    "value": 1,
+                    "user": "u",
+                },
                 {"experiment": "exp", "arm": "nope", "metric": "accuracy", "value": 1},
             ]
             async with session.post(f"{api}/api/outcomes", json=bad) as response:
@@ -74,6 +80,7 @@ async def test_measured_traffic_outcomes_and_significance(session: ClientSession
                     "arm": arm,
                     "metric": "accuracy",
                     "value": (i % 10) < (9 if arm == "treatment" else 6),
+                    "user": f"{arm}-{i}",
                 }
                 for arm in ("control", "treatment")
                 for i in range(300)
@@ -160,6 +167,22 @@ async def test_live_input_errors(session: ClientSession, agents: dict[str, str])
             ] == "[0].value: expected a finite number or a boolean, got 'x'"
         async with session.post(f"{running.control_url}/api/outcomes", json={}) as r:
             assert r.status == 400
+        # Users are the unit here (a sticky key): an outcome without its user is refused,
+        # an explicit null (the decision carried no key) is its own unit.
+        item = {"experiment": "exp", "arm": "control", "metric": "accuracy", "value": 1}
+        async with session.post(f"{running.control_url}/api/outcomes", json=[item]) as r:
+            assert r.status == 400
+            assert (await r.json())["error"] == (
+                "[0].user: required: exp assigns users by the header x-user-id, and users are "
+                "the unit of its statistics; give the sticky key's value the decision "
+                "carried, or null if the decision had none (the outcome then counts as its "
+                "own unit)"
+            )
+        for user in ("u7", None):
+            async with session.post(
+                f"{running.control_url}/api/outcomes", json=[{**item, "user": user}]
+            ) as r:
+                assert r.status == 200, await r.text()
 
 
 async def test_proxies_flushes_add_up_exactly(

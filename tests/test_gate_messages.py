@@ -29,8 +29,8 @@ def test_insufficient_names_the_metric_lacking_samples_not_the_request_count() -
     decision = decide(exp.rollout, exp, StageInputs(100.0, 0, 0.0, 500, control, treatment))
     assert (decision.verdict, decision.kind) == ("hold", "insufficient")
     assert decision.reason == (
-        "insufficient samples: converted has 0 control samples, at least 10 needed to "
-        "estimate its variance"
+        "insufficient samples: converted (the primary: outcomes received) has 0 control "
+        "samples, at least 10 needed to estimate its variance"
     )
 
 

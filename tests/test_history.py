@@ -115,8 +115,8 @@ async def test_outcomes_by_request_id_land_in_the_decisions_arm_and_phase(
         after = await decide(session, running, "bob")
         assert before["X-ABGate-Phase"] != after["X-ABGate-Phase"]
         items = [
-            {"request_id": h["X-Request-Id"], "metric": "accuracy", "value": 1}
-            for h in (before, after)
+            {"request_id": h["X-Request-Id"], "metric": "accuracy", "value": 1, "user": user}
+            for h, user in ((before, "alice"), (after, "bob"))
         ]
         async with session.post(running.control_url + "/api/outcomes", json=items) as response:
             assert response.status == 200, await response.text()

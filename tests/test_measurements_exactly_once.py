@@ -43,7 +43,13 @@ async def test_an_outcome_too_large_to_square_is_refused_naming_the_item(
 ) -> None:
     state = tmp_path / "state.json"
     config = make_config(agents, percentage=50, flags={"state_file": str(state)})
-    good = {"experiment": "exp", "arm": "treatment", "metric": "satisfaction", "value": 4.5}
+    good = {
+        "experiment": "exp",
+        "arm": "treatment",
+        "metric": "satisfaction",
+        "value": 4.5,
+        "user": "u1",
+    }
     async with embedded(config) as running:
         outcomes = running.control_url + "/api/outcomes"
         async with session.post(outcomes, json=[good] * 100) as response:

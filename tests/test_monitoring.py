@@ -85,7 +85,13 @@ async def test_prometheus_scrapes_abgate_and_dashboard_queries_run(
                 arm = response.headers["X-ABGate-Arm"]
                 arms[arm] = arms.get(arm, 0) + 1
         outcomes = [
-            {"experiment": "exp", "arm": arm, "metric": "accuracy", "value": i % 3 != 0}
+            {
+                "experiment": "exp",
+                "arm": arm,
+                "metric": "accuracy",
+                "value": i % 3 != 0,
+                "user": f"{arm}-{i}",
+            }
             for arm in arms
             for i in range(12)
         ]

@@ -10,13 +10,14 @@ import yaml
 from benchmarks.rollout_sim import Arm, experiment, simulate
 from config.errors import ConfigError
 from config.parse_rollout import parse_plan
-from control.rollout.gates import StageInputs, decide, stage_alpha
+from control.rollout.gates import StageInputs, decide
+from control.rollout.sizing import stage_alpha
 from control.stats.clusters import ClusteredSums
 
 
 def test_aa_rollouts_are_rarely_rolled_back_and_complete() -> None:
     rng = np.random.default_rng(11)
-    ends = [simulate(rng, Arm())[0] for _ in range(40)]
+    ends = [simulate(rng, Arm(), per_tick=2000)[0] for _ in range(40)]
     assert ends.count("rolled_back") / len(ends) <= 0.05
     assert ends.count("completed") >= 36
 
@@ -59,7 +60,9 @@ def test_no_data_is_a_hold_never_a_pass_or_a_fail() -> None:
     }
     decision = decide(exp.rollout, exp, StageInputs(100.0, 0, 0.0, 500, some, few))
     assert decision.verdict == "hold"
-    assert decision.reason.startswith("insufficient samples: control 1,000 of ")
+    assert decision.reason.startswith(
+        "insufficient samples: converted (the primary: outcomes received) control 990 of "
+    )
     assert decision.eta_seconds is not None
     assert decision.eta_seconds > 0
 

@@ -311,3 +311,63 @@ def test_srm_takes_the_counting_variance_into_account() -> None:
     noisy = srm([95_250.0, 4_750.0], [0.95, 0.05], [820.0**2, 50.0])
     assert plain < 0.001 < noisy  # a mismatch that the counting noise can explain
     assert srm([950.0, 50.0], [0.95, 0.05], [1.0, 1.0]) == pytest.approx(1.0, abs=0.01)
+
+
+@pytest.mark.parametrize("case", range(12))
+def test_fisher_beyond_its_bound_is_its_binomial_limit(case: int) -> None:
+    """Past FISHER_MAX_N observations the exact test is its binomial limit: the same p as
+    scipy's Fisher test to 1e-4 (relative) where both can be computed."""
+    from control.stats.frequentist import FISHER_MAX_N
+
+    rng = np.random.default_rng(case)
+    n_a, n_b = (int(x) for x in rng.integers(FISHER_MAX_N // 2 + 1, 2 * FISHER_MAX_N, 2))
+    rare = bool(rng.integers(2))
+    x_a, x_b = (int(x) for x in rng.integers(0, 8, 2))
+    a = Proportion(n_a, x_a if rare else n_a - x_a)
+    b = Proportion(n_b, x_b if rare else n_b - x_b)
+    alternatives: tuple[Alternative, ...] = ("two-sided", "greater", "less")
+    for alternative in alternatives:
+        ours = rates_test(a, b, alternative=alternative)
+        assert ours.test == "conditional_binomial"
+        table = [[b.successes, b.n - b.successes], [a.successes, a.n - a.successes]]
+        reference = stats.fisher_exact(table, alternative=alternative).pvalue
+        assert math.isclose(ours.p_value, reference, rel_tol=1e-4), (alternative, a, b)
+
+
+def test_fisher_never_walks_billions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """3e9 requests per arm with 1 and 3 errors took scipy's Fisher test 17.8 s (issue 26);
+    past FISHER_MAX_N it is never called."""
+    from control.stats.frequentist import FISHER_MAX_N
+
+    fisher = stats.fisher_exact
+
+    def bounded(table: list[list[int]], **kwargs: object) -> object:
+        assert sum(map(sum, table)) <= FISHER_MAX_N, "Fisher's test over its bound"
+        return fisher(table, **kwargs)
+
+    monkeypatch.setattr(stats, "fisher_exact", bounded)
+    result = rates_test(Proportion(3 * 10**9, 1), Proportion(3 * 10**9, 3))
+    assert result.test == "conditional_binomial"
+    assert result.p_value == pytest.approx(0.625)  # 4 events, 3 in b: binomial(4, 1/2)
+    assert rates_test(Proportion(20, 1), Proportion(20, 7)).test == "fisher_exact"
+
+
+def test_the_sequential_srm_flags_mismatches_and_keeps_the_edges() -> None:
+    from control.stats.checks import sequential_srm
+
+    assert sequential_srm([95_000.0, 5_000.0], [0.95, 0.05]) == 1.0  # exactly the split
+    assert sequential_srm([95_500.0, 4_500.0], [0.95, 0.05]) < 1e-9  # 10% short
+    assert sequential_srm([5300.0, 4700.0], [0.5, 0.5]) < 0.001
+    # Weaker than the fixed test at one look: the price of every look being valid.
+    assert (
+        srm([19_120.0, 880.0], [0.95, 0.05])
+        < 0.001
+        < sequential_srm([19_120.0, 880.0], [0.95, 0.05])
+    )
+    assert sequential_srm([900.0, 100.0], [1.0, 0.0]) == 0.0
+    assert sequential_srm([0.0, 100.0], [0.0, 1.0]) == 1.0
+    assert sequential_srm([0.0, 0.0], [0.5, 0.5]) == 1.0
+    plain = sequential_srm([95_250.0, 4_750.0], [0.95, 0.05])
+    noisy = sequential_srm([95_250.0, 4_750.0], [0.95, 0.05], [820.0**2, 50.0])
+    assert plain < noisy  # the counting noise weakens the evidence
+    assert sequential_srm([950.0, 50.0], [0.95, 0.05], [1.0, math.inf]) == 1.0

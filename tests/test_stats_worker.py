@@ -129,8 +129,9 @@ async def test_outcomes_land_in_the_phase_of_their_decision(
                 "metric": "satisfaction",
                 "value": 4.0,
                 "phase": int(d["X-ABGate-Phase"]),
+                "user": f"u{user}",
             }
-            for d in decisions
+            for user, d in enumerate(decisions)
         ]
         async with session.post(f"{api}/api/outcomes", json=outcomes) as response:
             assert (await response.json()) == {"accepted": 20}

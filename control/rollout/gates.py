@@ -8,11 +8,14 @@ simulation (benchmarks/rollout_sim.py, tests/test_rollout_gates.py). First match
    metric, or on an absolute SLO. All harm tests of a stage are one Holm family, and the
    plan's alpha is split evenly over the stages that have a control arm (Bonferroni across
    the ramp), so an A/A rollout is rolled back at most alpha of the time over all its looks.
-2. hold (integrity): sample-ratio mismatch, sidecars not on the flag version, stale data.
-3. hold (insufficient): fewer samples per arm than the sequential design needs for the
-   plan's effects (the reason gives the numbers and an ETA), or min_duration not reached.
+2. hold (integrity): sample-ratio mismatch (an always-valid test), sidecars not on the
+   flag version, stale data.
+3. hold (insufficient): fewer samples per arm, each target metric counted in its own
+   samples (the primary's outcomes received, not requests), than the sequential design of
+   the tests that run needs (the reason gives the numbers and an ETA), or min_duration not
+   reached.
 4. continue: every guardrail shown non-inferior (its sequence wholly below the margin) and
-   the primary metric not significantly worse.
+   the primary too, within its margin (unless the plan declares it allow_unmeasured).
 5. otherwise: hold (undecided), escalated to a person after max_hold.
 At 100% there is no control arm: only the breaker, incidents and the SLOs, then completed
 after the bake.
@@ -25,22 +28,23 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from config.metrics_catalogue import SLOW_METRIC
 from config.model import ExperimentConfig, MetricConfig, RolloutPlan
 from control.measured import EMPTY
-from control.stats import holm, srm
-from control.stats.checks import SRM_THRESHOLD
-from control.stats.clusters import MIN_CLUSTERS, ClusteredSums
+from control.rollout import sizing
+from control.rollout.sizing import stage_alpha
+from control.stats import holm
+from control.stats.checks import SRM_THRESHOLD, sequential_srm
+from control.stats.clusters import MIN_CLUSTERS, ClusteredSums, clustered_rates
 from control.stats.models import StatsInputError
 from control.stats.sequential import (
     MIN_EVENTS,
     TUNING,
     always_valid_p,
-    sequential_sample_size,
+    rates_p,
 )
-from proxy.measure import SLOW_METRIC
 
 Verdict = Literal["rollback", "hold", "continue", "complete"]
-MIN_VARIANCE_SAMPLES = 10  # control samples before its variance is trusted for sizing
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,12 +103,6 @@ class _HarmTest:
     name: str
     p_value: float  # always-valid, one-sided: H0 "no harm beyond the margin"
     numbers: dict[str, Any]
-
-
-def stage_alpha(plan: RolloutPlan) -> float:
-    """The rollback tests' alpha in one stage: the plan's alpha over the compared stages."""
-    compared = sum(1 for stage in plan.stages if stage.percentage_bp < 10_000)
-    return plan.alpha / max(1, compared)
 
 
 def decide(
@@ -171,7 +169,7 @@ def decide(
             (c, var_c), (t, var_t) = inputs.units
             counts, variances, what = [c, t], [var_c, var_t], " users"
         share = inputs.percentage_bp / 10_000
-        srm_p = srm(counts, [1 - share, share], variances) if sum(counts) else 1.0
+        srm_p = sequential_srm(counts, [1 - share, share], variances) if sum(counts) else 1.0
         if srm_p < SRM_THRESHOLD:
             reason = (
                 f"sample-ratio mismatch: {counts[0]:.0f} control, {counts[1]:.0f} treatment"
@@ -196,33 +194,63 @@ def decide(
             "complete", "baked", f"baked {plan.bake:g}s at 100% within the SLOs", tuple(gates)
         )
 
-    # 3. hold (insufficient)
-    needed, sizing = samples_needed(plan, experiment, inputs)
-    have = {
-        "control": inputs.control.get("error", EMPTY).count,
-        "treatment": inputs.treatment.get("error", EMPTY).count,
+    # 3. hold (insufficient): each target metric's own samples, per arm (a posted outcome
+    # is a sample of its metric; a request without one is not)
+    needs, sized = samples_needed(plan, experiment, inputs)
+    have_of = {
+        name: {
+            "control": inputs.control.get(name, EMPTY).count,
+            "treatment": inputs.treatment.get(name, EMPTY).count,
+        }
+        for name in needs or {}
     }
-    if needed is None or any(have[arm] < needed[arm] for arm in have):
-        if needed is None:
-            lacking = sizing[-1]
+    lacking = [
+        name
+        for name, need in (needs or {}).items()
+        if any(have_of[name][arm] < need[arm] for arm in need)
+    ]
+    binding = _binding(needs, have_of, elapsed) if needs else None
+    have = have_of[binding] if binding else {"control": 0, "treatment": 0}
+    needed = needs[binding] if needs and binding else {}
+    if needs is None or lacking:
+        if needs is None:
+            short = sized[-1]
             reason = (
-                f"insufficient samples: {lacking['metric']} has {lacking['control']:,} control "
-                f"samples, at least {lacking['at_least']} needed to estimate its variance"
+                f"insufficient samples: {_what(plan, short['metric'])} has "
+                f"{short['control']:,} control samples, at least {short['at_least']} needed "
+                "to estimate its variance"
             )
             eta = None
         else:
-            reason = "insufficient samples: " + ", ".join(
-                f"{arm} {have[arm]:,} of {needed[arm]:,}" for arm in have
+            reason = "insufficient samples: " + "; ".join(
+                f"{_what(plan, name)} "
+                + ", ".join(
+                    f"{arm} {have_of[name][arm]:,} of {needs[name][arm]:,}" for arm in needs[name]
+                )
+                for name in lacking
             )
-            eta = _eta(have, needed, elapsed)
+            etas = [_eta(have_of[name], needs[name], elapsed) for name in lacking]
+            eta = None if any(e is None for e in etas) else max(e for e in etas if e is not None)
         if eta is not None:
             eta = max(eta, stage.min_duration - elapsed)
             reason += f" (about {eta:.0f}s more at the observed rate)"
         gates.append(
-            Gate("samples", "hold", reason, {"have": have, "needed": needed, "sizing": sizing})
+            Gate(
+                "samples",
+                "hold",
+                reason,
+                {"have": have, "needed": needed, "metric": binding, "sizing": sized},
+            )
         )
-        return Decision("hold", "insufficient", reason, tuple(gates), eta, needed or {})
-    gates.append(Gate("samples", "pass", "enough samples", {"have": have, "needed": needed}))
+        return Decision("hold", "insufficient", reason, tuple(gates), eta, needed)
+    gates.append(
+        Gate(
+            "samples",
+            "pass",
+            "enough samples",
+            {"have": have, "needed": needed, "metric": binding, "by_metric": have_of},
+        )
+    )
     if elapsed < stage.min_duration:
         reason = f"min_duration not reached: {_elapsed(elapsed)} of {stage.min_duration:g}s"
         gates.append(Gate("min_duration", "hold", reason))
@@ -247,13 +275,34 @@ def decide(
         )
         if p >= plan.alpha:
             pending.append(f"{metric.name} (p = {p:.2g})")
+    primary = plan.primary
+    if (
+        primary is not None
+        and not primary.allow_unmeasured
+        and all(g.metric != primary.metric for g in plan.guardrails)
+    ):
+        metric = experiment.metric(primary.metric)
+        assert metric is not None
+        p = _non_inferiority_p(
+            metric,
+            inputs.control.get(metric.name),
+            inputs.treatment.get(metric.name),
+            primary.non_inferiority_margin.absolute,
+        )
+        if p >= plan.alpha:
+            pending.append(f"{metric.name}, the primary (p = {p:.2g})")
     pending += [f"{name} (observed over its limit)" for name in over]
     if not pending:
         return Decision(
             "continue",
             "safe",
-            "guardrails non-inferior, primary not worse",
-            (*gates, Gate("non_inferiority", "pass", "every guardrail within its margin")),
+            "guardrails and the primary non-inferior",
+            (
+                *gates,
+                Gate(
+                    "non_inferiority", "pass", "every guardrail and the primary within its margin"
+                ),
+            ),
             None,
             needed,
         )
@@ -280,82 +329,77 @@ def _eta(have: dict[str, int], needed: dict[str, int], elapsed: float) -> float 
     return worst
 
 
-def _variance(metric: MetricConfig, sums: ClusteredSums) -> float:
-    """The variance per request, inflated by the clustering of users (the design effect):
-    sample sizes stay in requests, the unit the arrival rate is counted in."""
-    if metric.type == "binary":
-        rate = (sums.total + 1) / (sums.count + 2)  # never 0: sizing needs a spread
-        return rate * (1 - rate) * sums.design_effect(rate)
-    return sums.as_mean().variance
+def _what(plan: RolloutPlan, metric: str) -> str:
+    if plan.primary is not None and plan.primary.metric == metric:
+        return f"{metric} (the primary: outcomes received)"
+    return metric
+
+
+def _binding(
+    needs: dict[str, dict[str, int]], have_of: dict[str, dict[str, int]], elapsed: float
+) -> str:
+    """The target metric that decides when the stage has its samples: the one furthest
+    from its size (by ETA, else by the share still missing)."""
+
+    def key(name: str) -> tuple[float, float]:
+        eta = _eta(have_of[name], needs[name], elapsed)
+        missing = max(
+            (needs[name][arm] - have_of[name][arm]) / max(1, needs[name][arm])
+            for arm in needs[name]
+        )
+        return (math.inf if eta is None else eta, missing)
+
+    return max(needs, key=key)
 
 
 def samples_needed(
-    plan: RolloutPlan,
-    experiment: ExperimentConfig,
-    inputs: StageInputs,
-) -> tuple[dict[str, int] | None, list[dict[str, Any]]]:
-    """Samples per arm the sequential test needs to detect the primary's minimum effect and
-    to show each guardrail within its margin, at the live split: the largest of them."""
-    share = inputs.percentage_bp / 10_000
-    targets = []
-    if plan.primary is not None:
-        targets.append((plan.primary.metric, plan.primary.minimum_detectable_effect))
-    targets += [(g.metric, g.margin) for g in plan.guardrails]
-    needed = {"control": 0, "treatment": 0}
-    sizing: list[dict[str, Any]] = []
-    for name, amount in targets:
-        metric = experiment.metric(name)
-        assert metric is not None
-        control = inputs.control.get(name, EMPTY)
-        if control.count < MIN_VARIANCE_SAMPLES:  # the last entry says which metric lacks
-            sizing.append(
-                {"metric": name, "control": control.count, "at_least": MIN_VARIANCE_SAMPLES}
-            )
-            return None, sizing
-        variance = _variance(metric, control)
-        effect = amount.absolute(control.total / control.count)
-        if variance <= 0 or effect <= 0:
-            continue  # a constant metric: any change shows at once
-        try:
-            n_control, n_treatment = sequential_sample_size(
-                effect, variance, variance, share=share, power=plan.power, alpha=plan.alpha
-            )
-        except StatsInputError:
-            continue
-        sizing.append(
-            {"metric": name, "effect": effect, "control": n_control, "treatment": n_treatment}
-        )
-        needed["control"] = max(needed["control"], n_control)
-        needed["treatment"] = max(needed["treatment"], n_treatment)
-    return needed, sizing
+    plan: RolloutPlan, experiment: ExperimentConfig, inputs: StageInputs
+) -> tuple[dict[str, dict[str, int]] | None, list[dict[str, Any]]]:
+    """The stage's sizes at its live split (control/rollout/sizing.py)."""
+    return sizing.samples_needed(
+        plan, experiment, inputs.control, inputs.treatment, inputs.percentage_bp / 10_000
+    )
 
 
-def _difference(
-    metric: MetricConfig, a: ClusteredSums, b: ClusteredSums, *, burn_in: bool = True
-) -> tuple[float, float] | None:
-    """(harm, variance of the difference): harm > 0 means the treatment is worse. None
-    before a burn-in: MIN_CLUSTERS units per arm, and MIN_EVENTS events for a rate. Showing
-    no harm needs no event burn-in (a healthy service may have no errors at all): the added
-    pseudo-events keep the variance honest, and a real excess brings events with it. The
-    variances are per user (clustered), as the worker's."""
-    if a.count < 2 or b.count < 2 or min(a.clusters, b.clusters) < MIN_CLUSTERS:
-        return None
+def binary_harm_p(
+    metric: MetricConfig,
+    a: ClusteredSums,
+    b: ClusteredSums,
+    margin: float,
+    *,
+    worse: bool,
+) -> float | None:
+    """Always-valid one-sided p of a 0/1 metric: with `worse`, of "the treatment is worse by
+    more than `margin`" (the rollback's harm test, after the worker's burn-in); otherwise of
+    "it is within the margin" (non-inferiority, no event burn-in). Both are the worker's own
+    test (`control.stats.sequential.rates_p`: the score variance under the null, here the
+    margin, with the same design effects), so the page and the gate never disagree about
+    the same sums. None: no decision yet (burn-in, or nothing to test)."""
     sign = 1.0 if metric.direction == "lower" else -1.0
-    mean_a, mean_b = a.total / a.count, b.total / b.count
-    if metric.type == "binary":
-        events = min(a.total + b.total, a.count + b.count - a.total - b.total)
-        if burn_in and events < MIN_EVENTS:
-            return None
-        # Agresti-Caffo: one event and one non-event added per arm, never a zero variance.
-        ra, rb = (a.total + 1) / (a.count + 2), (b.total + 1) / (b.count + 2)
-        variance = a.design_effect(ra) * ra * (1 - ra) / (a.count + 2) + b.design_effect(
-            rb
-        ) * rb * (1 - rb) / (b.count + 2)
-    else:
-        variance = a.variance_of_mean() + b.variance_of_mean()
+    pa, pb, design = clustered_rates(a, b)
+    harm = sign * (pb.rate - pa.rate)
+    if (harm > margin) != worse or harm == margin:
+        return 1.0  # the estimate is on the other side: no evidence for this alternative
+    try:
+        return rates_p(pa, pb, shift=sign * margin, design=design, burn_in=worse)
+    except StatsInputError:
+        return None
+
+
+def _too_few(a: ClusteredSums, b: ClusteredSums) -> bool:
+    return a.count < 2 or b.count < 2 or min(a.clusters, b.clusters) < MIN_CLUSTERS
+
+
+def _mean_difference(
+    metric: MetricConfig, a: ClusteredSums, b: ClusteredSums
+) -> tuple[float, float] | None:
+    """(harm, variance of the difference) of a continuous metric: harm > 0 means the
+    treatment is worse; the variances are per user (clustered), as the worker's."""
+    sign = 1.0 if metric.direction == "lower" else -1.0
+    variance = a.variance_of_mean() + b.variance_of_mean()
     if not variance > 0 or not math.isfinite(variance):
         return None
-    return sign * (mean_b - mean_a), variance
+    return sign * (b.mean - a.mean), variance
 
 
 def _harm_tests(
@@ -371,15 +415,26 @@ def _harm_tests(
         metric = experiment.metric(name)
         assert metric is not None
         a, b = inputs.control.get(name), inputs.treatment.get(name)
-        if a is None or b is None:
+        if a is None or b is None or _too_few(a, b):
             continue
-        found = _difference(metric, a, b)
-        if found is None:
-            continue
-        harm, variance = found
-        margin = margin_of(a.total / a.count)
-        excess = harm - margin
-        p = always_valid_p(excess, variance, a.count + b.count, TUNING) if excess > 0 else 1.0
+        margin = margin_of(a.mean)
+        sign = 1.0 if metric.direction == "lower" else -1.0
+        harm = sign * (b.mean - a.mean)
+        if metric.type == "binary":
+            found = binary_harm_p(metric, a, b, margin, worse=True)
+            if found is None:
+                continue
+            p = found
+        else:
+            difference = _mean_difference(metric, a, b)
+            if difference is None:
+                continue
+            excess = harm - margin
+            p = (
+                always_valid_p(excess, difference[1], a.count + b.count, TUNING)
+                if excess > 0
+                else 1.0
+            )
         tests.append(
             _HarmTest(
                 name,
@@ -403,13 +458,17 @@ def _non_inferiority_p(
     margin_of: Callable[[float], float],
 ) -> float:
     """Always-valid p of "the treatment is worse by at least the margin"."""
-    if a is None or b is None:
+    if a is None or b is None or _too_few(a, b):
         return 1.0
-    found = _difference(metric, a, b, burn_in=False)
-    if found is None:
+    margin = margin_of(a.mean)
+    if metric.type == "binary":
+        found = binary_harm_p(metric, a, b, margin, worse=False)
+        return 1.0 if found is None else found
+    difference = _mean_difference(metric, a, b)
+    if difference is None:
         return 1.0
-    harm, variance = found
-    room = margin_of(a.total / a.count) - harm
+    harm, variance = difference
+    room = margin - harm
     if room <= 0:
         return 1.0
     return always_valid_p(room, variance, a.count + b.count, TUNING)

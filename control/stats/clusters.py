@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from control.stats.models import SampleMean
+from control.stats.models import Proportion, SampleMean
 
 MIN_CLUSTERS = 20  # per arm, before any test: fewer and the variance estimate is too rough
 
@@ -108,3 +108,22 @@ class ClusteredSums:
         if iid <= 0:
             return 1.0
         return max(1.0, self.variance_of_mean(centre) / iid)
+
+
+def proportion(sums: ClusteredSums) -> Proportion:
+    """Successes of a 0/1 metric; values are checked to be 0 or 1 where they come in."""
+    return Proportion(sums.count, min(sums.count, max(0, round(sums.total))))
+
+
+def clustered_rates(
+    a: ClusteredSums, b: ClusteredSums
+) -> tuple[Proportion, Proportion, tuple[float, float]]:
+    """Two arms of a 0/1 metric as the rates test takes them: each arm's successes and its
+    design effect, at the arm's own rate. At any other centre (the pooled rate, as before)
+    the "design effect" also holds the arm's distance from that centre: for independent
+    requests it turned the null's variance back into the arm's own, and a treatment 2
+    points worse on errors was caught 15% of the time at the n planned for 80%. The
+    worker and the gates both read rates through here, so they test the same thing on the
+    same sums."""
+    pa, pb = proportion(a), proportion(b)
+    return pa, pb, (a.design_effect(pa.rate), b.design_effect(pb.rate))

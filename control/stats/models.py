@@ -6,10 +6,12 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from config.errors import AbgateError
+
 Alternative = Literal["two-sided", "greater", "less"]  # about treatment (b) minus control (a)
 
 
-class StatsInputError(ValueError):
+class StatsInputError(AbgateError, ValueError):
     """Input the statistics cannot be computed from; `field` names the culprit."""
 
     def __init__(self, field: str, message: str) -> None:

@@ -78,6 +78,70 @@ def sequential_test(
 MIN_EVENTS = 10  # of the rarer outcome, both arms together, before any sequential decision
 
 
+def rates_burn_in(a: Proportion, b: Proportion) -> str | None:
+    """Why the rates test may not decide yet, or None: MIN_EVENTS of the rarer outcome in
+    all, and at least one expected in the smaller arm (the normal approximation needs
+    counts). Without it, the first event in the big arm of a 1% split was "significant"."""
+    n_total = a.n + b.n
+    pooled = (a.successes + b.successes) / n_total
+    rare = min(pooled, 1 - pooled)
+    events = rare * n_total
+    if events < MIN_EVENTS or min(a.n, b.n) * rare < 1:
+        return (
+            f"burn-in: {events:.0f} of {MIN_EVENTS} events, "
+            f"{min(a.n, b.n) * rare:.2f} of 1 expected in the smaller arm"
+        )
+    return None
+
+
+def null_rates(a: Proportion, b: Proportion, shift: float = 0.0) -> tuple[float, float]:
+    """Both arms' rates estimated under the null "b's rate - a's rate = shift": the pooled
+    rate when `shift` is 0; otherwise the pooled estimate moved apart by `shift` (the
+    precision-weighted solution of the constraint, clipped to [0, 1]; close to Farrington
+    and Manning's restricted MLE, which needs a cubic)."""
+    n_total = a.n + b.n
+    rate_a = (a.successes + b.successes - b.n * shift) / n_total
+    rate_a = min(min(1.0, 1.0 - shift), max(max(0.0, -shift), rate_a))
+    return rate_a, rate_a + shift
+
+
+def rates_null_variance(
+    a: Proportion, b: Proportion, shift: float = 0.0, design: tuple[float, float] = (1.0, 1.0)
+) -> float:
+    """The variance of b's rate minus a's under the null (the score test's): each arm's
+    variance at its null rate, never at its own observed rate, which is 0 for an arm with no
+    event yet and made a 0-of-100 treatment arm "significantly worse" than 95 of 1,900."""
+    rate_a, rate_b = null_rates(a, b, shift)
+    design_a, design_b = design
+    return design_a * rate_a * (1 - rate_a) / a.n + design_b * rate_b * (1 - rate_b) / b.n
+
+
+def rates_p(
+    a: Proportion,
+    b: Proportion,
+    *,
+    shift: float = 0.0,
+    design: tuple[float, float] = (1.0, 1.0),
+    tuning: float = TUNING,
+    burn_in: bool = True,
+) -> float:
+    """Always-valid p-value of "b's rate - a's rate = shift" against a difference beyond it
+    (the sequence is two-sided; a one-sided caller reads p only when the difference lies on
+    its side). The one implementation of the sequential rates test: the worker's report and
+    the rollout gates' harm and non-inferiority tests all call it. `burn_in` False (showing
+    no harm beyond a margin, where a healthy service may have no errors at all) skips the
+    event burn-in; the null variance at the margin stays positive. Raises StatsInputError
+    during the burn-in."""
+    if burn_in:
+        waiting = rates_burn_in(a, b)
+        if waiting is not None:
+            raise StatsInputError("n", waiting)
+    variance = rates_null_variance(a, b, shift, design)
+    if not variance > 0:
+        raise StatsInputError("successes", "no variation under the null: nothing to test")
+    return always_valid_p(b.rate - a.rate - shift, variance, a.n + b.n, tuning)
+
+
 def sequential_rates(
     a: Proportion,
     b: Proportion,
@@ -90,27 +154,15 @@ def sequential_rates(
 
     The plug-in variance of each arm fails for rates: an arm with no event yet has variance
     0, the sequence shrinks to a point, and an A/A test at a 5% split rejects a third of the
-    time (benchmarks/RESULTS.md). So the test uses the pooled variance under the null, and
-    waits for a burn-in: MIN_EVENTS of the rarer outcome in all, and at least one expected in
-    the smaller arm (the normal approximation needs counts). The interval, which must hold
-    when the rates differ, uses each arm's variance with one event and one non-event added
+    time (benchmarks/RESULTS.md). So the test (`rates_p`) uses the pooled variance under the
+    null, and waits for a burn-in (`rates_burn_in`). The interval, which must hold when the
+    rates differ, uses each arm's variance with one event and one non-event added
     (Agresti-Caffo). `design` is each arm's design effect (control/stats/clusters.py): how
     much its users' clustering inflates the variance of its rate; 1 for independent units."""
     n_total = a.n + b.n
-    pooled = (a.successes + b.successes) / n_total
-    rare = min(pooled, 1 - pooled)
-    events = rare * n_total
-    if events < MIN_EVENTS or min(a.n, b.n) * rare < 1:
-        raise StatsInputError(
-            "n",
-            f"burn-in: {events:.0f} of {MIN_EVENTS} events, "
-            f"{min(a.n, b.n) * rare:.2f} of 1 expected in the "
-            "smaller arm",
-        )
+    p = rates_p(a, b, design=design, tuning=tuning)
     diff = b.rate - a.rate
     design_a, design_b = design
-    null_variance = pooled * (1 - pooled) * (design_a / a.n + design_b / b.n)
-    p = always_valid_p(diff, null_variance, n_total, tuning)
     adjusted_a = (a.successes + 1) / (a.n + 2)
     adjusted_b = (b.successes + 1) / (b.n + 2)
     variance = design_a * adjusted_a * (1 - adjusted_a) / (a.n + 2) + design_b * adjusted_b * (
