@@ -263,34 +263,24 @@ def decide(
         return Decision("hold", "load_test", reason, tuple(gates), None, needed)
 
     # 4. continue, when every guardrail is shown non-inferior
-    pending = []
-    for guardrail in plan.guardrails:
-        metric = experiment.metric(guardrail.metric)
-        assert metric is not None
-        p = _non_inferiority_p(
-            metric,
-            inputs.control.get(metric.name),
-            inputs.treatment.get(metric.name),
-            guardrail.margin.absolute,
-        )
-        if p >= plan.alpha:
-            pending.append(f"{metric.name} (p = {p:.2g})")
+    # (metric, margin, how the reason names it): each guardrail, and the primary unless a
+    # guardrail already holds it to a margin or the plan lets it go unmeasured.
+    shown = [(g.metric, g.margin.absolute, g.metric) for g in plan.guardrails]
     primary = plan.primary
     if (
         primary is not None
         and not primary.allow_unmeasured
         and all(g.metric != primary.metric for g in plan.guardrails)
     ):
-        metric = experiment.metric(primary.metric)
+        margin = primary.non_inferiority_margin.absolute
+        shown.append((primary.metric, margin, f"{primary.metric}, the primary"))
+    pending = []
+    for name, margin, label in shown:
+        metric = experiment.metric(name)
         assert metric is not None
-        p = _non_inferiority_p(
-            metric,
-            inputs.control.get(metric.name),
-            inputs.treatment.get(metric.name),
-            primary.non_inferiority_margin.absolute,
-        )
+        p = _non_inferiority_p(metric, inputs.control.get(name), inputs.treatment.get(name), margin)
         if p >= plan.alpha:
-            pending.append(f"{metric.name}, the primary (p = {p:.2g})")
+            pending.append(f"{label} (p = {p:.2g})")
     pending += [f"{name} (observed over its limit)" for name in over]
     if not pending:
         return Decision(

@@ -37,13 +37,10 @@ def srm(
     `counting_variance` (two arms): the variance of each count when it is itself an
     estimate (distinct users by linear counting); added to the binomial variance of the
     two-arm test, z^2 = chi-square."""
-    if len(observed) != len(weights) or len(observed) < 2:
-        raise StatsInputError("observed", "need one count per arm, at least two arms")
+    edge = _srm_edge(observed, weights)
+    if edge is not None:
+        return edge
     total = sum(observed)
-    if total == 0:
-        return 1.0
-    if any(w <= 0 and o > 0 for o, w in zip(observed, weights, strict=True)):
-        return 0.0  # traffic where none should be: a mismatch for certain
     scale = total / sum(weights)
     expected = [w * scale for w in weights if w > 0]
     observed = [o for o, w in zip(observed, weights, strict=True) if w > 0]
@@ -66,6 +63,18 @@ def srm(
     return float(special.chdtrc(len(observed) - 1, statistic))
 
 
+def _srm_edge(observed: Sequence[float], weights: Sequence[float]) -> float | None:
+    """Both tests' answer where the counts decide it alone (else None): no traffic yet says
+    nothing; traffic to an arm that should get none is a mismatch for certain."""
+    if len(observed) != len(weights) or len(observed) < 2:
+        raise StatsInputError("observed", "need one count per arm, at least two arms")
+    if sum(observed) == 0:
+        return 1.0
+    if any(w <= 0 and o > 0 for o, w in zip(observed, weights, strict=True)):
+        return 0.0
+    return None
+
+
 SRM_CONCENTRATION = 1000.0  # the Dirichlet prior's weight, in observations
 
 
@@ -86,13 +95,10 @@ def sequential_srm(
     `counting_variance` (two arms): the variance of each count when it is itself an
     estimate (distinct users by linear counting); the counts are shrunk by the variance it
     adds to the binomial's (the evidence of fewer, exact counts). Edges as `srm`."""
-    if len(observed) != len(weights) or len(observed) < 2:
-        raise StatsInputError("observed", "need one count per arm, at least two arms")
+    edge = _srm_edge(observed, weights)
+    if edge is not None:
+        return edge
     total = sum(observed)
-    if total == 0:
-        return 1.0
-    if any(w <= 0 and o > 0 for o, w in zip(observed, weights, strict=True)):
-        return 0.0  # traffic where none should be: a mismatch for certain
     kept = [(o, w) for o, w in zip(observed, weights, strict=True) if w > 0]
     if len(kept) < 2:
         return 1.0  # one arm takes everything, as configured
