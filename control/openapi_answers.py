@@ -8,6 +8,15 @@ from typing import Any
 
 NUMBER = {"type": ["number", "null"]}
 COUNT = {"type": "integer", "minimum": 0}
+PHASE = {  # a phase as reports and timelines name it
+    "type": "object",
+    "required": ["id", "percentage", "started_at"],
+    "properties": {
+        "id": {"type": "integer"},
+        "percentage": {"type": "number"},
+        "started_at": {"type": "number"},
+    },
+}
 INTERVAL = {"type": ["array", "null"], "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
 
 EVIDENCE = {
@@ -20,15 +29,7 @@ EVIDENCE = {
         "basis": {"type": "string"},
         "phases": {
             "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["id", "percentage", "started_at"],
-                "properties": {
-                    "id": {"type": "integer"},
-                    "percentage": {"type": "number"},
-                    "started_at": {"type": "number"},
-                },
-            },
+            "items": PHASE,
         },
         "alpha": {"type": "number"},
         "primary": {"type": ["string", "null"]},

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-_NUMBER_OR_NULL = {"type": ["number", "null"]}
+from control.openapi_answers import NUMBER, PHASE
+
 _ARMS = {
     "type": "object",
     "additionalProperties": {"type": "integer", "minimum": 0},
@@ -16,17 +17,17 @@ _METRIC = {
     "properties": {
         "role": {"enum": ["primary", "guardrail", "other"]},
         "effect": {
-            **_NUMBER_OR_NULL,
+            **NUMBER,
             "description": "treatment minus control in the metric's unit, signed so that up "
             "is better (times -1 for a lower-is-better metric)",
         },
-        "low": {**_NUMBER_OR_NULL, "description": "the always-valid sequential interval"},
-        "high": _NUMBER_OR_NULL,
+        "low": {**NUMBER, "description": "the always-valid sequential interval"},
+        "high": NUMBER,
         "line": {
-            **_NUMBER_OR_NULL,
+            **NUMBER,
             "description": "primary: the plan's minimum effect (+); guardrail: its margin (-)",
         },
-        "p_value": {**_NUMBER_OR_NULL, "description": "sequential, Holm-adjusted"},
+        "p_value": {**NUMBER, "description": "sequential, Holm-adjusted"},
         "status": {"type": "string"},
     },
 }
@@ -35,8 +36,8 @@ _LATENCY = {
     "required": ["n", "p50", "p95"],
     "properties": {
         "n": {"type": "integer", "minimum": 0, "description": "answers in the point's window"},
-        "p50": {**_NUMBER_OR_NULL, "description": "milliseconds"},
-        "p95": {**_NUMBER_OR_NULL, "description": "milliseconds"},
+        "p50": {**NUMBER, "description": "milliseconds"},
+        "p95": {**NUMBER, "description": "milliseconds"},
     },
 }
 _ROLLOUT = {
@@ -48,7 +49,7 @@ _ROLLOUT = {
         "decision": {"type": "string"},
         "kind": {"type": "string"},
         "reason": {"type": "string"},
-        "eta_seconds": _NUMBER_OR_NULL,
+        "eta_seconds": NUMBER,
         "needed": {"oneOf": [_ARMS, {"type": "null"}]},
     },
 }
@@ -58,7 +59,7 @@ _POINT = {
     "properties": {
         "t": {"type": "number", "description": "Unix time of the tick"},
         "phase": {"type": ["integer", "null"]},
-        "percentage": {**_NUMBER_OR_NULL, "description": "the treatment's share, %"},
+        "percentage": {**NUMBER, "description": "the treatment's share, %"},
         "samples": _ARMS,
         "rollout": _ROLLOUT,
         "metrics": {"type": "object", "additionalProperties": _METRIC},
@@ -84,15 +85,7 @@ TIMELINE: dict[str, Any] = {
         "ticks": {"type": "integer", "minimum": 0},
         "phases": {
             "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["id", "percentage", "started_at"],
-                "properties": {
-                    "id": {"type": "integer"},
-                    "percentage": {"type": "number"},
-                    "started_at": {"type": "number"},
-                },
-            },
+            "items": PHASE,
         },
         "points": {"type": "array", "items": _POINT},
         "events": {

@@ -206,7 +206,7 @@ def _latency_ms(
     return out
 
 
-def _rollout_json(view: RolloutView | None) -> dict[str, Any] | None:
+def rollout_json(view: RolloutView | None) -> dict[str, Any] | None:
     if view is None:
         return None
     return {
@@ -238,7 +238,7 @@ def series_json(
                 "phase": point.phase,
                 "percentage": point.percentage,
                 "samples": dict(point.samples),
-                "rollout": _rollout_json(point.rollout),
+                "rollout": rollout_json(point.rollout),
                 "metrics": {m: value.as_json() for m, value in point.metrics.items()},
                 "latency_ms": _latency_ms(bounds, point.latency, before),
             }

@@ -17,7 +17,15 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from control.timeline import CAPACITY, MetricPoint, Point, RolloutView, Series, event_of
+from control.timeline import (
+    CAPACITY,
+    MetricPoint,
+    Point,
+    RolloutView,
+    Series,
+    event_of,
+    rollout_json,
+)
 from state.history.rows import Json
 
 if TYPE_CHECKING:
@@ -28,24 +36,13 @@ LOAD_TIMEOUT = 5.0  # seconds the worker waits for its timeline at start
 
 
 def point_json(point: Point) -> dict[str, Any]:
-    view = point.rollout
     return {
         "t": point.t,
         "phase": point.phase,
         "percentage": point.percentage,
         "samples": dict(point.samples),
         "metrics": {name: m.as_json() for name, m in point.metrics.items()},
-        "rollout": None
-        if view is None
-        else {
-            "state": view.state,
-            "stage": view.stage,
-            "decision": view.decision,
-            "kind": view.kind,
-            "reason": view.reason,
-            "eta_seconds": view.eta_seconds,
-            "needed": dict(view.needed),
-        },
+        "rollout": rollout_json(point.rollout),
         "latency": {arm: list(counts) for arm, counts in point.latency.items()},
     }
 
