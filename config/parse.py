@@ -149,7 +149,7 @@ class _Schema(UpstreamSchema, ExperimentSchema, ConnectionSchema):
             )
             or {}
         )
-        ratio = budget.get("ratio", 0.2)
+        ratio = budget.get("ratio", 1.0)
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
             self.r.problem((*path, "retry_budget", "ratio"), f"expected 0..1, got {ratio!r}")
             ratio = None

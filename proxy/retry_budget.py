@@ -1,5 +1,12 @@
 """Retry budget: fallback retries may add at most `ratio` of the requests seen in a sliding
-window (Envoy's default budget is 20%), with a floor so a quiet proxy can still retry."""
+window, with a floor so a quiet proxy can still retry.
+
+The default ratio is 1.0, not Envoy's 20%: a fallback is not a retry to the same upstream
+but a failover to the control arm, which never takes more than all the traffic (as at 0%),
+so it cannot amplify a storm there. Capping it at 20% turned a hung ML backend at a 50-100%
+share into 504s for the requests in flight when it hung (8% of them at 100 req/s, measured
+in tests/test_fallback.py). Lower it when the control arm cannot absorb the treatment's
+share."""
 
 from __future__ import annotations
 
