@@ -22,6 +22,7 @@ from control.flags_api import add_flag_routes
 from control.health_api import BACKEND, add_health_routes
 from control.http import (
     LOOPBACK_ONLY,
+    RELOADER,
     TOKEN,
     ApiError,
     bearer_auth,
@@ -41,8 +42,6 @@ if TYPE_CHECKING:
     from control.rollout.controller import RolloutController
     from control.stats_worker import StatsWorker
     from state.history.writer import HistoryWriter
-
-RELOADER = web.AppKey("reloader", Reloader)
 
 
 async def list_breakers(request: web.Request) -> web.Response:

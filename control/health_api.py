@@ -11,14 +11,18 @@ from aiohttp import web
 from config import Config
 from control.experiments_api import HISTORY
 from control.flag_backend import FlagBackend
-from control.http import CONTROLLER, WORKER, json_response
+from control.http import CONTROLLER, RELOADER, WORKER, json_response
 from control.live_plane import PLANE, history_report
+from control.reload import Reloader
 from proxy.health import DEGRADED, HEALTHY, UNHEALTHY, worst
 from state.errors import StoreUnavailable
 from state.flags import FlagStore
 
 BACKEND = web.AppKey("backend", FlagBackend)
 STALE_HEARTBEATS = 3
+# Shadow copies dropped in a row (none sent between) before the shadow is called degraded:
+# it compares nothing while its treatment's breaker is open or its copies pile up.
+SHADOW_DROPPING = 20
 
 
 async def ready(request: web.Request) -> web.Response:
@@ -153,6 +157,11 @@ async def aggregate(request: web.Request) -> web.Response:
             "reasons": reasons,
         }
         statuses.append(status)
+    reloader = request.app.get(RELOADER)
+    if reloader is not None:
+        config_health = config_report(reloader)
+        components["config"] = config_health
+        statuses.append(str(config_health["status"]))
     rollouts = request.app.get(CONTROLLER)
     if rollouts is not None:
         status = DEGRADED if rollouts.failing else HEALTHY
@@ -178,6 +187,27 @@ async def aggregate(request: web.Request) -> web.Response:
         },
         503 if overall == UNHEALTHY else 200,
     )
+
+
+def config_report(reloader: Reloader) -> dict[str, object]:
+    """Degraded while the file's last reload was refused: the proxy serves the config loaded
+    before it, which is not what the file says (a later good or reverted file clears it)."""
+    last = reloader.last
+    report: dict[str, object] = {
+        "status": HEALTHY,
+        "source": str(reloader.path),
+        "loaded_at": reloader.loaded_at,
+        "reasons": [],
+    }
+    if last is not None and last.result == "failure":
+        first = last.problems[0] if last.problems else "no detail"
+        more = f" (and {len(last.problems) - 1} more)" if len(last.problems) > 1 else ""
+        report["status"] = DEGRADED
+        report["reasons"] = [
+            f"config reload ({last.trigger}) refused: {first}{more}; serving the config "
+            f"loaded at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(reloader.loaded_at))}"
+        ]
+    return report
 
 
 def ml_components(
@@ -213,15 +243,22 @@ def ml_components(
                 }
             )
         for shadow in shadows:
-            dropped = shadow.get("dropped")
+            in_a_row = int(str(shadow.get("dropped_in_a_row", 0)))
+            dropping = in_a_row >= SHADOW_DROPPING
             out.append(
                 {
                     "name": f"{shadow['experiment']} shadow",
                     "kind": "shadow",
-                    "status": HEALTHY,
+                    "status": DEGRADED if dropping else HEALTHY,
                     "total_decisions": shadow.get("total_decisions"),
                     "agreement_rate": shadow.get("agreement_rate"),
-                    "dropped": dropped,
+                    "dropped": shadow.get("dropped"),
+                    "reasons": [
+                        f"the last {in_a_row} copies were dropped, none sent: "
+                        "the shadow compares nothing (see dropped)"
+                    ]
+                    if dropping
+                    else [],
                 }
             )
     for kind in ("statistics_worker", "rollout_controller"):

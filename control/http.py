@@ -17,6 +17,7 @@ from config.errors import AbgateError
 from state.errors import StoreUnavailable
 
 if TYPE_CHECKING:
+    from control.reload import Reloader
     from control.rollout.controller import RolloutController
     from control.stats_worker import StatsWorker
 
@@ -25,6 +26,7 @@ TOKEN = web.AppKey("token", str)
 # The statistics worker (scipy) is imported only by processes that evaluate statistics.
 WORKER: web.AppKey[StatsWorker] = web.AppKey("stats_worker")
 CONTROLLER: web.AppKey[RolloutController] = web.AppKey("rollout_controller")
+RELOADER: web.AppKey[Reloader] = web.AppKey("reloader")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

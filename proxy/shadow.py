@@ -46,6 +46,10 @@ class Shadow:
         self._closed = False
         self.total = self.agreements = self.disagreements = self.errors = 0
         self.dropped: dict[str, int] = {"max_in_flight": 0, "breaker_open": 0}
+        # Copies dropped since the last one sent: many in a row means the shadow compares
+        # nothing, which /health/aggregate says (a count, not a time, so it is the same on a
+        # busy machine).
+        self.dropped_in_a_row = 0
         self.latency = {
             "control": Histogram(LATENCY_BUCKETS),
             "treatment": Histogram(LATENCY_BUCKETS),
@@ -70,13 +74,16 @@ class Shadow:
             return
         if len(self._tasks) >= self.config.max_in_flight:
             self.dropped["max_in_flight"] += 1
+            self.dropped_in_a_row += 1
             return
         # The breaker is asked as for a live call: while it is open nothing goes, and once its
         # wait is over a copy may be the half-open trial, so that a treatment with no live
         # share (shadow only, 0%) is seen to recover; that copy's outcome settles the trial.
         if not breaker.allow(perf_counter()):
             self.dropped["breaker_open"] += 1
+            self.dropped_in_a_row += 1
             return
+        self.dropped_in_a_row = 0
         trial = breaker.generation if breaker.state is BreakerState.HALF_OPEN else None
         task = asyncio.create_task(
             self._compare(
@@ -176,6 +183,7 @@ class Shadow:
             "agreement_rate": self.agreements / compared if compared else None,
             "errors": self.errors,
             "dropped": dict(self.dropped),
+            "dropped_in_a_row": self.dropped_in_a_row,
             "in_flight": len(self._tasks),
             "latency_mean_ms": {
                 side: round(h.sum / n * 1000, 3) if (n := sum(h.counts)) else None

@@ -41,8 +41,19 @@ async def test_ml_components_and_shadow_totals(session: ClientSession) -> None:
         assert all(c["status"] == "healthy" for c in body["ml_components"])
         assert components["exp shadow"]["total_decisions"] == 10
         await force(session, running, "treatment", "forced_open")
+        # With its treatment's breaker open, every copy is dropped: the shadow compares
+        # nothing, and says so once 20 in a row were dropped.
+        for user in range(20):
+            async with session.post(
+                f"{running.proxy_url}{URL}", data=b"{}", headers={"X-User-Id": f"v{user}"}
+            ) as response:
+                await response.read()
         _, body = await aggregate(session, running)
         components = {c["name"]: c for c in body["ml_components"]}
+        assert components["exp shadow"]["status"] == "degraded"
+        assert components["exp shadow"]["reasons"] == [
+            "the last 20 copies were dropped, none sent: the shadow compares nothing (see dropped)"
+        ]
         assert components["treatment breaker"] == {
             "name": "treatment breaker",
             "kind": "breaker",

@@ -118,6 +118,9 @@ async def reload_twice(
         outcome = await response.json()
     assert outcome["result"] == "success"
     assert outcome["warnings"] == []
+    async with session.get(f"{control}/health/aggregate") as response:
+        config_health = (await response.json())["components"]["config"]
+    assert (config_health["status"], config_health["reasons"]) == ("healthy", [])
     seen = statuses.total()
     await until(lambda: statuses.total() > seen + 200)
     async with session.get(f"{base}/new/x") as response:
@@ -147,6 +150,14 @@ async def reload_twice(
         status = await response.json()
     assert status["last_reload"]["result"] == "failure"
     assert status["reloads"] == {"success": 1, "failure": 1}
+    # The operator sees it without asking the config endpoint: the aggregate is degraded,
+    # and says why and what is served instead.
+    async with session.get(f"{control}/health/aggregate") as response:
+        health = await response.json()
+    assert health["overall_health"] == "degraded"
+    [reason] = health["components"]["config"]["reasons"]
+    assert reason.startswith("config reload (api) refused: upstreams.control.url (line ")
+    assert "(and 1 more); serving the config loaded at " in reason
     async with session.get(f"{control}/metrics") as response:
         text = await response.text()
     # The unchanged upstream kept its pool: no connection had to be opened again.
