@@ -252,6 +252,10 @@ DATA_PLANES_CONNECTED = Gauge(
 
 # --- Config reloads (control/reload.py) ---
 CONFIG_RELOADS = Counter("abgate_config_reload", "Config reloads by result.", ("result",))
+CONFIG_LAST_RELOAD_OK = Gauge(
+    "abgate_config_last_reload_successful",
+    "1 unless the file's last reload was refused (the config loaded before it is served).",
+)
 CONFIG_LOADED_AT = Gauge(
     "abgate_config_loaded_timestamp_seconds", "When the running config was loaded."
 )

@@ -157,6 +157,10 @@ class Reloader:
         for result, count in self.counts.items():
             total.add_metric([result], count)
         yield total
+        # Prometheus' own prometheus_config_last_reload_successful, for the same alert.
+        ok = metrics_catalogue.CONFIG_LAST_RELOAD_OK.new()
+        ok.add_metric([], 0.0 if self.last is not None and self.last.result == "failure" else 1.0)
+        yield ok
         loaded = metrics_catalogue.CONFIG_LOADED_AT.new()
         loaded.add_metric([], self.loaded_at)
         yield loaded

@@ -134,6 +134,9 @@ async def test_prometheus_scrapes_abgate_and_dashboard_queries_run(
                 "ABGateRolloutEscalated",
                 "ABGateHistoryDropping",
                 "ABGateHistoryStoreDown",
+                "ABGateHistoryDeadLetters",
+                "ABGateRetryBudgetExhausted",
+                "ABGateConfigReloadFailed",
                 "ABGateRedisSlow",
                 # recording rules: the requirements' names
                 "node_cpu_utilization",

@@ -162,6 +162,7 @@ async def reload_twice(
         text = await response.text()
     # The unchanged upstream kept its pool: no connection had to be opened again.
     assert metric(text, 'abgate_upstream_connects_total{upstream="control"}') == connects_before
+    assert metric(text, "abgate_config_last_reload_successful") == 0  # what the alert reads
 
 
 async def test_file_change_is_picked_up(tmp_path: Path, session: ClientSession) -> None:
