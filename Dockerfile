@@ -6,6 +6,7 @@ COPY config ./config
 COPY state ./state
 COPY proxy ./proxy
 COPY control ./control
+COPY abgate ./abgate
 COPY scripts/sql ./scripts/sql
 ENV ABGATE_SQL_DIR=/app/scripts/sql
 RUN pip install --no-cache-dir . \

@@ -57,7 +57,7 @@ def build(root: Path) -> None:
     """Compile MODULES in place under `root` (a checkout of this repository)."""
     clean(root)
     mypyc = Path(sys.executable).with_name("mypyc")
-    sources = [f"proxy/{name}.py" for name in MODULES]
+    sources = [f"abgate/proxy/{name}.py" for name in MODULES]  # named abgate.proxy.*
     subprocess.run([str(mypyc), *sources], cwd=root, check=True, capture_output=True)
     shutil.rmtree(root / "build", ignore_errors=True)
 

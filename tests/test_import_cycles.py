@@ -14,7 +14,7 @@ def _modules() -> dict[str, Path]:
     modules = {}
     for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
-            parts = path.relative_to(ROOT).with_suffix("").parts
+            parts = ("abgate", *path.relative_to(ROOT).with_suffix("").parts)
             name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
             modules[name] = path
     return modules
@@ -97,8 +97,25 @@ def test_nothing_imports_control() -> None:
     outside = sorted(
         f"{name} -> {target}"
         for name, targets in graph.items()
-        if not name.startswith("control")
+        if not name.startswith("abgate.control")
         for target in targets
-        if target.split(".")[0] == "control"
+        if target.startswith("abgate.control")
     )
     assert outside == []
+
+
+def test_one_installed_name() -> None:
+    """Every import of abgate's packages names them as installed, under `abgate.`: a bare
+    `config` or `state` would collide with another package of that name, and would load a
+    second copy of the module beside the abgate one."""
+    bare = sorted(
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for folder in (*PACKAGES, "tests", "scripts", "benchmarks", "monitoring")
+        for path in (ROOT / folder).rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if (isinstance(node, ast.ImportFrom) and not node.level and node.module
+            and node.module.split(".")[0] in PACKAGES)
+        or (isinstance(node, ast.Import)
+            and any(a.name.split(".")[0] in PACKAGES for a in node.names))
+    )  # fmt: skip
+    assert bare == []

@@ -22,7 +22,7 @@ MiB = 1024 * 1024
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "control.cli", *args],
+        [sys.executable, "-m", "abgate.control.cli", *args],
         capture_output=True,
         text=True,
         check=False,
@@ -139,8 +139,8 @@ async def test_100mb_bodies_stream_with_bounded_memory(
 def test_data_plane_does_not_load_scipy() -> None:
     """scipy costs tens of MiB; only processes that evaluate statistics may load it."""
     probe = (
-        "import sys, control.cli, control.serve, control.supervisor, control.plane_half, "
-        "proxy.runtime; "
+        "import sys, abgate.control.cli, abgate.control.serve, abgate.control.supervisor, "
+        "abgate.control.plane_half, abgate.proxy.runtime; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('scipy', 'numpy')))"
     )
     result = subprocess.run(
