@@ -19,7 +19,7 @@ NOT_YET_IN_THE_FAMILY: set[str] = set()
 
 def _exceptions() -> list[type[BaseException]]:
     found = []
-    for package in ("config", "state", "proxy", "control"):
+    for package in ("abgate.config", "abgate.state", "abgate.proxy", "abgate.control"):
         root = importlib.import_module(package)
         modules = [root] + [
             importlib.import_module(info.name)
