@@ -46,7 +46,7 @@ from abgate.control.wiring import (
 from abgate.state.flags import FlagStore, FlagTable
 from abgate.state.live_server import LiveStateServer, PlaneLink
 from abgate.state.measurements import MemoryMeasurements
-from abgate.state.redis_flags import new_instance_id
+from abgate.state.redis_flag_sync import new_instance_id
 
 if TYPE_CHECKING:
     from abgate.control.rollout.controller import RolloutController

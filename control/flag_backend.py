@@ -23,13 +23,8 @@ from abgate.state.redis_client import (
     describe_redis_error,
     redis_settings,
 )
-from abgate.state.redis_flags import (
-    LocalInstance,
-    RedisFlagStore,
-    RedisFlagSync,
-    RedisKeys,
-    new_instance_id,
-)
+from abgate.state.redis_flag_sync import LocalInstance, RedisFlagSync, new_instance_id
+from abgate.state.redis_flags import RedisFlagStore, RedisKeys
 from abgate.state.redis_timing import REDIS_COMMANDS, ServerTimes
 from abgate.state.state_file import StateFile
 from abgate.state.tasks import stop_task

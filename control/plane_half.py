@@ -39,7 +39,7 @@ from abgate.state.flags import FlagTable, flag_to_json
 from abgate.state.live_channel import Peer, RemoteError
 from abgate.state.live_link import ChannelMeasurements, LiveStateLink
 from abgate.state.redis_client import redis_settings
-from abgate.state.redis_flags import new_instance_id
+from abgate.state.redis_flag_sync import new_instance_id
 
 if TYPE_CHECKING:
     from abgate.state.history.writer import HistoryWriter

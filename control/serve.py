@@ -55,7 +55,7 @@ from abgate.proxy.metrics import ProxyMetrics
 from abgate.proxy.runtime import DataPlane
 from abgate.state.flags import FlagTable
 from abgate.state.redis_client import redis_settings
-from abgate.state.redis_flags import new_instance_id
+from abgate.state.redis_flag_sync import new_instance_id
 
 if TYPE_CHECKING:
     from abgate.control.rollout.controller import RolloutController

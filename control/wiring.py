@@ -25,7 +25,7 @@ from abgate.control.signals import on_signal
 from abgate.proxy.metrics import ProxyMetrics
 from abgate.proxy.runtime import DataPlane
 from abgate.state.flags import FlagTable
-from abgate.state.redis_flags import new_instance_id
+from abgate.state.redis_flag_sync import new_instance_id
 from abgate.state.rollouts import Lease, MemoryRollouts, RedisRollouts, RolloutStore
 from abgate.state.tasks import stop_task
 
