@@ -21,7 +21,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar, get_args
 
 from prometheus_client.core import Metric
@@ -34,6 +34,7 @@ from control.load_test import LoadPlan, LoadResult, run_load
 from control.measured import by_arm, of_phase, units
 from control.rollout.gates import Decision, StageInputs, decide
 from control.rollout.gauges import rollout_families
+from control.rollout.reach import Units
 from control.rollout.recovery import recover
 from state.errors import StoreUnavailable
 from state.flags import FlagStore, VersionConflict
@@ -96,6 +97,19 @@ class _Seen:
     last: tuple[str, str] = ("", "")  # (verdict, kind) of the last recorded decision
     breaker_open_since: float | None = None
     decision: Decision | None = None
+    # (phase, seconds into the stage, units per arm) readings of the current stage, thinned:
+    # the rate of new users since half the stage's age (control/rollout/reach.py)
+    readings: list[tuple[int, float, Units]] = field(default_factory=list)
+
+    def earlier(
+        self, phase: int, elapsed: float, now: tuple[float, float]
+    ) -> tuple[float, Units] | None:
+        """The reading nearest after half the stage's age, and this one remembered."""
+        kept = [r for r in self.readings if r[0] == phase and r[1] < elapsed]
+        found = next(((t, u) for _, t, u in kept if t >= elapsed / 2), None)
+        kept.append((phase, elapsed, now))
+        self.readings = kept[:-1:2] + kept[-1:] if len(kept) > 64 else kept
+        return found
 
 
 def _one_at_a_time(
@@ -333,6 +347,9 @@ class RolloutController:
                 open_for = now - seen.breaker_open_since
             else:
                 seen.breaker_open_since = None
+        elapsed = now - rollout.stage_started_at
+        counts = (seen_units[0][0], seen_units[1][0])
+        earlier = None if seen is None else seen.earlier(flag.phase, elapsed, counts)
         return decide(
             plan,
             experiment,
@@ -349,6 +366,7 @@ class RolloutController:
                 stats_age=stats_age,
                 load_test=load_test,
                 units=seen_units,
+                earlier_units=earlier,
             ),
         )
 
@@ -407,7 +425,9 @@ class RolloutController:
         # decide for max_hold goes to a person.
         state = rollout.state
         overdue = now - rollout.stage_started_at > plan.max_hold
-        if state == "running" and decision.kind != "bake" and overdue:
+        # A stage that cannot reach its users by max_hold goes to a person now, not then.
+        late = overdue or decision.kind == "cannot_finish"
+        if state == "running" and decision.kind != "bake" and late:
             state = "escalated"
         changed = state != rollout.state
         updated = rollout.next(
