@@ -9,8 +9,8 @@ from typing import Any
 from config.model import Amount, ExperimentConfig, MetricConfig, RolloutPlan
 from control.measured import EMPTY
 from control.stats.clusters import ClusteredSums
-from control.stats.models import StatsInputError
-from control.stats.sequential import sequential_sample_size
+from control.stats.sequential import TUNING
+from control.stats.tuning import tuned_size
 
 MIN_VARIANCE_SAMPLES = 10  # control samples before its variance is trusted for sizing
 
@@ -107,6 +107,7 @@ def samples_needed(
         effect = amount.absolute(control.total / control.count)
         excess = harm_amount.absolute(control.total / control.count)
         need = {"control": 2, "treatment": 2}
+        tuning = TUNING
         if effect > 0 and _variance(metric, control) > 0:  # else constant: shows at once
             tests = (
                 # non-inferiority of an equal treatment: the null's variance at the margin
@@ -118,23 +119,13 @@ def samples_needed(
                     rollback_alpha,
                 ),
             )
-            for size_for, (variance_a, variance_b), alpha in tests:
-                try:
-                    n_control, n_treatment = sequential_sample_size(
-                        size_for,
-                        variance_a,
-                        variance_b,
-                        share=share,
-                        power=plan.power,
-                        alpha=alpha,
-                    )
-                except StatsInputError:
-                    continue
-                need = {
-                    "control": max(need["control"], n_control),
-                    "treatment": max(need["treatment"], n_treatment),
-                }
-            sizing.append({"metric": name, "effect": effect, **need})
+            need, tuning = tuned_size(tests, share, plan.power)
+            sizing.append({"metric": name, "effect": effect, **need, "tuning": tuning})
         previous = needs.get(name, {"control": 0, "treatment": 0})
         needs[name] = {arm: max(previous[arm], need[arm]) for arm in need}
     return needs, sizing
+
+
+def tunings(sizing: list[dict[str, Any]]) -> dict[str, float]:
+    """Each sized metric's N* (the gates' tests of it use it), from `samples_needed`."""
+    return {entry["metric"]: entry["tuning"] for entry in sizing if "tuning" in entry}
