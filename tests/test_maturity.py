@@ -63,9 +63,14 @@ def test_outcomes_wait_for_their_decision_and_go_back_if_the_store_fails() -> No
     maturing.hold(key, 0.0, 200.0)
     with maturing.due(150.0) as due:
         assert due == {}
-    with pytest.raises(RuntimeError), maturing.due(170.0) as due:
-        assert due[key].count == 1
-        raise RuntimeError("store down")
+
+    def store_fails() -> None:
+        with maturing.due(170.0) as due:
+            assert due[key].count == 1
+            raise RuntimeError("store down")
+
+    with pytest.raises(RuntimeError):
+        store_fails()
     assert len(maturing) == 2  # put back
     with maturing.due(300.0) as due:
         assert (due[key].count, due[key].total) == (2, 1.0)
@@ -108,3 +113,14 @@ async def test_the_outcomes_api_holds_young_decisions_and_counts_mature_ones(
         assert "Unix seconds" in body["error"]
         status, _ = await post([{**item, "metric": "clicked"}])  # no window: at once
         assert status == 200
+
+
+def test_a_worse_model_converting_sooner_ships_without_the_window_not_with_it() -> None:
+    # benchmarks/stage_sim.py "maturity": conversions posted as they come, non-conversions
+    # when the window closes; the treatment converts sooner but 4 points less in the end.
+    from benchmarks.stage_sim import late_outcomes
+
+    before = late_outcomes(runs=2, seed=3, maturity=False, treatment_rate=0.16, ticks=700)
+    after = late_outcomes(runs=2, seed=3, maturity=True, treatment_rate=0.16, ticks=700)
+    assert before["continued"] == pytest.approx(1.0)
+    assert after["rolled_back"] == pytest.approx(1.0)
