@@ -12,8 +12,9 @@ simulation (benchmarks/rollout_sim.py, tests/test_rollout_gates.py). First match
    flag version, stale data.
 3. hold (insufficient): fewer samples per arm, each target metric counted in its own
    samples (the primary's outcomes received, not requests), than the sequential design of
-   the tests that run needs (the reason gives the numbers and an ETA), or min_duration not
-   reached.
+   the tests that run needs (the reason gives the numbers and an ETA, in users where the
+   units are users: control/rollout/reach.py), or min_duration not reached; "cannot_finish"
+   when the users needed exceed what the recent rate of new users reaches by max_hold.
 4. continue: every guardrail shown non-inferior (its sequence wholly below the margin) and
    the primary too, within its margin (unless the plan declares it allow_unmeasured).
 5. otherwise: hold (undecided), escalated to a person after max_hold.
