@@ -18,13 +18,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from benchmarks.common import verdict, write_section
-from benchmarks.gate_sim import POWER_SCENARIOS, caught_by_planned_n
-from benchmarks.rollout_sim import PLAN, Arm, _add, _independent, experiment
+from benchmarks.gate_sim import (
+    ONE_STAGE,
+    POWER_SCENARIOS,
+    caught_by_planned_n,
+    first_stage_looks,
+    first_stage_plan,
+)
+from benchmarks.rollout_sim import Arm, experiment
 from config.model import ExperimentConfig
 from control.rollout.gates import Decision, StageInputs, decide
 from control.stats import tuning
 from control.stats.clusters import ClusteredSums
-from state.measurements import CLUSTERS, Sums
+from state.measurements import CLUSTERS
 
 ALPHA_PER_STAGE = 0.05 / 4  # the plan's alpha over its compared stages
 MAX_TICKS = 1500  # of a stage in `stage_lengths`: 3M requests at 2,000 a tick
@@ -145,19 +151,18 @@ def users_section() -> str:
         ended = next((look for look in looks if look.decision.kind != "insufficient"), None)
         for hours in (1, 6, 24, 48):
             look = looks[min(len(looks), round(hours * 6)) - 1]
-            numbers = look.users or {}
-            needed = numbers.get("needed", {})
-            assert isinstance(needed, dict)
+            needed = (look.users or {}).get("needed")
+            in_users = "-" if not isinstance(needed, dict) else f"{needed['treatment']:,}"
             rows.append(
                 f"| {users:,} | {hours} h | {look.samples_needed:,} | "
-                f"{_hours(look.samples_eta)} | {needed.get('treatment', 0):,} | "
+                f"{_hours(look.samples_eta)} | {in_users} | "
                 f"{_hours(look.decision.eta_seconds)} | {look.decision.kind} |"
             )
-        first = "never" if ended is None else f"{ended.hours:g} h ({ended.decision.kind})"
+        first = "never" if ended is None else f"{ended.hours:.1f} h ({ended.decision.kind})"
         rows.append(f"| {users:,} | first other than insufficient | | | | | {first} |")
         if ended is not None and ended.decision.kind == "cannot_finish":
             rows.append(f"| | reason | {ended.decision.reason[:220]}… | | | | |")
-        print("\n".join(rows[-6:]), flush=True)
+        print("\n".join(rows[-7:]), flush=True)
     table = "\n".join(rows)
     return f"""## Issue 26 item 8: sizing in users
 
@@ -202,24 +207,14 @@ def stage_lengths(
     """(requests in the stage when it continued, one per run that did; share rolled back;
     share neither by `MAX_TICKS`): the first stage of benchmarks/rollout_sim.py's plan at
     `split_bp` (5 stages: alpha 0.05 / 4 per stage), every metric simulated, a look a tick."""
-    later = [p for p in (25, 50, 75, 90) if p > split_bp / 100][:3]
-    exp = experiment({**PLAN, "stages": [split_bp / 100, *later, 100], "min_duration": "1s"})
-    plan = exp.rollout
-    assert plan is not None
+    exp = first_stage_plan(split_bp, min_duration="1s")
     rng = np.random.default_rng(seed)
     lengths: list[int] = []
     rolled = undecided = 0
     for _ in range(runs):
-        sums_c: dict[str, Sums] = {}
-        sums_t: dict[str, Sums] = {}
-        for tick in range(1, MAX_TICKS + 1):
-            treated = int(rng.binomial(per_tick, split_bp / 10_000))
-            _add(sums_c, rng, Arm(), per_tick - treated)
-            _add(sums_t, rng, treatment, treated)
-            inputs = StageInputs(
-                float(tick), 0, 0.0, split_bp, _independent(sums_c), _independent(sums_t)
-            )
-            decision = decide(plan, exp, inputs)
+        for tick, _inputs, decision in first_stage_looks(
+            exp, rng, treatment, split_bp, per_tick, MAX_TICKS
+        ):
             if decision.verdict == "continue":
                 lengths.append(tick * per_tick)
                 break
@@ -300,15 +295,7 @@ spending (O'Brien-Fleming, 0.79 times the fixed n on average in the study), is n
 """
 
 
-LATE_PLAN: dict[str, object] = {
-    "stages": [50, 100],
-    "min_duration": "1s",
-    "max_hold": "1h",
-    "tick": "1s",
-    "bake": "10s",
-    "primary": {"metric": "converted", "minimum_detectable_effect": 0.02},
-    "guardrails": [],
-}
+LATE_PLAN: dict[str, object] = {**ONE_STAGE, "stages": [50, 100], "min_duration": "1s"}
 
 
 def late_outcomes(

@@ -8,7 +8,7 @@ from control.rollout.reach import reach, users_needed
 
 def test_a_fixed_population_cannot_finish_and_says_so_with_numbers() -> None:
     # 20,000 users at 36,000 requests an hour: the size in samples keeps growing with the
-    # requests per user (the ETA in requests receded from 8 h to over 300 h in the
+    # requests per user (the ETA in requests receded from 10 h to 225 h in the
     # benchmark); the gate now says within hours that the users needed are out of reach.
     looks = fixed_population(users=20_000, per_tick=6_000, hours=3, seed=11)
     last = looks[-1]
