@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from benchmarks.rollout_sim import Arm
@@ -45,3 +47,14 @@ def test_a_stage_continues_on_fewer_samples_tuned_than_untuned() -> None:
     assert len(before) == len(after) == 2
     assert max(after) < 0.95 * min(before)
     assert rolled_before == rolled_after == 0.0
+
+
+def test_a_metric_sized_twice_is_tested_at_the_n_star_of_its_larger_size() -> None:
+    from control.rollout.sizing import tunings
+
+    sized: list[dict[str, Any]] = [
+        {"metric": "error", "control": 900, "treatment": 100, "tuning": 1024.0},
+        {"metric": "error", "control": 9000, "treatment": 1000, "tuning": 8192.0},
+        {"metric": "latency", "control": 10, "at_least": 10},
+    ]
+    assert tunings(sized) == {"error": 8192.0}

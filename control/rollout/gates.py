@@ -394,8 +394,9 @@ def binary_harm_p(
     more than `margin`" (the rollback's harm test, after the worker's burn-in); otherwise of
     "it is within the margin" (non-inferiority, no event burn-in). Both are the worker's own
     test (`control.stats.sequential.rates_p`: the score variance under the null, here the
-    margin, with the same design effects), so the page and the gate never disagree about
-    the same sums. None: no decision yet (burn-in, or nothing to test)."""
+    margin, with the same design effects), so the page and the gate test the same thing on
+    the same sums; only N* differs (the gate's is the stage's planned n, `tuning`; the
+    page's gbstats' default). None: no decision yet (burn-in, or nothing to test)."""
     sign = 1.0 if metric.direction == "lower" else -1.0
     pa, pb, design = clustered_rates(a, b)
     harm = sign * (pb.rate - pa.rate)

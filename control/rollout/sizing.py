@@ -127,5 +127,12 @@ def samples_needed(
 
 
 def tunings(sizing: list[dict[str, Any]]) -> dict[str, float]:
-    """Each sized metric's N* (the gates' tests of it use it), from `samples_needed`."""
-    return {entry["metric"]: entry["tuning"] for entry in sizing if "tuning" in entry}
+    """Each sized metric's N* (the gates' tests of it use it), from `samples_needed`: of
+    its largest size where it is sized twice (the primary and a guardrail)."""
+    out: dict[str, tuple[int, float]] = {}
+    for entry in sizing:
+        if "tuning" in entry:
+            size = entry["control"] + entry["treatment"]
+            if size >= out.get(entry["metric"], (0, 0.0))[0]:
+                out[entry["metric"]] = (size, entry["tuning"])
+    return {metric: tuning for metric, (_, tuning) in out.items()}
