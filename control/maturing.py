@@ -19,12 +19,13 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from config.errors import AbgateError
 from state.measurements import MeasureKey, Sums
 
 MAX_HELD = 1_000_000  # outcomes waiting at once (about 150 MB at most)
 
 
-class MaturingFull(Exception):
+class MaturingFull(AbgateError):
     """More outcomes waiting than MAX_HELD."""
 
 
