@@ -83,3 +83,13 @@ def test_the_controller_keeps_a_reading_from_half_the_stage_age() -> None:
     assert len(seen.readings) <= 65
     # A new stage (a new phase, or the clock of a stage restarted) starts afresh.
     assert seen.earlier(8, 50.0, (1.0, 1.0)) is None
+
+
+def test_a_stage_that_cannot_finish_is_escalated_at_once() -> None:
+    from control.rollout.controller import held_state
+
+    assert held_state("running", "cannot_finish", overdue=False) == "escalated"
+    assert held_state("running", "insufficient", overdue=False) == "running"
+    assert held_state("running", "insufficient", overdue=True) == "escalated"
+    assert held_state("running", "bake", overdue=True) == "running"
+    assert held_state("awaiting_approval", "cannot_finish", overdue=True) == "awaiting_approval"

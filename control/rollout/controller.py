@@ -112,6 +112,16 @@ class _Seen:
         return found
 
 
+def held_state(state: str, kind: str, overdue: bool) -> str:
+    """The state a hold leaves a rollout in: a running stage that could not decide for
+    max_hold, or that cannot reach its users by then at the observed rate (kind
+    "cannot_finish", control/rollout/reach.py: a person is told now, not after max_hold),
+    is escalated. An escalated stage keeps running: it is promoted if it does finish."""
+    if state == "running" and kind != "bake" and (overdue or kind == "cannot_finish"):
+        return "escalated"
+    return state
+
+
 def _one_at_a_time(
     action: Callable[Concatenate[RolloutController, P], Coroutine[Any, Any, R]],
 ) -> Callable[Concatenate[RolloutController, P], Coroutine[Any, Any, R]]:
@@ -423,12 +433,8 @@ class RolloutController:
         # hold
         # Awaiting approval stays so (rules 1-2 keep running); a running stage that cannot
         # decide for max_hold goes to a person.
-        state = rollout.state
         overdue = now - rollout.stage_started_at > plan.max_hold
-        # A stage that cannot reach its users by max_hold goes to a person now, not then.
-        late = overdue or decision.kind == "cannot_finish"
-        if state == "running" and decision.kind != "bake" and late:
-            state = "escalated"
+        state = held_state(rollout.state, decision.kind, overdue)
         changed = state != rollout.state
         updated = rollout.next(
             state=state, decision="hold", reason=decision.reason, eta_seconds=decision.eta_seconds
