@@ -90,7 +90,7 @@ def fixed_population(
     conversion propensity Beta(1, 4) (mean 20%) and an error propensity Beta(0.2, 19.8)
     (mean 1%). Looks at every tick until `hours`, or until the first decision other than an
     insufficient-samples hold with `stop_early`."""
-    exp: ExperimentConfig = experiment(plan or FIXED_PLAN)
+    exp: ExperimentConfig = experiment(plan or FIXED_PLAN, sticky=[{"header": "X-User-Id"}])
     rollout = exp.rollout
     assert rollout is not None
     rng = np.random.default_rng(seed)

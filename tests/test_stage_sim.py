@@ -93,3 +93,16 @@ def test_a_stage_that_cannot_finish_is_escalated_at_once() -> None:
     assert held_state("running", "insufficient", overdue=True) == "escalated"
     assert held_state("running", "bake", overdue=True) == "running"
     assert held_state("awaiting_approval", "cannot_finish", overdue=True) == "awaiting_approval"
+
+
+def test_without_a_sticky_key_the_units_are_called_requests() -> None:
+    from control.rollout.reach import stage_reach
+
+    needs = {"m": {"control": 1000, "treatment": 100}}
+    have = {"m": {"control": 100, "treatment": 10}}
+    units = ((100.0, 0.0), (10.0, 0.0))
+    found = stage_reach(needs, have, units, 3600.0, 7200.0, None, "requests")
+    assert found is not None
+    assert found.needed == {"control": 1000, "treatment": 100}
+    assert "control needs 1,000 requests, 100 seen" in found.shortfall(7200.0)
+    assert "new requests/h" in found.shortfall(7200.0)

@@ -247,12 +247,18 @@ def decide(
         reached = None
         if needs is not None and inputs.units is not None:  # in the unit analysed: users
             reached = stage_reach(
-                needs, have_of, inputs.units, elapsed, plan.max_hold, inputs.earlier_units
+                needs,
+                have_of,
+                inputs.units,
+                elapsed,
+                plan.max_hold,
+                inputs.earlier_units,
+                "users" if experiment.sticky else "requests",
             )
         if reached is not None:
             samples["users"] = reached.as_json()
             eta = reached.eta
-            reason += "; in users: " + ", ".join(
+            reason += f"; in {reached.unit}: " + ", ".join(
                 f"{arm} {reached.have[arm]:,.0f} of {reached.needed[arm]:,}" for arm in ARMS
             )
             if not reached.finishes and elapsed >= max(stage.min_duration, MIN_SPAN):

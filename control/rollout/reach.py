@@ -20,6 +20,7 @@ rate is not enough."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,7 @@ class Reach:
     projected: dict[str, float]
     eta: float | None  # seconds until every arm has its users; None: no arrivals to go by
     finishes: bool  # every arm reaches its users by the max hold at the recent rate
+    unit: str = "users"  # "requests" where there is no sticky key: each its own unit
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -57,9 +59,9 @@ class Reach:
     def shortfall(self, max_hold: float) -> str:
         """The numbers of a stage that cannot finish, in words."""
         return "; ".join(
-            f"{arm} needs {self.needed[arm]:,} users, {self.have[arm]:,.0f} seen, "
+            f"{arm} needs {self.needed[arm]:,} {self.unit}, {self.have[arm]:,.0f} seen, "
             f"about {self.projected[arm]:,.0f} by the max hold ({max_hold / 3600:g} h) "
-            f"at {self.rate[arm] * 3600:,.1f} new users/h"
+            f"at {self.rate[arm] * 3600:,.1f} new {self.unit}/h"
             for arm in ARMS
             if self.needed[arm] > self.projected[arm]
         )
@@ -123,9 +125,12 @@ def stage_reach(
     elapsed: float,
     max_hold: float,
     earlier: tuple[float, Units] | None,
+    unit: str = "users",
 ) -> Reach | None:
     """`reach` of the gates' sizes (samples per metric and arm) for the units seen
     ((count, variance) per arm, as the SRM takes them); None while it cannot be scaled."""
     counts = (units[0][0], units[1][0])
     needed = users_needed(needs, have_of, counts)
-    return None if needed is None else reach(needed, counts, elapsed, max_hold, earlier)
+    if needed is None:
+        return None
+    return dataclasses.replace(reach(needed, counts, elapsed, max_hold, earlier), unit=unit)
