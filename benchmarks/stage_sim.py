@@ -18,6 +18,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import special
 
+from abgate.config.model import ExperimentConfig
+from abgate.control.rollout.gates import Decision, StageInputs, decide
+from abgate.control.stats import tuning
+from abgate.control.stats.clusters import ClusteredSums
+from abgate.state.measurements import CLUSTERS
 from benchmarks.common import verdict, write_section
 from benchmarks.gate_sim import (
     ONE_STAGE,
@@ -27,11 +32,6 @@ from benchmarks.gate_sim import (
     first_stage_plan,
 )
 from benchmarks.rollout_sim import Arm, experiment
-from config.model import ExperimentConfig
-from control.rollout.gates import Decision, StageInputs, decide
-from control.stats import tuning
-from control.stats.clusters import ClusteredSums
-from state.measurements import CLUSTERS
 
 ALPHA_PER_STAGE = 0.05 / 4  # the plan's alpha over its compared stages
 MAX_TICKS = 1500  # of a stage in `stage_lengths`: 3M requests at 2,000 a tick

@@ -19,8 +19,8 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from config.errors import AbgateError
-from state.measurements import MeasureKey, Sums
+from abgate.config.errors import AbgateError
+from abgate.state.measurements import MeasureKey, Sums
 
 MAX_HELD = 1_000_000  # outcomes waiting at once (about 150 MB at most)
 

@@ -10,11 +10,11 @@ import pytest
 import yaml
 from aiohttp import ClientSession
 
-from config import parse_config
-from config.errors import ConfigError
-from control.maturing import Maturing, MaturingFull, mature_at
-from control.serve import embedded
-from state.measurements import UNCLUSTERED
+from abgate.config import parse_config
+from abgate.config.errors import ConfigError
+from abgate.control.maturing import Maturing, MaturingFull, mature_at
+from abgate.control.serve import embedded
+from abgate.state.measurements import UNCLUSTERED
 
 GOOD = """\
 upstreams:

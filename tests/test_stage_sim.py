@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from abgate.control.rollout.reach import reach, users_needed
 from benchmarks.stage_sim import fixed_population
-from control.rollout.reach import reach, users_needed
 
 
 def test_a_fixed_population_cannot_finish_and_says_so_with_numbers() -> None:
@@ -72,7 +72,7 @@ def test_reach_projects_new_users_at_their_recent_rate() -> None:
 
 
 def test_the_controller_keeps_a_reading_from_half_the_stage_age() -> None:
-    from control.rollout.controller import _Seen
+    from abgate.control.rollout.controller import _Seen
 
     seen = _Seen()
     found = [seen.earlier(7, float(t), (float(t), 0.0)) for t in range(1, 201)]
@@ -86,7 +86,7 @@ def test_the_controller_keeps_a_reading_from_half_the_stage_age() -> None:
 
 
 def test_a_stage_that_cannot_finish_is_escalated_at_once() -> None:
-    from control.rollout.controller import held_state
+    from abgate.control.rollout.controller import held_state
 
     assert held_state("running", "cannot_finish", overdue=False) == "escalated"
     assert held_state("running", "insufficient", overdue=False) == "running"
@@ -96,7 +96,7 @@ def test_a_stage_that_cannot_finish_is_escalated_at_once() -> None:
 
 
 def test_without_a_sticky_key_the_units_are_called_requests() -> None:
-    from control.rollout.reach import stage_reach
+    from abgate.control.rollout.reach import stage_reach
 
     needs = {"m": {"control": 1000, "treatment": 100}}
     have = {"m": {"control": 100, "treatment": 10}}

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
+from abgate.control.stats.sequential import TUNING
+from abgate.control.stats.tuning import on_grid, size_at, tuned_size
 from benchmarks.rollout_sim import Arm
 from benchmarks.stage_sim import stage_lengths, tuned
-from control.stats.sequential import TUNING
-from control.stats.tuning import on_grid, size_at, tuned_size
 
 # A 2-point loss on a 20% rate at a 5% split, at a harm test's alpha (0.05 / 4 / 4).
 TESTS = [(0.02, (0.16, 0.1764), 0.05 / 16)]
@@ -50,7 +50,7 @@ def test_a_stage_continues_on_fewer_samples_tuned_than_untuned() -> None:
 
 
 def test_a_metric_sized_twice_is_tested_at_the_n_star_of_its_larger_size() -> None:
-    from control.rollout.sizing import tunings
+    from abgate.control.rollout.sizing import tunings
 
     sized: list[dict[str, Any]] = [
         {"metric": "error", "control": 900, "treatment": 100, "tuning": 1024.0},

@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from control.stats.models import StatsInputError
-from control.stats.sequential import TUNING, sequential_sample_size
+from abgate.control.stats.models import StatsInputError
+from abgate.control.stats.sequential import TUNING, sequential_sample_size
 
 TUNED = True  # False: gbstats' default N* everywhere (before issue 26 item 6; benchmarks)
 GRID = 4  # steps of N* per doubling
