@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from abgate.control.rollout.gates import StageInputs, decide, samples_needed
+from abgate.config.model import ExperimentConfig
+from abgate.control.rollout.gates import Decision, StageInputs, decide, samples_needed
 from abgate.control.stats.checks import SRM_THRESHOLD, sequential_srm, srm
 from abgate.control.stats.clusters import ClusteredSums
 from abgate.state.measurements import Sums
@@ -143,6 +144,37 @@ of longer stages; not done.
 """
 
 
+def first_stage_plan(split_bp: int, **settings: object) -> ExperimentConfig:
+    """benchmarks/rollout_sim.py's plan starting at `split_bp`: 4 compared stages, so
+    alpha / 4 per stage."""
+    later = [p for p in (25, 50, 75, 90) if p > split_bp / 100][:3]
+    return experiment({**PLAN, "stages": [split_bp / 100, *later, 100], **settings})
+
+
+def first_stage_looks(
+    exp: ExperimentConfig,
+    rng: np.random.Generator,
+    treatment: Arm,
+    split_bp: int,
+    per_tick: int,
+    max_ticks: int,
+) -> Iterator[tuple[int, StageInputs, Decision]]:
+    """The first stage's looks, one a tick of `per_tick` requests (every metric simulated),
+    until the caller stops or `max_ticks`."""
+    plan = exp.rollout
+    assert plan is not None
+    sums_c: dict[str, Sums] = {}
+    sums_t: dict[str, Sums] = {}
+    for tick in range(1, max_ticks + 1):
+        treated = int(rng.binomial(per_tick, split_bp / 10_000))
+        _add(sums_c, rng, Arm(), per_tick - treated)
+        _add(sums_t, rng, treatment, treated)
+        inputs = StageInputs(
+            float(tick), 0, 0.0, split_bp, _independent(sums_c), _independent(sums_t)
+        )
+        yield tick, inputs, decide(plan, exp, inputs)
+
+
 def caught_by_planned_n(
     treatment: Arm,
     metric: str,
@@ -157,24 +189,16 @@ def caught_by_planned_n(
     the samples the gate planned for it, median planned treatment samples): the plan of
     benchmarks/rollout_sim.py (5 stages, so alpha / 4 per stage, three harm tests and an
     SLO), every metric simulated, looked at every tick."""
-    later = [p for p in (25, 50, 75, 90) if p > split_bp / 100][:3]  # 4 compared stages
-    exp = experiment({**PLAN, "stages": [split_bp / 100, *later, 100]})
+    exp = first_stage_plan(split_bp)
     plan = exp.rollout
     assert plan is not None
     rng = np.random.default_rng(seed)
     caught = 0
     planned: list[int] = []
     for _ in range(runs):
-        sums_c: dict[str, Sums] = {}
-        sums_t: dict[str, Sums] = {}
-        for tick in range(1, max_ticks + 1):
-            treated = int(rng.binomial(per_tick, split_bp / 10_000))
-            _add(sums_c, rng, Arm(), per_tick - treated)
-            _add(sums_t, rng, treatment, treated)
-            inputs = StageInputs(
-                float(tick), 0, 0.0, split_bp, _independent(sums_c), _independent(sums_t)
-            )
-            decision = decide(plan, exp, inputs)
+        for _tick, inputs, decision in first_stage_looks(
+            exp, rng, treatment, split_bp, per_tick, max_ticks
+        ):
             if decision.verdict == "rollback":
                 caught += decision.reason.startswith(f"harm on {metric}")
                 break

@@ -34,7 +34,9 @@ PLAN = {
 }
 
 
-def experiment(plan: dict[str, object] | None = None) -> ExperimentConfig:
+def experiment(plan: dict[str, object] | None = None, **settings: object) -> ExperimentConfig:
+    """The simulated experiment with `plan`; `settings` add to the experiment (a sticky
+    key, say)."""
     document = {
         "upstreams": {"a": {"url": "http://127.0.0.1:1"}, "b": {"url": "http://127.0.0.1:2"}},
         "routes": [{"prefix": "/", "experiment": "e"}],
@@ -45,6 +47,7 @@ def experiment(plan: dict[str, object] | None = None) -> ExperimentConfig:
                 "percentage": 0,
                 "metrics": {"converted": {"type": "binary", "direction": "higher"}},
                 "rollout": plan or PLAN,
+                **settings,
             }
         },
     }

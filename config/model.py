@@ -266,6 +266,9 @@ class MetricConfig:
     direction: Direction
     json_path: JsonPath | None = None
     header: str | None = None
+    # Seconds after its decision before an outcome counts (None: at once): the gates and the
+    # reports see only mature decisions' outcomes, so late ones do not bias early looks.
+    maturity: float | None = None
 
     @property
     def from_answer(self) -> bool:

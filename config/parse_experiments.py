@@ -26,6 +26,7 @@ _STICKY_KINDS = ("header", "cookie", "query")
 _WHEN_MISSING: tuple[WhenMissing, ...] = ("random", "control", "client_ip")
 _METRIC_TYPES = ("binary", "continuous")
 _DIRECTIONS = ("higher", "lower")
+MAX_MATURITY = 30 * 86_400.0  # a month: outcomes later than that are held in memory too long
 _JSON_PATH = re.compile(r"^\$((?:\.[A-Za-z_][A-Za-z0-9_-]*|\[\d+\])+)$")
 _JSON_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+)\]")
 
@@ -152,7 +153,9 @@ class ExperimentSchema:
         out: list[MetricConfig] = []
         for name, body in value.items():
             item_path = (*path, name)
-            section = self.r.mapping(body, item_path, {"type", "direction", "json", "header"})
+            section = self.r.mapping(
+                body, item_path, {"type", "direction", "json", "header", "maturity"}
+            )
             if section is None or self.r.name(name, item_path) is None:
                 return None
             if name in BUILT_IN_METRICS:
@@ -188,11 +191,30 @@ class ExperimentSchema:
                 header = self.r.header_name(section["header"], (*item_path, "header"))
                 if header is None:
                     return None
+            maturity = None
+            if "maturity" in section:
+                maturity = self.r.duration(
+                    section["maturity"], (*item_path, "maturity"), high=MAX_MATURITY
+                )
+                if maturity is None:
+                    return None
+                if json_path is not None or header is not None:
+                    self.r.problem(
+                        (*item_path, "maturity"),
+                        "applies to outcomes posted after the decision; "
+                        f"{name} is read from each answer",
+                    )
+                    return None
             if kind not in _METRIC_TYPES or direction not in _DIRECTIONS:
                 return None
             out.append(
                 MetricConfig(
-                    name, cast(MetricType, kind), cast(Direction, direction), json_path, header
+                    name,
+                    cast(MetricType, kind),
+                    cast(Direction, direction),
+                    json_path,
+                    header,
+                    maturity,
                 )
             )
         return tuple(out)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ from abgate.config.metrics_catalogue import BUILT_IN_METRIC_NAMES
 from abgate.config.model import StickySource
 from abgate.control.current import require_worker, resolve
 from abgate.control.http import WORKER, ApiError, json_response, parse_json
+from abgate.control.maturing import MaturingFull, mature_at
 from abgate.proxy.hashing import fnv1a32, user_hash
 from abgate.state.errors import StoreUnavailable
 from abgate.state.flags import FlagTable
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from abgate.state.history.writer import HistoryWriter
 RESTORE_WAIT = 6.0  # seconds a timeline asked for at start waits for PostgreSQL's copy
 MAX_OUTCOMES = 10_000
+MAX_AGE = 366 * 86_400.0  # an outcome's decided_at: at most a year back
+MAX_SKEW = 60.0  # and a minute ahead (clocks differ)
 
 
 async def _report(request: web.Request) -> tuple[StatsWorker, str, dict[str, Any]]:
@@ -202,19 +206,45 @@ async def outcomes(request: web.Request) -> web.Response:
     history = request.app.get(HISTORY)
     batch: dict[MeasureKey, Sums] = {}
     rows = []
+    held: list[tuple[MeasureKey, float, float]] = []  # outcomes of decisions not yet mature
+    now = time.time()
     for index, item in enumerate(items):
         decided_at = None
         if isinstance(item, dict) and "request_id" in item:
             item, decided_at = await _by_request_id(history, index, item)
         key, value = _outcome(worker, table, index, item)
-        batch.setdefault(key, Sums()).add(value)
+        when = _decided_at(worker, index, item, key, decided_at, now)
+        if when is not None and decided_at is None:
+            decided_at = datetime.fromtimestamp(when, UTC)
+        declared = worker.config.experiments[key[0]].metric(key[3])
+        ready = None
+        if when is not None and declared is not None:
+            ready = mature_at(when, declared.maturity, now)
+        if ready is None:
+            batch.setdefault(key, Sums()).add(value)
+        else:
+            held.append((key, value, ready))
         rows.append((key, value, decided_at, item.get("request_id")))
+    try:
+        worker.maturing.room(len(held))
+    except MaturingFull as exc:
+        raise ApiError(503, f"{exc}: retry later") from exc
     await worker.store.add(batch)
+    for key, value, ready in held:
+        worker.maturing.hold(key, value, ready)
     if history is not None:
-        now = datetime.now(UTC)
+        reported = datetime.now(UTC)
         for (name, phase, arm, metric, _), value, decided_at, request_id in rows:
             history.add(
-                "outcomes", decided_at or now, request_id, name, arm, phase, metric, value, now
+                "outcomes",
+                decided_at or reported,
+                request_id,
+                name,
+                arm,
+                phase,
+                metric,
+                value,
+                reported,
             )
     return json_response({"accepted": len(items)})
 
@@ -252,13 +282,50 @@ async def _by_request_id(
     return resolved, decided_at
 
 
+def _decided_at(
+    worker: StatsWorker,
+    index: int,
+    item: dict[str, Any],
+    key: MeasureKey,
+    recorded: datetime | None,
+    now: float,
+) -> float | None:
+    """The decision's time (Unix seconds): the history's record, else the item's
+    `decided_at`; None if neither. A metric with a maturity window needs one."""
+    if recorded is not None:
+        return recorded.timestamp()
+    where = f"[{index}].decided_at"
+    metric = worker.config.experiments[key[0]].metric(key[3])
+    given = item.get("decided_at")
+    if given is None:
+        if metric is not None and metric.maturity is not None:
+            raise ApiError(
+                400,
+                f"{where}: {key[3]} counts outcomes only once their decision is "
+                f"{metric.maturity:g}s old (maturity): give the decision's time (Unix "
+                "seconds) or its request_id (with the history store)",
+            )
+        return None
+    if (
+        isinstance(given, bool)
+        or not isinstance(given, int | float)
+        or not now - MAX_AGE <= given <= now + MAX_SKEW
+    ):
+        raise ApiError(
+            400,
+            f"{where}: expected the decision's time in Unix seconds, within a year before "
+            f"now and {MAX_SKEW:g}s after, got {given!r}",
+        )
+    return float(given)
+
+
 def _outcome(
     worker: StatsWorker, table: FlagTable, index: int, item: Any
 ) -> tuple[MeasureKey, float]:
     where = f"[{index}]"
     if not isinstance(item, dict):
         raise ApiError(400, f"{where}: expected an object")
-    known = {"experiment", "arm", "metric", "value", "phase", "request_id", "user"}
+    known = {"experiment", "arm", "metric", "value", "phase", "request_id", "user", "decided_at"}
     unknown = sorted(set(item) - known)
     if unknown:
         raise ApiError(400, f"{where}: unknown field(s) {', '.join(unknown)}")

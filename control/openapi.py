@@ -74,6 +74,18 @@ _OUTCOME = {
             "sticky key (a 400 otherwise); null: the decision carried no key, the outcome "
             "is its own unit",
         },
+        "request_id": {
+            "type": "string",
+            "maxLength": 200,
+            "description": "X-Request-Id of the decision (with the history store): its "
+            "experiment, arm, phase and time come from the decision's record",
+        },
+        "decided_at": {
+            "type": "number",
+            "description": "the decision's time (Unix seconds); required for a metric with a "
+            "maturity window (unless request_id gives it): the outcome counts once its "
+            "decision is that old",
+        },
     },
 }
 STATISTICS_PATHS: dict[str, Any] = {

@@ -21,7 +21,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar, get_args
 
 from prometheus_client.core import Metric
@@ -34,6 +34,7 @@ from abgate.control.load_test import LoadPlan, LoadResult, run_load
 from abgate.control.measured import by_arm, of_phase, units
 from abgate.control.rollout.gates import Decision, StageInputs, decide
 from abgate.control.rollout.gauges import rollout_families
+from abgate.control.rollout.reach import Units
 from abgate.control.rollout.recovery import recover
 from abgate.state.errors import StoreUnavailable
 from abgate.state.flags import FlagStore, VersionConflict
@@ -96,6 +97,29 @@ class _Seen:
     last: tuple[str, str] = ("", "")  # (verdict, kind) of the last recorded decision
     breaker_open_since: float | None = None
     decision: Decision | None = None
+    # (phase, seconds into the stage, units per arm) readings of the current stage, thinned:
+    # the rate of new users since half the stage's age (control/rollout/reach.py)
+    readings: list[tuple[int, float, Units]] = field(default_factory=list)
+
+    def earlier(
+        self, phase: int, elapsed: float, now: tuple[float, float]
+    ) -> tuple[float, Units] | None:
+        """The reading nearest after half the stage's age, and this one remembered."""
+        kept = [r for r in self.readings if r[0] == phase and r[1] < elapsed]
+        found = next(((t, u) for _, t, u in kept if t >= elapsed / 2), None)
+        kept.append((phase, elapsed, now))
+        self.readings = kept[:-1:2] + kept[-1:] if len(kept) > 64 else kept
+        return found
+
+
+def held_state(state: str, kind: str, overdue: bool) -> str:
+    """The state a hold leaves a rollout in: a running stage that could not decide for
+    max_hold, or that cannot reach its users by then at the observed rate (kind
+    "cannot_finish", control/rollout/reach.py: a person is told now, not after max_hold),
+    is escalated. An escalated stage keeps running: it is promoted if it does finish."""
+    if state == "running" and kind != "bake" and (overdue or kind == "cannot_finish"):
+        return "escalated"
+    return state
 
 
 def _one_at_a_time(
@@ -333,6 +357,9 @@ class RolloutController:
                 open_for = now - seen.breaker_open_since
             else:
                 seen.breaker_open_since = None
+        elapsed = now - rollout.stage_started_at
+        counts = (seen_units[0][0], seen_units[1][0])
+        earlier = None if seen is None else seen.earlier(flag.phase, elapsed, counts)
         return decide(
             plan,
             experiment,
@@ -349,6 +376,7 @@ class RolloutController:
                 stats_age=stats_age,
                 load_test=load_test,
                 units=seen_units,
+                earlier_units=earlier,
             ),
         )
 
@@ -405,10 +433,8 @@ class RolloutController:
         # hold
         # Awaiting approval stays so (rules 1-2 keep running); a running stage that cannot
         # decide for max_hold goes to a person.
-        state = rollout.state
         overdue = now - rollout.stage_started_at > plan.max_hold
-        if state == "running" and decision.kind != "bake" and overdue:
-            state = "escalated"
+        state = held_state(rollout.state, decision.kind, overdue)
         changed = state != rollout.state
         updated = rollout.next(
             state=state, decision="hold", reason=decision.reason, eta_seconds=decision.eta_seconds

@@ -12,8 +12,9 @@ simulation (benchmarks/rollout_sim.py, tests/test_rollout_gates.py). First match
    flag version, stale data.
 3. hold (insufficient): fewer samples per arm, each target metric counted in its own
    samples (the primary's outcomes received, not requests), than the sequential design of
-   the tests that run needs (the reason gives the numbers and an ETA), or min_duration not
-   reached.
+   the tests that run needs (the reason gives the numbers and an ETA, in users where the
+   units are users: control/rollout/reach.py), or min_duration not reached; "cannot_finish"
+   when the users needed exceed what the recent rate of new users reaches by max_hold.
 4. continue: every guardrail shown non-inferior (its sequence wholly below the margin) and
    the primary too, within its margin (unless the plan declares it allow_unmeasured).
 5. otherwise: hold (undecided), escalated to a person after max_hold.
@@ -32,6 +33,7 @@ from abgate.config.metrics_catalogue import SLOW_METRIC
 from abgate.config.model import ExperimentConfig, MetricConfig, RolloutPlan
 from abgate.control.measured import EMPTY
 from abgate.control.rollout import sizing
+from abgate.control.rollout.reach import ARMS, MIN_SPAN, stage_reach
 from abgate.control.rollout.sizing import stage_alpha
 from abgate.control.stats import holm
 from abgate.control.stats.checks import SRM_THRESHOLD, sequential_srm
@@ -76,6 +78,9 @@ class StageInputs:
     # (count, variance of the count) per arm, control first: the units the SRM counts
     # (distinct users and keyless requests, control/measured.py); None: requests
     units: tuple[tuple[float, float], tuple[float, float]] | None = None
+    # an earlier reading of those units (its seconds into the stage, the counts then): new
+    # users are counted at the rate since then (control/rollout/reach.py)
+    earlier_units: tuple[float, tuple[float, float]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +143,11 @@ def decide(
         return Decision("rollback", "incident", reason, (*gates, Gate("incident", "fail", reason)))
     alpha = stage_alpha(plan) if compared else plan.alpha
     harm = _slo_tests(plan, inputs.treatment)
+    # The stage's sizes, and each metric's N* tuned to its planned n (control/stats/tuning.py)
+    needs, sized = samples_needed(plan, experiment, inputs) if compared else (None, [])
+    tuned = sizing.tunings(sized)
     if compared:
-        harm += _harm_tests(plan, experiment, inputs)
+        harm += _harm_tests(plan, experiment, inputs, tuned)
     adjusted = holm([test.p_value for test in harm])
     over: list[str] = []  # SLOs the treatment is observed to breach, not yet significantly
     for test, p in zip(harm, adjusted, strict=True):
@@ -196,7 +204,6 @@ def decide(
 
     # 3. hold (insufficient): each target metric's own samples, per arm (a posted outcome
     # is a sample of its metric; a request without one is not)
-    needs, sized = samples_needed(plan, experiment, inputs)
     have_of = {
         name: {
             "control": inputs.control.get(name, EMPTY).count,
@@ -231,17 +238,40 @@ def decide(
             )
             etas = [_eta(have_of[name], needs[name], elapsed) for name in lacking]
             eta = None if any(e is None for e in etas) else max(e for e in etas if e is not None)
+        samples: dict[str, Any] = {
+            "have": have,
+            "needed": needed,
+            "metric": binding,
+            "sizing": sized,
+        }
+        reached = None
+        if needs is not None and inputs.units is not None:  # in the unit analysed: users
+            reached = stage_reach(
+                needs,
+                have_of,
+                inputs.units,
+                elapsed,
+                plan.max_hold,
+                inputs.earlier_units,
+                "users" if experiment.sticky else "requests",
+            )
+        if reached is not None:
+            samples["users"] = reached.as_json()
+            eta = reached.eta
+            reason += f"; in {reached.unit}: " + ", ".join(
+                f"{arm} {reached.have[arm]:,.0f} of {reached.needed[arm]:,}" for arm in ARMS
+            )
+            if not reached.finishes and elapsed >= max(stage.min_duration, MIN_SPAN):
+                reason = (
+                    "cannot finish at the observed rate: "
+                    f"{reached.shortfall(plan.max_hold)} ({reason})"
+                )
+                gates.append(Gate("samples", "fail", reason, samples))
+                return Decision("hold", "cannot_finish", reason, tuple(gates), None, needed)
         if eta is not None:
             eta = max(eta, stage.min_duration - elapsed)
             reason += f" (about {eta:.0f}s more at the observed rate)"
-        gates.append(
-            Gate(
-                "samples",
-                "hold",
-                reason,
-                {"have": have, "needed": needed, "metric": binding, "sizing": sized},
-            )
-        )
+        gates.append(Gate("samples", "hold", reason, samples))
         return Decision("hold", "insufficient", reason, tuple(gates), eta, needed)
     gates.append(
         Gate(
@@ -278,7 +308,13 @@ def decide(
     for name, margin, label in shown:
         metric = experiment.metric(name)
         assert metric is not None
-        p = _non_inferiority_p(metric, inputs.control.get(name), inputs.treatment.get(name), margin)
+        p = _non_inferiority_p(
+            metric,
+            inputs.control.get(name),
+            inputs.treatment.get(name),
+            margin,
+            tuned.get(name, TUNING),
+        )
         if p >= plan.alpha:
             pending.append(f"{label} (p = {p:.2g})")
     pending += [f"{name} (observed over its limit)" for name in over]
@@ -358,20 +394,22 @@ def binary_harm_p(
     margin: float,
     *,
     worse: bool,
+    tuning: float = TUNING,
 ) -> float | None:
     """Always-valid one-sided p of a 0/1 metric: with `worse`, of "the treatment is worse by
     more than `margin`" (the rollback's harm test, after the worker's burn-in); otherwise of
     "it is within the margin" (non-inferiority, no event burn-in). Both are the worker's own
     test (`control.stats.sequential.rates_p`: the score variance under the null, here the
-    margin, with the same design effects), so the page and the gate never disagree about
-    the same sums. None: no decision yet (burn-in, or nothing to test)."""
+    margin, with the same design effects), so the page and the gate test the same thing on
+    the same sums; only N* differs (the gate's is the stage's planned n, `tuning`; the
+    page's gbstats' default). None: no decision yet (burn-in, or nothing to test)."""
     sign = 1.0 if metric.direction == "lower" else -1.0
     pa, pb, design = clustered_rates(a, b)
     harm = sign * (pb.rate - pa.rate)
     if (harm > margin) != worse or harm == margin:
         return 1.0  # the estimate is on the other side: no evidence for this alternative
     try:
-        return rates_p(pa, pb, shift=sign * margin, design=design, burn_in=worse)
+        return rates_p(pa, pb, shift=sign * margin, design=design, burn_in=worse, tuning=tuning)
     except StatsInputError:
         return None
 
@@ -393,7 +431,10 @@ def _mean_difference(
 
 
 def _harm_tests(
-    plan: RolloutPlan, experiment: ExperimentConfig, inputs: StageInputs
+    plan: RolloutPlan,
+    experiment: ExperimentConfig,
+    inputs: StageInputs,
+    tuned: Mapping[str, float],
 ) -> list[_HarmTest]:
     tests = []
     checks: list[tuple[str, Callable[[float], float]]] = [
@@ -408,10 +449,11 @@ def _harm_tests(
         if a is None or b is None or _too_few(a, b):
             continue
         margin = margin_of(a.mean)
+        tuning = tuned.get(name, TUNING)
         sign = 1.0 if metric.direction == "lower" else -1.0
         harm = sign * (b.mean - a.mean)
         if metric.type == "binary":
-            found = binary_harm_p(metric, a, b, margin, worse=True)
+            found = binary_harm_p(metric, a, b, margin, worse=True, tuning=tuning)
             if found is None:
                 continue
             p = found
@@ -421,7 +463,7 @@ def _harm_tests(
                 continue
             excess = harm - margin
             p = (
-                always_valid_p(excess, difference[1], a.count + b.count, TUNING)
+                always_valid_p(excess, difference[1], a.count + b.count, tuning)
                 if excess > 0
                 else 1.0
             )
@@ -446,13 +488,14 @@ def _non_inferiority_p(
     a: ClusteredSums | None,
     b: ClusteredSums | None,
     margin_of: Callable[[float], float],
+    tuning: float = TUNING,
 ) -> float:
     """Always-valid p of "the treatment is worse by at least the margin"."""
     if a is None or b is None or _too_few(a, b):
         return 1.0
     margin = margin_of(a.mean)
     if metric.type == "binary":
-        found = binary_harm_p(metric, a, b, margin, worse=False)
+        found = binary_harm_p(metric, a, b, margin, worse=False, tuning=tuning)
         return 1.0 if found is None else found
     difference = _mean_difference(metric, a, b)
     if difference is None:
@@ -461,7 +504,7 @@ def _non_inferiority_p(
     room = margin - harm
     if room <= 0:
         return 1.0
-    return always_valid_p(room, variance, a.count + b.count, TUNING)
+    return always_valid_p(room, variance, a.count + b.count, tuning)
 
 
 def _slo_tests(plan: RolloutPlan, treatment: Mapping[str, ClusteredSums]) -> list[_HarmTest]:

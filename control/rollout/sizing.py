@@ -9,8 +9,8 @@ from typing import Any
 from abgate.config.model import Amount, ExperimentConfig, MetricConfig, RolloutPlan
 from abgate.control.measured import EMPTY
 from abgate.control.stats.clusters import ClusteredSums
-from abgate.control.stats.models import StatsInputError
-from abgate.control.stats.sequential import sequential_sample_size
+from abgate.control.stats.sequential import TUNING
+from abgate.control.stats.tuning import tuned_size
 
 MIN_VARIANCE_SAMPLES = 10  # control samples before its variance is trusted for sizing
 
@@ -107,6 +107,7 @@ def samples_needed(
         effect = amount.absolute(control.total / control.count)
         excess = harm_amount.absolute(control.total / control.count)
         need = {"control": 2, "treatment": 2}
+        tuning = TUNING
         if effect > 0 and _variance(metric, control) > 0:  # else constant: shows at once
             tests = (
                 # non-inferiority of an equal treatment: the null's variance at the margin
@@ -118,23 +119,20 @@ def samples_needed(
                     rollback_alpha,
                 ),
             )
-            for size_for, (variance_a, variance_b), alpha in tests:
-                try:
-                    n_control, n_treatment = sequential_sample_size(
-                        size_for,
-                        variance_a,
-                        variance_b,
-                        share=share,
-                        power=plan.power,
-                        alpha=alpha,
-                    )
-                except StatsInputError:
-                    continue
-                need = {
-                    "control": max(need["control"], n_control),
-                    "treatment": max(need["treatment"], n_treatment),
-                }
-            sizing.append({"metric": name, "effect": effect, **need})
+            need, tuning = tuned_size(tests, share, plan.power)
+            sizing.append({"metric": name, "effect": effect, **need, "tuning": tuning})
         previous = needs.get(name, {"control": 0, "treatment": 0})
         needs[name] = {arm: max(previous[arm], need[arm]) for arm in need}
     return needs, sizing
+
+
+def tunings(sizing: list[dict[str, Any]]) -> dict[str, float]:
+    """Each sized metric's N* (the gates' tests of it use it), from `samples_needed`: of
+    its largest size where it is sized twice (the primary and a guardrail)."""
+    out: dict[str, tuple[int, float]] = {}
+    for entry in sizing:
+        if "tuning" in entry:
+            size = entry["control"] + entry["treatment"]
+            if size >= out.get(entry["metric"], (0, 0.0))[0]:
+                out[entry["metric"]] = (size, entry["tuning"])
+    return {metric: tuning for metric, (_, tuning) in out.items()}

@@ -114,7 +114,9 @@ function rolloutBlock(name, rollout, history) {
     el("span", { class: `badge ${rollout.state}`, "data-testid": "rollout-state" }, rollout.state),
     el("span", {}, `stage ${rollout.stage.index + 1} of ${rollout.stages.length}: ${pct(rollout.stage.percentage)}`),
     el("span", { class: "muted" }, `since ${when(rollout.stage.started_at)}`),
-    el("span", {}, `ETA ${duration(rollout.eta_seconds)}`)));
+    el("span", {}, (rollout.gates || []).some((g) => g.users && g.users.cannot_finish)
+      ? "ETA: cannot finish at the observed rate (see the samples gate)"
+      : `ETA ${duration(rollout.eta_seconds)}`)));
   box.append(el("div", { class: "stages", "aria-label": "stages" }, ...rollout.stages.map((p, i) =>
     el("span", { class: "stage " + (i < rollout.stage.index ? "done" : i === rollout.stage.index ? "current" : "") }, pct(p)))));
   box.append(el("p", {}, el("strong", {}, `${rollout.decision || "–"}: `), rollout.reason));
