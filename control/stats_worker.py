@@ -26,14 +26,11 @@ from config.metrics_catalogue import BUILT_IN_METRIC_NAMES, LATENCY_BUCKETS
 from config.model import BUILT_IN_METRICS, ExperimentConfig, MetricConfig
 from control.measured import EMPTY, ArmKey, Users, by_arm, sample_ratio
 from control.reports import ExperimentReport, MetricResult, PhaseReport
-from control.stats import (
-    StatsInputError,
-    holm,
-    sequential_test,
-)
+from control.stats import StatsInputError, holm
 from control.stats.checks import SRM_THRESHOLD
 from control.stats.clusters import MIN_CLUSTERS, ClusteredSums, clustered_rates
 from control.stats.frequentist import TestResult, rates_test, welch_t
+from control.stats.means import sequential_means
 from control.stats.sequential import sequential_rates
 from control.stats.strata import Combined, stratified_difference
 from control.timeline import RolloutView, Series, event_of, point_of
@@ -97,8 +94,11 @@ def compare(
                 rates_test(pa, pb, alpha=alpha, design=design),
                 sequential_rates(pa, pb, alpha=alpha, design=design),
             )
-        ma, mb = a.as_mean(), b.as_mean()
-        return result("ok", welch_t(ma, mb, alpha=alpha), sequential_test(ma, mb, alpha=alpha))
+        return result(
+            "ok",
+            welch_t(a.as_mean(), b.as_mean(), alpha=alpha),
+            sequential_means(a, b, alpha=alpha),
+        )
     except StatsInputError as exc:
         return result(f"not enough data: {exc.message}")
 
