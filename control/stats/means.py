@@ -22,9 +22,9 @@ from __future__ import annotations
 import math
 
 from control.stats.clusters import ClusteredSums
-from control.stats.frequentist import TestResult, relative_effect
+from control.stats.frequentist import TestResult
 from control.stats.models import StatsInputError
-from control.stats.sequential import TUNING, always_valid_p, half_width, invert
+from control.stats.sequential import TUNING, always_valid_p, invert, inverted_result
 
 
 def null_means(a: ClusteredSums, b: ClusteredSums, shift: float = 0.0) -> tuple[float, float]:
@@ -69,22 +69,13 @@ def sequential_means(
     of the shifts it does not reject; an end the data cannot bound (one user holding most of
     an arm) is None."""
     p = means_p(a, b, tuning=tuning)
-    diff = b.mean - a.mean
-    n_total = a.count + b.count
-    low, high = invert(diff, lambda shift: means_null_variance(a, b, shift), n_total, alpha, tuning)
-    # The relative interval as before (delta method on the ratio), at the test's multiplier.
-    variance = means_null_variance(a, b)
-    z = half_width(variance, n_total, alpha, tuning) / math.sqrt(variance)
-    lift, ci_relative = relative_effect(a.as_mean(), b.as_mean(), z)
-    return TestResult(
-        "sequential",
-        p,
-        1 - alpha,
-        p < alpha,
-        diff,
-        lift,
-        (low, high),
-        ci_relative,
-        a.count,
-        b.count,
+    interval = invert(
+        b.mean - a.mean,
+        lambda shift: means_null_variance(a, b, shift),
+        a.count + b.count,
+        alpha,
+        tuning,
+    )
+    return inverted_result(
+        p, (a.as_mean(), b.as_mean()), interval, means_null_variance(a, b), alpha, tuning
     )

@@ -203,30 +203,43 @@ def sequential_rates(
     on the raw difference, disagreed with the test in 1.6% of cases. `design` is each arm's
     design effect (control/stats/clusters.py): how much its users' clustering inflates the
     variance of its rate; 1 for independent units."""
-    n_total = a.n + b.n
     p = rates_p(a, b, design=design, tuning=tuning)
-    diff = b.rate - a.rate
     low, high = invert(
-        diff, lambda shift: rates_null_variance(a, b, shift, design), n_total, alpha, tuning, 1.0
+        b.rate - a.rate,
+        lambda shift: rates_null_variance(a, b, shift, design),
+        a.n + b.n,
+        alpha,
+        tuning,
+        1.0,
     )
-    variance = rates_null_variance(a, b, 0.0, design)
     design_a, design_b = design
-    lift, ci_rel = relative_effect(
-        a.as_mean(design_a),
-        b.as_mean(design_b),
-        half_width(variance, n_total, alpha, tuning) / math.sqrt(variance),
-    )
-    return TestResult(
-        "sequential",
+    return inverted_result(
         p,
-        1 - alpha,
-        p < alpha,
-        diff,
-        lift,
+        (a.as_mean(design_a), b.as_mean(design_b)),
         (low, high),
-        ci_rel,
-        a.n,
-        b.n,
+        rates_null_variance(a, b, 0.0, design),
+        alpha,
+        tuning,
+    )
+
+
+def inverted_result(
+    p: float,
+    arms: tuple[SampleMean, SampleMean],
+    interval: tuple[float | None, float | None],
+    variance: float,
+    alpha: float,
+    tuning: float,
+) -> TestResult:
+    """A sequential test's result with the interval that inverts it; the relative interval
+    by the delta method on the ratio, at the test's multiplier at no difference."""
+    a, b = arms
+    n_total = a.n + b.n
+    z = half_width(variance, n_total, alpha, tuning) / math.sqrt(variance)
+    lift, ci_relative = relative_effect(a, b, z)
+    diff = b.mean - a.mean
+    return TestResult(
+        "sequential", p, 1 - alpha, p < alpha, diff, lift, interval, ci_relative, a.n, b.n
     )
 
 
