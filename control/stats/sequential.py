@@ -200,7 +200,8 @@ def sequential_rates(
     null, and waits for a burn-in (`rates_burn_in`). The interval is the test inverted: the
     shifts whose score test does not reject (`invert`), so it excludes 0 exactly when the
     test is significant; an interval with each arm's own (Agresti-Caffo) variance, centred
-    on the raw difference, disagreed with the test in 1.6% of cases. `design` is each arm's
+    on the raw difference, disagreed with the test in 0.85% of random cases, 13% with
+    unequal design effects (benchmarks/RESULTS.md). `design` is each arm's
     design effect (control/stats/clusters.py): how much its users' clustering inflates the
     variance of its rate; 1 for independent units."""
     p = rates_p(a, b, design=design, tuning=tuning)
