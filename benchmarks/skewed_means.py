@@ -18,12 +18,12 @@ from collections.abc import Callable
 
 import numpy as np
 
+from abgate.control.stats.clusters import MIN_CLUSTERS, ClusteredSums
+from abgate.control.stats.means import means_p
+from abgate.control.stats.models import Proportion, StatsInputError
+from abgate.control.stats.sequential import half_width, sequential_rates, sequential_test
+from abgate.state.measurements import CLUSTERS
 from benchmarks.common import verdict, write_section
-from control.stats.clusters import MIN_CLUSTERS, ClusteredSums
-from control.stats.means import means_p
-from control.stats.models import Proportion, StatsInputError
-from control.stats.sequential import half_width, sequential_rates, sequential_test
-from state.measurements import CLUSTERS
 
 LOOKS = 20
 # A test: (control, treatment) -> the sign of a significant difference (b - a), or 0.

@@ -7,6 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from abgate.config.model import BUILT_IN_METRICS
+from abgate.control.rollout.gates import mean_harm_p
+from abgate.control.stats.clusters import ClusteredSums
+from abgate.control.stats.means import means_p, sequential_means
+from abgate.control.stats_worker import compare
 from benchmarks.skewed_means import (
     after,
     before,
@@ -14,11 +19,6 @@ from benchmarks.skewed_means import (
     rates_disagreements,
     rejection,
 )
-from config.model import BUILT_IN_METRICS
-from control.rollout.gates import mean_harm_p
-from control.stats.clusters import ClusteredSums
-from control.stats.means import means_p, sequential_means
-from control.stats_worker import compare
 
 RUNS = 60
 # A/A at alpha 5% over RUNS runs: a true rate of at most 5% reads over 6 of 60 (10%, two

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import math
 
-from control.stats.clusters import ClusteredSums
-from control.stats.frequentist import TestResult
-from control.stats.models import StatsInputError
-from control.stats.sequential import TUNING, always_valid_p, invert, inverted_result
+from abgate.control.stats.clusters import ClusteredSums
+from abgate.control.stats.frequentist import TestResult
+from abgate.control.stats.models import StatsInputError
+from abgate.control.stats.sequential import TUNING, always_valid_p, invert, inverted_result
 
 
 def null_means(a: ClusteredSums, b: ClusteredSums, shift: float = 0.0) -> tuple[float, float]:
