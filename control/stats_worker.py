@@ -30,11 +30,11 @@ from abgate.control.reports import ExperimentReport, MetricResult, PhaseReport
 from abgate.control.stats import (
     StatsInputError,
     holm,
-    sequential_test,
 )
 from abgate.control.stats.checks import SRM_THRESHOLD
 from abgate.control.stats.clusters import MIN_CLUSTERS, ClusteredSums, clustered_rates
 from abgate.control.stats.frequentist import TestResult, rates_test, welch_t
+from abgate.control.stats.means import sequential_means
 from abgate.control.stats.sequential import sequential_rates
 from abgate.control.stats.strata import Combined, stratified_difference
 from abgate.control.timeline import RolloutView, Series, event_of, point_of
@@ -98,8 +98,11 @@ def compare(
                 rates_test(pa, pb, alpha=alpha, design=design),
                 sequential_rates(pa, pb, alpha=alpha, design=design),
             )
-        ma, mb = a.as_mean(), b.as_mean()
-        return result("ok", welch_t(ma, mb, alpha=alpha), sequential_test(ma, mb, alpha=alpha))
+        return result(
+            "ok",
+            welch_t(a.as_mean(), b.as_mean(), alpha=alpha),
+            sequential_means(a, b, alpha=alpha),
+        )
     except StatsInputError as exc:
         return result(f"not enough data: {exc.message}")
 

@@ -38,6 +38,7 @@ from abgate.control.rollout.sizing import stage_alpha
 from abgate.control.stats import holm
 from abgate.control.stats.checks import SRM_THRESHOLD, sequential_srm
 from abgate.control.stats.clusters import MIN_CLUSTERS, ClusteredSums, clustered_rates
+from abgate.control.stats.means import means_p
 from abgate.control.stats.models import StatsInputError
 from abgate.control.stats.sequential import (
     MIN_EVENTS,
@@ -418,16 +419,23 @@ def _too_few(a: ClusteredSums, b: ClusteredSums) -> bool:
     return a.count < 2 or b.count < 2 or min(a.clusters, b.clusters) < MIN_CLUSTERS
 
 
-def _mean_difference(
-    metric: MetricConfig, a: ClusteredSums, b: ClusteredSums
-) -> tuple[float, float] | None:
-    """(harm, variance of the difference) of a continuous metric: harm > 0 means the
-    treatment is worse; the variances are per user (clustered), as the worker's."""
+def mean_harm_p(
+    metric: MetricConfig,
+    a: ClusteredSums,
+    b: ClusteredSums,
+    margin: float,
+    tuning: float = TUNING,
+) -> float:
+    """Always-valid p of a continuous metric's "the treatment is worse by exactly `margin`":
+    the worker's test of means (`control.stats.means.means_p`: the variance under that
+    null, per user), which the harm and the non-inferiority tests each read on their side;
+    only N* differs (the gate's is the stage's planned n, `tuning`). 1.0 where there is no
+    variation to test."""
     sign = 1.0 if metric.direction == "lower" else -1.0
-    variance = a.variance_of_mean() + b.variance_of_mean()
-    if not variance > 0 or not math.isfinite(variance):
-        return None
-    return sign * (b.mean - a.mean), variance
+    try:
+        return means_p(a, b, shift=sign * margin, tuning=tuning)
+    except StatsInputError:
+        return 1.0
 
 
 def _harm_tests(
@@ -458,15 +466,7 @@ def _harm_tests(
                 continue
             p = found
         else:
-            difference = _mean_difference(metric, a, b)
-            if difference is None:
-                continue
-            excess = harm - margin
-            p = (
-                always_valid_p(excess, difference[1], a.count + b.count, tuning)
-                if excess > 0
-                else 1.0
-            )
+            p = mean_harm_p(metric, a, b, margin, tuning) if harm > margin else 1.0
         tests.append(
             _HarmTest(
                 name,
@@ -497,14 +497,10 @@ def _non_inferiority_p(
     if metric.type == "binary":
         found = binary_harm_p(metric, a, b, margin, worse=False, tuning=tuning)
         return 1.0 if found is None else found
-    difference = _mean_difference(metric, a, b)
-    if difference is None:
+    sign = 1.0 if metric.direction == "lower" else -1.0
+    if sign * (b.mean - a.mean) >= margin:
         return 1.0
-    harm, variance = difference
-    room = margin - harm
-    if room <= 0:
-        return 1.0
-    return always_valid_p(room, variance, a.count + b.count, tuning)
+    return mean_harm_p(metric, a, b, margin, tuning)
 
 
 def _slo_tests(plan: RolloutPlan, treatment: Mapping[str, ClusteredSums]) -> list[_HarmTest]:
