@@ -155,9 +155,9 @@ def caught_by_planned_n(
 ) -> tuple[float, float]:
     """(share of first stages rolled back for harm on `metric` by the time both arms have
     the samples the gate planned for it, median planned treatment samples): the plan of
-    benchmarks/rollout_sim.py (5 stages, so alpha / 4 per stage, three harm tests and an
-    SLO), every metric simulated, looked at every tick."""
-    later = [p for p in (25, 50, 75, 90) if p > split_bp / 100][:3]  # 4 compared stages
+    benchmarks/rollout_sim.py (4 stages and the holdout, so alpha / 5 per stage, three harm
+    tests and an SLO), every metric simulated, looked at every tick."""
+    later = [p for p in (25, 50, 75, 90) if p > split_bp / 100][:3]  # and the holdout: 5
     exp = experiment({**PLAN, "stages": [split_bp / 100, *later, 100]})
     plan = exp.rollout
     assert plan is not None

@@ -136,7 +136,7 @@ def test_the_planned_n_catches_the_harm_it_was_sized_for(arm: Arm, metric: str) 
 def test_stages_are_sized_at_the_alpha_a_harm_test_spends() -> None:
     plan = experiment().rollout
     assert plan is not None
-    assert harm_alpha(plan) == pytest.approx(0.05 / 4 / 4)  # 4 stages; 3 tests and an SLO
+    assert harm_alpha(plan) == pytest.approx(0.05 / 5 / 4)  # 4 stages, the holdout; 3 tests, an SLO
 
 
 def test_aa_stages_are_not_held_for_a_sample_ratio_mismatch_by_looking_often() -> None:

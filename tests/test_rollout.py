@@ -157,6 +157,32 @@ async def test_a_better_treatment_goes_through_every_stage_with_approval(
     assert approval["actor"] == "alice"
 
 
+async def test_the_holdout_is_compared_then_released_to_100(session: ClientSession) -> None:
+    """The last stage keeps 10% on control through its bake, says so (never "100%"), and
+    goes to 100% only once its gates pass."""
+    plan = {**FAST, "stages": [50, 100], "holdout": {"percentage": 10}}
+    async with stack(plan) as running, traffic(session, running):
+        await api(session, running, "POST", "/api/rollouts/exp", {"reason": "ship"}, expect=201)
+        held = await until(session, running, lambda v: v["stage"]["phase"] == "holdout")
+        assert held["stage"]["percentage"] == 90
+        assert held["stage"]["holdout"] == 10
+        assert running.flags.get("exp").percentage == 90
+        done = await until(session, running, lambda v: v["state"] == "completed")
+        assert (done["stage"]["phase"], done["stage"]["percentage"]) == ("released", 100)
+        assert running.flags.get("exp").percentage == 100
+        history = (await api(session, running, "GET", "/api/rollouts/exp/history"))["history"]
+    changes = [e["change"] for e in reversed(history) if e["change"]]
+    assert changes == [
+        "stage 0: 50%",
+        "stage 1: 90% (holdout: 10% kept on control)",
+        "holdout released: 100%",
+    ]
+    released = history[0]
+    assert (released["decision"], released["state"]) == ("complete", "completed")
+    gates = {g["name"]: g["status"] for g in released["inputs"]["gates"]}
+    assert gates["srm"] == gates["samples"] == gates["non_inferiority"] == "pass"
+
+
 @pytest.mark.parametrize("harm", ["errors", "latency"])
 async def test_a_worse_treatment_is_rolled_back_naming_the_metric(
     session: ClientSession, harm: str
