@@ -183,6 +183,22 @@ async def test_the_holdout_is_compared_then_released_to_100(session: ClientSessi
     assert gates["srm"] == gates["samples"] == gates["non_inferiority"] == "pass"
 
 
+async def test_a_person_may_release_the_holdout_early(session: ClientSession) -> None:
+    """Promote at the holdout releases it to 100% (an override); at a last stage without
+    one there is nothing further."""
+    plan = {**FAST, "stages": [100], "holdout": {"percentage": 5}, "bake": "1h"}
+    async with stack(plan) as running:
+        started = await api(session, running, "POST", "/api/rollouts/exp", {}, expect=201)
+        assert (started["stage"]["phase"], started["stage"]["percentage"]) == ("holdout", 95)
+        assert running.flags.get("exp").percentage == 95
+        released = await api(
+            session, running, "POST", "/api/rollouts/exp/promote", {"reason": "seen enough"}
+        )
+        assert (released["state"], released["stage"]["phase"]) == ("completed", "released")
+        assert running.flags.get("exp").percentage == 100
+        assert released["reason"] == "override by alice: seen enough"
+
+
 @pytest.mark.parametrize("harm", ["errors", "latency"])
 async def test_a_worse_treatment_is_rolled_back_naming_the_metric(
     session: ClientSession, harm: str

@@ -382,18 +382,7 @@ class RolloutController:
             await self._save(rollout, updated, decision, ACTOR, "rolled_back")
             return
         if decision.verdict == "complete":
-            version, change = rollout.flag_version, None
-            if plan.holds_out(rollout.stage_index):  # its gates passed: the holdout released
-                version = await self._set_percentage(rollout, 10_000, decision.reason, ACTOR)
-                change = "holdout released: 100%"
-            updated = rollout.next(
-                state="completed",
-                decision="complete",
-                reason=decision.reason,
-                flag_version=version,
-                eta_seconds=None,
-            )
-            await self._save(rollout, updated, decision, ACTOR, "completed", change=change)
+            await self._complete(rollout, plan, decision, ACTOR, decision.reason)
             return
         if decision.verdict == "continue":
             following = rollout.stage_index + 1
@@ -439,6 +428,29 @@ class RolloutController:
             rollout, updated, decision, ACTOR, state if changed else None, record=key != seen.last
         )
         seen.last = key
+
+    async def _complete(
+        self,
+        rollout: Rollout,
+        plan: RolloutPlan,
+        decision: Decision | None,
+        actor: str,
+        reason: str,
+    ) -> Rollout:
+        """Completed; from the holdout, once it is released to 100%."""
+        version, change = rollout.flag_version, None
+        if plan.holds_out(rollout.stage_index):
+            version = await self._set_percentage(rollout, 10_000, reason, actor)
+            change = "holdout released: 100%"
+        updated = rollout.next(
+            state="completed",
+            decision="complete",
+            reason=reason,
+            flag_version=version,
+            eta_seconds=None,
+        )
+        await self._save(rollout, updated, decision, actor, "completed", change=change)
+        return updated
 
     async def _promote(
         self,
@@ -720,18 +732,20 @@ class RolloutController:
 
     @_one_at_a_time
     async def promote(self, name: str, actor: str, reason: str) -> Rollout:
-        """A manual skip to the next stage, recorded as an override."""
+        """A manual skip to the next stage (from the holdout: its release to 100%, the
+        rollout completed), recorded as an override."""
         rollout = await self.get(name)
         if rollout.state in FINISHED:
             raise RolloutError(f"the rollout is {rollout.state}")
         plan = self.plan_of(rollout)
         following = rollout.stage_index + 1
-        if following >= len(plan.stages):
+        why = f"override by {actor}: {reason}"
+        if following >= len(plan.stages) and not plan.holds_out(rollout.stage_index):
             raise RolloutError("the rollout is at its last stage")
         with _changed_by_hand(name):
-            return await self._promote(
-                rollout, plan, following, None, actor, f"override by {actor}: {reason}"
-            )
+            if following >= len(plan.stages):
+                return await self._complete(rollout, plan, None, actor, why)
+            return await self._promote(rollout, plan, following, None, actor, why)
 
     @_one_at_a_time
     async def set_incident(self, name: str, open_: bool, description: str, actor: str) -> Rollout:

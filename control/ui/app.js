@@ -137,6 +137,7 @@ function rolloutBlock(name, rollout, history) {
   if (!["completed", "rolled_back", "aborted"].includes(rollout.state)) {
     button("Abort", "abort");
     if (rollout.next) button("Promote", "promote");
+    else if (rollout.stage.phase === "holdout") button("Release the holdout", "promote");
   } else {
     buttons.append(el("button", { type: "button", onclick: () => {
       const reason = askReason(`Start a new rollout of ${name}?`);
