@@ -79,10 +79,12 @@ def ends(
     return out
 
 
-# (name, treatment, control, start stage, plan's bake, seed)
-CASES: list[tuple[str, Behaviour, Arm, int, str, int]] = [
-    ("A/A (whole ramp)", Arm(), Arm(), 0, "10s", 2671),
-    ("better (+5 points, whole ramp)", Arm(converted=0.25), Arm(), 0, "10s", 2672),
+NOVELTY = "novelty +6 fading to -2 (whole ramp, bake 1200 s)"
+LONGER_BAKE = "novelty +6 fading to -2 (whole ramp, bake 3000 s)"
+# (name, treatment, control, start stage, plan's bake, seed, most ticks)
+CASES: list[tuple[str, Behaviour, Arm, int, str, int, int]] = [
+    ("A/A (whole ramp)", SAME, SAME, 0, "10s", 2671, 3000),
+    ("better (+5 points, whole ramp)", Arm(converted=0.25), SAME, 0, "10s", 2672, 3000),
     (
         "60 points worse, latency doubled, at the last stage",
         MUCH_WORSE,
@@ -90,8 +92,10 @@ CASES: list[tuple[str, Behaviour, Arm, int, str, int]] = [
         4,
         "10s",
         2673,
+        3000,
     ),
-    ("novelty +6 fading to -2 (whole ramp, bake 1200 s)", novelty(650), Arm(), 0, "1200s", 2674),
+    (NOVELTY, novelty(650), SAME, 0, "1200s", 2674, 3000),
+    (LONGER_BAKE, novelty(650), SAME, 0, "3000s", 2675, 5000),
 ]
 
 
@@ -106,7 +110,7 @@ def main() -> None:
     started = time.perf_counter()
     rows = []
     found: dict[str, dict[str, dict[str, float]]] = {}
-    for name, treatment, control, start, bake, seed in CASES:
+    for name, treatment, control, start, bake, seed, most in CASES:
         found[name] = {}
         for label, plan in (("without", WITHOUT), ("with a 5% holdout", WITH)):
             share = ends(
@@ -116,6 +120,7 @@ def main() -> None:
                 seed=seed,
                 control=control,
                 start_stage=start,
+                max_ticks=most,
             )
             found[name][label] = share
             rows.append(
@@ -126,21 +131,23 @@ def main() -> None:
     held = "with a 5% holdout"
     aa = found["A/A (whole ramp)"][held]
     worse = found["60 points worse, latency doubled, at the last stage"][held]
-    fading = found["novelty +6 fading to -2 (whole ramp, bake 1200 s)"][held]
+    fading = found[NOVELTY][held]
+    longer = found[LONGER_BAKE][held]
     text = f"""## Issue 26 item 7: holdout at 100%
 
 `python -m benchmarks.holdout_sim {runs}` on {time.strftime("%Y-%m-%d")}
 ({time.perf_counter() - started:.0f} s in all), {runs} rollouts a row, seeds in the table.
 Whole rollouts through `decide` on the plan of benchmarks/rollout_sim.py (stages 5, 25, 50,
 75, 100; primary `converted`, MDE 2 points; guardrails error +1 point and latency +10%; SLO
-error rate 5%; alpha 0.05), 400 requests a 1 s tick, at most 3,000 ticks (undecided then:
-escalated). "Without" is `holdout: false` (the last stage at 100%: breaker, incidents and
-SLOs, then completed after the bake, as every plan did before); "with" keeps 5% on control
+error rate 5%; alpha 0.05), 400 requests a 1 s tick, at most 3,000 ticks (5,000 with the
+3,000 s bake; undecided then: escalated). "Without" is `holdout: false` (the last stage at
+100%: breaker, incidents and SLOs, then completed after the bake, as every plan did before);
+"with" keeps 5% on control
 through the last stage's bake, compared by the same gates, released to 100% once they pass.
 The 60-points-worse model starts at the last stage (promoted there by a person, or a plan
 `stages: [100]`; control 90% accurate). The novelty effect fades with time from the rollout's
 start (time constant 650 ticks: better than control until tick ~900, about where the ramp
-reaches its last stage), and the plan bakes 1,200 s.
+reaches its last stage), and the plan bakes 1,200 s or 3,000 s.
 
 {HEADER}
 |---|---|---:|---:|---:|---:|---:|
@@ -152,7 +159,13 @@ reaches its last stage), and the plan bakes 1,200 s.
 - 60 points worse with doubled latency: shipped {worse["completed"]:.1%} with the holdout
   (target 0: {verdict(worse["completed"] == 0)}).
 - Novelty effect: caught at the last stage (rolled back or escalated there) in
-  {fading["last_stage"]:.1%} of rollouts with the holdout, shipped {fading["completed"]:.1%}.
+  {fading["last_stage"]:.1%} of rollouts with the holdout and a 1,200 s bake (shipped
+  {fading["completed"]:.1%}), {longer["last_stage"]:.1%} with a 3,000 s bake (shipped
+  {longer["completed"]:.1%}); without a holdout it always shipped. Not all, because the
+  holdout is compared on its whole phase: the novelty's tail at the start of the last stage
+  is in its sums, and a loss of 2 points is exactly the primary's margin (the MDE), so the
+  stage can show it "non-inferior" before the harm test has the power to show the loss; a
+  longer bake weighs the long run more.
 
 Alpha: the plan's alpha is split over every stage that tests (the four compared stages and
 the holdout: 0.05 / 5 each, each stage's tests one Holm family), so the ramp spends alpha
