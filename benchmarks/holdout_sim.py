@@ -142,8 +142,8 @@ Whole rollouts through `decide` on the plan of benchmarks/rollout_sim.py (stages
 error rate 5%; alpha 0.05), 400 requests a 1 s tick, at most 3,000 ticks (5,000 with the
 3,000 s bake; undecided then: escalated). "Without" is `holdout: false` (the last stage at
 100%: breaker, incidents and SLOs, then completed after the bake, as every plan did before);
-"with" keeps 5% on control
-through the last stage's bake, compared by the same gates, released to 100% once they pass.
+"with" keeps 5% on control through the last stage's bake, compared by the same gates,
+released to 100% once they pass.
 The 60-points-worse model starts at the last stage (promoted there by a person, or a plan
 `stages: [100]`; control 90% accurate). The novelty effect fades with time from the rollout's
 start (time constant 650 ticks: better than control until tick ~900, about where the ramp
@@ -161,16 +161,17 @@ reaches its last stage), and the plan bakes 1,200 s or 3,000 s.
 - Novelty effect: caught at the last stage (rolled back or escalated there) in
   {fading["last_stage"]:.1%} of rollouts with the holdout and a 1,200 s bake (shipped
   {fading["completed"]:.1%}), {longer["last_stage"]:.1%} with a 3,000 s bake (shipped
-  {longer["completed"]:.1%}); without a holdout it always shipped. Not all, because the
-  holdout is compared on its whole phase: the novelty's tail at the start of the last stage
-  is in its sums, and a loss of 2 points is exactly the primary's margin (the MDE), so the
-  stage can show it "non-inferior" before the harm test has the power to show the loss; a
-  longer bake weighs the long run more.
+  {longer["completed"]:.1%}); without a holdout it always shipped. With the shorter bake
+  about half ship because the holdout is compared on its whole phase: the novelty's tail at
+  the start of the last stage is in its sums, and a loss of 2 points is exactly the
+  primary's margin (the MDE), so the stage can show it "non-inferior" before the harm test
+  has the power to show the loss; a longer bake weighs the long run more.
 
 Alpha: the plan's alpha is split over every stage that tests (the four compared stages and
 the holdout: 0.05 / 5 each, each stage's tests one Holm family), so the ramp spends alpha
 once; without a holdout the 100% stage's SLO tests are one of those stages too (before,
-they ran at the full alpha on top of the ramp's).
+they ran at the full alpha on top of the ramp's). The sections above that simulate this
+plan were measured before the holdout, at 0.05 / 4 per stage (the compared stages only).
 """
     write_section("holdout", text)
     print(text)
