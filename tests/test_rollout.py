@@ -199,6 +199,23 @@ async def test_a_person_may_release_the_holdout_early(session: ClientSession) ->
         assert released["reason"] == "override by alice: seen enough"
 
 
+async def test_a_release_written_before_a_crash_is_adopted(session: ClientSession) -> None:
+    """The controller's own write of 100% at the holdout, its record lost (a crash between
+    the two): the next tick completes the rollout, it does not pause it as a change by hand."""
+    plan = {**FAST, "stages": [100], "holdout": {"percentage": 5}, "bake": "1h"}
+    async with stack(plan) as running:
+        await api(session, running, "POST", "/api/rollouts/exp", {}, expect=201)
+        async with session.post(
+            running.control_url + "/api/flags/exp",
+            json={"percentage": 100, "reason": "released"},
+            headers={**JSON, "X-ABGate-Actor": "rollout-controller"},
+        ) as response:
+            assert response.status == 200, await response.text()
+        done = await until(session, running, lambda v: v["state"] != "running")
+    assert done["state"] == "completed", done["reason"]
+    assert done["reason"].startswith("holdout released before a restart")
+
+
 @pytest.mark.parametrize("harm", ["errors", "latency"])
 async def test_a_worse_treatment_is_rolled_back_naming_the_metric(
     session: ClientSession, harm: str
