@@ -324,7 +324,7 @@ def start_sidecars(
     into: list[Sidecar],
 ) -> None:
     """Start sidecars until there are `count`, a few at a time (start-up is CPU-heavy)."""
-    command = [sys.executable, "-m", "control.cli", "--log-level", "WARNING", "proxy"]
+    command = [sys.executable, "-m", "abgate.control.cli", "--log-level", "WARNING", "proxy"]
     while len(into) < count:
         batch: list[Sidecar] = []
         for _ in range(min(4, count - len(into) - len(batch))):
@@ -474,7 +474,7 @@ def main() -> int:
                 [
                     sys.executable,
                     "-m",
-                    "control.cli",
+                    "abgate.control.cli",
                     "--log-level",
                     "WARNING",
                     "control",

@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from abgate.control.rollout.gates import StageInputs, decide, samples_needed
+from abgate.control.stats.checks import SRM_THRESHOLD, sequential_srm, srm
+from abgate.control.stats.clusters import ClusteredSums
+from abgate.state.measurements import Sums
 from benchmarks.common import verdict, write_section
 from benchmarks.rollout_sim import PLAN, Arm, _add, _independent, experiment, simulate
-from control.rollout.gates import StageInputs, decide, samples_needed
-from control.stats.checks import SRM_THRESHOLD, sequential_srm, srm
-from control.stats.clusters import ClusteredSums
-from state.measurements import Sums
 
 # One stage compared (5% then 100%): the stage's harm tests run at the plan's whole alpha,
 # so the share of false rollbacks reads directly against alpha = 0.05.
@@ -363,8 +363,8 @@ fix. Rolled back: {rolled_back:.1%} (target at most alpha = 5%: {verdict(rolled_
 
 def fisher_section() -> str:
     """The rates test with an expected cell under 5, timed from 10^4 to 3 x 10^9 per arm."""
-    from control.stats.frequentist import FISHER_MAX_N, rates_test
-    from control.stats.models import Proportion
+    from abgate.control.stats.frequentist import FISHER_MAX_N, rates_test
+    from abgate.control.stats.models import Proportion
 
     rows = []
     worst = 0.0

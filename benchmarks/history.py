@@ -22,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from abgate.state.history.writer import HistoryWriter
 from benchmarks.common import ROOT, process, verdict, wait_http, write_section
 from benchmarks.run import LUA, PORTS, bench_config, nginx_conf, require_tools, rss_mib, wrk
-from state.history.writer import HistoryWriter
 from tests.postgres_server import postgres_server
 
 BEFORE = "d6c5a86"  # the last commit before the outcome record
@@ -104,7 +104,7 @@ async def run(args: argparse.Namespace, nginx: str) -> None:
                 command = [
                     sys.executable,
                     "-m",
-                    "control.cli",
+                    "abgate.control.cli",
                     "--log-level",
                     "WARNING",
                     "proxy",

@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from abgate.config.model import ExperimentConfig
 from benchmarks.common import verdict, write_section
 from benchmarks.rollout_sim import PLAN, Arm, Behaviour, experiment, simulate
-from config.model import ExperimentConfig
 
 WITHOUT: dict[str, object] = {
     **PLAN,

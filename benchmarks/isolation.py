@@ -276,7 +276,7 @@ def abgate_run(config: Path, code: Path) -> Iterator[float]:
         [
             sys.executable,
             "-m",
-            "control.cli",
+            "abgate.control.cli",
             "--log-level",
             "WARNING",
             "run",
@@ -306,8 +306,8 @@ def post(path: str) -> tuple[int, float]:
 
 async def seed(redis_url: str) -> int:
     """Measurements of 100 experiments x 30 phases, as flushes would have written them."""
-    from state.measurements import UNCLUSTERED, Phase, RedisMeasurements, Sums
-    from state.redis_client import connect
+    from abgate.state.measurements import UNCLUSTERED, Phase, RedisMeasurements, Sums
+    from abgate.state.redis_client import connect
 
     client = connect(redis_url)
     store = RedisMeasurements(client, "abgate")
@@ -334,10 +334,10 @@ async def seed(redis_url: str) -> int:
 
 async def tick_seconds(config: Path, redis_url: str) -> float:
     """One statistics tick over the seeded data, timed here (the control process's work)."""
-    from config import load_config
-    from control.stats_worker import StatsWorker
-    from state.measurements import RedisMeasurements
-    from state.redis_client import connect
+    from abgate.config import load_config
+    from abgate.control.stats_worker import StatsWorker
+    from abgate.state.measurements import RedisMeasurements
+    from abgate.state.redis_client import connect
 
     client = connect(redis_url)
     try:
@@ -396,7 +396,7 @@ def case_statistics(args: argparse.Namespace, workdir: Path, code: Path) -> dict
 
 
 async def move_measurements(redis_url: str, *, away: bool) -> None:
-    from state.redis_client import connect
+    from abgate.state.redis_client import connect
 
     client = connect(redis_url)
     try:

@@ -148,7 +148,7 @@ def main() -> int:
     if redis_server is None or shutil.which("wrk") is None:
         print("benchmarks: needs redis-server and wrk (make test-servers)", file=sys.stderr)
         return 1
-    abgate = [sys.executable, "-m", "control.cli", "--log-level", "WARNING"]
+    abgate = [sys.executable, "-m", "abgate.control.cli", "--log-level", "WARNING"]
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
         redis_port = 18379

@@ -45,7 +45,7 @@ def main() -> int:
     nginx = require_tools("nginx", "wrk")
     if nginx is None:
         return 1
-    abgate = [sys.executable, "-m", "control.cli", "--log-level", "ERROR", "run", "--config"]
+    abgate = [sys.executable, "-m", "abgate.control.cli", "--log-level", "ERROR", "run", "--config"]
     results: dict[str, tuple[Result, Result]] = {}
     shadow_stats: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as outer:

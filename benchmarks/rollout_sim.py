@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 import yaml
 
+from abgate.config.model import ExperimentConfig
+from abgate.config.parse import parse_config
+from abgate.control.rollout.gates import StageInputs, decide
+from abgate.control.stats.clusters import ClusteredSums
+from abgate.state.measurements import Sums
 from benchmarks.common import verdict, write_section
-from config.model import ExperimentConfig
-from config.parse import parse_config
-from control.rollout.gates import StageInputs, decide
-from control.stats.clusters import ClusteredSums
-from state.measurements import Sums
 
 PLAN = {
     "stages": [5, 25, 50, 75, 100],

@@ -56,7 +56,7 @@ PORTS = {
     "haproxy": 18196,
     "caddy": 18197,
 }
-ABGATE = [sys.executable, "-m", "control.cli", "--log-level", "WARNING", "proxy"]
+ABGATE = [sys.executable, "-m", "abgate.control.cli", "--log-level", "WARNING", "proxy"]
 
 
 @dataclass

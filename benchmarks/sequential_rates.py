@@ -11,9 +11,13 @@ import sys
 import time
 from collections.abc import Callable
 
+from abgate.control.stats.models import Proportion, SampleMean, StatsInputError
+from abgate.control.stats.sequential import (
+    sequential_rates,
+    sequential_sample_size,
+    sequential_test,
+)
 from benchmarks.common import verdict, write_section
-from control.stats.models import Proportion, SampleMean, StatsInputError
-from control.stats.sequential import sequential_rates, sequential_sample_size, sequential_test
 
 SPLITS = (0.01, 0.05, 0.10, 0.25)
 BASE_RATES = (0.001, 0.01, 0.10)

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import yaml
 
+from abgate.config import parse_config
+from abgate.control.stats_worker import StatsWorker
+from abgate.state.measurements import UNCLUSTERED, MemoryMeasurements, Phase, Sums
 from benchmarks.common import RESULTS, ROOT, process, verdict, wait_http, write_section
 from benchmarks.run import LUA, PORTS, Result, bench_config, nginx_conf, require_tools, rss_mib, wrk
-from config import parse_config
-from control.stats_worker import StatsWorker
-from state.measurements import UNCLUSTERED, MemoryMeasurements, Phase, Sums
 
 PROXY, CONTROL = 18480, 18492
 
@@ -148,7 +148,7 @@ def main() -> int:
     nginx = require_tools("nginx", "wrk")
     if nginx is None:
         return 1
-    abgate = [sys.executable, "-m", "control.cli", "--log-level", "ERROR", "run", "--config"]
+    abgate = [sys.executable, "-m", "abgate.control.cli", "--log-level", "ERROR", "run", "--config"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as outer:
         workdir = Path(tmp)

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from abgate.config.model import BUILT_IN_METRICS
+from abgate.control.measured import by_arm, sample_ratio
+from abgate.control.stats.checks import SRM_THRESHOLD
+from abgate.control.stats_worker import compare
+from abgate.proxy.hashing import BUCKET_MASK, USER_SHIFT, fnv1a32, user_draw
+from abgate.state.measurements import CLUSTERS, UNCLUSTERED, USER_MAP_BITS, MeasureKey, Sums
 from benchmarks.common import verdict, write_section
-from config.model import BUILT_IN_METRICS
-from control.measured import by_arm, sample_ratio
-from control.stats.checks import SRM_THRESHOLD
-from control.stats_worker import compare
-from proxy.hashing import BUCKET_MASK, USER_SHIFT, fnv1a32, user_draw
-from state.measurements import CLUSTERS, UNCLUSTERED, USER_MAP_BITS, MeasureKey, Sums
 
 LOOKS = 20
 HEADER = (

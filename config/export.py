@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from config.model import Config
+from abgate.config.model import Config
 
 # Query parameters that carry a secret (libpq and redis-py accept the password there too).
 _SECRET_PARAMETERS = re.compile(r"(?i)(^|&)((?:ssl_?)?password)=[^&]*")

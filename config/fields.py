@@ -10,9 +10,9 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from config.errors import Problem
-from config.model import BASIS_POINTS, Listen
-from config.yaml_lines import KeyPath, LocatedDocument, render_path
+from abgate.config.errors import Problem
+from abgate.config.model import BASIS_POINTS, Listen
+from abgate.config.yaml_lines import KeyPath, LocatedDocument, render_path
 
 _SIZE_UNITS = {
     "": 1,

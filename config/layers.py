@@ -15,8 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from config.errors import ConfigError, Problem
-from config.yaml_lines import KeyPath, LocatedDocument, load_located
+from abgate.config.errors import ConfigError, Problem
+from abgate.config.yaml_lines import KeyPath, LocatedDocument, load_located
 
 EXTENDS = "extends"
 MAX_DEPTH = 8  # files extending files; deeper is a mistake, not a design

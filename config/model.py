@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from config.metrics_catalogue import ERROR_METRIC, LATENCY_METRIC
+from abgate.config.metrics_catalogue import ERROR_METRIC, LATENCY_METRIC
 
 StickyKind = Literal["header", "cookie", "query", "client_ip"]
 WhenMissing = Literal["random", "control", "client_ip"]

@@ -7,11 +7,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, cast
 
-from config.errors import ConfigError
-from config.export import mask_url
-from config.fields import Reader
-from config.layers import read_layered
-from config.model import (
+from abgate.config.errors import ConfigError
+from abgate.config.export import mask_url
+from abgate.config.fields import Reader
+from abgate.config.layers import read_layered
+from abgate.config.model import (
     Config,
     ControlSettings,
     ExperimentConfig,
@@ -23,10 +23,10 @@ from config.model import (
     RouteConfig,
     UpstreamConfig,
 )
-from config.parse_connections import ConnectionSchema
-from config.parse_experiments import ExperimentSchema
-from config.parse_upstreams import UpstreamSchema
-from config.yaml_lines import KeyPath, LocatedDocument, load_located
+from abgate.config.parse_connections import ConnectionSchema
+from abgate.config.parse_experiments import ExperimentSchema
+from abgate.config.parse_upstreams import UpstreamSchema
+from abgate.config.yaml_lines import KeyPath, LocatedDocument, load_located
 
 _METHOD = re.compile(r"^[A-Z]{1,20}$")
 _BAD_METHODS: frozenset[str] = frozenset({"<invalid>"})

@@ -8,10 +8,10 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from config.export import mask_url
-from config.fields import Reader
-from config.model import RedisSettings, SecretRef, SentinelSettings, TlsSettings
-from config.yaml_lines import KeyPath
+from abgate.config.export import mask_url
+from abgate.config.fields import Reader
+from abgate.config.model import RedisSettings, SecretRef, SentinelSettings, TlsSettings
+from abgate.config.yaml_lines import KeyPath
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _USER = re.compile(r"^[^\s]{1,128}$")

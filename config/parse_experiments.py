@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any, cast
 
-from config.fields import Reader
-from config.model import (
+from abgate.config.fields import Reader
+from abgate.config.model import (
     BUILT_IN_METRICS,
     ArmConfig,
     Direction,
@@ -19,8 +19,8 @@ from config.model import (
     UpstreamConfig,
     WhenMissing,
 )
-from config.parse_rollout import read_plan
-from config.yaml_lines import KeyPath
+from abgate.config.parse_rollout import read_plan
+from abgate.config.yaml_lines import KeyPath
 
 _STICKY_KINDS = ("header", "cookie", "query")
 _WHEN_MISSING: tuple[WhenMissing, ...] = ("random", "control", "client_ip")

@@ -7,10 +7,10 @@ import math
 import re
 from typing import Any
 
-from config.errors import ConfigError
-from config.fields import Reader
-from config.metrics_catalogue import BUILT_IN_METRIC_NAMES
-from config.model import (
+from abgate.config.errors import ConfigError
+from abgate.config.fields import Reader
+from abgate.config.metrics_catalogue import BUILT_IN_METRIC_NAMES
+from abgate.config.model import (
     DEFAULT_GUARDRAILS,
     DEFAULT_HOLDOUT,
     Amount,
@@ -23,7 +23,7 @@ from config.model import (
     SloConfig,
     StageConfig,
 )
-from config.yaml_lines import KeyPath, LocatedDocument
+from abgate.config.yaml_lines import KeyPath, LocatedDocument
 
 DEFAULT_STAGES = (5, 25, 50, 75, 100)
 _KEYS = {

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from config.fields import Reader
-from config.model import BreakerConfig, HealthCheckConfig, UpstreamConfig
-from config.yaml_lines import KeyPath
+from abgate.config.fields import Reader
+from abgate.config.model import BreakerConfig, HealthCheckConfig, UpstreamConfig
+from abgate.config.yaml_lines import KeyPath
 
 
 class UpstreamSchema:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from config.errors import ConfigError, Problem
+from abgate.config.errors import ConfigError, Problem
 
 PathPart = str | int
 KeyPath = tuple[PathPart, ...]

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from config import Config
-from config.export import config_as_json
-from control.experiments_api import add_experiment_routes
-from control.flag_backend import FlagBackend
-from control.flags_api import add_flag_routes
-from control.health_api import BACKEND, add_health_routes
-from control.http import (
+from abgate.config import Config
+from abgate.config.export import config_as_json
+from abgate.control.experiments_api import add_experiment_routes
+from abgate.control.flag_backend import FlagBackend
+from abgate.control.flags_api import add_flag_routes
+from abgate.control.health_api import BACKEND, add_health_routes
+from abgate.control.http import (
     LOOPBACK_ONLY,
     TOKEN,
     ApiError,
@@ -30,17 +30,17 @@ from control.http import (
     json_response,
     same_origin,
 )
-from control.live_plane import FORCED, PLANE, RemotePlane, metrics_with_plane
-from control.openapi import OPENAPI
-from control.reload import Reloader
-from control.ui_api import add_ui_routes
-from proxy.admin import REGISTRY, health, metrics
-from state.flags import FlagStore
+from abgate.control.live_plane import FORCED, PLANE, RemotePlane, metrics_with_plane
+from abgate.control.openapi import OPENAPI
+from abgate.control.reload import Reloader
+from abgate.control.ui_api import add_ui_routes
+from abgate.proxy.admin import REGISTRY, health, metrics
+from abgate.state.flags import FlagStore
 
 if TYPE_CHECKING:
-    from control.rollout.controller import RolloutController
-    from control.stats_worker import StatsWorker
-    from state.history.writer import HistoryWriter
+    from abgate.control.rollout.controller import RolloutController
+    from abgate.control.stats_worker import StatsWorker
+    from abgate.state.history.writer import HistoryWriter
 
 RELOADER = web.AppKey("reloader", Reloader)
 
@@ -147,9 +147,9 @@ def create_control_app(
     on a loopback address, so only loopback Host names are served (see `same_origin`)."""
     # Imported here: the statistics need scipy (tens of MiB), which data-plane-only
     # processes (abgate proxy) never load.
-    from control.impact_api import add_impact_routes
-    from control.rollout_api import add_rollout_routes
-    from control.stats_api import add_stats_routes
+    from abgate.control.impact_api import add_impact_routes
+    from abgate.control.rollout_api import add_rollout_routes
+    from abgate.control.stats_api import add_stats_routes
 
     app = web.Application(
         middlewares=[errors_as_json, same_origin, bearer_auth], client_max_size=1024**2

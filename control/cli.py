@@ -7,13 +7,13 @@ import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-from config import ConfigError, load_config
-from config.export import credential_notes
-from control.flags_cli import add_flags_parser, run_flags
-from control.load_test import add_load_test_parser, run_load_test
-from control.log import configure_logging
-from control.rollout_cli import add_rollout_parser, run_rollout
-from control.simulate import add_simulate_parser, run_simulate
+from abgate.config import ConfigError, load_config
+from abgate.config.export import credential_notes
+from abgate.control.flags_cli import add_flags_parser, run_flags
+from abgate.control.load_test import add_load_test_parser, run_load_test
+from abgate.control.log import configure_logging
+from abgate.control.rollout_cli import add_rollout_parser, run_rollout
+from abgate.control.simulate import add_simulate_parser, run_simulate
 
 DEFAULT_CONFIG = "config/abgate.yaml"
 
@@ -121,15 +121,15 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0
         if args.command == "db":
-            from control.history import run_db
+            from abgate.control.history import run_db
 
             return run_db(load_config(args.config), args.action)
         # The servers, imported only to serve: `abgate flags` and check-config start fast.
         if args.command == "run":
-            from control.supervisor import run_supervised
+            from abgate.control.supervisor import run_supervised
 
             return run_supervised(args.config)
-        from control.serve import run_control, run_workers
+        from abgate.control.serve import run_control, run_workers
 
         if args.command == "control":
             run_control(args.config)

@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from config import Config, ConfigError, Problem, load_config
+from abgate.config import Config, ConfigError, Problem, load_config
 
 PARSE_TIMEOUT = 30.0  # seconds: a file within the limits parses in a few
 PIECE = 100  # routes, upstreams or experiments per pickled piece: well under 1 ms to load
@@ -141,7 +141,7 @@ async def parse_off_loop(path: str | Path, within: float = PARSE_TIMEOUT) -> Par
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "control.config_process",
+        "abgate.control.config_process",
         source,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
@@ -184,6 +184,6 @@ def main(path: str) -> int:
 
 if __name__ == "__main__":
     # Run as control.config_process, not __main__: the pickle names frozen_mapping there.
-    from control.config_process import main as run
+    from abgate.control.config_process import main as run
 
     sys.exit(run(sys.argv[1]))

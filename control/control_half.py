@@ -20,16 +20,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from config import Config
-from config.metrics_catalogue import CONTROL_PROCESS
-from control.api import check_exposure, create_control_app
-from control.config_process import ParsedConfig
-from control.flag_backend import FlagBackend, initial_table, open_shared_state, start_flag_backend
-from control.history import collect as collect_history
-from control.history import rollout_event, start_history
-from control.live_plane import RemotePlane
-from control.reload import Reloader
-from control.wiring import (
+from abgate.config import Config
+from abgate.config.metrics_catalogue import CONTROL_PROCESS
+from abgate.control.api import check_exposure, create_control_app
+from abgate.control.config_process import ParsedConfig
+from abgate.control.flag_backend import (
+    FlagBackend,
+    initial_table,
+    open_shared_state,
+    start_flag_backend,
+)
+from abgate.control.history import collect as collect_history
+from abgate.control.history import rollout_event, start_history
+from abgate.control.live_plane import RemotePlane
+from abgate.control.reload import Reloader
+from abgate.control.wiring import (
     Gauges,
     app_site,
     link_timeline,
@@ -38,15 +43,15 @@ from control.wiring import (
     start_rollout_controller,
     start_stats_worker,
 )
-from state.flags import FlagStore, FlagTable
-from state.live_server import LiveStateServer, PlaneLink
-from state.measurements import MemoryMeasurements
-from state.redis_flags import new_instance_id
+from abgate.state.flags import FlagStore, FlagTable
+from abgate.state.live_server import LiveStateServer, PlaneLink
+from abgate.state.measurements import MemoryMeasurements
+from abgate.state.redis_flag_sync import new_instance_id
 
 if TYPE_CHECKING:
-    from control.rollout.controller import RolloutController
-    from control.stats_worker import StatsWorker
-    from state.history.writer import HistoryWriter
+    from abgate.control.rollout.controller import RolloutController
+    from abgate.control.stats_worker import StatsWorker
+    from abgate.state.history.writer import HistoryWriter
 
 
 log = logging.getLogger("abgate")

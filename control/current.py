@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from config import Config
-from control.http import CONTROLLER, WORKER, ApiError
-from state.rollouts import FINISHED
+from abgate.config import Config
+from abgate.control.http import CONTROLLER, WORKER, ApiError
+from abgate.state.rollouts import FINISHED
 
 if TYPE_CHECKING:
-    from control.stats_worker import StatsWorker
+    from abgate.control.stats_worker import StatsWorker
 
 CURRENT = "current"
 

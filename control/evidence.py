@@ -25,14 +25,14 @@ from typing import Any
 
 from scipy import special
 
-from config.metrics_catalogue import ERROR_METRIC
-from config.model import Amount, ExperimentConfig, MetricConfig
-from control.measured import ArmKey
-from control.stats.clusters import MIN_CLUSTERS, ClusteredSums
-from control.stats.models import StatsInputError
-from control.stats.sequential import TUNING, always_valid_p, half_width
-from control.stats.strata import stratified_difference
-from state.measurements import Phase
+from abgate.config.metrics_catalogue import ERROR_METRIC
+from abgate.config.model import Amount, ExperimentConfig, MetricConfig
+from abgate.control.measured import ArmKey
+from abgate.control.stats.clusters import MIN_CLUSTERS, ClusteredSums
+from abgate.control.stats.models import StatsInputError
+from abgate.control.stats.sequential import TUNING, always_valid_p, half_width
+from abgate.control.stats.strata import stratified_difference
+from abgate.state.measurements import Phase
 
 
 @dataclass(frozen=True, slots=True)

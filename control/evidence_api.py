@@ -8,14 +8,14 @@ import contextlib
 
 from aiohttp import web
 
-from config.metrics_catalogue import ERROR_METRIC, LATENCY_METRIC
-from config.model import RolloutPlan
-from control.current import require_worker
-from control.evidence import EvidenceReport, compare, phases_used
-from control.http import CONTROLLER
-from control.measured import by_arm
-from control.rollout.controller import RolloutError
-from state.rollouts import FINISHED
+from abgate.config.metrics_catalogue import ERROR_METRIC, LATENCY_METRIC
+from abgate.config.model import RolloutPlan
+from abgate.control.current import require_worker
+from abgate.control.evidence import EvidenceReport, compare, phases_used
+from abgate.control.http import CONTROLLER
+from abgate.control.measured import by_arm
+from abgate.control.rollout.controller import RolloutError
+from abgate.state.rollouts import FINISHED
 
 
 async def _plan_and_span(

@@ -20,18 +20,18 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from config.metrics_catalogue import BUILT_IN_METRIC_NAMES
-from config.model import StickySource
-from control.current import require_worker, resolve
-from control.http import WORKER, ApiError, json_response, parse_json
-from proxy.hashing import fnv1a32, user_hash
-from state.errors import StoreUnavailable
-from state.flags import FlagTable
-from state.measurements import UNCLUSTERED, MeasureKey, Sums, check_value, cluster_of
+from abgate.config.metrics_catalogue import BUILT_IN_METRIC_NAMES
+from abgate.config.model import StickySource
+from abgate.control.current import require_worker, resolve
+from abgate.control.http import WORKER, ApiError, json_response, parse_json
+from abgate.proxy.hashing import fnv1a32, user_hash
+from abgate.state.errors import StoreUnavailable
+from abgate.state.flags import FlagTable
+from abgate.state.measurements import UNCLUSTERED, MeasureKey, Sums, check_value, cluster_of
 
 if TYPE_CHECKING:
-    from control.stats_worker import StatsWorker
-    from state.history.writer import HistoryWriter
+    from abgate.control.stats_worker import StatsWorker
+    from abgate.state.history.writer import HistoryWriter
 RESTORE_WAIT = 6.0  # seconds a timeline asked for at start waits for PostgreSQL's copy
 MAX_OUTCOMES = 10_000
 
@@ -98,7 +98,7 @@ async def significance(request: web.Request) -> web.Response:
     """Every metric of the current phase (fixed and sequential), and at the top the plan's
     primary metric on the comparison of record (control/evidence.py): its always-valid
     p-value, and the power to detect the plan's minimum effect at the samples collected."""
-    from control.evidence_api import evidence_of  # scipy: not in a data-plane process
+    from abgate.control.evidence_api import evidence_of  # scipy: not in a data-plane process
 
     _, name, report = await _report(request)
     evidence = await evidence_of(request, name)
@@ -123,7 +123,7 @@ async def significance(request: web.Request) -> web.Response:
 async def timeline(request: web.Request) -> web.Response:
     """The statistics worker's series for the charts (control/timeline.py): as the ticks
     saw it, not evaluated afresh (a chart polled every few seconds costs no evaluation)."""
-    from control.timeline import series_json
+    from abgate.control.timeline import series_json
 
     worker = require_worker(request)
     name = await resolve(request.app, request.match_info["name"])
@@ -159,7 +159,7 @@ POWER_NOTE = (
 async def comparison(request: web.Request) -> web.Response:
     """Each metric's mean per arm on the comparison of record, nested by metric and flat as
     `<arm>_<metric>` (`ml_accuracy`, `deterministic_accuracy`)."""
-    from control.evidence_api import evidence_of  # scipy: not in a data-plane process
+    from abgate.control.evidence_api import evidence_of  # scipy: not in a data-plane process
 
     require_worker(request)
     name = await resolve(request.app, request.match_info["name"])

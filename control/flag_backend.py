@@ -13,26 +13,21 @@ from dataclasses import dataclass
 from prometheus_client.core import Metric
 from redis.asyncio import Redis
 
-from config import Config, metrics_catalogue
-from state.flags import FlagStore, FlagTable, MemoryFlagStore, load_flags
-from state.live_server import LiveStateServer, LocalFlagStore
-from state.measurements import MeasurementStore, MemoryMeasurements, RedisMeasurements
-from state.redis_client import (
+from abgate.config import Config, metrics_catalogue
+from abgate.state.flags import FlagStore, FlagTable, MemoryFlagStore, load_flags
+from abgate.state.live_server import LiveStateServer, LocalFlagStore
+from abgate.state.measurements import MeasurementStore, MemoryMeasurements, RedisMeasurements
+from abgate.state.redis_client import (
     RedisConnection,
     connect_redis,
     describe_redis_error,
     redis_settings,
 )
-from state.redis_flags import (
-    LocalInstance,
-    RedisFlagStore,
-    RedisFlagSync,
-    RedisKeys,
-    new_instance_id,
-)
-from state.redis_timing import REDIS_COMMANDS, ServerTimes
-from state.state_file import StateFile
-from state.tasks import stop_task
+from abgate.state.redis_flag_sync import LocalInstance, RedisFlagSync, new_instance_id
+from abgate.state.redis_flags import RedisFlagStore, RedisKeys
+from abgate.state.redis_timing import REDIS_COMMANDS, ServerTimes
+from abgate.state.state_file import StateFile
+from abgate.state.tasks import stop_task
 
 
 def snapshot_file(config: Config) -> StateFile | None:

@@ -11,11 +11,11 @@ from typing import Any
 
 from aiohttp import web
 
-from config.fields import parse_percentage
-from control.current import config_of
-from control.http import ApiError, json_object, json_response
-from state.errors import StoreUnavailable
-from state.flags import Flag, FlagStore, Instance, UnknownFlag, VersionConflict
+from abgate.config.fields import parse_percentage
+from abgate.control.current import config_of
+from abgate.control.http import ApiError, json_object, json_response
+from abgate.state.errors import StoreUnavailable
+from abgate.state.flags import Flag, FlagStore, Instance, UnknownFlag, VersionConflict
 
 log = logging.getLogger("abgate.control")
 

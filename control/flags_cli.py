@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from config.errors import AbgateError
+from abgate.config.errors import AbgateError
 
 DEFAULT_URL = "http://127.0.0.1:8092"
 

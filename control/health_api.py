@@ -8,14 +8,14 @@ import time
 
 from aiohttp import web
 
-from config import Config
-from control.experiments_api import HISTORY
-from control.flag_backend import FlagBackend
-from control.http import CONTROLLER, WORKER, json_response
-from control.live_plane import PLANE, history_report
-from proxy.health import DEGRADED, HEALTHY, UNHEALTHY, worst
-from state.errors import StoreUnavailable
-from state.flags import FlagStore
+from abgate.config import Config
+from abgate.control.experiments_api import HISTORY
+from abgate.control.flag_backend import FlagBackend
+from abgate.control.http import CONTROLLER, WORKER, json_response
+from abgate.control.live_plane import PLANE, history_report
+from abgate.proxy.health import DEGRADED, HEALTHY, UNHEALTHY, worst
+from abgate.state.errors import StoreUnavailable
+from abgate.state.flags import FlagStore
 
 BACKEND = web.AppKey("backend", FlagBackend)
 STALE_HEARTBEATS = 3

@@ -17,17 +17,17 @@ from prometheus_client.core import (
     Metric,
 )
 
-from config import Config, metrics_catalogue
-from config.export import config_as_json
-from proxy.history_sink import HistorySink
-from proxy.metrics import ProxyMetrics
-from proxy.runtime import DataPlane
-from state.flags import Flag, FlagTable
-from state.secrets import read_secret
-from state.tasks import stop_task
+from abgate.config import Config, metrics_catalogue
+from abgate.config.export import config_as_json
+from abgate.proxy.history_sink import HistorySink
+from abgate.proxy.metrics import ProxyMetrics
+from abgate.proxy.runtime import DataPlane
+from abgate.state.flags import Flag, FlagTable
+from abgate.state.secrets import read_secret
+from abgate.state.tasks import stop_task
 
 if TYPE_CHECKING:
-    from state.history.writer import HistoryWriter
+    from abgate.state.history.writer import HistoryWriter
 
 
 def history_url(config: Config) -> str | None:
@@ -55,7 +55,7 @@ async def start_history(
     url = history_url(config)
     if url is None:
         return None
-    from state.history.writer import HistoryWriter
+    from abgate.state.history.writer import HistoryWriter
 
     writer = HistoryWriter(
         url,
@@ -85,7 +85,7 @@ def attach_history(
 
 
 def _record_flags(writer: HistoryWriter, config: Config, table: FlagTable) -> None:
-    from state.history.writer import utc
+    from abgate.state.history.writer import utc
 
     for name in config.experiments:
         digest = hashlib.sha256(
@@ -107,7 +107,7 @@ def _cohorts(writer: HistoryWriter, config: Config, flag: Flag, at: Any) -> None
 
 
 def _flag_changed(writer: HistoryWriter, config: Config, flag: Flag) -> None:
-    from state.history.writer import utc
+    from abgate.state.history.writer import utc
 
     at = utc(flag.updated_at)
     writer.add(
@@ -125,8 +125,8 @@ def _flag_changed(writer: HistoryWriter, config: Config, flag: Flag) -> None:
 
 def rollout_event(writer: HistoryWriter) -> Any:
     """A rollout-history listener that copies each entry to ab_testing.rollout_events."""
-    from state.history.rows import Json
-    from state.history.writer import utc
+    from abgate.state.history.rows import Json
+    from abgate.state.history.writer import utc
 
     def record(event: dict[str, Any]) -> None:
         writer.add(
@@ -178,12 +178,12 @@ def run_db(config: Config, action: str) -> int:
     if url is None:
         print("abgate db: no history store: set history.postgres_url or ABGATE_HISTORY_URL")
         return 1
-    from config.export import mask_url
+    from abgate.config.export import mask_url
 
     async def main() -> str:
         import asyncpg
 
-        from state.history.schema import maintain, migrate
+        from abgate.state.history.schema import maintain, migrate
 
         conn = await asyncpg.connect(url, timeout=10, password=history_password(config))
         try:

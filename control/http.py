@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from config.errors import AbgateError
-from state.errors import StoreUnavailable
+from abgate.config.errors import AbgateError
+from abgate.state.errors import StoreUnavailable
 
 if TYPE_CHECKING:
-    from control.rollout.controller import RolloutController
-    from control.stats_worker import StatsWorker
+    from abgate.control.rollout.controller import RolloutController
+    from abgate.control.stats_worker import StatsWorker
 
 log = logging.getLogger("abgate.control")
 TOKEN = web.AppKey("token", str)

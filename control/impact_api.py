@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from config.metrics_catalogue import ERROR_METRIC, LATENCY_METRIC
-from config.model import BUILT_IN_METRICS
-from control.current import require_worker, resolve
-from control.http import CONTROLLER, json_response
-from state.flags import FlagStore
+from abgate.config.metrics_catalogue import ERROR_METRIC, LATENCY_METRIC
+from abgate.config.model import BUILT_IN_METRICS
+from abgate.control.current import require_worker, resolve
+from abgate.control.http import CONTROLLER, json_response
+from abgate.state.flags import FlagStore
 
 if TYPE_CHECKING:
-    from control.evidence import EvidenceReport
+    from abgate.control.evidence import EvidenceReport
 
 FLAG_STORE = web.AppKey("impact_flag_store", FlagStore)
 
@@ -115,7 +115,7 @@ async def stability(request: web.Request) -> web.Response:
 
 
 async def business_impact(request: web.Request) -> web.Response:
-    from control.evidence_api import evidence_of
+    from abgate.control.evidence_api import evidence_of
 
     name = await _name(request)
     evidence = await evidence_of(request, name)
@@ -169,7 +169,7 @@ async def final_assessment(request: web.Request) -> web.Response:
     for a dashboard: `<metric>_improvement` (relative, %, > 0 better), `<metric>_score` (the
     treatment's mean) and `time_savings` (latency reduction, %), each with its interval and
     samples under `details`."""
-    from control.evidence_api import evidence_of
+    from abgate.control.evidence_api import evidence_of
 
     name = await _name(request)
     controller = request.app.get(CONTROLLER)

@@ -21,17 +21,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from config import Config
-from control.config_process import loads_config_gradually
-from proxy.admin import REGISTRY
-from proxy.breaker import BreakerState
-from proxy.runtime import DataPlane
-from state.errors import StoreUnavailable
-from state.live_channel import RequestHandler
-from state.live_server import LiveStateServer
+from abgate.config import Config
+from abgate.control.config_process import loads_config_gradually
+from abgate.proxy.admin import REGISTRY
+from abgate.proxy.breaker import BreakerState
+from abgate.proxy.runtime import DataPlane
+from abgate.state.errors import StoreUnavailable
+from abgate.state.live_channel import RequestHandler
+from abgate.state.live_server import LiveStateServer
 
 if TYPE_CHECKING:
-    from state.history.writer import HistoryWriter
+    from abgate.state.history.writer import HistoryWriter
 
 FORCED = {
     "forced_open": BreakerState.FORCED_OPEN,

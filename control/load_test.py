@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, TCPConnector
 
-from control.flags_cli import DEFAULT_URL, ApiCallFailed, call
+from abgate.control.flags_cli import DEFAULT_URL, ApiCallFailed, call
 
 DEFAULT_PROXY = "http://127.0.0.1:8080"
 FALLBACK_PATH = "/api/agent/credit/decide"  # when the control API names no route

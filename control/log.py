@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from state.secrets import redact
+from abgate.state.secrets import redact
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from config.metrics_catalogue import ERROR_METRIC
-from control.stats.checks import distinct_users, sequential_srm
-from control.stats.clusters import ClusteredSums
-from state.measurements import UNCLUSTERED, USER_MAP_BITS, MeasureKey, Sums
+from abgate.config.metrics_catalogue import ERROR_METRIC
+from abgate.control.stats.checks import distinct_users, sequential_srm
+from abgate.control.stats.clusters import ClusteredSums
+from abgate.state.measurements import UNCLUSTERED, USER_MAP_BITS, MeasureKey, Sums
 
 ArmKey = tuple[int, str, str]  # phase, arm, metric
 EMPTY = ClusteredSums(0, 0.0, 0.0, 0, 0.0, 0.0, 0.0)

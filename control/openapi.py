@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from control.openapi_answers import describe_answers
-from control.openapi_parts import ERROR
-from control.openapi_parts import json_content as _json
-from control.openapi_parts import ref as _ref
-from control.openapi_rollouts import ROLLOUT_PATHS
-from control.openapi_timeline import timeline_paths
+from abgate.control.openapi_answers import describe_answers
+from abgate.control.openapi_parts import ERROR
+from abgate.control.openapi_parts import json_content as _json
+from abgate.control.openapi_parts import ref as _ref
+from abgate.control.openapi_rollouts import ROLLOUT_PATHS
+from abgate.control.openapi_timeline import timeline_paths
 
 _OBJECT = {"type": "object"}
 EXPERIMENT = {

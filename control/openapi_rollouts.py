@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, get_args
 
-from control.openapi_parts import ERROR, json_content
-from state.rollouts import RolloutStatus
+from abgate.control.openapi_parts import ERROR, json_content
+from abgate.state.rollouts import RolloutStatus
 
 _ERROR = ERROR
 _EXPERIMENT = {

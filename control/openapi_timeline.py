@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from control.openapi_answers import NUMBER, PHASE
+from abgate.control.openapi_answers import NUMBER, PHASE
 
 _ARMS = {
     "type": "object",

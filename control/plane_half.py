@@ -22,27 +22,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from config import Config, ConfigError
-from control.config_process import ParsedConfig, loads_config, parse_file
-from control.flag_backend import (
+from abgate.config import Config, ConfigError
+from abgate.control.config_process import ParsedConfig, loads_config, parse_file
+from abgate.control.flag_backend import (
     FlagBackend,
     initial_table,
     open_shared_state,
 )
-from control.history import attach_history, start_history
-from control.live_plane import plane_requests, reload_plane
-from control.wiring import new_registry, start_plane_flags
-from proxy.metrics import ProxyMetrics
-from proxy.runtime import DataPlane
-from state.errors import StoreUnavailable
-from state.flags import FlagTable, flag_to_json
-from state.live_channel import Peer, RemoteError
-from state.live_link import ChannelMeasurements, LiveStateLink
-from state.redis_client import redis_settings
-from state.redis_flags import new_instance_id
+from abgate.control.history import attach_history, start_history
+from abgate.control.live_plane import plane_requests, reload_plane
+from abgate.control.wiring import new_registry, start_plane_flags
+from abgate.proxy.metrics import ProxyMetrics
+from abgate.proxy.runtime import DataPlane
+from abgate.state.errors import StoreUnavailable
+from abgate.state.flags import FlagTable, flag_to_json
+from abgate.state.live_channel import Peer, RemoteError
+from abgate.state.live_link import ChannelMeasurements, LiveStateLink
+from abgate.state.redis_client import redis_settings
+from abgate.state.redis_flag_sync import new_instance_id
 
 if TYPE_CHECKING:
-    from state.history.writer import HistoryWriter
+    from abgate.state.history.writer import HistoryWriter
 
 log = logging.getLogger("abgate")
 FIRST_SYNC_WAIT = 5.0  # then it routes with the config's and the state file's flags meanwhile

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from prometheus_client.core import Metric
 
-from config import Config, ConfigError, metrics_catalogue
-from control.config_process import ParsedConfig, parse_off_loop
+from abgate.config import Config, ConfigError, metrics_catalogue
+from abgate.control.config_process import ParsedConfig, parse_off_loop
 
 log = logging.getLogger("abgate.reload")
 WATCH_INTERVAL = 1.0

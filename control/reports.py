@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from config.model import Direction, MetricType
-from control.stats.frequentist import TestResult
-from control.stats.strata import Combined
+from abgate.config.model import Direction, MetricType
+from abgate.control.stats.frequentist import TestResult
+from abgate.control.stats.strata import Combined
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,19 +21,19 @@ from typing import Any
 
 from aiohttp import web
 
-from config.errors import ConfigError
-from config.model import RolloutPlan
-from control.current import resolve
-from control.flags_api import caller
-from control.http import CONTROLLER, ApiError, json_object, json_response
-from control.rollout.controller import (
+from abgate.config.errors import ConfigError
+from abgate.config.model import RolloutPlan
+from abgate.control.current import resolve
+from abgate.control.flags_api import caller
+from abgate.control.http import CONTROLLER, ApiError, json_object, json_response
+from abgate.control.rollout.controller import (
     NoRolloutPlan,
     RolloutController,
     RolloutError,
     UnknownRollout,
 )
-from control.rollout.gates import Decision
-from state.rollouts import Rollout, RolloutConflict
+from abgate.control.rollout.gates import Decision
+from abgate.state.rollouts import Rollout, RolloutConflict
 
 _VERDICT = {"continue": "promote", "complete": "promote", "hold": "hold", "rollback": "rollback"}
 # What Flagger sends to a webhook (its payload; `message` and `type` for events).

@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from control.flags_cli import DEFAULT_URL, ApiCallFailed, call
-from control.report_charts import write_charts
-from control.report_summary import stakeholder_summary
+from abgate.control.flags_cli import DEFAULT_URL, ApiCallFailed, call
+from abgate.control.report_charts import write_charts
+from abgate.control.report_summary import stakeholder_summary
 
 FINISHED = {"completed": 0, "rolled_back": 3, "aborted": 4}  # state -> exit code of --watch
 ESCALATED_EXIT = 5

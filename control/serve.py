@@ -23,23 +23,23 @@ from typing import TYPE_CHECKING
 
 import uvloop
 
-from config import Config, load_config
-from control.api import check_exposure, create_control_app
-from control.config_process import ParsedConfig, digest_of, dumps
-from control.control_half import ControlHalf, control_half
-from control.flag_backend import (
+from abgate.config import Config, load_config
+from abgate.control.api import check_exposure, create_control_app
+from abgate.control.config_process import ParsedConfig, digest_of, dumps
+from abgate.control.control_half import ControlHalf, control_half
+from abgate.control.flag_backend import (
     FlagBackend,
     initial_table,
     open_shared_state,
     start_flag_backend,
 )
-from control.history import attach_history, rollout_event, start_history
-from control.history import collect as collect_history
-from control.log import configure_logging
-from control.plane_half import PlaneHalf, data_plane_half
-from control.reload import Reloader
-from control.signals import stop_on_signals
-from control.wiring import (
+from abgate.control.history import attach_history, rollout_event, start_history
+from abgate.control.history import collect as collect_history
+from abgate.control.log import configure_logging
+from abgate.control.plane_half import PlaneHalf, data_plane_half
+from abgate.control.reload import Reloader
+from abgate.control.signals import stop_on_signals
+from abgate.control.wiring import (
     Gauges,
     announce,
     app_site,
@@ -50,17 +50,17 @@ from control.wiring import (
     start_rollout_controller,
     start_stats_worker,
 )
-from proxy.admin import create_admin_app
-from proxy.metrics import ProxyMetrics
-from proxy.runtime import DataPlane
-from state.flags import FlagTable
-from state.redis_client import redis_settings
-from state.redis_flags import new_instance_id
+from abgate.proxy.admin import create_admin_app
+from abgate.proxy.metrics import ProxyMetrics
+from abgate.proxy.runtime import DataPlane
+from abgate.state.flags import FlagTable
+from abgate.state.redis_client import redis_settings
+from abgate.state.redis_flag_sync import new_instance_id
 
 if TYPE_CHECKING:
-    from control.rollout.controller import RolloutController
-    from control.stats_worker import StatsWorker
-    from state.history.writer import HistoryWriter
+    from abgate.control.rollout.controller import RolloutController
+    from abgate.control.stats_worker import StatsWorker
+    from abgate.state.history.writer import HistoryWriter
 
 log = logging.getLogger("abgate")
 

@@ -38,8 +38,8 @@ from typing import Any
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector
 
-from config.errors import AbgateError
-from control.load_test import parse_duration, traffic_command
+from abgate.config.errors import AbgateError
+from abgate.control.load_test import parse_duration, traffic_command
 
 FINISHED = ("completed", "rolled_back", "aborted")
 REPORT_EVERY = 10.0  # seconds between progress lines

@@ -22,9 +22,9 @@ from typing import Any
 
 from aiohttp import web
 
-from control.current import require_worker, resolve
-from control.http import ApiError, json_object, json_response
-from control.stats import (
+from abgate.control.current import require_worker, resolve
+from abgate.control.http import ApiError, json_object, json_response
+from abgate.control.stats import (
     Proportion,
     SampleMean,
     StatsInputError,
@@ -33,10 +33,10 @@ from control.stats import (
     sequential_test,
     welch_t,
 )
-from control.stats.frequentist import TestResult, rates_test
-from control.stats.models import Alternative
-from control.stats.power import mean_detectable_effect, rate_detectable_effect
-from control.stats.sequential import sequential_rates, sequential_sample_size
+from abgate.control.stats.frequentist import TestResult, rates_test
+from abgate.control.stats.models import Alternative
+from abgate.control.stats.power import mean_detectable_effect, rate_detectable_effect
+from abgate.control.stats.sequential import sequential_rates, sequential_sample_size
 
 ALTERNATIVES: tuple[Alternative, ...] = ("two-sided", "greater", "less")
 
@@ -234,7 +234,7 @@ async def live_test(request: web.Request, body: dict[str, Any]) -> web.Response:
     record (control/evidence.py): the current phase while a stage runs, the rollout's earlier
     phases with both arms once it is at 100% or rolled back. Without an experiment, the
     current one; without a metric, its plan's primary."""
-    from control.evidence_api import evidence_of
+    from abgate.control.evidence_api import evidence_of
 
     worker = require_worker(request)
     name = await resolve(request.app, body.get("experiment"))

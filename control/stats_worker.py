@@ -21,27 +21,27 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import Metric
 
-from config import Config, metrics_catalogue
-from config.metrics_catalogue import BUILT_IN_METRIC_NAMES, LATENCY_BUCKETS
-from config.model import BUILT_IN_METRICS, ExperimentConfig, MetricConfig
-from control.measured import EMPTY, ArmKey, Users, by_arm, sample_ratio
-from control.reports import ExperimentReport, MetricResult, PhaseReport
-from control.stats import (
+from abgate.config import Config, metrics_catalogue
+from abgate.config.metrics_catalogue import BUILT_IN_METRIC_NAMES, LATENCY_BUCKETS
+from abgate.config.model import BUILT_IN_METRICS, ExperimentConfig, MetricConfig
+from abgate.control.measured import EMPTY, ArmKey, Users, by_arm, sample_ratio
+from abgate.control.reports import ExperimentReport, MetricResult, PhaseReport
+from abgate.control.stats import (
     StatsInputError,
     holm,
     sequential_test,
 )
-from control.stats.checks import SRM_THRESHOLD
-from control.stats.clusters import MIN_CLUSTERS, ClusteredSums, clustered_rates
-from control.stats.frequentist import TestResult, rates_test, welch_t
-from control.stats.sequential import sequential_rates
-from control.stats.strata import Combined, stratified_difference
-from control.timeline import RolloutView, Series, event_of, point_of
-from state.errors import StoreUnavailable
-from state.measurements import MeasureKey, MeasurementStore, Phase, Sums
+from abgate.control.stats.checks import SRM_THRESHOLD
+from abgate.control.stats.clusters import MIN_CLUSTERS, ClusteredSums, clustered_rates
+from abgate.control.stats.frequentist import TestResult, rates_test, welch_t
+from abgate.control.stats.sequential import sequential_rates
+from abgate.control.stats.strata import Combined, stratified_difference
+from abgate.control.timeline import RolloutView, Series, event_of, point_of
+from abgate.state.errors import StoreUnavailable
+from abgate.state.measurements import MeasureKey, MeasurementStore, Phase, Sums
 
 if TYPE_CHECKING:
-    from control.timeline_store import TimelineStore  # asyncpg: only with the history store
+    from abgate.control.timeline_store import TimelineStore  # asyncpg: only with the history store
 
 log = logging.getLogger("abgate.stats")
 INTERVAL = 3.0
@@ -267,7 +267,7 @@ class StatsWorker:
     async def _restore_timelines(self) -> None:
         if self.timeline_store is None:
             return
-        from control.timeline_store import LOAD_TIMEOUT
+        from abgate.control.timeline_store import LOAD_TIMEOUT
 
         try:
             async with asyncio.timeout(LOAD_TIMEOUT):

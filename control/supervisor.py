@@ -36,11 +36,11 @@ from typing import Any
 
 import uvloop
 
-from config import ConfigError, load_config
-from control.api import check_exposure
-from control.log import configure_logging
-from control.signals import ignore_signals, stop_on_signals_or_orphaned
-from control.wiring import announce
+from abgate.config import ConfigError, load_config
+from abgate.control.api import check_exposure
+from abgate.control.log import configure_logging
+from abgate.control.signals import ignore_signals, stop_on_signals_or_orphaned
+from abgate.control.wiring import announce
 
 log = logging.getLogger("abgate")
 RESTART_FIRST, RESTART_MAX = 0.5, 30.0
@@ -76,8 +76,8 @@ def control_main(config_path: str, channel: str, parent: Connection) -> None:
 
 
 async def _serve_control(config_path: str, channel: str, parent: Connection) -> None:
-    from control.config_process import parse_file
-    from control.control_half import control_half
+    from abgate.control.config_process import parse_file
+    from abgate.control.control_half import control_half
 
     parsed = parse_file(config_path)
     token = os.environ.get("ABGATE_CONTROL_TOKEN") or None
@@ -110,7 +110,7 @@ def plane_main(config_path: str, channel: str, parent: Connection) -> None:
 
 
 async def _serve_plane(config_path: str, channel: str, parent: Connection) -> None:
-    from control.plane_half import data_plane_half, read_config
+    from abgate.control.plane_half import data_plane_half, read_config
 
     parsed = await read_config(config_path, channel)
     async with (

@@ -22,8 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from config.model import ExperimentConfig, RolloutPlan
-from control.reports import ExperimentReport
+from abgate.config.model import ExperimentConfig, RolloutPlan
+from abgate.control.reports import ExperimentReport
 
 CAPACITY = 512  # points per experiment
 EVENTS = 500  # decision events per experiment

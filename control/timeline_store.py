@@ -17,7 +17,7 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from control.timeline import (
+from abgate.control.timeline import (
     CAPACITY,
     MetricPoint,
     Point,
@@ -26,10 +26,10 @@ from control.timeline import (
     event_of,
     rollout_json,
 )
-from state.history.rows import Json
+from abgate.state.history.rows import Json
 
 if TYPE_CHECKING:
-    from state.history.writer import HistoryWriter
+    from abgate.state.history.writer import HistoryWriter
 
 log = logging.getLogger("abgate.stats")
 LOAD_TIMEOUT = 5.0  # seconds the worker waits for its timeline at start

@@ -16,25 +16,25 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from config import Config
-from config.model import Listen
-from control.app_runner import JsonErrorAppRunner
-from control.flag_backend import FlagBackend, SharedState, start_flag_backend
-from control.reload import Apply, Reloader
-from control.signals import on_signal
-from proxy.metrics import ProxyMetrics
-from proxy.runtime import DataPlane
-from state.flags import FlagTable
-from state.redis_flags import new_instance_id
-from state.rollouts import Lease, MemoryRollouts, RedisRollouts, RolloutStore
-from state.tasks import stop_task
+from abgate.config import Config
+from abgate.config.model import Listen
+from abgate.control.app_runner import JsonErrorAppRunner
+from abgate.control.flag_backend import FlagBackend, SharedState, start_flag_backend
+from abgate.control.reload import Apply, Reloader
+from abgate.control.signals import on_signal
+from abgate.proxy.metrics import ProxyMetrics
+from abgate.proxy.runtime import DataPlane
+from abgate.state.flags import FlagTable
+from abgate.state.redis_flag_sync import new_instance_id
+from abgate.state.rollouts import Lease, MemoryRollouts, RedisRollouts, RolloutStore
+from abgate.state.tasks import stop_task
 
 FIRST_READ_WAIT = 3.0  # seconds a starting data plane waits for the shared flags
 
 if TYPE_CHECKING:
-    from control.rollout.controller import RolloutController
-    from control.stats_worker import StatsWorker
-    from state.history.writer import HistoryWriter
+    from abgate.control.rollout.controller import RolloutController
+    from abgate.control.stats_worker import StatsWorker
+    from abgate.state.history.writer import HistoryWriter
 
 
 def announce(line: str) -> None:
@@ -98,8 +98,8 @@ async def start_stats_worker(
     history: HistoryWriter | None = None,
 ) -> StatsWorker:
     """With the history store, the timeline is kept in PostgreSQL too (and read back first)."""
-    from control.stats_worker import StatsWorker  # scipy: only where statistics run
-    from control.timeline_store import TimelineStore
+    from abgate.control.stats_worker import StatsWorker  # scipy: only where statistics run
+    from abgate.control.timeline_store import TimelineStore
 
     worker = StatsWorker(config, backend.measurements)
     if history is not None:
@@ -116,8 +116,8 @@ def link_timeline(
 ) -> None:
     """The timeline's other sources: the controller's state and decisions at each tick,
     its history entries as they happen, and the data plane's latency histograms."""
-    from control.rollout.controller import RolloutError
-    from control.timeline import RolloutView
+    from abgate.control.rollout.controller import RolloutError
+    from abgate.control.timeline import RolloutView
 
     def view(name: str) -> RolloutView | None:
         rollout = next((r for r in controller.current if r.experiment == name), None)
@@ -155,7 +155,7 @@ async def start_rollout_controller(
 ) -> RolloutController:
     """The rollout controller and its store: the state file (embedded) or Redis, where a
     lease makes exactly one of several control processes act."""
-    from control.rollout.controller import RolloutController
+    from abgate.control.rollout.controller import RolloutController
 
     assert backend.store is not None
     lease = None

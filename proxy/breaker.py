@@ -21,7 +21,7 @@ import enum
 import logging
 from collections.abc import Callable
 
-from config.model import BreakerConfig
+from abgate.config.model import BreakerConfig
 
 log = logging.getLogger("abgate.breaker")
 BUCKETS = 10

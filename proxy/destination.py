@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from config.model import ProxySettings
-from proxy.breaker import Breaker
-from proxy.measure import MetricExtractor, PhaseRef
-from proxy.pool import UpstreamPool
-from proxy.retry_budget import RetryBudget
-from proxy.routing import Router
-from proxy.shadow import Shadow
-from proxy.split import Splitter
-from proxy.traffic import TrafficStats
+from abgate.config.model import ProxySettings
+from abgate.proxy.breaker import Breaker
+from abgate.proxy.measure import MetricExtractor, PhaseRef
+from abgate.proxy.pool import UpstreamPool
+from abgate.proxy.retry_budget import RetryBudget
+from abgate.proxy.routing import Router
+from abgate.proxy.shadow import Shadow
+from abgate.proxy.split import Splitter
+from abgate.proxy.traffic import TrafficStats
 
 
 @dataclass(frozen=True, slots=True)

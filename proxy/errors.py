@@ -11,7 +11,7 @@ PoolTimeout              -> 503: no pooled connection within connect_timeout; ab
 
 from __future__ import annotations
 
-from config.errors import AbgateError
+from abgate.config.errors import AbgateError
 
 
 class UpstreamError(AbgateError):

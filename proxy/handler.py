@@ -24,16 +24,16 @@ from urllib.parse import unquote
 
 import httptools
 
-from proxy import validation
-from proxy.breaker import BreakerState
-from proxy.destination import Destination, ExperimentRoute, Fallback, Routing, Target
-from proxy.errors import UpstreamClosed, UpstreamError
-from proxy.headers import RequestHead, RequestIds, build_request_head
-from proxy.metrics import ProxyMetrics
-from proxy.outcome import Outcome, OutcomeSink, arm_statistics
-from proxy.paths import PathRefused, normalize_target
-from proxy.request import ClientRequest
-from proxy.request_body import (
+from abgate.proxy import validation
+from abgate.proxy.breaker import BreakerState
+from abgate.proxy.destination import Destination, ExperimentRoute, Fallback, Routing, Target
+from abgate.proxy.errors import UpstreamClosed, UpstreamError
+from abgate.proxy.headers import RequestHead, RequestIds, build_request_head
+from abgate.proxy.metrics import ProxyMetrics
+from abgate.proxy.outcome import Outcome, OutcomeSink, arm_statistics
+from abgate.proxy.paths import PathRefused, normalize_target
+from abgate.proxy.request import ClientRequest
+from abgate.proxy.request_body import (
     BodyTooLarge,
     ClientGone,
     ClientTooSlow,
@@ -41,7 +41,7 @@ from proxy.request_body import (
     too_large,
     too_slow,
 )
-from proxy.respond import (
+from abgate.proxy.respond import (
     SMALL_BODY,
     VIA,
     DateField,
@@ -52,8 +52,8 @@ from proxy.respond import (
     routing_fields,
     upstream_length,
 )
-from proxy.streaming import relay
-from proxy.upstream import UpstreamResponse
+from abgate.proxy.streaming import relay
+from abgate.proxy.upstream import UpstreamResponse
 
 __all__ = ["Destination", "ExperimentRoute", "Fallback", "ProxyHandler", "Routing", "Target"]
 

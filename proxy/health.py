@@ -9,10 +9,10 @@ import time
 from dataclasses import dataclass
 from time import perf_counter
 
-from config.model import HealthCheckConfig
-from proxy.breaker import Breaker, BreakerState
-from proxy.errors import UpstreamError
-from proxy.pool import UpstreamPool
+from abgate.config.model import HealthCheckConfig
+from abgate.proxy.breaker import Breaker, BreakerState
+from abgate.proxy.errors import UpstreamError
+from abgate.proxy.pool import UpstreamPool
 
 log = logging.getLogger("abgate.health")
 ERROR_RATE_DEGRADED = 0.05

@@ -7,8 +7,8 @@ import random
 import time
 from typing import Protocol
 
-from proxy.hashing import NO_BUCKET
-from proxy.outcome import Outcome
+from abgate.proxy.hashing import NO_BUCKET
+from abgate.proxy.outcome import Outcome
 
 
 class DecisionBuffer(Protocol):

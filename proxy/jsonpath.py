@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from config.model import JsonPath
+from abgate.config.model import JsonPath
 
 MISSING: Any = object()
 

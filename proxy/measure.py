@@ -25,12 +25,12 @@ import orjson
 
 # Still read from here by control/rollout/gates.py (owned by the statistics work, issue 27 §3)
 # until it imports it from config.metrics_catalogue.
-from config.metrics_catalogue import ERROR_METRIC, LATENCY_METRIC, SLOW_METRIC
-from config.model import MetricConfig
-from proxy.hashing import KEYED, USER_SHIFT
-from proxy.jsonpath import MISSING, extract
-from state.errors import StoreUnavailable
-from state.measurements import (
+from abgate.config.metrics_catalogue import ERROR_METRIC, LATENCY_METRIC, SLOW_METRIC
+from abgate.config.model import MetricConfig
+from abgate.proxy.hashing import KEYED, USER_SHIFT
+from abgate.proxy.jsonpath import MISSING, extract
+from abgate.state.errors import StoreUnavailable
+from abgate.state.measurements import (
     CLUSTERS,
     MAX_VALUE,
     UNCLUSTERED,

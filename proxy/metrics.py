@@ -16,11 +16,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from config import metrics_catalogue
-from config.metrics_catalogue import OVERHEAD_BUCKETS
-from proxy.outcome import Outcome
-from proxy.traffic import STATUS_CLASSES, TrafficStats
-from state.histogram import Histogram
+from abgate.config import metrics_catalogue
+from abgate.config.metrics_catalogue import OVERHEAD_BUCKETS
+from abgate.proxy.outcome import Outcome
+from abgate.proxy.traffic import STATUS_CLASSES, TrafficStats
+from abgate.state.histogram import Histogram
 
 
 class ProxyMetrics(Collector):

@@ -19,10 +19,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
-from proxy.hashing import BUCKET_MASK, NO_BUCKET
+from abgate.proxy.hashing import BUCKET_MASK, NO_BUCKET
 
 if TYPE_CHECKING:
-    from proxy.destination import Destination
+    from abgate.proxy.destination import Destination
 
 
 class Outcome(NamedTuple):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
-from config.errors import AbgateError
+from abgate.config.errors import AbgateError
 
 _ENCODED_DOT = re.compile("%2e", re.IGNORECASE)
 _ENCODED_SLASH = re.compile("%2f", re.IGNORECASE)

@@ -18,9 +18,9 @@ import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
 
-from config.model import UpstreamConfig
-from proxy.errors import PoolTimeout, UpstreamClosed, UpstreamConnectError, UpstreamTimeout
-from proxy.upstream import UpstreamConnection, UpstreamResponse
+from abgate.config.model import UpstreamConfig
+from abgate.proxy.errors import PoolTimeout, UpstreamClosed, UpstreamConnectError, UpstreamTimeout
+from abgate.proxy.upstream import UpstreamConnection, UpstreamResponse
 
 
 class UpstreamPool:

@@ -27,8 +27,8 @@ from typing import cast
 import httptools
 import orjson
 
-from proxy.flow import WriteFlow
-from proxy.request import ClientGone, ClientRequest, ClientTooSlow
+from abgate.proxy.flow import WriteFlow
+from abgate.proxy.request import ClientGone, ClientRequest, ClientTooSlow
 
 log = logging.getLogger("abgate.proxy")
 LINGER = 2.0  # seconds a refused client's bytes are read and dropped before the close

@@ -15,12 +15,12 @@ from collections import deque
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, unquote_plus
 
-from config.errors import AbgateError
+from abgate.config.errors import AbgateError
 
 if TYPE_CHECKING:
-    from proxy.breaker import Breaker
-    from proxy.destination import Destination, ExperimentRoute, Fallback, Routing
-    from proxy.measure import PhaseTag
+    from abgate.proxy.breaker import Breaker
+    from abgate.proxy.destination import Destination, ExperimentRoute, Fallback, Routing
+    from abgate.proxy.measure import PhaseTag
 
 # Body bytes buffered from the client before its socket is paused (a slow upstream upload).
 BODY_HIGH_WATER = 256 * 1024

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from config.model import ProxySettings
-from proxy.request import BodyTooLarge, ClientGone, ClientRequest, ClientTooSlow
+from abgate.config.model import ProxySettings
+from abgate.proxy.request import BodyTooLarge, ClientGone, ClientRequest, ClientTooSlow
 
 __all__ = [
     "BodyTooLarge",

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from proxy.headers import build_response_head
+from abgate.proxy.headers import build_response_head
 
 if TYPE_CHECKING:
-    from proxy.request import ClientRequest
-    from proxy.upstream import UpstreamResponse
+    from abgate.proxy.request import ClientRequest
+    from abgate.proxy.upstream import UpstreamResponse
 
 VIA = b"1.1 abgate"
 

@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Generic, TypeAlias, TypeVar
 
-from config.model import RouteConfig
+from abgate.config.model import RouteConfig
 
 Target = TypeVar("Target")
 # A route as matched: its prefix, its regex's match, its methods, and its target.

@@ -18,24 +18,24 @@ from types import TracebackType
 
 from prometheus_client.core import Metric
 
-from config import metrics_catalogue
-from config.model import Config, ExperimentConfig, Listen, MetricConfig
-from proxy.breaker import Breaker, BreakerState
-from proxy.handler import Destination, ExperimentRoute, ProxyHandler, Routing, Target
-from proxy.health import ActiveCheck, upstream_health
-from proxy.measure import ArmRecorder, Measurements, MetricExtractor, PhaseRef
-from proxy.metrics import ProxyMetrics, gauge
-from proxy.outcome import OutcomeSink, arm_statistics
-from proxy.pool import UpstreamPool
-from proxy.rebuild import rebuild
-from proxy.retry_budget import RetryBudget
-from proxy.routing import Entry, Router, entry
-from proxy.server import HttpListener, check_file_limit
-from proxy.shadow import Shadow
-from proxy.split import Splitter
-from state.flags import Flag, FlagTable
-from state.measurements import MeasurementStore, Phase
-from state.tasks import stop_task, stop_tasks
+from abgate.config import metrics_catalogue
+from abgate.config.model import Config, ExperimentConfig, Listen, MetricConfig
+from abgate.proxy.breaker import Breaker, BreakerState
+from abgate.proxy.handler import Destination, ExperimentRoute, ProxyHandler, Routing, Target
+from abgate.proxy.health import ActiveCheck, upstream_health
+from abgate.proxy.measure import ArmRecorder, Measurements, MetricExtractor, PhaseRef
+from abgate.proxy.metrics import ProxyMetrics, gauge
+from abgate.proxy.outcome import OutcomeSink, arm_statistics
+from abgate.proxy.pool import UpstreamPool
+from abgate.proxy.rebuild import rebuild
+from abgate.proxy.retry_budget import RetryBudget
+from abgate.proxy.routing import Entry, Router, entry
+from abgate.proxy.server import HttpListener, check_file_limit
+from abgate.proxy.shadow import Shadow
+from abgate.proxy.split import Splitter
+from abgate.state.flags import Flag, FlagTable
+from abgate.state.measurements import MeasurementStore, Phase
+from abgate.state.tasks import stop_task, stop_tasks
 
 ROUTES_PER_STEP = 500  # compiled between two passes of the loop in a reload (~0.5-3 ms)
 

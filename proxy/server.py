@@ -14,9 +14,9 @@ import logging
 import resource
 from types import TracebackType
 
-from config.model import Listen, ProxySettings
-from proxy.handler import ProxyHandler
-from proxy.protocol import ClientConnection, ClientLimits, ServerState
+from abgate.config.model import Listen, ProxySettings
+from abgate.proxy.handler import ProxyHandler
+from abgate.proxy.protocol import ClientConnection, ClientLimits, ServerState
 
 log = logging.getLogger("abgate.proxy")
 

@@ -22,15 +22,15 @@ from typing import Any
 import orjson
 from prometheus_client.core import Metric
 
-from config import metrics_catalogue
-from config.metrics_catalogue import LATENCY_BUCKETS
-from config.model import ShadowConfig
-from proxy.breaker import Breaker, BreakerState
-from proxy.errors import UpstreamError
-from proxy.headers import RequestHead
-from proxy.jsonpath import MISSING, extract
-from proxy.pool import UpstreamPool
-from state.histogram import Histogram
+from abgate.config import metrics_catalogue
+from abgate.config.metrics_catalogue import LATENCY_BUCKETS
+from abgate.config.model import ShadowConfig
+from abgate.proxy.breaker import Breaker, BreakerState
+from abgate.proxy.errors import UpstreamError
+from abgate.proxy.headers import RequestHead
+from abgate.proxy.jsonpath import MISSING, extract
+from abgate.proxy.pool import UpstreamPool
+from abgate.state.histogram import Histogram
 
 log = logging.getLogger("abgate.shadow")
 MAX_SHADOW_BODY = 1024 * 1024

@@ -11,8 +11,8 @@ import random
 from collections.abc import Callable
 from typing import Protocol
 
-from config.model import ExperimentConfig, StickySource
-from proxy.hashing import BUCKET_MASK, BUCKETS, NO_BUCKET, fnv1a32, user_draw
+from abgate.config.model import ExperimentConfig, StickySource
+from abgate.proxy.hashing import BUCKET_MASK, BUCKETS, NO_BUCKET, fnv1a32, user_draw
 
 
 class StickyFields(Protocol):

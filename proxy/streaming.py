@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from time import perf_counter
 
-from proxy.errors import UpstreamError
-from proxy.request import ClientGone, ClientRequest
-from proxy.respond import (
+from abgate.proxy.errors import UpstreamError
+from abgate.proxy.request import ClientGone, ClientRequest
+from abgate.proxy.respond import (
     CHUNK_END,
     CHUNKED,
     answer_head,
@@ -20,7 +20,7 @@ from proxy.respond import (
     plain_body,
     upstream_length,
 )
-from proxy.upstream_response import UpstreamResponse
+from abgate.proxy.upstream_response import UpstreamResponse
 
 log = logging.getLogger("abgate.proxy")
 

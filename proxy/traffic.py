@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from config.metrics_catalogue import LATENCY_BUCKETS
-from state.histogram import Histogram
+from abgate.config.metrics_catalogue import LATENCY_BUCKETS
+from abgate.state.histogram import Histogram
 
 if TYPE_CHECKING:
-    from proxy.measure import ArmRecorder
+    from abgate.proxy.measure import ArmRecorder
 
 STATUS_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
 

@@ -26,15 +26,15 @@ from typing import cast
 
 import httptools
 
-from config.model import UpstreamConfig
-from proxy.errors import (
+from abgate.config.model import UpstreamConfig
+from abgate.proxy.errors import (
     UpstreamClosed,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from proxy.flow import WriteFlow
-from proxy.upstream_response import UpstreamResponse
+from abgate.proxy.flow import WriteFlow
+from abgate.proxy.upstream_response import UpstreamResponse
 
 __all__ = ["HeadCallback", "UpstreamConnection", "UpstreamResponse"]
 

@@ -7,7 +7,7 @@ import asyncio
 from collections import deque
 from typing import Protocol
 
-from proxy.errors import UpstreamError
+from abgate.proxy.errors import UpstreamError
 
 # Body bytes buffered for a slow client before the upstream socket is paused.
 HIGH_WATER = 256 * 1024

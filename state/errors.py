@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 from redis.exceptions import RedisError
 
-from config.errors import AbgateError
+from abgate.config.errors import AbgateError
 
 
 class StoreUnavailable(AbgateError):

@@ -15,12 +15,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from config.errors import AbgateError
-from config.model import Config
-from state.errors import StoreUnavailable
+from abgate.config.errors import AbgateError
+from abgate.config.model import Config
+from abgate.state.errors import StoreUnavailable
 
 if TYPE_CHECKING:
-    from state.state_file import StateFile
+    from abgate.state.state_file import StateFile
 
 log = logging.getLogger("abgate.flags")
 FlagListener = Callable[["Flag"], None]

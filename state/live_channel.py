@@ -25,8 +25,8 @@ from typing import Any
 
 import orjson
 
-from config.errors import AbgateError
-from state.errors import StoreUnavailable
+from abgate.config.errors import AbgateError
+from abgate.state.errors import StoreUnavailable
 
 log = logging.getLogger("abgate.channel")
 MAX_FRAME = 64 * 1024 * 1024  # a metrics exposition or a measurement batch is far smaller

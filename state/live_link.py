@@ -29,11 +29,11 @@ from typing import Any
 
 from prometheus_client.core import Metric
 
-from config import metrics_catalogue
-from state.errors import StoreUnavailable
-from state.flags import FlagTable, flag_from_json
-from state.live_channel import Peer, RemoteError, RequestHandler
-from state.measurements import MeasureKey, Phase, Sums, UsersKey
+from abgate.config import metrics_catalogue
+from abgate.state.errors import StoreUnavailable
+from abgate.state.flags import FlagTable, flag_from_json
+from abgate.state.live_channel import Peer, RemoteError, RequestHandler
+from abgate.state.measurements import MeasureKey, Phase, Sums, UsersKey
 
 log = logging.getLogger("abgate.channel")
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0

@@ -35,11 +35,18 @@ from typing import Any
 
 from prometheus_client.core import Metric
 
-from config import metrics_catalogue
-from state.errors import StoreUnavailable
-from state.flags import Flag, FlagTable, Instance, MemoryFlagStore, flag_from_json, flag_to_json
-from state.live_channel import Peer, RemoteError
-from state.measurements import MemoryMeasurements, Phase, Sums
+from abgate.config import metrics_catalogue
+from abgate.state.errors import StoreUnavailable
+from abgate.state.flags import (
+    Flag,
+    FlagTable,
+    Instance,
+    MemoryFlagStore,
+    flag_from_json,
+    flag_to_json,
+)
+from abgate.state.live_channel import Peer, RemoteError
+from abgate.state.measurements import MemoryMeasurements, Phase, Sums
 
 log = logging.getLogger("abgate.channel")
 STATUS_TIMEOUT = 2.0

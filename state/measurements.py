@@ -41,8 +41,8 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
-from state.errors import store_errors
-from state.state_file import StateFile
+from abgate.state.errors import store_errors
+from abgate.state.state_file import StateFile
 
 log = logging.getLogger("abgate.measurements")
 SECTION = "measurements"  # of the state file

@@ -30,11 +30,11 @@ from redis.backoff import NoBackoff
 from redis.credentials import CredentialProvider
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
-from config import Config
-from config.errors import AbgateError
-from config.model import RedisSettings, SecretRef
-from state.redis_timing import TimedRedis
-from state.secrets import SecretUnavailable, read_secret, redact, remember
+from abgate.config import Config
+from abgate.config.errors import AbgateError
+from abgate.config.model import RedisSettings, SecretRef
+from abgate.state.redis_timing import TimedRedis
+from abgate.state.secrets import SecretUnavailable, read_secret, redact, remember
 
 # Lost writes would be worse than slow ones: a command that cannot reach Redis fails fast
 # (503 to the caller) instead of hanging on retries.

@@ -39,8 +39,8 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from state.errors import store_errors
-from state.flags import (
+from abgate.state.errors import store_errors
+from abgate.state.flags import (
     Flag,
     FlagTable,
     Instance,
@@ -50,9 +50,9 @@ from state.flags import (
     load_flags,
     save_flags_copy,
 )
-from state.measurements import phases_key
-from state.redis_client import describe_redis_error, is_config_mistake
-from state.state_file import StateFile
+from abgate.state.measurements import phases_key
+from abgate.state.redis_client import describe_redis_error, is_config_mistake
+from abgate.state.state_file import StateFile
 
 log = logging.getLogger("abgate.flags")
 HISTORY_MAXLEN = 10_000

@@ -31,9 +31,9 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from config import metrics_catalogue
-from config.metrics_catalogue import REDIS_COMMAND_BUCKETS, REDIS_SERVER_BUCKETS
-from state.histogram import Histogram
+from abgate.config import metrics_catalogue
+from abgate.config.metrics_catalogue import REDIS_COMMAND_BUCKETS, REDIS_SERVER_BUCKETS
+from abgate.state.histogram import Histogram
 
 log = logging.getLogger("abgate.flags")
 SERVER_POLL = 5.0  # seconds, as the demo's Prometheus scrapes

@@ -29,9 +29,9 @@ from typing import Any, Literal, Protocol
 import orjson
 from redis.asyncio import Redis
 
-from config.errors import AbgateError
-from state.errors import StoreUnavailable, store_errors
-from state.state_file import StateFile
+from abgate.config.errors import AbgateError
+from abgate.state.errors import StoreUnavailable, store_errors
+from abgate.state.state_file import StateFile
 
 RolloutStatus = Literal[
     "pending",

@@ -12,8 +12,8 @@ import os
 import re
 from pathlib import Path
 
-from config.errors import AbgateError
-from config.model import SecretRef
+from abgate.config.errors import AbgateError
+from abgate.config.model import SecretRef
 
 # Passwords read in this process, longest first when redacting. Process-wide on purpose:
 # the log formatter that redacts has no other way to know them.

@@ -77,7 +77,7 @@ async def _spawn(
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "control.cli",
+        "abgate.control.cli",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,

@@ -13,9 +13,9 @@ import orjson
 import yaml
 from aiohttp import web
 
-from config import Config, parse_config
+from abgate.config import Config, parse_config
+from abgate.state.flags import FlagTable
 from scripts.demo_agent import create_app
-from state.flags import FlagTable
 
 PEERS = web.AppKey("peers", set)
 

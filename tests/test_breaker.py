@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from config.model import BreakerConfig
-from proxy.breaker import Breaker, BreakerState
+from abgate.config.model import BreakerConfig
+from abgate.proxy.breaker import Breaker, BreakerState
 
 CONFIG = BreakerConfig(
     window=10.0,

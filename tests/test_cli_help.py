@@ -7,7 +7,7 @@ import argparse
 
 import pytest
 
-from control.cli import build_parser, main
+from abgate.control.cli import build_parser, main
 
 
 def commands(

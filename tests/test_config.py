@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from config import ConfigError, load_config, parse_config
+from abgate.config import ConfigError, load_config, parse_config
 
 GOOD = """\
 upstreams:
@@ -178,7 +178,7 @@ def test_check_config_cli(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(GOOD.replace("url: http://127.0.0.1:9002", "url: not a url"))
     ok = subprocess.run(
-        [sys.executable, "-m", "control.cli", "check-config", str(good)],
+        [sys.executable, "-m", "abgate.control.cli", "check-config", str(good)],
         capture_output=True,
         text=True,
         check=False,
@@ -186,7 +186,7 @@ def test_check_config_cli(tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stderr
     assert "OK (2 upstreams, 1 routes, 1 experiments)" in ok.stdout
     refused = subprocess.run(
-        [sys.executable, "-m", "control.cli", "check-config", str(bad)],
+        [sys.executable, "-m", "abgate.control.cli", "check-config", str(bad)],
         capture_output=True,
         text=True,
         check=False,
@@ -195,7 +195,7 @@ def test_check_config_cli(tmp_path: Path) -> None:
     assert f"{bad}: 1 problem" in refused.stdout
     assert "upstreams.ml.url (line 5): not a valid http URL: 'not a url'" in refused.stdout
     missing = subprocess.run(
-        [sys.executable, "-m", "control.cli", "check-config", str(tmp_path / "nope.yaml")],
+        [sys.executable, "-m", "abgate.control.cli", "check-config", str(tmp_path / "nope.yaml")],
         capture_output=True,
         text=True,
         check=False,
@@ -250,7 +250,7 @@ def test_check_config_applies_the_control_exposure_rule(tmp_path: Path) -> None:
     exposed.write_text("control:\n  listen: 0.0.0.0:8092\n" + GOOD)
     env = {k: v for k, v in os.environ.items() if k != "ABGATE_CONTROL_TOKEN"}
     refused = subprocess.run(
-        [sys.executable, "-m", "control.cli", "check-config", str(exposed)],
+        [sys.executable, "-m", "abgate.control.cli", "check-config", str(exposed)],
         capture_output=True,
         text=True,
         check=False,
@@ -262,7 +262,7 @@ def test_check_config_applies_the_control_exposure_rule(tmp_path: Path) -> None:
         in refused.stdout
     )
     allowed = subprocess.run(
-        [sys.executable, "-m", "control.cli", "check-config", str(exposed)],
+        [sys.executable, "-m", "abgate.control.cli", "check-config", str(exposed)],
         capture_output=True,
         text=True,
         check=False,
@@ -279,7 +279,7 @@ def test_a_mistyped_redis_url_is_not_echoed_with_its_password() -> None:
 
 
 def test_config_as_json_masks_secrets() -> None:
-    from config.export import config_as_json
+    from abgate.config.export import config_as_json
 
     config = parse_config("flags:\n  redis_url: redis://:hunter2@cache:6379/0\n" + GOOD)
     exported = config_as_json(config)
@@ -324,7 +324,7 @@ history:
 
 
 def test_redis_through_sentinel_with_acl_and_tls() -> None:
-    from config.model import SecretRef, SentinelSettings, TlsSettings
+    from abgate.config.model import SecretRef, SentinelSettings, TlsSettings
 
     config = parse_config(SENTINEL + GOOD)
     redis = config.flags.redis
@@ -397,7 +397,7 @@ flags:
 
 
 def test_passwords_in_urls_are_masked_in_every_place_shown() -> None:
-    from config.export import config_as_json
+    from abgate.config.export import config_as_json
 
     text = (
         "flags:\n  redis: {url: 'redis://abgate:hunter2@cache:6379/0'}\n"
@@ -443,7 +443,7 @@ def test_aliases_reused_within_the_limit_are_fine() -> None:
 
 
 def test_a_file_over_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
-    from config.layers import MAX_CONFIG_BYTES
+    from abgate.config.layers import MAX_CONFIG_BYTES
 
     path = tmp_path / "big.yaml"
     path.write_bytes(GOOD.encode() + b"#" * MAX_CONFIG_BYTES)

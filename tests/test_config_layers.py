@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from config import ConfigError, load_config, parse_config
+from abgate.config import ConfigError, load_config, parse_config
 from tests.test_config import GOOD
 
 TWO = (

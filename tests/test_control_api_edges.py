@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession
 
-from config import load_config
-from control.serve import Embedded, embedded
+from abgate.config import load_config
+from abgate.control.serve import Embedded, embedded
 from tests.cut_proxy import cut_proxy
 from tests.processes import config_document, write_config
 from tests.redis_server import redis_server
@@ -111,7 +111,7 @@ async def test_credentials_in_an_upstream_url_are_masked_and_check_config_says_s
         tmp_path / "abgate.yaml", config_document("http://admin:hunter2@127.0.0.1:9")
     )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "control.cli", "check-config", str(path),
+        sys.executable, "-m", "abgate.control.cli", "check-config", str(path),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     output = (await proc.communicate())[0].decode()

@@ -9,7 +9,7 @@ import json
 import pytest
 from aiohttp import ClientSession
 
-from control.serve import embedded
+from abgate.control.serve import embedded
 from tests.servers import make_config, raw_request
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 from aiohttp import ClientSession
 
-from config import parse_config
-from control.serve import Embedded, embedded
+from abgate.config import parse_config
+from abgate.control.serve import Embedded, embedded
 from tests.servers import TEST_METRICS
 
 
@@ -108,7 +108,7 @@ async def test_current_is_the_default_then_the_rollout_under_way(
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "control.cli",
+            "abgate.control.cli",
             "rollout",
             "--url",
             api,

@@ -9,9 +9,9 @@ import pkgutil
 
 import pytest
 
-from config.errors import AbgateError
-from control.rollout.controller import NoRolloutPlan, RolloutError, UnknownRollout
-from control.rollout_api import _rollout_status
+from abgate.config.errors import AbgateError
+from abgate.control.rollout.controller import NoRolloutPlan, RolloutError, UnknownRollout
+from abgate.control.rollout_api import _rollout_status
 
 # Owned by the statistics work (issue 27 §3), which joins the family when it lands.
 NOT_YET_IN_THE_FAMILY: set[str] = set()

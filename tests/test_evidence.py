@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from scipy import stats
 
+from abgate.control.evidence import design_power, phases_used
+from abgate.control.stats.clusters import ClusteredSums
+from abgate.state.measurements import Phase
 from benchmarks.rollout_sim import experiment
-from control.evidence import design_power, phases_used
-from control.stats.clusters import ClusteredSums
-from state.measurements import Phase
 
 EXP = experiment()
 BOTH = ClusteredSums.of([(True, 10, 1.0, 1.0)] * 30)

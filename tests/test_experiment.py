@@ -11,7 +11,7 @@ import orjson
 import pytest
 from aiohttp import ClientSession
 
-from control.serve import embedded
+from abgate.control.serve import embedded
 from tests.servers import make_config
 
 URL = "/api/agent/credit/decide"
@@ -207,7 +207,7 @@ async def test_control_api_refuses_public_address_without_token(agents: dict[str
     config = make_config(agents)
     from dataclasses import replace
 
-    from config.model import Listen
+    from abgate.config.model import Listen
 
     public = replace(config, control=replace(config.control, listen=Listen("0.0.0.0", 0)))
     with pytest.raises(ValueError, match="not loopback, without a token"):

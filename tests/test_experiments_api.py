@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession
 
-from control.serve import Embedded, embedded, worker
+from abgate.control.serve import Embedded, embedded, worker
 from scripts.demo_agent import Behaviour, create_app
 from tests.redis_server import redis_server
 from tests.servers import make_config, serve_app

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession, web
 
-from control.serve import Embedded, embedded
-from proxy.breaker import BreakerState
+from abgate.control.serve import Embedded, embedded
+from abgate.proxy.breaker import BreakerState
 from scripts.demo_agent import Behaviour, create_app
 from tests.servers import free_port, make_config, serve_app, until
 

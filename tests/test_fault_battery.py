@@ -24,11 +24,11 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession, ClientTimeout
 
-from control.serve import Embedded, embedded
-from state.history.writer import utc
-from state.measurements import MemoryMeasurements
-from state.redis_flags import RedisFlagStore
-from state.state_file import StateFile
+from abgate.control.serve import Embedded, embedded
+from abgate.state.history.writer import utc
+from abgate.state.measurements import MemoryMeasurements
+from abgate.state.redis_flags import RedisFlagStore
+from abgate.state.state_file import StateFile
 from tests.postgres_server import postgres_server
 from tests.redis_server import redis_server
 from tests.servers import demo_agents, make_config

@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from control.serve import embedded
+from abgate.control.serve import embedded
 from tests.servers import make_config, refused_port
 
 ROOT = Path(__file__).parent.parent
@@ -32,7 +32,7 @@ async def run(*command: str, env: dict[str, str] | None = None) -> tuple[int, st
 
 async def flags(url: str, *args: str, token: str = "t0k") -> tuple[int, str, str]:
     return await run(
-        sys.executable, "-m", "control.cli", "flags", "--url", url, "--token", token, *args
+        sys.executable, "-m", "abgate.control.cli", "flags", "--url", url, "--token", token, *args
     )
 
 

@@ -4,9 +4,9 @@ the treatment is seen to breach is not a "pass", and a minimum duration is not r
 
 from __future__ import annotations
 
+from abgate.control.rollout.gates import StageInputs, decide
+from abgate.control.stats.clusters import ClusteredSums
 from benchmarks.rollout_sim import PLAN, experiment
-from control.rollout.gates import StageInputs, decide
-from control.stats.clusters import ClusteredSums
 
 
 def clustered(n: int, rate: float, clusters: int = 64) -> ClusteredSums:

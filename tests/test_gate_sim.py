@@ -6,6 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from abgate.config.model import MetricConfig
+from abgate.control.rollout.gates import StageInputs, binary_harm_p, decide
+from abgate.control.rollout.sizing import harm_alpha
+from abgate.control.stats.clusters import ClusteredSums
+from abgate.control.stats_worker import compare
 from benchmarks.gate_sim import (
     aa_integrity_holds,
     aa_small_split_rollbacks,
@@ -13,11 +18,6 @@ from benchmarks.gate_sim import (
     outcome_ends,
 )
 from benchmarks.rollout_sim import PLAN, Arm, experiment, simulate
-from config.model import MetricConfig
-from control.rollout.gates import StageInputs, binary_harm_p, decide
-from control.rollout.sizing import harm_alpha
-from control.stats.clusters import ClusteredSums
-from control.stats_worker import compare
 
 
 def test_no_event_yet_in_the_small_arm_is_not_harm() -> None:

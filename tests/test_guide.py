@@ -107,7 +107,7 @@ def guide_config(control: str, treatment: str, state: Path) -> dict[str, Any]:
 def test_the_guides_production_settings_are_valid() -> None:
     """The production section's Redis (Sentinel, ACL, TLS) and PostgreSQL settings, as
     written, pass validation (the secrets they name are read only when connecting)."""
-    from config import parse_config
+    from abgate.config import parse_config
 
     (production,) = [d for d in map(yaml.safe_load, blocks("yaml")) if "flags" in d]
     document = {
@@ -129,7 +129,7 @@ async def run(
     is stopped once it has printed a line (status -1)."""
     words = shlex.split(command)
     if words[0] == "abgate":
-        words = [sys.executable, "-m", "control.cli", *words[1:]]
+        words = [sys.executable, "-m", "abgate.control.cli", *words[1:]]
     elif words[0].startswith("scripts/"):
         words = ["bash", str(ROOT / words[0]), *words[1:]]
     proc = await asyncio.create_subprocess_exec(

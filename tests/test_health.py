@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import ClientSession
 
-from control.serve import Embedded, embedded
+from abgate.control.serve import Embedded, embedded
 from tests.redis_server import redis_server
 from tests.servers import make_config, refused_port, until
 

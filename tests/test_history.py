@@ -14,8 +14,8 @@ import pytest
 from aiohttp import ClientSession
 from multidict import CIMultiDict
 
-from control.serve import Embedded, embedded
-from state.history.schema import maintain, migrate, partitions
+from abgate.control.serve import Embedded, embedded
+from abgate.state.history.schema import maintain, migrate, partitions
 from tests.postgres_server import PostgresServer, postgres_server
 from tests.processes import config_document, write_config
 from tests.servers import make_config
@@ -36,7 +36,7 @@ def history_config(agents: dict[str, str], postgres: PostgresServer, **history: 
     document_history = {"postgres_url": postgres.url, **history}
     import dataclasses
 
-    from config.model import HistorySettings
+    from abgate.config.model import HistorySettings
 
     return dataclasses.replace(config, history=HistorySettings(**document_history))
 
@@ -219,7 +219,7 @@ async def test_abgate_db_migrate_from_the_shell(postgres: PostgresServer, tmp_pa
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "control.cli",
+            "abgate.control.cli",
             "db",
             "migrate",
             "--config",

@@ -14,11 +14,11 @@ import asyncpg
 import pytest
 from aiohttp import ClientSession
 
-from control.serve import embedded
-from state.history.flush import Chunk, Flush
-from state.history.rows import Json, safe_text
-from state.history.schema import migrate
-from state.history.writer import HistoryWriter, utc
+from abgate.control.serve import embedded
+from abgate.state.history.flush import Chunk, Flush
+from abgate.state.history.rows import Json, safe_text
+from abgate.state.history.schema import migrate
+from abgate.state.history.writer import HistoryWriter, utc
 from tests.cut_proxy import cut_proxy
 from tests.postgres_server import PostgresServer, postgres_server
 from tests.test_history import decide, history_config

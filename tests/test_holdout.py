@@ -7,6 +7,13 @@ from collections.abc import Mapping
 
 import pytest
 
+from abgate.config.errors import ConfigError
+from abgate.config.model import HoldoutConfig, RolloutPlan
+from abgate.config.parse import parse_config
+from abgate.config.parse_rollout import parse_plan
+from abgate.control.rollout.gates import StageInputs, decide
+from abgate.control.rollout.sizing import stage_alpha
+from abgate.control.stats.clusters import ClusteredSums
 from benchmarks.holdout_sim import (
     ACCURATE,
     MUCH_WORSE,
@@ -16,13 +23,6 @@ from benchmarks.holdout_sim import (
     novelty,
 )
 from benchmarks.rollout_sim import PLAN, experiment
-from config.errors import ConfigError
-from config.model import HoldoutConfig, RolloutPlan
-from config.parse import parse_config
-from config.parse_rollout import parse_plan
-from control.rollout.gates import StageInputs, decide
-from control.rollout.sizing import stage_alpha
-from control.stats.clusters import ClusteredSums
 
 
 def _plan(document: Mapping[str, object]) -> RolloutPlan:

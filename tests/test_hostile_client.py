@@ -15,7 +15,7 @@ import orjson
 import pytest
 from aiohttp import ClientSession
 
-from control.serve import Embedded, embedded
+from abgate.control.serve import Embedded, embedded
 from tests.servers import echo_app, make_config, read_request, serve_app, until
 from tests.test_hostile_upstream import hostile
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import ClientSession
 
-from control.serve import Embedded, embedded
-from proxy.pool import UpstreamPool
+from abgate.control.serve import Embedded, embedded
+from abgate.proxy.pool import UpstreamPool
 from tests.servers import make_config, read_request, until
 
 Behaviour = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from aiohttp import ClientSession
 
-from control.serve import embedded
+from abgate.control.serve import embedded
 from tests.servers import make_config
 
 

@@ -14,15 +14,15 @@ from typing import Any
 
 from aiohttp import ClientSession
 
-from config import Config
-from control.control_half import control_half
-from control.plane_half import data_plane_half
-from control.serve import embedded
-from state.flags import FlagTable, MemoryFlagStore
-from state.live_channel import MAX_FRAME, Peer
-from state.live_server import LiveStateServer
-from state.measurements import MemoryMeasurements, Sums
-from state.state_file import StateFile
+from abgate.config import Config
+from abgate.control.control_half import control_half
+from abgate.control.plane_half import data_plane_half
+from abgate.control.serve import embedded
+from abgate.state.flags import FlagTable, MemoryFlagStore
+from abgate.state.live_channel import MAX_FRAME, Peer
+from abgate.state.live_server import LiveStateServer
+from abgate.state.measurements import MemoryMeasurements, Sums
+from abgate.state.state_file import StateFile
 from tests.servers import make_config, tables_reach, until
 
 JSON = {"Content-Type": "application/json"}

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from aiohttp import ClientSession
 
-from control.load_test import LoadPlan, run_load
-from control.serve import embedded
+from abgate.control.load_test import LoadPlan, run_load
+from abgate.control.serve import embedded
 from scripts.demo_agent import Behaviour
 from tests.servers import make_config
 from tests.test_rollout import FAST, api, stack, traffic, until

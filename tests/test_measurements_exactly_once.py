@@ -13,11 +13,11 @@ import orjson
 import pytest
 from aiohttp import ClientSession
 
-from control.serve import embedded
-from proxy.measure import Measurements
-from state.measurements import MemoryMeasurements, Phase, RedisMeasurements, Sums
-from state.redis_client import connect
-from state.state_file import StateFile
+from abgate.control.serve import embedded
+from abgate.proxy.measure import Measurements
+from abgate.state.measurements import MemoryMeasurements, Phase, RedisMeasurements, Sums
+from abgate.state.redis_client import connect
+from abgate.state.state_file import StateFile
 from tests.cut_proxy import Cut, cut_proxy
 from tests.redis_server import RedisServer, redis_server
 from tests.servers import make_config

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import redis.utils
 
-from state.measurements import (
+from abgate.state.measurements import (
     CLUSTERS,
     READ_PIECE,
     UNCLUSTERED,
@@ -16,8 +16,8 @@ from state.measurements import (
     RedisMeasurements,
     Sums,
 )
-from state.redis_client import connect
-from state.redis_timing import REDIS_COMMANDS, ServerTimes
+from abgate.state.redis_client import connect
+from abgate.state.redis_timing import REDIS_COMMANDS, ServerTimes
 from tests.redis_server import redis_server
 
 

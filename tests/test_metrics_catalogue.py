@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from config import metrics_catalogue
-from config.metrics_catalogue import FAMILIES, Counter, Histogram
+from abgate.config import metrics_catalogue
+from abgate.config.metrics_catalogue import FAMILIES, Counter, Histogram
 
 ROOT = Path(__file__).resolve().parent.parent
 SERIES = re.compile(r"\b(?:abgate|ab_testing)_[a-z0-9_]+\b")

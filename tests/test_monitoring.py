@@ -13,7 +13,7 @@ import pytest
 import yaml
 from aiohttp import ClientSession
 
-from control.serve import embedded
+from abgate.control.serve import embedded
 from tests.servers import free_port, make_config
 
 MONITORING = Path(__file__).parent.parent / "monitoring"

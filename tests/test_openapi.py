@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from aiohttp import ClientSession, web
 
-from control.openapi import OPENAPI
-from control.serve import embedded
+from abgate.control.openapi import OPENAPI
+from abgate.control.serve import embedded
 from tests.servers import make_config
 
 
@@ -36,8 +36,8 @@ async def test_every_route_is_documented_and_every_document_path_served(
     async with embedded(make_config(agents)) as running:
         async with session.get(f"{running.control_url}/api/openapi.json") as response:
             assert (await response.json()) == OPENAPI
-        from control.api import create_control_app
-        from control.live_plane import RemotePlane
+        from abgate.control.api import create_control_app
+        from abgate.control.live_plane import RemotePlane
 
         app = create_control_app(
             running.backend.store,  # type: ignore[arg-type]

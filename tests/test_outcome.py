@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from aiohttp import ClientSession
 
-from control.serve import embedded
-from proxy.hashing import BUCKETS, NO_BUCKET, bucket, fnv1a32
-from proxy.outcome import Outcome
+from abgate.control.serve import embedded
+from abgate.proxy.hashing import BUCKETS, NO_BUCKET, bucket, fnv1a32
+from abgate.proxy.outcome import Outcome
 from scripts.demo_agent import Behaviour, create_app
 from tests.servers import make_config, serve_app
 
@@ -86,8 +86,8 @@ async def test_a_fallback_is_one_record_in_the_assigned_arm(session: ClientSessi
 def test_new_users_between_flushes_are_bounded() -> None:
     """A data plane that never flushes (no store) keeps at most NEW_USERS_LIMIT new users per
     arm; a user left out is sent with a later request, after a flush."""
-    from proxy.hashing import fnv1a32, user_draw
-    from proxy.measure import NEW_USERS_LIMIT, ArmRecorder, Measurements, PhaseRef
+    from abgate.proxy.hashing import fnv1a32, user_draw
+    from abgate.proxy.measure import NEW_USERS_LIMIT, ArmRecorder, Measurements, PhaseRef
 
     measurements = Measurements()
     recorder = ArmRecorder(measurements, "exp", "ml", PhaseRef(1))
@@ -151,8 +151,8 @@ async def test_a_request_in_flight_over_a_percentage_change_counts_in_its_decisi
 
 
 def test_a_late_answer_is_summed_in_the_phase_given() -> None:
-    from proxy.hashing import fnv1a32, user_draw
-    from proxy.measure import ArmRecorder, Measurements, PhaseRef
+    from abgate.proxy.hashing import fnv1a32, user_draw
+    from abgate.proxy.measure import ArmRecorder, Measurements, PhaseRef
 
     measurements, phase = Measurements(), PhaseRef(1)
     recorder = ArmRecorder(measurements, "exp", "ml", phase)

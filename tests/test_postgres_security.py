@@ -12,10 +12,10 @@ import asyncpg
 import pytest
 from aiohttp import ClientSession
 
-from config import Config
-from config.export import config_as_json, mask_url
-from config.model import HistorySettings, SecretRef
-from control.serve import Embedded, embedded
+from abgate.config import Config
+from abgate.config.export import config_as_json, mask_url
+from abgate.config.model import HistorySettings, SecretRef
+from abgate.control.serve import Embedded, embedded
 from tests.postgres_server import PostgresServer, postgres_server
 from tests.processes import abgate_command, config_document, write_config
 from tests.servers import make_config, until

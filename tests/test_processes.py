@@ -22,7 +22,7 @@ MiB = 1024 * 1024
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "control.cli", *args],
+        [sys.executable, "-m", "abgate.control.cli", *args],
         capture_output=True,
         text=True,
         check=False,

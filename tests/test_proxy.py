@@ -11,7 +11,7 @@ import orjson
 from aiohttp import ClientSession
 from yarl import URL
 
-from control.serve import Embedded, embedded
+from abgate.control.serve import Embedded, embedded
 from tests.servers import (
     PEERS,
     echo_app,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxy.rebuild import rebuild
+from abgate.proxy.rebuild import rebuild
 
 
 @dataclass(eq=False)

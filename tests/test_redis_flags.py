@@ -14,8 +14,8 @@ import orjson
 import pytest
 from aiohttp import ClientSession
 
-from config import Config
-from control.serve import Embedded, Worker, embedded, worker
+from abgate.config import Config
+from abgate.control.serve import Embedded, Worker, embedded, worker
 from tests.redis_server import RedisServer, redis_server
 from tests.servers import make_config, tables_reach, until
 
@@ -155,7 +155,7 @@ async def test_redis_killed_under_load_then_back_empty(
                     statuses[response.status] += 1
                 count += 1
 
-        from state.redis_flags import RedisFlagStore
+        from abgate.state.redis_flags import RedisFlagStore
 
         store = control.backend.store
         assert isinstance(store, RedisFlagStore)

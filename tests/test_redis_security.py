@@ -14,12 +14,12 @@ import orjson
 import pytest
 from aiohttp import ClientSession
 
-from config import Config
-from config.export import config_as_json
-from control.log import RedactingFormatter
-from control.serve import Embedded, Worker, embedded, worker
-from state.redis_client import describe_redis_error
-from state.secrets import redact, remember
+from abgate.config import Config
+from abgate.config.export import config_as_json
+from abgate.control.log import RedactingFormatter
+from abgate.control.serve import Embedded, Worker, embedded, worker
+from abgate.state.redis_client import describe_redis_error
+from abgate.state.secrets import redact, remember
 from tests.processes import abgate
 from tests.redis_server import (
     ABGATE_ACL,
@@ -224,8 +224,8 @@ experiments:
 def test_an_unset_password_variable_and_an_unreadable_file_are_named() -> None:
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from config.model import RedisSettings, SecretRef
-    from state.redis_client import SecretCredentials
+    from abgate.config.model import RedisSettings, SecretRef
+    from abgate.state.redis_client import SecretCredentials
 
     provider = SecretCredentials("abgate", SecretRef(env="ABGATE_TEST_NOT_SET"))
     with pytest.raises(RedisConnectionError) as caught:

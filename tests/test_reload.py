@@ -12,8 +12,8 @@ import pytest
 import yaml
 from aiohttp import ClientSession
 
-from config import ConfigError, load_config
-from control.serve import embedded
+from abgate.config import ConfigError, load_config
+from abgate.control.serve import embedded
 from tests.processes import abgate, config_document, write_config
 from tests.servers import echo_app, serve_app, until
 
@@ -198,7 +198,7 @@ async def test_sighup_reloads_the_running_process(tmp_path: Path, session: Clien
 async def test_one_change_and_an_api_reload_count_once(
     tmp_path: Path, session: ClientSession, monkeypatch: Any
 ) -> None:
-    from control import reload as reload_module
+    from abgate.control import reload as reload_module
 
     monkeypatch.setattr(reload_module, "WATCH_INTERVAL", 0.02)
     async with serve_app(echo_app()) as one, serve_app(echo_app()) as two:
@@ -223,7 +223,7 @@ async def test_one_change_and_an_api_reload_count_once(
 async def test_yaml_that_cannot_be_built_is_refused_and_the_watcher_lives_on(
     tmp_path: Path, session: ClientSession, monkeypatch: Any
 ) -> None:
-    from control import reload as reload_module
+    from abgate.control import reload as reload_module
 
     monkeypatch.setattr(reload_module, "WATCH_INTERVAL", 0.02)
     async with serve_app(echo_app()) as one, serve_app(echo_app()) as two:
@@ -260,9 +260,9 @@ async def test_a_reload_is_parsed_elsewhere_and_bounded(
 ) -> None:
     """An alias bomb and a file over the size limit are refused with what is wrong with them,
     and a parse that takes too long is killed: the running config stays and requests pass."""
-    from config.layers import MAX_CONFIG_BYTES
-    from config.yaml_lines import MAX_ALIAS_VALUES
-    from control.config_process import parse_off_loop
+    from abgate.config.layers import MAX_CONFIG_BYTES
+    from abgate.config.yaml_lines import MAX_ALIAS_VALUES
+    from abgate.control.config_process import parse_off_loop
     from tests.test_config import ALIAS_BOMB
 
     async with serve_app(echo_app()) as one, serve_app(echo_app()) as two:
@@ -301,8 +301,8 @@ async def test_a_reload_is_parsed_elsewhere_and_bounded(
 async def test_a_large_config_travels_in_pieces_and_arrives_whole() -> None:
     """What the control process sends its data plane: long fields pickled in slices that
     the data plane loads one at a time between requests."""
-    from config import parse_config
-    from control.config_process import PIECE, dumps, loads_config, loads_config_gradually
+    from abgate.config import parse_config
+    from abgate.control.config_process import PIECE, dumps, loads_config, loads_config_gradually
 
     upstreams = {f"u{i}": {"url": f"http://127.0.0.1:{9000 + i}"} for i in range(PIECE + 50)}
     routes = [{"prefix": f"/r{i}/", "upstream": f"u{i % 7}"} for i in range(3 * PIECE + 1)]
@@ -319,9 +319,9 @@ async def test_a_long_route_table_is_built_in_steps_and_swapped_once(
     """The data plane compiles a reload's routes a step at a time, serving requests on the
     routing in use between steps; the new routing is swapped in once, with the shares the
     flags hold at the end (a change during the steps is not lost)."""
-    from config import parse_config
-    from proxy.runtime import ROUTES_PER_STEP
-    from state.flags import Flag
+    from abgate.config import parse_config
+    from abgate.proxy.runtime import ROUTES_PER_STEP
+    from abgate.state.flags import Flag
 
     async with serve_app(echo_app()) as one, serve_app(echo_app()) as two:
         padding = [{"prefix": f"/padding/{i}/", "upstream": "control"} for i in range(2600)]

@@ -13,9 +13,9 @@ from typing import Any
 
 from aiohttp import ClientSession
 
-from control.report_charts import effect_svg, ramp_svg
-from control.report_summary import stakeholder_summary
-from control.rollout_cli import report
+from abgate.control.report_charts import effect_svg, ramp_svg
+from abgate.control.report_summary import stakeholder_summary
+from abgate.control.rollout_cli import report
 from tests.test_rollout import FAST, api, stack, traffic
 from tests.test_ui_charts import Ticks, _ms
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession
 
-from control.serve import Embedded, embedded
-from control.simulate import SCENARIOS, Simulation, SimulationPlan
+from abgate.control.serve import Embedded, embedded
+from abgate.control.simulate import SCENARIOS, Simulation, SimulationPlan
 from scripts.demo_agent import Behaviour, create_app
 from tests.servers import make_config, serve_app
 from tests.test_rollout import FAST

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession
 
-from config.model import Config
-from control.serve import Embedded, embedded
+from abgate.config.model import Config
+from abgate.control.serve import Embedded, embedded
+from abgate.state.rollouts import Lease, RedisRollouts, Rollout, RolloutConflict
 from scripts.demo_agent import Behaviour, create_app
-from state.rollouts import Lease, RedisRollouts, Rollout, RolloutConflict
 from tests.redis_server import redis_server
 from tests.servers import make_config, serve_app
 

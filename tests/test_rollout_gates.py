@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import yaml
 
+from abgate.config.errors import ConfigError
+from abgate.config.parse_rollout import parse_plan
+from abgate.control.rollout.gates import StageInputs, decide
+from abgate.control.rollout.sizing import stage_alpha
+from abgate.control.stats.clusters import ClusteredSums
 from benchmarks.rollout_sim import Arm, experiment, simulate
-from config.errors import ConfigError
-from config.parse_rollout import parse_plan
-from control.rollout.gates import StageInputs, decide
-from control.rollout.sizing import stage_alpha
-from control.stats.clusters import ClusteredSums
 
 
 def test_aa_rollouts_are_rarely_rolled_back_and_complete() -> None:

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession
 
-from config.model import Config
-from control.serve import Embedded, embedded
-from state.redis_flags import RedisFlagStore
-from state.rollouts import Rollout
+from abgate.config.model import Config
+from abgate.control.serve import Embedded, embedded
+from abgate.state.redis_flags import RedisFlagStore
+from abgate.state.rollouts import Rollout
 from tests.redis_server import RedisServer, redis_server
 from tests.servers import make_config
 from tests.test_rollout import FAST, api, polled, until

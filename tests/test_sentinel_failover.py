@@ -29,9 +29,9 @@ import pytest
 import yaml
 from aiohttp import ClientError, ClientSession
 
-from config import Config, parse_config
-from control.serve import Embedded, embedded
-from state.redis_client import connect_redis
+from abgate.config import Config, parse_config
+from abgate.control.serve import Embedded, embedded
+from abgate.state.redis_client import connect_redis
 from tests.redis_server import SERVICE, SentinelGroup, sentinel_group
 from tests.servers import tables_reach, until
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from aiohttp import ClientSession, web
 
-from control.serve import Embedded, embedded
-from proxy.breaker import BreakerState
+from abgate.control.serve import Embedded, embedded
+from abgate.proxy.breaker import BreakerState
 from tests.servers import make_config, serve_app, until
 
 URL = "/api/agent/credit/decide"

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from config.model import ArmConfig, ExperimentConfig, StickySource, WhenMissing
-from proxy.hashing import fnv1a32, gb_hash_v2
+from abgate.config.model import ArmConfig, ExperimentConfig, StickySource, WhenMissing
+from abgate.proxy.hashing import fnv1a32, gb_hash_v2
 
 # From GrowthBook's SDK test suite (tests/cases.json, "hash", version 2) and one experiment case.
 GROWTHBOOK_V2 = [
@@ -75,7 +75,7 @@ def splitter(
     sticky: tuple[StickySource, ...] = (StickySource("header", "x-user-id"),),
     seed: int = 1,
 ):
-    from proxy.split import Splitter
+    from abgate.proxy.split import Splitter
 
     config = ExperimentConfig(
         "exp",
@@ -95,7 +95,7 @@ def splitter(
 
 def make_request(target: str, headers: dict[str, str]) -> Any:
     """A request as the connection builds it from a parsed head (no socket)."""
-    from proxy.request import ClientRequest
+    from abgate.proxy.request import ClientRequest
 
     raw = [(name.encode(), value.encode()) for name, value in headers.items()]
     return ClientRequest(None, "GET", target, 1, raw)
@@ -202,13 +202,13 @@ def test_sticky_sources_in_order() -> None:
     ],
 )
 def test_paths_are_normalised_before_matching(raw: str, expected: object) -> None:
-    from proxy.paths import normalize_target
+    from abgate.proxy.paths import normalize_target
 
     assert normalize_target(raw) == expected
 
 
 def test_encoded_slash_with_dot_segments_is_refused() -> None:
-    from proxy.paths import PathRefused, normalize_target
+    from abgate.proxy.paths import PathRefused, normalize_target
 
     with pytest.raises(PathRefused):
         normalize_target("/raw/..%2f..%2fsecret")
@@ -218,7 +218,7 @@ def test_encoded_slash_with_dot_segments_is_refused() -> None:
 
 
 def test_the_draw_carries_the_growthbook_bucket_and_a_mixed_user_hash() -> None:
-    from proxy.hashing import BUCKET_MASK, bucket, fmix32, fnv1a32, user_draw, user_of
+    from abgate.proxy.hashing import BUCKET_MASK, bucket, fmix32, fnv1a32, user_draw, user_of
 
     seed = fnv1a32("exp")
     for key in ("a", "user-1", "user-2", "😀x", "x" * 300):

@@ -11,7 +11,7 @@ from scipy import stats
 from statsmodels.stats.power import NormalIndPower, TTestIndPower
 from statsmodels.stats.proportion import proportion_effectsize, proportions_ztest
 
-from control.stats import (
+from abgate.control.stats import (
     Proportion,
     SampleMean,
     StatsInputError,
@@ -24,8 +24,8 @@ from control.stats import (
     two_proportion,
     welch_t,
 )
-from control.stats.frequentist import fisher_exact, rates_test
-from control.stats.models import Alternative
+from abgate.control.stats.frequentist import fisher_exact, rates_test
+from abgate.control.stats.models import Alternative
 
 
 def close(ours: float, reference: float) -> bool:
@@ -113,7 +113,7 @@ def test_effects_and_intervals() -> None:
 @pytest.mark.parametrize("alternative", ["greater", "less"])
 def test_one_sided_tests_report_one_sided_bounds(alternative: Alternative) -> None:
     """The bound agrees with the test: 0 lies beyond it exactly when p < alpha."""
-    from control.stats.frequentist import fisher_exact, two_proportion
+    from abgate.control.stats.frequentist import fisher_exact, two_proportion
 
     a, b = SampleMean(500, 10.0, 4.0), SampleMean(500, 10.2, 4.0)
     pa, pb = Proportion(400, 40), Proportion(400, 56)
@@ -216,7 +216,7 @@ def test_planned_sample_size_reaches_planned_power() -> None:
 def test_small_count_intervals_are_newcombes(a: tuple[int, int], b: tuple[int, int]) -> None:
     from statsmodels.stats.proportion import confint_proportions_2indep
 
-    from control.stats.frequentist import fisher_exact
+    from abgate.control.stats.frequentist import fisher_exact
 
     result = fisher_exact(Proportion(*a), Proportion(*b))
     low, high = confint_proportions_2indep(b[1], b[0], a[1], a[0], method="newcomb", compare="diff")
@@ -238,8 +238,8 @@ def test_sequential_rates_hold_alpha_in_aa_at_small_splits(split: float, base: f
 def test_sequential_sample_size_reaches_the_planned_power() -> None:
     """Sized for the sequential test the gates use, then simulated with it (the full table
     is in benchmarks/RESULTS.md): the planned n detects the effect 80% of the time."""
+    from abgate.control.stats.sequential import sequential_sample_size
     from benchmarks.sequential_rates import power_at_planned_n
-    from control.stats.sequential import sequential_sample_size
 
     fixed = mean_sample_size(0.2)
     sequential = sequential_sample_size(0.2, 1.0, 1.0)
@@ -269,7 +269,7 @@ def test_clustered_variance_is_the_delta_method_of_a_ratio_metric() -> None:
     (Deng et al. 2018) computed from per-user sums with numpy."""
     import numpy as np
 
-    from control.stats.clusters import ClusteredSums
+    from abgate.control.stats.clusters import ClusteredSums
 
     rng = np.random.default_rng(3)
     n = 1 + rng.poisson(3, 500)
@@ -292,8 +292,8 @@ def test_clustered_variance_is_the_delta_method_of_a_ratio_metric() -> None:
 
 def test_distinct_users_by_linear_counting() -> None:
     """The estimate from a bitmap against the true count, within its own standard error."""
-    from control.stats.checks import distinct_users
-    from proxy.hashing import fmix32, fnv1a32
+    from abgate.control.stats.checks import distinct_users
+    from abgate.proxy.hashing import fmix32, fnv1a32
 
     bits = 1 << 20
     for users in (10, 10_000, 300_000):
@@ -305,7 +305,7 @@ def test_distinct_users_by_linear_counting() -> None:
 
 
 def test_srm_takes_the_counting_variance_into_account() -> None:
-    from control.stats.checks import srm
+    from abgate.control.stats.checks import srm
 
     plain = srm([95_250.0, 4_750.0], [0.95, 0.05])
     noisy = srm([95_250.0, 4_750.0], [0.95, 0.05], [820.0**2, 50.0])
@@ -317,7 +317,7 @@ def test_srm_takes_the_counting_variance_into_account() -> None:
 def test_fisher_beyond_its_bound_is_its_binomial_limit(case: int) -> None:
     """Past FISHER_MAX_N observations the exact test is its binomial limit: the same p as
     scipy's Fisher test to 1e-4 (relative) where both can be computed."""
-    from control.stats.frequentist import FISHER_MAX_N
+    from abgate.control.stats.frequentist import FISHER_MAX_N
 
     rng = np.random.default_rng(case)
     n_a, n_b = (int(x) for x in rng.integers(FISHER_MAX_N // 2 + 1, 2 * FISHER_MAX_N, 2))
@@ -337,7 +337,7 @@ def test_fisher_beyond_its_bound_is_its_binomial_limit(case: int) -> None:
 def test_fisher_never_walks_billions(monkeypatch: pytest.MonkeyPatch) -> None:
     """3e9 requests per arm with 1 and 3 errors took scipy's Fisher test 17.8 s (issue 26);
     past FISHER_MAX_N it is never called."""
-    from control.stats.frequentist import FISHER_MAX_N
+    from abgate.control.stats.frequentist import FISHER_MAX_N
 
     fisher = stats.fisher_exact
 
@@ -353,7 +353,7 @@ def test_fisher_never_walks_billions(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_sequential_srm_flags_mismatches_and_keeps_the_edges() -> None:
-    from control.stats.checks import sequential_srm
+    from abgate.control.stats.checks import sequential_srm
 
     assert sequential_srm([95_000.0, 5_000.0], [0.95, 0.05]) == 1.0  # exactly the split
     assert sequential_srm([95_500.0, 4_500.0], [0.95, 0.05]) < 1e-9  # 10% short

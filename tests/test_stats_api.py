@@ -10,7 +10,7 @@ from aiohttp import ClientSession
 from scipy import stats
 from statsmodels.stats.power import TTestIndPower
 
-from control.serve import embedded
+from abgate.control.serve import embedded
 from tests.servers import make_config
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession
 
-from control import stats_worker
-from control.serve import Embedded, embedded
+from abgate.control import stats_worker
+from abgate.control.serve import Embedded, embedded
 from tests.servers import make_config
 
 URL = "/api/agent/credit/decide"
@@ -212,8 +212,8 @@ async def until_flag(running: Embedded, version: int) -> None:
 def test_significant_follows_the_holm_adjusted_p_value() -> None:
     """Two success metrics with raw sequential p-values on both sides of alpha/2: the one
     that passes alone must not pass once adjusted for the other."""
-    from control.stats_worker import evaluate
-    from state.measurements import Phase, Sums
+    from abgate.control.stats_worker import evaluate
+    from abgate.state.measurements import Phase, Sums
 
     config = make_config(
         {"control": "http://127.0.0.1:1", "treatment": "http://127.0.0.1:2"},
@@ -256,8 +256,8 @@ def test_significant_follows_the_holm_adjusted_p_value() -> None:
 def test_across_phases_is_stratified_never_pooled() -> None:
     """Simpson's paradox from a ramp: the treatment is better in each phase, but its traffic
     sits mostly in the later phase with the lower base rate, so pooling reverses the sign."""
-    from control.stats_worker import evaluate
-    from state.measurements import Phase, Sums
+    from abgate.control.stats_worker import evaluate
+    from abgate.state.measurements import Phase, Sums
 
     def rate(n: int, successes: int) -> Sums:
         return Sums(n, float(successes), float(successes))

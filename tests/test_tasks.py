@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from state.tasks import stop_task
+from abgate.state.tasks import stop_task
 
 
 async def test_a_task_that_swallows_its_first_cancel_still_stops() -> None:

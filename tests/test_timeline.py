@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import ClientSession
 
-from control.timeline import Point, Series, quantile
+from abgate.control.timeline import Point, Series, quantile
 from tests.test_rollout import FAST, api, stack, traffic, until
 
 

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import ClientSession
 
-from control.serve import embedded
-from control.timeline import MetricPoint, Point, RolloutView, Series
-from control.timeline_store import TimelineStore
-from state.history.rows import Json
-from state.history.writer import HistoryWriter, utc
+from abgate.control.serve import embedded
+from abgate.control.timeline import MetricPoint, Point, RolloutView, Series
+from abgate.control.timeline_store import TimelineStore
+from abgate.state.history.rows import Json
+from abgate.state.history.writer import HistoryWriter, utc
 from tests.postgres_server import PostgresServer, postgres_server
 from tests.test_history import decide, history_config
 

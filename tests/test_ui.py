@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.async_api import Browser, Dialog, Page, async_playwright
 
-from control.serve import Embedded, embedded
+from abgate.control.serve import Embedded, embedded
 from tests.servers import make_config
 from tests.test_rollout import FAST
 

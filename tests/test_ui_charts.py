@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import ClientSession
 from playwright.async_api import Browser, Page
 
-from control.stats_worker import StatsWorker
+from abgate.control.stats_worker import StatsWorker
 from tests.test_rollout import FAST, api, stack, traffic
 from tests.test_ui import browser, open_page
 

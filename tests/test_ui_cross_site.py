@@ -8,7 +8,7 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Browser
 
-from control.serve import embedded
+from abgate.control.serve import embedded
 from tests.servers import make_config, serve_app
 from tests.test_ui import answer, browser, eventually, open_page
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from aiohttp import ClientSession
 from playwright.async_api import Browser
 
-from control.serve import embedded
+from abgate.control.serve import embedded
 from tests.servers import make_config
 from tests.test_ui import browser, open_page
 

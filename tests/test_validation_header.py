@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import ClientSession, web
 
-from control.serve import embedded
+from abgate.control.serve import embedded
 from tests.servers import TEST_METRICS, make_config, serve_app
 
 CONFIDENCE = {"confidence": {"type": "continuous", "direction": "higher", "json": "$.confidence"}}

@@ -26,19 +26,19 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, get_args
 
 from prometheus_client.core import Metric
 
-from config import Config
-from config.errors import AbgateError
-from config.model import RolloutPlan
-from config.parse_rollout import parse_plan
-from control.load_test import LoadPlan, LoadResult, run_load
-from control.measured import by_arm, of_phase, units
-from control.rollout.gates import Decision, StageInputs, decide
-from control.rollout.gauges import rollout_families
-from control.rollout.recovery import recover
-from state.errors import StoreUnavailable
-from state.flags import FlagStore, VersionConflict
-from state.measurements import MeasurementStore
-from state.rollouts import (
+from abgate.config import Config
+from abgate.config.errors import AbgateError
+from abgate.config.model import RolloutPlan
+from abgate.config.parse_rollout import parse_plan
+from abgate.control.load_test import LoadPlan, LoadResult, run_load
+from abgate.control.measured import by_arm, of_phase, units
+from abgate.control.rollout.gates import Decision, StageInputs, decide
+from abgate.control.rollout.gauges import rollout_families
+from abgate.control.rollout.recovery import recover
+from abgate.state.errors import StoreUnavailable
+from abgate.state.flags import FlagStore, VersionConflict
+from abgate.state.measurements import MeasurementStore
+from abgate.state.rollouts import (
     ACTIVE,
     FINISHED,
     Lease,
@@ -47,7 +47,7 @@ from state.rollouts import (
     RolloutStatus,
     RolloutStore,
 )
-from state.tasks import stop_tasks
+from abgate.state.tasks import stop_tasks
 
 log = logging.getLogger("abgate.rollout")
 ACTOR = "rollout-controller"

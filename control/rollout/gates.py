@@ -33,16 +33,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from config.metrics_catalogue import SLOW_METRIC
-from config.model import ExperimentConfig, MetricConfig, RolloutPlan
-from control.measured import EMPTY
-from control.rollout import sizing
-from control.rollout.sizing import stage_alpha
-from control.stats import holm
-from control.stats.checks import SRM_THRESHOLD, sequential_srm
-from control.stats.clusters import MIN_CLUSTERS, ClusteredSums, clustered_rates
-from control.stats.models import StatsInputError
-from control.stats.sequential import (
+from abgate.config.metrics_catalogue import SLOW_METRIC
+from abgate.config.model import ExperimentConfig, MetricConfig, RolloutPlan
+from abgate.control.measured import EMPTY
+from abgate.control.rollout import sizing
+from abgate.control.rollout.sizing import stage_alpha
+from abgate.control.stats import holm
+from abgate.control.stats.checks import SRM_THRESHOLD, sequential_srm
+from abgate.control.stats.clusters import MIN_CLUSTERS, ClusteredSums, clustered_rates
+from abgate.control.stats.models import StatsInputError
+from abgate.control.stats.sequential import (
     MIN_EVENTS,
     TUNING,
     always_valid_p,

@@ -6,10 +6,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client.core import Metric
 
-from config import metrics_catalogue
-from config.model import RolloutPlan
-from control.rollout.gates import Decision
-from state.rollouts import Rollout
+from abgate.config import metrics_catalogue
+from abgate.config.model import RolloutPlan
+from abgate.control.rollout.gates import Decision
+from abgate.state.rollouts import Rollout
 
 _GATE_VALUE = {"pass": 1.0, "hold": 0.0, "fail": -1.0}
 

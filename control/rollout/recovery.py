@@ -19,9 +19,9 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from config import Config
-from state.flags import FlagStore
-from state.rollouts import FINISHED, Rollout, RolloutStore
+from abgate.config import Config
+from abgate.state.flags import FlagStore
+from abgate.state.rollouts import FINISHED, Rollout, RolloutStore
 
 log = logging.getLogger("abgate.rollout")
 # How a rollout's flag writes by people begin (start, override, approval): with the

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from config.model import Amount, ExperimentConfig, MetricConfig, RolloutPlan
-from control.measured import EMPTY
-from control.stats.clusters import ClusteredSums
-from control.stats.models import StatsInputError
-from control.stats.sequential import sequential_sample_size
+from abgate.config.model import Amount, ExperimentConfig, MetricConfig, RolloutPlan
+from abgate.control.measured import EMPTY
+from abgate.control.stats.clusters import ClusteredSums
+from abgate.control.stats.models import StatsInputError
+from abgate.control.stats.sequential import sequential_sample_size
 
 MIN_VARIANCE_SAMPLES = 10  # control samples before its variance is trusted for sizing
 

@@ -5,16 +5,16 @@ are result objects; scipy does the distributions. Every result is finite or the 
 refused with `StatsInputError` naming the field.
 """
 
-from control.stats.checks import holm, srm
-from control.stats.frequentist import TestResult, fisher_exact, two_proportion, welch_t
-from control.stats.models import Proportion, SampleMean, StatsInputError
-from control.stats.power import (
+from abgate.control.stats.checks import holm, srm
+from abgate.control.stats.frequentist import TestResult, fisher_exact, two_proportion, welch_t
+from abgate.control.stats.models import Proportion, SampleMean, StatsInputError
+from abgate.control.stats.power import (
     mean_power,
     mean_sample_size,
     proportion_power,
     proportion_sample_size,
 )
-from control.stats.sequential import sequential_test
+from abgate.control.stats.sequential import sequential_test
 
 __all__ = [
     "Proportion",

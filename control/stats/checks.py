@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from scipy import special
 
-from control.stats.models import StatsInputError
+from abgate.control.stats.models import StatsInputError
 
 SRM_THRESHOLD = 0.001  # GrowthBook warns below this
 

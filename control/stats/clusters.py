@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from control.stats.models import Proportion, SampleMean
+from abgate.control.stats.models import Proportion, SampleMean
 
 MIN_CLUSTERS = 20  # per arm, before any test: fewer and the variance estimate is too rough
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from scipy import special
 
-from control.stats.models import Alternative, Proportion, SampleMean, StatsInputError
+from abgate.control.stats.models import Alternative, Proportion, SampleMean, StatsInputError
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from config.errors import AbgateError
+from abgate.config.errors import AbgateError
 
 Alternative = Literal["two-sided", "greater", "less"]  # about treatment (b) minus control (a)
 

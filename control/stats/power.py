@@ -7,7 +7,7 @@ import math
 
 from scipy import optimize, special
 
-from control.stats.models import MAX_N, StatsInputError
+from abgate.control.stats.models import MAX_N, StatsInputError
 
 
 def _check(alpha: float, power: float | None = None) -> None:

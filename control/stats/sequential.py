@@ -9,8 +9,8 @@ import math
 
 from scipy import optimize, special
 
-from control.stats.frequentist import TestResult, relative_effect
-from control.stats.models import MAX_N, Proportion, SampleMean, StatsInputError
+from abgate.control.stats.frequentist import TestResult, relative_effect
+from abgate.control.stats.models import MAX_N, Proportion, SampleMean, StatsInputError
 
 TUNING = 5000.0  # gbstats' N*: the sample size around which the sequence is tightest
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from scipy import special
 
-from control.stats.models import SampleMean, StatsInputError
+from abgate.control.stats.models import SampleMean, StatsInputError
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,8 +32,8 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from state.histogram import Histogram
-from state.history.rows import (
+from abgate.state.histogram import Histogram
+from abgate.state.history.rows import (
     DECISION_COLUMNS,
     STATEMENTS,
     DecisionRow,

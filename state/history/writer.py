@@ -26,11 +26,11 @@ from typing import Any
 
 import asyncpg
 
-from config.metrics_catalogue import HISTORY_WRITE_BUCKETS
-from state.histogram import Histogram
-from state.history.flush import Chunk, Flush, SmallRow
-from state.history.rows import IDENTIFIED, REQUEST_ID_MAX, STATEMENTS, DecisionRow, safe_text
-from state.history.schema import maintain, migrate
+from abgate.config.metrics_catalogue import HISTORY_WRITE_BUCKETS
+from abgate.state.histogram import Histogram
+from abgate.state.history.flush import Chunk, Flush, SmallRow
+from abgate.state.history.rows import IDENTIFIED, REQUEST_ID_MAX, STATEMENTS, DecisionRow, safe_text
+from abgate.state.history.schema import maintain, migrate
 
 log = logging.getLogger("abgate.history")
 FLUSH_INTERVAL = 1.0
