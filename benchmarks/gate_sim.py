@@ -145,8 +145,8 @@ of longer stages; not done.
 
 
 def first_stage_plan(split_bp: int, **settings: object) -> ExperimentConfig:
-    """benchmarks/rollout_sim.py's plan starting at `split_bp`: 4 compared stages, so
-    alpha / 4 per stage."""
+    """benchmarks/rollout_sim.py's plan starting at `split_bp`: 4 compared stages and the
+    holdout, so alpha / 5 per stage."""
     later = [p for p in (25, 50, 75, 90) if p > split_bp / 100][:3]
     return experiment({**PLAN, "stages": [split_bp / 100, *later, 100], **settings})
 
@@ -187,8 +187,8 @@ def caught_by_planned_n(
 ) -> tuple[float, float]:
     """(share of first stages rolled back for harm on `metric` by the time both arms have
     the samples the gate planned for it, median planned treatment samples): the plan of
-    benchmarks/rollout_sim.py (5 stages, so alpha / 4 per stage, three harm tests and an
-    SLO), every metric simulated, looked at every tick."""
+    benchmarks/rollout_sim.py (4 stages and the holdout, so alpha / 5 per stage, three harm
+    tests and an SLO), every metric simulated, looked at every tick."""
     exp = first_stage_plan(split_bp)
     plan = exp.rollout
     assert plan is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,6 +63,9 @@ class Arm:
 
 
 Outcome = tuple[int, int, int, int]  # (due tick, stage, count, conversions)
+# An arm that changes during the rollout: its behaviour at (tick, stage index), e.g. a
+# novelty effect fading with time (benchmarks/holdout_sim.py)
+Behaviour = Arm | Callable[[int, int], Arm]
 
 
 def _add(
@@ -123,7 +127,7 @@ def _independent(sums: dict[str, Sums]) -> dict[str, ClusteredSums]:
 
 def simulate(
     rng: np.random.Generator,
-    treatment: Arm,
+    treatment: Behaviour,
     *,
     control: Arm = Arm(),
     per_tick: int = 400,
@@ -131,21 +135,23 @@ def simulate(
     config: ExperimentConfig | None = None,
     reported: float = 1.0,
     delay_ticks: int = 0,
+    start_stage: int = 0,
 ) -> tuple[str, int]:
     """(how it ended, the stage index reached): completed, rolled_back or escalated.
     `reported`: the share of answers whose business outcome is ever posted; `delay_ticks`:
-    how late the outcomes arrive."""
+    how late the outcomes arrive; `start_stage`: where the rollout is when the simulation
+    begins (the last stage: promoted there by a person)."""
     exp = config or experiment()
     plan = exp.rollout
     assert plan is not None
-    stage, started = 0, 0.0
+    stage, started = start_stage, 0.0
     sums_c: dict[str, Sums] = {}
     sums_t: dict[str, Sums] = {}
     late_c: list[Outcome] | None = [] if delay_ticks else None
     late_t: list[Outcome] | None = [] if delay_ticks else None
     for tick in range(1, max_ticks + 1):
         now = tick * plan.tick
-        bp = plan.stages[stage].percentage_bp
+        bp = plan.live_bp(stage)
         n_t = int(rng.binomial(per_tick, bp / 10_000))
         due = tick + delay_ticks
         _add(
@@ -158,7 +164,8 @@ def simulate(
             due=due,
             stage=stage,
         )
-        _add(sums_t, rng, treatment, n_t, reported=reported, pending=late_t, due=due, stage=stage)
+        arm = treatment(tick, stage) if callable(treatment) else treatment
+        _add(sums_t, rng, arm, n_t, reported=reported, pending=late_t, due=due, stage=stage)
         if late_c is not None and late_t is not None:
             late_c = _arrived(late_c, tick, stage, sums_c)
             late_t = _arrived(late_t, tick, stage, sums_t)

@@ -325,7 +325,7 @@ STATS_SRM_P_VALUE = Gauge(
 # --- Rollouts (control/rollout/gauges.py) ---
 ROLLOUT_STAGE_PERCENTAGE = Gauge(
     "abgate_rollout_stage_percentage",
-    "The percentage of the rollout's current stage.",
+    "The treatment percentage of the rollout's current stage (95 in a 5% holdout).",
     ("experiment",),
 )
 ROLLOUT_STATE = Gauge(

@@ -358,6 +358,17 @@ class SloConfig:
     error_rate: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class HoldoutConfig:
+    """A control share kept through the last stage's bake: the treatment runs at
+    100% - `percentage_bp` there, compared with the gates of every other stage, and is
+    released to 100% once they pass (docs/rollouts.md)."""
+
+    percentage_bp: int
+
+
+DEFAULT_HOLDOUT = HoldoutConfig(500)  # plans with a primary metric, unless `holdout: false`
+
 DEFAULT_GUARDRAILS = (
     GuardrailConfig(ERROR_METRIC, Amount(0.005, False)),
     GuardrailConfig(LATENCY_METRIC, Amount(0.10, True)),
@@ -374,12 +385,23 @@ class RolloutPlan:
     slo: SloConfig
     alpha: float
     power: float
-    bake: float  # seconds at 100% (absolute SLOs only) before the rollout is completed
+    bake: float  # seconds the last stage runs (its holdout compared) before completion
     breaker_grace: float  # treatment breaker open longer than this: rollback
+    holdout: HoldoutConfig | None = None  # None: the last stage is 100%, SLOs only
 
     @property
     def percentages(self) -> list[float]:
         return [stage.percentage_bp / 100 for stage in self.stages]
+
+    def holds_out(self, index: int) -> bool:
+        """Whether stage `index` is the holdout (the last stage, with a control share)."""
+        return self.holdout is not None and index == len(self.stages) - 1
+
+    def live_bp(self, index: int) -> int:
+        """The treatment share stage `index` runs at: its percentage, but for the holdout."""
+        if self.holdout is not None and self.holds_out(index):
+            return 10_000 - self.holdout.percentage_bp
+        return self.stages[index].percentage_bp
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,10 @@ from abgate.config.fields import Reader
 from abgate.config.metrics_catalogue import BUILT_IN_METRIC_NAMES
 from abgate.config.model import (
     DEFAULT_GUARDRAILS,
+    DEFAULT_HOLDOUT,
     Amount,
     GuardrailConfig,
+    HoldoutConfig,
     LoadTestConfig,
     MetricConfig,
     PrimaryConfig,
@@ -36,7 +38,9 @@ _KEYS = {
     "power",
     "bake",
     "breaker_grace",
+    "holdout",
 }
+MAX_HOLDOUT_BP = 5_000  # a holdout is the smaller arm; half or more is another stage
 _LATENCY_SLO = re.compile(r"^latency_p(\d{1,2}(?:\.\d+)?)$")
 _YEAR = 365 * 86_400.0
 
@@ -74,6 +78,9 @@ def read_plan(
     primary = _primary(r, section.get("primary"), (*path, "primary"), known)
     guardrails = _guardrails(r, section.get("guardrails"), (*path, "guardrails"), known)
     slo = _slo(r, section.get("slo"), (*path, "slo"))
+    holdout = _holdout(
+        r, section.get("holdout", primary is not None), (*path, "holdout"), stages or ()
+    )
     if alpha is not None and power is not None and power <= alpha:
         r.problem((*path, "power"), f"must be above alpha ({alpha:g}), got {power:g}")
         return None
@@ -89,6 +96,7 @@ def read_plan(
         or primary is False
         or guardrails is None
         or slo is None
+        or holdout is False
     ):
         return None
     return RolloutPlan(
@@ -102,6 +110,7 @@ def read_plan(
         power=power,
         bake=bake,
         breaker_grace=grace,
+        holdout=holdout if isinstance(holdout, HoldoutConfig) else None,
     )
 
 
@@ -152,6 +161,42 @@ def _stages(
         r.problem(path, "the last stage must be 100 (a rollout ends with all traffic on ML)")
         return None
     return tuple(out)
+
+
+def _holdout(
+    r: Reader, value: Any, path: KeyPath, stages: tuple[StageConfig, ...]
+) -> HoldoutConfig | bool | None:
+    """`holdout: {percentage: 5}` (true: the default 5%) or false. None: no holdout; False:
+    invalid (reported). Without a key, plans with a primary metric hold out the default."""
+    if value is False:
+        return None
+    if value is True:
+        percentage: int | None = DEFAULT_HOLDOUT.percentage_bp
+    else:
+        section = r.mapping(value, path, {"percentage"})
+        if section is None:
+            return False
+        if "percentage" not in section:
+            r.problem((*path, "percentage"), "required: the control share kept, such as 5")
+            return False
+        percentage = r.percentage(section["percentage"], (*path, "percentage"))
+    if percentage is None:
+        return False
+    if not 0 < percentage < MAX_HOLDOUT_BP:
+        r.problem(
+            (*path, "percentage"),
+            f"above 0 and below {MAX_HOLDOUT_BP / 100:g} (the control share kept at the last "
+            f"stage), got {percentage / 100:g}",
+        )
+        return False
+    if len(stages) > 1 and 10_000 - percentage <= stages[-2].percentage_bp:
+        r.problem(
+            (*path, "percentage"),
+            f"the holdout leaves the treatment at {(10_000 - percentage) / 100:g}%, not above "
+            f"the stage before ({stages[-2].percentage_bp / 100:g}%)",
+        )
+        return False
+    return HoldoutConfig(percentage)
 
 
 def _load_test(r: Reader, value: Any, path: KeyPath) -> LoadTestConfig | None:

@@ -27,7 +27,21 @@ _ROLLOUT = {
             "type": "object",
             "properties": {
                 "index": {"type": "integer"},
-                "percentage": {"type": "number"},
+                "percentage": {
+                    "type": "number",
+                    "description": "the treatment share the stage runs at (95 in a 5% holdout)",
+                },
+                "phase": {
+                    "enum": ["ramp", "holdout", "released", "bake"],
+                    "description": "ramp: a stage before the last; holdout: the last stage with "
+                    "a control share kept through its bake, compared like the others; "
+                    "released: its gates passed and the holdout went to 100%; bake: 100% with "
+                    "no control arm (SLOs only)",
+                },
+                "holdout": {
+                    "type": ["number", "null"],
+                    "description": "the control share the last stage keeps (percent), null: none",
+                },
                 "started_at": {"type": "number"},
             },
         },
@@ -184,7 +198,12 @@ ROLLOUT_PATHS: dict[str, Any] = {
             "summary": "Start a rollout (with the config's plan, or `plan` overriding it)",
             "requestBody": _body(
                 {
-                    "plan": {"type": "object", "description": "as the YAML rollout section"},
+                    "plan": {
+                        "type": "object",
+                        "description": "as the YAML rollout section (stages, primary, "
+                        "guardrails, slo, alpha, power, bake, holdout: {percentage: 5} or "
+                        "false, ...)",
+                    },
                     "reason": _REASON,
                 }
             ),

@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from abgate.config.errors import ConfigError
+from abgate.config.model import RolloutPlan
 from abgate.control.current import resolve
 from abgate.control.flags_api import caller
 from abgate.control.http import CONTROLLER, ApiError, json_object, json_response
@@ -73,9 +74,22 @@ async def _call(coroutine: Any) -> Any:
         raise ApiError(400, f"invalid plan: {exc}", problems=problems) from None
 
 
+def stage_phase(plan: RolloutPlan, rollout: Rollout) -> tuple[str, float]:
+    """What the stage is and the treatment share it runs at, said so that the holdout never
+    reads as 100% (nor a released one as 95%)."""
+    index = rollout.stage_index
+    if plan.holds_out(index):
+        if rollout.state == "completed":
+            return "released", 100.0
+        return "holdout", plan.live_bp(index) / 100
+    percentage = plan.stages[index].percentage_bp / 100
+    return ("bake" if percentage == 100 else "ramp"), percentage
+
+
 async def _view(controller: RolloutController, rollout: Rollout) -> dict[str, Any]:
     plan = controller.plan_of(rollout)
     stage = plan.stages[rollout.stage_index]
+    phase, percentage = stage_phase(plan, rollout)
     decision = controller.last_decision(rollout.experiment)
     following = (
         plan.stages[rollout.stage_index + 1] if rollout.stage_index + 1 < len(plan.stages) else None
@@ -85,7 +99,9 @@ async def _view(controller: RolloutController, rollout: Rollout) -> dict[str, An
         "state": rollout.state,
         "stage": {
             "index": rollout.stage_index,
-            "percentage": stage.percentage_bp / 100,
+            "percentage": percentage,
+            "phase": phase,
+            "holdout": plan.holdout.percentage_bp / 100 if plan.holdout else None,
             "started_at": rollout.stage_started_at,
             "min_duration": stage.min_duration,
         },

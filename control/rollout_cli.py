@@ -83,9 +83,15 @@ def add_rollout_parser(commands: Any) -> None:
 
 def _bar(view: dict[str, Any]) -> str:
     current = view["stage"]["index"]
-    return " -> ".join(
-        f"[{p:g}%]" if i == current else f"{p:g}%" for i, p in enumerate(view["stages"])
-    )
+    names = [f"{p:g}%" for p in view["stages"]]
+    if view["stage"].get("holdout"):  # the last stage runs with control kept, then 100%
+        names[-1] = f"{100 - view['stage']['holdout']:g}% holdout -> 100%"
+    return " -> ".join(f"[{n}]" if i == current else n for i, n in enumerate(names))
+
+
+def _at(stage: dict[str, Any]) -> str:
+    """The stage's live share, and its phase when it is the holdout."""
+    return f"{stage['percentage']:g}%" + (" (holdout)" if stage.get("phase") == "holdout" else "")
 
 
 def _duration(seconds: float | None) -> str:
@@ -126,8 +132,8 @@ def watch(args: argparse.Namespace) -> int:
             sys.stdout.write("\x1b[H\x1b[J" + "\n".join(render(view)) + "\n")
             sys.stdout.flush()
         elif (view["state"], view["reason"]) != last:
-            stage = view["stage"]["percentage"]
-            print(f"{_iso(time.time())} {view['state']} {stage:g}% {view['reason']}", flush=True)
+            stage = _at(view["stage"])
+            print(f"{_iso(time.time())} {view['state']} {stage} {view['reason']}", flush=True)
         last = (view["state"], view["reason"])
         if view["state"] in FINISHED:
             return FINISHED[view["state"]]
@@ -159,7 +165,7 @@ def report(args: argparse.Namespace) -> Path:
     lines = [
         f"# Business impact: {name}",
         "",
-        f"State **{view['state']}** at {view['stage']['percentage']:g}% ({view['reason']}).",
+        f"State **{view['state']}** at {_at(view['stage'])} ({view['reason']}).",
         f"Started {_iso(view['started_at'])} by {view['started_by']}.",
         "",
         "## Summary",

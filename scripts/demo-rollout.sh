@@ -4,7 +4,8 @@
 # Uses the `make run` stack (starts it when it is not up, and stops it after), then:
 #   1. backs up the routing state (abgate flags backup -> backups/YYYYMMDD/traffic/),
 #   2. shadows: simulated users at 0%, each ML answer compared with the one served,
-#   3. starts the documentation-keeper rollout 5 -> 25 -> 50 (approval) -> 75 -> 100 while
+#   3. starts the documentation-keeper rollout 5 -> 25 -> 50 (approval) -> 75 -> 80 (a 20%
+#      control holdout compared through the bake) -> released to 100 while
 #      `abgate simulate` sends users (sticky ids) and reports their outcomes (accuracy,
 #      satisfaction) with each decision's phase and user; shows `abgate rollout status
 #      --watch`; approves the 50% stage when the plan asks a person (saying so),
@@ -79,7 +80,7 @@ print(f"shadow: {shadow['"'"'total_decisions'"'"']:,} ML answers compared, agree
       f"{rate:.1%}" if rate is not None else "shadow: nothing compared yet")'
 
 echo
-echo "== 3. The rollout: 5% -> 25% -> 50% (approval) -> 75% -> 100%, users simulated at ${RATE}/s"
+echo "== 3. The rollout: 5% -> 25% -> 50% (approval) -> 75% -> 80% with a 20% control holdout -> 100%, users simulated at ${RATE}/s"
 "$BIN/abgate" rollout start "$EXPERIMENT" --reason "make demo-rollout (SCENARIO=$SCENARIO)" >/dev/null
 "$BIN/abgate" simulate --experiment "$EXPERIMENT" --scenario "$SCENARIO" --rate "$RATE" \
     --until-rollout-ends --seed 12 >"$LOGS/simulate.log" 2>&1 &

@@ -21,6 +21,7 @@ PLAN = {
     **FAST,
     "stages": [25, 50, 100],
     "primary": {"metric": "accuracy", "minimum_detectable_effect": 0.1},
+    "holdout": {"percentage": 25},  # 75:25, sized like the 25% stage (5% would take minutes)
 }
 
 
@@ -91,7 +92,8 @@ async def test_after_a_completed_rollout_the_reports_read_the_stages_with_a_cont
         test = await get(session, f"{api}/api/statistics/significance-test")
     evidence = impact["evidence"]
     assert evidence["basis"] == "earlier phases with both arms"
-    assert [p["percentage"] for p in evidence["phases"]] == [25, 50]  # not the 100% phase
+    # the holdout (75%) is compared too; the 100% phase after its release is not
+    assert [p["percentage"] for p in evidence["phases"]] == [25, 50, 75]
     assert impact["metric"] == "accuracy"
     assert 15 < impact["improvement_percentage"] < 40  # 0.88 against 0.70: +25.7%
     low, high = impact["interval"]

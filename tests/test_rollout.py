@@ -157,6 +157,65 @@ async def test_a_better_treatment_goes_through_every_stage_with_approval(
     assert approval["actor"] == "alice"
 
 
+async def test_the_holdout_is_compared_then_released_to_100(session: ClientSession) -> None:
+    """The last stage keeps 10% on control through its bake, says so (never "100%"), and
+    goes to 100% only once its gates pass."""
+    plan = {**FAST, "stages": [50, 100], "holdout": {"percentage": 10}}
+    async with stack(plan) as running, traffic(session, running):
+        await api(session, running, "POST", "/api/rollouts/exp", {"reason": "ship"}, expect=201)
+        held = await until(session, running, lambda v: v["stage"]["phase"] == "holdout")
+        assert held["stage"]["percentage"] == 90
+        assert held["stage"]["holdout"] == 10
+        assert running.flags.get("exp").percentage == 90
+        done = await until(session, running, lambda v: v["state"] == "completed")
+        assert (done["stage"]["phase"], done["stage"]["percentage"]) == ("released", 100)
+        assert running.flags.get("exp").percentage == 100
+        history = (await api(session, running, "GET", "/api/rollouts/exp/history"))["history"]
+    changes = [e["change"] for e in reversed(history) if e["change"]]
+    assert changes == [
+        "stage 0: 50%",
+        "stage 1: 90% (holdout: 10% kept on control)",
+        "holdout released: 100%",
+    ]
+    released = history[0]
+    assert (released["decision"], released["state"]) == ("complete", "completed")
+    gates = {g["name"]: g["status"] for g in released["inputs"]["gates"]}
+    assert gates["srm"] == gates["samples"] == gates["non_inferiority"] == "pass"
+
+
+async def test_a_person_may_release_the_holdout_early(session: ClientSession) -> None:
+    """Promote at the holdout releases it to 100% (an override); at a last stage without
+    one there is nothing further."""
+    plan = {**FAST, "stages": [100], "holdout": {"percentage": 5}, "bake": "1h"}
+    async with stack(plan) as running:
+        started = await api(session, running, "POST", "/api/rollouts/exp", {}, expect=201)
+        assert (started["stage"]["phase"], started["stage"]["percentage"]) == ("holdout", 95)
+        assert running.flags.get("exp").percentage == 95
+        released = await api(
+            session, running, "POST", "/api/rollouts/exp/promote", {"reason": "seen enough"}
+        )
+        assert (released["state"], released["stage"]["phase"]) == ("completed", "released")
+        assert running.flags.get("exp").percentage == 100
+        assert released["reason"] == "override by alice: seen enough"
+
+
+async def test_a_release_written_before_a_crash_is_adopted(session: ClientSession) -> None:
+    """The controller's own write of 100% at the holdout, its record lost (a crash between
+    the two): the next tick completes the rollout, it does not pause it as a change by hand."""
+    plan = {**FAST, "stages": [100], "holdout": {"percentage": 5}, "bake": "1h"}
+    async with stack(plan) as running:
+        await api(session, running, "POST", "/api/rollouts/exp", {}, expect=201)
+        async with session.post(
+            running.control_url + "/api/flags/exp",
+            json={"percentage": 100, "reason": "released"},
+            headers={**JSON, "X-ABGate-Actor": "rollout-controller"},
+        ) as response:
+            assert response.status == 200, await response.text()
+        done = await until(session, running, lambda v: v["state"] != "running")
+    assert done["state"] == "completed", done["reason"]
+    assert done["reason"].startswith("holdout released before a restart")
+
+
 @pytest.mark.parametrize("harm", ["errors", "latency"])
 async def test_a_worse_treatment_is_rolled_back_naming_the_metric(
     session: ClientSession, harm: str

@@ -37,10 +37,10 @@ def test_better_completes_and_worse_is_rolled_back_at_the_first_stage(arm: Arm, 
     assert all(result == (end, 0 if end == "rolled_back" else 4) for result in results)
 
 
-def test_alpha_is_split_over_the_compared_stages() -> None:
+def test_alpha_is_split_over_the_stages_that_test() -> None:
     plan = experiment().rollout
     assert plan is not None
-    assert stage_alpha(plan) == pytest.approx(0.05 / 4)  # 5, 25, 50, 75; 100 has no control
+    assert stage_alpha(plan) == pytest.approx(0.05 / 5)  # 5, 25, 50, 75 and the holdout
 
 
 def test_no_data_is_a_hold_never_a_pass_or_a_fail() -> None:

@@ -77,6 +77,15 @@ def _changed_by_hand(name: str) -> Iterator[None]:
         ) from None
 
 
+def stage_change(plan: RolloutPlan, index: int) -> str:
+    """How the history names a move to stage `index`: its live percentage, and the
+    holdout's control share where there is one (never "100%" while control still serves)."""
+    change = f"stage {index}: {plan.live_bp(index) / 100:g}%"
+    if plan.holdout is not None and plan.holds_out(index):
+        change += f" (holdout: {plan.holdout.percentage_bp / 100:g}% kept on control)"
+    return change
+
+
 class RolloutError(AbgateError):
     """A rollout action that cannot be done now (the API answers 409)."""
 
@@ -401,10 +410,7 @@ class RolloutController:
             await self._save(rollout, updated, decision, ACTOR, "rolled_back")
             return
         if decision.verdict == "complete":
-            updated = rollout.next(
-                state="completed", decision="complete", reason=decision.reason, eta_seconds=None
-            )
-            await self._save(rollout, updated, decision, ACTOR, "completed")
+            await self._complete(rollout, plan, decision, ACTOR, decision.reason)
             return
         if decision.verdict == "continue":
             following = rollout.stage_index + 1
@@ -412,6 +418,7 @@ class RolloutController:
                 reason = (
                     f"stage {stage.percentage_bp / 100:g}% shown safe; waiting for "
                     f"approval of {plan.stages[following].percentage_bp / 100:g}%"
+                    + (" (with its holdout first)" if plan.holds_out(following) else "")
                 )
                 updated = rollout.next(
                     state="awaiting_approval", decision="continue", reason=reason, eta_seconds=None
@@ -433,8 +440,11 @@ class RolloutController:
         # hold
         # Awaiting approval stays so (rules 1-2 keep running); a running stage that cannot
         # decide for max_hold goes to a person.
-        overdue = now - rollout.stage_started_at > plan.max_hold
-        state = held_state(rollout.state, decision.kind, overdue)
+        # A holdout's bake is no hold: max_hold counts from its end.
+        waited = now - rollout.stage_started_at
+        if plan.holds_out(rollout.stage_index):
+            waited -= plan.bake
+        state = held_state(rollout.state, decision.kind, waited > plan.max_hold)
         changed = state != rollout.state
         updated = rollout.next(
             state=state, decision="hold", reason=decision.reason, eta_seconds=decision.eta_seconds
@@ -443,6 +453,29 @@ class RolloutController:
             rollout, updated, decision, ACTOR, state if changed else None, record=key != seen.last
         )
         seen.last = key
+
+    async def _complete(
+        self,
+        rollout: Rollout,
+        plan: RolloutPlan,
+        decision: Decision | None,
+        actor: str,
+        reason: str,
+    ) -> Rollout:
+        """Completed; from the holdout, once it is released to 100%."""
+        version, change = rollout.flag_version, None
+        if plan.holds_out(rollout.stage_index):
+            version = await self._set_percentage(rollout, 10_000, reason, actor)
+            change = "holdout released: 100%"
+        updated = rollout.next(
+            state="completed",
+            decision="complete",
+            reason=reason,
+            flag_version=version,
+            eta_seconds=None,
+        )
+        await self._save(rollout, updated, decision, actor, "completed", change=change)
+        return updated
 
     async def _promote(
         self,
@@ -453,7 +486,7 @@ class RolloutController:
         actor: str,
         reason: str,
     ) -> Rollout:
-        percentage = plan.stages[index].percentage_bp
+        percentage = plan.live_bp(index)
         flag = await self._set_percentage(rollout, percentage, reason, actor)
         updated = rollout.next(
             state="running",
@@ -470,7 +503,7 @@ class RolloutController:
             decision,
             actor,
             "running",
-            change=f"stage {index}: {percentage / 100:g}%",
+            change=stage_change(plan, index),
         )
         self._seen.pop(rollout.experiment, None)
         return updated
@@ -493,11 +526,22 @@ class RolloutController:
         if (
             by == ACTOR
             and rollout.stage_index + 1 < len(plan.stages)
-            and plan.stages[rollout.stage_index + 1].percentage_bp == round(percentage * 100)
+            and plan.live_bp(rollout.stage_index + 1) == round(percentage * 100)
         ):
             # Our own promotion, written before a crash kept us from recording it: adopt it
             # (never repeat it, never skip a stage).
             await self._promote_adopted(rollout, plan)
+            return
+        if by == ACTOR and plan.holds_out(rollout.stage_index) and percentage == 100:
+            # Our own release of the holdout, written before a crash kept us from recording
+            # the completion: adopt it.
+            updated = rollout.next(
+                state="completed",
+                decision="complete",
+                reason=f"holdout released before a restart ({why})",
+                flag_version=self.flags.table.get(rollout.experiment).version,
+            )
+            await self._save(rollout, updated, None, ACTOR, "completed", change="recovered")
             return
         reason = f"changed by {by} to {percentage:g}% ({why}); paused, nothing overwritten"
         updated = rollout.next(
@@ -603,11 +647,11 @@ class RolloutController:
             generation=held.generation if held else 0,
         )
         resolved = self.plan_of(draft)
-        first = resolved.stages[0]
+        first = resolved.live_bp(0)
         draft_flag = self.flags.table.get(name)
-        if draft_flag.basis_points != first.percentage_bp:
+        if draft_flag.basis_points != first:
             [flag] = await self.flags.set_percentages(
-                {name: first.percentage_bp},
+                {name: first},
                 by=actor,
                 reason=f"rollout started: {reason}",
                 expected={name: draft_flag.version},
@@ -625,7 +669,7 @@ class RolloutController:
                 "actor": actor,
                 "state": "running",
                 "transition": "started",
-                "change": f"stage 0: {first.percentage_bp / 100:g}%",
+                "change": stage_change(resolved, 0),
                 "stage": 0,
                 "decision": "start",
                 "reason": reason,
@@ -713,18 +757,20 @@ class RolloutController:
 
     @_one_at_a_time
     async def promote(self, name: str, actor: str, reason: str) -> Rollout:
-        """A manual skip to the next stage, recorded as an override."""
+        """A manual skip to the next stage (from the holdout: its release to 100%, the
+        rollout completed), recorded as an override."""
         rollout = await self.get(name)
         if rollout.state in FINISHED:
             raise RolloutError(f"the rollout is {rollout.state}")
         plan = self.plan_of(rollout)
         following = rollout.stage_index + 1
-        if following >= len(plan.stages):
+        why = f"override by {actor}: {reason}"
+        if following >= len(plan.stages) and not plan.holds_out(rollout.stage_index):
             raise RolloutError("the rollout is at its last stage")
         with _changed_by_hand(name):
-            return await self._promote(
-                rollout, plan, following, None, actor, f"override by {actor}: {reason}"
-            )
+            if following >= len(plan.stages):
+                return await self._complete(rollout, plan, None, actor, why)
+            return await self._promote(rollout, plan, following, None, actor, why)
 
     @_one_at_a_time
     async def set_incident(self, name: str, open_: bool, description: str, actor: str) -> Rollout:

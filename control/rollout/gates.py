@@ -6,8 +6,10 @@ simulation (benchmarks/rollout_sim.py, tests/test_rollout_gates.py). First match
 1. rollback: the treatment breaker open past its grace; an open incident; harm shown by a
    sequential test (valid at every look) on a guardrail beyond its margin, on the primary
    metric, or on an absolute SLO. All harm tests of a stage are one Holm family, and the
-   plan's alpha is split evenly over the stages that have a control arm (Bonferroni across
-   the ramp), so an A/A rollout is rolled back at most alpha of the time over all its looks.
+   plan's alpha is split evenly over the stages that test (those with a control arm, the
+   holdout included, and a 100% stage that tests SLOs; Bonferroni across the whole ramp,
+   sizing.stage_alpha), so an A/A rollout is rolled back at most alpha of the time over
+   all its looks.
 2. hold (integrity): sample-ratio mismatch (an always-valid test), sidecars not on the
    flag version, stale data.
 3. hold (insufficient): fewer samples per arm, each target metric counted in its own
@@ -18,8 +20,11 @@ simulation (benchmarks/rollout_sim.py, tests/test_rollout_gates.py). First match
 4. continue: every guardrail shown non-inferior (its sequence wholly below the margin) and
    the primary too, within its margin (unless the plan declares it allow_unmeasured).
 5. otherwise: hold (undecided), escalated to a person after max_hold.
-At 100% there is no control arm: only the breaker, incidents and the SLOs, then completed
-after the bake.
+The last stage with a holdout (the plan's default when it has a primary metric) keeps a
+small control share: it runs rules 1-5 like any stage, with the bake as its minimum
+duration, and its "continue" is "complete" (the controller then releases the holdout to
+100%). Without a holdout there is no control arm at 100%: only the breaker, incidents and
+the SLOs, then completed after the bake.
 """
 
 from __future__ import annotations
@@ -121,7 +126,8 @@ def decide(
     gates: list[Gate] = []
     elapsed = inputs.now - inputs.stage_started_at
     tick = plan.tick if stats_tick is None else stats_tick
-    compared = stage.percentage_bp < 10_000
+    holdout = plan.holds_out(inputs.stage_index)
+    compared = stage.percentage_bp < 10_000 or holdout
 
     # 1. rollback
     if inputs.breaker_open_for > plan.breaker_grace:
@@ -142,7 +148,7 @@ def decide(
     if inputs.incident:
         reason = f"incident open: {inputs.incident}"
         return Decision("rollback", "incident", reason, (*gates, Gate("incident", "fail", reason)))
-    alpha = stage_alpha(plan) if compared else plan.alpha
+    alpha = stage_alpha(plan)
     harm = _slo_tests(plan, inputs.treatment)
     # The stage's sizes, and each metric's N* tuned to its planned n (control/stats/tuning.py)
     needs, sized = samples_needed(plan, experiment, inputs) if compared else (None, [])
@@ -203,6 +209,7 @@ def decide(
             "complete", "baked", f"baked {plan.bake:g}s at 100% within the SLOs", tuple(gates)
         )
 
+    least = plan.bake if holdout else stage.min_duration  # the holdout is kept the bake
     # 3. hold (insufficient): each target metric's own samples, per arm (a posted outcome
     # is a sample of its metric; a request without one is not)
     have_of = {
@@ -270,7 +277,7 @@ def decide(
                 gates.append(Gate("samples", "fail", reason, samples))
                 return Decision("hold", "cannot_finish", reason, tuple(gates), None, needed)
         if eta is not None:
-            eta = max(eta, stage.min_duration - elapsed)
+            eta = max(eta, least - elapsed)
             reason += f" (about {eta:.0f}s more at the observed rate)"
         gates.append(Gate("samples", "hold", reason, samples))
         return Decision("hold", "insufficient", reason, tuple(gates), eta, needed)
@@ -282,12 +289,15 @@ def decide(
             {"have": have, "needed": needed, "metric": binding, "by_metric": have_of},
         )
     )
-    if elapsed < stage.min_duration:
-        reason = f"min_duration not reached: {_elapsed(elapsed)} of {stage.min_duration:g}s"
-        gates.append(Gate("min_duration", "hold", reason))
-        return Decision(
-            "hold", "min_duration", reason, tuple(gates), stage.min_duration - elapsed, needed
-        )
+    if elapsed < least:
+        if holdout:  # a bake, not a wait for a person: never escalated for its length
+            kind, name = "bake", "bake"
+            reason = f"baking with the holdout: {_elapsed(elapsed)} of {least:g}s"
+        else:
+            kind = name = "min_duration"
+            reason = f"min_duration not reached: {_elapsed(elapsed)} of {least:g}s"
+        gates.append(Gate(name, "hold", reason))
+        return Decision("hold", kind, reason, tuple(gates), least - elapsed, needed)
     if inputs.load_test is False:
         reason = "the stage's load test has not passed yet"
         gates.append(Gate("load_test", "hold", reason))
@@ -320,18 +330,18 @@ def decide(
             pending.append(f"{label} (p = {p:.2g})")
     pending += [f"{name} (observed over its limit)" for name in over]
     if not pending:
+        passed = (
+            *gates,
+            Gate("non_inferiority", "pass", "every guardrail and the primary within its margin"),
+        )
+        if holdout:
+            reason = (
+                f"baked {plan.bake:g}s with the holdout: guardrails and the primary "
+                "non-inferior; the holdout is released to 100%"
+            )
+            return Decision("complete", "holdout", reason, passed, None, needed)
         return Decision(
-            "continue",
-            "safe",
-            "guardrails and the primary non-inferior",
-            (
-                *gates,
-                Gate(
-                    "non_inferiority", "pass", "every guardrail and the primary within its margin"
-                ),
-            ),
-            None,
-            needed,
+            "continue", "safe", "guardrails and the primary non-inferior", passed, None, needed
         )
     reason = "undecided: not yet shown within the margin: " + ", ".join(pending)
     gates.append(Gate("non_inferiority", "hold", reason))

@@ -32,7 +32,7 @@ def rollout_families(
             plan = plan_of(rollout)
         except Exception:  # a plan the config no longer has: no gauges, never a failed scrape
             continue
-        stage.add_metric([rollout.experiment], plan.stages[rollout.stage_index].percentage_bp / 100)
+        stage.add_metric([rollout.experiment], plan.live_bp(rollout.stage_index) / 100)
         for name in states:
             state.add_metric([rollout.experiment, name], float(rollout.state == name))
         if rollout.eta_seconds is not None:

@@ -87,9 +87,9 @@ async def _orphans(controller: Recovering, known: set[str]) -> list[Rollout]:
         by_rollout = flag.updated_by == controller.actor or flag.reason.startswith(ROLLOUT_WRITES)
         if not by_rollout or not 0 < flag.basis_points < 10_000:
             continue
-        stages = experiment.rollout.stages
+        plan = experiment.rollout
         index = max(
-            (i for i, stage in enumerate(stages) if stage.percentage_bp <= flag.basis_points),
+            (i for i in range(len(plan.stages)) if plan.live_bp(i) <= flag.basis_points),
             default=0,
         )
         now = controller.clock()

@@ -15,10 +15,26 @@ from abgate.control.stats.tuning import tuned_size
 MIN_VARIANCE_SAMPLES = 10  # control samples before its variance is trusted for sizing
 
 
+def tested_stages(plan: RolloutPlan) -> int:
+    """The stages that run rollback tests: each one with a control arm (the holdout
+    included), and a 100% stage without a holdout when the plan sets SLOs (its only tests)."""
+    compared = sum(
+        1
+        for index, stage in enumerate(plan.stages)
+        if stage.percentage_bp < 10_000 or plan.holds_out(index)
+    )
+    last_tests_slos = plan.holdout is None and (
+        plan.slo.error_rate is not None
+        or (plan.slo.latency_quantile is not None and plan.slo.latency_limit is not None)
+    )
+    return compared + last_tests_slos
+
+
 def stage_alpha(plan: RolloutPlan) -> float:
-    """The rollback tests' alpha in one stage: the plan's alpha over the compared stages."""
-    compared = sum(1 for stage in plan.stages if stage.percentage_bp < 10_000)
-    return plan.alpha / max(1, compared)
+    """The rollback tests' alpha in one stage: the plan's alpha split evenly over the
+    stages that test (Bonferroni across the whole ramp, 100% included), so a rollout spends
+    its alpha once."""
+    return plan.alpha / max(1, tested_stages(plan))
 
 
 def _variance(metric: MetricConfig, sums: ClusteredSums) -> float:

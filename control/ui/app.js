@@ -112,13 +112,15 @@ function rolloutBlock(name, rollout, history) {
   }
   box.append(el("div", { class: "row" },
     el("span", { class: `badge ${rollout.state}`, "data-testid": "rollout-state" }, rollout.state),
-    el("span", {}, `stage ${rollout.stage.index + 1} of ${rollout.stages.length}: ${pct(rollout.stage.percentage)}`),
+    el("span", { "data-testid": "rollout-stage" }, `stage ${rollout.stage.index + 1} of ${rollout.stages.length}: ${pct(rollout.stage.percentage)}`
+      + (rollout.stage.phase === "holdout" ? ` (holdout: ${pct(rollout.stage.holdout)} kept on control until its gates pass)` : "")),
     el("span", { class: "muted" }, `since ${when(rollout.stage.started_at)}`),
     el("span", {}, (rollout.gates || []).some((g) => g.users && g.users.cannot_finish)
       ? "ETA: cannot finish at the observed rate (see the samples gate)"
       : `ETA ${duration(rollout.eta_seconds)}`)));
   box.append(el("div", { class: "stages", "aria-label": "stages" }, ...rollout.stages.map((p, i) =>
-    el("span", { class: "stage " + (i < rollout.stage.index ? "done" : i === rollout.stage.index ? "current" : "") }, pct(p)))));
+    el("span", { class: "stage " + (i < rollout.stage.index ? "done" : i === rollout.stage.index ? "current" : "") },
+      i === rollout.stages.length - 1 && rollout.stage.holdout ? `${pct(100 - rollout.stage.holdout)} holdout, then ${pct(p)}` : pct(p)))));
   box.append(el("p", {}, el("strong", {}, `${rollout.decision || "–"}: `), rollout.reason));
   const gates = (rollout.gates || []).map((g) => el("tr", {},
     el("td", {}, g.name), el("td", {}, el("span", { class: `badge ${g.status}` }, g.status)),
@@ -137,6 +139,7 @@ function rolloutBlock(name, rollout, history) {
   if (!["completed", "rolled_back", "aborted"].includes(rollout.state)) {
     button("Abort", "abort");
     if (rollout.next) button("Promote", "promote");
+    else if (rollout.stage.phase === "holdout") button("Release the holdout", "promote");
   } else {
     buttons.append(el("button", { type: "button", onclick: () => {
       const reason = askReason(`Start a new rollout of ${name}?`);

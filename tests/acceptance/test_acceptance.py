@@ -227,6 +227,19 @@ async def ml_back_and_healthy(stack: Stack) -> str:
     return body
 
 
+async def a_week_at_100(stack: Stack) -> None:
+    """Check 21 reads "7 days at 100%" after the rollout (a second counts as a day here,
+    fast.yaml). The bake now runs at the holdout, before the release to 100%, so the
+    rehearsal lets the week pass at 100% first, as a person would wait the real one."""
+    url = f"http://{stack.url('control')}/api/metrics/documentation-keeper/long-term-stability"
+    async with ClientSession(timeout=ClientTimeout(total=10)) as session, asyncio.timeout(60):
+        while True:
+            async with session.get(url) as response:
+                if (await response.json()).get("days_at_100_percent", 0) >= 7.5:
+                    return
+            await asyncio.sleep(0.5)  # time itself is what is waited for
+
+
 def line(number: int, result: Verdict, command: str) -> str:
     return f"{result.status:<4} {number:>2}  {command}\n           -> {result.detail}"
 
@@ -259,6 +272,8 @@ async def test_the_stakeholders_checks_pass_as_written(
                 results.update([await check(stack, number)])
             stopped = asyncio.create_task(check(stack, 10))  # the ML agent away for 35 s
             for number in (2, 7, 9, 13, 14, 15, 16, 17, 21, 22):
+                if number == 21:
+                    await a_week_at_100(stack)
                 results.update([await check(stack, number)])
             results.update([await stopped])
             await ml_back_and_healthy(stack)
