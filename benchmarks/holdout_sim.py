@@ -65,7 +65,7 @@ def ends(
     assert config.rollout is not None
     last = len(config.rollout.stages) - 1
     for _ in range(runs):
-        end, stage = simulate(
+        end, stage, _ = simulate(
             rng,
             treatment,
             control=control,

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import yaml
@@ -125,6 +126,12 @@ def _independent(sums: dict[str, Sums]) -> dict[str, ClusteredSums]:
     return {m: ClusteredSums.independent(s.count, s.total, s.total_sq) for m, s in sums.items()}
 
 
+class Ending(NamedTuple):
+    end: str  # completed, rolled_back or escalated
+    stage: int  # the stage index reached
+    ticks: int  # ticks it took
+
+
 def simulate(
     rng: np.random.Generator,
     treatment: Behaviour,
@@ -136,8 +143,9 @@ def simulate(
     reported: float = 1.0,
     delay_ticks: int = 0,
     start_stage: int = 0,
-) -> tuple[str, int]:
-    """(how it ended, the stage index reached): completed, rolled_back or escalated.
+) -> Ending:
+    """How it ended (completed, rolled_back or escalated), the stage index reached, and
+    the ticks it took.
     `reported`: the share of answers whose business outcome is ever posted; `delay_ticks`:
     how late the outcomes arrive; `start_stage`: where the rollout is when the simulation
     begins (the last stage: promoted there by a person)."""
@@ -172,15 +180,15 @@ def simulate(
         inputs = StageInputs(now, stage, started, bp, _independent(sums_c), _independent(sums_t))
         decision = decide(plan, exp, inputs)
         if decision.verdict == "rollback":
-            return "rolled_back", stage
+            return Ending("rolled_back", stage, tick)
         if decision.verdict == "complete":
-            return "completed", stage
+            return Ending("completed", stage, tick)
         if decision.verdict == "continue":
             stage, started = stage + 1, now
             sums_c, sums_t = {}, {}
         elif now - started > plan.max_hold:
-            return "escalated", stage
-    return "escalated", stage
+            return Ending("escalated", stage, tick)
+    return Ending("escalated", stage, max_ticks)
 
 
 def table(runs: int, seed: int = 1) -> list[tuple[str, dict[str, float], float]]:
@@ -197,7 +205,7 @@ def table(runs: int, seed: int = 1) -> list[tuple[str, dict[str, float], float]]
         ends: dict[str, float] = {"completed": 0, "rolled_back": 0, "escalated": 0}
         stages = 0.0
         for _ in range(runs):
-            end, stage = simulate(rng, arm)
+            end, stage, _ = simulate(rng, arm)
             ends[end] += 1 / runs
             stages += stage / runs
         out.append((name, ends, stages))

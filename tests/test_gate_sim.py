@@ -161,8 +161,8 @@ def test_a_rollout_without_outcomes_waits_unless_the_plan_allows_it() -> None:
     rng = np.random.default_rng(3)
     held = simulate(rng, Arm(), per_tick=2000, max_ticks=300, reported=0.0)
     allowed = simulate(rng, Arm(), per_tick=2000, max_ticks=300, reported=0.0, config=unmeasured)
-    assert held == ("escalated", 0)
-    assert allowed == ("completed", 4)
+    assert held[:2] == ("escalated", 0)
+    assert allowed[:2] == ("completed", 4)
 
 
 def test_the_default_primary_margin_stops_a_loss_of_half_the_mde() -> None:
