@@ -6,7 +6,8 @@ UpstreamError            -> 502 unless stated
 ├── UpstreamProtocolError    the upstream's response could not be parsed
 └── UpstreamTimeout      -> 504: no response head, or no body byte, within read_timeout;
 PoolTimeout              -> 503: no pooled connection within connect_timeout; abgate's own
-                             congestion, not the upstream's failure (no breaker, no fallback)
+                             congestion, not the upstream's failure (no breaker; a treatment
+                             call falls back to control where a fallback may be sent)
 """
 
 from __future__ import annotations

@@ -304,6 +304,10 @@ class ProxyHandler:
         seconds = now - req.upstream_started
         if exc.congestion:  # abgate's own pool was full: not the upstream's failure
             self._release_ticket(req)
+            # A treatment whose connections are all taken (a hung ML backend fills them
+            # before its first timeout can open the breaker) is answered by control.
+            if self._may_fall_back(req):
+                return self._fall_back(req, exc.kind, (exc.status, seconds))
             log.warning("%s (request %s)", exc, req.request_id)
             req.error = exc.kind
             self._local(req, exc.status, exc.detail, reason="pool_busy")
@@ -376,7 +380,7 @@ class ProxyHandler:
             and req.fallback is None
             and not req.streamed
             and (req.method in IDEMPOTENT or route.replayable)
-            and req.routing.budget.try_retry(perf_counter())  # type: ignore[union-attr]
+            and req.routing.budget.try_retry(perf_counter(), req.started)  # type: ignore[union-attr]
         )
 
     def _fall_back(self, req: ClientRequest, reason: str, tried: tuple[int, float]) -> Waiting:

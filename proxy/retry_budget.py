@@ -36,11 +36,19 @@ class RetryBudget:
     def request(self, now: float) -> None:
         self._requests[self._slot(now)] += 1
 
-    def try_retry(self, now: float) -> bool:
-        """Spend one retry if the budget allows it."""
-        current = self._slot(now)
+    def try_retry(self, now: float, started: float) -> bool:
+        """Spend one retry if the budget allows it. The retry is charged to the slot of the
+        request it retries (`started`), not to `now`: a fallback after a 10 s read timeout
+        belongs beside its request (charged at `now`, fallbacks outran the requests left in
+        the window once traffic fell), so at ratio 1.0, one fallback per request at most,
+        the budget never refuses one."""
+        self._slot(now)  # the current slot, fresh
         oldest = int(now / self._width) - BUCKETS
-        requests = retries = 0
+        epoch = int(started / self._width)
+        index = epoch % BUCKETS
+        # Its request is counted in the window, or (left it) counted here with its retry.
+        held = epoch > oldest and self._epochs[index] == epoch
+        requests, retries = (0, 0) if held else (1, 0)
         for i in range(BUCKETS):
             if self._epochs[i] > oldest:
                 requests += self._requests[i]
@@ -48,5 +56,6 @@ class RetryBudget:
         if retries >= max(self._floor, self._ratio * requests):
             self.exhausted += 1
             return False
-        self._retries[current] += 1
+        if held:
+            self._retries[index] += 1
         return True

@@ -279,7 +279,9 @@ async def test_early_refusals_in_half_open_do_not_keep_the_breaker_half_open(
 async def test_waiting_for_a_pool_slot_is_abgates_congestion_not_a_breaker_failure(
     session: ClientSession,
 ) -> None:
-    """All of the ML upstream's connections busy past connect_timeout: a 503 saying so,
+    """All of the ML upstream's connections busy past connect_timeout (as a hung ML backend
+    leaves them before its first timeout opens the breaker): a request that may be sent
+    again is answered by control (`pool_timeout`), one that may not gets a 503 saying so; both
     counted, and no failure for the breaker of a healthy upstream (issue 23 §3)."""
     from tests.servers import echo_app
 
@@ -295,7 +297,11 @@ async def test_waiting_for_a_pool_slot_is_abgates_congestion_not_a_breaker_failu
             pool = running.plane._pools["treatment"]
             await until(lambda: pool.open_connections == 1 and not pool.idle_connections)
             async with session.get(f"{running.proxy_url}/fast") as response:
-                assert response.status == 503
+                assert response.status == 200
+                assert response.headers["X-ABGate-Fallback"] == "pool_timeout"
+                assert response.headers["X-ABGate-Served-By"] == "control"
+            async with session.post(f"{running.proxy_url}/fast", data=b"{}") as response:
+                assert response.status == 503  # a POST on a route not replayable: not resent
                 payload = await response.json()
             async with await slow as response:
                 assert response.status == 200
@@ -305,5 +311,6 @@ async def test_waiting_for_a_pool_slot_is_abgates_congestion_not_a_breaker_failu
             assert breaker.window(perf_counter()) == (1, 0)  # the slow call, a success
     assert payload["error"] == "all 1 connections busy for 0.3s"
     assert payload["upstream"] == "treatment"
+    assert 'abgate_fallbacks_total{experiment="exp",reason="pool_timeout"} 1.0' in metrics
     assert 'abgate_local_responses_total{reason="pool_busy",status="503"} 1.0' in metrics
-    assert 'abgate_upstream_errors_total{kind="pool_timeout",upstream="treatment"} 1.0' in metrics
+    assert 'abgate_upstream_errors_total{kind="pool_timeout",upstream="treatment"} 2.0' in metrics
