@@ -162,10 +162,11 @@ reaches its last stage), and the plan bakes 1,200 s or 3,000 s.
   {fading["last_stage"]:.1%} of rollouts with the holdout and a 1,200 s bake (shipped
   {fading["completed"]:.1%}), {longer["last_stage"]:.1%} with a 3,000 s bake (shipped
   {longer["completed"]:.1%}); without a holdout it always shipped. With the shorter bake
-  about half ship because the holdout is compared on its whole phase: the novelty's tail at
-  the start of the last stage is in its sums, and a loss of 2 points is exactly the
-  primary's margin (the MDE), so the stage can show it "non-inferior" before the harm test
-  has the power to show the loss; a longer bake weighs the long run more.
+  some ship because the holdout is compared on its whole phase: the novelty's tail at the
+  start of the last stage is in its sums, so the phase's average loss is smaller than the
+  long run's 2 points and can be shown within the primary's margin (by default three
+  quarters of the MDE, 1.5 points) before the harm test has the power to show the loss; a
+  longer bake weighs the long run more.
 
 Alpha: the plan's alpha is split over every stage that tests (the four compared stages and
 the holdout: 0.05 / 5 each, each stage's tests one Holm family), so the ramp spends alpha

@@ -306,14 +306,14 @@ def decide(
     # 4. continue, when every guardrail is shown non-inferior
     # (metric, margin, how the reason names it): each guardrail, and the primary unless a
     # guardrail already holds it to a margin or the plan lets it go unmeasured.
-    shown = [(g.metric, g.margin.absolute, g.metric) for g in plan.guardrails]
+    shown = [(g.metric, g.margin, g.metric) for g in plan.guardrails]
     primary = plan.primary
     if (
         primary is not None
         and not primary.allow_unmeasured
         and all(g.metric != primary.metric for g in plan.guardrails)
     ):
-        margin = primary.non_inferiority_margin.absolute
+        margin = primary.non_inferiority_margin
         shown.append((primary.metric, margin, f"{primary.metric}, the primary"))
     pending = []
     for name, margin, label in shown:
@@ -323,17 +323,18 @@ def decide(
             metric,
             inputs.control.get(name),
             inputs.treatment.get(name),
-            margin,
+            margin.absolute,
             tuned.get(name, TUNING),
         )
         if p >= plan.alpha:
-            pending.append(f"{label} (p = {p:.2g})")
+            pending.append(f"{label} (margin {margin}, p = {p:.2g})")
     pending += [f"{name} (observed over its limit)" for name in over]
     if not pending:
-        passed = (
-            *gates,
-            Gate("non_inferiority", "pass", "every guardrail and the primary within its margin"),
+        margins = "; ".join(f"{label} within {margin}" for _, margin, label in shown)
+        detail = "every guardrail and the primary within its margin" + (
+            f" ({margins})" if margins else ""
         )
+        passed = (*gates, Gate("non_inferiority", "pass", detail))
         if holdout:
             reason = (
                 f"baked {plan.bake:g}s with the holdout: guardrails and the primary "

@@ -90,7 +90,8 @@ def samples_needed(
 
     - the primary: its harm test (at `harm_alpha`) catches a loss of the minimum detectable
       effect, and its non-inferiority test (at the plan's alpha) shows an equal treatment
-      within its margin (`margin`, by default the minimum detectable effect);
+      within its margin (`margin`, by default three quarters of the minimum detectable
+      effect);
     - each guardrail: its non-inferiority test shows an equal treatment within the margin,
       and its harm test (at `harm_alpha`) catches a treatment worse by twice the margin
       (the margin beyond the margin).
