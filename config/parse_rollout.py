@@ -79,7 +79,10 @@ def read_plan(
     guardrails = _guardrails(r, section.get("guardrails"), (*path, "guardrails"), known)
     slo = _slo(r, section.get("slo"), (*path, "slo"))
     holdout = _holdout(
-        r, section.get("holdout", primary is not None), (*path, "holdout"), stages or ()
+        r,
+        section.get("holdout", primary is not None),
+        (*path, "holdout") if "holdout" in section else (*path, "stages"),
+        stages or (),
     )
     if alpha is not None and power is not None and power <= alpha:
         r.problem((*path, "power"), f"must be above alpha ({alpha:g}), got {power:g}")
@@ -167,7 +170,8 @@ def _holdout(
     r: Reader, value: Any, path: KeyPath, stages: tuple[StageConfig, ...]
 ) -> HoldoutConfig | bool | None:
     """`holdout: {percentage: 5}` (true: the default 5%) or false. None: no holdout; False:
-    invalid (reported). Without a key, plans with a primary metric hold out the default."""
+    invalid (reported). Without a key, plans with a primary metric hold out the default, and
+    a problem with it is the stages' (`path` is theirs), named as the default."""
     if value is False:
         return None
     if value is True:
@@ -190,11 +194,17 @@ def _holdout(
         )
         return False
     if len(stages) > 1 and 10_000 - percentage <= stages[-2].percentage_bp:
-        r.problem(
-            (*path, "percentage"),
-            f"the holdout leaves the treatment at {(10_000 - percentage) / 100:g}%, not above "
-            f"the stage before ({stages[-2].percentage_bp / 100:g}%)",
-        )
+        left = f"leaves the treatment at {(10_000 - percentage) / 100:g}%, not above the stage"
+        before = f"before ({stages[-2].percentage_bp / 100:g}%)"
+        if path[-1] == "stages":  # the default, not written
+            r.problem(
+                path,
+                f"the default holdout ({percentage / 100:g}% kept on control at the last stage, "
+                f"with a primary metric) {left} {before}: lower that stage, or set "
+                "`holdout: false` or a smaller `holdout: {percentage: N}`",
+            )
+        else:
+            r.problem((*path, "percentage"), f"the holdout {left} {before}")
         return False
     return HoldoutConfig(percentage)
 

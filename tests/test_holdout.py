@@ -86,6 +86,31 @@ experiments:
     assert (problem.path, problem.line) == ("experiments.e.rollout.holdout.percentage", 13)
 
 
+def test_the_default_holdout_is_named_as_the_default_where_it_does_not_fit() -> None:
+    """A plan that never wrote `holdout` is told about the default it got, at its stages'
+    line, with the ways out (a newcomer read an error about a key they had not written)."""
+    text = """\
+upstreams:
+  a: {url: "http://127.0.0.1:1"}
+  b: {url: "http://127.0.0.1:2"}
+routes: [{prefix: /, experiment: e}]
+experiments:
+  e:
+    control: a
+    treatment: b
+    percentage: 0
+    rollout:
+      stages: [5, 96, 100]
+      primary: {metric: error, minimum_detectable_effect: 0.01}
+"""
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text, "<test>")
+    [problem] = raised.value.problems
+    assert (problem.path, problem.line) == ("experiments.e.rollout.stages", 11)
+    assert problem.message.startswith("the default holdout (5% kept on control")
+    assert "`holdout: false`" in problem.message
+
+
 def test_the_whole_ramp_spends_alpha_once() -> None:
     """Bonferroni over every stage that tests: the holdout is one, and so is a 100% stage
     that tests SLOs (before, those ran at the whole alpha on top of the ramp's)."""
