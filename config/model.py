@@ -320,10 +320,11 @@ class GuardrailConfig:
 
 
 # The primary's default non-inferiority margin, as a share of its minimum detectable effect.
-# At the MDE itself a model half an MDE worse shipped 19% of the time (it is "within the
-# margin"); at three quarters, none of 100, for stages 1.21x as long (benchmarks/gate_sim.py
-# margin, RESULTS.md). Half the MDE makes that a guarantee of the test itself, for stages
-# about three times as long: a plan that wants it declares `margin`.
+# At the MDE itself a model half an MDE worse shipped 15% of the time (it is "within the
+# margin"); at three quarters, none of 100, for A/A rollouts 1.2x as long
+# (benchmarks/gate_sim.py margin, RESULTS.md "The primary's margin"). Half the MDE makes
+# that a guarantee of the test itself, for rollouts over twice as long: a plan that wants
+# it declares `margin`.
 DEFAULT_MARGIN_SHARE = 0.75
 
 

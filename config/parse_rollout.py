@@ -81,8 +81,9 @@ def read_plan(
     holdout = _holdout(
         r,
         section.get("holdout", primary is not None),
-        (*path, "holdout") if "holdout" in section else (*path, "stages"),
+        path,
         stages or (),
+        declared="holdout" in section,
     )
     if alpha is not None and power is not None and power <= alpha:
         r.problem((*path, "power"), f"must be above alpha ({alpha:g}), got {power:g}")
@@ -167,11 +168,17 @@ def _stages(
 
 
 def _holdout(
-    r: Reader, value: Any, path: KeyPath, stages: tuple[StageConfig, ...]
+    r: Reader,
+    value: Any,
+    plan_path: KeyPath,
+    stages: tuple[StageConfig, ...],
+    *,
+    declared: bool,
 ) -> HoldoutConfig | bool | None:
     """`holdout: {percentage: 5}` (true: the default 5%) or false. None: no holdout; False:
     invalid (reported). Without a key, plans with a primary metric hold out the default, and
-    a problem with it is the stages' (`path` is theirs), named as the default."""
+    a problem with it is the stages', named as the default."""
+    path = (*plan_path, "holdout")
     if value is False:
         return None
     if value is True:
@@ -196,9 +203,9 @@ def _holdout(
     if len(stages) > 1 and 10_000 - percentage <= stages[-2].percentage_bp:
         left = f"leaves the treatment at {(10_000 - percentage) / 100:g}%, not above the stage"
         before = f"before ({stages[-2].percentage_bp / 100:g}%)"
-        if path[-1] == "stages":  # the default, not written
+        if not declared:
             r.problem(
-                path,
+                (*plan_path, "stages"),
                 f"the default holdout ({percentage / 100:g}% kept on control at the last stage, "
                 f"with a primary metric) {left} {before}: lower that stage, or set "
                 "`holdout: false` or a smaller `holdout: {percentage: N}`",

@@ -199,7 +199,8 @@ def config_report(reloader: Reloader) -> dict[str, object]:
         "loaded_at": reloader.loaded_at,
         "reasons": [],
     }
-    if last is not None and last.result == "failure":
+    if reloader.refused:
+        assert last is not None
         first = last.problems[0] if last.problems else "no detail"
         more = f" (and {len(last.problems) - 1} more)" if len(last.problems) > 1 else ""
         report["status"] = DEGRADED

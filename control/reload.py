@@ -144,6 +144,11 @@ class Reloader:
             return None
         return info.st_mtime, info.st_size, info.st_ino
 
+    @property
+    def refused(self) -> bool:
+        """The file's last reload was refused: the config served is the one before it."""
+        return self.last is not None and self.last.result == "failure"
+
     def status(self) -> dict[str, object]:
         return {
             "source": str(self.path),
@@ -159,7 +164,7 @@ class Reloader:
         yield total
         # Prometheus' own prometheus_config_last_reload_successful, for the same alert.
         ok = metrics_catalogue.CONFIG_LAST_RELOAD_OK.new()
-        ok.add_metric([], 0.0 if self.last is not None and self.last.result == "failure" else 1.0)
+        ok.add_metric([], 0.0 if self.refused else 1.0)
         yield ok
         loaded = metrics_catalogue.CONFIG_LOADED_AT.new()
         loaded.add_metric([], self.loaded_at)

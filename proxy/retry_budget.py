@@ -3,9 +3,9 @@ window, with a floor so a quiet proxy can still retry.
 
 The default ratio is 1.0, not Envoy's 20%: a fallback is not a retry to the same upstream
 but a failover to the control arm, which never takes more than all the traffic (as at 0%),
-so it cannot amplify a storm there. Capping it at 20% turned a hung ML backend at a 50-100%
-share into 504s for the requests in flight when it hung (8% of them at 100 req/s, measured
-in tests/test_fallback.py). Lower it when the control arm cannot absorb the treatment's
+so it cannot amplify a storm there. Capping it at 20% turned a hung ML backend at 100% into
+504s for the requests in flight when it hung (15 of 400 in tests/test_fallback.py's hung
+case). Lower it when the control arm cannot absorb the treatment's
 share."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class RetryBudget:
         index = epoch % BUCKETS
         # Its request is counted in the window, or (left it) counted here with its retry.
         held = epoch > oldest and self._epochs[index] == epoch
-        requests, retries = (0, 0) if held else (1, 0)
+        requests, retries = (0 if held else 1), 0
         for i in range(BUCKETS):
             if self._epochs[i] > oldest:
                 requests += self._requests[i]
