@@ -306,8 +306,9 @@ def post(path: str) -> tuple[int, float]:
 
 async def seed(redis_url: str) -> int:
     """Measurements of 100 experiments x 30 phases, as flushes would have written them."""
-    from abgate.state.measurements import UNCLUSTERED, Phase, RedisMeasurements, Sums
+    from abgate.state.measurements import UNCLUSTERED, Phase, Sums
     from abgate.state.redis_client import connect
+    from abgate.state.redis_measurements import RedisMeasurements
 
     client = connect(redis_url)
     store = RedisMeasurements(client, "abgate")
@@ -336,8 +337,8 @@ async def tick_seconds(config: Path, redis_url: str) -> float:
     """One statistics tick over the seeded data, timed here (the control process's work)."""
     from abgate.config import load_config
     from abgate.control.stats_worker import StatsWorker
-    from abgate.state.measurements import RedisMeasurements
     from abgate.state.redis_client import connect
+    from abgate.state.redis_measurements import RedisMeasurements
 
     client = connect(redis_url)
     try:

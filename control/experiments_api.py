@@ -25,11 +25,19 @@ from abgate.config.metrics_catalogue import BUILT_IN_METRIC_NAMES
 from abgate.config.model import StickySource
 from abgate.control.current import require_worker, resolve
 from abgate.control.http import WORKER, ApiError, json_response, parse_json
-from abgate.control.maturing import MaturingFull, mature_at
+from abgate.control.maturing import mature_at
 from abgate.proxy.hashing import fnv1a32, user_hash
 from abgate.state.errors import StoreUnavailable
 from abgate.state.flags import FlagTable
-from abgate.state.measurements import UNCLUSTERED, MeasureKey, Sums, check_value, cluster_of
+from abgate.state.measurements import (
+    MAX_HELD,
+    UNCLUSTERED,
+    MaturingFull,
+    MeasureKey,
+    Sums,
+    check_value,
+    cluster_of,
+)
 
 if TYPE_CHECKING:
     from abgate.control.stats_worker import StatsWorker
@@ -225,13 +233,12 @@ async def outcomes(request: web.Request) -> web.Response:
         else:
             held.append((key, value, ready))
         rows.append((key, value, decided_at, item.get("request_id")))
-    try:
-        worker.maturing.room(len(held))
-    except MaturingFull as exc:
-        raise ApiError(503, f"{exc}: retry later") from exc
+    if held:  # refused whole, before anything is counted
+        waiting = await worker.store.held()
+        if waiting + len(held) > MAX_HELD:
+            raise ApiError(503, f"{MaturingFull(waiting, MAX_HELD)}: retry later")
     await worker.store.add(batch)
-    for key, value, ready in held:
-        worker.maturing.hold(key, value, ready)
+    await worker.store.hold(held)
     if history is not None:
         reported = datetime.now(UTC)
         for (name, phase, arm, metric, _), value, decided_at, request_id in rows:

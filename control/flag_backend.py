@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from abgate.config import Config, metrics_catalogue
 from abgate.state.flags import FlagStore, FlagTable, MemoryFlagStore, load_flags
 from abgate.state.live_server import LiveStateServer, LocalFlagStore
-from abgate.state.measurements import MeasurementStore, MemoryMeasurements, RedisMeasurements
+from abgate.state.measurements import MeasurementStore, MemoryMeasurements
 from abgate.state.redis_client import (
     RedisConnection,
     connect_redis,
@@ -25,6 +25,7 @@ from abgate.state.redis_client import (
 )
 from abgate.state.redis_flag_sync import LocalInstance, RedisFlagSync, new_instance_id
 from abgate.state.redis_flags import RedisFlagStore, RedisKeys
+from abgate.state.redis_measurements import RedisMeasurements
 from abgate.state.redis_timing import REDIS_COMMANDS, ServerTimes
 from abgate.state.state_file import StateFile
 from abgate.state.tasks import stop_task

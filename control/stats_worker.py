@@ -24,7 +24,6 @@ from prometheus_client.core import Metric
 from abgate.config import Config, metrics_catalogue
 from abgate.config.metrics_catalogue import BUILT_IN_METRIC_NAMES, LATENCY_BUCKETS
 from abgate.config.model import BUILT_IN_METRICS, ExperimentConfig, MetricConfig
-from abgate.control.maturing import Maturing
 from abgate.control.measured import EMPTY, ArmKey, Users, by_arm, sample_ratio
 from abgate.control.reports import ExperimentReport, MetricResult, PhaseReport
 from abgate.control.stats import (
@@ -207,8 +206,6 @@ class StatsWorker:
         self.config = config
         self.store = store
         self.interval = interval
-        # outcomes waiting for their decision's maturity (control/maturing.py)
-        self.maturing = Maturing()
         self.reports: dict[str, ExperimentReport] = {}
         self.last_run = 0.0
         self.last_error: str | None = None  # the store could not be read
@@ -292,9 +289,7 @@ class StatsWorker:
             self.timelines[name] = series
 
     async def evaluate_all(self) -> dict[str, ExperimentReport]:
-        with self.maturing.due(time.time()) as due:
-            if due:
-                await self.store.add(due)
+        await self.store.mature(time.time())  # outcomes whose decision came of age
         reports = {}
         for name in self.config.experiments:
             phases, sums = await self.store.read(name)

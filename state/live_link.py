@@ -33,7 +33,7 @@ from abgate.config import metrics_catalogue
 from abgate.state.errors import StoreUnavailable
 from abgate.state.flags import FlagTable, flag_from_json
 from abgate.state.live_channel import Peer, RemoteError, RequestHandler
-from abgate.state.measurements import MeasureKey, Phase, Sums, UsersKey
+from abgate.state.measurements import HeldOutcome, MeasureKey, Phase, Sums, UsersKey
 
 log = logging.getLogger("abgate.channel")
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
@@ -221,3 +221,13 @@ class ChannelMeasurements:
 
     async def users(self, experiment: str) -> dict[tuple[int, str], int]:
         raise StoreUnavailable("measurements are read in the control process")
+
+    # Outcomes waiting for their maturity are the outcomes API's, in the control process.
+    async def hold(self, outcomes: Sequence[HeldOutcome]) -> None:
+        raise StoreUnavailable("outcomes are held in the control process")
+
+    async def mature(self, now: float) -> int:
+        raise StoreUnavailable("outcomes are held in the control process")
+
+    async def held(self) -> int:
+        raise StoreUnavailable("outcomes are held in the control process")

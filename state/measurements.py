@@ -21,6 +21,8 @@ phase, arm).
 Exactly once: a batch of deltas carries an id, and a store applies a given id once (Redis:
 one Lua script that checks and sets `batch:<id>` with an expiry and applies every increment,
 atomically), so a flush retried after a timeout whose batch had landed adds nothing twice.
+The Redis store is state/redis_measurements.py. Outcomes waiting for their decision's
+maturity (control/maturing.py) are kept by the store too, so a restart loses none.
 A sum is never made non-finite: values whose square overflows are refused at the edge
 (`check_value`), and a delta that would still take a stored sum to infinity is skipped
 (counted, logged once), never persisted.
@@ -29,9 +31,10 @@ A sum is never made non-finite: values whose square overflows are refused at the
 from __future__ import annotations
 
 import base64
+import heapq
+import itertools
 import logging
 import math
-import os
 import time
 import zlib
 from collections import deque
@@ -39,9 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from redis.asyncio import Redis
-
-from abgate.state.errors import store_errors
+from abgate.config.errors import AbgateError
 from abgate.state.state_file import StateFile
 
 log = logging.getLogger("abgate.measurements")
@@ -57,6 +58,19 @@ MAX_VALUE = 1e150
 BATCH_TTL = 3600  # seconds a batch id is remembered: a retry within it is a no-op
 SEEN_BATCHES = 4096  # ids the embedded store remembers (saved with the sums they added)
 READ_PIECE = 1000  # hash fields per reply when the statistics read an experiment from Redis
+MAX_HELD = 1_000_000  # outcomes waiting for their decision's maturity, at once
+# An outcome waiting for its decision's maturity: where it counts, its value, and when
+# (Unix seconds) it may count (control/maturing.py)
+HeldOutcome = tuple[MeasureKey, float, float]
+
+
+class MaturingFull(AbgateError):
+    """More outcomes would wait for their decisions' maturity than MAX_HELD."""
+
+    def __init__(self, waiting: int, limit: int) -> None:
+        super().__init__(
+            f"{waiting:,} outcomes already wait for their decisions' maturity (at most {limit:,})"
+        )
 
 
 def phases_key(prefix: str, experiment: str) -> str:
@@ -123,6 +137,18 @@ class MeasurementStore(Protocol):
         """(phase, arm) -> bits set in its distinct-users bitmap."""
         ...
 
+    async def hold(self, outcomes: Sequence[HeldOutcome]) -> None:
+        """Keep these outcomes, all or none, until they mature; MaturingFull past MAX_HELD."""
+
+    async def mature(self, now: float) -> int:
+        """Add every outcome mature by `now` to the sums, each once (removed in the same
+        step); how many."""
+        ...
+
+    async def held(self) -> int:
+        """Outcomes waiting for their maturity."""
+        ...
+
 
 class Skipped:
     """Deltas a store skipped because they would make a stored sum non-finite: counted,
@@ -148,9 +174,10 @@ class Skipped:
 
 
 class MemoryMeasurements:
-    """The embedded store. With a state file, phases and sums are saved in its
-    `measurements` section at most every `save_every` seconds and on `close`, so a restart
-    keeps an experiment's data."""
+    """The embedded store. With a state file, phases, sums and the outcomes waiting for
+    their maturity are saved in its `measurements` section at most every `save_every`
+    seconds and on `close`, so a restart keeps an experiment's data. An outcome that matures
+    leaves the waiting heap and joins the sums in one step, saved in one write: once."""
 
     def __init__(self, state: StateFile | None = None, save_every: float = 5.0) -> None:
         self._sums: dict[MeasureKey, Sums] = {}
@@ -162,6 +189,9 @@ class MemoryMeasurements:
         self._saved_at = time.monotonic()
         self._dirty = False
         self._batches: deque[str] = deque(maxlen=SEEN_BATCHES)  # ids applied, newest last
+        # outcomes waiting for their maturity, soonest first: (mature_at, order, key, value)
+        self._held: list[tuple[float, int, MeasureKey, float]] = []
+        self._order = itertools.count()
         self.save_failures = 0
         self.skipped = Skipped()
         if state is not None:
@@ -172,6 +202,10 @@ class MemoryMeasurements:
             if batch_id in self._batches:
                 return
             self._batches.append(batch_id)
+        self._apply(batch)
+        self._changed()
+
+    def _apply(self, batch: Mapping[MeasureKey, Sums]) -> None:
         for key, sums in batch.items():
             merged = Sums(sums.count, sums.total, sums.total_sq)
             held = self._sums.get(key)
@@ -181,7 +215,29 @@ class MemoryMeasurements:
                 self.skipped.add(key)
                 continue
             self._sums[key] = merged
-        self._changed()
+
+    async def held(self) -> int:
+        return len(self._held)
+
+    async def hold(self, outcomes: Sequence[HeldOutcome]) -> None:
+        if len(self._held) + len(outcomes) > MAX_HELD:
+            raise MaturingFull(len(self._held), MAX_HELD)
+        for key, value, mature_at in outcomes:
+            heapq.heappush(self._held, (mature_at, next(self._order), key, value))
+        if outcomes:
+            self._changed()
+
+    async def mature(self, now: float) -> int:
+        batch: dict[MeasureKey, Sums] = {}
+        moved = 0
+        while self._held and self._held[0][0] <= now:
+            _, _, key, value = heapq.heappop(self._held)
+            batch.setdefault(key, Sums()).add(value)
+            moved += 1
+        if moved:
+            self._apply(batch)
+            self._changed()
+        return moved
 
     def seen(self, batch_id: str) -> bool:
         """Whether this batch was applied (its answer may have been lost: sent again)."""
@@ -230,6 +286,7 @@ class MemoryMeasurements:
             # With the sums they added: a batch applied and saved whose answer was lost is
             # still known after a restart (abgate run's control process restarting).
             "batches": list(self._batches),
+            "held": [[at, *key, value] for at, _, key, value in self._held],
         }
         try:
             self._state.save_section(**{SECTION: section})
@@ -264,6 +321,7 @@ class MemoryMeasurements:
             ("phases", self._restore_phase),
             ("sums", self._restore_sums),
             ("users", self._restore_users),
+            ("held", self._restore_held),
         ):
             entries = section.get(part, [])
             for entry in entries if isinstance(entries, list) else [entries]:
@@ -302,6 +360,13 @@ class MemoryMeasurements:
             raise ValueError(f"a non-finite sum for {experiment}/{phase}/{arm}/{metric}")
         self._sums[(str(experiment), int(phase), str(arm), str(metric), int(cluster))] = sums
 
+    def _restore_held(self, entry: Any) -> None:
+        at, experiment, phase, arm, metric, cluster, value = entry
+        if check_value(float(value)) is not None or not math.isfinite(float(at)):
+            raise ValueError(f"a waiting outcome of {experiment}/{metric} that is not finite")
+        key = (str(experiment), int(phase), str(arm), str(metric), int(cluster))
+        heapq.heappush(self._held, (float(at), next(self._order), key, float(value)))
+
     def _restore_users(self, entry: Any) -> None:
         experiment, phase, arm, packed = entry
         bitmap = bytearray(zlib.decompress(base64.b64decode(packed)))
@@ -320,157 +385,3 @@ class MemoryMeasurements:
             if k[0] == experiment
         }
         return phases, sums
-
-
-_ADD = """
--- KEYS[1]: the batch's marker; KEYS[2..]: the stats hashes. ARGV[1]: the marker's expiry
--- (seconds), then per group of sums: the index of its hash in KEYS, its field prefix, and
--- its count, sum and sum of squares deltas. A batch id seen before is a no-op (a retry of
--- a batch that had landed). Checks first, writes after: a group whose sums would become
--- non-finite is skipped whole (and named in the reply), never half written.
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return {'duplicate'} end
-local skipped = {'applied'}
-local per = 5
-for i = 0, (#ARGV - 1) / per - 1 do
-  local base = 2 + i * per
-  local key, field = KEYS[tonumber(ARGV[base])], ARGV[base + 1]
-  local total = tonumber(redis.call('HGET', key, field .. '|sum') or '0') + tonumber(ARGV[base + 3])
-  local square = tonumber(redis.call('HGET', key, field .. '|sum_sq') or '0')
-    + tonumber(ARGV[base + 4])
-  if total ~= total or square ~= square or math.abs(total) == math.huge
-      or math.abs(square) == math.huge then
-    skipped[#skipped + 1] = key .. '|' .. field
-  else
-    redis.call('HINCRBY', key, field .. '|count', ARGV[base + 2])
-    redis.call('HINCRBYFLOAT', key, field .. '|sum', ARGV[base + 3])
-    redis.call('HINCRBYFLOAT', key, field .. '|sum_sq', ARGV[base + 4])
-  end
-end
-return skipped
-"""
-
-
-class RedisMeasurements:
-    """{prefix}:stats:EXPERIMENT hash, fields `phase|arm|metric|cluster|count|sum|sum_sq`
-    (without `cluster|` when written before sums were kept per cluster: UNCLUSTERED);
-    {prefix}:phases:EXPERIMENT hash, phase id -> "basis_points|started_at";
-    {prefix}:batch:ID string, a batch of deltas applied (expires after BATCH_TTL)."""
-
-    def __init__(self, client: Redis, prefix: str) -> None:
-        self._client = client
-        self._prefix = prefix
-        self._add = client.register_script(_ADD)
-        self.skipped = Skipped()
-        self.duplicates = 0  # batches retried after they had landed
-
-    def _stats(self, experiment: str) -> str:
-        return f"{{{self._prefix}}}:stats:{experiment}"
-
-    def _phases(self, experiment: str) -> str:
-        return phases_key(self._prefix, experiment)
-
-    def _users(self, experiment: str, phase: int | None = None, arm: str | None = None) -> str:
-        """The set of an experiment's bitmaps ("phase|arm"), or one bitmap."""
-        base = f"{{{self._prefix}}}:users:{experiment}"
-        return base if phase is None else f"{base}:{phase}:{arm}"
-
-    async def add_users(self, batch: Mapping[UsersKey, Sequence[int]]) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        for (experiment, phase, arm), bits in batch.items():
-            pipe.sadd(self._users(experiment), f"{phase}|{arm}")
-            key = self._users(experiment, phase, arm)
-            for index in bits:
-                pipe.setbit(key, index, 1)
-        with store_errors():
-            await pipe.execute()
-
-    async def users(self, experiment: str) -> dict[tuple[int, str], int]:
-        with store_errors():
-            members = sorted(str(m) for m in await self._client.smembers(self._users(experiment)))
-            pipe = self._client.pipeline(transaction=False)
-            keys = []
-            for member in members:
-                phase, arm = member.split("|", 1)
-                keys.append((int(phase), arm))
-                pipe.bitcount(self._users(experiment, int(phase), arm))
-            counts = await pipe.execute()
-        return {key: int(count) for key, count in zip(keys, counts, strict=True)}
-
-    async def add(self, batch: Mapping[MeasureKey, Sums], batch_id: str | None = None) -> None:
-        """One atomic script: every delta or none, and a batch id applied once."""
-        keys = [f"{{{self._prefix}}}:batch:{batch_id or os.urandom(12).hex()}"]
-        index: dict[str, int] = {}
-        args: list[str | int | float] = [BATCH_TTL]
-        fields: dict[str, MeasureKey] = {}
-        for key, sums in batch.items():
-            experiment, phase, arm, metric, cluster = key
-            if not sums.finite:  # never sent: Redis would refuse it half-way
-                self.skipped.add(key)
-                continue
-            stats = self._stats(experiment)
-            if stats not in index:
-                keys.append(stats)
-                index[stats] = len(keys)  # Lua's KEYS count from 1
-            field = f"{phase}|{arm}|{metric}|{cluster}"
-            fields[f"{stats}|{field}"] = key
-            args += [index[stats], field, sums.count, repr(sums.total), repr(sums.total_sq)]
-        if len(keys) == 1:
-            return
-        with store_errors():
-            reply = await self._add(keys=keys, args=args)
-        outcome, *skipped = (str(item) for item in reply)
-        if outcome == "duplicate":
-            self.duplicates += 1
-        for name in skipped:
-            self.skipped.add(fields[name])
-
-    async def start_phase(self, experiment: str, phase: Phase) -> None:
-        with store_errors():
-            await self._client.hsetnx(
-                self._phases(experiment), str(phase.id), f"{phase.basis_points}|{phase.started_at}"
-            )
-
-    async def phases(self, experiment: str) -> list[Phase]:
-        with store_errors():
-            raw_phases = await self._client.hgetall(self._phases(experiment))
-        phases = []
-        for phase_id, value in raw_phases.items():
-            basis_points, started = str(value).split("|")
-            phases.append(Phase(int(phase_id), int(basis_points), float(started)))
-        return sorted(phases, key=lambda p: p.id)
-
-    async def read(self, experiment: str) -> tuple[list[Phase], dict[MeasureKey, Sums]]:
-        """Every sum of an experiment, read in pieces of READ_PIECE fields (HSCAN): no reply
-        is large (30 phases of 128 clusters are some 70,000 fields), and the loop is free
-        between pieces. Not one atomic snapshot: a batch landing meanwhile may show in
-        part (its script is atomic, the scan is not), and the next read has it whole."""
-        phases = await self.phases(experiment)
-        sums: dict[MeasureKey, Sums] = {}
-        key, cursor = self._stats(experiment), 0
-        with store_errors():
-            while True:
-                cursor, piece = await self._client.hscan(key, cursor, count=READ_PIECE)
-                assert isinstance(piece, dict)  # field -> value (no_values is not asked)
-                _parse_sums(experiment, piece, sums)
-                if cursor == 0:
-                    break
-        return phases, sums
-
-
-def _parse_sums(experiment: str, raw: Mapping[Any, Any], sums: dict[MeasureKey, Sums]) -> None:
-    """Fields `phase|arm|metric|cluster|part` (a field seen twice is simply set again)."""
-    for field, value in raw.items():
-        head, cluster, part = str(field).rsplit("|", 2)
-        if cluster.lstrip("-").isdigit() and head.count("|") >= 2:
-            phase, arm, metric = head.split("|", 2)
-            at = int(cluster)
-        else:  # phase|arm|metric|part, written before sums were kept per cluster
-            phase, arm = head.split("|", 1)
-            metric, at = cluster, UNCLUSTERED
-        entry = sums.setdefault((experiment, int(phase), arm, metric, at), Sums())
-        if part == "count":
-            entry.count = int(value)
-        elif part == "sum":
-            entry.total = float(value)
-        else:
-            entry.total_sq = float(value)

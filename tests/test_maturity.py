@@ -3,7 +3,9 @@ old as the metric's window, so early looks are not biased towards fast outcomes.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,9 +14,19 @@ from aiohttp import ClientSession
 
 from abgate.config import parse_config
 from abgate.config.errors import ConfigError
-from abgate.control.maturing import Maturing, MaturingFull, mature_at
+from abgate.control.maturing import mature_at
 from abgate.control.serve import embedded
-from abgate.state.measurements import UNCLUSTERED
+from abgate.state.measurements import (
+    MAX_HELD,
+    UNCLUSTERED,
+    MaturingFull,
+    MeasurementStore,
+    MemoryMeasurements,
+)
+from abgate.state.redis_client import connect
+from abgate.state.redis_measurements import RedisMeasurements
+from abgate.state.state_file import StateFile
+from tests.redis_server import redis_server
 
 GOOD = """\
 upstreams:
@@ -53,31 +65,60 @@ def test_maturity_is_parsed_once_with_errors_that_name_the_key_and_line() -> Non
     ]
 
 
-def test_outcomes_wait_for_their_decision_and_go_back_if_the_store_fails() -> None:
+def test_an_outcome_matures_when_its_decision_is_old_enough() -> None:
     assert mature_at(100.0, None, 150.0) is None
     assert mature_at(100.0, 60.0, 170.0) is None  # already mature: counts at once
     assert mature_at(100.0, 60.0, 150.0) == 160.0
-    maturing = Maturing(limit=3)
-    key = ("e", 1, "b", "converted", UNCLUSTERED)
-    maturing.hold(key, 1.0, 160.0)
-    maturing.hold(key, 0.0, 200.0)
-    with maturing.due(150.0) as due:
-        assert due == {}
 
-    def store_fails() -> None:
-        with maturing.due(170.0) as due:
-            assert due[key].count == 1
-            raise RuntimeError("store down")
 
-    with pytest.raises(RuntimeError):
-        store_fails()
-    assert len(maturing) == 2  # put back
-    with maturing.due(300.0) as due:
-        assert (due[key].count, due[key].total) == (2, 1.0)
-    assert len(maturing) == 0
-    maturing.room(3)
-    with pytest.raises(MaturingFull, match="at most 3"):
-        maturing.room(4)
+KEY = ("e", 1, "b", "converted", UNCLUSTERED)
+
+
+async def _waits_then_counts_once(store: MeasurementStore) -> None:
+    """Two outcomes held; the one due by 170 s counts, once, however often `mature` runs."""
+    await store.hold([(KEY, 1.0, 160.0), (KEY, 0.0, 200.0)])
+    assert await store.mature(150.0) == 0
+    assert await store.mature(170.0) == 1
+    assert await store.mature(170.0) == 0
+    _, sums = await store.read("e")
+    assert (sums[KEY].count, sums[KEY].total) == (1, 1.0)
+    assert await store.held() == 1
+
+
+async def test_waiting_outcomes_survive_a_restart_of_the_embedded_store(tmp_path: Path) -> None:
+    state = StateFile(tmp_path / "state.json")
+    store = MemoryMeasurements(state)
+    await _waits_then_counts_once(store)
+    store.save()
+    again = MemoryMeasurements(StateFile(tmp_path / "state.json"))  # a restart
+    assert await again.held() == 1  # the younger one still waits: not lost, not counted
+    assert await again.mature(300.0) == 1
+    _, sums = await again.read("e")
+    assert (sums[KEY].count, sums[KEY].total) == (2, 1.0)
+
+
+async def test_waiting_outcomes_are_kept_in_redis_and_count_once(tmp_path: Path) -> None:
+    async with redis_server(tmp_path) as server:
+        client = connect(server.url)
+        try:
+            await _waits_then_counts_once(RedisMeasurements(client, "abgate"))
+            # another control instance (or this one restarted) sees what waits, and the
+            # two moving it at once count it once
+            first, second = RedisMeasurements(client, "abgate"), RedisMeasurements(client, "abgate")
+            assert await second.held() == 1
+            moved = await asyncio.gather(first.mature(300.0), second.mature(300.0))
+            assert sorted(moved) == [0, 1]
+            _, sums = await first.read("e")
+        finally:
+            await client.aclose()
+    assert (sums[KEY].count, sums[KEY].total, sums[KEY].total_sq) == (2, 1.0, 1.0)
+
+
+async def test_a_full_queue_refuses_the_batch_whole() -> None:
+    store = MemoryMeasurements()
+    with pytest.raises(MaturingFull, match="at most 1,000,000"):
+        await store.hold([(KEY, 1.0, 160.0)] * (MAX_HELD + 1))
+    assert await store.held() == 0
 
 
 async def test_the_outcomes_api_holds_young_decisions_and_counts_mature_ones(
@@ -107,7 +148,7 @@ async def test_the_outcomes_api_holds_young_decisions_and_counts_mature_ones(
         _, sums = await stack.worker.store.read("e")
         counted = sum(s.count for k, s in sums.items() if k[3] == "converted")
         assert counted == 1  # the two-hour-old decision; the minute-old one waits
-        assert len(stack.worker.maturing) == 1
+        assert await stack.worker.store.held() == 1
         status, body = await post([{**item, "decided_at": "yesterday"}])
         assert status == 400
         assert "Unix seconds" in body["error"]

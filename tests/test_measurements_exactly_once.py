@@ -15,8 +15,9 @@ from aiohttp import ClientSession
 
 from abgate.control.serve import embedded
 from abgate.proxy.measure import Measurements
-from abgate.state.measurements import MemoryMeasurements, Phase, RedisMeasurements, Sums
+from abgate.state.measurements import MemoryMeasurements, Phase, Sums
 from abgate.state.redis_client import connect
+from abgate.state.redis_measurements import RedisMeasurements
 from abgate.state.state_file import StateFile
 from tests.cut_proxy import Cut, cut_proxy
 from tests.redis_server import RedisServer, redis_server

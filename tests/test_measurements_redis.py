@@ -13,10 +13,10 @@ from abgate.state.measurements import (
     UNCLUSTERED,
     MemoryMeasurements,
     Phase,
-    RedisMeasurements,
     Sums,
 )
 from abgate.state.redis_client import connect
+from abgate.state.redis_measurements import RedisMeasurements
 from abgate.state.redis_timing import REDIS_COMMANDS, ServerTimes
 from tests.redis_server import redis_server
 
