@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from abgate.config.model import StickySource
 from abgate.control.current import require_worker, resolve
 from abgate.control.http import WORKER, ApiError, json_response, parse_json
 from abgate.control.maturing import mature_at
+from abgate.control.stats.cuped import CROSS, PRE
 from abgate.proxy.hashing import fnv1a32, user_hash
 from abgate.state.errors import StoreUnavailable
 from abgate.state.flags import FlagTable
@@ -228,10 +230,11 @@ async def outcomes(request: web.Request) -> web.Response:
         ready = None
         if when is not None and declared is not None:
             ready = mature_at(when, declared.maturity, now)
-        if ready is None:
-            batch.setdefault(key, Sums()).add(value)
-        else:
-            held.append((key, value, ready))
+        for part, measured in _with_covariate(index, item, key, value):
+            if ready is None:
+                batch.setdefault(part, Sums()).add(measured)
+            else:
+                held.append((part, measured, ready))
         rows.append((key, value, decided_at, item.get("request_id")))
     if held:  # refused whole, before anything is counted
         waiting = await worker.store.held()
@@ -326,13 +329,49 @@ def _decided_at(
     return float(given)
 
 
+def _with_covariate(
+    index: int, item: Mapping[str, Any], key: MeasureKey, value: float
+) -> list[tuple[MeasureKey, float]]:
+    """The sums an outcome adds: its value, and with a `covariate` (its user's value of the
+    metric before the experiment) the covariate's and their product's, for CUPED
+    (control/stats/cuped.py)."""
+    covariate = item.get("covariate")
+    if covariate is None:
+        return [(key, value)]
+    if isinstance(covariate, bool) or not isinstance(covariate, int | float):
+        raise ApiError(
+            400,
+            f"[{index}].covariate: expected a finite number (the user's value of "
+            f"{key[3]} before the experiment), got {covariate!r}",
+        )
+    problem = check_value(float(covariate)) or check_value(float(covariate) * value)
+    if problem is not None:
+        raise ApiError(400, f"[{index}].covariate: {problem}")
+    experiment, phase, arm, metric, cluster = key
+    return [
+        (key, value),
+        ((experiment, phase, arm, metric + PRE, cluster), float(covariate)),
+        ((experiment, phase, arm, metric + CROSS, cluster), float(covariate) * value),
+    ]
+
+
 def _outcome(
     worker: StatsWorker, table: FlagTable, index: int, item: Any
 ) -> tuple[MeasureKey, float]:
     where = f"[{index}]"
     if not isinstance(item, dict):
         raise ApiError(400, f"{where}: expected an object")
-    known = {"experiment", "arm", "metric", "value", "phase", "request_id", "user", "decided_at"}
+    known = {
+        "experiment",
+        "arm",
+        "metric",
+        "value",
+        "phase",
+        "request_id",
+        "user",
+        "decided_at",
+        "covariate",
+    }
     unknown = sorted(set(item) - known)
     if unknown:
         raise ApiError(400, f"{where}: unknown field(s) {', '.join(unknown)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from abgate.config.metrics_catalogue import ERROR_METRIC
+from abgate.control.stats import cuped
 from abgate.control.stats.checks import distinct_users, sequential_srm
 from abgate.control.stats.clusters import ClusteredSums
 from abgate.state.measurements import UNCLUSTERED, USER_MAP_BITS, MeasureKey, Sums
@@ -18,13 +19,52 @@ EMPTY = ClusteredSums(0, 0.0, 0.0, 0, 0.0, 0.0, 0.0)
 
 
 def by_arm(sums: Mapping[MeasureKey, Sums]) -> dict[ArmKey, ClusteredSums]:
-    """Each (phase, arm, metric) of one experiment's sums as one ClusteredSums."""
-    grouped: dict[ArmKey, list[tuple[bool, int, float, float]]] = {}
+    """Each (phase, arm, metric) of one experiment's sums as one ClusteredSums; a metric
+    whose every outcome in the phase carried a pre-experiment covariate, adjusted by it
+    (CUPED, control/stats/cuped.py). The covariates' own sums are not metrics."""
+    grouped: dict[ArmKey, dict[int, tuple[bool, int, float, float]]] = {}
     for (_, phase, arm, metric, cluster), s in sums.items():
-        grouped.setdefault((phase, arm, metric), []).append(
-            (cluster != UNCLUSTERED, s.count, s.total, s.total_sq)
+        grouped.setdefault((phase, arm, metric), {})[cluster] = (
+            cluster != UNCLUSTERED,
+            s.count,
+            s.total,
+            s.total_sq,
         )
-    return {key: ClusteredSums.of(clusters) for key, clusters in grouped.items()}
+    arms = {
+        key: ClusteredSums.of(clusters.values())
+        for key, clusters in grouped.items()
+        if not cuped.is_covariate(key[2])
+    }
+    for phase, metric in {(p, m) for p, _, m in arms}:
+        _adjust(grouped, arms, phase, metric)
+    return arms
+
+
+def _adjust(
+    grouped: Mapping[ArmKey, cuped.Clusters],
+    arms: dict[ArmKey, ClusteredSums],
+    phase: int,
+    metric: str,
+) -> None:
+    """Replace a phase's metric in both arms by its CUPED-adjusted sums, where it can be."""
+    names = sorted(a for p, a, m in arms if p == phase and m == metric)
+    if len(names) != 2:
+        return
+
+    def both(name: str) -> tuple[cuped.Clusters, cuped.Clusters]:
+        return grouped.get((phase, names[0], name), {}), grouped.get((phase, names[1], name), {})
+
+    y, x, xy = both(metric), both(metric + cuped.PRE), both(metric + cuped.CROSS)
+    found = cuped.theta(y, x, xy)
+    if found is None:
+        return
+    slope, mean_x = found
+    adjusted = [cuped.adjusted(y[i], x[i], xy[i], slope, mean_x) for i in (0, 1)]
+    if None in adjusted:  # both arms or neither: a comparison of like with like
+        return
+    for arm, sums in zip(names, adjusted, strict=True):
+        assert sums is not None
+        arms[(phase, arm, metric)] = sums
 
 
 def of_phase(

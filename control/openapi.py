@@ -86,6 +86,12 @@ _OUTCOME = {
             "maturity window (unless request_id gives it): the outcome counts once its "
             "decision is that old",
         },
+        "covariate": {
+            "type": "number",
+            "description": "the user's value of this metric before the experiment (CUPED): "
+            "where every outcome of the metric in a phase carries one, in both arms, the "
+            "tests judge the metric adjusted by it, with less variance",
+        },
     },
 }
 STATISTICS_PATHS: dict[str, Any] = {

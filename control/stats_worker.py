@@ -32,6 +32,7 @@ from abgate.control.stats import (
 )
 from abgate.control.stats.checks import SRM_THRESHOLD
 from abgate.control.stats.clusters import MIN_CLUSTERS, ClusteredSums, clustered_rates
+from abgate.control.stats.cuped import analysed_as_rate
 from abgate.control.stats.frequentist import TestResult, rates_test, welch_t
 from abgate.control.stats.means import sequential_means
 from abgate.control.stats.sequential import sequential_rates
@@ -90,7 +91,7 @@ def compare(
             f"{b.clusters} (need {MIN_CLUSTERS} per arm to estimate the variance per user)"
         )
     try:
-        if metric.type == "binary":
+        if analysed_as_rate(metric, a):
             pa, pb, design = clustered_rates(a, b)
             return result(
                 "ok",

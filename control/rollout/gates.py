@@ -43,6 +43,7 @@ from abgate.control.rollout.sizing import stage_alpha
 from abgate.control.stats import holm
 from abgate.control.stats.checks import SRM_THRESHOLD, sequential_srm
 from abgate.control.stats.clusters import MIN_CLUSTERS, ClusteredSums, clustered_rates
+from abgate.control.stats.cuped import analysed_as_rate
 from abgate.control.stats.means import means_p
 from abgate.control.stats.models import StatsInputError
 from abgate.control.stats.sequential import (
@@ -471,7 +472,7 @@ def _harm_tests(
         tuning = tuned.get(name, TUNING)
         sign = 1.0 if metric.direction == "lower" else -1.0
         harm = sign * (b.mean - a.mean)
-        if metric.type == "binary":
+        if analysed_as_rate(metric, a):
             found = binary_harm_p(metric, a, b, margin, worse=True, tuning=tuning)
             if found is None:
                 continue
@@ -483,7 +484,7 @@ def _harm_tests(
                 name,
                 p,
                 {
-                    "detail": f"treatment worse by {harm:.4g} ({_unit(metric)}), "
+                    "detail": f"treatment worse by {harm:.4g} ({_unit(metric, a)}), "
                     f"margin {margin:.4g}",
                     "harm": harm,
                     "margin": margin,
@@ -505,7 +506,7 @@ def _non_inferiority_p(
     if a is None or b is None or _too_few(a, b):
         return 1.0
     margin = margin_of(a.mean)
-    if metric.type == "binary":
+    if analysed_as_rate(metric, a):
         found = binary_harm_p(metric, a, b, margin, worse=False, tuning=tuning)
         return 1.0 if found is None else found
     sign = 1.0 if metric.direction == "lower" else -1.0
@@ -553,5 +554,7 @@ def _slo_tests(plan: RolloutPlan, treatment: Mapping[str, ClusteredSums]) -> lis
     return tests
 
 
-def _unit(metric: MetricConfig) -> str:
+def _unit(metric: MetricConfig, sums: ClusteredSums) -> str:
+    if sums.adjusted:
+        return "mean, CUPED-adjusted"
     return "rate" if metric.type == "binary" else "mean"

@@ -9,6 +9,7 @@ from typing import Any
 from abgate.config.model import Amount, ExperimentConfig, MetricConfig, RolloutPlan
 from abgate.control.measured import EMPTY
 from abgate.control.stats.clusters import ClusteredSums
+from abgate.control.stats.cuped import analysed_as_rate
 from abgate.control.stats.sequential import TUNING
 from abgate.control.stats.tuning import tuned_size
 
@@ -40,7 +41,7 @@ def stage_alpha(plan: RolloutPlan) -> float:
 def _variance(metric: MetricConfig, sums: ClusteredSums) -> float:
     """The variance per request, inflated by the clustering of users (the design effect):
     sample sizes stay in requests, the unit the arrival rate is counted in."""
-    if metric.type == "binary":
+    if analysed_as_rate(metric, sums):
         rate = (sums.total + 1) / (sums.count + 2)  # never 0: sizing needs a spread
         return rate * (1 - rate) * sums.design_effect(rate)
     return sums.as_mean().variance
@@ -66,7 +67,7 @@ def _variance_at(
     with the control's design effect; a mean's from the treatment's samples once it has
     enough, never below the control's."""
     variance_a = _variance(metric, control)
-    if metric.type == "binary":
+    if analysed_as_rate(metric, control):
         rate = (control.total + 1) / (control.count + 2)
         design = control.design_effect(rate)
         sign = 1.0 if metric.direction == "lower" else -1.0

@@ -43,6 +43,7 @@ class ClusteredSums:
     count_sq: float  # sum over clusters of n_i^2
     cluster_sq: float  # sum over clusters of s_i^2
     cross: float  # sum over clusters of n_i * s_i
+    adjusted: bool = False  # values adjusted by a pre-experiment covariate (stats/cuped.py)
 
     @classmethod
     def of(cls, clusters: Iterable[tuple[bool, int, float, float]]) -> ClusteredSums:
