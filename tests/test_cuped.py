@@ -95,7 +95,7 @@ def test_aa_with_the_covariate_holds_alpha_and_a_real_lift_is_found_sooner() -> 
         for covariate in found:
             arms = by_arm(_store(lift, covariate=covariate))
             found[covariate] += means_p(arms[(1, "a", "value")], arms[(1, "b", "value")]) < 0.05
-    assert found[True] >= 3 * found[False]  # measured: 84 of 100 against 12
+    assert found[True] >= 3 * found[False]  # measured: 76 of 100 against 13
 
 
 CONFIG = """\
