@@ -22,7 +22,15 @@ esac
 pidfile="$DIR/$kind.pid"
 mkdir -p "$DIR"
 
-running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+# Alive: the process exists and is not a zombie (an agent that exited but whose parent, the
+# shell that started it, has not reaped it yet: kill -0 still succeeds on it).
+alive() {
+    kill -0 "$1" 2>/dev/null || return 1
+    local state
+    state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null || echo Z)
+    [ "$state" != Z ]
+}
+running() { [ -f "$pidfile" ] && alive "$(cat "$pidfile")"; }
 
 case "$action" in
     start)
@@ -41,7 +49,7 @@ case "$action" in
         if ! running; then echo "$kind agent is not running"; rm -f "$pidfile"; exit 0; fi
         pid=$(cat "$pidfile")
         kill "$pid" 2>/dev/null || true
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+        for _ in $(seq 100); do alive "$pid" || break; sleep 0.05; done
         rm -f "$pidfile"
         echo "$kind agent stopped (was pid $pid)" ;;
     status)
