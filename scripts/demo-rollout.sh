@@ -9,8 +9,7 @@
 #      `abgate simulate` sends users (sticky ids) and reports their outcomes (accuracy,
 #      satisfaction) with each decision's phase and user; shows `abgate rollout status
 #      --watch`; approves the 50% stage when the plan asks a person (saying so),
-#   4. writes its report to .abgate/demo/reports/documentation-keeper-business-impact.md
-#      (DEMO_REPORTS elsewhere; reports/ holds the one committed from a measured run).
+#   4. writes reports/documentation-keeper-business-impact.md.
 # SCENARIO=better: the ML agent is more accurate, more satisfying and faster: completed.
 # SCENARIO=worse: less accurate and slower: the rollout rolls back on its own.
 # SCENARIO=same: no difference (an A/A rehearsal).
@@ -106,9 +105,7 @@ tail -1 "$LOGS/simulate.log"
 
 echo
 echo "== 4. The report"
-REPORTS=${DEMO_REPORTS:-.abgate/demo/reports}
-mkdir -p "$REPORTS"
-"$BIN/abgate" rollout report "$EXPERIMENT" --output "$REPORTS/$EXPERIMENT-business-impact.md"
+"$BIN/abgate" rollout report "$EXPERIMENT"
 state=$(curl -fs "$ABGATE_CONTROL_URL/api/rollouts/$EXPERIMENT" | "$BIN/python" -c 'import json, sys; print(json.load(sys.stdin)["state"])')
 elapsed=$(( $(date +%s) - started ))
 printf 'demo-rollout: %s in %dm%02ds (SCENARIO=%s, expected %s)\n' \
