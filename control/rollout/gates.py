@@ -38,8 +38,16 @@ from abgate.config.metrics_catalogue import SLOW_METRIC
 from abgate.config.model import ExperimentConfig, MetricConfig, RolloutPlan
 from abgate.control.measured import EMPTY
 from abgate.control.rollout import sizing
+from abgate.control.rollout.gate_numbers import (
+    GateNumbers,
+    Harm,
+    OverLimit,
+    RatioChecked,
+    Samples,
+    Tested,
+)
 from abgate.control.rollout.reach import ARMS, MIN_SPAN, stage_reach
-from abgate.control.rollout.sizing import stage_alpha
+from abgate.control.rollout.sizing import Sizing, TooFewToSize, stage_alpha
 from abgate.control.stats import holm
 from abgate.control.stats.checks import SRM_THRESHOLD, sequential_srm
 from abgate.control.stats.clusters import MIN_CLUSTERS, ClusteredSums, clustered_rates
@@ -60,10 +68,11 @@ class Gate:
     name: str
     status: Literal["pass", "fail", "hold", "n/a"]
     detail: str
-    numbers: dict[str, Any] = field(default_factory=dict)
+    numbers: GateNumbers | None = None  # what it measured (control/rollout/gate_numbers.py)
 
     def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "detail": self.detail, **self.numbers}
+        numbers = self.numbers.as_json() if self.numbers is not None else {}
+        return {"name": self.name, "status": self.status, "detail": self.detail, **numbers}
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +122,7 @@ class Decision:
 class _HarmTest:
     name: str
     p_value: float  # always-valid, one-sided: H0 "no harm beyond the margin"
-    numbers: dict[str, Any]
+    observed: Harm | OverLimit
 
 
 def decide(
@@ -158,15 +167,15 @@ def decide(
     adjusted = holm([test.p_value for test in harm])
     over: list[str] = []  # SLOs the treatment is observed to breach, not yet significantly
     for test, p in zip(harm, adjusted, strict=True):
-        numbers = {**test.numbers, "p_value": test.p_value, "p_value_holm": p, "alpha": alpha}
+        numbers = Tested(test.observed, test.p_value, p, alpha)
         if p < alpha:
-            reason = f"harm on {test.name}: {test.numbers['detail']} (p = {p:.2g} < {alpha:.3g})"
+            reason = f"harm on {test.name}: {test.observed.observed} (p = {p:.2g} < {alpha:.3g})"
             return Decision(
                 "rollback", "harm", reason, (*gates, Gate(test.name, "fail", reason, numbers))
             )
-        if test.name.startswith("slo_") and test.numbers["rate"] > test.numbers["limit"]:
+        if isinstance(test.observed, OverLimit) and test.observed.over:
             over.append(test.name)
-            detail = f"{test.numbers['detail']}, not yet significant (p = {p:.2g})"
+            detail = f"{test.observed.observed}, not yet significant (p = {p:.2g})"
             gates.append(Gate(test.name, "hold", detail, numbers))
             continue
         gates.append(Gate(test.name, "pass", f"no harm shown (p = {p:.2g})", numbers))
@@ -191,7 +200,7 @@ def decide(
                 f"{what} at {share * 100:g}% (p = {srm_p:.2g})"
             )
             return Decision("hold", "integrity", reason, (*gates, Gate("srm", "fail", reason)))
-        gates.append(Gate("srm", "pass", f"p = {srm_p:.2g}", {"p_value": srm_p}))
+        gates.append(Gate("srm", "pass", f"p = {srm_p:.2g}", RatioChecked(srm_p)))
     if inputs.unconverged:
         reason = f"sidecars not on the flag version: {', '.join(inputs.unconverged)}"
         return Decision("hold", "integrity", reason, (*gates, Gate("convergence", "fail", reason)))
@@ -230,9 +239,10 @@ def decide(
     if needs is None or lacking:
         if needs is None:
             short = sized[-1]
+            assert isinstance(short, TooFewToSize)  # samples_needed says which, last
             reason = (
-                f"insufficient samples: {_what(plan, short['metric'])} has "
-                f"{short['control']:,} control samples, at least {short['at_least']} needed "
+                f"insufficient samples: {_what(plan, short.metric)} has "
+                f"{short.control:,} control samples, at least {short.at_least} needed "
                 "to estimate its variance"
             )
             eta = None
@@ -246,12 +256,6 @@ def decide(
             )
             etas = [_eta(have_of[name], needs[name], elapsed) for name in lacking]
             eta = None if any(e is None for e in etas) else max(e for e in etas if e is not None)
-        samples: dict[str, Any] = {
-            "have": have,
-            "needed": needed,
-            "metric": binding,
-            "sizing": sized,
-        }
         reached = None
         if needs is not None and inputs.units is not None:  # in the unit analysed: users
             reached = stage_reach(
@@ -263,8 +267,8 @@ def decide(
                 inputs.earlier_units,
                 "users" if experiment.sticky else "requests",
             )
+        samples = Samples(have, needed, binding, tuple(sized), reached)
         if reached is not None:
-            samples["users"] = reached.as_json()
             eta = reached.eta
             reason += f"; in {reached.unit}: " + ", ".join(
                 f"{arm} {reached.have[arm]:,.0f} of {reached.needed[arm]:,}" for arm in ARMS
@@ -286,7 +290,7 @@ def decide(
             "samples",
             "pass",
             "enough samples",
-            {"have": have, "needed": needed, "metric": binding, "by_metric": have_of},
+            Samples(have, needed, binding, by_metric=have_of),
         )
     )
     if elapsed < least:
@@ -392,7 +396,7 @@ def _binding(
 
 def samples_needed(
     plan: RolloutPlan, experiment: ExperimentConfig, inputs: StageInputs
-) -> tuple[dict[str, dict[str, int]] | None, list[dict[str, Any]]]:
+) -> tuple[dict[str, dict[str, int]] | None, list[Sizing]]:
     """The stage's sizes at its live split (control/rollout/sizing.py)."""
     return sizing.samples_needed(
         plan, experiment, inputs.control, inputs.treatment, inputs.percentage_bp / 10_000
@@ -482,13 +486,13 @@ def _harm_tests(
             _HarmTest(
                 name,
                 p,
-                {
-                    "detail": f"treatment worse by {harm:.4g} ({_unit(metric)}), "
-                    f"margin {margin:.4g}",
-                    "harm": harm,
-                    "margin": margin,
-                    "n": {"control": a.count, "treatment": b.count},
-                },
+                Harm(
+                    f"treatment worse by {harm:.4g} ({_unit(metric)}), margin {margin:.4g}",
+                    harm,
+                    margin,
+                    a.count,
+                    b.count,
+                ),
             )
         )
     return tests
@@ -542,12 +546,7 @@ def _slo_tests(plan: RolloutPlan, treatment: Mapping[str, ClusteredSums]) -> lis
             _HarmTest(
                 name,
                 p,
-                {
-                    "detail": f"{what} {rate:.2%} over the limit {limit:.2%}",
-                    "rate": rate,
-                    "limit": limit,
-                    "n": sums.count,
-                },
+                OverLimit(f"{what} {rate:.2%} over the limit {limit:.2%}", rate, limit, sums.count),
             )
         )
     return tests
