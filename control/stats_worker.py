@@ -25,13 +25,12 @@ from abgate.config import Config, metrics_catalogue
 from abgate.config.metrics_catalogue import BUILT_IN_METRIC_NAMES, LATENCY_BUCKETS
 from abgate.config.model import BUILT_IN_METRICS, ExperimentConfig, MetricConfig
 from abgate.control.maturing import Maturing
-from abgate.control.measured import EMPTY, ArmKey, Users, by_arm, sample_ratio
+from abgate.control.measured import EMPTY, ArmKey, PhaseArms, Users, by_arm, phase_arms
 from abgate.control.reports import ExperimentReport, MetricResult, PhaseReport
 from abgate.control.stats import (
     StatsInputError,
     holm,
 )
-from abgate.control.stats.checks import SRM_THRESHOLD
 from abgate.control.stats.clusters import MIN_CLUSTERS, ClusteredSums, clustered_rates
 from abgate.control.stats.frequentist import TestResult, rates_test, welch_t
 from abgate.control.stats.means import sequential_means
@@ -150,33 +149,20 @@ def evaluate(
     arms = by_arm(sums)
     control, treatment = experiment.control.name, experiment.treatment.name
     report = ExperimentReport(name, control, treatment, evaluated_at=time.time())
+    seen: PhaseArms | None = None
     for phase in phases:
-        counts = [arms.get((phase.id, arm, "error"), EMPTY).count for arm in (control, treatment)]
-        weight = phase.basis_points / 10_000
-        srm_p, seen = sample_ratio(sums, users or {}, name, phase.id, (control, treatment), weight)
-        report.phases.append(
-            PhaseReport(
-                phase.id,
-                phase.basis_points / 100,
-                phase.started_at,
-                {control: counts[0], treatment: counts[1]},
-                srm_p,
-                srm_p < SRM_THRESHOLD,
-                {control: round(seen[0], 1), treatment: round(seen[1], 1)},
-            )
-        )
-    if not phases:
+        share = phase.basis_points / 10_000
+        seen = phase_arms(arms, sums, users or {}, name, phase.id, (control, treatment), share)
+        report.phases.append(PhaseReport.of(phase, seen, control, treatment))
+    if seen is None:
         return report
-    current = phases[-1].id
     declared = {*BUILT_IN_METRIC_NAMES, *(m.name for m in experiment.metrics)}
-    metrics = sorted(declared & {metric for phase, _, metric in arms if phase == current})
+    metrics = sorted(declared & {metric for phase, _, metric in arms if phase == seen.phase})
     for metric in metrics:
         definition = experiment.metric(metric)
         assert definition is not None
         report.metrics[metric] = compare(
-            arms.get((current, control, metric), EMPTY),
-            arms.get((current, treatment, metric), EMPTY),
-            definition,
+            seen.control.get(metric, EMPTY), seen.treatment.get(metric, EMPTY), definition
         )
     report.across_phases = _across_phases(experiment, phases, arms, metrics)
     # Holm within each family: the declared (success) metrics, and the built-in guardrails.

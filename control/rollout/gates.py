@@ -34,9 +34,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from abgate.config.metrics_catalogue import SLOW_METRIC
+from abgate.config.metrics_catalogue import ERROR_METRIC, SLOW_METRIC
 from abgate.config.model import ExperimentConfig, MetricConfig, RolloutPlan
-from abgate.control.measured import EMPTY
+from abgate.control.measured import EMPTY, SampleRatio
 from abgate.control.rollout import sizing
 from abgate.control.rollout.gate_numbers import (
     GateNumbers,
@@ -49,7 +49,6 @@ from abgate.control.rollout.gate_numbers import (
 from abgate.control.rollout.reach import ARMS, MIN_SPAN, stage_reach
 from abgate.control.rollout.sizing import Sizing, TooFewToSize, stage_alpha
 from abgate.control.stats import holm
-from abgate.control.stats.checks import SRM_THRESHOLD, sequential_srm
 from abgate.control.stats.clusters import MIN_CLUSTERS, ClusteredSums, clustered_rates
 from abgate.control.stats.means import means_p
 from abgate.control.stats.models import StatsInputError
@@ -96,6 +95,22 @@ class StageInputs:
     # an earlier reading of those units (its seconds into the stage, the counts then): new
     # users are counted at the rate since then (control/rollout/reach.py)
     earlier_units: tuple[float, tuple[float, float]] | None = None
+    # the SRM check of those units, as the controller's read made it (control/measured.py)
+    srm: SampleRatio | None = None
+
+    @property
+    def sample_ratio(self) -> SampleRatio:
+        """The SRM check of the stage: as given, else on its units, else on its requests
+        (each counted exactly), by the test the statistics worker runs on each phase."""
+        share = self.percentage_bp / 10_000
+        if self.srm is not None:
+            return self.srm
+        if self.units is not None:
+            return SampleRatio.check(*self.units, share)
+        requests = (self.control.get(ERROR_METRIC, EMPTY), self.treatment.get(ERROR_METRIC, EMPTY))
+        return SampleRatio.check(
+            (float(requests[0].count), 0.0), (float(requests[1].count), 0.0), share
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,25 +197,15 @@ def decide(
 
     # 2. hold (integrity)
     if compared:
-        if inputs.units is None:
-            counts = [
-                float(inputs.control.get("error", EMPTY).count),
-                float(inputs.treatment.get("error", EMPTY).count),
-            ]
-            variances = [0.0, 0.0]
-            what = ""
-        else:
-            (c, var_c), (t, var_t) = inputs.units
-            counts, variances, what = [c, t], [var_c, var_t], " users"
-        share = inputs.percentage_bp / 10_000
-        srm_p = sequential_srm(counts, [1 - share, share], variances) if sum(counts) else 1.0
-        if srm_p < SRM_THRESHOLD:
+        srm = inputs.sample_ratio
+        if srm.flagged:
             reason = (
-                f"sample-ratio mismatch: {counts[0]:.0f} control, {counts[1]:.0f} treatment"
-                f"{what} at {share * 100:g}% (p = {srm_p:.2g})"
+                f"sample-ratio mismatch: {srm.control[0]:.0f} control, {srm.treatment[0]:.0f} "
+                f"treatment{'' if inputs.units is None else ' users'} at {srm.share * 100:g}% "
+                f"(p = {srm.p_value:.2g})"
             )
             return Decision("hold", "integrity", reason, (*gates, Gate("srm", "fail", reason)))
-        gates.append(Gate("srm", "pass", f"p = {srm_p:.2g}", RatioChecked(srm_p)))
+        gates.append(Gate("srm", "pass", f"p = {srm.p_value:.2g}", RatioChecked(srm.p_value)))
     if inputs.unconverged:
         reason = f"sidecars not on the flag version: {', '.join(inputs.unconverged)}"
         return Decision("hold", "integrity", reason, (*gates, Gate("convergence", "fail", reason)))
