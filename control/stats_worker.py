@@ -31,7 +31,13 @@ from abgate.control.stats import (
     StatsInputError,
     holm,
 )
-from abgate.control.stats.clusters import MIN_CLUSTERS, ClusteredSums, clustered_rates
+from abgate.control.stats.clusters import (
+    MIN_CLUSTERS,
+    MIN_SAMPLES,
+    ClusteredSums,
+    clustered_rates,
+    comparable,
+)
 from abgate.control.stats.frequentist import TestResult, rates_test, welch_t
 from abgate.control.stats.means import sequential_means
 from abgate.control.stats.sequential import sequential_rates
@@ -45,9 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("abgate.stats")
 INTERVAL = 3.0
-
-
-MIN_SAMPLES = 2  # per arm, before any test; fewer is "not enough data", never an error
 
 
 def compare(
@@ -121,12 +124,7 @@ def _across_phases(
         for phase in phases:
             a = arms.get((phase.id, control, metric))
             b = arms.get((phase.id, treatment, metric))
-            if (
-                a is not None
-                and b is not None
-                and a.clusters >= MIN_CLUSTERS
-                and b.clusters >= MIN_CLUSTERS
-            ):
+            if a is not None and b is not None and comparable(a, b):
                 strata.append((a.as_mean(), b.as_mean()))
         if len(strata) >= 2:
             try:

@@ -49,7 +49,12 @@ from abgate.control.rollout.gate_numbers import (
 from abgate.control.rollout.reach import ARMS, MIN_SPAN, stage_reach
 from abgate.control.rollout.sizing import Sizing, TooFewToSize, stage_alpha
 from abgate.control.stats import holm
-from abgate.control.stats.clusters import MIN_CLUSTERS, ClusteredSums, clustered_rates
+from abgate.control.stats.clusters import (
+    MIN_CLUSTERS,
+    ClusteredSums,
+    clustered_rates,
+    comparable,
+)
 from abgate.control.stats.means import means_p
 from abgate.control.stats.models import StatsInputError
 from abgate.control.stats.sequential import (
@@ -435,10 +440,6 @@ def binary_harm_p(
         return None
 
 
-def _too_few(a: ClusteredSums, b: ClusteredSums) -> bool:
-    return a.count < 2 or b.count < 2 or min(a.clusters, b.clusters) < MIN_CLUSTERS
-
-
 def mean_harm_p(
     metric: MetricConfig,
     a: ClusteredSums,
@@ -474,7 +475,7 @@ def _harm_tests(
         metric = experiment.metric(name)
         assert metric is not None
         a, b = inputs.control.get(name), inputs.treatment.get(name)
-        if a is None or b is None or _too_few(a, b):
+        if a is None or b is None or not comparable(a, b):
             continue
         margin = margin_of(a.mean)
         tuning = tuned.get(name, TUNING)
@@ -511,7 +512,7 @@ def _non_inferiority_p(
     tuning: float = TUNING,
 ) -> float:
     """Always-valid p of "the treatment is worse by at least the margin"."""
-    if a is None or b is None or _too_few(a, b):
+    if a is None or b is None or not comparable(a, b):
         return 1.0
     margin = margin_of(a.mean)
     if metric.type == "binary":
