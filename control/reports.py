@@ -78,10 +78,6 @@ class PhaseReport:
             {control: round(srm.control[0], 1), treatment: round(srm.treatment[0], 1)},
         )
 
-    @property
-    def srm_p_value(self) -> float:
-        return self.srm.p_value
-
     def as_json(self) -> dict[str, Any]:
         return {
             "id": self.id,

@@ -334,7 +334,7 @@ class StatsWorker:
             if current is not None:
                 for arm, count in current.samples.items():
                     samples.add_metric([name, arm], count)
-                srm_p.add_metric([name], current.srm_p_value)
+                srm_p.add_metric([name], current.srm.p_value)
             for metric, result in report.metrics.items():
                 if result.improvement is not None:  # means alone: before any test can run
                     improvement.add_metric([name, metric, "relative"], result.improvement)
