@@ -4,7 +4,7 @@ sent (the rollout API, the history, the page). Pure, like the gates."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from abgate.control.rollout.reach import Reach
@@ -16,7 +16,7 @@ class Harm:
     """A harm test's observation on a guardrail or the primary: the treatment worse than
     control by `harm` (in the metric's unit, signed by its direction), against `margin`."""
 
-    observed: str  # in words: "treatment worse by 0.012 (rate), margin 0.01"
+    detail: str  # in words: "treatment worse by 0.012 (rate), margin 0.01"
     harm: float
     margin: float
     n_control: int
@@ -24,7 +24,7 @@ class Harm:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "detail": self.observed,
+            "detail": self.detail,
             "harm": self.harm,
             "margin": self.margin,
             "n": {"control": self.n_control, "treatment": self.n_treatment},
@@ -36,7 +36,7 @@ class OverLimit:
     """An SLO's observation: the treatment's rate (errors, or requests slower than the
     latency limit) against the plan's absolute limit."""
 
-    observed: str  # in words: "error rate 6.00% over the limit 5.00%"
+    detail: str  # in words: "error rate 6.00% over the limit 5.00%"
     rate: float
     limit: float
     n: int
@@ -46,7 +46,7 @@ class OverLimit:
         return self.rate > self.limit
 
     def as_json(self) -> dict[str, Any]:
-        return {"detail": self.observed, "rate": self.rate, "limit": self.limit, "n": self.n}
+        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)

@@ -189,13 +189,13 @@ def decide(
     for test, p in zip(harm, adjusted, strict=True):
         numbers = Tested(test.observed, test.p_value, p, alpha)
         if p < alpha:
-            reason = f"harm on {test.name}: {test.observed.observed} (p = {p:.2g} < {alpha:.3g})"
+            reason = f"harm on {test.name}: {test.observed.detail} (p = {p:.2g} < {alpha:.3g})"
             return Decision(
                 "rollback", "harm", reason, (*gates, Gate(test.name, "fail", reason, numbers))
             )
         if isinstance(test.observed, OverLimit) and test.observed.over:
             over.append(test.name)
-            detail = f"{test.observed.observed}, not yet significant (p = {p:.2g})"
+            detail = f"{test.observed.detail}, not yet significant (p = {p:.2g})"
             gates.append(Gate(test.name, "hold", detail, numbers))
             continue
         gates.append(Gate(test.name, "pass", f"no harm shown (p = {p:.2g})", numbers))

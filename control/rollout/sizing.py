@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from abgate.config.model import Amount, ExperimentConfig, MetricConfig, RolloutPlan
@@ -28,13 +28,7 @@ class Sized:
     tuning: float
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "metric": self.metric,
-            "effect": self.effect,
-            "control": self.control,
-            "treatment": self.treatment,
-            "tuning": self.tuning,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +40,7 @@ class TooFewToSize:
     at_least: int
 
     def as_json(self) -> dict[str, Any]:
-        return {"metric": self.metric, "control": self.control, "at_least": self.at_least}
+        return asdict(self)
 
 
 Sizing = Sized | TooFewToSize
