@@ -23,12 +23,8 @@ class Harm:
     n_treatment: int
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "detail": self.detail,
-            "harm": self.harm,
-            "margin": self.margin,
-            "n": {"control": self.n_control, "treatment": self.n_treatment},
-        }
+        n = {"control": self.n_control, "treatment": self.n_treatment}
+        return {"detail": self.detail, "harm": self.harm, "margin": self.margin, "n": n}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +57,8 @@ class Tested:
     alpha: float
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            **self.observed.as_json(),
-            "p_value": self.p_value,
-            "p_value_holm": self.p_value_holm,
-            "alpha": self.alpha,
-        }
+        tested = {"p_value": self.p_value, "p_value_holm": self.p_value_holm, "alpha": self.alpha}
+        return {**self.observed.as_json(), **tested}
 
 
 @dataclass(frozen=True, slots=True)
