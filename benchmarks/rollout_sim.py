@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 import yaml
 
-from abgate.config.model import ExperimentConfig
+from abgate.config.model import Config, ExperimentConfig
 from abgate.config.parse import parse_config
 from abgate.control.rollout.gates import StageInputs, decide
 from abgate.control.stats.clusters import ClusteredSums
@@ -39,6 +39,11 @@ PLAN = {
 def experiment(plan: dict[str, object] | None = None, **settings: object) -> ExperimentConfig:
     """The simulated experiment with `plan`; `settings` add to the experiment (a sticky
     key, say)."""
+    return config(plan, **settings).experiments["e"]
+
+
+def config(plan: dict[str, object] | None = None, **settings: object) -> Config:
+    """The whole config of `experiment`, experiment "e" (what the statistics worker reads)."""
     document = {
         "upstreams": {"a": {"url": "http://127.0.0.1:1"}, "b": {"url": "http://127.0.0.1:2"}},
         "routes": [{"prefix": "/", "experiment": "e"}],
@@ -53,7 +58,7 @@ def experiment(plan: dict[str, object] | None = None, **settings: object) -> Exp
             }
         },
     }
-    return parse_config(yaml.safe_dump(document), "<sim>").experiments["e"]
+    return parse_config(yaml.safe_dump(document), "<sim>")
 
 
 @dataclass(frozen=True)

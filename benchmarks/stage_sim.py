@@ -19,6 +19,7 @@ import numpy as np
 from scipy import special
 
 from abgate.config.model import ExperimentConfig
+from abgate.control.rollout.gate_numbers import Samples
 from abgate.control.rollout.gates import Decision, StageInputs, decide
 from abgate.control.stats import tuning
 from abgate.control.stats.clusters import ClusteredSums
@@ -131,11 +132,13 @@ def fixed_population(
         )
         decision = decide(rollout, exp, inputs)
         gate = next((g for g in decision.gates if g.name == "samples"), None)
-        numbers = gate.numbers if gate is not None else {}
-        needed = int(numbers.get("needed", {}).get("treatment", 0))
-        have = int(numbers.get("have", {}).get("treatment", 0))
+        numbers = gate.numbers if gate is not None else None
+        samples = numbers if isinstance(numbers, Samples) else Samples({}, {}, None)
+        needed = samples.needed.get("treatment", 0)
+        have = samples.have.get("treatment", 0)
         eta = (needed - have) / (have / now) if have and needed > have else None
-        looks.append(Look(now / 3600, decision, needed, eta, numbers.get("users")))
+        reached = samples.users.as_json() if samples.users is not None else None
+        looks.append(Look(now / 3600, decision, needed, eta, reached))
         if stop_early and decision.kind != "insufficient":
             break
     return looks

@@ -2,7 +2,7 @@
 each, and a user's requests are alike (the same user is slow, or errs, more than another).
 Analysed per request, as abgate did, the tests reject far more often than alpha; analysed
 per user (sums per cluster of users and the delta method, distinct users for the SRM: the
-shipped code path from the split's draw to `compare` and `sample_ratio`) they hold alpha.
+shipped code path from the split's draw to `compare` and `phase_arms`) they hold alpha.
 
 Each run is one A/A experiment with its own seed: users get their draw from the real hash
 (`proxy.hashing.user_draw`), their requests are spread over the run, and the worker's tests
@@ -18,8 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from abgate.config.model import BUILT_IN_METRICS
-from abgate.control.measured import by_arm, sample_ratio
-from abgate.control.stats.checks import SRM_THRESHOLD
+from abgate.control.measured import by_arm, phase_arms
 from abgate.control.stats_worker import compare
 from abgate.proxy.hashing import BUCKET_MASK, USER_SHIFT, fnv1a32, user_draw
 from abgate.state.measurements import CLUSTERS, UNCLUSTERED, USER_MAP_BITS, MeasureKey, Sums
@@ -95,8 +94,7 @@ def _one_run(
             )
             if result.significant:
                 seen[metric] = True
-        p, _ = sample_ratio(sums, users_seen, "aa", 1, ARMS, split)
-        if p < SRM_THRESHOLD:  # as the worker flags it, at every look
+        if phase_arms(arms, sums, users_seen, "aa", 1, ARMS, split).srm.flagged:  # as the worker
             seen["srm"] = True
     return seen["latency"], seen["error"], seen["srm"]
 

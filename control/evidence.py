@@ -28,7 +28,7 @@ from scipy import special
 from abgate.config.metrics_catalogue import ERROR_METRIC
 from abgate.config.model import Amount, ExperimentConfig, MetricConfig
 from abgate.control.measured import ArmKey
-from abgate.control.stats.clusters import MIN_CLUSTERS, ClusteredSums
+from abgate.control.stats.clusters import ClusteredSums, comparable
 from abgate.control.stats.models import StatsInputError
 from abgate.control.stats.sequential import TUNING, always_valid_p, half_width
 from abgate.control.stats.strata import stratified_difference
@@ -111,15 +111,6 @@ class EvidenceReport:
         }
 
 
-def _usable(a: ClusteredSums | None, b: ClusteredSums | None) -> bool:
-    return (
-        a is not None
-        and b is not None
-        and min(a.count, b.count) >= 2
-        and min(a.clusters, b.clusters) >= MIN_CLUSTERS
-    )
-
-
 def phases_used(
     experiment: ExperimentConfig,
     phases: Sequence[Phase],
@@ -140,7 +131,7 @@ def phases_used(
     def both(phase: Phase) -> bool:
         # At 0% or 100% an arm has no share: the few requests it holds were in flight when
         # the percentage changed (38 "control" requests in a 100% phase), not a comparison.
-        return 0 < phase.basis_points < 10_000 and _usable(
+        return 0 < phase.basis_points < 10_000 and comparable(
             arms.get((phase.id, control, ERROR_METRIC)),
             arms.get((phase.id, treatment, ERROR_METRIC)),
         )
@@ -190,7 +181,7 @@ def compare(
     strata = [
         (a.as_mean(), b.as_mean())
         for a, b in pairs
-        if a is not None and b is not None and _usable(a, b)
+        if a is not None and b is not None and comparable(a, b)
     ]
     if not strata:
         return replace(base, status=f"not enough data: no phase has {metric.name} in both arms")

@@ -42,6 +42,7 @@ from abgate.state.measurements import (
 )
 
 if TYPE_CHECKING:
+    from abgate.control.reports import ExperimentReport
     from abgate.control.stats_worker import StatsWorker
     from abgate.state.history.writer import HistoryWriter
 RESTORE_WAIT = 6.0  # seconds a timeline asked for at start waits for PostgreSQL's copy
@@ -50,7 +51,9 @@ MAX_AGE = 366 * 86_400.0  # an outcome's decided_at: at most a year back
 MAX_SKEW = 60.0  # and a minute ahead (clocks differ)
 
 
-async def _report(request: web.Request) -> tuple[StatsWorker, str, dict[str, Any]]:
+async def _report(request: web.Request) -> tuple[StatsWorker, str, ExperimentReport]:
+    """The worker's report of the experiment, typed: each handler serialises what it
+    sends."""
     worker = require_worker(request)
     name = await resolve(request.app, request.match_info["name"])
     try:
@@ -59,7 +62,7 @@ async def _report(request: web.Request) -> tuple[StatsWorker, str, dict[str, Any
         if name not in worker.reports:
             raise  # answered 503 by the control API's error middleware
         reports = worker.reports
-    return worker, name, reports[name].as_json()
+    return worker, name, reports[name]
 
 
 async def list_experiments(request: web.Request) -> web.Response:
@@ -68,11 +71,7 @@ async def list_experiments(request: web.Request) -> web.Response:
     return json_response(
         {
             "experiments": [
-                {
-                    "name": name,
-                    "arms": {"control": r.control_arm, "treatment": r.treatment_arm},
-                    "current_phase": r.current_phase.as_json() if r.current_phase else None,
-                }
+                {"name": name, "arms": r.arms_json(), "current_phase": r.current_phase_json()}
                 for name, r in reports.items()
             ]
         }
@@ -101,7 +100,11 @@ async def get_experiment(request: web.Request) -> web.Response:
     ]
     return json_response(
         {
-            **{k: report[k] for k in ("name", "arms", "phases", "current_phase", "evaluated_at")},
+            "name": report.name,
+            "arms": report.arms_json(),
+            "phases": [phase.as_json() for phase in report.phases],
+            "current_phase": report.current_phase_json(),
+            "evaluated_at": report.evaluated_at,
             "routes": routes,
             "metrics": metrics,
         }
@@ -119,10 +122,10 @@ async def significance(request: web.Request) -> web.Response:
     primary = evidence.metrics.get(evidence.primary) if evidence.primary else None
     return json_response(
         {
-            "name": report["name"],
-            "phase": report["current_phase"],
-            "metrics": report["metrics"],
-            "across_phases": report["across_phases"],
+            "name": report.name,
+            "phase": report.current_phase_json(),
+            "metrics": report.metrics_json(),
+            "across_phases": report.across_phases_json(),
             "metric": evidence.primary,
             "p_value": primary.p_value if primary else None,
             "power": primary.power if primary else None,

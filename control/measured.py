@@ -2,15 +2,19 @@
 
 The store keeps sums per cluster of users (state/measurements.py); the statistics want each
 arm's metric as one `ClusteredSums` (control/stats/clusters.py). One pass over what a read
-returned."""
+returned. A phase's arms and its sample-ratio check (`PhaseArms`) are made here once, by
+the same function for the statistics worker (each phase of its report) and the rollout
+controller (the stage the gates decide on); the check itself is `SampleRatio.check`, the
+one the gates run on a stage's units."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from abgate.config.metrics_catalogue import ERROR_METRIC
 from abgate.control.stats import cuped
-from abgate.control.stats.checks import distinct_users, sequential_srm
+from abgate.control.stats.checks import SRM_THRESHOLD, distinct_users, sequential_srm
 from abgate.control.stats.clusters import ClusteredSums
 from abgate.state.measurements import UNCLUSTERED, USER_MAP_BITS, MeasureKey, Sums
 
@@ -90,18 +94,75 @@ def units(
     return estimate + keyless, variance
 
 
-def sample_ratio(
+Counted = tuple[float, float]  # units (distinct users and keyless requests), their variance
+
+
+@dataclass(frozen=True, slots=True)
+class SampleRatio:
+    """The sample-ratio check of one phase (or stage): the units each arm was randomised in
+    against the treatment's share the split asked for, with the always-valid p-value
+    (control/stats/checks.py::sequential_srm; 1.0 while nothing was counted)."""
+
+    control: Counted
+    treatment: Counted
+    share: float
+    p_value: float
+
+    @classmethod
+    def check(cls, control: Counted, treatment: Counted, share: float) -> SampleRatio:
+        counts = [control[0], treatment[0]]
+        variances = [control[1], treatment[1]]
+        p = sequential_srm(counts, [1 - share, share], variances) if sum(counts) else 1.0
+        return cls(control, treatment, share, p)
+
+    @property
+    def flagged(self) -> bool:
+        return self.p_value < SRM_THRESHOLD
+
+    @property
+    def units(self) -> tuple[Counted, Counted]:
+        return self.control, self.treatment
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseArms:
+    """One phase of one experiment as one read of the store saw it: each arm's metrics and
+    the sample-ratio check of the split."""
+
+    phase: int
+    control: dict[str, ClusteredSums]  # metric -> sums
+    treatment: dict[str, ClusteredSums]
+    srm: SampleRatio
+
+    @property
+    def requests(self) -> tuple[int, int]:
+        """Requests per arm (every request counts once in `error`), control first."""
+        control, treatment = (
+            arm.get(ERROR_METRIC, EMPTY) for arm in (self.control, self.treatment)
+        )
+        return control.count, treatment.count
+
+
+def phase_arms(
+    arms: Mapping[ArmKey, ClusteredSums],
     sums: Mapping[MeasureKey, Sums],
     users: Users,
     experiment: str,
     phase: int,
-    arms: tuple[str, str],
+    names: tuple[str, str],
     share: float,
-) -> tuple[float, tuple[float, float]]:
-    """The SRM p-value of a phase on units (users where there are users, requests where
-    there are none) and the units per arm (control, treatment)."""
-    (control, var_c), (treatment, var_t) = (
-        units(sums, users, experiment, phase, arm) for arm in arms
+) -> PhaseArms:
+    """A phase's arms (`names`: control, treatment) from `by_arm(sums)` and the same read's
+    distinct-users counts, with its SRM check at the treatment's `share` on units (users
+    where there are users, requests where there are none)."""
+    control, treatment = names
+    return PhaseArms(
+        phase,
+        of_phase(arms, phase, control),
+        of_phase(arms, phase, treatment),
+        SampleRatio.check(
+            units(sums, users, experiment, phase, control),
+            units(sums, users, experiment, phase, treatment),
+            share,
+        ),
     )
-    p = sequential_srm([control, treatment], [1 - share, share], [var_c, var_t])
-    return p, (control, treatment)

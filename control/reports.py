@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from abgate.config.model import Direction, MetricType
+from abgate.control.measured import PhaseArms, SampleRatio
 from abgate.control.stats.frequentist import TestResult
 from abgate.control.stats.strata import Combined
+from abgate.state.measurements import Phase
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +62,21 @@ class PhaseReport:
     percentage: float
     started_at: float
     samples: dict[str, int]  # arm name -> samples (requests)
-    srm_p_value: float
-    srm_flagged: bool
-    # arm name -> units the SRM counts: distinct users (estimated) and keyless requests
+    srm: SampleRatio  # on the units the split randomised (control/measured.py)
+    # arm name -> those units: distinct users (estimated) and keyless requests
     units: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, phase: Phase, arms: PhaseArms, control: str, treatment: str) -> PhaseReport:
+        (n_control, n_treatment), srm = arms.requests, arms.srm
+        return cls(
+            phase.id,
+            phase.basis_points / 100,
+            phase.started_at,
+            {control: n_control, treatment: n_treatment},
+            srm,
+            {control: round(srm.control[0], 1), treatment: round(srm.treatment[0], 1)},
+        )
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -72,8 +85,8 @@ class PhaseReport:
             "started_at": self.started_at,
             "samples": self.samples,
             "units": self.units,
-            "srm_p_value": self.srm_p_value,
-            "srm_flagged": self.srm_flagged,
+            "srm_p_value": self.srm.p_value,
+            "srm_flagged": self.srm.flagged,
         }
 
 
@@ -91,16 +104,26 @@ class ExperimentReport:
     def current_phase(self) -> PhaseReport | None:
         return self.phases[-1] if self.phases else None
 
-    def as_json(self) -> dict[str, Any]:
+    def arms_json(self) -> dict[str, str]:
+        return {"control": self.control_arm, "treatment": self.treatment_arm}
+
+    def current_phase_json(self) -> dict[str, Any] | None:
         current = self.current_phase
+        return current.as_json() if current is not None else None
+
+    def metrics_json(self) -> dict[str, Any]:
+        return {name: result.as_json() for name, result in self.metrics.items()}
+
+    def across_phases_json(self) -> dict[str, Any]:
+        return {name: combined.as_json() for name, combined in self.across_phases.items()}
+
+    def as_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "arms": {"control": self.control_arm, "treatment": self.treatment_arm},
+            "arms": self.arms_json(),
             "phases": [phase.as_json() for phase in self.phases],
-            "current_phase": current.as_json() if current is not None else None,
-            "metrics": {name: result.as_json() for name, result in self.metrics.items()},
-            "across_phases": {
-                name: combined.as_json() for name, combined in self.across_phases.items()
-            },
+            "current_phase": self.current_phase_json(),
+            "metrics": self.metrics_json(),
+            "across_phases": self.across_phases_json(),
             "evaluated_at": self.evaluated_at,
         }

@@ -24,14 +24,19 @@ from prometheus_client.core import Metric
 from abgate.config import Config, metrics_catalogue
 from abgate.config.metrics_catalogue import BUILT_IN_METRIC_NAMES, LATENCY_BUCKETS
 from abgate.config.model import BUILT_IN_METRICS, ExperimentConfig, MetricConfig
-from abgate.control.measured import EMPTY, ArmKey, Users, by_arm, sample_ratio
+from abgate.control.measured import EMPTY, ArmKey, PhaseArms, Users, by_arm, phase_arms
 from abgate.control.reports import ExperimentReport, MetricResult, PhaseReport
 from abgate.control.stats import (
     StatsInputError,
     holm,
 )
-from abgate.control.stats.checks import SRM_THRESHOLD
-from abgate.control.stats.clusters import MIN_CLUSTERS, ClusteredSums, clustered_rates
+from abgate.control.stats.clusters import (
+    MIN_CLUSTERS,
+    MIN_SAMPLES,
+    ClusteredSums,
+    clustered_rates,
+    comparable,
+)
 from abgate.control.stats.cuped import analysed_as_rate
 from abgate.control.stats.frequentist import TestResult, rates_test, welch_t
 from abgate.control.stats.means import sequential_means
@@ -46,9 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("abgate.stats")
 INTERVAL = 3.0
-
-
-MIN_SAMPLES = 2  # per arm, before any test; fewer is "not enough data", never an error
 
 
 def compare(
@@ -122,12 +124,7 @@ def _across_phases(
         for phase in phases:
             a = arms.get((phase.id, control, metric))
             b = arms.get((phase.id, treatment, metric))
-            if (
-                a is not None
-                and b is not None
-                and a.clusters >= MIN_CLUSTERS
-                and b.clusters >= MIN_CLUSTERS
-            ):
+            if a is not None and b is not None and comparable(a, b):
                 strata.append((a.as_mean(), b.as_mean()))
         if len(strata) >= 2:
             try:
@@ -150,33 +147,20 @@ def evaluate(
     arms = by_arm(sums)
     control, treatment = experiment.control.name, experiment.treatment.name
     report = ExperimentReport(name, control, treatment, evaluated_at=time.time())
+    seen: PhaseArms | None = None
     for phase in phases:
-        counts = [arms.get((phase.id, arm, "error"), EMPTY).count for arm in (control, treatment)]
-        weight = phase.basis_points / 10_000
-        srm_p, seen = sample_ratio(sums, users or {}, name, phase.id, (control, treatment), weight)
-        report.phases.append(
-            PhaseReport(
-                phase.id,
-                phase.basis_points / 100,
-                phase.started_at,
-                {control: counts[0], treatment: counts[1]},
-                srm_p,
-                srm_p < SRM_THRESHOLD,
-                {control: round(seen[0], 1), treatment: round(seen[1], 1)},
-            )
-        )
-    if not phases:
+        share = phase.basis_points / 10_000
+        seen = phase_arms(arms, sums, users or {}, name, phase.id, (control, treatment), share)
+        report.phases.append(PhaseReport.of(phase, seen, control, treatment))
+    if seen is None:
         return report
-    current = phases[-1].id
     declared = {*BUILT_IN_METRIC_NAMES, *(m.name for m in experiment.metrics)}
-    metrics = sorted(declared & {metric for phase, _, metric in arms if phase == current})
+    metrics = sorted(declared & {metric for phase, _, metric in arms if phase == seen.phase})
     for metric in metrics:
         definition = experiment.metric(metric)
         assert definition is not None
         report.metrics[metric] = compare(
-            arms.get((current, control, metric), EMPTY),
-            arms.get((current, treatment, metric), EMPTY),
-            definition,
+            seen.control.get(metric, EMPTY), seen.treatment.get(metric, EMPTY), definition
         )
     report.across_phases = _across_phases(experiment, phases, arms, metrics)
     # Holm within each family: the declared (success) metrics, and the built-in guardrails.
@@ -346,7 +330,7 @@ class StatsWorker:
             if current is not None:
                 for arm, count in current.samples.items():
                     samples.add_metric([name, arm], count)
-                srm_p.add_metric([name], current.srm_p_value)
+                srm_p.add_metric([name], current.srm.p_value)
             for metric, result in report.metrics.items():
                 if result.improvement is not None:  # means alone: before any test can run
                     improvement.add_metric([name, metric, "relative"], result.improvement)

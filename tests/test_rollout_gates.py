@@ -115,3 +115,41 @@ def test_bad_plans_are_refused_with_their_path(text: str, path: str, message: st
     problems = {p.path: p.message for p in caught.value.problems}
     assert path in problems, problems
     assert message in problems[path]
+
+
+@pytest.mark.parametrize(
+    ("users", "flagged"), [((9_500, 500), False), ((9_500, 300), True), ((0, 0), False)]
+)
+def test_the_page_and_the_gates_check_the_split_with_one_test(
+    users: tuple[int, int], flagged: bool
+) -> None:
+    """One read of the store, as the worker reports each phase and the controller builds
+    the stage (control/measured.py::phase_arms): the SRM the page shows is the one the
+    gate decides on, and the gate runs the same test on units it is given alone."""
+    from abgate.control.measured import by_arm, phase_arms
+    from abgate.control.stats_worker import evaluate
+    from abgate.state.measurements import Phase, Sums
+    from benchmarks.rollout_sim import config as sim_config
+
+    plan = {"stages": [5, 100], "guardrails": [{"metric": "error", "margin": 0.01}]}
+    config = sim_config(plan, sticky=[{"header": "X-User-Id"}])
+    exp = config.experiments["e"]
+    assert exp.rollout is not None
+    sums = {
+        ("e", 1, arm, "error", cluster): Sums(n // 40, n / 4_000, n / 4_000)  # 1% errors
+        for arm, n in (("a", 20_000), ("b", 1_000))
+        for cluster in range(40)
+    }
+    bits = {(1, "a"): users[0], (1, "b"): users[1]}
+    report = evaluate(config, "e", [Phase(1, 500, 0.0)], sums, bits)
+    page = report.phases[-1].srm
+    stage = phase_arms(by_arm(sums), sums, bits, "e", 1, ("a", "b"), 0.05)
+    assert stage.srm == page
+    assert page.flagged is flagged
+    for given in (stage.srm, None):
+        inputs = StageInputs(
+            100.0, 0, 0.0, 500, stage.control, stage.treatment, units=stage.srm.units, srm=given
+        )
+        gate = next(g for g in decide(exp.rollout, exp, inputs).gates if g.name == "srm")
+        assert gate.status == ("fail" if flagged else "pass")
+        assert f"p = {page.p_value:.2g}" in gate.detail

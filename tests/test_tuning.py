@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from abgate.control.stats.sequential import TUNING
@@ -50,11 +48,11 @@ def test_a_stage_continues_on_fewer_samples_tuned_than_untuned() -> None:
 
 
 def test_a_metric_sized_twice_is_tested_at_the_n_star_of_its_larger_size() -> None:
-    from abgate.control.rollout.sizing import tunings
+    from abgate.control.rollout.sizing import Sized, Sizing, TooFewToSize, tunings
 
-    sized: list[dict[str, Any]] = [
-        {"metric": "error", "control": 900, "treatment": 100, "tuning": 1024.0},
-        {"metric": "error", "control": 9000, "treatment": 1000, "tuning": 8192.0},
-        {"metric": "latency", "control": 10, "at_least": 10},
+    sized: list[Sizing] = [
+        Sized("error", 0.01, 900, 100, 1024.0),
+        Sized("error", 0.01, 9000, 1000, 8192.0),
+        TooFewToSize("latency", 10, 10),
     ]
     assert tunings(sized) == {"error": 8192.0}

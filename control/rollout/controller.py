@@ -31,7 +31,7 @@ from abgate.config.errors import AbgateError
 from abgate.config.model import RolloutPlan
 from abgate.config.parse_rollout import parse_plan
 from abgate.control.load_test import LoadPlan, LoadResult, run_load
-from abgate.control.measured import by_arm, of_phase, units
+from abgate.control.measured import by_arm, phase_arms
 from abgate.control.rollout.gates import Decision, StageInputs, decide
 from abgate.control.rollout.gauges import rollout_families
 from abgate.control.rollout.reach import Units
@@ -342,13 +342,9 @@ class RolloutController:
         except StoreUnavailable:
             stats_age = float("inf")
             sums = {}
-        arms = by_arm(sums)
-        control = of_phase(arms, flag.phase, experiment.control.name)
-        treatment = of_phase(arms, flag.phase, experiment.treatment.name)
-        seen_units = (
-            units(sums, users, name, flag.phase, experiment.control.name),
-            units(sums, users, name, flag.phase, experiment.treatment.name),
-        )
+        names = (experiment.control.name, experiment.treatment.name)
+        share = flag.basis_points / 10_000  # the stage, as the worker reads each phase
+        stage = phase_arms(by_arm(sums), sums, users, name, flag.phase, names, share)
         unconverged: list[str] = []
         open_now = False
         try:
@@ -367,7 +363,7 @@ class RolloutController:
             else:
                 seen.breaker_open_since = None
         elapsed = now - rollout.stage_started_at
-        counts = (seen_units[0][0], seen_units[1][0])
+        counts = (stage.srm.control[0], stage.srm.treatment[0])
         earlier = None if seen is None else seen.earlier(flag.phase, elapsed, counts)
         return decide(
             plan,
@@ -377,14 +373,15 @@ class RolloutController:
                 stage_index=rollout.stage_index,
                 stage_started_at=rollout.stage_started_at,
                 percentage_bp=flag.basis_points,
-                control=control,
-                treatment=treatment,
+                control=stage.control,
+                treatment=stage.treatment,
                 breaker_open_for=open_for if open_now else 0.0,
                 incident=rollout.incident,
                 unconverged=tuple(unconverged),
                 stats_age=stats_age,
                 load_test=load_test,
-                units=seen_units,
+                units=stage.srm.units,
+                srm=stage.srm,
                 earlier_units=earlier,
             ),
         )

@@ -34,15 +34,27 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from abgate.config.metrics_catalogue import SLOW_METRIC
+from abgate.config.metrics_catalogue import ERROR_METRIC, SLOW_METRIC
 from abgate.config.model import ExperimentConfig, MetricConfig, RolloutPlan
-from abgate.control.measured import EMPTY
+from abgate.control.measured import EMPTY, SampleRatio
 from abgate.control.rollout import sizing
+from abgate.control.rollout.gate_numbers import (
+    GateNumbers,
+    Harm,
+    OverLimit,
+    RatioChecked,
+    Samples,
+    Tested,
+)
 from abgate.control.rollout.reach import ARMS, MIN_SPAN, stage_reach
-from abgate.control.rollout.sizing import stage_alpha
+from abgate.control.rollout.sizing import Sizing, TooFewToSize, stage_alpha
 from abgate.control.stats import holm
-from abgate.control.stats.checks import SRM_THRESHOLD, sequential_srm
-from abgate.control.stats.clusters import MIN_CLUSTERS, ClusteredSums, clustered_rates
+from abgate.control.stats.clusters import (
+    MIN_CLUSTERS,
+    ClusteredSums,
+    clustered_rates,
+    comparable,
+)
 from abgate.control.stats.cuped import analysed_as_rate
 from abgate.control.stats.means import means_p
 from abgate.control.stats.models import StatsInputError
@@ -61,10 +73,11 @@ class Gate:
     name: str
     status: Literal["pass", "fail", "hold", "n/a"]
     detail: str
-    numbers: dict[str, Any] = field(default_factory=dict)
+    numbers: GateNumbers | None = None  # what it measured (control/rollout/gate_numbers.py)
 
     def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "detail": self.detail, **self.numbers}
+        numbers = self.numbers.as_json() if self.numbers is not None else {}
+        return {"name": self.name, "status": self.status, "detail": self.detail, **numbers}
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +101,22 @@ class StageInputs:
     # an earlier reading of those units (its seconds into the stage, the counts then): new
     # users are counted at the rate since then (control/rollout/reach.py)
     earlier_units: tuple[float, tuple[float, float]] | None = None
+    # the SRM check of those units, as the controller's read made it (control/measured.py)
+    srm: SampleRatio | None = None
+
+    @property
+    def sample_ratio(self) -> SampleRatio:
+        """The SRM check of the stage: as given, else on its units, else on its requests
+        (each counted exactly), by the test the statistics worker runs on each phase."""
+        share = self.percentage_bp / 10_000
+        if self.srm is not None:
+            return self.srm
+        if self.units is not None:
+            return SampleRatio.check(*self.units, share)
+        requests = (self.control.get(ERROR_METRIC, EMPTY), self.treatment.get(ERROR_METRIC, EMPTY))
+        return SampleRatio.check(
+            (float(requests[0].count), 0.0), (float(requests[1].count), 0.0), share
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +143,7 @@ class Decision:
 class _HarmTest:
     name: str
     p_value: float  # always-valid, one-sided: H0 "no harm beyond the margin"
-    numbers: dict[str, Any]
+    observed: Harm | OverLimit
 
 
 def decide(
@@ -159,40 +188,30 @@ def decide(
     adjusted = holm([test.p_value for test in harm])
     over: list[str] = []  # SLOs the treatment is observed to breach, not yet significantly
     for test, p in zip(harm, adjusted, strict=True):
-        numbers = {**test.numbers, "p_value": test.p_value, "p_value_holm": p, "alpha": alpha}
+        numbers = Tested(test.observed, test.p_value, p, alpha)
         if p < alpha:
-            reason = f"harm on {test.name}: {test.numbers['detail']} (p = {p:.2g} < {alpha:.3g})"
+            reason = f"harm on {test.name}: {test.observed.detail} (p = {p:.2g} < {alpha:.3g})"
             return Decision(
                 "rollback", "harm", reason, (*gates, Gate(test.name, "fail", reason, numbers))
             )
-        if test.name.startswith("slo_") and test.numbers["rate"] > test.numbers["limit"]:
+        if isinstance(test.observed, OverLimit) and test.observed.over:
             over.append(test.name)
-            detail = f"{test.numbers['detail']}, not yet significant (p = {p:.2g})"
+            detail = f"{test.observed.detail}, not yet significant (p = {p:.2g})"
             gates.append(Gate(test.name, "hold", detail, numbers))
             continue
         gates.append(Gate(test.name, "pass", f"no harm shown (p = {p:.2g})", numbers))
 
     # 2. hold (integrity)
     if compared:
-        if inputs.units is None:
-            counts = [
-                float(inputs.control.get("error", EMPTY).count),
-                float(inputs.treatment.get("error", EMPTY).count),
-            ]
-            variances = [0.0, 0.0]
-            what = ""
-        else:
-            (c, var_c), (t, var_t) = inputs.units
-            counts, variances, what = [c, t], [var_c, var_t], " users"
-        share = inputs.percentage_bp / 10_000
-        srm_p = sequential_srm(counts, [1 - share, share], variances) if sum(counts) else 1.0
-        if srm_p < SRM_THRESHOLD:
+        srm = inputs.sample_ratio
+        if srm.flagged:
             reason = (
-                f"sample-ratio mismatch: {counts[0]:.0f} control, {counts[1]:.0f} treatment"
-                f"{what} at {share * 100:g}% (p = {srm_p:.2g})"
+                f"sample-ratio mismatch: {srm.control[0]:.0f} control, {srm.treatment[0]:.0f} "
+                f"treatment{'' if inputs.units is None else ' users'} at {srm.share * 100:g}% "
+                f"(p = {srm.p_value:.2g})"
             )
             return Decision("hold", "integrity", reason, (*gates, Gate("srm", "fail", reason)))
-        gates.append(Gate("srm", "pass", f"p = {srm_p:.2g}", {"p_value": srm_p}))
+        gates.append(Gate("srm", "pass", f"p = {srm.p_value:.2g}", RatioChecked(srm.p_value)))
     if inputs.unconverged:
         reason = f"sidecars not on the flag version: {', '.join(inputs.unconverged)}"
         return Decision("hold", "integrity", reason, (*gates, Gate("convergence", "fail", reason)))
@@ -231,9 +250,10 @@ def decide(
     if needs is None or lacking:
         if needs is None:
             short = sized[-1]
+            assert isinstance(short, TooFewToSize)  # samples_needed says which, last
             reason = (
-                f"insufficient samples: {_what(plan, short['metric'])} has "
-                f"{short['control']:,} control samples, at least {short['at_least']} needed "
+                f"insufficient samples: {_what(plan, short.metric)} has "
+                f"{short.control:,} control samples, at least {short.at_least} needed "
                 "to estimate its variance"
             )
             eta = None
@@ -247,12 +267,6 @@ def decide(
             )
             etas = [_eta(have_of[name], needs[name], elapsed) for name in lacking]
             eta = None if any(e is None for e in etas) else max(e for e in etas if e is not None)
-        samples: dict[str, Any] = {
-            "have": have,
-            "needed": needed,
-            "metric": binding,
-            "sizing": sized,
-        }
         reached = None
         if needs is not None and inputs.units is not None:  # in the unit analysed: users
             reached = stage_reach(
@@ -264,8 +278,8 @@ def decide(
                 inputs.earlier_units,
                 "users" if experiment.sticky else "requests",
             )
+        samples = Samples(have, needed, binding, tuple(sized), reached)
         if reached is not None:
-            samples["users"] = reached.as_json()
             eta = reached.eta
             reason += f"; in {reached.unit}: " + ", ".join(
                 f"{arm} {reached.have[arm]:,.0f} of {reached.needed[arm]:,}" for arm in ARMS
@@ -287,7 +301,7 @@ def decide(
             "samples",
             "pass",
             "enough samples",
-            {"have": have, "needed": needed, "metric": binding, "by_metric": have_of},
+            Samples(have, needed, binding, by_metric=have_of),
         )
     )
     if elapsed < least:
@@ -393,7 +407,7 @@ def _binding(
 
 def samples_needed(
     plan: RolloutPlan, experiment: ExperimentConfig, inputs: StageInputs
-) -> tuple[dict[str, dict[str, int]] | None, list[dict[str, Any]]]:
+) -> tuple[dict[str, dict[str, int]] | None, list[Sizing]]:
     """The stage's sizes at its live split (control/rollout/sizing.py)."""
     return sizing.samples_needed(
         plan, experiment, inputs.control, inputs.treatment, inputs.percentage_bp / 10_000
@@ -425,10 +439,6 @@ def binary_harm_p(
         return rates_p(pa, pb, shift=sign * margin, design=design, burn_in=worse, tuning=tuning)
     except StatsInputError:
         return None
-
-
-def _too_few(a: ClusteredSums, b: ClusteredSums) -> bool:
-    return a.count < 2 or b.count < 2 or min(a.clusters, b.clusters) < MIN_CLUSTERS
 
 
 def mean_harm_p(
@@ -466,7 +476,7 @@ def _harm_tests(
         metric = experiment.metric(name)
         assert metric is not None
         a, b = inputs.control.get(name), inputs.treatment.get(name)
-        if a is None or b is None or _too_few(a, b):
+        if a is None or b is None or not comparable(a, b):
             continue
         margin = margin_of(a.mean)
         tuning = tuned.get(name, TUNING)
@@ -483,13 +493,13 @@ def _harm_tests(
             _HarmTest(
                 name,
                 p,
-                {
-                    "detail": f"treatment worse by {harm:.4g} ({_unit(metric, a)}), "
-                    f"margin {margin:.4g}",
-                    "harm": harm,
-                    "margin": margin,
-                    "n": {"control": a.count, "treatment": b.count},
-                },
+                Harm(
+                    f"treatment worse by {harm:.4g} ({_unit(metric, a)}), margin {margin:.4g}",
+                    harm,
+                    margin,
+                    a.count,
+                    b.count,
+                ),
             )
         )
     return tests
@@ -503,7 +513,7 @@ def _non_inferiority_p(
     tuning: float = TUNING,
 ) -> float:
     """Always-valid p of "the treatment is worse by at least the margin"."""
-    if a is None or b is None or _too_few(a, b):
+    if a is None or b is None or not comparable(a, b):
         return 1.0
     margin = margin_of(a.mean)
     if analysed_as_rate(metric, a):
@@ -543,12 +553,7 @@ def _slo_tests(plan: RolloutPlan, treatment: Mapping[str, ClusteredSums]) -> lis
             _HarmTest(
                 name,
                 p,
-                {
-                    "detail": f"{what} {rate:.2%} over the limit {limit:.2%}",
-                    "rate": rate,
-                    "limit": limit,
-                    "n": sums.count,
-                },
+                OverLimit(f"{what} {rate:.2%} over the limit {limit:.2%}", rate, limit, sums.count),
             )
         )
     return tests

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from abgate.config.model import Amount, ExperimentConfig, MetricConfig, RolloutPlan
@@ -14,6 +15,36 @@ from abgate.control.stats.sequential import TUNING
 from abgate.control.stats.tuning import tuned_size
 
 MIN_VARIANCE_SAMPLES = 10  # control samples before its variance is trusted for sizing
+
+
+@dataclass(frozen=True, slots=True)
+class Sized:
+    """A target metric's size: samples per arm for the effect it is sized for, and the N*
+    its tests are tuned to (control/stats/tuning.py)."""
+
+    metric: str
+    effect: float
+    control: int
+    treatment: int
+    tuning: float
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class TooFewToSize:
+    """A target metric whose control arm has too few samples to estimate its variance."""
+
+    metric: str
+    control: int
+    at_least: int
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Sizing = Sized | TooFewToSize
 
 
 def tested_stages(plan: RolloutPlan) -> int:
@@ -84,7 +115,7 @@ def samples_needed(
     control_sums: Mapping[str, ClusteredSums],
     treatment_sums: Mapping[str, ClusteredSums],
     share: float,
-) -> tuple[dict[str, dict[str, int]] | None, list[dict[str, Any]]]:
+) -> tuple[dict[str, dict[str, int]] | None, list[Sizing]]:
     """Samples per arm of each target metric (in its own unit: a posted outcome is a
     sample of its metric, a request without one is not) for the tests the gate runs, at
     the live split, with the planned power:
@@ -111,16 +142,14 @@ def samples_needed(
         )
     targets += [(g.metric, g.margin, g.margin, 2.0) for g in plan.guardrails]
     needs: dict[str, dict[str, int]] = {}
-    sizing: list[dict[str, Any]] = []
+    sizing: list[Sizing] = []
     for name, amount, harm_amount, caught_at in targets:
         metric = experiment.metric(name)
         assert metric is not None
         control = control_sums.get(name, EMPTY)
         treatment = treatment_sums.get(name, EMPTY)
         if control.count < MIN_VARIANCE_SAMPLES:  # the last entry says which metric lacks
-            sizing.append(
-                {"metric": name, "control": control.count, "at_least": MIN_VARIANCE_SAMPLES}
-            )
+            sizing.append(TooFewToSize(name, control.count, MIN_VARIANCE_SAMPLES))
             return None, sizing
         effect = amount.absolute(control.total / control.count)
         excess = harm_amount.absolute(control.total / control.count)
@@ -138,19 +167,19 @@ def samples_needed(
                 ),
             )
             need, tuning = tuned_size(tests, share, plan.power)
-            sizing.append({"metric": name, "effect": effect, **need, "tuning": tuning})
+            sizing.append(Sized(name, effect, need["control"], need["treatment"], tuning))
         previous = needs.get(name, {"control": 0, "treatment": 0})
         needs[name] = {arm: max(previous[arm], need[arm]) for arm in need}
     return needs, sizing
 
 
-def tunings(sizing: list[dict[str, Any]]) -> dict[str, float]:
+def tunings(sizing: list[Sizing]) -> dict[str, float]:
     """Each sized metric's N* (the gates' tests of it use it), from `samples_needed`: of
     its largest size where it is sized twice (the primary and a guardrail)."""
     out: dict[str, tuple[int, float]] = {}
     for entry in sizing:
-        if "tuning" in entry:
-            size = entry["control"] + entry["treatment"]
-            if size >= out.get(entry["metric"], (0, 0.0))[0]:
-                out[entry["metric"]] = (size, entry["tuning"])
+        if isinstance(entry, Sized):
+            size = entry.control + entry.treatment
+            if size >= out.get(entry.metric, (0, 0.0))[0]:
+                out[entry.metric] = (size, entry.tuning)
     return {metric: tuning for metric, (_, tuning) in out.items()}

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from abgate.control.stats.models import Proportion, SampleMean
 
 MIN_CLUSTERS = 20  # per arm, before any test: fewer and the variance estimate is too rough
+MIN_SAMPLES = 2  # per arm, before any test; fewer is "not enough data", never an error
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,3 +129,14 @@ def clustered_rates(
     same sums."""
     pa, pb = proportion(a), proportion(b)
     return pa, pb, (a.design_effect(pa.rate), b.design_effect(pb.rate))
+
+
+def comparable(a: ClusteredSums | None, b: ClusteredSums | None) -> bool:
+    """Both arms have what any test of them needs (the worker's report, the gates, the
+    comparison of record): MIN_SAMPLES samples and MIN_CLUSTERS units each."""
+    return (
+        a is not None
+        and b is not None
+        and min(a.count, b.count) >= MIN_SAMPLES
+        and min(a.clusters, b.clusters) >= MIN_CLUSTERS
+    )
