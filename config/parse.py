@@ -5,10 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any
 
 from abgate.config.errors import ConfigError
-from abgate.config.export import mask_url
 from abgate.config.fields import Reader
 from abgate.config.layers import read_layered
 from abgate.config.model import (
@@ -17,7 +16,6 @@ from abgate.config.model import (
     ExperimentConfig,
     FlagsSettings,
     HistorySettings,
-    Listen,
     ProxySettings,
     RedisSettings,
     RouteConfig,
@@ -26,6 +24,15 @@ from abgate.config.model import (
 from abgate.config.parse_connections import ConnectionSchema
 from abgate.config.parse_experiments import ExperimentSchema
 from abgate.config.parse_upstreams import UpstreamSchema
+from abgate.config.schema import (
+    CONTROL,
+    HISTORY,
+    PROXY,
+    ControlSection,
+    HistorySection,
+    ProxySection,
+)
+from abgate.config.settings import build, validate
 from abgate.config.yaml_lines import KeyPath, LocatedDocument, load_located
 
 _METHOD = re.compile(r"^[A-Z]{1,20}$")
@@ -102,123 +109,31 @@ class _Schema(UpstreamSchema, ExperimentSchema, ConnectionSchema):
         )
 
     def _proxy(self, value: Any) -> ProxySettings | None:
-        path: KeyPath = ("proxy",)
-        keys = {
-            "listen",
-            "admin_listen",
-            "max_body_size",
-            "buffer_body_size",
-            "shutdown_timeout",
-            "random_seed",
-            "retry_budget",
-            "measurements",
-            "client_header_timeout",
-            "client_keepalive_timeout",
-            "client_body_timeout",
-            "max_header_size",
-            "max_connections",
-        }
-        section = self.r.mapping(value, path, keys)
+        section = validate(self.r, PROXY, ProxySection, value, ("proxy",))
         if section is None:
             return None
-        listen = self.r.listen(section.get("listen", "127.0.0.1:8080"), (*path, "listen"))
-        admin = self.r.listen(
-            section.get("admin_listen", "127.0.0.1:9180"), (*path, "admin_listen")
-        )
-        max_body = self.r.size(section.get("max_body_size", "10MiB"), (*path, "max_body_size"))
-        buffered = self.r.size(
-            section.get("buffer_body_size", "64KiB"), (*path, "buffer_body_size")
-        )
-        if max_body is not None and buffered is not None and buffered > max_body:
+        if section.buffer_body_size > section.max_body_size:
             self.r.problem(
-                (*path, "buffer_body_size"),
-                f"{buffered} bytes is more than max_body_size ({max_body} bytes): "
-                "a body is never buffered beyond what may be sent at all",
+                ("proxy", "buffer_body_size"),
+                f"{section.buffer_body_size} bytes is more than max_body_size "
+                f"({section.max_body_size} bytes): a body is never buffered beyond what may "
+                "be sent at all",
             )
-            buffered = None
-        grace = self.r.duration(
-            section.get("shutdown_timeout", "10s"), (*path, "shutdown_timeout"), high=3600
-        )
-        seed_value = section.get("random_seed")
-        seed = None
-        if seed_value is not None:
-            seed = self.r.integer(seed_value, (*path, "random_seed"), low=0, high=2**63 - 1)
-        budget = (
-            self.r.mapping(
-                section.get("retry_budget"), (*path, "retry_budget"), {"ratio", "min_per_second"}
-            )
-            or {}
-        )
-        ratio = budget.get("ratio", 1.0)
-        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
-            self.r.problem((*path, "retry_budget", "ratio"), f"expected 0..1, got {ratio!r}")
-            ratio = None
-        floor = budget.get("min_per_second", 5)
-        if isinstance(floor, bool) or not isinstance(floor, int | float) or floor < 0:
-            self.r.problem(
-                (*path, "retry_budget", "min_per_second"), f"expected a number >= 0, got {floor!r}"
-            )
-            floor = None
-        measurements = self.r.boolean(section.get("measurements", True), (*path, "measurements"))
-        header_timeout = self.r.duration(
-            section.get("client_header_timeout", "10s"), (*path, "client_header_timeout"), high=3600
-        )
-        keepalive = self.r.duration(
-            section.get("client_keepalive_timeout", "75s"),
-            (*path, "client_keepalive_timeout"),
-            high=86400,
-        )
-        body_timeout = self.r.duration(
-            section.get("client_body_timeout", "60s"), (*path, "client_body_timeout"), high=3600
-        )
-        header_size = self.r.size(
-            section.get("max_header_size", "64KiB"), (*path, "max_header_size"), low=1024
-        )
-        connections = self.r.integer(
-            section.get("max_connections", 4096), (*path, "max_connections"), low=1, high=1_000_000
-        )
-        if None in (
-            listen,
-            admin,
-            max_body,
-            buffered,
-            grace,
-            ratio,
-            floor,
-            measurements,
-            header_timeout,
-            keepalive,
-            body_timeout,
-            header_size,
-            connections,
-        ):
             return None
-        return ProxySettings(
-            listen=cast(Listen, listen),
-            admin=cast(Listen, admin),
-            max_body_size=cast(int, max_body),
-            buffer_body_size=cast(int, buffered),
-            shutdown_timeout=cast(float, grace),
-            random_seed=seed,
-            retry_budget_ratio=float(cast(float, ratio)),
-            retry_min_per_second=float(cast(float, floor)),
-            measurements=bool(measurements),
-            client_header_timeout=cast(float, header_timeout),
-            client_keepalive_timeout=cast(float, keepalive),
-            client_body_timeout=cast(float, body_timeout),
-            max_header_size=cast(int, header_size),
-            max_connections=cast(int, connections),
+        return build(
+            ProxySettings,
+            section,
+            admin=section.admin_listen,
+            retry_budget_ratio=section.retry_budget.ratio,
+            retry_min_per_second=section.retry_budget.min_per_second,
         )
 
     def _control(self, value: Any) -> ControlSettings | None:
         path: KeyPath = ("control",)
-        section = self.r.mapping(
-            value, path, {"listen", "default_experiment", "groups", "report_time_scale"}
-        )
+        section = validate(self.r, CONTROL, ControlSection, value, path)
         if section is None:
             return None
-        listen = self.r.listen(section.get("listen", "127.0.0.1:8092"), (*path, "listen"))
-        default = section.get("default_experiment")
+        default = section.default_experiment
         if default is not None and default not in self.experiment_names:
             known = ", ".join(sorted(self.experiment_names)) or "none"
             self.r.problem(
@@ -226,43 +141,19 @@ class _Schema(UpstreamSchema, ExperimentSchema, ConnectionSchema):
                 f"unknown experiment {default!r} (experiments: {known})",
             )
             return None
-        groups = self._groups(section.get("groups"), (*path, "groups"))
-        scale = section.get("report_time_scale", 1)
-        if isinstance(scale, bool) or not isinstance(scale, int | float) or not 1 <= scale <= 1e7:
-            self.r.problem(
-                (*path, "report_time_scale"), f"expected a number from 1 to 1e7, got {scale!r}"
-            )
-            return None
-        if listen is None or groups is None:
-            return None
-        return ControlSettings(listen, default, MappingProxyType(groups), float(scale))
-
-    def _groups(self, value: Any, path: KeyPath) -> dict[str, tuple[str, ...]] | None:
-        """Group name -> experiments; a group may not take an experiment's name."""
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.r.problem(path, "expected a mapping of group name to a list of experiments")
-            return None
-        groups: dict[str, tuple[str, ...]] = {}
         ok = True
-        for name, members in value.items():
-            where = (*path, name)
-            if self.r.name(name, where) is None:
-                ok = False
-            elif name in self.experiment_names:
+        for name, members in section.groups.items():
+            where = (*path, "groups", name)
+            unknown = [m for m in members if m not in self.experiment_names]
+            if name in self.experiment_names:
                 self.r.problem(where, "is an experiment's name: a group needs its own")
                 ok = False
-            elif not isinstance(members, list) or not members:
-                self.r.problem(where, "expected a non-empty list of experiment names")
+            elif unknown:
+                self.r.problem(where, f"unknown experiment(s): {unknown}")
                 ok = False
-            else:
-                unknown = [m for m in members if m not in self.experiment_names]
-                if unknown:
-                    self.r.problem(where, f"unknown experiment(s): {unknown}")
-                    ok = False
-                groups[name] = tuple(dict.fromkeys(members))
-        return groups if ok else None
+        if not ok:
+            return None
+        return build(ControlSettings, section, groups=MappingProxyType(dict(section.groups)))
 
     def _flags(self, value: Any) -> FlagsSettings | None:
         path: KeyPath = ("flags",)
@@ -299,39 +190,10 @@ class _Schema(UpstreamSchema, ExperimentSchema, ConnectionSchema):
         )
 
     def _history(self, value: Any) -> HistorySettings | None:
-        path: KeyPath = ("history",)
-        section = self.r.mapping(
-            value,
-            path,
-            {"postgres_url", "password_env", "password_file", "retention", "sample", "buffer"},
-        )
+        section = validate(self.r, HISTORY, HistorySection, value, ("history",))
         if section is None:
             return None
-        url = section.get("postgres_url")
-        if url is not None and (
-            not isinstance(url, str) or not url.startswith(("postgres://", "postgresql://"))
-        ):
-            shown = mask_url(url) if isinstance(url, str) else url
-            self.r.problem((*path, "postgres_url"), f"expected a postgresql:// URL, got {shown!r}")
-            return None
-        retention = self.r.duration(
-            section.get("retention", "90d"), (*path, "retention"), high=3650 * 86_400.0
-        )
-        if retention is not None and retention < 86_400:
-            self.r.problem((*path, "retention"), "at least 1d (history is kept in whole days)")
-            return None
-        sample = section.get("sample", 1.0)
-        if isinstance(sample, bool) or not isinstance(sample, int | float) or not 0 < sample <= 1:
-            self.r.problem((*path, "sample"), f"a share above 0 and at most 1, got {sample!r}")
-            return None
-        buffer = self.r.integer(
-            section.get("buffer", 200_000), (*path, "buffer"), low=1000, high=10_000_000
-        )
-        before = len(self.r.problems)
-        password = self._secret(section, path)
-        if retention is None or buffer is None or len(self.r.problems) > before:
-            return None
-        return HistorySettings(url, retention, float(sample), buffer, password)
+        return build(HistorySettings, section, password=section.password)
 
     def _routes(
         self,

@@ -9,11 +9,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from abgate.config.export import mask_url
-from abgate.config.fields import Reader
+from abgate.config.fields import Reader, check_env_name, check_file_path
 from abgate.config.model import RedisSettings, SecretRef, SentinelSettings, TlsSettings
 from abgate.config.yaml_lines import KeyPath
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _USER = re.compile(r"^[^\s]{1,128}$")
 _SCHEMES = ("redis://", "rediss://", "unix://")
 _REDIS_KEYS = {
@@ -137,12 +136,10 @@ class ConnectionSchema:
             self.r.problem(path, "password_env and password_file: give one of them")
             return None
         if env is not None:
-            name = self.r.string(
-                env, (*path, "password_env"), pattern=_ENV_NAME, what="an environment variable"
-            )
+            name = self.r.checked((*path, "password_env"), check_env_name, env)
             return SecretRef(env=name) if name else None
         if file is not None:
-            name = self.r.string(file, (*path, "password_file"), what="a file path")
+            name = self.r.checked((*path, "password_file"), check_file_path, file)
             return SecretRef(file=name) if name else None
         return None
 

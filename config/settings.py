@@ -1,0 +1,226 @@
+"""How a setting is declared once: pydantic models whose fields are the YAML keys, each with
+its type, default, bounds and help text (`setting(...)`), and the bridge that reports what
+pydantic refuses as Problems with their key path and line.
+
+The declarations themselves are in `config.schema` (and `config.schema_upstreams`); the
+README's configuration table is made from them (`config.settings_table`). pydantic validates
+a section as a whole, so every problem in it is reported together; checks that compare
+settings (or sections) with each other run afterwards, in `config.parse`, over the values
+that passed. The unit parsers are `config.fields`' (`10s`, `64KiB`, `host:port`): a value
+is judged in the same words here as in the hand readers of the sections still to convert.
+
+pydantic is imported by configuration parsing only (check-config, start-up, reloads in
+their child process), never by the data plane's modules, which read `config.model`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, TypeVar, Union, get_args, get_origin
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    PlainValidator,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic import model_validator as model_validator
+from pydantic_core import PydanticCustomError
+
+from abgate.config.fields import (
+    Invalid,
+    check_boolean,
+    check_duration,
+    check_env_name,
+    check_file_path,
+    check_integer,
+    check_listen,
+    check_name,
+    check_size,
+    kind_of,
+    unknown_key,
+)
+from abgate.config.fields import Reader as Reader
+from abgate.config.yaml_lines import KeyPath
+
+T = TypeVar("T")
+ABGATE_ERROR = "abgate"  # the error type of a refusal in our own words
+
+
+def refuse(message: str) -> PydanticCustomError:
+    """A refusal pydantic reports where it happened, worded as ours."""
+    return PydanticCustomError(ABGATE_ERROR, "{message}", {"message": message})
+
+
+def checked(check: Callable[..., Any], *, optional: bool = False, **bounds: Any) -> PlainValidator:
+    """A `config.fields` check as a pydantic validator: `Annotated[int, checked(check_size,
+    low=1024)]`; `optional`: null is a value (none)."""
+    return PlainValidator(_refusing(check, optional, bounds))
+
+
+def before(check: Callable[[Any], Any]) -> BeforeValidator:
+    """A check that runs before pydantic's own (a mapping's shape, said in our words)."""
+    return BeforeValidator(_refusing(check, False, {}))
+
+
+def _refusing(
+    check: Callable[..., Any], optional: bool, bounds: dict[str, Any]
+) -> Callable[[Any], Any]:
+    def validate(value: Any) -> Any:
+        if optional and value is None:
+            return None
+        try:
+            return check(value, **bounds)
+        except Invalid as exc:
+            raise refuse(str(exc)) from None
+
+    return validate
+
+
+def duration(*, low: float = 0.0, high: float = 86_400.0, optional: bool = False) -> PlainValidator:
+    """Seconds, written as a number or `250ms`, `5s`, `2m`, `1h`, `90d`."""
+    return checked(check_duration, optional=optional, low=low, high=high)
+
+
+def size(*, low: int = 0) -> PlainValidator:
+    """Bytes, written as a number or `64KiB`, `10MiB`, `1GB`."""
+    return checked(check_size, low=low)
+
+
+def integer(*, low: int, high: int, optional: bool = False) -> PlainValidator:
+    return checked(check_integer, optional=optional, low=low, high=high)
+
+
+def number(*, low: float, high: float, message: str, low_open: bool = False) -> PlainValidator:
+    """A real number in [low, high] (or (low, high] with `low_open`); `message` says what
+    was expected, followed by the value refused."""
+
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Invalid(f"{message}, got {value!r}")
+        if not (low < value if low_open else low <= value) or not value <= high:
+            raise Invalid(f"{message}, got {value!r}")
+        return float(value)
+
+    return checked(check)
+
+
+BOOLEAN = checked(check_boolean)
+LISTEN = checked(check_listen)
+NAME = checked(check_name)
+ENV_NAME = checked(check_env_name, optional=True)
+FILE_PATH = checked(check_file_path, optional=True)
+
+
+class Section(BaseModel):
+    """A mapping of settings: unknown keys are errors, and a key with no value (`proxy:`
+    alone) takes every default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nothing_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+
+def setting(default: Any, help: str, *, shown: str | None = None) -> Any:
+    """One setting: its default as written in YAML (validated like a value a person wrote)
+    and what it does, for the README's table. `shown` replaces the default there when the
+    default is not a value (`required`, `the name`)."""
+    extra: dict[str, JsonValue] | None = {"shown": shown} if shown is not None else None
+    return Field(default, description=help, validate_default=True, json_schema_extra=extra)
+
+
+def validate(
+    reader: Reader, adapter: TypeAdapter[T], kind: Any, value: Any, path: KeyPath
+) -> T | None:
+    """`value` (at `path`) validated as `kind` (the type `adapter` was made for), or None
+    with every problem in it reported to `reader`."""
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        for loc, message in _ordered(exc, kind):
+            reader.problem((*path, *loc), message)
+        return None
+
+
+def build(model: type[T], schema: BaseModel, **given: Any) -> T:
+    """The frozen runtime value (`config.model`) from a validated section: each field of
+    `model` from the setting of the same name, unless `given`."""
+    assert dataclasses.is_dataclass(model)
+    names = type(schema).model_fields
+    values = {
+        field.name: getattr(schema, field.name)
+        for field in dataclasses.fields(model)
+        if field.name not in given and field.name in names
+    }
+    return model(**values, **given)
+
+
+def _ordered(exc: ValidationError, kind: Any) -> list[tuple[KeyPath, str]]:
+    """pydantic's errors as (key path, message), an unknown key before the problems of the
+    keys beside it (the order in which a person reads the section)."""
+    out: list[tuple[KeyPath, str, bool]] = []
+    for error in exc.errors():
+        loc = tuple(part for part in error["loc"] if part != "[key]")
+        unknown = error["type"] == "extra_forbidden"
+        item = (loc, _message(error, kind), unknown)
+        if unknown:
+            parent = loc[:-1]
+            at = next(
+                (i for i, (p, _, u) in enumerate(out) if p[: len(parent)] == parent and not u),
+                len(out),
+            )
+            out.insert(at, item)
+        else:
+            out.append(item)
+    return [(loc, message) for loc, message, _ in out]
+
+
+def _message(error: Any, kind: Any) -> str:
+    kind_name = error["type"]
+    if kind_name == ABGATE_ERROR:
+        return str(error["msg"])
+    if kind_name == "extra_forbidden":
+        return unknown_key(_keys_at(kind, tuple(error["loc"][:-1])))
+    if kind_name in ("model_type", "dict_type", "model_attributes_type"):
+        return f"expected a mapping, got {kind_of(error['input'])}"
+    if kind_name in ("list_type", "tuple_type"):
+        return f"expected a list, got {kind_of(error['input'])}"
+    return str(error["msg"])
+
+
+def _keys_at(kind: Any, loc: tuple[Any, ...]) -> set[str]:
+    """The keys the section at `loc` (inside a value of type `kind`) may have."""
+    for part in loc:
+        kind = _section(kind)
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            kind = kind.model_fields[part].annotation
+        elif get_origin(kind) is dict:
+            kind = get_args(kind)[1]
+        elif get_origin(kind) in (list, tuple):
+            kind = get_args(kind)[0]
+    kind = _section(kind)
+    assert isinstance(kind, type)
+    assert issubclass(kind, BaseModel)
+    return set(kind.model_fields)
+
+
+def _section(kind: Any) -> Any:
+    """`X | None` -> X, `Annotated[X, ...]` -> X."""
+    while True:
+        origin = get_origin(kind)
+        if origin is typing.Annotated:
+            kind = get_args(kind)[0]
+        elif origin in (Union, types.UnionType):
+            kind = next(arm for arm in get_args(kind) if arm is not type(None))
+        else:
+            return kind
