@@ -214,6 +214,12 @@ def _keys_at(kind: Any, loc: tuple[Any, ...]) -> set[str]:
     return set(kind.model_fields)
 
 
+def section_type(kind: Any) -> type[Section] | None:
+    """The Section a field holds (`X`, `X | None`), or None when it holds a value."""
+    inner = _section(kind)
+    return inner if isinstance(inner, type) and issubclass(inner, Section) else None
+
+
 def _section(kind: Any) -> Any:
     """`X | None` -> X, `Annotated[X, ...]` -> X."""
     while True:
