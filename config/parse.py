@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -13,13 +12,11 @@ from abgate.config.layers import read_layered
 from abgate.config.model import (
     Config,
     ControlSettings,
-    ExperimentConfig,
     FlagsSettings,
     HistorySettings,
     ProxySettings,
     RedisSettings,
     RouteConfig,
-    UpstreamConfig,
 )
 from abgate.config.parse_connections import ConnectionSchema
 from abgate.config.parse_experiments import ExperimentSchema
@@ -28,15 +25,14 @@ from abgate.config.schema import (
     CONTROL,
     HISTORY,
     PROXY,
+    ROUTE,
     ControlSection,
     HistorySection,
     ProxySection,
+    RouteSection,
 )
-from abgate.config.settings import build, validate
+from abgate.config.settings import Names, build, validate
 from abgate.config.yaml_lines import KeyPath, LocatedDocument, load_located
-
-_METHOD = re.compile(r"^[A-Z]{1,20}$")
-_BAD_METHODS: frozenset[str] = frozenset({"<invalid>"})
 
 
 def load_config(path: str | Path) -> Config:
@@ -90,7 +86,7 @@ class _Schema(UpstreamSchema, ExperimentSchema, ConnectionSchema):
         history = self._history(top.get("history"))
         upstreams = self._upstreams(top.get("upstreams"))
         experiments = self._experiments(top.get("experiments"), upstreams)
-        routes = self._routes(top.get("routes"), upstreams, experiments)
+        routes = self._routes(top.get("routes"))
         if proxy and control and proxy.listen == control.listen and proxy.listen.port != 0:
             self.r.problem(("control", "listen"), "is the same address as proxy.listen")
         if proxy is None or control is None or upstreams is None or routes is None:
@@ -195,89 +191,32 @@ class _Schema(UpstreamSchema, ExperimentSchema, ConnectionSchema):
             return None
         return build(HistorySettings, section, password=section.password)
 
-    def _routes(
-        self,
-        value: Any,
-        upstreams: dict[str, UpstreamConfig] | None,
-        experiments: dict[str, ExperimentConfig] | None,
-    ) -> tuple[RouteConfig, ...] | None:
+    def _routes(self, value: Any) -> tuple[RouteConfig, ...] | None:
         path: KeyPath = ("routes",)
         if not isinstance(value, list) or not value:
             self.r.problem(path, "at least one route is required")
             return None
-        out = []
-        for index, item in enumerate(value):
-            route = self._route(index, item, (*path, index), upstreams, experiments)
-            if route is not None:
-                out.append(route)
-        return tuple(out)
+        names = Names(frozenset(self.upstream_names), frozenset(self.experiment_names))
+        routes = [
+            self._route(index, item, (*path, index), names) for index, item in enumerate(value)
+        ]
+        return tuple(route for route in routes if route is not None)
 
-    def _route(
-        self,
-        index: int,
-        value: Any,
-        path: KeyPath,
-        upstreams: dict[str, UpstreamConfig] | None,
-        experiments: dict[str, ExperimentConfig] | None,
-    ) -> RouteConfig | None:
-        keys = {"name", "prefix", "regex", "methods", "experiment", "upstream", "replayable"}
-        section = self.r.mapping(value, path, keys)
-        if section is None:
-            return None
-        ok = True
-        name = self.r.string(section.get("name", f"route-{index}"), (*path, "name"))
-        prefix, regex = section.get("prefix"), None
-        if (prefix is None) == ("regex" not in section):
+    def _route(self, index: int, value: Any, path: KeyPath, names: Names) -> RouteConfig | None:
+        section = validate(self.r, ROUTE, RouteSection, value, path, names)
+        given = value if isinstance(value, dict) else {}
+        # Which keys are given, whatever their values: checked even when a value is refused.
+        matchers_ok = (given.get("prefix") is None) != ("regex" not in given)
+        targets_ok = (given.get("experiment") is None) != (given.get("upstream") is None)
+        if isinstance(value, dict) and not matchers_ok:
             self.r.problem(path, "needs exactly one of prefix or regex")
-            ok = False
-        elif prefix is not None:
-            if not isinstance(prefix, str) or not prefix.startswith("/"):
-                self.r.problem(
-                    (*path, "prefix"), f"must be a path starting with '/', got {prefix!r}"
-                )
-                ok = False
-        else:
-            pattern = self.r.string(section["regex"], (*path, "regex"))
-            try:
-                regex = re.compile(pattern) if pattern is not None else None
-            except re.error as exc:
-                self.r.problem((*path, "regex"), f"invalid regular expression: {exc}")
-            ok = ok and regex is not None
-        methods = self._methods(section.get("methods"), (*path, "methods"))
-        experiment, upstream = section.get("experiment"), section.get("upstream")
-        if (experiment is None) == (upstream is None):
+        if isinstance(value, dict) and not targets_ok:
             self.r.problem(path, "needs exactly one of experiment or upstream")
-            ok = False
-        elif experiment is not None and experiment not in self.experiment_names:
-            self.r.problem((*path, "experiment"), f"unknown experiment {experiment!r}")
-            ok = False
-        elif upstream is not None and upstream not in self.upstream_names:
-            self.r.problem((*path, "upstream"), f"unknown upstream {upstream!r}")
-            ok = False
-        replayable = self.r.boolean(section.get("replayable", False), (*path, "replayable"))
-        if not ok or name is None or methods == _BAD_METHODS or replayable is None:
+        if section is None or not matchers_ok or not targets_ok:
             return None
-        return RouteConfig(
-            name=name,
-            prefix=prefix,
-            regex=regex,
-            methods=methods,
-            experiment=experiment,
-            upstream=upstream,
-            replayable=replayable,
+        return build(
+            RouteConfig,
+            section,
+            name=section.name or f"route-{index}",
+            methods=frozenset(section.methods) if section.methods is not None else None,
         )
-
-    def _methods(self, value: Any, path: KeyPath) -> frozenset[str] | None:
-        """None: any method; `_BAD_METHODS` when invalid (a problem was reported)."""
-        if value is None:
-            return None
-        if not isinstance(value, list) or not value:
-            self.r.problem(path, "expected a list of HTTP methods such as [GET, POST]")
-            return _BAD_METHODS
-        methods = set()
-        for index, method in enumerate(value):
-            if not isinstance(method, str) or not _METHOD.match(method.upper()):
-                self.r.problem((*path, index), f"not an HTTP method: {method!r}")
-                return _BAD_METHODS
-            methods.add(method.upper())
-        return frozenset(methods)

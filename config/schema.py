@@ -5,12 +5,13 @@ declarations (`config.settings_table`). Upstreams are in `config.schema_upstream
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from pydantic import TypeAdapter
 
 from abgate.config.export import mask_url
-from abgate.config.fields import Invalid, check_duration
+from abgate.config.fields import Invalid, check_duration, check_string
 from abgate.config.model import Listen, SecretRef
 from abgate.config.settings import (
     BOOLEAN,
@@ -25,6 +26,7 @@ from abgate.config.settings import (
     integer,
     model_validator,
     number,
+    reference,
     refuse,
     setting,
     size,
@@ -173,6 +175,66 @@ class HistorySection(Section):
         return None
 
 
+_METHOD = re.compile(r"^[A-Z]{1,20}$")
+
+
+def _methods(value: Any) -> Any:
+    if value is not None and (not isinstance(value, list) or not value):
+        raise Invalid("expected a list of HTTP methods such as [GET, POST]")
+    return value
+
+
+def _method(value: Any) -> str:
+    if not isinstance(value, str) or not _METHOD.match(value.upper()):
+        raise Invalid(f"not an HTTP method: {value!r}")
+    return value.upper()
+
+
+def _prefix(value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value.startswith("/")):
+        raise Invalid(f"must be a path starting with '/', got {value!r}")
+    return value
+
+
+def _regex(value: Any) -> re.Pattern[str] | None:
+    if value is None:
+        return None
+    pattern = check_string(value)
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise Invalid(f"invalid regular expression: {exc}") from None
+
+
+class RouteSection(Section):
+    """A route: one matcher (prefix or regex) and one target (experiment or upstream); that
+    exactly one of each is given is checked with the route (`config.parse`)."""
+
+    name: Annotated[str | None, checked(check_string, optional=True)] = setting(
+        None, "the route's name (as `GET /api/config` shows it)", shown="`route-N` (its index)"
+    )
+    prefix: Annotated[str | None, checked(_prefix)] = setting(
+        None,
+        "requests whose path starts with this (`/api/agent/`); each route has a prefix or a regex",
+    )
+    regex: Annotated[re.Pattern[str] | None, checked(_regex)] = setting(
+        None, "or whose path matches this regular expression"
+    )
+    methods: Annotated[tuple[Annotated[str, checked(_method)], ...] | None, before(_methods)] = (
+        setting(None, "only these methods (`[GET, POST]`); none: any method")
+    )
+    experiment: Annotated[str | None, reference("experiment")] = setting(
+        None, "split between the experiment's arms; each route has an experiment or an upstream"
+    )
+    upstream: Annotated[str | None, reference("upstream")] = setting(
+        None, "or sent to this upstream, no split"
+    )
+    replayable: Annotated[bool, BOOLEAN] = setting(
+        False, "requests may be sent twice whatever their method (decision endpoints)"
+    )
+
+
 PROXY = TypeAdapter(ProxySection)
 CONTROL = TypeAdapter(ControlSection)
 HISTORY = TypeAdapter(HistorySection)
+ROUTE = TypeAdapter(RouteSection)

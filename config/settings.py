@@ -30,6 +30,7 @@ from pydantic import (
     PlainValidator,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
 )
 from pydantic import model_validator as model_validator
 from pydantic_core import PydanticCustomError
@@ -112,6 +113,29 @@ def number(*, low: float, high: float, message: str, low_open: bool = False) -> 
     return checked(check)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Names:
+    """The upstreams and experiments a file declares: a reference is checked against these
+    (so one bad upstream is reported once, not again by everything that refers to it)."""
+
+    upstreams: frozenset[str]
+    experiments: frozenset[str]
+
+
+def reference(kind: str) -> PlainValidator:
+    """The name of an upstream or an experiment declared in the same file (or nothing)."""
+
+    def validate(value: Any, info: ValidationInfo) -> Any:
+        names = info.context
+        assert isinstance(names, Names)
+        known = names.upstreams if kind == "upstream" else names.experiments
+        if value is not None and value not in known:
+            raise refuse(f"unknown {kind} {value!r}")
+        return value
+
+    return PlainValidator(validate)
+
+
 BOOLEAN = checked(check_boolean)
 LISTEN = checked(check_listen)
 NAME = checked(check_name)
@@ -140,12 +164,17 @@ def setting(default: Any, help: str, *, shown: str | None = None) -> Any:
 
 
 def validate(
-    reader: Reader, adapter: TypeAdapter[T], kind: Any, value: Any, path: KeyPath
+    reader: Reader,
+    adapter: TypeAdapter[T],
+    kind: Any,
+    value: Any,
+    path: KeyPath,
+    names: Names | None = None,
 ) -> T | None:
     """`value` (at `path`) validated as `kind` (the type `adapter` was made for), or None
-    with every problem in it reported to `reader`."""
+    with every problem in it reported to `reader`. `names`: what references may name."""
     try:
-        return adapter.validate_python(value)
+        return adapter.validate_python(value, context=names)
     except ValidationError as exc:
         for loc, message in _ordered(exc, kind):
             reader.problem((*path, *loc), message)

@@ -9,7 +9,7 @@ from typing import Any, get_args
 
 from pydantic.fields import FieldInfo
 
-from abgate.config.schema import ControlSection, HistorySection, ProxySection
+from abgate.config.schema import ControlSection, HistorySection, ProxySection, RouteSection
 from abgate.config.schema_upstreams import UpstreamSection
 from abgate.config.settings import Section, section_type
 
@@ -21,6 +21,7 @@ SECTIONS: tuple[tuple[str, type[Section]], ...] = (
     ("proxy", ProxySection),
     ("control", ControlSection),
     ("upstreams.NAME", UpstreamSection),
+    ("routes[]", RouteSection),
     ("history", HistorySection),
 )
 
