@@ -12,13 +12,11 @@ from abgate.config.layers import read_layered
 from abgate.config.model import (
     Config,
     ControlSettings,
-    FlagsSettings,
     HistorySettings,
     ProxySettings,
-    RedisSettings,
     RouteConfig,
 )
-from abgate.config.parse_connections import ConnectionSchema
+from abgate.config.parse_connections import ConnectionSchema, check_one_password
 from abgate.config.parse_experiments import ExperimentSchema
 from abgate.config.parse_upstreams import UpstreamSchema
 from abgate.config.schema import (
@@ -151,43 +149,10 @@ class _Schema(UpstreamSchema, ExperimentSchema, ConnectionSchema):
             return None
         return build(ControlSettings, section, groups=MappingProxyType(dict(section.groups)))
 
-    def _flags(self, value: Any) -> FlagsSettings | None:
-        path: KeyPath = ("flags",)
-        section = self.r.mapping(
-            value, path, {"redis_url", "redis", "key_prefix", "state_file", "heartbeat_interval"}
-        )
-        if section is None:
-            return None
-        # redis_url: the short form of redis: {url: ...}.
-        redis, redis_ok = None, True
-        if section.get("redis_url") is not None and section.get("redis") is not None:
-            self.r.problem(path, "redis_url and redis: give one of them")
-            redis_ok = False
-        elif section.get("redis_url") is not None:
-            url = self._redis_url(section["redis_url"], (*path, "redis_url"))
-            redis, redis_ok = (RedisSettings(url=url), True) if url else (None, False)
-        elif section.get("redis") is not None:
-            redis, redis_ok = self._redis(section["redis"], (*path, "redis"))
-        prefix = self.r.name(section.get("key_prefix", "abgate"), (*path, "key_prefix"))
-        state_file = section.get("state_file", ".abgate/flags.json")
-        if state_file is not None and (not isinstance(state_file, str) or not state_file):
-            self.r.problem((*path, "state_file"), "expected a file path, or null for none")
-            state_file = None
-        heartbeat = self.r.duration(
-            section.get("heartbeat_interval", "1s"), (*path, "heartbeat_interval"), high=60
-        )
-        if prefix is None or heartbeat is None or not redis_ok:
-            return None
-        return FlagsSettings(
-            redis=redis,
-            key_prefix=prefix,
-            state_file=state_file,
-            heartbeat_interval=heartbeat,
-        )
-
     def _history(self, value: Any) -> HistorySettings | None:
-        section = validate(self.r, HISTORY, HistorySection, value, ("history",))
-        if section is None:
+        path: KeyPath = ("history",)
+        section = validate(self.r, HISTORY, HistorySection, value, path)
+        if not check_one_password(self.r, value, path) or section is None:
             return None
         return build(HistorySettings, section, password=section.password)
 

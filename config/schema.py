@@ -12,11 +12,10 @@ from pydantic import TypeAdapter
 
 from abgate.config.export import mask_url
 from abgate.config.fields import Invalid, check_duration, check_string
-from abgate.config.model import Listen, SecretRef
+from abgate.config.model import Listen
+from abgate.config.schema_connections import Secret
 from abgate.config.settings import (
     BOOLEAN,
-    ENV_NAME,
-    FILE_PATH,
     LISTEN,
     NAME,
     Section,
@@ -24,10 +23,8 @@ from abgate.config.settings import (
     checked,
     duration,
     integer,
-    model_validator,
     number,
     reference,
-    refuse,
     setting,
     size,
 )
@@ -138,11 +135,12 @@ def _retention(value: Any) -> float:
     return seconds
 
 
-class HistorySection(Section):
+class HistorySection(Secret):
     postgres_url: Annotated[str | None, checked(_postgres_url)] = setting(
         None,
         "every decision and outcome in PostgreSQL (`ABGATE_HISTORY_URL` when this is not "
-        "set); none: nothing is written",
+        "set); none: nothing is written. TLS in the URL as libpq has it "
+        "(`?sslmode=verify-full&sslrootcert=/path/ca.pem`)",
     )
     retention: Annotated[float, checked(_retention)] = setting("90d", "history kept, in whole days")
     sample: Annotated[
@@ -151,28 +149,6 @@ class HistorySection(Section):
     buffer: Annotated[int, integer(low=1000, high=10_000_000)] = setting(
         200_000, "decisions held in memory at most while PostgreSQL is slow or down"
     )
-    password_env: Annotated[str | None, ENV_NAME] = setting(
-        None,
-        "the PostgreSQL password, read at every new connection, from this environment "
-        "variable; TLS in the URL as libpq has it (`?sslmode=verify-full&sslrootcert=...`)",
-    )
-    password_file: Annotated[str | None, FILE_PATH] = setting(
-        None, "or from this file (a rotated file is read at the next connection)"
-    )
-
-    @model_validator(mode="after")
-    def _one_password(self) -> HistorySection:
-        if self.password_env is not None and self.password_file is not None:
-            raise refuse("password_env and password_file: give one of them")
-        return self
-
-    @property
-    def password(self) -> SecretRef | None:
-        if self.password_env is not None:
-            return SecretRef(env=self.password_env)
-        if self.password_file is not None:
-            return SecretRef(file=self.password_file)
-        return None
 
 
 _METHOD = re.compile(r"^[A-Z]{1,20}$")

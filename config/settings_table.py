@@ -10,6 +10,7 @@ from typing import Any, get_args
 from pydantic.fields import FieldInfo
 
 from abgate.config.schema import ControlSection, HistorySection, ProxySection, RouteSection
+from abgate.config.schema_connections import FlagsSection
 from abgate.config.schema_upstreams import UpstreamSection
 from abgate.config.settings import Section, section_type
 
@@ -22,6 +23,7 @@ SECTIONS: tuple[tuple[str, type[Section]], ...] = (
     ("control", ControlSection),
     ("upstreams.NAME", UpstreamSection),
     ("routes[]", RouteSection),
+    ("flags", FlagsSection),
     ("history", HistorySection),
 )
 
