@@ -83,7 +83,7 @@ class _Schema(UpstreamSchema, ExperimentSchema, ConnectionSchema):
         flags = self._flags(top.get("flags"))
         history = self._history(top.get("history"))
         upstreams = self._upstreams(top.get("upstreams"))
-        experiments = self._experiments(top.get("experiments"), upstreams)
+        experiments = self._experiments(top.get("experiments"))
         routes = self._routes(top.get("routes"))
         if proxy and control and proxy.listen == control.listen and proxy.listen.port != 0:
             self.r.problem(("control", "listen"), "is the same address as proxy.listen")

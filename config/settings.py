@@ -33,6 +33,7 @@ from pydantic import (
     ValidationInfo,
 )
 from pydantic import model_validator as model_validator
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from abgate.config.fields import (
@@ -122,13 +123,16 @@ class Names:
     experiments: frozenset[str]
 
 
-def reference(kind: str) -> PlainValidator:
-    """The name of an upstream or an experiment declared in the same file (or nothing)."""
+def reference(kind: str, *, optional: bool = True) -> PlainValidator:
+    """The name of an upstream or an experiment declared in the same file (or nothing, when
+    `optional`)."""
 
     def validate(value: Any, info: ValidationInfo) -> Any:
         names = info.context
         assert isinstance(names, Names)
         known = names.upstreams if kind == "upstream" else names.experiments
+        if value is None and not optional:
+            raise refuse(f"required: the {kind}'s name")
         if value is not None and value not in known:
             raise refuse(f"unknown {kind} {value!r}")
         return value
@@ -155,12 +159,20 @@ class Section(BaseModel):
         return {} if value is None else value
 
 
-def setting(default: Any, help: str, *, shown: str | None = None) -> Any:
+def setting(default: Any, help: str, *, shown: str | None = None, key: str | None = None) -> Any:
     """One setting: its default as written in YAML (validated like a value a person wrote)
     and what it does, for the README's table. `shown` replaces the default there when the
-    default is not a value (`required`, `the name`)."""
+    default is not a value (`required`, `the name`); `key`: the YAML key, when it cannot be
+    the field's name (`json`)."""
     extra: dict[str, JsonValue] | None = {"shown": shown} if shown is not None else None
-    return Field(default, description=help, validate_default=True, json_schema_extra=extra)
+    return Field(
+        default, description=help, validate_default=True, json_schema_extra=extra, alias=key
+    )
+
+
+def keys_of(section: type[BaseModel]) -> dict[str, FieldInfo]:
+    """A section's settings by their YAML key."""
+    return {field.alias or name: field for name, field in section.model_fields.items()}
 
 
 def validate(
@@ -219,7 +231,9 @@ def _message(error: Any, kind: Any) -> str:
     if kind_name == ABGATE_ERROR:
         return str(error["msg"])
     if kind_name == "extra_forbidden":
-        return unknown_key(_keys_at(kind, tuple(error["loc"][:-1])))
+        section = _section_at(kind, tuple(error["loc"][:-1]))
+        own: str | None = getattr(section, "unknown_key", None)  # said in the section's words
+        return own if own is not None else unknown_key(set(keys_of(section)))
     if kind_name in ("model_type", "dict_type", "model_attributes_type"):
         return f"expected a mapping, got {kind_of(error['input'])}"
     if kind_name in ("list_type", "tuple_type"):
@@ -227,29 +241,29 @@ def _message(error: Any, kind: Any) -> str:
     return str(error["msg"])
 
 
-def _keys_at(kind: Any, loc: tuple[Any, ...]) -> set[str]:
-    """The keys the section at `loc` (inside a value of type `kind`) may have."""
+def _section_at(kind: Any, loc: tuple[Any, ...]) -> type[BaseModel]:
+    """The section at `loc` inside a value of type `kind`."""
     for part in loc:
-        kind = _section(kind)
+        kind = strip_annotations(kind)
         if isinstance(kind, type) and issubclass(kind, BaseModel):
-            kind = kind.model_fields[part].annotation
+            kind = keys_of(kind)[part].annotation
         elif get_origin(kind) is dict:
             kind = get_args(kind)[1]
         elif get_origin(kind) in (list, tuple):
             kind = get_args(kind)[0]
-    kind = _section(kind)
+    kind = strip_annotations(kind)
     assert isinstance(kind, type)
     assert issubclass(kind, BaseModel)
-    return set(kind.model_fields)
+    return kind
 
 
 def section_type(kind: Any) -> type[Section] | None:
     """The Section a field holds (`X`, `X | None`), or None when it holds a value."""
-    inner = _section(kind)
+    inner = strip_annotations(kind)
     return inner if isinstance(inner, type) and issubclass(inner, Section) else None
 
 
-def _section(kind: Any) -> Any:
+def strip_annotations(kind: Any) -> Any:
     """`X | None` -> X, `Annotated[X, ...]` -> X."""
     while True:
         origin = get_origin(kind)
