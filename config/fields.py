@@ -2,8 +2,8 @@
 
 Each `check_*` returns the value it accepts or raises `Invalid` with the message a person
 reads (`must be between 1 and 100000, got 0`); the pydantic schema (`config.settings`) and
-the hand readers still walking some sections (`Reader`) both call them, so a value is
-judged the same way, in the same words, wherever it is written.
+the checks across settings (`config.parse*`) call them, so a value is judged the same way,
+in the same words, wherever it is written.
 """
 
 from __future__ import annotations
@@ -132,8 +132,9 @@ def check_listen(value: Any) -> Listen:
 
 
 class Reader:
-    """Walks a located document and collects every problem instead of stopping at the first
-    (the sections not yet declared in `config.settings`' schema)."""
+    """Collects every problem found in a located document, each with its key path and line,
+    instead of stopping at the first (pydantic's, through `config.settings.validate`, and
+    those of the checks across settings)."""
 
     def __init__(self, doc: LocatedDocument) -> None:
         self.doc = doc
@@ -165,43 +166,6 @@ class Reader:
             if key not in allowed:
                 self.problem((*path, key), unknown_key(allowed))
         return value
-
-    def string(
-        self,
-        value: Any,
-        path: KeyPath,
-        *,
-        pattern: re.Pattern[str] | None = None,
-        what: str = "a string",
-    ) -> str | None:
-        return self.checked(path, check_string, value, pattern=pattern, what=what)
-
-    def name(self, value: Any, path: KeyPath) -> str | None:
-        return self.checked(path, check_name, value)
-
-    def header_name(self, value: Any, path: KeyPath) -> str | None:
-        return self.checked(path, check_header_name, value)
-
-    def integer(self, value: Any, path: KeyPath, *, low: int, high: int) -> int | None:
-        return self.checked(path, check_integer, value, low=low, high=high)
-
-    def boolean(self, value: Any, path: KeyPath) -> bool | None:
-        return self.checked(path, check_boolean, value)
-
-    def size(self, value: Any, path: KeyPath, *, low: int = 0) -> int | None:
-        return self.checked(path, check_size, value, low=low)
-
-    def duration(
-        self, value: Any, path: KeyPath, *, low: float = 0.0, high: float = 86_400.0
-    ) -> float | None:
-        return self.checked(path, check_duration, value, low=low, high=high)
-
-    def percentage(self, value: Any, path: KeyPath) -> int | None:
-        """0..100 with at most two decimals, returned in basis points."""
-        return parse_percentage(value, lambda message: self.problem(path, message))
-
-    def listen(self, value: Any, path: KeyPath) -> Listen | None:
-        return self.checked(path, check_listen, value)
 
 
 def unknown_key(allowed: set[str]) -> str:

@@ -51,7 +51,7 @@ def json_path(text: Any) -> JsonPath | None:
     return tuple(name if name else int(index) for name, index in _JSON_STEP.findall(match.group(1)))
 
 
-def _percentage(value: Any) -> int:
+def percentage_bp(value: Any) -> int:
     """0..100 with at most two decimals, in basis points."""
     refused: list[str] = []
     basis_points = parse_percentage(value, refused.append)
@@ -63,10 +63,10 @@ def _percentage(value: Any) -> int:
 def _required_percentage(value: Any) -> int:
     if value is None:
         raise Invalid("required: the treatment arm's starting percentage (0..100)")
-    return _percentage(value)
+    return percentage_bp(value)
 
 
-PERCENTAGE = checked(_percentage)
+PERCENTAGE = checked(percentage_bp)
 
 
 def _arm_shape(value: Any) -> Any:
@@ -117,10 +117,18 @@ class StickyItem(Section):
     unknown_key: ClassVar[str] = (
         "unknown sticky key source (expected header, cookie, query or client_ip)"
     )
-    header: Annotated[str | None, checked(check_header_name, optional=True)] = None
-    cookie: Annotated[str | None, checked(check_string, optional=True)] = None
-    query: Annotated[str | None, checked(check_string, optional=True)] = None
-    client_ip: Annotated[bool, BOOLEAN] = False
+    header: Annotated[str | None, checked(check_header_name, optional=True)] = setting(
+        None, "`{header: NAME}`: the key is this request header's value"
+    )
+    cookie: Annotated[str | None, checked(check_string, optional=True)] = setting(
+        None, "`{cookie: NAME}`: this cookie's"
+    )
+    query: Annotated[str | None, checked(check_string, optional=True)] = setting(
+        None, "`{query: NAME}`: this query parameter's"
+    )
+    client_ip: Annotated[bool, BOOLEAN] = setting(
+        False, "`client_ip` (written alone): the client's address"
+    )
 
 
 def _sticky_list(value: Any) -> Any:

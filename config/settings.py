@@ -119,8 +119,9 @@ class Names:
     """The upstreams and experiments a file declares: a reference is checked against these
     (so one bad upstream is reported once, not again by everything that refers to it)."""
 
-    upstreams: frozenset[str]
-    experiments: frozenset[str]
+    upstreams: frozenset[str] = frozenset()
+    experiments: frozenset[str] = frozenset()
+    metrics: frozenset[str] = frozenset()  # in a rollout plan: its experiment's
 
 
 def reference(kind: str, *, optional: bool = True) -> PlainValidator:

@@ -12,6 +12,7 @@ from pydantic.fields import FieldInfo
 from abgate.config.schema import ControlSection, HistorySection, ProxySection, RouteSection
 from abgate.config.schema_connections import FlagsSection
 from abgate.config.schema_experiments import ExperimentSection
+from abgate.config.schema_rollout import PlanSection
 from abgate.config.schema_upstreams import UpstreamSection
 from abgate.config.settings import Section, keys_of, section_type, strip_annotations
 
@@ -25,6 +26,7 @@ SECTIONS: tuple[tuple[str, type[Section]], ...] = (
     ("upstreams.NAME", UpstreamSection),
     ("routes[]", RouteSection),
     ("experiments.NAME", ExperimentSection),
+    ("experiments.NAME.rollout", PlanSection),
     ("flags", FlagsSection),
     ("history", HistorySection),
 )
@@ -56,19 +58,24 @@ def _rows(prefix: str, section: type[Section]) -> list[str]:
             if type(None) in get_args(field.annotation) or _shown(field) is not None:
                 rows.append(_row(path, field))
             rows.extend(_rows(path, nested))
-        elif entries is not None:  # metrics: {NAME: {...}}: one row, then each entry's
+        elif entries is not None:  # metrics: {NAME: {...}}, stages: [...]: their rows too
+            suffix, entry = entries
+            suffix = suffix.replace("NAME", key.rstrip("s").upper())
             rows.append(_row(path, field))
-            rows.extend(_rows(f"{path}.{key.rstrip('s').upper()}", entries))
+            rows.extend(_rows(f"{path}{suffix}", entry))
         else:
             rows.append(_row(path, field))
     return rows
 
 
-def _entry_type(kind: Any) -> type[Section] | None:
-    """The Section of each entry of a mapping of named sections (`metrics`), else None."""
-    kind = section_type(kind) or strip_annotations(kind)
-    if get_origin(kind) is dict:
-        return section_type(get_args(kind)[1])
+def _entry_type(kind: Any) -> tuple[str, type[Section]] | None:
+    """How the entries of a mapping or list of sections are named (`metrics.METRIC`,
+    `stages[]`), and their Section; None for anything else."""
+    kind = strip_annotations(kind)
+    if get_origin(kind) is dict and (entry := section_type(get_args(kind)[1])) is not None:
+        return ".NAME", entry
+    if get_origin(kind) is tuple and (entry := section_type(get_args(kind)[0])) is not None:
+        return "[]", entry
     return None
 
 
