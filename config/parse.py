@@ -1,4 +1,5 @@
-"""The configuration schema: YAML text -> a validated, frozen `Config`, or every problem at once."""
+"""YAML text -> a validated, frozen `Config`, or every problem at once: each section validated
+against its declarations (`config.schema*`), then the checks across settings and sections."""
 
 from __future__ import annotations
 
@@ -52,9 +53,9 @@ def _validate(doc: LocatedDocument, source: str) -> Config:
 
 
 class _Schema(UpstreamSchema, ExperimentSchema, ConnectionSchema):
-    """The top level, listeners, flags and routes; upstreams, experiments and connections to
-    the stores in their own modules (`config.parse_upstreams`, `config.parse_experiments`,
-    `config.parse_connections`)."""
+    """The top level, proxy, control, history and routes; upstreams, experiments (with their
+    rollout plans) and flags in their own modules (`config.parse_upstreams`,
+    `config.parse_experiments`, `config.parse_connections`)."""
 
     def __init__(self, reader: Reader, source: str) -> None:
         self.r = reader

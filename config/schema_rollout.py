@@ -68,7 +68,7 @@ def _fraction(high: float) -> PlainValidator:
 def _metric(value: Any, info: ValidationInfo) -> str:
     names = info.context
     assert isinstance(names, Names)
-    if value not in names.metrics:
+    if not isinstance(value, str) or value not in names.metrics:
         raise refuse(f"not a metric of this experiment: {value!r}")
     return str(value)
 

@@ -134,7 +134,7 @@ def reference(kind: str, *, optional: bool = True) -> PlainValidator:
         known = names.upstreams if kind == "upstream" else names.experiments
         if value is None and not optional:
             raise refuse(f"required: the {kind}'s name")
-        if value is not None and value not in known:
+        if value is not None and (not isinstance(value, str) or value not in known):
             raise refuse(f"unknown {kind} {value!r}")
         return value
 
