@@ -14,7 +14,7 @@ from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
-from abgate.config.errors import Problem
+from abgate.config.errors import AbgateError, Problem
 from abgate.config.model import BASIS_POINTS, Listen
 from abgate.config.yaml_lines import KeyPath, LocatedDocument, render_path
 
@@ -42,7 +42,7 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 T = TypeVar("T")
 
 
-class Invalid(ValueError):
+class Invalid(AbgateError, ValueError):
     """A value refused; its text is the whole message (the key path and line are added by
     whoever reports it)."""
 
