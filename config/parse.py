@@ -30,7 +30,8 @@ from abgate.config.schema import (
     ProxySection,
     RouteSection,
 )
-from abgate.config.settings import Names, build, validate
+from abgate.config.settings import build, validate
+from abgate.config.values import Names
 from abgate.config.yaml_lines import KeyPath, LocatedDocument, load_located
 
 

@@ -26,7 +26,8 @@ from abgate.config.schema_experiments import (
     MetricSection,
     StickyItem,
 )
-from abgate.config.settings import Names, build, validate
+from abgate.config.settings import build, validate
+from abgate.config.values import Names
 from abgate.config.yaml_lines import KeyPath
 
 

@@ -22,7 +22,8 @@ from abgate.config.model import (
     StageConfig,
 )
 from abgate.config.schema_rollout import LATENCY_SLO, PLAN, PlanSection, amount
-from abgate.config.settings import Names, build, validate
+from abgate.config.settings import build, validate
+from abgate.config.values import Names
 from abgate.config.yaml_lines import KeyPath, LocatedDocument
 
 MAX_HOLDOUT_BP = 5_000  # a holdout is the smaller arm; half or more is another stage

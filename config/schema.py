@@ -14,18 +14,17 @@ from abgate.config.export import mask_url
 from abgate.config.fields import Invalid, check_duration, check_string
 from abgate.config.model import Listen
 from abgate.config.schema_connections import Secret
-from abgate.config.settings import (
+from abgate.config.settings import Section, setting
+from abgate.config.values import (
     BOOLEAN,
     LISTEN,
     NAME,
-    Section,
     before,
     checked,
     duration,
     integer,
     number,
     reference,
-    setting,
     size,
 )
 

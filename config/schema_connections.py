@@ -14,17 +14,16 @@ from pydantic import TypeAdapter
 from abgate.config.export import mask_url
 from abgate.config.fields import Invalid, check_listen, check_string
 from abgate.config.model import SecretRef
-from abgate.config.settings import (
+from abgate.config.settings import Section, setting
+from abgate.config.values import (
     BOOLEAN,
     ENV_NAME,
     FILE_PATH,
     NAME,
-    Section,
     before,
     checked,
     duration,
     integer,
-    setting,
 )
 
 _USER = re.compile(r"^[^\s]{1,128}$")

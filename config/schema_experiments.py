@@ -23,17 +23,16 @@ from abgate.config.model import (
     MetricType,
     WhenMissing,
 )
-from abgate.config.settings import (
+from abgate.config.settings import Section, setting
+from abgate.config.values import (
     BOOLEAN,
     NAME,
-    Section,
     before,
     checked,
     duration,
     integer,
     reference,
     refuse,
-    setting,
 )
 
 MAX_MATURITY = 30 * 86_400.0  # a month: outcomes later than that are held in memory too long

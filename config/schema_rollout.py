@@ -14,17 +14,9 @@ from pydantic_core.core_schema import ValidatorFunctionWrapHandler
 from abgate.config.fields import Invalid
 from abgate.config.model import DEFAULT_HOLDOUT, Amount
 from abgate.config.schema_experiments import PERCENTAGE, percentage_bp
-from abgate.config.settings import (
-    BOOLEAN,
-    Names,
-    Section,
-    before,
-    checked,
-    number,
-    refuse,
-    setting,
-)
-from abgate.config.settings import duration as seconds  # a setting is named duration
+from abgate.config.settings import Section, setting
+from abgate.config.values import BOOLEAN, Names, before, checked, number, refuse
+from abgate.config.values import duration as seconds  # a setting is named duration
 
 DEFAULT_STAGES = (5, 25, 50, 75, 100)
 YEAR = 365 * 86_400.0

@@ -9,17 +9,8 @@ from urllib.parse import urlsplit
 from pydantic import TypeAdapter
 
 from abgate.config.fields import Invalid
-from abgate.config.settings import (
-    NAME,
-    Section,
-    before,
-    checked,
-    duration,
-    integer,
-    number,
-    setting,
-    size,
-)
+from abgate.config.settings import Section, setting
+from abgate.config.values import NAME, before, checked, duration, integer, number, size
 
 
 class HttpAddress(NamedTuple):
