@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, TypeAdapter, ValidationInfo
+from pydantic import AfterValidator, Field, TypeAdapter, ValidationInfo
 
 from abgate.config.fields import (
     Invalid,
@@ -27,11 +27,11 @@ from abgate.config.settings import Section, setting
 from abgate.config.values import (
     BOOLEAN,
     NAME,
+    Names,
     before,
     checked,
     duration,
     integer,
-    reference,
     refuse,
 )
 
@@ -80,9 +80,7 @@ class ArmSection(Section):
     name: Annotated[str | None, checked(check_name, optional=True)] = setting(
         None, "the arm's name", shown="the upstream's"
     )
-    upstream: Annotated[str, reference("upstream", optional=False)] = setting(
-        None, "the upstream that serves it", shown="required"
-    )
+    upstream: Annotated[str, NAME] = setting(None, "the upstream that serves it", shown="required")
 
     @property
     def arm_name(self) -> str:
@@ -98,12 +96,30 @@ def _apart_from_control(treatment: ArmSection, info: ValidationInfo) -> ArmSecti
     return treatment
 
 
-Arm = Annotated[ArmSection, before(_arm_shape)]
+def _known_upstream(arm: ArmSection, info: ValidationInfo) -> ArmSection:
+    """Its upstream is declared in the file (reported at the arm, whichever form it has)."""
+    names = info.context
+    assert isinstance(names, Names)
+    if arm.upstream not in names.upstreams:
+        raise refuse(f"unknown upstream {arm.upstream!r}")
+    return arm
+
+
+Arm = Annotated[ArmSection, before(_arm_shape), AfterValidator(_known_upstream)]
+
+
+_WRITTEN_ALONE = object()  # `client_ip` as a list item: no YAML mapping can say it
+
+
+def _client_ip(value: Any) -> bool:
+    if value is not _WRITTEN_ALONE:  # {client_ip: ...}: it takes no name
+        raise Invalid(StickyItem.unknown_key)
+    return True
 
 
 def _sticky_shape(value: Any) -> Any:
     if value == "client_ip":
-        return {"client_ip": True}
+        return {"client_ip": _WRITTEN_ALONE}
     if not isinstance(value, dict) or len(value) != 1:
         raise Invalid("expected one of {header: NAME}, {cookie: NAME}, {query: NAME} or client_ip")
     return value
@@ -125,8 +141,8 @@ class StickyItem(Section):
     query: Annotated[str | None, checked(check_string, optional=True)] = setting(
         None, "`{query: NAME}`: this query parameter's"
     )
-    client_ip: Annotated[bool, BOOLEAN] = setting(
-        False, "`client_ip` (written alone): the client's address"
+    client_ip: Annotated[bool, checked(_client_ip)] = Field(
+        False, description="`client_ip` (written alone): the client's address"
     )
 
 

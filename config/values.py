@@ -97,16 +97,13 @@ class Names:
     metrics: frozenset[str] = frozenset()  # in a rollout plan: its experiment's
 
 
-def reference(kind: str, *, optional: bool = True) -> PlainValidator:
-    """The name of an upstream or an experiment declared in the same file (or nothing, when
-    `optional`)."""
+def reference(kind: str) -> PlainValidator:
+    """The name of an upstream or an experiment declared in the same file, or nothing."""
 
     def validate(value: Any, info: ValidationInfo) -> Any:
         names = info.context
         assert isinstance(names, Names)
         known = names.upstreams if kind == "upstream" else names.experiments
-        if value is None and not optional:
-            raise refuse(f"required: the {kind}'s name")
         if value is not None and (not isinstance(value, str) or value not in known):
             raise refuse(f"unknown {kind} {value!r}")
         return value
