@@ -2,6 +2,7 @@
 
 AbgateError
 ├── ConfigError              a configuration refused: every problem found, each with its place
+├── config/: Invalid         one value refused (config.fields), reported as one of its Problems
 ├── state/: StoreUnavailable, SecretUnavailable, VersionConflict, RolloutConflict,
 │           UnknownFlag (a KeyError too), RemoteError (the live-state channel's other end)
 ├── proxy/: UpstreamError and its kinds (proxy/errors.py), BodyTooLarge, ClientGone,

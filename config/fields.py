@@ -1,16 +1,20 @@
-"""Typed readers for configuration values. Each reports a Problem and returns None when bad.
+"""Typed checks for configuration values, and the Reader that reports what they refuse.
 
-Kept apart from the schema in `config.parse` so that the schema reads as a list of fields.
+Each `check_*` returns the value it accepts or raises `Invalid` with the message a person
+reads (`must be between 1 and 100000, got 0`); the pydantic schema (`config.settings`) and
+the checks across settings (`config.parse*`) call them, so a value is judged the same way,
+in the same words, wherever it is written.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar
 
-from abgate.config.errors import Problem
+from abgate.config.errors import AbgateError, Problem
 from abgate.config.model import BASIS_POINTS, Listen
 from abgate.config.yaml_lines import KeyPath, LocatedDocument, render_path
 
@@ -30,12 +34,107 @@ _SIZE_UNITS = {
 _SIZE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+NAME_WHAT = "a name (letters, digits, '_', '.', '-'; up to 128)"
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token (header names)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+T = TypeVar("T")
+
+
+class Invalid(AbgateError, ValueError):
+    """A value refused; its text is the whole message (the key path and line are added by
+    whoever reports it)."""
+
+
+def check_string(
+    value: Any, *, pattern: re.Pattern[str] | None = None, what: str = "a string"
+) -> str:
+    if not isinstance(value, str) or not value:
+        raise Invalid(f"expected {what}, got {kind_of(value)}")
+    if pattern is not None and not pattern.match(value):
+        raise Invalid(f"not {what}: {value!r}")
+    return value
+
+
+def check_name(value: Any) -> str:
+    return check_string(value, pattern=NAME, what=NAME_WHAT)
+
+
+def check_header_name(value: Any) -> str:
+    return check_string(value, pattern=_TOKEN, what="a header name")
+
+
+def check_env_name(value: Any) -> str:
+    return check_string(value, pattern=_ENV_NAME, what="an environment variable")
+
+
+def check_file_path(value: Any) -> str:
+    return check_string(value, what="a file path")
+
+
+def check_integer(value: Any, *, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Invalid(f"expected an integer, got {kind_of(value)}")
+    if not low <= value <= high:
+        raise Invalid(f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def check_boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise Invalid(f"expected true or false, got {kind_of(value)}")
+    return value
+
+
+def check_size(value: Any, *, low: int = 0) -> int:
+    """Bytes: an integer or a string such as `64KiB`, `10MiB`, `1GB`."""
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and (match := _SIZE.match(value)):
+        unit = _SIZE_UNITS.get(match.group(2).lower())
+        if unit is not None:
+            number = int(match.group(1)) * unit
+    if number is None:
+        raise Invalid(f"expected a size such as 65536, '64KiB' or '10MiB', got {value!r}")
+    if number < low:
+        raise Invalid(f"must be at least {low} bytes, got {number}")
+    return number
+
+
+def check_duration(value: Any, *, low: float = 0.0, high: float = 86_400.0) -> float:
+    """Seconds: a number or a string such as `250ms`, `5s`, `2m`."""
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds is None:
+        raise Invalid(f"expected a duration such as 1.5, '250ms' or '5s', got {value!r}")
+    if not low < seconds <= high:
+        raise Invalid(f"must be more than {low:g}s and at most {high:g}s, got {seconds:g}s")
+    return seconds
+
+
+def check_listen(value: Any) -> Listen:
+    """`host:port` (IPv6 as `[::1]:port`); port 0 asks the OS for a free port."""
+    if not isinstance(value, str):
+        raise Invalid(f"expected 'host:port', got {kind_of(value)}")
+    host, sep, port_text = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise Invalid(f"expected 'host:port' with a port of 0..65535, got {value!r}")
+    if not _valid_host(host):
+        raise Invalid(f"not a valid host: {host!r}")
+    return Listen(host, int(port_text))
 
 
 class Reader:
-    """Walks a located document and collects every problem instead of stopping at the first."""
+    """Collects every problem found in a located document, each with its key path and line,
+    instead of stopping at the first (pydantic's, through `config.settings.validate`, and
+    those of the checks across settings)."""
 
     def __init__(self, doc: LocatedDocument) -> None:
         self.doc = doc
@@ -46,119 +145,37 @@ class Reader:
             Problem(render_path(path), self.doc.line_of(path), message, self.doc.file_of(path))
         )
 
+    def checked(
+        self, path: KeyPath, check: Callable[..., T], value: Any, **bounds: Any
+    ) -> T | None:
+        """`check(value, **bounds)`, or None with its refusal reported at `path`."""
+        try:
+            return check(value, **bounds)
+        except Invalid as exc:
+            self.problem(path, str(exc))
+            return None
+
     def mapping(self, value: Any, path: KeyPath, allowed: set[str]) -> dict[str, Any] | None:
         """A mapping whose keys must all be in `allowed`; unknown keys are problems."""
         if value is None:
             return {}
         if not isinstance(value, dict):
-            self.problem(path, f"expected a mapping, got {_kind(value)}")
+            self.problem(path, f"expected a mapping, got {kind_of(value)}")
             return None
         for key in value:
             if key not in allowed:
-                choices = ", ".join(sorted(allowed))
-                self.problem((*path, key), f"unknown key (expected one of: {choices})")
+                self.problem((*path, key), unknown_key(allowed))
         return value
 
-    def string(
-        self,
-        value: Any,
-        path: KeyPath,
-        *,
-        pattern: re.Pattern[str] | None = None,
-        what: str = "a string",
-    ) -> str | None:
-        if not isinstance(value, str) or not value:
-            self.problem(path, f"expected {what}, got {_kind(value)}")
-            return None
-        if pattern is not None and not pattern.match(value):
-            self.problem(path, f"not {what}: {value!r}")
-            return None
-        return value
 
-    def name(self, value: Any, path: KeyPath) -> str | None:
-        return self.string(
-            value, path, pattern=_NAME, what="a name (letters, digits, '_', '.', '-'; up to 128)"
-        )
-
-    def header_name(self, value: Any, path: KeyPath) -> str | None:
-        return self.string(value, path, pattern=_TOKEN, what="a header name")
-
-    def integer(self, value: Any, path: KeyPath, *, low: int, high: int) -> int | None:
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.problem(path, f"expected an integer, got {_kind(value)}")
-            return None
-        if not low <= value <= high:
-            self.problem(path, f"must be between {low} and {high}, got {value}")
-            return None
-        return value
-
-    def boolean(self, value: Any, path: KeyPath) -> bool | None:
-        if not isinstance(value, bool):
-            self.problem(path, f"expected true or false, got {_kind(value)}")
-            return None
-        return value
-
-    def size(self, value: Any, path: KeyPath, *, low: int = 0) -> int | None:
-        """Bytes: an integer or a string such as `64KiB`, `10MiB`, `1GB`."""
-        number: int | None = None
-        if isinstance(value, int) and not isinstance(value, bool):
-            number = value
-        elif isinstance(value, str) and (match := _SIZE.match(value)):
-            unit = _SIZE_UNITS.get(match.group(2).lower())
-            if unit is not None:
-                number = int(match.group(1)) * unit
-        if number is None:
-            self.problem(path, f"expected a size such as 65536, '64KiB' or '10MiB', got {value!r}")
-            return None
-        if number < low:
-            self.problem(path, f"must be at least {low} bytes, got {number}")
-            return None
-        return number
-
-    def duration(
-        self, value: Any, path: KeyPath, *, low: float = 0.0, high: float = 86_400.0
-    ) -> float | None:
-        """Seconds: a number or a string such as `250ms`, `5s`, `2m`."""
-        seconds: float | None = None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            seconds = float(value)
-        elif isinstance(value, str) and (match := _DURATION.match(value)):
-            seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        if seconds is None:
-            self.problem(path, f"expected a duration such as 1.5, '250ms' or '5s', got {value!r}")
-            return None
-        if not low < seconds <= high:
-            self.problem(
-                path, f"must be more than {low:g}s and at most {high:g}s, got {seconds:g}s"
-            )
-            return None
-        return seconds
-
-    def percentage(self, value: Any, path: KeyPath) -> int | None:
-        """0..100 with at most two decimals, returned in basis points."""
-        return parse_percentage(value, lambda message: self.problem(path, message))
-
-    def listen(self, value: Any, path: KeyPath) -> Listen | None:
-        """`host:port` (IPv6 as `[::1]:port`); port 0 asks the OS for a free port."""
-        if not isinstance(value, str):
-            self.problem(path, f"expected 'host:port', got {_kind(value)}")
-            return None
-        host, sep, port_text = value.rpartition(":")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-            self.problem(path, f"expected 'host:port' with a port of 0..65535, got {value!r}")
-            return None
-        if not _valid_host(host):
-            self.problem(path, f"not a valid host: {host!r}")
-            return None
-        return Listen(host, int(port_text))
+def unknown_key(allowed: set[str]) -> str:
+    return f"unknown key (expected one of: {', '.join(sorted(allowed))})"
 
 
 def parse_percentage(value: Any, report: Any) -> int | None:
     """Shared by the config and the control API: a number 0..100, two decimals at most."""
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
-        report(f"expected a number from 0 to 100, got {_kind(value)}")
+        report(f"expected a number from 0 to 100, got {kind_of(value)}")
         return None
     try:
         exact = Decimal(str(value))
@@ -185,7 +202,8 @@ def _valid_host(host: str) -> bool:
         return re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", host) is not None
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
+    """What a value is, for a message: `a string ('ten')`, `a boolean (true)`, `nothing`."""
     if value is None:
         return "nothing"
     if isinstance(value, bool):

@@ -1,5 +1,8 @@
 """The configuration as frozen, typed values. Built once by `config.parse`, never mutated.
 
+The defaults of what a file may leave out are declared with each setting (`config.schema*`);
+the defaults left here serve values made in code (tests, the environment's Redis URL).
+
 Percentages are held as basis points (hundredths of a percent, 0..10000) so that bucketing
 compares integers, matching the 0.01% granularity of GrowthBook v2 and nginx split_clients.
 """
@@ -9,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from abgate.config.metrics_catalogue import ERROR_METRIC, LATENCY_METRIC
@@ -66,13 +69,13 @@ class ControlSettings:
     listen: Listen
     # What `current` (and a command given no experiment) means when no rollout is running
     # and there are several experiments (control/current.py).
-    default_experiment: str | None = None
+    default_experiment: str | None
     # Names for sets of experiments, for the commands that take several (an emergency
     # rollback of `ml-agents`): group -> experiment names, in the order written.
-    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    groups: Mapping[str, tuple[str, ...]]
     # Reports count this many seconds for each second of wall time (days at 100%). 1 in
     # production; a rehearsal of a week-long plan in minutes sets it and says so.
-    report_time_scale: float = 1.0
+    report_time_scale: float
 
     @property
     def is_loopback(self) -> bool:
@@ -310,7 +313,7 @@ class StageConfig:
     percentage_bp: int
     approval: bool  # a person approves before the rollout moves to this stage
     min_duration: float  # seconds this stage runs at least before it may be promoted
-    load_test: LoadTestConfig | None = None
+    load_test: LoadTestConfig | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,8 +341,8 @@ class PrimaryConfig:
 
     metric: str
     minimum_detectable_effect: Amount
-    allow_unmeasured: bool = False
-    margin: Amount | None = None  # None: DEFAULT_MARGIN_SHARE of the minimum detectable effect
+    allow_unmeasured: bool
+    margin: Amount | None  # None: DEFAULT_MARGIN_SHARE of the minimum detectable effect
 
     @property
     def non_inferiority_margin(self) -> Amount:
@@ -388,7 +391,7 @@ class RolloutPlan:
     power: float
     bake: float  # seconds the last stage runs (its holdout compared) before completion
     breaker_grace: float  # treatment breaker open longer than this: rollback
-    holdout: HoldoutConfig | None = None  # None: the last stage is 100%, SLOs only
+    holdout: HoldoutConfig | None  # None: the last stage is 100%, SLOs only
 
     @property
     def percentages(self) -> list[float]:

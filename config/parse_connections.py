@@ -1,34 +1,23 @@
-"""Configuration schema: how abgate reaches its stores. Redis as one URL or through Sentinel,
-with an ACL user, a password and TLS; secrets as references to an environment variable or a
-file, never as values in the YAML (a URL may still carry one: it is masked wherever shown)."""
+"""Configuration: `flags` and how abgate reaches Redis, from their declarations in
+`config.schema_connections`, with the checks of which keys go together (made on the keys
+given, so they are reported with the values' own problems)."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from abgate.config.export import mask_url
 from abgate.config.fields import Reader
-from abgate.config.model import RedisSettings, SecretRef, SentinelSettings, TlsSettings
+from abgate.config.model import FlagsSettings, RedisSettings, SentinelSettings, TlsSettings
+from abgate.config.schema_connections import (
+    FLAGS,
+    REDIS,
+    FlagsSection,
+    RedisSection,
+    SentinelSection,
+)
+from abgate.config.settings import build, validate
 from abgate.config.yaml_lines import KeyPath
-
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-_USER = re.compile(r"^[^\s]{1,128}$")
-_SCHEMES = ("redis://", "rediss://", "unix://")
-_REDIS_KEYS = {
-    "url",
-    "sentinel",
-    "db",
-    "username",
-    "password_env",
-    "password_file",
-    "tls",
-    "wait_replicas",
-    "wait_timeout",
-}
-_SENTINEL_KEYS = {"addresses", "service", "username", "password_env", "password_file", "tls"}
-_TLS_KEYS = {"ca_file", "cert_file", "key_file", "check_hostname"}
 
 
 def _url_password(url: str) -> bool:
@@ -38,130 +27,85 @@ def _url_password(url: str) -> bool:
         return False
 
 
+def _given(value: Any) -> dict[str, Any]:
+    """The keys given a value (with a value), whatever the values are."""
+    if not isinstance(value, dict):
+        return {}
+    return {key: item for key, item in value.items() if item is not None}
+
+
+def check_one_password(r: Reader, value: Any, path: KeyPath) -> bool:
+    """`password_env` or `password_file`, not both."""
+    given = _given(value)
+    if "password_env" in given and "password_file" in given:
+        r.problem(path, "password_env and password_file: give one of them")
+        return False
+    return True
+
+
 class ConnectionSchema:
     r: Reader
 
-    def _redis_url(self, value: Any, path: KeyPath) -> str | None:
-        if not isinstance(value, str) or not value.startswith(_SCHEMES):
-            shown = mask_url(value) if isinstance(value, str) else value
-            self.r.problem(path, f"expected a redis:// URL, got {shown!r}")
+    def _flags(self, value: Any) -> FlagsSettings | None:
+        path: KeyPath = ("flags",)
+        section = validate(self.r, FLAGS, FlagsSection, value, path)
+        given = _given(value)
+        ok = self._redis_keys(given.get("redis"), (*path, "redis"))
+        if "redis_url" in given and "redis" in given:
+            self.r.problem(path, "redis_url and redis: give one of them")
+            ok = False
+        if section is None or not ok:
             return None
-        return value
+        redis = section.redis
+        if section.redis_url is not None:  # the short form of redis: {url: ...}
+            redis = REDIS.validate_python({"url": section.redis_url})
+        return build(FlagsSettings, section, redis=_redis(redis, given) if redis else None)
 
-    def _redis(self, value: Any, path: KeyPath) -> tuple[RedisSettings | None, bool]:
-        """`flags.redis`: (settings, valid). Exactly one of url and sentinel."""
-        section = self.r.mapping(value, path, _REDIS_KEYS)
-        if section is None:
-            return None, False
+    def _redis_keys(self, value: Any, path: KeyPath) -> bool:
+        """Which keys of `flags.redis` go together."""
+        given = _given(value)
+        if not given:
+            return True
         before = len(self.r.problems)
-        url = sentinel = None
-        if ("url" in section) == ("sentinel" in section):
+        url = given.get("url")
+        if ("url" in given) == ("sentinel" in given):
             self.r.problem(path, "needs exactly one of url (one server) or sentinel")
-        elif "url" in section:
-            url = self._redis_url(section["url"], (*path, "url"))
-        else:
-            sentinel = self._sentinel(section["sentinel"], (*path, "sentinel"))
-        db = self.r.integer(section.get("db", 0), (*path, "db"), low=0, high=15)
-        if "db" in section and "url" in section:
+        if "db" in given and "url" in given:
             self.r.problem((*path, "db"), "with url, the database is the URL's path (/0)")
-        username = self._username(section, path)
-        password = self._secret(section, path)
-        if url is not None and password is not None and _url_password(url):
-            self.r.problem(path, "the URL holds a password already: give it in one place")
-        tls = self._tls(section.get("tls"), (*path, "tls"))
-        if tls is not None and url is not None and not url.startswith("rediss://"):
+        if check_one_password(self.r, given, path) and isinstance(url, str):
+            secret = "password_env" in given or "password_file" in given
+            if secret and _url_password(url):
+                self.r.problem(path, "the URL holds a password already: give it in one place")
+        if "tls" in given and isinstance(url, str) and not url.startswith("rediss://"):
             self.r.problem((*path, "tls"), "TLS needs a rediss:// URL")
-        replicas = self.r.integer(
-            section.get("wait_replicas", 1 if sentinel is not None else 0),
-            (*path, "wait_replicas"),
-            low=0,
-            high=16,
-        )
-        wait = self.r.duration(
-            section.get("wait_timeout", "500ms"), (*path, "wait_timeout"), high=60
-        )
-        if len(self.r.problems) > before or db is None or replicas is None or wait is None:
-            return None, False
-        if sentinel is not None and tls is not None and "tls" not in (section["sentinel"] or {}):
-            # Sentinels of a TLS deployment speak TLS too, unless told otherwise.
-            sentinel = SentinelSettings(
-                sentinel.addresses, sentinel.service, sentinel.username, sentinel.password, True
+        tls = _given(given.get("tls"))
+        if ("cert_file" in tls) != ("key_file" in tls):
+            self.r.problem(
+                (*path, "tls"), "cert_file and key_file go together (a client certificate)"
             )
-        settings = RedisSettings(
-            url=url,
-            sentinel=sentinel,
-            db=db,
-            username=username,
-            password=password,
-            tls=tls,
-            wait_replicas=replicas,
-            wait_timeout=wait,
-        )
-        return settings, True
+        check_one_password(self.r, given.get("sentinel"), (*path, "sentinel"))
+        return len(self.r.problems) == before
 
-    def _sentinel(self, value: Any, path: KeyPath) -> SentinelSettings | None:
-        section = self.r.mapping(value, path, _SENTINEL_KEYS)
-        if section is None:
-            return None
-        before = len(self.r.problems)
-        raw = section.get("addresses")
-        addresses: list[tuple[str, int]] = []
-        if not isinstance(raw, list) or not raw:
-            self.r.problem((*path, "addresses"), "expected a list of 'host:port' sentinels")
-        else:
-            for index, item in enumerate(raw):
-                listen = self.r.listen(item, (*path, "addresses", index))
-                if listen is not None and listen.port == 0:
-                    self.r.problem((*path, "addresses", index), "a sentinel needs a port")
-                elif listen is not None:
-                    addresses.append((listen.host, listen.port))
-        service = self.r.name(section.get("service"), (*path, "service"))
-        username = self._username(section, path)
-        password = self._secret(section, path)
-        tls = self.r.boolean(section.get("tls", False), (*path, "tls"))
-        if len(self.r.problems) > before or service is None or tls is None:
-            return None
-        return SentinelSettings(tuple(addresses), service, username, password, tls)
 
-    def _username(self, section: dict[str, Any], path: KeyPath) -> str | None:
-        if section.get("username") is None:
-            return None
-        return self.r.string(
-            section["username"], (*path, "username"), pattern=_USER, what="an ACL user name"
-        )
+def _redis(section: RedisSection, given: dict[str, Any]) -> RedisSettings:
+    sentinel = section.sentinel
+    # Sentinels of a TLS deployment speak TLS too, unless told otherwise.
+    sentinel_tls = "tls" in _given(_given(given.get("redis")).get("sentinel"))
+    return build(
+        RedisSettings,
+        section,
+        sentinel=_sentinel(sentinel, section.tls is not None and not sentinel_tls)
+        if sentinel is not None
+        else None,
+        password=section.password,
+        tls=build(TlsSettings, section.tls) if section.tls is not None else None,
+        wait_replicas=section.wait_replicas
+        if section.wait_replicas is not None
+        else (1 if sentinel is not None else 0),
+    )
 
-    def _secret(self, section: dict[str, Any], path: KeyPath) -> SecretRef | None:
-        """`password_env: NAME` or `password_file: PATH` (not both); None: no password."""
-        env, file = section.get("password_env"), section.get("password_file")
-        if env is not None and file is not None:
-            self.r.problem(path, "password_env and password_file: give one of them")
-            return None
-        if env is not None:
-            name = self.r.string(
-                env, (*path, "password_env"), pattern=_ENV_NAME, what="an environment variable"
-            )
-            return SecretRef(env=name) if name else None
-        if file is not None:
-            name = self.r.string(file, (*path, "password_file"), what="a file path")
-            return SecretRef(file=name) if name else None
-        return None
 
-    def _tls(self, value: Any, path: KeyPath) -> TlsSettings | None:
-        if value is None:
-            return None
-        section = self.r.mapping(value, path, _TLS_KEYS)
-        if section is None:
-            return None
-        files = {}
-        for key in ("ca_file", "cert_file", "key_file"):
-            if section.get(key) is not None:
-                files[key] = self.r.string(section[key], (*path, key), what="a file path")
-        if ("cert_file" in files) != ("key_file" in files):
-            self.r.problem(path, "cert_file and key_file go together (a client certificate)")
-        check = self.r.boolean(section.get("check_hostname", True), (*path, "check_hostname"))
-        return TlsSettings(
-            files.get("ca_file"),
-            files.get("cert_file"),
-            files.get("key_file"),
-            bool(check),
-        )
+def _sentinel(section: SentinelSection, tls_by_default: bool) -> SentinelSettings:
+    return build(
+        SentinelSettings, section, password=section.password, tls=section.tls or tls_by_default
+    )

@@ -7,7 +7,7 @@ import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-from abgate.config import ConfigError, load_config
+from abgate.config import ConfigError
 from abgate.config.export import credential_notes
 from abgate.control.flags_cli import add_flags_parser, run_flags
 from abgate.control.load_test import add_load_test_parser, run_load_test
@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_simulate(args)
     try:
         if args.command == "check-config":
+            from abgate.config.parse import load_config  # the parser: only where a file is read
+
             config = load_config(args.file)
             exposure = config.control.exposure_problem(os.environ.get("ABGATE_CONTROL_TOKEN"))
             if exposure is not None:  # what `abgate run` and `abgate control` would refuse
@@ -121,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0
         if args.command == "db":
+            from abgate.config.parse import load_config
             from abgate.control.history import run_db
 
             return run_db(load_config(args.config), args.action)

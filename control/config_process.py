@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from abgate.config import Config, ConfigError, Problem, load_config
+from abgate.config import Config, ConfigError, Problem
 
 PARSE_TIMEOUT = 30.0  # seconds: a file within the limits parses in a few
 PIECE = 100  # routes, upstreams or experiments per pickled piece: well under 1 ms to load
@@ -130,6 +130,8 @@ def _assembled(head: Config, loaded: dict[str, list[Any]]) -> Config:
 
 def parse_file(path: str | Path) -> ParsedConfig:
     """Read and validate in this process (at start, before anything is served)."""
+    from abgate.config.parse import load_config  # the parser: only where a file is read
+
     config = load_config(path)
     return ParsedConfig(config, dumps(config), digest_of(config))
 

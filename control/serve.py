@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING
 
 import uvloop
 
-from abgate.config import Config, load_config
+from abgate.config import Config
 from abgate.control.api import check_exposure, create_control_app
-from abgate.control.config_process import ParsedConfig, digest_of, dumps
+from abgate.control.config_process import ParsedConfig, digest_of, dumps, loads_config, parse_file
 from abgate.control.control_half import ControlHalf, control_half
 from abgate.control.flag_backend import (
     FlagBackend,
@@ -229,12 +229,15 @@ async def serve_worker(
 
 
 def run_control(config_path: str) -> None:
+    from abgate.config.parse import load_config  # the parser: only where a file is read
+
     uvloop.run(serve_control(load_config(config_path)))
 
 
-def _worker_main(config_path: str, index: int, port: int) -> None:
+def _worker_main(blob: bytes, config_path: str, index: int, port: int) -> None:
+    """A worker gets the config its parent parsed (pickled): it never loads the parser."""
     configure_logging(os.environ.get("ABGATE_LOG_LEVEL", "INFO"))
-    config = load_config(config_path)
+    config = loads_config(blob)
     proxy = replace(config.proxy, listen=replace(config.proxy.listen, port=port))
     uvloop.run(
         serve_worker(replace(config, proxy=proxy), index, reuse_port=True, config_path=config_path)
@@ -243,7 +246,8 @@ def _worker_main(config_path: str, index: int, port: int) -> None:
 
 def run_workers(config_path: str, workers: int) -> int:
     """`abgate proxy --workers N`: N processes share the proxy port with SO_REUSEPORT."""
-    config = load_config(config_path)
+    parsed = parse_file(config_path)
+    config = parsed.config
     if workers == 1:
         uvloop.run(serve_worker(config, 0, reuse_port=False, config_path=config_path))
         return 0
@@ -257,7 +261,9 @@ def run_workers(config_path: str, workers: int) -> int:
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(
-            target=_worker_main, args=(config_path, index, port), name=f"abgate-worker-{index}"
+            target=_worker_main,
+            args=(parsed.blob, config_path, index, port),
+            name=f"abgate-worker-{index}",
         )
         for index in range(workers)
     ]

@@ -36,7 +36,7 @@ from typing import Any
 
 import uvloop
 
-from abgate.config import ConfigError, load_config
+from abgate.config import ConfigError
 from abgate.control.api import check_exposure
 from abgate.control.log import configure_logging
 from abgate.control.signals import ignore_signals, stop_on_signals_or_orphaned
@@ -274,6 +274,8 @@ def _how(code: int | None) -> str:
 def run_supervised(config_path: str) -> int:
     """`abgate run`: validate the file here first (a bad one exits 1 with its problems, as
     before), then start and watch both processes until told to stop."""
+    from abgate.config.parse import load_config  # the parser: only where a file is read
+
     config = load_config(config_path)
     check_exposure(config, os.environ.get("ABGATE_CONTROL_TOKEN") or None)
     directory = Path(tempfile.mkdtemp(prefix="abgate-"))  # 0700: only this user may connect
