@@ -273,7 +273,7 @@ def cell(traffic: Traffic, base: float, users: Users, *, runs: int, seed: int) -
     )
 
 
-CUPED_TRAFFIC = Traffic("200,000 requests/h", 200_000.0, 200_000, 60.0, 48, 0.1)
+CUPED_TRAFFIC = Traffic("200,000 requests/h", 200_000.0, 200_000, 300.0, 48, 0.1)
 
 
 def cuped_table(runs: int) -> None:
@@ -299,7 +299,7 @@ def cuped_table(runs: int) -> None:
                     )
                     for _ in range(runs)
                 ]
-                done = [e.ticks / 60 for e in ends if e.end == "completed"]
+                done = [e.ticks * CUPED_TRAFFIC.tick / HOUR for e in ends if e.end == "completed"]
                 hours = f"{np.median(done):.1f}" if done else "-"
                 rows.append(
                     f"| {users.name} | {case} | {'with' if covariate else 'without'} | "
@@ -313,8 +313,9 @@ def cuped_table(runs: int) -> None:
 `python -m benchmarks.aa_ramp cuped {runs}` on {time.strftime("%Y-%m-%d")}
 ({time.monotonic() - started:.0f} s in all), {runs} rollouts a row; each pair of rows has
 the same seed (the same users and draws), without and with the covariate. Whole rollouts
-through `decide` as in the section above (200,000 requests/h from 200,000 sticky users,
-looked at every 60 s, followed for 48 h; the default ramp and 5% holdout), on a plan gated
+through `decide` as in the whole-ramp table (`python -m benchmarks.aa_ramp`;
+200,000 requests/h from 200,000 sticky users,
+looked at every 300 s, followed for 48 h; the default ramp and 5% holdout), on a plan gated
 on its primary alone (`converted`, base 20%, minimum effect 2 points; no guardrails or SLO,
 so the primary's samples set each stage's length). "With": each outcome is posted with its
 user's conversion rate over their {PRE_SESSIONS} sessions before the experiment
