@@ -107,6 +107,8 @@ def compare(
         )
     except StatsInputError as exc:
         return result(f"not enough data: {exc.message}")
+    except ArithmeticError as exc:  # one metric's extreme values never stop the report
+        return result(f"cannot compare: {exc} (values too extreme for the tests)")
 
 
 def _across_phases(

@@ -52,9 +52,10 @@ UsersKey = tuple[str, int, str]  # experiment, phase, arm
 CLUSTERS = 128  # clusters of users per arm (a power of two): plenty for the delta method
 UNCLUSTERED = -1  # requests with no user behind them (no sticky key): each its own unit
 USER_MAP_BITS = 1 << 20  # bits of a distinct-users bitmap: 128 KiB
-# The largest magnitude a measured value may have: its square (the sum of squares) stays
-# finite with room for millions of them (sqrt of the largest double is about 1.3e154).
-MAX_VALUE = 1e150
+# The largest magnitude a measured value may have: every statistic of the sums stays finite
+# (a cluster's sum of 10^9 of them squared is 1e48, a mean's fourth power 1e60). At 1e150, as
+# before, values near 1e100 overflowed the report's tests (a trial posted them).
+MAX_VALUE = 1e15
 BATCH_TTL = 3600  # seconds a batch id is remembered: a retry within it is a no-op
 SEEN_BATCHES = 4096  # ids the embedded store remembers (saved with the sums they added)
 READ_PIECE = 1000  # hash fields per reply when the statistics read an experiment from Redis

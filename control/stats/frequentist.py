@@ -78,7 +78,11 @@ def relative_effect(
     if a.mean == 0:
         return None, None
     lift = (b.mean - a.mean) / a.mean
-    variance = b.variance / (b.n * a.mean**2) + (b.mean**2) * a.variance / (a.n * a.mean**4)
+    ratio = b.mean / a.mean
+    # each arm's standard error relative to a's mean, divided before squaring: no overflow
+    relative_b = math.sqrt(b.variance / b.n) / abs(a.mean)
+    relative_a = math.sqrt(a.variance / a.n) / abs(a.mean)
+    variance = relative_b * relative_b + ratio * ratio * relative_a * relative_a
     half = z * math.sqrt(variance)
     return lift, (lift - half, lift + half)
 
@@ -92,7 +96,8 @@ def welch_t(
     if va + vb == 0:
         raise StatsInputError("a.std", "both arms have zero variance: nothing to test")
     se = math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))
+    share_a, share_b = va / (va + vb), vb / (va + vb)  # scaled first: no overflow
+    df = 1 / (share_a * share_a / (a.n - 1) + share_b * share_b / (b.n - 1))
     diff = b.mean - a.mean
     t = diff / se
     p = _tail_p(t, alternative, lambda x: special.stdtr(df, -x), lambda x: special.stdtr(df, x))
