@@ -106,7 +106,12 @@ def open_shared_state(
     settings = redis_settings(config)
     if settings is None:
         measurements = MemoryMeasurements(snapshot)
-        stack.callback(measurements.save)
+        stack.callback(measurements.save)  # the last save, after the task below stops
+        if snapshot is not None:
+            saves = asyncio.create_task(
+                measurements.save_every_while(), name="abgate-measurement-saves"
+            )
+            stack.push_async_callback(stop_task, saves)
         return SharedState(None, snapshot, measurements)
     redis = connect_redis(settings)
     stack.push_async_callback(redis.aclose)

@@ -30,6 +30,7 @@ A sum is never made non-finite: values whose square overflows are refused at the
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import heapq
 import itertools
@@ -268,6 +269,14 @@ class MemoryMeasurements:
     def _changed(self) -> None:
         self._dirty = True
         if time.monotonic() - self._saved_at >= self._save_every:
+            self.save()
+
+    async def save_every_while(self) -> None:
+        """Save what changed every `save_every` seconds, until cancelled (an owned task):
+        a batch accepted when nothing follows it reaches the file within that time too
+        (saving on a change alone waited for the next change, which may never come)."""
+        while True:
+            await asyncio.sleep(self._save_every)
             self.save()
 
     def save(self) -> None:

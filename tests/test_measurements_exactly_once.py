@@ -21,7 +21,7 @@ from abgate.state.redis_measurements import RedisMeasurements
 from abgate.state.state_file import StateFile
 from tests.cut_proxy import Cut, cut_proxy
 from tests.redis_server import RedisServer, redis_server
-from tests.servers import make_config
+from tests.servers import make_config, until
 
 KEY = ("exp", 1, "treatment", "satisfaction", 3)
 PREFIX = "abgate"
@@ -83,6 +83,28 @@ async def test_a_delta_that_would_make_a_sum_non_finite_is_never_persisted(
     assert len([r for r in caplog.records if "non-finite" in r.getMessage()]) == 1
     _, sums = await MemoryMeasurements(StateFile(tmp_path / "state.json")).read("exp")
     assert sums[KEY] == Sums(12, 6.0, 1.5e308 + 0.5)
+
+
+async def test_accepted_outcomes_reach_the_state_file_with_nothing_after_them(
+    session: ClientSession, agents: dict[str, str], tmp_path: Path
+) -> None:
+    """A trial posted outcomes, then nothing, then killed the process: the batch was lost,
+    because the store saved only on a change at least 5 s after its last save. An owned
+    task now saves what changed every 5 s, so the file has them without another change."""
+    state = tmp_path / "state.json"
+    config = make_config(agents, percentage=50, flags={"state_file": str(state)})
+    item = {"experiment": "exp", "arm": "treatment", "metric": "satisfaction", "value": 4.5}
+    item["user"] = "u1"
+
+    def saved() -> int:
+        section = StateFile(state).section("measurements") if state.exists() else None
+        sums = section.get("sums", []) if isinstance(section, dict) else []
+        return sum(entry[5] for entry in sums if entry[3] == "satisfaction")
+
+    async with embedded(config) as running:
+        async with session.post(running.control_url + "/api/outcomes", json=[item] * 3) as sent:
+            assert sent.status == 200
+        await until(lambda: saved() == 3, timeout=30)  # no other change, no shutdown
 
 
 async def test_an_unreadable_part_of_the_state_file_loses_that_part_only(tmp_path: Path) -> None:
