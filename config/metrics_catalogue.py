@@ -321,6 +321,11 @@ STATS_SRM_P_VALUE = Gauge(
     "Sample-ratio-mismatch p-value, current phase.",
     ("experiment",),
 )
+OUTCOMES_WAITING = Gauge(
+    "abgate_outcomes_waiting",
+    "Outcome values waiting for their decision's maturity (a metric's maturity window), "
+    "kept by the measurement store: three for an outcome posted with a covariate.",
+)
 
 # --- Rollouts (control/rollout/gauges.py) ---
 ROLLOUT_STAGE_PERCENTAGE = Gauge(

@@ -198,6 +198,7 @@ class StatsWorker:
         self.last_error: str | None = None  # the store could not be read
         self.failing: dict[str, str] = {}  # experiment -> why its last evaluation failed
         self.evaluation_errors: dict[str, int] = {}
+        self.waiting = 0  # outcome values waiting for their maturity, at the last tick
         # The charts' data: one bounded series per experiment (control/timeline.py), fed by
         # each tick of `run` (not by the API's own evaluations) and the rollout's events.
         self.timelines: dict[str, Series] = {}
@@ -277,6 +278,7 @@ class StatsWorker:
 
     async def evaluate_all(self) -> dict[str, ExperimentReport]:
         await self.store.mature(time.time())  # outcomes whose decision came of age
+        self.waiting = await self.store.held()
         reports = {}
         for name in self.config.experiments:
             phases, sums = await self.store.read(name)
@@ -350,4 +352,6 @@ class StatsWorker:
                 if high is not None:
                     interval.add_metric([name, metric, "upper"], high)
                 improvement.add_metric([name, metric, "significant"], float(result.significant))
-        yield from (p_value, effect, interval, improvement, samples, srm_p, errors)
+        waiting = metrics_catalogue.OUTCOMES_WAITING.new()
+        waiting.add_metric([], self.waiting)
+        yield from (p_value, effect, interval, improvement, samples, srm_p, errors, waiting)

@@ -71,7 +71,8 @@ class MaturingFull(AbgateError):
 
     def __init__(self, waiting: int, limit: int) -> None:
         super().__init__(
-            f"{waiting:,} outcomes already wait for their decisions' maturity (at most {limit:,})"
+            f"{waiting:,} outcome values already wait for their decisions' maturity (at most "
+            f"{limit:,}; an outcome with a covariate is three)"
         )
 
 

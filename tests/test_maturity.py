@@ -149,6 +149,8 @@ async def test_the_outcomes_api_holds_young_decisions_and_counts_mature_ones(
         counted = sum(s.count for k, s in sums.items() if k[3] == "converted")
         assert counted == 1  # the two-hour-old decision; the minute-old one waits
         assert await stack.worker.store.held() == 1
+        await stack.worker.evaluate_all()
+        assert stack.worker.waiting == 1  # abgate_outcomes_waiting
         status, body = await post([{**item, "decided_at": "yesterday"}])
         assert status == 400
         assert "Unix seconds" in body["error"]
