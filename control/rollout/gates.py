@@ -494,7 +494,7 @@ def _harm_tests(
                 name,
                 p,
                 Harm(
-                    f"treatment worse by {harm:.4g} ({_unit(metric, a)}), margin {margin:.4g}",
+                    f"{_worse_or_better(harm)} ({_unit(metric, a)}), margin {margin:.4g}",
                     harm,
                     margin,
                     a.count,
@@ -557,6 +557,11 @@ def _slo_tests(plan: RolloutPlan, treatment: Mapping[str, ClusteredSums]) -> lis
             )
         )
     return tests
+
+
+def _worse_or_better(harm: float) -> str:
+    """The observed difference in words (a trial read "worse by -1" for a better model)."""
+    return f"treatment worse by {harm:.4g}" if harm >= 0 else f"treatment better by {-harm:.4g}"
 
 
 def _unit(metric: MetricConfig, sums: ClusteredSums) -> str:
