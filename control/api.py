@@ -18,6 +18,7 @@ from abgate.config import Config
 from abgate.config.export import config_as_json
 from abgate.control.experiments_api import add_experiment_routes
 from abgate.control.flag_backend import FlagBackend
+from abgate.control.flag_payloads import BreakerBody
 from abgate.control.flags_api import add_flag_routes
 from abgate.control.health_api import BACKEND, add_health_routes
 from abgate.control.http import (
@@ -27,12 +28,12 @@ from abgate.control.http import (
     ApiError,
     bearer_auth,
     errors_as_json,
-    json_object,
     json_response,
     same_origin,
 )
-from abgate.control.live_plane import FORCED, PLANE, RemotePlane, metrics_with_plane
+from abgate.control.live_plane import PLANE, RemotePlane, metrics_with_plane
 from abgate.control.openapi import OPENAPI
+from abgate.control.payloads import read_body
 from abgate.control.reload import Reloader
 from abgate.control.ui_api import add_ui_routes
 from abgate.proxy.admin import REGISTRY, health, metrics
@@ -87,12 +88,9 @@ async def shadow_stats(request: web.Request) -> web.Response:
 async def force_breaker(request: web.Request) -> web.Response:
     plane = _plane(request)
     name = request.match_info["upstream"]
-    body = await json_object(request, allowed={"state"})
-    state = body.get("state")
-    if not isinstance(state, str) or state not in FORCED:
-        raise ApiError(400, "state: expected forced_open, forced_closed or auto")
+    body = await read_body(request, BreakerBody)
     try:
-        return json_response(await plane.force_breaker(name, state))
+        return json_response(await plane.force_breaker(name, body.state))
     except KeyError:
         raise ApiError(404, f"unknown upstream {name!r}") from None
 

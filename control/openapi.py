@@ -4,12 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from abgate.control.flag_payloads import (
+    BreakerBody,
+    ConflictAnswer,
+    FlagAnswer,
+    FlagHistoryAnswer,
+    FlagsAnswer,
+    InstancesAnswer,
+    RollbackAnswer,
+    RollbackBody,
+    SetFlagBody,
+    SetFlagsBody,
+)
 from abgate.control.openapi_answers import describe_answers
+from abgate.control.openapi_models import content, request_body, resolve
 from abgate.control.openapi_parts import ERROR
 from abgate.control.openapi_parts import json_content as _json
-from abgate.control.openapi_parts import ref as _ref
 from abgate.control.openapi_rollouts import ROLLOUT_PATHS
 from abgate.control.openapi_timeline import timeline_paths
+from abgate.control.payloads import Error
 
 _OBJECT = {"type": "object"}
 EXPERIMENT = {
@@ -279,36 +292,7 @@ STATISTICS_PATHS: dict[str, Any] = {
     },
 }
 NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-PERCENTAGE = {"type": "number", "minimum": 0, "maximum": 100, "multipleOf": 0.01}
-REASON = {"type": "string", "maxLength": 1000}
-VERSION = {
-    "type": "integer",
-    "minimum": 1,
-    "description": "compare-and-set: the flag version this write is based on",
-}
-ROLLBACK = {
-    "type": "object",
-    "required": ["flags", "elapsed_ms", "converged", "instances", "laggards"],
-    "properties": {
-        "flags": {"type": "array", "items": {"$ref": "#/components/schemas/Flag"}},
-        "elapsed_ms": {"type": "number"},
-        "converged": {"type": ["boolean", "null"]},
-        "convergence_unknown": {"type": "string"},
-        "instances": {"type": "array", "items": {"$ref": "#/components/schemas/Instance"}},
-        "laggards": {"type": "array", "items": {"type": "string"}},
-    },
-}
-CONFLICT = _json(
-    {
-        "type": "object",
-        "required": ["error", "current"],
-        "properties": {
-            "error": {"type": "string"},
-            "current": {"$ref": "#/components/schemas/Flag"},
-        },
-    },
-    "Another writer changed the flag; nothing was written",
-)
+CONFLICT = content(ConflictAnswer, "Another writer changed the flag; nothing was written")
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -320,42 +304,6 @@ OPENAPI: dict[str, Any] = {
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        "schemas": {
-            "Error": {
-                "type": "object",
-                "required": ["error"],
-                "properties": {"error": {"type": "string"}},
-            },
-            "Flag": {
-                "type": "object",
-                "required": ["name", "percentage", "version", "updated_at", "updated_by", "reason"],
-                "properties": {
-                    "name": {"type": "string"},
-                    "percentage": PERCENTAGE,
-                    "version": {"type": "integer", "minimum": 1},
-                    "updated_at": {"type": "number"},
-                    "updated_by": {"type": "string"},
-                    "reason": {"type": "string"},
-                    "phase": {
-                        "type": "integer",
-                        "minimum": 1,
-                        "description": "the version that set this percentage",
-                    },
-                },
-            },
-            "Instance": {
-                "type": "object",
-                "properties": {
-                    "id": {"type": "string"},
-                    "address": {"type": "string"},
-                    "pid": {"type": "integer"},
-                    "started_at": {"type": "number"},
-                    "heartbeat_at": {"type": "number"},
-                    "applied": {"type": "object", "additionalProperties": {"type": "integer"}},
-                    "converged": {"type": "boolean"},
-                },
-            },
-        },
     },
     "security": [{"bearer": []}],
     "paths": {
@@ -384,48 +332,13 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "All flags",
                 "security": [],
-                "responses": {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "properties": {"flags": {"type": "array", "items": _ref("Flag")}},
-                        }
-                    )
-                },
+                "responses": {"200": content(FlagsAnswer)},
             },
             "post": {
                 "summary": "Set several flags in one atomic step",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["flags"],
-                                "additionalProperties": False,
-                                "properties": {
-                                    "flags": {
-                                        "type": "object",
-                                        "additionalProperties": PERCENTAGE,
-                                        "minProperties": 1,
-                                    },
-                                    "expected_versions": {
-                                        "type": "object",
-                                        "additionalProperties": VERSION,
-                                    },
-                                    "reason": REASON,
-                                },
-                            }
-                        }
-                    },
-                },
+                "requestBody": request_body(SetFlagsBody),
                 "responses": {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "properties": {"flags": {"type": "array", "items": _ref("Flag")}},
-                        }
-                    ),
+                    "200": content(FlagsAnswer),
                     "400": ERROR,
                     "401": ERROR,
                     "404": ERROR,
@@ -439,29 +352,13 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "One flag",
                 "security": [],
-                "responses": {"200": _json(_ref("Flag")), "404": ERROR},
+                "responses": {"200": content(FlagAnswer), "404": ERROR},
             },
             "post": {
                 "summary": "Set a flag's treatment percentage",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["percentage"],
-                                "additionalProperties": False,
-                                "properties": {
-                                    "percentage": PERCENTAGE,
-                                    "reason": REASON,
-                                    "expected_version": VERSION,
-                                },
-                            }
-                        }
-                    },
-                },
+                "requestBody": request_body(SetFlagBody),
                 "responses": {
-                    "200": _json(_ref("Flag")),
+                    "200": content(FlagAnswer),
                     "400": ERROR,
                     "401": ERROR,
                     "404": ERROR,
@@ -483,15 +380,7 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Audit trail of a flag, newest first",
                 "security": [],
                 "responses": {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "properties": {
-                                "name": {"type": "string"},
-                                "history": {"type": "array", "items": _ref("Flag")},
-                            },
-                        }
-                    ),
+                    "200": content(FlagHistoryAnswer),
                     "400": ERROR,
                     "404": ERROR,
                 },
@@ -501,55 +390,23 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "Live proxy instances and the flag versions they applied",
                 "security": [],
-                "responses": {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "properties": {
-                                "instances": {"type": "array", "items": _ref("Instance")}
-                            },
-                        }
-                    )
-                },
+                "responses": {"200": content(InstancesAnswer)},
             },
         },
         "/api/rollback": {
             "post": {
                 "summary": "Treatment to 0% for the named experiments (all if none), "
                 "confirmed by every live instance",
-                "requestBody": {
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "additionalProperties": False,
-                                "properties": {
-                                    "experiments": {
-                                        "type": "array",
-                                        "items": {"type": "string"},
-                                        "minItems": 1,
-                                        "description": "experiment names, or groups the "
-                                        "config defines (control.groups)",
-                                    },
-                                    "reason": REASON,
-                                    "timeout": {
-                                        "type": "number",
-                                        "exclusiveMinimum": 0,
-                                        "maximum": 300,
-                                    },
-                                },
-                            }
-                        }
-                    }
-                },
+                "requestBody": request_body(RollbackBody, required=False),
                 "responses": {
-                    "200": _json(
-                        ROLLBACK,
+                    "200": content(
+                        RollbackAnswer,
                         "Every instance converged, or nobody can tell (`converged` null, "
                         "`convergence_unknown` says why: the instance registry is unreachable)",
                     ),
-                    "504": _json(
-                        ROLLBACK, "Some instances did not converge in time; `laggards` names them"
+                    "504": content(
+                        RollbackAnswer,
+                        "Some instances did not converge in time; `laggards` names them",
                     ),
                     "400": ERROR,
                     "401": ERROR,
@@ -571,21 +428,7 @@ OPENAPI: dict[str, Any] = {
             ],
             "post": {
                 "summary": "Force a breaker open or closed, or return it to auto",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["state"],
-                                "additionalProperties": False,
-                                "properties": {
-                                    "state": {"enum": ["forced_open", "forced_closed", "auto"]}
-                                },
-                            }
-                        }
-                    },
-                },
+                "requestBody": request_body(BreakerBody),
                 "responses": {
                     "200": {"description": "OK"},
                     "400": ERROR,
@@ -661,8 +504,9 @@ def _every_write_answers(paths: dict[str, Any]) -> None:
                 ),
                 ("413", "body over 1 MiB, or nested deeper than 32 levels"),
             ):
-                operation["responses"].setdefault(status, _json(_ref("Error"), why))
+                operation["responses"].setdefault(status, content(Error, why))
 
 
 _every_write_answers(OPENAPI["paths"])
 describe_answers(OPENAPI["paths"], _json, ERROR)
+resolve(OPENAPI)
