@@ -7,6 +7,7 @@ each model's place becomes a `$ref`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -36,41 +37,24 @@ Mode = Literal["validation", "serialization"]
 
 def resolve(document: dict[str, Any]) -> None:
     """Every model in `document` (in place) becomes a `$ref` to its schema in components."""
-    found: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {}
-    _collect(document, "serialization", found)
+    found: dict[Key, None] = {}
+    _walk(document, "serialization", lambda model, mode: found.setdefault((model, mode)))
     refs, definitions = models_json_schema(list(found), ref_template=REF, schema_generator=_Schema)
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(definitions.get("$defs", {}))
-    _replace(document, "serialization", refs)
+    _walk(document, "serialization", lambda model, mode: refs[(model, mode)])
 
 
-def _is_model(value: Any) -> bool:
-    return isinstance(value, type) and issubclass(value, BaseModel)
+Key = tuple[type[BaseModel], JsonSchemaMode]
 
 
-def _collect(
-    node: Any, mode: Mode, found: dict[tuple[type[BaseModel], JsonSchemaMode], None]
-) -> None:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            inner: Mode = "validation" if key == "requestBody" else mode
-            if _is_model(value):
-                found[(value, inner)] = None
-            else:
-                _collect(value, inner, found)
-    elif isinstance(node, list):
-        for item in node:
-            _collect(item, mode, found)
-
-
-def _replace(node: Any, mode: Mode, refs: dict[tuple[Any, JsonSchemaMode], Any]) -> None:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            inner: Mode = "validation" if key == "requestBody" else mode
-            if _is_model(value):
-                node[key] = refs[(value, inner)]
-            else:
-                _replace(value, inner, refs)
-    elif isinstance(node, list):
-        for item in node:
-            _replace(item, mode, refs)
+def _walk(node: Any, mode: Mode, visit: Callable[[type[BaseModel], Mode], Any]) -> None:
+    """Calls `visit` on each model in `node` (bodies validated, answers encoded) and puts
+    what it returns in the model's place."""
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    for key, value in list(items):
+        inner: Mode = "validation" if key == "requestBody" else mode
+        if isinstance(value, type) and issubclass(value, BaseModel):
+            node[key] = visit(value, inner) or value
+        elif isinstance(value, dict | list):
+            _walk(value, inner, visit)
