@@ -23,6 +23,13 @@ from abgate.control.openapi_parts import json_content as _json
 from abgate.control.openapi_rollouts import ROLLOUT_PATHS
 from abgate.control.openapi_timeline import timeline_paths
 from abgate.control.payloads import Error
+from abgate.control.stats_payloads import (
+    LiveTestBody,
+    MeansSampleSizeBody,
+    ProportionTestBody,
+    RatesSampleSizeBody,
+    WelchTestBody,
+)
 
 _OBJECT = {"type": "object"}
 EXPERIMENT = {
@@ -34,32 +41,6 @@ EXPERIMENT = {
     "control.default_experiment, else the only one",
 }
 _READ = {"security": [], "parameters": [EXPERIMENT]}
-_N = {"type": "integer", "maximum": 10**12}
-_SUMMARY_MEAN = {
-    "type": "object",
-    "required": ["n", "mean", "std"],
-    "additionalProperties": False,
-    "properties": {
-        "n": {**_N, "minimum": 2},
-        "mean": {"type": "number", "minimum": -1e100, "maximum": 1e100},
-        "std": {"type": "number", "minimum": 0, "maximum": 1e100},
-    },
-}
-_SUMMARY_RATE = {
-    "type": "object",
-    "required": ["n", "successes"],
-    "additionalProperties": False,
-    "properties": {"n": {**_N, "minimum": 1}, "successes": {**_N, "minimum": 0}},
-}
-_ALPHA = {"type": "number", "exclusiveMinimum": 1e-10, "exclusiveMaximum": 0.5}
-_POWER = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
-_ALTERNATIVE = {"enum": ["two-sided", "greater", "less"]}
-_SHARE = {
-    "type": "number",
-    "exclusiveMinimum": 0,
-    "exclusiveMaximum": 1,
-    "description": "the treatment's share of traffic (a rollout stage), default 0.5",
-}
 _OUTCOME = {
     "type": "object",
     "required": ["experiment", "arm", "metric", "value"],
@@ -106,69 +87,9 @@ STATISTICS_PATHS: dict[str, Any] = {
         "post": {
             "summary": "A test on inline summaries (test, a, b) or on live data "
             "(experiment, metric, cohort_a, cohort_b)",
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "oneOf": [
-                                {
-                                    "type": "object",
-                                    "required": ["test", "a", "b"],
-                                    "additionalProperties": False,
-                                    "properties": {
-                                        "test": {"const": "welch_t"},
-                                        "a": _SUMMARY_MEAN,
-                                        "b": _SUMMARY_MEAN,
-                                        "alpha": _ALPHA,
-                                        "alternative": _ALTERNATIVE,
-                                        "sequential": {"const": False},
-                                    },
-                                },
-                                {
-                                    "type": "object",
-                                    "required": ["test", "a", "b"],
-                                    "additionalProperties": False,
-                                    "properties": {
-                                        "test": {"const": "two_proportion"},
-                                        "a": _SUMMARY_RATE,
-                                        "b": _SUMMARY_RATE,
-                                        "alpha": _ALPHA,
-                                        "alternative": _ALTERNATIVE,
-                                        "sequential": {"const": False},
-                                    },
-                                },
-                                {
-                                    "type": "object",
-                                    "required": ["test", "a", "b", "sequential"],
-                                    "additionalProperties": False,
-                                    "properties": {
-                                        "test": {"enum": ["welch_t", "two_proportion"]},
-                                        "a": {"oneOf": [_SUMMARY_MEAN, _SUMMARY_RATE]},
-                                        "b": {"oneOf": [_SUMMARY_MEAN, _SUMMARY_RATE]},
-                                        "alpha": _ALPHA,
-                                        "alternative": {"const": "two-sided"},
-                                        "sequential": {"const": True},
-                                    },
-                                },
-                                {
-                                    "type": "object",
-                                    "required": ["experiment", "metric"],
-                                    "additionalProperties": False,
-                                    "properties": {
-                                        "experiment": {"type": "string"},
-                                        "metric": {"type": "string"},
-                                        "cohort_a": {"type": "string"},
-                                        "cohort_b": {"type": "string"},
-                                        "alpha": _ALPHA,
-                                        "sequential": {"type": "boolean"},
-                                    },
-                                },
-                            ]
-                        }
-                    }
-                },
-            },
+            "requestBody": request_body(
+                {"oneOf": [WelchTestBody, ProportionTestBody, LiveTestBody]}
+            ),
             "responses": {
                 "200": _json(_OBJECT),
                 "400": ERROR,
@@ -182,54 +103,7 @@ STATISTICS_PATHS: dict[str, Any] = {
         "post": {
             "summary": "Samples per arm for a power, from Cohen's d or a baseline rate "
             "and minimum detectable effect",
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "oneOf": [
-                                {
-                                    "type": "object",
-                                    "required": ["effect_size"],
-                                    "additionalProperties": False,
-                                    "properties": {
-                                        "effect_size": {
-                                            "type": "number",
-                                            "minimum": -1000,
-                                            "maximum": 1000,
-                                            "not": {"const": 0},
-                                        },
-                                        "power": _POWER,
-                                        "alpha": _ALPHA,
-                                        "treatment_share": _SHARE,
-                                    },
-                                },
-                                {
-                                    "type": "object",
-                                    "required": ["baseline_rate", "minimum_detectable_effect"],
-                                    "additionalProperties": False,
-                                    "properties": {
-                                        "baseline_rate": {
-                                            "type": "number",
-                                            "exclusiveMinimum": 0,
-                                            "exclusiveMaximum": 1,
-                                        },
-                                        "minimum_detectable_effect": {
-                                            "type": "number",
-                                            "exclusiveMinimum": -1,
-                                            "exclusiveMaximum": 1,
-                                            "not": {"const": 0},
-                                        },
-                                        "power": _POWER,
-                                        "alpha": _ALPHA,
-                                        "treatment_share": _SHARE,
-                                    },
-                                },
-                            ]
-                        }
-                    }
-                },
-            },
+            "requestBody": request_body({"oneOf": [MeansSampleSizeBody, RatesSampleSizeBody]}),
             "responses": {"200": _json(_OBJECT), "400": ERROR, "401": ERROR},
         }
     },

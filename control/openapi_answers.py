@@ -221,19 +221,6 @@ ANSWERS: dict[tuple[str, str], dict[str, Any]] = {
     ("/api/shadow/stats", "get"): SHADOW_STATS,
     ("/health/aggregate", "get"): AGGREGATE,
 }
-LIVE_TEST: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "not": {"required": ["test"]},
-    "description": "live data: the current experiment and its plan's primary metric unless named",
-    "properties": {
-        "experiment": {"type": "string"},
-        "metric": {"type": "string"},
-        "cohort_a": {"type": "string"},
-        "cohort_b": {"type": "string"},
-        "sequential": {"type": "boolean"},
-    },
-}
 CURRENT_TEST = {
     "summary": "The current experiment's primary metric, control against treatment, on the "
     "comparison of record",
@@ -243,18 +230,11 @@ CURRENT_TEST = {
 
 
 def describe_answers(paths: dict[str, Any], json_content: Any, error: Any) -> None:
-    """Put the answers above into `paths` (their 200s), with the GET test and the live
-    request shape."""
+    """Put the answers above into `paths` (their 200s), with the GET test."""
     test = paths["/api/statistics/significance-test"]
     test["get"] = {
         **CURRENT_TEST,
         "responses": {"200": {}, "400": error, "404": error, "503": error},
     }
-    variants = test["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
-    variants[-1] = {**LIVE_TEST, "properties": {**LIVE_TEST["properties"], **_alpha(variants)}}
     for (path, method), schema in ANSWERS.items():
         paths[path][method]["responses"]["200"] = json_content(schema)
-
-
-def _alpha(variants: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"alpha": variants[0]["properties"]["alpha"]}

@@ -28,7 +28,10 @@ def content(model: type[BaseModel], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": model}}}
 
 
-def request_body(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
+def request_body(
+    model: type[BaseModel] | dict[str, Any], *, required: bool = True
+) -> dict[str, Any]:
+    """A body validated by `model` (or a schema naming models: `{"oneOf": [A, B]}`)."""
     return {"required": required, "content": {"application/json": {"schema": model}}}
 
 

@@ -21,14 +21,19 @@ from abgate.control.http import ApiError, json_response, parse_json
 
 
 class Expected:
-    """What a field expects, in words: `<field>: expected <what>` when its value is refused,
-    `<field>: <missing>` when it is left out (default `required`)."""
+    """What a field expects, in words: `<field>: expected <what>` when its value is refused
+    (`got`: with the value refused, `, got 1.5`), `<field>: <missing>` when it is left out
+    (default `required`). `prefix` replaces `expected ` for a rule said another way."""
 
-    __slots__ = ("missing", "what")
+    __slots__ = ("got", "missing", "prefix", "what")
 
-    def __init__(self, what: str, *, missing: str = "required") -> None:
+    def __init__(
+        self, what: str, *, missing: str = "required", got: bool = False, prefix: str = "expected "
+    ) -> None:
         self.what = what
         self.missing = missing
+        self.got = got
+        self.prefix = prefix
 
 
 class Body(BaseModel):
@@ -56,18 +61,26 @@ def refuse(why: str) -> PydanticCustomError:
     return PydanticCustomError("abgate", "{why}", {"why": why})
 
 
-async def read_body(request: web.Request, model: type[B], *, exact: bool = False) -> B:
-    """The body as `model`: not JSON, too deep or not an object is refused as before
+async def read_object(request: web.Request, *, exact: bool = False) -> dict[str, Any]:
+    """The body as a JSON object: not JSON, too deep or not an object is refused as before
     (control/http.py's `parse_json`); an empty body is `{}`. `exact` keeps decimal numbers
     as written (Decimal) for validators that judge digits."""
     raw = await request.read()
     data = parse_json(raw, exact=exact) if raw.strip() else {}
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object")
+    return data
+
+
+def validate(model: type[B], data: dict[str, Any]) -> B:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ApiError(400, refusal(exc, model)) from None
+
+
+async def read_body(request: web.Request, model: type[B], *, exact: bool = False) -> B:
+    return validate(model, await read_object(request, exact=exact))
 
 
 def answer(payload: Answer, status: int = 200) -> web.Response:
@@ -94,7 +107,8 @@ def refusal(exc: ValidationError, model: type[BaseModel]) -> str:
     if first["type"] == "missing":
         return f"{where}: {expected.missing if expected else 'required'}"
     if expected is not None:
-        return f"{where}: expected {expected.what}"
+        got = f", got {first['input']!r}" if expected.got else ""
+        return f"{where}: {expected.prefix}{expected.what}{got}"
     message = str(first["msg"])
     return f"{where}: {message[:1].lower()}{message[1:]}"
 
