@@ -22,6 +22,7 @@ from abgate.control.openapi_parts import ERROR
 from abgate.control.openapi_parts import json_content as _json
 from abgate.control.openapi_rollouts import ROLLOUT_PATHS
 from abgate.control.openapi_timeline import timeline_paths
+from abgate.control.outcome_payloads import OUTCOMES, AcceptedAnswer
 from abgate.control.payloads import Error
 from abgate.control.stats_payloads import (
     LiveTestBody,
@@ -41,47 +42,6 @@ EXPERIMENT = {
     "control.default_experiment, else the only one",
 }
 _READ = {"security": [], "parameters": [EXPERIMENT]}
-_OUTCOME = {
-    "type": "object",
-    "required": ["experiment", "arm", "metric", "value"],
-    "additionalProperties": False,
-    "properties": {
-        "experiment": {"type": "string"},
-        "arm": {"type": "string", "description": "X-ABGate-Arm"},
-        "metric": {"type": "string", "description": "declared under experiments.NAME.metrics"},
-        "value": {
-            "type": ["number", "boolean"],
-            "description": "0/1 or a boolean for a binary metric",
-        },
-        "phase": {
-            "oneOf": [
-                {"type": "integer", "minimum": 1},
-                {"type": "string", "pattern": "^[0-9]{1,18}$"},
-            ],
-            "description": "X-ABGate-Phase of the decision (a number, or the header's "
-            "digits as they came); without it, the phase current when reported",
-        },
-        "user": {
-            "oneOf": [{"type": "string", "minLength": 1, "maxLength": 1000}, {"type": "null"}],
-            "description": "the sticky key's value: the outcome counts in its user's "
-            "cluster (users are the unit of analysis). Required where the experiment has a "
-            "sticky key (a 400 otherwise); null: the decision carried no key, the outcome "
-            "is its own unit",
-        },
-        "request_id": {
-            "type": "string",
-            "maxLength": 200,
-            "description": "X-Request-Id of the decision (with the history store): its "
-            "experiment, arm, phase and time come from the decision's record",
-        },
-        "decided_at": {
-            "type": "number",
-            "description": "the decision's time (Unix seconds); required for a metric with a "
-            "maturity window (unless request_id gives it): the outcome counts once its "
-            "decision is that old",
-        },
-    },
-}
 STATISTICS_PATHS: dict[str, Any] = {
     "/api/statistics/significance-test": {
         "post": {
@@ -142,21 +102,9 @@ STATISTICS_PATHS: dict[str, Any] = {
         "post": {
             "summary": "Business outcomes in one batch, all or nothing (a bad item is "
             "named by its index)",
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "array",
-                            "minItems": 1,
-                            "maxItems": 10000,
-                            "items": _OUTCOME,
-                        }
-                    }
-                },
-            },
+            "requestBody": request_body(OUTCOMES),
             "responses": {
-                "200": _json({"type": "object", "properties": {"accepted": {"type": "integer"}}}),
+                "200": content(AcceptedAnswer),
                 "400": ERROR,
                 "401": ERROR,
                 "404": ERROR,

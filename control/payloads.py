@@ -72,11 +72,12 @@ async def read_object(request: web.Request, *, exact: bool = False) -> dict[str,
     return data
 
 
-def validate(model: type[B], data: dict[str, Any]) -> B:
+def validate(model: type[B], data: dict[str, Any], *, where: str = "") -> B:
+    """`data` as `model`; a refusal names the field below `where` (an item's `[3]`)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ApiError(400, refusal(exc, model)) from None
+        raise ApiError(400, refusal(exc, model, where)) from None
 
 
 async def read_body(request: web.Request, model: type[B], *, exact: bool = False) -> B:
@@ -84,12 +85,12 @@ async def read_body(request: web.Request, model: type[B], *, exact: bool = False
 
 
 def answer(payload: Answer, status: int = 200) -> web.Response:
-    return json_response(payload.model_dump(mode="json", exclude_unset=False), status)
+    return json_response(payload.model_dump(mode="json"), status)
 
 
-def refusal(exc: ValidationError, model: type[BaseModel]) -> str:
+def refusal(exc: ValidationError, model: type[BaseModel], item: str = "") -> str:
     """One sentence naming the field: unknown fields first (as the API always said), else the
-    first problem pydantic found."""
+    first problem pydantic found. `item`: where the object is in the body (`[3]`)."""
     errors = exc.errors(include_url=False)
     unknown = [e for e in errors if e["type"] == "extra_forbidden"]
     if unknown:
@@ -97,10 +98,10 @@ def refusal(exc: ValidationError, model: type[BaseModel]) -> str:
         names = sorted(str(e["loc"][-1]) for e in unknown if e["loc"][:-1] == at)
         fields = _model_at(model, at)
         known = f" (expected: {', '.join(sorted(fields.model_fields))})" if fields else ""
-        prefix = f"{_where(at)}: " if at else ""
+        prefix = f"{_where(item, at)}: " if item or at else ""
         return f"{prefix}unknown field(s): {', '.join(names)}{known}"
     first = errors[0]
-    where = _where(first["loc"]) or "body"
+    where = _where(item, first["loc"]) or "body"
     if first["type"] == "abgate":
         return f"{where}: {first['ctx']['why']}"
     expected = _expected(model, first["loc"])
@@ -113,8 +114,8 @@ def refusal(exc: ValidationError, model: type[BaseModel]) -> str:
     return f"{where}: {message[:1].lower()}{message[1:]}"
 
 
-def _where(loc: Sequence[int | str]) -> str:
-    text = ""
+def _where(item: str, loc: Sequence[int | str]) -> str:
+    text = item
     for part in loc:
         text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
     return text
