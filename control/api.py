@@ -18,7 +18,6 @@ from abgate.config import Config
 from abgate.config.export import config_as_json
 from abgate.control.experiments_api import add_experiment_routes
 from abgate.control.flag_backend import FlagBackend
-from abgate.control.flag_payloads import BreakerBody
 from abgate.control.flags_api import add_flag_routes
 from abgate.control.health_api import BACKEND, add_health_routes
 from abgate.control.http import (
@@ -33,7 +32,8 @@ from abgate.control.http import (
 )
 from abgate.control.live_plane import PLANE, RemotePlane, metrics_with_plane
 from abgate.control.openapi import OPENAPI
-from abgate.control.payloads import read_body
+from abgate.control.payloads import answer, read_body
+from abgate.control.plane_payloads import BreakerBody, ShadowStatsAnswer
 from abgate.control.reload import Reloader
 from abgate.control.ui_api import add_ui_routes
 from abgate.proxy.admin import REGISTRY, health, metrics
@@ -76,12 +76,12 @@ async def shadow_stats(request: web.Request) -> web.Response:
         for key in ("total_decisions", "agreements", "disagreements", "errors")
     }
     compared = totals["agreements"] + totals["disagreements"]
-    return json_response(
-        {
-            "experiments": experiments,
+    return answer(
+        ShadowStatsAnswer(
+            experiments=experiments,
             **totals,
-            "agreement_rate": totals["agreements"] / compared if compared else None,
-        }
+            agreement_rate=totals["agreements"] / compared if compared else None,
+        )
     )
 
 

@@ -1,11 +1,11 @@
-"""The flag endpoints' payloads (control/flags_api.py, the breaker routes of control/api.py):
-each request body and answer declared once (control/payloads.py)."""
+"""The flag endpoints' payloads (control/flags_api.py): each request body and answer
+declared once (control/payloads.py)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field, WithJsonSchema
 from pydantic.functional_validators import PlainValidator
@@ -111,16 +111,6 @@ class RollbackBody(Body):
     timeout: Annotated[
         float, Field(gt=0, le=300), Expected("seconds, more than 0 and at most 300")
     ] = ROLLBACK_TIMEOUT
-
-
-class BreakerBody(Body):
-    state: Annotated[
-        Literal["forced_open", "forced_closed", "auto"],
-        Expected(
-            "forced_open, forced_closed or auto",
-            missing="expected forced_open, forced_closed or auto",
-        ),
-    ]
 
 
 class _FlagFields(Answer):

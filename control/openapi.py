@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from abgate.control.flag_payloads import (
-    BreakerBody,
     ConflictAnswer,
     FlagAnswer,
     FlagHistoryAnswer,
@@ -24,11 +23,13 @@ from abgate.control.openapi_rollouts import ROLLOUT_PATHS
 from abgate.control.openapi_timeline import timeline_paths
 from abgate.control.outcome_payloads import OUTCOMES, AcceptedAnswer
 from abgate.control.payloads import Error
+from abgate.control.plane_payloads import BreakerBody, ShadowStatsAnswer
 from abgate.control.stats_payloads import (
     LiveTestBody,
     MeansSampleSizeBody,
     ProportionTestBody,
     RatesSampleSizeBody,
+    SampleSizeAnswer,
     WelchTestBody,
 )
 
@@ -64,7 +65,7 @@ STATISTICS_PATHS: dict[str, Any] = {
             "summary": "Samples per arm for a power, from Cohen's d or a baseline rate "
             "and minimum detectable effect",
             "requestBody": request_body({"oneOf": [MeansSampleSizeBody, RatesSampleSizeBody]}),
-            "responses": {"200": _json(_OBJECT), "400": ERROR, "401": ERROR},
+            "responses": {"200": content(SampleSizeAnswer), "400": ERROR, "401": ERROR},
         }
     },
     "/api/experiments": {
@@ -263,7 +264,7 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "Shadow comparisons per experiment",
                 "security": [],
-                "responses": {"200": {"description": "OK"}},
+                "responses": {"200": content(ShadowStatsAnswer)},
             }
         },
         "/health/ready": {

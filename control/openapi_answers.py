@@ -1,6 +1,7 @@
 """The answers of the reporting endpoints, described field by field for the OpenAPI document:
 what the stakeholders' checks read (control/evidence.py, control/impact_api.py,
-control/stats_api.py, control/health_api.py, the shadow totals)."""
+control/stats_api.py, control/health_api.py). Answers declared as models live beside their
+requests (control/*_payloads.py)."""
 
 from __future__ import annotations
 
@@ -158,34 +159,6 @@ TEST_RESULT = {
         "evidence": EVIDENCE,
     },
 }
-SAMPLE_SIZE = {
-    "type": "object",
-    "required": ["minimum_sample_size", "minimum_sample_size_unit", "sample_size", "sequential"],
-    "properties": {
-        "minimum_sample_size": {
-            "type": "integer",
-            "description": "per arm, fixed horizon, equal arms",
-        },
-        "minimum_sample_size_unit": {"type": "string"},
-        "sample_size": {
-            "type": "object",
-            "properties": {"per_arm": {"type": "integer"}, "total": {"type": "integer"}},
-        },
-        "sequential": {"type": "object", "description": "the size the gates' test needs"},
-    },
-}
-SHADOW_STATS = {
-    "type": "object",
-    "required": ["experiments", "total_decisions", "agreements", "disagreements", "errors"],
-    "properties": {
-        "experiments": {"type": "array", "items": {"type": "object"}},
-        "total_decisions": {**COUNT, "description": "shadow copies, all experiments"},
-        "agreements": COUNT,
-        "disagreements": COUNT,
-        "errors": COUNT,
-        "agreement_rate": NUMBER,
-    },
-}
 AGGREGATE = {
     "type": "object",
     "required": ["overall_health", "components", "ml_components"],
@@ -217,8 +190,6 @@ ANSWERS: dict[tuple[str, str], dict[str, Any]] = {
     ("/api/metrics/{name}/long-term-stability", "get"): LONG_TERM,
     ("/api/statistics/significance-test", "post"): TEST_RESULT,
     ("/api/statistics/significance-test", "get"): TEST_RESULT,
-    ("/api/statistics/sample-size", "post"): SAMPLE_SIZE,
-    ("/api/shadow/stats", "get"): SHADOW_STATS,
     ("/health/aggregate", "get"): AGGREGATE,
 }
 CURRENT_TEST = {

@@ -46,7 +46,7 @@ class Body(BaseModel):
 class Answer(BaseModel):
     """A response body, built from the domain's objects (attributes read) and encoded once."""
 
-    model_config = ConfigDict(from_attributes=True, frozen=True)
+    model_config = ConfigDict(from_attributes=True, frozen=True, serialize_by_alias=True)
 
 
 class Error(Answer):

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from abgate.control.current import require_worker, resolve
 from abgate.control.http import ApiError, json_response
-from abgate.control.payloads import read_object, validate
+from abgate.control.payloads import answer, read_object, validate
 from abgate.control.stats import (
     Proportion,
     SampleMean,
@@ -38,10 +38,13 @@ from abgate.control.stats.frequentist import TestResult, rates_test
 from abgate.control.stats.power import mean_detectable_effect, rate_detectable_effect
 from abgate.control.stats.sequential import sequential_rates, sequential_sample_size
 from abgate.control.stats_payloads import (
+    FixedSampleSize,
     LiveTestBody,
     MeansSampleSizeBody,
     ProportionTestBody,
     RatesSampleSizeBody,
+    SampleSizeAnswer,
+    SequentialSampleSize,
     SizeOptions,
     WelchTestBody,
 )
@@ -162,21 +165,21 @@ async def sample_size(request: web.Request) -> web.Response:
             400, f"no sample size can be computed for this input ({type(exc).__name__})"
         ) from None
     # The gates decide with the sequential test: its size is the one to plan a stage by.
-    return json_response(
-        {
-            "minimum_sample_size": per_arm,
-            "minimum_sample_size_unit": "per arm (fixed horizon, equal arms)",
-            "sample_size": {"per_arm": per_arm, "total": 2 * per_arm},
-            "sequential": {
-                "control": sequential[0],
-                "treatment": sequential[1],
-                "total": sum(sequential),
-                "treatment_share": share,
-            },
-            "power": power,
-            "alpha": alpha,
-            "for": kind,
-        }
+    return answer(
+        SampleSizeAnswer(
+            minimum_sample_size=per_arm,
+            minimum_sample_size_unit="per arm (fixed horizon, equal arms)",
+            sample_size=FixedSampleSize(per_arm=per_arm, total=2 * per_arm),
+            sequential=SequentialSampleSize(
+                control=sequential[0],
+                treatment=sequential[1],
+                total=sum(sequential),
+                treatment_share=share,
+            ),
+            power=power,
+            alpha=alpha,
+            kind=kind,
+        )
     )
 
 

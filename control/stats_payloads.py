@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from abgate.control.payloads import Body, Expected
+from abgate.control.payloads import Answer, Body, Expected
 
 ALPHA_RANGE = (1e-10, 0.5)  # beyond: nothing a rollout would use, and numerically fragile
 MAX_N = 10**12
@@ -120,3 +120,29 @@ class RatesSampleSizeBody(SizeOptions):
         Field(gt=-1, lt=1, json_schema_extra=NOT_ZERO),
         Expected("a number between -1 and 1", got=True),
     ]
+
+
+class FixedSampleSize(Answer):
+    per_arm: int
+    total: int
+
+
+class SequentialSampleSize(Answer):
+    """The size the gates' sequential test needs: the one to plan a stage by."""
+
+    control: int
+    treatment: int
+    total: int
+    treatment_share: float
+
+
+class SampleSizeAnswer(Answer):
+    minimum_sample_size: int = Field(description="per arm, fixed horizon, equal arms")
+    minimum_sample_size_unit: str
+    sample_size: FixedSampleSize
+    sequential: SequentialSampleSize
+    power: float
+    alpha: float
+    kind: str = Field(
+        serialization_alias="for", description="means (Cohen's d) or rates (Cohen's h)"
+    )
