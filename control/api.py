@@ -33,7 +33,12 @@ from abgate.control.http import (
 from abgate.control.live_plane import PLANE, RemotePlane, metrics_with_plane
 from abgate.control.openapi import OPENAPI
 from abgate.control.payloads import answer, read_body
-from abgate.control.plane_payloads import BreakerBody, ShadowStatsAnswer
+from abgate.control.plane_payloads import (
+    BreakerAnswer,
+    BreakerBody,
+    BreakersAnswer,
+    ShadowStatsAnswer,
+)
 from abgate.control.reload import Reloader
 from abgate.control.ui_api import add_ui_routes
 from abgate.proxy.admin import REGISTRY, health, metrics
@@ -51,11 +56,8 @@ async def list_breakers(request: web.Request) -> web.Response:
     instances = []
     backend = request.app.get(BACKEND)
     if backend is not None and backend.store is not None:
-        instances = [
-            {"id": i.id, "address": i.address, "breakers": i.breakers}
-            for i in await backend.store.instances()
-        ]
-    return json_response({"breakers": local, "instances": instances})
+        instances = await backend.store.instances()
+    return answer(BreakersAnswer.model_validate({"breakers": local, "instances": instances}))
 
 
 def _plane(request: web.Request) -> RemotePlane:
@@ -90,7 +92,7 @@ async def force_breaker(request: web.Request) -> web.Response:
     name = request.match_info["upstream"]
     body = await read_body(request, BreakerBody)
     try:
-        return json_response(await plane.force_breaker(name, body.state))
+        return answer(BreakerAnswer.model_validate(await plane.force_breaker(name, body.state)))
     except KeyError:
         raise ApiError(404, f"unknown upstream {name!r}") from None
 

@@ -23,7 +23,12 @@ from abgate.control.openapi_rollouts import ROLLOUT_PATHS
 from abgate.control.openapi_timeline import timeline_paths
 from abgate.control.outcome_payloads import OUTCOMES, AcceptedAnswer
 from abgate.control.payloads import Error
-from abgate.control.plane_payloads import BreakerBody, ShadowStatsAnswer
+from abgate.control.plane_payloads import (
+    BreakerAnswer,
+    BreakerBody,
+    BreakersAnswer,
+    ShadowStatsAnswer,
+)
 from abgate.control.stats_payloads import (
     LiveTestBody,
     MeansSampleSizeBody,
@@ -242,7 +247,7 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "Circuit breakers of this process",
                 "security": [],
-                "responses": {"200": {"description": "OK"}},
+                "responses": {"200": content(BreakersAnswer)},
             }
         },
         "/api/breakers/{upstream}": {
@@ -253,7 +258,7 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Force a breaker open or closed, or return it to auto",
                 "requestBody": request_body(BreakerBody),
                 "responses": {
-                    "200": {"description": "OK"},
+                    "200": content(BreakerAnswer),
                     "400": ERROR,
                     "401": ERROR,
                     "404": ERROR,

@@ -5,24 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from abgate.control import rollout_payloads as payload
 from abgate.control.openapi_models import content, request_body
 from abgate.control.openapi_parts import ERROR, json_content
-from abgate.control.rollout_payloads import (
-    ActionBody,
-    ApproveBody,
-    DecisionAnswer,
-    DecisionBody,
-    FlaggerBody,
-    HookAnswer,
-    IncidentAnswer,
-    IncidentBody,
-    RecordedAnswer,
-    RolloutAnswer,
-    RolloutHistoryAnswer,
-    RolloutsAnswer,
-    StartBody,
-    VerdictAnswer,
-)
 
 _ERROR = ERROR
 _EXPERIMENT = {
@@ -54,7 +39,7 @@ def _write(summary: str, body: Any, answer: Any) -> dict[str, Any]:
 
 
 def _action(summary: str) -> dict[str, Any]:
-    return _write(summary, ActionBody, RolloutAnswer)
+    return _write(summary, payload.ActionBody, payload.RolloutAnswer)
 
 
 _METRIC_NAME = {
@@ -137,7 +122,7 @@ ROLLOUT_PATHS: dict[str, Any] = {
         "get": {
             "summary": "Every rollout",
             "security": [],
-            "responses": {"200": content(RolloutsAnswer), "503": _ERROR},
+            "responses": {"200": content(payload.RolloutsAnswer), "503": _ERROR},
         }
     },
     "/api/rollouts/{experiment}": {
@@ -146,7 +131,7 @@ ROLLOUT_PATHS: dict[str, Any] = {
             "summary": "A rollout: state, stage, the last decision with each gate, the ETA",
             "security": [],
             "responses": {
-                "200": content(RolloutAnswer),
+                "200": content(payload.RolloutAnswer),
                 "404": _ERROR,
                 "400": _ERROR,
                 "503": _ERROR,
@@ -154,9 +139,9 @@ ROLLOUT_PATHS: dict[str, Any] = {
         },
         "post": {
             "summary": "Start a rollout (with the config's plan, or `plan` overriding it)",
-            "requestBody": request_body(StartBody, required=False),
+            "requestBody": request_body(payload.StartBody, required=False),
             "responses": {
-                "201": content(RolloutAnswer, "Started"),
+                "201": content(payload.RolloutAnswer, "Started"),
                 "400": _ERROR,
                 "404": _ERROR,
                 "409": _ERROR,
@@ -165,7 +150,9 @@ ROLLOUT_PATHS: dict[str, Any] = {
         },
     },
     "/api/rollouts/{experiment}/approve": _write(
-        "Approve the stage that needs a person (a rollback still wins)", ApproveBody, RolloutAnswer
+        "Approve the stage that needs a person (a rollback still wins)",
+        payload.ApproveBody,
+        payload.RolloutAnswer,
     ),
     "/api/rollouts/{experiment}/pause": _action("Pause (the percentage stays)"),
     "/api/rollouts/{experiment}/resume": _action("Resume a paused or escalated rollout"),
@@ -185,7 +172,7 @@ ROLLOUT_PATHS: dict[str, Any] = {
             "summary": "Every decision and action, newest first, with inputs and actor",
             "security": [],
             "responses": {
-                "200": content(RolloutHistoryAnswer),
+                "200": content(payload.RolloutHistoryAnswer),
                 "400": _ERROR,
                 "404": _ERROR,
                 "503": _ERROR,
@@ -198,7 +185,7 @@ ROLLOUT_PATHS: dict[str, Any] = {
             "summary": "promote, hold or rollback now (Argo Rollouts' web metric provider)",
             "security": [],
             "responses": {
-                "200": content(VerdictAnswer),
+                "200": content(payload.VerdictAnswer),
                 "400": _ERROR,
                 "404": _ERROR,
                 "503": _ERROR,
@@ -219,15 +206,17 @@ ROLLOUT_PATHS: dict[str, Any] = {
         ],
         "post": {
             "summary": "Flagger webhooks: 200 lets Flagger go on, 403 holds it",
-            "requestBody": request_body(FlaggerBody, required=False),
+            "requestBody": request_body(payload.FlaggerBody, required=False),
             "responses": {
                 "200": {
                     "description": "Go on (an event: recorded)",
                     "content": {
-                        "application/json": {"schema": {"oneOf": [HookAnswer, RecordedAnswer]}}
+                        "application/json": {
+                            "schema": {"oneOf": [payload.HookAnswer, payload.RecordedAnswer]}
+                        }
                     },
                 },
-                "403": content(HookAnswer, "Not now"),
+                "403": content(payload.HookAnswer, "Not now"),
                 "400": _ERROR,
                 "404": _ERROR,
                 "503": _ERROR,
@@ -237,9 +226,9 @@ ROLLOUT_PATHS: dict[str, Any] = {
     "/api/rollout/decision": {
         "post": {
             "summary": "May the rollout go from current_percentage to target_percentage now?",
-            "requestBody": request_body(DecisionBody),
+            "requestBody": request_body(payload.DecisionBody),
             "responses": {
-                "200": content(DecisionAnswer),
+                "200": content(payload.DecisionAnswer),
                 "400": _ERROR,
                 "404": _ERROR,
                 "503": _ERROR,
@@ -249,9 +238,9 @@ ROLLOUT_PATHS: dict[str, Any] = {
     "/api/incidents": {
         "post": {
             "summary": "Open (a rollback follows on the next tick) or close an incident",
-            "requestBody": request_body(IncidentBody),
+            "requestBody": request_body(payload.IncidentBody),
             "responses": {
-                "200": content(IncidentAnswer),
+                "200": content(payload.IncidentAnswer),
                 "400": _ERROR,
                 "404": _ERROR,
                 "503": _ERROR,

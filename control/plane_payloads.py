@@ -32,3 +32,24 @@ class ShadowStatsAnswer(Answer):
     disagreements: Count
     errors: Count
     agreement_rate: float | None
+
+
+class BreakerAnswer(Answer):
+    """A breaker as the data plane reports it (proxy/breaker.py's snapshot)."""
+
+    upstream: str
+    state: str
+    reason: str
+    open_for_seconds: float
+    consecutive_failures: int
+
+
+class InstanceBreakers(Answer):
+    id: str
+    address: str
+    breakers: dict[str, str] = Field(description="upstream -> breaker state")
+
+
+class BreakersAnswer(Answer):
+    breakers: list[BreakerAnswer] = Field(description="this process's data plane, if any")
+    instances: list[InstanceBreakers] = Field(description="every proxy instance (Redis)")
