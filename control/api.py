@@ -37,6 +37,8 @@ from abgate.control.plane_payloads import (
     BreakerAnswer,
     BreakerBody,
     BreakersAnswer,
+    ConfigAnswer,
+    ReloadAnswer,
     ShadowStatsAnswer,
 )
 from abgate.control.reload import Reloader
@@ -114,12 +116,12 @@ def _reloader(request: web.Request) -> Reloader:
 
 async def config_status(request: web.Request) -> web.Response:
     reloader = _reloader(request)
-    return json_response({**reloader.status(), "config": config_as_json(reloader.config)})
+    return answer(ConfigAnswer.of(reloader, config_as_json(reloader.config)))
 
 
 async def config_reload(request: web.Request) -> web.Response:
     outcome = await _reloader(request).reload("api")
-    return json_response(outcome.as_json(), 400 if outcome.result == "failure" else 200)
+    return answer(ReloadAnswer.model_validate(outcome), 400 if outcome.result == "failure" else 200)
 
 
 def check_exposure(config: Config, token: str | None) -> None:

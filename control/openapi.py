@@ -27,6 +27,8 @@ from abgate.control.plane_payloads import (
     BreakerAnswer,
     BreakerBody,
     BreakersAnswer,
+    ConfigAnswer,
+    ReloadAnswer,
     ShadowStatsAnswer,
 )
 from abgate.control.stats_payloads import (
@@ -293,20 +295,21 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "The loaded config and the last reload's result",
                 "security": [],
-                "responses": {"200": {"description": "OK"}},
+                "responses": {"200": content(ConfigAnswer)},
             },
         },
         "/api/config/reload": {
             "post": {
                 "summary": "Reload the config file (validated as a whole first)",
                 "responses": {
-                    "200": {
-                        "description": "Reloaded (`result: success`), or the file is the "
-                        "running config already (`result: unchanged`: nothing applied)"
-                    },
-                    "400": {
-                        "description": "Refused; the running config stays. `problems` lists why"
-                    },
+                    "200": content(
+                        ReloadAnswer,
+                        "Reloaded (`result: success`), or the file is the running config "
+                        "already (`result: unchanged`: nothing applied)",
+                    ),
+                    "400": content(
+                        ReloadAnswer, "Refused; the running config stays. `problems` lists why"
+                    ),
                     "401": ERROR,
                 },
             },
