@@ -23,17 +23,14 @@ from abgate.control.http import ApiError, json_response, parse_json
 class Expected:
     """What a field expects, in words: `<field>: expected <what>` when its value is refused
     (`got`: with the value refused, `, got 1.5`), `<field>: <missing>` when it is left out
-    (default `required`). `prefix` replaces `expected ` for a rule said another way."""
+    (default `required`)."""
 
-    __slots__ = ("got", "missing", "prefix", "what")
+    __slots__ = ("got", "missing", "what")
 
-    def __init__(
-        self, what: str, *, missing: str = "required", got: bool = False, prefix: str = "expected "
-    ) -> None:
+    def __init__(self, what: str, *, missing: str = "required", got: bool = False) -> None:
         self.what = what
         self.missing = missing
         self.got = got
-        self.prefix = prefix
 
 
 class Body(BaseModel):
@@ -109,7 +106,7 @@ def refusal(exc: ValidationError, model: type[BaseModel], item: str = "") -> str
         return f"{where}: {expected.missing if expected else 'required'}"
     if expected is not None:
         got = f", got {first['input']!r}" if expected.got else ""
-        return f"{where}: {expected.prefix}{expected.what}{got}"
+        return f"{where}: expected {expected.what}{got}"
     message = str(first["msg"])
     return f"{where}: {message[:1].lower()}{message[1:]}"
 
