@@ -15,6 +15,7 @@ from abgate.control.flag_payloads import (
     SetFlagBody,
     SetFlagsBody,
 )
+from abgate.control.health_payloads import AggregateAnswer, ReadyAnswer
 from abgate.control.openapi_answers import describe_answers
 from abgate.control.openapi_models import content, request_body, resolve
 from abgate.control.openapi_parts import ERROR
@@ -278,7 +279,10 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "Config loaded and flags read",
                 "security": [],
-                "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}},
+                "responses": {
+                    "200": content(ReadyAnswer, "Ready"),
+                    "503": content(ReadyAnswer, "Not ready: `reason` says why"),
+                },
             }
         },
         "/health/aggregate": {
@@ -286,8 +290,8 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Overall health with a reason per component",
                 "security": [],
                 "responses": {
-                    "200": {"description": "healthy or degraded"},
-                    "503": {"description": "unhealthy"},
+                    "200": content(AggregateAnswer, "healthy or degraded"),
+                    "503": content(AggregateAnswer, "unhealthy"),
                 },
             }
         },

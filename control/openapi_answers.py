@@ -1,6 +1,6 @@
 """The answers of the reporting endpoints, described field by field for the OpenAPI document:
 what the stakeholders' checks read (control/evidence.py, control/impact_api.py,
-control/stats_api.py, control/health_api.py). Answers declared as models live beside their
+control/stats_api.py). Answers declared as models live beside their
 requests (control/*_payloads.py)."""
 
 from __future__ import annotations
@@ -159,28 +159,6 @@ TEST_RESULT = {
         "evidence": EVIDENCE,
     },
 }
-AGGREGATE = {
-    "type": "object",
-    "required": ["overall_health", "components", "ml_components"],
-    "properties": {
-        "overall_health": {"enum": ["healthy", "degraded", "unhealthy"]},
-        "components": {"type": "object"},
-        "ml_components": {
-            "type": "array",
-            "description": "the ML side: each ML upstream and its breaker, each shadow, the "
-            "statistics worker, the rollout controller",
-            "items": {
-                "type": "object",
-                "required": ["name", "kind", "status"],
-                "properties": {
-                    "name": {"type": "string"},
-                    "kind": {"type": "string"},
-                    "status": {"type": ["string", "null"]},
-                },
-            },
-        },
-    },
-}
 
 ANSWERS: dict[tuple[str, str], dict[str, Any]] = {
     ("/api/experiments/{name}/significance", "get"): SIGNIFICANCE,
@@ -190,7 +168,6 @@ ANSWERS: dict[tuple[str, str], dict[str, Any]] = {
     ("/api/metrics/{name}/long-term-stability", "get"): LONG_TERM,
     ("/api/statistics/significance-test", "post"): TEST_RESULT,
     ("/api/statistics/significance-test", "get"): TEST_RESULT,
-    ("/health/aggregate", "get"): AGGREGATE,
 }
 CURRENT_TEST = {
     "summary": "The current experiment's primary metric, control against treatment, on the "
