@@ -4,42 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from abgate.control.flag_payloads import (
-    ConflictAnswer,
-    FlagAnswer,
-    FlagHistoryAnswer,
-    FlagsAnswer,
-    InstancesAnswer,
-    RollbackAnswer,
-    RollbackBody,
-    SetFlagBody,
-    SetFlagsBody,
-)
-from abgate.control.health_payloads import AggregateAnswer, ReadyAnswer
+from abgate.control import flag_payloads as flags
+from abgate.control import health_payloads as health
+from abgate.control import outcome_payloads as outcome
+from abgate.control import plane_payloads as plane
+from abgate.control import stats_payloads as stats
 from abgate.control.openapi_answers import describe_answers
 from abgate.control.openapi_models import content, request_body, resolve
 from abgate.control.openapi_parts import ERROR
 from abgate.control.openapi_parts import json_content as _json
 from abgate.control.openapi_rollouts import ROLLOUT_PATHS
 from abgate.control.openapi_timeline import timeline_paths
-from abgate.control.outcome_payloads import OUTCOMES, AcceptedAnswer
 from abgate.control.payloads import Error
-from abgate.control.plane_payloads import (
-    BreakerAnswer,
-    BreakerBody,
-    BreakersAnswer,
-    ConfigAnswer,
-    ReloadAnswer,
-    ShadowStatsAnswer,
-)
-from abgate.control.stats_payloads import (
-    LiveTestBody,
-    MeansSampleSizeBody,
-    ProportionTestBody,
-    RatesSampleSizeBody,
-    SampleSizeAnswer,
-    WelchTestBody,
-)
 
 _OBJECT = {"type": "object"}
 EXPERIMENT = {
@@ -57,7 +33,7 @@ STATISTICS_PATHS: dict[str, Any] = {
             "summary": "A test on inline summaries (test, a, b) or on live data "
             "(experiment, metric, cohort_a, cohort_b)",
             "requestBody": request_body(
-                {"oneOf": [WelchTestBody, ProportionTestBody, LiveTestBody]}
+                {"oneOf": [stats.WelchTestBody, stats.ProportionTestBody, stats.LiveTestBody]}
             ),
             "responses": {
                 "200": _json(_OBJECT),
@@ -72,8 +48,10 @@ STATISTICS_PATHS: dict[str, Any] = {
         "post": {
             "summary": "Samples per arm for a power, from Cohen's d or a baseline rate "
             "and minimum detectable effect",
-            "requestBody": request_body({"oneOf": [MeansSampleSizeBody, RatesSampleSizeBody]}),
-            "responses": {"200": content(SampleSizeAnswer), "400": ERROR, "401": ERROR},
+            "requestBody": request_body(
+                {"oneOf": [stats.MeansSampleSizeBody, stats.RatesSampleSizeBody]}
+            ),
+            "responses": {"200": content(stats.SampleSizeAnswer), "400": ERROR, "401": ERROR},
         }
     },
     "/api/experiments": {
@@ -111,9 +89,9 @@ STATISTICS_PATHS: dict[str, Any] = {
         "post": {
             "summary": "Business outcomes in one batch, all or nothing (a bad item is "
             "named by its index)",
-            "requestBody": request_body(OUTCOMES),
+            "requestBody": request_body(outcome.OUTCOMES),
             "responses": {
-                "200": content(AcceptedAnswer),
+                "200": content(outcome.AcceptedAnswer),
                 "400": ERROR,
                 "401": ERROR,
                 "404": ERROR,
@@ -123,7 +101,7 @@ STATISTICS_PATHS: dict[str, Any] = {
     },
 }
 NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-CONFLICT = content(ConflictAnswer, "Another writer changed the flag; nothing was written")
+CONFLICT = content(flags.ConflictAnswer, "Another writer changed the flag; nothing was written")
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -163,13 +141,13 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "All flags",
                 "security": [],
-                "responses": {"200": content(FlagsAnswer)},
+                "responses": {"200": content(flags.FlagsAnswer)},
             },
             "post": {
                 "summary": "Set several flags in one atomic step",
-                "requestBody": request_body(SetFlagsBody),
+                "requestBody": request_body(flags.SetFlagsBody),
                 "responses": {
-                    "200": content(FlagsAnswer),
+                    "200": content(flags.FlagsAnswer),
                     "400": ERROR,
                     "401": ERROR,
                     "404": ERROR,
@@ -183,13 +161,13 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "One flag",
                 "security": [],
-                "responses": {"200": content(FlagAnswer), "404": ERROR},
+                "responses": {"200": content(flags.FlagAnswer), "404": ERROR},
             },
             "post": {
                 "summary": "Set a flag's treatment percentage",
-                "requestBody": request_body(SetFlagBody),
+                "requestBody": request_body(flags.SetFlagBody),
                 "responses": {
-                    "200": content(FlagAnswer),
+                    "200": content(flags.FlagAnswer),
                     "400": ERROR,
                     "401": ERROR,
                     "404": ERROR,
@@ -211,7 +189,7 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Audit trail of a flag, newest first",
                 "security": [],
                 "responses": {
-                    "200": content(FlagHistoryAnswer),
+                    "200": content(flags.FlagHistoryAnswer),
                     "400": ERROR,
                     "404": ERROR,
                 },
@@ -221,22 +199,22 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "Live proxy instances and the flag versions they applied",
                 "security": [],
-                "responses": {"200": content(InstancesAnswer)},
+                "responses": {"200": content(flags.InstancesAnswer)},
             },
         },
         "/api/rollback": {
             "post": {
                 "summary": "Treatment to 0% for the named experiments (all if none), "
                 "confirmed by every live instance",
-                "requestBody": request_body(RollbackBody, required=False),
+                "requestBody": request_body(flags.RollbackBody, required=False),
                 "responses": {
                     "200": content(
-                        RollbackAnswer,
+                        flags.RollbackAnswer,
                         "Every instance converged, or nobody can tell (`converged` null, "
                         "`convergence_unknown` says why: the instance registry is unreachable)",
                     ),
                     "504": content(
-                        RollbackAnswer,
+                        flags.RollbackAnswer,
                         "Some instances did not converge in time; `laggards` names them",
                     ),
                     "400": ERROR,
@@ -250,7 +228,7 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "Circuit breakers of this process",
                 "security": [],
-                "responses": {"200": content(BreakersAnswer)},
+                "responses": {"200": content(plane.BreakersAnswer)},
             }
         },
         "/api/breakers/{upstream}": {
@@ -259,9 +237,9 @@ OPENAPI: dict[str, Any] = {
             ],
             "post": {
                 "summary": "Force a breaker open or closed, or return it to auto",
-                "requestBody": request_body(BreakerBody),
+                "requestBody": request_body(plane.BreakerBody),
                 "responses": {
-                    "200": content(BreakerAnswer),
+                    "200": content(plane.BreakerAnswer),
                     "400": ERROR,
                     "401": ERROR,
                     "404": ERROR,
@@ -272,7 +250,7 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "Shadow comparisons per experiment",
                 "security": [],
-                "responses": {"200": content(ShadowStatsAnswer)},
+                "responses": {"200": content(plane.ShadowStatsAnswer)},
             }
         },
         "/health/ready": {
@@ -280,8 +258,8 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Config loaded and flags read",
                 "security": [],
                 "responses": {
-                    "200": content(ReadyAnswer, "Ready"),
-                    "503": content(ReadyAnswer, "Not ready: `reason` says why"),
+                    "200": content(health.ReadyAnswer, "Ready"),
+                    "503": content(health.ReadyAnswer, "Not ready: `reason` says why"),
                 },
             }
         },
@@ -290,8 +268,8 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Overall health with a reason per component",
                 "security": [],
                 "responses": {
-                    "200": content(AggregateAnswer, "healthy or degraded"),
-                    "503": content(AggregateAnswer, "unhealthy"),
+                    "200": content(health.AggregateAnswer, "healthy or degraded"),
+                    "503": content(health.AggregateAnswer, "unhealthy"),
                 },
             }
         },
@@ -299,7 +277,7 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "The loaded config and the last reload's result",
                 "security": [],
-                "responses": {"200": content(ConfigAnswer)},
+                "responses": {"200": content(plane.ConfigAnswer)},
             },
         },
         "/api/config/reload": {
@@ -307,12 +285,13 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Reload the config file (validated as a whole first)",
                 "responses": {
                     "200": content(
-                        ReloadAnswer,
+                        plane.ReloadAnswer,
                         "Reloaded (`result: success`), or the file is the running config "
                         "already (`result: unchanged`: nothing applied)",
                     ),
                     "400": content(
-                        ReloadAnswer, "Refused; the running config stays. `problems` lists why"
+                        plane.ReloadAnswer,
+                        "Refused; the running config stays. `problems` lists why",
                     ),
                     "401": ERROR,
                 },

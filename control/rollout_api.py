@@ -17,6 +17,7 @@ Mutations take the control token and record the actor (X-ABGate-Actor, or the ca
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Any, Literal
 
 from aiohttp import web
@@ -117,36 +118,31 @@ def _view(controller: RolloutController, rollout: Rollout) -> RolloutAnswer:
     following = (
         plan.stages[rollout.stage_index + 1] if rollout.stage_index + 1 < len(plan.stages) else None
     )
-    return RolloutAnswer(
-        experiment=rollout.experiment,
-        state=rollout.state,
-        stage=StageAnswer(
-            index=rollout.stage_index,
-            percentage=percentage,
-            phase=phase,
-            holdout=plan.holdout.percentage_bp / 100 if plan.holdout else None,
-            started_at=rollout.stage_started_at,
-            min_duration=stage.min_duration,
-        ),
-        stages=plan.percentages,
-        decision=rollout.decision,
-        reason=rollout.reason,
-        eta_seconds=rollout.eta_seconds,
-        gates=[gate.as_json() for gate in decision.gates] if decision else [],
-        needed=decision.needed if decision else {},
-        next=None
-        if following is None
-        else NextStageAnswer(
+    next_stage = None
+    if following is not None:
+        next_stage = NextStageAnswer(
             percentage=following.percentage_bp / 100,
             approval=following.approval,
             approved=rollout.stage_index + 1 in rollout.approvals,
-        ),
-        incident=rollout.incident,
-        started_at=rollout.started_at,
-        started_by=rollout.started_by,
-        updated_at=rollout.updated_at,
-        generation=rollout.generation,
-        acting=controller.acting,
+        )
+    stage_answer = StageAnswer(
+        index=rollout.stage_index,
+        percentage=percentage,
+        phase=phase,
+        holdout=plan.holdout.percentage_bp / 100 if plan.holdout else None,
+        started_at=rollout.stage_started_at,
+        min_duration=stage.min_duration,
+    )
+    return RolloutAnswer.model_validate(
+        {
+            **asdict(rollout),  # its own fields by name: state, decision, reason, incident ...
+            "stage": stage_answer,
+            "stages": plan.percentages,
+            "gates": [gate.as_json() for gate in decision.gates] if decision else [],
+            "needed": decision.needed if decision else {},
+            "next": next_stage,
+            "acting": controller.acting,
+        }
     )
 
 

@@ -99,27 +99,29 @@ class SizeOptions(Body):
 
 
 NOT_ZERO = {"not": {"const": 0}}
+EffectSize = Annotated[
+    float,
+    Field(gt=-1000, lt=1000, json_schema_extra=NOT_ZERO),
+    Expected("a number between -1000 and 1000", got=True),
+]
+RateEffect = Annotated[
+    float,
+    Field(gt=-1, lt=1, json_schema_extra=NOT_ZERO),
+    Expected("a number between -1 and 1", got=True),
+]
 
 
 class MeansSampleSizeBody(SizeOptions):
     """Cohen's d, two-sided Welch/Student t."""
 
-    effect_size: Annotated[
-        float,
-        Field(gt=-1000, lt=1000, json_schema_extra=NOT_ZERO),
-        Expected("a number between -1000 and 1000", got=True),
-    ]
+    effect_size: EffectSize
 
 
 class RatesSampleSizeBody(SizeOptions):
     """A baseline rate and the minimum detectable effect (Cohen's h, two-sided z)."""
 
     baseline_rate: Share
-    minimum_detectable_effect: Annotated[
-        float,
-        Field(gt=-1, lt=1, json_schema_extra=NOT_ZERO),
-        Expected("a number between -1 and 1", got=True),
-    ]
+    minimum_detectable_effect: RateEffect
 
 
 class FixedSampleSize(Answer):
