@@ -36,13 +36,24 @@ STATISTICS_PATHS: dict[str, Any] = {
                 {"oneOf": [stats.WelchTestBody, stats.ProportionTestBody, stats.LiveTestBody]}
             ),
             "responses": {
-                "200": _json(_OBJECT),
+                "200": _json({"oneOf": [stats.InlineTestAnswer, stats.LiveTestAnswer]}),
                 "400": ERROR,
                 "401": ERROR,
                 "404": ERROR,
                 "503": ERROR,
             },
-        }
+        },
+        "get": {
+            "summary": "The current experiment's primary metric, control against treatment, "
+            "on the comparison of record",
+            "security": [],
+            "responses": {
+                "200": content(stats.LiveTestAnswer),
+                "400": ERROR,
+                "404": ERROR,
+                "503": ERROR,
+            },
+        },
     },
     "/api/statistics/sample-size": {
         "post": {
@@ -322,5 +333,5 @@ def _every_write_answers(paths: dict[str, Any]) -> None:
 
 
 _every_write_answers(OPENAPI["paths"])
-describe_answers(OPENAPI["paths"], _json, ERROR)
+describe_answers(OPENAPI["paths"], _json)
 resolve(OPENAPI)

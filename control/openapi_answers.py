@@ -1,6 +1,6 @@
 """The answers of the reporting endpoints, described field by field for the OpenAPI document:
 what the stakeholders' checks read (control/evidence.py, control/impact_api.py,
-control/stats_api.py). Answers declared as models live beside their
+the statistics worker's reports). Answers declared as models live beside their
 requests (control/*_payloads.py)."""
 
 from __future__ import annotations
@@ -141,24 +141,6 @@ LONG_TERM = {
         "incidents_count": COUNT,
     },
 }
-TEST_RESULT = {
-    "type": "object",
-    "required": ["p_value", "confidence_level", "interval_level", "alpha"],
-    "properties": {
-        "test": {"type": "string"},
-        "p_value": {"type": "number"},
-        "confidence_level": {
-            "type": "number",
-            "description": "1 - p_value: the highest level at which the test's interval "
-            "excludes no difference (Optimizely's 'statistical significance')",
-        },
-        "interval_level": {"type": "number", "description": "1 - alpha: the level of ci"},
-        "alpha": {"type": "number"},
-        "significant": {"type": "boolean"},
-        "sample_size": {**COUNT, "description": "live data: samples in both arms"},
-        "evidence": EVIDENCE,
-    },
-}
 
 ANSWERS: dict[tuple[str, str], dict[str, Any]] = {
     ("/api/experiments/{name}/significance", "get"): SIGNIFICANCE,
@@ -166,23 +148,10 @@ ANSWERS: dict[tuple[str, str], dict[str, Any]] = {
     ("/api/metrics/{name}/business-impact", "get"): BUSINESS_IMPACT,
     ("/api/metrics/{name}/final-assessment", "get"): FINAL_ASSESSMENT,
     ("/api/metrics/{name}/long-term-stability", "get"): LONG_TERM,
-    ("/api/statistics/significance-test", "post"): TEST_RESULT,
-    ("/api/statistics/significance-test", "get"): TEST_RESULT,
-}
-CURRENT_TEST = {
-    "summary": "The current experiment's primary metric, control against treatment, on the "
-    "comparison of record",
-    "security": [],
-    "responses": {},
 }
 
 
-def describe_answers(paths: dict[str, Any], json_content: Any, error: Any) -> None:
-    """Put the answers above into `paths` (their 200s), with the GET test."""
-    test = paths["/api/statistics/significance-test"]
-    test["get"] = {
-        **CURRENT_TEST,
-        "responses": {"200": {}, "400": error, "404": error, "503": error},
-    }
+def describe_answers(paths: dict[str, Any], json_content: Any) -> None:
+    """Put the answers above into `paths` (their 200s)."""
     for (path, method), schema in ANSWERS.items():
         paths[path][method]["responses"]["200"] = json_content(schema)

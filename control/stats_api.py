@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from abgate.control.current import require_worker, resolve
-from abgate.control.http import ApiError, json_response
+from abgate.control.http import ApiError
 from abgate.control.payloads import answer, read_object, validate
 from abgate.control.stats import (
     Proportion,
@@ -39,6 +39,8 @@ from abgate.control.stats.power import mean_detectable_effect, rate_detectable_e
 from abgate.control.stats.sequential import sequential_rates, sequential_sample_size
 from abgate.control.stats_payloads import (
     FixedSampleSize,
+    InlineTestAnswer,
+    LiveTestAnswer,
     LiveTestBody,
     MeansSampleSizeBody,
     ProportionTestBody,
@@ -116,10 +118,8 @@ async def significance_test(request: web.Request) -> web.Response:
             400, f"a, b: no finite result for these summaries ({type(exc).__name__})"
         ) from None
     payload = _finite_json(result)
-    # Not the power at the observed effect (a restatement of the p-value): the effect that
-    # these sample sizes would detect with 80% power.
     payload["minimum_detectable_effect"] = {"absolute": detectable, "power": 0.8}
-    return json_response(payload)
+    return answer(InlineTestAnswer.model_validate(payload))
 
 
 async def sample_size(request: web.Request) -> web.Response:
@@ -225,34 +225,36 @@ async def live_test(request: web.Request, body: LiveTestBody) -> web.Response:
     p_value = result.p_value if sequential else result.p_value_fixed
     assert p_value is not None
     base = means[1] if flip else means[0]
-    return json_response(
-        {
-            "test": "sequential" if sequential else "fixed (z, precision-weighted)",
-            "p_value": p_value,
-            "confidence_level": 1 - p_value,
-            "alpha": evidence.alpha,
-            "interval_level": 1 - evidence.alpha,
-            "significant": p_value < evidence.alpha,
-            "effect": {
-                "absolute": sign * result.effect,
-                "relative": sign * result.effect / abs(base) if base else None,
-            },
-            "ci": {"absolute": [low, high]},
-            "n": {"a": n[1] if flip else n[0], "b": n[0] if flip else n[1]},
-            "sample_size": result.sample_size,
-            "mean": {"a": means[1] if flip else means[0], "b": means[0] if flip else means[1]},
-            "p_value_sequential": result.p_value,
-            "p_value_fixed": result.p_value_fixed,
-            "power": result.power,
-            "metric": metric,
-            "experiment": name,
-            "phase": evidence.phases[-1].id,
-            "type": definition.type,
-            "direction": definition.direction,
-            "cohorts": {"a": cohort_a, "b": cohort_b},
-            "evidence": evidence.as_json(),
-            "note": CONFIDENCE_NOTE,
-        }
+    return answer(
+        LiveTestAnswer.model_validate(
+            {
+                "test": "sequential" if sequential else "fixed (z, precision-weighted)",
+                "p_value": p_value,
+                "confidence_level": 1 - p_value,
+                "alpha": evidence.alpha,
+                "interval_level": 1 - evidence.alpha,
+                "significant": p_value < evidence.alpha,
+                "effect": {
+                    "absolute": sign * result.effect,
+                    "relative": sign * result.effect / abs(base) if base else None,
+                },
+                "ci": {"absolute": [low, high]},
+                "n": {"a": n[1] if flip else n[0], "b": n[0] if flip else n[1]},
+                "sample_size": result.sample_size,
+                "mean": {"a": means[1] if flip else means[0], "b": means[0] if flip else means[1]},
+                "p_value_sequential": result.p_value,
+                "p_value_fixed": result.p_value_fixed,
+                "power": result.power,
+                "metric": metric,
+                "experiment": name,
+                "phase": evidence.phases[-1].id,
+                "type": definition.type,
+                "direction": definition.direction,
+                "cohorts": {"a": cohort_a, "b": cohort_b},
+                "evidence": evidence.as_json(),
+                "note": CONFIDENCE_NOTE,
+            }
+        )
     )
 
 

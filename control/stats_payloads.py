@@ -8,10 +8,11 @@ are only described for the document."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, WithJsonSchema
 
+from abgate.control.openapi_answers import EVIDENCE
 from abgate.control.payloads import Answer, Body, Expected
 
 ALPHA_RANGE = (1e-10, 0.5)  # beyond: nothing a rollout would use, and numerically fragile
@@ -148,3 +149,80 @@ class SampleSizeAnswer(Answer):
     kind: str = Field(
         serialization_alias="for", description="means (Cohen's d) or rates (Cohen's h)"
     )
+
+
+class TestEffect(Answer):
+    absolute: float = Field(description="b - a")
+    relative: float | None = Field(description="to a's mean; null where it is 0")
+
+
+class ArmCounts(Answer):
+    a: int
+    b: int
+
+
+class _TestAnswer(Answer):
+    """What every test answers: inline summaries or live data."""
+
+    test: str
+    p_value: float
+    confidence_level: float = Field(
+        description="1 - p_value: the highest level at which the test's interval excludes "
+        "no difference (Optimizely's 'statistical significance')"
+    )
+    interval_level: float = Field(description="1 - alpha: the level of ci")
+    alpha: float
+    significant: bool
+    effect: TestEffect
+    n: ArmCounts
+
+
+class TestInterval(Answer):
+    absolute: list[float | None] = Field(description="a one-sided test's open end is null")
+    relative: list[float | None] | None
+
+
+class DetectableEffect(Answer):
+    """Not the power at the observed effect (a restatement of the p-value): the effect
+    these sample sizes detect with 80% power."""
+
+    absolute: float
+    power: float
+
+
+class InlineTestAnswer(_TestAnswer):
+    ci: TestInterval
+    minimum_detectable_effect: DetectableEffect
+
+
+class LiveInterval(Answer):
+    absolute: list[float] = Field(min_length=2, max_length=2, description="always valid")
+
+
+class ArmMeans(Answer):
+    a: float | None
+    b: float | None
+
+
+class Cohorts(Answer):
+    a: str
+    b: str
+
+
+class LiveTestAnswer(_TestAnswer):
+    """On the comparison of record (control/evidence.py)."""
+
+    ci: LiveInterval
+    sample_size: int = Field(ge=0, description="samples in both arms")
+    mean: ArmMeans
+    p_value_sequential: float | None
+    p_value_fixed: float | None
+    power: float | None = Field(description="to detect the plan's minimum effect")
+    metric: str
+    experiment: str
+    phase: int
+    type: str
+    direction: str
+    cohorts: Cohorts
+    evidence: Annotated[dict[str, Any], WithJsonSchema(EVIDENCE)]
+    note: str
