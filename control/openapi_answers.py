@@ -1,7 +1,7 @@
-"""The answers of the reporting endpoints, described field by field for the OpenAPI document:
-what the stakeholders' checks read (control/evidence.py, control/impact_api.py,
-the statistics worker's reports). Answers declared as models live beside their
-requests (control/*_payloads.py)."""
+"""The answers not yet declared as models, described field by field for the OpenAPI
+document: the comparison of record (control/evidence.py) and the statistics worker's
+reports, which issue 27 §3 is to make typed. Every other answer is its model's
+(control/*_payloads.py)."""
 
 from __future__ import annotations
 
@@ -90,64 +90,10 @@ COMPARISON = {
         "description": "`<arm>_<metric>`: the arm's mean (ml_accuracy, deterministic_accuracy)",
     },
 }
-BUSINESS_IMPACT = {
-    "type": "object",
-    "required": ["experiment", "metrics", "metric", "improvement_percentage", "evidence"],
-    "properties": {
-        "experiment": {"type": "string"},
-        "metrics": {"type": "object"},
-        "metric": {"type": ["string", "null"], "description": "the primary metric"},
-        "improvement_percentage": {
-            **NUMBER,
-            "description": "the primary's relative improvement in %, > 0 better",
-        },
-        "interval": {**INTERVAL, "description": "the same, always valid, in %"},
-        "p_value": NUMBER,
-        "evidence": EVIDENCE,
-    },
-}
-FINAL_ASSESSMENT = {
-    "type": "object",
-    "required": ["experiment", "rollout_state", "percentage", "metrics", "details", "evidence"],
-    "properties": {
-        "experiment": {"type": "string"},
-        "rollout_state": {"type": ["string", "null"]},
-        "percentage": {"type": "number"},
-        "metrics": {"type": "object"},
-        "details": {
-            "type": "object",
-            "description": "for each flat field: the metric, its interval and samples",
-        },
-        "time_savings": {**NUMBER, "description": "latency reduction of the treatment, %"},
-        "evidence": EVIDENCE,
-    },
-    "additionalProperties": {
-        **NUMBER,
-        "description": "`<metric>_improvement` (relative, %, > 0 better) and `<metric>_score` "
-        "(the treatment arm's mean) for each declared metric",
-    },
-}
-LONG_TERM = {
-    "type": "object",
-    "required": ["experiment", "days_at_100_percent", "incidents_count", "time_scale"],
-    "properties": {
-        "experiment": {"type": "string"},
-        "days_at_100_percent": {
-            "type": "number",
-            "description": "seconds at 100% times control.report_time_scale, in days",
-        },
-        "seconds_at_100_percent": {"type": "number", "description": "wall time"},
-        "time_scale": {"type": "number"},
-        "incidents_count": COUNT,
-    },
-}
 
 ANSWERS: dict[tuple[str, str], dict[str, Any]] = {
     ("/api/experiments/{name}/significance", "get"): SIGNIFICANCE,
     ("/api/metrics/{name}/comparison", "get"): COMPARISON,
-    ("/api/metrics/{name}/business-impact", "get"): BUSINESS_IMPACT,
-    ("/api/metrics/{name}/final-assessment", "get"): FINAL_ASSESSMENT,
-    ("/api/metrics/{name}/long-term-stability", "get"): LONG_TERM,
 }
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from abgate.control import report_payloads as report
 from abgate.control import rollout_payloads as payload
 from abgate.control.openapi_models import content, request_body
-from abgate.control.openapi_parts import ERROR, json_content
+from abgate.control.openapi_parts import ERROR
 
 _ERROR = ERROR
 _EXPERIMENT = {
@@ -51,13 +52,13 @@ _METRIC_NAME = {
 }
 
 
-def _read(summary: str) -> dict[str, Any]:
+def _read(summary: str, answer: Any) -> dict[str, Any]:
     return {
         "parameters": [_METRIC_NAME],
         "get": {
             "summary": summary,
             "security": [],
-            "responses": {"200": json_content({"type": "object"}), "404": _ERROR, "503": _ERROR},
+            "responses": {"200": content(answer), "404": _ERROR, "503": _ERROR},
         },
     }
 
@@ -109,14 +110,19 @@ ROLLOUT_PATHS: dict[str, Any] = {
         }
     },
     "/api/metrics/{name}/stability": _read(
-        "Incidents, uptime of proxied answers, rollbacks, time at the current percentage"
+        "Incidents, uptime of proxied answers, rollbacks, time at the current percentage",
+        report.StabilityAnswer,
     ),
     "/api/metrics/{name}/business-impact": _read(
-        "Each business metric's improvement with its interval and significance"
+        "Each business metric's improvement with its interval and significance",
+        report.BusinessImpactAnswer,
     ),
-    "/api/metrics/{name}/long-term-stability": _read("Days at 100% and incidents"),
+    "/api/metrics/{name}/long-term-stability": _read(
+        "Days at 100% and incidents", report.LongTermAnswer
+    ),
     "/api/metrics/{name}/final-assessment": _read(
-        "Every business metric's improvement at the end, with the rollout's state"
+        "Every business metric's improvement at the end, with the rollout's state",
+        report.FinalAssessmentAnswer,
     ),
     "/api/rollouts": {
         "get": {
