@@ -28,6 +28,7 @@ from abgate.control.http import WORKER, ApiError, json_response, parse_json
 from abgate.control.maturing import MaturingFull, mature_at
 from abgate.control.outcome_payloads import MAX_OUTCOMES, AcceptedAnswer, OutcomeItem
 from abgate.control.payloads import answer, validate
+from abgate.control.timeline_payloads import TimelineAnswer
 from abgate.proxy.hashing import fnv1a32, user_hash
 from abgate.state.errors import StoreUnavailable
 from abgate.state.flags import FlagTable
@@ -142,15 +143,14 @@ async def timeline(request: web.Request) -> web.Response:
         {"id": p.id, "percentage": p.percentage, "started_at": p.started_at}
         for p in (report.phases if report is not None else [])
     ]
-    return json_response(
-        series_json(
-            name,
-            {"control": experiment.control.name, "treatment": experiment.treatment.name},
-            worker.timelines.get(name),
-            worker.latency_bounds,
-            phases,
-        )
+    series = series_json(
+        name,
+        {"control": experiment.control.name, "treatment": experiment.treatment.name},
+        worker.timelines.get(name),
+        worker.latency_bounds,
+        phases,
     )
+    return answer(TimelineAnswer.model_validate(series))
 
 
 POWER_NOTE = (

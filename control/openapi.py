@@ -9,12 +9,12 @@ from abgate.control import health_payloads as health
 from abgate.control import outcome_payloads as outcome
 from abgate.control import plane_payloads as plane
 from abgate.control import stats_payloads as stats
+from abgate.control import timeline_payloads as timeline
 from abgate.control.openapi_answers import describe_answers
 from abgate.control.openapi_models import content, request_body, resolve
 from abgate.control.openapi_parts import ERROR
 from abgate.control.openapi_parts import json_content as _json
 from abgate.control.openapi_rollouts import ROLLOUT_PATHS
-from abgate.control.openapi_timeline import timeline_paths
 from abgate.control.payloads import Error
 
 _OBJECT = {"type": "object"}
@@ -86,6 +86,21 @@ STATISTICS_PATHS: dict[str, Any] = {
             "fixed-horizon results, or why not yet); at the top the primary metric's p-value "
             "and power on the comparison of record",
             "responses": {"200": _json(_OBJECT), "400": ERROR, "404": ERROR, "503": ERROR},
+        }
+    },
+    "/api/experiments/{name}/timeline": {
+        "get": {
+            **_READ,
+            "summary": "Each statistics tick's numbers, bounded and downsampled, for the "
+            "charts: treatment share, rollout decision, each metric's effect with its "
+            "always-valid interval and line, samples against the need, latency p50/p95 "
+            "per arm; and the rollout's decisions as events",
+            "responses": {
+                "200": content(timeline.TimelineAnswer),
+                "400": ERROR,
+                "404": ERROR,
+                "503": ERROR,
+            },
         }
     },
     "/api/metrics/{name}/comparison": {
@@ -310,7 +325,6 @@ OPENAPI: dict[str, Any] = {
         },
         **STATISTICS_PATHS,
         **ROLLOUT_PATHS,
-        **timeline_paths(_READ, _json, ERROR),
     },
 }
 
