@@ -24,6 +24,15 @@ from aiohttp import web
 from abgate.config.metrics_catalogue import BUILT_IN_METRIC_NAMES
 from abgate.config.model import StickySource
 from abgate.control.current import require_worker, resolve
+from abgate.control.experiment_payloads import (
+    ArmNames,
+    DeclaredMetric,
+    ExperimentAnswer,
+    ExperimentsAnswer,
+    ExperimentSummary,
+    PhaseReportAnswer,
+    RouteAnswer,
+)
 from abgate.control.http import WORKER, ApiError, json_response, parse_json
 from abgate.control.maturing import MaturingFull, mature_at
 from abgate.control.outcome_payloads import MAX_OUTCOMES, AcceptedAnswer, OutcomeItem
@@ -57,18 +66,17 @@ async def _report(request: web.Request) -> tuple[StatsWorker, str, dict[str, Any
 async def list_experiments(request: web.Request) -> web.Response:
     worker = require_worker(request)
     reports = await worker.evaluate_all()
-    return json_response(
-        {
-            "experiments": [
-                {
-                    "name": name,
-                    "arms": {"control": r.control_arm, "treatment": r.treatment_arm},
-                    "current_phase": r.current_phase.as_json() if r.current_phase else None,
-                }
-                for name, r in reports.items()
-            ]
-        }
-    )
+    summaries = [
+        ExperimentSummary(
+            name=name,
+            arms=ArmNames(control=r.control_arm, treatment=r.treatment_arm),
+            current_phase=PhaseReportAnswer.model_validate(r.current_phase)
+            if r.current_phase
+            else None,
+        )
+        for name, r in reports.items()
+    ]
+    return answer(ExperimentsAnswer(experiments=summaries))
 
 
 async def get_experiment(request: web.Request) -> web.Response:
@@ -78,26 +86,20 @@ async def get_experiment(request: web.Request) -> web.Response:
     worker, name, report = await _report(request)
     config = worker.config
     routes = [
-        {
-            "name": r.name,
-            "prefix": r.prefix,
-            "regex": r.regex.pattern if r.regex is not None else None,
-            "methods": sorted(r.methods) if r.methods is not None else None,
-        }
+        RouteAnswer(
+            name=r.name,
+            prefix=r.prefix,
+            regex=r.regex.pattern if r.regex is not None else None,
+            methods=sorted(r.methods) if r.methods is not None else None,
+        )
         for r in config.routes
         if r.experiment == name
     ]
     metrics = [
-        {"name": m.name, "type": m.type, "direction": m.direction, "outcome": not m.from_answer}
+        DeclaredMetric(name=m.name, type=m.type, direction=m.direction, outcome=not m.from_answer)
         for m in config.experiments[name].metrics
     ]
-    return json_response(
-        {
-            **{k: report[k] for k in ("name", "arms", "phases", "current_phase", "evaluated_at")},
-            "routes": routes,
-            "metrics": metrics,
-        }
-    )
+    return answer(ExperimentAnswer.model_validate({**report, "routes": routes, "metrics": metrics}))
 
 
 async def significance(request: web.Request) -> web.Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from abgate.control import experiment_payloads as experiment
 from abgate.control import flag_payloads as flags
 from abgate.control import health_payloads as health
 from abgate.control import outcome_payloads as outcome
@@ -69,14 +70,23 @@ STATISTICS_PATHS: dict[str, Any] = {
         "get": {
             "summary": "Every experiment: arms, current phase, samples, SRM",
             "security": [],
-            "responses": {"200": _json(_OBJECT), "404": ERROR, "503": ERROR},
+            "responses": {
+                "200": content(experiment.ExperimentsAnswer),
+                "404": ERROR,
+                "503": ERROR,
+            },
         }
     },
     "/api/experiments/{name}": {
         "get": {
             **_READ,
             "summary": "Phases with samples per arm and SRM",
-            "responses": {"200": _json(_OBJECT), "400": ERROR, "404": ERROR, "503": ERROR},
+            "responses": {
+                "200": content(experiment.ExperimentAnswer),
+                "400": ERROR,
+                "404": ERROR,
+                "503": ERROR,
+            },
         }
     },
     "/api/experiments/{name}/significance": {
