@@ -9,7 +9,7 @@ from typing import Any
 
 NUMBER = {"type": ["number", "null"]}
 COUNT = {"type": "integer", "minimum": 0}
-PHASE = {  # a phase as reports and timelines name it
+PHASE = {  # a phase as the evidence names it (the timeline's: timeline_payloads.PhaseAnswer)
     "type": "object",
     "required": ["id", "percentage", "started_at"],
     "properties": {
