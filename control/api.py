@@ -27,12 +27,20 @@ from abgate.control.http import (
     ApiError,
     bearer_auth,
     errors_as_json,
-    json_object,
     json_response,
     same_origin,
 )
-from abgate.control.live_plane import FORCED, PLANE, RemotePlane, metrics_with_plane
+from abgate.control.live_plane import PLANE, RemotePlane, metrics_with_plane
 from abgate.control.openapi import OPENAPI
+from abgate.control.payloads import answer, read_body
+from abgate.control.plane_payloads import (
+    BreakerAnswer,
+    BreakerBody,
+    BreakersAnswer,
+    ConfigAnswer,
+    ReloadAnswer,
+    ShadowStatsAnswer,
+)
 from abgate.control.reload import Reloader
 from abgate.control.ui_api import add_ui_routes
 from abgate.proxy.admin import REGISTRY, health, metrics
@@ -50,11 +58,8 @@ async def list_breakers(request: web.Request) -> web.Response:
     instances = []
     backend = request.app.get(BACKEND)
     if backend is not None and backend.store is not None:
-        instances = [
-            {"id": i.id, "address": i.address, "breakers": i.breakers}
-            for i in await backend.store.instances()
-        ]
-    return json_response({"breakers": local, "instances": instances})
+        instances = await backend.store.instances()
+    return answer(BreakersAnswer.model_validate({"breakers": local, "instances": instances}))
 
 
 def _plane(request: web.Request) -> RemotePlane:
@@ -75,24 +80,21 @@ async def shadow_stats(request: web.Request) -> web.Response:
         for key in ("total_decisions", "agreements", "disagreements", "errors")
     }
     compared = totals["agreements"] + totals["disagreements"]
-    return json_response(
-        {
-            "experiments": experiments,
+    return answer(
+        ShadowStatsAnswer(
+            experiments=experiments,
             **totals,
-            "agreement_rate": totals["agreements"] / compared if compared else None,
-        }
+            agreement_rate=totals["agreements"] / compared if compared else None,
+        )
     )
 
 
 async def force_breaker(request: web.Request) -> web.Response:
     plane = _plane(request)
     name = request.match_info["upstream"]
-    body = await json_object(request, allowed={"state"})
-    state = body.get("state")
-    if not isinstance(state, str) or state not in FORCED:
-        raise ApiError(400, "state: expected forced_open, forced_closed or auto")
+    body = await read_body(request, BreakerBody)
     try:
-        return json_response(await plane.force_breaker(name, state))
+        return answer(BreakerAnswer.model_validate(await plane.force_breaker(name, body.state)))
     except KeyError:
         raise ApiError(404, f"unknown upstream {name!r}") from None
 
@@ -114,12 +116,12 @@ def _reloader(request: web.Request) -> Reloader:
 
 async def config_status(request: web.Request) -> web.Response:
     reloader = _reloader(request)
-    return json_response({**reloader.status(), "config": config_as_json(reloader.config)})
+    return answer(ConfigAnswer.of(reloader, config_as_json(reloader.config)))
 
 
 async def config_reload(request: web.Request) -> web.Response:
     outcome = await _reloader(request).reload("api")
-    return json_response(outcome.as_json(), 400 if outcome.result == "failure" else 200)
+    return answer(ReloadAnswer.model_validate(outcome), 400 if outcome.result == "failure" else 200)
 
 
 def check_exposure(config: Config, token: str | None) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +24,21 @@ from aiohttp import web
 from abgate.config.metrics_catalogue import BUILT_IN_METRIC_NAMES
 from abgate.config.model import StickySource
 from abgate.control.current import require_worker, resolve
+from abgate.control.experiment_payloads import (
+    ArmNames,
+    DeclaredMetric,
+    ExperimentAnswer,
+    ExperimentsAnswer,
+    ExperimentSummary,
+    PhaseReportAnswer,
+    RouteAnswer,
+)
 from abgate.control.http import WORKER, ApiError, json_response, parse_json
 from abgate.control.maturing import mature_at
+from abgate.control.outcome_payloads import MAX_OUTCOMES, AcceptedAnswer, OutcomeItem
+from abgate.control.payloads import answer, validate
 from abgate.control.stats.cuped import CROSS, PRE
+from abgate.control.timeline_payloads import TimelineAnswer
 from abgate.proxy.hashing import fnv1a32, user_hash
 from abgate.state.errors import StoreUnavailable
 from abgate.state.flags import FlagTable
@@ -46,7 +57,6 @@ if TYPE_CHECKING:
     from abgate.control.stats_worker import StatsWorker
     from abgate.state.history.writer import HistoryWriter
 RESTORE_WAIT = 6.0  # seconds a timeline asked for at start waits for PostgreSQL's copy
-MAX_OUTCOMES = 10_000
 MAX_AGE = 366 * 86_400.0  # an outcome's decided_at: at most a year back
 MAX_SKEW = 60.0  # and a minute ahead (clocks differ)
 
@@ -68,14 +78,17 @@ async def _report(request: web.Request) -> tuple[StatsWorker, str, ExperimentRep
 async def list_experiments(request: web.Request) -> web.Response:
     worker = require_worker(request)
     reports = await worker.evaluate_all()
-    return json_response(
-        {
-            "experiments": [
-                {"name": name, "arms": r.arms_json(), "current_phase": r.current_phase_json()}
-                for name, r in reports.items()
-            ]
-        }
-    )
+    summaries = [
+        ExperimentSummary(
+            name=name,
+            arms=ArmNames(control=r.control_arm, treatment=r.treatment_arm),
+            current_phase=PhaseReportAnswer.model_validate(r.current_phase_json())
+            if r.current_phase is not None
+            else None,
+        )
+        for name, r in reports.items()
+    ]
+    return answer(ExperimentsAnswer(experiments=summaries))
 
 
 async def get_experiment(request: web.Request) -> web.Response:
@@ -85,29 +98,31 @@ async def get_experiment(request: web.Request) -> web.Response:
     worker, name, report = await _report(request)
     config = worker.config
     routes = [
-        {
-            "name": r.name,
-            "prefix": r.prefix,
-            "regex": r.regex.pattern if r.regex is not None else None,
-            "methods": sorted(r.methods) if r.methods is not None else None,
-        }
+        RouteAnswer(
+            name=r.name,
+            prefix=r.prefix,
+            regex=r.regex.pattern if r.regex is not None else None,
+            methods=sorted(r.methods) if r.methods is not None else None,
+        )
         for r in config.routes
         if r.experiment == name
     ]
     metrics = [
-        {"name": m.name, "type": m.type, "direction": m.direction, "outcome": not m.from_answer}
+        DeclaredMetric(name=m.name, type=m.type, direction=m.direction, outcome=not m.from_answer)
         for m in config.experiments[name].metrics
     ]
-    return json_response(
-        {
-            "name": report.name,
-            "arms": report.arms_json(),
-            "phases": [phase.as_json() for phase in report.phases],
-            "current_phase": report.current_phase_json(),
-            "evaluated_at": report.evaluated_at,
-            "routes": routes,
-            "metrics": metrics,
-        }
+    return answer(
+        ExperimentAnswer.model_validate(
+            {
+                "name": report.name,
+                "arms": report.arms_json(),
+                "phases": [phase.as_json() for phase in report.phases],
+                "current_phase": report.current_phase_json(),
+                "evaluated_at": report.evaluated_at,
+                "routes": routes,
+                "metrics": metrics,
+            }
+        )
     )
 
 
@@ -154,15 +169,14 @@ async def timeline(request: web.Request) -> web.Response:
         {"id": p.id, "percentage": p.percentage, "started_at": p.started_at}
         for p in (report.phases if report is not None else [])
     ]
-    return json_response(
-        series_json(
-            name,
-            {"control": experiment.control.name, "treatment": experiment.treatment.name},
-            worker.timelines.get(name),
-            worker.latency_bounds,
-            phases,
-        )
+    series = series_json(
+        name,
+        {"control": experiment.control.name, "treatment": experiment.treatment.name},
+        worker.timelines.get(name),
+        worker.latency_bounds,
+        phases,
     )
+    return answer(TimelineAnswer.model_validate(series))
 
 
 POWER_NOTE = (
@@ -216,14 +230,15 @@ async def outcomes(request: web.Request) -> web.Response:
         raise ApiError(400, "expected a non-empty JSON array of outcomes")
     if len(items) > MAX_OUTCOMES:
         raise ApiError(400, f"at most {MAX_OUTCOMES} outcomes per batch")
+    checked = [_item(index, item) for index, item in enumerate(items)]
     history = request.app.get(HISTORY)
     batch: dict[MeasureKey, Sums] = {}
     rows = []
     held: list[tuple[MeasureKey, float, float]] = []  # outcomes of decisions not yet mature
     now = time.time()
-    for index, item in enumerate(items):
+    for index, item in enumerate(checked):
         decided_at = None
-        if isinstance(item, dict) and "request_id" in item:
+        if "request_id" in item.model_fields_set:
             item, decided_at = await _by_request_id(history, index, item)
         key, value = _outcome(worker, table, index, item)
         when = _decided_at(worker, index, item, key, decided_at, now)
@@ -238,7 +253,7 @@ async def outcomes(request: web.Request) -> web.Response:
                 batch.setdefault(part, Sums()).add(measured)
             else:
                 held.append((part, measured, ready))
-        rows.append((key, value, decided_at, item.get("request_id")))
+        rows.append((key, value, decided_at, item.request_id))
     if held:  # refused whole, before anything is counted
         waiting = await worker.store.held()
         if waiting + len(held) > MAX_HELD:
@@ -259,25 +274,31 @@ async def outcomes(request: web.Request) -> web.Response:
                 value,
                 reported,
             )
-    return json_response({"accepted": len(items)})
+    return answer(AcceptedAnswer(accepted=len(items)))
+
+
+def _item(index: int, item: Any) -> OutcomeItem:
+    if not isinstance(item, dict):
+        raise ApiError(400, f"[{index}]: expected an object")
+    return validate(OutcomeItem, item, where=f"[{index}]")
 
 
 async def _by_request_id(
-    history: HistoryWriter | None, index: int, item: dict[str, Any]
-) -> tuple[dict[str, Any], datetime]:
+    history: HistoryWriter | None, index: int, item: OutcomeItem
+) -> tuple[OutcomeItem, datetime]:
     """An item naming the decision's request id: its experiment, arm and phase come from the
     decision record, so an outcome reported days later lands where the decision did."""
     where = f"[{index}]"
-    request_id = item["request_id"]
+    request_id = item.request_id
     if history is None:
         raise ApiError(
             400,
             f"{where}.request_id: needs the history store (history.postgres_url)"
             "; give experiment, arm and phase instead",
         )
-    if not isinstance(request_id, str) or not request_id or len(request_id) > 200:
+    if request_id is None:
         raise ApiError(400, f"{where}.request_id: expected the X-Request-Id of a decision")
-    clashing = sorted({"arm", "phase"} & set(item))
+    clashing = sorted({"arm", "phase"} & item.model_fields_set)
     if clashing:
         raise ApiError(400, f"{where}: give request_id or {', '.join(clashing)}, not both")
     try:
@@ -287,18 +308,18 @@ async def _by_request_id(
     if found is None:
         raise ApiError(400, f"{where}.request_id: no decision recorded for {request_id!r}")
     experiment, arm, phase, decided_at = found
-    if item.get("experiment", experiment) != experiment:
+    if item.experiment not in (None, experiment):
         raise ApiError(
             400, f"{where}.experiment: request {request_id!r} was a decision of {experiment!r}"
         )
-    resolved = {**item, "experiment": experiment, "arm": arm, "phase": phase}
+    resolved = item.model_copy(update={"experiment": experiment, "arm": arm, "phase": phase})
     return resolved, decided_at
 
 
 def _decided_at(
     worker: StatsWorker,
     index: int,
-    item: dict[str, Any],
+    item: OutcomeItem,
     key: MeasureKey,
     recorded: datetime | None,
     now: float,
@@ -309,7 +330,7 @@ def _decided_at(
         return recorded.timestamp()
     where = f"[{index}].decided_at"
     metric = worker.config.experiments[key[0]].metric(key[3])
-    given = item.get("decided_at")
+    given = item.decided_at
     if given is None:
         if metric is not None and metric.maturity is not None:
             raise ApiError(
@@ -319,11 +340,7 @@ def _decided_at(
                 "seconds) or its request_id (with the history store)",
             )
         return None
-    if (
-        isinstance(given, bool)
-        or not isinstance(given, int | float)
-        or not now - MAX_AGE <= given <= now + MAX_SKEW
-    ):
+    if not now - MAX_AGE <= given <= now + MAX_SKEW:
         raise ApiError(
             400,
             f"{where}: expected the decision's time in Unix seconds, within a year before "
@@ -333,21 +350,15 @@ def _decided_at(
 
 
 def _with_covariate(
-    index: int, item: Mapping[str, Any], key: MeasureKey, value: float
+    index: int, item: OutcomeItem, key: MeasureKey, value: float
 ) -> list[tuple[MeasureKey, float]]:
     """The sums an outcome adds: its value, and with a `covariate` (its user's value of the
     metric before the experiment) the covariate's and their product's, for CUPED
     (control/stats/cuped.py)."""
-    covariate = item.get("covariate")
+    covariate = item.covariate
     if covariate is None:
         return [(key, value)]
-    if isinstance(covariate, bool) or not isinstance(covariate, int | float):
-        raise ApiError(
-            400,
-            f"[{index}].covariate: expected a finite number (the user's value of "
-            f"{key[3]} before the experiment), got {covariate!r}",
-        )
-    problem = check_value(float(covariate)) or check_value(float(covariate) * value)
+    problem = check_value(covariate) or check_value(covariate * value)
     if problem is not None:
         raise ApiError(400, f"[{index}].covariate: {problem}")
     experiment, phase, arm, metric, cluster = key
@@ -359,38 +370,22 @@ def _with_covariate(
 
 
 def _outcome(
-    worker: StatsWorker, table: FlagTable, index: int, item: Any
+    worker: StatsWorker, table: FlagTable, index: int, item: OutcomeItem
 ) -> tuple[MeasureKey, float]:
     where = f"[{index}]"
-    if not isinstance(item, dict):
-        raise ApiError(400, f"{where}: expected an object")
-    known = {
-        "experiment",
-        "arm",
-        "metric",
-        "value",
-        "phase",
-        "request_id",
-        "user",
-        "decided_at",
-        "covariate",
-    }
-    unknown = sorted(set(item) - known)
-    if unknown:
-        raise ApiError(400, f"{where}: unknown field(s) {', '.join(unknown)}")
-    name = item.get("experiment")
-    experiment = worker.config.experiments.get(name) if isinstance(name, str) else None
-    if experiment is None or not isinstance(name, str):
+    name = item.experiment
+    experiment = worker.config.experiments.get(name) if name is not None else None
+    if experiment is None or name is None:
         raise ApiError(400, f"{where}.experiment: unknown experiment {name!r}")
     arms = (experiment.control.name, experiment.treatment.name)
-    if item.get("arm") not in arms:
+    if item.arm not in arms:
         raise ApiError(
             400,
             f"{where}.arm: expected one of {', '.join(arms)} (the "
-            f"X-ABGate-Arm response header), got {item.get('arm')!r}",
+            f"X-ABGate-Arm response header), got {item.arm!r}",
         )
-    metric = item.get("metric")
-    definition = experiment.metric(metric) if isinstance(metric, str) else None
+    metric = item.metric
+    definition = experiment.metric(metric)
     if definition is None or metric in BUILT_IN_METRIC_NAMES:  # measured by the proxy itself
         declared = ", ".join(m.name for m in experiment.metrics) or "none"
         raise ApiError(
@@ -399,12 +394,8 @@ def _outcome(
             f"experiments.{name}.metrics (declared: {declared}), "
             f"got {metric!r}",
         )
-    value = item.get("value")
-    if isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, int | float):
-        raise ApiError(400, f"{where}.value: expected a finite number or a boolean, got {value!r}")
-    problem = check_value(float(value))
+    value = item.value
+    problem = check_value(value)
     if problem is not None:  # its square must stay finite: one would poison every sum
         raise ApiError(400, f"{where}.value: {problem}")
     if definition.type == "binary" and value not in (0, 1):
@@ -413,28 +404,19 @@ def _outcome(
         )
     flag = table.get(name)
     current = flag.version  # phase ids are the flag versions that began them
-    phase = item.get("phase", flag.phase)
-    if isinstance(phase, str) and phase.isascii() and phase.isdigit() and len(phase) < 19:
-        phase = int(phase)  # the header's value as it came: "2"
-    if isinstance(phase, bool) or not isinstance(phase, int):
-        raise ApiError(
-            400, f"{where}.phase: expected the X-ABGate-Phase header's whole number, got {phase!r}"
-        )
+    phase = flag.phase if item.phase is None else item.phase
     if not 1 <= phase <= current:
         raise ApiError(
             400, f"{where}.phase: {name} has no phase {phase} (phases are 1 to {current})"
         )
-    if experiment.sticky and "user" not in item:
+    if experiment.sticky and "user" not in item.model_fields_set:
         raise ApiError(400, _user_required(where, name, experiment.sticky))
-    user = item.get("user")
-    if user is not None and (not isinstance(user, str) or not user or len(user) > 1000):
-        raise ApiError(400, f"{where}.user: expected the sticky key's value (a string)")
     # Without a user (an explicit null: the decision carried no sticky key), the outcome is
     # its own unit (a decision's history row keeps no user, so a request id cannot say).
     cluster = UNCLUSTERED
-    if user is not None:
-        cluster = cluster_of(user_hash(fnv1a32(experiment.seed), user))
-    return (name, phase, str(item["arm"]), definition.name, cluster), float(value)
+    if item.user is not None:
+        cluster = cluster_of(user_hash(fnv1a32(experiment.seed), item.user))
+    return (name, phase, item.arm, definition.name, cluster), value
 
 
 def _user_required(where: str, name: str, sticky: tuple[StickySource, ...]) -> str:

@@ -11,8 +11,10 @@ from aiohttp import web
 from abgate.config import Config
 from abgate.control.experiments_api import HISTORY
 from abgate.control.flag_backend import FlagBackend
-from abgate.control.http import CONTROLLER, RELOADER, WORKER, json_response
+from abgate.control.health_payloads import AggregateAnswer, ReadyAnswer
+from abgate.control.http import CONTROLLER, RELOADER, WORKER
 from abgate.control.live_plane import PLANE, history_report
+from abgate.control.payloads import answer
 from abgate.control.reload import Reloader
 from abgate.proxy.health import DEGRADED, HEALTHY, UNHEALTHY, worst
 from abgate.state.errors import StoreUnavailable
@@ -31,11 +33,11 @@ async def ready(request: web.Request) -> web.Response:
     backend = request.app.get(BACKEND)
     sync = backend.sync if backend is not None else None
     if sync is not None and sync.resyncs == 0:
-        return json_response({"ready": False, "reason": "flags not yet read from Redis"}, 503)
+        return answer(ReadyAnswer(ready=False, reason="flags not yet read from Redis"), 503)
     plane = request.app.get(PLANE)
     if plane is not None and not plane.connected:
-        return json_response({"ready": False, "reason": "the data plane is not connected"}, 503)
-    return json_response({"ready": True})
+        return answer(ReadyAnswer(ready=False, reason="the data plane is not connected"), 503)
+    return answer(ReadyAnswer(ready=True))
 
 
 def _flag_store(backend: FlagBackend | None) -> dict[str, object]:
@@ -177,14 +179,11 @@ async def aggregate(request: web.Request) -> web.Response:
     if plane is not None:
         with contextlib.suppress(StoreUnavailable):  # away: said in components
             shadows = await plane.shadow_stats()
-    return json_response(
-        {
-            "overall_health": overall,
-            "components": components,
-            "ml_components": ml_components(
-                plane.config if plane is not None else None, shadows, components
-            ),
-        },
+    ml = ml_components(plane.config if plane is not None else None, shadows, components)
+    return answer(
+        AggregateAnswer.model_validate(
+            {"overall_health": overall, "components": components, "ml_components": ml}
+        ),
         503 if overall == UNHEALTHY else 200,
     )
 

@@ -24,7 +24,17 @@ from aiohttp import web
 from abgate.config.metrics_catalogue import ERROR_METRIC, LATENCY_METRIC
 from abgate.config.model import BUILT_IN_METRICS
 from abgate.control.current import require_worker, resolve
-from abgate.control.http import CONTROLLER, json_response
+from abgate.control.http import CONTROLLER
+from abgate.control.payloads import answer
+from abgate.control.report_payloads import (
+    ArmCounts,
+    ArmMeans,
+    BusinessImpactAnswer,
+    BusinessRow,
+    FinalAssessmentAnswer,
+    LongTermAnswer,
+    StabilityAnswer,
+)
 from abgate.state.flags import FlagStore
 
 if TYPE_CHECKING:
@@ -38,23 +48,23 @@ async def _name(request: web.Request) -> str:
     return await resolve(request.app, request.match_info["name"])
 
 
-def _business_rows(evidence: EvidenceReport) -> dict[str, Any]:
+def _business_rows(evidence: EvidenceReport) -> dict[str, BusinessRow]:
     """Each declared (business) metric on the comparison of record."""
-    out: dict[str, Any] = {}
+    out: dict[str, BusinessRow] = {}
     for name, result in evidence.metrics.items():
         if name in BUILT_IN_METRICS:
             continue
-        out[name] = {
-            "direction": result.direction,
-            "improvement_percentage": _percent(result.improvement),
+        out[name] = BusinessRow(
+            direction=result.direction,
+            improvement_percentage=_percent(result.improvement),
             # relative, signed so that > 0 is better, always valid (as the gates read it)
-            "interval": list(result.improvement_interval) if result.improvement_interval else None,
-            "significant": result.p_value is not None and result.p_value < evidence.alpha,
-            "p_value": result.p_value,
-            "n": {"control": result.n_control, "treatment": result.n_treatment},
-            "mean": {"control": result.mean_control, "treatment": result.mean_treatment},
-            "status": result.status,
-        }
+            interval=list(result.improvement_interval) if result.improvement_interval else None,
+            significant=result.p_value is not None and result.p_value < evidence.alpha,
+            p_value=result.p_value,
+            n=ArmCounts(control=result.n_control, treatment=result.n_treatment),
+            mean=ArmMeans(control=result.mean_control, treatment=result.mean_treatment),
+            status=result.status,
+        )
     return out
 
 
@@ -101,16 +111,16 @@ async def stability(request: web.Request) -> web.Response:
         if entry["percentage"] != flag.percentage:
             break
         since = float(str(entry["updated_at"]))
-    return json_response(
-        {
-            "experiment": name,
-            "incidents_count": _incidents(history),
-            "rollbacks": sum(1 for e in history if e.get("transition") == "rolled_back"),
-            "uptime_percentage": 100.0 * (1 - failed / answered) if answered else None,
-            "answers": answered,
-            "percentage": flag.percentage,
-            "seconds_at_current_percentage": time.time() - since,
-        }
+    return answer(
+        StabilityAnswer(
+            experiment=name,
+            incidents_count=_incidents(history),
+            rollbacks=sum(1 for e in history if e.get("transition") == "rolled_back"),
+            uptime_percentage=100.0 * (1 - failed / answered) if answered else None,
+            answers=answered,
+            percentage=flag.percentage,
+            seconds_at_current_percentage=time.time() - since,
+        )
     )
 
 
@@ -121,20 +131,20 @@ async def business_impact(request: web.Request) -> web.Response:
     evidence = await evidence_of(request, name)
     headline = _headline(evidence)
     result = evidence.metrics.get(headline) if headline else None
-    return json_response(
-        {
-            "experiment": name,
-            "metrics": _business_rows(evidence),
-            "metric": headline,
-            "improvement_percentage": _percent(result.improvement) if result else None,
-            "interval": (
+    return answer(
+        BusinessImpactAnswer(
+            experiment=name,
+            metrics=_business_rows(evidence),
+            metric=headline,
+            improvement_percentage=_percent(result.improvement) if result else None,
+            interval=(
                 [v * 100 for v in result.improvement_interval]
                 if result and result.improvement_interval
                 else None
             ),
-            "p_value": result.p_value if result else None,
-            "evidence": evidence.as_json(),
-        }
+            p_value=result.p_value if result else None,
+            evidence=evidence.as_json(),
+        )
     )
 
 
@@ -153,14 +163,14 @@ async def long_term_stability(request: web.Request) -> web.Response:
             end = float(str(following["updated_at"])) if following else time.time()
             at_full += end - float(str(entry["updated_at"]))
     scale = require_worker(request).config.control.report_time_scale
-    return json_response(
-        {
-            "experiment": name,
-            "days_at_100_percent": at_full * scale / 86_400,
-            "seconds_at_100_percent": at_full,
-            "time_scale": scale,
-            "incidents_count": _incidents(await _history(request, name)),
-        }
+    return answer(
+        LongTermAnswer(
+            experiment=name,
+            days_at_100_percent=at_full * scale / 86_400,
+            seconds_at_100_percent=at_full,
+            time_scale=scale,
+            incidents_count=_incidents(await _history(request, name)),
+        )
     )
 
 
@@ -194,16 +204,18 @@ async def final_assessment(request: web.Request) -> web.Response:
             "interval": list(result.treatment_interval) if result.treatment_interval else None,
             "n": result.n_treatment,
         }
-    return json_response(
-        {
-            "experiment": name,
-            "rollout_state": rollout.state if rollout else None,
-            "percentage": request.app[FLAG_STORE].table.get(name).percentage,
-            "metrics": _business_rows(evidence),
-            **flat,
-            "details": details,
-            "evidence": evidence.as_json(),
-        }
+    return answer(
+        FinalAssessmentAnswer.model_validate(
+            {
+                "experiment": name,
+                "rollout_state": rollout.state if rollout else None,
+                "percentage": request.app[FLAG_STORE].table.get(name).percentage,
+                "metrics": _business_rows(evidence),
+                **flat,
+                "details": details,
+                "evidence": evidence.as_json(),
+            }
+        )
     )
 
 

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from abgate.control import experiment_payloads as experiment
+from abgate.control import flag_payloads as flags
+from abgate.control import health_payloads as health
+from abgate.control import outcome_payloads as outcome
+from abgate.control import plane_payloads as plane
+from abgate.control import stats_payloads as stats
+from abgate.control import timeline_payloads as timeline
 from abgate.control.openapi_answers import describe_answers
+from abgate.control.openapi_models import content, request_body, resolve
 from abgate.control.openapi_parts import ERROR
 from abgate.control.openapi_parts import json_content as _json
-from abgate.control.openapi_parts import ref as _ref
 from abgate.control.openapi_rollouts import ROLLOUT_PATHS
-from abgate.control.openapi_timeline import timeline_paths
+from abgate.control.payloads import Error
 
 _OBJECT = {"type": "object"}
 EXPERIMENT = {
@@ -21,223 +28,65 @@ EXPERIMENT = {
     "control.default_experiment, else the only one",
 }
 _READ = {"security": [], "parameters": [EXPERIMENT]}
-_N = {"type": "integer", "maximum": 10**12}
-_SUMMARY_MEAN = {
-    "type": "object",
-    "required": ["n", "mean", "std"],
-    "additionalProperties": False,
-    "properties": {
-        "n": {**_N, "minimum": 2},
-        "mean": {"type": "number", "minimum": -1e100, "maximum": 1e100},
-        "std": {"type": "number", "minimum": 0, "maximum": 1e100},
-    },
-}
-_SUMMARY_RATE = {
-    "type": "object",
-    "required": ["n", "successes"],
-    "additionalProperties": False,
-    "properties": {"n": {**_N, "minimum": 1}, "successes": {**_N, "minimum": 0}},
-}
-_ALPHA = {"type": "number", "exclusiveMinimum": 1e-10, "exclusiveMaximum": 0.5}
-_POWER = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
-_ALTERNATIVE = {"enum": ["two-sided", "greater", "less"]}
-_SHARE = {
-    "type": "number",
-    "exclusiveMinimum": 0,
-    "exclusiveMaximum": 1,
-    "description": "the treatment's share of traffic (a rollout stage), default 0.5",
-}
-_OUTCOME = {
-    "type": "object",
-    "required": ["experiment", "arm", "metric", "value"],
-    "additionalProperties": False,
-    "properties": {
-        "experiment": {"type": "string"},
-        "arm": {"type": "string", "description": "X-ABGate-Arm"},
-        "metric": {"type": "string", "description": "declared under experiments.NAME.metrics"},
-        "value": {
-            "type": ["number", "boolean"],
-            "description": "0/1 or a boolean for a binary metric",
-        },
-        "phase": {
-            "oneOf": [
-                {"type": "integer", "minimum": 1},
-                {"type": "string", "pattern": "^[0-9]{1,18}$"},
-            ],
-            "description": "X-ABGate-Phase of the decision (a number, or the header's "
-            "digits as they came); without it, the phase current when reported",
-        },
-        "user": {
-            "oneOf": [{"type": "string", "minLength": 1, "maxLength": 1000}, {"type": "null"}],
-            "description": "the sticky key's value: the outcome counts in its user's "
-            "cluster (users are the unit of analysis). Required where the experiment has a "
-            "sticky key (a 400 otherwise); null: the decision carried no key, the outcome "
-            "is its own unit",
-        },
-        "request_id": {
-            "type": "string",
-            "maxLength": 200,
-            "description": "X-Request-Id of the decision (with the history store): its "
-            "experiment, arm, phase and time come from the decision's record",
-        },
-        "decided_at": {
-            "type": "number",
-            "description": "the decision's time (Unix seconds); required for a metric with a "
-            "maturity window (unless request_id gives it): the outcome counts once its "
-            "decision is that old",
-        },
-        "covariate": {
-            "type": "number",
-            "description": "the user's value of this metric before the experiment (CUPED): "
-            "where every outcome of the metric in a phase carries one, in both arms, the "
-            "tests judge the metric adjusted by it, with less variance",
-        },
-    },
-}
 STATISTICS_PATHS: dict[str, Any] = {
     "/api/statistics/significance-test": {
         "post": {
             "summary": "A test on inline summaries (test, a, b) or on live data "
             "(experiment, metric, cohort_a, cohort_b)",
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "oneOf": [
-                                {
-                                    "type": "object",
-                                    "required": ["test", "a", "b"],
-                                    "additionalProperties": False,
-                                    "properties": {
-                                        "test": {"const": "welch_t"},
-                                        "a": _SUMMARY_MEAN,
-                                        "b": _SUMMARY_MEAN,
-                                        "alpha": _ALPHA,
-                                        "alternative": _ALTERNATIVE,
-                                        "sequential": {"const": False},
-                                    },
-                                },
-                                {
-                                    "type": "object",
-                                    "required": ["test", "a", "b"],
-                                    "additionalProperties": False,
-                                    "properties": {
-                                        "test": {"const": "two_proportion"},
-                                        "a": _SUMMARY_RATE,
-                                        "b": _SUMMARY_RATE,
-                                        "alpha": _ALPHA,
-                                        "alternative": _ALTERNATIVE,
-                                        "sequential": {"const": False},
-                                    },
-                                },
-                                {
-                                    "type": "object",
-                                    "required": ["test", "a", "b", "sequential"],
-                                    "additionalProperties": False,
-                                    "properties": {
-                                        "test": {"enum": ["welch_t", "two_proportion"]},
-                                        "a": {"oneOf": [_SUMMARY_MEAN, _SUMMARY_RATE]},
-                                        "b": {"oneOf": [_SUMMARY_MEAN, _SUMMARY_RATE]},
-                                        "alpha": _ALPHA,
-                                        "alternative": {"const": "two-sided"},
-                                        "sequential": {"const": True},
-                                    },
-                                },
-                                {
-                                    "type": "object",
-                                    "required": ["experiment", "metric"],
-                                    "additionalProperties": False,
-                                    "properties": {
-                                        "experiment": {"type": "string"},
-                                        "metric": {"type": "string"},
-                                        "cohort_a": {"type": "string"},
-                                        "cohort_b": {"type": "string"},
-                                        "alpha": _ALPHA,
-                                        "sequential": {"type": "boolean"},
-                                    },
-                                },
-                            ]
-                        }
-                    }
-                },
-            },
+            "requestBody": request_body(
+                {"oneOf": [stats.WelchTestBody, stats.ProportionTestBody, stats.LiveTestBody]}
+            ),
             "responses": {
-                "200": _json(_OBJECT),
+                "200": _json({"oneOf": [stats.InlineTestAnswer, stats.LiveTestAnswer]}),
                 "400": ERROR,
                 "401": ERROR,
                 "404": ERROR,
                 "503": ERROR,
             },
-        }
+        },
+        "get": {
+            "summary": "The current experiment's primary metric, control against treatment, "
+            "on the comparison of record",
+            "security": [],
+            "responses": {
+                "200": content(stats.LiveTestAnswer),
+                "400": ERROR,
+                "404": ERROR,
+                "503": ERROR,
+            },
+        },
     },
     "/api/statistics/sample-size": {
         "post": {
             "summary": "Samples per arm for a power, from Cohen's d or a baseline rate "
             "and minimum detectable effect",
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "oneOf": [
-                                {
-                                    "type": "object",
-                                    "required": ["effect_size"],
-                                    "additionalProperties": False,
-                                    "properties": {
-                                        "effect_size": {
-                                            "type": "number",
-                                            "minimum": -1000,
-                                            "maximum": 1000,
-                                            "not": {"const": 0},
-                                        },
-                                        "power": _POWER,
-                                        "alpha": _ALPHA,
-                                        "treatment_share": _SHARE,
-                                    },
-                                },
-                                {
-                                    "type": "object",
-                                    "required": ["baseline_rate", "minimum_detectable_effect"],
-                                    "additionalProperties": False,
-                                    "properties": {
-                                        "baseline_rate": {
-                                            "type": "number",
-                                            "exclusiveMinimum": 0,
-                                            "exclusiveMaximum": 1,
-                                        },
-                                        "minimum_detectable_effect": {
-                                            "type": "number",
-                                            "exclusiveMinimum": -1,
-                                            "exclusiveMaximum": 1,
-                                            "not": {"const": 0},
-                                        },
-                                        "power": _POWER,
-                                        "alpha": _ALPHA,
-                                        "treatment_share": _SHARE,
-                                    },
-                                },
-                            ]
-                        }
-                    }
-                },
-            },
-            "responses": {"200": _json(_OBJECT), "400": ERROR, "401": ERROR},
+            "requestBody": request_body(
+                {"oneOf": [stats.MeansSampleSizeBody, stats.RatesSampleSizeBody]}
+            ),
+            "responses": {"200": content(stats.SampleSizeAnswer), "400": ERROR, "401": ERROR},
         }
     },
     "/api/experiments": {
         "get": {
             "summary": "Every experiment: arms, current phase, samples, SRM",
             "security": [],
-            "responses": {"200": _json(_OBJECT), "404": ERROR, "503": ERROR},
+            "responses": {
+                "200": content(experiment.ExperimentsAnswer),
+                "404": ERROR,
+                "503": ERROR,
+            },
         }
     },
     "/api/experiments/{name}": {
         "get": {
             **_READ,
             "summary": "Phases with samples per arm and SRM",
-            "responses": {"200": _json(_OBJECT), "400": ERROR, "404": ERROR, "503": ERROR},
+            "responses": {
+                "200": content(experiment.ExperimentAnswer),
+                "400": ERROR,
+                "404": ERROR,
+                "503": ERROR,
+            },
         }
     },
     "/api/experiments/{name}/significance": {
@@ -247,6 +96,21 @@ STATISTICS_PATHS: dict[str, Any] = {
             "fixed-horizon results, or why not yet); at the top the primary metric's p-value "
             "and power on the comparison of record",
             "responses": {"200": _json(_OBJECT), "400": ERROR, "404": ERROR, "503": ERROR},
+        }
+    },
+    "/api/experiments/{name}/timeline": {
+        "get": {
+            **_READ,
+            "summary": "Each statistics tick's numbers, bounded and downsampled, for the "
+            "charts: treatment share, rollout decision, each metric's effect with its "
+            "always-valid interval and line, samples against the need, latency p50/p95 "
+            "per arm; and the rollout's decisions as events",
+            "responses": {
+                "200": content(timeline.TimelineAnswer),
+                "400": ERROR,
+                "404": ERROR,
+                "503": ERROR,
+            },
         }
     },
     "/api/metrics/{name}/comparison": {
@@ -261,21 +125,9 @@ STATISTICS_PATHS: dict[str, Any] = {
         "post": {
             "summary": "Business outcomes in one batch, all or nothing (a bad item is "
             "named by its index)",
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "array",
-                            "minItems": 1,
-                            "maxItems": 10000,
-                            "items": _OUTCOME,
-                        }
-                    }
-                },
-            },
+            "requestBody": request_body(outcome.OUTCOMES),
             "responses": {
-                "200": _json({"type": "object", "properties": {"accepted": {"type": "integer"}}}),
+                "200": content(outcome.AcceptedAnswer),
                 "400": ERROR,
                 "401": ERROR,
                 "404": ERROR,
@@ -285,36 +137,7 @@ STATISTICS_PATHS: dict[str, Any] = {
     },
 }
 NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-PERCENTAGE = {"type": "number", "minimum": 0, "maximum": 100, "multipleOf": 0.01}
-REASON = {"type": "string", "maxLength": 1000}
-VERSION = {
-    "type": "integer",
-    "minimum": 1,
-    "description": "compare-and-set: the flag version this write is based on",
-}
-ROLLBACK = {
-    "type": "object",
-    "required": ["flags", "elapsed_ms", "converged", "instances", "laggards"],
-    "properties": {
-        "flags": {"type": "array", "items": {"$ref": "#/components/schemas/Flag"}},
-        "elapsed_ms": {"type": "number"},
-        "converged": {"type": ["boolean", "null"]},
-        "convergence_unknown": {"type": "string"},
-        "instances": {"type": "array", "items": {"$ref": "#/components/schemas/Instance"}},
-        "laggards": {"type": "array", "items": {"type": "string"}},
-    },
-}
-CONFLICT = _json(
-    {
-        "type": "object",
-        "required": ["error", "current"],
-        "properties": {
-            "error": {"type": "string"},
-            "current": {"$ref": "#/components/schemas/Flag"},
-        },
-    },
-    "Another writer changed the flag; nothing was written",
-)
+CONFLICT = content(flags.ConflictAnswer, "Another writer changed the flag; nothing was written")
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -326,42 +149,6 @@ OPENAPI: dict[str, Any] = {
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        "schemas": {
-            "Error": {
-                "type": "object",
-                "required": ["error"],
-                "properties": {"error": {"type": "string"}},
-            },
-            "Flag": {
-                "type": "object",
-                "required": ["name", "percentage", "version", "updated_at", "updated_by", "reason"],
-                "properties": {
-                    "name": {"type": "string"},
-                    "percentage": PERCENTAGE,
-                    "version": {"type": "integer", "minimum": 1},
-                    "updated_at": {"type": "number"},
-                    "updated_by": {"type": "string"},
-                    "reason": {"type": "string"},
-                    "phase": {
-                        "type": "integer",
-                        "minimum": 1,
-                        "description": "the version that set this percentage",
-                    },
-                },
-            },
-            "Instance": {
-                "type": "object",
-                "properties": {
-                    "id": {"type": "string"},
-                    "address": {"type": "string"},
-                    "pid": {"type": "integer"},
-                    "started_at": {"type": "number"},
-                    "heartbeat_at": {"type": "number"},
-                    "applied": {"type": "object", "additionalProperties": {"type": "integer"}},
-                    "converged": {"type": "boolean"},
-                },
-            },
-        },
     },
     "security": [{"bearer": []}],
     "paths": {
@@ -390,48 +177,13 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "All flags",
                 "security": [],
-                "responses": {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "properties": {"flags": {"type": "array", "items": _ref("Flag")}},
-                        }
-                    )
-                },
+                "responses": {"200": content(flags.FlagsAnswer)},
             },
             "post": {
                 "summary": "Set several flags in one atomic step",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["flags"],
-                                "additionalProperties": False,
-                                "properties": {
-                                    "flags": {
-                                        "type": "object",
-                                        "additionalProperties": PERCENTAGE,
-                                        "minProperties": 1,
-                                    },
-                                    "expected_versions": {
-                                        "type": "object",
-                                        "additionalProperties": VERSION,
-                                    },
-                                    "reason": REASON,
-                                },
-                            }
-                        }
-                    },
-                },
+                "requestBody": request_body(flags.SetFlagsBody),
                 "responses": {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "properties": {"flags": {"type": "array", "items": _ref("Flag")}},
-                        }
-                    ),
+                    "200": content(flags.FlagsAnswer),
                     "400": ERROR,
                     "401": ERROR,
                     "404": ERROR,
@@ -445,29 +197,13 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "One flag",
                 "security": [],
-                "responses": {"200": _json(_ref("Flag")), "404": ERROR},
+                "responses": {"200": content(flags.FlagAnswer), "404": ERROR},
             },
             "post": {
                 "summary": "Set a flag's treatment percentage",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["percentage"],
-                                "additionalProperties": False,
-                                "properties": {
-                                    "percentage": PERCENTAGE,
-                                    "reason": REASON,
-                                    "expected_version": VERSION,
-                                },
-                            }
-                        }
-                    },
-                },
+                "requestBody": request_body(flags.SetFlagBody),
                 "responses": {
-                    "200": _json(_ref("Flag")),
+                    "200": content(flags.FlagAnswer),
                     "400": ERROR,
                     "401": ERROR,
                     "404": ERROR,
@@ -489,15 +225,7 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Audit trail of a flag, newest first",
                 "security": [],
                 "responses": {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "properties": {
-                                "name": {"type": "string"},
-                                "history": {"type": "array", "items": _ref("Flag")},
-                            },
-                        }
-                    ),
+                    "200": content(flags.FlagHistoryAnswer),
                     "400": ERROR,
                     "404": ERROR,
                 },
@@ -507,55 +235,23 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "Live proxy instances and the flag versions they applied",
                 "security": [],
-                "responses": {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "properties": {
-                                "instances": {"type": "array", "items": _ref("Instance")}
-                            },
-                        }
-                    )
-                },
+                "responses": {"200": content(flags.InstancesAnswer)},
             },
         },
         "/api/rollback": {
             "post": {
                 "summary": "Treatment to 0% for the named experiments (all if none), "
                 "confirmed by every live instance",
-                "requestBody": {
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "additionalProperties": False,
-                                "properties": {
-                                    "experiments": {
-                                        "type": "array",
-                                        "items": {"type": "string"},
-                                        "minItems": 1,
-                                        "description": "experiment names, or groups the "
-                                        "config defines (control.groups)",
-                                    },
-                                    "reason": REASON,
-                                    "timeout": {
-                                        "type": "number",
-                                        "exclusiveMinimum": 0,
-                                        "maximum": 300,
-                                    },
-                                },
-                            }
-                        }
-                    }
-                },
+                "requestBody": request_body(flags.RollbackBody, required=False),
                 "responses": {
-                    "200": _json(
-                        ROLLBACK,
+                    "200": content(
+                        flags.RollbackAnswer,
                         "Every instance converged, or nobody can tell (`converged` null, "
                         "`convergence_unknown` says why: the instance registry is unreachable)",
                     ),
-                    "504": _json(
-                        ROLLBACK, "Some instances did not converge in time; `laggards` names them"
+                    "504": content(
+                        flags.RollbackAnswer,
+                        "Some instances did not converge in time; `laggards` names them",
                     ),
                     "400": ERROR,
                     "401": ERROR,
@@ -568,7 +264,7 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "Circuit breakers of this process",
                 "security": [],
-                "responses": {"200": {"description": "OK"}},
+                "responses": {"200": content(plane.BreakersAnswer)},
             }
         },
         "/api/breakers/{upstream}": {
@@ -577,23 +273,9 @@ OPENAPI: dict[str, Any] = {
             ],
             "post": {
                 "summary": "Force a breaker open or closed, or return it to auto",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["state"],
-                                "additionalProperties": False,
-                                "properties": {
-                                    "state": {"enum": ["forced_open", "forced_closed", "auto"]}
-                                },
-                            }
-                        }
-                    },
-                },
+                "requestBody": request_body(plane.BreakerBody),
                 "responses": {
-                    "200": {"description": "OK"},
+                    "200": content(plane.BreakerAnswer),
                     "400": ERROR,
                     "401": ERROR,
                     "404": ERROR,
@@ -604,14 +286,17 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "Shadow comparisons per experiment",
                 "security": [],
-                "responses": {"200": {"description": "OK"}},
+                "responses": {"200": content(plane.ShadowStatsAnswer)},
             }
         },
         "/health/ready": {
             "get": {
                 "summary": "Config loaded and flags read",
                 "security": [],
-                "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}},
+                "responses": {
+                    "200": content(health.ReadyAnswer, "Ready"),
+                    "503": content(health.ReadyAnswer, "Not ready: `reason` says why"),
+                },
             }
         },
         "/health/aggregate": {
@@ -619,8 +304,8 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Overall health with a reason per component",
                 "security": [],
                 "responses": {
-                    "200": {"description": "healthy or degraded"},
-                    "503": {"description": "unhealthy"},
+                    "200": content(health.AggregateAnswer, "healthy or degraded"),
+                    "503": content(health.AggregateAnswer, "unhealthy"),
                 },
             }
         },
@@ -628,27 +313,28 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "The loaded config and the last reload's result",
                 "security": [],
-                "responses": {"200": {"description": "OK"}},
+                "responses": {"200": content(plane.ConfigAnswer)},
             },
         },
         "/api/config/reload": {
             "post": {
                 "summary": "Reload the config file (validated as a whole first)",
                 "responses": {
-                    "200": {
-                        "description": "Reloaded (`result: success`), or the file is the "
-                        "running config already (`result: unchanged`: nothing applied)"
-                    },
-                    "400": {
-                        "description": "Refused; the running config stays. `problems` lists why"
-                    },
+                    "200": content(
+                        plane.ReloadAnswer,
+                        "Reloaded (`result: success`), or the file is the running config "
+                        "already (`result: unchanged`: nothing applied)",
+                    ),
+                    "400": content(
+                        plane.ReloadAnswer,
+                        "Refused; the running config stays. `problems` lists why",
+                    ),
                     "401": ERROR,
                 },
             },
         },
         **STATISTICS_PATHS,
         **ROLLOUT_PATHS,
-        **timeline_paths(_READ, _json, ERROR),
     },
 }
 
@@ -667,8 +353,9 @@ def _every_write_answers(paths: dict[str, Any]) -> None:
                 ),
                 ("413", "body over 1 MiB, or nested deeper than 32 levels"),
             ):
-                operation["responses"].setdefault(status, _json(_ref("Error"), why))
+                operation["responses"].setdefault(status, content(Error, why))
 
 
 _every_write_answers(OPENAPI["paths"])
-describe_answers(OPENAPI["paths"], _json, ERROR)
+describe_answers(OPENAPI["paths"], _json)
+resolve(OPENAPI)

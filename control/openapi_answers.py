@@ -1,6 +1,7 @@
-"""The answers of the reporting endpoints, described field by field for the OpenAPI document:
-what the stakeholders' checks read (control/evidence.py, control/impact_api.py,
-control/stats_api.py, control/health_api.py, the shadow totals)."""
+"""The answers not yet declared as models, described field by field for the OpenAPI
+document: the comparison of record (control/evidence.py) and the statistics worker's
+reports, which issue 27 §3 is to make typed. Every other answer is its model's
+(control/*_payloads.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 NUMBER = {"type": ["number", "null"]}
 COUNT = {"type": "integer", "minimum": 0}
-PHASE = {  # a phase as reports and timelines name it
+PHASE = {  # a phase as the evidence names it (the timeline's: timeline_payloads.PhaseAnswer)
     "type": "object",
     "required": ["id", "percentage", "started_at"],
     "properties": {
@@ -89,172 +90,14 @@ COMPARISON = {
         "description": "`<arm>_<metric>`: the arm's mean (ml_accuracy, deterministic_accuracy)",
     },
 }
-BUSINESS_IMPACT = {
-    "type": "object",
-    "required": ["experiment", "metrics", "metric", "improvement_percentage", "evidence"],
-    "properties": {
-        "experiment": {"type": "string"},
-        "metrics": {"type": "object"},
-        "metric": {"type": ["string", "null"], "description": "the primary metric"},
-        "improvement_percentage": {
-            **NUMBER,
-            "description": "the primary's relative improvement in %, > 0 better",
-        },
-        "interval": {**INTERVAL, "description": "the same, always valid, in %"},
-        "p_value": NUMBER,
-        "evidence": EVIDENCE,
-    },
-}
-FINAL_ASSESSMENT = {
-    "type": "object",
-    "required": ["experiment", "rollout_state", "percentage", "metrics", "details", "evidence"],
-    "properties": {
-        "experiment": {"type": "string"},
-        "rollout_state": {"type": ["string", "null"]},
-        "percentage": {"type": "number"},
-        "metrics": {"type": "object"},
-        "details": {
-            "type": "object",
-            "description": "for each flat field: the metric, its interval and samples",
-        },
-        "time_savings": {**NUMBER, "description": "latency reduction of the treatment, %"},
-        "evidence": EVIDENCE,
-    },
-    "additionalProperties": {
-        **NUMBER,
-        "description": "`<metric>_improvement` (relative, %, > 0 better) and `<metric>_score` "
-        "(the treatment arm's mean) for each declared metric",
-    },
-}
-LONG_TERM = {
-    "type": "object",
-    "required": ["experiment", "days_at_100_percent", "incidents_count", "time_scale"],
-    "properties": {
-        "experiment": {"type": "string"},
-        "days_at_100_percent": {
-            "type": "number",
-            "description": "seconds at 100% times control.report_time_scale, in days",
-        },
-        "seconds_at_100_percent": {"type": "number", "description": "wall time"},
-        "time_scale": {"type": "number"},
-        "incidents_count": COUNT,
-    },
-}
-TEST_RESULT = {
-    "type": "object",
-    "required": ["p_value", "confidence_level", "interval_level", "alpha"],
-    "properties": {
-        "test": {"type": "string"},
-        "p_value": {"type": "number"},
-        "confidence_level": {
-            "type": "number",
-            "description": "1 - p_value: the highest level at which the test's interval "
-            "excludes no difference (Optimizely's 'statistical significance')",
-        },
-        "interval_level": {"type": "number", "description": "1 - alpha: the level of ci"},
-        "alpha": {"type": "number"},
-        "significant": {"type": "boolean"},
-        "sample_size": {**COUNT, "description": "live data: samples in both arms"},
-        "evidence": EVIDENCE,
-    },
-}
-SAMPLE_SIZE = {
-    "type": "object",
-    "required": ["minimum_sample_size", "minimum_sample_size_unit", "sample_size", "sequential"],
-    "properties": {
-        "minimum_sample_size": {
-            "type": "integer",
-            "description": "per arm, fixed horizon, equal arms",
-        },
-        "minimum_sample_size_unit": {"type": "string"},
-        "sample_size": {
-            "type": "object",
-            "properties": {"per_arm": {"type": "integer"}, "total": {"type": "integer"}},
-        },
-        "sequential": {"type": "object", "description": "the size the gates' test needs"},
-    },
-}
-SHADOW_STATS = {
-    "type": "object",
-    "required": ["experiments", "total_decisions", "agreements", "disagreements", "errors"],
-    "properties": {
-        "experiments": {"type": "array", "items": {"type": "object"}},
-        "total_decisions": {**COUNT, "description": "shadow copies, all experiments"},
-        "agreements": COUNT,
-        "disagreements": COUNT,
-        "errors": COUNT,
-        "agreement_rate": NUMBER,
-    },
-}
-AGGREGATE = {
-    "type": "object",
-    "required": ["overall_health", "components", "ml_components"],
-    "properties": {
-        "overall_health": {"enum": ["healthy", "degraded", "unhealthy"]},
-        "components": {"type": "object"},
-        "ml_components": {
-            "type": "array",
-            "description": "the ML side: each ML upstream and its breaker, each shadow, the "
-            "statistics worker, the rollout controller",
-            "items": {
-                "type": "object",
-                "required": ["name", "kind", "status"],
-                "properties": {
-                    "name": {"type": "string"},
-                    "kind": {"type": "string"},
-                    "status": {"type": ["string", "null"]},
-                },
-            },
-        },
-    },
-}
 
 ANSWERS: dict[tuple[str, str], dict[str, Any]] = {
     ("/api/experiments/{name}/significance", "get"): SIGNIFICANCE,
     ("/api/metrics/{name}/comparison", "get"): COMPARISON,
-    ("/api/metrics/{name}/business-impact", "get"): BUSINESS_IMPACT,
-    ("/api/metrics/{name}/final-assessment", "get"): FINAL_ASSESSMENT,
-    ("/api/metrics/{name}/long-term-stability", "get"): LONG_TERM,
-    ("/api/statistics/significance-test", "post"): TEST_RESULT,
-    ("/api/statistics/significance-test", "get"): TEST_RESULT,
-    ("/api/statistics/sample-size", "post"): SAMPLE_SIZE,
-    ("/api/shadow/stats", "get"): SHADOW_STATS,
-    ("/health/aggregate", "get"): AGGREGATE,
-}
-LIVE_TEST: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "not": {"required": ["test"]},
-    "description": "live data: the current experiment and its plan's primary metric unless named",
-    "properties": {
-        "experiment": {"type": "string"},
-        "metric": {"type": "string"},
-        "cohort_a": {"type": "string"},
-        "cohort_b": {"type": "string"},
-        "sequential": {"type": "boolean"},
-    },
-}
-CURRENT_TEST = {
-    "summary": "The current experiment's primary metric, control against treatment, on the "
-    "comparison of record",
-    "security": [],
-    "responses": {},
 }
 
 
-def describe_answers(paths: dict[str, Any], json_content: Any, error: Any) -> None:
-    """Put the answers above into `paths` (their 200s), with the GET test and the live
-    request shape."""
-    test = paths["/api/statistics/significance-test"]
-    test["get"] = {
-        **CURRENT_TEST,
-        "responses": {"200": {}, "400": error, "404": error, "503": error},
-    }
-    variants = test["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
-    variants[-1] = {**LIVE_TEST, "properties": {**LIVE_TEST["properties"], **_alpha(variants)}}
+def describe_answers(paths: dict[str, Any], json_content: Any) -> None:
+    """Put the answers above into `paths` (their 200s)."""
     for (path, method), schema in ANSWERS.items():
         paths[path][method]["responses"]["200"] = json_content(schema)
-
-
-def _alpha(variants: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"alpha": variants[0]["properties"]["alpha"]}

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from abgate.control.openapi_models import content
+from abgate.control.payloads import Error
+
 
 def json_content(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
@@ -13,4 +16,4 @@ def ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-ERROR = json_content(ref("Error"), "Error")
+ERROR = content(Error, "Error")

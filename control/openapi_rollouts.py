@@ -1,11 +1,14 @@
-"""The rollout routes of the OpenAPI document (control/rollout_api.py)."""
+"""The rollout routes of the OpenAPI document (control/rollout_api.py), their payloads
+from control/rollout_payloads.py; and the control page's and reports' routes."""
 
 from __future__ import annotations
 
-from typing import Any, get_args
+from typing import Any
 
-from abgate.control.openapi_parts import ERROR, json_content
-from abgate.state.rollouts import RolloutStatus
+from abgate.control import report_payloads as report
+from abgate.control import rollout_payloads as payload
+from abgate.control.openapi_models import content, request_body
+from abgate.control.openapi_parts import ERROR
 
 _ERROR = ERROR
 _EXPERIMENT = {
@@ -16,63 +19,17 @@ _EXPERIMENT = {
     "description": "the experiment the rollout belongs to, or `current` (the one under way, "
     "else control.default_experiment, else the only one)",
 }
-_REASON = {"type": "string", "maxLength": 500, "description": "recorded in the history"}
-_ROLLOUT = {
-    "type": "object",
-    "required": ["experiment", "state", "stage", "decision", "reason", "gates"],
-    "properties": {
-        "experiment": {"type": "string"},
-        "state": {"enum": list(get_args(RolloutStatus))},
-        "stage": {
-            "type": "object",
-            "properties": {
-                "index": {"type": "integer"},
-                "percentage": {
-                    "type": "number",
-                    "description": "the treatment share the stage runs at (95 in a 5% holdout)",
-                },
-                "phase": {
-                    "enum": ["ramp", "holdout", "released", "bake"],
-                    "description": "ramp: a stage before the last; holdout: the last stage with "
-                    "a control share kept through its bake, compared like the others; "
-                    "released: its gates passed and the holdout went to 100%; bake: 100% with "
-                    "no control arm (SLOs only)",
-                },
-                "holdout": {
-                    "type": ["number", "null"],
-                    "description": "the control share the last stage keeps (percent), null: none",
-                },
-                "started_at": {"type": "number"},
-            },
-        },
-        "decision": {"type": "string"},
-        "reason": {"type": "string"},
-        "eta_seconds": {"type": ["number", "null"]},
-        "gates": {"type": "array", "items": {"type": "object"}},
-        "next": {"type": ["object", "null"]},
-    },
-}
 
 
-def _body(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
-    schema: dict[str, Any] = {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": properties,
-    }
-    if required:
-        schema["required"] = required
-    return {"required": False, "content": {"application/json": {"schema": schema}}}
-
-
-def _action(summary: str) -> dict[str, Any]:
+def _write(summary: str, body: Any, answer: Any) -> dict[str, Any]:
+    """A rollout write: its body optional, its answer the rollout as it now stands."""
     return {
         "parameters": [_EXPERIMENT],
         "post": {
             "summary": summary,
-            "requestBody": _body({"reason": _REASON}),
+            "requestBody": request_body(body, required=False),
             "responses": {
-                "200": json_content(_ROLLOUT),
+                "200": content(answer),
                 "400": _ERROR,
                 "404": _ERROR,
                 "409": _ERROR,
@@ -82,14 +39,9 @@ def _action(summary: str) -> dict[str, Any]:
     }
 
 
-_VERDICT = {
-    "type": "object",
-    "required": ["decision", "reason"],
-    "properties": {
-        "decision": {"enum": ["promote", "hold", "rollback"]},
-        "reason": {"type": "string"},
-    },
-}
+def _action(summary: str) -> dict[str, Any]:
+    return _write(summary, payload.ActionBody, payload.RolloutAnswer)
+
 
 _METRIC_NAME = {
     "name": "name",
@@ -100,13 +52,13 @@ _METRIC_NAME = {
 }
 
 
-def _read(summary: str) -> dict[str, Any]:
+def _read(summary: str, answer: Any) -> dict[str, Any]:
     return {
         "parameters": [_METRIC_NAME],
         "get": {
             "summary": summary,
             "security": [],
-            "responses": {"200": json_content({"type": "object"}), "404": _ERROR, "503": _ERROR},
+            "responses": {"200": content(answer), "404": _ERROR, "503": _ERROR},
         },
     }
 
@@ -158,28 +110,25 @@ ROLLOUT_PATHS: dict[str, Any] = {
         }
     },
     "/api/metrics/{name}/stability": _read(
-        "Incidents, uptime of proxied answers, rollbacks, time at the current percentage"
+        "Incidents, uptime of proxied answers, rollbacks, time at the current percentage",
+        report.StabilityAnswer,
     ),
     "/api/metrics/{name}/business-impact": _read(
-        "Each business metric's improvement with its interval and significance"
+        "Each business metric's improvement with its interval and significance",
+        report.BusinessImpactAnswer,
     ),
-    "/api/metrics/{name}/long-term-stability": _read("Days at 100% and incidents"),
+    "/api/metrics/{name}/long-term-stability": _read(
+        "Days at 100% and incidents", report.LongTermAnswer
+    ),
     "/api/metrics/{name}/final-assessment": _read(
-        "Every business metric's improvement at the end, with the rollout's state"
+        "Every business metric's improvement at the end, with the rollout's state",
+        report.FinalAssessmentAnswer,
     ),
     "/api/rollouts": {
         "get": {
             "summary": "Every rollout",
             "security": [],
-            "responses": {
-                "200": json_content(
-                    {
-                        "type": "object",
-                        "properties": {"rollouts": {"type": "array", "items": _ROLLOUT}},
-                    }
-                ),
-                "503": _ERROR,
-            },
+            "responses": {"200": content(payload.RolloutsAnswer), "503": _ERROR},
         }
     },
     "/api/rollouts/{experiment}": {
@@ -188,7 +137,7 @@ ROLLOUT_PATHS: dict[str, Any] = {
             "summary": "A rollout: state, stage, the last decision with each gate, the ETA",
             "security": [],
             "responses": {
-                "200": json_content(_ROLLOUT),
+                "200": content(payload.RolloutAnswer),
                 "404": _ERROR,
                 "400": _ERROR,
                 "503": _ERROR,
@@ -196,19 +145,9 @@ ROLLOUT_PATHS: dict[str, Any] = {
         },
         "post": {
             "summary": "Start a rollout (with the config's plan, or `plan` overriding it)",
-            "requestBody": _body(
-                {
-                    "plan": {
-                        "type": "object",
-                        "description": "as the YAML rollout section (stages, primary, "
-                        "guardrails, slo, alpha, power, bake, holdout: {percentage: 5} or "
-                        "false, ...)",
-                    },
-                    "reason": _REASON,
-                }
-            ),
+            "requestBody": request_body(payload.StartBody, required=False),
             "responses": {
-                "201": json_content(_ROLLOUT, "Started"),
+                "201": content(payload.RolloutAnswer, "Started"),
                 "400": _ERROR,
                 "404": _ERROR,
                 "409": _ERROR,
@@ -216,25 +155,11 @@ ROLLOUT_PATHS: dict[str, Any] = {
             },
         },
     },
-    "/api/rollouts/{experiment}/approve": {
-        "parameters": [_EXPERIMENT],
-        "post": {
-            "summary": "Approve the stage that needs a person (a rollback still wins)",
-            "requestBody": _body(
-                {
-                    "stage": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
-                    "reason": _REASON,
-                }
-            ),
-            "responses": {
-                "200": json_content(_ROLLOUT),
-                "400": _ERROR,
-                "404": _ERROR,
-                "409": _ERROR,
-                "503": _ERROR,
-            },
-        },
-    },
+    "/api/rollouts/{experiment}/approve": _write(
+        "Approve the stage that needs a person (a rollback still wins)",
+        payload.ApproveBody,
+        payload.RolloutAnswer,
+    ),
     "/api/rollouts/{experiment}/pause": _action("Pause (the percentage stays)"),
     "/api/rollouts/{experiment}/resume": _action("Resume a paused or escalated rollout"),
     "/api/rollouts/{experiment}/abort": _action("Abort: the treatment goes to 0%"),
@@ -253,7 +178,7 @@ ROLLOUT_PATHS: dict[str, Any] = {
             "summary": "Every decision and action, newest first, with inputs and actor",
             "security": [],
             "responses": {
-                "200": json_content({"type": "object"}),
+                "200": content(payload.RolloutHistoryAnswer),
                 "400": _ERROR,
                 "404": _ERROR,
                 "503": _ERROR,
@@ -266,7 +191,7 @@ ROLLOUT_PATHS: dict[str, Any] = {
             "summary": "promote, hold or rollback now (Argo Rollouts' web metric provider)",
             "security": [],
             "responses": {
-                "200": json_content(_VERDICT),
+                "200": content(payload.VerdictAnswer),
                 "400": _ERROR,
                 "404": _ERROR,
                 "503": _ERROR,
@@ -287,20 +212,17 @@ ROLLOUT_PATHS: dict[str, Any] = {
         ],
         "post": {
             "summary": "Flagger webhooks: 200 lets Flagger go on, 403 holds it",
-            "requestBody": _body(
-                {
-                    "name": {"type": "string"},
-                    "namespace": {"type": "string"},
-                    "phase": {"type": "string"},
-                    "checksum": {"type": "string"},
-                    "type": {"type": "string"},
-                    "message": {"type": "string"},
-                    "metadata": {"type": "object"},
-                }
-            ),
+            "requestBody": request_body(payload.FlaggerBody, required=False),
             "responses": {
-                "200": json_content({"type": "object"}),
-                "403": json_content(_VERDICT, "Not now"),
+                "200": {
+                    "description": "Go on (an event: recorded)",
+                    "content": {
+                        "application/json": {
+                            "schema": {"oneOf": [payload.HookAnswer, payload.RecordedAnswer]}
+                        }
+                    },
+                },
+                "403": content(payload.HookAnswer, "Not now"),
                 "400": _ERROR,
                 "404": _ERROR,
                 "503": _ERROR,
@@ -310,42 +232,9 @@ ROLLOUT_PATHS: dict[str, Any] = {
     "/api/rollout/decision": {
         "post": {
             "summary": "May the rollout go from current_percentage to target_percentage now?",
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": ["current_percentage", "target_percentage"],
-                            "properties": {
-                                "experiment": {
-                                    "type": "string",
-                                    "description": "default: the current experiment",
-                                },
-                                "current_percentage": {
-                                    "type": "number",
-                                    "minimum": 0,
-                                    "maximum": 100,
-                                },
-                                "target_percentage": {
-                                    "type": "number",
-                                    "minimum": 0,
-                                    "maximum": 100,
-                                },
-                            },
-                        }
-                    }
-                },
-            },
+            "requestBody": request_body(payload.DecisionBody),
             "responses": {
-                "200": json_content(
-                    {
-                        "type": "object",
-                        "required": ["decision", "reason", "checks"],
-                        "properties": {"decision": {"enum": ["hold", "continue", "rollback"]}},
-                    }
-                ),
+                "200": content(payload.DecisionAnswer),
                 "400": _ERROR,
                 "404": _ERROR,
                 "503": _ERROR,
@@ -355,25 +244,9 @@ ROLLOUT_PATHS: dict[str, Any] = {
     "/api/incidents": {
         "post": {
             "summary": "Open (a rollback follows on the next tick) or close an incident",
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": ["experiment"],
-                            "properties": {
-                                "experiment": {"type": "string"},
-                                "open": {"type": "boolean"},
-                                "description": {"type": "string", "minLength": 1, "maxLength": 500},
-                            },
-                        }
-                    }
-                },
-            },
+            "requestBody": request_body(payload.IncidentBody),
             "responses": {
-                "200": json_content({"type": "object"}),
+                "200": content(payload.IncidentAnswer),
                 "400": _ERROR,
                 "404": _ERROR,
                 "503": _ERROR,

@@ -41,15 +41,6 @@ class ReloadOutcome:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
-    def as_json(self) -> dict[str, object]:
-        return {
-            "result": self.result,
-            "trigger": self.trigger,
-            "at": self.at,
-            "problems": self.problems,
-            "warnings": self.warnings,
-        }
-
 
 Apply = Callable[[ParsedConfig], Awaitable[list[str]]]
 Parse = Callable[[Path], Awaitable[ParsedConfig]]
@@ -148,14 +139,6 @@ class Reloader:
     def refused(self) -> bool:
         """The file's last reload was refused: the config served is the one before it."""
         return self.last is not None and self.last.result == "failure"
-
-    def status(self) -> dict[str, object]:
-        return {
-            "source": str(self.path),
-            "loaded_at": self.loaded_at,
-            "last_reload": self.last.as_json() if self.last else None,
-            "reloads": dict(self.counts),
-        }
 
     def collect(self) -> Iterator[Metric]:
         total = metrics_catalogue.CONFIG_RELOADS.new()

@@ -29,6 +29,7 @@ class MetricResult:
     sequential: TestResult | None = None  # what decisions read
     p_value_holm: float | None = None  # the sequential p adjusted within its family
     significant: bool = False  # at the Holm-adjusted p
+    cuped: bool = False  # adjusted by the outcomes' pre-experiment covariate (stats/cuped.py)
 
     @property
     def ok(self) -> bool:
@@ -45,6 +46,8 @@ class MetricResult:
             # What decisions read: the sequential test at the Holm-adjusted p (as below).
             "significant": self.significant,
             "p_value_holm": self.p_value_holm,
+            # CUPED applied: every outcome of the phase, both arms, carried its covariate
+            "cuped": self.cuped,
         }
         if self.fixed is not None:
             out["fixed"] = self.fixed.as_json()

@@ -24,9 +24,7 @@ from typing import TYPE_CHECKING
 import uvloop
 
 from abgate.config import Config
-from abgate.control.api import check_exposure, create_control_app
 from abgate.control.config_process import ParsedConfig, digest_of, dumps, loads_config, parse_file
-from abgate.control.control_half import ControlHalf, control_half
 from abgate.control.flag_backend import (
     FlagBackend,
     initial_table,
@@ -58,6 +56,7 @@ from abgate.state.redis_client import redis_settings
 from abgate.state.redis_flag_sync import new_instance_id
 
 if TYPE_CHECKING:
+    from abgate.control.control_half import ControlHalf
     from abgate.control.rollout.controller import RolloutController
     from abgate.control.stats_worker import StatsWorker
     from abgate.state.history.writer import HistoryWriter
@@ -90,6 +89,8 @@ async def embedded(
 ) -> AsyncIterator[Embedded]:
     """`abgate run`'s two halves in this process, on one loop, talking over the live-state
     channel as the two processes do. With `config_path`, the config reloads live."""
+    from abgate.control.control_half import control_half  # see serve_control
+
     blob = dumps(config)
     digest = digest_of(config) if config_path is not None else None
     with tempfile.TemporaryDirectory(prefix="abgate-") as directory:
@@ -122,6 +123,10 @@ async def embedded(
 
 async def serve_control(config: Config) -> None:
     """`abgate control`: the control API and flag writer, no data plane (flags in Redis)."""
+    # Imported here: the control API's payload models (pydantic) are nothing a data-plane
+    # worker (abgate proxy, which imports this module) needs to load.
+    from abgate.control.api import check_exposure, create_control_app
+
     token = os.environ.get("ABGATE_CONTROL_TOKEN") or None
     check_exposure(config, token)
     if redis_settings(config) is None:

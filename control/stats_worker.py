@@ -80,6 +80,7 @@ def compare(
             fixed,
             sequential,
             significant=sequential is not None and sequential.significant,
+            cuped=a.adjusted and b.adjusted,
         )
 
     if a.count < MIN_SAMPLES or b.count < MIN_SAMPLES:

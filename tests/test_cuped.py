@@ -4,6 +4,7 @@ metric are judged adjusted by it, from the sums alone, through the path every re
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from abgate.control.serve import embedded
 from abgate.control.stats.clusters import ClusteredSums
 from abgate.control.stats.cuped import CROSS, PRE
 from abgate.control.stats.means import means_p
-from abgate.state.measurements import CLUSTERS, MeasureKey, Sums
+from abgate.state.measurements import CLUSTERS, MeasureKey, Phase, Sums
 from benchmarks.aa_ramp import SKEWED, Traffic, simulate
 
 
@@ -143,6 +144,15 @@ async def test_the_outcomes_api_takes_a_covariate_and_the_metric_is_judged_adjus
                 assert response.status == 400
                 assert (await response.json())["error"].startswith("[0].covariate: ")
         _, sums = await stack.worker.store.read("e")
+        flag = stack.flags.get("e")  # a phase the store knows (a proxied request would start it)
+        await stack.worker.store.start_phase("e", Phase(flag.phase, 5000, time.time()))
+        reports = await stack.worker.evaluate_all()
+        assert reports["e"].metrics["converted"].as_json()["cuped"] is True
+        # one outcome without its covariate (null is none): the report says it is not applied
+        async with session.post(url, json=[{**items[0], "covariate": None}]) as response:
+            assert response.status == 200
+        reports = await stack.worker.evaluate_all()
+        assert reports["e"].metrics["converted"].as_json()["cuped"] is False
     arms = by_arm(sums)
     judged = [s for (_, _, metric), s in arms.items() if metric == "converted"]
     assert len(judged) == 2

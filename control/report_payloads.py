@@ -1,0 +1,90 @@
+"""The reports' answers (control/impact_api.py), declared once (control/payloads.py): a
+rollout's stability, its business impact and final assessment on the comparison of record,
+its days at 100%. `evidence` keeps its hand-written schema (openapi_answers.EVIDENCE) until
+the comparison of record is itself a model (issue 27 §3)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field, WithJsonSchema
+
+from abgate.control.openapi_answers import EVIDENCE
+from abgate.control.payloads import Answer
+
+Count = Annotated[int, Field(ge=0)]
+Evidence = Annotated[dict[str, Any], WithJsonSchema(EVIDENCE)]
+Interval = Annotated[list[float], Field(min_length=2, max_length=2)]
+
+
+class StabilityAnswer(Answer):
+    experiment: str
+    incidents_count: Count
+    rollbacks: Count
+    uptime_percentage: float | None = Field(description="answers that were not errors, %")
+    answers: Count
+    percentage: float
+    seconds_at_current_percentage: float
+
+
+class LongTermAnswer(Answer):
+    experiment: str
+    days_at_100_percent: float = Field(
+        description="seconds at 100% times control.report_time_scale, in days"
+    )
+    seconds_at_100_percent: float = Field(description="wall time")
+    time_scale: float
+    incidents_count: Count
+
+
+class ArmCounts(Answer):
+    control: int
+    treatment: int
+
+
+class ArmMeans(Answer):
+    control: float | None
+    treatment: float | None
+
+
+class BusinessRow(Answer):
+    """A declared (business) metric on the comparison of record."""
+
+    direction: str
+    improvement_percentage: float | None = Field(description="relative, %, > 0 better")
+    interval: Interval | None = Field(description="the same, always valid (as the gates read)")
+    significant: bool
+    p_value: float | None
+    n: ArmCounts
+    mean: ArmMeans
+    status: str
+
+
+class BusinessImpactAnswer(Answer):
+    experiment: str
+    metrics: dict[str, BusinessRow]
+    metric: str | None = Field(description="the primary metric (else the first declared)")
+    improvement_percentage: float | None = Field(
+        description="the primary's relative improvement in %, > 0 better"
+    )
+    interval: Interval | None = Field(description="the same, always valid, in %")
+    p_value: float | None
+    evidence: Evidence
+
+
+class FinalAssessmentAnswer(Answer):
+    """Flat for a dashboard: `<metric>_improvement` (relative, %, > 0 better),
+    `<metric>_score` (the treatment arm's mean) for each declared metric, and `time_savings`
+    (latency reduction of the treatment, %)."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, float | None] = Field(init=False)
+
+    experiment: str
+    rollout_state: str | None
+    percentage: float
+    metrics: dict[str, BusinessRow]
+    details: dict[str, dict[str, Any]] = Field(
+        description="for each flat field: the metric, its interval and samples"
+    )
+    evidence: Evidence
