@@ -26,7 +26,7 @@ class Router(Generic[Target]):
     @classmethod
     def of(cls, entries: Iterable[Entry[Target]]) -> Router[Target]:
         """A table of routes compiled beforehand (`entry`), in order."""
-        router = cls.__new__(cls)
+        router = cls(())  # not cls.__new__: mypyc 2.4 cannot compile it on a Generic class
         router._routes = tuple(entries)
         return router
 
