@@ -79,7 +79,11 @@ class Measurements:
         self._pending: dict[MeasureKey, Sums] = {}
         # The batch sent and not confirmed (its id, its sums): sent again, unchanged, first.
         self._unconfirmed: tuple[str, dict[MeasureKey, Sums]] | None = None
-        self._batch_ids = (f"{os.urandom(6).hex()}-{n}" for n in itertools.count(1))
+        # ids: this process's random prefix and a count (not a generator expression over
+        # an infinite count: mypyc compiles that into a list, and the compiled data plane
+        # never started)
+        self._batch_prefix = os.urandom(6).hex()
+        self._batch_count = itertools.count(1)
         self._phases: list[tuple[str, Phase]] = []
         # Distinct users: each arm's bitmap of the current phase (to send a user's bit once
         # per phase, not once per request) and the bits first seen since the last flush.
@@ -124,7 +128,8 @@ class Measurements:
         batch, phases, users = self.drain()
         if self._unconfirmed is None:
             if batch:
-                self._unconfirmed = (next(self._batch_ids), batch)
+                batch_id = f"{self._batch_prefix}-{next(self._batch_count)}"
+                self._unconfirmed = (batch_id, batch)
         else:  # behind the batch not yet confirmed: never sent, so merging it is safe
             self._merge(batch)
         try:
