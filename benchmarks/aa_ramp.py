@@ -30,7 +30,7 @@ from abgate.control.stats.clusters import ClusteredSums
 from abgate.control.stats.cuped import CROSS, PRE
 from abgate.state.measurements import CLUSTERS, MeasureKey, Sums
 from benchmarks.common import verdict, write_section
-from benchmarks.rollout_sim import Ending, experiment
+from benchmarks.rollout_sim import Ending, ending, experiment
 
 METRICS = ("error", "latency", "converted", "converted" + PRE, "converted" + CROSS)
 PRE_SESSIONS = 20  # the covariate: a user's conversion rate over their sessions before
@@ -235,10 +235,8 @@ def simulate(
             control, treatment = phase.sums(0), phase.sums(1)
         inputs = StageInputs(now, stage, started, bp, control, treatment, units=phase.units())
         decision = decide(rollout, exp, inputs)
-        if decision.verdict == "rollback":
-            return Ending("rolled_back", stage, tick)
-        if decision.verdict == "complete":
-            return Ending("completed", stage, tick)
+        if (ended := ending(decision.verdict, stage, tick)) is not None:
+            return ended
         if decision.verdict == "continue":
             stage, started = stage + 1, now
             phase = Phase(population.size)

@@ -137,6 +137,15 @@ class Ending(NamedTuple):
     ticks: int  # ticks it took
 
 
+def ending(verdict: str, stage: int, tick: int) -> Ending | None:
+    """How a look ended the rollout (rolled back or completed); None while it goes on."""
+    if verdict == "rollback":
+        return Ending("rolled_back", stage, tick)
+    if verdict == "complete":
+        return Ending("completed", stage, tick)
+    return None
+
+
 def simulate(
     rng: np.random.Generator,
     treatment: Behaviour,
@@ -184,10 +193,8 @@ def simulate(
             late_t = _arrived(late_t, tick, stage, sums_t)
         inputs = StageInputs(now, stage, started, bp, _independent(sums_c), _independent(sums_t))
         decision = decide(plan, exp, inputs)
-        if decision.verdict == "rollback":
-            return Ending("rolled_back", stage, tick)
-        if decision.verdict == "complete":
-            return Ending("completed", stage, tick)
+        if (ended := ending(decision.verdict, stage, tick)) is not None:
+            return ended
         if decision.verdict == "continue":
             stage, started = stage + 1, now
             sums_c, sums_t = {}, {}
