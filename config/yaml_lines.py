@@ -24,6 +24,7 @@ KeyPath = tuple[PathPart, ...]
 # Values (scalars, lists, mappings) that aliases may add to a document in all. Generous for
 # anchors reused as defaults (a block of 20 settings used by 1,000 upstreams is 21,000).
 MAX_ALIAS_VALUES = 100_000
+MAX_DEPTH = 64  # nesting levels: the deepest setting is about 8; deeper ends in a RecursionError
 
 
 def render_path(path: KeyPath) -> str:
@@ -64,7 +65,7 @@ def load_located(text: str, source: str) -> LocatedDocument:
     """Parse one YAML document; syntax errors and duplicate keys raise ConfigError."""
     try:
         node = yaml.compose(text, Loader=_BoundedLoader)
-    except _AliasBomb as exc:
+    except (_AliasBomb, _TooDeep) as exc:
         raise ConfigError(source, [Problem("", exc.line, exc.message)]) from None
     except yaml.MarkedYAMLError as exc:
         # The parser notices a problem where it stops (often the next line); the construct
@@ -85,6 +86,16 @@ def load_located(text: str, source: str) -> LocatedDocument:
     if builder.problems:
         raise ConfigError(source, builder.problems)
     return LocatedDocument(value, builder.lines)
+
+
+class _TooDeep(Exception):
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+        self.message = (
+            f"nested deeper than {MAX_DEPTH} levels: no setting is that deep (a parser "
+            "would exhaust its stack)"
+        )
 
 
 class _AliasBomb(Exception):
@@ -108,8 +119,19 @@ class _BoundedLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._sizes: dict[int, int] = {}  # id(node) -> values it expands to
         self._alias_values = 0
+        self._depth = 0  # of the node being composed
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise _TooDeep(mark.line + 1 if mark is not None else 0)
+            return self._compose_bounded(parent, index)
+        finally:
+            self._depth -= 1
+
+    def _compose_bounded(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()  # type: ignore[no-untyped-call]
             node = super().compose_node(parent, index)

@@ -432,6 +432,18 @@ def test_an_alias_bomb_is_refused_with_its_line_before_expanding() -> None:
     assert str(problem).startswith("<document> (line 6): YAML aliases")
 
 
+@pytest.mark.parametrize("nested", ["[" * 500 + "]" * 500, "{a: " * 500 + "1" + "}" * 500])
+def test_yaml_nested_too_deep_is_one_problem_not_a_traceback(nested: str) -> None:
+    """A trial's 500 levels ended in a RecursionError traceback (check-config, run, reload)."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"proxy:\n  listen: {nested}\n", "deep.yaml")
+    (problem,) = caught.value.problems
+    assert (problem.line, problem.message) == (
+        2,
+        "nested deeper than 64 levels: no setting is that deep (a parser would exhaust its stack)",
+    )
+
+
 def test_aliases_reused_within_the_limit_are_fine() -> None:
     shared = "  u0: &u {url: http://127.0.0.1:9001, read_timeout: 5s}\n"
     text = GOOD.replace(
