@@ -122,6 +122,9 @@ def _sticky_shape(value: Any) -> Any:
         return {"client_ip": _WRITTEN_ALONE}
     if not isinstance(value, dict) or len(value) != 1:
         raise Invalid("expected one of {header: NAME}, {cookie: NAME}, {query: NAME} or client_ip")
+    ((source, name),) = value.items()
+    if name is None and source in ("header", "cookie", "query"):  # `- header:`, name forgotten
+        raise Invalid(f"{{{source}: }} names no {source}: expected {{{source}: NAME}}")
     return value
 
 

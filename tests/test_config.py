@@ -465,3 +465,26 @@ def test_a_file_over_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
     assert refused == ["<document>: the file is over 4 MiB: refused"]
     path.write_bytes(GOOD.encode() + b"# padding\n" * ((1024 * 1024) // 10))  # 1 MiB: fine
     assert load_config(path).experiments["rollout"].percentage_bp == 1250
+
+
+def test_a_sticky_source_with_its_name_left_out_is_refused() -> None:
+    """`- header:` with the name forgotten became client-IP stickiness (a trial): users
+    behind one NAT would share an arm with no word."""
+    text = """\
+upstreams:
+  a: {url: "http://127.0.0.1:1"}
+  b: {url: "http://127.0.0.1:2"}
+routes: [{prefix: /, experiment: e}]
+experiments:
+  e:
+    control: a
+    treatment: b
+    percentage: 10
+    sticky:
+      - header:
+      - query: null
+"""
+    assert problems(text) == [
+        "experiments.e.sticky[0] (line 11): {header: } names no header: expected {header: NAME}",
+        "experiments.e.sticky[1] (line 12): {query: } names no query: expected {query: NAME}",
+    ]
