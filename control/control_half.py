@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from abgate.config import Config
+from abgate.config.errors import ConfigError, Problem
 from abgate.config.metrics_catalogue import CONTROL_PROCESS
 from abgate.control.api import check_exposure, create_control_app
 from abgate.control.config_process import ParsedConfig
@@ -144,6 +145,11 @@ async def control_half(
             history.flush_first.append(plane.flush_history)
 
         async def apply(new: ParsedConfig) -> list[str]:
+            # the rule `abgate run` and check-config apply: a reload must not accept a file
+            # the next start would refuse (a trial reloaded 0.0.0.0 without a token)
+            exposure = new.config.control.exposure_problem(token)
+            if exposure is not None:
+                raise ConfigError(str(config_path), [Problem("control.listen", None, exposure)])
             warnings = await plane.reload(new.blob)
             for name, experiment in new.config.experiments.items():
                 flags.ensure(name, experiment.percentage_bp)

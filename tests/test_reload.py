@@ -367,3 +367,23 @@ async def test_a_long_route_table_is_built_in_steps_and_swapped_once(
                     assert answer.status == 200
                     arms[answer.headers["X-ABGate-Arm"]] += 1
             assert arms == {"control": 40}  # the change made during the steps holds
+
+
+async def test_a_reload_refuses_a_control_api_beyond_loopback_without_a_token(
+    tmp_path: Path, session: ClientSession
+) -> None:
+    """check-config and `abgate run` refuse it; a trial's reload accepted it (the next
+    restart would then fail)."""
+    async with serve_app(echo_app()) as one, serve_app(echo_app()) as two:
+        path = tmp_path / "abgate.yaml"
+        path.write_text(yaml.safe_dump(document(one, two)))
+        async with embedded(load_config(path), config_path=str(path)) as running:
+            exposed = document(one, two)
+            exposed["control"] = {"listen": "0.0.0.0:0"}
+            path.write_text(yaml.safe_dump(exposed))
+            async with session.post(f"{running.control_url}/api/config/reload") as response:
+                answer = await response.json()
+            assert answer["result"] == "failure", answer
+            assert answer["problems"][0].startswith("control.listen: the control API would")
+            assert running.reloader is not None
+            assert running.reloader.config.control.listen.host == "127.0.0.1"
