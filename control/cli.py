@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate FILE as a whole. Prints every problem with its key path and "
         "YAML line; exits 1 if there is any.",
     )
-    check.add_argument("file")
+    check.add_argument("file", nargs="?")
+    # --config too, as run, proxy, control and db take it (a trial typed it and got exit 2)
+    check.add_argument("--config", dest="config_file", metavar="FILE")
     db = commands.add_parser(
         "db",
         help="the history store in PostgreSQL",
@@ -95,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     configure_logging(args.log_level)
     os.environ["ABGATE_LOG_LEVEL"] = args.log_level  # inherited by worker processes
     if args.command == "flags":
@@ -110,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check-config":
             from abgate.config.parse import load_config  # the parser: only where a file is read
 
+            if (args.file is None) == (args.config_file is None):
+                parser.error("check-config: give the file once, as FILE or --config FILE")
+            args.file = args.file or args.config_file
             config = load_config(args.file)
             exposure = config.control.exposure_problem(os.environ.get("ABGATE_CONTROL_TOKEN"))
             if exposure is not None:  # what `abgate run` and `abgate control` would refuse

@@ -36,3 +36,12 @@ def test_help(command: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> N
     assert exited.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: abgate {' '.join(command)}".rstrip())
+
+
+def test_check_config_takes_the_file_as_run_does_too(capsys: pytest.CaptureFixture[str]) -> None:
+    """`abgate check-config --config FILE`, as run, proxy, control and db take it."""
+    assert main(["check-config", "--config", "config/abgate.yaml"]) == 0
+    assert main(["check-config", "config/abgate.yaml"]) == 0
+    assert capsys.readouterr().out.count("config/abgate.yaml: OK") == 2
+    with pytest.raises(SystemExit):
+        main(["check-config"])
