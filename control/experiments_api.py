@@ -394,7 +394,13 @@ def _outcome(
             f"experiments.{name}.metrics (declared: {declared}), "
             f"got {metric!r}",
         )
-    value = item.value
+    if isinstance(item.value, bool) and definition.type != "binary":
+        raise ApiError(
+            400,
+            f"{where}.value: {metric} is continuous: expected a number, got "
+            f"{str(item.value).lower()}",
+        )
+    value = float(item.value)
     problem = check_value(value)
     if problem is not None:  # its square must stay finite: one would poison every sum
         raise ApiError(400, f"{where}.value: {problem}")

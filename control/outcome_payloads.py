@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from pydantic import Field, WithJsonSchema
-from pydantic.functional_validators import BeforeValidator, PlainValidator
+from pydantic.functional_validators import PlainValidator
 
 from abgate.control.payloads import Answer, Body, Expected, refuse
 
@@ -20,6 +20,14 @@ def _phase(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise refuse(f"expected the X-ABGate-Phase header's whole number, got {value!r}")
     return value
+
+
+def _value(value: Any) -> bool | float:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    raise refuse(f"expected a finite number or a boolean, got {value!r}")
 
 
 Phase = Annotated[
@@ -43,12 +51,11 @@ class OutcomeItem(Body):
     arm: Annotated[str | None, Field(description="X-ABGate-Arm")] = None
     metric: Annotated[str, Field(description="declared under experiments.NAME.metrics")]
     value: Annotated[
-        float,
-        BeforeValidator(lambda value: float(value) if isinstance(value, bool) else value),
+        bool | float,  # a boolean kept as one: only a binary metric takes it
+        PlainValidator(_value),
         WithJsonSchema(
             {"type": ["number", "boolean"], "description": "0/1 or a boolean for a binary metric"}
         ),
-        Expected("a finite number or a boolean", got=True),
     ]
     phase: Phase = None
     user: Annotated[

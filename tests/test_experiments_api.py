@@ -165,6 +165,13 @@ async def test_live_input_errors(session: ClientSession, agents: dict[str, str])
             assert (await r.json())[
                 "error"
             ] == "[0].value: expected a finite number or a boolean, got 'x'"
+        async with session.post(  # true for a continuous metric: a mistake, not 1.0
+            f"{running.control_url}/api/outcomes",
+            json=[{"experiment": "exp", "arm": "control", "metric": "satisfaction", "value": True}],
+        ) as r:
+            assert (await r.json())[
+                "error"
+            ] == "[0].value: satisfaction is continuous: expected a number, got true"
         async with session.post(f"{running.control_url}/api/outcomes", json={}) as r:
             assert r.status == 400
         # Users are the unit here (a sticky key): an outcome without its user is refused,
