@@ -203,6 +203,8 @@ class _Builder:
             problem = getattr(exc, "problem", None) or str(exc)
         except (ValueError, TypeError, OverflowError) as exc:  # !!int "abc", bad dates
             problem = f"{node.tag} {node.value!r}: {exc}"
+        if node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`
+            problem = "YAML merge keys (<<) are not supported: use extends: or repeat the keys"
         self.problems.append(
             Problem(render_path(path), node.start_mark.line + 1, f"invalid YAML value: {problem}")
         )

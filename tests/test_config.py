@@ -488,3 +488,11 @@ experiments:
         "experiments.e.sticky[0] (line 11): {header: } names no header: expected {header: NAME}",
         "experiments.e.sticky[1] (line 12): {query: } names no query: expected {query: NAME}",
     ]
+
+
+def test_a_yaml_merge_key_is_named_with_the_way_out() -> None:
+    text = 'defaults: &d {pool_size: 4}\nupstreams:\n  a:\n    <<: *d\n    url: "http://x"\n'
+    assert problems(text) == [
+        "<document> (line 4): invalid YAML value: YAML merge keys (<<) are not supported: "
+        "use extends: or repeat the keys"
+    ]
