@@ -27,8 +27,7 @@ from abgate.config.model import ExperimentConfig
 from abgate.control.measured import by_arm, of_phase
 from abgate.control.rollout.gates import StageInputs, decide
 from abgate.control.stats.clusters import ClusteredSums
-from abgate.control.stats.cuped import CROSS, PRE
-from abgate.state.measurements import CLUSTERS, MeasureKey, Sums
+from abgate.state.measurements import CLUSTERS, CROSS, PRE, MeasureKey, Sums
 from benchmarks.common import verdict, write_section
 from benchmarks.rollout_sim import Ending, ending, experiment
 

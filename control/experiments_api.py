@@ -37,13 +37,14 @@ from abgate.control.http import WORKER, ApiError, json_response, parse_json
 from abgate.control.maturing import mature_at
 from abgate.control.outcome_payloads import MAX_OUTCOMES, AcceptedAnswer, OutcomeItem
 from abgate.control.payloads import answer, validate
-from abgate.control.stats.cuped import CROSS, PRE
 from abgate.control.timeline_payloads import TimelineAnswer
 from abgate.proxy.hashing import fnv1a32, user_hash
 from abgate.state.errors import StoreUnavailable
 from abgate.state.flags import FlagTable
 from abgate.state.measurements import (
+    CROSS,
     MAX_HELD,
+    PRE,
     UNCLUSTERED,
     MaturingFull,
     MeasureKey,

@@ -16,7 +16,7 @@ from abgate.config.metrics_catalogue import ERROR_METRIC
 from abgate.control.stats import cuped
 from abgate.control.stats.checks import SRM_THRESHOLD, distinct_users, sequential_srm
 from abgate.control.stats.clusters import ClusteredSums
-from abgate.state.measurements import UNCLUSTERED, USER_MAP_BITS, MeasureKey, Sums
+from abgate.state.measurements import CROSS, PRE, UNCLUSTERED, USER_MAP_BITS, MeasureKey, Sums
 
 ArmKey = tuple[int, str, str]  # phase, arm, metric
 EMPTY = ClusteredSums(0, 0.0, 0.0, 0, 0.0, 0.0, 0.0)
@@ -58,7 +58,7 @@ def _adjust(
     def both(name: str) -> tuple[cuped.Clusters, cuped.Clusters]:
         return grouped.get((phase, names[0], name), {}), grouped.get((phase, names[1], name), {})
 
-    y, x, xy = both(metric), both(metric + cuped.PRE), both(metric + cuped.CROSS)
+    y, x, xy = both(metric), both(metric + PRE), both(metric + CROSS)
     found = cuped.theta(y, x, xy)
     if found is None:
         return

@@ -50,6 +50,11 @@ log = logging.getLogger("abgate.measurements")
 SECTION = "measurements"  # of the state file
 MeasureKey = tuple[str, int, str, str, int]  # experiment, phase, arm, metric, cluster
 UsersKey = tuple[str, int, str]  # experiment, phase, arm
+# An outcome posted with a covariate (CUPED, control/stats/cuped.py) adds two more sums under
+# its metric's name with these suffixes (metric names cannot contain '~'): the covariate's,
+# and the covariate times the value's
+PRE = "~pre"
+CROSS = "~cross"
 CLUSTERS = 128  # clusters of users per arm (a power of two): plenty for the delta method
 UNCLUSTERED = -1  # requests with no user behind them (no sticky key): each its own unit
 USER_MAP_BITS = 1 << 20  # bits of a distinct-users bitmap: 128 KiB

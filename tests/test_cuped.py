@@ -15,9 +15,8 @@ from abgate.config import parse_config
 from abgate.control.measured import by_arm
 from abgate.control.serve import embedded
 from abgate.control.stats.clusters import ClusteredSums
-from abgate.control.stats.cuped import CROSS, PRE
 from abgate.control.stats.means import means_p
-from abgate.state.measurements import CLUSTERS, MeasureKey, Phase, Sums
+from abgate.state.measurements import CLUSTERS, CROSS, PRE, MeasureKey, Phase, Sums
 from benchmarks.aa_ramp import SKEWED, Traffic, simulate
 
 

@@ -23,9 +23,8 @@ from dataclasses import replace
 
 from abgate.config.model import MetricConfig
 from abgate.control.stats.clusters import ClusteredSums
+from abgate.state.measurements import CROSS, PRE
 
-PRE = "~pre"  # the covariate's sums: metric names cannot contain '~'
-CROSS = "~cross"  # the sums of covariate x value
 # cluster id -> (whole users, count, sum, sum of squares), as ClusteredSums.of takes them
 Clusters = Mapping[int, tuple[bool, int, float, float]]
 
