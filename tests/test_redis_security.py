@@ -19,6 +19,7 @@ from abgate.config.export import config_as_json
 from abgate.control.log import RedactingFormatter
 from abgate.control.serve import Embedded, Worker, embedded, worker
 from abgate.state.redis_client import describe_redis_error
+from abgate.state.redis_flag_sync import RedisFlagSync
 from abgate.state.secrets import redact, remember
 from tests.processes import abgate
 from tests.redis_server import (
@@ -67,12 +68,19 @@ async def flag_write(session: ClientSession, running: Embedded, percentage: floa
         return response.status, await response.json()
 
 
+def all_syncs(control: Embedded, proxy: Worker) -> list[RedisFlagSync]:
+    assert control.data.backend is not None
+    syncs = [control.backend.sync, control.data.backend.sync, proxy.backend.sync]
+    assert all(s is not None for s in syncs)
+    return [s for s in syncs if s is not None]
+
+
 async def connected_and_converging(
     session: ClientSession, control: Embedded, proxy: Worker, percentage: float
 ) -> None:
-    """Both connected (again), and a write reaches the proxy."""
-    for sync in (control.backend.sync, proxy.backend.sync):
-        assert sync is not None
+    """Every flag sync connected (again): the control process's, its data plane's and the
+    proxy's; and a write reaches the proxy."""
+    for sync in all_syncs(control, proxy):
         await asyncio.wait_for(sync.connected_event.wait(), 20)
     status, flag = await flag_write(session, control, percentage)
     assert status == 200
@@ -102,7 +110,7 @@ async def test_acl_user_over_tls_and_a_rotated_password(
             embedded(config) as control,
             worker(secure_config(agents, redis, ca.pem, tmp_path, "proxy")) as proxy,
         ):
-            syncs = [control.backend.sync, proxy.backend.sync]
+            syncs = all_syncs(control, proxy)
             await connected_and_converging(session, control, proxy, 40)
 
             # The password changes on the server; connections are dropped (as a rotation
@@ -115,8 +123,8 @@ async def test_acl_user_over_tls_and_a_rotated_password(
                 await admin.client_kill_filter(user="abgate")
             finally:
                 await admin.aclose()
-            await until(lambda: not any(s.connected for s in syncs if s))
-            await until(lambda: all(s.last_error for s in syncs if s))
+            await until(lambda: not any(s.connected for s in syncs))
+            await until(lambda: all(s.last_error for s in syncs))
             expected = (
                 f"Redis refused the credentials (user 'abgate', password from the file {secret})"
             )
@@ -133,17 +141,23 @@ async def test_acl_user_over_tls_and_a_rotated_password(
             # The file is rotated too: the next reconnect reads it, no restart.
             secret.write_text(SECOND)
             await connected_and_converging(session, control, proxy, 70)
-            assert all(s is not None and s.last_error is None for s in syncs)
+            assert all(s.last_error is None for s in syncs)
 
             shown = str(config_as_json(config))  # what GET /api/config shows
             assert str(secret) in shown  # where the password is, not what it is
-    refused = [r for r in caplog.records if "refused the credentials" in r.getMessage()]
+    records = [r for r in caplog.records if r.name == "abgate.flags"]
+    refused = [r for r in records if "refused the credentials" in r.getMessage()]
     assert refused
     assert all(r.levelno == logging.ERROR for r in refused)  # a mistake waiting will not cure
-    # Once per flag sync and cause, not once per retry: each sync (the control process's,
-    # its data plane's, the proxy's) says once that it is back.
-    back = [r for r in caplog.records if "reachable again" in r.getMessage()]
-    assert len(refused) <= len(back) <= 3
+    # Once per flag sync and cause, not once per retry: from the rotation on, each sync (the
+    # control process's, its data plane's, the proxy's) says once that it is back, and says
+    # "refused" again only after another cause came between (a busy machine may time out a
+    # connect, before or during the outage).
+    since = records[records.index(refused[0]) :]
+    back = [r for r in since if "reachable again" in r.getMessage()]
+    other = [r for r in since if "retrying" in r.getMessage() and r not in refused]
+    assert len(back) == 3, [r.getMessage() for r in records]
+    assert 3 <= len(refused) <= 3 + len(other), [r.getMessage() for r in records]
     logged = "\n".join(r.getMessage() for r in caplog.records) + shown
     assert FIRST not in logged
     assert SECOND not in logged
