@@ -131,7 +131,9 @@ async def control_half(
         if history is not None:
             gauges.add_gauges(lambda: collect_history(history))
         worker = await start_stats_worker(stack, config, backend, gauges, history)
-        rollouts = await start_rollout_controller(stack, config, backend, shared, gauges)
+        rollouts = await start_rollout_controller(
+            stack, config, backend, shared, gauges, worker.reads
+        )
         if history is not None:
             rollouts.listeners.append(rollout_event(history))
 

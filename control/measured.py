@@ -9,6 +9,7 @@ one the gates run on a stage's units."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -16,7 +17,16 @@ from abgate.config.metrics_catalogue import ERROR_METRIC
 from abgate.control.stats import cuped
 from abgate.control.stats.checks import SRM_THRESHOLD, distinct_users, sequential_srm
 from abgate.control.stats.clusters import ClusteredSums
-from abgate.state.measurements import CROSS, PRE, UNCLUSTERED, USER_MAP_BITS, MeasureKey, Sums
+from abgate.state.measurements import (
+    CROSS,
+    PRE,
+    UNCLUSTERED,
+    USER_MAP_BITS,
+    MeasureKey,
+    MeasurementStore,
+    Phase,
+    Sums,
+)
 
 ArmKey = tuple[int, str, str]  # phase, arm, metric
 EMPTY = ClusteredSums(0, 0.0, 0.0, 0, 0.0, 0.0, 0.0)
@@ -166,3 +176,54 @@ def phase_arms(
             share,
         ),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """One read of an experiment's measurements: its phases, sums and distinct users, and
+    their per-arm sums (`by_arm`), as of `at` (the loop's clock)."""
+
+    at: float
+    phases: list[Phase]
+    sums: Mapping[MeasureKey, Sums]
+    users: Users
+    arms: dict[ArmKey, ClusteredSums]
+
+
+class Reads:
+    """The one reader of the measurement store for the statistics worker and the rollout
+    controller. A read is shared with any caller that accepts it at its age (`max_age`: the
+    worker its interval, the controller its tick), and reads in flight are joined: the
+    report, the gauges and the gates of one tick judge the same numbers, and the store is
+    read once for them."""
+
+    def __init__(self, store: MeasurementStore) -> None:
+        self.store = store
+        self._last: dict[str, Read] = {}
+        self._reading: dict[str, asyncio.Future[Read]] = {}
+
+    async def read(self, experiment: str, max_age: float = 0.0) -> Read:
+        loop = asyncio.get_running_loop()
+        last = self._last.get(experiment)
+        if last is not None and loop.time() - last.at < max_age:
+            return last
+        reading = self._reading.get(experiment)
+        if reading is None:
+            reading = self._reading[experiment] = loop.create_future()
+            try:
+                at = loop.time()
+                phases, sums = await self.store.read(experiment)
+                users = await self.store.users(experiment)
+                last = self._last[experiment] = Read(at, phases, sums, users, by_arm(sums))
+                reading.set_result(last)
+            except asyncio.CancelledError:
+                reading.cancel()
+                raise
+            except Exception as exc:  # the joined readers see the same failure
+                reading.set_exception(exc)
+                reading.exception()  # retrieved: no "never retrieved" when none joined
+                raise
+            finally:
+                del self._reading[experiment]
+            return last
+        return await asyncio.shield(reading)

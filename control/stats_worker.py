@@ -24,7 +24,7 @@ from prometheus_client.core import Metric
 from abgate.config import Config, metrics_catalogue
 from abgate.config.metrics_catalogue import BUILT_IN_METRIC_NAMES, LATENCY_BUCKETS
 from abgate.config.model import BUILT_IN_METRICS, ExperimentConfig, MetricConfig
-from abgate.control.measured import EMPTY, ArmKey, PhaseArms, Users, by_arm, phase_arms
+from abgate.control.measured import EMPTY, ArmKey, PhaseArms, Reads, Users, by_arm, phase_arms
 from abgate.control.reports import ExperimentReport, MetricResult, PhaseReport
 from abgate.control.stats import (
     StatsInputError,
@@ -143,11 +143,13 @@ def evaluate(
     phases: list[Phase],
     sums: Mapping[MeasureKey, Sums],
     users: Users | None = None,
+    arms: dict[ArmKey, ClusteredSums] | None = None,
 ) -> ExperimentReport:
     """One experiment's report; `users` is the store's distinct-users bit counts (none:
-    every request counted as its own unit for the SRM)."""
+    every request counted as its own unit for the SRM), `arms` `by_arm(sums)` when the
+    read already made them."""
     experiment = config.experiments[name]
-    arms = by_arm(sums)
+    arms = by_arm(sums) if arms is None else arms
     control, treatment = experiment.control.name, experiment.treatment.name
     report = ExperimentReport(name, control, treatment, evaluated_at=time.time())
     seen: PhaseArms | None = None
@@ -190,9 +192,16 @@ class StatsWorker:
     loop: it is logged once, counted, shown in /health/aggregate, and its last good report
     is kept until it evaluates again."""
 
-    def __init__(self, config: Config, store: MeasurementStore, interval: float = INTERVAL) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: MeasurementStore,
+        interval: float = INTERVAL,
+        reads: Reads | None = None,
+    ) -> None:
         self.config = config
         self.store = store
+        self.reads = reads or Reads(store)  # shared with the rollout controller
         self.interval = interval
         self.reports: dict[str, ExperimentReport] = {}
         self.last_run = 0.0
@@ -282,10 +291,11 @@ class StatsWorker:
         self.waiting = await self.store.held()
         reports = {}
         for name in self.config.experiments:
-            phases, sums = await self.store.read(name)
-            users = await self.store.users(name)
+            read = await self.reads.read(name)  # its own, fresh: the controller shares it
             try:
-                reports[name] = evaluate(self.config, name, phases, sums, users)
+                reports[name] = evaluate(
+                    self.config, name, read.phases, read.sums, read.users, read.arms
+                )
             except Exception as exc:
                 self._failed(name, exc)
                 if name in self.reports:

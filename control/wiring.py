@@ -32,6 +32,7 @@ from abgate.state.tasks import stop_task
 FIRST_READ_WAIT = 3.0  # seconds a starting data plane waits for the shared flags
 
 if TYPE_CHECKING:
+    from abgate.control.measured import Reads
     from abgate.control.rollout.controller import RolloutController
     from abgate.control.stats_worker import StatsWorker
     from abgate.state.history.writer import HistoryWriter
@@ -152,9 +153,11 @@ async def start_rollout_controller(
     backend: FlagBackend,
     shared: SharedState,
     gauges: GaugeSink,
+    reads: Reads | None = None,
 ) -> RolloutController:
     """The rollout controller and its store: the state file (embedded) or Redis, where a
-    lease makes exactly one of several control processes act."""
+    lease makes exactly one of several control processes act. `reads`: the statistics
+    worker's, so the gates decide on the read the page shows."""
     from abgate.control.rollout.controller import RolloutController
 
     assert backend.store is not None
@@ -168,7 +171,9 @@ async def start_rollout_controller(
         store = RedisRollouts(
             shared.client, config.flags.key_prefix, lease, durable=shared.snapshot
         )
-    controller = RolloutController(config, backend.store, store, backend.measurements, lease=lease)
+    controller = RolloutController(
+        config, backend.store, store, backend.measurements, lease=lease, reads=reads
+    )
     gauges.add_gauges(controller.collect)
     await owned_task(stack, controller.run(), "abgate-rollout-controller")
     return controller

@@ -31,7 +31,7 @@ from abgate.config.errors import AbgateError
 from abgate.config.model import RolloutPlan
 from abgate.config.parse_rollout import parse_plan
 from abgate.control.load_test import LoadPlan, LoadResult, run_load
-from abgate.control.measured import by_arm, phase_arms
+from abgate.control.measured import Read, Reads, phase_arms
 from abgate.control.rollout.gates import Decision, StageInputs, decide
 from abgate.control.rollout.gauges import rollout_families
 from abgate.control.rollout.reach import Units
@@ -159,13 +159,14 @@ class RolloutController:
         lease: Lease | None = None,
         clock: Callable[[], float] = time.time,
         proxy_url: str | None = None,
+        reads: Reads | None = None,
     ) -> None:
         self.config = config
+        self.reads = reads or Reads(measurements)  # the statistics worker's, when it runs
         self.proxy_url = proxy_url  # where a stage's load test sends its requests
         self._load_tests: dict[tuple[str, int], asyncio.Task[LoadResult]] = {}
         self.flags = flags
         self.rollouts = rollouts
-        self.measurements = measurements
         self.lease = lease
         self.clock = clock
         self._seen: dict[str, _Seen] = {}
@@ -334,17 +335,15 @@ class RolloutController:
         name = rollout.experiment
         experiment = self.config.experiments[name]
         flag = self.flags.table.get(name)
-        stats_age = 0.0
-        users: dict[tuple[int, str], int] = {}
-        try:
-            _, sums = await self.measurements.read(name)
-            users = await self.measurements.users(name)
+        try:  # the worker's read when it is no older than a tick, as the page shows it
+            read = await self.reads.read(name, max_age=plan.tick)
+            stats_age = asyncio.get_running_loop().time() - read.at
         except StoreUnavailable:
+            read = Read(0.0, [], {}, {}, {})
             stats_age = float("inf")
-            sums = {}
         names = (experiment.control.name, experiment.treatment.name)
         share = flag.basis_points / 10_000  # the stage, as the worker reads each phase
-        stage = phase_arms(by_arm(sums), sums, users, name, flag.phase, names, share)
+        stage = phase_arms(read.arms, read.sums, read.users, name, flag.phase, names, share)
         unconverged: list[str] = []
         open_now = False
         try:

@@ -1,0 +1,79 @@
+"""One read of the measurements for the statistics worker and the rollout controller: a read
+is shared with a caller that accepts its age, joined while in flight, and a failure reaches
+every caller that joined it; in `abgate run` the worker and the controller hold one reader,
+so the gates decide on the numbers the page shows."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import ClientSession
+
+from abgate.control.measured import Reads
+from abgate.control.serve import embedded
+from abgate.state.errors import StoreUnavailable
+from abgate.state.measurements import MeasureKey, MemoryMeasurements, Phase, Sums
+from tests.servers import make_config
+
+
+class CountedStore(MemoryMeasurements):
+    """The embedded store, counting its reads; `failing` makes a read fail as Redis would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+        self.failing = False
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def read(self, experiment: str) -> tuple[list[Phase], dict[MeasureKey, Sums]]:
+        self.reads += 1
+        await self.gate.wait()
+        if self.failing:
+            raise StoreUnavailable("measurements: Redis is down")
+        return await super().read(experiment)
+
+
+async def test_a_read_is_shared_within_the_age_a_caller_accepts() -> None:
+    store = CountedStore()
+    await store.add({("exp", 1, "control", "error", 0): Sums(3, 1.0, 1.0)})
+    reads = Reads(store)
+    first = await reads.read("exp")
+    assert first.sums[("exp", 1, "control", "error", 0)].count == 3
+    assert (await reads.read("exp", max_age=3600)) is first  # the controller, within a tick
+    await store.add({("exp", 1, "control", "error", 0): Sums(2, 0.0, 0.0)})
+    fresh = await reads.read("exp")  # the worker: always its own read
+    assert fresh is not first
+    assert fresh.sums[("exp", 1, "control", "error", 0)].count == 5
+    assert store.reads == 2
+
+
+async def test_reads_in_flight_are_joined_and_share_a_failure() -> None:
+    store = CountedStore()
+    reads = Reads(store)
+    store.gate.clear()
+    both = asyncio.gather(reads.read("exp"), reads.read("exp"))
+    await asyncio.sleep(0)  # both callers are waiting on the one read
+    store.gate.set()
+    one, other = await both
+    assert one is other
+    assert store.reads == 1
+
+    store.failing = True
+    store.gate.clear()
+    failed = asyncio.gather(reads.read("exp"), reads.read("exp"), return_exceptions=True)
+    await asyncio.sleep(0)
+    store.gate.set()
+    assert [type(r) for r in await failed] == [StoreUnavailable, StoreUnavailable]
+    assert store.reads == 2
+    store.failing = False
+    assert (await reads.read("exp")) is not one  # a failure is not kept: read again
+    assert store.reads == 3
+
+
+async def test_the_worker_and_the_controller_hold_one_reader(
+    session: ClientSession, agents: dict[str, str]
+) -> None:
+    async with embedded(make_config(agents)) as running:
+        assert running.rollouts.reads is running.worker.reads
+        assert running.rollouts.reads.store is running.backend.measurements
