@@ -133,12 +133,15 @@ class Reader:
 
     def __init__(self, doc: LocatedDocument) -> None:
         self.doc = doc
-        self.problems: list[Problem] = []
+        self.problems: list[Problem] = list(doc.problems)  # the YAML's own first
+        self._refused = {problem.path for problem in doc.problems}
 
     def problem(self, path: KeyPath, message: str) -> None:
-        self.problems.append(
-            Problem(render_path(path), self.doc.line_of(path), message, self.doc.file_of(path))
-        )
+        where = render_path(path)
+        if where in self._refused:  # a value the YAML refused is reported once, as that
+            return
+        line, file = self.doc.line_of(path), self.doc.file_of(path)
+        self.problems.append(Problem(where, line, message, file))
 
     def checked(
         self, path: KeyPath, check: Callable[..., T], value: Any, **bounds: Any

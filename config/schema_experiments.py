@@ -303,4 +303,3 @@ ExperimentSections = Annotated[
     dict[Annotated[str, NAME], ExperimentSection], before(_experiments_mapping)
 ]
 EXPERIMENTS = TypeAdapter(ExperimentSections)
-METRICS = TypeAdapter(Metrics)
