@@ -63,7 +63,8 @@ def _read(path: Path, source: str, chain: tuple[Path, ...]) -> LocatedDocument:
         raise ConfigError(source, [problem])
     base = _read(base_path, str(base_path), (*chain, resolved))
     own = {key: value for key, value in doc.value.items() if key != EXTENDS}
-    return merge(base, LocatedDocument(own, doc.lines, problems=doc.problems), str(base_path))
+    merged = merge(base, LocatedDocument(own, doc.lines, problems=doc.problems), str(base_path))
+    return dataclasses.replace(merged, bases=(str(base_path), *base.bases))
 
 
 def merge(base: LocatedDocument, override: LocatedDocument, base_source: str) -> LocatedDocument:

@@ -456,3 +456,5 @@ class Config:
     routes: tuple[RouteConfig, ...]
     experiments: Mapping[str, ExperimentConfig]
     history: HistorySettings = HistorySettings()
+    # The files `source` extends, nearest first (config/layers.py): a reload watches them too.
+    bases: tuple[str, ...] = ()

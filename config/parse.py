@@ -58,7 +58,7 @@ class Exposure(NamedTuple):
 
 def _validate(doc: LocatedDocument, source: str, exposure: Exposure | None = None) -> Config:
     reader = Reader(doc)
-    config = _Schema(reader, source, exposure).build(doc.value)
+    config = _Schema(reader, source, exposure, doc.bases).build(doc.value)
     if reader.problems or config is None:
         raise ConfigError(source, reader.problems)
     return config
@@ -69,10 +69,13 @@ class _Schema(UpstreamSchema, ExperimentSchema, ConnectionSchema):
     rollout plans) and flags in their own modules (`config.parse_upstreams`,
     `config.parse_experiments`, `config.parse_connections`)."""
 
-    def __init__(self, reader: Reader, source: str, exposure: Exposure | None) -> None:
+    def __init__(
+        self, reader: Reader, source: str, exposure: Exposure | None, bases: tuple[str, ...]
+    ) -> None:
         self.r = reader
         self.source = source
         self.exposure = exposure
+        self.bases = bases
         # Names declared in the file: references are checked against these, so one bad
         # upstream is reported once, not again by everything that refers to it.
         self.upstream_names: set[str] = set()
@@ -114,6 +117,7 @@ class _Schema(UpstreamSchema, ExperimentSchema, ConnectionSchema):
             routes=routes,
             experiments=MappingProxyType(experiments),
             history=history,
+            bases=self.bases,
         )
 
     def _proxy(self, value: Any) -> ProxySettings | None:

@@ -51,6 +51,7 @@ class LocatedDocument:
     # What the YAML itself refused (a duplicate key, a merge key, an unknown tag): the value
     # is built without it, so validation reports the rest with these.
     problems: tuple[Problem, ...] = ()
+    bases: tuple[str, ...] = ()  # the files it extends, nearest first (config/layers.py)
 
     def line_of(self, path: KeyPath) -> int | None:
         # A missing key has no line of its own: report the nearest enclosing one.
