@@ -14,6 +14,7 @@ from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
+from abgate.config.durations import read_seconds
 from abgate.config.errors import AbgateError, Problem
 from abgate.config.model import BASIS_POINTS, Listen
 from abgate.config.yaml_lines import KeyPath, LocatedDocument, render_path
@@ -32,8 +33,6 @@ _SIZE_UNITS = {
     "gib": 1024**3,
 }
 _SIZE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 NAME_WHAT = "a name (letters, digits, '_', '.', '-'; up to 128)"
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token (header names)
@@ -105,11 +104,7 @@ def check_size(value: Any, *, low: int = 0) -> int:
 
 def check_duration(value: Any, *, low: float = 0.0, high: float = 86_400.0) -> float:
     """Seconds: a number or a string such as `250ms`, `5s`, `2m`."""
-    seconds: float | None = None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
-        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    seconds = read_seconds(value)
     if seconds is None:
         raise Invalid(f"expected a duration such as 1.5, '250ms' or '5s', got {value!r}")
     if not low < seconds <= high:
@@ -138,12 +133,15 @@ class Reader:
 
     def __init__(self, doc: LocatedDocument) -> None:
         self.doc = doc
-        self.problems: list[Problem] = []
+        self.problems: list[Problem] = list(doc.problems)  # the YAML's own first
+        self._refused = {problem.path for problem in doc.problems}
 
     def problem(self, path: KeyPath, message: str) -> None:
-        self.problems.append(
-            Problem(render_path(path), self.doc.line_of(path), message, self.doc.file_of(path))
-        )
+        where = render_path(path)
+        if where in self._refused:  # a value the YAML refused is reported once, as that
+            return
+        line, file = self.doc.line_of(path), self.doc.file_of(path)
+        self.problems.append(Problem(where, line, message, file))
 
     def checked(
         self, path: KeyPath, check: Callable[..., T], value: Any, **bounds: Any

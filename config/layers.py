@@ -12,6 +12,7 @@ base file and its line, one the override set names the override's.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,8 @@ def _read(path: Path, source: str, chain: tuple[Path, ...]) -> LocatedDocument:
         raise ConfigError(source, [problem])
     base = _read(base_path, str(base_path), (*chain, resolved))
     own = {key: value for key, value in doc.value.items() if key != EXTENDS}
-    return merge(base, LocatedDocument(own, doc.lines), str(base_path))
+    merged = merge(base, LocatedDocument(own, doc.lines, problems=doc.problems), str(base_path))
+    return dataclasses.replace(merged, bases=(str(base_path), *base.bases))
 
 
 def merge(base: LocatedDocument, override: LocatedDocument, base_source: str) -> LocatedDocument:
@@ -100,4 +102,8 @@ def merge(base: LocatedDocument, override: LocatedDocument, base_source: str) ->
         return new
 
     value = walk(base.value, override.value, ())
-    return LocatedDocument(value, lines, files)
+    problems = (
+        *(dataclasses.replace(p, file=p.file or base_source) for p in base.problems),
+        *override.problems,
+    )
+    return LocatedDocument(value, lines, files, problems)

@@ -1,7 +1,8 @@
 """The configuration as frozen, typed values. Built once by `config.parse`, never mutated.
 
 The defaults of what a file may leave out are declared with each setting (`config.schema*`);
-the defaults left here serve values made in code (tests, the environment's Redis URL).
+the settings also made in code (tests, the environment's Redis URL) default here to the same
+values, read from `config.defaults`.
 
 Percentages are held as basis points (hundredths of a percent, 0..10000) so that bucketing
 compares integers, matching the 0.01% granularity of GrowthBook v2 and nginx split_clients.
@@ -15,6 +16,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from abgate.config.defaults import (
+    HISTORY_BUFFER,
+    HISTORY_RETENTION,
+    HISTORY_SAMPLE,
+    REDIS_DB,
+    REDIS_WAIT_REPLICAS,
+    REDIS_WAIT_TIMEOUT,
+    SENTINEL_TLS,
+    TLS_CHECK_HOSTNAME,
+)
+from abgate.config.durations import seconds
 from abgate.config.metrics_catalogue import ERROR_METRIC, LATENCY_METRIC
 
 StickyKind = Literal["header", "cookie", "query", "client_ip"]
@@ -116,7 +128,7 @@ class TlsSettings:
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
-    check_hostname: bool = True
+    check_hostname: bool = TLS_CHECK_HOSTNAME
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +140,7 @@ class SentinelSettings:
     service: str
     username: str | None = None
     password: SecretRef | None = None
-    tls: bool = False  # the sentinels themselves speak TLS
+    tls: bool = SENTINEL_TLS  # the sentinels themselves speak TLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,14 +150,14 @@ class RedisSettings:
 
     url: str | None = None  # redis://, rediss:// (TLS) or unix://; may hold user and password
     sentinel: SentinelSettings | None = None
-    db: int = 0  # with sentinel (a URL names its own)
+    db: int = REDIS_DB  # with sentinel (a URL names its own)
     username: str | None = None  # the ACL user
     password: SecretRef | None = None
     tls: TlsSettings | None = None  # None: plain TCP (a rediss:// URL: TLS, system CAs)
     # A flag write answers once this many replicas have it (WAIT), so a failover does not
     # lose it; after wait_timeout it answers anyway, logged and counted.
-    wait_replicas: int = 0
-    wait_timeout: float = 0.5
+    wait_replicas: int = REDIS_WAIT_REPLICAS  # its parse: 1 with sentinel
+    wait_timeout: float = seconds(REDIS_WAIT_TIMEOUT)
 
     @property
     def uses_tls(self) -> bool:
@@ -170,9 +182,10 @@ class HistorySettings:
     written (ABGATE_HISTORY_URL, when set, takes the place of a missing postgres_url)."""
 
     postgres_url: str | None = None
-    retention: float = 90 * 86_400.0  # seconds of history kept (whole days)
-    sample: float = 1.0  # share of decisions recorded
-    buffer: int = 200_000  # decisions held in memory at most while PostgreSQL is slow or down
+    retention: float = seconds(HISTORY_RETENTION)  # history kept (whole days)
+    sample: float = HISTORY_SAMPLE  # share of decisions recorded
+    # Decisions held in memory at most while PostgreSQL is slow or down.
+    buffer: int = HISTORY_BUFFER
     # The password, when not in the URL: read at each new connection (rotation). TLS is
     # set in the URL as libpq has it: ?sslmode=verify-full&sslrootcert=/path/ca.pem
     password: SecretRef | None = None
@@ -443,3 +456,5 @@ class Config:
     routes: tuple[RouteConfig, ...]
     experiments: Mapping[str, ExperimentConfig]
     history: HistorySettings = HistorySettings()
+    # The files `source` extends, nearest first (config/layers.py): a reload watches them too.
+    bases: tuple[str, ...] = ()

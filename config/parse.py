@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from abgate.config.errors import ConfigError
 from abgate.config.fields import Reader
@@ -35,19 +35,30 @@ from abgate.config.values import Names
 from abgate.config.yaml_lines import KeyPath, LocatedDocument, load_located
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(
+    path: str | Path, *, check_exposure: bool = False, control_token: str | None = None
+) -> Config:
     """Read and validate a configuration file (merged over the file it `extends`, if any:
-    config/layers.py); raises ConfigError listing every problem."""
-    return _validate(read_layered(path), str(path))
+    config/layers.py); raises ConfigError listing every problem. `check_exposure`: the
+    control API's listen address is judged too, as a server started with `control_token`
+    would (`ControlSettings.exposure_problem`), with the other problems."""
+    exposure = Exposure(control_token) if check_exposure else None
+    return _validate(read_layered(path), str(path), exposure)
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:
     return _validate(load_located(text, source), source)
 
 
-def _validate(doc: LocatedDocument, source: str) -> Config:
+class Exposure(NamedTuple):
+    """The control API's token a configuration is judged with (none: no token)."""
+
+    control_token: str | None
+
+
+def _validate(doc: LocatedDocument, source: str, exposure: Exposure | None = None) -> Config:
     reader = Reader(doc)
-    config = _Schema(reader, source).build(doc.value)
+    config = _Schema(reader, source, exposure, doc.bases).build(doc.value)
     if reader.problems or config is None:
         raise ConfigError(source, reader.problems)
     return config
@@ -58,9 +69,13 @@ class _Schema(UpstreamSchema, ExperimentSchema, ConnectionSchema):
     rollout plans) and flags in their own modules (`config.parse_upstreams`,
     `config.parse_experiments`, `config.parse_connections`)."""
 
-    def __init__(self, reader: Reader, source: str) -> None:
+    def __init__(
+        self, reader: Reader, source: str, exposure: Exposure | None, bases: tuple[str, ...]
+    ) -> None:
         self.r = reader
         self.source = source
+        self.exposure = exposure
+        self.bases = bases
         # Names declared in the file: references are checked against these, so one bad
         # upstream is reported once, not again by everything that refers to it.
         self.upstream_names: set[str] = set()
@@ -102,6 +117,7 @@ class _Schema(UpstreamSchema, ExperimentSchema, ConnectionSchema):
             routes=routes,
             experiments=MappingProxyType(experiments),
             history=history,
+            bases=self.bases,
         )
 
     def _proxy(self, value: Any) -> ProxySettings | None:
@@ -149,7 +165,12 @@ class _Schema(UpstreamSchema, ExperimentSchema, ConnectionSchema):
                 ok = False
         if not ok:
             return None
-        return build(ControlSettings, section, groups=MappingProxyType(dict(section.groups)))
+        settings = build(ControlSettings, section, groups=MappingProxyType(dict(section.groups)))
+        refused = self.exposure and settings.exposure_problem(self.exposure.control_token)
+        if refused:  # what `abgate run` and `abgate control` would refuse
+            self.r.problem((*path, "listen"), refused)
+            return None
+        return settings
 
     def _history(self, value: Any) -> HistorySettings | None:
         path: KeyPath = ("history",)

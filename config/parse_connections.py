@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+from abgate.config.defaults import REDIS_WAIT_REPLICAS, REDIS_WAIT_REPLICAS_SENTINEL
 from abgate.config.fields import Reader
 from abgate.config.model import FlagsSettings, RedisSettings, SentinelSettings, TlsSettings
 from abgate.config.schema_connections import (
@@ -101,7 +102,7 @@ def _redis(section: RedisSection, given: dict[str, Any]) -> RedisSettings:
         tls=build(TlsSettings, section.tls) if section.tls is not None else None,
         wait_replicas=section.wait_replicas
         if section.wait_replicas is not None
-        else (1 if sentinel is not None else 0),
+        else (REDIS_WAIT_REPLICAS_SENTINEL if sentinel is not None else REDIS_WAIT_REPLICAS),
     )
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
-
 from abgate.config.fields import Reader
 from abgate.config.model import (
     ArmConfig,
@@ -19,7 +17,6 @@ from abgate.config.model import (
 from abgate.config.parse_rollout import read_plan
 from abgate.config.schema_experiments import (
     EXPERIMENTS,
-    METRICS,
     ArmSection,
     ExperimentSection,
     ExperimentSections,
@@ -50,10 +47,12 @@ class ExperimentSchema:
             if given.get("rollout") is None:
                 plans[name] = None
                 continue
-            metrics = _metrics(sections[name].metrics) if sections else _quiet_metrics(given)
-            if metrics is not None:
+            # The metrics it declares, by name: a plan naming one whose settings were
+            # refused is read too (its problems listed with that metric's).
+            declared = given.get("metrics") or {}
+            if isinstance(declared, dict):
                 where = (*path, name, "rollout")
-                plans[name] = read_plan(self.r, given["rollout"], where, metrics)
+                plans[name] = read_plan(self.r, given["rollout"], where, map(str, declared))
         if sections is None or not keys_ok:
             return None
         out = {name: _experiment(name, section, plans[name]) for name, section in sections.items()}
@@ -128,12 +127,3 @@ def _metrics(sections: dict[str, MetricSection]) -> tuple[MetricConfig, ...]:
         )
         for name, section in sections.items()
     )
-
-
-def _quiet_metrics(given: dict[str, Any]) -> tuple[MetricConfig, ...] | None:
-    """An experiment's metrics when they are valid (their problems are reported with the
-    experiment's), for reading its plan."""
-    try:
-        return _metrics(METRICS.validate_python(given.get("metrics", {})))
-    except ValidationError:
-        return None

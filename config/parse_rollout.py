@@ -4,6 +4,7 @@ when a plan is given to the control API); here, the checks across its settings."
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from abgate.config.errors import ConfigError
@@ -32,16 +33,16 @@ MAX_HOLDOUT_BP = 5_000  # a holdout is the smaller arm; half or more is another 
 def parse_plan(value: Any, metrics: tuple[MetricConfig, ...], source: str) -> RolloutPlan:
     """A plan from plain data (an API body); raises ConfigError naming every problem."""
     reader = Reader(LocatedDocument(value))
-    plan = read_plan(reader, value, (), metrics)
+    plan = read_plan(reader, value, (), (metric.name for metric in metrics))
     if reader.problems or plan is None:
         raise ConfigError(source, reader.problems)
     return plan
 
 
-def read_plan(
-    r: Reader, value: Any, path: KeyPath, metrics: tuple[MetricConfig, ...]
-) -> RolloutPlan | None:
-    known = frozenset({*BUILT_IN_METRIC_NAMES, *(m.name for m in metrics)})
+def read_plan(r: Reader, value: Any, path: KeyPath, metrics: Iterable[str]) -> RolloutPlan | None:
+    """The plan at `path`, its problems reported to `r`; `metrics`: the names of its
+    experiment's declared metrics."""
+    known = frozenset({*BUILT_IN_METRIC_NAMES, *metrics})
     plan = validate(r, PLAN, PlanSection, value, path, Names(metrics=known))
     if plan is None:
         return None

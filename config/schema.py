@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import TypeAdapter
 
+from abgate.config.defaults import HISTORY_BUFFER, HISTORY_RETENTION, HISTORY_SAMPLE
 from abgate.config.export import mask_url
 from abgate.config.fields import Invalid, check_duration, check_string
 from abgate.config.model import Listen
@@ -141,12 +142,14 @@ class HistorySection(Secret):
         "set); none: nothing is written. TLS in the URL as libpq has it "
         "(`?sslmode=verify-full&sslrootcert=/path/ca.pem`)",
     )
-    retention: Annotated[float, checked(_retention)] = setting("90d", "history kept, in whole days")
+    retention: Annotated[float, checked(_retention)] = setting(
+        HISTORY_RETENTION, "history kept, in whole days"
+    )
     sample: Annotated[
         float, number(low=0, high=1, low_open=True, message="a share above 0 and at most 1")
-    ] = setting(1.0, "share of decisions recorded")
+    ] = setting(HISTORY_SAMPLE, "share of decisions recorded")
     buffer: Annotated[int, integer(low=1000, high=10_000_000)] = setting(
-        200_000, "decisions held in memory at most while PostgreSQL is slow or down"
+        HISTORY_BUFFER, "decisions held in memory at most while PostgreSQL is slow or down"
     )
 
 

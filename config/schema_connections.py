@@ -11,6 +11,14 @@ from typing import Annotated, Any
 
 from pydantic import TypeAdapter
 
+from abgate.config.defaults import (
+    REDIS_DB,
+    REDIS_WAIT_REPLICAS,
+    REDIS_WAIT_REPLICAS_SENTINEL,
+    REDIS_WAIT_TIMEOUT,
+    SENTINEL_TLS,
+    TLS_CHECK_HOSTNAME,
+)
 from abgate.config.export import mask_url
 from abgate.config.fields import Invalid, check_listen, check_string
 from abgate.config.model import SecretRef
@@ -95,7 +103,7 @@ class TlsSection(Section):
     )
     key_file: Annotated[str | None, FILE_PATH] = setting(None, "its private key")
     check_hostname: Annotated[bool, BOOLEAN] = setting(
-        True, "the server's name must match its certificate"
+        TLS_CHECK_HOSTNAME, "the server's name must match its certificate"
     )
 
 
@@ -110,7 +118,7 @@ class SentinelSection(Secret):
     )
     username: UserName = setting(None, "the sentinels' own ACL user")
     tls: Annotated[bool, BOOLEAN] = setting(
-        False, "the sentinels speak TLS (with `redis.tls`, true unless set)", shown="`false`"
+        SENTINEL_TLS, "the sentinels speak TLS (with `redis.tls`, true unless set)"
     )
 
 
@@ -122,7 +130,7 @@ class RedisSection(Secret):
         None, "or the primary the sentinels name (exactly one of `url` and `sentinel`)"
     )
     db: Annotated[int, integer(low=0, high=15)] = setting(
-        0, "the database, with `sentinel` (a URL names its own)"
+        REDIS_DB, "the database, with `sentinel` (a URL names its own)"
     )
     username: UserName = setting(None, "the ACL user")
     tls: TlsSection | None = setting(
@@ -131,10 +139,11 @@ class RedisSection(Secret):
     wait_replicas: Annotated[int | None, integer(low=0, high=16, optional=True)] = setting(
         None,
         "a flag write answers once this many replicas have it (`WAIT`), so a failover keeps it",
-        shown="`1` with sentinel, else `0`",
+        shown=f"`{REDIS_WAIT_REPLICAS_SENTINEL}` with sentinel, else `{REDIS_WAIT_REPLICAS}`",
     )
     wait_timeout: Annotated[float, duration(high=60)] = setting(
-        "500ms", "short of the replicas after this, the write stands, logged and counted"
+        REDIS_WAIT_TIMEOUT,
+        "short of the replicas after this, the write stands, logged and counted",
     )
 
 

@@ -144,8 +144,14 @@ class StickyItem(Section):
     query: Annotated[str | None, checked(check_string, optional=True)] = setting(
         None, "`{query: NAME}`: this query parameter's"
     )
+    # Not `setting`: its default is not validated (no YAML can write it).
     client_ip: Annotated[bool, checked(_client_ip)] = Field(
-        False, description="`client_ip` (written alone): the client's address"
+        False,
+        json_schema_extra={"shown": "written alone"},
+        description="`- client_ip` (a list item alone; `{client_ip: ...}` is refused): the "
+        "key is the address of the connection's peer, never `X-Forwarded-For`; behind a load "
+        "balancer or another proxy that is the proxy's address, the same for every user (one "
+        "arm)",
     )
 
 
@@ -264,7 +270,8 @@ class ExperimentSection(Section):
         tuple[Annotated[StickyItem, before(_sticky_shape)], ...], before(_sticky_list)
     ] = setting([], "e.g. `[{header: X-User-Id}, {cookie: uid}, {query: user}, client_ip]`")
     when_missing: Annotated[WhenMissing, checked(_when_missing)] = setting(
-        "random", "with no sticky key: `random`, `control` or `client_ip`"
+        "random",
+        "with no sticky key: `random`, `control` or `client_ip` (the connection's peer, as above)",
     )
     seed: Annotated[str | None, checked(check_string, optional=True)] = setting(
         None, "hash seed (GrowthBook's `seed`)", shown="the name"
@@ -303,4 +310,3 @@ ExperimentSections = Annotated[
     dict[Annotated[str, NAME], ExperimentSection], before(_experiments_mapping)
 ]
 EXPERIMENTS = TypeAdapter(ExperimentSections)
-METRICS = TypeAdapter(Metrics)

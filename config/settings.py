@@ -74,13 +74,39 @@ def validate(
     names: Names | None = None,
 ) -> T | None:
     """`value` (at `path`) validated as `kind` (the type `adapter` was made for), or None
-    with every problem in it reported to `reader`. `names`: what references may name."""
+    with every problem in it reported to `reader`. `names`: what references may name.
+
+    When unknown keys are all that is wrong, they are reported and the value without them
+    is returned, so the checks across its settings still run and report with them (an
+    unknown key changes no other setting; a refused value would, so it returns None)."""
     try:
         return adapter.validate_python(value, context=names)
     except ValidationError as exc:
         for loc, message in _ordered(exc, kind):
             reader.problem((*path, *loc), message)
+        errors = exc.errors()
+    if any(error["type"] != "extra_forbidden" for error in errors):
         return None
+    for error in errors:
+        value = _without(value, error["loc"])
+    try:
+        return adapter.validate_python(value, context=names)
+    except ValidationError:  # a key that a shape validator moved: as refused
+        return None
+
+
+def _without(value: Any, loc: tuple[int | str, ...]) -> Any:
+    """A copy of `value` without the key at `loc` (the same value when there is none)."""
+    if not loc:
+        return value
+    head, rest = loc[0], loc[1:]
+    if isinstance(value, dict) and head in value:
+        if not rest:
+            return {key: item for key, item in value.items() if key != head}
+        return {**value, head: _without(value[head], rest)}
+    if isinstance(value, list) and isinstance(head, int) and 0 <= head < len(value):
+        return [*value[:head], _without(value[head], rest), *value[head + 1 :]]
+    return value
 
 
 def build(model: type[T], schema: BaseModel, **given: Any) -> T:

@@ -24,6 +24,8 @@ KeyPath = tuple[PathPart, ...]
 # Values (scalars, lists, mappings) that aliases may add to a document in all. Generous for
 # anchors reused as defaults (a block of 20 settings used by 1,000 upstreams is 21,000).
 MAX_ALIAS_VALUES = 100_000
+_MERGE = "tag:yaml.org,2002:merge"
+_NO_MERGE = "YAML merge keys (<<) are not supported: use extends: or repeat the keys"
 MAX_DEPTH = 64  # nesting levels: the deepest setting is about 8; deeper ends in a RecursionError
 
 
@@ -46,6 +48,10 @@ class LocatedDocument:
     lines: dict[KeyPath, int] = field(default_factory=dict)
     # Paths written in another file than the one loaded (a base it extends: config/layers.py)
     files: dict[KeyPath, str] = field(default_factory=dict)
+    # What the YAML itself refused (a duplicate key, a merge key, an unknown tag): the value
+    # is built without it, so validation reports the rest with these.
+    problems: tuple[Problem, ...] = ()
+    bases: tuple[str, ...] = ()  # the files it extends, nearest first (config/layers.py)
 
     def line_of(self, path: KeyPath) -> int | None:
         # A missing key has no line of its own: report the nearest enclosing one.
@@ -62,7 +68,8 @@ class LocatedDocument:
 
 
 def load_located(text: str, source: str) -> LocatedDocument:
-    """Parse one YAML document; syntax errors and duplicate keys raise ConfigError."""
+    """Parse one YAML document; a syntax error raises ConfigError (nothing can be read past
+    it), a key or value refused is left out and listed in `problems`."""
     try:
         node = yaml.compose(text, Loader=_BoundedLoader)
     except (_AliasBomb, _TooDeep) as exc:
@@ -83,9 +90,7 @@ def load_located(text: str, source: str) -> LocatedDocument:
         return LocatedDocument({}, {(): 1})
     builder = _Builder()
     value = builder.build(node, ())
-    if builder.problems:
-        raise ConfigError(source, builder.problems)
-    return LocatedDocument(value, builder.lines)
+    return LocatedDocument(value, builder.lines, problems=tuple(builder.problems))
 
 
 class _TooDeep(Exception):
@@ -176,6 +181,15 @@ class _Builder:
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Any] = {}
             for key_node, value_node in node.value:
+                if key_node.tag == _MERGE:  # `<<: *defaults`
+                    self.problems.append(
+                        Problem(
+                            render_path((*path, "<<")),
+                            key_node.start_mark.line + 1,
+                            f"invalid YAML: {_NO_MERGE}",
+                        )
+                    )
+                    continue
                 key = self._scalar(key_node)
                 if not isinstance(key, str):
                     key = str(key)
@@ -203,8 +217,8 @@ class _Builder:
             problem = getattr(exc, "problem", None) or str(exc)
         except (ValueError, TypeError, OverflowError) as exc:  # !!int "abc", bad dates
             problem = f"{node.tag} {node.value!r}: {exc}"
-        if node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`
-            problem = "YAML merge keys (<<) are not supported: use extends: or repeat the keys"
+        if node.tag == _MERGE:  # `<<` as a value
+            problem = _NO_MERGE
         self.problems.append(
             Problem(render_path(path), node.start_mark.line + 1, f"invalid YAML value: {problem}")
         )

@@ -116,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
             if (args.file is None) == (args.config_file is None):
                 parser.error("check-config: give the file once, as FILE or --config FILE")
             args.file = args.file or args.config_file
-            config = load_config(args.file)
-            exposure = config.control.exposure_problem(os.environ.get("ABGATE_CONTROL_TOKEN"))
-            if exposure is not None:  # what `abgate run` and `abgate control` would refuse
-                print(f"{args.file}: control.listen: {exposure}")
-                return 1
+            config = load_config(
+                args.file,
+                check_exposure=True,  # what `abgate run` and `abgate control` would refuse
+                control_token=os.environ.get("ABGATE_CONTROL_TOKEN"),
+            )
             for note in credential_notes(config):
                 print(f"{args.file}: note: {note}")
             print(

@@ -12,6 +12,11 @@ would otherwise be read half-written), and a reload of exactly the text already 
 answers "unchanged" without applying or counting anything (the watcher and an API call
 racing for the same change). "The same" is judged on the validated config, so a change to a
 file it `extends`, or one of comments only, is judged by what it means.
+
+The watcher looks at every file of the `extends:` chain (config/layers.py), as the running
+config read it (`Config.bases`); each reload reads the chain afresh, and the files watched
+follow it. A refused reload adds the files its problems name (a base just added to the
+chain, and broken), so fixing one is picked up too.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class ReloadOutcome:
 
 Apply = Callable[[ParsedConfig], Awaitable[list[str]]]
 Parse = Callable[[Path], Awaitable[ParsedConfig]]
+Stamp = tuple[tuple[float, int, int] | None, ...]  # of each file watched
 
 
 class Reloader:
@@ -62,22 +68,26 @@ class Reloader:
         self.checks = 0  # the watcher's looks at the file
         self._lock = asyncio.Lock()  # one reload at a time; never taken on the request path
         self._requested = asyncio.Event()
-        self._seen = self._stamp()  # the file as last loaded
-        self._changing: tuple[float, int, int] | None = None  # a new stamp, not yet settled
+        self._outcome = asyncio.Condition()  # notified at each outcome
+        self.outcomes = 0  # reloads ended, whatever their result
+        self.watched = self._chain(config)
+        self._seen = self._stamp()  # the files as last loaded
+        self._changing: Stamp | None = None  # a new stamp, not yet settled
 
     async def reload(self, trigger: str) -> ReloadOutcome:
         async with self._lock:
             # Whatever asked, the file as read now is handled: the watcher must not reload
             # the same change again.
             self._seen = self._stamp()
+            named: tuple[str, ...] = ()  # files a refusal's problems are in
             try:
                 parsed = await self._parse(self.path)
                 if parsed.config == self.config:
                     log.info("config reload (%s): the file is the running config", trigger)
-                    self.last = ReloadOutcome("unchanged", trigger, time.time())
-                    return self.last
+                    return await self._ended(ReloadOutcome("unchanged", trigger, time.time()))
                 warnings = await self._apply(parsed)
             except ConfigError as exc:
+                named = tuple(problem.file for problem in exc.problems if problem.file)
                 outcome = ReloadOutcome(
                     "failure", trigger, time.time(), problems=[str(p) for p in exc.problems]
                 )
@@ -102,9 +112,36 @@ class Reloader:
                 log.info("config reloaded (%s) from %s", trigger, self.path)
                 for warning in warnings:
                     log.warning("config reload: %s", warning)
+            return await self._ended(outcome, named)
+
+    async def _ended(self, outcome: ReloadOutcome, named: tuple[str, ...] = ()) -> ReloadOutcome:
+        if outcome.result in self.counts:
             self.counts[outcome.result] += 1
-            self.last = outcome
-            return outcome
+        self._watch(named)
+        self.last = outcome
+        self.outcomes += 1
+        async with self._outcome:
+            self._outcome.notify_all()
+        return outcome
+
+    async def next_outcome(self, after: int) -> ReloadOutcome:
+        """The outcome of the first reload that ends once `after` reloads have."""
+        async with self._outcome:
+            await self._outcome.wait_for(lambda: self.outcomes > after)
+        assert self.last is not None
+        return self.last
+
+    def _chain(self, config: Config) -> tuple[Path, ...]:
+        return (self.path, *(Path(base) for base in config.bases))
+
+    def _watch(self, named: tuple[str, ...]) -> None:
+        """Watch the running config's chain and the files a refusal `named`; a file new to
+        the watch is stamped as it is now."""
+        watched = tuple(dict.fromkeys((*self._chain(self.config), *map(Path, named))))
+        if watched != self.watched:
+            seen = dict(zip(self.watched, self._seen, strict=True))
+            self.watched = watched
+            self._seen = tuple(seen[path] if path in seen else _stamp(path) for path in watched)
 
     def request(self) -> None:
         """Ask for a reload from a signal handler (sync); `run` carries it out."""
@@ -128,12 +165,8 @@ class Reloader:
                     self._changing = None
                     await self.reload("file change")
 
-    def _stamp(self) -> tuple[float, int, int] | None:
-        try:
-            info = os.stat(self.path)
-        except OSError:
-            return None
-        return info.st_mtime, info.st_size, info.st_ino
+    def _stamp(self) -> Stamp:
+        return tuple(_stamp(path) for path in self.watched)
 
     @property
     def refused(self) -> bool:
@@ -152,3 +185,11 @@ class Reloader:
         loaded = metrics_catalogue.CONFIG_LOADED_AT.new()
         loaded.add_metric([], self.loaded_at)
         yield loaded
+
+
+def _stamp(path: Path) -> tuple[float, int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_mtime, info.st_size, info.st_ino

@@ -490,9 +490,79 @@ experiments:
     ]
 
 
-def test_a_yaml_merge_key_is_named_with_the_way_out() -> None:
-    text = 'defaults: &d {pool_size: 4}\nupstreams:\n  a:\n    <<: *d\n    url: "http://x"\n'
+def test_a_yaml_merge_key_is_named_with_the_way_out_and_the_rest_reported() -> None:
+    """The merge key is left out (and said so, at its key); what else is wrong is listed in
+    the same run (a trial: the merge key hid every other problem)."""
+    text = GOOD.replace(
+        "  ml:\n", "  ml:\n    <<: {pool_size: 4}\n    read_timeout: soon\n"
+    ).replace("percentage: 12.5", "percentage: 200")
     assert problems(text) == [
-        "<document> (line 4): invalid YAML value: YAML merge keys (<<) are not supported: "
-        "use extends: or repeat the keys"
+        "upstreams.ml.<< (line 5): invalid YAML: YAML merge keys (<<) are not supported: "
+        "use extends: or repeat the keys",
+        "upstreams.ml.read_timeout (line 6): expected a duration such as 1.5, '250ms' or "
+        "'5s', got 'soon'",
+        "experiments.rollout.percentage (line 15): must be between 0 and 100, got 200",
+    ]
+    value = "defaults: &d {pool_size: 4}\nupstreams:\n  a: <<\n"  # `<<` as a value
+    assert (
+        "upstreams.a (line 3): invalid YAML value: YAML merge keys (<<) are not "
+        in (problems(value)[0])
+    )
+
+
+def test_the_control_exposure_rule_is_reported_with_the_other_problems(tmp_path: Path) -> None:
+    """A trial: the exposure of control.listen was said only once everything else was fixed."""
+    path = tmp_path / "exposed.yaml"
+    path.write_text("control:\n  listen: 0.0.0.0:8092\nproxy: {max_body_size: lots}\n" + GOOD)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, check_exposure=True, control_token=None)
+    assert [str(problem) for problem in caught.value.problems] == [
+        "proxy.max_body_size (line 3): expected a size such as 65536, '64KiB' or '10MiB', "
+        "got 'lots'",
+        "control.listen (line 2): the control API would listen on 0.0.0.0, which is not "
+        "loopback, without a token: set ABGATE_CONTROL_TOKEN",
+    ]
+    with pytest.raises(ConfigError) as caught:  # with a token, the other problem alone
+        load_config(path, check_exposure=True, control_token="secret")
+    assert [problem.path for problem in caught.value.problems] == ["proxy.max_body_size"]
+    with pytest.raises(ConfigError) as caught:  # the servers judge it themselves
+        load_config(path)
+    assert [problem.path for problem in caught.value.problems] == ["proxy.max_body_size"]
+
+
+ROLLOUT = (
+    GOOD
+    + """\
+    metrics:
+      accuracy: {type: binary, direction: sideways}
+    rollout:
+      primary: {metric: accuracy, minimum_detectable_effect: 0.01}
+      stages: [50, 10, 100]
+"""
+)
+
+
+def test_a_bad_metric_does_not_hide_its_experiments_rollout_problems() -> None:
+    """A trial: the plan was not read while a metric was refused. It is read with the
+    metrics' names, so a plan naming the refused one is not told it is unknown."""
+    assert problems(ROLLOUT) == [
+        "experiments.rollout.metrics.accuracy.direction (line 15): required: higher or lower "
+        "(which way is better), got 'sideways'",
+        "experiments.rollout.rollout.stages[1] (line 18): stages must rise: each above the one "
+        "before",
+    ]
+
+
+def test_an_unknown_key_in_a_rollout_plan_does_not_hide_its_other_problems() -> None:
+    """A trial: an unknown key stopped the plan's checks across its settings."""
+    text = ROLLOUT.replace("sideways", "higher").replace(
+        "      stages:", "      bake_time: 1h\n      power: 0.01\n      stages:"
+    )
+    assert problems(text) == [
+        "experiments.rollout.rollout.bake_time (line 18): unknown key (expected one of: alpha, "
+        "bake, breaker_grace, guardrails, holdout, max_hold, min_duration, power, primary, "
+        "slo, stages, tick)",
+        "experiments.rollout.rollout.stages[1] (line 20): stages must rise: each above the one "
+        "before",
+        "experiments.rollout.rollout.power (line 19): must be above alpha (0.05), got 0.01",
     ]

@@ -47,12 +47,14 @@ def test_an_override_merges_mappings_and_replaces_the_rest(tmp_path: Path) -> No
 
 
 def test_a_problem_names_the_file_and_line_it_was_written_on(tmp_path: Path) -> None:
-    write(tmp_path / "base.yaml", GOOD.replace("http://127.0.0.1:9002", "ftp://x"))
+    base = GOOD.replace("http://127.0.0.1:9002", "ftp://x")  # and what its YAML refused:
+    write(tmp_path / "base.yaml", base.replace("  ml:\n", "  ml:\n    <<: {pool_size: 4}\n"))
     override = write(tmp_path / "over.yaml", "extends: base.yaml\nproxy:\n  listen: nowhere\n")
     with pytest.raises(ConfigError) as caught:
         load_config(override)
     shown = [str(p) for p in caught.value.problems]
-    assert any(s.startswith(f"upstreams.ml.url ({tmp_path / 'base.yaml'} line 5)") for s in shown)
+    assert shown[0].startswith(f"upstreams.ml.<< ({tmp_path / 'base.yaml'} line 5): "), shown
+    assert any(s.startswith(f"upstreams.ml.url ({tmp_path / 'base.yaml'} line 6)") for s in shown)
     assert any(s.startswith("proxy.listen (line 3)") for s in shown), shown
 
 

@@ -13,6 +13,7 @@ import yaml
 from aiohttp import ClientSession
 
 from abgate.config import ConfigError, load_config
+from abgate.control.reload import ReloadOutcome
 from abgate.control.serve import embedded
 from tests.processes import abgate, config_document, write_config
 from tests.servers import echo_app, serve_app, until
@@ -181,6 +182,51 @@ async def test_file_change_is_picked_up(tmp_path: Path, session: ClientSession) 
             assert reloader.last is not None
             assert reloader.last.trigger == "file change"
             async with session.get(f"{running.proxy_url}/watched/x") as response:
+                assert response.status == 200
+
+
+async def test_an_edit_of_a_file_it_extends_is_picked_up(
+    tmp_path: Path, session: ClientSession, monkeypatch: Any
+) -> None:
+    """The watcher looks at every file of the `extends:` chain, and follows the chain when
+    it changes: a base newly named and refused is watched too, and its fix picked up."""
+    from abgate.control import reload as reload_module
+
+    monkeypatch.setattr(reload_module, "WATCH_INTERVAL", 0.02)
+    async with serve_app(echo_app()) as one, serve_app(echo_app()) as two:
+        base, other, path = tmp_path / "base.yaml", tmp_path / "other.yaml", tmp_path / "a.yaml"
+        base.write_text(yaml.safe_dump(document(one, two)))
+        path.write_text("extends: base.yaml\n")
+        async with embedded(load_config(path), config_path=str(path)) as running:
+            reloader = running.reloader
+            assert reloader is not None
+            assert reloader.watched == (path, base)
+
+            async def after(change: Path, text: str) -> ReloadOutcome:
+                seen = reloader.outcomes
+                change.write_text(text)
+                async with asyncio.timeout(20):  # a guard: the outcome is awaited
+                    return await reloader.next_outcome(seen)
+
+            watched = document(one, two, routes=[{"prefix": "/watched/", "upstream": "treatment"}])
+            outcome = await after(base, yaml.safe_dump(watched))
+            assert (outcome.result, outcome.trigger) == ("success", "file change")
+            async with session.get(f"{running.proxy_url}/watched/x") as response:
+                assert response.status == 200
+
+            refused = document(one, two)
+            refused["proxy"]["max_body_size"] = "lots"
+            other.write_text(yaml.safe_dump(refused))
+            outcome = await after(path, "extends: other.yaml\n")
+            assert outcome.result == "failure"
+            assert outcome.problems[0].startswith(f"proxy.max_body_size ({other} line "), outcome
+            assert reloader.watched == (path, base, other)  # the running chain, and the refused
+
+            fixed = document(one, two, routes=[{"prefix": "/other/", "upstream": "treatment"}])
+            outcome = await after(other, yaml.safe_dump(fixed))
+            assert (outcome.result, outcome.trigger) == ("success", "file change")
+            assert reloader.watched == (path, other)
+            async with session.get(f"{running.proxy_url}/other/x") as response:
                 assert response.status == 200
 
 

@@ -186,6 +186,14 @@ def test_sticky_sources_in_order() -> None:
     assert split.sticky_key(cookie) == "c"
     assert split.sticky_key(query) == "q"
 
+    # client_ip: the connection's peer, never what X-Forwarded-For claims (README's table)
+    from abgate.proxy.request import ClientRequest
+
+    forwarded = [(b"X-Forwarded-For", b"203.0.113.9")]
+    peer = ClientRequest(None, "GET", "/x", 1, forwarded, remote="10.0.0.7")
+    assert split.sticky_key(peer) == "10.0.0.7"
+    assert split.sticky_key(make_request("/x", {"X-Forwarded-For": "203.0.113.9"})) is None
+
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
