@@ -167,7 +167,7 @@ class RedisServer:
 
 async def _until_answering(client: Redis) -> None:
     try:
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(60):
             while True:
                 try:
                     await client.ping()

@@ -224,7 +224,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def until(condition: Callable[[], object], timeout: float = 20.0) -> None:
+async def until(condition: Callable[[], object], timeout: float = 60.0) -> None:
     """Poll for state that has no event to await: Redis contents, counters moved by load
     tasks, a peer that went away. Where an event exists, tests await it instead."""
     async with asyncio.timeout(timeout):

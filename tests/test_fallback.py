@@ -174,7 +174,7 @@ async def test_killed_backend_then_recovery(session: ClientSession) -> None:
         site = web.TCPSite(runner, "127.0.0.1", port)
         await site.start()
         try:
-            async with asyncio.timeout(20):
+            async with asyncio.timeout(60):
                 while True:
                     results = await paced_load(session, f"{running.proxy_url}{URL}", seconds=0.25)
                     if all(arm == "treatment" and not reason for _, arm, reason in results):

@@ -131,10 +131,10 @@ async def test_expect_100_continue_is_answered() -> None:
         writer.write(
             b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
         )
-        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
         writer.write(b"hello")
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
         assert head.startswith(b"HTTP/1.1 200")
         writer.close()
 
@@ -325,7 +325,7 @@ async def test_a_stray_late_response_is_never_served_to_the_next_client(
         for _ in range(4):
             async with session.get(f"{running.proxy_url}/x") as response:
                 bodies.append(await response.read())
-            await asyncio.wait_for(dropped.wait(), 20)  # the stray bytes were seen
+            await asyncio.wait_for(dropped.wait(), 60)  # the stray bytes were seen
             dropped.clear()
     assert bodies == [b"real"] * 4
 

@@ -60,7 +60,7 @@ async def cluster(
         ]
         for node in [control.backend, *(w.backend for w in workers)]:
             assert node.sync is not None
-            await asyncio.wait_for(node.sync.connected_event.wait(), 20)
+            await asyncio.wait_for(node.sync.connected_event.wait(), 60)
         yield control, workers
 
 
@@ -175,7 +175,7 @@ async def test_redis_killed_under_load_then_back_empty(
         await redis.start()  # back, and empty
         for sync in [*syncs, control.backend.sync]:  # the control plane re-seeds on connect
             assert sync is not None
-            await asyncio.wait_for(sync.connected_event.wait(), 20)
+            await asyncio.wait_for(sync.connected_event.wait(), 60)
         stop.set()
         await asyncio.gather(*loaders)
         assert set(statuses) == {200}, statuses  # zero failed client requests
@@ -195,7 +195,7 @@ async def test_redis_killed_under_load_then_back_empty(
         assert f"abgate_flag_reseeds_total {store.reseeded}.0" in metrics
         # Connected again, and it stays so (a freshly started Redis may refuse a first
         # resync while it loads, and the sync reconnects once more: wait for the gauge).
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(60):
             while "abgate_flag_store_connected 1.0" not in metrics:
                 await asyncio.sleep(0.1)
                 async with session.get(f"{control.control_url}/metrics") as response:
@@ -263,7 +263,7 @@ async def test_start_while_redis_is_down(
         assert await arm(session, w.proxy_url, "someone") == "treatment"
         await server.start()
         try:
-            await asyncio.wait_for(w.backend.sync.connected_event.wait(), 20)
+            await asyncio.wait_for(w.backend.sync.connected_event.wait(), 60)
             assert w.flags.get("exp").version == 9  # an empty Redis resets nothing
         finally:
             await server.kill()

@@ -81,7 +81,7 @@ async def connected_and_converging(
     """Every flag sync connected (again): the control process's, its data plane's and the
     proxy's; and a write reaches the proxy."""
     for sync in all_syncs(control, proxy):
-        await asyncio.wait_for(sync.connected_event.wait(), 20)
+        await asyncio.wait_for(sync.connected_event.wait(), 60)
     status, flag = await flag_write(session, control, percentage)
     assert status == 200
     await tables_reach([proxy.flags], "exp", flag["version"])
@@ -184,7 +184,7 @@ async def test_a_certificate_not_trusted_is_named_at_start_and_after_a_rotation(
             await redis.kill()
             redis.tls = ServerTls(trusted.issue("redis"), trusted.pem)
             await redis.start()
-            await asyncio.wait_for(sync.connected_event.wait(), 20)
+            await asyncio.wait_for(sync.connected_event.wait(), 60)
             assert sync.last_error is None
             # ...and rotated to one for another name: the host name check refuses it.
             await redis.kill()
@@ -297,7 +297,7 @@ async def test_sentinels_and_servers_all_over_tls(
         async with embedded(config) as running:
             sync = running.backend.sync
             assert sync is not None
-            await asyncio.wait_for(sync.connected_event.wait(), 20)
+            await asyncio.wait_for(sync.connected_event.wait(), 60)
             status, flag = await flag_write(session, running, 30)
             assert status == 200
             assert flag["percentage"] == 30

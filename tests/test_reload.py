@@ -205,7 +205,7 @@ async def test_an_edit_of_a_file_it_extends_is_picked_up(
             async def after(change: Path, text: str) -> ReloadOutcome:
                 seen = reloader.outcomes
                 change.write_text(text)
-                async with asyncio.timeout(20):  # a guard: the outcome is awaited
+                async with asyncio.timeout(60):  # a guard: the outcome is awaited
                     return await reloader.next_outcome(seen)
 
             watched = document(one, two, routes=[{"prefix": "/watched/", "upstream": "treatment"}])
@@ -243,7 +243,7 @@ async def test_sighup_reloads_the_running_process(tmp_path: Path, session: Clien
                 async with session.get(f"{control}/api/config") as response:
                     return await response.json()  # type: ignore[no-any-return]
 
-            async with asyncio.timeout(20):
+            async with asyncio.timeout(60):
                 while (status := await reloaded())["last_reload"] is None:  # noqa: ASYNC110
                     await asyncio.sleep(0.05)  # another process: nothing to await but HTTP
             assert status["last_reload"]["trigger"] == "signal"

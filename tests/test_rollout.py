@@ -416,7 +416,7 @@ async def test_a_lease_that_expires_passes_on_and_fences_the_old_holder(tmp_path
             rollout = Rollout("exp", "running", 0, 1.0, 1, 1.0, "me")
             await store_old.put(rollout, None)
             # old stops renewing (a paused process): new gets it once it expires
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(60):
                 while not await new.hold():  # noqa: ASYNC110 (each try is a Redis call)
                     await asyncio.sleep(0.05)
             assert new.generation > old.generation
