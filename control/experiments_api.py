@@ -24,16 +24,22 @@ from aiohttp import web
 from abgate.config.metrics_catalogue import BUILT_IN_METRIC_NAMES
 from abgate.config.model import StickySource
 from abgate.control.current import require_worker, resolve
+from abgate.control.evidence_payloads import EvidenceAnswer, MetricEvidence
 from abgate.control.experiment_payloads import (
     ArmNames,
+    CombinedAnswer,
+    ComparisonAnswer,
+    ComparisonRow,
     DeclaredMetric,
     ExperimentAnswer,
     ExperimentsAnswer,
     ExperimentSummary,
+    MetricReportAnswer,
     PhaseReportAnswer,
     RouteAnswer,
+    SignificanceAnswer,
 )
-from abgate.control.http import WORKER, ApiError, json_response, parse_json
+from abgate.control.http import WORKER, ApiError, parse_json
 from abgate.control.maturing import mature_at
 from abgate.control.outcome_payloads import MAX_OUTCOMES, AcceptedAnswer, OutcomeItem
 from abgate.control.payloads import answer, validate
@@ -136,20 +142,24 @@ async def significance(request: web.Request) -> web.Response:
     _, name, report = await _report(request)
     evidence = await evidence_of(request, name)
     primary = evidence.metrics.get(evidence.primary) if evidence.primary else None
-    return json_response(
-        {
-            "name": report.name,
-            "phase": report.current_phase_json(),
-            "metrics": report.metrics_json(),
-            "across_phases": report.across_phases_json(),
-            "metric": evidence.primary,
-            "p_value": primary.p_value if primary else None,
-            "power": primary.power if primary else None,
-            "sample_size": primary.sample_size if primary else 0,
-            "primary": primary.as_json() if primary else None,
-            "evidence": evidence.as_json(),
-            "note": POWER_NOTE,
-        }
+    return answer(
+        SignificanceAnswer(
+            name=report.name,
+            phase=PhaseReportAnswer.model_validate(report.current_phase_json())
+            if report.current_phase is not None
+            else None,
+            metrics={name: MetricReportAnswer.of(r) for name, r in report.metrics.items()},
+            across_phases={
+                name: CombinedAnswer.model_validate(c) for name, c in report.across_phases.items()
+            },
+            metric=evidence.primary,
+            p_value=primary.p_value if primary else None,
+            power=primary.power if primary else None,
+            sample_size=primary.sample_size if primary else 0,
+            primary=MetricEvidence.of(primary) if primary else None,
+            evidence=EvidenceAnswer.of(evidence),
+            note=POWER_NOTE,
+        )
     )
 
 
@@ -197,24 +207,30 @@ async def comparison(request: web.Request) -> web.Response:
     name = await resolve(request.app, request.match_info["name"])
     evidence = await evidence_of(request, name)
     control, treatment = evidence.control_arm, evidence.treatment_arm
-    rows: dict[str, Any] = {}
+    rows: dict[str, ComparisonRow] = {}
     flat: dict[str, float | None] = {}
     for metric, result in evidence.metrics.items():
         if result.n_control == 0 and result.n_treatment == 0:
             continue
         a, b = result.mean_control, result.mean_treatment
         # Signed by the metric's direction: positive is better for the treatment.
-        rows[metric] = {
-            control: a,
-            treatment: b,
-            "direction": result.direction,
-            "relative_change": (b - a) / abs(a) if a and b is not None else None,
-            "relative_improvement": result.improvement,
-            "n": {control: result.n_control, treatment: result.n_treatment},
-        }
+        rows[metric] = ComparisonRow.model_validate(
+            {
+                control: a,
+                treatment: b,
+                "direction": result.direction,
+                "relative_change": (b - a) / abs(a) if a and b is not None else None,
+                "relative_improvement": result.improvement,
+                "n": {control: result.n_control, treatment: result.n_treatment},
+            }
+        )
         flat[f"{control}_{metric}"] = a
         flat[f"{treatment}_{metric}"] = b
-    return json_response({"name": name, "metrics": rows, **flat, "evidence": evidence.as_json()})
+    return answer(
+        ComparisonAnswer.model_validate(
+            {"name": name, "metrics": rows, **flat, "evidence": EvidenceAnswer.of(evidence)}
+        )
+    )
 
 
 async def outcomes(request: web.Request) -> web.Response:

@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from abgate.control.current import require_worker, resolve
+from abgate.control.evidence_payloads import EvidenceAnswer
 from abgate.control.http import ApiError
 from abgate.control.payloads import answer, read_object, validate
 from abgate.control.stats import (
@@ -251,7 +252,7 @@ async def live_test(request: web.Request, body: LiveTestBody) -> web.Response:
                 "type": definition.type,
                 "direction": definition.direction,
                 "cohorts": {"a": cohort_a, "b": cohort_b},
-                "evidence": evidence.as_json(),
+                "evidence": EvidenceAnswer.of(evidence),
                 "note": CONFIDENCE_NOTE,
             }
         )

@@ -8,11 +8,11 @@ are only described for the document."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, WithJsonSchema
+from pydantic import Field
 
-from abgate.control.openapi_answers import EVIDENCE
+from abgate.control.evidence_payloads import EvidenceAnswer
 from abgate.control.payloads import Answer, Body, Expected
 
 ALPHA_RANGE = (1e-10, 0.5)  # beyond: nothing a rollout would use, and numerically fragile
@@ -190,8 +190,13 @@ class DetectableEffect(Answer):
     power: float
 
 
-class InlineTestAnswer(_TestAnswer):
+class TestResultAnswer(_TestAnswer):
+    """A test's result (control/stats/frequentist.py's TestResult)."""
+
     ci: TestInterval
+
+
+class InlineTestAnswer(TestResultAnswer):
     minimum_detectable_effect: DetectableEffect
 
 
@@ -224,5 +229,5 @@ class LiveTestAnswer(_TestAnswer):
     type: str
     direction: str
     cohorts: Cohorts
-    evidence: Annotated[dict[str, Any], WithJsonSchema(EVIDENCE)]
+    evidence: EvidenceAnswer
     note: str
