@@ -81,8 +81,10 @@ async def read_body(request: web.Request, model: type[B], *, exact: bool = False
     return validate(model, await read_object(request, exact=exact))
 
 
-def answer(payload: Answer, status: int = 200) -> web.Response:
-    return json_response(payload.model_dump(mode="json"), status)
+def answer(payload: Answer, status: int = 200, *, as_recorded: bool = False) -> web.Response:
+    """`payload` encoded; `as_recorded`: a field left out where it was built from (a stored
+    entry without it) stays out, rather than answered as its default."""
+    return json_response(payload.model_dump(mode="json", exclude_unset=as_recorded), status)
 
 
 def refusal(exc: ValidationError, model: type[BaseModel], item: str = "") -> str:
