@@ -48,12 +48,12 @@ class EvidenceAnswer(Answer):
         )
 
 
-class ArmsCount(Answer):
+class ArmCounts(Answer):
     control: Count
     treatment: Count
 
 
-class ArmsMean(Answer):
+class ArmMeans(Answer):
     control: float | None
     treatment: float | None
 
@@ -66,9 +66,9 @@ class MetricEvidence(Answer):
     direction: str
     status: str = Field(description='"ok", or why not: "not enough data: ..."')
     phases: list[int] = Field(description="the ids of the phases combined")
-    n: ArmsCount
+    n: ArmCounts
     sample_size: Count
-    mean: ArmsMean
+    mean: ArmMeans
     effect: float | None = Field(description="treatment - control, in the metric's unit")
     ci: Interval | None = Field(description="always valid, at 1 - alpha")
     p_value: float | None = Field(description="always valid (the confidence sequence)")

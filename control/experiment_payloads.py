@@ -10,7 +10,7 @@ from pydantic import ConfigDict, Field
 
 from abgate.control.evidence_payloads import Count, EvidenceAnswer, Interval, MetricEvidence
 from abgate.control.payloads import Answer
-from abgate.control.stats_payloads import ArmCounts, ArmMeans, TestResultAnswer
+from abgate.control.stats_payloads import CohortCounts, CohortMeans, TestResultAnswer
 
 if TYPE_CHECKING:
     from abgate.control.reports import MetricResult
@@ -84,8 +84,8 @@ class MetricReportAnswer(Answer):
 
     type: str
     direction: str
-    n: ArmCounts
-    mean: ArmMeans
+    n: CohortCounts
+    mean: CohortMeans
     improvement: float | None = Field(description="relative, signed by direction: > 0 better")
     status: str = Field(description='"ok", or why not: "not enough data: ..."')
     significant: bool = Field(description="the sequential test at the Holm-adjusted p")

@@ -64,8 +64,6 @@ if TYPE_CHECKING:
     from abgate.control.stats_worker import StatsWorker
     from abgate.state.history.writer import HistoryWriter
 RESTORE_WAIT = 6.0  # seconds a timeline asked for at start waits for PostgreSQL's copy
-MAX_AGE = 366 * 86_400.0  # an outcome's decided_at: at most a year back
-MAX_SKEW = 60.0  # and a minute ahead (clocks differ)
 
 
 async def _report(request: web.Request) -> tuple[StatsWorker, str, ExperimentReport]:
@@ -258,7 +256,7 @@ async def outcomes(request: web.Request) -> web.Response:
         if "request_id" in item.model_fields_set:
             item, decided_at = await _by_request_id(history, index, item)
         key, value = _outcome(worker, table, index, item)
-        when = _decided_at(worker, index, item, key, decided_at, now)
+        when = _decided_at(worker, index, item, key, decided_at)
         if when is not None and decided_at is None:
             decided_at = datetime.fromtimestamp(when, UTC)
         declared = worker.config.experiments[key[0]].metric(key[3])
@@ -339,10 +337,10 @@ def _decided_at(
     item: OutcomeItem,
     key: MeasureKey,
     recorded: datetime | None,
-    now: float,
 ) -> float | None:
     """The decision's time (Unix seconds): the history's record, else the item's
-    `decided_at`; None if neither. A metric with a maturity window needs one."""
+    `decided_at` (within its window: the item checked that); None if neither. A metric
+    with a maturity window needs one."""
     if recorded is not None:
         return recorded.timestamp()
     where = f"[{index}].decided_at"
@@ -357,12 +355,6 @@ def _decided_at(
                 "seconds) or its request_id (with the history store)",
             )
         return None
-    if not now - MAX_AGE <= given <= now + MAX_SKEW:
-        raise ApiError(
-            400,
-            f"{where}: expected the decision's time in Unix seconds, within a year before "
-            f"now and {MAX_SKEW:g}s after, got {given!r}",
-        )
     return float(given)
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter
 
+from abgate.control.evidence_payloads import ArmCounts
 from abgate.control.payloads import Answer
 
 if TYPE_CHECKING:
@@ -33,11 +34,6 @@ class PlainGate(_Gate):
     """A gate that measured nothing more than its detail says."""
 
 
-class ArmsCount(Answer):
-    control: int
-    treatment: int
-
-
 class _Tested(_Gate):
     p_value: float = Field(description="always valid, one-sided")
     p_value_holm: float = Field(description="adjusted by Holm within the stage's family")
@@ -50,7 +46,7 @@ class HarmGate(_Tested):
 
     harm: float
     margin: float
-    n: ArmsCount
+    n: ArmCounts
 
 
 class LimitGate(_Tested):

@@ -24,12 +24,10 @@ from aiohttp import web
 from abgate.config.metrics_catalogue import ERROR_METRIC, LATENCY_METRIC
 from abgate.config.model import BUILT_IN_METRICS
 from abgate.control.current import require_worker, resolve
-from abgate.control.evidence_payloads import EvidenceAnswer
+from abgate.control.evidence_payloads import ArmCounts, ArmMeans, EvidenceAnswer
 from abgate.control.http import CONTROLLER
 from abgate.control.payloads import answer
 from abgate.control.report_payloads import (
-    ArmCounts,
-    ArmMeans,
     BusinessImpactAnswer,
     BusinessRow,
     FinalAssessmentAnswer,

@@ -4,14 +4,17 @@ arms and metrics, the phases so far, whether a user is required) is checked ther
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
-from pydantic import Field, WithJsonSchema
+from pydantic import AfterValidator, Field, WithJsonSchema
 from pydantic.functional_validators import PlainValidator
 
 from abgate.control.payloads import Answer, Body, Expected, refuse
 
 MAX_OUTCOMES = 10_000
+MAX_AGE = 366 * 86_400.0  # an outcome's decided_at: at most a year back
+MAX_SKEW = 60.0  # and a minute ahead (clocks differ)
 
 
 def _phase(value: Any) -> int:
@@ -19,6 +22,17 @@ def _phase(value: Any) -> int:
         value = int(value)  # the header's value as it came: "2"
     if isinstance(value, bool) or not isinstance(value, int):
         raise refuse(f"expected the X-ABGate-Phase header's whole number, got {value!r}")
+    return value
+
+
+def _recent(value: float | None) -> float | None:
+    """A decision's time within the window, by this server's clock when it is read."""
+    now = time.time()
+    if value is not None and not now - MAX_AGE <= value <= now + MAX_SKEW:
+        raise refuse(
+            f"expected the decision's time in Unix seconds, within a year before now and "
+            f"{MAX_SKEW:g}s after, got {value!r}"
+        )
     return value
 
 
@@ -77,10 +91,15 @@ class OutcomeItem(Body):
     ] = None
     decided_at: Annotated[
         float | None,
+        AfterValidator(_recent),
         Field(
-            description="the decision's time (Unix seconds); required for a metric with a "
-            "maturity window (unless request_id gives it): the outcome counts once its "
-            "decision is that old"
+            description="the decision's time (Unix seconds), within "
+            f"{MAX_AGE / 86_400:g} days before the server's clock and {MAX_SKEW:g} s after "
+            "(a window that moves with the clock, which JSON Schema cannot bound: "
+            "x-abgate-window-seconds states it); required for a metric with a maturity "
+            "window (unless request_id gives it): the outcome counts once its decision is "
+            "that old",
+            json_schema_extra={"x-abgate-window-seconds": {"before": MAX_AGE, "after": MAX_SKEW}},
         ),
         Expected("the decision's time in Unix seconds", got=True),
     ] = None

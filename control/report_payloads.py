@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field
 
-from abgate.control.evidence_payloads import Count, EvidenceAnswer, Interval
+from abgate.control.evidence_payloads import ArmCounts, ArmMeans, Count, EvidenceAnswer, Interval
 from abgate.control.payloads import Answer
 
 
@@ -30,16 +30,6 @@ class LongTermAnswer(Answer):
     seconds_at_100_percent: float = Field(description="wall time")
     time_scale: float
     incidents_count: Count
-
-
-class ArmCounts(Answer):
-    control: int
-    treatment: int
-
-
-class ArmMeans(Answer):
-    control: float | None
-    treatment: float | None
 
 
 class BusinessRow(Answer):

@@ -39,6 +39,7 @@ from abgate.control.stats.frequentist import TestResult, rates_test
 from abgate.control.stats.power import mean_detectable_effect, rate_detectable_effect
 from abgate.control.stats.sequential import sequential_rates, sequential_sample_size
 from abgate.control.stats_payloads import (
+    MAX_POWER,
     FixedSampleSize,
     InlineTestAnswer,
     LiveTestAnswer,
@@ -51,8 +52,6 @@ from abgate.control.stats_payloads import (
     SizeOptions,
     WelchTestBody,
 )
-
-MAX_POWER = 1 - 1e-9
 
 
 def _finite_json(result: TestResult) -> dict[str, Any]:
@@ -75,8 +74,8 @@ def _finite_json(result: TestResult) -> dict[str, Any]:
 async def significance_test(request: web.Request) -> web.Response:
     data = await read_object(request)
     live_only = sorted({"metric", "cohort_a", "cohort_b"} & set(data))
-    if "experiment" in data or (live_only and "test" not in data):
-        # no experiment named: the current one
+    inline = "test" in data or not {"a", "b"}.isdisjoint(data)
+    if "experiment" in data or not inline:  # `{}` too: as GET, the current experiment
         return await live_test(request, validate(LiveTestBody, data))
     if live_only:
         raise ApiError(
@@ -134,9 +133,11 @@ async def sample_size(request: web.Request) -> web.Response:
         validate(SizeOptions, data)  # a bad option is named before the missing effect
         raise ApiError(400, "effect_size or baseline_rate: one is required")
     alpha, power, share = body.alpha, body.power, body.treatment_share
-    if not alpha < power < MAX_POWER:
+    if not alpha < power:  # its other bounds: the body's (stats_payloads.Power)
         raise ApiError(
-            400, f"power: expected a number between {alpha:g} and {MAX_POWER:g}, got {power!r}"
+            400,
+            f"power: expected a number above alpha ({alpha:g}) and below {MAX_POWER!r}, "
+            f"got {power!r}",
         )
     try:
         if isinstance(body, MeansSampleSizeBody):
