@@ -39,7 +39,7 @@ from abgate.control.experiment_payloads import (
     RouteAnswer,
     SignificanceAnswer,
 )
-from abgate.control.http import WORKER, ApiError, parse_json
+from abgate.control.http import MAX_BODY, WORKER, ApiError, parse_json, shown, too_large
 from abgate.control.maturing import mature_at
 from abgate.control.outcome_payloads import MAX_OUTCOMES, AcceptedAnswer, OutcomeItem
 from abgate.control.payloads import answer, validate
@@ -64,6 +64,10 @@ if TYPE_CHECKING:
     from abgate.control.stats_worker import StatsWorker
     from abgate.state.history.writer import HistoryWriter
 RESTORE_WAIT = 6.0  # seconds a timeline asked for at start waits for PostgreSQL's copy
+# An outcome as a client typically writes it, for the batch size that fits the body limit:
+# {"experiment": "checkout", "arm": "treatment", "metric": "converted", "value": 1,
+#  "user": "u-1234567", "decided_at": 1765000000.123}
+OUTCOME_BYTES = 140
 
 
 async def _report(request: web.Request) -> tuple[StatsWorker, str, ExperimentReport]:
@@ -240,7 +244,11 @@ async def outcomes(request: web.Request) -> web.Response:
     user's cluster, so a user's outcomes count as one unit with the user's decisions."""
     worker = require_worker(request)
     table = request.app[FLAGS]
-    items = parse_json(await request.read())
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, _split(request.content_length)) from None
+    items = parse_json(raw)
     if not isinstance(items, list) or not items:
         raise ApiError(400, "expected a non-empty JSON array of outcomes")
     if len(items) > MAX_OUTCOMES:
@@ -292,6 +300,15 @@ async def outcomes(request: web.Request) -> web.Response:
     return answer(AcceptedAnswer(accepted=len(items)))
 
 
+def _split(size: int | None) -> str:
+    """A batch over the body limit: into how many to split it."""
+    parts = f" into {-(-size // MAX_BODY)} or more" if size else ""
+    return (
+        f"{too_large()}: split the batch{parts} (at most {MAX_OUTCOMES:,} outcomes a batch; "
+        f"some {MAX_BODY // OUTCOME_BYTES:,} fit at {OUTCOME_BYTES} bytes an outcome)"
+    )
+
+
 def _item(index: int, item: Any) -> OutcomeItem:
     if not isinstance(item, dict):
         raise ApiError(400, f"[{index}]: expected an object")
@@ -321,11 +338,13 @@ async def _by_request_id(
     except Exception as exc:  # the store is down: nothing was accepted
         raise StoreUnavailable(f"history store: {type(exc).__name__}: {exc}") from exc
     if found is None:
-        raise ApiError(400, f"{where}.request_id: no decision recorded for {request_id!r}")
+        raise ApiError(400, f"{where}.request_id: no decision recorded for {shown(request_id)}")
     experiment, arm, phase, decided_at = found
     if item.experiment not in (None, experiment):
         raise ApiError(
-            400, f"{where}.experiment: request {request_id!r} was a decision of {experiment!r}"
+            400,
+            f"{where}.experiment: request {shown(request_id)} was a decision of "
+            f"{shown(experiment)}",
         )
     resolved = item.model_copy(update={"experiment": experiment, "arm": arm, "phase": phase})
     return resolved, decided_at
@@ -385,13 +404,13 @@ def _outcome(
     name = item.experiment
     experiment = worker.config.experiments.get(name) if name is not None else None
     if experiment is None or name is None:
-        raise ApiError(400, f"{where}.experiment: unknown experiment {name!r}")
+        raise ApiError(400, f"{where}.experiment: unknown experiment {shown(name)}")
     arms = (experiment.control.name, experiment.treatment.name)
     if item.arm not in arms:
         raise ApiError(
             400,
             f"{where}.arm: expected one of {', '.join(arms)} (the "
-            f"X-ABGate-Arm response header), got {item.arm!r}",
+            f"X-ABGate-Arm response header), got {shown(item.arm)}",
         )
     metric = item.metric
     definition = experiment.metric(metric)
@@ -401,7 +420,7 @@ def _outcome(
             400,
             f"{where}.metric: expected a metric declared under "
             f"experiments.{name}.metrics (declared: {declared}), "
-            f"got {metric!r}",
+            f"got {shown(metric)}",
         )
     if isinstance(item.value, bool) and definition.type != "binary":
         raise ApiError(
@@ -415,7 +434,8 @@ def _outcome(
         raise ApiError(400, f"{where}.value: {problem}")
     if definition.type == "binary" and value not in (0, 1):
         raise ApiError(
-            400, f"{where}.value: {metric} is binary: expected 0, 1, true or false, got {value!r}"
+            400,
+            f"{where}.value: {metric} is binary: expected 0, 1, true or false, got {shown(value)}",
         )
     flag = table.get(name)
     current = flag.version  # phase ids are the flag versions that began them

@@ -11,6 +11,7 @@ from abgate.control import outcome_payloads as outcome
 from abgate.control import plane_payloads as plane
 from abgate.control import stats_payloads as stats
 from abgate.control import timeline_payloads as timeline
+from abgate.control.http import MAX_DEPTH, too_large
 from abgate.control.openapi_models import content, request_body, resolve
 from abgate.control.openapi_parts import ERROR
 from abgate.control.openapi_parts import json_content as _json
@@ -359,7 +360,7 @@ def _every_write_answers(paths: dict[str, Any]) -> None:
                     "a write from another site (Sec-Fetch-Site cross-site or same-site, or "
                     "an Origin not this API's), or a Host that is not this API",
                 ),
-                ("413", "body over 1 MiB, or nested deeper than 32 levels"),
+                ("413", f"{too_large()}, or nested deeper than {MAX_DEPTH} levels"),
             ):
                 operation["responses"].setdefault(status, content(Error, why))
 

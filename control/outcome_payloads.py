@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field, WithJsonSchema
 from pydantic.functional_validators import PlainValidator
 
+from abgate.control.http import shown
 from abgate.control.payloads import Answer, Body, Expected, refuse
 
 MAX_OUTCOMES = 10_000
@@ -21,7 +22,7 @@ def _phase(value: Any) -> int:
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 19:
         value = int(value)  # the header's value as it came: "2"
     if isinstance(value, bool) or not isinstance(value, int):
-        raise refuse(f"expected the X-ABGate-Phase header's whole number, got {value!r}")
+        raise refuse(f"expected the X-ABGate-Phase header's whole number, got {shown(value)}")
     return value
 
 
@@ -31,7 +32,7 @@ def _recent(value: float | None) -> float | None:
     if value is not None and not now - MAX_AGE <= value <= now + MAX_SKEW:
         raise refuse(
             f"expected the decision's time in Unix seconds, within a year before now and "
-            f"{MAX_SKEW:g}s after, got {value!r}"
+            f"{MAX_SKEW:g}s after, got {shown(value)}"
         )
     return value
 
@@ -41,7 +42,7 @@ def _value(value: Any) -> bool | float:
         return value
     if isinstance(value, int | float):
         return float(value)
-    raise refuse(f"expected a finite number or a boolean, got {value!r}")
+    raise refuse(f"expected a finite number or a boolean, got {shown(value)}")
 
 
 Phase = Annotated[

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from abgate.control.current import require_worker, resolve
 from abgate.control.evidence_payloads import EvidenceAnswer
-from abgate.control.http import ApiError
+from abgate.control.http import ApiError, shown
 from abgate.control.payloads import answer, read_object, validate
 from abgate.control.stats import (
     Proportion,
@@ -200,7 +200,7 @@ async def live_test(request: web.Request, body: LiveTestBody) -> web.Response:
     cohort_b = arms[1] if body.cohort_b is None else body.cohort_b
     for field, cohort in (("cohort_a", cohort_a), ("cohort_b", cohort_b)):
         if cohort not in arms:
-            raise ApiError(400, f"{field}: expected one of {', '.join(arms)}, got {cohort!r}")
+            raise ApiError(400, f"{field}: expected one of {', '.join(arms)}, got {shown(cohort)}")
     if cohort_a == cohort_b:
         raise ApiError(400, "cohort_b: compare two different arms")
     sequential = body.sequential
@@ -212,7 +212,7 @@ async def live_test(request: web.Request, body: LiveTestBody) -> web.Response:
     if definition is None:
         raise ApiError(
             400,
-            f"metric: {metric!r} is not declared for {name} (declared: "
+            f"metric: {shown(metric)} is not declared for {name} (declared: "
             f"{', '.join(m.name for m in experiment.metrics) or 'none'}; "
             "built in: latency, error)",
         )
