@@ -9,6 +9,7 @@ in the same words, wherever it is written.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
@@ -200,8 +201,12 @@ def _valid_host(host: str) -> bool:
         return re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", host) is not None
 
 
+SHOWN = 80  # characters of a refused value a message echoes: a request body may be a megabyte
+
+
 def kind_of(value: Any) -> str:
-    """What a value is, for a message: `a string ('ten')`, `a boolean (true)`, `nothing`."""
+    """What a value is, for a message: `a string ("ten")`, `a boolean (true)`, `nothing`;
+    a string as JSON writes it, cut at SHOWN characters."""
     if value is None:
         return "nothing"
     if isinstance(value, bool):
@@ -211,5 +216,8 @@ def kind_of(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     if isinstance(value, str):
-        return f"a string ({value!r})" if value else "an empty string"
-    return f"{type(value).__name__} ({value!r})"
+        if not value:
+            return "an empty string"
+        cut = "..." if len(value) > SHOWN else ""
+        return f"a string ({json.dumps(value[:SHOWN], ensure_ascii=False)}{cut})"
+    return f"{type(value).__name__} ({value})"

@@ -22,6 +22,7 @@ from abgate.control.flags_api import add_flag_routes
 from abgate.control.health_api import BACKEND, add_health_routes
 from abgate.control.http import (
     LOOPBACK_ONLY,
+    MAX_BODY,
     RELOADER,
     TOKEN,
     ApiError,
@@ -153,7 +154,7 @@ def create_control_app(
     from abgate.control.stats_api import add_stats_routes
 
     app = web.Application(
-        middlewares=[errors_as_json, same_origin, bearer_auth], client_max_size=1024**2
+        middlewares=[errors_as_json, same_origin, bearer_auth], client_max_size=MAX_BODY
     )
     app[TOKEN] = token or ""
     app[LOOPBACK_ONLY] = loopback

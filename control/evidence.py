@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from scipy import special
 
@@ -62,31 +61,6 @@ class Evidence:
     def sample_size(self) -> int:
         return self.n_control + self.n_treatment
 
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "metric": self.metric,
-            "type": self.type,
-            "direction": self.direction,
-            "status": self.status,
-            "phases": list(self.phases),
-            "n": {"control": self.n_control, "treatment": self.n_treatment},
-            "sample_size": self.sample_size,
-            "mean": {"control": self.mean_control, "treatment": self.mean_treatment},
-            "effect": self.effect,
-            "ci": list(self.ci) if self.ci else None,
-            "p_value": self.p_value,
-            "p_value_fixed": self.p_value_fixed,
-            "improvement": self.improvement,
-            "improvement_interval": (
-                list(self.improvement_interval) if self.improvement_interval else None
-            ),
-            "power": self.power,
-            "minimum_detectable_effect": self.minimum_detectable_effect,
-            "treatment_interval": (
-                list(self.treatment_interval) if self.treatment_interval else None
-            ),
-        }
-
 
 @dataclass(frozen=True, slots=True)
 class EvidenceReport:
@@ -98,17 +72,6 @@ class EvidenceReport:
     metrics: dict[str, Evidence] = field(default_factory=dict)
     primary: str | None = None  # the plan's primary metric
     alpha: float = 0.05
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "basis": self.basis,
-            "phases": [
-                {"id": p.id, "percentage": p.basis_points / 100, "started_at": p.started_at}
-                for p in self.phases
-            ],
-            "alpha": self.alpha,
-            "primary": self.primary,
-        }
 
 
 def phases_used(

@@ -24,16 +24,22 @@ from aiohttp import web
 from abgate.config.metrics_catalogue import BUILT_IN_METRIC_NAMES
 from abgate.config.model import StickySource
 from abgate.control.current import require_worker, resolve
+from abgate.control.evidence_payloads import EvidenceAnswer, MetricEvidence
 from abgate.control.experiment_payloads import (
     ArmNames,
+    CombinedAnswer,
+    ComparisonAnswer,
+    ComparisonRow,
     DeclaredMetric,
     ExperimentAnswer,
     ExperimentsAnswer,
     ExperimentSummary,
+    MetricReportAnswer,
     PhaseReportAnswer,
     RouteAnswer,
+    SignificanceAnswer,
 )
-from abgate.control.http import WORKER, ApiError, json_response, parse_json
+from abgate.control.http import MAX_BODY, WORKER, ApiError, parse_json, shown, too_large
 from abgate.control.maturing import mature_at
 from abgate.control.outcome_payloads import MAX_OUTCOMES, AcceptedAnswer, OutcomeItem
 from abgate.control.payloads import answer, validate
@@ -58,8 +64,10 @@ if TYPE_CHECKING:
     from abgate.control.stats_worker import StatsWorker
     from abgate.state.history.writer import HistoryWriter
 RESTORE_WAIT = 6.0  # seconds a timeline asked for at start waits for PostgreSQL's copy
-MAX_AGE = 366 * 86_400.0  # an outcome's decided_at: at most a year back
-MAX_SKEW = 60.0  # and a minute ahead (clocks differ)
+# An outcome as a client typically writes it, for the batch size that fits the body limit:
+# {"experiment": "checkout", "arm": "treatment", "metric": "converted", "value": 1,
+#  "user": "u-1234567", "decided_at": 1765000000.123}
+OUTCOME_BYTES = 140
 
 
 async def _report(request: web.Request) -> tuple[StatsWorker, str, ExperimentReport]:
@@ -136,20 +144,24 @@ async def significance(request: web.Request) -> web.Response:
     _, name, report = await _report(request)
     evidence = await evidence_of(request, name)
     primary = evidence.metrics.get(evidence.primary) if evidence.primary else None
-    return json_response(
-        {
-            "name": report.name,
-            "phase": report.current_phase_json(),
-            "metrics": report.metrics_json(),
-            "across_phases": report.across_phases_json(),
-            "metric": evidence.primary,
-            "p_value": primary.p_value if primary else None,
-            "power": primary.power if primary else None,
-            "sample_size": primary.sample_size if primary else 0,
-            "primary": primary.as_json() if primary else None,
-            "evidence": evidence.as_json(),
-            "note": POWER_NOTE,
-        }
+    return answer(
+        SignificanceAnswer(
+            name=report.name,
+            phase=PhaseReportAnswer.model_validate(report.current_phase_json())
+            if report.current_phase is not None
+            else None,
+            metrics={name: MetricReportAnswer.of(r) for name, r in report.metrics.items()},
+            across_phases={
+                name: CombinedAnswer.model_validate(c) for name, c in report.across_phases.items()
+            },
+            metric=evidence.primary,
+            p_value=primary.p_value if primary else None,
+            power=primary.power if primary else None,
+            sample_size=primary.sample_size if primary else 0,
+            primary=MetricEvidence.of(primary) if primary else None,
+            evidence=EvidenceAnswer.of(evidence),
+            note=POWER_NOTE,
+        )
     )
 
 
@@ -197,24 +209,30 @@ async def comparison(request: web.Request) -> web.Response:
     name = await resolve(request.app, request.match_info["name"])
     evidence = await evidence_of(request, name)
     control, treatment = evidence.control_arm, evidence.treatment_arm
-    rows: dict[str, Any] = {}
+    rows: dict[str, ComparisonRow] = {}
     flat: dict[str, float | None] = {}
     for metric, result in evidence.metrics.items():
         if result.n_control == 0 and result.n_treatment == 0:
             continue
         a, b = result.mean_control, result.mean_treatment
         # Signed by the metric's direction: positive is better for the treatment.
-        rows[metric] = {
-            control: a,
-            treatment: b,
-            "direction": result.direction,
-            "relative_change": (b - a) / abs(a) if a and b is not None else None,
-            "relative_improvement": result.improvement,
-            "n": {control: result.n_control, treatment: result.n_treatment},
-        }
+        rows[metric] = ComparisonRow.model_validate(
+            {
+                control: a,
+                treatment: b,
+                "direction": result.direction,
+                "relative_change": (b - a) / abs(a) if a and b is not None else None,
+                "relative_improvement": result.improvement,
+                "n": {control: result.n_control, treatment: result.n_treatment},
+            }
+        )
         flat[f"{control}_{metric}"] = a
         flat[f"{treatment}_{metric}"] = b
-    return json_response({"name": name, "metrics": rows, **flat, "evidence": evidence.as_json()})
+    return answer(
+        ComparisonAnswer.model_validate(
+            {"name": name, "metrics": rows, **flat, "evidence": EvidenceAnswer.of(evidence)}
+        )
+    )
 
 
 async def outcomes(request: web.Request) -> web.Response:
@@ -226,7 +244,11 @@ async def outcomes(request: web.Request) -> web.Response:
     user's cluster, so a user's outcomes count as one unit with the user's decisions."""
     worker = require_worker(request)
     table = request.app[FLAGS]
-    items = parse_json(await request.read())
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, _split(request.content_length)) from None
+    items = parse_json(raw)
     if not isinstance(items, list) or not items:
         raise ApiError(400, "expected a non-empty JSON array of outcomes")
     if len(items) > MAX_OUTCOMES:
@@ -242,7 +264,7 @@ async def outcomes(request: web.Request) -> web.Response:
         if "request_id" in item.model_fields_set:
             item, decided_at = await _by_request_id(history, index, item)
         key, value = _outcome(worker, table, index, item)
-        when = _decided_at(worker, index, item, key, decided_at, now)
+        when = _decided_at(worker, index, item, key, decided_at)
         if when is not None and decided_at is None:
             decided_at = datetime.fromtimestamp(when, UTC)
         declared = worker.config.experiments[key[0]].metric(key[3])
@@ -278,6 +300,15 @@ async def outcomes(request: web.Request) -> web.Response:
     return answer(AcceptedAnswer(accepted=len(items)))
 
 
+def _split(size: int | None) -> str:
+    """A batch over the body limit: into how many to split it."""
+    parts = f" into {-(-size // MAX_BODY)} or more" if size else ""
+    return (
+        f"{too_large()}: split the batch{parts} (at most {MAX_OUTCOMES:,} outcomes a batch; "
+        f"some {MAX_BODY // OUTCOME_BYTES:,} fit at {OUTCOME_BYTES} bytes an outcome)"
+    )
+
+
 def _item(index: int, item: Any) -> OutcomeItem:
     if not isinstance(item, dict):
         raise ApiError(400, f"[{index}]: expected an object")
@@ -307,11 +338,13 @@ async def _by_request_id(
     except Exception as exc:  # the store is down: nothing was accepted
         raise StoreUnavailable(f"history store: {type(exc).__name__}: {exc}") from exc
     if found is None:
-        raise ApiError(400, f"{where}.request_id: no decision recorded for {request_id!r}")
+        raise ApiError(400, f"{where}.request_id: no decision recorded for {shown(request_id)}")
     experiment, arm, phase, decided_at = found
     if item.experiment not in (None, experiment):
         raise ApiError(
-            400, f"{where}.experiment: request {request_id!r} was a decision of {experiment!r}"
+            400,
+            f"{where}.experiment: request {shown(request_id)} was a decision of "
+            f"{shown(experiment)}",
         )
     resolved = item.model_copy(update={"experiment": experiment, "arm": arm, "phase": phase})
     return resolved, decided_at
@@ -323,10 +356,10 @@ def _decided_at(
     item: OutcomeItem,
     key: MeasureKey,
     recorded: datetime | None,
-    now: float,
 ) -> float | None:
     """The decision's time (Unix seconds): the history's record, else the item's
-    `decided_at`; None if neither. A metric with a maturity window needs one."""
+    `decided_at` (within its window: the item checked that); None if neither. A metric
+    with a maturity window needs one."""
     if recorded is not None:
         return recorded.timestamp()
     where = f"[{index}].decided_at"
@@ -341,12 +374,6 @@ def _decided_at(
                 "seconds) or its request_id (with the history store)",
             )
         return None
-    if not now - MAX_AGE <= given <= now + MAX_SKEW:
-        raise ApiError(
-            400,
-            f"{where}: expected the decision's time in Unix seconds, within a year before "
-            f"now and {MAX_SKEW:g}s after, got {given!r}",
-        )
     return float(given)
 
 
@@ -377,13 +404,13 @@ def _outcome(
     name = item.experiment
     experiment = worker.config.experiments.get(name) if name is not None else None
     if experiment is None or name is None:
-        raise ApiError(400, f"{where}.experiment: unknown experiment {name!r}")
+        raise ApiError(400, f"{where}.experiment: unknown experiment {shown(name)}")
     arms = (experiment.control.name, experiment.treatment.name)
     if item.arm not in arms:
         raise ApiError(
             400,
             f"{where}.arm: expected one of {', '.join(arms)} (the "
-            f"X-ABGate-Arm response header), got {item.arm!r}",
+            f"X-ABGate-Arm response header), got {shown(item.arm)}",
         )
     metric = item.metric
     definition = experiment.metric(metric)
@@ -393,7 +420,7 @@ def _outcome(
             400,
             f"{where}.metric: expected a metric declared under "
             f"experiments.{name}.metrics (declared: {declared}), "
-            f"got {metric!r}",
+            f"got {shown(metric)}",
         )
     if isinstance(item.value, bool) and definition.type != "binary":
         raise ApiError(
@@ -407,7 +434,8 @@ def _outcome(
         raise ApiError(400, f"{where}.value: {problem}")
     if definition.type == "binary" and value not in (0, 1):
         raise ApiError(
-            400, f"{where}.value: {metric} is binary: expected 0, 1, true or false, got {value!r}"
+            400,
+            f"{where}.value: {metric} is binary: expected 0, 1, true or false, got {shown(value)}",
         )
     flag = table.get(name)
     current = flag.version  # phase ids are the flag versions that began them

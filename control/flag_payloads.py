@@ -11,6 +11,7 @@ from pydantic import ConfigDict, Field, WithJsonSchema
 from pydantic.functional_validators import PlainValidator
 
 from abgate.config.fields import parse_percentage
+from abgate.control.http import shown
 from abgate.control.payloads import Answer, Body, Expected, refuse
 from abgate.state.flags import Flag, Instance
 
@@ -48,7 +49,7 @@ def _version(value: Any) -> int:
         isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value()
     )
     if not whole or not 1 <= value <= MAX_VERSION:
-        got = f"the string {value!r}" if isinstance(value, str) else f"{value}"
+        got = f"the string {shown(value)}" if isinstance(value, str) else shown(value)
         raise refuse(
             f"expected the flag version (a whole number from 1 to {MAX_VERSION}) "
             f"the write is based on, got {got}"

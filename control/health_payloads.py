@@ -1,7 +1,7 @@
 """The health endpoints' answers (control/health_api.py), declared once
-(control/payloads.py). A component's report stays the dict its source builds (the data
-plane's upstreams, the flag store, the history writers ...): typed here are the parts a
-monitor reads, the overall status and the ML side's list."""
+(control/payloads.py): the overall status, each component's report and the ML side's list.
+A data plane's upstreams are reported as dicts (no pydantic in the data plane) and
+validated here, where they are answered."""
 
 from __future__ import annotations
 
@@ -29,12 +29,100 @@ class MlComponent(Answer):
     status: str | None
 
 
+Status = Literal["healthy", "degraded", "unhealthy"]
+
+
+def _absent(value: object) -> bool:
+    return value is None
+
+
+class Component(Answer):
+    status: Status
+    reasons: list[str] = Field(description="why not healthy; empty when healthy")
+
+
+class ActiveCheck(Answer):
+    ok: bool
+    detail: str
+    at: float
+
+
+class UpstreamHealth(Component):
+    breaker: str = Field(description="closed, half_open, open, forced_open or forced_closed")
+    error_rate: float = Field(ge=0, le=1, description="over the breaker's window")
+    calls_in_window: int = Field(ge=0)
+    active_check: ActiveCheck | None = Field(description="the last one; null without checks")
+    critical: bool = Field(
+        description="users depend on it (a control arm, a route's only upstream)"
+    )
+
+
+class FlagStoreHealth(Component):
+    backend: Literal["memory", "redis"]
+    state_age_seconds: float | None = Field(
+        default=None,
+        exclude_if=_absent,
+        description="with Redis: the age of the flags routed with (null: never read)",
+    )
+
+
+class InstanceHealth(Answer):
+    id: str
+    address: str
+    heartbeat_age_seconds: float
+    converged: bool = Field(description="routes with the flags' current versions")
+
+
+class InstancesHealth(Component):
+    instances: list[InstanceHealth]
+
+
+class WorkerHealth(Component):
+    last_evaluation_age_seconds: float | None
+    evaluation_errors: dict[str, int] = Field(description="experiment (or *) -> failures")
+
+
+class HistoryHealth(Component):
+    connected: bool
+    buffered: int
+    dropped: int
+    written: int
+    layout: str | None
+
+
+class ConfigHealth(Component):
+    source: str
+    loaded_at: float
+
+
+class ControllerHealth(Component):
+    acting: bool = Field(description="holds the controller lease")
+    errors: dict[str, int] = Field(description="experiment -> failed ticks")
+
+
+def _component(description: str) -> Any:
+    return Field(default=None, exclude_if=_absent, description=description)
+
+
+class Components(Answer):
+    """Each component this process has; absent: not part of it."""
+
+    data_plane: Component | None = _component("only while the data plane is away")
+    upstreams: dict[str, UpstreamHealth] | None = _component("each upstream")
+    flag_store: FlagStoreHealth
+    instances: InstancesHealth | None = _component("the live proxy instances (Redis)")
+    statistics_worker: WorkerHealth | None = _component("the statistics worker")
+    history_store: HistoryHealth | None = _component("PostgreSQL's history writers")
+    config: ConfigHealth | None = _component("the config file")
+    rollout_controller: ControllerHealth | None = _component("the rollout controller")
+
+
 class AggregateAnswer(Answer):
     overall_health: Literal["healthy", "degraded", "unhealthy"] = Field(
         description="the worst component (an ML upstream down counts as degraded: fallback "
         "keeps users on deterministic answers)"
     )
-    components: dict[str, Any] = Field(description="each component: status and reasons")
+    components: Components
     ml_components: list[MlComponent] = Field(
         description="the ML side: each ML upstream and its breaker, each shadow, the "
         "statistics worker, the rollout controller"

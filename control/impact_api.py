@@ -24,11 +24,10 @@ from aiohttp import web
 from abgate.config.metrics_catalogue import ERROR_METRIC, LATENCY_METRIC
 from abgate.config.model import BUILT_IN_METRICS
 from abgate.control.current import require_worker, resolve
+from abgate.control.evidence_payloads import ArmCounts, ArmMeans, EvidenceAnswer
 from abgate.control.http import CONTROLLER
 from abgate.control.payloads import answer
 from abgate.control.report_payloads import (
-    ArmCounts,
-    ArmMeans,
     BusinessImpactAnswer,
     BusinessRow,
     FinalAssessmentAnswer,
@@ -143,7 +142,7 @@ async def business_impact(request: web.Request) -> web.Response:
                 else None
             ),
             p_value=result.p_value if result else None,
-            evidence=evidence.as_json(),
+            evidence=EvidenceAnswer.of(evidence),
         )
     )
 
@@ -213,7 +212,7 @@ async def final_assessment(request: web.Request) -> web.Response:
                 "metrics": _business_rows(evidence),
                 **flat,
                 "details": details,
-                "evidence": evidence.as_json(),
+                "evidence": EvidenceAnswer.of(evidence),
             }
         )
     )

@@ -11,14 +11,13 @@ from abgate.control import outcome_payloads as outcome
 from abgate.control import plane_payloads as plane
 from abgate.control import stats_payloads as stats
 from abgate.control import timeline_payloads as timeline
-from abgate.control.openapi_answers import describe_answers
+from abgate.control.http import MAX_DEPTH, too_large
 from abgate.control.openapi_models import content, request_body, resolve
 from abgate.control.openapi_parts import ERROR
 from abgate.control.openapi_parts import json_content as _json
 from abgate.control.openapi_rollouts import ROLLOUT_PATHS
 from abgate.control.payloads import Error
 
-_OBJECT = {"type": "object"}
 EXPERIMENT = {
     "name": "name",
     "in": "path",
@@ -95,7 +94,12 @@ STATISTICS_PATHS: dict[str, Any] = {
             "summary": "Every metric of the current phase (type, direction, sequential and "
             "fixed-horizon results, or why not yet); at the top the primary metric's p-value "
             "and power on the comparison of record",
-            "responses": {"200": _json(_OBJECT), "400": ERROR, "404": ERROR, "503": ERROR},
+            "responses": {
+                "200": content(experiment.SignificanceAnswer),
+                "400": ERROR,
+                "404": ERROR,
+                "503": ERROR,
+            },
         }
     },
     "/api/experiments/{name}/timeline": {
@@ -118,7 +122,12 @@ STATISTICS_PATHS: dict[str, Any] = {
             **_READ,
             "summary": "Each metric's mean per arm and its improvement (signed by "
             "the metric's direction: positive is better)",
-            "responses": {"200": _json(_OBJECT), "400": ERROR, "404": ERROR, "503": ERROR},
+            "responses": {
+                "200": content(experiment.ComparisonAnswer),
+                "400": ERROR,
+                "404": ERROR,
+                "503": ERROR,
+            },
         }
     },
     "/api/outcomes": {
@@ -351,11 +360,10 @@ def _every_write_answers(paths: dict[str, Any]) -> None:
                     "a write from another site (Sec-Fetch-Site cross-site or same-site, or "
                     "an Origin not this API's), or a Host that is not this API",
                 ),
-                ("413", "body over 1 MiB, or nested deeper than 32 levels"),
+                ("413", f"{too_large()}, or nested deeper than {MAX_DEPTH} levels"),
             ):
                 operation["responses"].setdefault(status, content(Error, why))
 
 
 _every_write_answers(OPENAPI["paths"])
-describe_answers(OPENAPI["paths"], _json)
 resolve(OPENAPI)

@@ -11,16 +11,29 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel
-from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json_schema
+from pydantic.json_schema import (
+    GenerateJsonSchema,
+    JsonSchemaMode,
+    JsonSchemaValue,
+    models_json_schema,
+)
 
 REF = "#/components/schemas/{model}"
 
 
 class _Schema(GenerateJsonSchema):
-    """No `title` on every property: the field's name already says it."""
+    """No `title` on every property: the field's name already says it; no null default."""
 
     def field_title_should_be_set(self, schema: Any) -> bool:
         return False
+
+    def default_schema(self, schema: Any) -> JsonSchemaValue:
+        """No `default: null`: a field left out is not given (or not answered), which is
+        not the value null (a field that takes null says so in its type)."""
+        json_schema = super().default_schema(schema)
+        if "default" in json_schema and json_schema["default"] is None:
+            del json_schema["default"]
+        return json_schema
 
 
 def content(model: type[BaseModel], description: str = "OK") -> dict[str, Any]:

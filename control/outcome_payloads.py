@@ -4,21 +4,36 @@ arms and metrics, the phases so far, whether a user is required) is checked ther
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
-from pydantic import Field, WithJsonSchema
+from pydantic import AfterValidator, Field, WithJsonSchema
 from pydantic.functional_validators import PlainValidator
 
+from abgate.control.http import shown
 from abgate.control.payloads import Answer, Body, Expected, refuse
 
 MAX_OUTCOMES = 10_000
+MAX_AGE = 366 * 86_400.0  # an outcome's decided_at: at most a year back
+MAX_SKEW = 60.0  # and a minute ahead (clocks differ)
 
 
 def _phase(value: Any) -> int:
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 19:
         value = int(value)  # the header's value as it came: "2"
     if isinstance(value, bool) or not isinstance(value, int):
-        raise refuse(f"expected the X-ABGate-Phase header's whole number, got {value!r}")
+        raise refuse(f"expected the X-ABGate-Phase header's whole number, got {shown(value)}")
+    return value
+
+
+def _recent(value: float | None) -> float | None:
+    """A decision's time within the window, by this server's clock when it is read."""
+    now = time.time()
+    if value is not None and not now - MAX_AGE <= value <= now + MAX_SKEW:
+        raise refuse(
+            f"expected the decision's time in Unix seconds, within a year before now and "
+            f"{MAX_SKEW:g}s after, got {shown(value)}"
+        )
     return value
 
 
@@ -27,7 +42,7 @@ def _value(value: Any) -> bool | float:
         return value
     if isinstance(value, int | float):
         return float(value)
-    raise refuse(f"expected a finite number or a boolean, got {value!r}")
+    raise refuse(f"expected a finite number or a boolean, got {shown(value)}")
 
 
 Phase = Annotated[
@@ -77,10 +92,15 @@ class OutcomeItem(Body):
     ] = None
     decided_at: Annotated[
         float | None,
+        AfterValidator(_recent),
         Field(
-            description="the decision's time (Unix seconds); required for a metric with a "
-            "maturity window (unless request_id gives it): the outcome counts once its "
-            "decision is that old"
+            description="the decision's time (Unix seconds), within "
+            f"{MAX_AGE / 86_400:g} days before the server's clock and {MAX_SKEW:g} s after "
+            "(a window that moves with the clock, which JSON Schema cannot bound: "
+            "x-abgate-window-seconds states it); required for a metric with a maturity "
+            "window (unless request_id gives it): the outcome counts once its decision is "
+            "that old",
+            json_schema_extra={"x-abgate-window-seconds": {"before": MAX_AGE, "after": MAX_SKEW}},
         ),
         Expected("the decision's time in Unix seconds", got=True),
     ] = None

@@ -3,21 +3,25 @@ body, an `Answer` encodes a response, and control/openapi_models.py describes bo
 OpenAPI document from the same declaration.
 
 A refusal stays the API's own `{"error": "<field>: <why>"}` (a 400): pydantic's
-ValidationError is mapped here, once, naming the field. A field says what it expects with
-`Expected(...)` in its annotation; a check pydantic cannot state (a percentage's two
-decimals, a version written 3.0) raises `refuse(why)` from its validator.
+ValidationError is mapped here, once, naming the field by its key path, in our words (never
+pydantic's text), with the value refused as JSON writes it, cut short (`http.shown`). A
+field says what it expects with `Expected(...)` in its annotation; a check pydantic cannot
+state (a percentage's two decimals, a version written 3.0) raises `refuse(why)` from its
+validator.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 
-from abgate.control.http import ApiError, json_response, parse_json
+from abgate.config.fields import SHOWN
+from abgate.control.http import ApiError, json_response, parse_json, shown
 
 
 class Expected:
@@ -81,18 +85,21 @@ async def read_body(request: web.Request, model: type[B], *, exact: bool = False
     return validate(model, await read_object(request, exact=exact))
 
 
-def answer(payload: Answer, status: int = 200) -> web.Response:
-    return json_response(payload.model_dump(mode="json"), status)
+def answer(payload: Answer, status: int = 200, *, as_recorded: bool = False) -> web.Response:
+    """`payload` encoded; `as_recorded`: a field left out where it was built from (a stored
+    entry without it) stays out, rather than answered as its default."""
+    return json_response(payload.model_dump(mode="json", exclude_unset=as_recorded), status)
 
 
 def refusal(exc: ValidationError, model: type[BaseModel], item: str = "") -> str:
     """One sentence naming the field: unknown fields first (as the API always said), else the
-    first problem pydantic found. `item`: where the object is in the body (`[3]`)."""
+    first problem pydantic found, in our words, with the value refused as JSON writes it
+    and cut short (`http.shown`). `item`: where the object is in the body (`[3]`)."""
     errors = exc.errors(include_url=False)
     unknown = [e for e in errors if e["type"] == "extra_forbidden"]
     if unknown:
         at = unknown[0]["loc"][:-1]
-        names = sorted(str(e["loc"][-1]) for e in unknown if e["loc"][:-1] == at)
+        names = sorted(_cut(str(e["loc"][-1])) for e in unknown if e["loc"][:-1] == at)
         fields = _model_at(model, at)
         known = f" (expected: {', '.join(sorted(fields.model_fields))})" if fields else ""
         prefix = f"{_where(item, at)}: " if item or at else ""
@@ -105,10 +112,50 @@ def refusal(exc: ValidationError, model: type[BaseModel], item: str = "") -> str
     if first["type"] == "missing":
         return f"{where}: {expected.missing if expected else 'required'}"
     if expected is not None:
-        got = f", got {first['input']!r}" if expected.got else ""
+        got = f", got {shown(first['input'])}" if expected.got else ""
         return f"{where}: expected {expected.what}{got}"
-    message = str(first["msg"])
-    return f"{where}: {message[:1].lower()}{message[1:]}"
+    return f"{where}: {_words(first)}, got {shown(first['input'])}"
+
+
+# pydantic's error types in our words ({...}: the error's context)
+_WORDS = {
+    "string_type": "expected a string",
+    "int_type": "expected a whole number",
+    "int_from_float": "expected a whole number",
+    "float_type": "expected a number",
+    "finite_number": "expected a finite number",
+    "bool_type": "expected true or false",
+    "list_type": "expected an array",
+    "dict_type": "expected an object",
+    "model_type": "expected an object",
+    "model_attributes_type": "expected an object",
+    "literal_error": "expected {expected}",
+    "enum": "expected {expected}",
+    "greater_than": "expected a number above {gt}",
+    "greater_than_equal": "expected a number from {ge}",
+    "less_than": "expected a number below {lt}",
+    "less_than_equal": "expected a number up to {le}",
+    "string_too_short": "expected at least {min_length} character(s)",
+    "string_too_long": "expected at most {max_length} characters",
+    "too_short": "expected at least {min_length} item(s)",
+    "too_long": "expected at most {max_length} items",
+}
+
+
+def _words(error: ErrorDetails) -> str:
+    """A pydantic error in our words: Python's quotes and class names left out."""
+    context = {k: str(v).replace("'", '"') for k, v in (error.get("ctx") or {}).items()}
+    template = _WORDS.get(error["type"])
+    if template is not None:
+        with contextlib.suppress(KeyError):
+            return template.format(**context)
+    message = str(error["msg"]).replace("Input should be ", "expected ").replace("'", '"')
+    message = message.split(" or instance of ")[0]
+    return f"{message[:1].lower()}{message[1:]}"
+
+
+def _cut(name: str) -> str:
+    return name if len(name) <= SHOWN else f"{name[:SHOWN]}..."
 
 
 def _where(item: str, loc: Sequence[int | str]) -> str:

@@ -1,20 +1,15 @@
 """The reports' answers (control/impact_api.py), declared once (control/payloads.py): a
 rollout's stability, its business impact and final assessment on the comparison of record,
-its days at 100%. `evidence` keeps its hand-written schema (openapi_answers.EVIDENCE) until
-the comparison of record is itself a model (issue 27 §3)."""
+its days at 100%."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import ConfigDict, Field, WithJsonSchema
+from pydantic import ConfigDict, Field
 
-from abgate.control.openapi_answers import EVIDENCE
+from abgate.control.evidence_payloads import ArmCounts, ArmMeans, Count, EvidenceAnswer, Interval
 from abgate.control.payloads import Answer
-
-Count = Annotated[int, Field(ge=0)]
-Evidence = Annotated[dict[str, Any], WithJsonSchema(EVIDENCE)]
-Interval = Annotated[list[float], Field(min_length=2, max_length=2)]
 
 
 class StabilityAnswer(Answer):
@@ -35,16 +30,6 @@ class LongTermAnswer(Answer):
     seconds_at_100_percent: float = Field(description="wall time")
     time_scale: float
     incidents_count: Count
-
-
-class ArmCounts(Answer):
-    control: int
-    treatment: int
-
-
-class ArmMeans(Answer):
-    control: float | None
-    treatment: float | None
 
 
 class BusinessRow(Answer):
@@ -69,7 +54,7 @@ class BusinessImpactAnswer(Answer):
     )
     interval: Interval | None = Field(description="the same, always valid, in %")
     p_value: float | None
-    evidence: Evidence
+    evidence: EvidenceAnswer
 
 
 class FinalAssessmentAnswer(Answer):
@@ -87,4 +72,4 @@ class FinalAssessmentAnswer(Answer):
     details: dict[str, dict[str, Any]] = Field(
         description="for each flat field: the metric, its interval and samples"
     )
-    evidence: Evidence
+    evidence: EvidenceAnswer

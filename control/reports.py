@@ -113,20 +113,3 @@ class ExperimentReport:
     def current_phase_json(self) -> dict[str, Any] | None:
         current = self.current_phase
         return current.as_json() if current is not None else None
-
-    def metrics_json(self) -> dict[str, Any]:
-        return {name: result.as_json() for name, result in self.metrics.items()}
-
-    def across_phases_json(self) -> dict[str, Any]:
-        return {name: combined.as_json() for name, combined in self.across_phases.items()}
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "arms": self.arms_json(),
-            "phases": [phase.as_json() for phase in self.phases],
-            "current_phase": self.current_phase_json(),
-            "metrics": self.metrics_json(),
-            "across_phases": self.across_phases_json(),
-            "evaluated_at": self.evaluated_at,
-        }

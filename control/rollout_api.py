@@ -26,6 +26,7 @@ from abgate.config.errors import ConfigError
 from abgate.config.model import RolloutPlan
 from abgate.control.current import resolve
 from abgate.control.flags_api import caller
+from abgate.control.gate_payloads import gate_entries
 from abgate.control.http import CONTROLLER, ApiError
 from abgate.control.payloads import answer, read_body
 from abgate.control.rollout.controller import (
@@ -138,7 +139,7 @@ def _view(controller: RolloutController, rollout: Rollout) -> RolloutAnswer:
             **asdict(rollout),  # its own fields by name: state, decision, reason, incident ...
             "stage": stage_answer,
             "stages": plan.percentages,
-            "gates": [gate.as_json() for gate in decision.gates] if decision else [],
+            "gates": gate_entries(decision.gates) if decision else [],
             "needed": decision.needed if decision else {},
             "next": next_stage,
             "acting": controller.acting,
@@ -198,7 +199,8 @@ async def history(request: web.Request) -> web.Response:
     if not 1 <= limit <= 10_000:
         raise ApiError(400, "limit: between 1 and 10000")
     entries = await controller.rollouts.history(name, limit)
-    return answer(RolloutHistoryAnswer(experiment=name, history=entries))
+    history = RolloutHistoryAnswer.model_validate({"experiment": name, "history": entries})
+    return answer(history, as_recorded=True)
 
 
 async def _fresh(controller: RolloutController, name: str) -> tuple[Rollout, Decision]:
@@ -220,7 +222,7 @@ async def verdict(request: web.Request) -> web.Response:
             reason=decision.reason,
             eta_seconds=decision.eta_seconds,
             needed=decision.needed,
-            gates=[gate.as_json() for gate in decision.gates],
+            gates=gate_entries(decision.gates),
             verdict=decision.verdict,
             state=rollout.state,
         )
@@ -292,7 +294,7 @@ async def decision_call(request: web.Request) -> web.Response:
             decision=_DECISION[decision.verdict],
             reason=decision.reason,
             eta_seconds=decision.eta_seconds,
-            checks=[gate.as_json() for gate in decision.gates],
+            checks=gate_entries(decision.gates),
             current_percentage=body.current_percentage,
             target_percentage=body.target_percentage,
         )

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
+from abgate.control.gate_payloads import GateEntry, HistoryEntry
 from abgate.control.payloads import Answer, Body, Expected
 from abgate.state.rollouts import RolloutStatus
 
@@ -113,7 +114,7 @@ class RolloutAnswer(Answer):
     decision: str
     reason: str
     eta_seconds: float | None
-    gates: list[dict[str, Any]]
+    gates: list[GateEntry]
     needed: Arms
     next: NextStageAnswer | None
     incident: str | None
@@ -130,7 +131,7 @@ class RolloutsAnswer(Answer):
 
 class RolloutHistoryAnswer(Answer):
     experiment: str
-    history: list[dict[str, Any]]
+    history: list[HistoryEntry] = Field(description="newest first")
 
 
 class VerdictAnswer(Answer):
@@ -141,7 +142,7 @@ class VerdictAnswer(Answer):
     reason: str
     eta_seconds: float | None
     needed: Arms
-    gates: list[dict[str, Any]]
+    gates: list[GateEntry]
     verdict: Literal["rollback", "hold", "continue", "complete"]
     state: RolloutStatus
 
@@ -162,7 +163,7 @@ class DecisionAnswer(Answer):
     decision: Literal["hold", "continue", "rollback"]
     reason: str
     eta_seconds: float | None
-    checks: list[dict[str, Any]]
+    checks: list[GateEntry]
     current_percentage: float
     target_percentage: float
 

@@ -23,7 +23,8 @@ from typing import Any
 from aiohttp import web
 
 from abgate.control.current import require_worker, resolve
-from abgate.control.http import ApiError
+from abgate.control.evidence_payloads import EvidenceAnswer
+from abgate.control.http import ApiError, shown
 from abgate.control.payloads import answer, read_object, validate
 from abgate.control.stats import (
     Proportion,
@@ -38,6 +39,7 @@ from abgate.control.stats.frequentist import TestResult, rates_test
 from abgate.control.stats.power import mean_detectable_effect, rate_detectable_effect
 from abgate.control.stats.sequential import sequential_rates, sequential_sample_size
 from abgate.control.stats_payloads import (
+    MAX_POWER,
     FixedSampleSize,
     InlineTestAnswer,
     LiveTestAnswer,
@@ -50,8 +52,6 @@ from abgate.control.stats_payloads import (
     SizeOptions,
     WelchTestBody,
 )
-
-MAX_POWER = 1 - 1e-9
 
 
 def _finite_json(result: TestResult) -> dict[str, Any]:
@@ -74,8 +74,8 @@ def _finite_json(result: TestResult) -> dict[str, Any]:
 async def significance_test(request: web.Request) -> web.Response:
     data = await read_object(request)
     live_only = sorted({"metric", "cohort_a", "cohort_b"} & set(data))
-    if "experiment" in data or (live_only and "test" not in data):
-        # no experiment named: the current one
+    inline = "test" in data or not {"a", "b"}.isdisjoint(data)
+    if "experiment" in data or not inline:  # `{}` too: as GET, the current experiment
         return await live_test(request, validate(LiveTestBody, data))
     if live_only:
         raise ApiError(
@@ -133,9 +133,11 @@ async def sample_size(request: web.Request) -> web.Response:
         validate(SizeOptions, data)  # a bad option is named before the missing effect
         raise ApiError(400, "effect_size or baseline_rate: one is required")
     alpha, power, share = body.alpha, body.power, body.treatment_share
-    if not alpha < power < MAX_POWER:
+    if not alpha < power:  # its other bounds: the body's (stats_payloads.Power)
         raise ApiError(
-            400, f"power: expected a number between {alpha:g} and {MAX_POWER:g}, got {power!r}"
+            400,
+            f"power: expected a number above alpha ({alpha:g}) and below {MAX_POWER!r}, "
+            f"got {power!r}",
         )
     try:
         if isinstance(body, MeansSampleSizeBody):
@@ -198,7 +200,7 @@ async def live_test(request: web.Request, body: LiveTestBody) -> web.Response:
     cohort_b = arms[1] if body.cohort_b is None else body.cohort_b
     for field, cohort in (("cohort_a", cohort_a), ("cohort_b", cohort_b)):
         if cohort not in arms:
-            raise ApiError(400, f"{field}: expected one of {', '.join(arms)}, got {cohort!r}")
+            raise ApiError(400, f"{field}: expected one of {', '.join(arms)}, got {shown(cohort)}")
     if cohort_a == cohort_b:
         raise ApiError(400, "cohort_b: compare two different arms")
     sequential = body.sequential
@@ -210,7 +212,7 @@ async def live_test(request: web.Request, body: LiveTestBody) -> web.Response:
     if definition is None:
         raise ApiError(
             400,
-            f"metric: {metric!r} is not declared for {name} (declared: "
+            f"metric: {shown(metric)} is not declared for {name} (declared: "
             f"{', '.join(m.name for m in experiment.metrics) or 'none'}; "
             "built in: latency, error)",
         )
@@ -251,7 +253,7 @@ async def live_test(request: web.Request, body: LiveTestBody) -> web.Response:
                 "type": definition.type,
                 "direction": definition.direction,
                 "cohorts": {"a": cohort_a, "b": cohort_b},
-                "evidence": evidence.as_json(),
+                "evidence": EvidenceAnswer.of(evidence),
                 "note": CONFIDENCE_NOTE,
             }
         )

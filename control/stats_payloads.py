@@ -3,21 +3,21 @@
 data, and a sample size from Cohen's d or from a baseline rate.
 
 A summary's bounds (n from 2, |mean| and std up to 1e100, std 0 or at least 1e-50) are the
-statistics package's own checks (control/stats/models.py, each naming the field); here they
-are only described for the document."""
+statistics package's own checks (control/stats/models.py, each naming the field); the
+document states them from the same constants."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, WithJsonSchema
+from pydantic import Field
 
-from abgate.control.openapi_answers import EVIDENCE
+from abgate.control.evidence_payloads import EvidenceAnswer
 from abgate.control.payloads import Answer, Body, Expected
+from abgate.control.summary_bounds import MAX_MAGNITUDE, MAX_N, MIN_STD
 
 ALPHA_RANGE = (1e-10, 0.5)  # beyond: nothing a rollout would use, and numerically fragile
-MAX_N = 10**12
-BOUND = 1e100
+MAX_POWER = 1 - 1e-9  # beyond: no finite sample size
 
 
 Alpha = Annotated[
@@ -51,8 +51,17 @@ Count0 = Annotated[
 
 class MeanSummary(Body):
     n: Count2
-    mean: Annotated[float, Field(json_schema_extra={"minimum": -BOUND, "maximum": BOUND})]
-    std: Annotated[float, Field(json_schema_extra={"minimum": 0, "maximum": BOUND})]
+    mean: Annotated[
+        float, Field(json_schema_extra={"minimum": -MAX_MAGNITUDE, "maximum": MAX_MAGNITUDE})
+    ]
+    std: Annotated[
+        float,
+        Field(
+            json_schema_extra={
+                "anyOf": [{"const": 0}, {"minimum": MIN_STD, "maximum": MAX_MAGNITUDE}]
+            }
+        ),
+    ]
 
 
 class RateSummary(Body):
@@ -91,9 +100,16 @@ class LiveTestBody(Body):
     sequential: Sequential = True
 
 
+Power = Annotated[
+    float,
+    Field(gt=0, lt=MAX_POWER, description="above alpha"),
+    Expected(f"a number above alpha and below {MAX_POWER!r}", got=True),
+]
+
+
 class SizeOptions(Body):
     alpha: Alpha = 0.05
-    power: Share = 0.8
+    power: Power = 0.8
     treatment_share: Annotated[
         Share, Field(description="the treatment's share of traffic (a rollout stage)")
     ] = 0.5
@@ -156,7 +172,7 @@ class TestEffect(Answer):
     relative: float | None = Field(description="to a's mean; null where it is 0")
 
 
-class ArmCounts(Answer):
+class CohortCounts(Answer):
     a: int
     b: int
 
@@ -174,7 +190,7 @@ class _TestAnswer(Answer):
     alpha: float
     significant: bool
     effect: TestEffect
-    n: ArmCounts
+    n: CohortCounts
 
 
 class TestInterval(Answer):
@@ -190,8 +206,13 @@ class DetectableEffect(Answer):
     power: float
 
 
-class InlineTestAnswer(_TestAnswer):
+class TestResultAnswer(_TestAnswer):
+    """A test's result (control/stats/frequentist.py's TestResult)."""
+
     ci: TestInterval
+
+
+class InlineTestAnswer(TestResultAnswer):
     minimum_detectable_effect: DetectableEffect
 
 
@@ -199,7 +220,7 @@ class LiveInterval(Answer):
     absolute: list[float] = Field(min_length=2, max_length=2, description="always valid")
 
 
-class ArmMeans(Answer):
+class CohortMeans(Answer):
     a: float | None
     b: float | None
 
@@ -214,7 +235,7 @@ class LiveTestAnswer(_TestAnswer):
 
     ci: LiveInterval
     sample_size: int = Field(ge=0, description="samples in both arms")
-    mean: ArmMeans
+    mean: CohortMeans
     p_value_sequential: float | None
     p_value_fixed: float | None
     power: float | None = Field(description="to detect the plan's minimum effect")
@@ -224,5 +245,5 @@ class LiveTestAnswer(_TestAnswer):
     type: str
     direction: str
     cohorts: Cohorts
-    evidence: Annotated[dict[str, Any], WithJsonSchema(EVIDENCE)]
+    evidence: EvidenceAnswer
     note: str

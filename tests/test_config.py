@@ -130,8 +130,8 @@ experiments:
         ("101", "must be between 0 and 100, got 101"),
         ("-1", "must be between 0 and 100, got -1"),
         ("true", "expected a number from 0 to 100, got a boolean (true)"),
-        ("'ten'", "expected a number from 0 to 100, got a string ('ten')"),
-        ("'10'", "expected a number from 0 to 100, got a string ('10')"),
+        ("'ten'", 'expected a number from 0 to 100, got a string ("ten")'),
+        ("'10'", 'expected a number from 0 to 100, got a string ("10")'),
         ("12.345", "at most two decimals (0.01% steps), got 12.345"),
     ],
 )

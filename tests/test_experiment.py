@@ -115,12 +115,12 @@ async def test_metrics_count_requests_per_arm(
         (
             b'{"percentage": "ten"}',
             400,
-            "percentage: expected a number from 0 to 100, got a string ('ten')",
+            'percentage: expected a number from 0 to 100, got a string ("ten")',
         ),
         (
             b'{"percentage": "10"}',
             400,
-            "percentage: expected a number from 0 to 100, got a string ('10')",
+            'percentage: expected a number from 0 to 100, got a string ("10")',
         ),
         (
             b'{"percentage": true}',

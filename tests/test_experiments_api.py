@@ -150,7 +150,7 @@ async def test_live_input_errors(session: ClientSession, agents: dict[str, str])
             json=[{"experiment": "exp", "arm": "control", "metric": "undeclared", "value": 1}],
         ) as r:
             assert r.status == 400
-            assert "got 'undeclared'" in (await r.json())["error"]
+            assert 'got "undeclared"' in (await r.json())["error"]
         async with session.post(
             f"{running.control_url}/api/outcomes",
             json=[{"experiment": "exp", "arm": "control", "metric": "accuracy", "value": 0.5}],
@@ -164,7 +164,7 @@ async def test_live_input_errors(session: ClientSession, agents: dict[str, str])
         ) as r:
             assert (await r.json())[
                 "error"
-            ] == "[0].value: expected a finite number or a boolean, got 'x'"
+            ] == '[0].value: expected a finite number or a boolean, got "x"'
         async with session.post(  # true for a continuous metric: a mistake, not 1.0
             f"{running.control_url}/api/outcomes",
             json=[{"experiment": "exp", "arm": "control", "metric": "satisfaction", "value": True}],

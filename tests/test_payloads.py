@@ -48,7 +48,7 @@ SUMMARY = {"n": 10, "mean": 1.0, "std": 1.0}
             SetFlagsBody,
             {"flags": {"exp": "5"}},
             "",
-            "flags.exp: expected a number from 0 to 100, got a string ('5')",
+            'flags.exp: expected a number from 0 to 100, got a string ("5")',
         ),
         (
             WelchTestBody,
@@ -60,7 +60,7 @@ SUMMARY = {"n": 10, "mean": 1.0, "std": 1.0}
             OutcomeItem,
             {"metric": "converted", "value": "yes"},
             "[2]",
-            "[2].value: expected a finite number or a boolean, got 'yes'",
+            '[2].value: expected a finite number or a boolean, got "yes"',
         ),
         (OutcomeItem, {"value": 1}, "[0]", "[0].metric: required"),
         (

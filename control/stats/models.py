@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from abgate.config.errors import AbgateError
+from abgate.control.summary_bounds import MAX_MAGNITUDE, MAX_N, MIN_STD
 
 Alternative = Literal["two-sided", "greater", "less"]  # about treatment (b) minus control (a)
 
@@ -20,11 +21,8 @@ class StatsInputError(AbgateError, ValueError):
         self.message = message
 
 
-# Beyond these the arithmetic of the tests overflows or loses every digit: refused up front,
-# naming the field, rather than failing somewhere inside.
-MAX_N = 10**12
-MAX_MAGNITUDE = 1e100
-MIN_STD = 1e-50
+# Beyond the bounds (control/summary_bounds.py) the arithmetic of the tests overflows or
+# loses every digit: refused up front, naming the field, rather than failing inside.
 
 
 def _finite(field: str, value: float) -> float:

@@ -7,7 +7,8 @@ import math
 
 from scipy import optimize, special
 
-from abgate.control.stats.models import MAX_N, StatsInputError
+from abgate.control.stats.models import StatsInputError
+from abgate.control.summary_bounds import MAX_N
 
 
 def _check(alpha: float, power: float | None = None) -> None:

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from scipy import optimize, special
 
 from abgate.control.stats.frequentist import TestResult, relative_effect
-from abgate.control.stats.models import MAX_N, Proportion, SampleMean, StatsInputError
+from abgate.control.stats.models import Proportion, SampleMean, StatsInputError
+from abgate.control.summary_bounds import MAX_N
 
 TUNING = 5000.0  # gbstats' N*: the sample size around which the sequence is tightest
 

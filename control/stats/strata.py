@@ -24,14 +24,6 @@ class Combined:
     p_value: float
     phases: int  # how many phases had data in both arms
 
-    def as_json(self) -> dict[str, object]:
-        return {
-            "effect": self.effect,
-            "ci": list(self.ci),
-            "p_value": self.p_value,
-            "phases": self.phases,
-        }
-
 
 def stratified_difference(
     strata: Sequence[tuple[SampleMean, SampleMean]], alpha: float = 0.05

@@ -1,0 +1,164 @@
+"""The answers declared as models encode exactly what their typed sources said before
+(issue 27 §2): every kind of gate, a history entry with and without the fields an event
+lacks, a metric with and without its tests, a health report's components."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from abgate.control.experiment_payloads import MetricReportAnswer
+from abgate.control.gate_payloads import GateEntry, HarmGate, SamplesGate, gate_entries
+from abgate.control.health_payloads import AggregateAnswer
+from abgate.control.reports import MetricResult
+from abgate.control.rollout import gate_numbers as numbers
+from abgate.control.rollout.gate_numbers import Harm, OverLimit, RatioChecked, Samples
+from abgate.control.rollout.gates import Gate
+from abgate.control.rollout.reach import Reach
+from abgate.control.rollout.sizing import Sized, TooFewToSize
+from abgate.control.rollout_payloads import RolloutHistoryAnswer
+from abgate.control.stats import frequentist
+
+GATES = (
+    Gate("breaker", "pass", "closed"),
+    Gate(
+        "harm accuracy",
+        "pass",
+        "",
+        numbers.Tested(Harm("worse by 0.01", 0.01, 0.02, 40, 41), 0.3, 0.6, 0.05),
+    ),
+    Gate(
+        "slo error",
+        "fail",
+        "",
+        numbers.Tested(OverLimit("6% over 5%", 0.06, 0.05, 900), 0.01, 0.02, 0.05),
+    ),
+    Gate("srm", "pass", "no mismatch", RatioChecked(0.42)),
+    Gate(
+        "samples",
+        "hold",
+        "300 of 1,000",
+        Samples(
+            {"control": 300, "treatment": 280},
+            {"control": 1000, "treatment": 1000},
+            "accuracy",
+            sizing=(Sized("accuracy", 0.02, 1000, 1000, 1200.0), TooFewToSize("latency", 4, 10)),
+            users=Reach(
+                {"control": 250.4, "treatment": 240.0},
+                {"control": 900, "treatment": 900},
+                {"control": 0.01, "treatment": 0.01},
+                {"control": 700.2, "treatment": 690.0},
+                None,
+                False,
+            ),
+        ),
+    ),
+    Gate(
+        "samples",
+        "pass",
+        "enough",
+        Samples(
+            {"control": 5, "treatment": 5},
+            {"control": 5, "treatment": 5},
+            None,
+            by_metric={"accuracy": {"control": 5, "treatment": 5}},
+        ),
+    ),
+)
+
+
+def test_each_gate_encodes_as_its_numbers_said() -> None:
+    entries = gate_entries(GATES)
+    assert [type(e).__name__ for e in entries] == [
+        "PlainGate",
+        "HarmGate",
+        "LimitGate",
+        "RatioGate",
+        "SamplesGate",
+        "SamplesGate",
+    ]
+    assert isinstance(entries[1], HarmGate)
+    assert entries[1].n.treatment == 41
+    assert isinstance(entries[4], SamplesGate)
+    assert entries[4].users is not None
+    encoded = TypeAdapter(list[GateEntry]).dump_python(entries, mode="json")
+    assert encoded == [gate.as_json() for gate in GATES]
+
+
+def test_history_entries_answered_as_recorded() -> None:
+    decided: dict[str, Any] = {
+        "time": 1.5,
+        "experiment": "e",
+        "actor": "controller",
+        "state": "running",
+        "transition": None,
+        "change": None,
+        "stage": 1,
+        "decision": "hold",
+        "reason": "samples",
+        "inputs": {"decision": "hold", "gates": []},
+    }
+    event = {  # from Flagger: no state, change or stage
+        "time": 2.0,
+        "experiment": "e",
+        "actor": "flagger",
+        "transition": None,
+        "decision": "event",
+        "reason": "flagger event",
+        "inputs": {"name": "podinfo"},
+        "recorded_by": "an older version",
+    }
+    history = RolloutHistoryAnswer.model_validate({"experiment": "e", "history": [decided, event]})
+    encoded = history.model_dump(mode="json", exclude_unset=True)
+    assert encoded == {"experiment": "e", "history": [decided, event]}
+
+
+def _result(*, tested: bool) -> MetricResult:
+    fixed = frequentist.TestResult(
+        "welch_t", 0.04, 0.95, True, 0.1, 0.2, (0.01, 0.19), (0.02, 0.38), 50, 60
+    )
+    return MetricResult(
+        "continuous",
+        "higher",
+        50,
+        60,
+        0.5,
+        0.6,
+        0.2,
+        "ok" if tested else "not enough data: 1 sample",
+        fixed=fixed if tested else None,
+        sequential=fixed if tested else None,
+        p_value_holm=0.08 if tested else None,
+    )
+
+
+def test_a_metric_without_its_tests_has_no_test_fields() -> None:
+    for tested in (True, False):
+        result = _result(tested=tested)
+        encoded = MetricReportAnswer.of(result).model_dump(mode="json")
+        assert encoded == result.as_json()
+        assert ("fixed" in encoded) is tested
+
+
+def test_health_components_encode_as_reported() -> None:
+    report: dict[str, Any] = {
+        "overall_health": "degraded",
+        "components": {
+            "upstreams": {
+                "ml": {
+                    "status": "degraded",
+                    "breaker": "half_open",
+                    "error_rate": 0.0,
+                    "calls_in_window": 3,
+                    "active_check": {"ok": True, "detail": "200", "at": 5.0},
+                    "reasons": ["breaker half-open: trial calls in progress"],
+                    "critical": False,
+                }
+            },
+            "flag_store": {"status": "healthy", "backend": "memory", "reasons": []},
+            "config": {"status": "healthy", "source": "a.yaml", "loaded_at": 1.0, "reasons": []},
+        },
+        "ml_components": [{"name": "ml", "kind": "ml_upstream", "status": "degraded"}],
+    }
+    assert AggregateAnswer.model_validate(report).model_dump(mode="json") == report

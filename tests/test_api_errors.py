@@ -1,0 +1,105 @@
+"""A refusal in the control API's own words, mapped once at its boundary: the key path, a
+short message, the value refused as JSON writes it and cut short (never Python's repr,
+never pydantic's text, never a megabyte echoed); a duplicate key refused, naming it; a
+body over the limit told the limit, and a batch of outcomes how to split."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import ClientSession
+
+from abgate.config.fields import SHOWN
+from abgate.control.http import MAX_BODY, ApiError, parse_json
+from abgate.control.payloads import validate
+from abgate.control.serve import embedded
+from abgate.control.stats_payloads import LiveTestBody, MeansSampleSizeBody
+from tests.servers import make_config
+
+OUTCOME = {"experiment": "exp", "arm": "control", "metric": "accuracy", "value": 1, "user": "u"}
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({"experiment": 5}, "experiment: expected a string, got 5"),
+        ({"experiment": True}, "experiment: expected a string, got true"),
+        ({"metric": {"a": None}}, 'metric: expected a string, got {"a":null}'),
+        (
+            {"experiment": ["x" * 1000]},
+            f'experiment: expected a string, got ["{"x" * (SHOWN - 2)}... (1,004 characters)',
+        ),
+    ],
+)
+def test_pydantic_errors_in_our_words(body: dict[str, Any], error: str) -> None:
+    with pytest.raises(ApiError) as refused:
+        validate(LiveTestBody, body)
+    assert refused.value.message == error
+
+
+def test_a_bound_in_our_words() -> None:
+    with pytest.raises(ApiError) as refused:
+        validate(MeansSampleSizeBody, {"effect_size": 0.5, "treatment_share": 1.5})
+    assert refused.value.message == "treatment_share: expected a number between 0 and 1, got 1.5"
+
+
+@pytest.mark.parametrize("exact", [False, True])
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        (b'{"percentage": 5, "percentage": 50}', "percentage"),
+        (b'[{"a": 1}, {"b": {"c": 1, "d": 2, "c": 3}}]', "c"),
+        (b'{"k\\u00e9": 1, "k\xc3\xa9": 2}', "k\u00e9"),  # the same key, escaped or not
+    ],
+)
+def test_a_duplicate_key_is_refused_naming_it(raw: bytes, key: str, exact: bool) -> None:
+    with pytest.raises(ApiError) as refused:
+        parse_json(raw, exact=exact)
+    assert refused.value.status == 400
+    assert refused.value.message == (
+        f"request body: the key {orjson.dumps(key).decode()} appears twice in one object"
+    )
+
+
+def test_distinct_keys_pass() -> None:
+    assert parse_json(b'[{"a": 1, "b": {"a": 2}}, {"a": 3}]') == [
+        {"a": 1, "b": {"a": 2}},
+        {"a": 3},
+    ]
+
+
+async def test_on_the_live_api(session: ClientSession, agents: dict[str, str]) -> None:
+    async with embedded(make_config(agents)) as running:
+        api = running.control_url
+
+        async def post(path: str, data: bytes) -> tuple[int, str]:
+            headers = {"Content-Type": "application/json"}
+            body = io.BytesIO(data)  # a large body as a stream, as aiohttp asks
+            async with session.post(f"{api}{path}", data=body, headers=headers) as response:
+                return response.status, (await response.json())["error"]
+
+        status, error = await post("/api/flags/exp", b'{"percentage": 5, "percentage": 50}')
+        assert (status, error) == (
+            400,
+            'request body: the key "percentage" appears twice in one object',
+        )
+
+        huge = "a" * 200_000  # echoed cut short, as JSON writes it
+        status, error = await post("/api/outcomes", orjson.dumps([{**OUTCOME, "arm": huge}]))
+        assert status == 400
+        assert error.startswith("[0].arm: expected one of control, treatment")
+        assert f'got "{"a" * (SHOWN - 1)}... (200,002 characters)' in error
+        assert len(error) < 300
+
+        batch = orjson.dumps([OUTCOME] * (MAX_BODY // len(orjson.dumps(OUTCOME)) + 10))
+        status, error = await post("/api/outcomes", batch)
+        assert status == 413
+        assert error.startswith(
+            "request body over the limit of 1 MiB (1,048,576 bytes): split the batch into 2 or "
+            "more (at most 10,000 outcomes a batch; some 7,489 fit at 140 bytes an outcome)"
+        )
+        status, error = await post("/api/flags/exp", b'{"percentage": "' + b"5" * MAX_BODY + b'"}')
+        assert (status, error) == (413, "request body over the limit of 1 MiB (1,048,576 bytes)")
