@@ -34,13 +34,13 @@ class Process:
     def url(self, kind: str) -> str:
         return self.urls[kind][0]
 
-    async def stop(self, timeout: float = 30.0) -> int:
+    async def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM once, then wait for the exit status."""
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
         return await self.wait(timeout)
 
-    async def wait(self, timeout: float = 30.0) -> int:
+    async def wait(self, timeout: float = 60.0) -> int:
         async with asyncio.timeout(timeout):
             return await self.proc.wait()
 
@@ -110,7 +110,7 @@ async def abgate(
     process = Process(proc)
     reader_task = asyncio.create_task(_read_output(process))
     try:
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(120):
             while any(len(process.urls.get(kind, [])) < n for kind, n in expect.items()):
                 if proc.returncode is not None or reader_task.done():
                     raise RuntimeError("abgate exited early:\n" + "".join(process.output))

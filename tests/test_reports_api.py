@@ -35,6 +35,10 @@ async def stack(ml_latency_ms: float = 0.0) -> AsyncIterator[Embedded]:
             {"control": control, "treatment": treatment},
             percentage=0,
             experiment={"rollout": PLAN},
+            # One loop runs the agents, both halves and the simulated users here (two
+            # processes in `abgate run`): a busy machine can stall it past the 1 s default,
+            # and the rollout would judge the stall, not the models.
+            upstream_options={"connect_timeout": "30s"},
         )
         async with embedded(config) as running:
             yield running
