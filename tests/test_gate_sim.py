@@ -14,8 +14,8 @@ from abgate.control.stats_worker import compare
 from benchmarks.gate_sim import (
     aa_integrity_holds,
     aa_small_split_rollbacks,
-    caught_by_planned_n,
     outcome_ends,
+    planned_power,
 )
 from benchmarks.rollout_sim import PLAN, Arm, experiment, simulate
 
@@ -122,15 +122,16 @@ def test_allow_unmeasured_is_declared_and_defaults_to_false() -> None:
     assert declared.primary.allow_unmeasured is True
 
 
-@pytest.mark.parametrize(
-    ("arm", "metric"), [(Arm(converted=0.18), "converted"), (Arm(error=0.03), "error")]
-)
-def test_the_planned_n_catches_the_harm_it_was_sized_for(arm: Arm, metric: str) -> None:
-    """Sized at the plan's alpha with the control's variance, the first stage caught a loss
-    of the primary's MDE 55% of the time by its planned n, errors at twice their margin 0%
-    (this seed, 40 stages); sized for the test that runs, about the planned 80%."""
-    caught, _planned = caught_by_planned_n(arm, metric, runs=40, seed=2605)
-    assert caught >= 0.7
+def test_the_test_that_sets_the_size_has_the_planned_power_there() -> None:
+    """At a 25% first stage the errors' size is set by their harm test (3% errors against a
+    1-point margin). Sized on its last look with the truth's variance for the sequence's
+    width, it caught 0.95-0.97 by its planned n for a planned 0.80 (benchmarks/RESULTS.md);
+    sized for the chance of crossing by n, with the null's width, about 0.80. 60 stages
+    carry about 0.05 of noise: the bounds are the plan's 0.80 give or take 0.15."""
+    found = planned_power(Arm(error=0.03), "error", runs=60, seed=2605, split_bp=2500)
+    assert found.binding == "harm"
+    assert 0.65 <= found.caught <= 0.93
+    assert found.shown >= 0.9  # non-inferiority, beyond the plan where it does not bind
 
 
 def test_stages_are_sized_at_the_alpha_a_harm_test_spends() -> None:

@@ -5,17 +5,18 @@ from __future__ import annotations
 import pytest
 
 from abgate.control.stats.sequential import TUNING
-from abgate.control.stats.tuning import on_grid, size_at, tuned_size
+from abgate.control.stats.tuning import SizedTest, on_grid, size_at, tuned_size
 from benchmarks.rollout_sim import Arm
 from benchmarks.stage_sim import stage_lengths, tuned
 
 # A 2-point loss on a 20% rate at a 5% split, at a harm test's alpha (0.05 / 4 / 4).
-TESTS = [(0.02, (0.16, 0.1764), 0.05 / 16)]
+TESTS = [SizedTest(0.02, (0.16, 0.1476), 0.05 / 16, (0.16, 0.16), anytime=True)]
 
 
 def test_n_star_is_the_planned_n_and_the_size_is_smaller_for_it() -> None:
     default = size_at(TESTS, 0.05, 0.8, TUNING)
-    need, n_star = tuned_size(TESTS, 0.05, 0.8)
+    need, n_star, binding = tuned_size(TESTS, 0.05, 0.8)
+    assert binding == 0
     assert n_star == on_grid(n_star)
     assert n_star != TUNING
     # the fixed point: N* is the planned n, within the grid's quarter doubling
@@ -32,7 +33,7 @@ def test_on_grid_rounds_to_a_quarter_doubling() -> None:
 
 def test_untuned_is_the_gbstats_default() -> None:
     with tuned(False):
-        assert tuned_size(TESTS, 0.05, 0.8) == (size_at(TESTS, 0.05, 0.8, TUNING), TUNING)
+        assert tuned_size(TESTS, 0.05, 0.8) == (size_at(TESTS, 0.05, 0.8, TUNING), TUNING, 0)
 
 
 def test_a_stage_continues_on_fewer_samples_tuned_than_untuned() -> None:
@@ -45,6 +46,19 @@ def test_a_stage_continues_on_fewer_samples_tuned_than_untuned() -> None:
     assert len(before) == len(after) == 2
     assert max(after) < 0.95 * min(before)
     assert rolled_before == rolled_after == 0.0
+
+
+def test_the_binding_test_is_the_one_with_the_most_samples() -> None:
+    # a guardrail at a 5% split (errors 1%, margin 1 point): non-inferiority of an equal
+    # treatment at alpha 0.05, read at n; the harm test of 3% errors at 0.05 / 20, anytime
+    tests = [
+        SizedTest(0.01, (0.0099, 0.0099), 0.05, (0.0099, 0.0196)),
+        SizedTest(0.01, (0.0099, 0.0291), 0.05 / 20, (0.0099, 0.0196), anytime=True),
+    ]
+    need, n_star, binding = tuned_size(tests, 0.05, 0.8)
+    assert binding == 1
+    assert need == size_at(tests[1:], 0.05, 0.8, n_star)
+    assert sum(size_at(tests[:1], 0.05, 0.8, n_star).values()) < sum(need.values())
 
 
 def test_a_metric_sized_twice_is_tested_at_the_n_star_of_its_larger_size() -> None:

@@ -334,7 +334,7 @@ def decide(
     for name, margin, label in shown:
         metric = experiment.metric(name)
         assert metric is not None
-        p = _non_inferiority_p(
+        p = non_inferiority_p(
             metric,
             inputs.control.get(name),
             inputs.treatment.get(name),
@@ -505,7 +505,7 @@ def _harm_tests(
     return tests
 
 
-def _non_inferiority_p(
+def non_inferiority_p(
     metric: MetricConfig,
     a: ClusteredSums | None,
     b: ClusteredSums | None,

@@ -12,21 +12,23 @@ from abgate.control.measured import EMPTY
 from abgate.control.stats.clusters import ClusteredSums
 from abgate.control.stats.cuped import analysed_as_rate
 from abgate.control.stats.sequential import TUNING
-from abgate.control.stats.tuning import tuned_size
+from abgate.control.stats.tuning import SizedTest, tuned_size
 
 MIN_VARIANCE_SAMPLES = 10  # control samples before its variance is trusted for sizing
 
 
 @dataclass(frozen=True, slots=True)
 class Sized:
-    """A target metric's size: samples per arm for the effect it is sized for, and the N*
-    its tests are tuned to (control/stats/tuning.py)."""
+    """A target metric's size: samples per arm for the effect it is sized for, the N*
+    its tests are tuned to (control/stats/tuning.py), and the test that sets it
+    ("non_inferiority" or "harm")."""
 
     metric: str
     effect: float
     control: int
     treatment: int
     tuning: float
+    binding: str = "non_inferiority"
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -157,17 +159,36 @@ def samples_needed(
         tuning = TUNING
         if effect > 0 and _variance(metric, control) > 0:  # else constant: shows at once
             tests = (
-                # non-inferiority of an equal treatment: the null's variance at the margin
-                (effect, _variance_at(metric, control, treatment, effect), plan.alpha),
-                # the rollback of a treatment worse by `caught_at` times the excess
-                (
+                # non-inferiority of an equal treatment, read once the samples are there:
+                # its spread where the arms are equal, its width at the margin (the null)
+                SizedTest(
+                    effect,
+                    _variance_at(metric, control, treatment, 0.0),
+                    plan.alpha,
+                    _variance_at(metric, control, treatment, effect),
+                ),
+                # the rollback of a treatment worse by `caught_at` times the excess, at the
+                # first look that crosses: its spread there, its width at the null (the
+                # margin a guardrail may lose; no loss for the primary)
+                SizedTest(
                     excess,
                     _variance_at(metric, control, treatment, caught_at * excess),
                     rollback_alpha,
+                    _variance_at(metric, control, treatment, (caught_at - 1) * excess),
+                    anytime=True,
                 ),
             )
-            need, tuning = tuned_size(tests, share, plan.power)
-            sizing.append(Sized(name, effect, need["control"], need["treatment"], tuning))
+            need, tuning, which = tuned_size(tests, share, plan.power)
+            sizing.append(
+                Sized(
+                    name,
+                    effect,
+                    need["control"],
+                    need["treatment"],
+                    tuning,
+                    "harm" if which == 1 else "non_inferiority",
+                )
+            )
         previous = needs.get(name, {"control": 0, "treatment": 0})
         needs[name] = {arm: max(previous[arm], need[arm]) for arm in need}
     return needs, sizing

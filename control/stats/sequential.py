@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from scipy import optimize, special
 
+from abgate.control.stats.crossing import crossing_z
 from abgate.control.stats.frequentist import TestResult, relative_effect
 from abgate.control.stats.models import Proportion, SampleMean, StatsInputError
 from abgate.control.summary_bounds import MAX_N
@@ -254,31 +255,51 @@ def sequential_sample_size(
     power: float = 0.8,
     alpha: float = 0.05,
     tuning: float = TUNING,
+    null_variances: tuple[float, float] | None = None,
+    anytime: bool = False,
 ) -> tuple[int, int]:
     """Samples (control, treatment) for the sequential test, as the worker runs it, to detect
     `effect` (an absolute difference) with `power`: the n where the sequence's half-width
-    leaves room for the estimate to clear it with that probability. Sized on the last look,
-    so the earlier looks only add power; a fixed-horizon size under-powers this test by
-    about 1.7-1.9x."""
+    leaves room for the estimate to clear it with that probability. `variance_a` and
+    `variance_b` are each arm's variance per sample where the truth is (the estimate's
+    spread); `null_variances` where the null is (the sequence's width, as the test takes it
+    under the null: rates' score variance), by default the same. Sized on the last look by
+    default (a test read once its samples are there), where the earlier looks only add
+    power: a fixed-horizon size under-powers this test by about 1.7-1.9x. With `anytime`
+    (a test acted on at the first look that crosses) the n whose chance of crossing by then
+    is `power` (control/stats/crossing.py)."""
     if effect == 0 or not math.isfinite(effect):
         raise StatsInputError("effect", "must be a finite number other than 0")
     if not 0 < share < 1:
         raise StatsInputError("share", f"the treatment share must be in (0, 1), got {share}")
-    if variance_a <= 0 or variance_b <= 0:
+    null_a, null_b = null_variances or (variance_a, variance_b)
+    if min(variance_a, variance_b, null_a, null_b) <= 0:
         raise StatsInputError("variance", "both arms need a positive variance")
     z_power = -float(special.ndtri(1 - power))
     delta = abs(effect)
+    spread = variance_a / (1 - share) + variance_b / share  # per sample of both arms
+    width = null_a / (1 - share) + null_b / share
 
-    def shortfall(log_n: float) -> float:
+    def shortfall(log_n: float, crossing: bool) -> float:
         n = math.exp(log_n)
-        variance = variance_a / ((1 - share) * n) + variance_b / (share * n)
-        return delta - half_width(variance, round(n), alpha, tuning) - z_power * math.sqrt(variance)
+        z = z_power
+        if crossing:
+            m = n * _rho(alpha, tuning) ** 2
+            z = crossing_z(alpha, power, m, math.sqrt(width / spread))
+        return delta - half_width(width / n, round(n), alpha, tuning) - z * math.sqrt(spread / n)
 
     low, high = math.log(4.0), math.log(float(MAX_N))
-    if shortfall(low) >= 0:
-        n_total = 4.0
-    elif shortfall(high) < 0:
+    if shortfall(low, False) >= 0:
+        return math.ceil((1 - share) * 4.0), math.ceil(share * 4.0)
+    if shortfall(high, False) < 0:
         raise StatsInputError("effect", f"too small to detect: it needs over {MAX_N:,} samples")
-    else:
-        n_total = math.exp(optimize.brentq(shortfall, low, high, xtol=1e-9))
+    last_look = optimize.brentq(shortfall, low, high, args=(False,), xtol=1e-9)
+    log_n = last_look
+    if anytime:  # fewer: usually 0.8-0.95 times the last look's size, at least a quarter
+        for fewer in (1.5, 4.0):
+            near = max(low, last_look - math.log(fewer))
+            if shortfall(near, True) < 0 < shortfall(last_look, True):
+                log_n = optimize.brentq(shortfall, near, last_look, args=(True,), xtol=1e-7)
+                break
+    n_total = math.exp(log_n)
     return math.ceil((1 - share) * n_total), math.ceil(share * n_total)

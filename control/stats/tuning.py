@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from abgate.control.stats.models import StatsInputError
 from abgate.control.stats.sequential import TUNING, sequential_sample_size
@@ -23,8 +24,18 @@ GRID = 4  # steps of N* per doubling
 ROUNDS = 6  # of the fixed-point iteration: it settles in two or three
 MIN_TUNING = 100.0
 
-# (effect to detect, (control's variance, treatment's) per sample, alpha) per test
-SizedTest = tuple[float, tuple[float, float], float]
+
+class SizedTest(NamedTuple):
+    """One test a size must serve (control/rollout/sizing.py)."""
+
+    effect: float  # the distance from the null the test must show
+    variances: tuple[float, float]  # (control's, treatment's) per sample where the truth is
+    alpha: float
+    # where the null is (the sequence's width; rates' score variance): by default `variances`
+    null_variances: tuple[float, float] | None = None
+    # acted on at the first look that crosses (a harm test's rollback), so sized for the
+    # chance of crossing by n; else read once the samples are there (non-inferiority)
+    anytime: bool = False
 
 
 def on_grid(n: float) -> float:
@@ -32,41 +43,66 @@ def on_grid(n: float) -> float:
     return max(MIN_TUNING, float(2.0 ** (round(GRID * math.log2(max(n, 1.0))) / GRID)))
 
 
+def sizes_at(
+    tests: Sequence[SizedTest], share: float, power: float, tuning: float
+) -> list[dict[str, int] | None]:
+    """Samples per arm of each test with the sequence tuned to `tuning` (None: a test that
+    cannot be sized, as a metric with no spread)."""
+    sizes: list[dict[str, int] | None] = []
+    for test in tests:
+        try:
+            n_control, n_treatment = sequential_sample_size(
+                test.effect,
+                *test.variances,
+                share=share,
+                power=power,
+                alpha=test.alpha,
+                tuning=tuning,
+                null_variances=test.null_variances,
+                anytime=test.anytime,
+            )
+        except StatsInputError:
+            sizes.append(None)
+            continue
+        sizes.append({"control": n_control, "treatment": n_treatment})
+    return sizes
+
+
 def size_at(
     tests: Sequence[SizedTest], share: float, power: float, tuning: float
 ) -> dict[str, int]:
     """Samples per arm for every test at once with the sequence tuned to `tuning` (a test
-    that cannot be sized is left out, as a metric with no spread)."""
+    that cannot be sized is left out)."""
+    return _combined(sizes_at(tests, share, power, tuning))[0]
+
+
+def _combined(sizes: Sequence[dict[str, int] | None]) -> tuple[dict[str, int], int | None]:
+    """(the samples every test has enough with, the index of the test that sets them: the
+    most samples in all; None when none could be sized)."""
     need = {"control": 2, "treatment": 2}
-    for effect, (variance_a, variance_b), alpha in tests:
-        try:
-            n_control, n_treatment = sequential_sample_size(
-                effect, variance_a, variance_b, share=share, power=power, alpha=alpha, tuning=tuning
-            )
-        except StatsInputError:
-            continue
-        need = {
-            "control": max(need["control"], n_control),
-            "treatment": max(need["treatment"], n_treatment),
-        }
-    return need
+    for size in sizes:
+        if size is not None:
+            need = {arm: max(need[arm], size[arm]) for arm in need}
+    sized = [(sum(size.values()), index) for index, size in enumerate(sizes) if size]
+    return need, max(sized)[1] if sized else None
 
 
 def tuned_size(
     tests: Sequence[SizedTest], share: float, power: float
-) -> tuple[dict[str, int], float]:
-    """(samples per arm, N*) of the tests: the smallest size among the N* tried on the way
-    to the fixed point N* = planned n (each size is the one its own N* gives)."""
+) -> tuple[dict[str, int], float, int | None]:
+    """(samples per arm, N*, the index of the test that sets the size): the smallest size
+    among the N* tried on the way to the fixed point N* = planned n (each size is the one
+    its own N* gives)."""
     tuning = TUNING
-    need = size_at(tests, share, power, tuning)
+    need, binding = _combined(sizes_at(tests, share, power, tuning))
     if not TUNED:
-        return need, tuning
-    best = (sum(need.values()), need, tuning)
+        return need, tuning, binding
+    best = (sum(need.values()), need, tuning, binding)
     for _ in range(ROUNDS):
         target = on_grid(sum(need.values()))
         if target == tuning:
             break
         tuning = target
-        need = size_at(tests, share, power, tuning)
-        best = min(best, (sum(need.values()), need, tuning), key=lambda found: found[0])
-    return best[1], best[2]
+        need, binding = _combined(sizes_at(tests, share, power, tuning))
+        best = min(best, (sum(need.values()), need, tuning, binding), key=lambda found: found[0])
+    return best[1], best[2], best[3]
