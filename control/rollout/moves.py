@@ -147,6 +147,7 @@ async def promote_to(
     actor: str,
     reason: str,
 ) -> Rollout:
+    """A move to stage `index`: its live percentage written, its clock started afresh."""
     percentage = plan.live_bp(index)
     flag = await set_percentage(controller, rollout, percentage, reason, actor)
     updated = rollout.next(
