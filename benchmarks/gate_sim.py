@@ -19,13 +19,8 @@ from typing import NamedTuple
 import numpy as np
 
 from abgate.config.model import ExperimentConfig
-from abgate.control.rollout.gates import (
-    Decision,
-    StageInputs,
-    decide,
-    non_inferiority_p,
-    samples_needed,
-)
+from abgate.control.rollout.gates import Decision, StageInputs, decide, samples_needed
+from abgate.control.rollout.harm_tests import non_inferiority_p
 from abgate.control.rollout.sizing import Sized, Sizing, tunings
 from abgate.control.stats.checks import SRM_THRESHOLD, sequential_srm, srm
 from abgate.control.stats.clusters import ClusteredSums

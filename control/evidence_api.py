@@ -14,7 +14,7 @@ from abgate.control.current import require_worker
 from abgate.control.evidence import EvidenceReport, compare, phases_used
 from abgate.control.http import CONTROLLER
 from abgate.control.measured import by_arm
-from abgate.control.rollout.controller import RolloutError
+from abgate.control.rollout.errors import RolloutError
 from abgate.state.rollouts import FINISHED
 
 

@@ -4,7 +4,7 @@ answer them (control/rollout_api.py), declared once (control/payloads.py).
 A gate is its name, status and detail, with what it measured beside them
 (control/rollout/gate_numbers.py): a harm test, an SLO's rate against its limit, the
 sample-ratio check, the samples against the size needed, or nothing more. A history entry
-is what the controller recorded (control/rollout/controller.py)."""
+is what the controller recorded (control/rollout/records.py)."""
 
 from __future__ import annotations
 

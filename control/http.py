@@ -121,7 +121,10 @@ def parse_json(raw: bytes, *, exact: bool = False) -> Any:
     return body
 
 
-class DuplicateKey(ValueError):
+class DuplicateKey(AbgateError, ValueError):
+    """A key given twice in one JSON object of a request body (a ValueError, as json's own
+    refusals are, so the parser's hooks may raise it)."""
+
     def __init__(self, key: str) -> None:
         super().__init__(key)
         self.key = key

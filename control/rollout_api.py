@@ -29,12 +29,10 @@ from abgate.control.flags_api import caller
 from abgate.control.gate_payloads import gate_entries
 from abgate.control.http import CONTROLLER, ApiError
 from abgate.control.payloads import answer, read_body
-from abgate.control.rollout.controller import (
-    NoRolloutPlan,
-    RolloutController,
-    RolloutError,
-    UnknownRollout,
-)
+from abgate.control.rollout import actions
+from abgate.control.rollout.controller import RolloutController
+from abgate.control.rollout.errors import NoRolloutPlan, RolloutError, UnknownRollout
+from abgate.control.rollout.evaluation import evaluate
 from abgate.control.rollout.gates import Decision
 from abgate.control.rollout_payloads import (
     ActionBody,
@@ -151,7 +149,7 @@ async def start(request: web.Request) -> web.Response:
     controller = _controller(request)
     body = await read_body(request, StartBody)
     name = await resolve(request.app, request.match_info["experiment"])
-    rollout = await _call(controller.start(name, body.plan, caller(request), body.reason))
+    rollout = await _call(actions.start(controller, name, body.plan, caller(request), body.reason))
     return answer(_view(controller, rollout), 201)
 
 
@@ -172,7 +170,9 @@ async def approve(request: web.Request) -> web.Response:
     controller = _controller(request)
     body = await read_body(request, ApproveBody)
     name = await resolve(request.app, request.match_info["experiment"])
-    rollout = await _call(controller.approve(name, body.stage, caller(request), body.reason))
+    rollout = await _call(
+        actions.approve(controller, name, body.stage, caller(request), body.reason)
+    )
     return answer(_view(controller, rollout))
 
 
@@ -182,9 +182,11 @@ async def act(request: web.Request) -> web.Response:
     name = await resolve(request.app, request.match_info["experiment"])
     action = request.path.rsplit("/", 1)[1]
     if action == "promote":
-        rollout = await _call(controller.promote(name, caller(request), body.reason))
+        rollout = await _call(actions.promote(controller, name, caller(request), body.reason))
     else:
-        rollout = await _call(controller.set_state(name, action, caller(request), body.reason))
+        rollout = await _call(
+            actions.set_state(controller, name, action, caller(request), body.reason)
+        )
     return answer(_view(controller, rollout))
 
 
@@ -206,7 +208,7 @@ async def history(request: web.Request) -> web.Response:
 async def _fresh(controller: RolloutController, name: str) -> tuple[Rollout, Decision]:
     rollout = await _call(controller.get(name))
     plan = controller.plan_of(rollout)
-    return rollout, await controller.evaluate(rollout, plan, time.time())
+    return rollout, await evaluate(controller, rollout, plan, time.time())
 
 
 async def verdict(request: web.Request) -> web.Response:
@@ -235,7 +237,7 @@ async def flagger_gate(request: web.Request) -> web.Response:
     hook = request.match_info["hook"]
     body = await read_body(request, FlaggerBody)  # refused if not Flagger's
     if hook == "event":
-        await controller.record(
+        await controller.records.record(
             {
                 "time": time.time(),
                 "experiment": name,
@@ -288,7 +290,7 @@ async def decision_call(request: web.Request) -> web.Response:
             name, "pending", index, flag.updated_at, flag.version, flag.updated_at, "decision-call"
         )
     plan = controller.plan_of(rollout)
-    decision = await controller.evaluate(rollout, plan, time.time())
+    decision = await evaluate(controller, rollout, plan, time.time())
     return answer(
         DecisionAnswer(
             decision=_DECISION[decision.verdict],
@@ -305,7 +307,9 @@ async def incidents(request: web.Request) -> web.Response:
     controller = _controller(request)
     body = await read_body(request, IncidentBody)
     rollout = await _call(
-        controller.set_incident(body.experiment, body.open, body.description, caller(request))
+        actions.set_incident(
+            controller, body.experiment, body.open, body.description, caller(request)
+        )
     )
     return answer(IncidentAnswer(experiment=body.experiment, incident=rollout.incident))
 

@@ -117,7 +117,7 @@ def link_timeline(
 ) -> None:
     """The timeline's other sources: the controller's state and decisions at each tick,
     its history entries as they happen, and the data plane's latency histograms."""
-    from abgate.control.rollout.controller import RolloutError
+    from abgate.control.rollout.errors import RolloutError
     from abgate.control.timeline import RolloutView
 
     def view(name: str) -> RolloutView | None:

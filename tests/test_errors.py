@@ -10,7 +10,7 @@ import pkgutil
 import pytest
 
 from abgate.config.errors import AbgateError
-from abgate.control.rollout.controller import NoRolloutPlan, RolloutError, UnknownRollout
+from abgate.control.rollout.errors import NoRolloutPlan, RolloutError, UnknownRollout
 from abgate.control.rollout_api import _rollout_status
 
 # Owned by the statistics work (issue 27 §3), which joins the family when it lands.

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from abgate.config.model import MetricConfig
-from abgate.control.rollout.gates import StageInputs, binary_harm_p, decide
+from abgate.control.rollout.gates import StageInputs, decide
+from abgate.control.rollout.harm_tests import binary_harm_p
 from abgate.control.rollout.sizing import harm_alpha
 from abgate.control.stats.clusters import ClusteredSums
 from abgate.control.stats_worker import compare

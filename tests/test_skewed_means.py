@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from abgate.config.model import BUILT_IN_METRICS
-from abgate.control.rollout.gates import mean_harm_p
+from abgate.control.rollout.harm_tests import mean_harm_p
 from abgate.control.stats.clusters import ClusteredSums
 from abgate.control.stats.means import means_p, sequential_means
 from abgate.control.stats_worker import compare

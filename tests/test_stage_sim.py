@@ -72,9 +72,9 @@ def test_reach_projects_new_users_at_their_recent_rate() -> None:
 
 
 def test_the_controller_keeps_a_reading_from_half_the_stage_age() -> None:
-    from abgate.control.rollout.controller import _Seen
+    from abgate.control.rollout.evaluation import Seen
 
-    seen = _Seen()
+    seen = Seen()
     found = [seen.earlier(7, float(t), (float(t), 0.0)) for t in range(1, 201)]
     assert found[0] is None  # nothing earlier yet
     since, units = found[-1] or (0.0, (0.0, 0.0))
@@ -86,7 +86,7 @@ def test_the_controller_keeps_a_reading_from_half_the_stage_age() -> None:
 
 
 def test_a_stage_that_cannot_finish_is_escalated_at_once() -> None:
-    from abgate.control.rollout.controller import held_state
+    from abgate.control.rollout.moves import held_state
 
     assert held_state("running", "cannot_finish", overdue=False) == "escalated"
     assert held_state("running", "insufficient", overdue=False) == "running"

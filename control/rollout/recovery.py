@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from abgate.config import Config
+from abgate.control.rollout.records import RolloutRecords
 from abgate.state.flags import FlagStore
 from abgate.state.rollouts import FINISHED, Rollout, RolloutStore
 
@@ -36,6 +37,7 @@ class Recovering(Protocol):
     config: Config
     flags: FlagStore
     rollouts: RolloutStore
+    records: RolloutRecords
     clock: Callable[[], float]
     starting: asyncio.Lock  # held by a start, against the orphan check
 
@@ -43,8 +45,6 @@ class Recovering(Protocol):
     def actor(self) -> str: ...
 
     def forget(self, name: str) -> None: ...
-
-    def tell(self, event: dict[str, Any]) -> None: ...
 
 
 async def recover(
@@ -64,7 +64,7 @@ async def recover(
         event = _event(controller, rollout, "restored")
         if await controller.rollouts.restore(rollout, event):
             controller.forget(rollout.experiment)
-            controller.tell(event)
+            controller.records.tell(event)
             restored.append(rollout)
     rollouts = rollouts + restored
     # Only once the store says it lost everything, and never beside a start in this process
@@ -104,7 +104,7 @@ async def _orphans(controller: Recovering, known: set[str]) -> list[Rollout]:
         event = _event(controller, rollout, "escalated")
         if not await controller.rollouts.restore(rollout, event):
             continue  # another process was first
-        controller.tell(event)
+        controller.records.tell(event)
         log.error("rollout %s: %s", name, reason)
         found.append(rollout)
     return found
