@@ -293,8 +293,8 @@ class StatsWorker:
         for name in self.config.experiments:
             read = await self.reads.read(name)  # its own, fresh: the controller shares it
             try:
-                reports[name] = evaluate(
-                    self.config, name, read.phases, read.sums, read.users, read.arms
+                reports[name] = await asyncio.to_thread(  # scipy, off the loop
+                    evaluate, self.config, name, read.phases, read.sums, read.users, read.arms
                 )
             except Exception as exc:
                 self._failed(name, exc)

@@ -6,10 +6,16 @@ so the gates decide on the numbers the page shows."""
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
 
+import pytest
 from aiohttp import ClientSession
 
+from abgate.control import stats_worker
 from abgate.control.measured import Reads
+from abgate.control.rollout import evaluation, gates
 from abgate.control.serve import embedded
 from abgate.state.errors import StoreUnavailable
 from abgate.state.measurements import MeasureKey, MemoryMeasurements, Phase, Sums
@@ -77,3 +83,31 @@ async def test_the_worker_and_the_controller_hold_one_reader(
     async with embedded(make_config(agents)) as running:
         assert running.rollouts.reads is running.worker.reads
         assert running.rollouts.reads.store is running.backend.measurements
+
+
+async def test_the_gates_and_the_reports_are_computed_off_the_loop(
+    session: ClientSession, agents: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`decide` and the worker's `evaluate` (scipy; a stage's first sizing takes about a
+    second on a busy machine) run in a thread: the loop that serves the control API, and in
+    one process the proxy, is never held by them."""
+    threads: dict[str, int] = {}
+
+    def on_thread(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*args: Any) -> Any:
+            threads[name] = threading.get_ident()
+            return real(*args)
+
+        return wrapped
+
+    monkeypatch.setattr(evaluation, "decide", on_thread("decide", gates.decide))
+    monkeypatch.setattr(stats_worker, "evaluate", on_thread("evaluate", stats_worker.evaluate))
+    config = make_config(agents, percentage=0, experiment={"rollout": {"tick": "100ms"}})
+    async with embedded(config) as running:
+        await running.worker.evaluate_all()
+        async with session.post(f"{running.control_url}/api/rollouts/exp", json={}) as response:
+            assert response.status == 201, await response.text()
+        async with session.get(f"{running.control_url}/api/rollouts/exp/verdict") as response:
+            assert response.status == 200, await response.text()
+    assert set(threads) == {"decide", "evaluate"}
+    assert threading.get_ident() not in threads.values()

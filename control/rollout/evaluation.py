@@ -98,7 +98,11 @@ async def evaluate(
     elapsed = now - rollout.stage_started_at
     counts = (stage.srm.control[0], stage.srm.treatment[0])
     earlier = None if seen is None else seen.earlier(flag.phase, elapsed, counts)
-    return decide(
+    # Off the loop: a stage's first sizing computes its crossing probabilities (about a
+    # second on a busy machine), which would stall the control API and, in one process
+    # (tests, embedded), the proxy. `decide` is pure; the thread shares nothing mutable.
+    return await asyncio.to_thread(
+        decide,
         plan,
         experiment,
         StageInputs(
