@@ -1,6 +1,6 @@
 """The answers declared as models encode exactly what their typed sources said before
 (issue 27 §2): every kind of gate, a history entry with and without the fields an event
-lacks, a metric with and without its tests, a health report's components."""
+lacks, a metric with and without its tests, a health report's components and ML side."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pydantic import TypeAdapter
 
 from abgate.control.experiment_payloads import MetricReportAnswer
 from abgate.control.gate_payloads import GateEntry, HarmGate, SamplesGate, gate_entries
+from abgate.control.health_api import ml_components
 from abgate.control.health_payloads import AggregateAnswer
 from abgate.control.reports import MetricResult
 from abgate.control.rollout import gate_numbers as numbers
@@ -19,6 +20,7 @@ from abgate.control.rollout.reach import Reach
 from abgate.control.rollout.sizing import Sized, TooFewToSize
 from abgate.control.rollout_payloads import RolloutHistoryAnswer
 from abgate.control.stats import frequentist
+from tests.servers import make_config
 
 GATES = (
     Gate("breaker", "pass", "closed"),
@@ -159,6 +161,60 @@ def test_health_components_encode_as_reported() -> None:
             "flag_store": {"status": "healthy", "backend": "memory", "reasons": []},
             "config": {"status": "healthy", "source": "a.yaml", "loaded_at": 1.0, "reasons": []},
         },
-        "ml_components": [{"name": "ml", "kind": "ml_upstream", "status": "degraded"}],
+        "ml_components": [
+            {"name": "ml", "kind": "ml_upstream", "status": "degraded", "reasons": ["half-open"]}
+        ],
     }
     assert AggregateAnswer.model_validate(report).model_dump(mode="json") == report
+
+
+def test_each_ml_component_encodes_as_listed() -> None:
+    """Every kind the ML side lists, as health_api.ml_components builds it: an ML upstream
+    with its breaker (one the data plane did not report: no status, its breaker "None"), a
+    shadow as the data plane reports it (dropping: degraded), the worker and controller."""
+    upstreams = {"control": "http://127.0.0.1:1", "treatment": "http://127.0.0.1:2"}
+    components: dict[str, object] = {
+        "upstreams": {
+            "treatment": {"status": "degraded", "breaker": "half_open", "reasons": ["trial"]}
+        },
+        "statistics_worker": {"status": "healthy", "reasons": []},
+        "rollout_controller": {"status": "degraded", "reasons": ["exp: store away"]},
+    }
+    shadow: dict[str, object] = {
+        "experiment": "exp",
+        "total_decisions": 10,
+        "agreements": 5,
+        "disagreements": 5,
+        "agreement_rate": 0.5,
+        "errors": 0,
+        "dropped": {"max_in_flight": 0, "breaker_open": 20},
+        "dropped_in_a_row": 20,
+        "in_flight": 0,
+        "latency_mean_ms": {"control": 1.5, "treatment": None},
+        "recent_disagreements": [],
+    }
+    for config in (make_config(upstreams), None):
+        listed = ml_components(config, [shadow, {**shadow, "agreement_rate": None}], components)
+        report = {"overall_health": "degraded", "components": {}, "ml_components": listed}
+        report["components"] = {
+            "flag_store": {"status": "healthy", "backend": "memory", "reasons": []}
+        }
+        encoded = AggregateAnswer.model_validate(report).model_dump(mode="json")
+        assert encoded["ml_components"] == listed
+    listed = ml_components(make_config(upstreams), [shadow], components)
+    assert [c["kind"] for c in listed] == [  # type: ignore[index]
+        "ml_upstream",
+        "breaker",
+        "shadow",
+        "statistics_worker",
+        "rollout_controller",
+    ]
+    away = ml_components(make_config(upstreams), [], {})
+    assert away == [
+        {"name": "treatment", "kind": "ml_upstream", "status": None, "reasons": []},
+        {"name": "treatment breaker", "kind": "breaker", "status": "unhealthy", "state": "None"},
+    ]
+    encoded = AggregateAnswer.model_validate(
+        {"overall_health": "unhealthy", "components": report["components"], "ml_components": away}
+    ).model_dump(mode="json")
+    assert encoded["ml_components"] == away
