@@ -1,6 +1,7 @@
 """The answers declared as models encode exactly what their typed sources said before
 (issue 27 §2): every kind of gate, a history entry with and without the fields an event
-lacks, a metric with and without its tests, a health report's components and ML side."""
+lacks, a metric with and without its tests, a health report's components and ML side, the
+timeline's events."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from abgate.control.rollout.reach import Reach
 from abgate.control.rollout.sizing import Sized, TooFewToSize
 from abgate.control.rollout_payloads import RolloutHistoryAnswer
 from abgate.control.stats import frequentist
+from abgate.control.timeline import Series, event_of, series_json
+from abgate.control.timeline_payloads import TimelineAnswer
 from tests.servers import make_config
 
 GATES = (
@@ -218,3 +221,25 @@ def test_each_ml_component_encodes_as_listed() -> None:
         {"overall_health": "unhealthy", "components": report["components"], "ml_components": away}
     ).model_dump(mode="json")
     assert encoded["ml_components"] == away
+
+
+def test_timeline_events_encode_as_recorded() -> None:
+    """A controller's entry (its inputs and experiment left out) and one read back from
+    PostgreSQL (no stage; decision and reason may be null there)."""
+    decided = {
+        "time": 1.5,
+        "actor": "controller",
+        "state": "running",
+        "transition": "running",
+        "change": "0% -> 5%",
+        "stage": 0,
+        "decision": "start",
+        "reason": "ship",
+    }
+    answered = [decided, {**dict.fromkeys(decided), "time": 2.0, "actor": "flagger"}]
+    series = Series()
+    series.events.append(event_of({**answered[0], "experiment": "exp", "inputs": {"plan": {}}}))
+    series.events.append(event_of({k: v for k, v in answered[1].items() if k != "stage"}))
+    served = series_json("exp", {"control": "a", "treatment": "b"}, series, (0.1, 1.0), [])
+    assert served["events"] == answered
+    assert TimelineAnswer.model_validate(served).model_dump(mode="json") == served
