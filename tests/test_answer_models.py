@@ -1,7 +1,7 @@
 """The answers declared as models encode exactly what their typed sources said before
 (issue 27 §2): every kind of gate, a history entry with and without the fields an event
 lacks, a metric with and without its tests, a health report's components and ML side, the
-timeline's events."""
+timeline's events, the final assessment's details."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from abgate.control.evidence import Evidence, EvidenceReport
 from abgate.control.experiment_payloads import MetricReportAnswer
 from abgate.control.gate_payloads import GateEntry, HarmGate, SamplesGate, gate_entries
 from abgate.control.health_api import ml_components
 from abgate.control.health_payloads import AggregateAnswer
+from abgate.control.impact_api import assessment
+from abgate.control.report_payloads import FinalAssessmentAnswer
 from abgate.control.reports import MetricResult
 from abgate.control.rollout import gate_numbers as numbers
 from abgate.control.rollout.gate_numbers import Harm, OverLimit, RatioChecked, Samples
@@ -243,3 +246,79 @@ def test_timeline_events_encode_as_recorded() -> None:
     served = series_json("exp", {"control": "a", "treatment": "b"}, series, (0.1, 1.0), [])
     assert served["events"] == answered
     assert TimelineAnswer.model_validate(served).model_dump(mode="json") == served
+
+
+def _measured(
+    metric: str,
+    direction: str,
+    means: tuple[float, float],
+    improvement: float,
+    interval: tuple[float, float],
+    mean_interval: tuple[float, float] | None = None,
+) -> Evidence:
+    """A metric on phase 3 with 40 and 42 samples."""
+    control, treatment = means
+    return Evidence(
+        metric,
+        "continuous",
+        direction,
+        (3,),
+        40,
+        42,
+        control,
+        treatment,
+        improvement=improvement,
+        improvement_interval=interval,
+        treatment_interval=mean_interval,
+    )
+
+
+def test_final_assessment_details_encode_as_before() -> None:
+    """Each flat field's detail: an improvement's (and time_savings') interval in % with both
+    arms' samples, a score's the treatment's interval and samples; none for the error rate."""
+    metrics = [
+        _measured("latency", "lower", (0.2, 0.15), 0.25, (0.1, 0.4), (0.1, 0.2)),
+        _measured("error", "lower", (0.1, 0.05), 0.5, (-0.2, 0.9)),
+        _measured("accuracy", "higher", (0.6, 0.7), 0.25, (0.05, 0.5), (0.6, 0.8)),
+        Evidence("revenue", "continuous", "higher", (), 1, 0, 2.0, None, "not enough data"),
+    ]
+    evidence = EvidenceReport(
+        "exp", "control", "treatment", "current phase", (), {m.metric: m for m in metrics}
+    )
+    flat, details = assessment(evidence)
+    assert flat == {
+        "time_savings": 25.0,
+        "accuracy_improvement": 25.0,
+        "accuracy_score": 0.7,
+        "revenue_improvement": None,
+        "revenue_score": None,
+    }
+    answered = FinalAssessmentAnswer.model_validate(
+        {
+            "experiment": "exp",
+            "rollout_state": None,
+            "percentage": 5.0,
+            "metrics": {},
+            **flat,
+            "details": details,
+            "evidence": {"basis": "current phase", "phases": [], "alpha": 0.05, "primary": None},
+        }
+    ).model_dump(mode="json")
+    both = {"control": 40, "treatment": 42}
+    assert answered["details"] == {
+        "time_savings": {"metric": "latency", "interval": [10.0, 40.0], "n": both},
+        "accuracy_improvement": {"metric": "accuracy", "interval": [5.0, 50.0], "n": both},
+        "accuracy_score": {
+            "metric": "accuracy",
+            "arm": "treatment",
+            "interval": [0.6, 0.8],
+            "n": 42,
+        },
+        "revenue_improvement": {
+            "metric": "revenue",
+            "interval": None,
+            "n": {"control": 1, "treatment": 0},
+        },
+        "revenue_score": {"metric": "revenue", "arm": "treatment", "interval": None, "n": 0},
+    }
+    assert {k: answered[k] for k in flat} == flat
