@@ -1,7 +1,7 @@
 """The answers declared as models encode exactly what their typed sources said before
 (issue 27 §2): every kind of gate, a history entry with and without the fields an event
 lacks, a metric with and without its tests, a health report's components and ML side, the
-timeline's events, the final assessment's details."""
+timeline's events, the final assessment's details, the shadow statistics."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from abgate.control.gate_payloads import GateEntry, HarmGate, SamplesGate, gate_
 from abgate.control.health_api import ml_components
 from abgate.control.health_payloads import AggregateAnswer
 from abgate.control.impact_api import assessment
+from abgate.control.plane_payloads import ShadowExperimentStats, ShadowStatsAnswer
 from abgate.control.report_payloads import FinalAssessmentAnswer
 from abgate.control.reports import MetricResult
 from abgate.control.rollout import gate_numbers as numbers
@@ -174,6 +175,42 @@ def test_health_components_encode_as_reported() -> None:
     assert AggregateAnswer.model_validate(report).model_dump(mode="json") == report
 
 
+SHADOW: dict[str, Any] = {  # an experiment's shadow as the data plane reports it
+    "experiment": "exp",
+    "total_decisions": 10,
+    "agreements": 5,
+    "disagreements": 5,
+    "agreement_rate": 0.5,
+    "errors": 0,
+    "dropped": {"max_in_flight": 0, "breaker_open": 20},
+    "dropped_in_a_row": 20,
+    "in_flight": 0,
+    "latency_mean_ms": {"control": 1.5, "treatment": None},
+    "recent_disagreements": [
+        {
+            "differences": {
+                "status": {"control": 200, "treatment": 500},
+                "$.label": {"control": ["a", 1.5], "treatment": None},
+            },
+            "latency_ms": {"control": 1.2, "treatment": 3.4},
+        },
+        {"differences": {"body": "not JSON"}, "latency_ms": {"control": 1.0, "treatment": 2.0}},
+    ],
+}
+
+
+def test_shadow_stats_encode_as_the_data_plane_reports_them() -> None:
+    stats = ShadowStatsAnswer(
+        experiments=[ShadowExperimentStats.model_validate(SHADOW)],
+        total_decisions=10,
+        agreements=5,
+        disagreements=5,
+        errors=0,
+        agreement_rate=0.5,
+    )
+    assert stats.model_dump(mode="json")["experiments"] == [SHADOW]
+
+
 def test_each_ml_component_encodes_as_listed() -> None:
     """Every kind the ML side lists, as health_api.ml_components builds it: an ML upstream
     with its breaker (one the data plane did not report: no status, its breaker "None"), a
@@ -186,28 +223,15 @@ def test_each_ml_component_encodes_as_listed() -> None:
         "statistics_worker": {"status": "healthy", "reasons": []},
         "rollout_controller": {"status": "degraded", "reasons": ["exp: store away"]},
     }
-    shadow: dict[str, object] = {
-        "experiment": "exp",
-        "total_decisions": 10,
-        "agreements": 5,
-        "disagreements": 5,
-        "agreement_rate": 0.5,
-        "errors": 0,
-        "dropped": {"max_in_flight": 0, "breaker_open": 20},
-        "dropped_in_a_row": 20,
-        "in_flight": 0,
-        "latency_mean_ms": {"control": 1.5, "treatment": None},
-        "recent_disagreements": [],
-    }
     for config in (make_config(upstreams), None):
-        listed = ml_components(config, [shadow, {**shadow, "agreement_rate": None}], components)
+        listed = ml_components(config, [SHADOW, {**SHADOW, "agreement_rate": None}], components)
         report = {"overall_health": "degraded", "components": {}, "ml_components": listed}
         report["components"] = {
             "flag_store": {"status": "healthy", "backend": "memory", "reasons": []}
         }
         encoded = AggregateAnswer.model_validate(report).model_dump(mode="json")
         assert encoded["ml_components"] == listed
-    listed = ml_components(make_config(upstreams), [shadow], components)
+    listed = ml_components(make_config(upstreams), [SHADOW], components)
     assert [c["kind"] for c in listed] == [  # type: ignore[index]
         "ml_upstream",
         "breaker",
