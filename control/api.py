@@ -40,6 +40,7 @@ from abgate.control.plane_payloads import (
     BreakersAnswer,
     ConfigAnswer,
     ReloadAnswer,
+    ShadowExperimentStats,
     ShadowStatsAnswer,
 )
 from abgate.control.reload import Reloader
@@ -83,7 +84,7 @@ async def shadow_stats(request: web.Request) -> web.Response:
     compared = totals["agreements"] + totals["disagreements"]
     return answer(
         ShadowStatsAnswer(
-            experiments=experiments,
+            experiments=[ShadowExperimentStats.model_validate(e) for e in experiments],
             **totals,
             agreement_rate=totals["agreements"] / compared if compared else None,
         )

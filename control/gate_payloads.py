@@ -73,6 +73,12 @@ class SizingEntry(Answer):
     treatment: int | None = Field(default=None, exclude_if=_absent)
     tuning: float | None = Field(default=None, exclude_if=_absent)
     at_least: int | None = Field(default=None, exclude_if=_absent)
+    binding: Literal["non_inferiority", "harm"] | None = Field(
+        default=None,
+        exclude_if=_absent,
+        description="the test that sets the size: the non-inferiority (or superiority) "
+        "test, or the rollback test catching harm",
+    )
 
 
 class UsersReach(Answer):

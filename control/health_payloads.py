@@ -1,13 +1,14 @@
 """The health endpoints' answers (control/health_api.py), declared once
-(control/payloads.py): the overall status, each component's report and the ML side's list.
+(control/payloads.py): the overall status, each component's report and the ML side's list
+(an entry of each kind).
 A data plane's upstreams are reported as dicts (no pydantic in the data plane) and
 validated here, where they are answered."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
 from abgate.control.payloads import Answer
 
@@ -17,16 +18,6 @@ class ReadyAnswer(Answer):
     reason: str | None = Field(
         default=None, exclude_if=lambda why: why is None, description="why not ready"
     )
-
-
-class MlComponent(Answer):
-    """One piece of the ML side; what else its kind reports passes through (a breaker's
-    state, a shadow's agreement rate, reasons)."""
-
-    model_config = ConfigDict(extra="allow")
-    name: str
-    kind: str
-    status: str | None
 
 
 Status = Literal["healthy", "degraded", "unhealthy"]
@@ -117,13 +108,55 @@ class Components(Answer):
     rollout_controller: ControllerHealth | None = _component("the rollout controller")
 
 
+class MlComponent(Answer):
+    """One piece of the ML side, by `kind`."""
+
+    name: str
+    kind: str
+
+
+class MlUpstream(MlComponent):
+    kind: Literal["ml_upstream"]
+    status: Status | None = Field(description="null: the data plane did not report it")
+    reasons: list[str]
+
+
+class MlBreaker(MlComponent):
+    kind: Literal["breaker"]
+    status: Status
+    state: str = Field(
+        description="closed, half_open, open, forced_open or forced_closed (None: its "
+        "upstream was not reported)"
+    )
+
+
+class MlShadow(MlComponent):
+    kind: Literal["shadow"]
+    status: Status
+    total_decisions: int = Field(ge=0, description="copies that came back (compared or failed)")
+    agreement_rate: float | None = Field(ge=0, le=1, description="null: none compared yet")
+    dropped: dict[str, int] = Field(description="copies not sent, by reason")
+    reasons: list[str]
+
+
+class MlProcess(MlComponent):
+    """The statistics worker or the rollout controller, as in components."""
+
+    kind: Literal["statistics_worker", "rollout_controller"]
+    status: Status
+    reasons: list[str]
+
+
+MlEntry = Annotated[MlUpstream | MlBreaker | MlShadow | MlProcess, Field(discriminator="kind")]
+
+
 class AggregateAnswer(Answer):
     overall_health: Literal["healthy", "degraded", "unhealthy"] = Field(
         description="the worst component (an ML upstream down counts as degraded: fallback "
         "keeps users on deterministic answers)"
     )
     components: Components
-    ml_components: list[MlComponent] = Field(
+    ml_components: list[MlEntry] = Field(
         description="the ML side: each ML upstream and its breaker, each shadow, the "
         "statistics worker, the rollout controller"
     )

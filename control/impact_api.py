@@ -30,8 +30,11 @@ from abgate.control.payloads import answer
 from abgate.control.report_payloads import (
     BusinessImpactAnswer,
     BusinessRow,
+    Detail,
     FinalAssessmentAnswer,
+    ImprovementDetail,
     LongTermAnswer,
+    ScoreDetail,
     StabilityAnswer,
 )
 from abgate.state.flags import FlagStore
@@ -184,25 +187,7 @@ async def final_assessment(request: web.Request) -> web.Response:
     controller = request.app.get(CONTROLLER)
     rollout = await controller.rollouts.get(name) if controller is not None else None
     evidence = await evidence_of(request, name)
-    flat: dict[str, float | None] = {}
-    details: dict[str, Any] = {}
-    for metric, result in evidence.metrics.items():
-        n = {"control": result.n_control, "treatment": result.n_treatment}
-        interval = [v * 100 for v in result.improvement_interval or ()] or None
-        if metric == LATENCY_METRIC:
-            flat["time_savings"] = _percent(result.improvement)
-            details["time_savings"] = {"metric": metric, "interval": interval, "n": n}
-        if metric in BUILT_IN_METRICS:
-            continue
-        flat[f"{metric}_improvement"] = _percent(result.improvement)
-        details[f"{metric}_improvement"] = {"metric": metric, "interval": interval, "n": n}
-        flat[f"{metric}_score"] = result.mean_treatment
-        details[f"{metric}_score"] = {
-            "metric": metric,
-            "arm": evidence.treatment_arm,
-            "interval": list(result.treatment_interval) if result.treatment_interval else None,
-            "n": result.n_treatment,
-        }
+    flat, details = assessment(evidence)
     return answer(
         FinalAssessmentAnswer.model_validate(
             {
@@ -216,6 +201,30 @@ async def final_assessment(request: web.Request) -> web.Response:
             }
         )
     )
+
+
+def assessment(evidence: EvidenceReport) -> tuple[dict[str, float | None], dict[str, Detail]]:
+    """The final assessment's flat fields and, for each, its detail."""
+    flat: dict[str, float | None] = {}
+    details: dict[str, Detail] = {}
+    for metric, result in evidence.metrics.items():
+        n = ArmCounts(control=result.n_control, treatment=result.n_treatment)
+        interval = [v * 100 for v in result.improvement_interval or ()] or None
+        if metric == LATENCY_METRIC:
+            flat["time_savings"] = _percent(result.improvement)
+            details["time_savings"] = ImprovementDetail(metric=metric, interval=interval, n=n)
+        if metric in BUILT_IN_METRICS:
+            continue
+        flat[f"{metric}_improvement"] = _percent(result.improvement)
+        details[f"{metric}_improvement"] = ImprovementDetail(metric=metric, interval=interval, n=n)
+        flat[f"{metric}_score"] = result.mean_treatment
+        details[f"{metric}_score"] = ScoreDetail(
+            metric=metric,
+            arm=evidence.treatment_arm,
+            interval=list(result.treatment_interval) if result.treatment_interval else None,
+            n=result.n_treatment,
+        )
+    return flat, details
 
 
 def add_impact_routes(app: web.Application, store: FlagStore) -> None:

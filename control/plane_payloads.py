@@ -26,10 +26,37 @@ class BreakerBody(Body):
 Count = Annotated[int, Field(ge=0)]
 
 
+class Disagreement(Answer):
+    """A copy whose answer differed from the user's (the last few kept)."""
+
+    differences: dict[str, Any] = Field(
+        description='what differed: status -> {control, treatment}; body -> "not JSON"; '
+        "each compared JSONPath -> {control, treatment}, the answers' values as they were "
+        "(any JSON, null: absent)"
+    )
+    latency_ms: dict[str, float] = Field(description="control and treatment")
+
+
+class ShadowExperimentStats(Answer):
+    """One experiment's shadow as the data plane reports it (proxy/shadow.py's stats)."""
+
+    experiment: str
+    total_decisions: Count = Field(description="copies that came back (compared or failed)")
+    agreements: Count
+    disagreements: Count
+    agreement_rate: float | None
+    errors: Count
+    dropped: dict[str, Count] = Field(description="copies not sent, by reason")
+    dropped_in_a_row: Count = Field(description="since the last copy sent")
+    in_flight: Count
+    latency_mean_ms: dict[str, float | None] = Field(description="per side; null: none yet")
+    recent_disagreements: list[Disagreement]
+
+
 class ShadowStatsAnswer(Answer):
     """Per experiment as the data plane reports it, and the totals over all of them."""
 
-    experiments: list[dict[str, Any]]
+    experiments: list[ShadowExperimentStats]
     total_decisions: Count = Field(description="shadow copies, all experiments")
     agreements: Count
     disagreements: Count

@@ -4,8 +4,6 @@ its days at 100%."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import ConfigDict, Field
 
 from abgate.control.evidence_payloads import ArmCounts, ArmMeans, Count, EvidenceAnswer, Interval
@@ -57,6 +55,26 @@ class BusinessImpactAnswer(Answer):
     evidence: EvidenceAnswer
 
 
+class ImprovementDetail(Answer):
+    """Of `<metric>_improvement` and `time_savings`: relative, %, > 0 better."""
+
+    metric: str
+    interval: Interval | None = Field(description="always valid, in %")
+    n: ArmCounts
+
+
+class ScoreDetail(Answer):
+    """Of `<metric>_score`: the treatment arm's mean."""
+
+    metric: str
+    arm: str = Field(description="the treatment arm")
+    interval: Interval | None = Field(description="its mean's, fixed, at 1 - alpha")
+    n: Count = Field(description="the treatment arm's samples")
+
+
+Detail = ImprovementDetail | ScoreDetail
+
+
 class FinalAssessmentAnswer(Answer):
     """Flat for a dashboard: `<metric>_improvement` (relative, %, > 0 better),
     `<metric>_score` (the treatment arm's mean) for each declared metric, and `time_savings`
@@ -69,7 +87,7 @@ class FinalAssessmentAnswer(Answer):
     rollout_state: str | None
     percentage: float
     metrics: dict[str, BusinessRow]
-    details: dict[str, dict[str, Any]] = Field(
+    details: dict[str, Detail] = Field(
         description="for each flat field: the metric, its interval and samples"
     )
     evidence: EvidenceAnswer

@@ -3,7 +3,7 @@ series_json, for the charts), declared once (control/payloads.py)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
@@ -61,6 +61,21 @@ class PointAnswer(Answer):
     )
 
 
+class EventAnswer(Answer):
+    """A rollout history entry as the ramp chart marks it (control/timeline.py's event_of):
+    what happened and why, its inputs left out; a field it lacked is null. From PostgreSQL
+    (after a restart) an event has no stage."""
+
+    time: float
+    actor: str
+    state: str | None = Field(description="the rollout's, after it")
+    transition: str | None = Field(description="the state it moved to, if it did")
+    change: str | None = Field(description="the percentage's change, in words")
+    stage: int | None = Field(description="the stage's index")
+    decision: str | None = Field(description="the verdict, or the action")
+    reason: str | None
+
+
 class TimelineAnswer(Answer):
     name: str
     arms: dict[str, str]
@@ -71,7 +86,6 @@ class TimelineAnswer(Answer):
     ticks: int = Field(ge=0)
     phases: list[PhaseAnswer]
     points: list[PointAnswer]
-    events: list[dict[str, Any]] = Field(
-        description="the rollout's decisions and changes as they happened (the last 500): "
-        "time, actor, state, transition, change, stage, decision, reason"
+    events: list[EventAnswer] = Field(
+        description="the rollout's decisions and changes as they happened (the last 500)"
     )
