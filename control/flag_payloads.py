@@ -10,8 +10,7 @@ from typing import Annotated, Any
 from pydantic import ConfigDict, Field, WithJsonSchema
 from pydantic.functional_validators import PlainValidator
 
-from abgate.config.fields import parse_percentage
-from abgate.control.http import shown
+from abgate.config.fields import parse_percentage, shown
 from abgate.control.payloads import Answer, Body, Expected, refuse
 from abgate.state.flags import Flag, Instance
 

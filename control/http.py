@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 
 from abgate.config.errors import AbgateError
-from abgate.config.fields import SHOWN
+from abgate.config.fields import shown
 from abgate.state.errors import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -51,21 +51,6 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 
 MAX_DEPTH = 32  # nesting of a request body: no control API body needs more than a few
 MAX_BODY = 1024**2  # bytes of a request body (aiohttp's client_max_size)
-
-
-def shown(value: object) -> str:
-    """A refused value as an error names it: as JSON writes it (not Python's repr: "yes",
-    true, null), a number as it was read, cut at SHOWN characters."""
-    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
-        text = str(value) if isinstance(value, Decimal) else repr(value)
-    else:
-        try:
-            text = orjson.dumps(value, default=str).decode()
-        except TypeError:  # a string that is not valid Unicode
-            text = json.dumps(value, default=str)
-    if len(text) > SHOWN:
-        return f"{text[:SHOWN]}... ({len(text):,} characters)"
-    return text
 
 
 def too_large(limit: int = MAX_BODY) -> str:
@@ -237,7 +222,7 @@ def cross_origin_problem(request: web.BaseRequest) -> str | None:
         return f"cross-site write refused (Sec-Fetch-Site: {site[:40]})"
     origin = request.headers.get("Origin")
     if origin is not None and origin != f"{request.scheme}://{request.host}":
-        return f"cross-origin write from {origin[:200]!r} refused"
+        return f"cross-origin write from {shown(origin)} refused"
     return None
 
 
@@ -251,7 +236,7 @@ async def same_origin(request: web.Request, handler: Handler) -> web.StreamRespo
     if request.app[LOOPBACK_ONLY] and not _loopback_name(request.host):
         raise ApiError(
             403,
-            f"Host {request.host!r} is not this loopback control API "
+            f"Host {shown(request.host)} is not this loopback control API "
             "(DNS rebinding?): use 127.0.0.1, [::1] or localhost",
         )
     if request.method not in SAFE_METHODS:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field, WithJsonSchema
 from pydantic.functional_validators import PlainValidator
 
-from abgate.control.http import shown
+from abgate.config.fields import shown
 from abgate.control.payloads import Answer, Body, Expected, refuse
 
 MAX_OUTCOMES = 10_000

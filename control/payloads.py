@@ -20,8 +20,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from abgate.config.fields import SHOWN
-from abgate.control.http import ApiError, json_response, parse_json, shown
+from abgate.config.fields import SHOWN, shown
+from abgate.control.http import ApiError, json_response, parse_json
 
 
 class Expected:

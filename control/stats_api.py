@@ -22,9 +22,10 @@ from typing import Any
 
 from aiohttp import web
 
+from abgate.config.fields import shown
 from abgate.control.current import require_worker, resolve
 from abgate.control.evidence_payloads import EvidenceAnswer
-from abgate.control.http import ApiError, shown
+from abgate.control.http import ApiError
 from abgate.control.payloads import answer, read_object, validate
 from abgate.control.stats import (
     Proportion,

@@ -103,3 +103,33 @@ async def test_on_the_live_api(session: ClientSession, agents: dict[str, str]) -
         )
         status, error = await post("/api/flags/exp", b'{"percentage": "' + b"5" * MAX_BODY + b'"}')
         assert (status, error) == (413, "request body over the limit of 1 MiB (1,048,576 bytes)")
+
+
+LONG = "n" * 6000  # a name no config holds, echoed cut short (SHOWN characters and the length)
+CUT = f'"{"n" * (SHOWN - 1)}... (6,002 characters)'
+
+
+async def test_long_names_are_echoed_cut_short(
+    session: ClientSession, agents: dict[str, str]
+) -> None:
+    async with embedded(make_config(agents)) as running:
+        api = running.control_url
+        for method, path, body, error in [
+            ("GET", f"/api/flags/{LONG}", None, f"unknown flag {CUT}"),
+            ("GET", f"/api/flags/{LONG}/history", None, f"unknown flag {CUT}"),
+            ("GET", f"/api/experiments/{LONG}", None, f"unknown experiment {CUT}"),
+            ("GET", f"/api/rollouts/{LONG}", None, f"unknown experiment {CUT}"),
+            ("GET", f"/api/metrics/{LONG}/comparison", None, f"unknown experiment {CUT}"),
+            ("GET", f"/api/metrics/{LONG}/stability", None, f"unknown experiment {CUT}"),
+            ("POST", f"/api/breakers/{LONG}", {"state": "forced_open"}, f"unknown upstream {CUT}"),
+            ("POST", "/api/rollback", {"experiments": [LONG]}, f"unknown flag {CUT}"),
+            ("GET", "/api/flags/nope", None, 'unknown flag "nope"'),
+        ]:
+            async with session.request(method, f"{api}{path}", json=body) as response:
+                assert (response.status, (await response.json())["error"]) == (404, error), path
+        huge = "h" * 8000
+        async with session.get(f"{api}/api/flags", headers={"Host": huge}) as response:
+            assert response.status == 403
+            error = (await response.json())["error"]
+        assert error.startswith(f'Host "{"h" * (SHOWN - 1)}... (8,002 characters) is not this')
+        assert len(error) < 250
