@@ -227,8 +227,11 @@ def kind_of(value: Any) -> str:
 
 def shown(value: object) -> str:
     """A refused value as an error names it: as JSON writes it (not Python's repr: "yes",
-    true, null), a number as it was read, cut at SHOWN characters with the length said."""
-    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+    true, null), a number as it was read (a whole number without Python's `.0`), cut at SHOWN
+    characters with the length said."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        text = str(int(value))  # 2 as the client wrote it: a float field holds it as 2.0
+    elif isinstance(value, int | float | Decimal) and not isinstance(value, bool):
         text = str(value) if isinstance(value, Decimal) else repr(value)
     else:
         try:

@@ -8,6 +8,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -99,11 +100,26 @@ def parse_json(raw: bytes, *, exact: bool = False) -> Any:
             raise ApiError(
                 413, f"request body nested too deep (at most {MAX_DEPTH} levels)"
             ) from None
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        raise _not_json(raw, exc) from None
     except ValueError as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        raise _not_json(raw, exc) from None
     _check(body, "", 0)
     return body
+
+
+def _not_json(raw: bytes, exc: ValueError) -> ApiError:
+    """Why a body is not JSON, in our words where Python's would show (a codec's, or
+    sys.set_int_max_str_digits())."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return ApiError(
+            400, f"request body is not UTF-8: byte 0x{raw[bad.start]:02x} at position {bad.start}"
+        )
+    if "integer string conversion" in str(exc):
+        limit = sys.get_int_max_str_digits()
+        return ApiError(400, f"request body: a number is too long (at most {limit:,} digits)")
+    return ApiError(400, f"request body is not valid JSON: {exc}")
 
 
 class DuplicateKey(AbgateError, ValueError):

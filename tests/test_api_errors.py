@@ -133,3 +133,54 @@ async def test_long_names_are_echoed_cut_short(
             error = (await response.json())["error"]
         assert error.startswith(f'Host "{"h" * (SHOWN - 1)}... (8,002 characters) is not this')
         assert len(error) < 250
+
+
+@pytest.mark.parametrize("exact", [False, True])
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        (b'{"x": "ab\xff"}', "request body is not UTF-8: byte 0xff at position 9"),
+        (b'{"a": "\xc3"}', "request body is not UTF-8: byte 0xc3 at position 7"),
+    ],
+)
+def test_a_body_not_utf8_says_where(raw: bytes, error: str, exact: bool) -> None:
+    with pytest.raises(ApiError) as refused:
+        parse_json(raw, exact=exact)
+    assert (refused.value.status, refused.value.message) == (400, error)
+
+
+def test_a_number_too_long_is_said_so() -> None:
+    with pytest.raises(ApiError) as refused:
+        parse_json(b'{"percentage": ' + b"1" * 5000 + b"}", exact=True)
+    assert refused.value.message == "request body: a number is too long (at most 4,300 digits)"
+
+
+async def test_numbers_shown_as_sent(session: ClientSession, agents: dict[str, str]) -> None:
+    async with embedded(make_config(agents)) as running:
+        api = running.control_url
+        outcome = {**OUTCOME, "experiment": "exp"}
+        for path, body, error in [
+            (
+                "/api/outcomes",
+                [{**outcome, "value": 2}],
+                "[0].value: accuracy is binary: expected 0, 1, true or false, got 2",
+            ),
+            (
+                "/api/outcomes",
+                [{**outcome, "decided_at": 1}],
+                "[0].decided_at: expected the decision's time in Unix seconds, within a year "
+                "before now and 60s after, got 1",
+            ),
+            (
+                "/api/statistics/significance-test",
+                {
+                    "test": "welch_t",
+                    "a": {"n": 10, "mean": 1, "std": -1},
+                    "b": {"n": 10, "mean": 1, "std": 1},
+                },
+                "a.std: must not be negative, got -1",
+            ),
+        ]:
+            async with session.post(f"{api}{path}", json=body) as response:
+                assert response.status == 400
+                assert (await response.json())["error"].startswith(error)
