@@ -403,8 +403,10 @@ def _outcome(
 ) -> tuple[MeasureKey, float]:
     where = f"[{index}]"
     name = item.experiment
-    experiment = worker.config.experiments.get(name) if name is not None else None
-    if experiment is None or name is None:
+    if name is None:
+        raise ApiError(400, f"{where}.experiment: required (or a request_id to read it from)")
+    experiment = worker.config.experiments.get(name)
+    if experiment is None:
         raise ApiError(400, f"{where}.experiment: unknown experiment {shown(name)}")
     arms = (experiment.control.name, experiment.treatment.name)
     if item.arm not in arms:

@@ -80,7 +80,7 @@ class OutcomeItem(Body):
             "(users are the unit of analysis). Required where the experiment has a sticky key "
             "(a 400 otherwise); null: the decision carried no key, the outcome is its own unit"
         ),
-        Expected("the sticky key's value (a string)"),
+        Expected("the sticky key's value, a string of 1 to 1,000 characters", got=True),
     ] = None
     request_id: Annotated[
         Annotated[str, Field(min_length=1, max_length=200)] | None,

@@ -184,3 +184,41 @@ async def test_numbers_shown_as_sent(session: ClientSession, agents: dict[str, s
             async with session.post(f"{api}{path}", json=body) as response:
                 assert response.status == 400
                 assert (await response.json())["error"].startswith(error)
+
+
+async def test_refusals_say_the_rule_and_the_field(
+    session: ClientSession, agents: dict[str, str]
+) -> None:
+    """A string refused for its length says the length rule, a missing field that it is
+    required, and a sample size out of reach names the field that puts it there."""
+    async with embedded(make_config(agents)) as running:
+        api = running.control_url
+        rule = "[0].user: expected the sticky key's value, a string of 1 to 1,000 characters"
+        no_experiment = {k: v for k, v in OUTCOME.items() if k != "experiment"}
+        for path, body, error in [
+            ("/api/outcomes", [{**OUTCOME, "user": ""}], f'{rule}, got ""'),
+            (
+                "/api/outcomes",
+                [{**OUTCOME, "user": "u" * 1001}],
+                f'{rule}, got "{"u" * (SHOWN - 1)}... (1,003 characters)',
+            ),
+            (
+                "/api/outcomes",
+                [no_experiment],
+                "[0].experiment: required (or a request_id to read it from)",
+            ),
+            (
+                "/api/statistics/sample-size",
+                {"effect_size": 0.001, "treatment_share": 0.999999999},
+                "treatment_share: 0.999999999 leaves the smaller arm too few samples: the "
+                "sequential test would need over 1,000,000,000,000 samples (equal arms would not)",
+            ),
+            (
+                "/api/statistics/sample-size",
+                {"baseline_rate": 0.5, "minimum_detectable_effect": 2.2e-6},  # the sequential size
+                "minimum_detectable_effect: too small to detect: it needs over "
+                "1,000,000,000,000 samples",
+            ),
+        ]:
+            async with session.post(f"{api}{path}", json=body) as response:
+                assert (response.status, (await response.json())["error"]) == (400, error)
