@@ -11,7 +11,7 @@ from pydantic import AfterValidator, Field, WithJsonSchema
 from pydantic.functional_validators import PlainValidator
 
 from abgate.config.fields import shown
-from abgate.control.payloads import Answer, Body, Expected, refuse
+from abgate.control.payloads import Answer, Body, Expected, refuse, whole
 
 MAX_OUTCOMES = 10_000
 MAX_AGE = 366 * 86_400.0  # an outcome's decided_at: at most a year back
@@ -21,6 +21,7 @@ MAX_SKEW = 60.0  # and a minute ahead (clocks differ)
 def _phase(value: Any) -> int:
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 19:
         value = int(value)  # the header's value as it came: "2"
+    value = whole(value)  # 5.0 is 5
     if isinstance(value, bool) or not isinstance(value, int):
         raise refuse(f"expected the X-ABGate-Phase header's whole number, got {shown(value)}")
     return value

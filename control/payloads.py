@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -55,6 +56,16 @@ class Error(Answer):
 
 
 B = TypeVar("B", bound=Body)
+
+
+def whole(value: Any) -> Any:
+    """A whole number written 2.0 as 2, as JSON Schema's `integer` takes it (a before
+    validator: what is not a whole number goes on to be refused as it was sent)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**63:
+        return int(value)
+    if isinstance(value, Decimal) and value.is_finite() and abs(value) <= 2**63:
+        return int(value) if value == value.to_integral_value() else value
+    return value
 
 
 def refuse(why: str) -> PydanticCustomError:

@@ -169,7 +169,7 @@ async def show(request: web.Request) -> web.Response:
 
 async def approve(request: web.Request) -> web.Response:
     controller = _controller(request)
-    body = await read_body(request, ApproveBody)
+    body = await read_body(request, ApproveBody, exact=True)  # a stage's decimals as written
     name = await resolve(request.app, request.match_info["experiment"])
     rollout = await _call(
         actions.approve(controller, name, body.stage, caller(request), body.reason)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from abgate.control.evidence_payloads import EvidenceAnswer
-from abgate.control.payloads import Answer, Body, Expected
+from abgate.control.payloads import Answer, Body, Expected, whole
 from abgate.control.summary_bounds import MAX_MAGNITUDE, MAX_N, MIN_STD
 
 ALPHA_RANGE = (1e-10, 0.5)  # beyond: nothing a rollout would use, and numerically fragile
@@ -34,16 +34,19 @@ Sequential = Annotated[bool, Expected("true or false")]
 
 Count2 = Annotated[
     int,
+    BeforeValidator(whole),
     Field(json_schema_extra={"minimum": 2, "maximum": MAX_N}),
     Expected(f"a whole number from 2 to {MAX_N:,}", got=True),
 ]
 Count1 = Annotated[
     int,
+    BeforeValidator(whole),
     Field(json_schema_extra={"minimum": 1, "maximum": MAX_N}),
     Expected(f"a whole number from 1 to {MAX_N:,}", got=True),
 ]
 Count0 = Annotated[
     int,
+    BeforeValidator(whole),
     Field(json_schema_extra={"minimum": 0, "maximum": MAX_N}),
     Expected(f"a whole number from 0 to {MAX_N:,}", got=True),
 ]

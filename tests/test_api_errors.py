@@ -222,3 +222,48 @@ async def test_refusals_say_the_rule_and_the_field(
         ]:
             async with session.post(f"{api}{path}", json=body) as response:
                 assert (response.status, (await response.json())["error"]) == (400, error)
+
+
+async def test_integers_as_json_schema_reads_them(
+    session: ClientSession, agents: dict[str, str]
+) -> None:
+    """A whole number written 2.0 is an integer (JSON Schema's `integer`), in every integer
+    field alike; 2.5 is not. A stage approved has at most two decimals, as a flag write; an
+    empty body to the significance test is the GET's test, as the document says."""
+    async with embedded(make_config(agents)) as running:
+        api = running.control_url
+
+        async def post(path: str, body: Any) -> tuple[int, Any]:
+            data = orjson.dumps(body) if body is not None else b""
+            async with session.post(f"{api}{path}", data=data) as response:
+                return response.status, await response.json()
+
+        welch = {"test": "welch_t", "b": {"n": 10, "mean": 1, "std": 1}}
+        status, answer = await post(
+            "/api/statistics/significance-test", {**welch, "a": {"n": 2.0, "mean": 1, "std": 1}}
+        )
+        assert (status, answer["n"]) == (200, {"a": 2, "b": 10})
+        status, answer = await post(
+            "/api/statistics/significance-test", {**welch, "a": {"n": 2.5, "mean": 1, "std": 1}}
+        )
+        assert (status, answer["error"]) == (
+            400,
+            "a.n: expected a whole number from 2 to 1,000,000,000,000, got 2.5",
+        )
+        assert await post("/api/outcomes", [{**OUTCOME, "phase": 1.0}]) == (200, {"accepted": 1})
+        status, answer = await post("/api/outcomes", [{**OUTCOME, "phase": 1.5}])
+        assert (status, answer["error"]) == (
+            400,
+            "[0].phase: expected the X-ABGate-Phase header's whole number, got 1.5",
+        )
+        status, answer = await post("/api/flags/exp", {"percentage": 20, "expected_version": 1.0})
+        assert (status, answer["version"]) == (200, 2)
+
+        status, answer = await post("/api/rollouts/exp/approve", {"stage": 50.001})
+        assert (status, answer["error"]) == (
+            400,
+            "stage: at most two decimals (0.01% steps), got 50.001",
+        )
+        empty = await post("/api/statistics/significance-test", None)
+        async with session.get(f"{api}/api/statistics/significance-test") as response:
+            assert empty == (response.status, await response.json())
