@@ -105,6 +105,7 @@ async def significance_test(request: web.Request) -> web.Response:
             else:
                 result = welch_t(a, b, alpha=alpha, alternative=alternative)
             detectable = mean_detectable_effect(a.variance, b.variance, a.n, b.n, alpha=alpha)
+            no_variance = "no variance in the data"
         else:
             pa = Proportion.of("a", body.a.n, body.a.successes)
             pb = Proportion.of("b", body.b.n, body.b.successes)
@@ -113,6 +114,7 @@ async def significance_test(request: web.Request) -> web.Response:
             else:
                 result = rates_test(pa, pb, alpha=alpha, alternative=alternative)
             detectable = rate_detectable_effect(pa.rate, pa.n, pb.n, alpha=alpha)
+            no_variance = f"no variance in the data (a's rate, which sizes it, is {pa.rate:g})"
     except StatsInputError as exc:
         raise ApiError(400, str(exc)) from None
     except ArithmeticError as exc:  # overflow or underflow the bounds above did not foresee
@@ -120,7 +122,11 @@ async def significance_test(request: web.Request) -> web.Response:
             400, f"a, b: no finite result for these summaries ({type(exc).__name__})"
         ) from None
     payload = _finite_json(result)
-    payload["minimum_detectable_effect"] = {"absolute": detectable, "power": 0.8}
+    payload["minimum_detectable_effect"] = (
+        {"absolute": detectable, "power": 0.8}
+        if detectable > 0  # 0 would claim any effect is detectable
+        else {"absolute": None, "power": 0.8, "reason": no_variance}
+    )
     return answer(InlineTestAnswer.model_validate(payload))
 
 

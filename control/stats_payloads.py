@@ -205,8 +205,15 @@ class DetectableEffect(Answer):
     """Not the power at the observed effect (a restatement of the p-value): the effect
     these sample sizes detect with 80% power."""
 
-    absolute: float
+    absolute: float | None = Field(
+        description="null where the data have no variance to size it by (see reason)"
+    )
     power: float
+    reason: str | None = Field(
+        default=None,
+        exclude_if=lambda reason: reason is None,
+        description="why absolute is null",
+    )
 
 
 class TestResultAnswer(_TestAnswer):

@@ -267,3 +267,32 @@ async def test_integers_as_json_schema_reads_them(
         empty = await post("/api/statistics/significance-test", None)
         async with session.get(f"{api}/api/statistics/significance-test") as response:
             assert empty == (response.status, await response.json())
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "rate"),
+    [((10, 0), (10, 0), 0), ((1, 0), (1, 1), 0), ((5, 5), (5, 2), 1)],
+)
+async def test_no_detectable_effect_without_variance(
+    session: ClientSession,
+    agents: dict[str, str],
+    a: tuple[int, int],
+    b: tuple[int, int],
+    rate: int,
+) -> None:
+    """A minimum detectable effect of 0 would say any effect is detectable: null, and why."""
+    body = {
+        "test": "two_proportion",
+        "a": {"n": a[0], "successes": a[1]},
+        "b": {"n": b[0], "successes": b[1]},
+    }
+    async with embedded(make_config(agents)) as running:
+        url = f"{running.control_url}/api/statistics/significance-test"
+        async with session.post(url, json=body) as response:
+            assert response.status == 200
+            answer = await response.json()
+    assert answer["minimum_detectable_effect"] == {
+        "absolute": None,
+        "power": 0.8,
+        "reason": f"no variance in the data (a's rate, which sizes it, is {rate})",
+    }
