@@ -170,22 +170,6 @@ def _check(value: Any, where: str, depth: int) -> None:
             _check(item, f"{where}[{index}]", depth + 1)
 
 
-async def json_object(
-    request: web.Request, *, allowed: set[str], exact: bool = False
-) -> dict[str, Any]:
-    """The body as a JSON object with only `allowed` keys (see `parse_json`)."""
-    raw = await request.read()
-    body = parse_json(raw, exact=exact) if raw.strip() else {}
-    if not isinstance(body, dict):
-        raise ApiError(400, "request body must be a JSON object")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise ApiError(
-            400, f"unknown field(s): {', '.join(unknown)} (expected: {', '.join(sorted(allowed))})"
-        )
-    return body
-
-
 @web.middleware
 async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:

@@ -111,10 +111,12 @@ def refusal(exc: ValidationError, model: type[BaseModel], item: str = "") -> str
     if unknown:
         at = unknown[0]["loc"][:-1]
         names = sorted(_cut(str(e["loc"][-1])) for e in unknown if e["loc"][:-1] == at)
+        more = len(names) - NAMED
+        listed = ", ".join(names[:NAMED]) + (f" and {more:,} more" if more > 0 else "")
         fields = _model_at(model, at)
         known = f" (expected: {', '.join(sorted(fields.model_fields))})" if fields else ""
         prefix = f"{_where(item, at)}: " if item or at else ""
-        return f"{prefix}unknown field(s): {', '.join(names)}{known}"
+        return f"{prefix}unknown field(s): {listed}{known}"
     first = errors[0]
     where = _where(item, first["loc"]) or "body"
     if first["type"] == "abgate":
@@ -126,6 +128,9 @@ def refusal(exc: ValidationError, model: type[BaseModel], item: str = "") -> str
         got = f", got {shown(first['input'])}" if expected.got else ""
         return f"{where}: expected {expected.what}{got}"
     return f"{where}: {_words(first)}, got {shown(first['input'])}"
+
+
+NAMED = 10  # unknown fields a refusal names: a 1 MiB body may hold 100,000
 
 
 # pydantic's error types in our words ({...}: the error's context)

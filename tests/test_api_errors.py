@@ -296,3 +296,13 @@ async def test_no_detectable_effect_without_variance(
         "power": 0.8,
         "reason": f"no variance in the data (a's rate, which sizes it, is {rate})",
     }
+
+
+def test_unknown_fields_named_at_most_ten() -> None:
+    """A body of 5,000 unknown keys is refused in a line, not a 34 KB list."""
+    body = {f"k{i:04}": 1 for i in range(5000)}
+    with pytest.raises(ApiError) as refused:
+        validate(MeansSampleSizeBody, body)
+    named = ", ".join(f"k{i:04}" for i in range(10))
+    assert refused.value.message.startswith(f"unknown field(s): {named} and 4,990 more (expected:")
+    assert len(refused.value.message) < 250
