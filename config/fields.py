@@ -15,6 +15,8 @@ from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
+import orjson
+
 from abgate.config.durations import read_seconds
 from abgate.config.errors import AbgateError, Problem
 from abgate.config.model import BASIS_POINTS, Listen
@@ -221,3 +223,21 @@ def kind_of(value: Any) -> str:
         cut = "..." if len(value) > SHOWN else ""
         return f"a string ({json.dumps(value[:SHOWN], ensure_ascii=False)}{cut})"
     return f"{type(value).__name__} ({value})"
+
+
+def shown(value: object) -> str:
+    """A refused value as an error names it: as JSON writes it (not Python's repr: "yes",
+    true, null), a number as it was read (a whole number without Python's `.0`), cut at SHOWN
+    characters with the length said."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        text = str(int(value))  # 2 as the client wrote it: a float field holds it as 2.0
+    elif isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+        text = str(value) if isinstance(value, Decimal) else repr(value)
+    else:
+        try:
+            text = orjson.dumps(value, default=str).decode()
+        except TypeError:  # a string that is not valid Unicode
+            text = json.dumps(value, default=str)
+    if len(text) > SHOWN:
+        return f"{text[:SHOWN]}... ({len(text):,} characters)"
+    return text

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from abgate.config import Config
 from abgate.config.export import config_as_json
+from abgate.config.fields import shown
 from abgate.control.experiments_api import add_experiment_routes
 from abgate.control.flag_backend import FlagBackend
 from abgate.control.flags_api import add_flag_routes
@@ -98,7 +99,7 @@ async def force_breaker(request: web.Request) -> web.Response:
     try:
         return answer(BreakerAnswer.model_validate(await plane.force_breaker(name, body.state)))
     except KeyError:
-        raise ApiError(404, f"unknown upstream {name!r}") from None
+        raise ApiError(404, f"unknown upstream {shown(name)}") from None
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from abgate.config import Config
+from abgate.config.fields import shown
 from abgate.control.http import CONTROLLER, WORKER, ApiError
 from abgate.state.rollouts import FINISHED
 
@@ -64,7 +65,7 @@ async def resolve(app: web.Application, name: object = CURRENT) -> str:
     experiments = list(config.experiments)
     if name is not None and name != CURRENT:
         if not isinstance(name, str) or name not in config.experiments:
-            raise ApiError(404, f"unknown experiment {name!r}")
+            raise ApiError(404, f"unknown experiment {shown(name)}")
         return name
     default = config.control.default_experiment
     rolling = [n for n in await under_way(app) if n in config.experiments]

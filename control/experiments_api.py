@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from abgate.config.fields import shown
 from abgate.config.metrics_catalogue import BUILT_IN_METRIC_NAMES
 from abgate.config.model import StickySource
 from abgate.control.current import require_worker, resolve
@@ -39,7 +40,7 @@ from abgate.control.experiment_payloads import (
     RouteAnswer,
     SignificanceAnswer,
 )
-from abgate.control.http import MAX_BODY, WORKER, ApiError, parse_json, shown, too_large
+from abgate.control.http import MAX_BODY, WORKER, ApiError, parse_json, too_large
 from abgate.control.maturing import mature_at
 from abgate.control.outcome_payloads import MAX_OUTCOMES, AcceptedAnswer, OutcomeItem
 from abgate.control.payloads import answer, validate
@@ -402,8 +403,10 @@ def _outcome(
 ) -> tuple[MeasureKey, float]:
     where = f"[{index}]"
     name = item.experiment
-    experiment = worker.config.experiments.get(name) if name is not None else None
-    if experiment is None or name is None:
+    if name is None:
+        raise ApiError(400, f"{where}.experiment: required (or a request_id to read it from)")
+    experiment = worker.config.experiments.get(name)
+    if experiment is None:
         raise ApiError(400, f"{where}.experiment: unknown experiment {shown(name)}")
     arms = (experiment.control.name, experiment.treatment.name)
     if item.arm not in arms:

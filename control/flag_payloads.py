@@ -10,8 +10,7 @@ from typing import Annotated, Any
 from pydantic import ConfigDict, Field, WithJsonSchema
 from pydantic.functional_validators import PlainValidator
 
-from abgate.config.fields import parse_percentage
-from abgate.control.http import shown
+from abgate.config.fields import parse_percentage, shown
 from abgate.control.payloads import Answer, Body, Expected, refuse
 from abgate.state.flags import Flag, Instance
 
@@ -22,7 +21,7 @@ ROLLBACK_TIMEOUT = 10.0
 def _basis_points(value: Any) -> int:
     """A percentage as the API takes it, in basis points: decided on the digits as written
     (the body is read with Decimal numbers)."""
-    if isinstance(value, Decimal) and _decimals(value) > 2:
+    if isinstance(value, Decimal) and decimals(value) > 2:
         # Arithmetic in Decimal's default context would round 10.000000000000000000000000000001
         # to 10 and 1e-999999999 to 0 first.
         raise refuse(f"at most two decimals (0.01% steps), got {value}")
@@ -33,7 +32,7 @@ def _basis_points(value: Any) -> int:
     return basis_points
 
 
-def _decimals(value: Decimal) -> int:
+def decimals(value: Decimal) -> int:
     """How many decimal places `value` has as written, trailing zeros aside."""
     _, digits, exponent = value.as_tuple()
     if not isinstance(exponent, int) or not any(digits):

@@ -8,6 +8,7 @@ import time
 
 from aiohttp import web
 
+from abgate.config.fields import shown
 from abgate.control.current import config_of
 from abgate.control.flag_payloads import (
     FlagAnswer,
@@ -37,7 +38,7 @@ def _store(request: web.Request) -> FlagStore:
 
 def _known(store: FlagStore, name: str) -> str:
     if name not in store.table:
-        raise ApiError(404, f"unknown flag {name!r}")
+        raise ApiError(404, f"unknown flag {shown(name)}")
     return name
 
 
@@ -84,7 +85,7 @@ async def get_flag(request: web.Request) -> web.Response:
     try:
         flag = _store(request).table.get(request.match_info["name"])
     except UnknownFlag:
-        raise ApiError(404, f"unknown flag {request.match_info['name']!r}") from None
+        raise ApiError(404, f"unknown flag {shown(request.match_info['name'])}") from None
     return answer(FlagAnswer.model_validate(flag))
 
 

@@ -8,6 +8,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from abgate.config.errors import AbgateError
-from abgate.config.fields import SHOWN
+from abgate.config.fields import shown
 from abgate.state.errors import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -51,21 +52,6 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 
 MAX_DEPTH = 32  # nesting of a request body: no control API body needs more than a few
 MAX_BODY = 1024**2  # bytes of a request body (aiohttp's client_max_size)
-
-
-def shown(value: object) -> str:
-    """A refused value as an error names it: as JSON writes it (not Python's repr: "yes",
-    true, null), a number as it was read, cut at SHOWN characters."""
-    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
-        text = str(value) if isinstance(value, Decimal) else repr(value)
-    else:
-        try:
-            text = orjson.dumps(value, default=str).decode()
-        except TypeError:  # a string that is not valid Unicode
-            text = json.dumps(value, default=str)
-    if len(text) > SHOWN:
-        return f"{text[:SHOWN]}... ({len(text):,} characters)"
-    return text
 
 
 def too_large(limit: int = MAX_BODY) -> str:
@@ -114,11 +100,26 @@ def parse_json(raw: bytes, *, exact: bool = False) -> Any:
             raise ApiError(
                 413, f"request body nested too deep (at most {MAX_DEPTH} levels)"
             ) from None
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        raise _not_json(raw, exc) from None
     except ValueError as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        raise _not_json(raw, exc) from None
     _check(body, "", 0)
     return body
+
+
+def _not_json(raw: bytes, exc: ValueError) -> ApiError:
+    """Why a body is not JSON, in our words where Python's would show (a codec's, or
+    sys.set_int_max_str_digits())."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return ApiError(
+            400, f"request body is not UTF-8: byte 0x{raw[bad.start]:02x} at position {bad.start}"
+        )
+    if "integer string conversion" in str(exc):
+        limit = sys.get_int_max_str_digits()
+        return ApiError(400, f"request body: a number is too long (at most {limit:,} digits)")
+    return ApiError(400, f"request body is not valid JSON: {exc}")
 
 
 class DuplicateKey(AbgateError, ValueError):
@@ -167,22 +168,6 @@ def _check(value: Any, where: str, depth: int) -> None:
     elif isinstance(value, list):
         for index, item in enumerate(value):
             _check(item, f"{where}[{index}]", depth + 1)
-
-
-async def json_object(
-    request: web.Request, *, allowed: set[str], exact: bool = False
-) -> dict[str, Any]:
-    """The body as a JSON object with only `allowed` keys (see `parse_json`)."""
-    raw = await request.read()
-    body = parse_json(raw, exact=exact) if raw.strip() else {}
-    if not isinstance(body, dict):
-        raise ApiError(400, "request body must be a JSON object")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise ApiError(
-            400, f"unknown field(s): {', '.join(unknown)} (expected: {', '.join(sorted(allowed))})"
-        )
-    return body
 
 
 @web.middleware
@@ -237,7 +222,7 @@ def cross_origin_problem(request: web.BaseRequest) -> str | None:
         return f"cross-site write refused (Sec-Fetch-Site: {site[:40]})"
     origin = request.headers.get("Origin")
     if origin is not None and origin != f"{request.scheme}://{request.host}":
-        return f"cross-origin write from {origin[:200]!r} refused"
+        return f"cross-origin write from {shown(origin)} refused"
     return None
 
 
@@ -251,7 +236,7 @@ async def same_origin(request: web.Request, handler: Handler) -> web.StreamRespo
     if request.app[LOOPBACK_ONLY] and not _loopback_name(request.host):
         raise ApiError(
             403,
-            f"Host {request.host!r} is not this loopback control API "
+            f"Host {shown(request.host)} is not this loopback control API "
             "(DNS rebinding?): use 127.0.0.1, [::1] or localhost",
         )
     if request.method not in SAFE_METHODS:

@@ -31,9 +31,10 @@ STATISTICS_PATHS: dict[str, Any] = {
     "/api/statistics/significance-test": {
         "post": {
             "summary": "A test on inline summaries (test, a, b) or on live data "
-            "(experiment, metric, cohort_a, cohort_b)",
+            "(experiment, metric, cohort_a, cohort_b); without a body (or {}), as GET",
             "requestBody": request_body(
-                {"oneOf": [stats.WelchTestBody, stats.ProportionTestBody, stats.LiveTestBody]}
+                {"oneOf": [stats.WelchTestBody, stats.ProportionTestBody, stats.LiveTestBody]},
+                required=False,
             ),
             "responses": {
                 "200": _json({"oneOf": [stats.InlineTestAnswer, stats.LiveTestAnswer]}),

@@ -10,8 +10,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field, WithJsonSchema
 from pydantic.functional_validators import PlainValidator
 
-from abgate.control.http import shown
-from abgate.control.payloads import Answer, Body, Expected, refuse
+from abgate.config.fields import shown
+from abgate.control.payloads import Answer, Body, Expected, refuse, whole
 
 MAX_OUTCOMES = 10_000
 MAX_AGE = 366 * 86_400.0  # an outcome's decided_at: at most a year back
@@ -21,6 +21,7 @@ MAX_SKEW = 60.0  # and a minute ahead (clocks differ)
 def _phase(value: Any) -> int:
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 19:
         value = int(value)  # the header's value as it came: "2"
+    value = whole(value)  # 5.0 is 5
     if isinstance(value, bool) or not isinstance(value, int):
         raise refuse(f"expected the X-ABGate-Phase header's whole number, got {shown(value)}")
     return value
@@ -80,7 +81,7 @@ class OutcomeItem(Body):
             "(users are the unit of analysis). Required where the experiment has a sticky key "
             "(a 400 otherwise); null: the decision carried no key, the outcome is its own unit"
         ),
-        Expected("the sticky key's value (a string)"),
+        Expected("the sticky key's value, a string of 1 to 1,000 characters", got=True),
     ] = None
     request_id: Annotated[
         Annotated[str, Field(min_length=1, max_length=200)] | None,

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from abgate.config.fields import SHOWN
-from abgate.control.http import ApiError, json_response, parse_json, shown
+from abgate.config.fields import SHOWN, shown
+from abgate.control.http import ApiError, json_response, parse_json
 
 
 class Expected:
@@ -55,6 +56,16 @@ class Error(Answer):
 
 
 B = TypeVar("B", bound=Body)
+
+
+def whole(value: Any) -> Any:
+    """A whole number written 2.0 as 2, as JSON Schema's `integer` takes it (a before
+    validator: what is not a whole number goes on to be refused as it was sent)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**63:
+        return int(value)
+    if isinstance(value, Decimal) and value.is_finite() and abs(value) <= 2**63:
+        return int(value) if value == value.to_integral_value() else value
+    return value
 
 
 def refuse(why: str) -> PydanticCustomError:
@@ -100,10 +111,12 @@ def refusal(exc: ValidationError, model: type[BaseModel], item: str = "") -> str
     if unknown:
         at = unknown[0]["loc"][:-1]
         names = sorted(_cut(str(e["loc"][-1])) for e in unknown if e["loc"][:-1] == at)
+        more = len(names) - NAMED
+        listed = ", ".join(names[:NAMED]) + (f" and {more:,} more" if more > 0 else "")
         fields = _model_at(model, at)
         known = f" (expected: {', '.join(sorted(fields.model_fields))})" if fields else ""
         prefix = f"{_where(item, at)}: " if item or at else ""
-        return f"{prefix}unknown field(s): {', '.join(names)}{known}"
+        return f"{prefix}unknown field(s): {listed}{known}"
     first = errors[0]
     where = _where(item, first["loc"]) or "body"
     if first["type"] == "abgate":
@@ -115,6 +128,9 @@ def refusal(exc: ValidationError, model: type[BaseModel], item: str = "") -> str
         got = f", got {shown(first['input'])}" if expected.got else ""
         return f"{where}: expected {expected.what}{got}"
     return f"{where}: {_words(first)}, got {shown(first['input'])}"
+
+
+NAMED = 10  # unknown fields a refusal names: a 1 MiB body may hold 100,000
 
 
 # pydantic's error types in our words ({...}: the error's context)

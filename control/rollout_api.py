@@ -23,6 +23,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from abgate.config.errors import ConfigError
+from abgate.config.fields import shown
 from abgate.config.model import RolloutPlan
 from abgate.control.current import resolve
 from abgate.control.flags_api import caller
@@ -168,7 +169,7 @@ async def show(request: web.Request) -> web.Response:
 
 async def approve(request: web.Request) -> web.Response:
     controller = _controller(request)
-    body = await read_body(request, ApproveBody)
+    body = await read_body(request, ApproveBody, exact=True)  # a stage's decimals as written
     name = await resolve(request.app, request.match_info["experiment"])
     rollout = await _call(
         actions.approve(controller, name, body.stage, caller(request), body.reason)
@@ -252,7 +253,8 @@ async def flagger_gate(request: web.Request) -> web.Response:
     if hook not in ("confirm-promotion", "confirm-traffic-increase", "rollback"):
         raise ApiError(
             404,
-            f"unknown hook {hook!r} (confirm-promotion, confirm-traffic-increase, rollback, event)",
+            f"unknown hook {shown(hook)} "
+            "(confirm-promotion, confirm-traffic-increase, rollback, event)",
         )
     rollout, decision = await _fresh(controller, name)
     plan = controller.plan_of(rollout)
@@ -282,7 +284,7 @@ async def decision_call(request: web.Request) -> web.Response:
     flag = controller.flags.table.get(name)
     if rollout is None:
         if experiment.rollout is None:
-            raise ApiError(400, f"experiment {name!r} has no rollout plan")
+            raise ApiError(400, f"experiment {shown(name)} has no rollout plan")
         plan = experiment.rollout
         current = round(body.current_percentage * 100)
         index = next((i for i, s in enumerate(plan.stages) if s.percentage_bp >= current), 0)

@@ -3,12 +3,14 @@ declared once (control/payloads.py)."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
+from abgate.control.flag_payloads import decimals
 from abgate.control.gate_payloads import GateEntry, HistoryEntry
-from abgate.control.payloads import Answer, Body, Expected
+from abgate.control.payloads import Answer, Body, Expected, refuse
 from abgate.state.rollouts import RolloutStatus
 
 Reason = Annotated[
@@ -44,9 +46,20 @@ class StartBody(Body):
     reason: Reason = ""
 
 
+def _two_decimals(value: Any) -> Any:
+    """A stage's percentage as flag writes take it: at most two decimals as written (the
+    body is read with Decimal numbers), so 50.001 is not approved as 50."""
+    if isinstance(value, Decimal):
+        if value.is_finite() and decimals(value) > 2:
+            raise refuse(f"at most two decimals (0.01% steps), got {value}")
+        return float(value)
+    return value
+
+
 class ApproveBody(Body):
     stage: Annotated[
-        Annotated[float, Field(gt=0, le=100)] | None,
+        Annotated[float, Field(gt=0, le=100, json_schema_extra={"multipleOf": 0.01})] | None,
+        BeforeValidator(_two_decimals),
         Field(description="the stage's percentage, as a check of what you approve"),
         Expected("the percentage you approve, above 0, at most 100"),
     ] = None

@@ -22,9 +22,10 @@ from typing import Any
 
 from aiohttp import web
 
+from abgate.config.fields import shown
 from abgate.control.current import require_worker, resolve
 from abgate.control.evidence_payloads import EvidenceAnswer
-from abgate.control.http import ApiError, shown
+from abgate.control.http import ApiError
 from abgate.control.payloads import answer, read_object, validate
 from abgate.control.stats import (
     Proportion,
@@ -52,6 +53,7 @@ from abgate.control.stats_payloads import (
     SizeOptions,
     WelchTestBody,
 )
+from abgate.control.summary_bounds import MAX_N
 
 
 def _finite_json(result: TestResult) -> dict[str, Any]:
@@ -103,6 +105,7 @@ async def significance_test(request: web.Request) -> web.Response:
             else:
                 result = welch_t(a, b, alpha=alpha, alternative=alternative)
             detectable = mean_detectable_effect(a.variance, b.variance, a.n, b.n, alpha=alpha)
+            no_variance = "no variance in the data"
         else:
             pa = Proportion.of("a", body.a.n, body.a.successes)
             pb = Proportion.of("b", body.b.n, body.b.successes)
@@ -111,6 +114,7 @@ async def significance_test(request: web.Request) -> web.Response:
             else:
                 result = rates_test(pa, pb, alpha=alpha, alternative=alternative)
             detectable = rate_detectable_effect(pa.rate, pa.n, pb.n, alpha=alpha)
+            no_variance = f"no variance in the data (a's rate, which sizes it, is {pa.rate:g})"
     except StatsInputError as exc:
         raise ApiError(400, str(exc)) from None
     except ArithmeticError as exc:  # overflow or underflow the bounds above did not foresee
@@ -118,7 +122,11 @@ async def significance_test(request: web.Request) -> web.Response:
             400, f"a, b: no finite result for these summaries ({type(exc).__name__})"
         ) from None
     payload = _finite_json(result)
-    payload["minimum_detectable_effect"] = {"absolute": detectable, "power": 0.8}
+    payload["minimum_detectable_effect"] = (
+        {"absolute": detectable, "power": 0.8}
+        if detectable > 0  # 0 would claim any effect is detectable
+        else {"absolute": None, "power": 0.8, "reason": no_variance}
+    )
     return answer(InlineTestAnswer.model_validate(payload))
 
 
@@ -141,25 +149,16 @@ async def sample_size(request: web.Request) -> web.Response:
         )
     try:
         if isinstance(body, MeansSampleSizeBody):
-            effect = body.effect_size
+            effect, field, variances = body.effect_size, "effect_size", (1.0, 1.0)
             per_arm = mean_sample_size(effect, power, alpha)
-            sequential = sequential_sample_size(
-                effect, 1.0, 1.0, share=share, power=power, alpha=alpha
-            )
             kind = "means (Cohen's d, two-sided Welch/Student t)"
         else:
-            baseline, mde = body.baseline_rate, body.minimum_detectable_effect
-            per_arm = proportion_sample_size(baseline, mde, power, alpha)
-            target = baseline + mde
-            sequential = sequential_sample_size(
-                mde,
-                baseline * (1 - baseline),
-                target * (1 - target),
-                share=share,
-                power=power,
-                alpha=alpha,
-            )
+            baseline, effect = body.baseline_rate, body.minimum_detectable_effect
+            field, target = "minimum_detectable_effect", baseline + effect
+            per_arm = proportion_sample_size(baseline, effect, power, alpha)
+            variances = (baseline * (1 - baseline), target * (1 - target))
             kind = "rates (Cohen's h, two-sided z)"
+        sequential = _sequential_size(effect, field, variances, share, power, alpha)
     except StatsInputError as exc:
         raise ApiError(400, str(exc)) from None
     except (ArithmeticError, ValueError) as exc:  # a root the solver could not bracket
@@ -182,6 +181,35 @@ async def sample_size(request: web.Request) -> web.Response:
             alpha=alpha,
             kind=kind,
         )
+    )
+
+
+def _sequential_size(
+    effect: float,
+    field: str,
+    variances: tuple[float, float],
+    share: float,
+    power: float,
+    alpha: float,
+) -> tuple[int, int]:
+    """The sequential test's samples (control, treatment); one it cannot reach within MAX_N
+    blamed on the field that makes it so: the treatment share when equal arms would do."""
+    try:
+        return sequential_sample_size(effect, *variances, share=share, power=power, alpha=alpha)
+    except StatsInputError as exc:
+        if exc.field != "effect":
+            raise
+        too_small = StatsInputError(field, exc.message)
+    if share == 0.5:
+        raise too_small
+    try:  # is it the share? equal arms reach it
+        sequential_sample_size(effect, *variances, power=power, alpha=alpha)
+    except StatsInputError:
+        raise too_small from None
+    raise StatsInputError(
+        "treatment_share",
+        f"{shown(share)} leaves the smaller arm too few samples: the sequential test would "
+        f"need over {MAX_N:,} samples (equal arms would not)",
     )
 
 

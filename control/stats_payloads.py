@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from abgate.control.evidence_payloads import EvidenceAnswer
-from abgate.control.payloads import Answer, Body, Expected
+from abgate.control.payloads import Answer, Body, Expected, whole
 from abgate.control.summary_bounds import MAX_MAGNITUDE, MAX_N, MIN_STD
 
 ALPHA_RANGE = (1e-10, 0.5)  # beyond: nothing a rollout would use, and numerically fragile
@@ -34,16 +34,19 @@ Sequential = Annotated[bool, Expected("true or false")]
 
 Count2 = Annotated[
     int,
+    BeforeValidator(whole),
     Field(json_schema_extra={"minimum": 2, "maximum": MAX_N}),
     Expected(f"a whole number from 2 to {MAX_N:,}", got=True),
 ]
 Count1 = Annotated[
     int,
+    BeforeValidator(whole),
     Field(json_schema_extra={"minimum": 1, "maximum": MAX_N}),
     Expected(f"a whole number from 1 to {MAX_N:,}", got=True),
 ]
 Count0 = Annotated[
     int,
+    BeforeValidator(whole),
     Field(json_schema_extra={"minimum": 0, "maximum": MAX_N}),
     Expected(f"a whole number from 0 to {MAX_N:,}", got=True),
 ]
@@ -202,8 +205,15 @@ class DetectableEffect(Answer):
     """Not the power at the observed effect (a restatement of the p-value): the effect
     these sample sizes detect with 80% power."""
 
-    absolute: float
+    absolute: float | None = Field(
+        description="null where the data have no variance to size it by (see reason)"
+    )
     power: float
+    reason: str | None = Field(
+        default=None,
+        exclude_if=lambda reason: reason is None,
+        description="why absolute is null",
+    )
 
 
 class TestResultAnswer(_TestAnswer):

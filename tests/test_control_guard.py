@@ -52,9 +52,9 @@ async def test_curl_writes_without_a_content_type(agents: dict[str, str]) -> Non
         ({"Sec-Fetch-Site": "same-site"}, "cross-site write refused (Sec-Fetch-Site: same-site)"),
         (
             {"Origin": "http://evil.example"},
-            "cross-origin write from 'http://evil.example' refused",
+            'cross-origin write from "http://evil.example" refused',
         ),
-        ({"Origin": "null"}, "cross-origin write from 'null' refused"),  # sandboxed, file://
+        ({"Origin": "null"}, 'cross-origin write from "null" refused'),  # sandboxed, file://
         ({"Sec-Fetch-Site": "same-origin"}, None),
         ({"Sec-Fetch-Site": "none"}, None),  # typed by the user, or a bookmark
         # Sec-Fetch-Site decides when present (Go's rule): the browser's own statement.

@@ -120,7 +120,7 @@ async def test_current_is_the_default_then_the_rollout_under_way(
         assert proc.returncode == 0
         assert out.decode().startswith("alpha: running")
         status, body = await call(session, "GET", f"{api}/api/experiments/nope")
-        assert (status, body["error"]) == (404, "unknown experiment 'nope'")
+        assert (status, body["error"]) == (404, 'unknown experiment "nope"')
 
 
 async def test_a_group_rolls_back_as_one(session: ClientSession, agents: dict[str, str]) -> None:
@@ -139,7 +139,7 @@ async def test_a_group_rolls_back_as_one(session: ClientSession, agents: dict[st
         status, body = await call(
             session, "POST", f"{stack.control_url}/api/rollback", {"experiments": ["nope"]}
         )
-        assert (status, body) == (404, {"error": "unknown flag 'nope'"})
+        assert (status, body) == (404, {"error": 'unknown flag "nope"'})
 
 
 async def test_outcomes_take_the_phase_as_the_header_gave_it(

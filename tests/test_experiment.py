@@ -167,7 +167,7 @@ async def test_flag_api_reads_and_writes(session: ClientSession, agents: dict[st
         control = running.control_url
         async with session.get(f"{control}/api/flags/nope") as response:
             assert response.status == 404
-            assert (await response.json())["error"] == "unknown flag 'nope'"
+            assert (await response.json())["error"] == 'unknown flag "nope"'
         async with session.post(f"{control}/api/flags/nope", json={"percentage": 1}) as response:
             assert response.status == 404
         async with session.post(

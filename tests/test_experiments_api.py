@@ -136,7 +136,7 @@ async def test_measured_traffic_outcomes_and_significance(session: ClientSession
 async def test_live_input_errors(session: ClientSession, agents: dict[str, str]) -> None:
     async with embedded(make_config(agents)) as running:
         status, body = await get(session, f"{running.control_url}/api/experiments/nope")
-        assert (status, body) == (404, {"error": "unknown experiment 'nope'"})
+        assert (status, body) == (404, {"error": 'unknown experiment "nope"'})
         async with session.post(
             f"{running.control_url}/api/outcomes",
             json=[{"experiment": "exp", "arm": "control", "metric": "latency", "value": 1}],

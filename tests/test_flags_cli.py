@@ -79,7 +79,7 @@ async def test_flags_commands(tmp_path: Path, agents: dict[str, str]) -> None:
         code, _, err = await flags(url, "get", "nope")
         assert (code, err.strip()) == (
             1,
-            "abgate flags: GET /api/flags/nope: 404 unknown flag 'nope'",
+            'abgate flags: GET /api/flags/nope: 404 unknown flag "nope"',
         )
     with refused_port() as port:  # held bound, never listening: nothing can answer there
         code, _, err = await flags(f"http://127.0.0.1:{port}", "list")
@@ -99,7 +99,7 @@ async def test_emergency_rollback_script(agents: dict[str, str]) -> None:
         assert running.flags.get("exp").percentage == 0
         code, out, _ = await run("bash", script, "missing", env=env)
         assert code == 1
-        assert out.strip() == "rollback failed (404): unknown flag 'missing'"
+        assert out.strip() == 'rollback failed (404): unknown flag "missing"'
     with refused_port() as port:
         code, _, err = await run(
             "bash", script, env={"ABGATE_CONTROL_URL": f"http://127.0.0.1:{port}"}

@@ -15,6 +15,7 @@ import functools
 from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
+from abgate.config.fields import shown
 from abgate.config.model import RolloutPlan
 from abgate.control.rollout import moves
 from abgate.control.rollout.errors import RolloutError, UnknownRollout, changed_by_hand
@@ -69,7 +70,7 @@ async def _start(
 ) -> Rollout:
     experiment = controller.config.experiments.get(name)
     if experiment is None:
-        raise UnknownRollout(f"unknown experiment {name!r}")
+        raise UnknownRollout(f"unknown experiment {shown(name)}")
     held = await controller.rollouts.get(name)
     if held is not None and held.state not in FINISHED:
         raise RolloutError(f"a rollout of {name} is {held.state} already")
@@ -176,7 +177,7 @@ async def set_state(controller: Acting, name: str, action: str, actor: str, reas
             state="aborted", flag_version=version, reason=f"aborted by {actor}: {reason}"
         )
     else:
-        raise UnknownRollout(f"unknown action {action!r}")
+        raise UnknownRollout(f"unknown action {shown(action)}")
     await controller.records.save(rollout, updated, None, actor, updated.state, reason=reason)
     controller.forget(name)
     return updated

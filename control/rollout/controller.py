@@ -29,6 +29,7 @@ from typing import get_args
 from prometheus_client.core import Metric
 
 from abgate.config import Config
+from abgate.config.fields import shown
 from abgate.config.model import RolloutPlan
 from abgate.config.parse_rollout import parse_plan
 from abgate.control.measured import Reads
@@ -103,11 +104,11 @@ class RolloutController:
     def plan_of(self, rollout: Rollout) -> RolloutPlan:
         experiment = self.config.experiments.get(rollout.experiment)
         if experiment is None:
-            raise UnknownRollout(f"experiment {rollout.experiment!r} is not in the config")
+            raise UnknownRollout(f"experiment {shown(rollout.experiment)} is not in the config")
         if rollout.plan is not None:
             return parse_plan(rollout.plan, experiment.metrics, "rollout plan")
         if experiment.rollout is None:
-            raise NoRolloutPlan(f"experiment {rollout.experiment!r} has no rollout plan")
+            raise NoRolloutPlan(f"experiment {shown(rollout.experiment)} has no rollout plan")
         return experiment.rollout
 
     # -- the loop --------------------------------------------------------------------------
@@ -185,7 +186,7 @@ class RolloutController:
             rollouts, _ = await recover(self, await self.rollouts.all())
             rollout = next((r for r in rollouts if r.experiment == name), None)
         if rollout is None:
-            raise UnknownRollout(f"no rollout for {name!r}; start one first")
+            raise UnknownRollout(f"no rollout for {shown(name)}; start one first")
         return rollout
 
     def forget(self, name: str) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from abgate.config.errors import AbgateError
+from abgate.config.fields import shown
 from abgate.control.summary_bounds import MAX_MAGNITUDE, MAX_N, MIN_STD
 
 Alternative = Literal["two-sided", "greater", "less"]  # about treatment (b) minus control (a)
@@ -27,16 +28,16 @@ class StatsInputError(AbgateError, ValueError):
 
 def _finite(field: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise StatsInputError(field, f"expected a finite number, got {value!r}")
+        raise StatsInputError(field, f"expected a finite number, got {shown(value)}")
     if abs(value) > MAX_MAGNITUDE:
-        raise StatsInputError(field, f"must be within ±{MAX_MAGNITUDE:g}, got {value!r}")
+        raise StatsInputError(field, f"must be within ±{MAX_MAGNITUDE:g}, got {shown(value)}")
     return float(value)
 
 
 def _count(field: str, value: object, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_N:
         raise StatsInputError(
-            field, f"expected a whole number from {low} to {MAX_N:,}, got {value!r}"
+            field, f"expected a whole number from {low} to {MAX_N:,}, got {shown(value)}"
         )
     return value
 
@@ -54,9 +55,9 @@ class SampleMean:
         count = _count(f"{field}.n", n, 2)
         std_value = _finite(f"{field}.std", std)  # type: ignore[arg-type]
         if std_value < 0:
-            raise StatsInputError(f"{field}.std", f"must not be negative, got {std_value}")
+            raise StatsInputError(f"{field}.std", f"must not be negative, got {shown(std)}")
         if 0 < std_value < MIN_STD:
-            raise StatsInputError(f"{field}.std", f"0, or at least {MIN_STD:g}, got {std_value}")
+            raise StatsInputError(f"{field}.std", f"0, or at least {MIN_STD:g}, got {shown(std)}")
         return cls(count, _finite(f"{field}.mean", mean), std_value**2)  # type: ignore[arg-type]
 
     @classmethod
