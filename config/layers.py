@@ -40,10 +40,9 @@ def _read(path: Path, source: str, chain: tuple[Path, ...]) -> LocatedDocument:
             raise ConfigError(source, [Problem("", None, f"the file is over {limit}: refused")])
         text = raw.decode("utf-8")
     except FileNotFoundError as exc:
-        where = path.absolute()
-        # Which command or option named the file is the caller's to say, not the config's.
-        by = f"; extended by {chain[-1]}" if chain else ""
-        problem = Problem("", None, f"no such file (looked for {where}){by}")
+        # Which command or option named the file is the caller's to say, not the config's
+        # (a file that extends it is said where it is named: `_base`).
+        problem = Problem("", None, f"no such file (looked for {path.absolute()})")
         raise ConfigError(source, [problem]) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(source, [Problem("", None, f"cannot read the file: {exc}")]) from exc
@@ -61,10 +60,28 @@ def _read(path: Path, source: str, chain: tuple[Path, ...]) -> LocatedDocument:
         line = doc.line_of((EXTENDS,))
         problem = Problem(EXTENDS, line, f"{base_name} extends this file again (a cycle)")
         raise ConfigError(source, [problem])
-    base = _read(base_path, str(base_path), (*chain, resolved))
+    base = _base(base_path, (*chain, resolved))
     own = {key: value for key, value in doc.value.items() if key != EXTENDS}
     merged = merge(base, LocatedDocument(own, doc.lines, problems=doc.problems), str(base_path))
     return dataclasses.replace(merged, bases=(str(base_path), *base.bases))
+
+
+def _base(path: Path, chain: tuple[Path, ...]) -> LocatedDocument:
+    """The base file at `path`, extended by `chain[-1]`. A problem of the file as a whole
+    (missing, unreadable, not YAML) names the file, and the file that extends it: a reload
+    watches the files its problems name, so a base created or fixed later is picked up."""
+    try:
+        return _read(path, str(path), chain)
+    except ConfigError as exc:
+        problems = [
+            p
+            if p.file is not None
+            else dataclasses.replace(
+                p, file=str(path), message=f"{p.message}; extended by {chain[-1]}"
+            )
+            for p in exc.problems
+        ]
+        raise ConfigError(exc.source, problems) from exc
 
 
 def merge(base: LocatedDocument, override: LocatedDocument, base_source: str) -> LocatedDocument:

@@ -433,3 +433,45 @@ async def test_a_reload_refuses_a_control_api_beyond_loopback_without_a_token(
             assert answer["problems"][0].startswith("control.listen: the control API would")
             assert running.reloader is not None
             assert running.reloader.config.control.listen.host == "127.0.0.1"
+
+
+async def test_a_base_that_was_broken_or_missing_is_picked_up_once_fixed(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A base file refused as a whole (not YAML, or not there yet) is named in the problem,
+    so the watcher looks at it: fixing or creating it reloads, with no touch of the top."""
+    from abgate.control import reload as reload_module
+
+    monkeypatch.setattr(reload_module, "WATCH_INTERVAL", 0.02)
+    async with serve_app(echo_app()) as one, serve_app(echo_app()) as two:
+        base, new, later = tmp_path / "base.yaml", tmp_path / "new.yaml", tmp_path / "later.yaml"
+        path = tmp_path / "top.yaml"
+        base.write_text(yaml.safe_dump(document(one, two)))
+        path.write_text("extends: base.yaml\n")
+        async with embedded(load_config(path), config_path=str(path)) as running:
+            reloader = running.reloader
+            assert reloader is not None
+
+            async def after(change: Path, text: str) -> ReloadOutcome:
+                seen = reloader.outcomes
+                change.write_text(text)
+                async with asyncio.timeout(60):  # a guard: the outcome is awaited
+                    return await reloader.next_outcome(seen)
+
+            new.write_text("extends: base.yaml\nproxy: {shutdown_timeout: [bad\n")
+            outcome = await after(path, "extends: new.yaml\n")
+            assert outcome.result == "failure"
+            assert outcome.problems[0].startswith(f"<document> ({new} line "), outcome
+            assert "invalid YAML" in outcome.problems[0]
+            assert outcome.problems[0].endswith(f"; extended by {path.resolve()}")
+            outcome = await after(new, "extends: base.yaml\nproxy: {shutdown_timeout: 5s}\n")
+            assert (outcome.result, outcome.trigger) == ("success", "file change")
+            assert reloader.config.proxy.shutdown_timeout == 5.0
+
+            outcome = await after(path, "extends: later.yaml\n")
+            assert outcome.result == "failure"
+            assert outcome.problems[0].startswith(f"<document> ({later}): no such file"), outcome
+            outcome = await after(later, "extends: base.yaml\nproxy: {shutdown_timeout: 7s}\n")
+            assert (outcome.result, outcome.trigger) == ("success", "file change")
+            assert reloader.config.proxy.shutdown_timeout == 7.0
+            assert reloader.watched == (path, later, base)
