@@ -43,18 +43,23 @@ def read_plan(r: Reader, value: Any, path: KeyPath, metrics: Iterable[str]) -> R
     """The plan at `path`, its problems reported to `r`; `metrics`: the names of its
     experiment's declared metrics."""
     known = frozenset({*BUILT_IN_METRIC_NAMES, *metrics})
-    plan = validate(r, PLAN, PlanSection, value, path, Names(metrics=known))
+    # A refused value leaves its key at the default: each check across settings whose own
+    # keys passed still runs, so one check-config lists every problem of the plan.
+    refused: set[str] = set()
+    plan = validate(r, PLAN, PlanSection, value, path, Names(metrics=known), refused=refused)
     if plan is None:
         return None
     before = len(r.problems)
-    stages = _stages(r, plan, (*path, "stages"))
-    slo = _slo(r, plan.slo, (*path, "slo"))
+    stages = _stages(r, plan, (*path, "stages")) if "stages" not in refused else None
+    slo = _slo(r, plan.slo, (*path, "slo")) if "slo" not in refused else None
     guardrails = _guardrails(r, plan, (*path, "guardrails"))
     declared = isinstance(value, dict) and "holdout" in value
-    holdout = _holdout(r, plan, path, stages, declared=declared)
-    if plan.power <= plan.alpha:
+    holdout = None
+    if refused.isdisjoint({"holdout", "primary"}):
+        holdout = _holdout(r, plan, path, stages, declared=declared)
+    if refused.isdisjoint({"alpha", "power"}) and plan.power <= plan.alpha:
         r.problem((*path, "power"), f"must be above alpha ({plan.alpha:g}), got {plan.power:g}")
-    if len(r.problems) > before or stages is None or slo is None:
+    if refused or len(r.problems) > before or stages is None or slo is None:
         return None
     primary = plan.primary
     return build(

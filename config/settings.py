@@ -72,23 +72,34 @@ def validate(
     value: Any,
     path: KeyPath,
     names: Names | None = None,
+    *,
+    refused: set[str] | None = None,
 ) -> T | None:
     """`value` (at `path`) validated as `kind` (the type `adapter` was made for), or None
     with every problem in it reported to `reader`. `names`: what references may name.
 
     When unknown keys are all that is wrong, they are reported and the value without them
     is returned, so the checks across its settings still run and report with them (an
-    unknown key changes no other setting; a refused value would, so it returns None)."""
+    unknown key changes no other setting; a refused value would, so it returns None).
+    Given `refused`, a refused value's key is left at its default instead, and added to
+    `refused`: the checks across settings that read none of those keys still run, and
+    report in the same run."""
     try:
         return adapter.validate_python(value, context=names)
     except ValidationError as exc:
         for loc, message in _ordered(exc, kind):
             reader.problem((*path, *loc), message)
         errors = exc.errors()
-    if any(error["type"] != "extra_forbidden" for error in errors):
-        return None
+    locs = [error["loc"] for error in errors if error["type"] != "extra_forbidden"]
+    if locs and (refused is None or not isinstance(value, dict) or not all(locs)):
+        return None  # the section itself refused, not only keys of it
     for error in errors:
-        value = _without(value, error["loc"])
+        if error["type"] == "extra_forbidden":
+            value = _without(value, error["loc"])
+    keys = {str(loc[0]) for loc in locs}
+    if refused is not None and keys:
+        refused.update(keys)
+        value = {key: item for key, item in value.items() if key not in keys}
     try:
         return adapter.validate_python(value, context=names)
     except ValidationError:  # a key that a shape validator moved: as refused

@@ -328,10 +328,10 @@ async def test_actions_and_bad_requests(session: ClientSession) -> None:
             running,
             "POST",
             "/api/rollouts/exp",
-            {"plan": {"stages": [50, 25]}},
+            {"plan": {"stages": [50, 25], "tick": "banana", "power": 0.01}},
             expect=400,
-        )
-        assert bad["problems"][0]["path"] == "stages[1]"
+        )  # a refused value hides no check that does not read it
+        assert [p["path"] for p in bad["problems"]] == ["tick", "stages[1]", "power"]
         await api(session, running, "POST", "/api/rollouts/exp", {}, expect=201)
         await api(session, running, "POST", "/api/rollouts/exp", {}, expect=409)
         paused = await api(session, running, "POST", "/api/rollouts/exp/pause", {"reason": "lunch"})
