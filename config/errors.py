@@ -2,6 +2,7 @@
 
 AbgateError
 ├── ConfigError              a configuration refused: every problem found, each with its place
+│   └── config/layers.py: BaseRefused   the file a configuration extends refused as a whole
 ├── config/: Invalid         one value refused (config.fields), reported as one of its Problems
 ├── state/: StoreUnavailable, SecretUnavailable, VersionConflict, RolloutConflict,
 │           UnknownFlag (a KeyError too), RemoteError (the live-state channel's other end)

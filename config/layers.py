@@ -26,6 +26,16 @@ MAX_DEPTH = 8  # files extending files; deeper is a mistake, not a design
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 
+class BaseRefused(ConfigError):
+    """The file loaded extends one that was refused as a whole (missing, not YAML): `own` is
+    the loaded file's own document, which can still be judged on what depends on no base
+    (its unknown keys: config/parse.py)."""
+
+    def __init__(self, source: str, problems: tuple[Problem, ...], own: LocatedDocument) -> None:
+        super().__init__(source, problems)
+        self.own = own
+
+
 def read_layered(path: str | Path) -> LocatedDocument:
     """The file at `path`, merged over the files it extends; raises ConfigError."""
     return _read(Path(path), str(path), ())
@@ -60,9 +70,18 @@ def _read(path: Path, source: str, chain: tuple[Path, ...]) -> LocatedDocument:
         line = doc.line_of((EXTENDS,))
         problem = Problem(EXTENDS, line, f"{base_name} extends this file again (a cycle)")
         raise ConfigError(source, [problem])
-    base = _base(base_path, (*chain, resolved))
-    own = {key: value for key, value in doc.value.items() if key != EXTENDS}
-    merged = merge(base, LocatedDocument(own, doc.lines, problems=doc.problems), str(base_path))
+    own = LocatedDocument(
+        {key: value for key, value in doc.value.items() if key != EXTENDS},
+        doc.lines,
+        problems=doc.problems,
+    )
+    try:
+        base = _base(base_path, (*chain, resolved))
+    except ConfigError as exc:
+        if chain:
+            raise
+        raise BaseRefused(source, exc.problems, own) from exc
+    merged = merge(base, own, str(base_path))
     return dataclasses.replace(merged, bases=(str(base_path), *base.bases))
 
 

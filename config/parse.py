@@ -7,9 +7,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from abgate.config.errors import ConfigError
+from abgate.config.errors import ConfigError, Problem
 from abgate.config.fields import Reader
-from abgate.config.layers import read_layered
+from abgate.config.layers import BaseRefused, read_layered
 from abgate.config.model import (
     Config,
     ControlSettings,
@@ -30,6 +30,7 @@ from abgate.config.schema import (
     ProxySection,
     RouteSection,
 )
+from abgate.config.schema_experiments import StickyItem
 from abgate.config.settings import build, validate
 from abgate.config.values import Names
 from abgate.config.yaml_lines import KeyPath, LocatedDocument, load_located
@@ -43,7 +44,25 @@ def load_config(
     control API's listen address is judged too, as a server started with `control_token`
     would (`ControlSettings.exposure_problem`), with the other problems."""
     exposure = Exposure(control_token) if check_exposure else None
-    return _validate(read_layered(path), str(path), exposure)
+    try:
+        doc = read_layered(path)
+    except BaseRefused as exc:
+        raise ConfigError(str(path), [*exc.problems, *_own_problems(exc.own)]) from exc
+    return _validate(doc, str(path), exposure)
+
+
+def _own_problems(own: LocatedDocument) -> list[Problem]:
+    """What a file whose base was refused can be told alone: what its YAML refused, and its
+    unknown keys (the rest depends on what the base would have set)."""
+    reader = Reader(own)
+    _Schema(reader, "", None, ()).build(own.value)
+    return [
+        problem
+        for problem in reader.problems
+        if problem in own.problems
+        or problem.message.startswith("unknown key")
+        or problem.message == StickyItem.unknown_key
+    ]
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:

@@ -106,3 +106,36 @@ def test_bad_groups_and_defaults_are_refused(control: str, message: str) -> None
     with pytest.raises(ConfigError) as caught:
         parse_config(TWO + f"control:\n  {control}\n", "test.yaml")
     assert message in str(caught.value)
+
+
+def test_a_base_that_is_not_yaml_hides_none_of_the_files_own_unknown_keys(
+    tmp_path: Path,
+) -> None:
+    """A trial: a broken base was the only problem said, without the file extending it."""
+    write(tmp_path / "brokenbase.yaml", "proxy: {shutdown_timeout: [bad\n")
+    top = write(
+        tmp_path / "top.yaml",
+        "extends: brokenbase.yaml\ncontrol: {listen: 0.0.0.0:1, bogus: 1}\nproxy: {x: 1}\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(top)
+    assert caught.value.source == str(top)
+    shown = [str(p) for p in caught.value.problems]
+    assert len(shown) == 3, shown
+    assert shown[0].startswith(f"<document> ({tmp_path / 'brokenbase.yaml'} line 1): invalid")
+    assert shown[0].endswith(f"; extended by {top.resolve()}")
+    own = sorted(shown[1:])  # the top file's own keys, judged without the base
+    assert own[0].startswith("control.bogus (line 2): unknown key (expected one of: ")
+    assert own[1].startswith("proxy.x (line 3): unknown key (expected one of: ")
+
+
+def test_a_missing_base_names_the_file_extending_it(tmp_path: Path) -> None:
+    top = write(tmp_path / "top.yaml", "extends: later.yaml\nhistory: {bogus: 1}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(top)
+    missing, own = caught.value.problems
+    assert str(missing) == (
+        f"<document> ({tmp_path / 'later.yaml'}): no such file (looked for "
+        f"{tmp_path / 'later.yaml'}); extended by {top.resolve()}"
+    )
+    assert (own.path, own.line, own.file) == ("history.bogus", 2, None)
