@@ -3,11 +3,12 @@ rollout plan of each is read with it (`config.parse_rollout`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from abgate.config.fields import Reader
 from abgate.config.model import (
     ArmConfig,
+    Direction,
     ExperimentConfig,
     MetricConfig,
     RolloutPlan,
@@ -26,6 +27,17 @@ from abgate.config.schema_experiments import (
 from abgate.config.settings import build, validate
 from abgate.config.values import Names
 from abgate.config.yaml_lines import KeyPath
+
+DIRECTIONS = get_args(Direction)
+
+
+def _rates(declared: dict[Any, Any]) -> dict[str, str | None]:
+    """The binary metrics declared, each with its direction (None where refused)."""
+    return {
+        str(name): body.get("direction") if body.get("direction") in DIRECTIONS else None
+        for name, body in declared.items()
+        if isinstance(body, dict) and body.get("type") == "binary"
+    }
 
 
 class ExperimentSchema:
@@ -52,7 +64,9 @@ class ExperimentSchema:
             declared = given.get("metrics") or {}
             if isinstance(declared, dict):
                 where = (*path, name, "rollout")
-                plans[name] = read_plan(self.r, given["rollout"], where, map(str, declared))
+                plans[name] = read_plan(
+                    self.r, given["rollout"], where, map(str, declared), _rates(declared)
+                )
         if sections is None or not keys_ok:
             return None
         out = {name: _experiment(name, section, plans[name]) for name, section in sections.items()}

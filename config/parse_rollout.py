@@ -4,7 +4,7 @@ when a plan is given to the control API); here, the checks across its settings."
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from abgate.config.errors import ConfigError
@@ -13,6 +13,8 @@ from abgate.config.metrics_catalogue import BUILT_IN_METRIC_NAMES
 from abgate.config.model import (
     DEFAULT_GUARDRAILS,
     DEFAULT_HOLDOUT,
+    ERROR,
+    Amount,
     GuardrailConfig,
     HoldoutConfig,
     LoadTestConfig,
@@ -27,21 +29,31 @@ from abgate.config.settings import build, validate
 from abgate.config.values import Names
 from abgate.config.yaml_lines import KeyPath, LocatedDocument
 
+# The built-in rates: abgate's own error share, where worse is higher.
+BUILT_IN_RATES = {ERROR.name: ERROR.direction}
 MAX_HOLDOUT_BP = 5_000  # a holdout is the smaller arm; half or more is another stage
 
 
 def parse_plan(value: Any, metrics: tuple[MetricConfig, ...], source: str) -> RolloutPlan:
     """A plan from plain data (an API body); raises ConfigError naming every problem."""
     reader = Reader(LocatedDocument(value))
-    plan = read_plan(reader, value, (), (metric.name for metric in metrics))
+    rates = {m.name: m.direction for m in metrics if m.type == "binary"}
+    plan = read_plan(reader, value, (), (metric.name for metric in metrics), rates)
     if reader.problems or plan is None:
         raise ConfigError(source, reader.problems)
     return plan
 
 
-def read_plan(r: Reader, value: Any, path: KeyPath, metrics: Iterable[str]) -> RolloutPlan | None:
+def read_plan(
+    r: Reader,
+    value: Any,
+    path: KeyPath,
+    metrics: Iterable[str],
+    rates: Mapping[str, str | None],
+) -> RolloutPlan | None:
     """The plan at `path`, its problems reported to `r`; `metrics`: the names of its
-    experiment's declared metrics."""
+    experiment's declared metrics; `rates`: the direction of each binary one (None where
+    it was refused)."""
     known = frozenset({*BUILT_IN_METRIC_NAMES, *metrics})
     # A refused value leaves its key at the default: each check across settings whose own
     # keys passed still runs, so one check-config lists every problem of the plan.
@@ -53,6 +65,7 @@ def read_plan(r: Reader, value: Any, path: KeyPath, metrics: Iterable[str]) -> R
     stages = _stages(r, plan, (*path, "stages")) if "stages" not in refused else None
     slo = _slo(r, plan.slo, (*path, "slo")) if "slo" not in refused else None
     guardrails = _guardrails(r, plan, (*path, "guardrails"))
+    _effects_on_rates(r, plan, path, {**BUILT_IN_RATES, **rates})
     declared = isinstance(value, dict) and "holdout" in value
     holdout = None
     if refused.isdisjoint({"holdout", "primary"}):
@@ -95,6 +108,42 @@ def _stages(r: Reader, plan: PlanSection, path: KeyPath) -> tuple[StageConfig, .
         r.problem(path, "the last stage must be 100 (a rollout ends with all traffic on ML)")
         return None
     return tuple(out)
+
+
+def _effects_on_rates(
+    r: Reader, plan: PlanSection, path: KeyPath, rates: Mapping[str, str | None]
+) -> None:
+    """An effect or a margin on a rate (a binary metric) that no rate can move by: an
+    absolute one of 1 or more, or a relative one of 100% or more where worse is lower (a
+    loss of the whole rate). Where worse is higher, a relative one is a multiple of the rate
+    (an error rate of 1% tripled is 3%): possible for a rate low enough."""
+    amounts: list[tuple[KeyPath, str, Amount]] = []
+    if plan.primary is not None:
+        where = (*path, "primary")
+        metric = plan.primary.metric
+        amounts.append(
+            ((*where, "minimum_detectable_effect"), metric, plan.primary.minimum_detectable_effect)
+        )
+        if plan.primary.margin is not None:
+            amounts.append(((*where, "margin"), metric, plan.primary.margin))
+    for index, guardrail in enumerate(plan.guardrails or ()):
+        amounts.append(((*path, "guardrails", index, "margin"), guardrail.metric, guardrail.margin))
+    for where, metric, effect in amounts:
+        if metric not in rates:
+            continue
+        if not effect.relative and effect.value >= 1:
+            r.problem(
+                where,
+                f"{metric} is a rate: baseline + effect must stay in (0, 1), so an absolute "
+                f"effect must be below 1, got {effect}",
+            )
+        elif effect.relative and effect.value >= 1 and rates[metric] == "higher":
+            r.problem(
+                where,
+                f"{metric} is a rate where higher is better: a loss of {effect} of it would "
+                "take it to 0 or below (baseline - effect must stay in (0, 1)), so a "
+                f"relative effect must be below 100%, got {effect}",
+            )
 
 
 def _guardrails(r: Reader, plan: PlanSection, path: KeyPath) -> tuple[GuardrailConfig, ...]:

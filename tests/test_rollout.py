@@ -332,6 +332,9 @@ async def test_actions_and_bad_requests(session: ClientSession) -> None:
             expect=400,
         )  # a refused value hides no check that does not read it
         assert [p["path"] for p in bad["problems"]] == ["tick", "stages[1]", "power"]
+        rate = {"guardrails": [{"metric": "error", "margin": 1.5}]}  # a rate moves by < 1
+        bad = await api(session, running, "POST", "/api/rollouts/exp", {"plan": rate}, expect=400)
+        assert "must stay in (0, 1)" in bad["problems"][0]["message"], bad
         await api(session, running, "POST", "/api/rollouts/exp", {}, expect=201)
         await api(session, running, "POST", "/api/rollouts/exp", {}, expect=409)
         paused = await api(session, running, "POST", "/api/rollouts/exp/pause", {"reason": "lunch"})
