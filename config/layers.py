@@ -54,8 +54,16 @@ def _read(path: Path, source: str, chain: tuple[Path, ...]) -> LocatedDocument:
         # (a file that extends it is said where it is named: `_base`).
         problem = Problem("", None, f"no such file (looked for {path.absolute()})")
         raise ConfigError(source, [problem]) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(source, [Problem("", None, f"cannot read the file: {exc}")]) from exc
+    except IsADirectoryError as exc:
+        problem = Problem("", None, "is a directory, not a config file")
+        raise ConfigError(source, [problem]) from exc
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise ConfigError(source, [Problem("", None, f"cannot read the file: {reason}")]) from exc
+    except UnicodeDecodeError as exc:
+        at = exc.object[: exc.start].count(b"\n") + 1  # the line: `(line N)` says it
+        problem = Problem("", at, f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x}")
+        raise ConfigError(source, [problem]) from exc
     doc = load_located(text, source)
     if not isinstance(doc.value, dict) or EXTENDS not in doc.value:
         return doc

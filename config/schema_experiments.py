@@ -15,6 +15,7 @@ from abgate.config.fields import (
     check_name,
     check_string,
     parse_percentage,
+    shown,
 )
 from abgate.config.model import (
     BUILT_IN_METRICS,
@@ -194,15 +195,20 @@ class ShadowSection(Section):
 
 
 def _metric_type(value: Any) -> MetricType:
-    if value not in ("binary", "continuous"):
-        raise Invalid(f"required: binary or continuous, got {value!r}")
-    return value  # type: ignore[no-any-return]
+    return _one_of(value, ("binary", "continuous"), "")  # type: ignore[return-value]
 
 
 def _direction(value: Any) -> Direction:
-    if value not in ("higher", "lower"):
-        raise Invalid(f"required: higher or lower (which way is better), got {value!r}")
-    return value  # type: ignore[no-any-return]
+    return _one_of(value, ("higher", "lower"), " (which way is better)")  # type: ignore[return-value]
+
+
+def _one_of(value: Any, choices: tuple[str, ...], why: str) -> str:
+    either = " or ".join(choices)
+    if value is None:
+        raise Invalid(f"required: {either}{why}")
+    if value not in choices:
+        raise Invalid(f"must be {either}{why}, got {shown(value)}")
+    return str(value)
 
 
 def _metric_json(value: Any) -> JsonPath | None:

@@ -142,7 +142,7 @@ class PrimarySection(Section):
 
 class GuardrailSection(Section):
     metric: Annotated[str, METRIC] = setting(None, "a metric", shown="required")
-    margin: Annotated[Amount, checked(amount)] = setting(
+    margin: Annotated[Amount, checked(amount), _required("how much worse it may be")] = setting(
         None,
         "how much worse the treatment may be and still count as no harm",
         shown="required",

@@ -234,10 +234,10 @@ def test_declared_metrics_are_checked() -> None:
     assert latency is not None
     assert (latency.type, latency.direction) == ("continuous", "lower")
     assert problems(with_metrics("      accuracy: {type: ratio}\n")) == [
-        "experiments.rollout.metrics.accuracy.type (line 14): required: binary or continuous, "
-        "got 'ratio'",
+        "experiments.rollout.metrics.accuracy.type (line 14): must be binary or continuous, "
+        'got "ratio"',
         "experiments.rollout.metrics.accuracy.direction (line 14): required: higher or lower "
-        "(which way is better), got None",
+        "(which way is better)",
     ]
     assert problems(with_metrics("      latency: {type: continuous, direction: higher}\n")) == [
         "experiments.rollout.metrics.latency (line 14): 'latency' is built in (latency: "
@@ -546,8 +546,8 @@ def test_a_bad_metric_does_not_hide_its_experiments_rollout_problems() -> None:
     """A trial: the plan was not read while a metric was refused. It is read with the
     metrics' names, so a plan naming the refused one is not told it is unknown."""
     assert problems(ROLLOUT) == [
-        "experiments.rollout.metrics.accuracy.direction (line 15): required: higher or lower "
-        "(which way is better), got 'sideways'",
+        "experiments.rollout.metrics.accuracy.direction (line 15): must be higher or lower "
+        '(which way is better), got "sideways"',
         "experiments.rollout.rollout.stages[1] (line 18): stages must rise: each above the one "
         "before",
     ]

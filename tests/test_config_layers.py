@@ -139,3 +139,20 @@ def test_a_missing_base_names_the_file_extending_it(tmp_path: Path) -> None:
         f"{tmp_path / 'later.yaml'}); extended by {top.resolve()}"
     )
     assert (own.path, own.line, own.file) == ("history.bogus", 2, None)
+
+
+def test_a_file_that_cannot_be_read_is_said_in_words(tmp_path: Path) -> None:
+    """A trial: Python's own words ("[Errno 21] Is a directory", "'utf-8' codec can't
+    decode byte 0xff in position 30")."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path)
+    assert [str(p) for p in caught.value.problems] == [
+        "<document>: is a directory, not a config file"
+    ]
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"proxy:\n  listen: 127.0.0.1:0\nupstreams: {a: {url: \xff}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(binary)
+    assert [str(p) for p in caught.value.problems] == [
+        "<document> (line 3): not UTF-8 text: byte 0xff"
+    ]

@@ -90,3 +90,14 @@ def test_a_guardrail_margin_on_a_rate_and_a_plan_given_to_the_api() -> None:
         "guardrails[0].margin",
     ]
     assert "error is a rate" in caught.value.problems[1].message
+
+
+def test_a_missing_value_is_said_to_be_required() -> None:
+    """A trial: "got None" for a guardrail's missing margin."""
+    text = RATE.replace("{metric: accuracy, minimum_detectable_effect: 0.01}", "{metric: accuracy}")
+    assert problems(text + "      guardrails: [{metric: error}]\n") == [
+        "experiments.rollout.rollout.primary.minimum_detectable_effect (line 17): required: "
+        "the smallest effect to detect",
+        "experiments.rollout.rollout.guardrails[0].margin (line 19): required: how much worse "
+        "it may be",
+    ]
