@@ -8,9 +8,11 @@ from urllib.parse import urlsplit
 
 from pydantic import TypeAdapter
 
-from abgate.config.fields import Invalid
+from abgate.config.fields import Invalid, shown
 from abgate.config.settings import Section, setting
 from abgate.config.values import NAME, before, checked, duration, integer, number, size
+
+MAX_HOSTNAME = 253  # RFC 1035's limit on a name, as resolvers enforce it
 
 
 class HttpAddress(NamedTuple):
@@ -31,11 +33,16 @@ def _http_url(value: Any) -> HttpAddress:
         reason = "not a valid http URL"
         if parts is not None and parts.scheme == "https":
             reason += " (https upstreams are not supported yet: terminate TLS in front)"
-        raise Invalid(f"{reason}: {value!r}")
+        raise Invalid(f"{reason}: {shown(value)}")
+    if len(parts.hostname) > MAX_HOSTNAME:
+        raise Invalid(
+            f"the host name has {len(parts.hostname):,} characters, more than DNS allows "
+            f"({MAX_HOSTNAME}): {shown(value)}"
+        )
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise Invalid(
             "must not have a path or query: abgate forwards the request "
-            f"path unchanged, got {value!r}"
+            f"path unchanged, got {shown(value)}"
         )
     return HttpAddress(value, parts.hostname, port or 80)
 

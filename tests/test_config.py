@@ -65,7 +65,19 @@ def test_defaults_and_frozen() -> None:
 def test_bad_url_names_key_path_and_line() -> None:
     text = GOOD.replace("url: http://127.0.0.1:9002", "url: ftp://nowhere")
     # Reported once: what refers to the bad upstream is not reported again.
-    assert problems(text) == ["upstreams.ml.url (line 5): not a valid http URL: 'ftp://nowhere'"]
+    assert problems(text) == ['upstreams.ml.url (line 5): not a valid http URL: "ftp://nowhere"']
+
+
+def test_a_host_name_longer_than_dns_allows_is_refused_and_not_echoed_whole() -> None:
+    host = "a" * 100_000
+    text = GOOD.replace("url: http://127.0.0.1:9002", f"url: http://{host}:9002")
+    [problem] = problems(text)
+    assert problem.startswith(
+        "upstreams.ml.url (line 5): the host name has 100,000 characters, more than DNS "
+        "allows (253)"
+    )
+    assert len(problem) < 300
+    parse_config(GOOD.replace("127.0.0.1:9002", f"{'a' * 253}:9002"))  # as long as DNS allows
 
 
 def test_every_problem_is_listed_at_once() -> None:
@@ -105,7 +117,7 @@ experiments:
         "proxy.max_body_size (line 3): expected a size such as 65536, '64KiB' or '10MiB', "
         "got 'lots'",
         "upstreams.a.url (line 7): must not have a path or query: abgate forwards the request "
-        "path unchanged, got 'http://127.0.0.1:1/path'",
+        'path unchanged, got "http://127.0.0.1:1/path"',
         "upstreams.a.read_timeout (line 9): must be more than 0s and at most 86400s, got 0s",
         "upstreams.a.pool_size (line 8): must be between 1 and 100000, got 0",
         "experiments.missing.treatment (line 21): arm name 'a' is also the control arm's; "
@@ -193,7 +205,7 @@ def test_check_config_cli(tmp_path: Path) -> None:
     )
     assert refused.returncode == 1
     assert f"{bad}: 1 problem" in refused.stdout
-    assert "upstreams.ml.url (line 5): not a valid http URL: 'not a url'" in refused.stdout
+    assert 'upstreams.ml.url (line 5): not a valid http URL: "not a url"' in refused.stdout
     missing = subprocess.run(
         [sys.executable, "-m", "abgate.control.cli", "check-config", str(tmp_path / "nope.yaml")],
         capture_output=True,
