@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from abgate.control.report_charts import unit_of
+from abgate.control.metric_units import unit_of
 
 
 def _iso(seconds: float) -> str:
