@@ -131,6 +131,18 @@ async def test_after_a_rollback_the_reports_read_the_stage_it_was_rolled_back_fr
     async with stack() as running:
         assert await rollout(running, "worse") == "rolled_back"
         impact = await get(session, f"{running.control_url}/api/metrics/exp/business-impact")
+        # Users simulated afterwards (the demo's next shadow step) are in no rollout: the
+        # one that ended before them is not theirs to report.
+        after = SimulationPlan(
+            proxy=running.proxy_url,
+            control=running.control_url,
+            experiment="exp",
+            path="/api/agent/a/decide",
+            rate=50,
+            users=10,
+            duration=0.2,
+        )
+        assert (await Simulation(after).run()).rollout == ""
     accuracy = impact["metrics"]["accuracy"]
     assert accuracy["improvement_percentage"] < 0  # it was None ("-") after a rollback
     assert accuracy["significant"]
