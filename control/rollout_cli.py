@@ -200,7 +200,7 @@ def report(args: argparse.Namespace) -> Path:
     ]
     for metric, row in impact["metrics"].items():
         low, high = row["interval"] or (None, None)
-        interval = f"[{low:+.2%}, {high:+.2%}]" if low is not None and high is not None else "-"
+        interval = f"[{low:+.2f}%, {high:+.2f}%]" if low is not None and high is not None else "-"
         improvement = row["improvement_percentage"]
         shown = f"{improvement:+.2f}%" if improvement is not None else "-"
         p_value = row.get("p_value")
