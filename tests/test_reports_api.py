@@ -56,6 +56,17 @@ async def get(session: ClientSession, url: str) -> Any:
         return body
 
 
+def users(running: Embedded, **settings: Any) -> SimulationPlan:
+    """Simulated users of this stack's experiment."""
+    return SimulationPlan(
+        proxy=running.proxy_url,
+        control=running.control_url,
+        experiment="exp",
+        path="/api/agent/a/decide",
+        **settings,
+    )
+
+
 async def rollout(running: Embedded, scenario: str) -> str:
     """Start the rollout, simulate users until it ends; its final state."""
     async with (
@@ -63,11 +74,8 @@ async def rollout(running: Embedded, scenario: str) -> str:
         session.post(f"{running.control_url}/api/rollouts/exp", json={}) as response,
     ):
         assert response.status == 201
-    plan = SimulationPlan(
-        proxy=running.proxy_url,
-        control=running.control_url,
-        experiment="exp",
-        path="/api/agent/a/decide",
+    plan = users(
+        running,
         rate=400,
         users=400,
         duration=120,
@@ -150,15 +158,7 @@ async def test_after_a_rollback_the_reports_read_the_stage_it_was_rolled_back_fr
         impact = await get(session, f"{running.control_url}/api/metrics/exp/business-impact")
         # Users simulated afterwards (the demo's next shadow step) are in no rollout: the
         # one that ended before them is not theirs to report.
-        after = SimulationPlan(
-            proxy=running.proxy_url,
-            control=running.control_url,
-            experiment="exp",
-            path="/api/agent/a/decide",
-            rate=50,
-            users=10,
-            duration=0.2,
-        )
+        after = users(running, rate=50, users=10, duration=0.2)
         assert (await Simulation(after).run()).rollout == ""
     accuracy = impact["metrics"]["accuracy"]
     assert accuracy["improvement_percentage"] < 0  # it was None ("-") after a rollback
