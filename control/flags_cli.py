@@ -11,9 +11,11 @@ export) and config-HHMMSS.json (the running routes, upstreams and experiments); 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import math
 import os
+import socket
 import sys
 import urllib.error
 import urllib.request
@@ -65,11 +67,20 @@ def add_flags_parser(commands: Any) -> None:
     backup.add_argument("--dir", default="backups", help="(default backups)")
 
 
+def actor() -> str:
+    """Who the CLI acts for: the login name (LOGNAME, USER, LNAME, USERNAME, then the password
+    database, as getpass reads it), else this host's name."""
+    try:
+        return f"cli@{getpass.getuser()}"
+    except (OSError, KeyError):  # no name in the environment, and a uid with no entry
+        return f"cli@{socket.gethostname() or 'unknown'}"
+
+
 def call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(f"{args.url.rstrip('/')}{path}", data=data, method=method)
     request.add_header("Content-Type", "application/json")
-    request.add_header("X-ABGate-Actor", f"cli@{os.environ.get('USER', 'unknown')}")
+    request.add_header("X-ABGate-Actor", actor())
     if args.token:
         request.add_header("Authorization", f"Bearer {args.token}")
     try:

@@ -59,8 +59,9 @@ def _business_rows(evidence: EvidenceReport) -> dict[str, BusinessRow]:
         out[name] = BusinessRow(
             direction=result.direction,
             improvement_percentage=_percent(result.improvement),
-            # relative, signed so that > 0 is better, always valid (as the gates read it)
-            interval=list(result.improvement_interval) if result.improvement_interval else None,
+            # relative, in % as the improvement beside it, signed so that > 0 is better,
+            # always valid (as the gates read it)
+            interval=_percents(result.improvement_interval),
             significant=result.p_value is not None and result.p_value < evidence.alpha,
             p_value=result.p_value,
             n=ArmCounts(control=result.n_control, treatment=result.n_treatment),
@@ -72,6 +73,11 @@ def _business_rows(evidence: EvidenceReport) -> dict[str, BusinessRow]:
 
 def _percent(value: float | None) -> float | None:
     return None if value is None else value * 100
+
+
+def _percents(interval: tuple[float, float] | None) -> list[float] | None:
+    """A relative interval in %, the unit of the improvement it brackets."""
+    return [v * 100 for v in interval] if interval else None
 
 
 def _headline(evidence: EvidenceReport) -> str | None:
@@ -139,11 +145,7 @@ async def business_impact(request: web.Request) -> web.Response:
             metrics=_business_rows(evidence),
             metric=headline,
             improvement_percentage=_percent(result.improvement) if result else None,
-            interval=(
-                [v * 100 for v in result.improvement_interval]
-                if result and result.improvement_interval
-                else None
-            ),
+            interval=_percents(result.improvement_interval) if result else None,
             p_value=result.p_value if result else None,
             evidence=EvidenceAnswer.of(evidence),
         )
@@ -209,7 +211,7 @@ def assessment(evidence: EvidenceReport) -> tuple[dict[str, float | None], dict[
     details: dict[str, Detail] = {}
     for metric, result in evidence.metrics.items():
         n = ArmCounts(control=result.n_control, treatment=result.n_treatment)
-        interval = [v * 100 for v in result.improvement_interval or ()] or None
+        interval = _percents(result.improvement_interval)
         if metric == LATENCY_METRIC:
             flat["time_savings"] = _percent(result.improvement)
             details["time_savings"] = ImprovementDetail(metric=metric, interval=interval, n=n)

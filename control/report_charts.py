@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from abgate.control.metric_units import unit_of
+
 W, H = 720, 220
 LEFT, RIGHT, TOP, BOTTOM = 64, 130, 16, 30
 COLORS = {
@@ -35,26 +37,6 @@ COLORS = {
     "phase": "#8250df",
 }
 LEGEND = ("start", "continue", "hold", "approval", "pause", "rollback")
-MINUS = "\N{MINUS SIGN}"
-
-
-def _signed(value: float, show: Callable[[float], str]) -> str:
-    sign = "+" if value > 0 else MINUS if value < 0 else ""
-    return sign + show(abs(value))
-
-
-def _plain(value: float, digits: int = 2) -> str:
-    text = f"{value:,.{digits}f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
-
-
-def unit_of(metric: str, kind: str | None) -> tuple[float, Callable[[float], str]]:
-    """(scale, format) of a metric's difference: latency in ms, a rate in points (pp)."""
-    if metric == "latency":
-        return 1000.0, lambda v: _signed(v, lambda a: _plain(a, 2 if a < 10 else 1) + " ms")
-    if kind == "binary" or metric == "error":
-        return 100.0, lambda v: _signed(v, lambda a: _plain(a) + " pp")
-    return 1.0, lambda v: _signed(v, lambda a: f"{a:,.3g}")
 
 
 def _clock(t: float) -> str:

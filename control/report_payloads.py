@@ -35,7 +35,10 @@ class BusinessRow(Answer):
 
     direction: str
     improvement_percentage: float | None = Field(description="relative, %, > 0 better")
-    interval: Interval | None = Field(description="the same, always valid (as the gates read)")
+    interval: Interval | None = Field(
+        description="the same, always valid (as the gates read), in %: it brackets "
+        "improvement_percentage"
+    )
     significant: bool
     p_value: float | None
     n: ArmCounts

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from abgate.control.report_charts import unit_of
+from abgate.control.metric_units import unit_of
 
 
 def _iso(seconds: float) -> str:
@@ -64,7 +64,7 @@ def _effect(metric: str, row: dict[str, Any]) -> str:
     text = f"{metric} {improvement:+.1f}%"
     interval = row.get("interval")
     if interval and None not in interval:
-        text += f" (always-valid interval {interval[0] * 100:+.1f}% to {interval[1] * 100:+.1f}%"
+        text += f" (always-valid interval {interval[0]:+.1f}% to {interval[1]:+.1f}%"
         text += ", significant)" if row.get("significant") else ", not significant)"
     return text
 

@@ -96,18 +96,23 @@ def _at(stage: dict[str, Any]) -> str:
 
 def _duration(seconds: float | None) -> str:
     if seconds is None:
-        return "unknown"
+        return "not known yet"
     seconds = max(0, int(seconds))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
 def render(view: dict[str, Any]) -> list[str]:
+    """What is known: no decision before the gates' first one, no eta once it has ended."""
+    decision, reason = view["decision"], view["reason"]
     lines = [
         f"{view['experiment']}: {view['state']}  {_bar(view)}",
-        f"  decision: {view['decision'] or '-'}: {view['reason']}",
-        f"  eta: {_duration(view['eta_seconds'])}",
+        f"  decision: {decision}: {reason}"
+        if decision
+        else "  decision: none yet" + (f" ({reason})" if reason else ""),
     ]
+    if view["state"] not in FINISHED:
+        lines.append(f"  eta: {_duration(view['eta_seconds'])}")
     for gate in view["gates"]:
         lines.append(f"  {gate['status']:>5}  {gate['name']}: {gate['detail']}")
         if gate["name"] == "samples" and gate.get("needed"):
@@ -195,7 +200,7 @@ def report(args: argparse.Namespace) -> Path:
     ]
     for metric, row in impact["metrics"].items():
         low, high = row["interval"] or (None, None)
-        interval = f"[{low:+.2%}, {high:+.2%}]" if low is not None and high is not None else "-"
+        interval = f"[{low:+.2f}%, {high:+.2f}%]" if low is not None and high is not None else "-"
         improvement = row["improvement_percentage"]
         shown = f"{improvement:+.2f}%" if improvement is not None else "-"
         p_value = row.get("p_value")

@@ -206,12 +206,22 @@ class Simulation:
         self.tally.refused_outcomes += len(batch)
 
     async def watch_rollout(self, session: ClientSession) -> None:
+        """The rollout these users take part in. One already over when the simulation began
+        is an earlier run's: not reported (a shadow run said "rollout completed"), nor the
+        end --until-rollout-ends waits for."""
         url = f"{self.plan.control}/api/rollouts/{self.plan.experiment}"
+        earlier: float | None = None  # the started_at of a rollout over before we began
+        first = True
         while not self.stop.is_set():
             try:
                 async with session.get(url) as response:
-                    if response.status == 200:
-                        self.tally.rollout = (await response.json())["state"]
+                    view = await response.json() if response.status == 200 else None
+                over = view is not None and view["state"] in FINISHED
+                if first and view is not None and over:
+                    earlier = view["started_at"]
+                first = False
+                if view is not None and not (over and view["started_at"] == earlier):
+                    self.tally.rollout = view["state"]
             except (ClientError, TimeoutError, OSError, ValueError):
                 pass  # the control API restarting: ask again
             if self.plan.until_rollout_ends and self.tally.rollout in FINISHED:

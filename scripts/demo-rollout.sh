@@ -36,8 +36,20 @@ esac
 started=$(date +%s)
 mkdir -p "$LOGS"
 
+# A failed step says what did not answer, rather than ending with curl's exit code.
+fail() { echo "demo-rollout: $*" >&2; exit 1; }
+get() {  # URL: its body, or the reason it has none
+    local out
+    out=$(curl -fsS "$1" 2>&1) || fail "$1 did not answer (${out##*$'\n'})"
+    printf '%s\n' "$out"
+}
 behaviour() {  # agent URL, added latency in ms
     curl -fs -X POST "$1/admin/behaviour" -d "{\"latency_ms\": $2}" >/dev/null
+}
+set_behaviour() {  # agent name, agent URL, added latency in ms
+    behaviour "$2" "$3" 2>/dev/null || fail "the $1 agent did not answer at $2/admin/behaviour" \
+        "(is it running? scripts/demo-agent.sh status $1, with the same DEMO_*_PORT variables;" \
+        "the stack's log: $LOGS/stack.log)"
 }
 stack_pid="" simulate_pid=""
 cleanup() {
@@ -53,14 +65,19 @@ if ! curl -fs "$ABGATE_CONTROL_URL/health" >/dev/null 2>&1; then
     echo "demo-rollout: starting the demo stack (scripts/run-demo.sh; log in $LOGS/stack.log)"
     bash scripts/run-demo.sh >"$LOGS/stack.log" 2>&1 &
     stack_pid=$!
-    for _ in $(seq 300); do
-        curl -fs "$ABGATE_CONTROL_URL/health" >/dev/null 2>&1 && break
-        kill -0 "$stack_pid" 2>/dev/null || { cat "$LOGS/stack.log" >&2; exit 1; }
+    up=0
+    for _ in $(seq 600); do
+        if curl -fs "$ABGATE_CONTROL_URL/health" >/dev/null 2>&1; then up=1; break; fi
+        if ! kill -0 "$stack_pid" 2>/dev/null; then
+            cat "$LOGS/stack.log" >&2
+            fail "the demo stack did not start (its log is above, in $LOGS/stack.log)"
+        fi
         sleep 0.1
     done
+    [ "$up" -eq 1 ] || fail "$ABGATE_CONTROL_URL/health did not answer within 60s (log: $LOGS/stack.log)"
 fi
-behaviour "$DETERMINISTIC" "$deterministic_ms"
-behaviour "$ML" "$ml_ms"
+set_behaviour deterministic "$DETERMINISTIC" "$deterministic_ms"
+set_behaviour ml "$ML" "$ml_ms"
 echo "demo-rollout: SCENARIO=$SCENARIO: the deterministic agent answers in ${deterministic_ms} ms, the ML agent in ${ml_ms} ms"
 
 echo
@@ -72,7 +89,7 @@ echo "== 2. Shadow: ${SHADOW_SECONDS}s of users at 0%; ML answers are compared, 
 "$BIN/abgate" flags set "$EXPERIMENT" 0 --reason "demo-rollout: shadow before the rollout" >/dev/null
 "$BIN/abgate" simulate --experiment "$EXPERIMENT" --scenario "$SCENARIO" --rate "$RATE" \
     --duration "${SHADOW_SECONDS}s" --seed 11 | tail -1
-curl -fs "$ABGATE_CONTROL_URL/api/shadow/stats" | "$BIN/python" -c '
+get "$ABGATE_CONTROL_URL/api/shadow/stats" | "$BIN/python" -c '
 import json, sys
 shadow = json.load(sys.stdin)
 rate = shadow["agreement_rate"]
@@ -106,7 +123,7 @@ tail -1 "$LOGS/simulate.log"
 echo
 echo "== 4. The report"
 "$BIN/abgate" rollout report "$EXPERIMENT"
-state=$(curl -fs "$ABGATE_CONTROL_URL/api/rollouts/$EXPERIMENT" | "$BIN/python" -c 'import json, sys; print(json.load(sys.stdin)["state"])')
+state=$(get "$ABGATE_CONTROL_URL/api/rollouts/$EXPERIMENT" | "$BIN/python" -c 'import json, sys; print(json.load(sys.stdin)["state"])')
 elapsed=$(( $(date +%s) - started ))
 printf 'demo-rollout: %s in %dm%02ds (SCENARIO=%s, expected %s)\n' \
     "$state" $((elapsed / 60)) $((elapsed % 60)) "$SCENARIO" "$expected"

@@ -52,6 +52,7 @@ abgate_pid=""
 cleanup() {
     trap - EXIT INT TERM
     [ -n "$abgate_pid" ] && kill "$abgate_pid" 2>/dev/null && wait "$abgate_pid" 2>/dev/null
+    # The agents on this stack's ports only (another stack's, on other ports, are left alone).
     scripts/demo-agent.sh stop ml >/dev/null || true
     scripts/demo-agent.sh stop deterministic >/dev/null || true
 }

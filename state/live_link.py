@@ -38,6 +38,9 @@ from abgate.state.measurements import HeldOutcome, MeasureKey, Phase, Sums, User
 log = logging.getLogger("abgate.channel")
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
 FIRST_BACKOFF_MAX = 0.2
+# At start the control process is starting too and makes its socket after the data plane may
+# have tried it: a missing socket is said only once it is still missing after this long.
+START_QUIET = 5.0
 FLUSH_TIMEOUT = 5.0
 
 
@@ -99,11 +102,14 @@ class LiveStateLink:
     async def _run(self) -> None:
         backoff = BACKOFF_FIRST
         loop = asyncio.get_running_loop()
+        started = loop.time()
         while True:
             try:
                 reader, writer = await asyncio.open_unix_connection(self._path)
             except OSError as exc:
-                if self._away_since is None:
+                if not self.synced.is_set() and loop.time() - started < START_QUIET:
+                    log.debug("control process not listening yet (%s); retrying", exc)
+                elif self._away_since is None:
                     self._away_since = loop.time()
                     log.warning(
                         "control process unreachable (%s); routing with the last flags, retrying",

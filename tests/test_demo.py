@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from aiohttp import ClientSession
+from aiohttp import ClientSession, web
 
-from tests.servers import free_port
+from tests.servers import free_port, refused_port
 
 ROOT = Path(__file__).parent.parent
 URL = "/api/agent/credit/decide"
@@ -192,3 +192,85 @@ async def test_a_second_start_on_busy_ports_says_who_holds_them(
         assert "abgate demo is up" not in text
         status, _ = await decide(session, first.proxy, "alice")  # the first one is untouched
         assert status == 200
+
+
+async def script(env: dict[str, str], *args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        "bash",
+        *args,
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+def agent_env(tmp_path: Path, port: int) -> dict[str, str]:
+    return {**os.environ, "DEMO_DIR": str(tmp_path / "demo"), "DEMO_DETERMINISTIC_PORT": str(port)}
+
+
+async def test_agents_are_told_apart_by_port_and_only_an_agent_is_ever_stopped(
+    session: ClientSession, tmp_path: Path
+) -> None:
+    agent = str(ROOT / "scripts" / "demo-agent.sh")
+    first, second = agent_env(tmp_path, free_port()), agent_env(tmp_path, free_port())
+    code, out = await script(first, agent, "start", "deterministic")
+    assert (code, "deterministic agent started" in out) == (0, True), out
+    other = await asyncio.create_subprocess_exec("sleep", "60")  # not an agent
+    try:
+        # The same kind on another port is another agent: started, not "already running".
+        code, out = await script(second, agent, "start", "deterministic")
+        assert (code, "deterministic agent started" in out) == (0, True), out
+        code, out = await script(second, agent, "stop", "deterministic")
+        assert f"port {second['DEMO_DETERMINISTIC_PORT']}" in out
+        async with session.get(f"http://127.0.0.1:{first['DEMO_DETERMINISTIC_PORT']}/health") as r:
+            assert r.status == 200  # the first one still answers
+
+        # A recorded pid that is no longer that agent (reused, or another port's) is not it.
+        third = agent_env(tmp_path, free_port())
+        pidfile = tmp_path / "demo" / f"deterministic-{third['DEMO_DETERMINISTIC_PORT']}.pid"
+        pidfile.write_text(f"{other.pid}\n")
+        code, out = await script(third, agent, "status", "deterministic")
+        assert (code, "not running" in out) == (1, True), out
+        code, out = await script(third, agent, "stop", "deterministic")
+        assert "not running" in out
+        assert other.returncode is None
+        assert not pidfile.exists()
+        code, out = await script(first, agent, "status", "deterministic")
+        assert (code, f"port {first['DEMO_DETERMINISTIC_PORT']}" in out) == (0, True), out
+    finally:
+        other.kill()
+        await other.wait()
+        await script(first, agent, "stop", "deterministic")
+    assert not any((tmp_path / "demo").glob("*.pid"))
+
+
+async def test_demo_rollout_says_which_agent_did_not_answer(tmp_path: Path) -> None:
+    async def health(request: web.Request) -> web.Response:
+        return web.Response(text="OK")
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    control = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        with refused_port() as nobody:
+            env = {
+                **agent_env(tmp_path, nobody),
+                "ABGATE_CONTROL_URL": control,
+                "DEMO_SHADOW_SECONDS": "1",
+            }
+            code, out = await script(env, str(ROOT / "scripts" / "demo-rollout.sh"))
+    finally:
+        await runner.cleanup()
+    assert code == 1
+    assert (
+        f"demo-rollout: the deterministic agent did not answer at "
+        f"http://127.0.0.1:{nobody}/admin/behaviour" in out
+    ), out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
 import re
 import sys
 from pathlib import Path
@@ -30,20 +31,33 @@ async def run(*command: str, env: dict[str, str] | None = None) -> tuple[int, st
     return proc.returncode, out.decode(), err.decode()
 
 
-async def flags(url: str, *args: str, token: str = "t0k") -> tuple[int, str, str]:
+async def flags(
+    url: str, *args: str, token: str = "t0k", env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
     return await run(
-        sys.executable, "-m", "abgate.control.cli", "flags", "--url", url, "--token", token, *args
+        sys.executable,
+        "-m",
+        "abgate.control.cli",
+        "flags",
+        "--url",
+        url,
+        "--token",
+        token,
+        *args,
+        env=env,
     )
 
 
 async def test_flags_commands(tmp_path: Path, agents: dict[str, str]) -> None:
     async with embedded(make_config(agents), token="t0k") as running:
         url = running.control_url
-        code, out, _ = await flags(url, "set", "exp", "25", "--reason", "ramp up")
+        # No login name in the environment: the actor is still a person, from getpass.
+        nameless = {name: "" for name in ("LOGNAME", "USER", "LNAME", "USERNAME")}
+        code, out, _ = await flags(url, "set", "exp", "25", "--reason", "ramp up", env=nameless)
         assert (code, out) == (0, "exp: 25% (version 2)\n")
         code, out, _ = await flags(url, "list")
         assert code == 0
-        assert out.startswith("exp\t25%\tv2\tcli@")
+        assert out.startswith(f"exp\t25%\tv2\tcli@{pwd.getpwuid(os.getuid()).pw_name}\t")
         code, out, _ = await flags(url, "get", "exp")
         assert json.loads(out)["percentage"] == 25
         backup = tmp_path / "flags.json"

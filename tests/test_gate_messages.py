@@ -57,3 +57,48 @@ def test_min_duration_is_never_reached_at_its_own_length() -> None:
     decision = decide(exp.rollout, exp, StageInputs(29.96, 0, 0.0, 500, control, treatment))
     assert decision.kind == "min_duration"
     assert decision.reason == "min_duration not reached: 29.9s of 30s"
+
+
+def spread(n: int, mean: float, sd: float, clusters: int = 64) -> ClusteredSums:
+    """n latencies (seconds) of `mean` and `sd`, evenly over `clusters` clusters of users."""
+    per = n // clusters
+    return ClusteredSums.of([(True, per, per * mean, per * (mean**2 + sd**2))] * clusters)
+
+
+def test_gate_details_read_in_the_metric_s_unit_and_name_the_primary_s_harm() -> None:
+    """Latency in ms, a rate in points, not raw seconds ("margin 0.00648"); the primary's harm
+    test is any loss, not "margin 0" beside its non-inferiority margin."""
+    plan: dict[str, object] = {
+        **PLAN,
+        "slo": {},
+        "min_duration": "1s",
+        "guardrails": [{"metric": "latency", "margin": 0.005}],
+        "primary": {
+            "metric": "converted",
+            "minimum_detectable_effect": 0.02,
+            "margin": 0.01,
+        },
+    }
+    exp = experiment(plan)
+    assert exp.rollout is not None
+    control = {"converted": clustered(19_200, 0.2), "latency": spread(19_200, 0.05, 0.01)}
+    slower = {"converted": clustered(19_200, 0.2), "latency": spread(19_200, 0.0653, 0.01)}
+    decision = decide(exp.rollout, exp, StageInputs(100.0, 0, 0.0, 500, control, slower))
+    assert (decision.verdict, decision.kind) == ("rollback", "harm")
+    assert decision.reason.startswith(
+        "harm on latency: treatment worse by 15.3 ms (mean), margin 5 ms (p = "
+    ), decision.reason
+
+    control = {"converted": clustered(480_000, 0.2), "latency": spread(480_000, 0.05, 0.01)}
+    same = {"converted": clustered(30_000, 0.1975), "latency": spread(30_000, 0.05, 0.01)}
+    decision = decide(exp.rollout, exp, StageInputs(100.0, 0, 0.0, 500, control, same))
+    primary = next(g for g in decision.gates if g.name == "converted")
+    assert primary.numbers is not None
+    detail = primary.numbers.as_json()["detail"]
+    assert detail.startswith("treatment worse by 0.3"), detail
+    assert detail.endswith(" pp (rate), harm if worse at all"), detail
+    shown = next(g for g in decision.gates if g.name == "non_inferiority")
+    assert shown.detail == (  # latency shown within 5 ms; the primary's margin in points
+        "undecided: not yet shown within the margin: converted, the primary (margin 1 pp, "
+        "p = 0.089)"
+    )

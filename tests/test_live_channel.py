@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import ClientSession
 
 from abgate.config import Config
@@ -249,3 +251,33 @@ async def test_a_frame_over_the_limit_closes_the_channel_not_the_process(
         assert [link.id for link in server.planes] == ["t"]
         await peer.aclose()
         await serving
+
+
+async def test_a_data_plane_started_first_waits_quietly_for_its_control_process(
+    agents: dict[str, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`abgate run` starts both halves at once: the data plane may try the socket before the
+    control process has made it. That is no outage: retried quietly, no warning, and none
+    that it is reachable again."""
+    caplog.set_level(logging.DEBUG, logger="abgate.channel")
+    config = make_config(agents, percentage=50)
+    channel = tmp_path / "live.sock"
+    entered, done = asyncio.Event(), asyncio.Event()
+
+    async def plane() -> None:
+        async with data_plane_half(config, channel):
+            entered.set()
+            await done.wait()
+
+    task = asyncio.create_task(plane())
+    try:
+        await until(lambda: any("not listening yet" in r.message for r in caplog.records))
+        async with control_half(config, channel):
+            await entered.wait()
+            done.set()
+            await task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    said = [r.message for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [m for m in said if "control process" in m], said

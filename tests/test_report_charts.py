@@ -82,7 +82,7 @@ def test_the_summary_says_the_effects_with_their_intervals_and_the_decision() ->
         "metrics": {
             "accuracy": {
                 "improvement_percentage": -12.5,
-                "interval": [-0.2, -0.05],
+                "interval": [-20.0, -5.0],  # in %, as the estimate
                 "significant": True,
             }
         },

@@ -4,13 +4,18 @@ rollout to its end."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import ClientSession
 
+from abgate.control.rollout_cli import report
 from abgate.control.serve import Embedded, embedded
 from abgate.control.simulate import SCENARIOS, Simulation, SimulationPlan
 from scripts.demo_agent import Behaviour, create_app
@@ -51,6 +56,17 @@ async def get(session: ClientSession, url: str) -> Any:
         return body
 
 
+def users(running: Embedded, **settings: Any) -> SimulationPlan:
+    """Simulated users of this stack's experiment."""
+    return SimulationPlan(
+        proxy=running.proxy_url,
+        control=running.control_url,
+        experiment="exp",
+        path="/api/agent/a/decide",
+        **settings,
+    )
+
+
 async def rollout(running: Embedded, scenario: str) -> str:
     """Start the rollout, simulate users until it ends; its final state."""
     async with (
@@ -58,11 +74,8 @@ async def rollout(running: Embedded, scenario: str) -> str:
         session.post(f"{running.control_url}/api/rollouts/exp", json={}) as response,
     ):
         assert response.status == 201
-    plan = SimulationPlan(
-        proxy=running.proxy_url,
-        control=running.control_url,
-        experiment="exp",
-        path="/api/agent/a/decide",
+    plan = users(
+        running,
         rate=400,
         users=400,
         duration=120,
@@ -81,7 +94,7 @@ async def rollout(running: Embedded, scenario: str) -> str:
 
 
 async def test_after_a_completed_rollout_the_reports_read_the_stages_with_a_control_arm(
-    session: ClientSession,
+    session: ClientSession, tmp_path: Path
 ) -> None:
     async with stack(ml_latency_ms=1.0) as running:
         assert await rollout(running, "better") == "completed"
@@ -90,10 +103,16 @@ async def test_after_a_completed_rollout_the_reports_read_the_stages_with_a_cont
         accuracy = impact["metrics"]["accuracy"]
         assert accuracy["n"]["control"] > 100  # it was the 100% phase's: one control sample
         assert 15 < accuracy["improvement_percentage"] < 40  # 0.88 against 0.70: +25.7%
+        low, high = accuracy["interval"]  # in %, as the estimate it brackets
+        assert low < accuracy["improvement_percentage"] < high
         final = await get(session, f"{api}/api/metrics/current/final-assessment")
         significance = await get(session, f"{api}/api/experiments/current/significance")
         comparison = await get(session, f"{api}/api/metrics/exp/comparison")
         test = await get(session, f"{api}/api/statistics/significance-test")
+        args = argparse.Namespace(
+            url=api, token=None, experiment="exp", output=str(tmp_path / "report.md")
+        )
+        markdown = (await asyncio.to_thread(report, args)).read_text()
     evidence = impact["evidence"]
     assert evidence["basis"] == "earlier phases with both arms"
     # the holdout (75%) is compared too; the 100% phase after its release is not
@@ -123,6 +142,12 @@ async def test_after_a_completed_rollout_the_reports_read_the_stages_with_a_cont
     assert test["p_value"] == significance["p_value"]
     assert test["confidence_level"] == 1 - test["p_value"]
     assert test["cohorts"] == {"a": "control", "b": "treatment"}
+    # The report's table and summary read the same percentages: the estimate inside.
+    row = next(line for line in markdown.splitlines() if line.startswith("| accuracy |"))
+    shown, bracket = row.split(" | ")[1:3]
+    low, high = (float(v.rstrip("%")) for v in bracket.strip("[]").split(", "))
+    assert low < float(shown.rstrip("%")) < high, row
+    assert re.search(r"accuracy \+[\d.]+% \(always-valid interval \+[\d.]+% to \+[\d.]+%", markdown)
 
 
 async def test_after_a_rollback_the_reports_read_the_stage_it_was_rolled_back_from(
@@ -131,6 +156,10 @@ async def test_after_a_rollback_the_reports_read_the_stage_it_was_rolled_back_fr
     async with stack() as running:
         assert await rollout(running, "worse") == "rolled_back"
         impact = await get(session, f"{running.control_url}/api/metrics/exp/business-impact")
+        # Users simulated afterwards (the demo's next shadow step) are in no rollout: the
+        # one that ended before them is not theirs to report.
+        after = users(running, rate=50, users=10, duration=0.2)
+        assert (await Simulation(after).run()).rollout == ""
     accuracy = impact["metrics"]["accuracy"]
     assert accuracy["improvement_percentage"] < 0  # it was None ("-") after a rollback
     assert accuracy["significant"]

@@ -121,6 +121,9 @@ async def test_the_script_follows_a_rollout_killed_and_restarted_mid_stage(
                 "from the test",
             )
             assert code == 0, output
+            # Just started: no decision yet, and said so (not "-: ").
+            assert "  decision: none yet" in output
+            assert "eta: not known yet" in output  # no samples yet to extrapolate from
             async with load(session, first.url("proxy")), asyncio.timeout(60):
                 while (before := await view(session, api))["stage"]["index"] < 1:  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
@@ -146,6 +149,12 @@ async def test_the_script_follows_a_rollout_killed_and_restarted_mid_stage(
             assert "rollout of exp completed" in output
             again = await view(session, api)
             assert again["state"] == "completed"
+            code, output = await cli(
+                api, sys.executable, "-m", "abgate.control.cli", "rollout", "status", "exp"
+            )
+            assert code == 0, output
+            assert "exp: completed" in output
+            assert "  eta:" not in output  # over: nothing left to estimate
             assert again["started_at"] == finished["started_at"]
             report = tmp_path / "report.md"
             code, output = await cli(

@@ -16,7 +16,7 @@ class Harm:
     """A harm test's observation on a guardrail or the primary: the treatment worse than
     control by `harm` (in the metric's unit, signed by its direction), against `margin`."""
 
-    detail: str  # in words: "treatment worse by 0.012 (rate), margin 0.01"
+    detail: str  # in words, in its unit: "treatment worse by 1.2 pp (rate), margin 1 pp"
     harm: float
     margin: float
     n_control: int

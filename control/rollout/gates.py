@@ -40,6 +40,7 @@ from typing import Any, Literal
 from abgate.config.metrics_catalogue import ERROR_METRIC
 from abgate.config.model import ExperimentConfig, RolloutPlan
 from abgate.control.measured import EMPTY, SampleRatio
+from abgate.control.metric_units import margin_text
 from abgate.control.rollout import sizing
 from abgate.control.rollout.gate_numbers import (
     GateNumbers,
@@ -314,9 +315,12 @@ def decide(
         margin = primary.non_inferiority_margin
         shown.append((primary.metric, margin, f"{primary.metric}, the primary"))
     pending = []
+    within = []
     for name, margin, label in shown:
         metric = experiment.metric(name)
         assert metric is not None
+        limit = margin_text(metric.name, metric.type, margin)  # latency in ms, a rate in pp
+        within.append(f"{label} within {limit}")
         p = non_inferiority_p(
             metric,
             inputs.control.get(name),
@@ -325,10 +329,10 @@ def decide(
             tuned.get(name, TUNING),
         )
         if p >= plan.alpha:
-            pending.append(f"{label} (margin {margin}, p = {p:.2g})")
+            pending.append(f"{label} (margin {limit}, p = {p:.2g})")
     pending += [f"{name} (observed over its limit)" for name in over]
     if not pending:
-        margins = "; ".join(f"{label} within {margin}" for _, margin, label in shown)
+        margins = "; ".join(within)
         detail = "every guardrail and the primary within its margin" + (
             f" ({margins})" if margins else ""
         )

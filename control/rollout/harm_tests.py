@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from abgate.config.metrics_catalogue import SLOW_METRIC
 from abgate.config.model import ExperimentConfig, MetricConfig, RolloutPlan
+from abgate.control.metric_units import amount
 from abgate.control.rollout.gate_numbers import Harm, OverLimit
 from abgate.control.stats.clusters import (
     MIN_CLUSTERS,
@@ -126,7 +127,7 @@ def harm_tests(
                 name,
                 p,
                 Harm(
-                    f"{_worse_or_better(harm)} ({_unit(metric, a)}), margin {margin:.4g}",
+                    _harm_detail(metric, a, harm, margin),
                     harm,
                     margin,
                     a.count,
@@ -191,9 +192,15 @@ def slo_tests(plan: RolloutPlan, treatment: Mapping[str, ClusteredSums]) -> list
     return tests
 
 
-def _worse_or_better(harm: float) -> str:
-    """The observed difference in words (a trial read "worse by -1" for a better model)."""
-    return f"treatment worse by {harm:.4g}" if harm >= 0 else f"treatment better by {-harm:.4g}"
+def _harm_detail(metric: MetricConfig, sums: ClusteredSums, harm: float, margin: float) -> str:
+    """The observed difference and what counts as harm, in the metric's unit (latency in ms,
+    a rate in points): "treatment worse by 15.3 ms (mean), margin 6.48 ms". A trial read
+    "worse by -1" for a better model, and "margin 0" for the primary, harmed by any loss."""
+    size = amount(metric.name, metric.type, harm)
+    observed = f"treatment {'worse' if harm >= 0 else 'better'} by {size} ({_unit(metric, sums)})"
+    if margin == 0:
+        return f"{observed}, harm if worse at all"
+    return f"{observed}, margin {amount(metric.name, metric.type, margin)}"
 
 
 def _unit(metric: MetricConfig, sums: ClusteredSums) -> str:
