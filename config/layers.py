@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from abgate.config.errors import ConfigError, Problem
+from abgate.config.fields import kind_of
 from abgate.config.yaml_lines import KeyPath, LocatedDocument, load_located
 
 EXTENDS = "extends"
@@ -98,7 +99,12 @@ def _base(path: Path, chain: tuple[Path, ...]) -> LocatedDocument:
     (missing, unreadable, not YAML) names the file, and the file that extends it: a reload
     watches the files its problems name, so a base created or fixed later is picked up."""
     try:
-        return _read(path, str(path), chain)
+        doc = _read(path, str(path), chain)
+        if not isinstance(doc.value, dict):  # merged, it would count as an empty override
+            got = "nothing" if doc.value is None else kind_of(doc.value)
+            problem = Problem("", 1, f"expected a mapping of settings, got {got}")
+            raise ConfigError(str(path), [problem])
+        return doc
     except ConfigError as exc:
         problems = [
             p

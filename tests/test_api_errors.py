@@ -87,6 +87,13 @@ async def test_on_the_live_api(session: ClientSession, agents: dict[str, str]) -
             'request body: the key "percentage" appears twice in one object',
         )
 
+        for limit in ("9" * 5000, "0", "10001", "x"):  # a 5000-digit limit was a 500
+            async with session.get(f"{api}/api/flags/exp/history?limit={limit}") as response:
+                assert response.status == 400
+                assert (await response.json())["error"] == (
+                    "limit: expected a whole number from 1 to 10000"
+                )
+
         huge = "a" * 200_000  # echoed cut short, as JSON writes it
         status, error = await post("/api/outcomes", orjson.dumps([{**OUTCOME, "arm": huge}]))
         assert status == 400

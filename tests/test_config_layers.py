@@ -129,6 +129,25 @@ def test_a_base_that_is_not_yaml_hides_none_of_the_files_own_unknown_keys(
     assert own[1].startswith("proxy.x (line 3): unknown key (expected one of: ")
 
 
+@pytest.mark.parametrize(
+    ("text", "got"), [("- 1\n", "a list"), ("x\n", 'a string ("x")'), ("~\n", "nothing")]
+)
+def test_a_base_that_is_not_a_mapping_is_refused_not_taken_as_empty(
+    tmp_path: Path, text: str, got: str
+) -> None:
+    """A trial: a list or a plain value as a base was merged as if empty (an empty file is an
+    empty mapping, which overrides nothing)."""
+    write(tmp_path / "base.yaml", text)
+    top = write(tmp_path / "top.yaml", "extends: base.yaml\n" + GOOD)
+    with pytest.raises(ConfigError) as caught:
+        load_config(top)
+    [problem] = [str(p) for p in caught.value.problems]
+    assert problem == (
+        f"<document> ({tmp_path / 'base.yaml'} line 1): expected a mapping of settings, "
+        f"got {got}; extended by {top.resolve()}"
+    )
+
+
 def test_a_missing_base_names_the_file_extending_it(tmp_path: Path) -> None:
     top = write(tmp_path / "top.yaml", "extends: later.yaml\nhistory: {bogus: 1}\n")
     with pytest.raises(ConfigError) as caught:
