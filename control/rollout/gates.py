@@ -41,6 +41,7 @@ from abgate.config.metrics_catalogue import ERROR_METRIC
 from abgate.config.model import ExperimentConfig, RolloutPlan
 from abgate.control.measured import EMPTY, SampleRatio
 from abgate.control.metric_units import margin_text
+from abgate.control.report_summary import duration
 from abgate.control.rollout import sizing
 from abgate.control.rollout.gate_numbers import (
     GateNumbers,
@@ -277,7 +278,7 @@ def decide(
                 return Decision("hold", "cannot_finish", reason, tuple(gates), None, needed)
         if eta is not None:
             eta = max(eta, least - elapsed)
-            reason += f" (about {eta:.0f}s more at the observed rate)"
+            reason += f" (about {duration(eta)} more at the observed rate)"
         gates.append(Gate("samples", "hold", reason, samples))
         return Decision("hold", "insufficient", reason, tuple(gates), eta, needed)
     gates.append(
