@@ -98,11 +98,13 @@ class Series:
             # Full: keep the points on the doubled stride (every other one), so the kept
             # ticks stay evenly spaced from the start of the run to its end.
             self.stride *= 2
-            kept = [i for i, tick in enumerate(self.kept) if tick % self.stride == 0]
+            # The run's first point stays: the chart's decisions start from it (a start
+            # before the first point shown would not be drawn).
+            kept = [i for i, tick in enumerate(self.kept) if tick == 1 or tick % self.stride == 0]
             self.points = [self.points[i] for i in kept]
             self.kept = [self.kept[i] for i in kept]
             thinned = True
-        if self.ticks % self.stride:
+        if self.ticks % self.stride and self.ticks != 1:
             self.latest = point
             return False, thinned
         self.points.append(point)

@@ -101,11 +101,12 @@ class TimelineStore:
             name, stride = state["experiment"], max(1, int(state["stride"]))
             rows = await self.writer.read(
                 "SELECT tick, point FROM ab_testing.timeline_points WHERE experiment = $1 "
-                "AND tick % $2 = 0 ORDER BY tick",
+                "AND (tick % $2 = 0 OR tick = 1) ORDER BY tick",  # the run's first stays
                 name,
                 stride,
             )
-            rows = rows[-CAPACITY:]
+            if len(rows) > CAPACITY:  # the first point, and the newest beside it
+                rows = rows[:1] + rows[1 - CAPACITY :]
             series = Series(stride=stride, ticks=int(state["ticks"]))
             series.kept = [int(row["tick"]) for row in rows]
             series.points = [point_of_json(_decoded(row["point"])) for row in rows]

@@ -59,7 +59,7 @@ STATEMENTS = {
     "point) VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (experiment, tick) DO UPDATE SET "
     "time = EXCLUDED.time, point = EXCLUDED.point",
     "timeline_thin": "DELETE FROM ab_testing.timeline_points WHERE experiment = $1 "
-    "AND tick % $2 <> 0",
+    "AND tick % $2 <> 0 AND tick <> 1",  # the run's first point stays (control/timeline.py)
     "timeline_series": "INSERT INTO ab_testing.timeline_series (experiment, ticks, stride) "
     "VALUES ($1, $2, $3) ON CONFLICT (experiment) DO UPDATE SET ticks = EXCLUDED.ticks, "
     "stride = EXCLUDED.stride, updated_at = now()",
