@@ -16,14 +16,12 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import ROOT, process, wait_http
+from benchmarks.common import ROOT
 from benchmarks.run import (
-    ABGATE,
-    FEATURES,
     LUA,
     PORTS,
-    bench_config,
     rss_mib,
+    start_abgate,
     start_upstream,
     wrk,
 )
@@ -42,16 +40,7 @@ async def run(baseline: Path, rounds: int) -> None:
             pids: dict[str, int] = {}
             trees = [("this", ROOT, PORTS["abgate"]), ("baseline", baseline, PORTS["baseline"])]
             for index, (name, tree, port) in enumerate(trees):
-                config = bench_config(
-                    workdir / f"abgate-{index}.yaml",
-                    proxy_port=port,
-                    control_port=PORTS["control"] + index + 1,
-                    experiment=FEATURES,
-                    history={"postgres_url": postgres.url},
-                )
-                command = [*ABGATE, "--workers", "1", "--config", str(config)]
-                pids[name] = stack.enter_context(process(command, cwd=tree)).pid
-                wait_http(f"http://127.0.0.1:{port}/api/agent/credit/decide")
+                pids[name] = start_abgate(stack, workdir, index, port, 1, tree, postgres.url)
                 ports[name] = port
             rps: dict[str, list[float]] = {name: [] for name in ports}
             for round_ in range(rounds):

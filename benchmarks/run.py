@@ -263,17 +263,8 @@ async def run(args: argparse.Namespace, nginx: str | None) -> None:
                     ("abgate (baseline), 1 worker", 1, args.baseline, PORTS["baseline"])
                 )
             for index, (name, workers, tree, port) in enumerate(variants):
-                config = bench_config(
-                    workdir / f"abgate-{index}.yaml",
-                    proxy_port=port,
-                    control_port=PORTS["control"] + index + 1,
-                    experiment=FEATURES,
-                    history={"postgres_url": postgres.url},
-                )
-                command = [*ABGATE, "--workers", str(workers), "--config", str(config)]
-                proc = stack.enter_context(process(command, cwd=tree))
-                wait_http(f"http://127.0.0.1:{port}/api/agent/credit/decide")
-                targets.append(Target(name, port, proc.pid, proc.pid if workers == 1 else None))
+                pid = start_abgate(stack, workdir, index, port, workers, tree, postgres.url)
+                targets.append(Target(name, port, pid, pid if workers == 1 else None))
             arms = (PORTS["arm_a"], PORTS["arm_b"])
             peers: list[tuple[str, int, list[str], dict[str, str] | None]] = []
             if nginx:
@@ -305,6 +296,30 @@ async def run(args: argparse.Namespace, nginx: str | None) -> None:
             measured = await measure(args, targets, script)
             memory = rss_mib(targets[1].pid or 0)
     write_results(args, measured, memory, upstream_kind)
+
+
+def start_abgate(
+    stack: contextlib.ExitStack,
+    workdir: Path,
+    index: int,
+    port: int,
+    workers: int,
+    tree: Path,
+    postgres_url: str,
+) -> int:
+    """`abgate proxy` from the checkout `tree`, every feature on, answering on `port`; its
+    pid. `index` keeps each variant's config file and control port apart."""
+    config = bench_config(
+        workdir / f"abgate-{index}.yaml",
+        proxy_port=port,
+        control_port=PORTS["control"] + index + 1,
+        experiment=FEATURES,
+        history={"postgres_url": postgres_url},
+    )
+    command = [*ABGATE, "--workers", str(workers), "--config", str(config)]
+    pid = stack.enter_context(process(command, cwd=tree)).pid
+    wait_http(f"http://127.0.0.1:{port}/api/agent/credit/decide")
+    return pid
 
 
 @dataclass
