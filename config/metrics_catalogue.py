@@ -304,6 +304,11 @@ STATS_EVALUATION_ERRORS = Counter(
     "Evaluations of an experiment that failed.",
     ("experiment",),
 )
+STATS_PROCESS_RESTARTS = Counter(
+    "abgate_stats_process_restarts",
+    "Statistics worker processes that died (killed, out of memory) and were replaced.",
+    (),
+)
 STATS_INTERVAL = Gauge(
     "abgate_stats_interval",
     "The sequential test's interval of treatment minus control (valid at every look), "

@@ -131,9 +131,7 @@ async def control_half(
         if history is not None:
             gauges.add_gauges(lambda: collect_history(history))
         worker = await start_stats_worker(stack, config, backend, gauges, history)
-        rollouts = await start_rollout_controller(
-            stack, config, backend, shared, gauges, worker.reads
-        )
+        rollouts = await start_rollout_controller(stack, config, backend, shared, gauges, worker)
         if history is not None:
             rollouts.listeners.append(rollout_event(history))
 

@@ -152,9 +152,7 @@ async def serve_control(config: Config) -> None:
         )
         gauges.add_gauges(backend.collect)
         worker = await start_stats_worker(stack, config, backend, gauges, history)
-        rollouts = await start_rollout_controller(
-            stack, config, backend, shared, gauges, worker.reads
-        )
+        rollouts = await start_rollout_controller(stack, config, backend, shared, gauges, worker)
         link_timeline(worker, rollouts)  # no data plane here: no latency on its timeline
         if history is not None:
             rollouts.listeners.append(rollout_event(history))

@@ -25,6 +25,7 @@ from abgate.config import Config, metrics_catalogue
 from abgate.config.metrics_catalogue import BUILT_IN_METRIC_NAMES, LATENCY_BUCKETS
 from abgate.config.model import BUILT_IN_METRICS, ExperimentConfig, MetricConfig
 from abgate.control.measured import EMPTY, ArmKey, PhaseArms, Reads, Users, by_arm, phase_arms
+from abgate.control.offload import IN_THREAD, Offload
 from abgate.control.reports import ExperimentReport, MetricResult, PhaseReport
 from abgate.control.stats import (
     StatsInputError,
@@ -138,8 +139,7 @@ def _across_phases(
 
 
 def evaluate(
-    config: Config,
-    name: str,
+    experiment: ExperimentConfig,
     phases: list[Phase],
     sums: Mapping[MeasureKey, Sums],
     users: Users | None = None,
@@ -147,8 +147,8 @@ def evaluate(
 ) -> ExperimentReport:
     """One experiment's report; `users` is the store's distinct-users bit counts (none:
     every request counted as its own unit for the SRM), `arms` `by_arm(sums)` when the
-    read already made them."""
-    experiment = config.experiments[name]
+    read already made them. Pure: the statistics process runs it (control/offload.py)."""
+    name = experiment.name
     arms = by_arm(sums) if arms is None else arms
     control, treatment = experiment.control.name, experiment.treatment.name
     report = ExperimentReport(name, control, treatment, evaluated_at=time.time())
@@ -198,10 +198,12 @@ class StatsWorker:
         store: MeasurementStore,
         interval: float = INTERVAL,
         reads: Reads | None = None,
+        offload: Offload = IN_THREAD,
     ) -> None:
         self.config = config
         self.store = store
         self.reads = reads or Reads(store)  # shared with the rollout controller
+        self.offload = offload  # where `evaluate` runs (scipy): the statistics process
         self.interval = interval
         self.reports: dict[str, ExperimentReport] = {}
         self.last_run = 0.0
@@ -290,11 +292,11 @@ class StatsWorker:
         await self.store.mature(time.time())  # outcomes whose decision came of age
         self.waiting = await self.store.held()
         reports = {}
-        for name in self.config.experiments:
+        for name, experiment in self.config.experiments.items():
             read = await self.reads.read(name)  # its own, fresh: the controller shares it
             try:
-                reports[name] = await asyncio.to_thread(  # scipy, off the loop
-                    evaluate, self.config, name, read.phases, read.sums, read.users, read.arms
+                reports[name] = await self.offload.run(
+                    evaluate, experiment, read.phases, read.sums, read.users, read.arms
                 )
             except Exception as exc:
                 self._failed(name, exc)
@@ -337,6 +339,8 @@ class StatsWorker:
         errors = metrics_catalogue.STATS_EVALUATION_ERRORS.new()
         for name, count in self.evaluation_errors.items():
             errors.add_metric([name], count)
+        restarts = metrics_catalogue.STATS_PROCESS_RESTARTS.new()
+        restarts.add_metric([], self.offload.replaced)
         interval = metrics_catalogue.STATS_INTERVAL.new()
         improvement = metrics_catalogue.STATS_IMPROVEMENT.new()
         srm_p = metrics_catalogue.STATS_SRM_P_VALUE.new()
@@ -365,4 +369,5 @@ class StatsWorker:
                 improvement.add_metric([name, metric, "significant"], float(result.significant))
         waiting = metrics_catalogue.OUTCOMES_WAITING.new()
         waiting.add_metric([], self.waiting)
-        yield from (p_value, effect, interval, improvement, samples, srm_p, errors, waiting)
+        yield from (p_value, effect, interval, improvement, samples, srm_p, errors, restarts)
+        yield waiting

@@ -32,7 +32,6 @@ from abgate.state.tasks import stop_task
 FIRST_READ_WAIT = 3.0  # seconds a starting data plane waits for the shared flags
 
 if TYPE_CHECKING:
-    from abgate.control.measured import Reads
     from abgate.control.rollout.controller import RolloutController
     from abgate.control.stats_worker import StatsWorker
     from abgate.state.history.writer import HistoryWriter
@@ -99,10 +98,13 @@ async def start_stats_worker(
     history: HistoryWriter | None = None,
 ) -> StatsWorker:
     """With the history store, the timeline is kept in PostgreSQL too (and read back first)."""
+    from abgate.control.offload import StatisticsProcess
     from abgate.control.stats_worker import StatsWorker  # scipy: only where statistics run
     from abgate.control.timeline_store import TimelineStore
 
-    worker = StatsWorker(config, backend.measurements)
+    statistics = StatisticsProcess()  # shared with the rollout controller; shut down last
+    stack.push_async_callback(statistics.aclose)
+    worker = StatsWorker(config, backend.measurements, offload=statistics)
     if history is not None:
         worker.timeline_store = TimelineStore(history)
     gauges.add_gauges(worker.collect)
@@ -153,11 +155,11 @@ async def start_rollout_controller(
     backend: FlagBackend,
     shared: SharedState,
     gauges: GaugeSink,
-    reads: Reads | None = None,
+    worker: StatsWorker,
 ) -> RolloutController:
     """The rollout controller and its store: the state file (embedded) or Redis, where a
-    lease makes exactly one of several control processes act. `reads`: the statistics
-    worker's, so the gates decide on the read the page shows."""
+    lease makes exactly one of several control processes act. It shares the statistics
+    worker's reads, so the gates decide on the read the page shows, and its process."""
     from abgate.control.rollout.controller import RolloutController
 
     assert backend.store is not None
@@ -172,7 +174,13 @@ async def start_rollout_controller(
             shared.client, config.flags.key_prefix, lease, durable=shared.snapshot
         )
     controller = RolloutController(
-        config, backend.store, store, backend.measurements, lease=lease, reads=reads
+        config,
+        backend.store,
+        store,
+        backend.measurements,
+        lease=lease,
+        reads=worker.reads,
+        offload=worker.offload,
     )
     gauges.add_gauges(controller.collect)
     await owned_task(stack, controller.run(), "abgate-rollout-controller")

@@ -6,16 +6,16 @@ so the gates decide on the numbers the page shows."""
 from __future__ import annotations
 
 import asyncio
-import threading
+import os
+import signal
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from aiohttp import ClientSession
 
-from abgate.control import stats_worker
 from abgate.control.measured import Reads
-from abgate.control.rollout import evaluation, gates
+from abgate.control.offload import StatisticsProcess
 from abgate.control.serve import embedded
 from abgate.state.errors import StoreUnavailable
 from abgate.state.measurements import MeasureKey, MemoryMeasurements, Phase, Sums
@@ -85,29 +85,49 @@ async def test_the_worker_and_the_controller_hold_one_reader(
         assert running.rollouts.reads.store is running.backend.measurements
 
 
-async def test_the_gates_and_the_reports_are_computed_off_the_loop(
+async def test_the_gates_and_the_reports_are_computed_in_the_statistics_process(
     session: ClientSession, agents: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`decide` and the worker's `evaluate` (scipy; a stage's first sizing takes about a
-    second on a busy machine) run in a thread: the loop that serves the control API, and in
-    one process the proxy, is never held by them."""
-    threads: dict[str, int] = {}
-
-    def on_thread(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
-        def wrapped(*args: Any) -> Any:
-            threads[name] = threading.get_ident()
-            return real(*args)
-
-        return wrapped
-
-    monkeypatch.setattr(evaluation, "decide", on_thread("decide", gates.decide))
-    monkeypatch.setattr(stats_worker, "evaluate", on_thread("evaluate", stats_worker.evaluate))
+    second) run in a process of their own: not on the loop that serves the control API (and
+    in one process the proxy), nor in a thread that a busy loop starves of the GIL."""
     config = make_config(agents, percentage=0, experiment={"rollout": {"tick": "100ms"}})
+    ran: list[str] = []
     async with embedded(config) as running:
+        statistics = running.worker.offload
+        assert isinstance(statistics, StatisticsProcess)
+        assert running.rollouts.offload is statistics  # one process for both
+        real = statistics.run
+
+        async def recorded(function: Callable[..., Any], *args: object) -> Any:
+            ran.append(function.__name__)
+            return await real(function, *args)
+
+        monkeypatch.setattr(statistics, "run", recorded)
         await running.worker.evaluate_all()
         async with session.post(f"{running.control_url}/api/rollouts/exp", json={}) as response:
             assert response.status == 201, await response.text()
         async with session.get(f"{running.control_url}/api/rollouts/exp/verdict") as response:
             assert response.status == 200, await response.text()
-    assert set(threads) == {"decide", "evaluate"}
-    assert threading.get_ident() not in threads.values()
+        worker_pid = await real(os.getpid)
+    assert {"decide", "evaluate"} <= set(ran)
+    assert worker_pid != os.getpid()
+    with pytest.raises(ProcessLookupError):  # shut down with its owner, and reaped
+        os.kill(worker_pid, 0)
+
+
+async def test_a_statistics_process_that_dies_is_replaced_and_counted(
+    session: ClientSession, agents: dict[str, str]
+) -> None:
+    async with embedded(make_config(agents)) as running:
+        statistics = running.worker.offload
+        assert isinstance(statistics, StatisticsProcess)
+        first = await statistics.run(os.getpid)
+        os.kill(first, signal.SIGKILL)  # as the OOM killer would
+        second = await statistics.run(os.getpid)  # run again on a new one
+        assert second not in (first, os.getpid())
+        assert statistics.replaced == 1
+        await running.worker.evaluate_all()
+        assert running.worker.failing == {}  # the worker's own calls work on the new one
+        async with session.get(f"{running.control_url}/metrics") as response:
+            assert "abgate_stats_process_restarts_total 1.0" in await response.text()

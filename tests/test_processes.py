@@ -216,6 +216,22 @@ def gone(pid: int) -> bool:
     return "\nState:\tZ" in status
 
 
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (its children, theirs, ...), from /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier}
+        found |= frontier
+    return {p for p in found if not gone(p)}
+
+
 async def test_run_restarts_a_child_that_dies_and_one_ctrl_c_stops_both(
     tmp_path: Path, session: ClientSession
 ) -> None:
@@ -257,9 +273,16 @@ async def test_run_restarts_a_child_that_dies_and_one_ctrl_c_stops_both(
             ]
 
             # The control process dies (no state file here): the data plane answers on, and
-            # the new control process takes the newer flags from it.
+            # the new control process takes the newer flags from it. Its statistics process
+            # (and the fork server it came from) end with it: none waits on for good.
             (first_control,) = process.pids["control API"]
+            async with asyncio.timeout(60):  # the worker's first tick starts it
+                while len(statistics := descendants(first_control)) < 2:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # another process: nothing to await
             os.kill(first_control, signal.SIGKILL)
+            async with asyncio.timeout(60):
+                while not all(gone(pid) for pid in statistics):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
             async with session.get(f"{proxy}/x", headers={"X-User-Id": "v"}) as response:
                 assert response.status == 200
             control_url = await process.announced("control API", 2)

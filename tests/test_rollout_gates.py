@@ -141,7 +141,7 @@ def test_the_page_and_the_gates_check_the_split_with_one_test(
         for cluster in range(40)
     }
     bits = {(1, "a"): users[0], (1, "b"): users[1]}
-    report = evaluate(config, "e", [Phase(1, 500, 0.0)], sums, bits)
+    report = evaluate(config.experiments["e"], [Phase(1, 500, 0.0)], sums, bits)
     page = report.phases[-1].srm
     stage = phase_arms(by_arm(sums), sums, bits, "e", 1, ("a", "b"), 0.05)
     assert stage.srm == page

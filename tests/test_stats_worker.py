@@ -9,6 +9,7 @@ import pytest
 from aiohttp import ClientSession
 
 from abgate.control import stats_worker
+from abgate.control.offload import IN_THREAD
 from abgate.control.serve import Embedded, embedded
 from tests.servers import make_config
 
@@ -68,14 +69,15 @@ async def test_worker_survives_a_failing_evaluation(
     real = stats_worker.evaluate
     broken = {"on": True}
 
-    def evaluate(config: Any, name: str, *args: Any) -> Any:
+    def evaluate(experiment: Any, *args: Any) -> Any:
         if broken["on"]:
             raise ZeroDivisionError("injected")
-        return real(config, name, *args)
+        return real(experiment, *args)
 
     monkeypatch.setattr(stats_worker, "evaluate", evaluate)
     async with embedded(make_config(agents, percentage=50)) as running:
         worker = running.worker
+        worker.offload = IN_THREAD  # the patched evaluate is this process's alone
         for user in range(40):
             await decide(session, running, f"u{user}")
         await running.plane.flush_measurements()
@@ -238,7 +240,7 @@ def test_significant_follows_the_holm_adjusted_p_value() -> None:
             ("treatment", "b", 0.08),
         )
     }
-    report = evaluate(config, "exp", [Phase(1, 1000, 0.0)], data)
+    report = evaluate(config.experiments["exp"], [Phase(1, 1000, 0.0)], data)
     raw: dict[str, float] = {}
     adjusted: dict[str, float] = {}
     for metric in ("a", "b"):
@@ -269,7 +271,7 @@ def test_across_phases_is_stratified_never_pooled() -> None:
         ("exp", 4, "control", "accuracy", -1): rate(5000, 250),  # 5%   at 50%
         ("exp", 4, "treatment", "accuracy", -1): rate(5000, 275),
     }  # 5.5%
-    report = evaluate(config, "exp", [Phase(1, 1000, 0.0), Phase(4, 5000, 1.0)], data)
+    report = evaluate(config.experiments["exp"], [Phase(1, 1000, 0.0), Phase(4, 5000, 1.0)], data)
     pooled = 385 / 6000 - 1150 / 14000
     assert pooled < -0.015  # what pooling would claim: 1.8 points worse
     combined = report.across_phases["accuracy"]
@@ -293,7 +295,7 @@ def test_values_at_the_largest_measurable_magnitude_still_get_a_report() -> None
             values = [MAX_VALUE * scale * (1 - 0.01 * (i % 7)) for i in range(50)]
             total = sum(values)
             data[("exp", 1, arm, "revenue", cluster)] = Sums(50, total, sum(v * v for v in values))
-    report = evaluate(config, "exp", [Phase(1, 5000, 0.0)], data)
+    report = evaluate(config.experiments["exp"], [Phase(1, 5000, 0.0)], data)
     result = report.metrics["revenue"]
     assert result.status == "ok", result.status
     assert result.sequential is not None

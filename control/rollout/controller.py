@@ -33,6 +33,7 @@ from abgate.config.fields import shown
 from abgate.config.model import RolloutPlan
 from abgate.config.parse_rollout import parse_plan
 from abgate.control.measured import Reads
+from abgate.control.offload import IN_THREAD, Offload
 from abgate.control.rollout import moves
 from abgate.control.rollout.errors import NoRolloutPlan, UnknownRollout
 from abgate.control.rollout.evaluation import Seen, evaluate
@@ -72,9 +73,11 @@ class RolloutController:
         clock: Callable[[], float] = time.time,
         proxy_url: str | None = None,
         reads: Reads | None = None,
+        offload: Offload = IN_THREAD,
     ) -> None:
         self.config = config
         self.reads = reads or Reads(measurements)  # the statistics worker's, when it runs
+        self.offload = offload  # where the gates decide: the statistics worker's process
         self.proxy_url = proxy_url  # where a stage's load test sends its requests
         self.flags = flags
         self.rollouts = rollouts

@@ -16,6 +16,7 @@ from typing import Protocol
 from abgate.config import Config
 from abgate.config.model import RolloutPlan
 from abgate.control.measured import Read, Reads, phase_arms
+from abgate.control.offload import Offload
 from abgate.control.rollout.gates import Decision, StageInputs, decide
 from abgate.control.rollout.reach import Units
 from abgate.state.errors import StoreUnavailable
@@ -55,6 +56,7 @@ class Evaluated(Protocol):
     config: Config
     flags: FlagStore
     reads: Reads
+    offload: Offload
 
 
 async def evaluate(
@@ -98,10 +100,10 @@ async def evaluate(
     elapsed = now - rollout.stage_started_at
     counts = (stage.srm.control[0], stage.srm.treatment[0])
     earlier = None if seen is None else seen.earlier(flag.phase, elapsed, counts)
-    # Off the loop: a stage's first sizing computes its crossing probabilities (about a
-    # second on a busy machine), which would stall the control API and, in one process
-    # (tests, embedded), the proxy. `decide` is pure; the thread shares nothing mutable.
-    return await asyncio.to_thread(
+    # Off the loop, in the statistics process (control/offload.py): a stage's first sizing
+    # computes its crossing probabilities (about a second), which would stall the control
+    # API and, in one process (tests, embedded), the proxy. `decide` is pure.
+    return await controller.offload.run(
         decide,
         plan,
         experiment,
