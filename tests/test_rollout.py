@@ -112,13 +112,18 @@ async def until(
     predicate: Callable[[dict[str, Any]], bool],
     timeout: float = 40.0,
 ) -> dict[str, Any]:
-    """The rollout's view once `predicate` holds (polled every 50 ms)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            view: dict[str, Any] = await api(session, running, "GET", "/api/rollouts/exp")
-            if predicate(view):
-                return view
-            await asyncio.sleep(0.05)
+    """The rollout's view once `predicate` holds (polled every 50 ms); on a timeout, the
+    last view seen says where it stood."""
+    view: dict[str, Any] = {}
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                view = await api(session, running, "GET", "/api/rollouts/exp")
+                if predicate(view):
+                    return view
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"not within {timeout} s; the rollout stood at {view}") from None
 
 
 async def test_a_better_treatment_goes_through_every_stage_with_approval(
