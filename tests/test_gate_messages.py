@@ -102,3 +102,30 @@ def test_gate_details_read_in_the_metric_s_unit_and_name_the_primary_s_harm() ->
         "undecided: not yet shown within the margin: converted, the primary (margin 1 pp, "
         "p = 0.089)"
     )
+
+
+def test_a_passing_harm_gate_says_why_an_observed_excess_is_no_harm_yet() -> None:
+    """A guardrail seen beyond its margin, not significantly, passes and says so: the
+    observation alone ("worse by 2 ms, margin 0.5 ms") read like a failure (trial). Its
+    JSON serves the gate's words, not the bare observation."""
+    plan: dict[str, object] = {
+        **PLAN,
+        "slo": {"error_rate": 0.05},
+        "primary": None,
+        "min_duration": "1s",
+        "guardrails": [{"metric": "latency", "margin": 0.0005}],
+    }
+    exp = experiment(plan)
+    assert exp.rollout is not None
+    control = {"error": clustered(6_400, 0.0), "latency": spread(640, 0.05, 0.02)}
+    slower = {"error": clustered(6_400, 0.01), "latency": spread(640, 0.052, 0.02)}
+    decision = decide(exp.rollout, exp, StageInputs(100.0, 0, 0.0, 500, control, slower))
+    gate = next(g for g in decision.gates if g.name == "latency")
+    assert gate.status == "pass"
+    assert gate.detail.startswith(
+        "treatment worse by 2 ms (mean), margin 0.5 ms: beyond the margin but not "
+        "significantly (p = "
+    ), gate.detail
+    assert gate.as_json()["detail"] == gate.detail
+    slo = next(g for g in decision.gates if g.name == "slo_error_rate")
+    assert slo.detail.startswith("error rate 1.00% within the limit 5.00%: no harm shown"), slo

@@ -45,6 +45,7 @@ from abgate.control.report_summary import duration
 from abgate.control.rollout import sizing
 from abgate.control.rollout.gate_numbers import (
     GateNumbers,
+    Harm,
     OverLimit,
     RatioChecked,
     Samples,
@@ -69,7 +70,8 @@ class Gate:
 
     def as_json(self) -> dict[str, Any]:
         numbers = self.numbers.as_json() if self.numbers is not None else {}
-        return {"name": self.name, "status": self.status, "detail": self.detail, **numbers}
+        # The gate's words win over its observation's: they say what was judged of it.
+        return {**numbers, "name": self.name, "status": self.status, "detail": self.detail}
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +186,7 @@ def decide(
             detail = f"{test.observed.detail}, not yet significant (p = {p:.2g})"
             gates.append(Gate(test.name, "hold", detail, numbers))
             continue
-        gates.append(Gate(test.name, "pass", f"no harm shown (p = {p:.2g})", numbers))
+        gates.append(Gate(test.name, "pass", _no_harm(test.observed, p), numbers))
 
     # 2. hold (integrity)
     if compared:
@@ -400,3 +402,13 @@ def samples_needed(
     return sizing.samples_needed(
         plan, experiment, inputs.control, inputs.treatment, inputs.percentage_bp / 10_000
     )
+
+
+def _no_harm(observed: Harm | OverLimit, p: float) -> str:
+    """A passing harm test in words: what it saw and why that is no harm (yet). A
+    difference beyond the margin read alone ("worse by 0.23 ms, margin 0.08 ms") looked
+    like a failure on a passing gate (trial)."""
+    if isinstance(observed, Harm) and observed.harm > observed.margin:
+        beyond = "beyond the margin but " if observed.margin > 0 else ""
+        return f"{observed.detail}: {beyond}not significantly (p = {p:.2g})"
+    return f"{observed.detail}: no harm shown (p = {p:.2g})"

@@ -186,7 +186,13 @@ def slo_tests(plan: RolloutPlan, treatment: Mapping[str, ClusteredSums]) -> list
             HarmTest(
                 name,
                 p,
-                OverLimit(f"{what} {rate:.2%} over the limit {limit:.2%}", rate, limit, sums.count),
+                OverLimit(
+                    f"{what} {rate:.2%} {'over' if rate > limit else 'within'} the limit "
+                    f"{limit:.2%}",
+                    rate,
+                    limit,
+                    sums.count,
+                ),
             )
         )
     return tests
