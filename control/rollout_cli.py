@@ -111,8 +111,10 @@ def render(view: dict[str, Any]) -> list[str]:
         if decision
         else "  decision: none yet" + (f" ({reason})" if reason else ""),
     ]
-    if view["state"] not in FINISHED:
+    if view["state"] == "running":
         lines.append(f"  eta: {_duration(view['eta_seconds'])}")
+    elif view["state"] not in FINISHED:
+        lines.append(f"  eta: none while {view['state'].replace('_', ' ')}")
     for gate in view["gates"]:
         lines.append(f"  {gate['status']:>5}  {gate['name']}: {gate['detail']}")
         if gate["name"] == "samples" and gate.get("needed"):

@@ -86,7 +86,12 @@ class Rollout:
         )
 
     def next(self, **changes: Any) -> Rollout:
-        return replace(self, generation=self.generation + 1, updated_at=time.time(), **changes)
+        updated = replace(self, generation=self.generation + 1, updated_at=time.time(), **changes)
+        if updated.state != "running" and updated.eta_seconds is not None:
+            # Paused, escalated, awaiting approval or ended: it waits on a person, or on
+            # nothing; an eta kept from the last tick would promise a time (trial).
+            updated = replace(updated, eta_seconds=None)
+        return updated
 
 
 class RolloutConflict(AbgateError):

@@ -204,3 +204,23 @@ async def test_the_script_follows_a_rollout_killed_and_restarted_mid_stage(
 
 async def _stop(process: Process) -> None:
     assert await process.stop() == 0
+
+
+def test_an_eta_is_kept_only_while_running_and_status_says_so() -> None:
+    """A paused or escalated rollout waits on a person: the eta its last tick estimated is
+    dropped, not shown as a promise (trial)."""
+    from abgate.control.rollout_cli import render
+
+    running = Rollout("exp", "running", 0, 0.0, 1, 0.0, "alice", eta_seconds=90.0)
+    assert running.next(reason="still going").eta_seconds == 90.0
+    for state in ("paused", "escalated", "awaiting_approval"):
+        held = running.next(state=state)
+        assert held.eta_seconds is None, state
+        view = {
+            **held.as_json(),
+            "stage": {"index": 0, "percentage": 25},
+            "stages": [25, 50, 100],
+            "gates": [],
+        }
+        lines = render(view)
+        assert f"  eta: none while {state.replace('_', ' ')}" in lines, lines
