@@ -238,6 +238,9 @@ def shown(value: object) -> str:
             text = orjson.dumps(value, default=str).decode()
         except TypeError:  # a string that is not valid Unicode
             text = json.dumps(value, default=str)
-    if len(text) > SHOWN:
-        return f"{text[:SHOWN]}... ({len(text):,} characters)"
-    return text
+    if len(text) <= SHOWN:
+        return text
+    if isinstance(value, str):  # cut inside its quotes, so that it still reads as a string
+        cut = orjson.dumps(value[: SHOWN - 1], default=str).decode()
+        return f'{cut[:-1]}..." ({len(value):,} characters)'
+    return f"{text[:SHOWN]}... ({len(text):,} characters)"
