@@ -27,7 +27,7 @@ from scipy import special
 from abgate.config.metrics_catalogue import ERROR_METRIC
 from abgate.config.model import Amount, ExperimentConfig, MetricConfig
 from abgate.control.measured import ArmKey
-from abgate.control.stats.clusters import ClusteredSums, comparable
+from abgate.control.stats.clusters import MIN_CLUSTERS, ClusteredSums, comparable
 from abgate.control.stats.models import StatsInputError
 from abgate.control.stats.sequential import TUNING, always_valid_p, half_width
 from abgate.control.stats.strata import stratified_difference
@@ -147,7 +147,16 @@ def compare(
         if a is not None and b is not None and comparable(a, b)
     ]
     if not strata:
-        return replace(base, status=f"not enough data: no phase has {metric.name} in both arms")
+        both = [(a, b) for a, b in pairs if a is not None and b is not None]
+        if not both:
+            why = f"no phase has {metric.name} in both arms"
+        else:  # in both arms, but too little of it to test: say what is needed
+            a, b = max(both, key=lambda pair: min(pair[0].clusters, pair[1].clusters))
+            why = (
+                f"{metric.name} is in both arms, from too few users to compare: each arm "
+                f"needs {MIN_CLUSTERS} (the fullest phase has {a.clusters:,} and {b.clusters:,})"
+            )
+        return replace(base, status=f"not enough data: {why}")
     try:
         combined = stratified_difference(strata, alpha)
     except StatsInputError as exc:

@@ -68,3 +68,20 @@ def test_design_power_is_the_two_sided_z_power(effect: float, se: float) -> None
     expected = stats.norm.cdf(effect / se - z) + stats.norm.cdf(-effect / se - z)
     assert design_power(effect, se, 0.05) == pytest.approx(expected, rel=1e-9)
     assert design_power(0.1, 0.0357, 0.05) == pytest.approx(0.8, abs=0.01)  # 2.8 se
+
+
+def test_too_few_users_in_both_arms_is_said_as_such() -> None:
+    """A metric in both arms from too few users is not "in no phase in both arms": the
+    reason names what is missing (trial)."""
+    from abgate.control.evidence import compare
+
+    error = EXP.metric("error")
+    assert error is not None
+    few = ClusteredSums.of([(True, 10, 1.0, 1.0)] * 7)
+    result = compare(EXP, error, PHASES[1:2], {(2, arm, "error"): few for arm in ("a", "b")})
+    assert result.status == (
+        "not enough data: error is in both arms, from too few users to compare: each arm "
+        "needs 20 (the fullest phase has 7 and 7)"
+    )
+    alone = compare(EXP, error, PHASES[1:2], {(2, "a", "error"): BOTH})
+    assert alone.status == "not enough data: no phase has error in both arms"
