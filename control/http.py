@@ -119,6 +119,12 @@ def _not_json(raw: bytes, exc: ValueError) -> ApiError:
     if "integer string conversion" in str(exc):
         limit = sys.get_int_max_str_digits()
         return ApiError(400, f"request body: a number is too long (at most {limit:,} digits)")
+    if isinstance(exc, orjson.JSONDecodeError) and "infinity" in exc.msg:
+        return ApiError(
+            400,
+            f"request body: a number at position {exc.pos} is too large for a double "
+            "(at most about 1.8e308)",
+        )
     return ApiError(400, f"request body is not valid JSON: {exc}")
 
 

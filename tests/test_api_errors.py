@@ -162,6 +162,16 @@ def test_a_number_too_long_is_said_so() -> None:
     assert refused.value.message == "request body: a number is too long (at most 4,300 digits)"
 
 
+def test_a_number_beyond_a_double_is_said_so_in_our_words() -> None:
+    """orjson's own "number is infinity when parsed as double" reached a client (trial)."""
+    with pytest.raises(ApiError) as refused:
+        parse_json(b'{"amount": -1e999}')
+    assert (refused.value.status, refused.value.message) == (
+        400,
+        "request body: a number at position 11 is too large for a double (at most about 1.8e308)",
+    )
+
+
 async def test_numbers_shown_as_sent(session: ClientSession, agents: dict[str, str]) -> None:
     async with embedded(make_config(agents)) as running:
         api = running.control_url
