@@ -127,7 +127,8 @@ class PrimarySection(Section):
         Amount, checked(amount), _required("the smallest effect to detect")
     ] = setting(
         None,
-        "the smallest effect to detect (`0.02`, or `5%` of the control mean)",
+        "the smallest effect to detect (`0.02`, or `5%` of the control mean; on a binary "
+        "metric under 1, and under 100% where higher is better)",
         shown="required",
     )
     allow_unmeasured: Annotated[bool, BOOLEAN] = setting(
