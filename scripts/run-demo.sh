@@ -74,6 +74,11 @@ if [ "$ready" -ne 1 ]; then
 fi
 percentage=$(curl -fs "$CONTROL/api/flags/ml-agent-rollout" | "$BIN/python" -c \
     'import json, sys; print("%g" % json.load(sys.stdin)["percentage"])' 2>/dev/null || echo "?")
+# On other ports the hints carry them: the scripts read the same DEMO_*_PORT variables.
+ports=""
+if [ "$PROXY_PORT:$CONTROL_PORT:$DEMO_DETERMINISTIC_PORT:$DEMO_ML_PORT" != "8080:8092:9001:9002" ]; then
+    ports="DEMO_PROXY_PORT=$PROXY_PORT DEMO_CONTROL_PORT=$CONTROL_PORT DEMO_DETERMINISTIC_PORT=$DEMO_DETERMINISTIC_PORT DEMO_ML_PORT=$DEMO_ML_PORT "
+fi
 cat <<MSG
 
 abgate demo is up:
@@ -85,12 +90,12 @@ Commands in the docs call \`abgate\`; put it on your PATH in this shell first:
   export PATH="$PWD/.venv/bin:\$PATH"
 
 Try:
-  make demo-rollout                 # simulated users run a whole rollout (about 2-3 minutes)
+  ${ports}make demo-rollout                 # simulated users run a whole rollout (about 2-3 minutes)
   curl -si -H 'X-User-Id: alice' -X POST $PROXY/api/agent/credit/decide
   curl -s -X POST -H 'Content-Type: application/json' -d '{"percentage": 50}' \\
        $CONTROL/api/flags/ml-agent-rollout
-  scripts/demo-agent.sh stop ml     # the breaker check: answers keep coming, from control
-  scripts/demo-agent.sh start ml    # and ML traffic returns on its own
+  ${ports}scripts/demo-agent.sh stop ml     # the breaker check: answers keep coming, from control
+  ${ports}scripts/demo-agent.sh start ml    # and ML traffic returns on its own
 Ctrl-C stops everything.
 MSG
 

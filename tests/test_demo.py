@@ -138,7 +138,10 @@ async def test_the_ml_agent_dies_and_comes_back_while_the_stack_serves(
         assert "10% to ML" in running.output
         # The docs call `abgate`: the demo says how to have it on the PATH.
         assert f'export PATH="{ROOT}/.venv/bin:$PATH"' in running.output
-        assert "make demo-rollout" in running.output
+        # On the test's own ports, the hints carry them (the scripts read the same variables)
+        [hint] = [line for line in running.output.splitlines() if "make demo-rollout" in line]
+        port = running.proxy.rsplit(":", 1)[1]
+        assert f"DEMO_PROXY_PORT={port} " in hint, hint
         async with session.post(
             f"{running.control}/api/flags/ml-agent-rollout", json={"percentage": 100}
         ) as response:
