@@ -55,7 +55,7 @@ def check_string(
     if not isinstance(value, str) or not value:
         raise Invalid(f"expected {what}, got {kind_of(value)}")
     if pattern is not None and not pattern.match(value):
-        raise Invalid(f"not {what}: {value!r}")
+        raise Invalid(f"not {what}: {shown(value)}")
     return value
 
 
@@ -99,7 +99,7 @@ def check_size(value: Any, *, low: int = 0) -> int:
         if unit is not None:
             number = int(match.group(1)) * unit
     if number is None:
-        raise Invalid(f"expected a size such as 65536, '64KiB' or '10MiB', got {value!r}")
+        raise Invalid(f"expected a size such as 65536, '64KiB' or '10MiB', got {shown(value)}")
     if number < low:
         raise Invalid(f"must be at least {low} bytes, got {number}")
     return number
@@ -109,7 +109,7 @@ def check_duration(value: Any, *, low: float = 0.0, high: float = 86_400.0) -> f
     """Seconds: a number or a string such as `250ms`, `5s`, `2m`."""
     seconds = read_seconds(value)
     if seconds is None:
-        raise Invalid(f"expected a duration such as 1.5, '250ms' or '5s', got {value!r}")
+        raise Invalid(f"expected a duration such as 1.5, '250ms' or '5s', got {shown(value)}")
     if not low < seconds <= high:
         raise Invalid(f"must be more than {low:g}s and at most {high:g}s, got {seconds:g}s")
     return seconds
@@ -123,9 +123,9 @@ def check_listen(value: Any) -> Listen:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise Invalid(f"expected 'host:port' with a port of 0..65535, got {value!r}")
+        raise Invalid(f"expected 'host:port' with a port of 0..65535, got {shown(value)}")
     if not _valid_host(host):
-        raise Invalid(f"not a valid host: {host!r}")
+        raise Invalid(f"not a valid host: {shown(host)}")
     return Listen(host, int(port_text))
 
 
@@ -181,7 +181,7 @@ def parse_percentage(value: Any, report: Any) -> int | None:
     try:
         exact = Decimal(str(value))
     except InvalidOperation:
-        report(f"expected a number from 0 to 100, got {value!r}")
+        report(f"expected a number from 0 to 100, got {shown(value)}")
         return None
     if not exact.is_finite() or not Decimal(0) <= exact <= Decimal(100):
         report(f"must be between 0 and 100, got {value}")

@@ -8,7 +8,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from abgate.config.errors import ConfigError, Problem
-from abgate.config.fields import Reader
+from abgate.config.fields import Reader, shown
 from abgate.config.layers import BaseRefused, read_layered
 from abgate.config.model import (
     Config,
@@ -169,7 +169,7 @@ class _Schema(UpstreamSchema, ExperimentSchema, ConnectionSchema):
             known = ", ".join(sorted(self.experiment_names)) or "none"
             self.r.problem(
                 (*path, "default_experiment"),
-                f"unknown experiment {default!r} (experiments: {known})",
+                f"unknown experiment {shown(default)} (experiments: {known})",
             )
             return None
         ok = True

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from abgate.config.errors import ConfigError
-from abgate.config.fields import Reader, check_duration
+from abgate.config.fields import Reader, check_duration, shown
 from abgate.config.metrics_catalogue import BUILT_IN_METRIC_NAMES
 from abgate.config.model import (
     DEFAULT_GUARDRAILS,
@@ -152,7 +152,7 @@ def _guardrails(r: Reader, plan: PlanSection, path: KeyPath) -> tuple[GuardrailC
     out: list[GuardrailConfig] = []
     for index, guardrail in enumerate(plan.guardrails):
         if any(g.metric == guardrail.metric for g in out):
-            r.problem((*path, index, "metric"), f"{guardrail.metric!r} is already a guardrail")
+            r.problem((*path, index, "metric"), f"{shown(guardrail.metric)} is already a guardrail")
         out.append(GuardrailConfig(guardrail.metric, guardrail.margin))
     return tuple(out)
 
@@ -217,7 +217,7 @@ def _slo(r: Reader, limits: dict[str, Any], path: KeyPath) -> SloConfig | None:
             if share is None:
                 return None
             if not 0 < share.value < 1:
-                r.problem(item_path, f"a rate between 0 and 100%, got {item!r}")
+                r.problem(item_path, f"a rate between 0 and 100%, got {shown(item)}")
                 return None
             error_rate = share.value
     return SloConfig(quantile, limit, error_rate)

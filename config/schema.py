@@ -12,7 +12,7 @@ from pydantic import TypeAdapter
 
 from abgate.config.defaults import HISTORY_BUFFER, HISTORY_RETENTION, HISTORY_SAMPLE
 from abgate.config.export import mask_url
-from abgate.config.fields import Invalid, check_duration, check_string
+from abgate.config.fields import Invalid, check_duration, check_string, shown
 from abgate.config.model import Listen
 from abgate.config.schema_connections import Secret
 from abgate.config.settings import Section, setting
@@ -123,8 +123,8 @@ def _postgres_url(value: Any) -> str | None:
     if value is not None and (
         not isinstance(value, str) or not value.startswith(("postgres://", "postgresql://"))
     ):
-        shown = mask_url(value) if isinstance(value, str) else value
-        raise Invalid(f"expected a postgresql:// URL, got {shown!r}")
+        masked = mask_url(value) if isinstance(value, str) else value
+        raise Invalid(f"expected a postgresql:// URL, got {shown(masked)}")
     return value
 
 
@@ -164,13 +164,13 @@ def _methods(value: Any) -> Any:
 
 def _method(value: Any) -> str:
     if not isinstance(value, str) or not _METHOD.match(value.upper()):
-        raise Invalid(f"not an HTTP method: {value!r}")
+        raise Invalid(f"not an HTTP method: {shown(value)}")
     return value.upper()
 
 
 def _prefix(value: Any) -> str | None:
     if value is not None and (not isinstance(value, str) or not value.startswith("/")):
-        raise Invalid(f"must be a path starting with '/', got {value!r}")
+        raise Invalid(f"must be a path starting with /, got {shown(value)}")
     return value
 
 

@@ -20,7 +20,7 @@ from abgate.config.defaults import (
     TLS_CHECK_HOSTNAME,
 )
 from abgate.config.export import mask_url
-from abgate.config.fields import Invalid, check_listen, check_string
+from abgate.config.fields import Invalid, check_listen, check_string, shown
 from abgate.config.model import SecretRef
 from abgate.config.settings import Section, setting
 from abgate.config.values import (
@@ -40,8 +40,8 @@ _SCHEMES = ("redis://", "rediss://", "unix://")
 
 def _redis_url(value: Any) -> str:
     if not isinstance(value, str) or not value.startswith(_SCHEMES):
-        shown = mask_url(value) if isinstance(value, str) else value
-        raise Invalid(f"expected a redis:// URL, got {shown!r}")
+        masked = mask_url(value) if isinstance(value, str) else value
+        raise Invalid(f"expected a redis:// URL, got {shown(masked)}")
     return value
 
 

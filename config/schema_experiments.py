@@ -92,7 +92,7 @@ def _apart_from_control(treatment: ArmSection, info: ValidationInfo) -> ArmSecti
     control = info.data.get("control")
     if isinstance(control, ArmSection) and control.arm_name == treatment.arm_name:
         raise refuse(
-            f"arm name {treatment.arm_name!r} is also the control arm's; name the arms apart"
+            f"arm name {shown(treatment.arm_name)} is also the control arm's; name the arms apart"
         )
     return treatment
 
@@ -102,7 +102,7 @@ def _known_upstream(arm: ArmSection, info: ValidationInfo) -> ArmSection:
     names = info.context
     assert isinstance(names, Names)
     if arm.upstream not in names.upstreams:
-        raise refuse(f"unknown upstream {arm.upstream!r}")
+        raise refuse(f"unknown upstream {shown(arm.upstream)}")
     return arm
 
 
@@ -165,7 +165,7 @@ def _sticky_list(value: Any) -> Any:
 def _when_missing(value: Any) -> WhenMissing:
     choices: tuple[WhenMissing, ...] = ("random", "control", "client_ip")
     if value not in choices:
-        raise Invalid(f"expected one of {', '.join(choices)}, got {value!r}")
+        raise Invalid(f"expected one of {', '.join(choices)}, got {shown(value)}")
     return value  # type: ignore[no-any-return]
 
 
@@ -178,7 +178,7 @@ def _compare(value: Any) -> Any:
 def _compared(text: Any) -> tuple[str, JsonPath]:
     parsed = json_path(text)
     if parsed is None:
-        raise Invalid(f"not a JSON path like $.decision or $.items[0].id: {text!r}")
+        raise Invalid(f"not a JSON path like $.decision or $.items[0].id: {shown(text)}")
     return text, parsed
 
 
@@ -216,7 +216,7 @@ def _metric_json(value: Any) -> JsonPath | None:
         return None
     parsed = json_path(value)
     if parsed is None:
-        raise Invalid(f"not a JSON path like $.confidence: {value!r}")
+        raise Invalid(f"not a JSON path like $.confidence: {shown(value)}")
     return parsed
 
 
@@ -243,7 +243,7 @@ def _metric_name(value: Any) -> str:
     name = check_name(value)
     if name in BUILT_IN_METRICS:
         raise Invalid(
-            f"{name!r} is built in (latency: continuous, lower is better; error: binary, "
+            f"{shown(name)} is built in (latency: continuous, lower is better; error: binary, "
             "lower is better)"
         )
     return name

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from pydantic import PlainValidator, TypeAdapter, ValidationInfo, WrapValidator
 from pydantic_core.core_schema import ValidatorFunctionWrapHandler
 
-from abgate.config.fields import Invalid
+from abgate.config.fields import Invalid, shown
 from abgate.config.model import DEFAULT_HOLDOUT, Amount
 from abgate.config.schema_experiments import PERCENTAGE, percentage_bp
 from abgate.config.settings import Section, setting
@@ -39,7 +39,7 @@ def amount(value: Any) -> Amount:
         and value > 0
     ):
         return Amount(float(value), False)
-    raise Invalid(f"expected a positive number or a percentage such as '10%', got {value!r}")
+    raise Invalid(f"expected a positive number or a percentage such as '10%', got {shown(value)}")
 
 
 def _fraction(high: float) -> PlainValidator:
@@ -49,7 +49,7 @@ def _fraction(high: float) -> PlainValidator:
             or not isinstance(value, int | float)
             or not math.isfinite(value)
         ):
-            raise Invalid(f"expected a number, got {value!r}")
+            raise Invalid(f"expected a number, got {shown(value)}")
         if not 0 < value <= high:
             raise Invalid(f"must be above 0 and at most {high:g}, got {value:g}")
         return float(value)
@@ -61,7 +61,7 @@ def _metric(value: Any, info: ValidationInfo) -> str:
     names = info.context
     assert isinstance(names, Names)
     if not isinstance(value, str) or value not in names.metrics:
-        raise refuse(f"not a metric of this experiment: {value!r}")
+        raise refuse(f"not a metric of this experiment: {shown(value)}")
     return str(value)
 
 

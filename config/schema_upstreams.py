@@ -57,7 +57,7 @@ def _statuses(value: Any) -> frozenset[int]:
 
 def _path(value: Any) -> str:
     if not isinstance(value, str) or not value.startswith("/"):
-        raise Invalid(f"expected a path starting with '/', got {value!r}")
+        raise Invalid(f"expected a path starting with /, got {shown(value)}")
     return value
 
 

@@ -24,6 +24,7 @@ from abgate.config.fields import (
     check_listen,
     check_name,
     check_size,
+    shown,
 )
 
 ABGATE_ERROR = "abgate"  # the error type of a refusal in our own words
@@ -79,9 +80,9 @@ def number(*, low: float, high: float, message: str, low_open: bool = False) -> 
 
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise Invalid(f"{message}, got {value!r}")
+            raise Invalid(f"{message}, got {shown(value)}")
         if not (low < value if low_open else low <= value) or not value <= high:
-            raise Invalid(f"{message}, got {value!r}")
+            raise Invalid(f"{message}, got {shown(value)}")
         return float(value)
 
     return checked(check)
@@ -105,7 +106,7 @@ def reference(kind: str) -> PlainValidator:
         assert isinstance(names, Names)
         known = names.upstreams if kind == "upstream" else names.experiments
         if value is not None and (not isinstance(value, str) or value not in known):
-            raise refuse(f"unknown {kind} {value!r}")
+            raise refuse(f"unknown {kind} {shown(value)}")
         return value
 
     return PlainValidator(validate)

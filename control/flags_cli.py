@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from abgate.config.errors import AbgateError
+from abgate.config.fields import shown
 
 DEFAULT_URL = "http://127.0.0.1:8092"
 
@@ -102,7 +103,7 @@ def _percentage(text: str) -> float:
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or not 0 <= value <= 100:
-        raise ApiCallFailed(f"percentage must be a number from 0 to 100, got {text!r}")
+        raise ApiCallFailed(f"percentage must be a number from 0 to 100, got {shown(text)}")
     return value
 
 

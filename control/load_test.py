@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, TCPConnector
 
+from abgate.config.fields import shown
 from abgate.control.flags_cli import DEFAULT_URL, ApiCallFailed, call
 
 DEFAULT_PROXY = "http://127.0.0.1:8080"
@@ -191,7 +192,7 @@ def add_load_test_parser(commands: Any) -> None:
 def parse_duration(text: str, what: str) -> float:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", text)
     if match is None:
-        raise ApiCallFailed(f"{what}: expected a duration such as 300s or 100ms, got {text!r}")
+        raise ApiCallFailed(f"{what}: expected a duration such as 300s or 100ms, got {shown(text)}")
     unit = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[match.group(2) or "s"]
     return float(match.group(1)) * unit
 

@@ -145,7 +145,7 @@ async def sample_size(request: web.Request) -> web.Response:
         raise ApiError(
             400,
             f"power: expected a number above alpha ({alpha:g}) and below {MAX_POWER!r}, "
-            f"got {power!r}",
+            f"got {shown(power)}",
         )
     try:
         if isinstance(body, MeansSampleSizeBody):

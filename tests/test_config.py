@@ -113,26 +113,26 @@ experiments:
         "max_body_size, max_connections, max_header_size, measurements, random_seed, "
         "retry_budget, shutdown_timeout)",
         "proxy.listen (line 2): expected 'host:port' with a port of 0..65535, "
-        "got '127.0.0.1:99999'",
+        'got "127.0.0.1:99999"',
         "proxy.max_body_size (line 3): expected a size such as 65536, '64KiB' or '10MiB', "
-        "got 'lots'",
+        'got "lots"',
         "upstreams.a.url (line 7): must not have a path or query: abgate forwards the request "
         'path unchanged, got "http://127.0.0.1:1/path"',
         "upstreams.a.read_timeout (line 9): must be more than 0s and at most 86400s, got 0s",
         "upstreams.a.pool_size (line 8): must be between 1 and 100000, got 0",
-        "experiments.missing.treatment (line 21): arm name 'a' is also the control arm's; "
+        'experiments.missing.treatment (line 21): arm name "a" is also the control arm\'s; '
         "name the arms apart",
-        "experiments.missing.sticky[0].header (line 22): not a header name: 'bad header'",
+        'experiments.missing.sticky[0].header (line 22): not a header name: "bad header"',
         "experiments.missing.sticky[1].tea (line 22): unknown sticky key source (expected "
         "header, cookie, query or client_ip)",
         "experiments.missing.when_missing (line 23): expected one of random, control, "
-        "client_ip, got 'sometimes'",
+        'client_ip, got "sometimes"',
         "experiments.missing.percentage (line 24): at most two decimals (0.01% steps), got 10.005",
-        "routes[0].prefix (line 11): must be a path starting with '/', got 'api'",
+        'routes[0].prefix (line 11): must be a path starting with /, got "api"',
         "routes[1].regex (line 13): invalid regular expression: missing ), unterminated "
         "subpattern at position 0",
-        "routes[1].upstream (line 14): unknown upstream 'nope'",
-        "routes[2].methods[1] (line 17): not an HTTP method: 'P O S T'",
+        'routes[1].upstream (line 14): unknown upstream "nope"',
+        'routes[2].methods[1] (line 17): not an HTTP method: "P O S T"',
     ]
 
 
@@ -252,7 +252,7 @@ def test_declared_metrics_are_checked() -> None:
         "(which way is better)",
     ]
     assert problems(with_metrics("      latency: {type: continuous, direction: higher}\n")) == [
-        "experiments.rollout.metrics.latency (line 14): 'latency' is built in (latency: "
+        'experiments.rollout.metrics.latency (line 14): "latency" is built in (latency: '
         "continuous, lower is better; error: binary, lower is better)"
     ]
 
@@ -512,7 +512,7 @@ def test_a_yaml_merge_key_is_named_with_the_way_out_and_the_rest_reported() -> N
         "upstreams.ml.<< (line 5): invalid YAML: YAML merge keys (<<) are not supported: "
         "use extends: or repeat the keys",
         "upstreams.ml.read_timeout (line 6): expected a duration such as 1.5, '250ms' or "
-        "'5s', got 'soon'",
+        "'5s', got \"soon\"",
         "experiments.rollout.percentage (line 15): must be between 0 and 100, got 200",
     ]
     value = "defaults: &d {pool_size: 4}\nupstreams:\n  a: <<\n"  # `<<` as a value
@@ -530,7 +530,7 @@ def test_the_control_exposure_rule_is_reported_with_the_other_problems(tmp_path:
         load_config(path, check_exposure=True, control_token=None)
     assert [str(problem) for problem in caught.value.problems] == [
         "proxy.max_body_size (line 3): expected a size such as 65536, '64KiB' or '10MiB', "
-        "got 'lots'",
+        'got "lots"',
         "control.listen (line 2): the control API would listen on 0.0.0.0, which is not "
         "loopback, without a token: set ABGATE_CONTROL_TOKEN",
     ]

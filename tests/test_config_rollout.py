@@ -40,7 +40,7 @@ def test_a_plan_given_to_the_api_lists_every_problem() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_plan(plan, (MetricConfig("accuracy", "binary", "higher"),), "plan")
     assert [str(p) for p in caught.value.problems] == [
-        "tick: expected a duration such as 1.5, '250ms' or '5s', got 'banana'",
+        "tick: expected a duration such as 1.5, '250ms' or '5s', got \"banana\"",
         "stages[1]: stages must rise: each above the one before",
         "power: must be above alpha (0.05), got 0.01",
     ]

@@ -80,10 +80,10 @@ async def test_flags_commands(tmp_path: Path, agents: dict[str, str]) -> None:
         assert "401 missing or wrong bearer token" in err
         code, _, err = await flags(url, "set", "exp", "300")
         assert code == 1
-        assert "percentage must be a number from 0 to 100, got '300'" in err
+        assert 'percentage must be a number from 0 to 100, got "300"' in err
         code, _, err = await flags(url, "set", "exp", "nan")
         assert code == 1
-        assert "percentage must be a number from 0 to 100, got 'nan'" in err
+        assert 'percentage must be a number from 0 to 100, got "nan"' in err
         code, out, _ = await flags(url, "history", "exp")
         assert re.search(r"\t\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00\t", out)
         (tmp_path / "garbage.json").write_text("{not json")

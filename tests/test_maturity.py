@@ -56,7 +56,7 @@ def test_maturity_is_parsed_once_with_errors_that_name_the_key_and_line() -> Non
     assert metrics["clicked"].maturity is None  # the default: counted at once, as before
     assert problems(GOOD % "soon") == [
         "experiments.e.metrics.converted.maturity (line 11): expected a duration such as "
-        "1.5, '250ms' or '5s', got 'soon'"
+        "1.5, '250ms' or '5s', got \"soon\""
     ]
     from_answer = GOOD.replace("maturity: %s", 'json: "$.p", maturity: 1h')
     assert problems(from_answer) == [

@@ -141,7 +141,7 @@ async def reload_twice(
     route_line = next(i for i, text in enumerate(lines, 1) if text.strip() == "upstream: nowhere")
     assert refused["problems"] == [
         f'upstreams.control.url (line {url_line}): not a valid http URL: "not a url"',
-        f"routes[1].upstream (line {route_line}): unknown upstream 'nowhere'",
+        f'routes[1].upstream (line {route_line}): unknown upstream "nowhere"',
     ]
     seen = statuses.total()
     await until(lambda: statuses.total() > seen + 200)
