@@ -120,15 +120,17 @@ async def aggregate(request: web.Request) -> web.Response:
         statuses.append(str(instances["status"]))
     worker = request.app.get(WORKER)
     if worker is not None:
-        age = time.time() - worker.last_run if worker.last_run else None
+        now = time.time()
+        age = now - worker.last_run if worker.last_run else None
         reasons = []
         if worker.last_error:
             reasons.append(worker.last_error)
         reasons += [why for _, why in sorted(worker.failing.items())]
-        if age is None or age > 3 * worker.interval + 5:
-            reasons.append(
-                "no evaluation yet" if age is None else f"last evaluation {age:.0f}s ago"
-            )
+        late = 3 * worker.interval + 5  # a start's first evaluation is as late as any other
+        if age is None and now - worker.started_at > late:
+            reasons.append(f"no evaluation yet, {now - worker.started_at:.0f}s after the start")
+        elif age is not None and age > late:
+            reasons.append(f"last evaluation {age:.0f}s ago")
         components["statistics_worker"] = {
             "status": DEGRADED if reasons else HEALTHY,
             "last_evaluation_age_seconds": age,

@@ -207,6 +207,7 @@ class StatsWorker:
         self.interval = interval
         self.reports: dict[str, ExperimentReport] = {}
         self.last_run = 0.0
+        self.started_at = time.time()  # a first evaluation is only late a while after this
         self.last_error: str | None = None  # the store could not be read
         self.failing: dict[str, str] = {}  # experiment -> why its last evaluation failed
         self.evaluation_errors: dict[str, int] = {}

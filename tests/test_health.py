@@ -146,3 +146,41 @@ async def test_both_arms_breakers_recover(session: ClientSession) -> None:
             assert status == 200  # no longer unhealthy; the window still holds the errors
             upstreams = body["components"]["upstreams"]
             assert {upstreams[name]["breaker"] for name in upstreams} == {"closed"}
+
+
+async def test_a_first_evaluation_is_late_only_after_the_start_s_grace(
+    aiohttp_client: Any,
+) -> None:
+    """A statistics worker that has not evaluated yet is healthy while it starts (its
+    process forks, its first read runs) and degraded once a first evaluation is as late as
+    a later one would be: `abgate run` is not degraded for its first second."""
+    import time
+
+    from aiohttp import web
+
+    from abgate.control.health_api import aggregate as aggregate_handler
+    from abgate.control.http import WORKER
+    from abgate.control.stats_worker import StatsWorker
+    from abgate.state.measurements import MemoryMeasurements
+
+    worker = StatsWorker(
+        make_config({"control": "http://a", "treatment": "http://b"}), MemoryMeasurements()
+    )
+    app = web.Application()
+    app[WORKER] = worker
+    app.router.add_get("/health/aggregate", aggregate_handler)
+    client = await aiohttp_client(app)
+
+    async def component() -> dict[str, Any]:
+        async with client.get("/health/aggregate") as response:
+            body: dict[str, Any] = await response.json()
+        worker_health: dict[str, Any] = body["components"]["statistics_worker"]
+        return worker_health
+
+    assert (await component())["status"] == "healthy"  # just started
+    worker.started_at = time.time() - (3 * worker.interval + 6)
+    late = await component()
+    assert late["status"] == "degraded"
+    assert late["reasons"][0].startswith("no evaluation yet, "), late
+    await worker.evaluate_all()
+    assert (await component())["status"] == "healthy"
