@@ -70,10 +70,10 @@ def _serve(owner: int) -> None:
 
 def _exit_with(owner: int) -> None:
     try:
-        watched = os.pidfd_open(owner)  # Linux: readable once the owner has exited
+        watched = os.pidfd_open(owner)  # Linux 5.3+: readable once the owner has exited
     except ProcessLookupError:
         os._exit(0)
-    except OSError:  # no pidfd here: look once a second
+    except (AttributeError, OSError):  # no pidfd here (macOS, an old kernel): poll
         while _alive(owner):
             time.sleep(1.0)
         os._exit(0)
