@@ -122,11 +122,12 @@ class StatisticsProcess:
                     self._pool = None
                     self.replaced += 1
                     pool.shutdown(wait=False)
-                    log.error(
-                        "statistics: the worker process died (%d so far); a new one is "
-                        "started and the computation run again",
-                        self.replaced,
-                    )
+                    if self.replaced == 1:  # logged once; every one is counted
+                        log.error(
+                            "statistics: the worker process died; a new one is started and "
+                            "the computation run again (each such restart is counted in "
+                            "abgate_stats_process_restarts_total)"
+                        )
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
