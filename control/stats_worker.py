@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import Metric
 
 from abgate.config import Config, metrics_catalogue
+from abgate.config.errors import AbgateError
 from abgate.config.metrics_catalogue import BUILT_IN_METRIC_NAMES, LATENCY_BUCKETS
 from abgate.config.model import BUILT_IN_METRICS, ExperimentConfig, MetricConfig
 from abgate.control.measured import EMPTY, ArmKey, PhaseArms, Reads, Users, by_arm, phase_arms
@@ -312,7 +313,8 @@ class StatsWorker:
         self.evaluation_errors[name] = self.evaluation_errors.get(name, 0) + 1
         message = f"evaluating {name} failed: {type(exc).__name__}: {exc}"
         if self.failing.get(name) != message:  # log once per distinct failure
-            log.error("statistics worker: %s (keeping its last report)", message, exc_info=exc)
+            trace = None if isinstance(exc, AbgateError) else exc  # a bug: its traceback
+            log.error("statistics worker: %s (keeping its last report)", message, exc_info=trace)
         self.failing[name] = message
 
     async def run(self) -> None:

@@ -132,5 +132,5 @@ async def test_a_statistics_process_that_dies_is_replaced_and_counted(
         assert running.worker.failing == {}  # the worker's own calls work on the new one
         async with session.get(f"{running.control_url}/metrics") as response:
             assert "abgate_stats_process_restarts_total 2.0" in await response.text()
-    died = [r for r in caplog.records if "the worker process died" in r.getMessage()]
+    died = [r for r in caplog.records if "its worker process died" in r.getMessage()]
     assert len(died) == 1  # logged once, counted every time

@@ -29,6 +29,7 @@ from typing import get_args
 from prometheus_client.core import Metric
 
 from abgate.config import Config
+from abgate.config.errors import AbgateError
 from abgate.config.fields import shown
 from abgate.config.model import RolloutPlan
 from abgate.config.parse_rollout import parse_plan
@@ -155,7 +156,9 @@ class RolloutController:
         self.errors[name] = self.errors.get(name, 0) + 1
         message = f"{type(exc).__name__}: {exc}"
         if self.failing.get(name) != message:
-            log.error("rollout %s: tick failed: %s", name, message, exc_info=exc)
+            # abgate's own failures say what is wrong in words; a bug shows its traceback
+            trace = None if isinstance(exc, AbgateError) else exc
+            log.error("rollout %s: tick failed: %s", name, message, exc_info=trace)
         self.failing[name] = message
 
     async def tick(self, rollout: Rollout, *, force: bool = False) -> Decision | None:
