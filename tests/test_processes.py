@@ -308,6 +308,11 @@ async def test_run_restarts_a_child_that_dies_and_one_ctrl_c_stops_both(
             assert await process.wait() == 0
             children = [*process.pids["proxy"], *process.pids["control API"]]
             assert all(gone(pid) for pid in children)
+    # Stopped cleanly after its control process was killed: no traceback, and nothing
+    # (semaphores, processes) left for multiprocessing to warn of.
+    output = "".join(process.output)
+    assert "Traceback" not in output, output
+    assert "leaked" not in output, output
 
 
 async def test_the_children_stop_when_abgate_run_is_killed(tmp_path: Path) -> None:
