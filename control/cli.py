@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
@@ -97,6 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # the rest of it: a reader gone is seen here, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader left (`abgate rollout history | head -1`): stop quietly, as a Unix tool
+        # does, with stdout pointed away so that the interpreter's last flush cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
@@ -150,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr if args.command != "check-config" else sys.stdout)
         return 1
+    except BrokenPipeError:
+        raise  # the reader of stdout left: `main` ends quietly
     except (ValueError, OSError) as exc:
         print(f"abgate: {exc}", file=sys.stderr)
         return 1

@@ -45,3 +45,28 @@ def test_check_config_takes_the_file_as_run_does_too(capsys: pytest.CaptureFixtu
     assert capsys.readouterr().out.count("config/abgate.yaml: OK") == 2
     with pytest.raises(SystemExit):
         main(["check-config"])
+
+
+def test_a_reader_gone_ends_it_quietly() -> None:
+    """`abgate rollout history | head -1`: the reader leaves; abgate stops as a Unix tool
+    does (status 141, SIGPIPE's), not with a BrokenPipeError traceback."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    read, write = os.pipe()
+    os.close(read)  # gone before a byte is written
+    try:
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "abgate"), "check-config", "config/abgate.yaml"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            cwd=Path(__file__).parent.parent,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert done.stderr.decode() == ""
+    assert done.returncode == 141
