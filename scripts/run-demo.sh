@@ -108,7 +108,7 @@ while kill -0 "$abgate_pid" 2>/dev/null; do
             reported[$kind]=""
         elif [ -z "${reported[$kind]:-}" ]; then
             echo "make run: $kind agent is not running; abgate keeps serving" \
-                 "(restart it with scripts/demo-agent.sh start $kind)"
+                 "(restart it with ${ports}scripts/demo-agent.sh start $kind)"
             reported[$kind]=1
         fi
     done

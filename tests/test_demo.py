@@ -159,6 +159,7 @@ async def test_the_ml_agent_dies_and_comes_back_while_the_stack_serves(
             assert status == 200
             assert "X-ABGate-Fallback" in headers
         await running.printed("ml agent is not running; abgate keeps serving")
+        assert f"(restart it with DEMO_PROXY_PORT={port} " in running.output  # its ports too
 
         assert "ml agent started" in await running.agent("start", "ml")
         await running.printed("ml agent is back")
