@@ -289,7 +289,7 @@ async def test_a_person_changing_the_percentage_pauses_the_rollout(session: Clie
         )
         view = await until(session, running, lambda v: v["state"] == "paused")
         assert running.flags.get("exp").percentage == 10  # nothing overwritten
-    assert "changed by alice" in view["reason"]
+    assert view["reason"] == "changed by alice to 10% (hands on); paused, nothing overwritten"
 
 
 async def test_treatment_breaker_open_past_the_grace_rolls_back(session: ClientSession) -> None:

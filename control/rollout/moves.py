@@ -212,7 +212,8 @@ async def pause_for_change(
             rollout, updated, None, ACTOR, "completed", change="recovered"
         )
         return
-    reason = f"changed by {by} to {percentage:g}% ({why}); paused, nothing overwritten"
+    said = f" ({why})" if why else ""  # a write without a reason: no empty "()"
+    reason = f"changed by {by} to {percentage:g}%{said}; paused, nothing overwritten"
     updated = rollout.next(
         state="paused",
         decision="hold",
