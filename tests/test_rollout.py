@@ -280,6 +280,26 @@ async def test_too_little_traffic_holds_with_the_samples_needed_and_an_eta(
     assert flagger["decision"] == "hold"
 
 
+async def test_an_approval_is_recorded_once_and_only_for_a_stage_that_waits_for_one(
+    session: ClientSession,
+) -> None:
+    """Ahead of time, a stage that waits for a person may be approved, once; a stage that
+    needs no approval may not be: history would say what did not happen (trial)."""
+    plan = {**FAST, "min_duration": "1h", "stages": [25, {"percentage": 50, "approval": True}, 100]}
+    async with stack(plan) as running:
+        await api(session, running, "POST", "/api/rollouts/exp", {}, expect=201)
+        path = "/api/rollouts/exp/approve"
+        await api(session, running, "POST", path, {"reason": "ahead"})
+        again = await api(session, running, "POST", path, {"reason": "again"}, expect=409)
+        assert again["error"] == "50% is approved already"
+    async with stack({**FAST, "min_duration": "1h", "stages": [25, 100]}) as running:
+        await api(session, running, "POST", "/api/rollouts/exp", {}, expect=201)
+        needless = await api(session, running, "POST", path, {"reason": "why not"}, expect=409)
+        assert needless["error"] == "the next stage, 100%, needs no approval"
+        history = (await api(session, running, "GET", "/api/rollouts/exp/history"))["history"]
+    assert not [e for e in history if (e["change"] or "").startswith("approved")]
+
+
 async def test_a_person_changing_the_percentage_pauses_the_rollout(session: ClientSession) -> None:
     plan = {**FAST, "stages": [25, 100], "min_duration": "1h"}
     async with stack(plan) as running, traffic(session, running):

@@ -133,6 +133,12 @@ async def approve(
     wanted = plan.stages[following].percentage_bp
     if percentage is not None and round(percentage * 100) != wanted:
         raise RolloutError(f"the stage pending approval is {wanted / 100:g}%, not {percentage:g}%")
+    # Ahead of time, only a stage that waits for a person; and once: an approval recorded
+    # for a stage that needs none, or twice, is history that says what did not happen.
+    if following in rollout.approvals:
+        raise RolloutError(f"{wanted / 100:g}% is approved already")
+    if not plan.stages[following].approval and rollout.state != "awaiting_approval":
+        raise RolloutError(f"the next stage, {wanted / 100:g}%, needs no approval")
     updated = rollout.next(approvals=(*rollout.approvals, following))
     await controller.records.save(
         rollout, updated, None, actor, None, change=f"approved {wanted / 100:g}%", reason=reason
