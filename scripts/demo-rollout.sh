@@ -80,6 +80,19 @@ set_behaviour deterministic "$DETERMINISTIC" "$deterministic_ms"
 set_behaviour ml "$ML" "$ml_ms"
 echo "demo-rollout: SCENARIO=$SCENARIO: the deterministic agent answers in ${deterministic_ms} ms, the ML agent in ${ml_ms} ms"
 
+# A rollout left unfinished by an earlier run (interrupted, or started by hand) would refuse
+# this one's start: it is aborted first, saying so.
+state=$(curl -fsS "$ABGATE_CONTROL_URL/api/rollouts/$EXPERIMENT" 2>/dev/null \
+    | "$BIN/python" -c 'import json, sys; print(json.load(sys.stdin).get("state", ""))' \
+    2>/dev/null || true)
+case "$state" in
+    pending|running|paused|awaiting_approval|escalated)
+        echo "demo-rollout: a $state rollout of $EXPERIMENT from before is aborted first" \
+             "(this demo runs one of its own)"
+        "$BIN/abgate" rollout abort "$EXPERIMENT" --reason "make demo-rollout starts afresh" >/dev/null
+        ;;
+esac
+
 echo
 echo "== 1. Back up the routing state"
 "$BIN/abgate" flags backup
@@ -87,14 +100,17 @@ echo "== 1. Back up the routing state"
 echo
 echo "== 2. Shadow: ${SHADOW_SECONDS}s of users at 0%; ML answers are compared, none is served"
 "$BIN/abgate" flags set "$EXPERIMENT" 0 --reason "demo-rollout: shadow before the rollout" >/dev/null
+compared_before=$(get "$ABGATE_CONTROL_URL/api/shadow/stats" \
+    | "$BIN/python" -c 'import json, sys; print(json.load(sys.stdin)["total_decisions"])')
 "$BIN/abgate" simulate --experiment "$EXPERIMENT" --scenario "$SCENARIO" --rate "$RATE" \
     --duration "${SHADOW_SECONDS}s" --seed 11 | tail -1
-get "$ABGATE_CONTROL_URL/api/shadow/stats" | "$BIN/python" -c '
-import json, sys
+get "$ABGATE_CONTROL_URL/api/shadow/stats" | BEFORE="$compared_before" "$BIN/python" -c '
+import json, os, sys
 shadow = json.load(sys.stdin)
 rate = shadow["agreement_rate"]
-print(f"shadow: {shadow['"'"'total_decisions'"'"']:,} ML answers compared, agreement "
-      f"{rate:.1%}" if rate is not None else "shadow: nothing compared yet")'
+now = shadow["total_decisions"] - int(os.environ["BEFORE"])  # totals run on across runs: this one alone
+print(f"shadow: {now:,} ML answers compared in this run, agreement {rate:.1%} since the start"
+      if rate is not None else "shadow: nothing compared yet")'
 
 echo
 echo "== 3. The rollout: 5% -> 25% -> 50% (approval) -> 75% -> 80% with a 20% control holdout -> 100%, users simulated at ${RATE}/s"
