@@ -12,6 +12,7 @@ is expanded, and a document past MAX_ALIAS_VALUES is refused, naming the alias's
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,6 +191,16 @@ class _Builder:
                         )
                     )
                     continue
+                if not isinstance(key_node, yaml.ScalarNode):  # `? [a]`: a key that is a list
+                    kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
+                    self.problems.append(
+                        Problem(
+                            render_path(path),
+                            key_node.start_mark.line + 1,
+                            f"a key is a {kind}; keys here are names",
+                        )
+                    )
+                    continue
                 key = self._scalar(key_node)
                 if not isinstance(key, str):
                     key = str(key)
@@ -216,7 +227,7 @@ class _Builder:
         except yaml.YAMLError as exc:  # an unknown or unsafe tag: !foo, !!python/...
             problem = getattr(exc, "problem", None) or str(exc)
         except (ValueError, TypeError, OverflowError) as exc:  # !!int "abc", bad dates
-            problem = f"{node.tag} {node.value!r}: {exc}"
+            problem = f"{node.tag} {json.dumps(node.value)}: {exc}"
         if node.tag == _MERGE:  # `<<` as a value
             problem = _NO_MERGE
         self.problems.append(

@@ -578,3 +578,14 @@ def test_an_unknown_key_in_a_rollout_plan_does_not_hide_its_other_problems() -> 
         "before",
         "experiments.rollout.rollout.power (line 19): must be above alpha (0.05), got 0.01",
     ]
+
+
+def test_a_key_that_is_a_list_or_a_mapping_is_named_as_such() -> None:
+    """`? [a]` made a key of PyYAML's node repr, echoed four times (trial)."""
+    text = GOOD.replace("experiments:\n", "experiments:\n  ? [a]\n  : {}\n  ? {b: 1}\n  : {}\n", 1)
+    found = problems(text)
+    assert [p.split(": ", 1)[1] for p in found] == [
+        "a key is a list; keys here are names",
+        "a key is a mapping; keys here are names",
+    ], found
+    assert not any("Node(" in p for p in found)
