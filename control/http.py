@@ -125,6 +125,11 @@ def _not_json(raw: bytes, exc: ValueError) -> ApiError:
             f"request body: a number at position {exc.pos} is too large for a double "
             "(at most about 1.8e308)",
         )
+    if isinstance(exc, json.JSONDecodeError):  # orjson's too: where, then what
+        what = exc.msg[:1].lower() + exc.msg[1:]
+        return ApiError(
+            400, f"request body is not valid JSON at line {exc.lineno}, column {exc.colno}: {what}"
+        )
     return ApiError(400, f"request body is not valid JSON: {exc}")
 
 

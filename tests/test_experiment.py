@@ -105,8 +105,8 @@ async def test_metrics_count_requests_per_arm(
         (
             b"{not json",
             400,
-            "request body is not valid JSON: Expecting property name enclosed in "
-            "double quotes: line 1 column 2 (char 1)",
+            "request body is not valid JSON at line 1, column 2: expecting property name "
+            "enclosed in double quotes",
         ),
         (b"[]", 400, "request body must be a JSON object"),
         (b"{}", 400, "percentage: required (a number from 0 to 100)"),
