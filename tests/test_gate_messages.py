@@ -129,3 +129,21 @@ def test_a_passing_harm_gate_says_why_an_observed_excess_is_no_harm_yet() -> Non
     assert gate.as_json()["detail"] == gate.detail
     slo = next(g for g in decision.gates if g.name == "slo_error_rate")
     assert slo.detail.startswith("error rate 1.00% within the limit 5.00%: no harm shown"), slo
+
+
+def test_no_difference_is_said_as_such_not_as_worse_by_zero() -> None:
+    plan: dict[str, object] = {
+        **PLAN,
+        "slo": {},
+        "primary": None,
+        "min_duration": "1s",
+        "guardrails": [{"metric": "error", "margin": 0.05}],
+    }
+    exp = experiment(plan)
+    assert exp.rollout is not None
+    same = {"error": clustered(6_400, 0.01), "latency": latency(6_400)}
+    decision = decide(exp.rollout, exp, StageInputs(100.0, 0, 0.0, 500, same, same))
+    gate = next(g for g in decision.gates if g.name == "error")
+    assert gate.detail.startswith("no difference in error (0 pp, rate), margin 5 pp: no harm"), (
+        gate.detail
+    )

@@ -203,7 +203,11 @@ def _harm_detail(metric: MetricConfig, sums: ClusteredSums, harm: float, margin:
     a rate in points): "treatment worse by 15.3 ms (mean), margin 6.48 ms". A trial read
     "worse by -1" for a better model, and "margin 0" for the primary, harmed by any loss."""
     size = amount(metric.name, metric.type, harm)
-    observed = f"treatment {'worse' if harm >= 0 else 'better'} by {size} ({_unit(metric, sums)})"
+    if size.startswith("0 "):  # "worse by 0 pp" for no difference at the unit's precision
+        observed = f"no difference in {metric.name} ({size}, {_unit(metric, sums)})"
+    else:
+        way = "worse" if harm >= 0 else "better"
+        observed = f"treatment {way} by {size} ({_unit(metric, sums)})"
     if margin == 0:
         return f"{observed}, harm if worse at all"
     return f"{observed}, margin {amount(metric.name, metric.type, margin)}"
