@@ -20,7 +20,7 @@ from typing import Any
 
 from abgate.control.flags_cli import DEFAULT_URL, ApiCallFailed, call
 from abgate.control.report_charts import write_charts
-from abgate.control.report_summary import stakeholder_summary
+from abgate.control.report_summary import duration, stakeholder_summary
 
 FINISHED = {"completed": 0, "rolled_back": 3, "aborted": 4}  # state -> exit code of --watch
 ESCALATED_EXIT = 5
@@ -95,11 +95,8 @@ def _at(stage: dict[str, Any]) -> str:
 
 
 def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "not known yet"
-    seconds = max(0, int(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+    """As the gates' reasons write it ("about 2 min 23 s more"): one way on one screen."""
+    return "not known yet" if seconds is None else duration(seconds)
 
 
 def render(view: dict[str, Any]) -> list[str]:

@@ -213,6 +213,8 @@ def test_an_eta_is_kept_only_while_running_and_status_says_so() -> None:
 
     running = Rollout("exp", "running", 0, 0.0, 1, 0.0, "alice", eta_seconds=90.0)
     assert running.next(reason="still going").eta_seconds == 90.0
+    shown = {**running.as_json(), "stage": {"index": 0}, "stages": [25, 100], "gates": []}
+    assert "  eta: 1 min 30 s" in render(shown)  # as the gates' reasons write a duration
     for state in ("paused", "escalated", "awaiting_approval"):
         held = running.next(state=state)
         assert held.eta_seconds is None, state
