@@ -43,19 +43,23 @@ def add_flags_parser(commands: Any) -> None:
     flags.add_argument("--url", default=os.environ.get("ABGATE_CONTROL_URL", DEFAULT_URL))
     flags.add_argument("--token", default=os.environ.get("ABGATE_CONTROL_TOKEN"))
     actions = flags.add_subparsers(dest="action", required=True, metavar="ACTION")
-    actions.add_parser("list", help="every flag")
-    get = actions.add_parser("get", help="one flag")
+    actions.add_parser("list", help="every flag", parents=[CONNECTION])
+    get = actions.add_parser("get", help="one flag", parents=[CONNECTION])
     get.add_argument("name")
-    set_ = actions.add_parser("set", help="set a flag's treatment percentage")
+    set_ = actions.add_parser("set", help="set a flag's treatment percentage", parents=[CONNECTION])
     set_.add_argument("name")
     set_.add_argument("percentage")
     set_.add_argument("--reason", default="")
-    history = actions.add_parser("history", help="a flag's audit trail, newest first")
+    history = actions.add_parser(
+        "history", help="a flag's audit trail, newest first", parents=[CONNECTION]
+    )
     history.add_argument("name")
     history.add_argument("--limit", type=int, default=20)
-    export = actions.add_parser("export", help="all flags as JSON (a backup)")
+    export = actions.add_parser("export", help="all flags as JSON (a backup)", parents=[CONNECTION])
     export.add_argument("file", nargs="?", help="write here instead of stdout")
-    import_ = actions.add_parser("import", help="set all flags from an export, atomically")
+    import_ = actions.add_parser(
+        "import", help="set all flags from an export, atomically", parents=[CONNECTION]
+    )
     import_.add_argument("file")
     import_.add_argument("--reason", default=None)
     backup = actions.add_parser(
@@ -64,8 +68,22 @@ def add_flags_parser(commands: Any) -> None:
         description="Write the flags (as `export`) and the running routing configuration to "
         "DIR/YYYYMMDD/traffic/flags-HHMMSS.json and config-HHMMSS.json (local time). Restore "
         "the flags with `abgate flags import FILE`.",
+        parents=[CONNECTION],
     )
     backup.add_argument("--dir", default="backups", help="(default backups)")
+
+
+def connection_options() -> argparse.ArgumentParser:
+    """--url and --token on each action too, so that they may follow it (`abgate rollout
+    status X --url U`): given there they win; not given, the command's (with its defaults)
+    stand, as SUPPRESS leaves them unset."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--url", default=argparse.SUPPRESS, help="the control API's URL")
+    options.add_argument("--token", default=argparse.SUPPRESS, help="its bearer token")
+    return options
+
+
+CONNECTION = connection_options()
 
 
 def actor() -> str:

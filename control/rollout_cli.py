@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from abgate.control.flags_cli import DEFAULT_URL, ApiCallFailed, call
+from abgate.control.flags_cli import CONNECTION, DEFAULT_URL, ApiCallFailed, call
 from abgate.control.report_charts import write_charts
 from abgate.control.report_summary import duration, stakeholder_summary
 
@@ -48,7 +48,9 @@ def add_rollout_parser(commands: Any) -> None:
         ("history", "every decision, newest first"),
         ("report", "write reports/EXPERIMENT-business-impact.md"),
     ):
-        action = actions.add_parser(name, help=text, description=text.replace("%%", "%"))
+        action = actions.add_parser(
+            name, help=text, description=text.replace("%%", "%"), parents=[CONNECTION]
+        )
         action.add_argument(
             "experiment",
             nargs="?",

@@ -70,3 +70,24 @@ def test_a_reader_gone_ends_it_quietly() -> None:
         os.close(write)
     assert done.stderr.decode() == ""
     assert done.returncode == 141
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["rollout", "status", "x", "--url", "http://u:1", "--token", "t"],
+        ["rollout", "--url", "http://u:1", "--token", "t", "status", "x"],
+        ["flags", "list", "--url", "http://u:1", "--token", "t"],
+        ["flags", "--url", "http://u:1", "--token", "t", "list"],
+    ],
+)
+def test_url_and_token_come_before_or_after_the_action(argv: list[str]) -> None:
+    """`abgate rollout status X --url U` was 'unrecognized arguments' (trial)."""
+    args = build_parser().parse_args(argv)
+    assert (args.url, args.token) == ("http://u:1", "t")
+
+
+def test_without_url_the_default_stands(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ABGATE_CONTROL_URL", raising=False)
+    args = build_parser().parse_args(["rollout", "status", "x"])
+    assert args.url == "http://127.0.0.1:8092"  # not SUPPRESSed away
