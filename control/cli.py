@@ -126,7 +126,9 @@ def _main(argv: list[str] | None) -> int:
         if args.command == "check-config":
             from abgate.config.parse import load_config  # the parser: only where a file is read
 
-            if (args.file is None) == (args.config_file is None):
+            if args.file is None and args.config_file is None:
+                parser.error("check-config: which file? give it as FILE or --config FILE")
+            if args.file is not None and args.config_file is not None:
                 parser.error("check-config: give the file once, as FILE or --config FILE")
             args.file = args.file or args.config_file
             config = load_config(

@@ -45,6 +45,10 @@ def test_check_config_takes_the_file_as_run_does_too(capsys: pytest.CaptureFixtu
     assert capsys.readouterr().out.count("config/abgate.yaml: OK") == 2
     with pytest.raises(SystemExit):
         main(["check-config"])
+    assert "check-config: which file? give it as FILE or --config FILE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["check-config", "a.yaml", "--config", "b.yaml"])
+    assert "give the file once" in capsys.readouterr().err
 
 
 def test_a_reader_gone_ends_it_quietly() -> None:
