@@ -191,5 +191,6 @@ async def test_the_charts_draw_the_timeline_of_a_rollout(
         print(f"screenshots: {desktop} {phone}")
         assert desktop.stat().st_size > 10_000
         assert phone.stat().st_size > 10_000
+        await page.close()  # before the server stops: a poll then would fail, as an error
     assert errors == []
     assert outside == []

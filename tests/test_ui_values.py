@@ -58,4 +58,5 @@ async def test_the_significance_column_reads_the_apis_values(
         p_holm = metrics["accuracy"]["p_value_holm"]
         assert p_holm < 0.001  # a small p reads in scientific notation, as JavaScript writes it
         assert f"{p_holm:.1e}".replace("e-0", "e-") in await accuracy.inner_text()
+        await page.close()  # before the server stops: a poll then would fail, as an error
     assert errors == []
