@@ -126,7 +126,7 @@ async def test_the_script_follows_a_rollout_killed_and_restarted_mid_stage(
             # Just started: no decision yet, and said so (not "-: ").
             assert "  decision: none yet" in output
             assert "eta: not known yet" in output  # no samples yet to extrapolate from
-            async with load(session, first.url("proxy")), asyncio.timeout(60):
+            async with load(session, first.url("proxy")), asyncio.timeout(120):
                 while (before := await view(session, api))["stage"]["index"] < 1:  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
             os.kill(first.pid, signal.SIGKILL)  # mid-stage, no goodbye
