@@ -217,7 +217,14 @@ function experimentBlock(exp, flag, significance, rollout, history, breakers, sh
   return section;
 }
 
+// Edits since the page loaded: a redraw that began before someone typed would put back
+// the old value under their hands, even one forced after an action (a refused one, then
+// quick typing: the test of a token found it).
+let edits = 0;
+document.addEventListener("input", () => { edits += 1; });
+
 async function refresh(force = false) {
+  const editsBefore = edits;
   try {
     const [experiments, flags, rollouts, breakers, health, shadows] = await Promise.all([
       api("GET", "/api/experiments"), api("GET", "/api/flags"), api("GET", "/api/rollouts"),
@@ -248,7 +255,7 @@ async function refresh(force = false) {
     const root = $("#experiments");
     // Never redraw under someone typing a percentage (the next refresh will).
     const typing = document.activeElement && document.activeElement.tagName === "INPUT";
-    if (force || !typing) root.replaceChildren(...blocks);
+    if ((force || !typing) && edits === editsBefore) root.replaceChildren(...blocks);
     if (health) {
       const badge = $("#health");
       badge.textContent = `health: ${health.overall_health}`;
