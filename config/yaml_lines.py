@@ -220,8 +220,6 @@ class _Builder:
         return self._scalar(node, path)
 
     def _scalar(self, node: yaml.Node, path: KeyPath = ()) -> Any:
-        if not isinstance(node, yaml.ScalarNode):
-            return str(node.value)
         try:
             return self._scalars.construct_object(node, deep=True)
         except yaml.YAMLError as exc:  # an unknown or unsafe tag: !foo, !!python/...

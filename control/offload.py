@@ -164,8 +164,9 @@ class _Worker:
         return reply
 
     def kill(self) -> None:
-        """Killed at once. A thread still reading the pipe sees its end and closes it; closed
-        here under that read, the descriptor's number could be another file's by then."""
+        """Killed at once (nothing if it has ended). A thread still reading the pipe sees
+        its end, and the pipe is closed when that thread lets it go; closed here under that
+        read, the descriptor's number could be another file's by then."""
         self.process.kill()
         self.process.join()
         if not self.reading:
@@ -173,15 +174,11 @@ class _Worker:
 
     def stop(self) -> None:
         """Ended at shutdown: idle, by closing the pipe (given STOP_TIMEOUT to end on its
-        own); in the middle of a computation, killed."""
-        if self.reading:
-            self.kill()
-            return
-        self.calls.close()
-        self.process.join(STOP_TIMEOUT)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join()
+        own); in the middle of a computation, or past that, killed."""
+        if not self.reading:
+            self.calls.close()
+            self.process.join(STOP_TIMEOUT)
+        self.kill()
 
 
 class StatisticsProcess:

@@ -372,5 +372,14 @@ class StatsWorker:
                 improvement.add_metric([name, metric, "significant"], float(result.significant))
         waiting = metrics_catalogue.OUTCOMES_WAITING.new()
         waiting.add_metric([], self.waiting)
-        yield from (p_value, effect, interval, improvement, samples, srm_p, errors, restarts)
-        yield waiting
+        yield from (
+            p_value,
+            effect,
+            interval,
+            improvement,
+            samples,
+            srm_p,
+            errors,
+            restarts,
+            waiting,
+        )

@@ -16,9 +16,14 @@ export DEMO_ML_PORT=${DEMO_ML_PORT:-9002}
 PROXY=http://127.0.0.1:$PROXY_PORT
 CONTROL=http://127.0.0.1:$CONTROL_PORT
 READY_SECONDS=${DEMO_READY_SECONDS:-60}
+# On other ports the hints printed below carry them: the scripts read the same variables.
+ports=""
+if [ "$PROXY_PORT:$CONTROL_PORT:$DEMO_DETERMINISTIC_PORT:$DEMO_ML_PORT" != "8080:8092:9001:9002" ]; then
+    ports="DEMO_PROXY_PORT=$PROXY_PORT DEMO_CONTROL_PORT=$CONTROL_PORT DEMO_DETERMINISTIC_PORT=$DEMO_DETERMINISTIC_PORT DEMO_ML_PORT=$DEMO_ML_PORT "
+fi
 if [ -n "${DEMO_CONFIG:-}" ]; then
     CONFIG=$DEMO_CONFIG
-elif [ "$PROXY_PORT:$CONTROL_PORT:$DEMO_DETERMINISTIC_PORT:$DEMO_ML_PORT" = "8080:8092:9001:9002" ]; then
+elif [ -z "$ports" ]; then
     CONFIG=config/abgate.yaml
 else
     mkdir -p .abgate
@@ -74,11 +79,6 @@ if [ "$ready" -ne 1 ]; then
 fi
 percentage=$(curl -fs "$CONTROL/api/flags/ml-agent-rollout" | "$BIN/python" -c \
     'import json, sys; print("%g" % json.load(sys.stdin)["percentage"])' 2>/dev/null || echo "?")
-# On other ports the hints carry them: the scripts read the same DEMO_*_PORT variables.
-ports=""
-if [ "$PROXY_PORT:$CONTROL_PORT:$DEMO_DETERMINISTIC_PORT:$DEMO_ML_PORT" != "8080:8092:9001:9002" ]; then
-    ports="DEMO_PROXY_PORT=$PROXY_PORT DEMO_CONTROL_PORT=$CONTROL_PORT DEMO_DETERMINISTIC_PORT=$DEMO_DETERMINISTIC_PORT DEMO_ML_PORT=$DEMO_ML_PORT "
-fi
 cat <<MSG
 
 abgate demo is up:

@@ -86,12 +86,11 @@ class Rollout:
         )
 
     def next(self, **changes: Any) -> Rollout:
-        updated = replace(self, generation=self.generation + 1, updated_at=time.time(), **changes)
-        if updated.state != "running" and updated.eta_seconds is not None:
+        if changes.get("state", self.state) != "running":
             # Paused, escalated, awaiting approval or ended: it waits on a person, or on
             # nothing; an eta kept from the last tick would promise a time (trial).
-            updated = replace(updated, eta_seconds=None)
-        return updated
+            changes["eta_seconds"] = None
+        return replace(self, generation=self.generation + 1, updated_at=time.time(), **changes)
 
 
 class RolloutConflict(AbgateError):
